@@ -1,0 +1,270 @@
+//! Agent configuration: a TOML file (see `deploy/agent.example.toml`), every
+//! field documented and defaulted, overridable from the command line.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use bytesize::ByteSize;
+use serde::Deserialize;
+
+/// Everything an agent needs to run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// This agent's id at the core (letters, digits, `-`, `_`, `.`).
+    pub agent_id: String,
+    /// The core's ingest endpoint, e.g. `http://core.example:50051`.
+    #[serde(default = "default_core_url")]
+    pub core_url: String,
+    #[serde(default)]
+    pub buffer: BufferConfig,
+    #[serde(default)]
+    pub sender: SenderConfig,
+    #[serde(default)]
+    pub intake: IntakeConfig,
+    /// How far ahead of this host's clock a detection's timestamp may be.
+    #[serde(default = "default_max_future_skew", with = "humantime_serde")]
+    pub max_future_skew: Duration,
+}
+
+/// The durable event buffer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BufferConfig {
+    /// RocksDB directory. Deleting it starts a new epoch.
+    #[serde(default = "default_buffer_path")]
+    pub path: PathBuf,
+    /// Most events held (not yet acknowledged by the core).
+    #[serde(default = "default_max_events")]
+    pub max_events: u64,
+    /// Most bytes held (encoded events).
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: ByteSize,
+    /// What a full buffer does to a publisher.
+    #[serde(default)]
+    pub when_full: WhenFull,
+    /// With `when_full = "block"`: how long a publisher waits for room.
+    #[serde(default = "default_block_timeout", with = "humantime_serde")]
+    pub block_timeout: Duration,
+    /// fsync every append before answering the publisher. Turning this off
+    /// makes appends cheaper but events accepted in the last moments before a
+    /// power loss can be lost (a process crash loses nothing either way).
+    #[serde(default = "default_true")]
+    pub sync: bool,
+}
+
+/// What happens when the buffer is full. Nothing is ever dropped silently.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Refuse the publish at once with a retryable RESOURCE_EXHAUSTED.
+    #[default]
+    Backpressure,
+    /// Hold the publisher until there is room, up to `block_timeout`, then refuse.
+    Block,
+}
+
+/// How events travel to the core.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SenderConfig {
+    /// Most events in one batch.
+    #[serde(default = "default_batch_max_events")]
+    pub batch_max_events: usize,
+    /// Most bytes in one batch (keep well under the core's message limit).
+    #[serde(default = "default_batch_max_bytes")]
+    pub batch_max_bytes: ByteSize,
+    /// Batches sent and not yet acknowledged, at most.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// First reconnect delay; doubles up to `backoff_max`, with full jitter.
+    #[serde(default = "default_backoff_initial", with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// How often the agent reports its buffer depth.
+    #[serde(default = "default_status_interval", with = "humantime_serde")]
+    pub status_interval: Duration,
+    /// Connection attempt timeout.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// On shutdown, how long to wait for acks of what is in flight.
+    #[serde(default = "default_drain_grace", with = "humantime_serde")]
+    pub drain_grace: Duration,
+}
+
+/// The local intake endpoint for the detector.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct IntakeConfig {
+    /// Where to listen (keep it on loopback). Unset: no intake endpoint.
+    pub listen: Option<SocketAddr>,
+}
+
+fn default_core_url() -> String {
+    "http://127.0.0.1:50051".into()
+}
+fn default_buffer_path() -> PathBuf {
+    "data/agent".into()
+}
+fn default_max_events() -> u64 {
+    2_000_000
+}
+fn default_max_bytes() -> ByteSize {
+    ByteSize::mib(512)
+}
+fn default_block_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_true() -> bool {
+    true
+}
+fn default_batch_max_events() -> usize {
+    2000
+}
+fn default_batch_max_bytes() -> ByteSize {
+    ByteSize::kib(1024)
+}
+fn default_max_in_flight() -> usize {
+    4
+}
+fn default_backoff_initial() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_status_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_drain_grace() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_max_future_skew() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        Self {
+            path: default_buffer_path(),
+            max_events: default_max_events(),
+            max_bytes: default_max_bytes(),
+            when_full: WhenFull::default(),
+            block_timeout: default_block_timeout(),
+            sync: true,
+        }
+    }
+}
+
+impl Default for SenderConfig {
+    fn default() -> Self {
+        Self {
+            batch_max_events: default_batch_max_events(),
+            batch_max_bytes: default_batch_max_bytes(),
+            max_in_flight: default_max_in_flight(),
+            backoff_initial: default_backoff_initial(),
+            backoff_max: default_backoff_max(),
+            status_interval: default_status_interval(),
+            connect_timeout: default_connect_timeout(),
+            drain_grace: default_drain_grace(),
+        }
+    }
+}
+
+/// A configuration value that cannot work, by its dotted key.
+#[derive(Debug, thiserror::Error)]
+#[error("config `{key}`: {reason}")]
+pub struct ConfigError {
+    pub key: &'static str,
+    pub reason: String,
+}
+
+impl AgentConfig {
+    /// A configuration with every default, for the given agent id.
+    pub fn with_id(agent_id: impl Into<String>) -> Self {
+        Self {
+            agent_id: agent_id.into(),
+            core_url: default_core_url(),
+            buffer: BufferConfig::default(),
+            sender: SenderConfig::default(),
+            intake: IntakeConfig::default(),
+            max_future_skew: default_max_future_skew(),
+        }
+    }
+
+    /// Parses a TOML document.
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// Checks what serde cannot, naming the dotted key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |key, reason: &str| {
+            Err(ConfigError {
+                key,
+                reason: reason.into(),
+            })
+        };
+        if let Err(e) = sightline_proto::validate_agent_id(&self.agent_id) {
+            return Err(ConfigError {
+                key: "agent_id",
+                reason: e.reason,
+            });
+        }
+        if !(self.core_url.starts_with("http://") || self.core_url.starts_with("https://")) {
+            return err("core_url", "must start with http:// or https://");
+        }
+        if self.buffer.max_events == 0 {
+            return err("buffer.max_events", "must be at least 1");
+        }
+        if self.buffer.max_bytes.as_u64() < 64 * 1024 {
+            return err("buffer.max_bytes", "must be at least 64 KiB");
+        }
+        if self.sender.batch_max_events == 0 {
+            return err("sender.batch_max_events", "must be at least 1");
+        }
+        if self.sender.batch_max_bytes.as_u64() < 1024 {
+            return err("sender.batch_max_bytes", "must be at least 1 KiB");
+        }
+        if self.sender.max_in_flight == 0 {
+            return err("sender.max_in_flight", "must be at least 1");
+        }
+        if self.sender.backoff_initial.is_zero()
+            || self.sender.backoff_max < self.sender.backoff_initial
+        {
+            return err(
+                "sender.backoff_max",
+                "backoff_initial must be > 0 and backoff_max >= backoff_initial",
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_parses_and_validates() {
+        let text = include_str!("../../deploy/agent.example.toml");
+        let cfg = AgentConfig::from_toml(text).unwrap();
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let err = AgentConfig::from_toml("agent_id = \"a\"\n[buffer]\nmax_event = 3\n").unwrap_err();
+        assert!(err.to_string().contains("max_event"), "{err}");
+    }
+
+    #[test]
+    fn validate_names_the_dotted_key() {
+        let mut cfg = AgentConfig::with_id("a");
+        cfg.sender.max_in_flight = 0;
+        assert_eq!(cfg.validate().unwrap_err().key, "sender.max_in_flight");
+    }
+}

@@ -1,0 +1,175 @@
+//! `sightline-agent`: parses the command line, sets up logging, loads the
+//! config and calls [`sightline_agent::run::run`].
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sightline_agent::{
+    config::AgentConfig,
+    run::{run, Source},
+    sources::{
+        replay::{Format, ReplayOptions},
+        simulate::SimulateOptions,
+    },
+};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "sightline-agent", version, about = "Sightline edge agent")]
+struct Cli {
+    /// Agent config file (TOML); see deploy/agent.example.toml.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Overrides `agent_id`.
+    #[arg(long)]
+    agent_id: Option<String>,
+    /// Overrides `core_url`.
+    #[arg(long)]
+    core: Option<String>,
+    /// Overrides `buffer.path`.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Overrides `intake.listen` (port 0 picks a free port; the address is printed).
+    #[arg(long)]
+    intake: Option<SocketAddr>,
+    /// Overrides `buffer.max_events`.
+    #[arg(long)]
+    max_events: Option<u64>,
+    /// Sets `buffer.sync = false`.
+    #[arg(long)]
+    no_sync: bool,
+    /// Exit once the source is done and the core acknowledged everything.
+    #[arg(long)]
+    exit_when_drained: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Only the intake endpoint feeds the buffer (the default).
+    Run,
+    /// Synthetic cameras on this host.
+    Simulate {
+        #[arg(long, default_value_t = 4)]
+        cameras: u32,
+        #[arg(long, default_value_t = 1)]
+        camera_base: i64,
+        /// Comma-separated location oids the cameras stand at.
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        locations: Vec<i64>,
+        /// Events per second, all cameras together.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// Share of upstream duplicates (0..1).
+        #[arg(long, default_value_t = 0.05)]
+        duplicates: f64,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Let the agent stamp det_oids.
+        #[arg(long)]
+        omit_det_oid: bool,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Replay Dataset A from a CSV, JSON Lines or Parquet file.
+    Replay {
+        file: PathBuf,
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+        /// Events per second (default: as fast as possible).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Ignore where an earlier replay of this file got to.
+        #[arg(long)]
+        from_start: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let mut config = match &cli.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            AgentConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))?
+        }
+        None => AgentConfig::with_id(cli.agent_id.clone().unwrap_or_else(|| "agent-1".into())),
+    };
+    if let Some(id) = cli.agent_id {
+        config.agent_id = id;
+    }
+    if let Some(core) = cli.core {
+        config.core_url = core;
+    }
+    if let Some(dir) = cli.data_dir {
+        config.buffer.path = dir;
+    }
+    if let Some(addr) = cli.intake {
+        config.intake.listen = Some(addr);
+    }
+    if let Some(n) = cli.max_events {
+        config.buffer.max_events = n;
+    }
+    if cli.no_sync {
+        config.buffer.sync = false;
+    }
+    let source = match cli.command.unwrap_or(Command::Run) {
+        Command::Run => Source::None,
+        Command::Simulate {
+            cameras,
+            camera_base,
+            locations,
+            rate,
+            duplicates,
+            count,
+            omit_det_oid,
+            seed,
+        } => Source::Simulate(SimulateOptions {
+            cameras,
+            camera_base,
+            locations,
+            rate,
+            duplicates,
+            count,
+            omit_det_oid,
+            seed,
+        }),
+        Command::Replay {
+            file,
+            format,
+            rate,
+            from_start,
+        } => Source::Replay(ReplayOptions {
+            path: file,
+            format,
+            rate,
+            from_start,
+        }),
+    };
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received: shutting down");
+        signal.cancel();
+    });
+    run(config, source, cli.exit_when_drained, shutdown).await
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,49 @@
+//! The local intake: a gRPC endpoint on the camera host where the detector
+//! publishes. A call returns only once its accepted detections are durable in
+//! the buffer; invalid ones are answered one by one with the field and the
+//! reason; a full buffer fails the call with a retryable RESOURCE_EXHAUSTED.
+
+use sightline_proto::v1::{
+    intake_server::Intake, publish_result, Accepted, Invalid, PublishRequest, PublishResponse, PublishResult,
+};
+use tonic::{Request, Response, Status};
+
+use super::Publisher;
+use crate::buffer::BufferError;
+
+/// Most detections in one Publish call.
+pub const MAX_DETECTIONS_PER_CALL: usize = 10_000;
+
+pub struct IntakeService {
+    pub publisher: Publisher,
+}
+
+#[tonic::async_trait]
+impl Intake for IntakeService {
+    async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<PublishResponse>, Status> {
+        let detections = request.into_inner().detections;
+        if detections.len() > MAX_DETECTIONS_PER_CALL {
+            return Err(Status::invalid_argument(format!(
+                "field `detections`: {} in one call, more than the limit of {MAX_DETECTIONS_PER_CALL}",
+                detections.len()
+            )));
+        }
+        let results = self.publisher.publish(detections, None).await.map_err(|e| match e {
+            BufferError::Full { .. } => Status::resource_exhausted(e.to_string()),
+            other => Status::unavailable(format!("agent buffer: {other}")),
+        })?;
+        let results = results
+            .into_iter()
+            .map(|r| PublishResult {
+                result: Some(match r {
+                    Ok((detection_oid, seq)) => publish_result::Result::Accepted(Accepted { detection_oid, seq }),
+                    Err(e) => publish_result::Result::Invalid(Invalid {
+                        field: e.field.to_string(),
+                        reason: e.reason,
+                    }),
+                }),
+            })
+            .collect();
+        Ok(Response::new(PublishResponse { results }))
+    }
+}

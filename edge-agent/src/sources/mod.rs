@@ -1,0 +1,128 @@
+//! Where detections come from: [`intake`] (the detector on the host, over
+//! local gRPC), [`replay`] (Dataset A from a file) and [`simulate`]
+//! (synthetic cameras). All of them hand detections to a [`Publisher`], which
+//! validates them, stamps missing det_oids and appends them to the buffer.
+
+pub mod intake;
+pub mod replay;
+pub mod simulate;
+
+use std::{sync::Arc, time::Duration};
+
+use sightline_proto::{v1::Detection, validate_detection, FieldError, Limits};
+
+use crate::{
+    buffer::{Appended, Buffer, BufferError, SourcePosition},
+    config::WhenFull,
+    stamp,
+};
+
+/// The outcome of publishing one detection.
+pub type ItemResult = Result<(i64, u64), FieldError>;
+
+/// Validates, stamps and appends detections, applying the `when_full` policy.
+#[derive(Clone)]
+pub struct Publisher {
+    pub buffer: Arc<Buffer>,
+    pub when_full: WhenFull,
+    pub block_timeout: Duration,
+    pub limits: Limits,
+}
+
+impl Publisher {
+    /// Splits `detections` into valid (stamped) ones and per-item refusals.
+    pub fn prepare(&self, detections: Vec<Detection>) -> (Vec<Detection>, Vec<Option<FieldError>>) {
+        let now = sightline_proto::now_ms();
+        let mut valid = Vec::with_capacity(detections.len());
+        let mut verdicts = Vec::with_capacity(detections.len());
+        for mut d in detections {
+            match validate_detection(&d, now, &self.limits, false) {
+                Ok(()) => {
+                    stamp::stamp(&mut d);
+                    valid.push(d);
+                    verdicts.push(None);
+                }
+                Err(e) => verdicts.push(Some(e)),
+            }
+        }
+        (valid, verdicts)
+    }
+
+    /// Publishes with the configured `when_full` policy: one result per
+    /// detection, or a buffer error for the whole call (nothing kept).
+    pub async fn publish(
+        &self,
+        detections: Vec<Detection>,
+        source: Option<SourcePosition>,
+    ) -> Result<Vec<ItemResult>, BufferError> {
+        let (valid, verdicts) = self.prepare(detections);
+        let deadline = tokio::time::Instant::now() + self.block_timeout;
+        let oids: Vec<i64> = valid.iter().map(|d| d.detection_oid.unwrap_or_default()).collect();
+        let mut pending = Some(valid);
+        let appended = loop {
+            // Only the block policy tries again, so only it needs a copy.
+            let attempt = if self.when_full == WhenFull::Block {
+                pending.clone().unwrap_or_default()
+            } else {
+                pending.take().unwrap_or_default()
+            };
+            match self.append_or_full(attempt, source.clone()).await {
+                Err(e @ BufferError::Full { .. })
+                    if self.when_full == WhenFull::Block && tokio::time::Instant::now() < deadline =>
+                {
+                    let _ = tokio::time::timeout_at(deadline, self.buffer.room()).await;
+                    tracing::debug!(error = %e, "buffer full, publisher waits");
+                    continue;
+                }
+                other => break other?,
+            }
+        };
+        Ok(merge(verdicts, &oids, appended))
+    }
+
+    /// Publishes and waits for room as long as it takes (for sources that read
+    /// a file or generate events: they slow down, they never drop).
+    pub async fn publish_waiting(
+        &self,
+        detections: Vec<Detection>,
+        source: Option<SourcePosition>,
+    ) -> Result<Vec<ItemResult>, BufferError> {
+        let (valid, verdicts) = self.prepare(detections);
+        let oids: Vec<i64> = valid.iter().map(|d| d.detection_oid.unwrap_or_default()).collect();
+        loop {
+            match self.append_or_full(valid.clone(), source.clone()).await {
+                Err(BufferError::Full { .. }) => {
+                    let _ = tokio::time::timeout(Duration::from_millis(200), self.buffer.room()).await;
+                }
+                other => return Ok(merge(verdicts, &oids, other?)),
+            }
+        }
+    }
+
+    async fn append_or_full(
+        &self,
+        valid: Vec<Detection>,
+        source: Option<SourcePosition>,
+    ) -> Result<Option<Appended>, BufferError> {
+        if valid.is_empty() && source.is_none() {
+            return Ok(None);
+        }
+        self.buffer.append(valid, source).await.map(Some)
+    }
+}
+
+fn merge(verdicts: Vec<Option<FieldError>>, oids: &[i64], appended: Option<Appended>) -> Vec<ItemResult> {
+    let mut seq = appended.map(|a| a.first_seq).unwrap_or(0);
+    let mut oid = oids.iter();
+    verdicts
+        .into_iter()
+        .map(|v| match v {
+            Some(e) => Err(e),
+            None => {
+                let r = Ok((*oid.next().expect("one oid per valid detection"), seq));
+                seq += 1;
+                r
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,30 @@
+//! Sightline's wire contract: the generated gRPC code for `sightline.v1`, the
+//! one definition of a valid event, and the field-error vocabulary that both
+//! the agent and the core answer with.
+//!
+//! Layout:
+//! - [`v1`]: prost/tonic code generated from `proto/sightline/v1/*.proto`.
+//! - [`validate`]: what makes a [`v1::Detection`] acceptable, naming the field on refusal.
+//! - [`FILE_DESCRIPTOR_SET`]: served by the core through gRPC reflection.
+#![forbid(unsafe_code)]
+
+pub mod validate;
+
+/// Generated code for package `sightline.v1`.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("sightline.v1");
+}
+
+/// The encoded descriptor set of every `sightline.v1` file, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("sightline_descriptor");
+
+pub use validate::{validate_agent_id, validate_detection, FieldError, Limits};
+
+/// Milliseconds since the Unix epoch, from the local clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
