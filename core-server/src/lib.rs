@@ -1,1 +1,26 @@
-//! x
+//! Sightline core: takes agents' event streams exactly once, joins them with
+//! Dataset B, stores them durably, and serves queries, live events and metrics.
+//!
+//! Layout (the data path, left to right):
+//! - [`ingest`]: one agent-session logic (Hello → Welcome → Batches ⇄ Acks),
+//!   with the gRPC adapter; the protocol is written down in `ingest/PROTOCOL.md`.
+//! - [`dedup`]: the partitioned pipeline — one writer per partition, watermark
+//!   (transport) and det_oid (semantic) dedup, group commit.
+//! - [`enrich`]: Dataset B, loaded from CSV or Parquet, swapped atomically.
+//! - [`store`]: RocksDB — key layouts and their promises in its module docs.
+//! - [`api`]: the gRPC query/admin API, live fan-out, HTTP (/metrics, /healthz).
+//! - [`fleet`]: which agents exist and what they last reported.
+//! - [`client`]: the terminal client (`sightline-core top|tail|fleet|...`).
+//! - [`server`]: wires it all and runs until shutdown.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod dedup;
+pub mod enrich;
+pub mod fleet;
+pub mod ingest;
+pub mod metrics;
+pub mod server;
+pub mod store;

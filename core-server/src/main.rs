@@ -1,1 +1,115 @@
-fn main() {}
+//! `sightline-core`: parses the command line, sets up logging, loads the
+//! config and calls [`sightline_core::server::run`] — or runs a client command.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sightline_core::{client::ClientCommand, config::CoreConfig};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "sightline-core", version, about = "Sightline core server and terminal client")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the core.
+    Serve {
+        /// Config file (TOML); see deploy/core.example.toml.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Overrides `server.grpc_listen`.
+        #[arg(long)]
+        grpc_listen: Option<SocketAddr>,
+        /// Overrides `server.http_listen`.
+        #[arg(long)]
+        http_listen: Option<SocketAddr>,
+        /// Overrides `storage.path`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Overrides `locations.path` (Dataset B).
+        #[arg(long)]
+        locations: Option<PathBuf>,
+        /// Sets `storage.sync = false`.
+        #[arg(long)]
+        no_sync: bool,
+        /// Overrides `pipeline.partitions`.
+        #[arg(long)]
+        partitions: Option<usize>,
+    },
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Client(cmd) => {
+            let url = std::env::var("SIGHTLINE_CORE").unwrap_or_else(|_| "http://127.0.0.1:50051".into());
+            sightline_core::client::run(url, cmd).await
+        }
+        Command::Serve {
+            config,
+            grpc_listen,
+            http_listen,
+            data_dir,
+            locations,
+            no_sync,
+            partitions,
+        } => {
+            let mut cfg = match &config {
+                Some(p) => {
+                    let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+                    CoreConfig::from_toml(&text).with_context(|| format!("in {}", p.display()))?
+                }
+                None => CoreConfig::default(),
+            };
+            if let Some(a) = grpc_listen {
+                cfg.server.grpc_listen = a;
+            }
+            if let Some(a) = http_listen {
+                cfg.server.http_listen = a;
+            }
+            if let Some(d) = data_dir {
+                cfg.storage.path = d;
+            }
+            if let Some(l) = locations {
+                cfg.locations.path = Some(l);
+            }
+            if no_sync {
+                cfg.storage.sync = false;
+            }
+            if let Some(p) = partitions {
+                cfg.pipeline.partitions = p;
+            }
+            let shutdown = CancellationToken::new();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                use tokio::signal::unix::{signal, SignalKind};
+                let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                tracing::info!("signal received: shutting down");
+                stop.cancel();
+            });
+            sightline_core::server::run(cfg, shutdown, |b| {
+                println!("sightline-core listening grpc={} http={}", b.grpc, b.http);
+            })
+            .await
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! What the core serves: the gRPC query and admin API ([`query`]), live
+//! fan-out ([`live`]) and the HTTP endpoints ([`http`]: `/metrics`,
+//! `/healthz`, admin).
+
+pub mod http;
+pub mod live;
+pub mod query;

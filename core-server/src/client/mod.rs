@@ -1,0 +1,217 @@
+//! The terminal client: the obvious questions from a shell.
+//!
+//! `top` (X items per location over a range), `tail` (live joined events),
+//! `fleet`, `quarantine`, `stats`, `reload`.
+
+use std::time::Duration;
+
+use clap::Subcommand;
+use futures::StreamExt;
+use sightline_proto::v1::{
+    admin_client::AdminClient, query_client::QueryClient, EventFilter, FleetRequest, JoinedEvent,
+    ListQuarantineRequest, ReloadLocationsRequest, StatsRequest, SubscribeRequest, TopItemsRequest,
+};
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// The top X items per location over a time range.
+    Top {
+        /// Range ending now, e.g. 5m, 1h, 24h.
+        #[arg(long, default_value = "1h")]
+        last: humantime::Duration,
+        /// Explicit range start (epoch ms); overrides --last.
+        #[arg(long)]
+        from_ms: Option<i64>,
+        /// Explicit range end (epoch ms, default now).
+        #[arg(long)]
+        to_ms: Option<i64>,
+        #[arg(short = 'x', long, default_value_t = 5)]
+        x: u32,
+        #[arg(long)]
+        location: Option<i64>,
+    },
+    /// Live joined events, as they are committed.
+    Tail {
+        /// Replay stored events from this time (epoch ms) first.
+        #[arg(long, default_value_t = 0)]
+        from_ms: i64,
+        #[arg(long)]
+        location: Option<i64>,
+        #[arg(long)]
+        camera: Option<i64>,
+        #[arg(long)]
+        item: Option<String>,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Agents: connected, last seen, acked seq, lag.
+    Fleet,
+    /// Events refused at the core.
+    Quarantine {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Totals.
+    Stats,
+    /// Reload Dataset B.
+    Reload {
+        /// Another file than the configured one.
+        #[arg(long)]
+        path: Option<String>,
+    },
+}
+
+fn fmt_ms(ms: i64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)).to_string()
+}
+
+fn line(e: &JoinedEvent) -> String {
+    let d = e.detection.clone().unwrap_or_default();
+    let place = match &e.location {
+        Some(l) => l.geographical_location.clone(),
+        None => format!("(unmatched location {})", d.geographical_location_oid),
+    };
+    format!(
+        "{}  {:<12} {:<24} camera {:<6} det_oid {}  agent {} seq {}",
+        fmt_ms(d.timestamp_detected),
+        d.item_name,
+        place,
+        d.video_camera_oid,
+        d.detection_oid.unwrap_or_default(),
+        e.agent_id,
+        e.seq
+    )
+}
+
+/// Runs a client command against the core at `url`.
+pub async fn run(url: String, cmd: ClientCommand) -> anyhow::Result<()> {
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the core at {url}: {e}"))?;
+    let mut q = QueryClient::new(channel.clone()).max_decoding_message_size(64 * 1024 * 1024);
+    match cmd {
+        ClientCommand::Top {
+            last,
+            from_ms,
+            to_ms,
+            x,
+            location,
+        } => {
+            let to = to_ms.unwrap_or_else(|| sightline_proto::now_ms() + 60_000);
+            let from = from_ms.unwrap_or(to - Duration::from(last).as_millis() as i64);
+            let r = q
+                .top_items(TopItemsRequest {
+                    from_ms: from,
+                    to_ms: to,
+                    x,
+                    geographical_location_oid: location,
+                })
+                .await?
+                .into_inner();
+            println!("top {x} items per location, {} .. {}", fmt_ms(r.from_ms), fmt_ms(r.to_ms));
+            if r.locations.is_empty() {
+                println!("(no events in this range)");
+            }
+            for l in r.locations {
+                let name = if l.location_matched {
+                    l.geographical_location
+                } else {
+                    "(not in Dataset B)".into()
+                };
+                println!("\n{} [{}] — {} events", name, l.geographical_location_oid, l.total);
+                for (i, it) in l.items.iter().enumerate() {
+                    println!("  {:>2}. {:<16} {:>10}", i + 1, it.item_name, it.count);
+                }
+            }
+        }
+        ClientCommand::Tail {
+            from_ms,
+            location,
+            camera,
+            item,
+            count,
+        } => {
+            let mut stream = q
+                .subscribe(SubscribeRequest {
+                    from_ms,
+                    filter: Some(EventFilter {
+                        geographical_location_oid: location,
+                        video_camera_oid: camera,
+                        item_name: item,
+                    }),
+                })
+                .await?
+                .into_inner();
+            let mut n = 0;
+            while let Some(ev) = stream.next().await {
+                println!("{}", line(&ev?));
+                n += 1;
+                if count.is_some_and(|c| n >= c) {
+                    break;
+                }
+            }
+        }
+        ClientCommand::Fleet => {
+            let r = q.fleet(FleetRequest {}).await?.into_inner();
+            println!(
+                "{:<20} {:<9} {:<24} {:>10} {:>8} {:>8} {:>9} {:>9} {:>8}",
+                "agent", "state", "last seen", "acked seq", "lag", "buffer", "dup seq", "dup det", "rejected"
+            );
+            for a in r.agents {
+                println!(
+                    "{:<20} {:<9} {:<24} {:>10} {:>8} {:>8} {:>9} {:>9} {:>8}",
+                    a.agent_id,
+                    if a.connected { "connected" } else { "away" },
+                    if a.last_seen_ms > 0 { fmt_ms(a.last_seen_ms) } else { "-".into() },
+                    a.acked_seq,
+                    a.lag,
+                    a.buffer_depth,
+                    a.duplicates_transport,
+                    a.duplicates_semantic,
+                    a.rejected
+                );
+            }
+        }
+        ClientCommand::Quarantine { limit } => {
+            let r = q
+                .list_quarantine(ListQuarantineRequest {
+                    page_size: limit,
+                    page_token: String::new(),
+                })
+                .await?
+                .into_inner();
+            println!("{} events in quarantine", r.total);
+            for e in r.events {
+                println!(
+                    "{}  agent {} seq {}  field `{}`: {}",
+                    fmt_ms(e.quarantined_ms),
+                    e.agent_id,
+                    e.seq,
+                    e.field,
+                    e.reason
+                );
+            }
+        }
+        ClientCommand::Stats => {
+            let s = q.stats(StatsRequest {}).await?.into_inner();
+            println!(
+                "stored={} duplicates_transport={} duplicates_semantic={} rejected={} unmatched={} locations_loaded={}",
+                s.stored, s.duplicates_transport, s.duplicates_semantic, s.rejected, s.unmatched, s.locations_loaded
+            );
+        }
+        ClientCommand::Reload { path } => {
+            let r = AdminClient::new(channel)
+                .reload_locations(ReloadLocationsRequest {
+                    path: path.unwrap_or_default(),
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner();
+            println!("loaded {} locations from {}", r.rows, r.path);
+        }
+    }
+    Ok(())
+}

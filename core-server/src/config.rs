@@ -1,0 +1,289 @@
+//! Core configuration: a TOML file (see `deploy/core.example.toml`), every
+//! field documented and defaulted, overridable from the command line.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use bytesize::ByteSize;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CoreConfig {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    #[serde(default)]
+    pub locations: LocationsConfig,
+    #[serde(default)]
+    pub retention: RetentionConfig,
+    #[serde(default)]
+    pub live: LiveConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// gRPC: ingest (agents), query and admin (integrators). Port 0 picks one.
+    #[serde(default = "default_grpc")]
+    pub grpc_listen: SocketAddr,
+    /// HTTP: /metrics, /healthz, admin.
+    #[serde(default = "default_http")]
+    pub http_listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// RocksDB directory.
+    #[serde(default = "default_storage_path")]
+    pub path: PathBuf,
+    /// fsync every commit before acknowledging it. Off, a power loss can lose
+    /// the last acknowledged commits (a process crash still loses nothing).
+    #[serde(default = "default_true")]
+    pub sync: bool,
+    /// RocksDB block cache.
+    #[serde(default = "default_cache")]
+    pub cache: ByteSize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Partitions, each with one writer thread; agents are spread by id.
+    #[serde(default = "default_partitions")]
+    pub partitions: usize,
+    /// Most events one group commit takes.
+    #[serde(default = "default_group")]
+    pub max_group_events: usize,
+    /// Batches queued per partition before sessions are held back.
+    #[serde(default = "default_queue")]
+    pub queue_batches: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Largest gRPC message accepted (a batch).
+    #[serde(default = "default_max_message")]
+    pub max_message_bytes: ByteSize,
+    /// How far ahead of the core's clock timestamp_detected may be.
+    #[serde(default = "default_skew", with = "humantime_serde")]
+    pub max_future_skew: Duration,
+    /// How long a new session may take to say Hello.
+    #[serde(default = "default_hello_timeout", with = "humantime_serde")]
+    pub hello_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LocationsConfig {
+    /// Dataset B, CSV or Parquet. Unset: every event is "unmatched".
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Events (and minute aggregates) older than this are deleted.
+    #[serde(default = "default_events_ttl", with = "humantime_serde")]
+    pub events: Duration,
+    /// det_oid keys are kept this long, so a duplicate this late is still caught.
+    #[serde(default = "default_dedup_ttl", with = "humantime_serde")]
+    pub dedup_keys: Duration,
+    /// Hour aggregates (top X over long ranges).
+    #[serde(default = "default_agg_ttl", with = "humantime_serde")]
+    pub aggregates: Duration,
+    #[serde(default = "default_quarantine_ttl", with = "humantime_serde")]
+    pub quarantine: Duration,
+    /// How often retention runs.
+    #[serde(default = "default_retention_interval", with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiveConfig {
+    /// Commits a live subscriber may fall behind before it is cut off.
+    #[serde(default = "default_live_buffer")]
+    pub buffer_commits: usize,
+}
+
+fn default_grpc() -> SocketAddr {
+    "127.0.0.1:50051".parse().unwrap()
+}
+fn default_http() -> SocketAddr {
+    "127.0.0.1:8080".parse().unwrap()
+}
+fn default_storage_path() -> PathBuf {
+    "data/core".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_cache() -> ByteSize {
+    ByteSize::mib(64)
+}
+fn default_partitions() -> usize {
+    2
+}
+fn default_group() -> usize {
+    20_000
+}
+fn default_queue() -> usize {
+    64
+}
+fn default_max_message() -> ByteSize {
+    ByteSize::mib(8)
+}
+fn default_skew() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_hello_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_events_ttl() -> Duration {
+    Duration::from_secs(7 * 86_400)
+}
+fn default_dedup_ttl() -> Duration {
+    Duration::from_secs(30 * 86_400)
+}
+fn default_agg_ttl() -> Duration {
+    Duration::from_secs(400 * 86_400)
+}
+fn default_quarantine_ttl() -> Duration {
+    Duration::from_secs(30 * 86_400)
+}
+fn default_retention_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_live_buffer() -> usize {
+    4096
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            grpc_listen: default_grpc(),
+            http_listen: default_http(),
+        }
+    }
+}
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            path: default_storage_path(),
+            sync: true,
+            cache: default_cache(),
+        }
+    }
+}
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            partitions: default_partitions(),
+            max_group_events: default_group(),
+            queue_batches: default_queue(),
+        }
+    }
+}
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: default_max_message(),
+            max_future_skew: default_skew(),
+            hello_timeout: default_hello_timeout(),
+        }
+    }
+}
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            events: default_events_ttl(),
+            dedup_keys: default_dedup_ttl(),
+            aggregates: default_agg_ttl(),
+            quarantine: default_quarantine_ttl(),
+            interval: default_retention_interval(),
+        }
+    }
+}
+impl Default for LiveConfig {
+    fn default() -> Self {
+        Self {
+            buffer_commits: default_live_buffer(),
+        }
+    }
+}
+
+/// A configuration value that cannot work, by its dotted key.
+#[derive(Debug, thiserror::Error)]
+#[error("config `{key}`: {reason}")]
+pub struct ConfigError {
+    pub key: &'static str,
+    pub reason: String,
+}
+
+impl CoreConfig {
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        Ok(toml::from_str(text)?)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |key, reason: &str| {
+            Err(ConfigError {
+                key,
+                reason: reason.into(),
+            })
+        };
+        if self.pipeline.partitions == 0 || self.pipeline.partitions > 64 {
+            return err("pipeline.partitions", "must be within 1..=64");
+        }
+        if self.pipeline.max_group_events == 0 {
+            return err("pipeline.max_group_events", "must be at least 1");
+        }
+        if self.ingest.max_message_bytes.as_u64() < 64 * 1024 {
+            return err("ingest.max_message_bytes", "must be at least 64 KiB");
+        }
+        if self.retention.dedup_keys < self.retention.events {
+            return err(
+                "retention.dedup_keys",
+                "must not be shorter than retention.events (a duplicate of a stored event must be caught)",
+            );
+        }
+        if self.retention.interval.is_zero() {
+            return err("retention.interval", "must be more than 0");
+        }
+        if self.live.buffer_commits == 0 {
+            return err("live.buffer_commits", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_parses_and_validates() {
+        let cfg = CoreConfig::from_toml(include_str!("../../deploy/core.example.toml")).unwrap();
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let err = CoreConfig::from_toml("[storage]\npaht = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("paht"), "{err}");
+    }
+
+    #[test]
+    fn validate_names_the_dotted_key() {
+        let mut cfg = CoreConfig::default();
+        cfg.retention.dedup_keys = Duration::from_secs(1);
+        assert_eq!(cfg.validate().unwrap_err().key, "retention.dedup_keys");
+    }
+}

@@ -1,0 +1,438 @@
+//! Dedup and commit: the partitioned pipeline with one writer per partition.
+//!
+//! Sessions hand decoded batches to the partition of their agent (by hash of
+//! the agent id). Each partition's writer, on its own thread, takes every
+//! batch queued (group commit) and, in order:
+//! 1. drops events at or below the agent's watermark (transport dedup) and
+//!    refuses a batch that would leave a gap;
+//! 2. claims the det_oids (see [`claims`]) and drops those already stored or
+//!    seen earlier in the group (semantic dedup, no time window);
+//! 3. writes events, det keys, aggregates, quarantine, counters and the new
+//!    watermarks in one `WriteBatch` (see `store`'s promises);
+//! 4. answers each batch, then pushes the joined events to live subscribers.
+
+pub mod claims;
+
+use std::{
+    collections::{HashMap, HashSet},
+    hash::{Hash, Hasher},
+    sync::Arc,
+    thread::JoinHandle,
+    time::Instant,
+};
+
+use bytes::Bytes;
+use prost::Message;
+use rocksdb::WriteBatch;
+use sightline_proto::v1::{EdgeEvent, JoinedEvent, QuarantinedEvent, Rejection};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    api::live::LiveHub,
+    enrich::Locations,
+    metrics::{FieldLabel, LevelLabel, Metrics},
+    store::{counter, keys, Store, CF_AGG, CF_COUNTERS, CF_DET, CF_EVENTS, CF_QUARANTINE, CF_WM},
+};
+use claims::Claims;
+
+/// One event of a batch, as the session decoded and checked it.
+#[derive(Debug)]
+pub enum Incoming {
+    Valid(EdgeEvent),
+    Invalid {
+        /// The event, when it decoded.
+        event: Option<EdgeEvent>,
+        /// The bytes, when it did not.
+        raw: Bytes,
+        field: String,
+        reason: String,
+    },
+}
+
+/// A batch to commit.
+pub struct CommitRequest {
+    pub agent: Arc<str>,
+    pub epoch: u64,
+    pub first_seq: u64,
+    /// `events[i]` has seq `first_seq + i`.
+    pub events: Vec<Incoming>,
+    pub reply: oneshot::Sender<Result<CommitOutcome, CommitError>>,
+}
+
+/// What became of a batch.
+#[derive(Debug, Clone, Default)]
+pub struct CommitOutcome {
+    /// The agent's watermark after this commit.
+    pub committed_through: u64,
+    pub stored: u64,
+    pub dup_transport: u64,
+    pub dup_semantic: u64,
+    pub rejected: Vec<Rejection>,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CommitError {
+    #[error("batch starts at seq {got} but seq {expected} was never received (agent {agent}, epoch {epoch}): resume from {expected}")]
+    Gap {
+        agent: String,
+        epoch: u64,
+        expected: u64,
+        got: u64,
+    },
+    #[error("store: {0}")]
+    Store(String),
+}
+
+/// The partition writers.
+pub struct Pipeline {
+    partitions: Vec<mpsc::Sender<CommitRequest>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// What every writer shares.
+pub struct WriterContext {
+    pub store: Arc<Store>,
+    pub locations: Arc<Locations>,
+    pub hub: LiveHub,
+    pub metrics: Arc<Metrics>,
+    pub claims: Claims,
+    pub max_group_events: usize,
+}
+
+impl Pipeline {
+    /// Starts `partitions` writer threads; each queues up to `queue` batches.
+    pub fn start(ctx: Arc<WriterContext>, partitions: usize, queue: usize) -> Self {
+        let mut senders = Vec::new();
+        let mut threads = Vec::new();
+        for p in 0..partitions.max(1) {
+            let (tx, rx) = mpsc::channel(queue.max(1));
+            let ctx = ctx.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("writer-{p}"))
+                    .spawn(move || Writer::new(ctx).run(rx))
+                    .expect("spawn writer thread"),
+            );
+            senders.push(tx);
+        }
+        Self {
+            partitions: senders,
+            threads,
+        }
+    }
+
+    /// The partition an agent's batches go to.
+    pub fn partition_of(&self, agent: &str) -> usize {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        agent.hash(&mut h);
+        (h.finish() % self.partitions.len() as u64) as usize
+    }
+
+    /// Queues a batch (waits while the partition's queue is full: backpressure).
+    pub async fn submit(&self, req: CommitRequest) -> Result<(), CommitError> {
+        let p = self.partition_of(&req.agent);
+        self.partitions[p]
+            .send(req)
+            .await
+            .map_err(|_| CommitError::Store("the pipeline is shut down".into()))
+    }
+
+    /// Stops accepting, lets the writers finish what is queued, and joins them.
+    pub fn shutdown(self) {
+        drop(self.partitions);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Writer {
+    ctx: Arc<WriterContext>,
+    /// Watermarks of the agents of this partition, by (agent, epoch).
+    watermarks: HashMap<(Arc<str>, u64), u64>,
+}
+
+/// A batch, after the watermark check.
+struct Planned {
+    reply: oneshot::Sender<Result<CommitOutcome, CommitError>>,
+    outcome: Result<CommitOutcome, CommitError>,
+}
+
+impl Writer {
+    fn new(ctx: Arc<WriterContext>) -> Self {
+        Self {
+            ctx,
+            watermarks: HashMap::new(),
+        }
+    }
+
+    fn run(mut self, mut rx: mpsc::Receiver<CommitRequest>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut n = first.events.len();
+            let mut group = vec![first];
+            while n < self.ctx.max_group_events {
+                match rx.try_recv() {
+                    Ok(r) => {
+                        n += r.events.len();
+                        group.push(r);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit(group);
+        }
+    }
+
+    fn watermark(&mut self, agent: &Arc<str>, epoch: u64) -> Result<u64, CommitError> {
+        if let Some(w) = self.watermarks.get(&(agent.clone(), epoch)) {
+            return Ok(*w);
+        }
+        let w = self
+            .ctx
+            .store
+            .watermark(agent, epoch)
+            .map_err(|e| CommitError::Store(e.to_string()))?;
+        self.watermarks.insert((agent.clone(), epoch), w);
+        Ok(w)
+    }
+
+    fn commit(&mut self, group: Vec<CommitRequest>) {
+        let started = Instant::now();
+        let ctx = self.ctx.clone();
+        let store = &ctx.store;
+        let now = sightline_proto::now_ms();
+        let mut staged: HashMap<(Arc<str>, u64), u64> = HashMap::new();
+        let mut planned = Vec::with_capacity(group.len());
+        // (index into planned, event) for events past the watermark.
+        let mut fresh: Vec<(usize, Arc<str>, Incoming)> = Vec::new();
+        for req in group {
+            let key = (req.agent.clone(), req.epoch);
+            let wm = match staged.get(&key) {
+                Some(w) => Ok(*w),
+                None => self.watermark(&req.agent, req.epoch),
+            };
+            let outcome = wm.and_then(|wm| {
+                let n = req.events.len() as u64;
+                if n == 0 {
+                    return Ok(CommitOutcome {
+                        committed_through: wm,
+                        ..Default::default()
+                    });
+                }
+                if req.first_seq > wm + 1 {
+                    return Err(CommitError::Gap {
+                        agent: req.agent.to_string(),
+                        epoch: req.epoch,
+                        expected: wm + 1,
+                        got: req.first_seq,
+                    });
+                }
+                let last = req.first_seq + n - 1;
+                let skip = (wm + 1 - req.first_seq).min(n);
+                let idx = planned.len();
+                for ev in req.events.into_iter().skip(skip as usize) {
+                    fresh.push((idx, req.agent.clone(), ev));
+                }
+                staged.insert(key.clone(), last.max(wm));
+                Ok(CommitOutcome {
+                    committed_through: last.max(wm),
+                    dup_transport: skip,
+                    ..Default::default()
+                })
+            });
+            planned.push(Planned {
+                reply: req.reply,
+                outcome,
+            });
+        }
+
+        // Semantic dedup: claim, then look the det_oids up.
+        let mut oids: Vec<i64> = fresh
+            .iter()
+            .filter_map(|(_, _, ev)| match ev {
+                Incoming::Valid(e) => e.detection.as_ref().and_then(|d| d.detection_oid),
+                Incoming::Invalid { .. } => None,
+            })
+            .collect();
+        oids.sort_unstable();
+        oids.dedup();
+        ctx.claims.claim(&oids);
+        let result = self.build_and_write(&ctx, now, &oids, fresh, &mut planned, &staged);
+        ctx.claims.release(&oids);
+
+        let live = match result {
+            Ok(live) => live,
+            Err(e) => {
+                tracing::error!(error = %e, "commit failed; the agents will resend");
+                for p in planned {
+                    let _ = p.reply.send(Err(CommitError::Store(e.to_string())));
+                }
+                return;
+            }
+        };
+        for (k, w) in staged {
+            self.watermarks.insert(k, w);
+        }
+        let m = &ctx.metrics;
+        let mut total = 0;
+        for p in planned {
+            if let Ok(o) = &p.outcome {
+                total += o.stored + o.dup_semantic + o.dup_transport + o.rejected.len() as u64;
+                m.ingested.inc_by(o.stored);
+                m.duplicates.get_or_create(&LevelLabel { level: "transport" }).inc_by(o.dup_transport);
+                m.duplicates.get_or_create(&LevelLabel { level: "semantic" }).inc_by(o.dup_semantic);
+                for r in &o.rejected {
+                    m.rejected.get_or_create(&FieldLabel { field: r.field.clone() }).inc();
+                }
+            }
+            let _ = p.reply.send(p.outcome);
+        }
+        m.commit_seconds.observe(started.elapsed().as_secs_f64());
+        m.commit_events.observe(total as f64);
+        let _ = store;
+        ctx.hub.publish(live);
+    }
+
+    /// Fills and writes the WriteBatch; returns the joined events for live
+    /// subscribers (empty when nobody listens).
+    fn build_and_write(
+        &self,
+        ctx: &WriterContext,
+        now: i64,
+        oids: &[i64],
+        fresh: Vec<(usize, Arc<str>, Incoming)>,
+        planned: &mut [Planned],
+        staged: &HashMap<(Arc<str>, u64), u64>,
+    ) -> Result<Vec<JoinedEvent>, crate::store::StoreError> {
+        let store = &ctx.store;
+        let stored_before: HashSet<i64> = oids
+            .iter()
+            .zip(store.contains_dets(oids)?)
+            .filter_map(|(o, present)| present.then_some(*o))
+            .collect();
+        let table = ctx.locations.current();
+        let want_live = ctx.hub.has_subscribers();
+        let (cf_events, cf_det, cf_agg, cf_q, cf_c, cf_wm) = (
+            store.cf(CF_EVENTS),
+            store.cf(CF_DET),
+            store.cf(CF_AGG),
+            store.cf(CF_QUARANTINE),
+            store.cf(CF_COUNTERS),
+            store.cf(CF_WM),
+        );
+        let mut batch = WriteBatch::default();
+        let mut seen: HashSet<i64> = HashSet::with_capacity(fresh.len());
+        let mut live = Vec::new();
+        let (mut n_stored, mut n_sem, mut n_rej, mut n_unmatched, mut n_transport) = (0u64, 0u64, 0u64, 0u64, 0u64);
+        let one = 1u64.to_le_bytes();
+        let mut agg: HashMap<Vec<u8>, u64> = HashMap::new();
+        for (idx, agent, ev) in fresh {
+            let Ok(outcome) = planned[idx].outcome.as_mut() else {
+                continue;
+            };
+            match ev {
+                Incoming::Invalid {
+                    event,
+                    raw,
+                    field,
+                    reason,
+                } => {
+                    let seq = event.as_ref().map(|e| e.seq).unwrap_or_default();
+                    let det_oid = event
+                        .as_ref()
+                        .and_then(|e| e.detection.as_ref())
+                        .and_then(|d| d.detection_oid);
+                    let q = QuarantinedEvent {
+                        agent_id: agent.to_string(),
+                        seq,
+                        event,
+                        field: field.clone(),
+                        reason: reason.clone(),
+                        quarantined_ms: now,
+                        raw: raw.to_vec(),
+                    };
+                    batch.put_cf(cf_q, keys::quarantine_key(now, &agent, seq), q.encode_to_vec());
+                    outcome.rejected.push(Rejection {
+                        seq,
+                        detection_oid: det_oid,
+                        field,
+                        reason,
+                    });
+                    n_rej += 1;
+                }
+                Incoming::Valid(e) => {
+                    let EdgeEvent {
+                        seq,
+                        detection,
+                        accepted_ms,
+                    } = e;
+                    let Some(d) = detection else { continue };
+                    let oid = d.detection_oid.unwrap_or_default();
+                    if stored_before.contains(&oid) || !seen.insert(oid) {
+                        outcome.dup_semantic += 1;
+                        n_sem += 1;
+                        continue;
+                    }
+                    let ts = d.timestamp_detected;
+                    let loc = d.geographical_location_oid;
+                    let matched = table.get(loc).is_some();
+                    if !matched {
+                        n_unmatched += 1;
+                    }
+                    for bucket in [keys::Bucket::Minute, keys::Bucket::Hour] {
+                        *agg.entry(keys::agg_key(bucket, bucket.floor(ts), loc, &d.item_name))
+                            .or_default() += 1;
+                    }
+                    let mut joined = JoinedEvent {
+                        detection: Some(d),
+                        agent_id: agent.to_string(),
+                        seq,
+                        accepted_ms,
+                        committed_ms: now,
+                        location_matched: matched,
+                        location: None,
+                    };
+                    batch.put_cf(cf_events, keys::event_key(ts, oid), joined.encode_to_vec());
+                    batch.put_cf(cf_det, keys::det_key(oid), keys::i64_key(ts));
+                    outcome.stored += 1;
+                    n_stored += 1;
+                    if want_live {
+                        joined.location = table.get(loc).cloned();
+                        live.push(joined);
+                    }
+                }
+            }
+        }
+        for p in planned.iter() {
+            if let Ok(o) = &p.outcome {
+                n_transport += o.dup_transport;
+            }
+        }
+        for (k, v) in agg {
+            if v == 1 {
+                batch.merge_cf(cf_agg, k, one);
+            } else {
+                batch.merge_cf(cf_agg, k, v.to_le_bytes());
+            }
+        }
+        for (name, v) in [
+            (counter::STORED, n_stored),
+            (counter::DUP_SEMANTIC, n_sem),
+            (counter::DUP_TRANSPORT, n_transport),
+            (counter::REJECTED, n_rej),
+            (counter::UNMATCHED, n_unmatched),
+        ] {
+            if v > 0 {
+                batch.merge_cf(cf_c, name, v.to_le_bytes());
+            }
+        }
+        for ((agent, epoch), wm) in staged {
+            batch.put_cf(cf_wm, keys::wm_key(agent, *epoch), wm.to_be_bytes());
+        }
+        if n_unmatched > 0 {
+            ctx.metrics.unmatched.inc_by(n_unmatched);
+        }
+        store.write(batch)?;
+        Ok(live)
+    }
+}

@@ -1,0 +1,280 @@
+//! Ingest: one session logic for every transport. A transport adapter (see
+//! [`grpc`]) only turns its connection into a stream of [`AgentMessage`]s in
+//! and a channel of [`CoreMessage`]s out, then calls [`IngestCore::run_session`].
+//!
+//! The protocol this keeps is written down in `ingest/PROTOCOL.md`.
+
+pub mod grpc;
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use prost::Message;
+use sightline_proto::{
+    v1::{agent_message, core_message, Ack, AgentMessage, CoreMessage, EdgeEvent, Welcome},
+    validate_agent_id, validate_detection, Limits,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::{
+    dedup::{CommitError, CommitOutcome, CommitRequest, Incoming, Pipeline},
+    fleet::Fleet,
+    metrics::Metrics,
+    store::Store,
+};
+
+/// What every session needs.
+pub struct IngestCore {
+    pub pipeline: Pipeline,
+    pub store: Arc<Store>,
+    pub fleet: Arc<Fleet>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    pub hello_timeout: Duration,
+    /// Cancelled on shutdown: sessions stop taking batches and finish.
+    pub shutdown: CancellationToken,
+}
+
+type Out = mpsc::Sender<Result<CoreMessage, Status>>;
+
+impl IngestCore {
+    /// Runs one agent session until the agent leaves, the link breaks, a newer
+    /// session replaces it, or the core shuts down.
+    pub async fn run_session<S>(self: Arc<Self>, peer: String, mut inbound: S, out: Out)
+    where
+        S: Stream<Item = Result<AgentMessage, Status>> + Unpin + Send,
+    {
+        let hello = match tokio::time::timeout(self.hello_timeout, inbound.next()).await {
+            Ok(Some(Ok(AgentMessage {
+                msg: Some(agent_message::Msg::Hello(h)),
+            }))) => h,
+            Ok(Some(Ok(other))) => {
+                let _ = out
+                    .send(Err(Status::invalid_argument(format!(
+                        "the first message must be Hello, got {:?}",
+                        other.msg.map(|m| kind(&m))
+                    ))))
+                    .await;
+                return;
+            }
+            Ok(Some(Err(s))) => {
+                tracing::debug!(%peer, status = %s, "session broke before Hello");
+                return;
+            }
+            Ok(None) => return,
+            Err(_) => {
+                let _ = out.send(Err(Status::deadline_exceeded("no Hello in time"))).await;
+                return;
+            }
+        };
+        if let Err(e) = validate_agent_id(&hello.agent_id) {
+            let _ = out.send(Err(e.into())).await;
+            return;
+        }
+        let agent: Arc<str> = hello.agent_id.as_str().into();
+        let epoch = hello.epoch;
+        let store = self.store.clone();
+        let (a, e) = (agent.clone(), epoch);
+        let wm = match tokio::task::spawn_blocking(move || store.watermark(&a, e)).await {
+            Ok(Ok(wm)) => wm,
+            Ok(Err(e)) => {
+                let _ = out.send(Err(e.into())).await;
+                return;
+            }
+            Err(e) => {
+                let _ = out.send(Err(Status::internal(e.to_string()))).await;
+                return;
+            }
+        };
+        let (session_id, kicked) = self.fleet.connect(
+            &agent,
+            epoch,
+            &hello.version,
+            &peer,
+            wm,
+            hello.next_seq,
+            hello.buffer_depth,
+        );
+        self.metrics.sessions.inc();
+        tracing::info!(%agent, epoch, %peer, resume_from = wm + 1, "agent session open");
+        let welcome = CoreMessage {
+            msg: Some(core_message::Msg::Welcome(Welcome { resume_from: wm + 1 })),
+        };
+        if out.send(Ok(welcome)).await.is_err() {
+            self.fleet.disconnect(&agent, session_id);
+            return;
+        }
+
+        // Acks go out in order from their own task, as commits complete.
+        let (pending_tx, pending_rx) = mpsc::channel::<oneshot::Receiver<Result<CommitOutcome, CommitError>>>(64);
+        let failed = CancellationToken::new();
+        let acker = tokio::spawn(ack_loop(
+            pending_rx,
+            out.clone(),
+            self.fleet.clone(),
+            agent.clone(),
+            failed.clone(),
+        ));
+
+        let end: Option<Status> = loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => break Some(Status::unavailable("the core is shutting down; reconnect later")),
+                _ = kicked.cancelled() => break Some(Status::aborted("a newer session of this agent replaced this one")),
+                _ = failed.cancelled() => break None,
+                msg = inbound.next() => match msg {
+                    None => break None,
+                    Some(Err(s)) => {
+                        tracing::debug!(%agent, status = %s, "session stream broke");
+                        break None;
+                    }
+                    Some(Ok(AgentMessage { msg: None })) => {
+                        break Some(Status::invalid_argument("empty AgentMessage"));
+                    }
+                    Some(Ok(AgentMessage { msg: Some(m) })) => match m {
+                        agent_message::Msg::Hello(_) => {
+                            break Some(Status::invalid_argument("Hello may only come first"));
+                        }
+                        agent_message::Msg::Status(s) => {
+                            self.fleet.status(&agent, s.next_seq, s.buffer_depth);
+                        }
+                        agent_message::Msg::Batch(b) => {
+                            let events = match decode_batch(b.first_seq, b.events, &self.limits) {
+                                Ok(ev) => ev,
+                                Err(s) => break Some(s),
+                            };
+                            let (reply, rx) = oneshot::channel();
+                            let req = CommitRequest { agent: agent.clone(), epoch, first_seq: b.first_seq, events, reply };
+                            if let Err(e) = self.pipeline.submit(req).await {
+                                break Some(Status::unavailable(e.to_string()));
+                            }
+                            if pending_tx.send(rx).await.is_err() {
+                                break None;
+                            }
+                        }
+                    },
+                },
+            }
+        };
+        // Let the commits in flight finish and their acks go out, then close.
+        drop(pending_tx);
+        let _ = acker.await;
+        if let Some(status) = end {
+            let _ = out.send(Err(status)).await;
+        }
+        self.fleet.disconnect(&agent, session_id);
+        tracing::info!(%agent, epoch, "agent session closed");
+    }
+}
+
+fn kind(m: &agent_message::Msg) -> &'static str {
+    match m {
+        agent_message::Msg::Hello(_) => "Hello",
+        agent_message::Msg::Batch(_) => "Batch",
+        agent_message::Msg::Status(_) => "Status",
+    }
+}
+
+async fn ack_loop(
+    mut pending: mpsc::Receiver<oneshot::Receiver<Result<CommitOutcome, CommitError>>>,
+    out: Out,
+    fleet: Arc<Fleet>,
+    agent: Arc<str>,
+    failed: CancellationToken,
+) {
+    while let Some(rx) = pending.recv().await {
+        let outcome = match rx.await {
+            Ok(o) => o,
+            Err(_) => Err(CommitError::Store("the commit was dropped".into())),
+        };
+        match outcome {
+            Ok(o) => {
+                fleet.committed(
+                    &agent,
+                    o.committed_through,
+                    o.dup_transport,
+                    o.dup_semantic,
+                    o.rejected.len() as u64,
+                );
+                let ack = Ack {
+                    committed_through: o.committed_through,
+                    duplicates: o.dup_transport + o.dup_semantic,
+                    rejected: o.rejected,
+                };
+                if out
+                    .send(Ok(CoreMessage {
+                        msg: Some(core_message::Msg::Ack(ack)),
+                    }))
+                    .await
+                    .is_err()
+                {
+                    failed.cancel();
+                    return;
+                }
+            }
+            Err(e) => {
+                let status = match &e {
+                    CommitError::Gap { .. } => Status::failed_precondition(e.to_string()),
+                    CommitError::Store(_) => Status::unavailable(e.to_string()),
+                };
+                tracing::warn!(%agent, error = %e, "commit refused; ending the session");
+                let _ = out.send(Err(status)).await;
+                failed.cancel();
+                // Drain: later commits may still complete, but no more acks go out.
+                while let Some(rx) = pending.recv().await {
+                    let _ = rx.await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Decodes and checks a batch's events. A malformed batch (seqs that do not
+/// match positions) ends the session; a bad event only goes to quarantine.
+pub fn decode_batch(first_seq: u64, raw: Vec<Bytes>, limits: &Limits) -> Result<Vec<Incoming>, Status> {
+    if first_seq == 0 {
+        return Err(Status::invalid_argument("field `first_seq`: seqs start at 1"));
+    }
+    let now = sightline_proto::now_ms();
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, bytes) in raw.into_iter().enumerate() {
+        let want = first_seq + i as u64;
+        match EdgeEvent::decode(bytes.as_ref()) {
+            Err(e) => out.push(Incoming::Invalid {
+                event: Some(EdgeEvent {
+                    seq: want,
+                    ..Default::default()
+                }),
+                raw: bytes,
+                field: "event".into(),
+                reason: format!("does not decode as EdgeEvent: {e}"),
+            }),
+            Ok(ev) => {
+                if ev.seq != want {
+                    return Err(Status::invalid_argument(format!(
+                        "batch from seq {first_seq}: event #{i} carries seq {}, expected {want}",
+                        ev.seq
+                    )));
+                }
+                let verdict = match &ev.detection {
+                    None => Err(("detection".to_string(), "missing".to_string())),
+                    Some(d) => validate_detection(d, now, limits, true).map_err(|e| (e.field.to_string(), e.reason)),
+                };
+                match verdict {
+                    Ok(()) => out.push(Incoming::Valid(ev)),
+                    Err((field, reason)) => out.push(Incoming::Invalid {
+                        event: Some(ev),
+                        raw: Bytes::new(),
+                        field,
+                        reason,
+                    }),
+                }
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,118 @@
+//! The core's Prometheus metrics (`GET /metrics`, text format).
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LevelLabel {
+    /// "transport" (seq below the watermark) or "semantic" (det_oid already stored).
+    pub level: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FieldLabel {
+    pub field: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AgentLabel {
+    pub agent: String,
+}
+
+/// Every metric the core exports.
+pub struct Metrics {
+    registry: Registry,
+    pub ingested: Counter,
+    pub duplicates: Family<LevelLabel, Counter>,
+    pub rejected: Family<FieldLabel, Counter>,
+    pub unmatched: Counter,
+    pub commit_seconds: Histogram,
+    pub commit_events: Histogram,
+    pub agent_connected: Family<AgentLabel, Gauge>,
+    pub agent_lag: Family<AgentLabel, Gauge>,
+    pub agent_buffer_depth: Family<AgentLabel, Gauge>,
+    pub sessions: Counter,
+    pub live_subscribers: Gauge,
+    pub live_lagged: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("sightline");
+        let ingested = Counter::default();
+        r.register("events_ingested", "Events stored (unique det_oids)", ingested.clone());
+        let duplicates = Family::<LevelLabel, Counter>::default();
+        r.register("duplicates", "Events dropped as duplicates, by level", duplicates.clone());
+        let rejected = Family::<FieldLabel, Counter>::default();
+        r.register("rejected", "Events refused and quarantined, by field", rejected.clone());
+        let unmatched = Counter::default();
+        r.register(
+            "unmatched_location",
+            "Events stored whose location is not in Dataset B",
+            unmatched.clone(),
+        );
+        let commit_seconds = Histogram::new([0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0]);
+        r.register("commit_seconds", "Time of one durable commit (WriteBatch + fsync)", commit_seconds.clone());
+        let commit_events = Histogram::new([1.0, 10.0, 100.0, 1000.0, 5000.0, 20000.0]);
+        r.register("commit_events", "Events per commit (group commit size)", commit_events.clone());
+        let agent_connected = Family::<AgentLabel, Gauge>::default();
+        r.register("agent_connected", "1 while the agent has a session open", agent_connected.clone());
+        let agent_lag = Family::<AgentLabel, Gauge>::default();
+        r.register(
+            "agent_lag_events",
+            "Events the agent has assigned that the core has not committed",
+            agent_lag.clone(),
+        );
+        let agent_buffer_depth = Family::<AgentLabel, Gauge>::default();
+        r.register(
+            "agent_buffer_depth_events",
+            "Buffer depth the agent last reported",
+            agent_buffer_depth.clone(),
+        );
+        let sessions = Counter::default();
+        r.register("ingest_sessions", "Agent sessions opened", sessions.clone());
+        let live_subscribers = Gauge::default();
+        r.register("live_subscribers", "Live subscribers connected", live_subscribers.clone());
+        let live_lagged = Counter::default();
+        r.register(
+            "live_subscribers_lagged",
+            "Live subscribers cut off for falling behind",
+            live_lagged.clone(),
+        );
+        Self {
+            registry: r,
+            ingested,
+            duplicates,
+            rejected,
+            unmatched,
+            commit_seconds,
+            commit_events,
+            agent_connected,
+            agent_lag,
+            agent_buffer_depth,
+            sessions,
+            live_subscribers,
+            live_lagged,
+        }
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn agent(agent: &str) -> AgentLabel {
+        AgentLabel { agent: agent.to_string() }
+    }
+}

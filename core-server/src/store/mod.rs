@@ -1,0 +1,482 @@
+//! The core's durable store, in RocksDB: events, the det_oid index, agent
+//! watermarks, the top-X aggregates, the quarantine and the totals.
+//!
+//! # Key layouts (format version 1)
+//!
+//! | column family | key | value |
+//! | --- | --- | --- |
+//! | `events` | timestamp_detected (i64, sign-flipped BE) ‖ det_oid (same) | `JoinedEvent` without `location` (joined at read time) |
+//! | `det` | det_oid (i64, sign-flipped BE) | timestamp_detected (same encoding): finds the event |
+//! | `wm` | agent_id ‖ 0x00 ‖ epoch (u64 BE) | highest committed seq (u64 BE) |
+//! | `agg` | 'm' or 'h' ‖ bucket start ms ‖ location oid ‖ item_name | count, u64 LE, summed by a merge operator |
+//! | `quarantine` | quarantined_ms ‖ agent_id ‖ 0x00 ‖ seq (u64 BE) | `QuarantinedEvent` |
+//! | `counters` | `stored`, `dup_transport`, `dup_semantic`, `rejected`, `unmatched` | u64 LE, merge-summed |
+//!
+//! # Promises
+//!
+//! - A commit MUST put a batch's events, their `det` keys, their aggregate
+//!   increments, its quarantined events, the counters and the agent's new
+//!   watermark in one `WriteBatch`; the agent MUST be acknowledged only after
+//!   that write returned (fsync'd when `storage.sync`).
+//! - There MUST never be two `events` entries with one det_oid: a det_oid is
+//!   written only when `det` does not hold it (checked by the single writer of
+//!   the partition, under a claim that keeps other partitions off it).
+//! - A watermark MUST only grow.
+//! - Aggregates MUST count exactly the stored events: they are incremented in
+//!   the same `WriteBatch` as the event, never elsewhere.
+//! - Retention removes `events`, minute aggregates and the quarantine by time;
+//!   `det` keys live longer (`retention.dedup_keys`) so late duplicates are
+//!   still caught, and are removed by a compaction filter.
+
+pub mod keys;
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{
+        atomic::{AtomicI64, Ordering},
+        Arc,
+    },
+};
+
+use prost::Message;
+use rocksdb::{
+    compaction_filter::Decision, BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, MergeOperands,
+    Options, WriteBatch, WriteOptions, DB,
+};
+use sightline_proto::v1::{EventFilter, JoinedEvent, QuarantinedEvent};
+
+use keys::Bucket;
+
+pub const CF_EVENTS: &str = "events";
+pub const CF_DET: &str = "det";
+pub const CF_WM: &str = "wm";
+pub const CF_AGG: &str = "agg";
+pub const CF_QUARANTINE: &str = "quarantine";
+pub const CF_COUNTERS: &str = "counters";
+
+/// Names of the persisted totals.
+pub mod counter {
+    pub const STORED: &str = "stored";
+    pub const DUP_TRANSPORT: &str = "dup_transport";
+    pub const DUP_SEMANTIC: &str = "dup_semantic";
+    pub const REJECTED: &str = "rejected";
+    pub const UNMATCHED: &str = "unmatched";
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("rocksdb: {0}")]
+    Db(#[from] rocksdb::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("bad page token: {0}")]
+    BadToken(String),
+}
+
+impl From<StoreError> for tonic::Status {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::BadToken(_) => tonic::Status::invalid_argument(e.to_string()),
+            _ => tonic::Status::internal(e.to_string()),
+        }
+    }
+}
+
+/// Totals since the store was created.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    pub stored: u64,
+    pub dup_transport: u64,
+    pub dup_semantic: u64,
+    pub rejected: u64,
+    pub unmatched: u64,
+}
+
+/// Top items of one location.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocationCounts {
+    pub location: i64,
+    pub total: u64,
+    /// Most frequent first, ties by name; at most X.
+    pub items: Vec<(String, u64)>,
+}
+
+/// The RocksDB store. Shared as `Arc<Store>`; all methods block (call them
+/// from blocking threads).
+pub struct Store {
+    db: DB,
+    sync: bool,
+    /// `det` entries with a timestamp below this are dropped at compaction.
+    dedup_cutoff: Arc<AtomicI64>,
+}
+
+fn add_u64(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
+    let mut sum = existing.map(le_u64).unwrap_or(0);
+    for op in operands {
+        sum = sum.wrapping_add(le_u64(op));
+    }
+    Some(sum.to_le_bytes().to_vec())
+}
+
+fn le_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    let n = b.len().min(8);
+    a[..n].copy_from_slice(&b[..n]);
+    u64::from_le_bytes(a)
+}
+
+fn be_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    let n = b.len().min(8);
+    a[..n].copy_from_slice(&b[..n]);
+    u64::from_be_bytes(a)
+}
+
+impl Store {
+    pub fn open(path: &Path, sync: bool, cache_bytes: usize) -> Result<Self, StoreError> {
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.increase_parallelism(2);
+        db_opts.set_max_total_wal_size(256 * 1024 * 1024);
+        db_opts.set_keep_log_file_num(4);
+        let cache = Cache::new_lru_cache(cache_bytes)?;
+        let cf = |bloom: bool| {
+            let mut o = Options::default();
+            let mut t = BlockBasedOptions::default();
+            t.set_block_cache(&cache);
+            if bloom {
+                t.set_bloom_filter(10.0, false);
+            }
+            o.set_block_based_table_factory(&t);
+            o.set_write_buffer_size(32 * 1024 * 1024);
+            o
+        };
+        let dedup_cutoff = Arc::new(AtomicI64::new(i64::MIN));
+        let mut det_opts = cf(true);
+        let cutoff = dedup_cutoff.clone();
+        det_opts.set_compaction_filter("sightline-dedup-retention", move |_level: u32, _key: &[u8], value: &[u8]| {
+            if value.len() == 8 && keys::i64_from_key(value) < cutoff.load(Ordering::Relaxed) {
+                Decision::Remove
+            } else {
+                Decision::Keep
+            }
+        });
+        let mut agg_opts = cf(false);
+        agg_opts.set_merge_operator_associative("sightline-add-u64", add_u64);
+        let mut counter_opts = cf(false);
+        counter_opts.set_merge_operator_associative("sightline-add-u64", add_u64);
+        let cfs = vec![
+            ColumnFamilyDescriptor::new(CF_EVENTS, cf(false)),
+            ColumnFamilyDescriptor::new(CF_DET, det_opts),
+            ColumnFamilyDescriptor::new(CF_WM, cf(false)),
+            ColumnFamilyDescriptor::new(CF_AGG, agg_opts),
+            ColumnFamilyDescriptor::new(CF_QUARANTINE, cf(false)),
+            ColumnFamilyDescriptor::new(CF_COUNTERS, counter_opts),
+        ];
+        let db = DB::open_cf_descriptors(&db_opts, path, cfs)?;
+        Ok(Self {
+            db,
+            sync,
+            dedup_cutoff,
+        })
+    }
+
+    pub fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(name).expect("column family exists")
+    }
+
+    /// Writes a commit; fsync'd when the store is configured so.
+    pub fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        let mut w = WriteOptions::default();
+        w.set_sync(self.sync);
+        Ok(self.db.write_opt(batch, &w)?)
+    }
+
+    /// The highest committed seq of (agent, epoch); 0 when none.
+    pub fn watermark(&self, agent: &str, epoch: u64) -> Result<u64, StoreError> {
+        Ok(self
+            .db
+            .get_cf(self.cf(CF_WM), keys::wm_key(agent, epoch))?
+            .map(|v| be_u64(&v))
+            .unwrap_or(0))
+    }
+
+    /// Every (agent, epoch, watermark) the store knows.
+    pub fn watermarks(&self) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_WM), IteratorMode::Start) {
+            let (k, v) = item?;
+            if k.len() < 9 {
+                return Err(StoreError::Corrupt("short wm key".into()));
+            }
+            let agent = String::from_utf8_lossy(&k[..k.len() - 9]).into_owned();
+            out.push((agent, be_u64(&k[k.len() - 8..]), be_u64(&v)));
+        }
+        Ok(out)
+    }
+
+    /// For each det_oid: whether an event with it is stored.
+    pub fn contains_dets(&self, oids: &[i64]) -> Result<Vec<bool>, StoreError> {
+        let cf = self.cf(CF_DET);
+        let keys: Vec<[u8; 8]> = oids.iter().map(|&o| keys::det_key(o)).collect();
+        self.db
+            .batched_multi_get_cf(cf, keys.iter(), false)
+            .into_iter()
+            .map(|r| Ok(r?.is_some()))
+            .collect()
+    }
+
+    /// One stored event by det_oid.
+    pub fn get_event(&self, det_oid: i64) -> Result<Option<JoinedEvent>, StoreError> {
+        let Some(ts) = self.db.get_cf(self.cf(CF_DET), keys::det_key(det_oid))? else {
+            return Ok(None);
+        };
+        if ts.len() != 8 {
+            return Err(StoreError::Corrupt(format!("det entry of {det_oid}")));
+        }
+        let key = keys::event_key(keys::i64_from_key(&ts), det_oid);
+        match self.db.get_cf(self.cf(CF_EVENTS), key)? {
+            // The det key outlives the event (retention): the event is gone.
+            None => Ok(None),
+            Some(v) => Ok(Some(decode_event(&v)?)),
+        }
+    }
+
+    /// Events with `from_ms <= timestamp_detected < to_ms` (to_ms = 0: no
+    /// bound), oldest first, after the key in `token`.
+    pub fn list_events(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        filter: Option<&EventFilter>,
+        page_size: usize,
+        token: &str,
+    ) -> Result<(Vec<JoinedEvent>, String), StoreError> {
+        let start: Vec<u8> = if token.is_empty() {
+            keys::event_key(from_ms, i64::MIN).to_vec()
+        } else {
+            let mut k = decode_token(token)?;
+            k.push(0); // strictly after the last key served
+            k
+        };
+        let end = if to_ms == 0 {
+            None
+        } else {
+            Some(keys::event_key(to_ms, i64::MIN))
+        };
+        let mut out = Vec::new();
+        let mut last_key = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.cf(CF_EVENTS),
+            IteratorMode::From(&start, rocksdb::Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item?;
+            if end.as_ref().is_some_and(|e| k.as_ref() >= e.as_slice()) {
+                break;
+            }
+            if out.len() >= page_size {
+                return Ok((out, encode_token(&last_key)));
+            }
+            let ev = decode_event(&v)?;
+            last_key = k.to_vec();
+            if let Some(f) = filter {
+                if !matches_filter(&ev, f) {
+                    continue;
+                }
+            }
+            out.push(ev);
+        }
+        Ok((out, String::new()))
+    }
+
+    /// Top `x` items per location over `[from_ms, to_ms)`, both rounded down
+    /// to the minute; whole hours come from hour buckets.
+    pub fn top_items(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        x: usize,
+        location: Option<i64>,
+    ) -> Result<Vec<LocationCounts>, StoreError> {
+        let from = Bucket::Minute.floor(from_ms);
+        let to = Bucket::Minute.floor(to_ms);
+        let mut sums: HashMap<i64, HashMap<String, u64>> = HashMap::new();
+        if to > from {
+            let h_start = Bucket::Hour.floor(from + Bucket::Hour.millis() - 1);
+            let h_end = Bucket::Hour.floor(to);
+            if h_start < h_end {
+                self.sum_buckets(Bucket::Minute, from, h_start, location, &mut sums)?;
+                self.sum_buckets(Bucket::Hour, h_start, h_end, location, &mut sums)?;
+                self.sum_buckets(Bucket::Minute, h_end, to, location, &mut sums)?;
+            } else {
+                self.sum_buckets(Bucket::Minute, from, to, location, &mut sums)?;
+            }
+        }
+        let mut out: Vec<LocationCounts> = sums
+            .into_iter()
+            .map(|(loc, items)| {
+                let total = items.values().sum();
+                let mut items: Vec<(String, u64)> = items.into_iter().filter(|(_, c)| *c > 0).collect();
+                items.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                items.truncate(x);
+                LocationCounts {
+                    location: loc,
+                    total,
+                    items,
+                }
+            })
+            .filter(|l| l.total > 0)
+            .collect();
+        out.sort_by_key(|l| l.location);
+        Ok(out)
+    }
+
+    fn sum_buckets(
+        &self,
+        bucket: Bucket,
+        from: i64,
+        to: i64,
+        location: Option<i64>,
+        sums: &mut HashMap<i64, HashMap<String, u64>>,
+    ) -> Result<(), StoreError> {
+        if to <= from {
+            return Ok(());
+        }
+        let start = keys::agg_prefix(bucket, from);
+        let end = keys::agg_prefix(bucket, to);
+        let iter = self.db.iterator_cf(
+            self.cf(CF_AGG),
+            IteratorMode::From(&start, rocksdb::Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item?;
+            if k.as_ref() >= end.as_slice() {
+                break;
+            }
+            let (_, loc, name) =
+                keys::parse_agg_key(&k).ok_or_else(|| StoreError::Corrupt("malformed agg key".into()))?;
+            if location.is_some_and(|l| l != loc) {
+                continue;
+            }
+            *sums.entry(loc).or_default().entry(name.to_string()).or_default() += le_u64(&v);
+        }
+        Ok(())
+    }
+
+    /// A page of the quarantine, oldest first.
+    pub fn list_quarantine(
+        &self,
+        page_size: usize,
+        token: &str,
+    ) -> Result<(Vec<QuarantinedEvent>, String), StoreError> {
+        let start = if token.is_empty() {
+            Vec::new()
+        } else {
+            let mut k = decode_token(token)?;
+            k.push(0);
+            k
+        };
+        let mut out = Vec::new();
+        let mut last = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_QUARANTINE),
+            IteratorMode::From(&start, rocksdb::Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            if out.len() >= page_size {
+                return Ok((out, encode_token(&last)));
+            }
+            out.push(
+                QuarantinedEvent::decode(v.as_ref())
+                    .map_err(|e| StoreError::Corrupt(format!("quarantine entry: {e}")))?,
+            );
+            last = k.to_vec();
+        }
+        Ok((out, String::new()))
+    }
+
+    pub fn counters(&self) -> Result<Counters, StoreError> {
+        let get = |name: &str| -> Result<u64, StoreError> {
+            Ok(self.db.get_cf(self.cf(CF_COUNTERS), name)?.map(|v| le_u64(&v)).unwrap_or(0))
+        };
+        Ok(Counters {
+            stored: get(counter::STORED)?,
+            dup_transport: get(counter::DUP_TRANSPORT)?,
+            dup_semantic: get(counter::DUP_SEMANTIC)?,
+            rejected: get(counter::REJECTED)?,
+            unmatched: get(counter::UNMATCHED)?,
+        })
+    }
+
+    /// Applies retention: removes events and minute aggregates before
+    /// `events_before`, hour aggregates before `aggregates_before`, the
+    /// quarantine before `quarantine_before`; `det` keys before
+    /// `dedup_before` go at their next compaction.
+    pub fn apply_retention(
+        &self,
+        events_before: i64,
+        aggregates_before: i64,
+        quarantine_before: i64,
+        dedup_before: i64,
+    ) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(
+            self.cf(CF_EVENTS),
+            keys::event_key(i64::MIN, i64::MIN),
+            keys::event_key(events_before, i64::MIN),
+        );
+        batch.delete_range_cf(
+            self.cf(CF_AGG),
+            keys::agg_prefix(Bucket::Minute, i64::MIN),
+            keys::agg_prefix(Bucket::Minute, Bucket::Minute.floor(events_before)),
+        );
+        batch.delete_range_cf(
+            self.cf(CF_AGG),
+            keys::agg_prefix(Bucket::Hour, i64::MIN),
+            keys::agg_prefix(Bucket::Hour, Bucket::Hour.floor(aggregates_before)),
+        );
+        batch.delete_range_cf(
+            self.cf(CF_QUARANTINE),
+            keys::i64_key(i64::MIN),
+            keys::i64_key(quarantine_before),
+        );
+        self.db.write(batch)?;
+        self.dedup_cutoff.store(dedup_before, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Compacts the `det` column family now (so expired det keys go at once).
+    pub fn compact_dedup_keys(&self) {
+        self.db.compact_range_cf(self.cf(CF_DET), None::<&[u8]>, None::<&[u8]>);
+    }
+}
+
+pub fn matches_filter(ev: &JoinedEvent, f: &EventFilter) -> bool {
+    let Some(d) = &ev.detection else {
+        return false;
+    };
+    f.geographical_location_oid.is_none_or(|l| l == d.geographical_location_oid)
+        && f.video_camera_oid.is_none_or(|c| c == d.video_camera_oid)
+        && f.item_name.as_ref().is_none_or(|i| *i == d.item_name)
+}
+
+fn decode_event(v: &[u8]) -> Result<JoinedEvent, StoreError> {
+    JoinedEvent::decode(v).map_err(|e| StoreError::Corrupt(format!("event does not decode: {e}")))
+}
+
+fn encode_token(key: &[u8]) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_token(token: &str) -> Result<Vec<u8>, StoreError> {
+    if token.len() % 2 != 0 || token.len() > 1024 {
+        return Err(StoreError::BadToken("wrong length".into()));
+    }
+    (0..token.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&token[i..i + 2], 16).map_err(|_| StoreError::BadToken("not hex".into())))
+        .collect()
+}
