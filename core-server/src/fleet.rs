@@ -7,7 +7,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use sightline_proto::v1::AgentInfo;
+use sightline_proto::v1::{AgentInfo, Hello};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -47,22 +47,20 @@ impl Fleet {
 
     /// Registers a new session; ends the agent's previous one, if any.
     /// Returns the session id and the token that ends this session.
-    pub fn connect(
-        &self,
-        agent: &str,
-        epoch: u64,
-        version: &str,
-        peer: &str,
-        acked_seq: u64,
-        next_seq: u64,
-        depth: u64,
-    ) -> (u64, CancellationToken) {
-        let id = self.next_session.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    pub fn connect(&self, hello: &Hello, peer: &str, acked_seq: u64) -> (u64, CancellationToken) {
+        let (agent, epoch) = (hello.agent_id.as_str(), hello.epoch);
+        let id = self
+            .next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let token = CancellationToken::new();
         let mut agents = self.agents.lock().unwrap();
         let e = agents.entry(agent.to_string()).or_default();
         if let Some((old, t)) = e.session.take() {
-            tracing::info!(agent, old_session = old, "a newer session supersedes the open one");
+            tracing::info!(
+                agent,
+                old_session = old,
+                "a newer session supersedes the open one"
+            );
             t.cancel();
         }
         e.session = Some((id, token.clone()));
@@ -73,13 +71,13 @@ impl Fleet {
         }
         i.epoch = epoch;
         i.connected = true;
-        i.version = version.to_string();
+        i.version = hello.version.clone();
         i.peer = peer.to_string();
         i.last_seen_ms = sightline_proto::now_ms();
         i.acked_seq = acked_seq;
-        i.next_seq = next_seq;
-        i.buffer_depth = depth;
-        i.lag = next_seq.saturating_sub(acked_seq + 1);
+        i.next_seq = hello.next_seq;
+        i.buffer_depth = hello.buffer_depth;
+        i.lag = hello.next_seq.saturating_sub(acked_seq + 1);
         self.publish_gauges(i);
         (id, token)
     }
@@ -91,7 +89,10 @@ impl Fleet {
             if e.session.as_ref().is_some_and(|(id, _)| *id == session) {
                 e.session = None;
                 e.info.connected = false;
-                self.metrics.agent_connected.get_or_create(&Metrics::agent(agent)).set(0);
+                self.metrics
+                    .agent_connected
+                    .get_or_create(&Metrics::agent(agent))
+                    .set(0);
             }
         }
     }
@@ -110,7 +111,14 @@ impl Fleet {
     }
 
     /// A commit for the agent was acknowledged.
-    pub fn committed(&self, agent: &str, acked: u64, dup_transport: u64, dup_semantic: u64, rejected: u64) {
+    pub fn committed(
+        &self,
+        agent: &str,
+        acked: u64,
+        dup_transport: u64,
+        dup_semantic: u64,
+        rejected: u64,
+    ) {
         let mut agents = self.agents.lock().unwrap();
         if let Some(e) = agents.get_mut(agent) {
             let i = &mut e.info;
@@ -121,15 +129,24 @@ impl Fleet {
             i.duplicates_transport += dup_transport;
             i.duplicates_semantic += dup_semantic;
             i.rejected += rejected;
-            self.metrics.agent_lag.get_or_create(&Metrics::agent(agent)).set(i.lag as i64);
+            self.metrics
+                .agent_lag
+                .get_or_create(&Metrics::agent(agent))
+                .set(i.lag as i64);
         }
     }
 
     fn publish_gauges(&self, i: &AgentInfo) {
         let l = Metrics::agent(&i.agent_id);
-        self.metrics.agent_connected.get_or_create(&l).set(i.connected as i64);
+        self.metrics
+            .agent_connected
+            .get_or_create(&l)
+            .set(i.connected as i64);
         self.metrics.agent_lag.get_or_create(&l).set(i.lag as i64);
-        self.metrics.agent_buffer_depth.get_or_create(&l).set(i.buffer_depth as i64);
+        self.metrics
+            .agent_buffer_depth
+            .get_or_create(&l)
+            .set(i.buffer_depth as i64);
     }
 
     /// Every agent, by id.

@@ -9,7 +9,11 @@ use sightline_core::{client::ClientCommand, config::CoreConfig};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "sightline-core", version, about = "Sightline core server and terminal client")]
+#[command(
+    name = "sightline-core",
+    version,
+    about = "Sightline core server and terminal client"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -57,7 +61,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Client(cmd) => {
-            let url = std::env::var("SIGHTLINE_CORE").unwrap_or_else(|_| "http://127.0.0.1:50051".into());
+            let url =
+                std::env::var("SIGHTLINE_CORE").unwrap_or_else(|_| "http://127.0.0.1:50051".into());
             sightline_core::client::run(url, cmd).await
         }
         Command::Serve {
@@ -71,7 +76,8 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let mut cfg = match &config {
                 Some(p) => {
-                    let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+                    let text = std::fs::read_to_string(p)
+                        .with_context(|| format!("reading {}", p.display()))?;
                     CoreConfig::from_toml(&text).with_context(|| format!("in {}", p.display()))?
                 }
                 None => CoreConfig::default(),

@@ -49,23 +49,49 @@ impl Metrics {
     pub fn new() -> Self {
         let mut r = Registry::with_prefix("sightline");
         let ingested = Counter::default();
-        r.register("events_ingested", "Events stored (unique det_oids)", ingested.clone());
+        r.register(
+            "events_ingested",
+            "Events stored (unique det_oids)",
+            ingested.clone(),
+        );
         let duplicates = Family::<LevelLabel, Counter>::default();
-        r.register("duplicates", "Events dropped as duplicates, by level", duplicates.clone());
+        r.register(
+            "duplicates",
+            "Events dropped as duplicates, by level",
+            duplicates.clone(),
+        );
         let rejected = Family::<FieldLabel, Counter>::default();
-        r.register("rejected", "Events refused and quarantined, by field", rejected.clone());
+        r.register(
+            "rejected",
+            "Events refused and quarantined, by field",
+            rejected.clone(),
+        );
         let unmatched = Counter::default();
         r.register(
             "unmatched_location",
             "Events stored whose location is not in Dataset B",
             unmatched.clone(),
         );
-        let commit_seconds = Histogram::new([0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0]);
-        r.register("commit_seconds", "Time of one durable commit (WriteBatch + fsync)", commit_seconds.clone());
+        let commit_seconds = Histogram::new([
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
+        ]);
+        r.register(
+            "commit_seconds",
+            "Time of one durable commit (WriteBatch + fsync)",
+            commit_seconds.clone(),
+        );
         let commit_events = Histogram::new([1.0, 10.0, 100.0, 1000.0, 5000.0, 20000.0]);
-        r.register("commit_events", "Events per commit (group commit size)", commit_events.clone());
+        r.register(
+            "commit_events",
+            "Events per commit (group commit size)",
+            commit_events.clone(),
+        );
         let agent_connected = Family::<AgentLabel, Gauge>::default();
-        r.register("agent_connected", "1 while the agent has a session open", agent_connected.clone());
+        r.register(
+            "agent_connected",
+            "1 while the agent has a session open",
+            agent_connected.clone(),
+        );
         let agent_lag = Family::<AgentLabel, Gauge>::default();
         r.register(
             "agent_lag_events",
@@ -81,7 +107,11 @@ impl Metrics {
         let sessions = Counter::default();
         r.register("ingest_sessions", "Agent sessions opened", sessions.clone());
         let live_subscribers = Gauge::default();
-        r.register("live_subscribers", "Live subscribers connected", live_subscribers.clone());
+        r.register(
+            "live_subscribers",
+            "Live subscribers connected",
+            live_subscribers.clone(),
+        );
         let live_lagged = Counter::default();
         r.register(
             "live_subscribers_lagged",
@@ -113,6 +143,8 @@ impl Metrics {
     }
 
     pub fn agent(agent: &str) -> AgentLabel {
-        AgentLabel { agent: agent.to_string() }
+        AgentLabel {
+            agent: agent.to_string(),
+        }
     }
 }

@@ -36,7 +36,11 @@ pub struct Bound {
 
 /// Runs the core until `shutdown` is cancelled. `on_ready` is called once both
 /// listeners are bound.
-pub async fn run(config: CoreConfig, shutdown: CancellationToken, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
+pub async fn run(
+    config: CoreConfig,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(Bound),
+) -> anyhow::Result<()> {
     config.validate()?;
     let path = config.storage.path.clone();
     let (sync, cache) = (config.storage.sync, config.storage.cache.as_u64() as usize);
@@ -81,10 +85,20 @@ pub async fn run(config: CoreConfig, shutdown: CancellationToken, on_ready: impl
 
     let grpc_listener = TcpListener::bind(config.server.grpc_listen)
         .await
-        .with_context(|| format!("config `server.grpc_listen`: cannot bind {}", config.server.grpc_listen))?;
+        .with_context(|| {
+            format!(
+                "config `server.grpc_listen`: cannot bind {}",
+                config.server.grpc_listen
+            )
+        })?;
     let http_listener = TcpListener::bind(config.server.http_listen)
         .await
-        .with_context(|| format!("config `server.http_listen`: cannot bind {}", config.server.http_listen))?;
+        .with_context(|| {
+            format!(
+                "config `server.http_listen`: cannot bind {}",
+                config.server.http_listen
+            )
+        })?;
     let bound = Bound {
         grpc: grpc_listener.local_addr()?,
         http: http_listener.local_addr()?,
@@ -112,8 +126,10 @@ pub async fn run(config: CoreConfig, shutdown: CancellationToken, on_ready: impl
             .http2_keepalive_interval(Some(Duration::from_secs(5)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(
-                IngestServer::new(IngestService { core: ingest.clone() })
-                    .max_decoding_message_size(max_msg),
+                IngestServer::new(IngestService {
+                    core: ingest.clone(),
+                })
+                .max_decoding_message_size(max_msg),
             )
             .add_service(QueryServer::new(query).max_encoding_message_size(64 * 1024 * 1024))
             .add_service(AdminServer::new(AdminService {
@@ -150,7 +166,10 @@ pub async fn run(config: CoreConfig, shutdown: CancellationToken, on_ready: impl
     fleet.close_all();
     grpc_stop.cancel();
     http_stop.cancel();
-    if tokio::time::timeout(Duration::from_secs(10), grpc_task).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), grpc_task)
+        .await
+        .is_err()
+    {
         tracing::warn!("gRPC connections did not close within 10 s");
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
@@ -168,7 +187,8 @@ pub async fn run(config: CoreConfig, shutdown: CancellationToken, on_ready: impl
 
 fn spawn_sighup_reload(locations: Arc<Locations>, shutdown: CancellationToken) {
     tokio::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
             return;
         };
         loop {
@@ -187,7 +207,11 @@ fn spawn_sighup_reload(locations: Arc<Locations>, shutdown: CancellationToken) {
     });
 }
 
-fn spawn_retention(store: Arc<Store>, cfg: crate::config::RetentionConfig, shutdown: CancellationToken) {
+fn spawn_retention(
+    store: Arc<Store>,
+    cfg: crate::config::RetentionConfig,
+    shutdown: CancellationToken,
+) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(cfg.interval);
         loop {

@@ -257,7 +257,8 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused_by_name() {
-        let err = AgentConfig::from_toml("agent_id = \"a\"\n[buffer]\nmax_event = 3\n").unwrap_err();
+        let err =
+            AgentConfig::from_toml("agent_id = \"a\"\n[buffer]\nmax_event = 3\n").unwrap_err();
         assert!(err.to_string().contains("max_event"), "{err}");
     }
 

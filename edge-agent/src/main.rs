@@ -100,7 +100,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut config = match &cli.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
             AgentConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))?
         }
         None => AgentConfig::with_id(cli.agent_id.clone().unwrap_or_else(|| "agent-1".into())),

@@ -49,7 +49,12 @@ pub async fn run(
     };
     let buffer = tokio::task::spawn_blocking(move || Buffer::open(&path, opts))
         .await?
-        .map_err(|e| anyhow::anyhow!("cannot open the buffer at {}: {e}", config.buffer.path.display()))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot open the buffer at {}: {e}",
+                config.buffer.path.display()
+            )
+        })?;
     let buffer = Arc::new(buffer);
     tracing::info!(
         agent_id = %config.agent_id,
@@ -68,8 +73,10 @@ pub async fn run(
         },
     };
 
-    let transport: Arc<dyn Transport> =
-        Arc::new(GrpcTransport::new(config.core_url.clone(), config.sender.connect_timeout));
+    let transport: Arc<dyn Transport> = Arc::new(GrpcTransport::new(
+        config.core_url.clone(),
+        config.sender.connect_timeout,
+    ));
     let stats = Arc::new(SenderStats::default());
     let sender_stop = CancellationToken::new();
     let sender = Sender {
@@ -113,7 +120,10 @@ pub async fn run(
                 Source::None => std::future::pending::<anyhow::Result<()>>().await,
                 Source::Simulate(opts) => {
                     let s = simulate::simulate(publisher, opts).await?;
-                    println!("simulate: published={} duplicates={}", s.published, s.duplicates);
+                    println!(
+                        "simulate: published={} duplicates={}",
+                        s.published, s.duplicates
+                    );
                     Ok(())
                 }
                 Source::Replay(opts) => {

@@ -85,10 +85,12 @@ mod tests {
         assert!(derive_det_oid(&det()) > 0);
     }
 
+    type Change = Box<dyn Fn(&mut Detection)>;
+
     #[test]
     fn what_identifies_a_detection_changes_the_det_oid() {
         let base = derive_det_oid(&det());
-        let changes: Vec<Box<dyn Fn(&mut Detection)>> = vec![
+        let changes: Vec<Change> = vec![
             Box::new(|d| d.video_camera_oid += 1),
             Box::new(|d| d.geographical_location_oid += 1),
             Box::new(|d| d.timestamp_detected += 1),

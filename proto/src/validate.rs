@@ -212,11 +212,16 @@ mod tests {
         );
     }
 
+    type Change = Box<dyn Fn(&mut Detection)>;
+
     #[test]
     fn each_refusal_names_its_field() {
         let now = 1_700_000_000_000;
-        let cases: Vec<(&str, Box<dyn Fn(&mut Detection)>)> = vec![
-            ("geographical_location_oid", Box::new(|d| d.geographical_location_oid = 0)),
+        let cases: Vec<(&str, Change)> = vec![
+            (
+                "geographical_location_oid",
+                Box::new(|d| d.geographical_location_oid = 0),
+            ),
             ("video_camera_oid", Box::new(|d| d.video_camera_oid = -4)),
             ("detection_oid", Box::new(|d| d.detection_oid = None)),
             ("detection_oid", Box::new(|d| d.detection_oid = Some(-1))),
@@ -224,7 +229,10 @@ mod tests {
             ("item_name", Box::new(|d| d.item_name = "x".repeat(200))),
             ("item_name", Box::new(|d| d.item_name = "a\nb".into())),
             ("timestamp_detected", Box::new(|d| d.timestamp_detected = 0)),
-            ("timestamp_detected", Box::new(move |d| d.timestamp_detected = now + 3_600_000)),
+            (
+                "timestamp_detected",
+                Box::new(move |d| d.timestamp_detected = now + 3_600_000),
+            ),
             ("confidence", Box::new(|d| d.confidence = 1.5)),
             (
                 "attributes",

@@ -1,0 +1,470 @@
+//! Exactly once, end to end: real core and agent processes, real RocksDB, real
+//! gRPC on 127.0.0.1; the stored result is compared with ground truth computed
+//! from the generated input alone.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use sightline_proto::v1::{
+    agent_message, core_message, ingest_client::IngestClient, intake_client::IntakeClient,
+    publish_result, AgentMessage, Batch, CoreMessage, Detection, EdgeEvent, Hello, PublishRequest,
+    SubscribeRequest,
+};
+use sightline_tests::{
+    data::write_locations,
+    query::{assert_exactly_once, stats},
+    wait_for, Agent, AgentArgs, Core, Dataset, TcpProxy,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+const LOCATIONS: &[i64] = &[1, 2, 3, 4, 5];
+
+fn replay_agent(
+    dir: &std::path::Path,
+    id: &str,
+    core_url: String,
+    file: &std::path::Path,
+    rate: Option<u32>,
+) -> AgentArgs {
+    let mut command = vec!["replay".to_string(), file.display().to_string()];
+    if let Some(r) = rate {
+        command.push("--rate".into());
+        command.push(r.to_string());
+    }
+    AgentArgs {
+        id: id.into(),
+        core_url,
+        data_dir: dir.join(id),
+        command,
+        intake: false,
+        exit_when_drained: true,
+        extra: vec![],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_duplicates_are_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = dir.path().join("locations.csv");
+    // Location 5 is not in Dataset B: kept, flagged, counted.
+    write_locations(&b, &LOCATIONS[..4]);
+    let core = Core::start(dir.path(), Some(&b));
+    let data = Dataset::generate(1, 20_000, 0.2, 0.3, LOCATIONS);
+    let truth = data.truth();
+    assert!(
+        truth.published > truth.unique + 3000,
+        "the input must hold many duplicates"
+    );
+    let csv = dir.path().join("a.csv");
+    data.write_csv(&csv);
+    let mut agent = Agent::start(replay_agent(
+        dir.path(),
+        "dup-agent",
+        core.url(),
+        &csv,
+        None,
+    ));
+    assert!(agent.wait(Duration::from_secs(120)).success());
+    assert!(agent
+        .stdout()
+        .iter()
+        .any(|l| l.contains(&format!("accepted={}", truth.published))));
+    assert_exactly_once(&core.url(), &truth).await;
+    let s = stats(&core.url()).await;
+    assert_eq!(
+        s.duplicates_semantic + s.duplicates_transport,
+        truth.published - truth.unique
+    );
+    let unmatched: u64 = truth.counts[&5].values().sum();
+    assert_eq!(
+        s.unmatched, unmatched,
+        "events at a location missing from Dataset B are counted"
+    );
+    let events = sightline_tests::query::all_events(&core.url()).await;
+    for e in &events {
+        let loc = e.detection.as_ref().unwrap().geographical_location_oid;
+        assert_eq!(e.location_matched, loc != 5);
+        if loc != 5 {
+            assert_eq!(
+                e.location.as_ref().unwrap().geographical_location,
+                format!("Location {loc}")
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jsonl_replay_is_stored_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = dir.path().join("locations.csv");
+    write_locations(&b, LOCATIONS);
+    let core = Core::start(dir.path(), Some(&b));
+    let data = Dataset::generate(2, 5_000, 0.1, 0.5, LOCATIONS);
+    let file = dir.path().join("a.jsonl");
+    data.write_jsonl(&file);
+    let mut agent = Agent::start(replay_agent(
+        dir.path(),
+        "jsonl-agent",
+        core.url(),
+        &file,
+        None,
+    ));
+    assert!(agent.wait(Duration::from_secs(120)).success());
+    assert_exactly_once(&core.url(), &data.truth()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn core_killed_mid_stream_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = dir.path().join("locations.csv");
+    write_locations(&b, LOCATIONS);
+    let mut core = Core::start(dir.path(), Some(&b));
+    let data = Dataset::generate(3, 30_000, 0.1, 0.2, LOCATIONS);
+    let truth = data.truth();
+    let csv = dir.path().join("a.csv");
+    data.write_csv(&csv);
+    let mut agent = Agent::start(replay_agent(dir.path(), "a", core.url(), &csv, Some(6000)));
+    for _ in 0..3 {
+        let before = stats(&core.url()).await.stored;
+        wait_for("progress", Duration::from_secs(60), || {
+            let url = core.url();
+            async move { (stats(&url).await.stored > before + 2000).then_some(()) }
+        })
+        .await;
+        core.kill9();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        core.restart();
+    }
+    assert!(agent.wait(Duration::from_secs(180)).success());
+    assert_exactly_once(&core.url(), &truth).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_killed_mid_stream_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = dir.path().join("locations.csv");
+    write_locations(&b, LOCATIONS);
+    let core = Core::start(dir.path(), Some(&b));
+    let data = Dataset::generate(4, 30_000, 0.1, 0.2, LOCATIONS);
+    let truth = data.truth();
+    let csv = dir.path().join("a.csv");
+    data.write_csv(&csv);
+    let mut agent = Agent::start(replay_agent(dir.path(), "a", core.url(), &csv, Some(6000)));
+    for _ in 0..3 {
+        let before = stats(&core.url()).await.stored;
+        wait_for("progress", Duration::from_secs(60), || {
+            let url = core.url();
+            async move { (stats(&url).await.stored > before + 2000).then_some(()) }
+        })
+        .await;
+        agent.restart(); // kill -9, then start again on the same buffer and file
+    }
+    assert!(agent.wait(Duration::from_secs(180)).success());
+    assert_exactly_once(&core.url(), &truth).await;
+}
+
+/// A detector publishing through the intake retries every call that did not
+/// answer; the agent is killed -9 under it several times.
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_killed_under_a_publishing_detector_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = dir.path().join("locations.csv");
+    write_locations(&b, LOCATIONS);
+    let core = Core::start(dir.path(), Some(&b));
+    let data = Dataset::generate(5, 12_000, 0.0, 0.0, LOCATIONS);
+    let truth = data.truth();
+    let args = AgentArgs {
+        id: "intake-agent".into(),
+        core_url: core.url(),
+        data_dir: dir.path().join("intake-agent"),
+        command: vec![],
+        intake: true,
+        exit_when_drained: false,
+        extra: vec![],
+    };
+    let mut agent = Agent::start(args);
+    let mut sent = 0;
+    let mut kills = 0;
+    for chunk in data.rows.chunks(200) {
+        let dets: Vec<Detection> = chunk
+            .iter()
+            .map(|r| Detection {
+                geographical_location_oid: r.geographical_location_oid,
+                video_camera_oid: r.video_camera_oid,
+                detection_oid: r.detection_oid,
+                item_name: r.item_name.clone(),
+                timestamp_detected: r.timestamp_detected,
+                ..Default::default()
+            })
+            .collect();
+        loop {
+            let attempt = async {
+                let mut c = IntakeClient::connect(agent.intake_url()).await.ok()?;
+                c.publish(PublishRequest {
+                    detections: dets.clone(),
+                })
+                .await
+                .ok()
+            };
+            if let Some(resp) = attempt.await {
+                assert!(resp
+                    .into_inner()
+                    .results
+                    .iter()
+                    .all(|r| matches!(r.result, Some(publish_result::Result::Accepted(_)))));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        sent += 1;
+        if sent % 15 == 0 && kills < 3 {
+            agent.restart();
+            kills += 1;
+        }
+    }
+    let url = core.url();
+    wait_for("every detection stored", Duration::from_secs(120), || {
+        let url = url.clone();
+        let want = truth.unique;
+        async move { (stats(&url).await.stored >= want).then_some(()) }
+    })
+    .await;
+    assert_exactly_once(&core.url(), &truth).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn link_cut_and_restored_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = dir.path().join("locations.csv");
+    write_locations(&b, LOCATIONS);
+    let core = Core::start(dir.path(), Some(&b));
+    let proxy = TcpProxy::start(core.grpc).await;
+    let data = Dataset::generate(6, 30_000, 0.1, 0.2, LOCATIONS);
+    let truth = data.truth();
+    let csv = dir.path().join("a.csv");
+    data.write_csv(&csv);
+    let mut args = replay_agent(dir.path(), "a", proxy.url(), &csv, Some(6000));
+    args.extra = vec![];
+    let mut agent = Agent::start(args);
+    for _ in 0..4 {
+        let before = stats(&core.url()).await.stored;
+        wait_for("progress", Duration::from_secs(60), || {
+            let url = core.url();
+            async move { (stats(&url).await.stored > before + 1500).then_some(()) }
+        })
+        .await;
+        proxy.cut();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        proxy.restore();
+    }
+    assert!(agent.wait(Duration::from_secs(180)).success());
+    assert_exactly_once(&core.url(), &truth).await;
+    let connections = proxy.connections.load(std::sync::atomic::Ordering::SeqCst);
+    let log = agent.log();
+    assert!(
+        connections >= 5,
+        "the agent reconnects after each cut: {connections} connections; log:\n{log}"
+    );
+}
+
+/// Drives the ingest protocol by hand, as a misbehaving or retrying agent would.
+struct RawSession {
+    tx: mpsc::Sender<AgentMessage>,
+    rx: tonic::Streaming<CoreMessage>,
+    resume_from: u64,
+}
+
+impl RawSession {
+    async fn open(url: &str, agent: &str, epoch: u64) -> Self {
+        let mut client = IngestClient::connect(url.to_string()).await.unwrap();
+        let (tx, rx) = mpsc::channel(16);
+        tx.send(AgentMessage {
+            msg: Some(agent_message::Msg::Hello(Hello {
+                agent_id: agent.into(),
+                epoch,
+                ..Default::default()
+            })),
+        })
+        .await
+        .unwrap();
+        let mut rx = client
+            .session(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(core_message::Msg::Welcome(w)) = rx.next().await.unwrap().unwrap().msg else {
+            panic!("expected Welcome")
+        };
+        Self {
+            tx,
+            rx,
+            resume_from: w.resume_from,
+        }
+    }
+
+    async fn send(&mut self, first_seq: u64, events: Vec<EdgeEvent>) {
+        use prost::Message;
+        let events = events.iter().map(|e| e.encode_to_vec().into()).collect();
+        self.tx
+            .send(AgentMessage {
+                msg: Some(agent_message::Msg::Batch(Batch { first_seq, events })),
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn next(&mut self) -> Result<CoreMessage, tonic::Status> {
+        self.rx.next().await.unwrap()
+    }
+
+    async fn ack(&mut self) -> sightline_proto::v1::Ack {
+        match self.next().await.unwrap().msg {
+            Some(core_message::Msg::Ack(a)) => a,
+            other => panic!("expected Ack, got {other:?}"),
+        }
+    }
+}
+
+fn edge_events(seqs: std::ops::RangeInclusive<u64>, oid_base: i64) -> Vec<EdgeEvent> {
+    let now = sightline_tests::data::now_ms();
+    seqs.map(|s| EdgeEvent {
+        seq: s,
+        accepted_ms: now,
+        detection: Some(Detection {
+            geographical_location_oid: 1,
+            video_camera_oid: 100,
+            detection_oid: Some(oid_base + s as i64),
+            item_name: "person".into(),
+            timestamp_detected: now - 1000,
+            ..Default::default()
+        }),
+    })
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resent_batch_below_watermark_is_acked_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = Core::start(dir.path(), None);
+    let url = core.url();
+    let mut s = RawSession::open(&url, "raw-agent", 7).await;
+    assert_eq!(s.resume_from, 1);
+    s.send(1, edge_events(1..=10, 1000)).await;
+    assert_eq!(s.ack().await.committed_through, 10);
+    // Overlapping resend: 5..=10 are below the watermark, 11..=12 are new.
+    s.send(5, edge_events(5..=12, 1000)).await;
+    let a = s.ack().await;
+    assert_eq!(a.committed_through, 12);
+    assert_eq!(a.duplicates, 6);
+    drop(s);
+    // A reconnect is told where to resume; a full resend is acked, not stored.
+    let mut s = RawSession::open(&url, "raw-agent", 7).await;
+    assert_eq!(s.resume_from, 13);
+    s.send(1, edge_events(1..=12, 1000)).await;
+    let a = s.ack().await;
+    assert_eq!((a.committed_through, a.duplicates), (12, 12));
+    let st = stats(&url).await;
+    assert_eq!((st.stored, st.duplicates_transport), (12, 18));
+    // A gap is refused, naming where to resume.
+    s.send(20, edge_events(20..=21, 1000)).await;
+    let err = s.next().await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        err.message().contains("resume from 13"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(stats(&url).await.stored, 12);
+    // A new epoch (the agent's buffer was wiped) starts at 1 again; its
+    // events are new seqs but known det_oids: semantic duplicates.
+    let mut s = RawSession::open(&url, "raw-agent", 8).await;
+    assert_eq!(s.resume_from, 1);
+    s.send(1, edge_events(1..=3, 1000)).await;
+    let a = s.ack().await;
+    assert_eq!((a.committed_through, a.duplicates), (3, 3));
+    assert_eq!(stats(&url).await.duplicates_semantic, 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_duplicate_days_later_is_still_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut core = Core::start(dir.path(), None);
+    let url = core.url();
+    let mut s = RawSession::open(&url, "late", 1).await;
+    let mut old = edge_events(1..=1, 5000);
+    old[0].detection.as_mut().unwrap().timestamp_detected =
+        sightline_tests::data::now_ms() - 3 * 86_400_000;
+    s.send(1, old.clone()).await;
+    s.ack().await;
+    drop(s);
+    core.restart();
+    let mut s = RawSession::open(&core.url(), "late-other", 1).await;
+    old[0].seq = 1;
+    s.send(1, old).await;
+    assert_eq!(s.ack().await.duplicates, 1);
+    assert_eq!(stats(&core.url()).await.stored, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn subscribers_get_joined_events_as_they_are_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = dir.path().join("locations.csv");
+    write_locations(&b, LOCATIONS);
+    let core = Core::start(dir.path(), Some(&b));
+    let mut q = sightline_tests::query::client(&core.url()).await;
+    let mut live = q
+        .subscribe(SubscribeRequest {
+            from_ms: 0,
+            filter: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let agent = Agent::start(AgentArgs {
+        id: "live".into(),
+        core_url: core.url(),
+        data_dir: dir.path().join("live"),
+        command: vec![],
+        intake: true,
+        exit_when_drained: false,
+        extra: vec![],
+    });
+    let mut intake = IntakeClient::connect(agent.intake_url()).await.unwrap();
+    let now = sightline_tests::data::now_ms();
+    intake
+        .publish(PublishRequest {
+            detections: vec![Detection {
+                geographical_location_oid: 3,
+                video_camera_oid: 301,
+                detection_oid: None,
+                item_name: "backpack".into(),
+                timestamp_detected: now,
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(30), live.next())
+        .await
+        .expect("a live event")
+        .unwrap()
+        .unwrap();
+    let d = ev.detection.unwrap();
+    assert_eq!(d.item_name, "backpack");
+    assert!(d.detection_oid.unwrap() > 0, "the agent stamped a det_oid");
+    assert!(ev.location_matched);
+    assert_eq!(ev.location.unwrap().geographical_location, "Location 3");
+    assert_eq!(ev.agent_id, "live");
+    // From a point in time: the stored event first, then live ones, none twice.
+    let mut replay = q
+        .subscribe(SubscribeRequest {
+            from_ms: now - 1000,
+            filter: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = replay.next().await.unwrap().unwrap();
+    assert_eq!(first.detection.unwrap().detection_oid, d.detection_oid);
+}

@@ -1,1 +1,34 @@
-//! x
+//! Harness for Sightline's end-to-end tests and benchmarks: starts the real
+//! `sightline-core` and `sightline-agent` binaries on 127.0.0.1 (port 0), a
+//! TCP proxy that can cut the link, generated Dataset A files with duplicates,
+//! and the ground truth computed from them independently of the system.
+
+pub mod data;
+pub mod proc;
+pub mod proxy;
+pub mod query;
+
+pub use data::{Dataset, Row, Truth};
+pub use proc::{bin_path, Agent, AgentArgs, Core, CoreArgs};
+pub use proxy::TcpProxy;
+
+use std::time::Duration;
+
+/// Polls `f` every 100 ms until it returns `Some`, or panics with `what`
+/// after `timeout`. (A bound against hanging, not a speed claim.)
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -29,7 +29,10 @@ pub fn router(state: HttpState) -> Router {
 
 async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         s.metrics.encode(),
     )
 }
@@ -37,7 +40,10 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
 async fn reload(State(s): State<HttpState>) -> impl IntoResponse {
     let locations = s.locations.clone();
     match tokio::task::spawn_blocking(move || locations.reload(None)).await {
-        Ok(Ok((rows, path))) => (StatusCode::OK, format!("loaded {rows} locations from {path}\n")),
+        Ok(Ok((rows, path))) => (
+            StatusCode::OK,
+            format!("loaded {rows} locations from {path}\n"),
+        ),
         Ok(Err(e)) => (StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
     }

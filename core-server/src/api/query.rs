@@ -4,10 +4,11 @@
 use std::{collections::HashSet, path::PathBuf, sync::Arc};
 
 use sightline_proto::v1::{
-    admin_server::Admin, query_server::Query, EventFilter, FleetRequest, FleetResponse, GetEventRequest,
-    ItemCount, JoinedEvent, ListEventsRequest, ListEventsResponse, ListQuarantineRequest, ListQuarantineResponse,
-    LocationTop, ReloadLocationsRequest, ReloadLocationsResponse, StatsRequest, StatsResponse, SubscribeRequest,
-    TopItemsRequest, TopItemsResponse,
+    admin_server::Admin, query_server::Query, EventFilter, FleetRequest, FleetResponse,
+    GetEventRequest, ItemCount, JoinedEvent, ListEventsRequest, ListEventsResponse,
+    ListQuarantineRequest, ListQuarantineResponse, LocationTop, ReloadLocationsRequest,
+    ReloadLocationsResponse, StatsRequest, StatsResponse, SubscribeRequest, TopItemsRequest,
+    TopItemsResponse,
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -33,7 +34,9 @@ pub struct QueryService {
     pub metrics: Arc<Metrics>,
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Status> + Send + 'static) -> Result<T, Status> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Status::internal(e.to_string()))?
@@ -50,7 +53,10 @@ fn check_range(from_ms: i64, to_ms: i64) -> Result<(), Status> {
 
 #[tonic::async_trait]
 impl Query for QueryService {
-    async fn list_events(&self, req: Request<ListEventsRequest>) -> Result<Response<ListEventsResponse>, Status> {
+    async fn list_events(
+        &self,
+        req: Request<ListEventsRequest>,
+    ) -> Result<Response<ListEventsResponse>, Status> {
         let r = req.into_inner();
         check_range(r.from_ms, r.to_ms)?;
         let page_size = match r.page_size {
@@ -64,7 +70,13 @@ impl Query for QueryService {
         };
         let store = self.store.clone();
         let (mut events, next_page_token) = blocking(move || {
-            Ok(store.list_events(r.from_ms, r.to_ms, r.filter.as_ref(), page_size, &r.page_token)?)
+            Ok(store.list_events(
+                r.from_ms,
+                r.to_ms,
+                r.filter.as_ref(),
+                page_size,
+                &r.page_token,
+            )?)
         })
         .await?;
         let table = self.locations.current();
@@ -77,12 +89,17 @@ impl Query for QueryService {
         }))
     }
 
-    async fn get_event(&self, req: Request<GetEventRequest>) -> Result<Response<JoinedEvent>, Status> {
+    async fn get_event(
+        &self,
+        req: Request<GetEventRequest>,
+    ) -> Result<Response<JoinedEvent>, Status> {
         let oid = req.into_inner().detection_oid;
         let store = self.store.clone();
         let ev = blocking(move || Ok(store.get_event(oid)?)).await?;
         match ev {
-            None => Err(Status::not_found(format!("no event with detection_oid {oid}"))),
+            None => Err(Status::not_found(format!(
+                "no event with detection_oid {oid}"
+            ))),
             Some(mut e) => {
                 self.locations.current().join(&mut e);
                 Ok(Response::new(e))
@@ -90,7 +107,10 @@ impl Query for QueryService {
         }
     }
 
-    async fn top_items(&self, req: Request<TopItemsRequest>) -> Result<Response<TopItemsResponse>, Status> {
+    async fn top_items(
+        &self,
+        req: Request<TopItemsRequest>,
+    ) -> Result<Response<TopItemsResponse>, Status> {
         let r = req.into_inner();
         if r.to_ms == 0 || r.to_ms < r.from_ms {
             return Err(Status::invalid_argument(format!(
@@ -101,10 +121,17 @@ impl Query for QueryService {
         let x = match r.x {
             0 => 10,
             n @ 1..=1000 => n as usize,
-            n => return Err(Status::invalid_argument(format!("field `x`: {n} is more than 1000"))),
+            n => {
+                return Err(Status::invalid_argument(format!(
+                    "field `x`: {n} is more than 1000"
+                )))
+            }
         };
         let store = self.store.clone();
-        let counts = blocking(move || Ok(store.top_items(r.from_ms, r.to_ms, x, r.geographical_location_oid)?)).await?;
+        let counts = blocking(move || {
+            Ok(store.top_items(r.from_ms, r.to_ms, x, r.geographical_location_oid)?)
+        })
+        .await?;
         let table = self.locations.current();
         let locations = counts
             .into_iter()
@@ -112,7 +139,9 @@ impl Query for QueryService {
                 let loc = table.get(c.location);
                 LocationTop {
                     geographical_location_oid: c.location,
-                    geographical_location: loc.map(|l| l.geographical_location.clone()).unwrap_or_default(),
+                    geographical_location: loc
+                        .map(|l| l.geographical_location.clone())
+                        .unwrap_or_default(),
                     location_matched: loc.is_some(),
                     total: c.total,
                     items: c
@@ -132,7 +161,10 @@ impl Query for QueryService {
 
     type SubscribeStream = ReceiverStream<Result<JoinedEvent, Status>>;
 
-    async fn subscribe(&self, req: Request<SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+    async fn subscribe(
+        &self,
+        req: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
         let r = req.into_inner();
         // Attach first, then read history: nothing committed in between is missed.
         let mut live = self.hub.subscribe();
@@ -143,7 +175,10 @@ impl Query for QueryService {
             let filter = r.filter.unwrap_or_default();
             let mut replayed: HashSet<i64> = HashSet::new();
             if r.from_ms > 0 {
-                if let Err(s) = this.replay_history(r.from_ms, &filter, &tx, &mut replayed).await {
+                if let Err(s) = this
+                    .replay_history(r.from_ms, &filter, &tx, &mut replayed)
+                    .await
+                {
                     let _ = tx.send(Err(s)).await;
                     this.metrics.live_subscribers.dec();
                     return;
@@ -244,12 +279,18 @@ impl QueryService {
             let store = self.store.clone();
             let f = filter.clone();
             let t = token.clone();
-            let (events, next) = blocking(move || Ok(store.list_events(from_ms, 0, Some(&f), 1000, &t)?)).await?;
+            let (events, next) =
+                blocking(move || Ok(store.list_events(from_ms, 0, Some(&f), 1000, &t)?)).await?;
             for mut e in events {
                 if replayed.len() >= HISTORY_LIMIT {
                     return Ok(());
                 }
-                replayed.insert(e.detection.as_ref().and_then(|d| d.detection_oid).unwrap_or_default());
+                replayed.insert(
+                    e.detection
+                        .as_ref()
+                        .and_then(|d| d.detection_oid)
+                        .unwrap_or_default(),
+                );
                 table.join(&mut e);
                 if tx.send(Ok(e)).await.is_err() {
                     return Ok(());

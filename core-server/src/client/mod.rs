@@ -63,7 +63,10 @@ pub enum ClientCommand {
 }
 
 fn fmt_ms(ms: i64) -> String {
-    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)).to_string()
+    humantime::format_rfc3339_millis(
+        std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64),
+    )
+    .to_string()
 }
 
 fn line(e: &JoinedEvent) -> String {
@@ -111,7 +114,11 @@ pub async fn run(url: String, cmd: ClientCommand) -> anyhow::Result<()> {
                 })
                 .await?
                 .into_inner();
-            println!("top {x} items per location, {} .. {}", fmt_ms(r.from_ms), fmt_ms(r.to_ms));
+            println!(
+                "top {x} items per location, {} .. {}",
+                fmt_ms(r.from_ms),
+                fmt_ms(r.to_ms)
+            );
             if r.locations.is_empty() {
                 println!("(no events in this range)");
             }
@@ -121,7 +128,10 @@ pub async fn run(url: String, cmd: ClientCommand) -> anyhow::Result<()> {
                 } else {
                     "(not in Dataset B)".into()
                 };
-                println!("\n{} [{}] — {} events", name, l.geographical_location_oid, l.total);
+                println!(
+                    "\n{} [{}] — {} events",
+                    name, l.geographical_location_oid, l.total
+                );
                 for (i, it) in l.items.iter().enumerate() {
                     println!("  {:>2}. {:<16} {:>10}", i + 1, it.item_name, it.count);
                 }
@@ -158,14 +168,26 @@ pub async fn run(url: String, cmd: ClientCommand) -> anyhow::Result<()> {
             let r = q.fleet(FleetRequest {}).await?.into_inner();
             println!(
                 "{:<20} {:<9} {:<24} {:>10} {:>8} {:>8} {:>9} {:>9} {:>8}",
-                "agent", "state", "last seen", "acked seq", "lag", "buffer", "dup seq", "dup det", "rejected"
+                "agent",
+                "state",
+                "last seen",
+                "acked seq",
+                "lag",
+                "buffer",
+                "dup seq",
+                "dup det",
+                "rejected"
             );
             for a in r.agents {
                 println!(
                     "{:<20} {:<9} {:<24} {:>10} {:>8} {:>8} {:>9} {:>9} {:>8}",
                     a.agent_id,
                     if a.connected { "connected" } else { "away" },
-                    if a.last_seen_ms > 0 { fmt_ms(a.last_seen_ms) } else { "-".into() },
+                    if a.last_seen_ms > 0 {
+                        fmt_ms(a.last_seen_ms)
+                    } else {
+                        "-".into()
+                    },
                     a.acked_seq,
                     a.lag,
                     a.buffer_depth,

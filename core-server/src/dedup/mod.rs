@@ -279,10 +279,18 @@ impl Writer {
             if let Ok(o) = &p.outcome {
                 total += o.stored + o.dup_semantic + o.dup_transport + o.rejected.len() as u64;
                 m.ingested.inc_by(o.stored);
-                m.duplicates.get_or_create(&LevelLabel { level: "transport" }).inc_by(o.dup_transport);
-                m.duplicates.get_or_create(&LevelLabel { level: "semantic" }).inc_by(o.dup_semantic);
+                m.duplicates
+                    .get_or_create(&LevelLabel { level: "transport" })
+                    .inc_by(o.dup_transport);
+                m.duplicates
+                    .get_or_create(&LevelLabel { level: "semantic" })
+                    .inc_by(o.dup_semantic);
                 for r in &o.rejected {
-                    m.rejected.get_or_create(&FieldLabel { field: r.field.clone() }).inc();
+                    m.rejected
+                        .get_or_create(&FieldLabel {
+                            field: r.field.clone(),
+                        })
+                        .inc();
                 }
             }
             let _ = p.reply.send(p.outcome);
@@ -323,7 +331,8 @@ impl Writer {
         let mut batch = WriteBatch::default();
         let mut seen: HashSet<i64> = HashSet::with_capacity(fresh.len());
         let mut live = Vec::new();
-        let (mut n_stored, mut n_sem, mut n_rej, mut n_unmatched, mut n_transport) = (0u64, 0u64, 0u64, 0u64, 0u64);
+        let (mut n_stored, mut n_sem, mut n_rej, mut n_unmatched, mut n_transport) =
+            (0u64, 0u64, 0u64, 0u64, 0u64);
         let one = 1u64.to_le_bytes();
         let mut agg: HashMap<Vec<u8>, u64> = HashMap::new();
         for (idx, agent, ev) in fresh {
@@ -351,7 +360,11 @@ impl Writer {
                         quarantined_ms: now,
                         raw: raw.to_vec(),
                     };
-                    batch.put_cf(cf_q, keys::quarantine_key(now, &agent, seq), q.encode_to_vec());
+                    batch.put_cf(
+                        cf_q,
+                        keys::quarantine_key(now, &agent, seq),
+                        q.encode_to_vec(),
+                    );
                     outcome.rejected.push(Rejection {
                         seq,
                         detection_oid: det_oid,

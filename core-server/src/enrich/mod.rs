@@ -56,7 +56,12 @@ impl LocationTable {
         let rows: Vec<(u64, Vec<(String, String)>)> = match ext.as_str() {
             "csv" => read_csv(path).map_err(|(l, r)| err(l, r))?,
             "parquet" | "pq" => read_parquet(path).map_err(|(l, r)| err(l, r))?,
-            other => return Err(err(None, format!("unknown file type {other:?}: expected .csv or .parquet"))),
+            other => {
+                return Err(err(
+                    None,
+                    format!("unknown file type {other:?}: expected .csv or .parquet"),
+                ))
+            }
         };
         let mut table = HashMap::new();
         let mut first_line: HashMap<i64, u64> = HashMap::new();
@@ -79,7 +84,10 @@ impl LocationTable {
                 .parse()
                 .map_err(|_| err(Some(line), format!("`{OID}`: not an integer: {oid_text:?}")))?;
             if oid <= 0 {
-                return Err(err(Some(line), format!("`{OID}`: must be positive, got {oid}")));
+                return Err(err(
+                    Some(line),
+                    format!("`{OID}`: must be positive, got {oid}"),
+                ));
             }
             let name = name.unwrap_or_default();
             if name.trim().is_empty() {
@@ -115,7 +123,11 @@ impl LocationTable {
 
     /// Fills `location` and `location_matched` of an event from this table.
     pub fn join(&self, ev: &mut JoinedEvent) {
-        let oid = ev.detection.as_ref().map(|d| d.geographical_location_oid).unwrap_or(0);
+        let oid = ev
+            .detection
+            .as_ref()
+            .map(|d| d.geographical_location_oid)
+            .unwrap_or(0);
         ev.location = self.get(oid).cloned();
         ev.location_matched = ev.location.is_some();
     }
@@ -135,12 +147,20 @@ fn read_csv(path: &Path) -> Result<Rows, (Option<u64>, String)> {
         .collect();
     for required in [OID, NAME] {
         if !headers.iter().any(|h| h == required) {
-            return Err((Some(1), format!("the header has no `{required}` column (found {headers:?})")));
+            return Err((
+                Some(1),
+                format!("the header has no `{required}` column (found {headers:?})"),
+            ));
         }
     }
     let mut out = Vec::new();
     for rec in rdr.records() {
-        let rec = rec.map_err(|e| (e.position().map(|p| p.line()), format!("unreadable row: {e}")))?;
+        let rec = rec.map_err(|e| {
+            (
+                e.position().map(|p| p.line()),
+                format!("unreadable row: {e}"),
+            )
+        })?;
         let line = rec.position().map(|p| p.line()).unwrap_or(0);
         out.push((
             line,
@@ -160,7 +180,8 @@ fn read_parquet(path: &Path) -> Result<Rows, (Option<u64>, String)> {
         record::Field,
     };
     let file = File::open(path).map_err(|e| (None, format!("cannot open: {e}")))?;
-    let reader = SerializedFileReader::new(file).map_err(|e| (None, format!("not a Parquet file: {e}")))?;
+    let reader =
+        SerializedFileReader::new(file).map_err(|e| (None, format!("not a Parquet file: {e}")))?;
     let fields: Vec<String> = reader
         .metadata()
         .file_metadata()
@@ -267,21 +288,52 @@ mod tests {
     #[test]
     fn a_bad_file_is_refused_with_line_and_reason_and_the_old_table_stays() {
         let dir = tempfile::tempdir().unwrap();
-        let good = write(&dir, "good.csv", "geographical_location_oid,geographical_location\n1,Gate 1\n");
+        let good = write(
+            &dir,
+            "good.csv",
+            "geographical_location_oid,geographical_location\n1,Gate 1\n",
+        );
         let locs = Locations::new(Some(good)).unwrap();
         let cases = [
-            ("geographical_location_oid,geographical_location\n1,A\nx,B\n", "line 3", "not an integer"),
-            ("geographical_location_oid,geographical_location\n1,A\n1,B\n", "line 3", "appears twice"),
-            ("geographical_location_oid,geographical_location\n1,\n", "line 2", "must not be empty"),
-            ("oid,name\n1,A\n", "line 1", "no `geographical_location_oid` column"),
-            ("geographical_location_oid,geographical_location\n", "", "has no rows"),
-            ("geographical_location_oid,geographical_location\n1,A,extra\n", "line 2", "unreadable row"),
+            (
+                "geographical_location_oid,geographical_location\n1,A\nx,B\n",
+                "line 3",
+                "not an integer",
+            ),
+            (
+                "geographical_location_oid,geographical_location\n1,A\n1,B\n",
+                "line 3",
+                "appears twice",
+            ),
+            (
+                "geographical_location_oid,geographical_location\n1,\n",
+                "line 2",
+                "must not be empty",
+            ),
+            (
+                "oid,name\n1,A\n",
+                "line 1",
+                "no `geographical_location_oid` column",
+            ),
+            (
+                "geographical_location_oid,geographical_location\n",
+                "",
+                "has no rows",
+            ),
+            (
+                "geographical_location_oid,geographical_location\n1,A,extra\n",
+                "line 2",
+                "unreadable row",
+            ),
         ];
         for (i, (text, line, reason)) in cases.iter().enumerate() {
             let p = write(&dir, &format!("bad{i}.csv"), text);
             let e = locs.reload(Some(p)).unwrap_err().to_string();
             assert!(e.contains(line) && e.contains(reason), "{e}");
-            assert_eq!(locs.current().get(1).unwrap().geographical_location, "Gate 1");
+            assert_eq!(
+                locs.current().get(1).unwrap().geographical_location,
+                "Gate 1"
+            );
         }
     }
 }

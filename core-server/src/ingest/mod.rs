@@ -66,7 +66,9 @@ impl IngestCore {
             }
             Ok(None) => return,
             Err(_) => {
-                let _ = out.send(Err(Status::deadline_exceeded("no Hello in time"))).await;
+                let _ = out
+                    .send(Err(Status::deadline_exceeded("no Hello in time")))
+                    .await;
                 return;
             }
         };
@@ -89,19 +91,13 @@ impl IngestCore {
                 return;
             }
         };
-        let (session_id, kicked) = self.fleet.connect(
-            &agent,
-            epoch,
-            &hello.version,
-            &peer,
-            wm,
-            hello.next_seq,
-            hello.buffer_depth,
-        );
+        let (session_id, kicked) = self.fleet.connect(&hello, &peer, wm);
         self.metrics.sessions.inc();
         tracing::info!(%agent, epoch, %peer, resume_from = wm + 1, "agent session open");
         let welcome = CoreMessage {
-            msg: Some(core_message::Msg::Welcome(Welcome { resume_from: wm + 1 })),
+            msg: Some(core_message::Msg::Welcome(Welcome {
+                resume_from: wm + 1,
+            })),
         };
         if out.send(Ok(welcome)).await.is_err() {
             self.fleet.disconnect(&agent, session_id);
@@ -109,7 +105,8 @@ impl IngestCore {
         }
 
         // Acks go out in order from their own task, as commits complete.
-        let (pending_tx, pending_rx) = mpsc::channel::<oneshot::Receiver<Result<CommitOutcome, CommitError>>>(64);
+        let (pending_tx, pending_rx) =
+            mpsc::channel::<oneshot::Receiver<Result<CommitOutcome, CommitError>>>(64);
         let failed = CancellationToken::new();
         let acker = tokio::spawn(ack_loop(
             pending_rx,
@@ -128,8 +125,10 @@ impl IngestCore {
                 msg = inbound.next() => match msg {
                     None => break None,
                     Some(Err(s)) => {
-                        tracing::debug!(%agent, status = %s, "session stream broke");
-                        break None;
+                        // A broken link, or a message the transport refused
+                        // (too large, not decodable): say why, if anyone listens.
+                        tracing::debug!(%agent, status = %s, "session stream ended with an error");
+                        break Some(s);
                     }
                     Some(Ok(AgentMessage { msg: None })) => {
                         break Some(Status::invalid_argument("empty AgentMessage"));
@@ -235,9 +234,15 @@ async fn ack_loop(
 
 /// Decodes and checks a batch's events. A malformed batch (seqs that do not
 /// match positions) ends the session; a bad event only goes to quarantine.
-pub fn decode_batch(first_seq: u64, raw: Vec<Bytes>, limits: &Limits) -> Result<Vec<Incoming>, Status> {
+pub fn decode_batch(
+    first_seq: u64,
+    raw: Vec<Bytes>,
+    limits: &Limits,
+) -> Result<Vec<Incoming>, Status> {
     if first_seq == 0 {
-        return Err(Status::invalid_argument("field `first_seq`: seqs start at 1"));
+        return Err(Status::invalid_argument(
+            "field `first_seq`: seqs start at 1",
+        ));
     }
     let now = sightline_proto::now_ms();
     let mut out = Vec::with_capacity(raw.len());
@@ -262,7 +267,8 @@ pub fn decode_batch(first_seq: u64, raw: Vec<Bytes>, limits: &Limits) -> Result<
                 }
                 let verdict = match &ev.detection {
                     None => Err(("detection".to_string(), "missing".to_string())),
-                    Some(d) => validate_detection(d, now, limits, true).map_err(|e| (e.field.to_string(), e.reason)),
+                    Some(d) => validate_detection(d, now, limits, true)
+                        .map_err(|e| (e.field.to_string(), e.reason)),
                 };
                 match verdict {
                     Ok(()) => out.push(Incoming::Valid(ev)),

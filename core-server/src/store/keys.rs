@@ -84,7 +84,11 @@ pub fn parse_agg_key(k: &[u8]) -> Option<(i64, i64, &str)> {
     if k.len() < 17 {
         return None;
     }
-    Some((i64_from_key(&k[1..9]), i64_from_key(&k[9..17]), std::str::from_utf8(&k[17..]).ok()?))
+    Some((
+        i64_from_key(&k[1..9]),
+        i64_from_key(&k[9..17]),
+        std::str::from_utf8(&k[17..]).ok()?,
+    ))
 }
 
 /// `quarantine`: quarantined_ms ‖ agent_id ‖ 0x00 ‖ seq.

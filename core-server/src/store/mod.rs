@@ -41,8 +41,8 @@ use std::{
 
 use prost::Message;
 use rocksdb::{
-    compaction_filter::Decision, BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, MergeOperands,
-    Options, WriteBatch, WriteOptions, DB,
+    compaction_filter::Decision, BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode,
+    MergeOperands, Options, WriteBatch, WriteOptions, DB,
 };
 use sightline_proto::v1::{EventFilter, JoinedEvent, QuarantinedEvent};
 
@@ -156,13 +156,16 @@ impl Store {
         let dedup_cutoff = Arc::new(AtomicI64::new(i64::MIN));
         let mut det_opts = cf(true);
         let cutoff = dedup_cutoff.clone();
-        det_opts.set_compaction_filter("sightline-dedup-retention", move |_level: u32, _key: &[u8], value: &[u8]| {
-            if value.len() == 8 && keys::i64_from_key(value) < cutoff.load(Ordering::Relaxed) {
-                Decision::Remove
-            } else {
-                Decision::Keep
-            }
-        });
+        det_opts.set_compaction_filter(
+            "sightline-dedup-retention",
+            move |_level: u32, _key: &[u8], value: &[u8]| {
+                if value.len() == 8 && keys::i64_from_key(value) < cutoff.load(Ordering::Relaxed) {
+                    Decision::Remove
+                } else {
+                    Decision::Keep
+                }
+            },
+        );
         let mut agg_opts = cf(false);
         agg_opts.set_merge_operator_associative("sightline-add-u64", add_u64);
         let mut counter_opts = cf(false);
@@ -319,7 +322,8 @@ impl Store {
             .into_iter()
             .map(|(loc, items)| {
                 let total = items.values().sum();
-                let mut items: Vec<(String, u64)> = items.into_iter().filter(|(_, c)| *c > 0).collect();
+                let mut items: Vec<(String, u64)> =
+                    items.into_iter().filter(|(_, c)| *c > 0).collect();
                 items.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
                 items.truncate(x);
                 LocationCounts {
@@ -356,12 +360,16 @@ impl Store {
             if k.as_ref() >= end.as_slice() {
                 break;
             }
-            let (_, loc, name) =
-                keys::parse_agg_key(&k).ok_or_else(|| StoreError::Corrupt("malformed agg key".into()))?;
+            let (_, loc, name) = keys::parse_agg_key(&k)
+                .ok_or_else(|| StoreError::Corrupt("malformed agg key".into()))?;
             if location.is_some_and(|l| l != loc) {
                 continue;
             }
-            *sums.entry(loc).or_default().entry(name.to_string()).or_default() += le_u64(&v);
+            *sums
+                .entry(loc)
+                .or_default()
+                .entry(name.to_string())
+                .or_default() += le_u64(&v);
         }
         Ok(())
     }
@@ -400,7 +408,11 @@ impl Store {
 
     pub fn counters(&self) -> Result<Counters, StoreError> {
         let get = |name: &str| -> Result<u64, StoreError> {
-            Ok(self.db.get_cf(self.cf(CF_COUNTERS), name)?.map(|v| le_u64(&v)).unwrap_or(0))
+            Ok(self
+                .db
+                .get_cf(self.cf(CF_COUNTERS), name)?
+                .map(|v| le_u64(&v))
+                .unwrap_or(0))
         };
         Ok(Counters {
             stored: get(counter::STORED)?,
@@ -450,7 +462,8 @@ impl Store {
 
     /// Compacts the `det` column family now (so expired det keys go at once).
     pub fn compact_dedup_keys(&self) {
-        self.db.compact_range_cf(self.cf(CF_DET), None::<&[u8]>, None::<&[u8]>);
+        self.db
+            .compact_range_cf(self.cf(CF_DET), None::<&[u8]>, None::<&[u8]>);
     }
 }
 
@@ -458,7 +471,8 @@ pub fn matches_filter(ev: &JoinedEvent, f: &EventFilter) -> bool {
     let Some(d) = &ev.detection else {
         return false;
     };
-    f.geographical_location_oid.is_none_or(|l| l == d.geographical_location_oid)
+    f.geographical_location_oid
+        .is_none_or(|l| l == d.geographical_location_oid)
         && f.video_camera_oid.is_none_or(|c| c == d.video_camera_oid)
         && f.item_name.as_ref().is_none_or(|i| *i == d.item_name)
 }
@@ -472,11 +486,14 @@ fn encode_token(key: &[u8]) -> String {
 }
 
 fn decode_token(token: &str) -> Result<Vec<u8>, StoreError> {
-    if token.len() % 2 != 0 || token.len() > 1024 {
+    if !token.len().is_multiple_of(2) || token.len() > 1024 {
         return Err(StoreError::BadToken("wrong length".into()));
     }
     (0..token.len())
         .step_by(2)
-        .map(|i| u8::from_str_radix(&token[i..i + 2], 16).map_err(|_| StoreError::BadToken("not hex".into())))
+        .map(|i| {
+            u8::from_str_radix(&token[i..i + 2], 16)
+                .map_err(|_| StoreError::BadToken("not hex".into()))
+        })
         .collect()
 }

@@ -161,9 +161,9 @@ fn key(seq: u64) -> [u8; 8] {
 }
 
 fn be_u64(bytes: &[u8], what: &str) -> Result<u64, BufferError> {
-    let arr: [u8; 8] = bytes
-        .try_into()
-        .map_err(|_| BufferError::Corrupt(format!("{what}: expected 8 bytes, got {}", bytes.len())))?;
+    let arr: [u8; 8] = bytes.try_into().map_err(|_| {
+        BufferError::Corrupt(format!("{what}: expected 8 bytes, got {}", bytes.len()))
+    })?;
     Ok(u64::from_be_bytes(arr))
 }
 
@@ -367,7 +367,12 @@ impl Buffer {
     /// Up to `max_events` encoded events (and about `max_bytes`, at least
     /// one), starting at seq `from`, consecutive. Empty when `from` is not yet
     /// assigned.
-    pub fn read(&self, from: u64, max_events: usize, max_bytes: usize) -> Result<Vec<Bytes>, BufferError> {
+    pub fn read(
+        &self,
+        from: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Bytes>, BufferError> {
         let end = {
             let st = self.shared.state.lock().unwrap();
             if from <= st.acked {
@@ -397,23 +402,26 @@ impl Buffer {
         let cf = db.cf_handle(CF_EVENTS).expect("events cf");
         let mut out = Vec::new();
         let mut bytes = 0;
-        let mut expect = from;
         let iter = db.iterator_cf(
             &cf,
             rocksdb::IteratorMode::From(&key(from), rocksdb::Direction::Forward),
         );
-        for item in iter {
+        for (expect, item) in (from..).zip(iter) {
             let (k, v) = item?;
             let seq = be_u64(&k, "event key")?;
-            if seq >= end || out.len() >= max_events || (!out.is_empty() && bytes + v.len() > max_bytes) {
+            if seq >= end
+                || out.len() >= max_events
+                || (!out.is_empty() && bytes + v.len() > max_bytes)
+            {
                 break;
             }
             if seq != expect {
-                return Err(BufferError::Corrupt(format!("expected seq {expect}, found {seq}")));
+                return Err(BufferError::Corrupt(format!(
+                    "expected seq {expect}, found {seq}"
+                )));
             }
             bytes += v.len();
             out.push(Bytes::from(v.into_vec()));
-            expect += 1;
         }
         if out.is_empty() {
             return Err(BufferError::Corrupt(format!("seq {from} is missing")));
@@ -504,7 +512,8 @@ fn commit_group(shared: &Shared, group: Vec<AppendReq>) {
     let first_of_group = next;
     let mut batch = WriteBatch::default();
     let mut accepted = Vec::with_capacity(group.len());
-    let mut encoded_all: Vec<Bytes> = Vec::with_capacity(group.iter().map(|r| r.events.len()).sum());
+    let mut encoded_all: Vec<Bytes> =
+        Vec::with_capacity(group.iter().map(|r| r.events.len()).sum());
     for req in group {
         let encoded: Vec<Bytes> = req
             .events
@@ -523,7 +532,9 @@ fn commit_group(shared: &Shared, group: Vec<AppendReq>) {
             .collect();
         let count = encoded.len() as u64;
         let bytes: u64 = encoded.iter().map(|b| b.len() as u64).sum();
-        if held_events + count > shared.opts.max_events || held_bytes + bytes > shared.opts.max_bytes {
+        if held_events + count > shared.opts.max_events
+            || held_bytes + bytes > shared.opts.max_bytes
+        {
             let _ = req.reply.send(Err(BufferError::Full {
                 held_events,
                 held_bytes,
@@ -536,9 +547,19 @@ fn commit_group(shared: &Shared, group: Vec<AppendReq>) {
             batch.put_cf(&events_cf, key(next + i as u64), b);
         }
         if let Some(src) = &req.source {
-            batch.put_cf(&meta, format!("source/{}", src.name), src.position.to_be_bytes());
+            batch.put_cf(
+                &meta,
+                format!("source/{}", src.name),
+                src.position.to_be_bytes(),
+            );
         }
-        accepted.push((req.reply, Appended { first_seq: next, count }));
+        accepted.push((
+            req.reply,
+            Appended {
+                first_seq: next,
+                count,
+            },
+        ));
         encoded_all.extend(encoded);
         next += count;
         held_events += count;

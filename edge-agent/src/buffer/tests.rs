@@ -35,13 +35,30 @@ fn seqs_are_gap_free_and_survive_reopen() {
     {
         let b = Buffer::open(dir.path(), opts()).unwrap();
         epoch = b.epoch();
-        assert_eq!(b.append_blocking(vec![det(1), det(2)], None).unwrap(), Appended { first_seq: 1, count: 2 });
-        assert_eq!(b.append_blocking(vec![det(3)], None).unwrap(), Appended { first_seq: 3, count: 1 });
+        assert_eq!(
+            b.append_blocking(vec![det(1), det(2)], None).unwrap(),
+            Appended {
+                first_seq: 1,
+                count: 2
+            }
+        );
+        assert_eq!(
+            b.append_blocking(vec![det(3)], None).unwrap(),
+            Appended {
+                first_seq: 3,
+                count: 1
+            }
+        );
     }
     let b = Buffer::open(dir.path(), opts()).unwrap();
     assert_eq!(b.epoch(), epoch, "the epoch must not change on reopen");
     assert_eq!(b.next_seq(), 4);
-    let got: Vec<u64> = b.read(1, 100, usize::MAX).unwrap().iter().map(|e| decode(e).seq).collect();
+    let got: Vec<u64> = b
+        .read(1, 100, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|e| decode(e).seq)
+        .collect();
     assert_eq!(got, vec![1, 2, 3]);
 }
 
@@ -58,26 +75,48 @@ fn a_wiped_buffer_gets_a_new_epoch() {
 #[test]
 fn a_full_buffer_refuses_the_whole_append_and_keeps_what_it_holds() {
     let dir = tempfile::tempdir().unwrap();
-    let b = Buffer::open(dir.path(), BufferOptions { max_events: 3, ..opts() }).unwrap();
+    let b = Buffer::open(
+        dir.path(),
+        BufferOptions {
+            max_events: 3,
+            ..opts()
+        },
+    )
+    .unwrap();
     b.append_blocking(vec![det(1), det(2)], None).unwrap();
     let err = b.append_blocking(vec![det(3), det(4)], None).unwrap_err();
-    assert!(matches!(err, BufferError::Full { held_events: 2, .. }), "{err}");
+    assert!(
+        matches!(err, BufferError::Full { held_events: 2, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("retry"));
     assert_eq!(b.depth(), 2);
     b.ack_through(2).unwrap();
-    assert_eq!(b.append_blocking(vec![det(3), det(4)], None).unwrap().first_seq, 3);
+    assert_eq!(
+        b.append_blocking(vec![det(3), det(4)], None)
+            .unwrap()
+            .first_seq,
+        3
+    );
 }
 
 #[test]
 fn events_leave_only_through_acks() {
     let dir = tempfile::tempdir().unwrap();
     let b = Buffer::open(dir.path(), opts()).unwrap();
-    b.append_blocking((1..=10).map(det).collect(), None).unwrap();
+    b.append_blocking((1..=10).map(det).collect(), None)
+        .unwrap();
     b.ack_through(4).unwrap();
     assert_eq!(b.depth(), 6);
-    assert!(matches!(b.read(4, 10, usize::MAX), Err(BufferError::Gone { .. })));
+    assert!(matches!(
+        b.read(4, 10, usize::MAX),
+        Err(BufferError::Gone { .. })
+    ));
     assert_eq!(decode(&b.read(5, 10, usize::MAX).unwrap()[0]).seq, 5);
-    assert!(matches!(b.ack_through(11), Err(BufferError::AckBeyond { .. })));
+    assert!(matches!(
+        b.ack_through(11),
+        Err(BufferError::AckBeyond { .. })
+    ));
     drop(b);
     let b = Buffer::open(dir.path(), opts()).unwrap();
     assert_eq!(b.acked(), 4);
@@ -89,7 +128,10 @@ fn the_source_position_is_stored_with_its_events() {
     let dir = tempfile::tempdir().unwrap();
     {
         let b = Buffer::open(dir.path(), opts()).unwrap();
-        let pos = SourcePosition { name: "replay/x".into(), position: 17 };
+        let pos = SourcePosition {
+            name: "replay/x".into(),
+            position: 17,
+        };
         b.append_blocking(vec![det(1)], Some(pos)).unwrap();
     }
     let b = Buffer::open(dir.path(), opts()).unwrap();
@@ -101,7 +143,8 @@ fn the_source_position_is_stored_with_its_events() {
 fn reads_respect_the_byte_limit_but_return_at_least_one() {
     let dir = tempfile::tempdir().unwrap();
     let b = Buffer::open(dir.path(), opts()).unwrap();
-    b.append_blocking((1..=10).map(det).collect(), None).unwrap();
+    b.append_blocking((1..=10).map(det).collect(), None)
+        .unwrap();
     assert_eq!(b.read(1, 100, 1).unwrap().len(), 1);
     assert_eq!(b.read(1, 3, usize::MAX).unwrap().len(), 3);
     assert!(b.read(11, 3, usize::MAX).unwrap().is_empty());

@@ -4,7 +4,8 @@
 //! reason; a full buffer fails the call with a retryable RESOURCE_EXHAUSTED.
 
 use sightline_proto::v1::{
-    intake_server::Intake, publish_result, Accepted, Invalid, PublishRequest, PublishResponse, PublishResult,
+    intake_server::Intake, publish_result, Accepted, Invalid, PublishRequest, PublishResponse,
+    PublishResult,
 };
 use tonic::{Request, Response, Status};
 
@@ -20,7 +21,10 @@ pub struct IntakeService {
 
 #[tonic::async_trait]
 impl Intake for IntakeService {
-    async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<PublishResponse>, Status> {
+    async fn publish(
+        &self,
+        request: Request<PublishRequest>,
+    ) -> Result<Response<PublishResponse>, Status> {
         let detections = request.into_inner().detections;
         if detections.len() > MAX_DETECTIONS_PER_CALL {
             return Err(Status::invalid_argument(format!(
@@ -28,15 +32,21 @@ impl Intake for IntakeService {
                 detections.len()
             )));
         }
-        let results = self.publisher.publish(detections, None).await.map_err(|e| match e {
-            BufferError::Full { .. } => Status::resource_exhausted(e.to_string()),
-            other => Status::unavailable(format!("agent buffer: {other}")),
-        })?;
+        let results = self
+            .publisher
+            .publish(detections, None)
+            .await
+            .map_err(|e| match e {
+                BufferError::Full { .. } => Status::resource_exhausted(e.to_string()),
+                other => Status::unavailable(format!("agent buffer: {other}")),
+            })?;
         let results = results
             .into_iter()
             .map(|r| PublishResult {
                 result: Some(match r {
-                    Ok((detection_oid, seq)) => publish_result::Result::Accepted(Accepted { detection_oid, seq }),
+                    Ok((detection_oid, seq)) => {
+                        publish_result::Result::Accepted(Accepted { detection_oid, seq })
+                    }
                     Err(e) => publish_result::Result::Invalid(Invalid {
                         field: e.field.to_string(),
                         reason: e.reason,

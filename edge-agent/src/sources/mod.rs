@@ -57,7 +57,10 @@ impl Publisher {
     ) -> Result<Vec<ItemResult>, BufferError> {
         let (valid, verdicts) = self.prepare(detections);
         let deadline = tokio::time::Instant::now() + self.block_timeout;
-        let oids: Vec<i64> = valid.iter().map(|d| d.detection_oid.unwrap_or_default()).collect();
+        let oids: Vec<i64> = valid
+            .iter()
+            .map(|d| d.detection_oid.unwrap_or_default())
+            .collect();
         let mut pending = Some(valid);
         let appended = loop {
             // Only the block policy tries again, so only it needs a copy.
@@ -68,7 +71,8 @@ impl Publisher {
             };
             match self.append_or_full(attempt, source.clone()).await {
                 Err(e @ BufferError::Full { .. })
-                    if self.when_full == WhenFull::Block && tokio::time::Instant::now() < deadline =>
+                    if self.when_full == WhenFull::Block
+                        && tokio::time::Instant::now() < deadline =>
                 {
                     let _ = tokio::time::timeout_at(deadline, self.buffer.room()).await;
                     tracing::debug!(error = %e, "buffer full, publisher waits");
@@ -88,11 +92,15 @@ impl Publisher {
         source: Option<SourcePosition>,
     ) -> Result<Vec<ItemResult>, BufferError> {
         let (valid, verdicts) = self.prepare(detections);
-        let oids: Vec<i64> = valid.iter().map(|d| d.detection_oid.unwrap_or_default()).collect();
+        let oids: Vec<i64> = valid
+            .iter()
+            .map(|d| d.detection_oid.unwrap_or_default())
+            .collect();
         loop {
             match self.append_or_full(valid.clone(), source.clone()).await {
                 Err(BufferError::Full { .. }) => {
-                    let _ = tokio::time::timeout(Duration::from_millis(200), self.buffer.room()).await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(200), self.buffer.room()).await;
                 }
                 other => return Ok(merge(verdicts, &oids, other?)),
             }
@@ -111,7 +119,11 @@ impl Publisher {
     }
 }
 
-fn merge(verdicts: Vec<Option<FieldError>>, oids: &[i64], appended: Option<Appended>) -> Vec<ItemResult> {
+fn merge(
+    verdicts: Vec<Option<FieldError>>,
+    oids: &[i64],
+    appended: Option<Appended>,
+) -> Vec<ItemResult> {
     let mut seq = appended.map(|a| a.first_seq).unwrap_or(0);
     let mut oid = oids.iter();
     verdicts

@@ -95,7 +95,11 @@ struct Read {
     row: Result<Row, String>,
 }
 
-fn int_field(field: &'static str, cell: Option<&Cell>, required: bool) -> Result<Option<i64>, FieldError> {
+fn int_field(
+    field: &'static str,
+    cell: Option<&Cell>,
+    required: bool,
+) -> Result<Option<i64>, FieldError> {
     match cell {
         None | Some(Cell::Null) => {
             if required {
@@ -154,15 +158,21 @@ fn detection_from_row(row: Row) -> Result<Detection, FieldError> {
     let cells: HashMap<&str, &Cell> = row.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let get = |k: &str| cells.get(k).copied();
     let mut d = Detection {
-        geographical_location_oid: int_field("geographical_location_oid", get("geographical_location_oid"), true)?
+        geographical_location_oid: int_field(
+            "geographical_location_oid",
+            get("geographical_location_oid"),
+            true,
+        )?
+        .unwrap_or_default(),
+        video_camera_oid: int_field("video_camera_oid", get("video_camera_oid"), true)?
             .unwrap_or_default(),
-        video_camera_oid: int_field("video_camera_oid", get("video_camera_oid"), true)?.unwrap_or_default(),
         detection_oid: int_field("detection_oid", get("detection_oid"), false)?,
         item_name: match get("item_name") {
             None | Some(Cell::Null) => return Err(FieldError::new("item_name", "missing")),
             Some(c) => c.as_text(),
         },
-        timestamp_detected: int_field("timestamp_detected", get("timestamp_detected"), true)?.unwrap_or_default(),
+        timestamp_detected: int_field("timestamp_detected", get("timestamp_detected"), true)?
+            .unwrap_or_default(),
         confidence: float_field("confidence", get("confidence"))?.unwrap_or(0.0),
         ..Default::default()
     };
@@ -210,7 +220,11 @@ fn read_file(
     match format {
         Format::Csv => {
             let mut rdr = csv::ReaderBuilder::new().flexible(true).from_path(path)?;
-            let headers: Vec<String> = rdr.headers()?.iter().map(|h| h.trim().to_string()).collect();
+            let headers: Vec<String> = rdr
+                .headers()?
+                .iter()
+                .map(|h| h.trim().to_string())
+                .collect();
             let mut record = csv::StringRecord::new();
             loop {
                 let line = rdr.position().line() + 1;
@@ -219,7 +233,11 @@ fn read_file(
                     Ok(true) => {
                         let line = record.position().map(|p| p.line()).unwrap_or(line);
                         let row = if record.len() != headers.len() {
-                            Err(format!("has {} fields, the header has {}", record.len(), headers.len()))
+                            Err(format!(
+                                "has {} fields, the header has {}",
+                                record.len(),
+                                headers.len()
+                            ))
                         } else {
                             Ok(headers
                                 .iter()
@@ -233,7 +251,13 @@ fn read_file(
                     }
                     Err(e) => {
                         let line = e.position().map(|p| p.line()).unwrap_or(line);
-                        if !push(Read { line, row: Err(format!("unreadable CSV: {e}")) }, &mut chunk) {
+                        if !push(
+                            Read {
+                                line,
+                                row: Err(format!("unreadable CSV: {e}")),
+                            },
+                            &mut chunk,
+                        ) {
                             return Ok(());
                         }
                         if matches!(e.kind(), csv::ErrorKind::Io(_)) {
@@ -267,7 +291,10 @@ fn read_file(
                             (k, cell)
                         })
                         .collect()),
-                    Ok(other) => Err(format!("expected a JSON object, got {}", short(&other.to_string()))),
+                    Ok(other) => Err(format!(
+                        "expected a JSON object, got {}",
+                        short(&other.to_string())
+                    )),
                     Err(e) => Err(format!("invalid JSON: {e}")),
                 };
                 if !push(Read { line, row }, &mut chunk) {
@@ -347,14 +374,21 @@ pub async fn replay(publisher: Publisher, opts: ReplayOptions) -> anyhow::Result
     let total_bytes = std::fs::metadata(&canonical).map(|m| m.len()).unwrap_or(0);
     let bar = indicatif::ProgressBar::new(total_bytes.max(1));
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} replay {msg} [{elapsed_precise}] {wide_bar}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} replay {msg} [{elapsed_precise}] {wide_bar}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let (tx, mut rx) = mpsc::channel::<Vec<Read>>(4);
     let path = canonical.clone();
     // About 20 chunks a second at the given rate, so pacing stays smooth.
-    let chunk_rows = opts.rate.map(|r| (r / 20.0) as usize).unwrap_or(1000).clamp(1, 1000);
-    let reader = tokio::task::spawn_blocking(move || read_file(&path, format, stored, chunk_rows, tx));
+    let chunk_rows = opts
+        .rate
+        .map(|r| (r / 20.0) as usize)
+        .unwrap_or(1000)
+        .clamp(1, 1000);
+    let reader =
+        tokio::task::spawn_blocking(move || read_file(&path, format, stored, chunk_rows, tx));
 
     let mut summary = ReplaySummary {
         skipped: stored,
@@ -370,7 +404,7 @@ pub async fn replay(publisher: Publisher, opts: ReplayOptions) -> anyhow::Result
             match r.row {
                 Err(reason) => {
                     summary.invalid += 1;
-                    report(&bar, r.line, &format!("{reason}"));
+                    report(&bar, r.line, &reason);
                 }
                 Ok(row) => match detection_from_row(row) {
                     Ok(d) => {
@@ -406,7 +440,10 @@ pub async fn replay(publisher: Publisher, opts: ReplayOptions) -> anyhow::Result
                 }
             }
         }
-        bar.set_message(format!("{} rows, {} invalid", summary.rows, summary.invalid));
+        bar.set_message(format!(
+            "{} rows, {} invalid",
+            summary.rows, summary.invalid
+        ));
         bar.set_position(total_bytes.min(summary.rows * 64));
     }
     bar.finish_and_clear();
@@ -423,7 +460,10 @@ mod tests {
     use super::*;
 
     fn row(pairs: &[(&str, &str)]) -> Row {
-        pairs.iter().map(|(k, v)| (k.to_string(), Cell::Str(v.to_string()))).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Cell::Str(v.to_string())))
+            .collect()
     }
 
     #[test]
@@ -455,7 +495,11 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.field, "video_camera_oid");
         assert!(err.reason.contains("thirty"));
-        let err = detection_from_row(row(&[("geographical_location_oid", "3"), ("video_camera_oid", "1")])).unwrap_err();
+        let err = detection_from_row(row(&[
+            ("geographical_location_oid", "3"),
+            ("video_camera_oid", "1"),
+        ]))
+        .unwrap_err();
         assert_eq!(err.field, "item_name");
     }
 }

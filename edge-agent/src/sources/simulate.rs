@@ -14,8 +14,21 @@ use super::Publisher;
 
 /// Items the simulated detectors report, most frequent first.
 pub const ITEMS: &[&str] = &[
-    "person", "car", "bicycle", "backpack", "truck", "handbag", "dog", "bus", "motorcycle", "suitcase", "umbrella",
-    "cat", "skateboard", "stroller", "scooter",
+    "person",
+    "car",
+    "bicycle",
+    "backpack",
+    "truck",
+    "handbag",
+    "dog",
+    "bus",
+    "motorcycle",
+    "suitcase",
+    "umbrella",
+    "cat",
+    "skateboard",
+    "stroller",
+    "scooter",
 ];
 
 /// The simulated fleet's shape.
@@ -59,11 +72,20 @@ fn pick_item(rng: &mut StdRng) -> &'static str {
 }
 
 /// Runs the simulation until `count` is reached (or forever).
-pub async fn simulate(publisher: Publisher, opts: SimulateOptions) -> anyhow::Result<SimulateSummary> {
+pub async fn simulate(
+    publisher: Publisher,
+    opts: SimulateOptions,
+) -> anyhow::Result<SimulateSummary> {
     anyhow::ensure!(opts.cameras > 0, "--cameras must be at least 1");
-    anyhow::ensure!(!opts.locations.is_empty(), "--locations must name at least one location");
+    anyhow::ensure!(
+        !opts.locations.is_empty(),
+        "--locations must name at least one location"
+    );
     anyhow::ensure!(opts.rate > 0.0, "--rate must be positive");
-    anyhow::ensure!((0.0..1.0).contains(&opts.duplicates), "--duplicates must be within 0..1");
+    anyhow::ensure!(
+        (0.0..1.0).contains(&opts.duplicates),
+        "--duplicates must be within 0..1"
+    );
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let mut recent: VecDeque<Detection> = VecDeque::with_capacity(1024);
     let mut summary = SimulateSummary::default();

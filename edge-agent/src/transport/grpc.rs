@@ -75,7 +75,10 @@ fn source_chain(e: &dyn std::error::Error) -> String {
 fn status_error(s: &tonic::Status) -> LinkError {
     use tonic::Code;
     match s.code() {
-        Code::InvalidArgument | Code::PermissionDenied | Code::Unauthenticated | Code::FailedPrecondition => {
+        Code::InvalidArgument
+        | Code::PermissionDenied
+        | Code::Unauthenticated
+        | Code::FailedPrecondition => {
             LinkError::Refused(format!("{:?}: {}", s.code(), s.message()))
         }
         _ => LinkError::Broken(format!("{:?}: {}", s.code(), s.message())),

@@ -161,7 +161,9 @@ impl Sender {
         }
         // Everything below resume_from is durable at the core.
         buffer.ack_through(resume_from - 1)?;
-        self.stats.acked_through.store(resume_from - 1, Ordering::Relaxed);
+        self.stats
+            .acked_through
+            .store(resume_from - 1, Ordering::Relaxed);
         self.stats.connected.store(true, Ordering::Relaxed);
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
         backoff.reset();
@@ -253,7 +255,10 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
-async fn send(tx: &tokio::sync::mpsc::Sender<AgentMessage>, msg: agent_message::Msg) -> Result<(), LinkError> {
+async fn send(
+    tx: &tokio::sync::mpsc::Sender<AgentMessage>,
+    msg: agent_message::Msg,
+) -> Result<(), LinkError> {
     tx.send(AgentMessage { msg: Some(msg) })
         .await
         .map_err(|_| LinkError::Broken("the outgoing stream closed".into()))

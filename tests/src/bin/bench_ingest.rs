@@ -1,1 +1,303 @@
-fn main() {}
+//! Ingest benchmark: the real core and agents on this machine, durable
+//! (fsync on both sides), 10% upstream duplicates, joined with Dataset B.
+//!
+//! 1. Throughput: publishers push into the agents' intake as fast as they
+//!    take it for `--seconds`; the figure is published events (duplicates
+//!    included) per second, from the first publish until the core has
+//!    committed the last of them.
+//! 2. Live latency at `--rate` events/s: publish (intake call start) → the
+//!    joined event received by a `Subscribe` client, p50 and p99.
+//! 3. RSS of the agents and the core during the latency run.
+//!
+//! Last line: `ingest events_per_s=<N> p50_live_ms=<x> p99_live_ms=<y> agent_rss_mb=<a> core_rss_mb=<c>`.
+//! Run with `deploy/bench-ingest.sh` (release build).
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use clap_lite::Args;
+use futures::StreamExt;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use sightline_proto::v1::{
+    intake_client::IntakeClient, Detection, PublishRequest, SubscribeRequest,
+};
+use sightline_tests::{
+    data::{now_ms, write_locations},
+    proc::rss_mb,
+    query::{client, stats},
+    Agent, AgentArgs, Core,
+};
+
+mod clap_lite {
+    /// Minimal `--key value` parsing (the bench has four knobs).
+    pub struct Args(Vec<String>);
+    impl Args {
+        pub fn from_env() -> Self {
+            Self(std::env::args().skip(1).collect())
+        }
+        pub fn get(&self, key: &str, default: f64) -> f64 {
+            self.0
+                .iter()
+                .position(|a| a == key)
+                .and_then(|i| self.0.get(i + 1))
+                .map(|v| v.parse().unwrap_or_else(|_| panic!("{key} takes a number")))
+                .unwrap_or(default)
+        }
+    }
+}
+
+const LOCATIONS: i64 = 12;
+
+struct Gen {
+    rng: StdRng,
+    recent: Vec<Detection>,
+    dup: f64,
+}
+
+impl Gen {
+    fn next(&mut self) -> (Detection, bool) {
+        if !self.recent.is_empty() && self.rng.random::<f64>() < self.dup {
+            let i = self.rng.random_range(0..self.recent.len());
+            return (self.recent[i].clone(), true);
+        }
+        let loc = self.rng.random_range(1..=LOCATIONS + 1); // one location not in Dataset B
+        let d = Detection {
+            geographical_location_oid: loc,
+            video_camera_oid: loc * 100 + self.rng.random_range(0..4),
+            detection_oid: Some(self.rng.random_range(1..i64::MAX)),
+            item_name: ["person", "car", "bicycle", "backpack", "truck", "dog"]
+                [self.rng.random_range(0..6)]
+            .into(),
+            timestamp_detected: now_ms(),
+            confidence: 0.9,
+            ..Default::default()
+        };
+        if self.recent.len() < 4096 {
+            self.recent.push(d.clone());
+        } else {
+            let i = self.rng.random_range(0..4096);
+            self.recent[i] = d.clone();
+        }
+        (d, false)
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::from_env();
+    let agents_n = args.get("--agents", 2.0) as usize;
+    let seconds = args.get("--seconds", 10.0);
+    let rate = args.get("--rate", 10_000.0);
+    let batch = args.get("--batch", 500.0) as usize;
+    let dup = 0.10;
+
+    let dir = tempfile::tempdir().unwrap();
+    let b = dir.path().join("locations.csv");
+    write_locations(&b, &(1..=LOCATIONS).collect::<Vec<_>>());
+    let core = Core::start(dir.path(), Some(&b));
+    let agents: Vec<Agent> = (0..agents_n)
+        .map(|i| {
+            Agent::start(AgentArgs {
+                id: format!("bench-{i}"),
+                core_url: core.url(),
+                data_dir: dir.path().join(format!("bench-{i}")),
+                command: vec![],
+                intake: true,
+                exit_when_drained: false,
+                extra: vec![],
+            })
+        })
+        .collect();
+    let urls: Vec<String> = agents.iter().map(|a| a.intake_url()).collect();
+    println!(
+        "setup: core + {agents_n} agents (durable, fsync), {:.0}% duplicates, Dataset B joined",
+        dup * 100.0
+    );
+
+    // ---- 1. throughput ----
+    let published = Arc::new(AtomicU64::new(0));
+    let unique = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, url) in urls.iter().enumerate() {
+        for j in 0..4 {
+            let (url, published, unique, stop) =
+                (url.clone(), published.clone(), unique.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut c = IntakeClient::connect(url).await.unwrap();
+                let mut g = Gen {
+                    rng: StdRng::seed_from_u64((i * 16 + j) as u64),
+                    recent: vec![],
+                    dup,
+                };
+                while !stop.load(Ordering::Relaxed) {
+                    let mut dets = Vec::with_capacity(batch);
+                    let mut u = 0;
+                    for _ in 0..batch {
+                        let (d, was_dup) = g.next();
+                        u += (!was_dup) as u64;
+                        dets.push(d);
+                    }
+                    match c.publish(PublishRequest { detections: dets }).await {
+                        Ok(_) => {
+                            published.fetch_add(batch as u64, Ordering::Relaxed);
+                            unique.fetch_add(u, Ordering::Relaxed);
+                        }
+                        Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                            tokio::time::sleep(Duration::from_millis(20)).await
+                        }
+                        Err(s) => panic!("publish failed: {s}"),
+                    }
+                }
+            }));
+        }
+    }
+    let mut peak_agent_rss: f64 = 0.0;
+    let mut peak_core_rss: f64 = 0.0;
+    while t0.elapsed().as_secs_f64() < seconds {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for a in &agents {
+            peak_agent_rss = peak_agent_rss.max(rss_mb(a.pid()));
+        }
+        peak_core_rss = peak_core_rss.max(rss_mb(core.pid()));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let publish_secs = t0.elapsed().as_secs_f64();
+    let total = published.load(Ordering::Relaxed);
+    // Semantic duplicates across the 8 generators are possible only by chance
+    // collisions of random 63-bit ids, i.e. never in practice.
+    let want_unique = unique.load(Ordering::Relaxed);
+    let url = core.url();
+    loop {
+        let s = stats(&url).await;
+        if s.stored >= want_unique {
+            break;
+        }
+        if t0.elapsed().as_secs_f64() > seconds * 20.0 + 60.0 {
+            panic!("core stored {} of {want_unique}", s.stored);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let e2e_secs = t0.elapsed().as_secs_f64();
+    let events_per_s = total as f64 / e2e_secs;
+    println!(
+        "throughput: published={total} (unique {want_unique}) in {publish_secs:.1}s, all committed after {e2e_secs:.1}s: \
+         {events_per_s:.0} events/s end to end ({:.0} publish rate); peak RSS agent {peak_agent_rss:.1} MiB, core {peak_core_rss:.1} MiB",
+        total as f64 / publish_secs
+    );
+
+    // ---- 2. live latency at a fixed rate ----
+    let sent_at: Arc<Mutex<HashMap<i64, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
+    let latencies: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::new()));
+    let mut live = client(&url)
+        .await
+        .subscribe(SubscribeRequest {
+            from_ms: 0,
+            filter: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (s2, l2) = (sent_at.clone(), latencies.clone());
+    let receiver = tokio::spawn(async move {
+        while let Some(Ok(ev)) = live.next().await {
+            let now = Instant::now();
+            let oid = ev
+                .detection
+                .as_ref()
+                .and_then(|d| d.detection_oid)
+                .unwrap_or_default();
+            if let Some(t) = s2.lock().unwrap().remove(&oid) {
+                l2.lock()
+                    .unwrap()
+                    .push(now.duration_since(t).as_secs_f64() * 1000.0);
+            }
+        }
+    });
+    let tick = Duration::from_millis(10);
+    let per_tick = (rate * tick.as_secs_f64() / agents_n as f64)
+        .round()
+        .max(1.0) as usize;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for (i, url) in urls.iter().enumerate() {
+        let (url, sent_at, stop) = (url.clone(), sent_at.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let c = IntakeClient::connect(url).await.unwrap();
+            let mut g = Gen {
+                rng: StdRng::seed_from_u64(1000 + i as u64),
+                recent: vec![],
+                dup,
+            };
+            let mut interval = tokio::time::interval(tick);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            while !stop.load(Ordering::Relaxed) {
+                interval.tick().await;
+                let dets: Vec<(Detection, bool)> = (0..per_tick).map(|_| g.next()).collect();
+                let now = Instant::now();
+                {
+                    let mut m = sent_at.lock().unwrap();
+                    for (d, was_dup) in &dets {
+                        if !was_dup {
+                            m.insert(d.detection_oid.unwrap(), now);
+                        }
+                    }
+                }
+                let mut c = c.clone();
+                tokio::spawn(async move {
+                    let _ = c
+                        .publish(PublishRequest {
+                            detections: dets.into_iter().map(|(d, _)| d).collect(),
+                        })
+                        .await;
+                });
+            }
+        }));
+    }
+    let lat_t0 = Instant::now();
+    let mut agent_rss: f64 = 0.0;
+    let mut core_rss: f64 = 0.0;
+    while lat_t0.elapsed().as_secs_f64() < seconds {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for a in &agents {
+            agent_rss = agent_rss.max(rss_mb(a.pid()));
+        }
+        core_rss = core_rss.max(rss_mb(core.pid()));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    receiver.abort();
+    let mut lat = latencies.lock().unwrap().clone();
+    let missing = sent_at.lock().unwrap().len();
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let (p50, p99) = (percentile(&lat, 0.50), percentile(&lat, 0.99));
+    println!(
+        "live: {} events at {rate:.0}/s over {seconds:.0}s, publish -> Subscribe: p50 {p50:.1} ms, p90 {:.1} ms, p99 {p99:.1} ms, max {:.1} ms; {missing} not seen",
+        lat.len(),
+        percentile(&lat, 0.90),
+        lat.last().copied().unwrap_or(f64::NAN)
+    );
+    println!(
+        "ingest events_per_s={events_per_s:.0} p50_live_ms={p50:.1} p99_live_ms={p99:.1} agent_rss_mb={agent_rss:.1} core_rss_mb={core_rss:.1}"
+    );
+}

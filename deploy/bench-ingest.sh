@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Ingest benchmark (release build): prints figures, last line
+# `ingest events_per_s=... p50_live_ms=... p99_live_ms=... agent_rss_mb=... core_rss_mb=...`.
+# Extra arguments go to the bench: --agents N --seconds S --rate R --batch B.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+deploy/install-deps.sh
+cargo build --release --bins
+BIN=${CARGO_TARGET_DIR:-target}/release
+SIGHTLINE_BIN_DIR="$BIN" RUST_LOG=warn "$BIN/bench-ingest" "$@"

@@ -1,0 +1,336 @@
+//! The real binaries as child processes.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{mpsc, Arc, Mutex},
+    time::Duration,
+};
+
+/// Path of a workspace binary (built by `cargo build --workspace --bins`,
+/// next to the test executable's `deps/` folder), or from `SIGHTLINE_BIN_DIR`.
+pub fn bin_path(name: &str) -> PathBuf {
+    if let Ok(dir) = std::env::var("SIGHTLINE_BIN_DIR") {
+        return Path::new(&dir).join(name);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let mut dir = exe.parent().unwrap().to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        p.display()
+    );
+    p
+}
+
+/// A child whose stdout lines are collected and whose stderr goes to a file.
+struct Proc {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    new_line: mpsc::Receiver<String>,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(bin: &str, args: &[String], log: PathBuf) -> Self {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut child = Command::new(bin_path(bin))
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        let stdout = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                l.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        Self {
+            child,
+            lines,
+            new_line: rx,
+            log,
+        }
+    }
+
+    fn wait_line(&self, prefix: &str, timeout: Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.new_line.recv_timeout(left) {
+                Ok(l) if l.starts_with(prefix) => return l,
+                Ok(_) => continue,
+                Err(_) => panic!(
+                    "no line starting with {prefix:?} within {timeout:?}; log {}:\n{}",
+                    self.log.display(),
+                    tail(&self.log, 30)
+                ),
+            }
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "--- {} (last lines) ---\n{}",
+                self.log.display(),
+                tail(&self.log, 40)
+            );
+        }
+    }
+}
+
+/// The last `n` lines of a log file.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// How to start a core.
+#[derive(Debug, Clone)]
+pub struct CoreArgs {
+    pub data_dir: PathBuf,
+    pub locations: Option<PathBuf>,
+    pub grpc: SocketAddr,
+    pub extra: Vec<String>,
+}
+
+/// A running `sightline-core`.
+pub struct Core {
+    proc: Proc,
+    pub args: CoreArgs,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+}
+
+impl Core {
+    /// Starts a core with its store in `dir/core` (gRPC on a free port).
+    pub fn start(dir: &Path, locations: Option<&Path>) -> Self {
+        Self::start_with(CoreArgs {
+            data_dir: dir.join("core"),
+            locations: locations.map(Path::to_path_buf),
+            grpc: "127.0.0.1:0".parse().unwrap(),
+            extra: vec![],
+        })
+    }
+
+    pub fn start_with(args: CoreArgs) -> Self {
+        let mut a = vec![
+            "serve".to_string(),
+            "--grpc-listen".into(),
+            args.grpc.to_string(),
+            "--http-listen".into(),
+            "127.0.0.1:0".into(),
+            "--data-dir".into(),
+            args.data_dir.display().to_string(),
+        ];
+        if let Some(l) = &args.locations {
+            a.push("--locations".into());
+            a.push(l.display().to_string());
+        }
+        a.extend(args.extra.iter().cloned());
+        let log = args.data_dir.with_extension("log");
+        let proc = Proc::spawn("sightline-core", &a, log);
+        let line = proc.wait_line("sightline-core listening", Duration::from_secs(30));
+        let addr = |key: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        let (grpc, http) = (addr("grpc="), addr("http="));
+        Self {
+            proc,
+            args,
+            grpc,
+            http,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        self.proc.kill9();
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.proc.terminate()
+    }
+
+    /// Starts again on the same store and the same gRPC port.
+    pub fn restart(&mut self) {
+        self.proc.kill9();
+        let mut args = self.args.clone();
+        args.grpc = self.grpc;
+        let fresh = Core::start_with(args);
+        *self = fresh;
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.proc.log).unwrap_or_default()
+    }
+}
+
+/// How to start an agent.
+#[derive(Debug, Clone)]
+pub struct AgentArgs {
+    pub id: String,
+    pub core_url: String,
+    pub data_dir: PathBuf,
+    /// Arguments after the global ones (e.g. `replay FILE --rate 5000`).
+    pub command: Vec<String>,
+    pub intake: bool,
+    pub exit_when_drained: bool,
+    pub extra: Vec<String>,
+}
+
+/// A running `sightline-agent`.
+pub struct Agent {
+    proc: Proc,
+    pub args: AgentArgs,
+    /// The intake address, when started with one.
+    pub intake: Option<SocketAddr>,
+}
+
+impl Agent {
+    pub fn start(args: AgentArgs) -> Self {
+        let mut a = vec![
+            "--agent-id".to_string(),
+            args.id.clone(),
+            "--core".into(),
+            args.core_url.clone(),
+            "--data-dir".into(),
+            args.data_dir.display().to_string(),
+        ];
+        if args.intake {
+            a.push("--intake".into());
+            a.push("127.0.0.1:0".into());
+        }
+        if args.exit_when_drained {
+            a.push("--exit-when-drained".into());
+        }
+        a.extend(args.extra.iter().cloned());
+        a.extend(args.command.iter().cloned());
+        let log = args.data_dir.with_extension("log");
+        let proc = Proc::spawn("sightline-agent", &a, log);
+        let intake = args.intake.then(|| {
+            let line = proc.wait_line(
+                "sightline-agent intake listening on",
+                Duration::from_secs(30),
+            );
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        });
+        Self { proc, args, intake }
+    }
+
+    pub fn intake_url(&self) -> String {
+        format!("http://{}", self.intake.expect("started with an intake"))
+    }
+
+    pub fn kill9(&mut self) {
+        self.proc.kill9();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.proc.terminate()
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.proc.child.try_wait().unwrap() {
+                return s;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "agent {} did not exit within {timeout:?}; log:\n{}",
+                    self.args.id,
+                    tail(&self.proc.log, 30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stdout lines so far.
+    pub fn stdout(&self) -> Vec<String> {
+        self.proc.lines.lock().unwrap().clone()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.proc.log).unwrap_or_default()
+    }
+
+    pub fn restart(&mut self) {
+        self.proc.kill9();
+        *self = Agent::start(self.args.clone());
+    }
+}
+
+/// Resident set size of a process, in MiB (from /proc).
+pub fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}

@@ -1,0 +1,129 @@
+//! Reading the core back through its gRPC query API, and checking it against
+//! the ground truth.
+
+use std::collections::{BTreeMap, HashMap};
+
+use sightline_proto::v1::{
+    query_client::QueryClient, JoinedEvent, ListEventsRequest, StatsRequest, StatsResponse,
+    TopItemsRequest,
+};
+use tonic::transport::Channel;
+
+use crate::Truth;
+
+pub async fn client(url: &str) -> QueryClient<Channel> {
+    QueryClient::connect(url.to_string())
+        .await
+        .unwrap()
+        .max_decoding_message_size(256 * 1024 * 1024)
+}
+
+/// Every stored event, through ListEvents paging.
+pub async fn all_events(url: &str) -> Vec<JoinedEvent> {
+    let mut q = client(url).await;
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let r = q
+            .list_events(ListEventsRequest {
+                from_ms: 0,
+                to_ms: 0,
+                filter: None,
+                page_size: 10_000,
+                page_token: token.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        out.extend(r.events);
+        if r.next_page_token.is_empty() {
+            return out;
+        }
+        token = r.next_page_token;
+    }
+}
+
+pub async fn stats(url: &str) -> StatsResponse {
+    client(url)
+        .await
+        .stats(StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The core's top X over the truth's whole range, as location → items.
+pub async fn top(url: &str, truth: &Truth, x: u32) -> BTreeMap<i64, Vec<(String, u64)>> {
+    let r = client(url)
+        .await
+        .top_items(TopItemsRequest {
+            from_ms: truth.min_ts - 60_000,
+            to_ms: truth.max_ts + 120_000,
+            x,
+            geographical_location_oid: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    r.locations
+        .into_iter()
+        .map(|l| {
+            (
+                l.geographical_location_oid,
+                l.items
+                    .into_iter()
+                    .map(|i| (i.item_name, i.count))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// Asserts the store holds exactly the truth: every unique detection once,
+/// the same counts per location and item, the same top X.
+pub async fn assert_exactly_once(url: &str, truth: &Truth) {
+    let events = all_events(url).await;
+    let mut by_oid: HashMap<i64, u32> = HashMap::new();
+    for e in &events {
+        *by_oid
+            .entry(e.detection.as_ref().unwrap().detection_oid.unwrap())
+            .or_default() += 1;
+    }
+    let twice: Vec<_> = by_oid.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "det_oids stored more than once: {twice:?}"
+    );
+    assert_eq!(
+        events.len() as u64,
+        truth.unique,
+        "stored events vs unique detections"
+    );
+    let missing: Vec<_> = truth
+        .det_oids
+        .iter()
+        .filter(|o| !by_oid.contains_key(o))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "det_oids never stored, e.g. {missing:?}"
+    );
+    let mut counts: BTreeMap<i64, HashMap<String, u64>> = BTreeMap::new();
+    for e in &events {
+        let d = e.detection.as_ref().unwrap();
+        *counts
+            .entry(d.geographical_location_oid)
+            .or_default()
+            .entry(d.item_name.clone())
+            .or_default() += 1;
+    }
+    assert_eq!(counts, truth.counts, "counts per location and item");
+    assert_eq!(
+        top(url, truth, 3).await,
+        truth.top(3),
+        "top 3 items per location"
+    );
+    let s = stats(url).await;
+    assert_eq!(s.stored, truth.unique, "Stats.stored");
+}
