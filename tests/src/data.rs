@@ -115,6 +115,81 @@ impl Dataset {
         }
     }
 
+    /// Writes the rows as Parquet (int64 columns, UTF-8 item_name, optional
+    /// detection_oid), with the parquet crate's low-level writer.
+    pub fn write_parquet(&self, path: &Path) {
+        use parquet::{
+            data_type::{ByteArray, ByteArrayType, FloatType, Int64Type},
+            file::{properties::WriterProperties, writer::SerializedFileWriter},
+            schema::parser::parse_message_type,
+        };
+        let schema = std::sync::Arc::new(
+            parse_message_type(
+                "message dataset_a {
+                    required int64 geographical_location_oid;
+                    required int64 video_camera_oid;
+                    optional int64 detection_oid;
+                    required binary item_name (UTF8);
+                    required int64 timestamp_detected;
+                    required float box_x;
+                }",
+            )
+            .unwrap(),
+        );
+        let file = std::fs::File::create(path).unwrap();
+        let mut w = SerializedFileWriter::new(
+            file,
+            schema,
+            std::sync::Arc::new(WriterProperties::default()),
+        )
+        .unwrap();
+        let mut rg = w.next_row_group().unwrap();
+        let ints = |f: fn(&Row) -> i64| self.rows.iter().map(f).collect::<Vec<i64>>();
+        let mut col = 0;
+        while let Some(mut c) = rg.next_column().unwrap() {
+            match col {
+                0 => c.typed::<Int64Type>().write_batch(
+                    &ints(|r| r.geographical_location_oid),
+                    None,
+                    None,
+                ),
+                1 => c
+                    .typed::<Int64Type>()
+                    .write_batch(&ints(|r| r.video_camera_oid), None, None),
+                2 => {
+                    let vals: Vec<i64> = self.rows.iter().filter_map(|r| r.detection_oid).collect();
+                    let defs: Vec<i16> = self
+                        .rows
+                        .iter()
+                        .map(|r| r.detection_oid.is_some() as i16)
+                        .collect();
+                    c.typed::<Int64Type>().write_batch(&vals, Some(&defs), None)
+                }
+                3 => {
+                    let vals: Vec<ByteArray> = self
+                        .rows
+                        .iter()
+                        .map(|r| ByteArray::from(r.item_name.as_str()))
+                        .collect();
+                    c.typed::<ByteArrayType>().write_batch(&vals, None, None)
+                }
+                4 => {
+                    c.typed::<Int64Type>()
+                        .write_batch(&ints(|r| r.timestamp_detected), None, None)
+                }
+                _ => {
+                    let vals: Vec<f32> = self.rows.iter().map(|r| r.box_x).collect();
+                    c.typed::<FloatType>().write_batch(&vals, None, None)
+                }
+            }
+            .unwrap();
+            c.close().unwrap();
+            col += 1;
+        }
+        rg.close().unwrap();
+        w.close().unwrap();
+    }
+
     /// The ground truth, computed from the rows alone.
     pub fn truth(&self) -> Truth {
         let mut seen: HashSet<(i64, i64, Option<i64>, String, i64, u32)> = HashSet::new();
