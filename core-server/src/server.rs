@@ -9,8 +9,8 @@ use sightline_proto::{
     Limits,
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 
 use crate::{
     api::{
@@ -122,7 +122,6 @@ pub async fn run(
     let grpc = {
         let stop = grpc_stop.clone();
         tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(5)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(
@@ -137,9 +136,12 @@ pub async fn run(
             }))
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
-                stop.cancelled().await
-            })
+            // Own listener, so set TCP_NODELAY here (tonic only does for its own):
+            // without it, Nagle + delayed ACK hold acks and live events ~40 ms.
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+                async move { stop.cancelled().await },
+            )
     };
     let grpc_task = tokio::spawn(grpc);
     let http_stop = CancellationToken::new();

@@ -15,8 +15,7 @@ pub mod claims;
 
 use std::{
     collections::{HashMap, HashSet},
-    hash::{Hash, Hasher},
-    sync::Arc,
+    sync::{Arc, Mutex},
     thread::JoinHandle,
     time::Instant,
 };
@@ -87,6 +86,9 @@ pub enum CommitError {
 pub struct Pipeline {
     partitions: Vec<mpsc::Sender<CommitRequest>>,
     threads: Vec<JoinHandle<()>>,
+    /// Which partition each agent writes through: sticky for the life of the
+    /// process, a new agent goes to the partition with the fewest agents.
+    assignment: Mutex<HashMap<Arc<str>, usize>>,
 }
 
 /// What every writer shares.
@@ -118,14 +120,24 @@ impl Pipeline {
         Self {
             partitions: senders,
             threads,
+            assignment: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The partition an agent's batches go to.
-    pub fn partition_of(&self, agent: &str) -> usize {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        agent.hash(&mut h);
-        (h.finish() % self.partitions.len() as u64) as usize
+    /// The partition an agent's batches go to. All of one agent's batches go
+    /// through one writer, so its watermark has a single owner.
+    pub fn partition_of(&self, agent: &Arc<str>) -> usize {
+        let mut a = self.assignment.lock().unwrap();
+        if let Some(p) = a.get(agent) {
+            return *p;
+        }
+        let mut load = vec![0usize; self.partitions.len()];
+        for p in a.values() {
+            load[*p] += 1;
+        }
+        let p = (0..load.len()).min_by_key(|&i| load[i]).unwrap_or(0);
+        a.insert(agent.clone(), p);
+        p
     }
 
     /// Queues a batch (waits while the partition's queue is full: backpressure).

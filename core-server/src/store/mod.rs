@@ -155,6 +155,10 @@ impl Store {
         };
         let dedup_cutoff = Arc::new(AtomicI64::new(i64::MIN));
         let mut det_opts = cf(true);
+        // Nearly every det_oid lookup misses (the event is new): a bloom
+        // filter on the memtable answers those without walking the skiplist.
+        det_opts.set_memtable_prefix_bloom_ratio(0.1);
+        det_opts.set_memtable_whole_key_filtering(true);
         let cutoff = dedup_cutoff.clone();
         det_opts.set_compaction_filter(
             "sightline-dedup-retention",

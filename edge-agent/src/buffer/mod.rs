@@ -502,6 +502,8 @@ fn writer_loop(shared: &Shared, rx: mpsc::Receiver<AppendReq>) {
 }
 
 fn commit_group(shared: &Shared, group: Vec<AppendReq>) {
+    let started = std::time::Instant::now();
+    let requests = group.len();
     let db = &shared.db;
     let events_cf = db.cf_handle(CF_EVENTS).expect("events cf");
     let meta = db.cf_handle(CF_META).expect("meta cf");
@@ -598,4 +600,10 @@ fn commit_group(shared: &Shared, group: Vec<AppendReq>) {
     for (reply, appended) in accepted {
         let _ = reply.send(Ok(appended));
     }
+    tracing::trace!(
+        requests,
+        events = next - first_of_group,
+        micros = started.elapsed().as_micros() as u64,
+        "buffer group commit"
+    );
 }

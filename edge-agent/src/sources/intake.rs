@@ -32,6 +32,8 @@ impl Intake for IntakeService {
                 detections.len()
             )));
         }
+        let started = std::time::Instant::now();
+        let n = detections.len();
         let results = self
             .publisher
             .publish(detections, None)
@@ -40,6 +42,11 @@ impl Intake for IntakeService {
                 BufferError::Full { .. } => Status::resource_exhausted(e.to_string()),
                 other => Status::unavailable(format!("agent buffer: {other}")),
             })?;
+        tracing::debug!(
+            events = n,
+            micros = started.elapsed().as_micros() as u64,
+            "intake publish"
+        );
         let results = results
             .into_iter()
             .map(|r| PublishResult {

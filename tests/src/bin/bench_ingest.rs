@@ -1,13 +1,13 @@
 //! Ingest benchmark: the real core and agents on this machine, durable
 //! (fsync on both sides), 10% upstream duplicates, joined with Dataset B.
 //!
-//! 1. Throughput: publishers push into the agents' intake as fast as they
+//! 1. Live latency at `--rate` events/s: publish (intake call start) → the
+//!    joined event received by a `Subscribe` client, p50 and p99; RSS of the
+//!    agents and the core meanwhile (steady state).
+//! 2. Throughput: publishers push into the agents' intake as fast as they
 //!    take it for `--seconds`; the figure is published events (duplicates
 //!    included) per second, from the first publish until the core has
 //!    committed the last of them.
-//! 2. Live latency at `--rate` events/s: publish (intake call start) → the
-//!    joined event received by a `Subscribe` client, p50 and p99.
-//! 3. RSS of the agents and the core during the latency run.
 //!
 //! Last line: `ingest events_per_s=<N> p50_live_ms=<x> p99_live_ms=<y> agent_rss_mb=<a> core_rss_mb=<c>`.
 //! Run with `deploy/bench-ingest.sh` (release build).
@@ -40,6 +40,9 @@ mod clap_lite {
     impl Args {
         pub fn from_env() -> Self {
             Self(std::env::args().skip(1).collect())
+        }
+        pub fn flag(&self, key: &str) -> bool {
+            self.0.iter().any(|a| a == key)
         }
         pub fn get(&self, key: &str, default: f64) -> f64 {
             self.0
@@ -88,6 +91,17 @@ impl Gen {
     }
 }
 
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -103,107 +117,58 @@ async fn main() {
     let rate = args.get("--rate", 10_000.0);
     let batch = args.get("--batch", 500.0) as usize;
     let dup = 0.10;
+    // --no-sync: no fsync on either side (not the headline figure; for comparison).
+    let no_sync = args.flag("--no-sync");
+    let sync_args: Vec<String> = if no_sync {
+        vec!["--no-sync".into()]
+    } else {
+        vec![]
+    };
 
-    let dir = tempfile::tempdir().unwrap();
-    let b = dir.path().join("locations.csv");
+    // SIGHTLINE_BENCH_DIR keeps the stores and logs for a look afterwards.
+    let tmp = tempfile::tempdir().unwrap();
+    let kept = std::env::var("SIGHTLINE_BENCH_DIR")
+        .ok()
+        .map(std::path::PathBuf::from);
+    if let Some(k) = &kept {
+        std::fs::create_dir_all(k).unwrap();
+    }
+    let dir_path = kept.unwrap_or_else(|| tmp.path().to_path_buf());
+    let dir = &dir_path;
+    let b = dir.join("locations.csv");
     write_locations(&b, &(1..=LOCATIONS).collect::<Vec<_>>());
-    let core = Core::start(dir.path(), Some(&b));
+    let core = Core::start_with(sightline_tests::CoreArgs {
+        data_dir: dir.join("core"),
+        locations: Some(b.clone()),
+        grpc: "127.0.0.1:0".parse().unwrap(),
+        extra: sync_args.clone(),
+    });
     let agents: Vec<Agent> = (0..agents_n)
         .map(|i| {
             Agent::start(AgentArgs {
                 id: format!("bench-{i}"),
                 core_url: core.url(),
-                data_dir: dir.path().join(format!("bench-{i}")),
+                data_dir: dir.join(format!("bench-{i}")),
                 command: vec![],
                 intake: true,
                 exit_when_drained: false,
-                extra: vec![],
+                extra: sync_args.clone(),
             })
         })
         .collect();
     let urls: Vec<String> = agents.iter().map(|a| a.intake_url()).collect();
     println!(
-        "setup: core + {agents_n} agents (durable, fsync), {:.0}% duplicates, Dataset B joined",
+        "setup: core + {agents_n} agents ({}), {:.0}% duplicates, Dataset B joined",
+        if no_sync {
+            "NO fsync"
+        } else {
+            "durable, fsync"
+        },
         dup * 100.0
     );
 
-    // ---- 1. throughput ----
-    let published = Arc::new(AtomicU64::new(0));
-    let unique = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let t0 = Instant::now();
-    let mut tasks = Vec::new();
-    for (i, url) in urls.iter().enumerate() {
-        for j in 0..4 {
-            let (url, published, unique, stop) =
-                (url.clone(), published.clone(), unique.clone(), stop.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut c = IntakeClient::connect(url).await.unwrap();
-                let mut g = Gen {
-                    rng: StdRng::seed_from_u64((i * 16 + j) as u64),
-                    recent: vec![],
-                    dup,
-                };
-                while !stop.load(Ordering::Relaxed) {
-                    let mut dets = Vec::with_capacity(batch);
-                    let mut u = 0;
-                    for _ in 0..batch {
-                        let (d, was_dup) = g.next();
-                        u += (!was_dup) as u64;
-                        dets.push(d);
-                    }
-                    match c.publish(PublishRequest { detections: dets }).await {
-                        Ok(_) => {
-                            published.fetch_add(batch as u64, Ordering::Relaxed);
-                            unique.fetch_add(u, Ordering::Relaxed);
-                        }
-                        Err(s) if s.code() == tonic::Code::ResourceExhausted => {
-                            tokio::time::sleep(Duration::from_millis(20)).await
-                        }
-                        Err(s) => panic!("publish failed: {s}"),
-                    }
-                }
-            }));
-        }
-    }
-    let mut peak_agent_rss: f64 = 0.0;
-    let mut peak_core_rss: f64 = 0.0;
-    while t0.elapsed().as_secs_f64() < seconds {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        for a in &agents {
-            peak_agent_rss = peak_agent_rss.max(rss_mb(a.pid()));
-        }
-        peak_core_rss = peak_core_rss.max(rss_mb(core.pid()));
-    }
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let publish_secs = t0.elapsed().as_secs_f64();
-    let total = published.load(Ordering::Relaxed);
-    // Semantic duplicates across the 8 generators are possible only by chance
-    // collisions of random 63-bit ids, i.e. never in practice.
-    let want_unique = unique.load(Ordering::Relaxed);
     let url = core.url();
-    loop {
-        let s = stats(&url).await;
-        if s.stored >= want_unique {
-            break;
-        }
-        if t0.elapsed().as_secs_f64() > seconds * 20.0 + 60.0 {
-            panic!("core stored {} of {want_unique}", s.stored);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let e2e_secs = t0.elapsed().as_secs_f64();
-    let events_per_s = total as f64 / e2e_secs;
-    println!(
-        "throughput: published={total} (unique {want_unique}) in {publish_secs:.1}s, all committed after {e2e_secs:.1}s: \
-         {events_per_s:.0} events/s end to end ({:.0} publish rate); peak RSS agent {peak_agent_rss:.1} MiB, core {peak_core_rss:.1} MiB",
-        total as f64 / publish_secs
-    );
-
-    // ---- 2. live latency at a fixed rate ----
+    // ---- 1. live latency at a fixed rate (steady state) ----
     let sent_at: Arc<Mutex<HashMap<i64, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
     let latencies: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::new()));
     let mut live = client(&url)
@@ -291,12 +256,116 @@ async fn main() {
     let missing = sent_at.lock().unwrap().len();
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let (p50, p99) = (percentile(&lat, 0.50), percentile(&lat, 0.99));
+    println!("core commit latency during the live run (histogram, seconds):");
+    let metrics = http_get(core.http, "/metrics").await;
+    for l in metrics
+        .lines()
+        .filter(|l| l.starts_with("sightline_commit_"))
+    {
+        println!("  {l}");
+    }
     println!(
         "live: {} events at {rate:.0}/s over {seconds:.0}s, publish -> Subscribe: p50 {p50:.1} ms, p90 {:.1} ms, p99 {p99:.1} ms, max {:.1} ms; {missing} not seen",
         lat.len(),
         percentile(&lat, 0.90),
         lat.last().copied().unwrap_or(f64::NAN)
     );
+    // ---- 2. throughput ----
+    // A live subscriber stays attached, so the core joins and fans out as it would in use.
+    let live_received = Arc::new(AtomicU64::new(0));
+    let mut live = client(&url)
+        .await
+        .subscribe(SubscribeRequest {
+            from_ms: 0,
+            filter: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let counter = live_received.clone();
+    let receiver = tokio::spawn(async move {
+        while let Some(Ok(_)) = live.next().await {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let base = stats(&url).await.stored;
+    let published = Arc::new(AtomicU64::new(0));
+    let unique = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, url) in urls.iter().enumerate() {
+        for j in 0..4 {
+            let (url, published, unique, stop) =
+                (url.clone(), published.clone(), unique.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut c = IntakeClient::connect(url).await.unwrap();
+                let mut g = Gen {
+                    rng: StdRng::seed_from_u64((i * 16 + j) as u64),
+                    recent: vec![],
+                    dup,
+                };
+                while !stop.load(Ordering::Relaxed) {
+                    let mut dets = Vec::with_capacity(batch);
+                    let mut u = 0;
+                    for _ in 0..batch {
+                        let (d, was_dup) = g.next();
+                        u += (!was_dup) as u64;
+                        dets.push(d);
+                    }
+                    match c.publish(PublishRequest { detections: dets }).await {
+                        Ok(_) => {
+                            published.fetch_add(batch as u64, Ordering::Relaxed);
+                            unique.fetch_add(u, Ordering::Relaxed);
+                        }
+                        Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                            tokio::time::sleep(Duration::from_millis(20)).await
+                        }
+                        Err(s) => panic!("publish failed: {s}"),
+                    }
+                }
+            }));
+        }
+    }
+    let mut peak_agent_rss: f64 = 0.0;
+    let mut peak_core_rss: f64 = 0.0;
+    while t0.elapsed().as_secs_f64() < seconds {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for a in &agents {
+            peak_agent_rss = peak_agent_rss.max(rss_mb(a.pid()));
+        }
+        peak_core_rss = peak_core_rss.max(rss_mb(core.pid()));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let publish_secs = t0.elapsed().as_secs_f64();
+    let total = published.load(Ordering::Relaxed);
+    // Semantic duplicates across the 8 generators are possible only by chance
+    // collisions of random 63-bit ids, i.e. never in practice.
+    let want_unique = unique.load(Ordering::Relaxed);
+    loop {
+        let s = stats(&url).await;
+        if s.stored >= base + want_unique {
+            break;
+        }
+        if t0.elapsed().as_secs_f64() > seconds * 20.0 + 60.0 {
+            panic!("core stored {} of {want_unique}", s.stored - base);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let e2e_secs = t0.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    receiver.abort();
+    let events_per_s = total as f64 / e2e_secs;
+    println!(
+        "throughput: published={total} (unique {want_unique}) in {publish_secs:.1}s, all committed after {e2e_secs:.1}s: \
+         {events_per_s:.0} events/s end to end ({:.0} publish rate); live subscriber received {}; peak RSS agent {peak_agent_rss:.1} MiB, core {peak_core_rss:.1} MiB",
+        total as f64 / publish_secs,
+        live_received.load(Ordering::Relaxed)
+    );
+
     println!(
         "ingest events_per_s={events_per_s:.0} p50_live_ms={p50:.1} p99_live_ms={p99:.1} agent_rss_mb={agent_rss:.1} core_rss_mb={core_rss:.1}"
     );
