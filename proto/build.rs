@@ -6,12 +6,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("sightline_descriptor.bin"))
         .bytes(".sightline.v1.Batch.events")
+        .bytes(".sightline.v1.MediaChunk.data")
         .compile_protos(
             &[
                 "sightline/v1/event.proto",
                 "sightline/v1/ingest.proto",
                 "sightline/v1/intake.proto",
                 "sightline/v1/query.proto",
+                "sightline/v1/media.proto",
             ],
             &["."],
         )?;

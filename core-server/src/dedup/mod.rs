@@ -416,6 +416,7 @@ impl Writer {
                         committed_ms: now,
                         location_matched: matched,
                         location: None,
+                        media: Vec::new(),
                     };
                     batch.put_cf(cf_events, keys::event_key(ts, oid), joined.encode_to_vec());
                     batch.put_cf(cf_det, keys::det_key(oid), keys::i64_key(ts));
