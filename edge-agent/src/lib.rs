@@ -6,6 +6,8 @@
 //! - [`sources`]: where detections come from — `intake` (a local gRPC endpoint
 //!   for the detector), `replay` (Dataset A from CSV / JSON Lines / Parquet) and
 //!   `simulate` (synthetic cameras, with upstream duplicates).
+//! - [`capture`]: footage — per-camera rings of encoded packets, snapshots and
+//!   clips cut by stream copy, the local media spool.
 //! - [`stamp`]: the deterministic det_oid for detections that come without one.
 //! - [`buffer`]: the RocksDB buffer — gap-free per-agent seq, epoch, size bound.
 //!   Its on-disk format and promises are written down in its module docs.
@@ -15,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod buffer;
+pub mod capture;
 pub mod config;
 pub mod run;
 pub mod sources;

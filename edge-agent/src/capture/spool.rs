@@ -1,0 +1,203 @@
+//! The local media spool: finished footage waits here for upload.
+//!
+//! Layout: `<sha256>.bin` (the bytes) and `<sha256>.json` (kind, content type,
+//! size, det_oids, created_ms), each written to a temporary name and renamed,
+//! so a crash leaves either a whole entry or none. The same bytes produced for
+//! two detections are one entry listing both. Over the quota, the oldest
+//! entries go first and are counted; events are never dropped for footage.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    },
+};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Footage to spool.
+#[derive(Debug)]
+pub struct MediaItem {
+    pub kind: &'static str,
+    pub content_type: &'static str,
+    pub bytes: Vec<u8>,
+    pub det_oids: Vec<i64>,
+}
+
+/// A spooled object.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SpoolEntry {
+    pub sha256: String,
+    pub kind: String,
+    pub content_type: String,
+    pub size: u64,
+    pub det_oids: Vec<i64>,
+    pub created_ms: i64,
+}
+
+pub struct Spool {
+    dir: PathBuf,
+    max_bytes: u64,
+    lock: Mutex<()>,
+    /// Wakes the uploader.
+    pub notify: tokio::sync::Notify,
+    /// Entries dropped to stay under the quota.
+    pub evicted: AtomicU64,
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Spool {
+    pub fn open(dir: PathBuf, max_bytes: u64) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir.join("scratch"))?;
+        Ok(Self {
+            dir,
+            max_bytes,
+            lock: Mutex::new(()),
+            notify: tokio::sync::Notify::new(),
+            evicted: AtomicU64::new(0),
+        })
+    }
+
+    /// Where the cutter writes its temporary files.
+    pub fn scratch_dir(&self) -> PathBuf {
+        self.dir.join("scratch")
+    }
+
+    pub fn data_path(&self, sha: &str) -> PathBuf {
+        self.dir.join(format!("{sha}.bin"))
+    }
+
+    fn meta_path(&self, sha: &str) -> PathBuf {
+        self.dir.join(format!("{sha}.json"))
+    }
+
+    fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(tmp, path)
+    }
+
+    /// Spools footage; returns its entry.
+    pub fn put(&self, item: MediaItem) -> std::io::Result<SpoolEntry> {
+        let sha = sha256_hex(&item.bytes);
+        let _g = self.lock.lock().unwrap();
+        let mut entry = SpoolEntry {
+            sha256: sha.clone(),
+            kind: item.kind.to_string(),
+            content_type: item.content_type.to_string(),
+            size: item.bytes.len() as u64,
+            det_oids: item.det_oids,
+            created_ms: sightline_proto::now_ms(),
+        };
+        if let Some(old) = self.read_meta(&sha) {
+            for d in old.det_oids {
+                if !entry.det_oids.contains(&d) {
+                    entry.det_oids.push(d);
+                }
+            }
+            entry.created_ms = old.created_ms;
+        } else {
+            Self::write_atomic(&self.data_path(&sha), &item.bytes)?;
+        }
+        Self::write_atomic(&self.meta_path(&sha), &serde_json::to_vec(&entry)?)?;
+        self.enforce_quota();
+        drop(_g);
+        self.notify.notify_one();
+        Ok(entry)
+    }
+
+    fn read_meta(&self, sha: &str) -> Option<SpoolEntry> {
+        serde_json::from_slice(&std::fs::read(self.meta_path(sha)).ok()?).ok()
+    }
+
+    /// Every entry, oldest first.
+    pub fn list(&self) -> Vec<SpoolEntry> {
+        let mut out: Vec<SpoolEntry> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let sha = name.strip_suffix(".json")?;
+                self.read_meta(sha)
+            })
+            .collect();
+        out.sort_by_key(|e| (e.created_ms, e.sha256.clone()));
+        out
+    }
+
+    pub fn remove(&self, sha: &str) {
+        let _g = self.lock.lock().unwrap();
+        let _ = std::fs::remove_file(self.meta_path(sha));
+        let _ = std::fs::remove_file(self.data_path(sha));
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.list().iter().map(|e| e.size).sum()
+    }
+
+    fn enforce_quota(&self) {
+        let entries = self.list();
+        let mut total: u64 = entries.iter().map(|e| e.size).sum();
+        for e in entries {
+            if total <= self.max_bytes {
+                break;
+            }
+            let _ = std::fs::remove_file(self.meta_path(&e.sha256));
+            let _ = std::fs::remove_file(self.data_path(&e.sha256));
+            total -= e.size;
+            self.evicted.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(sha256 = %e.sha256, kind = %e.kind, "media spool over quota: oldest footage dropped (its events stay)");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(bytes: &[u8], det: i64) -> MediaItem {
+        MediaItem {
+            kind: "snapshot",
+            content_type: "image/jpeg",
+            bytes: bytes.to_vec(),
+            det_oids: vec![det],
+        }
+    }
+
+    #[test]
+    fn the_same_bytes_are_one_entry_for_both_detections() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(dir.path().to_path_buf(), 1 << 20).unwrap();
+        s.put(item(b"abc", 1)).unwrap();
+        s.put(item(b"abc", 2)).unwrap();
+        let l = s.list();
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].det_oids, vec![2, 1]);
+    }
+
+    #[test]
+    fn over_the_quota_the_oldest_goes_and_is_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(dir.path().to_path_buf(), 25).unwrap();
+        s.put(item(&[1u8; 10], 1)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        s.put(item(&[2u8; 10], 2)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        s.put(item(&[3u8; 10], 3)).unwrap();
+        let l = s.list();
+        assert_eq!(
+            l.iter().map(|e| e.det_oids[0]).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        assert_eq!(s.evicted.load(Ordering::Relaxed), 1);
+    }
+}
