@@ -21,6 +21,9 @@ pub struct AgentConfig {
     pub sender: SenderConfig,
     #[serde(default)]
     pub intake: IntakeConfig,
+    /// Footage: cameras, spool, upload cap.
+    #[serde(default)]
+    pub capture: crate::capture::CaptureConfig,
     /// How far ahead of this host's clock a detection's timestamp may be.
     #[serde(default = "default_max_future_skew", with = "humantime_serde")]
     pub max_future_skew: Duration,
@@ -191,6 +194,7 @@ impl AgentConfig {
             buffer: BufferConfig::default(),
             sender: SenderConfig::default(),
             intake: IntakeConfig::default(),
+            capture: crate::capture::CaptureConfig::default(),
             max_future_skew: default_max_future_skew(),
         }
     }

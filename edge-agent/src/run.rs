@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     buffer::{Buffer, BufferOptions},
+    capture::Capture,
     config::AgentConfig,
     sources::{
         intake::IntakeService,
@@ -18,6 +19,7 @@ use crate::{
     },
     transport::{
         grpc::GrpcTransport,
+        media::Uploader,
         sender::{Sender, SenderStats},
         Transport,
     },
@@ -63,7 +65,16 @@ pub async fn run(
         depth = buffer.depth(),
         "buffer open"
     );
+    let capture = if config.capture.cameras.is_empty() {
+        None
+    } else {
+        let cfg = config.capture.clone();
+        Some(Arc::new(
+            tokio::task::spawn_blocking(move || Capture::start(&cfg)).await??,
+        ))
+    };
     let publisher = Publisher {
+        capture: capture.clone(),
         buffer: buffer.clone(),
         when_full: config.buffer.when_full,
         block_timeout: config.buffer.block_timeout,
@@ -87,6 +98,15 @@ pub async fn run(
         stats: stats.clone(),
     };
     let sender_task = tokio::spawn(sender.run(sender_stop.clone()));
+    let uploader_task = capture.as_ref().map(|c| {
+        let uploader = Uploader {
+            spool: c.spool.clone(),
+            core_url: config.core_url.clone(),
+            agent_id: config.agent_id.clone(),
+            bytes_per_s: config.capture.upload_bytes_per_s,
+        };
+        tokio::spawn(uploader.run(sender_stop.clone()))
+    });
 
     let intake_stop = CancellationToken::new();
     let intake_task = match config.intake.listen {
@@ -170,6 +190,9 @@ pub async fn run(
     }
     sender_stop.cancel();
     let _ = sender_task.await;
+    if let Some(t) = uploader_task {
+        let _ = t.await;
+    }
     buffer.flush()?;
     tracing::info!(
         depth = buffer.depth(),

@@ -13,6 +13,7 @@ use sightline_proto::{v1::Detection, validate_detection, FieldError, Limits};
 
 use crate::{
     buffer::{Appended, Buffer, BufferError, SourcePosition},
+    capture::Capture,
     config::WhenFull,
     stamp,
 };
@@ -27,6 +28,8 @@ pub struct Publisher {
     pub when_full: WhenFull,
     pub block_timeout: Duration,
     pub limits: Limits,
+    /// Cameras that make footage for detections (none: no footage).
+    pub capture: Option<Arc<Capture>>,
 }
 
 impl Publisher {
@@ -39,6 +42,9 @@ impl Publisher {
             match validate_detection(&d, now, &self.limits, false) {
                 Ok(()) => {
                     stamp::stamp(&mut d);
+                    if let Some(c) = &self.capture {
+                        c.mark(&mut d);
+                    }
                     valid.push(d);
                     verdicts.push(None);
                 }
@@ -61,6 +67,7 @@ impl Publisher {
             .iter()
             .map(|d| d.detection_oid.unwrap_or_default())
             .collect();
+        let triggers = self.footage_triggers(&valid);
         let mut pending = Some(valid);
         let appended = loop {
             // Only the block policy tries again, so only it needs a copy.
@@ -81,6 +88,7 @@ impl Publisher {
                 other => break other?,
             }
         };
+        self.trigger_footage(&triggers, appended.is_some());
         Ok(merge(verdicts, &oids, appended))
     }
 
@@ -96,14 +104,44 @@ impl Publisher {
             .iter()
             .map(|d| d.detection_oid.unwrap_or_default())
             .collect();
+        let triggers = self.footage_triggers(&valid);
         loop {
             match self.append_or_full(valid.clone(), source.clone()).await {
                 Err(BufferError::Full { .. }) => {
                     let _ =
                         tokio::time::timeout(Duration::from_millis(200), self.buffer.room()).await;
                 }
-                other => return Ok(merge(verdicts, &oids, other?)),
+                other => {
+                    let appended = other?;
+                    self.trigger_footage(&triggers, appended.is_some());
+                    return Ok(merge(verdicts, &oids, appended));
+                }
             }
+        }
+    }
+
+    /// (camera, det_oid, timestamp) of the detections that get footage.
+    fn footage_triggers(&self, valid: &[Detection]) -> Vec<(i64, i64, i64)> {
+        match &self.capture {
+            None => Vec::new(),
+            Some(_) => valid
+                .iter()
+                .filter(|d| !d.media_expected.is_empty())
+                .map(|d| {
+                    (
+                        d.video_camera_oid,
+                        d.detection_oid.unwrap_or_default(),
+                        d.timestamp_detected,
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Footage is asked for only once the events are durable.
+    fn trigger_footage(&self, triggers: &[(i64, i64, i64)], appended: bool) {
+        if let (Some(c), true) = (&self.capture, appended) {
+            c.trigger(triggers);
         }
     }
 

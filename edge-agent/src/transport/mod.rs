@@ -4,6 +4,7 @@
 //! batches, windows, acks and resume lives in the sender.
 
 pub mod grpc;
+pub mod media;
 pub mod sender;
 
 use futures::{future::BoxFuture, stream::BoxStream};
