@@ -23,6 +23,8 @@ pub struct CoreConfig {
     pub retention: RetentionConfig,
     #[serde(default)]
     pub live: LiveConfig,
+    #[serde(default)]
+    pub media: MediaConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -113,6 +115,26 @@ pub struct LiveConfig {
     pub buffer_commits: usize,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Where footage is stored, as an object store URL (`file:///abs/path`).
+    /// Unset: the directory `<storage.path>-media`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Where partial uploads are held until their last chunk (must be a local
+    /// directory). Unset: `<storage.path>-media-staging`.
+    #[serde(default)]
+    pub staging_path: Option<PathBuf>,
+    /// Largest object an agent may upload (`total_size`).
+    #[serde(default = "default_max_object")]
+    pub max_object_bytes: ByteSize,
+    /// Objects are deleted this long after they were stored (independent of
+    /// `retention.events`). Checked every `retention.interval`.
+    #[serde(default = "default_media_ttl", with = "humantime_serde")]
+    pub retention: Duration,
+}
+
 fn default_grpc() -> SocketAddr {
     "127.0.0.1:50051".parse().unwrap()
 }
@@ -160,6 +182,12 @@ fn default_quarantine_ttl() -> Duration {
 }
 fn default_retention_interval() -> Duration {
     Duration::from_secs(60)
+}
+fn default_max_object() -> ByteSize {
+    ByteSize::mib(256)
+}
+fn default_media_ttl() -> Duration {
+    Duration::from_secs(30 * 86_400)
 }
 fn default_live_buffer() -> usize {
     4096
@@ -219,6 +247,47 @@ impl Default for LiveConfig {
     }
 }
 
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            staging_path: None,
+            max_object_bytes: default_max_object(),
+            retention: default_media_ttl(),
+        }
+    }
+}
+
+impl MediaConfig {
+    /// The object store root as a local directory, when it is one:
+    /// `url` = `file:///abs/path`, or unset (`<storage_path>-media`).
+    /// `None` for any other scheme.
+    pub fn local_root(&self, storage_path: &std::path::Path) -> Option<PathBuf> {
+        match &self.url {
+            None => Some(suffixed(storage_path, "-media")),
+            Some(u) => url::Url::parse(u)
+                .ok()
+                .filter(|u| u.scheme() == "file")
+                .and_then(|u| u.to_file_path().ok()),
+        }
+    }
+
+    /// Where partial uploads are held.
+    pub fn staging_dir(&self, storage_path: &std::path::Path) -> PathBuf {
+        self.staging_path
+            .clone()
+            .unwrap_or_else(|| suffixed(storage_path, "-media-staging"))
+    }
+}
+
+/// `data/core` + `-media` = `data/core-media` (a sibling, not a child, of the
+/// RocksDB directory).
+fn suffixed(path: &std::path::Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(suffix);
+    s.into()
+}
+
 /// A configuration value that cannot work, by its dotted key.
 #[derive(Debug, thiserror::Error)]
 #[error("config `{key}`: {reason}")]
@@ -260,6 +329,24 @@ impl CoreConfig {
         if self.live.buffer_commits == 0 {
             return err("live.buffer_commits", "must be at least 1");
         }
+        if let Some(u) = &self.media.url {
+            let parsed = match url::Url::parse(u) {
+                Ok(p) => p,
+                Err(e) => return err("media.url", &format!("{u:?} is not a URL: {e}")),
+            };
+            if parsed.scheme() != "file" || parsed.to_file_path().is_err() {
+                return err(
+                    "media.url",
+                    &format!("{u:?}: only file:///absolute/path is supported by this build"),
+                );
+            }
+        }
+        if self.media.max_object_bytes.as_u64() < 1024 {
+            return err("media.max_object_bytes", "must be at least 1 KiB");
+        }
+        if self.media.retention.is_zero() {
+            return err("media.retention", "must be more than 0");
+        }
         Ok(())
     }
 }
@@ -278,6 +365,36 @@ mod tests {
     fn unknown_keys_are_refused_by_name() {
         let err = CoreConfig::from_toml("[storage]\npaht = \"x\"\n").unwrap_err();
         assert!(err.to_string().contains("paht"), "{err}");
+    }
+
+    #[test]
+    fn media_defaults_sit_beside_the_store() {
+        let cfg = CoreConfig::from_toml("[storage]\npath = \"/d/core\"\n").unwrap();
+        cfg.validate().unwrap();
+        let root = cfg.media.local_root(&cfg.storage.path);
+        assert_eq!(root, Some(PathBuf::from("/d/core-media")));
+        assert_eq!(
+            cfg.media.staging_dir(&cfg.storage.path),
+            PathBuf::from("/d/core-media-staging")
+        );
+        assert_eq!(cfg.media.max_object_bytes, ByteSize::mib(256));
+        assert_eq!(cfg.media.retention, Duration::from_secs(30 * 86_400));
+        let cfg =
+            CoreConfig::from_toml("[media]\nurl = \"file:///srv/footage\"\nretention = \"3d\"\n")
+                .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(
+            cfg.media.local_root(&cfg.storage.path),
+            Some(PathBuf::from("/srv/footage"))
+        );
+    }
+
+    #[test]
+    fn a_media_url_this_build_cannot_use_is_refused_by_key() {
+        let cfg = CoreConfig::from_toml("[media]\nurl = \"s3://bucket\"\n").unwrap();
+        assert_eq!(cfg.validate().unwrap_err().key, "media.url");
+        let err = CoreConfig::from_toml("[media]\nretension = \"1d\"\n").unwrap_err();
+        assert!(err.to_string().contains("retension"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //!   (transport) and det_oid (semantic) dedup, group commit.
 //! - [`enrich`]: Dataset B, loaded from CSV or Parquet, swapped atomically.
 //! - [`store`]: RocksDB — key layouts and their promises in its module docs.
+//! - [`media`]: footage — chunked, resumable uploads checked and kept in an
+//!   object store, attached to events, served over HTTP with byte ranges.
 //! - [`api`]: the gRPC query/admin API, live fan-out, HTTP (/metrics, /healthz).
 //! - [`fleet`]: which agents exist and what they last reported.
 //! - [`client`]: the terminal client (`sightline-core top|tail|fleet|...`).
@@ -21,6 +23,7 @@ pub mod dedup;
 pub mod enrich;
 pub mod fleet;
 pub mod ingest;
+pub mod media;
 pub mod metrics;
 pub mod server;
 pub mod store;

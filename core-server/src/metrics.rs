@@ -22,6 +22,12 @@ pub struct AgentLabel {
     pub agent: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// "snapshot", "thumbnail" or "clip".
+    pub kind: String,
+}
+
 /// Every metric the core exports.
 pub struct Metrics {
     registry: Registry,
@@ -37,6 +43,9 @@ pub struct Metrics {
     pub sessions: Counter,
     pub live_subscribers: Gauge,
     pub live_lagged: Counter,
+    pub media_stored: Family<KindLabel, Counter>,
+    pub media_stored_bytes: Counter,
+    pub media_rejected: Family<KindLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -118,6 +127,24 @@ impl Metrics {
             "Live subscribers cut off for falling behind",
             live_lagged.clone(),
         );
+        let media_stored = Family::<KindLabel, Counter>::default();
+        r.register(
+            "media_stored",
+            "Media objects stored (new ones; re-uploads are not counted), by kind",
+            media_stored.clone(),
+        );
+        let media_stored_bytes = Counter::default();
+        r.register(
+            "media_stored_bytes",
+            "Bytes of media objects stored",
+            media_stored_bytes.clone(),
+        );
+        let media_rejected = Family::<KindLabel, Counter>::default();
+        r.register(
+            "media_rejected",
+            "Media uploads refused for their content and quarantined, by kind",
+            media_rejected.clone(),
+        );
         Self {
             registry: r,
             ingested,
@@ -132,6 +159,9 @@ impl Metrics {
             sessions,
             live_subscribers,
             live_lagged,
+            media_stored,
+            media_stored_bytes,
+            media_rejected,
         }
     }
 
@@ -140,6 +170,12 @@ impl Metrics {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    pub fn kind(kind: &str) -> KindLabel {
+        KindLabel {
+            kind: kind.to_string(),
+        }
     }
 
     pub fn agent(agent: &str) -> AgentLabel {

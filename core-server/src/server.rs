@@ -5,7 +5,10 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use sightline_proto::{
-    v1::{admin_server::AdminServer, ingest_server::IngestServer, query_server::QueryServer},
+    v1::{
+        admin_server::AdminServer, ingest_server::IngestServer, media_server::MediaServer,
+        query_server::QueryServer,
+    },
     Limits,
 };
 use tokio::net::TcpListener;
@@ -23,6 +26,7 @@ use crate::{
     enrich::Locations,
     fleet::Fleet,
     ingest::{grpc::IngestService, IngestCore},
+    media::{grpc::MediaService, MediaStore},
     metrics::Metrics,
     store::Store,
 };
@@ -51,6 +55,18 @@ pub async fn run(
     let loc_path = config.locations.path.clone();
     let locations = Arc::new(tokio::task::spawn_blocking(move || Locations::new(loc_path)).await??);
     let metrics = Arc::new(Metrics::new());
+    let media = {
+        let (cfg, path, sync) = (
+            config.media.clone(),
+            config.storage.path.clone(),
+            config.storage.sync,
+        );
+        let (s, m) = (store.clone(), metrics.clone());
+        Arc::new(
+            tokio::task::spawn_blocking(move || MediaStore::open(&cfg, &path, sync, s, m))
+                .await??,
+        )
+    };
     let hub = LiveHub::new(config.live.buffer_commits);
     let known = {
         let s = store.clone();
@@ -130,6 +146,13 @@ pub async fn run(
                 })
                 .max_decoding_message_size(max_msg),
             )
+            .add_service(
+                // Chunks are at most 1 MiB; the same message limit as ingest.
+                MediaServer::new(MediaService {
+                    media: media.clone(),
+                })
+                .max_decoding_message_size(max_msg),
+            )
             .add_service(QueryServer::new(query).max_encoding_message_size(64 * 1024 * 1024))
             .add_service(AdminServer::new(AdminService {
                 locations: locations.clone(),
@@ -150,7 +173,8 @@ pub async fn run(
         let app = http::router(HttpState {
             metrics: metrics.clone(),
             locations: locations.clone(),
-        });
+        })
+        .merge(crate::media::http::router(media.clone()));
         tokio::spawn(async move {
             axum::serve(http_listener, app)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -159,6 +183,12 @@ pub async fn run(
     };
     spawn_sighup_reload(locations.clone(), shutdown.clone());
     spawn_retention(store.clone(), config.retention.clone(), shutdown.clone());
+    spawn_media_retention(
+        media.clone(),
+        config.media.clone(),
+        config.retention.clone(),
+        shutdown.clone(),
+    );
     tracing::info!(grpc = %bound.grpc, http = %bound.http, "core ready");
     on_ready(bound);
 
@@ -230,6 +260,27 @@ fn spawn_retention(
                         Err(e) => tracing::error!(error = %e, "retention task failed"),
                     }
                 }
+            }
+        }
+    });
+}
+
+fn spawn_media_retention(
+    media: Arc<MediaStore>,
+    cfg: crate::config::MediaConfig,
+    retention: crate::config::RetentionConfig,
+    shutdown: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(retention.interval);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => match media.sweep(&cfg, &retention).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "media retention"),
+                    Err(e) => tracing::error!(error = %e, "media retention failed"),
+                },
             }
         }
     });

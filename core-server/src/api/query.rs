@@ -1,5 +1,6 @@
 //! `sightline.v1.Query` and `sightline.v1.Admin`. Store reads run on blocking
-//! threads; events are joined with the Dataset B table in use at read time.
+//! threads; events are joined with the Dataset B table in use at read time,
+//! and carry the media attached so far (live events: none yet).
 
 use std::{collections::HashSet, path::PathBuf, sync::Arc};
 
@@ -70,13 +71,15 @@ impl Query for QueryService {
         };
         let store = self.store.clone();
         let (mut events, next_page_token) = blocking(move || {
-            Ok(store.list_events(
+            let (mut events, token) = store.list_events(
                 r.from_ms,
                 r.to_ms,
                 r.filter.as_ref(),
                 page_size,
                 &r.page_token,
-            )?)
+            )?;
+            store.fill_media(&mut events)?;
+            Ok((events, token))
         })
         .await?;
         let table = self.locations.current();
@@ -95,7 +98,14 @@ impl Query for QueryService {
     ) -> Result<Response<JoinedEvent>, Status> {
         let oid = req.into_inner().detection_oid;
         let store = self.store.clone();
-        let ev = blocking(move || Ok(store.get_event(oid)?)).await?;
+        let ev = blocking(move || {
+            let mut ev = store.get_event(oid)?;
+            if let Some(e) = ev.as_mut() {
+                store.fill_media(std::slice::from_mut(e))?;
+            }
+            Ok(ev)
+        })
+        .await?;
         match ev {
             None => Err(Status::not_found(format!(
                 "no event with detection_oid {oid}"
@@ -279,8 +289,12 @@ impl QueryService {
             let store = self.store.clone();
             let f = filter.clone();
             let t = token.clone();
-            let (events, next) =
-                blocking(move || Ok(store.list_events(from_ms, 0, Some(&f), 1000, &t)?)).await?;
+            let (events, next) = blocking(move || {
+                let (mut events, next) = store.list_events(from_ms, 0, Some(&f), 1000, &t)?;
+                store.fill_media(&mut events)?;
+                Ok((events, next))
+            })
+            .await?;
             for mut e in events {
                 if replayed.len() >= HISTORY_LIMIT {
                     return Ok(());

@@ -11,6 +11,10 @@
 //! | `agg` | 'm' or 'h' ‖ bucket start ms ‖ location oid ‖ item_name | count, u64 LE, summed by a merge operator |
 //! | `quarantine` | quarantined_ms ‖ agent_id ‖ 0x00 ‖ seq (u64 BE) | `QuarantinedEvent` |
 //! | `counters` | `stored`, `dup_transport`, `dup_semantic`, `rejected`, `unmatched` | u64 LE, merge-summed |
+//! | `media` | sha256 (64 lowercase hex ASCII) | stored_ms (i64 BE) ‖ `MediaRef` (protobuf) |
+//! | `media_age` | stored_ms (i64, sign-flipped BE) ‖ sha256 | empty: the retention order of `media` |
+//! | `media_refs` | det_oid (as in `det`) ‖ kind (ASCII) | attached_ms (i64 BE) ‖ `MediaRef` (protobuf) |
+//! | `media_quarantine` | quarantined_ms (i64, sign-flipped BE) ‖ sha256 | [`media::MediaQuarantined`] as JSON |
 //!
 //! # Promises
 //!
@@ -27,8 +31,11 @@
 //! - Retention removes `events`, minute aggregates and the quarantine by time;
 //!   `det` keys live longer (`retention.dedup_keys`) so late duplicates are
 //!   still caught, and are removed by a compaction filter.
+//! - The media rows (`media*`) are kept by [`crate::media`], whose module docs
+//!   state their promises; the methods are in [`media`].
 
 pub mod keys;
+pub mod media;
 
 use std::{
     collections::HashMap,
@@ -54,6 +61,10 @@ pub const CF_WM: &str = "wm";
 pub const CF_AGG: &str = "agg";
 pub const CF_QUARANTINE: &str = "quarantine";
 pub const CF_COUNTERS: &str = "counters";
+pub const CF_MEDIA: &str = "media";
+pub const CF_MEDIA_AGE: &str = "media_age";
+pub const CF_MEDIA_REFS: &str = "media_refs";
+pub const CF_MEDIA_QUARANTINE: &str = "media_quarantine";
 
 /// Names of the persisted totals.
 pub mod counter {
@@ -109,6 +120,8 @@ pub struct Store {
     sync: bool,
     /// `det` entries with a timestamp below this are dropped at compaction.
     dedup_cutoff: Arc<AtomicI64>,
+    /// `media_refs` entries attached before this are dropped at compaction.
+    refs_cutoff: Arc<AtomicI64>,
 }
 
 fn add_u64(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
@@ -172,6 +185,19 @@ impl Store {
         );
         let mut agg_opts = cf(false);
         agg_opts.set_merge_operator_associative("sightline-add-u64", add_u64);
+        let refs_cutoff = Arc::new(AtomicI64::new(i64::MIN));
+        let mut refs_opts = cf(false);
+        let cutoff = refs_cutoff.clone();
+        refs_opts.set_compaction_filter(
+            "sightline-media-refs-retention",
+            move |_level: u32, _key: &[u8], value: &[u8]| {
+                if value.len() >= 8 && media::attached_ms(value) < cutoff.load(Ordering::Relaxed) {
+                    Decision::Remove
+                } else {
+                    Decision::Keep
+                }
+            },
+        );
         let mut counter_opts = cf(false);
         counter_opts.set_merge_operator_associative("sightline-add-u64", add_u64);
         let cfs = vec![
@@ -181,12 +207,17 @@ impl Store {
             ColumnFamilyDescriptor::new(CF_AGG, agg_opts),
             ColumnFamilyDescriptor::new(CF_QUARANTINE, cf(false)),
             ColumnFamilyDescriptor::new(CF_COUNTERS, counter_opts),
+            ColumnFamilyDescriptor::new(CF_MEDIA, cf(true)),
+            ColumnFamilyDescriptor::new(CF_MEDIA_AGE, cf(false)),
+            ColumnFamilyDescriptor::new(CF_MEDIA_REFS, refs_opts),
+            ColumnFamilyDescriptor::new(CF_MEDIA_QUARANTINE, cf(false)),
         ];
         let db = DB::open_cf_descriptors(&db_opts, path, cfs)?;
         Ok(Self {
             db,
             sync,
             dedup_cutoff,
+            refs_cutoff,
         })
     }
 

@@ -1,0 +1,42 @@
+//! The gRPC adapter of the media store (`sightline.v1.Media`).
+
+use std::sync::Arc;
+
+use sightline_proto::v1::{
+    media_server::Media, AttachMediaRequest, AttachMediaResponse, MediaChunk, MediaOffsetRequest,
+    MediaOffsetResponse, MediaUploadResponse,
+};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::MediaStore;
+
+pub struct MediaService {
+    pub media: Arc<MediaStore>,
+}
+
+#[tonic::async_trait]
+impl Media for MediaService {
+    async fn offset(
+        &self,
+        req: Request<MediaOffsetRequest>,
+    ) -> Result<Response<MediaOffsetResponse>, Status> {
+        let (received, complete) = self.media.offset(&req.into_inner().sha256).await?;
+        Ok(Response::new(MediaOffsetResponse { received, complete }))
+    }
+
+    async fn upload(
+        &self,
+        req: Request<Streaming<MediaChunk>>,
+    ) -> Result<Response<MediaUploadResponse>, Status> {
+        Ok(Response::new(self.media.upload(req.into_inner()).await?))
+    }
+
+    async fn attach(
+        &self,
+        req: Request<AttachMediaRequest>,
+    ) -> Result<Response<AttachMediaResponse>, Status> {
+        let r = req.into_inner();
+        self.media.attach(r.detection_oids, r.media).await?;
+        Ok(Response::new(AttachMediaResponse {}))
+    }
+}

@@ -1,0 +1,231 @@
+//! Footage over HTTP: `GET`/`HEAD /media/{sha256}` with single byte ranges
+//! (what a browser's `<video>` asks for), and `GET /media-quarantine`.
+//!
+//! - 400 for a malformed sha256, 404 for an unknown (or expired) one.
+//! - `Range: bytes=a-b | a- | -n` → 206 with `Content-Range: bytes a-b/total`;
+//!   a range that starts past the end → 416 with `Content-Range: bytes */total`;
+//!   no (or an unparsable, or a multi-) range → 200 with the whole object.
+//! - Objects never change (content-addressed): `ETag: "<sha256>"`,
+//!   `Cache-Control: public, max-age=31536000, immutable`, and
+//!   `If-None-Match` → 304.
+
+use std::sync::Arc;
+
+use axum::{
+    body::Body,
+    extract::{Path, Query, State},
+    http::{header, HeaderMap, Method, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+use object_store::{GetOptions, GetRange, ObjectStore as _};
+use serde::Deserialize;
+
+use super::{object_key, valid_sha, Kind, MediaError, MediaStore};
+
+pub fn router(media: Arc<MediaStore>) -> Router {
+    Router::new()
+        .route("/media/{sha256}", get(serve))
+        .route("/media-quarantine", get(quarantine))
+        .with_state(media)
+}
+
+/// What a `Range` header asks of an object of `total` bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RangeAsk {
+    /// No usable range: the whole object.
+    Whole,
+    /// Bytes `start..=end`.
+    Part { start: u64, end: u64 },
+    /// Nothing of the object is in the range.
+    Unsatisfiable,
+}
+
+/// Parses a single `bytes=` range against `total` (> 0) bytes.
+pub fn parse_range(value: &str, total: u64) -> RangeAsk {
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return RangeAsk::Whole;
+    };
+    if spec.contains(',') {
+        return RangeAsk::Whole;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeAsk::Whole;
+    };
+    let num = |s: &str| -> Option<u64> {
+        let s = s.trim();
+        (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    match (a.trim().is_empty(), num(a), num(b)) {
+        // bytes=-n: the last n bytes.
+        (true, _, Some(0)) => RangeAsk::Unsatisfiable,
+        (true, _, Some(n)) => RangeAsk::Part {
+            start: total.saturating_sub(n),
+            end: total - 1,
+        },
+        (false, Some(start), None) if b.trim().is_empty() => {
+            if start >= total {
+                RangeAsk::Unsatisfiable
+            } else {
+                RangeAsk::Part {
+                    start,
+                    end: total - 1,
+                }
+            }
+        }
+        (false, Some(start), Some(end)) if start <= end => {
+            if start >= total {
+                RangeAsk::Unsatisfiable
+            } else {
+                RangeAsk::Part {
+                    start,
+                    end: end.min(total - 1),
+                }
+            }
+        }
+        _ => RangeAsk::Whole,
+    }
+}
+
+fn error(status: StatusCode, msg: String) -> Response {
+    (status, format!("{msg}\n")).into_response()
+}
+
+async fn serve(
+    State(media): State<Arc<MediaStore>>,
+    Path(sha): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    if !valid_sha(&sha) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{sha:?} is not a sha256 (64 lowercase hex digits)"),
+        );
+    }
+    let row = match media.lookup(&sha).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no media {sha}")),
+        Err(e) => return error(e.http_status(), e.to_string()),
+    };
+    let Some(kind) = Kind::parse(&row.kind) else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("media {sha} has an unknown kind"),
+        );
+    };
+    let etag = format!("\"{sha}\"");
+    let total = row.size;
+    let base = || {
+        Response::builder()
+            .header(header::ACCEPT_RANGES, "bytes")
+            .header(header::ETAG, &etag)
+            .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable")
+    };
+    if let Some(inm) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
+        if inm.split(',').any(|t| {
+            let t = t.trim();
+            t == "*" || t == etag || t.strip_prefix("W/") == Some(&etag)
+        }) {
+            return base()
+                .status(StatusCode::NOT_MODIFIED)
+                .body(Body::empty())
+                .expect("valid response");
+        }
+    }
+    let ask = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map_or(RangeAsk::Whole, |v| parse_range(v, total));
+    let (status, start, end) = match ask {
+        RangeAsk::Whole => (StatusCode::OK, 0, total - 1),
+        RangeAsk::Part { start, end } => (StatusCode::PARTIAL_CONTENT, start, end),
+        RangeAsk::Unsatisfiable => {
+            return base()
+                .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .header(header::CONTENT_RANGE, format!("bytes */{total}"))
+                .body(Body::empty())
+                .expect("valid response");
+        }
+    };
+    let mut resp = base()
+        .status(status)
+        .header(header::CONTENT_TYPE, &row.content_type)
+        .header(header::CONTENT_LENGTH, end - start + 1);
+    if status == StatusCode::PARTIAL_CONTENT {
+        resp = resp.header(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{end}/{total}"),
+        );
+    }
+    if method == Method::HEAD {
+        return resp.body(Body::empty()).expect("valid response");
+    }
+    let opts = GetOptions {
+        range: Some(GetRange::Bounded(start..end + 1)),
+        ..Default::default()
+    };
+    match media.objects.get_opts(&object_key(kind, &sha), opts).await {
+        Ok(got) => resp
+            .body(Body::from_stream(got.into_stream()))
+            .expect("valid response"),
+        Err(e) => {
+            let e = MediaError::from(e);
+            error(e.http_status(), e.to_string())
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct QuarantineQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /media-quarantine[?limit=n]`: refused uploads, newest first (at
+/// most 1000 unless `limit` says otherwise, at most 10000).
+async fn quarantine(
+    State(media): State<Arc<MediaStore>>,
+    Query(q): Query<QuarantineQuery>,
+) -> Response {
+    let limit = q.limit.unwrap_or(1000).min(10_000);
+    let store = media.store.clone();
+    match tokio::task::spawn_blocking(move || store.list_media_quarantine(limit)).await {
+        Ok(Ok(entries)) => Json(serde_json::json!({
+            "count": entries.len(),
+            "entries": entries,
+        }))
+        .into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_parse_like_rfc_9110() {
+        use RangeAsk::*;
+        let p = |v| parse_range(v, 100);
+        assert_eq!(p("bytes=0-9"), Part { start: 0, end: 9 });
+        assert_eq!(p("bytes=90-200"), Part { start: 90, end: 99 });
+        assert_eq!(p("bytes=95-"), Part { start: 95, end: 99 });
+        assert_eq!(p("bytes=-10"), Part { start: 90, end: 99 });
+        assert_eq!(p("bytes=-500"), Part { start: 0, end: 99 });
+        assert_eq!(p("bytes=100-"), Unsatisfiable);
+        assert_eq!(p("bytes=100-150"), Unsatisfiable);
+        assert_eq!(p("bytes=-0"), Unsatisfiable);
+        assert_eq!(p("bytes=9-3"), Whole);
+        assert_eq!(p("bytes=0-1,5-6"), Whole);
+        assert_eq!(p("items=0-1"), Whole);
+        assert_eq!(p("bytes=a-b"), Whole);
+        assert_eq!(p("bytes=+1-2"), Whole);
+    }
+}
