@@ -202,63 +202,15 @@ impl MediaStore {
             .append(true)
             .open(&path)
             .await?;
-        let mut chunk = first;
-        loop {
-            head.same(&chunk)?;
-            if chunk.offset != pos {
-                file.sync_data().await?;
-                return Err(MediaError::Resume {
-                    reason: format!(
-                        "field `offset`: {} is not where the last chunk ended",
-                        chunk.offset
-                    ),
-                    held: pos,
-                });
-            }
-            let len = chunk.data.len() as u64;
-            if pos + len > head.total_size {
-                file.sync_data().await?;
-                return Err(MediaError::invalid(
-                    "data",
-                    format!(
-                        "the chunk at {pos} of {len} bytes runs past total_size {}",
-                        head.total_size
-                    ),
-                ));
-            }
-            file.write_all(&chunk.data).await?;
-            pos += len;
-            if chunk.last {
-                break;
-            }
-            let next = chunks.next().await;
-            match next {
-                Some(Ok(c)) => chunk = c,
-                Some(Err(e)) => {
-                    file.flush().await?;
-                    if self.sync {
-                        file.sync_data().await?;
-                    }
-                    return Err(MediaError::Interrupted {
-                        reason: format!("the stream broke before the last chunk: {e}"),
-                        held: pos,
-                    });
-                }
-                None => {
-                    file.flush().await?;
-                    if self.sync {
-                        file.sync_data().await?;
-                    }
-                    return Err(MediaError::Interrupted {
-                        reason: "the stream ended before the last chunk".into(),
-                        held: pos,
-                    });
-                }
-            }
-        }
+        let appended = append(&head, &mut file, first, &mut chunks, &mut pos).await;
+        // Whatever happened, what was written is on disk before the next
+        // upload of this sha reads the staging file's length.
         file.flush().await?;
-        file.sync_all().await?;
+        if self.sync || appended.is_ok() {
+            file.sync_all().await?;
+        }
         drop(file);
+        appended?;
         if pos != head.total_size {
             let _ = tokio::fs::remove_file(&path).await;
             return Err(MediaError::invalid(
@@ -425,6 +377,64 @@ impl MediaStore {
         let now = sightline_proto::now_ms();
         tokio::task::spawn_blocking(move || store.attach_media(&det_oids, &media, now)).await??;
         Ok(())
+    }
+}
+
+/// Appends chunks to the staging file from `*pos` on, until the last one
+/// (`Ok`) or a refusal or the stream's end (`Err`, `*pos` = bytes held).
+async fn append<S, E>(
+    head: &Header,
+    file: &mut tokio::fs::File,
+    first: MediaChunk,
+    chunks: &mut S,
+    pos: &mut u64,
+) -> Result<(), MediaError>
+where
+    S: Stream<Item = Result<MediaChunk, E>> + Unpin,
+    E: Display,
+{
+    let mut chunk = first;
+    loop {
+        head.same(&chunk)?;
+        if chunk.offset != *pos {
+            return Err(MediaError::Resume {
+                reason: format!(
+                    "field `offset`: {} is not where the last chunk ended",
+                    chunk.offset
+                ),
+                held: *pos,
+            });
+        }
+        let len = chunk.data.len() as u64;
+        if *pos + len > head.total_size {
+            return Err(MediaError::invalid(
+                "data",
+                format!(
+                    "the chunk at {pos} of {len} bytes runs past total_size {}",
+                    head.total_size
+                ),
+            ));
+        }
+        file.write_all(&chunk.data).await?;
+        *pos += len;
+        if chunk.last {
+            return Ok(());
+        }
+        chunk = match chunks.next().await {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
+                return Err(MediaError::Interrupted {
+                    reason: format!("the stream broke before the last chunk: {e}"),
+                    held: *pos,
+                })
+            }
+            None => {
+                return Err(MediaError::Interrupted {
+                    reason: "the stream ended before the last chunk".into(),
+                    held: *pos,
+                })
+            }
+        };
     }
 }
 
