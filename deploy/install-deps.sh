@@ -4,7 +4,7 @@
 set -euo pipefail
 
 need_apt=()
-for pkg in librocksdb-dev libsnappy-dev protobuf-compiler clang libclang-dev pkg-config curl ffmpeg; do
+for pkg in librocksdb-dev libsnappy-dev protobuf-compiler clang libclang-dev pkg-config curl; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then
