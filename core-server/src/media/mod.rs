@@ -35,8 +35,12 @@
 //! - An upload MUST resume exactly: `Offset` answers the bytes held in
 //!   staging, and a first chunk at any other offset is refused with
 //!   FAILED_PRECONDITION "… resume from <n>". Staged bytes are fsync'd when a
-//!   stream ends, with or without its last chunk. One upload per sha256 runs
-//!   at a time; another waits up to [`BUSY_WAIT`], then gets ABORTED.
+//!   stream ends, with or without its last chunk (ABORTED "… resume from
+//!   <n>"). When every byte is held but the last chunk never came, an empty
+//!   chunk at `total_size` with `last` set completes the upload. A staged
+//!   file longer than the `total_size` now claimed is dropped (resume from 0).
+//!   One upload per sha256 runs at a time; another waits up to
+//!   [`BUSY_WAIT`], then gets ABORTED.
 //! - Content that fails its check MUST be answered INVALID_ARGUMENT with the
 //!   reason, counted (`sightline_media_rejected_total{kind}`) and recorded in
 //!   `media_quarantine` (listed at `GET /media-quarantine`); its bytes are

@@ -182,6 +182,12 @@ impl MediaStore {
         }
         let path = self.staging_file(&head.sha256);
         let mut pos = held(&path).await?;
+        if pos > head.total_size {
+            // Left by an upload that claimed another size: it can never
+            // complete, so start over.
+            tokio::fs::remove_file(&path).await?;
+            pos = 0;
+        }
         if first.offset != pos {
             return Err(MediaError::Resume {
                 reason: format!(
@@ -196,63 +202,15 @@ impl MediaStore {
             .append(true)
             .open(&path)
             .await?;
-        let mut chunk = first;
-        loop {
-            head.same(&chunk)?;
-            if chunk.offset != pos {
-                file.sync_data().await?;
-                return Err(MediaError::Resume {
-                    reason: format!(
-                        "field `offset`: {} is not where the last chunk ended",
-                        chunk.offset
-                    ),
-                    held: pos,
-                });
-            }
-            let len = chunk.data.len() as u64;
-            if pos + len > head.total_size {
-                file.sync_data().await?;
-                return Err(MediaError::invalid(
-                    "data",
-                    format!(
-                        "the chunk at {pos} of {len} bytes runs past total_size {}",
-                        head.total_size
-                    ),
-                ));
-            }
-            file.write_all(&chunk.data).await?;
-            pos += len;
-            if chunk.last {
-                break;
-            }
-            let next = chunks.next().await;
-            match next {
-                Some(Ok(c)) => chunk = c,
-                Some(Err(e)) => {
-                    file.flush().await?;
-                    if self.sync {
-                        file.sync_data().await?;
-                    }
-                    return Err(MediaError::Interrupted {
-                        reason: format!("the stream broke before the last chunk: {e}"),
-                        held: pos,
-                    });
-                }
-                None => {
-                    file.flush().await?;
-                    if self.sync {
-                        file.sync_data().await?;
-                    }
-                    return Err(MediaError::Interrupted {
-                        reason: "the stream ended before the last chunk".into(),
-                        held: pos,
-                    });
-                }
-            }
-        }
+        let appended = append(&head, &mut file, first, &mut chunks, &mut pos).await;
+        // Whatever happened, what was written is on disk before the next
+        // upload of this sha reads the staging file's length.
         file.flush().await?;
-        file.sync_all().await?;
+        if self.sync || appended.is_ok() {
+            file.sync_all().await?;
+        }
         drop(file);
+        appended?;
         if pos != head.total_size {
             let _ = tokio::fs::remove_file(&path).await;
             return Err(MediaError::invalid(
@@ -422,6 +380,64 @@ impl MediaStore {
     }
 }
 
+/// Appends chunks to the staging file from `*pos` on, until the last one
+/// (`Ok`) or a refusal or the stream's end (`Err`, `*pos` = bytes held).
+async fn append<S, E>(
+    head: &Header,
+    file: &mut tokio::fs::File,
+    first: MediaChunk,
+    chunks: &mut S,
+    pos: &mut u64,
+) -> Result<(), MediaError>
+where
+    S: Stream<Item = Result<MediaChunk, E>> + Unpin,
+    E: Display,
+{
+    let mut chunk = first;
+    loop {
+        head.same(&chunk)?;
+        if chunk.offset != *pos {
+            return Err(MediaError::Resume {
+                reason: format!(
+                    "field `offset`: {} is not where the last chunk ended",
+                    chunk.offset
+                ),
+                held: *pos,
+            });
+        }
+        let len = chunk.data.len() as u64;
+        if *pos + len > head.total_size {
+            return Err(MediaError::invalid(
+                "data",
+                format!(
+                    "the chunk at {pos} of {len} bytes runs past total_size {}",
+                    head.total_size
+                ),
+            ));
+        }
+        file.write_all(&chunk.data).await?;
+        *pos += len;
+        if chunk.last {
+            return Ok(());
+        }
+        chunk = match chunks.next().await {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
+                return Err(MediaError::Interrupted {
+                    reason: format!("the stream broke before the last chunk: {e}"),
+                    held: *pos,
+                })
+            }
+            None => {
+                return Err(MediaError::Interrupted {
+                    reason: "the stream ended before the last chunk".into(),
+                    held: *pos,
+                })
+            }
+        };
+    }
+}
+
 /// Reads and drops the rest of an upload (of an object already stored).
 async fn drain<S, E>(last_seen: bool, mut chunks: S)
 where
@@ -434,5 +450,135 @@ where
         if c.last {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::Arc, time::Duration};
+
+    use sha2::{Digest, Sha256};
+
+    use super::*;
+    use crate::{
+        config::{MediaConfig, RetentionConfig},
+        store::Store,
+    };
+
+    fn bx(kind: &[u8; 4], payload: &[u8]) -> Vec<u8> {
+        let mut v = ((payload.len() + 8) as u32).to_be_bytes().to_vec();
+        v.extend_from_slice(kind);
+        v.extend_from_slice(payload);
+        v
+    }
+
+    /// A structurally valid fast-start MP4 with `mdat` bytes of payload.
+    fn clip(mdat: usize) -> Vec<u8> {
+        let mut moov = bx(b"mvhd", &[0; 100]);
+        moov.extend(bx(b"trak", &[0; 20]));
+        let mut f = bx(b"ftyp", b"isom\0\0\x02\0");
+        f.extend(bx(b"moov", &moov));
+        f.extend(bx(
+            b"mdat",
+            &(0..mdat).map(|i| (i % 251) as u8).collect::<Vec<_>>(),
+        ));
+        f
+    }
+
+    fn chunks(bytes: &[u8], size: usize) -> Vec<Result<MediaChunk, String>> {
+        let sha: String = Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        bytes
+            .chunks(size)
+            .enumerate()
+            .map(|(i, d)| {
+                Ok(MediaChunk {
+                    sha256: sha.clone(),
+                    offset: (i * size) as u64,
+                    data: Bytes::copy_from_slice(d),
+                    total_size: bytes.len() as u64,
+                    kind: "clip".into(),
+                    content_type: "video/mp4".into(),
+                    last: (i + 1) * size >= bytes.len(),
+                    agent_id: "a".into(),
+                })
+            })
+            .collect()
+    }
+
+    fn open(dir: &Path) -> (MediaStore, MediaConfig) {
+        let store = Arc::new(Store::open(&dir.join("core"), false, 1 << 20).unwrap());
+        let cfg = MediaConfig::default();
+        let m = MediaStore::open(
+            &cfg,
+            &dir.join("core"),
+            true,
+            store,
+            Arc::new(Metrics::new()),
+        )
+        .unwrap();
+        (m, cfg)
+    }
+
+    #[tokio::test]
+    async fn a_large_clip_goes_up_in_parts_and_expires_with_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let (media, mut cfg) = open(dir.path());
+        let bytes = clip(SINGLE_PUT as usize + 3 * 1024 * 1024 + 17);
+        let up = chunks(&bytes, 1 << 20);
+        let sha = up[0].as_ref().unwrap().sha256.clone();
+        let r = media.upload(futures::stream::iter(up)).await.unwrap();
+        assert!(r.newly_stored);
+        let file = dir
+            .path()
+            .join("core-media")
+            .join(object_key(Kind::Clip, &sha).as_ref());
+        assert_eq!(std::fs::read(&file).unwrap(), bytes);
+        let parts = std::fs::read_dir(file.parent().unwrap()).unwrap().count();
+        assert_eq!(parts, 1, "no part files are left beside the object");
+        assert_eq!(
+            media.offset(&sha).await.unwrap(),
+            (bytes.len() as u64, true)
+        );
+
+        // Retention: nothing is old enough yet; then everything is.
+        let retention = RetentionConfig::default();
+        assert_eq!(media.sweep(&cfg, &retention).await.unwrap(), 0);
+        cfg.retention = Duration::from_millis(1);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(media.sweep(&cfg, &retention).await.unwrap(), 1);
+        assert!(!file.exists());
+        assert_eq!(media.offset(&sha).await.unwrap(), (0, false));
+    }
+
+    #[tokio::test]
+    async fn every_byte_held_but_no_last_chunk_completes_with_an_empty_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (media, _) = open(dir.path());
+        let bytes = clip(5000);
+        let mut up = chunks(&bytes, 1000);
+        let mut end = up.pop().unwrap().unwrap();
+        let head = end.clone();
+        end.last = false;
+        up.push(Ok(end));
+        let err = media.upload(futures::stream::iter(up)).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with(&format!("resume from {}", bytes.len())),
+            "{err}"
+        );
+        let done = MediaChunk {
+            offset: bytes.len() as u64,
+            data: Bytes::new(),
+            last: true,
+            ..head
+        };
+        let r = media
+            .upload(futures::stream::iter([Ok::<_, String>(done)]))
+            .await
+            .unwrap();
+        assert!(r.newly_stored);
     }
 }

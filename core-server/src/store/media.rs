@@ -75,6 +75,22 @@ fn decode_timed_ref(v: &[u8], what: &str) -> Result<(i64, MediaRef), StoreError>
     Ok((attached_ms(v), r))
 }
 
+/// The refs under one det_oid, read with `it`.
+fn refs_at(it: &mut rocksdb::DBRawIterator<'_>, det_oid: i64) -> Result<Vec<MediaRef>, StoreError> {
+    let prefix = keys::det_key(det_oid);
+    let mut out = Vec::new();
+    it.seek(prefix);
+    while let (Some(k), Some(v)) = (it.key(), it.value()) {
+        if !k.starts_with(&prefix) {
+            break;
+        }
+        out.push(decode_timed_ref(v, "media_refs")?.1);
+        it.next();
+    }
+    it.status()?;
+    Ok(out)
+}
+
 impl Store {
     /// The stored object with this sha256, if any.
     pub fn get_media(&self, sha: &str) -> Result<Option<StoredMedia>, StoreError> {
@@ -163,26 +179,17 @@ impl Store {
 
     /// The media attached to one event, by kind.
     pub fn media_of(&self, det_oid: i64) -> Result<Vec<MediaRef>, StoreError> {
-        let prefix = keys::det_key(det_oid);
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(
-            self.cf(CF_MEDIA_REFS),
-            IteratorMode::From(&prefix, rocksdb::Direction::Forward),
-        ) {
-            let (k, v) = item?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            out.push(decode_timed_ref(&v, "media_refs")?.1);
-        }
-        Ok(out)
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_MEDIA_REFS));
+        refs_at(&mut it, det_oid)
     }
 
-    /// Sets `JoinedEvent.media` of each event from `media_refs`.
+    /// Sets `JoinedEvent.media` of each event from `media_refs` (one
+    /// iterator, one seek per event).
     pub fn fill_media(&self, events: &mut [JoinedEvent]) -> Result<(), StoreError> {
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_MEDIA_REFS));
         for e in events {
             if let Some(oid) = e.detection.as_ref().and_then(|d| d.detection_oid) {
-                e.media = self.media_of(oid)?;
+                e.media = refs_at(&mut it, oid)?;
             }
         }
         Ok(())
