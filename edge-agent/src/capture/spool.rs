@@ -1,9 +1,11 @@
 //! The local media spool: finished footage waits here for upload.
 //!
-//! Layout: `<sha256>.bin` (the bytes) and `<sha256>.json` (kind, content type,
-//! size, det_oids, created_ms), each written to a temporary name and renamed,
-//! so a crash leaves either a whole entry or none. The same bytes produced for
-//! two detections are one entry listing both. Over the quota, the oldest
+//! Layout: `<sha256>.bin` (the bytes) and one `<sha256>-<kind>.json` per use
+//! of them (kind, content type, size, det_oids, created_ms), each written to a
+//! temporary name and renamed, so a crash leaves either a whole entry or none.
+//! The same bytes produced for two detections are one entry listing both; the
+//! same bytes used as two kinds (a small camera's snapshot is its own
+//! thumbnail) are one `.bin` with two entries, uploaded once. Over the quota, the oldest
 //! entries go first and are counted; events are never dropped for footage.
 
 use std::{
@@ -75,12 +77,14 @@ impl Spool {
         self.dir.join(format!("{sha}.bin"))
     }
 
-    fn meta_path(&self, sha: &str) -> PathBuf {
-        self.dir.join(format!("{sha}.json"))
+    fn meta_path(&self, sha: &str, kind: &str) -> PathBuf {
+        self.dir.join(format!("{sha}-{kind}.json"))
     }
 
     fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-        let tmp = path.with_extension("tmp");
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
         std::fs::write(&tmp, bytes)?;
         std::fs::rename(tmp, path)
     }
@@ -97,25 +101,30 @@ impl Spool {
             det_oids: item.det_oids,
             created_ms: sightline_proto::now_ms(),
         };
-        if let Some(old) = self.read_meta(&sha) {
+        if let Some(old) = self.read_meta(&self.meta_path(&sha, item.kind)) {
             for d in old.det_oids {
                 if !entry.det_oids.contains(&d) {
                     entry.det_oids.push(d);
                 }
             }
             entry.created_ms = old.created_ms;
-        } else {
+        }
+        if !self.data_path(&sha).exists() {
             Self::write_atomic(&self.data_path(&sha), &item.bytes)?;
         }
-        Self::write_atomic(&self.meta_path(&sha), &serde_json::to_vec(&entry)?)?;
+        Self::write_atomic(
+            &self.meta_path(&sha, item.kind),
+            &serde_json::to_vec(&entry)?,
+        )?;
+        tracing::debug!(sha256 = %sha, kind = %entry.kind, size = entry.size, "spooled");
         self.enforce_quota();
         drop(_g);
         self.notify.notify_one();
         Ok(entry)
     }
 
-    fn read_meta(&self, sha: &str) -> Option<SpoolEntry> {
-        serde_json::from_slice(&std::fs::read(self.meta_path(sha)).ok()?).ok()
+    fn read_meta(&self, path: &Path) -> Option<SpoolEntry> {
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
     }
 
     /// Every entry, oldest first.
@@ -126,18 +135,28 @@ impl Spool {
             .flatten()
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
-                let sha = name.strip_suffix(".json")?;
-                self.read_meta(sha)
+                name.strip_suffix(".json")?;
+                self.read_meta(&e.path())
             })
             .collect();
         out.sort_by_key(|e| (e.created_ms, e.sha256.clone()));
         out
     }
 
-    pub fn remove(&self, sha: &str) {
+    /// Removes one use of an object; the bytes go with the last use.
+    pub fn remove(&self, sha: &str, kind: &str) {
         let _g = self.lock.lock().unwrap();
-        let _ = std::fs::remove_file(self.meta_path(sha));
-        let _ = std::fs::remove_file(self.data_path(sha));
+        self.remove_locked(sha, kind);
+    }
+
+    fn remove_locked(&self, sha: &str, kind: &str) {
+        let _ = std::fs::remove_file(self.meta_path(sha, kind));
+        let still_used = ["snapshot", "thumbnail", "clip"]
+            .iter()
+            .any(|k| self.meta_path(sha, k).exists());
+        if !still_used {
+            let _ = std::fs::remove_file(self.data_path(sha));
+        }
     }
 
     pub fn bytes(&self) -> u64 {
@@ -151,8 +170,7 @@ impl Spool {
             if total <= self.max_bytes {
                 break;
             }
-            let _ = std::fs::remove_file(self.meta_path(&e.sha256));
-            let _ = std::fs::remove_file(self.data_path(&e.sha256));
+            self.remove_locked(&e.sha256, &e.kind);
             total -= e.size;
             self.evicted.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(sha256 = %e.sha256, kind = %e.kind, "media spool over quota: oldest footage dropped (its events stay)");
@@ -199,5 +217,58 @@ mod tests {
             vec![2, 3]
         );
         assert_eq!(s.evicted.load(Ordering::Relaxed), 1);
+    }
+}
+
+#[cfg(test)]
+mod more_tests {
+    use super::*;
+
+    #[test]
+    fn the_same_bytes_as_two_kinds_are_two_entries_over_one_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(dir.path().to_path_buf(), 1 << 30).unwrap();
+        let put = |kind| {
+            s.put(MediaItem {
+                kind,
+                content_type: "image/jpeg",
+                bytes: vec![7; 10],
+                det_oids: vec![1],
+            })
+            .unwrap()
+        };
+        let a = put("snapshot");
+        put("thumbnail");
+        assert_eq!(s.list().len(), 2);
+        s.remove(&a.sha256, "snapshot");
+        assert!(
+            s.data_path(&a.sha256).exists(),
+            "still used by the thumbnail"
+        );
+        s.remove(&a.sha256, "thumbnail");
+        assert!(!s.data_path(&a.sha256).exists());
+    }
+
+    #[test]
+    fn two_items_put_back_to_back_are_both_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(dir.path().to_path_buf(), 1 << 30).unwrap();
+        for i in 0..20u8 {
+            s.put(MediaItem {
+                kind: "snapshot",
+                content_type: "image/jpeg",
+                bytes: vec![i; 100],
+                det_oids: vec![1],
+            })
+            .unwrap();
+            s.put(MediaItem {
+                kind: "thumbnail",
+                content_type: "image/jpeg",
+                bytes: vec![i; 50],
+                det_oids: vec![1],
+            })
+            .unwrap();
+        }
+        assert_eq!(s.list().len(), 40);
     }
 }

@@ -71,15 +71,17 @@ impl Uploader {
                         }
                     },
                 };
+                tracing::debug!(sha256 = %e.sha256, kind = %e.kind, size = e.size, dets = e.det_oids.len(), "media: uploading");
                 match self.upload(c, &e).await {
                     Ok(()) => {
+                        tracing::debug!(sha256 = %e.sha256, kind = %e.kind, "media: uploaded and attached");
                         backoff.reset();
-                        self.spool.remove(&e.sha256);
+                        self.spool.remove(&e.sha256, &e.kind);
                     }
                     Err(status) if status.code() == tonic::Code::InvalidArgument => {
                         // The core refused the content and keeps it in its quarantine.
                         tracing::warn!(sha256 = %e.sha256, reason = %status.message(), "media refused by the core");
-                        self.spool.remove(&e.sha256);
+                        self.spool.remove(&e.sha256, &e.kind);
                     }
                     Err(status) => {
                         tracing::debug!(sha256 = %e.sha256, status = %status, "media upload interrupted; will resume");
