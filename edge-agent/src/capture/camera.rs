@@ -63,7 +63,12 @@ impl Jobs {
     }
 
     /// Cuts whatever the ring now covers.
-    fn process(&mut self, ring: &Ring, info: &StreamInfo) {
+    fn process(&mut self, ring: &mut Ring, info: &StreamInfo) {
+        self.cut_ready(ring, info);
+        ring.hold(self.clips.front().map(|c| c.from_ms));
+    }
+
+    fn cut_ready(&mut self, ring: &Ring, info: &StreamInfo) {
         let Some(newest) = ring.newest_ms() else {
             return;
         };
@@ -140,7 +145,8 @@ pub fn spawn(
 ) -> anyhow::Result<()> {
     let name = format!("camera-{}", cfg.camera_oid);
     std::thread::Builder::new().name(name).spawn(move || {
-        let keep_ms = (cfg.pre + max_clip).as_millis() as i64 + 2_000;
+        // The pre-roll plus a GOP or two; a pending clip holds more (Ring::hold).
+        let keep_ms = cfg.pre.as_millis() as i64 + 2_000;
         let mut jobs = Jobs {
             max_clip_ms: max_clip.as_millis() as i64,
             snapshots: Vec::new(),
@@ -234,7 +240,7 @@ fn run_input(
             if !drain(triggers, jobs) {
                 return Ok(());
             }
-            jobs.process(&ring, &info);
+            jobs.process(&mut ring, &info);
         }
         return Ok(());
     }
@@ -294,7 +300,7 @@ fn run_input(
             if !drain(triggers, jobs) {
                 return Ok(());
             }
-            jobs.process(&ring, &info);
+            jobs.process(&mut ring, &info);
         }
         if live {
             anyhow::bail!("{path}: stream ended");

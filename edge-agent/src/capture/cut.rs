@@ -146,37 +146,52 @@ pub fn snapshot(
     }
     let (frame_ms, f) = best.ok_or(CutError::NoFrame)?;
     let (w, h) = (f.width(), f.height());
+    let t = std::time::Instant::now();
+    let img = to_rgb(&f, w, h)?;
+    let converted = t.elapsed();
+    let jpeg = encode_jpeg(&img)?;
+    let encoded = t.elapsed();
+    // The thumbnail is scaled from the decoded frame by swscale (fast), not
+    // from the full-size RGB image.
+    let (tw, th) = if w >= h {
+        (THUMBNAIL_PX.min(w), (THUMBNAIL_PX.min(w) * h / w).max(1))
+    } else {
+        ((THUMBNAIL_PX.min(h) * w / h).max(1), THUMBNAIL_PX.min(h))
+    };
+    let thumbnail = encode_jpeg(&to_rgb(&f, tw, th)?)?;
+    tracing::debug!(
+        convert_ms = converted.as_secs_f64() * 1e3,
+        jpeg_ms = (encoded - converted).as_secs_f64() * 1e3,
+        thumbnail_ms = (t.elapsed() - encoded).as_secs_f64() * 1e3,
+        "snapshot encoded"
+    );
+    Ok(Snapshot {
+        jpeg,
+        thumbnail,
+        frame_ms,
+    })
+}
+
+/// The frame as RGB at `w` x `h` (scaled by swscale when smaller).
+fn to_rgb(f: &frame::Video, w: u32, h: u32) -> Result<image::RgbImage, CutError> {
     let mut scaler = scaling::Context::get(
         f.format(),
-        w,
-        h,
+        f.width(),
+        f.height(),
         Pixel::RGB24,
         w,
         h,
         scaling::Flags::BILINEAR,
     )?;
     let mut rgb = frame::Video::empty();
-    scaler.run(&f, &mut rgb)?;
+    scaler.run(f, &mut rgb)?;
     let stride = rgb.stride(0);
     let data = rgb.data(0);
     let mut buf = Vec::with_capacity((w * h * 3) as usize);
     for row in 0..h as usize {
         buf.extend_from_slice(&data[row * stride..row * stride + w as usize * 3]);
     }
-    let img = image::RgbImage::from_raw(w, h, buf).ok_or(CutError::NoFrame)?;
-    let jpeg = encode_jpeg(&img)?;
-    let (tw, th) = if w >= h {
-        (THUMBNAIL_PX, (THUMBNAIL_PX * h / w).max(1))
-    } else {
-        ((THUMBNAIL_PX * w / h).max(1), THUMBNAIL_PX)
-    };
-    let thumb = image::imageops::thumbnail(&img, tw, th);
-    let thumbnail = encode_jpeg(&thumb)?;
-    Ok(Snapshot {
-        jpeg,
-        thumbnail,
-        frame_ms,
-    })
+    image::RgbImage::from_raw(w, h, buf).ok_or(CutError::NoFrame)
 }
 
 fn encode_jpeg(img: &image::RgbImage) -> Result<Vec<u8>, CutError> {

@@ -29,6 +29,9 @@ pub struct Ring {
     bytes: usize,
     /// Hard bound; whole GOPs go first when it is passed.
     max_bytes: usize,
+    /// While a clip is pending, the ring keeps everything from the keyframe
+    /// at or before its start (beyond `keep_ms`, within `max_bytes`).
+    hold_from_ms: Option<i64>,
 }
 
 impl Ring {
@@ -38,7 +41,13 @@ impl Ring {
             keep_ms,
             bytes: 0,
             max_bytes,
+            hold_from_ms: None,
         }
+    }
+
+    /// Keeps footage from `from_ms` on (a pending clip's start), or lets go.
+    pub fn hold(&mut self, from_ms: Option<i64>) {
+        self.hold_from_ms = from_ms;
     }
 
     pub fn len(&self) -> usize {
@@ -87,7 +96,8 @@ impl Ring {
                 return;
             };
             let next_key_ms = self.packets[next_key].wall_ms;
-            let too_old = next_key_ms <= newest - self.keep_ms;
+            let too_old = next_key_ms <= newest - self.keep_ms
+                && self.hold_from_ms.is_none_or(|h| next_key_ms <= h);
             let too_big = self.bytes > self.max_bytes;
             if !(too_old || too_big) {
                 return;
@@ -165,5 +175,36 @@ mod tests {
         feed(&mut r, 0, 500, 25);
         assert!(r.packets[0].key);
         assert!(r.bytes() <= 100 * 60 + 100 * 25);
+    }
+}
+
+#[cfg(test)]
+mod hold_tests {
+    use super::*;
+
+    #[test]
+    fn a_pending_clip_holds_its_start_in_the_ring() {
+        let mut r = Ring::new(2_000, usize::MAX);
+        let mut f = 0;
+        let mut feed = |r: &mut Ring, until: i64| {
+            while f * 40 <= until {
+                r.push(RingPacket {
+                    data: Bytes::from(vec![0u8; 10]),
+                    pts: f,
+                    dts: f,
+                    duration: 1,
+                    key: f % 25 == 0,
+                    wall_ms: f * 40,
+                });
+                f += 1;
+            }
+        };
+        feed(&mut r, 5_000);
+        r.hold(Some(3_500));
+        feed(&mut r, 20_000);
+        assert!(r.oldest_ms().unwrap() <= 3_500, "held: {:?}", r.oldest_ms());
+        r.hold(None);
+        feed(&mut r, 20_040);
+        assert!(r.oldest_ms().unwrap() >= 20_040 - 3_000);
     }
 }
