@@ -6,7 +6,7 @@ set -euo pipefail
 need_apt=()
 for pkg in librocksdb-dev libsnappy-dev protobuf-compiler clang libclang-dev pkg-config curl \
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev libavfilter-dev libavdevice-dev ffmpeg \
-  python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad; do
+  python3-venv python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then
@@ -15,6 +15,16 @@ if ((${#need_apt[@]})); then
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+
+# An S3-compatible server for the tests (moto's server, from PyPI), in a venv
+# outside the clone so repeated runs reuse it.
+VENV="${SIGHTLINE_VENV:-$HOME/.cache/sightline/venv}"
+if [ ! -x "$VENV/bin/moto_server" ]; then
+  echo "install-deps: moto[server] into $VENV"
+  PY=python3
+  $PY -m venv "$VENV" 2>/dev/null || { /usr/bin/python3 -m venv "$VENV"; }
+  "$VENV/bin/pip" install -q "moto[server]==5.2.1"
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -118,10 +118,17 @@ pub struct LiveConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MediaConfig {
-    /// Where footage is stored, as an object store URL (`file:///abs/path`).
+    /// Where footage is stored, as an object store URL: `file:///abs/path`
+    /// or `s3://bucket` (S3 or any S3-compatible server, see `options`).
     /// Unset: the directory `<storage.path>-media`.
     #[serde(default)]
     pub url: Option<String>,
+    /// Settings of the object store named by `url`, by object_store's key
+    /// names, e.g. for S3: `endpoint`, `region`, `access_key_id`,
+    /// `secret_access_key`, `allow_http`. Values may also come from the
+    /// usual `AWS_*` environment variables.
+    #[serde(default)]
+    pub options: std::collections::BTreeMap<String, String>,
     /// Where partial uploads are held until their last chunk (must be a local
     /// directory). Unset: `<storage.path>-media-staging`.
     #[serde(default)]
@@ -251,6 +258,7 @@ impl Default for MediaConfig {
     fn default() -> Self {
         Self {
             url: None,
+            options: Default::default(),
             staging_path: None,
             max_object_bytes: default_max_object(),
             retention: default_media_ttl(),
@@ -334,10 +342,15 @@ impl CoreConfig {
                 Ok(p) => p,
                 Err(e) => return err("media.url", &format!("{u:?} is not a URL: {e}")),
             };
-            if parsed.scheme() != "file" || parsed.to_file_path().is_err() {
+            let ok = match parsed.scheme() {
+                "file" => parsed.to_file_path().is_ok(),
+                "s3" => parsed.host_str().is_some_and(|b| !b.is_empty()),
+                _ => false,
+            };
+            if !ok {
                 return err(
                     "media.url",
-                    &format!("{u:?}: only file:///absolute/path is supported by this build"),
+                    &format!("{u:?}: expected file:///absolute/path or s3://bucket"),
                 );
             }
         }
@@ -391,7 +404,7 @@ mod tests {
 
     #[test]
     fn a_media_url_this_build_cannot_use_is_refused_by_key() {
-        let cfg = CoreConfig::from_toml("[media]\nurl = \"s3://bucket\"\n").unwrap();
+        let cfg = CoreConfig::from_toml("[media]\nurl = \"gs://bucket\"\n").unwrap();
         assert_eq!(cfg.validate().unwrap_err().key, "media.url");
         let err = CoreConfig::from_toml("[media]\nretension = \"1d\"\n").unwrap_err();
         assert!(err.to_string().contains("retension"), "{err}");

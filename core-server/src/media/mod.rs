@@ -234,13 +234,33 @@ impl MediaStore {
         store: Arc<Store>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
-        let root = cfg
-            .local_root(storage_path)
-            .context("config `media.url`: only file:// URLs are supported by this build")?;
-        std::fs::create_dir_all(&root)
-            .with_context(|| format!("config `media.url`: cannot create {}", root.display()))?;
-        let objects = LocalFileSystem::new_with_prefix(&root)
-            .with_context(|| format!("config `media.url`: cannot open {}", root.display()))?;
+        let (objects, local_root): (Arc<dyn ObjectStore>, Option<PathBuf>) =
+            match cfg.local_root(storage_path) {
+                Some(root) => {
+                    std::fs::create_dir_all(&root).with_context(|| {
+                        format!("config `media.url`: cannot create {}", root.display())
+                    })?;
+                    let local = LocalFileSystem::new_with_prefix(&root).with_context(|| {
+                        format!("config `media.url`: cannot open {}", root.display())
+                    })?;
+                    (Arc::new(local), Some(root))
+                }
+                None => {
+                    let url = cfg.url.clone().unwrap_or_default();
+                    let mut b = object_store::aws::AmazonS3Builder::from_env().with_url(&url);
+                    for (k, v) in &cfg.options {
+                        let key: object_store::aws::AmazonS3ConfigKey =
+                            k.parse().with_context(|| {
+                                format!("config `media.options.{k}`: not an S3 setting")
+                            })?;
+                        b = b.with_config(key, v);
+                    }
+                    let s3 = b
+                        .build()
+                        .with_context(|| format!("config `media.url`: cannot use {url}"))?;
+                    (Arc::new(s3), None)
+                }
+            };
         let staging = cfg.staging_dir(storage_path);
         std::fs::create_dir_all(&staging).with_context(|| {
             format!(
@@ -249,8 +269,8 @@ impl MediaStore {
             )
         })?;
         Ok(Self {
-            objects: Arc::new(objects),
-            local_root: Some(root),
+            objects,
+            local_root,
             staging,
             store,
             metrics,

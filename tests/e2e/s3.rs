@@ -1,0 +1,165 @@
+//! Footage in S3: the core stores media through object_store's S3 client in a
+//! real S3-compatible server started on 127.0.0.1 (moto's server, from PyPI,
+//! installed by deploy/install-deps.sh), and serves it back with ranges.
+
+use std::{io::Write, path::PathBuf, process::Command, time::Duration};
+
+use sha2::{Digest, Sha256};
+use sightline_proto::v1::{media_client::MediaClient, MediaChunk, MediaOffsetRequest};
+use sightline_tests::{Core, CoreArgs};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn moto_server() -> PathBuf {
+    if let Ok(p) = std::env::var("SIGHTLINE_MOTO_SERVER") {
+        return p.into();
+    }
+    let venv =
+        PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/sightline/venv/bin/moto_server");
+    if venv.exists() {
+        return venv;
+    }
+    "moto_server".into()
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn raw(addr: &str, request: String) -> (String, Vec<u8>) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    (
+        String::from_utf8_lossy(&out[..split]).into_owned(),
+        out[split + 4..].to_vec(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn media_goes_to_an_s3_compatible_server_and_comes_back_with_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let s3 = format!("127.0.0.1:{port}");
+    let _server = KillOnDrop(
+        Command::new(moto_server())
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server (deploy/install-deps.sh installs it)"),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(&s3).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "S3 server did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (head, _) = raw(
+        &s3,
+        format!(
+            "PUT /footage HTTP/1.1\r\nHost: {s3}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    let cfg = dir.path().join("core.toml");
+    let mut f = std::fs::File::create(&cfg).unwrap();
+    writeln!(
+        f,
+        "[media]\nurl = \"s3://footage\"\n[media.options]\nendpoint = \"http://{s3}\"\nallow_http = \"true\"\nregion = \"us-east-1\"\naccess_key_id = \"test\"\nsecret_access_key = \"test\""
+    )
+    .unwrap();
+    let core = Core::start_with(CoreArgs {
+        data_dir: dir.path().join("core"),
+        locations: None,
+        grpc: "127.0.0.1:0".parse().unwrap(),
+        extra: vec!["--config".into(), cfg.display().to_string()],
+    });
+
+    let img = image::RgbImage::from_fn(64, 48, |x, y| {
+        image::Rgb([(x * 4) as u8, (y * 5) as u8, 90])
+    });
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+        .encode_image(&img)
+        .unwrap();
+    let sha: String = Sha256::digest(&jpeg)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut media = MediaClient::connect(core.url()).await.unwrap();
+    let upload = |media: &mut MediaClient<tonic::transport::Channel>| {
+        let chunk = MediaChunk {
+            sha256: sha.clone(),
+            offset: 0,
+            data: jpeg.clone().into(),
+            total_size: jpeg.len() as u64,
+            kind: "snapshot".into(),
+            content_type: "image/jpeg".into(),
+            last: true,
+            agent_id: "s3-test".into(),
+        };
+        let mut m = media.clone();
+        async move {
+            m.upload(tokio_stream::iter(vec![chunk]))
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    assert!(upload(&mut media).await.newly_stored);
+    assert!(
+        !upload(&mut media).await.newly_stored,
+        "the same media twice is stored once"
+    );
+    let off = media
+        .offset(MediaOffsetRequest {
+            sha256: sha.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(off.complete);
+
+    // It is in the bucket, under the documented key.
+    let key = format!("/footage/media/snapshot/{}/{sha}.jpg", &sha[..2]);
+    // (moto checks who asks, not the signature: any credential header will do.)
+    let auth = "Authorization: AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0";
+    let (head, body) = raw(
+        &s3,
+        format!("GET {key} HTTP/1.1\r\nHost: {s3}\r\n{auth}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, jpeg);
+    // And the core serves it from there, with ranges.
+    let http = core.http.to_string();
+    let (head, body) = raw(
+        &http,
+        format!("GET /media/{sha} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, jpeg);
+    let (head, body) = raw(
+        &http,
+        format!("GET /media/{sha} HTTP/1.1\r\nHost: x\r\nRange: bytes=10-19\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 206"), "{head}");
+    assert_eq!(body, jpeg[10..20].to_vec());
+}
