@@ -9,7 +9,6 @@ use sightline_proto::v1::{
     intake_client::IntakeClient, Detection, GetEventRequest, JoinedEvent, PublishRequest,
 };
 use sightline_tests::{data::now_ms, query::client, wait_for, Agent, AgentArgs, Core};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Reads the 48-bit time code strip the synthetic camera draws (an
 /// independent reading of the agent's drawing: 52 cells across, 2 cells of
@@ -24,17 +23,7 @@ fn time_code(luma: &[u8], w: usize, h: usize) -> i64 {
 }
 
 async fn http(addr: std::net::SocketAddr, path: &str, headers: &str) -> (String, Vec<u8>) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
-    let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8_lossy(&out[..split]).into_owned();
-    (head, out[split + 4..].to_vec())
+    sightline_tests::http::get(addr, path, headers).await
 }
 
 fn agent_config(dir: &Path, core_url: &str, cameras: &str) -> std::path::PathBuf {

@@ -13,10 +13,7 @@ use sightline_proto::v1::{
     MediaUploadResponse, SubscribeRequest,
 };
 use sightline_tests::{data::now_ms, wait_for, Core};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    sync::mpsc,
-};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{transport::Channel, Code};
 
@@ -244,20 +241,12 @@ async fn http(
     path: &str,
     headers: &[(&str, &str)],
 ) -> HttpResponse {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a header block");
-    let head = String::from_utf8(raw[..split].to_vec()).unwrap();
+    let (head, body) = sightline_tests::http::request(&addr.to_string(), &req).await;
     let mut lines = head.lines();
     let status = lines
         .next()
@@ -280,7 +269,7 @@ async fn http(
     HttpResponse {
         status,
         headers,
-        body: raw[split + 4..].to_vec(),
+        body,
     }
 }
 

@@ -9,7 +9,6 @@ use sightline_tests::{
     query::{all_events, assert_exactly_once, stats},
     wait_for, Agent, AgentArgs, Core, CoreArgs, Dataset,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LOCATIONS: &[i64] = &[1, 2, 3];
 
@@ -36,13 +35,13 @@ fn replay(
 }
 
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
+    let (head, body) = sightline_tests::http::get(addr, path, "").await;
+    format!(
+        "{head}
+
+{}",
+        String::from_utf8_lossy(&body)
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]

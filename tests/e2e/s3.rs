@@ -7,7 +7,6 @@ use std::{io::Write, path::PathBuf, process::Command, time::Duration};
 use sha2::{Digest, Sha256};
 use sightline_proto::v1::{media_client::MediaClient, MediaChunk, MediaOffsetRequest};
 use sightline_tests::{Core, CoreArgs};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn moto_server() -> PathBuf {
     if let Ok(p) = std::env::var("SIGHTLINE_MOTO_SERVER") {
@@ -31,15 +30,7 @@ impl Drop for KillOnDrop {
 }
 
 async fn raw(addr: &str, request: String) -> (String, Vec<u8>) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
-    let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    (
-        String::from_utf8_lossy(&out[..split]).into_owned(),
-        out[split + 4..].to_vec(),
-    )
+    sightline_tests::http::request(addr, &request).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -4,6 +4,7 @@
 //! and the ground truth computed from them independently of the system.
 
 pub mod data;
+pub mod http;
 pub mod proc;
 pub mod proxy;
 pub mod query;

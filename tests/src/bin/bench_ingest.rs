@@ -92,14 +92,7 @@ impl Gen {
 }
 
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
+    String::from_utf8_lossy(&sightline_tests::http::get(addr, path, "").await.1).into_owned()
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
