@@ -12,8 +12,8 @@ use sightline_proto::v1::{
 };
 use sightline_tests::{
     data::{now_ms, write_locations},
-    query::{all_events, client, stats},
-    wait_for, Agent, AgentArgs, Core,
+    query::{all_events, client, stats, wait_stored},
+    Agent, AgentArgs, Core,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -154,11 +154,7 @@ async fn intake_answers_each_invalid_detection_with_field_and_reason() {
     assert!(stamped > 0);
     // The valid ones of the call arrive; the refused ones do not.
     let url = core.url();
-    wait_for("two events stored", Duration::from_secs(30), || {
-        let url = url.clone();
-        async move { (stats(&url).await.stored == 2).then_some(()) }
-    })
-    .await;
+    wait_stored(&url, 2).await;
     // Too many detections in one call: refused whole, naming the field.
     let many = (0..10_001)
         .map(|i| det(Some(100 + i), "car", now))
@@ -413,11 +409,7 @@ async fn unknown_location_is_kept_flagged_and_counted() {
     .await
     .unwrap();
     let url = core.url();
-    wait_for("both stored", Duration::from_secs(30), || {
-        let url = url.clone();
-        async move { (stats(&url).await.stored == 2).then_some(()) }
-    })
-    .await;
+    wait_stored(&url, 2).await;
     assert_eq!(stats(&url).await.unmatched, 1);
     let top = client(&url)
         .await
@@ -475,11 +467,7 @@ async fn a_full_buffer_answers_retryably_and_loses_nothing() {
         extra: vec![],
     });
     let url = core.url();
-    wait_for("the held events stored", Duration::from_secs(60), || {
-        let url = url.clone();
-        async move { (stats(&url).await.stored == 100).then_some(()) }
-    })
-    .await;
+    wait_stored(&url, 100).await;
     c.publish(PublishRequest {
         detections: vec![det(Some(101), "car", now)],
     })

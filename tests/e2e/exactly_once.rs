@@ -12,36 +12,13 @@ use sightline_proto::v1::{
 };
 use sightline_tests::{
     data::write_locations,
-    query::{assert_exactly_once, stats},
+    query::{assert_exactly_once, stats, wait_more_stored},
     wait_for, Agent, AgentArgs, Core, Dataset, TcpProxy,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 const LOCATIONS: &[i64] = &[1, 2, 3, 4, 5];
-
-fn replay_agent(
-    dir: &std::path::Path,
-    id: &str,
-    core_url: String,
-    file: &std::path::Path,
-    rate: Option<u32>,
-) -> AgentArgs {
-    let mut command = vec!["replay".to_string(), file.display().to_string()];
-    if let Some(r) = rate {
-        command.push("--rate".into());
-        command.push(r.to_string());
-    }
-    AgentArgs {
-        id: id.into(),
-        core_url,
-        data_dir: dir.join(id),
-        command,
-        intake: false,
-        exit_when_drained: true,
-        extra: vec![],
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn upstream_duplicates_are_stored_once() {
@@ -58,7 +35,7 @@ async fn upstream_duplicates_are_stored_once() {
     );
     let csv = dir.path().join("a.csv");
     data.write_csv(&csv);
-    let mut agent = Agent::start(replay_agent(
+    let mut agent = Agent::start(AgentArgs::replay(
         dir.path(),
         "dup-agent",
         core.url(),
@@ -103,7 +80,7 @@ async fn jsonl_replay_is_stored_exactly_once() {
     let data = Dataset::generate(2, 5_000, 0.1, 0.5, LOCATIONS);
     let file = dir.path().join("a.jsonl");
     data.write_jsonl(&file);
-    let mut agent = Agent::start(replay_agent(
+    let mut agent = Agent::start(AgentArgs::replay(
         dir.path(),
         "jsonl-agent",
         core.url(),
@@ -124,14 +101,15 @@ async fn core_killed_mid_stream_loses_and_duplicates_nothing() {
     let truth = data.truth();
     let csv = dir.path().join("a.csv");
     data.write_csv(&csv);
-    let mut agent = Agent::start(replay_agent(dir.path(), "a", core.url(), &csv, Some(6000)));
+    let mut agent = Agent::start(AgentArgs::replay(
+        dir.path(),
+        "a",
+        core.url(),
+        &csv,
+        Some(6000),
+    ));
     for _ in 0..3 {
-        let before = stats(&core.url()).await.stored;
-        wait_for("progress", Duration::from_secs(60), || {
-            let url = core.url();
-            async move { (stats(&url).await.stored > before + 2000).then_some(()) }
-        })
-        .await;
+        wait_more_stored(&core.url(), 2000).await;
         core.kill9();
         tokio::time::sleep(Duration::from_millis(700)).await;
         core.restart();
@@ -150,14 +128,15 @@ async fn agent_killed_mid_stream_loses_and_duplicates_nothing() {
     let truth = data.truth();
     let csv = dir.path().join("a.csv");
     data.write_csv(&csv);
-    let mut agent = Agent::start(replay_agent(dir.path(), "a", core.url(), &csv, Some(6000)));
+    let mut agent = Agent::start(AgentArgs::replay(
+        dir.path(),
+        "a",
+        core.url(),
+        &csv,
+        Some(6000),
+    ));
     for _ in 0..3 {
-        let before = stats(&core.url()).await.stored;
-        wait_for("progress", Duration::from_secs(60), || {
-            let url = core.url();
-            async move { (stats(&url).await.stored > before + 2000).then_some(()) }
-        })
-        .await;
+        wait_more_stored(&core.url(), 2000).await;
         agent.restart(); // kill -9, then start again on the same buffer and file
     }
     assert!(agent.wait(Duration::from_secs(180)).success());
@@ -244,16 +223,11 @@ async fn link_cut_and_restored_loses_and_duplicates_nothing() {
     let truth = data.truth();
     let csv = dir.path().join("a.csv");
     data.write_csv(&csv);
-    let mut args = replay_agent(dir.path(), "a", proxy.url(), &csv, Some(6000));
+    let mut args = AgentArgs::replay(dir.path(), "a", proxy.url(), &csv, Some(6000));
     args.extra = vec![];
     let mut agent = Agent::start(args);
     for _ in 0..4 {
-        let before = stats(&core.url()).await.stored;
-        wait_for("progress", Duration::from_secs(60), || {
-            let url = core.url();
-            async move { (stats(&url).await.stored > before + 1500).then_some(()) }
-        })
-        .await;
+        wait_more_stored(&core.url(), 1500).await;
         proxy.cut();
         tokio::time::sleep(Duration::from_millis(800)).await;
         proxy.restore();

@@ -6,7 +6,7 @@ use std::{io::Write, time::Duration};
 use sightline_tests::{
     bin_path,
     data::{now_ms, write_locations},
-    query::{all_events, assert_exactly_once, stats},
+    query::{all_events, assert_exactly_once, stats, wait_more_stored},
     wait_for, Agent, AgentArgs, Core, CoreArgs, Dataset,
 };
 
@@ -19,19 +19,7 @@ fn replay(
     file: &std::path::Path,
     rate: Option<u32>,
 ) -> Agent {
-    let mut command = vec!["replay".to_string(), file.display().to_string()];
-    if let Some(r) = rate {
-        command.extend(["--rate".to_string(), r.to_string()]);
-    }
-    Agent::start(AgentArgs {
-        id: id.into(),
-        core_url,
-        data_dir: dir.join(id),
-        command,
-        intake: false,
-        exit_when_drained: true,
-        extra: vec![],
-    })
+    Agent::start(AgentArgs::replay(dir, id, core_url, file, rate))
 }
 
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
@@ -69,12 +57,7 @@ async fn sigterm_finishes_the_commits_in_flight_and_exits_cleanly() {
     let csv = dir.path().join("a.csv");
     data.write_csv(&csv);
     let mut agent = replay(dir.path(), "a", core.url(), &csv, Some(6000));
-    let url = core.url();
-    wait_for("progress", Duration::from_secs(60), || {
-        let url = url.clone();
-        async move { (stats(&url).await.stored > 3000).then_some(()) }
-    })
-    .await;
+    wait_more_stored(&core.url(), 3000).await;
     let status = core.terminate();
     assert!(
         status.success(),

@@ -334,3 +334,23 @@ pub fn rss_mb(pid: u32) -> f64 {
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
 }
+
+impl AgentArgs {
+    /// An agent that replays `file` into the core at `core_url` (at `rate`
+    /// events/s, or as fast as it goes) and exits once the core has it all.
+    pub fn replay(dir: &Path, id: &str, core_url: String, file: &Path, rate: Option<u32>) -> Self {
+        let mut command = vec!["replay".to_string(), file.display().to_string()];
+        if let Some(r) = rate {
+            command.extend(["--rate".to_string(), r.to_string()]);
+        }
+        Self {
+            id: id.into(),
+            core_url,
+            data_dir: dir.join(id),
+            command,
+            intake: false,
+            exit_when_drained: true,
+            extra: vec![],
+        }
+    }
+}

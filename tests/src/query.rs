@@ -127,3 +127,32 @@ pub async fn assert_exactly_once(url: &str, truth: &Truth) {
     let s = stats(url).await;
     assert_eq!(s.stored, truth.unique, "Stats.stored");
 }
+
+/// Waits until the core has stored `more` events beyond what it holds now.
+pub async fn wait_more_stored(url: &str, more: u64) {
+    let before = stats(url).await.stored;
+    let url = url.to_string();
+    crate::wait_for(
+        "more events stored",
+        std::time::Duration::from_secs(60),
+        || {
+            let url = url.clone();
+            async move { (stats(&url).await.stored > before + more).then_some(()) }
+        },
+    )
+    .await;
+}
+
+/// Waits until the core has stored exactly `n` events.
+pub async fn wait_stored(url: &str, n: u64) {
+    let url = url.to_string();
+    crate::wait_for(
+        &format!("{n} events stored"),
+        std::time::Duration::from_secs(60),
+        || {
+            let url = url.clone();
+            async move { (stats(&url).await.stored == n).then_some(()) }
+        },
+    )
+    .await;
+}
