@@ -256,7 +256,15 @@ fn run_input(
         if path.starts_with("rtsp://") {
             opts.set("rtsp_transport", "tcp");
         }
-        let mut ictx = format::input_with_dictionary(&path, opts)?;
+        let mut ictx = if path.starts_with("/dev/video") {
+            // A capture device is not probed: name the V4L2 demuxer.
+            let v4l2 = ffmpeg_next::device::input::video()
+                .find(|f| f.name() == "video4linux2,v4l2" || f.name() == "video4linux2")
+                .ok_or_else(|| anyhow::anyhow!("{path}: this FFmpeg has no video4linux2 input"))?;
+            format::open_with(&path, &v4l2, opts)?.input()
+        } else {
+            format::input_with_dictionary(&path, opts)?
+        };
         let stream = ictx
             .streams()
             .best(media::Type::Video)
