@@ -101,9 +101,16 @@ pub fn snapshot(
     if packets.is_empty() {
         return Err(CutError::Empty);
     }
-    let mut decoder = codec::context::Context::from_parameters(info.parameters.clone())?
-        .decoder()
-        .video()?;
+    let mut ctx = codec::context::Context::from_parameters(info.parameters.clone())?;
+    // Frame threads when there is a run of frames to decode (mid-GOP): that
+    // decoding is the other half of a snapshot's cost (the JPEG is the
+    // first); next to a keyframe starting threads costs more than it saves.
+    if packets.len() > 8 {
+        let mut threads = codec::threading::Config::kind(codec::threading::Type::Frame);
+        threads.count = 2;
+        ctx.set_threading(threads);
+    }
+    let mut decoder = ctx.decoder().video()?;
     let wall_of = |pts: i64| packets.iter().find(|p| p.pts == pts).map(|p| p.wall_ms);
     let mut best: Option<(i64, frame::Video)> = None;
     let mut decoded = frame::Video::empty();
