@@ -7,4 +7,8 @@ cd "$(dirname "$0")/.."
 deploy/install-deps.sh
 cargo build --release --bins
 BIN=${CARGO_TARGET_DIR:-target}/release
-SIGHTLINE_BIN_DIR="$BIN" RUST_LOG=warn "$BIN/bench-ingest" "$@"
+# The agent as deployed on a host with no cameras to cut: built without the
+# `footage` feature, so it does not load FFmpeg (see BENCHMARKS.md).
+LEAN=${CARGO_TARGET_DIR:-target}/lean
+cargo build --release -p sightline-agent --no-default-features --target-dir "$LEAN"
+SIGHTLINE_BIN_DIR="$BIN" SIGHTLINE_AGENT_BIN="$LEAN/release/sightline-agent" RUST_LOG=warn "$BIN/bench-ingest" "$@"

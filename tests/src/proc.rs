@@ -10,8 +10,19 @@ use std::{
 };
 
 /// Path of a workspace binary (built by `cargo build --workspace --bins`,
-/// next to the test executable's `deps/` folder), or from `SIGHTLINE_BIN_DIR`.
+/// next to the test executable's `deps/` folder), or from `SIGHTLINE_BIN_DIR`,
+/// or `SIGHTLINE_CORE_BIN` / `SIGHTLINE_AGENT_BIN` for one of them.
 pub fn bin_path(name: &str) -> PathBuf {
+    // One binary from elsewhere, e.g. SIGHTLINE_AGENT_BIN for an agent built
+    // without footage.
+    let var = format!(
+        "{}_BIN",
+        name.replace("sightline-", "SIGHTLINE_")
+            .to_ascii_uppercase()
+    );
+    if let Ok(p) = std::env::var(&var) {
+        return PathBuf::from(p);
+    }
     if let Ok(dir) = std::env::var("SIGHTLINE_BIN_DIR") {
         return Path::new(&dir).join(name);
     }

@@ -257,11 +257,7 @@ fn run_input(
             opts.set("rtsp_transport", "tcp");
         }
         let mut ictx = if path.starts_with("/dev/video") {
-            // A capture device is not probed: name the V4L2 demuxer.
-            let v4l2 = ffmpeg_next::device::input::video()
-                .find(|f| f.name() == "video4linux2,v4l2" || f.name() == "video4linux2")
-                .ok_or_else(|| anyhow::anyhow!("{path}: this FFmpeg has no video4linux2 input"))?;
-            format::open_with(&path, &v4l2, opts)?.input()
+            open_v4l2(&path, opts)?
         } else {
             format::input_with_dictionary(&path, opts)?
         };
@@ -316,6 +312,21 @@ fn run_input(
         // Loop the file, keeping timestamps continuous.
         pts_offset = last_end;
     }
+}
+
+/// A capture device is not probed: it is opened with FFmpeg's video4linux2
+/// demuxer, which lives in libavdevice (built in with the `v4l2` feature).
+#[cfg(feature = "v4l2")]
+fn open_v4l2(path: &str, opts: Dictionary) -> anyhow::Result<format::context::Input> {
+    let v4l2 = ffmpeg_next::device::input::video()
+        .find(|f| f.name() == "video4linux2,v4l2" || f.name() == "video4linux2")
+        .ok_or_else(|| anyhow::anyhow!("{path}: this FFmpeg has no video4linux2 input"))?;
+    Ok(format::open_with(&path, &v4l2, opts)?.input())
+}
+
+#[cfg(not(feature = "v4l2"))]
+fn open_v4l2(path: &str, _opts: Dictionary) -> anyhow::Result<format::context::Input> {
+    anyhow::bail!("{path}: V4L2 cameras need an agent built with `--features v4l2` (libavdevice)")
 }
 
 #[cfg(test)]

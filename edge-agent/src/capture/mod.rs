@@ -14,10 +14,13 @@
 //! pre-roll starts before the pending clip ends extends that clip (up to
 //! `max_clip`) instead of cutting another, so no footage is stored twice.
 
+#[cfg(feature = "footage")]
 pub mod camera;
+#[cfg(feature = "footage")]
 pub mod cut;
 pub mod ring;
 pub mod spool;
+#[cfg(feature = "footage")]
 pub mod synth;
 
 use std::{
@@ -136,6 +139,15 @@ pub struct Capture {
 
 impl Capture {
     /// Starts a thread per camera whose mode is not `off`.
+    #[cfg(not(feature = "footage"))]
+    pub fn start(_cfg: &CaptureConfig) -> anyhow::Result<Self> {
+        anyhow::bail!(
+            "config `capture.cameras`: this agent was built without footage (cargo feature `footage`)"
+        )
+    }
+
+    /// Starts a thread per camera whose mode is not `off`.
+    #[cfg(feature = "footage")]
     pub fn start(cfg: &CaptureConfig) -> anyhow::Result<Self> {
         ffmpeg_next::init()?;
         ffmpeg_next::log::set_level(ffmpeg_next::log::Level::Error);
@@ -183,5 +195,5 @@ impl Capture {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "footage"))]
 mod tests;
