@@ -211,7 +211,6 @@ impl Writer {
     fn commit(&mut self, group: Vec<CommitRequest>) {
         let started = Instant::now();
         let ctx = self.ctx.clone();
-        let store = &ctx.store;
         let now = sightline_proto::now_ms();
         let mut staged: HashMap<(Arc<str>, u64), u64> = HashMap::new();
         let mut planned = Vec::with_capacity(group.len());
@@ -309,7 +308,6 @@ impl Writer {
         }
         m.commit_seconds.observe(started.elapsed().as_secs_f64());
         m.commit_events.observe(total as f64);
-        let _ = store;
         ctx.hub.publish(live);
     }
 

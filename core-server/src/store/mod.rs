@@ -494,12 +494,6 @@ impl Store {
         self.dedup_cutoff.store(dedup_before, Ordering::Relaxed);
         Ok(())
     }
-
-    /// Compacts the `det` column family now (so expired det keys go at once).
-    pub fn compact_dedup_keys(&self) {
-        self.db
-            .compact_range_cf(self.cf(CF_DET), None::<&[u8]>, None::<&[u8]>);
-    }
 }
 
 pub fn matches_filter(ev: &JoinedEvent, f: &EventFilter) -> bool {

@@ -159,10 +159,6 @@ impl Spool {
         }
     }
 
-    pub fn bytes(&self) -> u64 {
-        self.list().iter().map(|e| e.size).sum()
-    }
-
     fn enforce_quota(&self) {
         let entries = self.list();
         let mut total: u64 = entries.iter().map(|e| e.size).sum();

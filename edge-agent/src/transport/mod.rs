@@ -32,17 +32,6 @@ pub enum LinkError {
     Broken(String),
 }
 
-impl LinkError {
-    /// Whether retrying later can help (false for refusals the agent must not
-    /// hammer the core with, such as a malformed agent id).
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            LinkError::Refused(msg) => !msg.contains("InvalidArgument"),
-            _ => true,
-        }
-    }
-}
-
 /// Opens links to the core.
 pub trait Transport: Send + Sync {
     fn connect(&self) -> BoxFuture<'_, Result<Link, LinkError>>;
