@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The demo on the embedded default: one core (RocksDB, local store) and a
 # simulated fleet of 3 agents x 4 cameras, 10,000 events/s in total, 5%
-# upstream duplicates, joined with deploy/locations.csv. Ctrl-C stops it all.
+# upstream duplicates, joined with deploy/locations.csv, plus one camera host
+# with footage; the dashboard on http://127.0.0.1:8080/. Ctrl-C stops it all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 deploy/install-deps.sh
 cargo build --release --bins
+deploy/build-web.sh
 BIN=target/release
 [ -n "${CARGO_TARGET_DIR:-}" ] && BIN="$CARGO_TARGET_DIR/release"
 DATA=${SIGHTLINE_DEMO_DIR:-data/demo}
@@ -33,8 +35,33 @@ for i in 1 2 3; do
   pids+=($!)
 done
 
+# A fourth host with one camera (a synthetic 640x360 H.264 stream) and a
+# detector publishing about one detection a second: snapshots and clips
+# for the dashboard's event pages.
+cat >"$DATA/camera.toml" <<TOML
+agent_id = "demo-camera-host"
+core_url = "http://$GRPC"
+[buffer]
+path = "$DATA/camera-host"
+[capture]
+spool_path = "$DATA/camera-host-spool"
+spool_max_bytes = "512 MiB"
+[[capture.cameras]]
+camera_oid = 901
+input = "synthetic://yard-camera?width=640&height=360&fps=25&gop=25"
+mode = "clip"
+pre = "3s"
+post = "3s"
+TOML
+"$BIN/sightline-agent" --config "$DATA/camera.toml" \
+  simulate --cameras 1 --camera-base 901 --locations 12 --rate 1 --seed 4 \
+  >"$DATA/camera-host.out" 2>"$DATA/camera-host.log" &
+pids+=($!)
+
 cat <<MSG
-Sightline demo running: core + 3 agents x 4 cameras, 10,000 events/s, 5% duplicates.
+Sightline demo running: core + 3 agents x 4 cameras, 10,000 events/s, 5% duplicates,\nand a camera host whose detections come with snapshots and clips.
+
+  dashboard:               http://$HTTP/
 
   top items per location:  SIGHTLINE_CORE=http://$GRPC $BIN/sightline-core top --last 5m -x 5
   live joined events:      SIGHTLINE_CORE=http://$GRPC $BIN/sightline-core tail --count 20

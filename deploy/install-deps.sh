@@ -6,7 +6,8 @@ set -euo pipefail
 need_apt=()
 for pkg in librocksdb-dev libsnappy-dev protobuf-compiler clang libclang-dev pkg-config curl \
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev libavfilter-dev libavdevice-dev ffmpeg \
-  python3-venv python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad; do
+  python3-venv python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
+  chromium; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then
@@ -33,3 +34,20 @@ if ! command -v cargo >/dev/null; then
 fi
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+# The dashboard's browser half is built for wasm32 (deploy/build-web.sh).
+rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+
+# The browser tests drive Debian's Chromium with Node's playwright-core
+# (package-lock.json pins it; nothing downloads a browser).
+if ! command -v npm >/dev/null; then
+  echo "install-deps: nodejs and npm"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs npm
+fi
+BROWSER_DIR="$(dirname "$0")/../tests/browser"
+if [ ! -d "$BROWSER_DIR/node_modules/playwright-core" ]; then
+  echo "install-deps: playwright-core (npm ci in tests/browser)"
+  (cd "$BROWSER_DIR" && npm ci --no-audit --no-fund --loglevel=error)
+fi

@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 deploy/install-deps.sh
-# The end-to-end tests start the binaries; build them first.
+# The end-to-end tests start the binaries; build them first, and the
+# dashboard's browser half (wasm) the core serves.
 cargo build --workspace --bins
+deploy/build-web.sh
 cargo test --workspace -- --test-threads "${SIGHTLINE_TEST_THREADS:-3}"

@@ -25,6 +25,61 @@ pub struct CoreConfig {
     pub live: LiveConfig,
     #[serde(default)]
     pub media: MediaConfig,
+    #[serde(default)]
+    pub dashboard: DashboardConfig,
+    #[serde(default)]
+    pub search: SearchConfig,
+}
+
+/// The full-text index of the events (tantivy), see [`crate::search`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchConfig {
+    /// The index directory. Unset: `<storage.path>-search`. Deleting it is
+    /// safe: it is rebuilt from the store.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// How often new events are made searchable.
+    #[serde(default = "default_search_commit", with = "humantime_serde")]
+    pub commit_interval: Duration,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            commit_interval: default_search_commit(),
+        }
+    }
+}
+
+fn default_search_commit() -> Duration {
+    Duration::from_millis(500)
+}
+
+/// The web dashboard, served on `server.http_listen`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DashboardConfig {
+    /// The folder `deploy/build-web.sh` built the browser's half into (it
+    /// holds `pkg/sightline_web.js` and `pkg/sightline_web_bg.wasm`).
+    /// Default: `site` beside the folder of the `sightline-core` binary
+    /// (`target/site` for `target/release/sightline-core`). Without it the
+    /// pages still render, but do not update by themselves.
+    #[serde(default)]
+    pub site_root: Option<PathBuf>,
+}
+
+impl DashboardConfig {
+    /// `site_root`, or its default.
+    pub fn site_root(&self) -> PathBuf {
+        self.site_root.clone().unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|exe| Some(exe.parent()?.parent()?.join("site")))
+                .unwrap_or_else(|| PathBuf::from("target/site"))
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

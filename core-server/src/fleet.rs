@@ -7,7 +7,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use sightline_proto::v1::{AgentInfo, Hello};
+use sightline_proto::v1::{AgentInfo, AgentStatus, Hello};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -97,14 +97,16 @@ impl Fleet {
         }
     }
 
-    /// The agent reported its buffer.
-    pub fn status(&self, agent: &str, next_seq: u64, depth: u64) {
+    /// The agent reported its buffer and its cameras.
+    pub fn status(&self, agent: &str, status: AgentStatus) {
         let mut agents = self.agents.lock().unwrap();
         if let Some(e) = agents.get_mut(agent) {
             let i = &mut e.info;
+            let (next_seq, depth) = (status.next_seq, status.buffer_depth);
             i.last_seen_ms = sightline_proto::now_ms();
             i.next_seq = next_seq;
             i.buffer_depth = depth;
+            i.cameras = status.cameras;
             i.lag = next_seq.saturating_sub(i.acked_seq + 1);
             self.publish_gauges(i);
         }

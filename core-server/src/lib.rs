@@ -25,5 +25,6 @@ pub mod fleet;
 pub mod ingest;
 pub mod media;
 pub mod metrics;
+pub mod search;
 pub mod server;
 pub mod store;

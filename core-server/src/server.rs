@@ -17,6 +17,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::{
     api::{
+        dashboard,
         http::{self, HttpState},
         live::LiveHub,
         query::{AdminService, QueryService},
@@ -28,6 +29,7 @@ use crate::{
     ingest::{grpc::IngestService, IngestCore},
     media::{grpc::MediaService, MediaStore},
     metrics::Metrics,
+    search::SearchIndex,
     store::Store,
 };
 
@@ -68,6 +70,27 @@ pub async fn run(
         )
     };
     let hub = LiveHub::new(config.live.buffer_commits);
+    let feed = dashboard::LiveFeed::start(&hub, store.clone(), shutdown.clone());
+    let search = {
+        let dir = config
+            .search
+            .path
+            .clone()
+            .unwrap_or_else(|| crate::search::default_path(&config.storage.path));
+        let (s, l, h) = (store.clone(), locations.clone(), hub.clone());
+        let (interval, retention, stop) = (
+            config.search.commit_interval,
+            config.retention.events,
+            shutdown.clone(),
+        );
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let _rt = handle.enter();
+            SearchIndex::start(&dir, s, l, &h, interval, retention, stop)
+                .with_context(|| format!("opening the search index at {}", dir.display()))
+        })
+        .await??
+    };
     let known = {
         let s = store.clone();
         tokio::task::spawn_blocking(move || s.watermarks()).await??
@@ -122,6 +145,7 @@ pub async fn run(
 
     let max_msg = config.ingest.max_message_bytes.as_u64() as usize;
     let query = QueryService {
+        search: search.clone(),
         store: store.clone(),
         locations: locations.clone(),
         fleet: fleet.clone(),
@@ -174,7 +198,18 @@ pub async fn run(
             metrics: metrics.clone(),
             locations: locations.clone(),
         })
-        .merge(crate::media::http::router(media.clone()));
+        .merge(crate::media::http::router(media.clone()))
+        .merge(dashboard::router(
+            Arc::new(dashboard::backend::CoreBackend {
+                store: store.clone(),
+                locations: locations.clone(),
+                fleet: fleet.clone(),
+                cameras: feed.cameras.clone(),
+                search: search.clone(),
+            }),
+            feed.clone(),
+            &config.dashboard.site_root(),
+        ));
         tokio::spawn(async move {
             axum::serve(http_listener, app)
                 .with_graceful_shutdown(async move { stop.cancelled().await })

@@ -96,6 +96,7 @@ pub async fn run(
         transport,
         config: config.sender.clone(),
         stats: stats.clone(),
+        cameras: capture.as_ref().map(|c| c.board.clone()),
     };
     let sender_task = tokio::spawn(sender.run(sender_stop.clone()));
     let uploader_task = capture.as_ref().map(|c| {

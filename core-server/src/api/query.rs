@@ -8,8 +8,8 @@ use sightline_proto::v1::{
     admin_server::Admin, query_server::Query, EventFilter, FleetRequest, FleetResponse,
     GetEventRequest, ItemCount, JoinedEvent, ListEventsRequest, ListEventsResponse,
     ListQuarantineRequest, ListQuarantineResponse, LocationTop, ReloadLocationsRequest,
-    ReloadLocationsResponse, StatsRequest, StatsResponse, SubscribeRequest, TopItemsRequest,
-    TopItemsResponse,
+    ReloadLocationsResponse, SearchRequest, SearchResponse, StatsRequest, StatsResponse,
+    SubscribeRequest, TopItemsRequest, TopItemsResponse,
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -20,6 +20,7 @@ use crate::{
     enrich::Locations,
     fleet::Fleet,
     metrics::Metrics,
+    search::{self, SearchIndex},
     store::{matches_filter, Store},
 };
 
@@ -28,6 +29,7 @@ pub const HISTORY_LIMIT: usize = 100_000;
 
 #[derive(Clone)]
 pub struct QueryService {
+    pub search: Arc<SearchIndex>,
     pub store: Arc<Store>,
     pub locations: Arc<Locations>,
     pub fleet: Arc<Fleet>,
@@ -54,6 +56,35 @@ fn check_range(from_ms: i64, to_ms: i64) -> Result<(), Status> {
 
 #[tonic::async_trait]
 impl Query for QueryService {
+    async fn search(
+        &self,
+        req: Request<SearchRequest>,
+    ) -> Result<Response<SearchResponse>, Status> {
+        let r = req.into_inner();
+        let req = search::SearchRequest {
+            query: r.query,
+            location_oid: r.geographical_location_oid,
+            camera_oid: r.video_camera_oid,
+            item_name: r.item_name,
+            from_ms: r.from_ms,
+            to_ms: r.to_ms,
+            page_size: r.page_size as usize,
+            page_token: r.page_token,
+        };
+        let (index, store, locations) = (
+            self.search.clone(),
+            self.store.clone(),
+            self.locations.clone(),
+        );
+        let (events, hits) =
+            blocking(move || Ok(index.search_joined(&store, &locations, &req)?)).await?;
+        Ok(Response::new(SearchResponse {
+            events,
+            total_hits: hits.total,
+            next_page_token: hits.next_page_token,
+        }))
+    }
+
     async fn list_events(
         &self,
         req: Request<ListEventsRequest>,

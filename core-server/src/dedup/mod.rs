@@ -30,7 +30,10 @@ use crate::{
     api::live::LiveHub,
     enrich::Locations,
     metrics::{FieldLabel, LevelLabel, Metrics},
-    store::{counter, keys, Store, CF_AGG, CF_COUNTERS, CF_DET, CF_EVENTS, CF_QUARANTINE, CF_WM},
+    store::{
+        counter, keys, Store, CF_AGG, CF_BY_COMMIT, CF_COUNTERS, CF_DET, CF_EVENTS, CF_QUARANTINE,
+        CF_WM,
+    },
 };
 use claims::Claims;
 
@@ -338,6 +341,7 @@ impl Writer {
             store.cf(CF_COUNTERS),
             store.cf(CF_WM),
         );
+        let cf_by_commit = store.cf(CF_BY_COMMIT);
         let mut batch = WriteBatch::default();
         let mut seen: HashSet<i64> = HashSet::with_capacity(fresh.len());
         let mut live = Vec::new();
@@ -418,6 +422,7 @@ impl Writer {
                     };
                     batch.put_cf(cf_events, keys::event_key(ts, oid), joined.encode_to_vec());
                     batch.put_cf(cf_det, keys::det_key(oid), keys::i64_key(ts));
+                    batch.put_cf(cf_by_commit, keys::event_key(now, oid), keys::i64_key(ts));
                     outcome.stored += 1;
                     n_stored += 1;
                     if want_live {

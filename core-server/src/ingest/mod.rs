@@ -138,7 +138,7 @@ impl IngestCore {
                             break Some(Status::invalid_argument("Hello may only come first"));
                         }
                         agent_message::Msg::Status(s) => {
-                            self.fleet.status(&agent, s.next_seq, s.buffer_depth);
+                            self.fleet.status(&agent, s);
                         }
                         agent_message::Msg::Batch(b) => {
                             let events = match decode_batch(b.first_seq, b.events, &self.limits) {

@@ -15,6 +15,7 @@
 //! | `media_age` | stored_ms (i64, sign-flipped BE) ‖ sha256 | empty: the retention order of `media` |
 //! | `media_refs` | det_oid (as in `det`) ‖ kind (ASCII) | attached_ms (i64 BE) ‖ `MediaRef` (protobuf) |
 //! | `media_quarantine` | quarantined_ms (i64, sign-flipped BE) ‖ sha256 | [`media::MediaQuarantined`] as JSON |
+//! | `by_commit` | committed_ms ‖ det_oid (as in `events`) | timestamp_detected (as in `det`): the events in commit order, for the search index to catch up |
 //!
 //! # Promises
 //!
@@ -31,11 +32,15 @@
 //! - Retention removes `events`, minute aggregates and the quarantine by time;
 //!   `det` keys live longer (`retention.dedup_keys`) so late duplicates are
 //!   still caught, and are removed by a compaction filter.
+//! - Every `events` entry MUST have its `by_commit` entry in the same
+//!   `WriteBatch`; `by_commit` is cut by commit time when events are cut by
+//!   detection time.
 //! - The media rows (`media*`) are kept by [`crate::media`], whose module docs
 //!   state their promises; the methods are in [`media`].
 
 pub mod keys;
 pub mod media;
+pub mod views;
 
 use std::{
     collections::HashMap,
@@ -65,6 +70,7 @@ pub const CF_MEDIA: &str = "media";
 pub const CF_MEDIA_AGE: &str = "media_age";
 pub const CF_MEDIA_REFS: &str = "media_refs";
 pub const CF_MEDIA_QUARANTINE: &str = "media_quarantine";
+pub const CF_BY_COMMIT: &str = "by_commit";
 
 /// Names of the persisted totals.
 pub mod counter {
@@ -211,6 +217,7 @@ impl Store {
             ColumnFamilyDescriptor::new(CF_MEDIA_AGE, cf(false)),
             ColumnFamilyDescriptor::new(CF_MEDIA_REFS, refs_opts),
             ColumnFamilyDescriptor::new(CF_MEDIA_QUARANTINE, cf(false)),
+            ColumnFamilyDescriptor::new(CF_BY_COMMIT, cf(false)),
         ];
         let db = DB::open_cf_descriptors(&db_opts, path, cfs)?;
         Ok(Self {
@@ -484,6 +491,11 @@ impl Store {
             self.cf(CF_AGG),
             keys::agg_prefix(Bucket::Hour, i64::MIN),
             keys::agg_prefix(Bucket::Hour, Bucket::Hour.floor(aggregates_before)),
+        );
+        batch.delete_range_cf(
+            self.cf(CF_BY_COMMIT),
+            keys::event_key(i64::MIN, i64::MIN),
+            keys::event_key(events_before, i64::MIN),
         );
         batch.delete_range_cf(
             self.cf(CF_QUARANTINE),

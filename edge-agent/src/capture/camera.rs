@@ -14,7 +14,7 @@ use super::{
     ring::{Ring, RingPacket},
     spool::{MediaItem, Spool},
     synth::{Synth, SynthOptions},
-    CameraConfig, CaptureMode, Trigger,
+    CameraBoard, CameraConfig, CaptureMode, Trigger,
 };
 
 /// A clip being collected: one or more detections sharing it.
@@ -32,6 +32,9 @@ struct Jobs {
     snapshots: Vec<Trigger>,
     clips: VecDeque<PendingClip>,
     spool: Arc<Spool>,
+    board: Arc<CameraBoard>,
+    /// Host clock of the newest frame last reported to the board.
+    reported_ms: i64,
 }
 
 impl Jobs {
@@ -64,6 +67,17 @@ impl Jobs {
 
     /// Cuts whatever the ring now covers.
     fn process(&mut self, ring: &mut Ring, info: &StreamInfo) {
+        if let Some(newest) = ring.newest_ms() {
+            // The board is read every few seconds; once a second is plenty.
+            if newest - self.reported_ms >= 1_000 {
+                self.reported_ms = newest;
+                self.board.update(self.cfg.camera_oid, |s| {
+                    s.state = "streaming".into();
+                    s.detail.clear();
+                    s.last_frame_ms = newest;
+                });
+            }
+        }
         self.cut_ready(ring, info);
         ring.hold(self.clips.front().map(|c| c.from_ms));
     }
@@ -90,6 +104,7 @@ impl Jobs {
                         frame_ms = s.frame_ms,
                         "snapshot"
                     );
+                    self.board.update(self.cfg.camera_oid, |s| s.snapshots += 1);
                     for (kind, bytes) in [("snapshot", s.jpeg), ("thumbnail", s.thumbnail)] {
                         self.put(MediaItem {
                             kind,
@@ -117,6 +132,7 @@ impl Jobs {
                         bytes = bytes.len(),
                         "clip"
                     );
+                    self.board.update(self.cfg.camera_oid, |s| s.clips += 1);
                     self.put(MediaItem {
                         kind: "clip",
                         content_type: "video/mp4",
@@ -141,6 +157,7 @@ pub fn spawn(
     cfg: CameraConfig,
     max_clip: Duration,
     spool: Arc<Spool>,
+    board: Arc<CameraBoard>,
     triggers: mpsc::Receiver<Trigger>,
 ) -> anyhow::Result<()> {
     let name = format!("camera-{}", cfg.camera_oid);
@@ -153,11 +170,20 @@ pub fn spawn(
             clips: VecDeque::new(),
             spool,
             cfg: cfg.clone(),
+            board,
+            reported_ms: 0,
         };
+        jobs.board
+            .update(cfg.camera_oid, |s| s.state = "connecting".into());
         loop {
             match run_input(&cfg, keep_ms, &mut jobs, &triggers) {
                 Ok(()) => return,
                 Err(e) => {
+                    jobs.reported_ms = 0;
+                    jobs.board.update(cfg.camera_oid, |s| {
+                        s.state = "reconnecting".into();
+                        s.detail = format!("{e:#}");
+                    });
                     tracing::warn!(camera = cfg.camera_oid, input = %cfg.input, error = %e, "camera input failed; retrying in 2 s");
                     std::thread::sleep(Duration::from_secs(2));
                 }

@@ -154,18 +154,22 @@ pub fn snapshot(
     let (frame_ms, f) = best.ok_or(CutError::NoFrame)?;
     let (w, h) = (f.width(), f.height());
     let t = std::time::Instant::now();
-    let img = to_rgb(&f, w, h)?;
-    let converted = t.elapsed();
-    let jpeg = encode_jpeg(&img)?;
-    let encoded = t.elapsed();
-    // The thumbnail is scaled from the decoded frame by swscale (fast), not
-    // from the full-size RGB image.
-    let (tw, th) = if w >= h {
-        (THUMBNAIL_PX.min(w), (THUMBNAIL_PX.min(w) * h / w).max(1))
-    } else {
-        ((THUMBNAIL_PX.min(h) * w / h).max(1), THUMBNAIL_PX.min(h))
+    // The JPEG is encoded straight from the decoded 4:2:0 planes; other
+    // pixel formats are converted to 4:2:0 first.
+    let full = match f.format() {
+        Pixel::YUV420P | Pixel::YUVJ420P => None,
+        _ => Some(scale_420(&f, w, h)?),
     };
-    let thumbnail = encode_jpeg(&to_rgb(&f, tw, th)?)?;
+    let converted = t.elapsed();
+    let jpeg = encode_jpeg(full.as_ref().unwrap_or(&f), 85)?;
+    let encoded = t.elapsed();
+    // The thumbnail is scaled from the decoded frame by swscale.
+    let (tw, th) = if w >= h {
+        (THUMBNAIL_PX.min(w), (THUMBNAIL_PX.min(w) * h / w).max(2))
+    } else {
+        ((THUMBNAIL_PX.min(h) * w / h).max(2), THUMBNAIL_PX.min(h))
+    };
+    let thumbnail = encode_jpeg(&scale_420(&f, tw, th)?, 80)?;
     tracing::debug!(
         convert_ms = converted.as_secs_f64() * 1e3,
         jpeg_ms = (encoded - converted).as_secs_f64() * 1e3,
@@ -179,32 +183,110 @@ pub fn snapshot(
     })
 }
 
-/// The frame as RGB at `w` x `h` (scaled by swscale when smaller).
-fn to_rgb(f: &frame::Video, w: u32, h: u32) -> Result<image::RgbImage, CutError> {
+/// The frame as planar 4:2:0 at `w` x `h`, scaled and converted by swscale.
+fn scale_420(f: &frame::Video, w: u32, h: u32) -> Result<frame::Video, CutError> {
     let mut scaler = scaling::Context::get(
         f.format(),
         f.width(),
         f.height(),
-        Pixel::RGB24,
+        Pixel::YUV420P,
         w,
         h,
         scaling::Flags::BILINEAR,
     )?;
-    let mut rgb = frame::Video::empty();
-    scaler.run(f, &mut rgb)?;
-    let stride = rgb.stride(0);
-    let data = rgb.data(0);
-    let mut buf = Vec::with_capacity((w * h * 3) as usize);
-    for row in 0..h as usize {
-        buf.extend_from_slice(&data[row * stride..row * stride + w as usize * 3]);
-    }
-    image::RgbImage::from_raw(w, h, buf).ok_or(CutError::NoFrame)
+    let mut out = frame::Video::empty();
+    scaler.run(f, &mut out)?;
+    // swscale keeps the source's range; carry it so the levels are read right.
+    out.set_color_range(f.color_range());
+    Ok(out)
 }
 
-fn encode_jpeg(img: &image::RgbImage) -> Result<Vec<u8>, CutError> {
-    let mut out = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85)
-        .encode_image(img)
+/// Encodes a 4:2:0 frame as a baseline JPEG (4:2:0 below quality 90).
+///
+/// This is the `jpeg-encoder` crate rather than `image`'s encoder: for a
+/// 1080p frame `image` took 32-33 ms and needed an RGB copy first (1-5 ms),
+/// which alone was most of the 50 ms a snapshot may take.
+fn encode_jpeg(f: &frame::Video, quality: u8) -> Result<Vec<u8>, CutError> {
+    let (Ok(_), Ok(_)) = (u16::try_from(f.width()), u16::try_from(f.height())) else {
+        return Err(CutError::Jpeg(format!(
+            "{}x{} is larger than JPEG allows (65535)",
+            f.width(),
+            f.height()
+        )));
+    };
+    let mut out = Vec::with_capacity((f.width() * f.height() / 4) as usize);
+    jpeg_encoder::Encoder::new(&mut out, quality)
+        .encode_image(Planes::new(f))
         .map_err(|e| CutError::Jpeg(e.to_string()))?;
     Ok(out)
+}
+
+/// A decoded 4:2:0 frame as the JPEG encoder's input, read row by row from
+/// its planes. JPEG (JFIF) wants full-range levels; video is usually
+/// limited range (Y 16-235, Cb/Cr 16-240), so those are stretched by a
+/// lookup table. The colour matrix is left as it is (BT.709 for HD video,
+/// where JFIF assumes BT.601): a slight hue shift, no change in brightness.
+struct Planes<'a> {
+    frame: &'a frame::Video,
+    luma: [u8; 256],
+    chroma: [u8; 256],
+}
+
+impl<'a> Planes<'a> {
+    fn new(frame: &'a frame::Video) -> Self {
+        let full = frame.format() == Pixel::YUVJ420P
+            || frame.color_range() == ffmpeg::util::color::Range::JPEG;
+        let mut luma = [0u8; 256];
+        let mut chroma = [0u8; 256];
+        for v in 0..256usize {
+            if full {
+                luma[v] = v as u8;
+                chroma[v] = v as u8;
+            } else {
+                let y = ((v as f32 - 16.0) * 255.0 / 219.0).round();
+                let c = ((v as f32 - 128.0) * 255.0 / 224.0 + 128.0).round();
+                luma[v] = y.clamp(0.0, 255.0) as u8;
+                chroma[v] = c.clamp(0.0, 255.0) as u8;
+            }
+        }
+        Self {
+            frame,
+            luma,
+            chroma,
+        }
+    }
+
+    fn row(&self, plane: usize, row: usize, len: usize) -> &[u8] {
+        let stride = self.frame.stride(plane);
+        &self.frame.data(plane)[row * stride..row * stride + len]
+    }
+}
+
+impl jpeg_encoder::ImageBuffer for Planes<'_> {
+    fn get_jpeg_color_type(&self) -> jpeg_encoder::JpegColorType {
+        jpeg_encoder::JpegColorType::Ycbcr
+    }
+
+    fn width(&self) -> u16 {
+        self.frame.width() as u16
+    }
+
+    fn height(&self) -> u16 {
+        self.frame.height() as u16
+    }
+
+    fn fill_buffers(&self, y: u16, buffers: &mut [Vec<u8>; 4]) {
+        let (y, w) = (y as usize, self.frame.width() as usize);
+        let cw = w.div_ceil(2);
+        let (luma, cb, cr) = (
+            self.row(0, y, w),
+            self.row(1, y / 2, cw),
+            self.row(2, y / 2, cw),
+        );
+        buffers[0].extend(luma.iter().map(|&v| self.luma[v as usize]));
+        for x in 0..w {
+            buffers[1].push(self.chroma[cb[x / 2] as usize]);
+            buffers[2].push(self.chroma[cr[x / 2] as usize]);
+        }
+    }
 }

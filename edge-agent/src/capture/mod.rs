@@ -24,14 +24,14 @@ pub mod spool;
 pub mod synth;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     path::PathBuf,
-    sync::{mpsc, Arc},
+    sync::{mpsc, Arc, Mutex},
     time::Duration,
 };
 
 use serde::Deserialize;
-use sightline_proto::v1::Detection;
+use sightline_proto::v1::{CameraStatus, Detection};
 
 use spool::Spool;
 
@@ -43,6 +43,38 @@ pub enum CaptureMode {
     Snapshot,
     #[default]
     Clip,
+}
+
+impl CaptureMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaptureMode::Off => "off",
+            CaptureMode::Snapshot => "snapshot",
+            CaptureMode::Clip => "clip",
+        }
+    }
+}
+
+/// What each camera is doing, for the agent's status reports (the core's
+/// fleet view): mode, input state, newest frame, footage made.
+#[derive(Debug, Default)]
+pub struct CameraBoard(Mutex<BTreeMap<i64, CameraStatus>>);
+
+impl CameraBoard {
+    /// Changes one camera's entry.
+    pub fn update(&self, camera_oid: i64, f: impl FnOnce(&mut CameraStatus)) {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f(all.entry(camera_oid).or_insert_with(|| CameraStatus {
+            video_camera_oid: camera_oid,
+            ..CameraStatus::default()
+        }));
+    }
+
+    /// Every camera, by oid.
+    pub fn all(&self) -> Vec<CameraStatus> {
+        let all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        all.values().cloned().collect()
+    }
 }
 
 /// One camera's capture settings.
@@ -135,6 +167,7 @@ pub struct Trigger {
 pub struct Capture {
     cameras: HashMap<i64, (CaptureMode, mpsc::Sender<Trigger>)>,
     pub spool: Arc<Spool>,
+    pub board: Arc<CameraBoard>,
 }
 
 impl Capture {
@@ -153,15 +186,24 @@ impl Capture {
         ffmpeg_next::log::set_level(ffmpeg_next::log::Level::Error);
         let spool = Arc::new(Spool::open(cfg.spool_path.clone(), cfg.spool_max_bytes)?);
         let mut cameras = HashMap::new();
+        let board = Arc::new(CameraBoard::default());
         for cam in &cfg.cameras {
+            board.update(cam.camera_oid, |s| {
+                s.mode = cam.mode.as_str().into();
+                s.state = "off".into();
+            });
             if cam.mode == CaptureMode::Off {
                 continue;
             }
             let (tx, rx) = mpsc::channel();
-            camera::spawn(cam.clone(), cfg.max_clip, spool.clone(), rx)?;
+            camera::spawn(cam.clone(), cfg.max_clip, spool.clone(), board.clone(), rx)?;
             cameras.insert(cam.camera_oid, (cam.mode, tx));
         }
-        Ok(Self { cameras, spool })
+        Ok(Self {
+            cameras,
+            spool,
+            board,
+        })
     }
 
     /// The footage kinds a detection from this camera will get.

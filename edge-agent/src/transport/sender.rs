@@ -80,6 +80,8 @@ pub struct Sender {
     pub transport: Arc<dyn Transport>,
     pub config: SenderConfig,
     pub stats: Arc<SenderStats>,
+    /// The cameras, reported with the buffer (none: an event-only agent).
+    pub cameras: Option<Arc<crate::capture::CameraBoard>>,
 }
 
 enum SessionEnd {
@@ -233,6 +235,7 @@ impl Sender {
                         buffer_depth: buffer.depth(),
                         buffer_bytes: buffer.held_bytes(),
                         next_seq: buffer.next_seq(),
+                        cameras: self.cameras.as_ref().map(|c| c.all()).unwrap_or_default(),
                     };
                     send(&link.tx, agent_message::Msg::Status(status)).await?;
                 }

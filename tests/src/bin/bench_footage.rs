@@ -28,28 +28,11 @@ use sightline_agent::{
     },
     transport::media::Uploader,
 };
-use sightline_tests::{Agent, AgentArgs, Core};
+use sightline_tests::{proc::cpu_seconds, Agent, AgentArgs, Core};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // Fields 14 and 15 of stat (utime, stime) are 12 and 13 after the name.
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-}
-
-fn clk_tck() -> f64 {
-    let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(100.0)
 }
 
 /// Reads every video packet of a file into a ring, frame times from pts.
@@ -160,9 +143,9 @@ async fn main() {
     });
     tokio::time::sleep(Duration::from_secs(5)).await;
     let secs = 20.0;
-    let before = cpu_ticks(agent.pid());
+    let before = cpu_seconds(agent.pid());
     tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-    let used = (cpu_ticks(agent.pid()) - before) as f64 / clk_tck();
+    let used = cpu_seconds(agent.pid()) - before;
     let camera_cpu_pct = used / secs * 100.0;
     let rss = sightline_tests::proc::rss_mb(agent.pid());
     println!("camera: agent CPU {camera_cpu_pct:.2}% of one core over {secs:.0} s (1080p25 camera, 5 s pre-roll), RSS {rss:.1} MiB");

@@ -1,0 +1,338 @@
+//! The dashboard's view of the core: [`sightline_web::backend::Backend`]
+//! over the store, Dataset B, the search index and the fleet. Every method
+//! runs on a blocking thread (the server functions see to it).
+
+use std::sync::Arc;
+
+use sightline_proto::v1::{EventFilter, JoinedEvent};
+use sightline_web::{
+    backend::Backend,
+    model::{
+        AgentRow, CameraRow, EventDetail, EventRow, LocationTop, QuarantinePage, QuarantineRow,
+        SearchPage, SearchQuery, Series, Timeline, TopItems, Totals,
+    },
+};
+
+use super::feed::{row, CamerasSeen};
+use crate::{
+    enrich::Locations,
+    fleet::Fleet,
+    search::{SearchIndex, SearchRequest},
+    store::{keys::Bucket, views::TimelineBy, Store},
+};
+
+/// Series a timeline shows before folding the rest into "other".
+const TIMELINE_SERIES: usize = 7;
+/// Events the quarantine page scans for unmatched locations.
+const UNMATCHED_SCAN: usize = 20_000;
+
+pub struct CoreBackend {
+    pub store: Arc<Store>,
+    pub locations: Arc<Locations>,
+    pub fleet: Arc<Fleet>,
+    pub cameras: Arc<CamerasSeen>,
+    pub search: Arc<SearchIndex>,
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+impl CoreBackend {
+    /// Joins with Dataset B and attaches media, as the query API does.
+    fn joined(&self, mut events: Vec<JoinedEvent>) -> Result<Vec<JoinedEvent>, String> {
+        self.store.fill_media(&mut events).map_err(err)?;
+        let table = self.locations.current();
+        for e in &mut events {
+            table.join(e);
+        }
+        Ok(events)
+    }
+
+    fn rows(&self, events: Vec<JoinedEvent>) -> Result<Vec<EventRow>, String> {
+        Ok(self.joined(events)?.iter().map(row).collect())
+    }
+}
+
+impl Backend for CoreBackend {
+    fn totals(&self) -> Result<Totals, String> {
+        let c = self.store.counters().map_err(err)?;
+        Ok(Totals {
+            stored: c.stored,
+            dup_transport: c.dup_transport,
+            dup_semantic: c.dup_semantic,
+            rejected: c.rejected,
+            unmatched: c.unmatched,
+            at_ms: sightline_proto::now_ms(),
+        })
+    }
+
+    fn latest(&self, limit: usize) -> Result<Vec<EventRow>, String> {
+        let events = self
+            .store
+            .latest_events(limit, limit, |_| true)
+            .map_err(err)?;
+        self.rows(events)
+    }
+
+    fn top_items(&self, from_ms: i64, to_ms: i64, x: u32) -> Result<TopItems, String> {
+        let counts = self
+            .store
+            .top_items(from_ms, to_ms, x as usize, None)
+            .map_err(err)?;
+        let table = self.locations.current();
+        Ok(TopItems {
+            from_ms: Bucket::Minute.floor(from_ms),
+            to_ms: Bucket::Minute.floor(to_ms),
+            x,
+            locations: counts
+                .into_iter()
+                .map(|c| LocationTop {
+                    location_oid: c.location,
+                    location: table
+                        .get(c.location)
+                        .map(|l| l.geographical_location.clone()),
+                    total: c.total,
+                    items: c.items,
+                })
+                .collect(),
+        })
+    }
+
+    fn timeline(&self, from_ms: i64, to_ms: i64, by: &str) -> Result<Timeline, String> {
+        let by = match by {
+            "item" => TimelineBy::Item,
+            "location" => TimelineBy::Location,
+            other => return Err(format!("field `by`: {other:?} is not item or location")),
+        };
+        // Minutes up to six hours (at most 360 points), hours beyond.
+        let bucket = if to_ms - from_ms <= 6 * 3_600_000 {
+            Bucket::Minute
+        } else {
+            Bucket::Hour
+        };
+        let (from, buckets, all) = self
+            .store
+            .timeline(from_ms, to_ms, bucket, by)
+            .map_err(err)?;
+        let table = self.locations.current();
+        let name = |key: String| match by {
+            TimelineBy::Item => key,
+            TimelineBy::Location => {
+                let oid = key.parse::<i64>().unwrap_or_default();
+                sightline_web::format::location(
+                    &table.get(oid).map(|l| l.geographical_location.clone()),
+                    oid,
+                )
+            }
+        };
+        let mut series: Vec<Series> = Vec::new();
+        let mut other = vec![0u64; buckets];
+        for (i, s) in all.into_iter().enumerate() {
+            if i < TIMELINE_SERIES {
+                series.push(Series {
+                    name: name(s.key),
+                    total: s.counts.iter().sum(),
+                    counts: s.counts,
+                });
+            } else {
+                for (o, c) in other.iter_mut().zip(s.counts) {
+                    *o += c;
+                }
+            }
+        }
+        if other.iter().any(|&c| c > 0) {
+            series.push(Series {
+                name: "other".into(),
+                total: other.iter().sum(),
+                counts: other,
+            });
+        }
+        Ok(Timeline {
+            from_ms: from,
+            bucket_ms: bucket.millis(),
+            buckets,
+            series,
+        })
+    }
+
+    fn search(&self, query: &SearchQuery) -> Result<SearchPage, String> {
+        let req = SearchRequest {
+            query: query.query.clone(),
+            location_oid: query.location_oid,
+            camera_oid: query.camera_oid,
+            item_name: query.item.clone(),
+            from_ms: query.from_ms,
+            to_ms: query.to_ms,
+            page_size: 50,
+            page_token: query.page_token.clone(),
+        };
+        let (events, hits) = self
+            .search
+            .search_joined(&self.store, &self.locations, &req)
+            .map_err(err)?;
+        Ok(SearchPage {
+            events: events.iter().map(row).collect(),
+            total_hits: hits.total,
+            next_page_token: hits.next_page_token,
+        })
+    }
+
+    fn event(&self, det_oid: i64) -> Result<Option<EventDetail>, String> {
+        let Some(ev) = self.store.get_event(det_oid).map_err(err)? else {
+            return Ok(None);
+        };
+        let ev = self
+            .joined(vec![ev])?
+            .pop()
+            .ok_or_else(|| "event vanished".to_string())?;
+        let d = ev.detection.clone().unwrap_or_default();
+        let media = |kind: &str| {
+            ev.media
+                .iter()
+                .find(|m| m.kind == kind)
+                .map(|m| m.sha256.clone())
+        };
+        let pending = d
+            .media_expected
+            .iter()
+            .filter(|k| !ev.media.iter().any(|m| &m.kind == *k))
+            .cloned()
+            .collect();
+        // The same camera, a minute either side.
+        let filter = EventFilter {
+            video_camera_oid: Some(d.video_camera_oid),
+            ..EventFilter::default()
+        };
+        let (around, _) = self
+            .store
+            .list_events(
+                d.timestamp_detected - 60_000,
+                d.timestamp_detected + 60_000,
+                Some(&filter),
+                200,
+                "",
+            )
+            .map_err(err)?;
+        let mut around: Vec<JoinedEvent> = around
+            .into_iter()
+            .filter(|e| e.detection.as_ref().and_then(|x| x.detection_oid) != Some(det_oid))
+            .collect();
+        around.sort_by_key(|e| {
+            let t = e
+                .detection
+                .as_ref()
+                .map(|x| x.timestamp_detected)
+                .unwrap_or_default();
+            (t - d.timestamp_detected).abs()
+        });
+        around.truncate(20);
+        around.sort_by_key(|e| e.detection.as_ref().map(|x| x.timestamp_detected));
+        let mut location_columns: Vec<(String, String)> = ev
+            .location
+            .as_ref()
+            .map(|l| {
+                l.extra
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        location_columns.sort();
+        let mut attributes: Vec<(String, String)> = d
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        attributes.sort();
+        Ok(Some(EventDetail {
+            row: row(&ev),
+            seq: ev.seq,
+            accepted_ms: ev.accepted_ms,
+            confidence: d.confidence,
+            location_columns,
+            attributes,
+            snapshot: media("snapshot"),
+            clip: media("clip"),
+            pending,
+            nearby: self.rows(around)?,
+        }))
+    }
+
+    fn fleet(&self) -> Result<Vec<AgentRow>, String> {
+        let cams = self.cameras.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(self
+            .fleet
+            .snapshot()
+            .into_iter()
+            .map(|a| AgentRow {
+                cameras: {
+                    let mut by_oid = cams.get(&a.agent_id).cloned().unwrap_or_default();
+                    for c in &a.cameras {
+                        let row = by_oid
+                            .entry(c.video_camera_oid)
+                            .or_insert_with(|| CameraRow {
+                                camera_oid: c.video_camera_oid,
+                                ..CameraRow::default()
+                            });
+                        row.mode = c.mode.clone();
+                        row.state = c.state.clone();
+                        row.detail = c.detail.clone();
+                        row.last_frame_ms = c.last_frame_ms;
+                        row.snapshots = c.snapshots;
+                        row.clips = c.clips;
+                    }
+                    by_oid.into_values().collect()
+                },
+                agent_id: a.agent_id,
+                connected: a.connected,
+                last_seen_ms: a.last_seen_ms,
+                acked_seq: a.acked_seq,
+                buffer_depth: a.buffer_depth,
+                lag: a.lag,
+                duplicates_transport: a.duplicates_transport,
+                duplicates_semantic: a.duplicates_semantic,
+                rejected: a.rejected,
+                version: a.version,
+                peer: a.peer,
+            })
+            .collect())
+    }
+
+    fn quarantine(&self, page_token: &str) -> Result<QuarantinePage, String> {
+        let (events, next_page_token) = self.store.list_quarantine(100, page_token).map_err(err)?;
+        let total = self.store.counters().map_err(err)?.rejected;
+        let table = self.locations.current();
+        let unmatched = self
+            .store
+            .latest_events(50, UNMATCHED_SCAN, |e| {
+                e.detection
+                    .as_ref()
+                    .is_some_and(|d| table.get(d.geographical_location_oid).is_none())
+            })
+            .map_err(err)?;
+        Ok(QuarantinePage {
+            rows: events
+                .into_iter()
+                .map(|q| QuarantineRow {
+                    at_ms: q.quarantined_ms,
+                    agent_id: q.agent_id,
+                    seq: q.seq,
+                    field: q.field,
+                    reason: q.reason,
+                    received: match &q.event {
+                        Some(e) => format!("{:?}", e.detection),
+                        None => format!("{} undecodable bytes", q.raw.len()),
+                    },
+                })
+                .collect(),
+            total,
+            next_page_token,
+            unmatched: self.rows(unmatched)?,
+        })
+    }
+
+    fn now_ms(&self) -> i64 {
+        sightline_proto::now_ms()
+    }
+}

@@ -1,0 +1,167 @@
+//! The dashboard's live feed: one task turns the hub's commits into ticks —
+//! at most one every [`TICK`], with the exact totals, the count since the
+//! last tick and the newest events — serialised once and shared by every
+//! viewer, so a hundred open Live pages cost a hundred socket writes per
+//! tick, not a hundred JSON encodings per event.
+//!
+//! The same task keeps, per agent, the cameras seen in its events (for the
+//! fleet view).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use sightline_proto::v1::JoinedEvent;
+use sightline_web::model::{CameraRow, EventRow, LiveTick, Totals};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::{api::live::LiveHub, store::Store};
+
+/// How often viewers get a tick.
+pub const TICK: Duration = Duration::from_millis(200);
+/// Events a tick carries at most (the page shows 50).
+pub const TICK_EVENTS: usize = 50;
+
+/// Cameras seen per agent since the core started: agent → camera → row.
+pub type CamerasSeen = Mutex<HashMap<String, BTreeMap<i64, CameraRow>>>;
+
+/// Shared by the SSE handler (subscribe) and the feed task (publish).
+#[derive(Clone)]
+pub struct LiveFeed {
+    tx: broadcast::Sender<Arc<str>>,
+    pub cameras: Arc<CamerasSeen>,
+}
+
+impl LiveFeed {
+    /// Starts the feed task; it ends with `shutdown`.
+    pub fn start(hub: &LiveHub, store: Arc<Store>, shutdown: CancellationToken) -> Self {
+        let (tx, _) = broadcast::channel(16);
+        let feed = Self {
+            tx,
+            cameras: Arc::default(),
+        };
+        let this = feed.clone();
+        let commits = hub.subscribe();
+        tokio::spawn(async move { this.run(commits, store, shutdown).await });
+        feed
+    }
+
+    /// A viewer's stream of serialised [`LiveTick`]s.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
+        self.tx.subscribe()
+    }
+
+    async fn run(
+        self,
+        mut commits: broadcast::Receiver<crate::api::live::CommitEvents>,
+        store: Arc<Store>,
+        shutdown: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut newest: Vec<EventRow> = Vec::new();
+        let mut committed = 0u64;
+        let mut last = (Instant::now(), None::<u64>);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                msg = commits.recv() => match msg {
+                    Ok(events) => {
+                        committed += events.len() as u64;
+                        self.saw(&events);
+                        // Newest last within a commit; keep the tail only.
+                        let skip = events.len().saturating_sub(TICK_EVENTS);
+                        newest.extend(events.iter().skip(skip).map(row));
+                        if newest.len() > 4 * TICK_EVENTS {
+                            newest.drain(..newest.len() - TICK_EVENTS);
+                        }
+                    }
+                    // Behind: the totals below are still exact; only rows were skipped.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = tick.tick() => {
+                    if self.tx.receiver_count() == 0 {
+                        newest.clear();
+                        committed = 0;
+                        continue;
+                    }
+                    let s = store.clone();
+                    let Ok(Ok(c)) = tokio::task::spawn_blocking(move || s.counters()).await else {
+                        continue;
+                    };
+                    let now = Instant::now();
+                    let per_s = match last.1 {
+                        Some(prev) => c.stored.saturating_sub(prev) as f64 / (now - last.0).as_secs_f64().max(1e-3),
+                        None => 0.0,
+                    };
+                    last = (now, Some(c.stored));
+                    let mut events: Vec<EventRow> = newest.drain(..).rev().take(TICK_EVENTS).collect();
+                    events.truncate(TICK_EVENTS);
+                    let t = LiveTick {
+                        totals: Totals {
+                            stored: c.stored,
+                            dup_transport: c.dup_transport,
+                            dup_semantic: c.dup_semantic,
+                            rejected: c.rejected,
+                            unmatched: c.unmatched,
+                            at_ms: sightline_proto::now_ms(),
+                        },
+                        committed: std::mem::take(&mut committed),
+                        per_s,
+                        events,
+                    };
+                    if let Ok(json) = serde_json::to_string(&t) {
+                        let _ = self.tx.send(json.into());
+                    }
+                }
+            }
+        }
+    }
+
+    fn saw(&self, events: &[JoinedEvent]) {
+        let mut cams = self.cameras.lock().unwrap_or_else(|p| p.into_inner());
+        for e in events {
+            let Some(d) = e.detection.as_ref() else {
+                continue;
+            };
+            let c = cams
+                .entry(e.agent_id.clone())
+                .or_default()
+                .entry(d.video_camera_oid)
+                .or_insert(CameraRow {
+                    camera_oid: d.video_camera_oid,
+                    ..CameraRow::default()
+                });
+            c.events += 1;
+            c.last_event_ms = c.last_event_ms.max(d.timestamp_detected);
+        }
+    }
+}
+
+/// A joined event as a dashboard row.
+pub fn row(e: &JoinedEvent) -> EventRow {
+    let d = e.detection.clone().unwrap_or_default();
+    EventRow {
+        det_oid: d.detection_oid.unwrap_or_default(),
+        location_oid: d.geographical_location_oid,
+        location: e
+            .location
+            .as_ref()
+            .filter(|_| e.location_matched)
+            .map(|l| l.geographical_location.clone()),
+        camera_oid: d.video_camera_oid,
+        item: d.item_name,
+        detected_ms: d.timestamp_detected,
+        committed_ms: e.committed_ms,
+        agent_id: e.agent_id.clone(),
+        thumbnail: e
+            .media
+            .iter()
+            .find(|m| m.kind == "thumbnail")
+            .map(|m| m.sha256.clone()),
+    }
+}

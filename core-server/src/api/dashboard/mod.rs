@@ -1,0 +1,76 @@
+//! The web dashboard (crate `sightline-web`), served by the core: pages
+//! rendered here with Leptos and hydrated in the browser, the server
+//! functions they call, the live feed (`GET /api/live`, server-sent events)
+//! and the browser's code (`/pkg/*`, precompressed when `.gz` files exist).
+
+pub mod backend;
+pub mod feed;
+
+use std::{convert::Infallible, path::Path, sync::Arc};
+
+use axum::{
+    extract::State,
+    http::{header, HeaderValue},
+    response::sse::{Event, KeepAlive, Sse},
+    routing::get,
+    Router,
+};
+use leptos::prelude::{provide_context, LeptosOptions};
+use leptos_axum::{generate_route_list, LeptosRoutes};
+use sightline_web::{app, backend::SharedBackend};
+use tokio_stream::{wrappers::BroadcastStream, Stream, StreamExt};
+use tower_http::{services::ServeDir, set_header::SetResponseHeaderLayer};
+
+pub use feed::LiveFeed;
+
+/// The name the browser's files are built under (`pkg/<name>.js`, `pkg/<name>_bg.wasm`).
+pub const OUTPUT_NAME: &str = "sightline_web";
+
+/// The dashboard's routes: pages, server functions, live feed, browser code.
+pub fn router(backend: SharedBackend, feed: LiveFeed, site_root: &Path) -> Router {
+    let js = site_root.join("pkg").join(format!("{OUTPUT_NAME}.js"));
+    if !js.exists() {
+        tracing::warn!(
+            missing = %js.display(),
+            "the dashboard's browser code is not built (deploy/build-web.sh): pages render but do not update by themselves"
+        );
+    }
+    let options = LeptosOptions::builder()
+        .output_name(OUTPUT_NAME)
+        .site_root(site_root.display().to_string())
+        .site_pkg_dir("pkg")
+        .build();
+    let routes = generate_route_list(app::App);
+    let pages = {
+        let shell_options = options.clone();
+        Router::new()
+            .leptos_routes_with_context(
+                &options,
+                routes,
+                move || provide_context(backend.clone()),
+                move || app::shell(shell_options.clone()),
+            )
+            .with_state(options)
+    };
+    let pkg = Router::new()
+        .nest_service(
+            "/pkg",
+            ServeDir::new(site_root.join("pkg")).precompressed_gzip(),
+        )
+        // Not content-hashed: revalidate (ETag / Last-Modified answer 304).
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache"),
+        ));
+    let live = Router::new().route("/api/live", get(live)).with_state(feed);
+    pages.merge(pkg).merge(live)
+}
+
+/// `GET /api/live`: one [`sightline_web::model::LiveTick`] per tick as JSON.
+async fn live(State(feed): State<LiveFeed>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let ticks = BroadcastStream::new(feed.subscribe())
+        // A viewer that fell behind skips ticks; the next one has exact totals.
+        .filter_map(|t| t.ok())
+        .map(|json: Arc<str>| Ok(Event::default().data(&*json)));
+    Sse::new(ticks).keep_alive(KeepAlive::default())
+}

@@ -1,0 +1,234 @@
+//! Reads the dashboard needs beyond the query API: the newest events, and
+//! counts per bucket over a range (the timeline), both from the same column
+//! families and key layouts as the rest of the store.
+
+use std::collections::HashMap;
+
+use rocksdb::IteratorMode;
+use sightline_proto::v1::JoinedEvent;
+
+use super::{
+    decode_event, keys, keys::Bucket, le_u64, Store, StoreError, CF_AGG, CF_BY_COMMIT, CF_EVENTS,
+};
+
+/// What a timeline series is keyed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimelineBy {
+    Item,
+    Location,
+}
+
+/// Per-bucket counts of one item or location.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimelineSeries {
+    /// The item name, or the location oid as text.
+    pub key: String,
+    pub counts: Vec<u64>,
+}
+
+impl Store {
+    /// Up to `limit` events, newest detection first, that `keep` accepts,
+    /// looking at no more than `scan` events.
+    pub fn latest_events(
+        &self,
+        limit: usize,
+        scan: usize,
+        keep: impl Fn(&JoinedEvent) -> bool,
+    ) -> Result<Vec<JoinedEvent>, StoreError> {
+        let mut out = Vec::new();
+        for (seen, item) in self
+            .db
+            .iterator_cf(self.cf(CF_EVENTS), IteratorMode::End)
+            .enumerate()
+        {
+            if out.len() >= limit || seen >= scan {
+                break;
+            }
+            let (_, v) = item?;
+            let ev = decode_event(&v)?;
+            if keep(&ev) {
+                out.push(ev);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Events per `bucket` over `[from_ms, to_ms)` (rounded down to the
+    /// bucket), one series per item or location, from the aggregates.
+    pub fn timeline(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        bucket: Bucket,
+        by: TimelineBy,
+    ) -> Result<(i64, usize, Vec<TimelineSeries>), StoreError> {
+        let from = bucket.floor(from_ms);
+        let to = bucket.floor(to_ms + bucket.millis() - 1);
+        let n = ((to - from) / bucket.millis()).max(0) as usize;
+        let mut series: HashMap<String, Vec<u64>> = HashMap::new();
+        if n > 0 {
+            let (start, end) = (keys::agg_prefix(bucket, from), keys::agg_prefix(bucket, to));
+            let iter = self.db.iterator_cf(
+                self.cf(CF_AGG),
+                IteratorMode::From(&start, rocksdb::Direction::Forward),
+            );
+            for item in iter {
+                let (k, v) = item?;
+                if k.as_ref() >= end.as_slice() {
+                    break;
+                }
+                let (start_ms, loc, name) = keys::parse_agg_key(&k)
+                    .ok_or_else(|| StoreError::Corrupt("malformed agg key".into()))?;
+                let i = ((start_ms - from) / bucket.millis()) as usize;
+                let key = match by {
+                    TimelineBy::Item => name.to_string(),
+                    TimelineBy::Location => loc.to_string(),
+                };
+                let counts = series.entry(key).or_insert_with(|| vec![0; n]);
+                if let Some(c) = counts.get_mut(i) {
+                    *c += le_u64(&v);
+                }
+            }
+        }
+        let mut out: Vec<TimelineSeries> = series
+            .into_iter()
+            .map(|(key, counts)| TimelineSeries { key, counts })
+            .collect();
+        out.sort_by(|a, b| {
+            let (sa, sb) = (a.counts.iter().sum::<u64>(), b.counts.iter().sum::<u64>());
+            sb.cmp(&sa).then_with(|| a.key.cmp(&b.key))
+        });
+        Ok((from, n, out))
+    }
+}
+
+impl Store {
+    /// Events committed at or after `from_ms`, in commit order, after the
+    /// `by_commit` key `after` (exclusive; empty: from the start), at most
+    /// `limit`. Returns them with the key to continue from.
+    pub fn committed_since(
+        &self,
+        from_ms: i64,
+        after: &[u8],
+        limit: usize,
+    ) -> Result<(Vec<JoinedEvent>, Vec<u8>), StoreError> {
+        let start = keys::event_key(from_ms, i64::MIN);
+        let start: &[u8] = if after > &start[..] { after } else { &start };
+        let mut out = Vec::new();
+        let mut last = after.to_vec();
+        for item in self.db.iterator_cf(
+            self.cf(CF_BY_COMMIT),
+            IteratorMode::From(start, rocksdb::Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            if &k[..] == after {
+                continue;
+            }
+            if out.len() >= limit {
+                break;
+            }
+            last = k.to_vec();
+            if k.len() != 16 || v.len() != 8 {
+                return Err(StoreError::Corrupt("a by_commit entry is malformed".into()));
+            }
+            let ts = keys::i64_from_key(&v);
+            let det = keys::i64_from_key(&k[8..]);
+            // Gone when retention cut it (by detection time) first.
+            if let Some(ev) = self
+                .db
+                .get_pinned_cf(self.cf(CF_EVENTS), keys::event_key(ts, det))?
+            {
+                out.push(decode_event(&ev)?);
+            }
+        }
+        Ok((out, last))
+    }
+
+    /// Every stored event, in detection-time order, `batch` at a time
+    /// (rebuilding the search index).
+    pub fn for_each_event(
+        &self,
+        batch: usize,
+        mut f: impl FnMut(Vec<JoinedEvent>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut buf = Vec::with_capacity(batch);
+        for item in self.db.iterator_cf(self.cf(CF_EVENTS), IteratorMode::Start) {
+            let (_, v) = item?;
+            buf.push(decode_event(&v)?);
+            if buf.len() >= batch {
+                f(std::mem::take(&mut buf))?;
+            }
+        }
+        if !buf.is_empty() {
+            f(buf)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rocksdb::WriteBatch;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), false, 8 << 20).unwrap();
+        (dir, s)
+    }
+
+    fn count(s: &Store, bucket: Bucket, at: i64, loc: i64, item: &str, n: u64) {
+        let mut b = WriteBatch::default();
+        b.merge_cf(
+            s.cf(CF_AGG),
+            keys::agg_key(bucket, bucket.floor(at), loc, item),
+            n.to_le_bytes(),
+        );
+        s.write(b).unwrap();
+    }
+
+    #[test]
+    fn timeline_counts_each_minute_by_item_and_by_location() {
+        let (_d, s) = store();
+        // A whole minute.
+        let t0 = 1_800_000_000_000;
+        count(&s, Bucket::Minute, t0, 1, "car", 3);
+        count(&s, Bucket::Minute, t0 + 60_000, 1, "car", 2);
+        count(&s, Bucket::Minute, t0 + 60_000, 2, "person", 7);
+        count(&s, Bucket::Minute, t0 + 180_000, 2, "car", 1); // outside the range
+        let (from, n, by_item) = s
+            .timeline(t0 + 5, t0 + 120_000, Bucket::Minute, TimelineBy::Item)
+            .unwrap();
+        assert_eq!((from, n), (t0, 2));
+        assert_eq!(
+            by_item,
+            vec![
+                TimelineSeries {
+                    key: "person".into(),
+                    counts: vec![0, 7]
+                },
+                TimelineSeries {
+                    key: "car".into(),
+                    counts: vec![3, 2]
+                },
+            ]
+        );
+        let (_, _, by_loc) = s
+            .timeline(t0, t0 + 120_000, Bucket::Minute, TimelineBy::Location)
+            .unwrap();
+        assert_eq!(
+            by_loc[0],
+            TimelineSeries {
+                key: "2".into(),
+                counts: vec![0, 7]
+            }
+        );
+        assert_eq!(
+            by_loc[1],
+            TimelineSeries {
+                key: "1".into(),
+                counts: vec![3, 2]
+            }
+        );
+    }
+}

@@ -1,0 +1,11 @@
+//! Entry point of the dashboard in the browser: hydrates the page the core
+//! rendered. (`#[wasm_bindgen]` exports need unsafe glue, which is why this
+//! crate, unlike the others, does not forbid unsafe code.)
+
+use wasm_bindgen::prelude::wasm_bindgen;
+
+#[wasm_bindgen]
+pub fn hydrate() {
+    console_error_panic_hook::set_once();
+    leptos::mount::hydrate_body(sightline_web::app::App);
+}

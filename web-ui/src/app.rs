@@ -1,0 +1,68 @@
+//! The HTML shell, the router and the frame every page shares (navigation).
+
+use leptos::prelude::*;
+use leptos_meta::{provide_meta_context, MetaTags, Title};
+use leptos_router::{
+    components::{Route, Router, Routes, A},
+    path, SsrMode,
+};
+
+use crate::pages::{
+    event::EventPage, fleet::FleetPage, live::LivePage, quarantine::QuarantinePage,
+    search::SearchPage, timeline::TimelinePage, top::TopPage,
+};
+
+/// The whole document, rendered on the server; `options` say where the
+/// browser finds the hydration script and the wasm.
+pub fn shell(options: LeptosOptions) -> impl IntoView {
+    view! {
+        <!DOCTYPE html>
+        <html lang="en">
+            <head>
+                <meta charset="utf-8"/>
+                <meta name="viewport" content="width=device-width, initial-scale=1"/>
+                <link rel="icon" href="data:,"/>
+                <style>{crate::style::CSS}</style>
+                <HydrationScripts options/>
+                <MetaTags/>
+            </head>
+            <body>
+                <App/>
+            </body>
+        </html>
+    }
+}
+
+#[component]
+pub fn App() -> impl IntoView {
+    provide_meta_context();
+    view! {
+        <Title text="Sightline"/>
+        <Router>
+            <header class="top">
+                <a class="brand" href="/">"Sightline"</a>
+                <nav>
+                    <A href="/">"Live"</A>
+                    <A href="/top">"Top items"</A>
+                    <A href="/timeline">"Timeline"</A>
+                    <A href="/search">"Search"</A>
+                    <A href="/fleet">"Fleet"</A>
+                    <A href="/quarantine">"Quarantine"</A>
+                </nav>
+            </header>
+            <main>
+                // In order: every page arrives as complete HTML (its data
+                // included), readable before and without the wasm.
+                <Routes fallback=|| view! { <p class="error">"No such page."</p> }>
+                    <Route path=path!("") view=LivePage ssr=SsrMode::InOrder/>
+                    <Route path=path!("/top") view=TopPage ssr=SsrMode::InOrder/>
+                    <Route path=path!("/timeline") view=TimelinePage ssr=SsrMode::InOrder/>
+                    <Route path=path!("/search") view=SearchPage ssr=SsrMode::InOrder/>
+                    <Route path=path!("/event/:det_oid") view=EventPage ssr=SsrMode::InOrder/>
+                    <Route path=path!("/fleet") view=FleetPage ssr=SsrMode::InOrder/>
+                    <Route path=path!("/quarantine") view=QuarantinePage ssr=SsrMode::InOrder/>
+                </Routes>
+            </main>
+        </Router>
+    }
+}

@@ -1,0 +1,179 @@
+//! What the dashboard shows, as plain serde types shared by the server (which
+//! fills them from the store) and the browser (which renders them). Times are
+//! epoch milliseconds; media are referred to by their SHA-256, served at
+//! `/media/<sha256>`.
+
+use serde::{Deserialize, Serialize};
+
+/// One joined event, as a row of a table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRow {
+    pub det_oid: i64,
+    pub location_oid: i64,
+    /// The Dataset B name; `None` when the location is not in Dataset B.
+    pub location: Option<String>,
+    pub camera_oid: i64,
+    pub item: String,
+    pub detected_ms: i64,
+    pub committed_ms: i64,
+    pub agent_id: String,
+    /// The snapshot's thumbnail, once uploaded.
+    pub thumbnail: Option<String>,
+}
+
+/// Totals since the store was created, exact.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    pub stored: u64,
+    pub dup_transport: u64,
+    pub dup_semantic: u64,
+    pub rejected: u64,
+    pub unmatched: u64,
+    /// The core's clock when these were read.
+    pub at_ms: i64,
+}
+
+/// One message of the live feed (`GET /api/live`, server-sent events): what
+/// was committed since the previous tick. Ticks are throttled (a few per
+/// second), so a page at 10,000 events/s renders a few times a second, while
+/// the totals stay exact.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LiveTick {
+    pub totals: Totals,
+    /// Events committed since the previous tick (all of them, counted).
+    pub committed: u64,
+    /// Events per second over the last tick.
+    pub per_s: f64,
+    /// The newest of those events, newest first (at most a page).
+    pub events: Vec<EventRow>,
+}
+
+/// Top items of one location.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LocationTop {
+    pub location_oid: i64,
+    pub location: Option<String>,
+    pub total: u64,
+    /// Most frequent first.
+    pub items: Vec<(String, u64)>,
+}
+
+/// The answer to "top X items per location" over `[from_ms, to_ms)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopItems {
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub x: u32,
+    pub locations: Vec<LocationTop>,
+}
+
+/// Events per minute over a range, one series per item or location.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Timeline {
+    pub from_ms: i64,
+    pub bucket_ms: i64,
+    pub buckets: usize,
+    /// Largest first; the rest folded into "other".
+    pub series: Vec<Series>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Series {
+    pub name: String,
+    pub total: u64,
+    pub counts: Vec<u64>,
+}
+
+/// A search: tantivy query syntax plus filters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SearchQuery {
+    pub query: String,
+    pub location_oid: Option<i64>,
+    pub camera_oid: Option<i64>,
+    pub item: Option<String>,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub page_token: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SearchPage {
+    pub events: Vec<EventRow>,
+    pub total_hits: u64,
+    pub next_page_token: String,
+}
+
+/// Everything the event page shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventDetail {
+    pub row: EventRow,
+    pub seq: u64,
+    pub accepted_ms: i64,
+    pub confidence: f32,
+    /// Dataset B's other columns for this location.
+    pub location_columns: Vec<(String, String)>,
+    pub attributes: Vec<(String, String)>,
+    pub snapshot: Option<String>,
+    pub clip: Option<String>,
+    /// Kinds announced by the agent but not attached yet ("still uploading").
+    pub pending: Vec<String>,
+    /// Other events on the same camera around that moment.
+    pub nearby: Vec<EventRow>,
+}
+
+/// An agent as the fleet view shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentRow {
+    pub agent_id: String,
+    pub connected: bool,
+    pub last_seen_ms: i64,
+    pub acked_seq: u64,
+    pub buffer_depth: u64,
+    pub lag: u64,
+    pub duplicates_transport: u64,
+    pub duplicates_semantic: u64,
+    pub rejected: u64,
+    pub version: String,
+    pub peer: String,
+    pub cameras: Vec<CameraRow>,
+}
+
+/// A camera of an agent: seen in its events, and/or reported by the agent
+/// with its capture.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CameraRow {
+    pub camera_oid: i64,
+    pub events: u64,
+    pub last_event_ms: i64,
+    /// Capture as the agent reports it: `off | snapshot | clip`, empty when
+    /// the agent has no capture for this camera.
+    pub mode: String,
+    /// `off | connecting | streaming | reconnecting`.
+    pub state: String,
+    /// Why it is reconnecting.
+    pub detail: String,
+    pub last_frame_ms: i64,
+    pub snapshots: u64,
+    pub clips: u64,
+}
+
+/// An event refused at the core.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuarantineRow {
+    pub at_ms: i64,
+    pub agent_id: String,
+    pub seq: u64,
+    pub field: String,
+    pub reason: String,
+    /// A short rendering of what was received.
+    pub received: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct QuarantinePage {
+    pub rows: Vec<QuarantineRow>,
+    pub total: u64,
+    pub next_page_token: String,
+    /// Stored events whose location is not in Dataset B (newest first).
+    pub unmatched: Vec<EventRow>,
+}

@@ -1,0 +1,84 @@
+//! Fleet: every agent the core knows — connected or not, last seen, buffer
+//! depth, lag, duplicates dropped — and its cameras: seen in its events, and
+//! their capture (mode, input state, footage made) as the agent reports it.
+//! Refreshed every 5 s.
+
+use leptos::prelude::*;
+
+use super::every;
+use crate::{api::get_fleet, components::error_view, format, model::AgentRow};
+
+#[component]
+pub fn FleetPage() -> impl IntoView {
+    let fleet = Resource::new(|| (), |_| get_fleet());
+    every(5, move || fleet.refetch());
+    view! {
+        <h1>"Fleet"</h1>
+        <Transition fallback=|| view! { <p>"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                match fleet.await {
+                    Ok(agents) if agents.is_empty() => view! { <p>"No agent has connected yet."</p> }.into_any(),
+                    Ok(agents) => view! {
+                        <div class="cards">
+                            {agents.into_iter().map(|a| view! { <Agent a/> }).collect_view()}
+                        </div>
+                    }.into_any(),
+                    Err(e) => error_view(e),
+                }
+            })}
+        </Transition>
+    }
+}
+
+#[component]
+fn Agent(a: AgentRow) -> impl IntoView {
+    let status = if a.connected {
+        "connected"
+    } else {
+        "disconnected"
+    };
+    let cameras = a.cameras.clone();
+    view! {
+        <section class="card agent" data-agent=a.agent_id.clone()>
+            <h2><span class=format!("dot {status}")></span>{a.agent_id.clone()}<span class="muted">" · "{status}</span></h2>
+            <dl class="kv">
+                <dt>"last seen"</dt><dd>{format::time_ms(a.last_seen_ms)}</dd>
+                <dt>"buffer depth"</dt><dd>{format::count(a.buffer_depth)}</dd>
+                <dt>"lag (events)"</dt><dd>{format::count(a.lag)}</dd>
+                <dt>"acked seq"</dt><dd>{format::count(a.acked_seq)}</dd>
+                <dt>"duplicates dropped"</dt><dd>{format::count(a.duplicates_transport)}" resent · "{format::count(a.duplicates_semantic)}" same det_oid"</dd>
+                <dt>"rejected"</dt><dd>{format::count(a.rejected)}</dd>
+                <dt>"version · peer"</dt><dd>{a.version.clone()}" · "{a.peer.clone()}</dd>
+            </dl>
+            <table class="cameras">
+                <thead><tr><th>"Camera"</th><th class="num">"Events"</th><th>"Last event"</th><th>"Capture"</th><th>"Footage"</th></tr></thead>
+                <tbody>
+                    {cameras.into_iter().map(|c| {
+                        let capture = if c.mode.is_empty() {
+                            view! { <span class="muted">"none"</span> }.into_any()
+                        } else {
+                            let title = if c.detail.is_empty() {
+                                format!("newest frame {}", format::time_ms(c.last_frame_ms))
+                            } else {
+                                c.detail.clone()
+                            };
+                            view! {
+                                <span class=format!("dot {}", c.state) title=title></span>
+                                {c.mode.clone()}" · "{c.state.clone()}
+                            }.into_any()
+                        };
+                        view! {
+                            <tr data-camera=c.camera_oid data-state=c.state.clone()>
+                                <td>{c.camera_oid}</td>
+                                <td class="num">{format::count(c.events)}</td>
+                                <td>{format::time_ms(c.last_event_ms)}</td>
+                                <td>{capture}</td>
+                                <td>{format::count(c.snapshots)}" snapshots · "{format::count(c.clips)}" clips"</td>
+                            </tr>
+                        }
+                    }).collect_view()}
+                </tbody>
+            </table>
+        </section>
+    }
+}
