@@ -71,8 +71,10 @@ enum Command {
         /// Let the agent stamp det_oids.
         #[arg(long)]
         omit_det_oid: bool,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
+        /// Seed of the generator (det_oids, items, boxes). Default: derived
+        /// from the agent id, so two agents never publish the same det_oids.
+        #[arg(long)]
+        seed: Option<u64>,
     },
     /// Replay Dataset A from a CSV, JSON Lines or Parquet file.
     Replay {
@@ -143,7 +145,11 @@ async fn main() -> anyhow::Result<()> {
             duplicates,
             count,
             omit_det_oid,
-            seed,
+            seed: seed.unwrap_or_else(|| {
+                use sha2::{Digest, Sha256};
+                let h = Sha256::digest(config.agent_id.as_bytes());
+                u64::from_le_bytes(h[..8].try_into().expect("8 bytes"))
+            }),
         }),
         Command::Replay {
             file,

@@ -32,11 +32,16 @@ await page.goto(base + '/');
 await until(() => page.locator('.state.live').count(), 30000);
 await page.evaluate(() => {
   window.__lags = [];
+  // A row kept from an earlier tick may be moved (removed and added again):
+  // only a row's first appearance counts.
+  const seen = new Set();
   const body = document.querySelector('table.events tbody');
   new MutationObserver(records => {
     const now = Date.now();
     for (const r of records) for (const n of r.addedNodes) {
-      if (n.nodeType === 1 && n.dataset && n.dataset.committed) window.__lags.push(now - Number(n.dataset.committed));
+      if (n.nodeType !== 1 || !n.dataset || !n.dataset.committed || seen.has(n.dataset.det)) continue;
+      seen.add(n.dataset.det);
+      window.__lags.push(now - Number(n.dataset.committed));
     }
   }).observe(body, { childList: true });
 });
@@ -47,7 +52,9 @@ lags.sort((a, b) => a - b);
 const q = p => lags.length ? lags[Math.min(lags.length - 1, Math.floor(p * lags.length))] : null;
 out.rows_seen = lags.length;
 out.live_lag_p50_ms = q(0.5);
+out.live_lag_p90_ms = q(0.9);
 out.live_lag_p99_ms = q(0.99);
+out.live_lag_max_ms = lags.length ? lags[lags.length - 1] : null;
 out.rate_shown = [rateBefore, await page.textContent('#rate')];
 await browser.close();
 console.log(JSON.stringify(out));

@@ -28,9 +28,12 @@ fn sha_hex(bytes: &[u8]) -> String {
 
 /// A `w`×`h` JPEG with a gradient (so it is not trivially small).
 fn jpeg(w: u32, h: u32, seed: u8) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(w, h, |x, y| {
+    encode_jpeg(image::RgbImage::from_fn(w, h, |x, y| {
         image::Rgb([(x % 256) as u8, (y % 256) as u8, seed.wrapping_mul(37)])
-    });
+    }))
+}
+
+fn encode_jpeg(img: image::RgbImage) -> Vec<u8> {
     let mut out = Vec::new();
     image::DynamicImage::ImageRgb8(img)
         .write_to(
@@ -699,4 +702,71 @@ async fn attached_media_shows_on_the_event() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("media.sha256"), "{}", err.message());
+}
+
+/// A JPEG of noise (does not compress), about `w * h` bytes.
+fn noisy_jpeg(w: u32, h: u32) -> Vec<u8> {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    encode_jpeg(image::RgbImage::from_fn(w, h, |_, _| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        image::Rgb([x as u8, (x >> 8) as u8, (x >> 16) as u8])
+    }))
+}
+
+/// The agent's uploader with `bytes_per_s` set takes at least (size - one
+/// 256 KiB chunk) / cap to send (a lower bound: a busy machine only makes it
+/// slower; the first chunk goes at once), and what
+/// arrives hashes right and is attached to its event.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_upload_bandwidth_cap_holds_an_agent_to_its_rate() {
+    use sightline_agent::{
+        capture::spool::{MediaItem, Spool},
+        transport::media::Uploader,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let core = Core::start(dir.path(), None);
+    store_events(&core.url(), "capped", &[77]).await;
+    let bytes = noisy_jpeg(1000, 800);
+    let size = bytes.len() as u64;
+    assert!(size > 1_000_000, "{size} bytes");
+    let cap = 1_000_000u64;
+    let spool = std::sync::Arc::new(Spool::open(dir.path().join("spool"), u64::MAX).unwrap());
+    spool
+        .put(MediaItem {
+            kind: "snapshot",
+            content_type: "image/jpeg",
+            bytes: bytes.clone(),
+            det_oids: vec![77],
+        })
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let started = std::time::Instant::now();
+    let task = tokio::spawn(
+        Uploader {
+            spool: spool.clone(),
+            core_url: core.url(),
+            agent_id: "capped".into(),
+            bytes_per_s: cap,
+        }
+        .run(stop.clone()),
+    );
+    let url = core.url();
+    let ev = wait_for("the capped upload lands", Duration::from_secs(60), || {
+        let url = url.clone();
+        async move {
+            let ev = get_event(&url, 77).await.ok()?;
+            (!ev.media.is_empty()).then_some(ev)
+        }
+    })
+    .await;
+    let took = started.elapsed().as_secs_f64();
+    stop.cancel();
+    let _ = task.await;
+    let floor = (size - 256 * 1024) as f64 / cap as f64;
+    println!("{size} bytes at a cap of {cap} B/s took {took:.2} s (floor {floor:.2} s)");
+    assert!(took >= floor, "{size} bytes in {took:.2} s is over the cap");
+    assert_eq!(ev.media[0].sha256, sha_hex(&bytes));
+    assert_eq!(ev.media[0].size, size);
 }

@@ -34,16 +34,16 @@ pub struct Totals {
 }
 
 /// One message of the live feed (`GET /api/live`, server-sent events): what
-/// was committed since the previous tick. Ticks are throttled (a few per
-/// second), so a page at 10,000 events/s renders a few times a second, while
+/// was committed since the previous tick. Ticks are throttled (at most 20 a
+/// second), so a page at 10,000 events/s renders at most that often, while
 /// the totals stay exact.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LiveTick {
     pub totals: Totals,
     /// Events committed since the previous tick (all of them, counted).
     pub committed: u64,
-    /// Events per second over the last tick.
-    pub per_s: f64,
+    /// Events per second, when this tick measured it (every half second or so).
+    pub per_s: Option<f64>,
     /// The newest of those events, newest first (at most a page).
     pub events: Vec<EventRow>,
 }

@@ -189,8 +189,12 @@ impl Store {
                 }
             },
         );
+        // Every commit merges into a few hot keys (the totals, this minute's
+        // counts): without a cap, a read would sum thousands of operands
+        // held in the memtable. Past 64, a write folds them first.
         let mut agg_opts = cf(false);
         agg_opts.set_merge_operator_associative("sightline-add-u64", add_u64);
+        agg_opts.set_max_successive_merges(64);
         let refs_cutoff = Arc::new(AtomicI64::new(i64::MIN));
         let mut refs_opts = cf(false);
         let cutoff = refs_cutoff.clone();
@@ -206,6 +210,7 @@ impl Store {
         );
         let mut counter_opts = cf(false);
         counter_opts.set_merge_operator_associative("sightline-add-u64", add_u64);
+        counter_opts.set_max_successive_merges(64);
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_EVENTS, cf(false)),
             ColumnFamilyDescriptor::new(CF_DET, det_opts),
@@ -391,8 +396,27 @@ impl Store {
         if to <= from {
             return Ok(());
         }
-        let start = keys::agg_prefix(bucket, from);
-        let end = keys::agg_prefix(bucket, to);
+        self.for_each_agg(bucket, from, to, |_, loc, name, count| {
+            if location.is_none_or(|l| l == loc) {
+                *sums
+                    .entry(loc)
+                    .or_default()
+                    .entry(name.to_string())
+                    .or_default() += count;
+            }
+        })
+    }
+
+    /// Calls `f(bucket start, location, item, count)` for every aggregate of
+    /// `bucket` starting in `[from, to)`, in key order.
+    pub(crate) fn for_each_agg(
+        &self,
+        bucket: Bucket,
+        from: i64,
+        to: i64,
+        mut f: impl FnMut(i64, i64, &str, u64),
+    ) -> Result<(), StoreError> {
+        let (start, end) = (keys::agg_prefix(bucket, from), keys::agg_prefix(bucket, to));
         let iter = self.db.iterator_cf(
             self.cf(CF_AGG),
             IteratorMode::From(&start, rocksdb::Direction::Forward),
@@ -402,16 +426,9 @@ impl Store {
             if k.as_ref() >= end.as_slice() {
                 break;
             }
-            let (_, loc, name) = keys::parse_agg_key(&k)
+            let (start_ms, loc, name) = keys::parse_agg_key(&k)
                 .ok_or_else(|| StoreError::Corrupt("malformed agg key".into()))?;
-            if location.is_some_and(|l| l != loc) {
-                continue;
-            }
-            *sums
-                .entry(loc)
-                .or_default()
-                .entry(name.to_string())
-                .or_default() += le_u64(&v);
+            f(start_ms, loc, name, le_u64(&v));
         }
         Ok(())
     }

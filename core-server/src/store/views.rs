@@ -7,9 +7,7 @@ use std::collections::HashMap;
 use rocksdb::IteratorMode;
 use sightline_proto::v1::JoinedEvent;
 
-use super::{
-    decode_event, keys, keys::Bucket, le_u64, Store, StoreError, CF_AGG, CF_BY_COMMIT, CF_EVENTS,
-};
+use super::{decode_event, keys, keys::Bucket, Store, StoreError, CF_BY_COMMIT, CF_EVENTS};
 
 /// What a timeline series is keyed by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,18 +65,7 @@ impl Store {
         let n = ((to - from) / bucket.millis()).max(0) as usize;
         let mut series: HashMap<String, Vec<u64>> = HashMap::new();
         if n > 0 {
-            let (start, end) = (keys::agg_prefix(bucket, from), keys::agg_prefix(bucket, to));
-            let iter = self.db.iterator_cf(
-                self.cf(CF_AGG),
-                IteratorMode::From(&start, rocksdb::Direction::Forward),
-            );
-            for item in iter {
-                let (k, v) = item?;
-                if k.as_ref() >= end.as_slice() {
-                    break;
-                }
-                let (start_ms, loc, name) = keys::parse_agg_key(&k)
-                    .ok_or_else(|| StoreError::Corrupt("malformed agg key".into()))?;
+            self.for_each_agg(bucket, from, to, |start_ms, loc, name, count| {
                 let i = ((start_ms - from) / bucket.millis()) as usize;
                 let key = match by {
                     TimelineBy::Item => name.to_string(),
@@ -86,9 +73,9 @@ impl Store {
                 };
                 let counts = series.entry(key).or_insert_with(|| vec![0; n]);
                 if let Some(c) = counts.get_mut(i) {
-                    *c += le_u64(&v);
+                    *c += count;
                 }
-            }
+            })?;
         }
         let mut out: Vec<TimelineSeries> = series
             .into_iter()
@@ -169,6 +156,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::CF_AGG;
     use rocksdb::WriteBatch;
 
     fn store() -> (tempfile::TempDir, Store) {

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use ffmpeg_next::{
     self as ffmpeg, codec, encoder, format, format::Pixel, frame, packet, software::scaling,
-    Dictionary, Packet, Rational,
+    Dictionary, Discard, Packet, Rational,
 };
 
 use super::ring::RingPacket;
@@ -111,11 +111,20 @@ pub fn snapshot(
         ctx.set_threading(threads);
     }
     let mut decoder = ctx.decoder().video()?;
+    // Frames more than this before the target cannot be the snapshot: until
+    // the packets reach it, frames no other frame refers to (most B-frames)
+    // are not decoded at all. In decode order, a frame displayed near the
+    // target comes after the reference frame displayed after it, so the
+    // switch happens before any candidate.
+    const CANDIDATE_MS: i64 = 200;
+    decoder.skip_frame(Discard::NonReference);
+    let mut skipping = true;
     let wall_of = |pts: i64| packets.iter().find(|p| p.pts == pts).map(|p| p.wall_ms);
     let mut best: Option<(i64, frame::Video)> = None;
     let mut decoded = frame::Video::empty();
     let mut done = false;
-    let consider = |f: &frame::Video, best: &mut Option<(i64, frame::Video)>| -> bool {
+    // Moves the frame into `best` when it is nearer (no copy of the pixels).
+    let consider = |f: &mut frame::Video, best: &mut Option<(i64, frame::Video)>| -> bool {
         let Some(wall) = f.pts().and_then(wall_of) else {
             return false;
         };
@@ -123,12 +132,16 @@ pub fn snapshot(
             .as_ref()
             .is_none_or(|(b, _)| (wall - target_ms).abs() < (b - target_ms).abs());
         if better {
-            *best = Some((wall, f.clone()));
+            *best = Some((wall, std::mem::replace(f, frame::Video::empty())));
         }
         // Frames come in time order: past the target, the nearest is known.
         wall >= target_ms
     };
     for p in packets {
+        if skipping && p.wall_ms >= target_ms - CANDIDATE_MS {
+            decoder.skip_frame(Discard::Default);
+            skipping = false;
+        }
         let mut pkt = Packet::copy(&p.data);
         pkt.set_pts(Some(p.pts));
         pkt.set_dts(Some(p.dts));
@@ -137,7 +150,7 @@ pub fn snapshot(
         }
         decoder.send_packet(&pkt)?;
         while decoder.receive_frame(&mut decoded).is_ok() {
-            if consider(&decoded, &mut best) {
+            if consider(&mut decoded, &mut best) {
                 done = true;
             }
         }
@@ -148,9 +161,11 @@ pub fn snapshot(
     if !done {
         decoder.send_eof()?;
         while decoder.receive_frame(&mut decoded).is_ok() {
-            consider(&decoded, &mut best);
+            consider(&mut decoded, &mut best);
         }
     }
+    // Frame threads still at work would compete with the encoder.
+    drop(decoder);
     let (frame_ms, f) = best.ok_or(CutError::NoFrame)?;
     let (w, h) = (f.width(), f.height());
     let t = std::time::Instant::now();

@@ -39,7 +39,7 @@ async fn main() {
     let locations = dir.path().join("locations.csv");
     write_locations(&locations, &(1..=12).collect::<Vec<i64>>());
     let core = Core::start(dir.path(), Some(&locations));
-    let _agents: Vec<Agent> = (0..2)
+    let agents: Vec<Agent> = (0..2)
         .map(|i| {
             let locs = if i == 0 {
                 "1,2,3,4,5,6"
@@ -71,6 +71,14 @@ async fn main() {
             })
         })
         .collect();
+    // The simulated fleet stands in for camera hosts, which are other
+    // machines: on this one it runs at a lower priority, so that what is
+    // measured is the core and the browser rather than the load generator.
+    for a in &agents {
+        let _ = Command::new("renice")
+            .args(["-n", "10", "-p", &a.pid().to_string()])
+            .output();
+    }
     tokio::time::sleep(Duration::from_secs(5)).await;
     let base = format!("http://{}", core.http);
 
@@ -99,41 +107,58 @@ async fn main() {
     let first_paint_ms = b["first_paint_ms"].as_f64().unwrap_or(f64::NAN);
     let live_lag_p99_ms = b["live_lag_p99_ms"].as_f64().unwrap_or(f64::NAN);
 
-    let idle = core_cpu_pct(core.pid(), 10.0).await;
+    let stored = || async { sightline_tests::query::stats(&core.url()).await.stored };
+    // Alternating windows without and with the viewers (CPU is noisy on a
+    // saturated 2-core machine): the delta is the mean of the pairs.
     let received = Arc::new(AtomicU64::new(0));
-    let mut viewers = Vec::new();
-    for _ in 0..VIEWERS {
-        let mut s = tokio::net::TcpStream::connect(core.http).await.unwrap();
-        s.write_all(
-            format!(
-                "GET /api/live HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
-                core.http
+    let mut idle = Vec::new();
+    let mut watched = Vec::new();
+    let (mut rate, mut mb) = (0.0, 0.0);
+    for round in 0..2 {
+        let s0 = stored().await;
+        idle.push(core_cpu_pct(core.pid(), 10.0).await);
+        rate += (stored().await - s0) as f64 / 10.0 / 4.0;
+        let mut viewers = Vec::new();
+        for _ in 0..VIEWERS {
+            let mut s = tokio::net::TcpStream::connect(core.http).await.unwrap();
+            s.write_all(
+                format!(
+                    "GET /api/live HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
+                    core.http
+                )
+                .as_bytes(),
             )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
-        let received = received.clone();
-        viewers.push(tokio::spawn(async move {
-            let mut buf = vec![0u8; 64 * 1024];
-            while let Ok(n) = s.read(&mut buf).await {
-                if n == 0 {
-                    break;
+            .await
+            .unwrap();
+            let received = received.clone();
+            viewers.push(tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    received.fetch_add(n as u64, Ordering::Relaxed);
                 }
-                received.fetch_add(n as u64, Ordering::Relaxed);
-            }
-        }));
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (b0, s1) = (received.load(Ordering::Relaxed), stored().await);
+        watched.push(core_cpu_pct(core.pid(), 10.0).await);
+        rate += (stored().await - s1) as f64 / 10.0 / 4.0;
+        mb += (received.load(Ordering::Relaxed) - b0) as f64 / 1e6 / 2.0;
+        for v in viewers {
+            v.abort();
+        }
+        println!(
+            "round {round}: core CPU {:.1}% of a core without viewers, {:.1}% with {VIEWERS}",
+            idle[round], watched[round]
+        );
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let start_bytes = received.load(Ordering::Relaxed);
-    let watched = core_cpu_pct(core.pid(), 10.0).await;
-    let mb = (received.load(Ordering::Relaxed) - start_bytes) as f64 / 1e6;
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (idle, watched) = (mean(&idle), mean(&watched));
     let core_cpu_delta_pct = watched - idle;
-    println!("core CPU at 10k events/s: {idle:.1}% of a core with no viewer, {watched:.1}% with {VIEWERS} live viewers ({mb:.1} MB of ticks sent in 10 s)");
+    println!("core CPU: {idle:.1}% of a core with no viewer, {watched:.1}% with {VIEWERS} live viewers ({rate:.0} events/s stored, {mb:.1} MB of ticks sent per 10 s)");
     println!(
         "dashboard first_paint_ms={first_paint_ms:.0} wasm_gz_kb={wasm_gz_kb:.0} live_lag_p99_ms={live_lag_p99_ms:.0} viewers={VIEWERS} core_cpu_delta_pct={core_cpu_delta_pct:.1}"
     );
-    for v in viewers {
-        v.abort();
-    }
 }

@@ -23,6 +23,13 @@ pub fn LivePage() -> impl IntoView {
     let (rows, set_rows) = signal(Vec::<EventRow>::new());
     let (state, set_state) = signal("connecting");
     Effect::new(move |_| crate::live::connect(set_tick, set_rows, set_state));
+    // Not every tick measures the rate: keep the last measured one.
+    let (rate, set_rate) = signal(0.0f64);
+    Effect::new(move |_| {
+        if let Some(r) = tick.with(|t| t.as_ref().and_then(|t| t.per_s)) {
+            set_rate.set(r);
+        }
+    });
     view! {
         <h1>"Live " <span class=move || format!("state {}", state.get())>{move || state.get()}</span></h1>
         <Suspense fallback=|| view! { <p>"Loading…"</p> }>
@@ -33,14 +40,13 @@ pub fn LivePage() -> impl IntoView {
                     tick.with(|t| t.as_ref().map(|t| t.totals.clone()))
                         .unwrap_or_else(|| totals.clone())
                 });
-                let per_s = move || tick.with(|t| t.as_ref().map(|t| t.per_s).unwrap_or(0.0));
                 let shown_rows = Signal::derive(move || {
                     let live = rows.get();
                     if live.is_empty() { latest.clone() } else { live }
                 });
                 view! {
                     <section class="counters">
-                        <Counter label="events/s" value=Signal::derive(move || format!("{:.0}", per_s())) id="rate"/>
+                        <Counter label="events/s" value=Signal::derive(move || format!("{:.0}", rate.get())) id="rate"/>
                         <Counter label="stored" value=Signal::derive(move || format::count(shown.get().stored)) id="stored"/>
                         <Counter label="duplicates dropped" value=Signal::derive(move || {
                             let t = shown.get();

@@ -56,15 +56,7 @@ impl CoreBackend {
 
 impl Backend for CoreBackend {
     fn totals(&self) -> Result<Totals, String> {
-        let c = self.store.counters().map_err(err)?;
-        Ok(Totals {
-            stored: c.stored,
-            dup_transport: c.dup_transport,
-            dup_semantic: c.dup_semantic,
-            rejected: c.rejected,
-            unmatched: c.unmatched,
-            at_ms: sightline_proto::now_ms(),
-        })
+        Ok(super::feed::totals(&self.store.counters().map_err(err)?))
     }
 
     fn latest(&self, limit: usize) -> Result<Vec<EventRow>, String> {
