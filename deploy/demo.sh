@@ -59,7 +59,8 @@ TOML
 pids+=($!)
 
 cat <<MSG
-Sightline demo running: core + 3 agents x 4 cameras, 10,000 events/s, 5% duplicates,\nand a camera host whose detections come with snapshots and clips.
+Sightline demo running: core + 3 agents x 4 cameras, 10,000 events/s, 5% duplicates,
+and a camera host whose detections come with snapshots and clips.
 
   dashboard:               http://$HTTP/
 

@@ -37,6 +37,7 @@ img.thumb { width:64px; height:36px; object-fit:cover; border-radius:3px; displa
 .controls input.q { flex:1 1 320px; }
 .controls button { background:var(--accent); color:#fff; border-color:var(--accent); cursor:pointer; }
 .cards { display:grid; grid-template-columns:repeat(auto-fill, minmax(340px, 1fr)); gap:.8rem; }
+.cards.wide { grid-template-columns:repeat(auto-fill, minmax(min(100%, 600px), 1fr)); }
 .card { background:var(--card); border:1px solid var(--line); border-radius:.5rem; padding:.8rem; overflow-x:auto; }
 .bars { margin:.3rem 0 .6rem; }
 .bar { display:grid; grid-template-columns:7rem 1fr 4.5rem; gap:.5rem; align-items:center; margin:.15rem 0; }

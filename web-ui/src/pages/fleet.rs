@@ -19,7 +19,7 @@ pub fn FleetPage() -> impl IntoView {
                 match fleet.await {
                     Ok(agents) if agents.is_empty() => view! { <p>"No agent has connected yet."</p> }.into_any(),
                     Ok(agents) => view! {
-                        <div class="cards">
+                        <div class="cards wide">
                             {agents.into_iter().map(|a| view! { <Agent a/> }).collect_view()}
                         </div>
                     }.into_any(),
@@ -73,7 +73,7 @@ fn Agent(a: AgentRow) -> impl IntoView {
                                 <td class="num">{format::count(c.events)}</td>
                                 <td>{format::time_ms(c.last_event_ms)}</td>
                                 <td>{capture}</td>
-                                <td>{format::count(c.snapshots)}" snapshots · "{format::count(c.clips)}" clips"</td>
+                                <td>{(!c.mode.is_empty()).then(|| format!("{} snapshots · {} clips", format::count(c.snapshots), format::count(c.clips)))}</td>
                             </tr>
                         }
                     }).collect_view()}
