@@ -90,6 +90,8 @@ out.camera_state = await page.$eval('tr[data-camera="101"]', r => r.dataset.stat
 await shot('fleet');
 await page.goto(cfg.base + '/quarantine');
 await until(() => page.locator('#rejected-total').count(), 15000);
+out.quarantine_total = num(await page.textContent('#rejected-total'));
+out.quarantine_fields = await page.$$eval('table.quarantine tbody tr', rs => rs.map(r => r.dataset.field));
 await shot('quarantine');
 await page.setViewportSize({ width: 820, height: 1180 });
 await page.goto(cfg.base + '/');

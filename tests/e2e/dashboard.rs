@@ -43,6 +43,57 @@ fn footage_agent(dir: &Path, core_url: &str) -> Agent {
     })
 }
 
+/// Sends one event the core must refuse (its timestamp is a day ahead) over
+/// a raw ingest session, as an agent with a bad clock would.
+async fn refused_event(core_url: &str) {
+    use prost::Message;
+    use sightline_proto::v1::{
+        agent_message, core_message, ingest_client::IngestClient, AgentMessage, Batch, EdgeEvent,
+        Hello,
+    };
+    let mut ingest = IngestClient::connect(core_url.to_string()).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(AgentMessage {
+        msg: Some(agent_message::Msg::Hello(Hello {
+            agent_id: "skewed".into(),
+            epoch: 1,
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let mut inbound = ingest
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    inbound.message().await.unwrap();
+    let event = EdgeEvent {
+        seq: 1,
+        accepted_ms: now_ms(),
+        detection: Some(Detection {
+            geographical_location_oid: 1,
+            video_camera_oid: 9,
+            detection_oid: Some(99),
+            item_name: "car".into(),
+            timestamp_detected: now_ms() + 86_400_000,
+            ..Default::default()
+        }),
+    };
+    tx.send(AgentMessage {
+        msg: Some(agent_message::Msg::Batch(Batch {
+            first_seq: 1,
+            events: vec![event.encode_to_vec().into()],
+        })),
+    })
+    .await
+    .unwrap();
+    let Some(core_message::Msg::Ack(ack)) = inbound.message().await.unwrap().unwrap().msg else {
+        panic!("expected an ack")
+    };
+    assert_eq!(ack.rejected.len(), 1);
+}
+
 /// Publishes one detection on the synthetic camera; waits for its footage.
 async fn detection_with_footage(agent: &Agent, core_url: &str) -> i64 {
     let mut intake = IntakeClient::connect(agent.intake_url()).await.unwrap();
@@ -101,6 +152,7 @@ async fn the_dashboard_renders_hydrates_updates_live_and_agrees_with_the_api() {
     ));
     assert!(replay.wait(Duration::from_secs(120)).success());
     wait_stored(&core.url(), truth.unique).await;
+    refused_event(&core.url()).await;
 
     // Footage, then live traffic (both after the dataset's time range).
     let camera = footage_agent(dir.path(), &core.url());
@@ -254,6 +306,14 @@ async fn the_dashboard_renders_hydrates_updates_live_and_agrees_with_the_api() {
     assert!(out["fleet_agents"].as_u64().unwrap() >= 3, "{out}");
     // The camera host reports its camera's capture.
     assert_eq!(out["camera_state"], "streaming", "{out}");
+
+    // The refused event, with its field.
+    assert_eq!(out["quarantine_total"], 1, "{out}");
+    assert_eq!(
+        out["quarantine_fields"],
+        serde_json::json!(["timestamp_detected"]),
+        "{out}"
+    );
 
     // And nothing went wrong in the page.
     assert_eq!(

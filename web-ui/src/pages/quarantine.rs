@@ -8,6 +8,7 @@ use crate::{
     api::get_quarantine,
     components::{error_view, EventTable},
     format,
+    model::QuarantineRow,
 };
 
 #[component]
@@ -30,15 +31,7 @@ pub fn QuarantinePage() -> impl IntoView {
                             <table class="quarantine">
                                 <thead><tr><th>"When (UTC)"</th><th>"Agent · seq"</th><th>"Field"</th><th>"Reason"</th><th>"Received"</th></tr></thead>
                                 <tbody>
-                                    {p.rows.into_iter().map(|q| view! {
-                                        <tr>
-                                            <td>{format::time_ms(q.at_ms)}</td>
-                                            <td>{q.agent_id}" · "{q.seq}</td>
-                                            <td><code>{q.field}</code></td>
-                                            <td>{q.reason}</td>
-                                            <td><code class="raw">{q.received}</code></td>
-                                        </tr>
-                                    }).collect_view()}
+                                    {p.rows.into_iter().map(|q| view! { <Refused q/> }).collect_view()}
                                 </tbody>
                             </table>
                             {next}
@@ -50,5 +43,20 @@ pub fn QuarantinePage() -> impl IntoView {
                 }
             })}
         </Suspense>
+    }
+}
+
+/// One refused event; `data-field` names the field for tools.
+#[component]
+fn Refused(q: QuarantineRow) -> impl IntoView {
+    let field = q.field.clone();
+    view! {
+        <tr data-field=field>
+            <td>{format::time_ms(q.at_ms)}</td>
+            <td>{q.agent_id}" · "{q.seq}</td>
+            <td><code>{q.field}</code></td>
+            <td>{q.reason}</td>
+            <td><code class="raw">{q.received}</code></td>
+        </tr>
     }
 }
