@@ -29,7 +29,8 @@ struct PendingClip {
 struct Jobs {
     cfg: CameraConfig,
     max_clip_ms: i64,
-    snapshots: Vec<Trigger>,
+    /// Pending snapshots, each decoding as its packets arrive.
+    snapshots: Vec<(Trigger, Option<cut::SnapshotDecoder>)>,
     clips: VecDeque<PendingClip>,
     spool: Arc<Spool>,
     board: Arc<CameraBoard>,
@@ -40,10 +41,13 @@ struct Jobs {
 impl Jobs {
     fn add(&mut self, t: Trigger) {
         let ts = t.timestamp_ms + self.cfg.clock_offset_ms;
-        self.snapshots.push(Trigger {
-            det_oid: t.det_oid,
-            timestamp_ms: ts,
-        });
+        self.snapshots.push((
+            Trigger {
+                det_oid: t.det_oid,
+                timestamp_ms: ts,
+            },
+            None,
+        ));
         if self.cfg.mode != CaptureMode::Clip {
             return;
         }
@@ -86,16 +90,37 @@ impl Jobs {
         let Some(newest) = ring.newest_ms() else {
             return;
         };
+        // Frames up to this long after the moment may be the nearest one.
         let frame_gap = 200;
-        let (ready, waiting): (Vec<Trigger>, Vec<Trigger>) = self
-            .snapshots
-            .drain(..)
-            .partition(|t| newest >= t.timestamp_ms + frame_gap);
-        self.snapshots = waiting;
-        for t in ready {
-            let started = std::time::Instant::now();
+        let mut waiting = Vec::new();
+        for (t, dec) in std::mem::take(&mut self.snapshots) {
             let packets = ring.window(t.timestamp_ms, t.timestamp_ms + frame_gap);
-            match cut::snapshot(info, &packets, t.timestamp_ms) {
+            if packets.is_empty() {
+                waiting.push((t, dec));
+                continue;
+            }
+            // Started when the detection comes in: the frames from the
+            // keyframe are decoded while the ones after the moment arrive.
+            let mut dec = match dec {
+                Some(d) => d,
+                None => match cut::SnapshotDecoder::new(info, t.timestamp_ms, packets.len() > 8) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::warn!(camera = self.cfg.camera_oid, det_oid = t.det_oid, error = %e, "no snapshot");
+                        continue;
+                    }
+                },
+            };
+            if let Err(e) = dec.feed(&packets) {
+                tracing::warn!(camera = self.cfg.camera_oid, det_oid = t.det_oid, error = %e, "no snapshot");
+                continue;
+            }
+            if !dec.done() && newest < t.timestamp_ms + frame_gap {
+                waiting.push((t, Some(dec)));
+                continue;
+            }
+            let started = std::time::Instant::now();
+            match dec.finish() {
                 Ok(s) => {
                     tracing::debug!(
                         camera = self.cfg.camera_oid,
@@ -119,6 +144,7 @@ impl Jobs {
                 }
             }
         }
+        self.snapshots = waiting;
         while self.clips.front().is_some_and(|c| newest >= c.to_ms) {
             let c = self.clips.pop_front().expect("front exists");
             let started = std::time::Instant::now();

@@ -98,75 +98,140 @@ pub fn snapshot(
     packets: &[RingPacket],
     target_ms: i64,
 ) -> Result<Snapshot, CutError> {
-    if packets.is_empty() {
-        return Err(CutError::Empty);
+    let mut d = SnapshotDecoder::new(info, target_ms, packets.len() > 8)?;
+    d.feed(packets)?;
+    d.finish()
+}
+
+/// A snapshot being decoded while its packets arrive: a camera starts one
+/// when the detection comes in and feeds it what the ring holds (from the
+/// keyframe before the moment), then each new packet, so that when the
+/// frames after the moment are in, only the last frames and the JPEG are
+/// left to do.
+pub struct SnapshotDecoder {
+    decoder: ffmpeg::decoder::Video,
+    target_ms: i64,
+    /// pts → agent-clock time of the packets fed so far.
+    walls: std::collections::HashMap<i64, i64>,
+    /// Decode time stamp of the last packet fed.
+    fed_dts: Option<i64>,
+    skipping: bool,
+    best: Option<(i64, frame::Video)>,
+    decoded: frame::Video,
+    done: bool,
+}
+
+/// Frames more than this before the target cannot be the snapshot: until
+/// the packets reach it, frames no other frame refers to (most B-frames) are
+/// not decoded at all. In decode order, a frame displayed near the target
+/// comes after the reference frame displayed after it, so the switch happens
+/// before any candidate.
+const CANDIDATE_MS: i64 = 200;
+
+impl SnapshotDecoder {
+    /// `threads`: two frame threads, worth it when a run of frames must be
+    /// decoded (mid-GOP); next to a keyframe starting threads costs more
+    /// than it saves.
+    pub fn new(info: &StreamInfo, target_ms: i64, threads: bool) -> Result<Self, CutError> {
+        let mut ctx = codec::context::Context::from_parameters(info.parameters.clone())?;
+        if threads {
+            let mut t = codec::threading::Config::kind(codec::threading::Type::Frame);
+            t.count = 2;
+            ctx.set_threading(t);
+        }
+        let mut decoder = ctx.decoder().video()?;
+        decoder.skip_frame(Discard::NonReference);
+        Ok(Self {
+            decoder,
+            target_ms,
+            walls: std::collections::HashMap::new(),
+            fed_dts: None,
+            skipping: true,
+            best: None,
+            decoded: frame::Video::empty(),
+            done: false,
+        })
     }
-    let mut ctx = codec::context::Context::from_parameters(info.parameters.clone())?;
-    // Frame threads when there is a run of frames to decode (mid-GOP): that
-    // decoding is the other half of a snapshot's cost (the JPEG is the
-    // first); next to a keyframe starting threads costs more than it saves.
-    if packets.len() > 8 {
-        let mut threads = codec::threading::Config::kind(codec::threading::Type::Frame);
-        threads.count = 2;
-        ctx.set_threading(threads);
+
+    /// Whether the nearest frame is known (a frame at or past the target
+    /// came out).
+    pub fn done(&self) -> bool {
+        self.done
     }
-    let mut decoder = ctx.decoder().video()?;
-    // Frames more than this before the target cannot be the snapshot: until
-    // the packets reach it, frames no other frame refers to (most B-frames)
-    // are not decoded at all. In decode order, a frame displayed near the
-    // target comes after the reference frame displayed after it, so the
-    // switch happens before any candidate.
-    const CANDIDATE_MS: i64 = 200;
-    decoder.skip_frame(Discard::NonReference);
-    let mut skipping = true;
-    let wall_of = |pts: i64| packets.iter().find(|p| p.pts == pts).map(|p| p.wall_ms);
-    let mut best: Option<(i64, frame::Video)> = None;
-    let mut decoded = frame::Video::empty();
-    let mut done = false;
-    // Moves the frame into `best` when it is nearer (no copy of the pixels).
-    let consider = |f: &mut frame::Video, best: &mut Option<(i64, frame::Video)>| -> bool {
-        let Some(wall) = f.pts().and_then(wall_of) else {
-            return false;
-        };
-        let better = best
-            .as_ref()
-            .is_none_or(|(b, _)| (wall - target_ms).abs() < (b - target_ms).abs());
-        if better {
-            *best = Some((wall, std::mem::replace(f, frame::Video::empty())));
-        }
-        // Frames come in time order: past the target, the nearest is known.
-        wall >= target_ms
-    };
-    for p in packets {
-        if skipping && p.wall_ms >= target_ms - CANDIDATE_MS {
-            decoder.skip_frame(Discard::Default);
-            skipping = false;
-        }
-        let mut pkt = Packet::copy(&p.data);
-        pkt.set_pts(Some(p.pts));
-        pkt.set_dts(Some(p.dts));
-        if p.key {
-            pkt.set_flags(packet::Flags::KEY);
-        }
-        decoder.send_packet(&pkt)?;
-        while decoder.receive_frame(&mut decoded).is_ok() {
-            if consider(&mut decoded, &mut best) {
-                done = true;
+
+    /// Feeds the packets after the last one fed (by decode time stamp);
+    /// the first call must start on a keyframe.
+    pub fn feed(&mut self, packets: &[RingPacket]) -> Result<(), CutError> {
+        for p in packets {
+            if self.done {
+                break;
+            }
+            if self.fed_dts.is_some_and(|d| p.dts <= d) {
+                continue;
+            }
+            self.fed_dts = Some(p.dts);
+            self.walls.insert(p.pts, p.wall_ms);
+            if self.skipping && p.wall_ms >= self.target_ms - CANDIDATE_MS {
+                self.decoder.skip_frame(Discard::Default);
+                self.skipping = false;
+            }
+            let mut pkt = Packet::copy(&p.data);
+            pkt.set_pts(Some(p.pts));
+            pkt.set_dts(Some(p.dts));
+            if p.key {
+                pkt.set_flags(packet::Flags::KEY);
+            }
+            self.decoder.send_packet(&pkt)?;
+            while self.decoder.receive_frame(&mut self.decoded).is_ok() {
+                self.consider();
             }
         }
-        if done {
-            break;
+        Ok(())
+    }
+
+    /// Moves the decoded frame into `best` when it is nearer (no copy of
+    /// the pixels); past the target, the nearest is known.
+    fn consider(&mut self) {
+        let Some(wall) = self.decoded.pts().and_then(|p| self.walls.get(&p).copied()) else {
+            return;
+        };
+        let t = self.target_ms;
+        if self
+            .best
+            .as_ref()
+            .is_none_or(|(b, _)| (wall - t).abs() < (b - t).abs())
+        {
+            self.best = Some((
+                wall,
+                std::mem::replace(&mut self.decoded, frame::Video::empty()),
+            ));
+        }
+        if wall >= t {
+            self.done = true;
         }
     }
-    if !done {
-        decoder.send_eof()?;
-        while decoder.receive_frame(&mut decoded).is_ok() {
-            consider(&mut decoded, &mut best);
+
+    /// The frame nearest the target (flushing the decoder if no frame past
+    /// it came out), as JPEG and thumbnail.
+    pub fn finish(mut self) -> Result<Snapshot, CutError> {
+        if self.walls.is_empty() {
+            return Err(CutError::Empty);
         }
+        if !self.done {
+            self.decoder.send_eof()?;
+            while self.decoder.receive_frame(&mut self.decoded).is_ok() {
+                self.consider();
+            }
+        }
+        // Frame threads still at work would compete with the encoder.
+        let (best, decoder) = (self.best.take(), self.decoder);
+        drop(decoder);
+        let (frame_ms, f) = best.ok_or(CutError::NoFrame)?;
+        encode_snapshot(frame_ms, f)
     }
-    // Frame threads still at work would compete with the encoder.
-    drop(decoder);
-    let (frame_ms, f) = best.ok_or(CutError::NoFrame)?;
+}
+
+fn encode_snapshot(frame_ms: i64, f: frame::Video) -> Result<Snapshot, CutError> {
     let (w, h) = (f.width(), f.height());
     let t = std::time::Instant::now();
     // The JPEG is encoded straight from the decoded 4:2:0 planes; other
