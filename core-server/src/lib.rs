@@ -12,11 +12,13 @@
 //!   object store, attached to events, served over HTTP with byte ranges.
 //! - [`api`]: the gRPC query/admin API, live fan-out, HTTP (/metrics, /healthz).
 //! - [`fleet`]: which agents exist and what they last reported.
+//! - [`certs`]: the CA for the edge link's mutual TLS (`sightline-core certs`).
 //! - [`client`]: the terminal client (`sightline-core top|tail|fleet|...`).
 //! - [`server`]: wires it all and runs until shutdown.
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod certs;
 pub mod client;
 pub mod config;
 pub mod dedup;

@@ -45,8 +45,43 @@ enum Command {
         #[arg(long)]
         partitions: Option<usize>,
     },
+    /// The edge link's certificate authority: create it, issue certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
     #[command(flatten)]
     Client(ClientCommand),
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create the CA (`ca.pem`, `ca.key`) in a folder; never overwrites one.
+    Init {
+        #[arg(long, default_value = "data/pki")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+    },
+    /// Issue an agent's certificate: its agent id is the subject's common name.
+    Agent {
+        #[arg(long, default_value = "data/pki")]
+        dir: PathBuf,
+        #[arg(long)]
+        agent_id: String,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+    /// Issue the core's certificate for its DNS names and IP addresses.
+    Core {
+        #[arg(long, default_value = "data/pki")]
+        dir: PathBuf,
+        /// A DNS name or IP address agents connect to (repeat for more).
+        #[arg(long, required = true)]
+        san: Vec<String>,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
 }
 
 #[tokio::main]
@@ -60,6 +95,20 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Certs { command } => {
+            use sightline_core::certs::{init_ca, issue, Subject};
+            let written = match &command {
+                CertsCommand::Init { dir, days } => init_ca(dir, *days)?,
+                CertsCommand::Agent {
+                    dir,
+                    agent_id,
+                    days,
+                } => issue(dir, Subject::Agent(agent_id), *days)?,
+                CertsCommand::Core { dir, san, days } => issue(dir, Subject::Core(san), *days)?,
+            };
+            println!("{}", written.display());
+            Ok(())
+        }
         Command::Client(cmd) => {
             let url =
                 std::env::var("SIGHTLINE_CORE").unwrap_or_else(|_| "http://127.0.0.1:50051".into());
