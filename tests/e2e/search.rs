@@ -180,6 +180,53 @@ async fn search_finds_events_by_det_oid_item_and_location_and_pages_without_repe
         truth.counts[&3].get("bicycle").copied().unwrap_or(0)
     );
 
+    // Dataset B reloaded with location 2 renamed: the index follows.
+    std::fs::write(
+        &locations,
+        "geographical_location_oid,geographical_location,region\n1,Location 1,Region 1\n2,Harbour Gate,Region 2\n",
+    )
+    .unwrap();
+    sightline_proto::v1::admin_client::AdminClient::connect(core.url())
+        .await
+        .unwrap()
+        .reload_locations(sightline_proto::v1::ReloadLocationsRequest::default())
+        .await
+        .unwrap();
+    let url = core.url();
+    wait_for(
+        "the index has the new name",
+        Duration::from_secs(60),
+        || {
+            let url = url.clone();
+            async move {
+                let (n, _) = hits(
+                    &url,
+                    SearchRequest {
+                        query: "location:harbour".into(),
+                        ..Default::default()
+                    },
+                )
+                .await;
+                (n == at(2)).then_some(())
+            }
+        },
+    )
+    .await;
+    let (old, _) = hits(
+        &core.url(),
+        SearchRequest {
+            query: "location:\"Location 2\"".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(old, 0, "the old name is gone");
+    assert_eq!(
+        all_pages(&core.url()).await,
+        truth.det_oids,
+        "nothing lost or doubled"
+    );
+
     // Bad input names the field.
     for (req, field) in [
         (

@@ -25,6 +25,9 @@
 //!   the background; searches answer from what is indexed so far.
 //! - Retention: documents older than `retention.events` are deleted as the
 //!   store's events are.
+//! - When Dataset B is reloaded, every event is indexed again with the new
+//!   location names and columns (in the background; each document is
+//!   replaced in place, so a search never misses an event meanwhile).
 
 use std::{
     ops::Bound,
@@ -432,6 +435,7 @@ impl Indexer {
         if let Err(e) = self.catch_up() {
             tracing::error!(error = %e, "search index: reading the store failed");
         }
+        let mut table = self.locations.current();
         let mut last_commit = Instant::now();
         let mut last_retention = Instant::now() - Duration::from_secs(3600);
         loop {
@@ -453,6 +457,17 @@ impl Indexer {
             if shutdown.is_cancelled() {
                 let _ = self.commit();
                 return;
+            }
+            // Dataset B was reloaded: every document is made again with the
+            // new names and columns (replaced one by one, so searches see
+            // either the old or the new document, never none).
+            if !Arc::ptr_eq(&table, &self.locations.current()) {
+                table = self.locations.current();
+                tracing::info!("Dataset B changed: re-indexing every event");
+                self.resume = None;
+                if let Err(e) = self.catch_up() {
+                    tracing::error!(error = %e, "search index: re-indexing failed");
+                }
             }
             if last_commit.elapsed() >= self.commit_interval {
                 if let Err(e) = self.commit() {
