@@ -6,15 +6,15 @@
 #
 # wasm-bindgen-cli must be exactly the wasm-bindgen version in
 # web-ui/frontend/Cargo.lock; it is installed once under ~/.cache/sightline/tools.
-# wasm-opt is not used: Debian's (binaryen 108) breaks hydration.
+# wasm-opt is not used: Debian's (binaryen 108) breaks hydration. The wasm32
+# target comes from deploy/install-deps.sh, which every caller runs first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
-rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 WB_VERSION=$(grep -A1 '^name = "wasm-bindgen"$' web-ui/frontend/Cargo.lock | sed -n 's/^version = "\(.*\)"$/\1/p')
 TOOLS=${SIGHTLINE_TOOLS:-$HOME/.cache/sightline/tools}
 if [ "$("$TOOLS/bin/wasm-bindgen" --version 2>/dev/null | awk '{print $2}')" != "$WB_VERSION" ]; then
-  echo "build-web: installing wasm-bindgen-cli $WB_VERSION into $TOOLS (once, ~8 min)"
+  echo "build-web: installing wasm-bindgen-cli $WB_VERSION into $TOOLS (once; 13 min on 2 cores)"
   cargo install wasm-bindgen-cli --version "$WB_VERSION" --root "$TOOLS"
 fi
 (cd web-ui/frontend && CARGO_TARGET_DIR="$TARGET" cargo build --release --target wasm32-unknown-unknown)

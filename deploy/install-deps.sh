@@ -39,12 +39,15 @@ rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown || 
 
 # The browser tests drive Debian's Chromium with Node's playwright-core
 # (package-lock.json pins it; nothing downloads a browser).
+# playwright-core needs Node.js 20 or later. Some nodejs packages bring npm
+# with them (NodeSource's); Debian's does not: npm only if still missing.
 if ! command -v npm >/dev/null; then
-  echo "install-deps: nodejs and npm"
+  echo "install-deps: nodejs"
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs npm
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs
+  command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends npm
 fi
 BROWSER_DIR="$(dirname "$0")/../tests/browser"
 if [ ! -d "$BROWSER_DIR/node_modules/playwright-core" ]; then

@@ -78,15 +78,11 @@ pub async fn run(
             .clone()
             .unwrap_or_else(|| crate::search::default_path(&config.storage.path));
         let (s, l, h) = (store.clone(), locations.clone(), hub.clone());
-        let (interval, retention, stop) = (
-            config.search.commit_interval,
-            config.retention.events,
-            shutdown.clone(),
-        );
+        let (interval, stop) = (config.search.commit_interval, shutdown.clone());
         let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let _rt = handle.enter();
-            SearchIndex::start(&dir, s, l, &h, interval, retention, stop)
+            SearchIndex::start(&dir, s, l, &h, interval, stop)
                 .with_context(|| format!("opening the search index at {}", dir.display()))
         })
         .await??
@@ -217,7 +213,12 @@ pub async fn run(
         })
     };
     spawn_sighup_reload(locations.clone(), shutdown.clone());
-    spawn_retention(store.clone(), config.retention.clone(), shutdown.clone());
+    spawn_retention(
+        store.clone(),
+        search.clone(),
+        config.retention.clone(),
+        shutdown.clone(),
+    );
     spawn_media_retention(
         media.clone(),
         config.media.clone(),
@@ -276,6 +277,7 @@ fn spawn_sighup_reload(locations: Arc<Locations>, shutdown: CancellationToken) {
 
 fn spawn_retention(
     store: Arc<Store>,
+    search: Arc<SearchIndex>,
     cfg: crate::config::RetentionConfig,
     shutdown: CancellationToken,
 ) {
@@ -290,7 +292,7 @@ fn spawn_retention(
                     let (e, a, q, d) = (ms(cfg.events), ms(cfg.aggregates), ms(cfg.quarantine), ms(cfg.dedup_keys));
                     let s = store.clone();
                     match tokio::task::spawn_blocking(move || s.apply_retention(e, a, q, d)).await {
-                        Ok(Ok(())) => {}
+                        Ok(Ok(())) => search.apply_retention(e),
                         Ok(Err(e)) => tracing::error!(error = %e, "retention failed"),
                         Err(e) => tracing::error!(error = %e, "retention task failed"),
                     }

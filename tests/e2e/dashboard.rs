@@ -10,14 +10,11 @@
 use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
 
 use serde_json::Value;
-use sightline_proto::v1::{
-    intake_client::IntakeClient, publish_result, Detection, GetEventRequest, PublishRequest,
-    TopItemsRequest,
-};
+use sightline_proto::v1::{intake_client::IntakeClient, publish_result, Detection, PublishRequest};
 use sightline_tests::{
     data::{now_ms, write_locations},
-    query::{client, wait_stored},
-    wait_for, Agent, AgentArgs, Core, Dataset,
+    query::{event_with_media, top_in, wait_stored},
+    Agent, AgentArgs, Core, Dataset,
 };
 
 fn footage_agent(dir: &Path, core_url: &str) -> Agent {
@@ -114,20 +111,7 @@ async fn detection_with_footage(agent: &Agent, core_url: &str) -> i64 {
         publish_result::Result::Accepted(a) => a.detection_oid,
         other => panic!("detection refused: {other:?}"),
     };
-    let url = core_url.to_string();
-    wait_for("footage attached", Duration::from_secs(90), || {
-        let url = url.clone();
-        async move {
-            let ev = client(&url)
-                .await
-                .get_event(GetEventRequest { detection_oid: oid })
-                .await
-                .ok()?
-                .into_inner();
-            (ev.media.len() >= 3).then_some(())
-        }
-    })
-    .await;
+    event_with_media(core_url, oid, 3).await;
     oid
 }
 
@@ -247,29 +231,7 @@ async fn the_dashboard_renders_hydrates_updates_live_and_agrees_with_the_api() {
             (l["location"].as_i64().unwrap(), items)
         })
         .collect();
-    let api: BTreeMap<i64, Vec<(String, u64)>> = client(&core.url())
-        .await
-        .top_items(TopItemsRequest {
-            from_ms: from,
-            to_ms: to,
-            x,
-            geographical_location_oid: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .locations
-        .into_iter()
-        .map(|l| {
-            (
-                l.geographical_location_oid,
-                l.items
-                    .into_iter()
-                    .map(|i| (i.item_name, i.count))
-                    .collect(),
-            )
-        })
-        .collect();
+    let api = top_in(&core.url(), from, to, x).await;
     assert_eq!(shown, api, "the page and the gRPC API disagree");
     assert_eq!(
         shown,

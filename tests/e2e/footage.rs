@@ -8,7 +8,11 @@ use sha2::{Digest, Sha256};
 use sightline_proto::v1::{
     intake_client::IntakeClient, Detection, GetEventRequest, JoinedEvent, PublishRequest,
 };
-use sightline_tests::{data::now_ms, query::client, wait_for, Agent, AgentArgs, Core};
+use sightline_tests::{
+    data::now_ms,
+    query::{client, event_with_media},
+    Agent, AgentArgs, Core,
+};
 
 /// Reads the 48-bit time code strip the synthetic camera draws (an
 /// independent reading of the agent's drawing: 52 cells across, 2 cells of
@@ -47,27 +51,6 @@ fn det(camera: i64, ts: i64) -> Detection {
         timestamp_detected: ts,
         ..Default::default()
     }
-}
-
-async fn event_with_media(url: &str, oid: i64, kinds: usize) -> JoinedEvent {
-    let url = url.to_string();
-    wait_for(
-        "footage attached to the event",
-        Duration::from_secs(90),
-        || {
-            let url = url.clone();
-            async move {
-                let ev = client(&url)
-                    .await
-                    .get_event(GetEventRequest { detection_oid: oid })
-                    .await
-                    .ok()?
-                    .into_inner();
-                (ev.media.len() >= kinds).then_some(ev)
-            }
-        },
-    )
-    .await
 }
 
 fn media<'a>(ev: &'a JoinedEvent, kind: &str) -> &'a sightline_proto::v1::MediaRef {

@@ -3,13 +3,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use std::time::Duration;
+
 use sightline_proto::v1::{
-    query_client::QueryClient, JoinedEvent, ListEventsRequest, StatsRequest, StatsResponse,
-    TopItemsRequest,
+    query_client::QueryClient, GetEventRequest, JoinedEvent, ListEventsRequest, StatsRequest,
+    StatsResponse, TopItemsRequest,
 };
 use tonic::transport::Channel;
 
-use crate::Truth;
+use crate::{wait_for, Truth};
 
 pub async fn client(url: &str) -> QueryClient<Channel> {
     QueryClient::connect(url.to_string())
@@ -54,11 +56,21 @@ pub async fn stats(url: &str) -> StatsResponse {
 
 /// The core's top X over the truth's whole range, as location → items.
 pub async fn top(url: &str, truth: &Truth, x: u32) -> BTreeMap<i64, Vec<(String, u64)>> {
+    top_in(url, truth.min_ts - 60_000, truth.max_ts + 120_000, x).await
+}
+
+/// The core's top X over `[from_ms, to_ms)`, as location → items.
+pub async fn top_in(
+    url: &str,
+    from_ms: i64,
+    to_ms: i64,
+    x: u32,
+) -> BTreeMap<i64, Vec<(String, u64)>> {
     let r = client(url)
         .await
         .top_items(TopItemsRequest {
-            from_ms: truth.min_ts - 60_000,
-            to_ms: truth.max_ts + 120_000,
+            from_ms,
+            to_ms,
             x,
             geographical_location_oid: None,
         })
@@ -77,6 +89,28 @@ pub async fn top(url: &str, truth: &Truth, x: u32) -> BTreeMap<i64, Vec<(String,
             )
         })
         .collect()
+}
+
+/// Waits until the event has at least `kinds` media attached.
+pub async fn event_with_media(url: &str, oid: i64, kinds: usize) -> JoinedEvent {
+    let url = url.to_string();
+    wait_for(
+        "footage attached to the event",
+        Duration::from_secs(90),
+        || {
+            let url = url.clone();
+            async move {
+                let ev = client(&url)
+                    .await
+                    .get_event(GetEventRequest { detection_oid: oid })
+                    .await
+                    .ok()?
+                    .into_inner();
+                (ev.media.len() >= kinds).then_some(ev)
+            }
+        },
+    )
+    .await
 }
 
 /// Asserts the store holds exactly the truth: every unique detection once,

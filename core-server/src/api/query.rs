@@ -113,10 +113,7 @@ impl Query for QueryService {
             Ok((events, token))
         })
         .await?;
-        let table = self.locations.current();
-        for e in &mut events {
-            table.join(e);
-        }
+        self.locations.current().join_all(&mut events);
         Ok(Response::new(ListEventsResponse {
             events,
             next_page_token,

@@ -131,6 +131,13 @@ impl LocationTable {
         ev.location = self.get(oid).cloned();
         ev.location_matched = ev.location.is_some();
     }
+
+    /// [`Self::join`] for each event.
+    pub fn join_all(&self, events: &mut [JoinedEvent]) {
+        for e in events {
+            self.join(e);
+        }
+    }
 }
 
 type Rows = Vec<(u64, Vec<(String, String)>)>;

@@ -23,8 +23,8 @@
 //!   that commit out of clock order) and replaces their documents.
 //! - A missing, unreadable or outdated index is rebuilt from the store, in
 //!   the background; searches answer from what is indexed so far.
-//! - Retention: documents older than `retention.events` are deleted as the
-//!   store's events are.
+//! - Retention: the core's retention task cuts the index
+//!   ([`SearchIndex::apply_retention`]) right after the store's events.
 //! - When Dataset B is reloaded, every event is indexed again with the new
 //!   location names and columns (in the background; each document is
 //!   replaced in place, so a search never misses an event meanwhile).
@@ -150,12 +150,16 @@ pub struct SearchIndex {
     parser: QueryParser,
     /// Commit time of the newest event indexed and committed.
     indexed_ms: Arc<AtomicI64>,
+    /// To the indexer thread.
+    jobs: mpsc::Sender<Job>,
 }
 
 enum Job {
     Events(Arc<Vec<JoinedEvent>>),
     /// The hub dropped commits for us: re-read from the store.
     CatchUp,
+    /// Delete documents detected before this (epoch ms).
+    Retention(i64),
 }
 
 impl SearchIndex {
@@ -167,7 +171,6 @@ impl SearchIndex {
         locations: Arc<Locations>,
         hub: &LiveHub,
         commit_interval: Duration,
-        retention: Duration,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, SearchError> {
         let (schema, fields) = schema();
@@ -181,15 +184,16 @@ impl SearchIndex {
             vec![fields.item, fields.location, fields.columns, fields.agent],
         );
         parser.set_conjunction_by_default();
+        let (tx, rx) = mpsc::channel::<Job>();
         let this = Arc::new(Self {
             index,
             reader,
             fields,
             parser,
             indexed_ms: Arc::new(AtomicI64::new(resume.unwrap_or(i64::MIN))),
+            jobs: tx.clone(),
         });
         let writer: IndexWriter = this.index.writer_with_num_threads(1, 50_000_000)?;
-        let (tx, rx) = mpsc::channel::<Job>();
         // Subscribed before the first read of the store: nothing falls between.
         let mut commits = hub.subscribe();
         let stop = shutdown.clone();
@@ -219,7 +223,6 @@ impl SearchIndex {
             store,
             locations,
             commit_interval,
-            retention,
             resume,
             replace_through: i64::MIN,
             pending: 0,
@@ -230,6 +233,12 @@ impl SearchIndex {
             .spawn(move || indexer.run(rx, shutdown))
             .map_err(|e| tantivy::TantivyError::SystemError(e.to_string()))?;
         Ok(this)
+    }
+
+    /// Deletes the documents of events detected before `before_ms` (at the
+    /// indexer's next step; the store's retention has cut them already).
+    pub fn apply_retention(&self, before_ms: i64) {
+        let _ = self.jobs.send(Job::Retention(before_ms));
     }
 
     /// Commit time of the newest event that is searchable.
@@ -350,10 +359,7 @@ impl SearchIndex {
             }
         }
         store.fill_media(&mut events)?;
-        let table = locations.current();
-        for e in &mut events {
-            table.join(e);
-        }
+        locations.current().join_all(&mut events);
         Ok((events, hits))
     }
 
@@ -419,7 +425,6 @@ struct Indexer {
     store: Arc<Store>,
     locations: Arc<Locations>,
     commit_interval: Duration,
-    retention: Duration,
     /// Where to catch up from (`None`: rebuild everything).
     resume: Option<i64>,
     /// Live events committed at or before this may already be indexed (by a
@@ -437,11 +442,20 @@ impl Indexer {
         }
         let mut table = self.locations.current();
         let mut last_commit = Instant::now();
-        let mut last_retention = Instant::now() - Duration::from_secs(3600);
         loop {
             let wait = self.commit_interval.saturating_sub(last_commit.elapsed());
             match rx.recv_timeout(wait) {
                 Ok(Job::Events(events)) => self.add(&events, false),
+                Ok(Job::Retention(before)) => {
+                    let old = RangeQuery::new(
+                        Bound::Unbounded,
+                        Bound::Excluded(Term::from_field_i64(self.idx.fields.ts, before)),
+                    );
+                    match self.writer.delete_query(Box::new(old)) {
+                        Ok(_) => self.pending += 1,
+                        Err(e) => tracing::error!(error = %e, "search index: retention failed"),
+                    }
+                }
                 Ok(Job::CatchUp) => {
                     self.resume = Some(self.newest_ms);
                     if let Err(e) = self.catch_up() {
@@ -474,18 +488,6 @@ impl Indexer {
                     tracing::error!(error = %e, "search index: commit failed");
                 }
                 last_commit = Instant::now();
-            }
-            if last_retention.elapsed() >= Duration::from_secs(60) {
-                last_retention = Instant::now();
-                let before = sightline_proto::now_ms() - self.retention.as_millis() as i64;
-                let old = RangeQuery::new(
-                    Bound::Unbounded,
-                    Bound::Excluded(Term::from_field_i64(self.idx.fields.ts, before)),
-                );
-                if let Err(e) = self.writer.delete_query(Box::new(old)) {
-                    tracing::error!(error = %e, "search index: retention failed");
-                }
-                self.pending += 1;
             }
         }
     }
@@ -526,9 +528,7 @@ impl Indexer {
                 let table = self.locations.current();
                 let store = self.store.clone();
                 store.for_each_event(10_000, |mut events| {
-                    for e in &mut events {
-                        table.join(e);
-                    }
+                    table.join_all(&mut events);
                     n += events.len();
                     self.add(&events, true);
                     if self.pending >= 200_000 {
@@ -547,10 +547,7 @@ impl Indexer {
                     if events.is_empty() {
                         break;
                     }
-                    let table = self.locations.current();
-                    for e in &mut events {
-                        table.join(e);
-                    }
+                    self.locations.current().join_all(&mut events);
                     n += events.len();
                     self.add(&events, true);
                     after = last;

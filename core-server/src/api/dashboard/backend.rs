@@ -42,10 +42,7 @@ impl CoreBackend {
     /// Joins with Dataset B and attaches media, as the query API does.
     fn joined(&self, mut events: Vec<JoinedEvent>) -> Result<Vec<JoinedEvent>, String> {
         self.store.fill_media(&mut events).map_err(err)?;
-        let table = self.locations.current();
-        for e in &mut events {
-            table.join(e);
-        }
+        self.locations.current().join_all(&mut events);
         Ok(events)
     }
 
