@@ -14,12 +14,35 @@ DATA=${SIGHTLINE_DEMO_DIR:-data/demo}
 mkdir -p "$DATA"
 GRPC=${SIGHTLINE_GRPC:-127.0.0.1:50051}
 HTTP=${SIGHTLINE_HTTP:-127.0.0.1:8080}
+EDGE=${SIGHTLINE_EDGE:-127.0.0.1:50443}
+
+# The edge link's CA, the core's certificate and one per agent (mutual TLS),
+# and the registry of which cameras each agent may publish for.
+PKI="$DATA/pki"
+if [ ! -f "$PKI/core.pem" ]; then
+  "$BIN/sightline-core" certs init --dir "$PKI" >/dev/null
+  "$BIN/sightline-core" certs core --dir "$PKI" --san 127.0.0.1 --san localhost >/dev/null
+fi
+for a in demo-agent-1 demo-agent-2 demo-agent-3 demo-camera-host; do
+  [ -f "$PKI/agent-$a.pem" ] || "$BIN/sightline-core" certs agent --dir "$PKI" --agent-id "$a" >/dev/null
+done
+[ -f "$DATA/agents.toml" ] || cat >"$DATA/agents.toml" <<TOML
+[agents.demo-agent-1]
+cameras = [101, 102, 103, 104]
+[agents.demo-agent-2]
+cameras = [201, 202, 203, 204]
+[agents.demo-agent-3]
+cameras = [301, 302, 303, 304]
+[agents.demo-camera-host]
+cameras = [901]
+TOML
 
 pids=()
 cleanup() { kill -TERM "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
 "$BIN/sightline-core" serve --grpc-listen "$GRPC" --http-listen "$HTTP" \
+  --edge-listen "$EDGE" --tls-dir "$PKI" --registry "$DATA/agents.toml" \
   --data-dir "$DATA/core" --locations deploy/locations.csv >"$DATA/core.out" 2>"$DATA/core.log" &
 pids+=($!)
 for _ in $(seq 1 100); do grep -q listening "$DATA/core.out" 2>/dev/null && break; sleep 0.1; done
@@ -29,9 +52,9 @@ grep -q listening "$DATA/core.out" || { echo "the core did not start; see $DATA/
 # location 13 is not in Dataset B, to show unmatched events.
 for i in 1 2 3; do
   case $i in 1) LOCS=1,2,3,4 ;; 2) LOCS=5,6,7,8 ;; 3) LOCS=9,10,11,13 ;; esac
-  "$BIN/sightline-agent" --agent-id "demo-agent-$i" --core "http://$GRPC" --data-dir "$DATA/agent-$i" \
+  "$BIN/sightline-agent" --agent-id "demo-agent-$i" --core "quic://$EDGE" --tls-dir "$PKI" --data-dir "$DATA/agent-$i" \
     simulate --cameras 4 --camera-base $((i * 100 + 1)) --locations "$LOCS" \
-    --rate 3334 --duplicates 0.05 --seed "$i" >"$DATA/agent-$i.out" 2>"$DATA/agent-$i.log" &
+    --rate 3334 --duplicates 0.05 >"$DATA/agent-$i.out" 2>"$DATA/agent-$i.log" &
   pids+=($!)
 done
 
@@ -40,7 +63,9 @@ done
 # for the dashboard's event pages.
 cat >"$DATA/camera.toml" <<TOML
 agent_id = "demo-camera-host"
-core_url = "http://$GRPC"
+core_url = "quic://$EDGE"
+[tls]
+dir = "$PKI"
 [buffer]
 path = "$DATA/camera-host"
 [capture]
@@ -54,19 +79,21 @@ pre = "3s"
 post = "3s"
 TOML
 "$BIN/sightline-agent" --config "$DATA/camera.toml" \
-  simulate --cameras 1 --camera-base 901 --locations 12 --rate 1 --seed 4 \
+  simulate --cameras 1 --camera-base 901 --locations 12 --rate 1 \
   >"$DATA/camera-host.out" 2>"$DATA/camera-host.log" &
 pids+=($!)
 
 cat <<MSG
 Sightline demo running: core + 3 agents x 4 cameras, 10,000 events/s, 5% duplicates,
-and a camera host whose detections come with snapshots and clips.
+and a camera host whose detections come with snapshots and clips; agents reach
+the core over QUIC with mutual TLS ($EDGE), each only for its own cameras.
 
   dashboard:               http://$HTTP/
 
   top items per location:  SIGHTLINE_CORE=http://$GRPC $BIN/sightline-core top --last 5m -x 5
   live joined events:      SIGHTLINE_CORE=http://$GRPC $BIN/sightline-core tail --count 20
   fleet:                   SIGHTLINE_CORE=http://$GRPC $BIN/sightline-core fleet
+  agent registry:          $DATA/agents.toml (grpcurl -plaintext $GRPC sightline.v1.Admin/ListGrants)
   totals:                  SIGHTLINE_CORE=http://$GRPC $BIN/sightline-core stats
   metrics:                 curl http://$HTTP/metrics
   gRPC (reflection on):    grpcurl -plaintext $GRPC list

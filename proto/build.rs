@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out.join("sightline_descriptor.bin"))
         .bytes(".sightline.v1.Batch.events")
         .bytes(".sightline.v1.MediaChunk.data")
+        .bytes(".sightline.v1.QuicReply.message")
         .compile_protos(
             &[
                 "sightline/v1/event.proto",
@@ -14,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "sightline/v1/intake.proto",
                 "sightline/v1/query.proto",
                 "sightline/v1/media.proto",
+                "sightline/v1/edge.proto",
             ],
             &["."],
         )?;

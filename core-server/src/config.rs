@@ -29,6 +29,56 @@ pub struct CoreConfig {
     pub dashboard: DashboardConfig,
     #[serde(default)]
     pub search: SearchConfig,
+    #[serde(default)]
+    pub edge: EdgeConfig,
+}
+
+/// The edge link: how agents reach the core (see `edge/mod.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// One port for both transports: gRPC over TLS on TCP and QUIC on UDP.
+    /// Port 0 picks one. Served when `tls_dir` is set.
+    #[serde(default = "default_edge")]
+    pub listen: SocketAddr,
+    /// The folder `sightline-core certs` wrote: `ca.pem` (the CA agents'
+    /// certificates must chain to), `core.pem` and `core.key` (this core).
+    #[serde(default)]
+    pub tls_dir: Option<PathBuf>,
+    /// Also serve Ingest and Media without TLS on `server.grpc_listen`, where
+    /// an agent is whoever it claims to be. For local demos only: the log and
+    /// the fleet view say so for every such session.
+    #[serde(default)]
+    pub plaintext: bool,
+    /// The agent registry (TOML, see `deploy/agents.example.toml`): the
+    /// cameras and locations each agent may publish for, and revocations. The
+    /// admin API writes it back. Unset: not enforced (every agent may publish
+    /// for every camera), which the log says at start.
+    #[serde(default)]
+    pub registry: Option<PathBuf>,
+    /// QUIC congestion control: "bbr" (default; a random 2% loss does not
+    /// throttle it, as it does Cubic) or "cubic".
+    #[serde(default = "default_congestion")]
+    pub quic_congestion: String,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_edge(),
+            tls_dir: None,
+            plaintext: false,
+            registry: None,
+            quic_congestion: default_congestion(),
+        }
+    }
+}
+
+fn default_edge() -> SocketAddr {
+    "0.0.0.0:50443".parse().unwrap()
+}
+fn default_congestion() -> String {
+    "bbr".into()
 }
 
 /// The full-text index of the events (tantivy), see [`crate::search`].
@@ -415,6 +465,15 @@ impl CoreConfig {
         if self.media.retention.is_zero() {
             return err("media.retention", "must be more than 0");
         }
+        if self.edge.tls_dir.is_none() && !self.edge.plaintext {
+            return err(
+                "edge.tls_dir",
+                "unset, and edge.plaintext is off: no agent could connect. Make a CA with `sightline-core certs init` and `certs core`, or pass --insecure-plaintext for a local demo",
+            );
+        }
+        if !["bbr", "cubic"].contains(&self.edge.quic_congestion.as_str()) {
+            return err("edge.quic_congestion", "must be \"bbr\" or \"cubic\"");
+        }
         Ok(())
     }
 }
@@ -437,7 +496,9 @@ mod tests {
 
     #[test]
     fn media_defaults_sit_beside_the_store() {
-        let cfg = CoreConfig::from_toml("[storage]\npath = \"/d/core\"\n").unwrap();
+        let cfg =
+            CoreConfig::from_toml("[storage]\npath = \"/d/core\"\n[edge]\nplaintext = true\n")
+                .unwrap();
         cfg.validate().unwrap();
         let root = cfg.media.local_root(&cfg.storage.path);
         assert_eq!(root, Some(PathBuf::from("/d/core-media")));
@@ -448,7 +509,7 @@ mod tests {
         assert_eq!(cfg.media.max_object_bytes, ByteSize::mib(256));
         assert_eq!(cfg.media.retention, Duration::from_secs(30 * 86_400));
         let cfg =
-            CoreConfig::from_toml("[media]\nurl = \"file:///srv/footage\"\nretention = \"3d\"\n")
+            CoreConfig::from_toml("[media]\nurl = \"file:///srv/footage\"\nretention = \"3d\"\n[edge]\ntls_dir = \"pki\"\n")
                 .unwrap();
         cfg.validate().unwrap();
         assert_eq!(
@@ -463,6 +524,13 @@ mod tests {
         assert_eq!(cfg.validate().unwrap_err().key, "media.url");
         let err = CoreConfig::from_toml("[media]\nretension = \"1d\"\n").unwrap_err();
         assert!(err.to_string().contains("retension"), "{err}");
+    }
+
+    #[test]
+    fn an_edge_link_nobody_could_use_is_refused() {
+        let err = CoreConfig::default().validate().unwrap_err();
+        assert_eq!(err.key, "edge.tls_dir");
+        assert!(err.reason.contains("--insecure-plaintext"), "{err}");
     }
 
     #[test]

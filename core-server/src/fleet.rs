@@ -10,7 +10,7 @@ use std::{
 use sightline_proto::v1::{AgentInfo, AgentStatus, Hello};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use crate::{edge::Peer, metrics::Metrics};
 
 #[derive(Debug, Default, Clone)]
 struct Entry {
@@ -47,7 +47,7 @@ impl Fleet {
 
     /// Registers a new session; ends the agent's previous one, if any.
     /// Returns the session id and the token that ends this session.
-    pub fn connect(&self, hello: &Hello, peer: &str, acked_seq: u64) -> (u64, CancellationToken) {
+    pub fn connect(&self, hello: &Hello, peer: &Peer, acked_seq: u64) -> (u64, CancellationToken) {
         let (agent, epoch) = (hello.agent_id.as_str(), hello.epoch);
         let id = self
             .next_session
@@ -72,7 +72,11 @@ impl Fleet {
         i.epoch = epoch;
         i.connected = true;
         i.version = hello.version.clone();
-        i.peer = peer.to_string();
+        i.peer = peer.addr.clone();
+        i.link = peer.link.to_string();
+        i.agent_transport = hello.transport.clone();
+        i.revoked = false;
+        i.last_refusal.clear();
         i.last_seen_ms = sightline_proto::now_ms();
         i.acked_seq = acked_seq;
         i.next_seq = hello.next_seq;
@@ -157,6 +161,42 @@ impl Fleet {
         let mut out: Vec<AgentInfo> = agents.values().map(|e| e.info.clone()).collect();
         out.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
         out
+    }
+
+    /// A session of `agent` was refused (certificate, identity, registry).
+    pub fn refused(&self, agent: &str, why: &str, revoked: bool) {
+        let mut agents = self.agents.lock().unwrap();
+        let e = agents.entry(agent.to_string()).or_default();
+        e.info.agent_id = agent.to_string();
+        e.info.last_refusal = why.to_string();
+        e.info.revoked = revoked;
+    }
+
+    /// Events of `agent` were refused for a camera or location not its own.
+    pub fn denied(&self, agent: &str, n: u64, last: &str) {
+        let mut agents = self.agents.lock().unwrap();
+        if let Some(e) = agents.get_mut(agent) {
+            e.info.denied += n;
+            e.info.last_denied = last.to_string();
+        }
+    }
+
+    /// Revocation: marks the agent and ends its open session at once.
+    pub fn revoke(&self, agent: &str) {
+        let mut agents = self.agents.lock().unwrap();
+        let e = agents.entry(agent.to_string()).or_default();
+        e.info.agent_id = agent.to_string();
+        e.info.revoked = true;
+        if let Some((_, t)) = &e.session {
+            t.cancel();
+        }
+    }
+
+    /// A grant lifted the agent's revocation.
+    pub fn reinstate(&self, agent: &str) {
+        if let Some(e) = self.agents.lock().unwrap().get_mut(agent) {
+            e.info.revoked = false;
+        }
     }
 
     /// Ends every open session (shutdown).

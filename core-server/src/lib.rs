@@ -11,6 +11,8 @@
 //! - [`media`]: footage — chunked, resumable uploads checked and kept in an
 //!   object store, attached to events, served over HTTP with byte ranges.
 //! - [`api`]: the gRPC query/admin API, live fan-out, HTTP (/metrics, /healthz).
+//! - [`edge`]: the edge link — gRPC over TLS and QUIC on one port, mutual
+//!   TLS identities, the agent registry (cameras per agent, revocations).
 //! - [`fleet`]: which agents exist and what they last reported.
 //! - [`certs`]: the CA for the edge link's mutual TLS (`sightline-core certs`).
 //! - [`client`]: the terminal client (`sightline-core top|tail|fleet|...`).
@@ -22,6 +24,7 @@ pub mod certs;
 pub mod client;
 pub mod config;
 pub mod dedup;
+pub mod edge;
 pub mod enrich;
 pub mod fleet;
 pub mod ingest;

@@ -44,6 +44,19 @@ enum Command {
         /// Overrides `pipeline.partitions`.
         #[arg(long)]
         partitions: Option<usize>,
+        /// Overrides `edge.listen` (TCP and UDP, one port).
+        #[arg(long)]
+        edge_listen: Option<SocketAddr>,
+        /// Overrides `edge.tls_dir` (ca.pem, core.pem, core.key).
+        #[arg(long)]
+        tls_dir: Option<PathBuf>,
+        /// Sets `edge.plaintext`: agents may also connect without TLS on the
+        /// gRPC port, identified only by what they claim. Local demos only.
+        #[arg(long)]
+        insecure_plaintext: bool,
+        /// Overrides `edge.registry` (the agent registry, TOML).
+        #[arg(long)]
+        registry: Option<PathBuf>,
     },
     /// The edge link's certificate authority: create it, issue certificates.
     Certs {
@@ -122,6 +135,10 @@ async fn main() -> anyhow::Result<()> {
             locations,
             no_sync,
             partitions,
+            edge_listen,
+            tls_dir,
+            insecure_plaintext,
+            registry,
         } => {
             let mut cfg = match &config {
                 Some(p) => {
@@ -149,6 +166,18 @@ async fn main() -> anyhow::Result<()> {
             if let Some(p) = partitions {
                 cfg.pipeline.partitions = p;
             }
+            if let Some(a) = edge_listen {
+                cfg.edge.listen = a;
+            }
+            if let Some(d) = tls_dir {
+                cfg.edge.tls_dir = Some(d);
+            }
+            if insecure_plaintext {
+                cfg.edge.plaintext = true;
+            }
+            if let Some(r) = registry {
+                cfg.edge.registry = Some(r);
+            }
             let shutdown = CancellationToken::new();
             let stop = shutdown.clone();
             tokio::spawn(async move {
@@ -161,8 +190,12 @@ async fn main() -> anyhow::Result<()> {
                 tracing::info!("signal received: shutting down");
                 stop.cancel();
             });
-            sightline_core::server::run(cfg, shutdown, |b| {
-                println!("sightline-core listening grpc={} http={}", b.grpc, b.http);
+            sightline_core::server::run(cfg, shutdown, |b| match b.edge {
+                Some(e) => println!(
+                    "sightline-core listening grpc={} http={} edge={e}",
+                    b.grpc, b.http
+                ),
+                None => println!("sightline-core listening grpc={} http={}", b.grpc, b.http),
             })
             .await
         }

@@ -23,6 +23,13 @@ pub struct AgentLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// "tls" (handshake refused: no, expired or foreign certificate),
+    /// "identity", "revoked", "unregistered", "claimed_other_id".
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     /// "snapshot", "thumbnail" or "clip".
     pub kind: String,
@@ -46,6 +53,8 @@ pub struct Metrics {
     pub media_stored: Family<KindLabel, Counter>,
     pub media_stored_bytes: Counter,
     pub media_rejected: Family<KindLabel, Counter>,
+    pub edge_refused: Family<ReasonLabel, Counter>,
+    pub permission_denied: Family<AgentLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -145,8 +154,22 @@ impl Metrics {
             "Media uploads refused for their content and quarantined, by kind",
             media_rejected.clone(),
         );
+        let edge_refused = Family::<ReasonLabel, Counter>::default();
+        r.register(
+            "edge_refused",
+            "Edge connections and sessions refused, by reason",
+            edge_refused.clone(),
+        );
+        let permission_denied = Family::<AgentLabel, Counter>::default();
+        r.register(
+            "permission_denied_events",
+            "Events refused because their camera or location is not registered to the agent",
+            permission_denied.clone(),
+        );
         Self {
             registry: r,
+            edge_refused,
+            permission_denied,
             ingested,
             duplicates,
             rejected,
@@ -170,6 +193,12 @@ impl Metrics {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    pub fn edge_refused(&self, reason: &'static str) {
+        self.edge_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     pub fn kind(kind: &str) -> KindLabel {

@@ -24,6 +24,7 @@ use crate::{
     },
     config::CoreConfig,
     dedup::{claims::Claims, Pipeline, WriterContext},
+    edge::{self, registry::Registry, EdgeTls},
     enrich::Locations,
     fleet::Fleet,
     ingest::{grpc::IngestService, IngestCore},
@@ -38,6 +39,8 @@ use crate::{
 pub struct Bound {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    /// The edge link (TCP for gRPC over TLS, UDP for QUIC), when TLS is set up.
+    pub edge: Option<SocketAddr>,
 }
 
 /// Runs the core until `shutdown` is cancelled. `on_ready` is called once both
@@ -92,6 +95,16 @@ pub async fn run(
         tokio::task::spawn_blocking(move || s.watermarks()).await??
     };
     let fleet = Arc::new(Fleet::new(metrics.clone(), known));
+    let registry = Arc::new(Registry::open(config.edge.registry.clone())?);
+    if !registry.enforced() {
+        tracing::warn!(
+            "no agent registry (edge.registry): every agent may publish for every camera"
+        );
+    }
+    let edge_tls = match &config.edge.tls_dir {
+        Some(dir) => Some(Arc::new(EdgeTls::load(dir)?)),
+        None => None,
+    };
     let pipeline = Pipeline::start(
         Arc::new(WriterContext {
             store: store.clone(),
@@ -115,6 +128,7 @@ pub async fn run(
             ..Limits::default()
         },
         hello_timeout: config.ingest.hello_timeout,
+        registry: registry.clone(),
         shutdown: ingest_stop.clone(),
     });
 
@@ -134,9 +148,17 @@ pub async fn run(
                 config.server.http_listen
             )
         })?;
+    let edge_sockets = match &edge_tls {
+        Some(_) => Some(bind_edge(config.edge.listen).await?),
+        None => None,
+    };
     let bound = Bound {
         grpc: grpc_listener.local_addr()?,
         http: http_listener.local_addr()?,
+        edge: match &edge_sockets {
+            Some((tcp, _)) => Some(tcp.local_addr()?),
+            None => None,
+        },
     };
 
     let max_msg = config.ingest.max_message_bytes.as_u64() as usize;
@@ -155,27 +177,36 @@ pub async fn run(
         .register_encoded_file_descriptor_set(sightline_proto::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     let grpc_stop = CancellationToken::new();
+    let ingest_service = || {
+        IngestServer::new(IngestService {
+            core: ingest.clone(),
+        })
+        .max_decoding_message_size(max_msg)
+    };
+    // Chunks are at most 1 MiB; the same message limit as ingest.
+    let media_service = || {
+        MediaServer::new(MediaService {
+            media: media.clone(),
+            registry: registry.clone(),
+        })
+        .max_decoding_message_size(max_msg)
+    };
     let grpc = {
         let stop = grpc_stop.clone();
+        let plaintext = config.edge.plaintext;
+        if plaintext {
+            tracing::warn!(grpc = %bound.grpc, "edge.plaintext: agents may also connect WITHOUT TLS here, identified only by what they claim (local demos only)");
+        }
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(5)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .add_service(
-                IngestServer::new(IngestService {
-                    core: ingest.clone(),
-                })
-                .max_decoding_message_size(max_msg),
-            )
-            .add_service(
-                // Chunks are at most 1 MiB; the same message limit as ingest.
-                MediaServer::new(MediaService {
-                    media: media.clone(),
-                })
-                .max_decoding_message_size(max_msg),
-            )
+            .add_optional_service(plaintext.then(ingest_service))
+            .add_optional_service(plaintext.then(media_service))
             .add_service(QueryServer::new(query).max_encoding_message_size(64 * 1024 * 1024))
             .add_service(AdminServer::new(AdminService {
                 locations: locations.clone(),
+                registry: registry.clone(),
+                fleet: fleet.clone(),
             }))
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -186,6 +217,31 @@ pub async fn run(
                 async move { stop.cancelled().await },
             )
     };
+    let mut edge_tasks = Vec::new();
+    let mut quic_endpoint = None;
+    if let (Some(tls), Some((tcp, udp))) = (&edge_tls, edge_sockets) {
+        let stop = grpc_stop.clone();
+        let incoming = edge::tcp::incoming(tcp, tls.clone(), metrics.clone(), stop.clone());
+        let server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(2)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(6)))
+            .add_service(ingest_service())
+            .add_service(media_service())
+            .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await });
+        edge_tasks.push(tokio::spawn(server));
+        quic_endpoint = Some(edge::quic::serve(
+            udp,
+            &config.edge.quic_congestion,
+            Arc::new(edge::quic::QuicEdge {
+                tls: tls.clone(),
+                ingest: ingest.clone(),
+                media: media.clone(),
+                metrics: metrics.clone(),
+            }),
+            grpc_stop.clone(),
+        )?);
+        tracing::info!(edge = ?bound.edge, "edge link: gRPC over TLS (TCP) and QUIC (UDP), client certificates required");
+    }
     let grpc_task = tokio::spawn(grpc);
     let http_stop = CancellationToken::new();
     let http_task = {
@@ -212,7 +268,12 @@ pub async fn run(
                 .await
         })
     };
-    spawn_sighup_reload(locations.clone(), shutdown.clone());
+    spawn_sighup_reload(
+        locations.clone(),
+        registry.clone(),
+        fleet.clone(),
+        shutdown.clone(),
+    );
     spawn_retention(
         store.clone(),
         search.clone(),
@@ -225,7 +286,7 @@ pub async fn run(
         config.retention.clone(),
         shutdown.clone(),
     );
-    tracing::info!(grpc = %bound.grpc, http = %bound.http, "core ready");
+    tracing::info!(grpc = %bound.grpc, http = %bound.http, edge = ?bound.edge, "core ready");
     on_ready(bound);
 
     shutdown.cancelled().await;
@@ -234,6 +295,22 @@ pub async fn run(
     fleet.close_all();
     grpc_stop.cancel();
     http_stop.cancel();
+    if let Some(ep) = &quic_endpoint {
+        // The sessions have ended; let their last frames go out, then close.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while ep.open_connections() > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        ep.close(
+            sightline_proto::edge::CLOSE_SHUTDOWN.into(),
+            b"the core is shutting down",
+        );
+    }
+    for t in edge_tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
     if tokio::time::timeout(Duration::from_secs(10), grpc_task)
         .await
         .is_err()
@@ -253,7 +330,36 @@ pub async fn run(
     Ok(())
 }
 
-fn spawn_sighup_reload(locations: Arc<Locations>, shutdown: CancellationToken) {
+/// Binds TCP and UDP on the same port (`listen`'s, or one free for both).
+async fn bind_edge(listen: SocketAddr) -> anyhow::Result<(TcpListener, std::net::UdpSocket)> {
+    let mut last = None;
+    for _ in 0..20 {
+        let tcp = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("config `edge.listen`: cannot bind TCP {listen}"))?;
+        let at = tcp.local_addr()?;
+        match std::net::UdpSocket::bind(at) {
+            Ok(udp) => return Ok((tcp, udp)),
+            // Port 0 picked a TCP port whose UDP twin is taken: pick again.
+            Err(e) if listen.port() == 0 => last = Some(e),
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("config `edge.listen`: cannot bind UDP {at}"))
+            }
+        }
+    }
+    Err(last
+        .map(anyhow::Error::from)
+        .unwrap_or_else(|| anyhow::anyhow!("no port")))
+    .context("config `edge.listen`: no port free for both TCP and UDP")
+}
+
+fn spawn_sighup_reload(
+    locations: Arc<Locations>,
+    registry: Arc<Registry>,
+    fleet: Arc<Fleet>,
+    shutdown: CancellationToken,
+) {
     tokio::spawn(async move {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         else {
@@ -268,6 +374,17 @@ fn spawn_sighup_reload(locations: Arc<Locations>, shutdown: CancellationToken) {
                         Ok(Ok((rows, path))) => tracing::info!(rows, %path, "SIGHUP: Dataset B reloaded"),
                         Ok(Err(e)) => tracing::error!(error = %e, "SIGHUP: Dataset B refused; the table in use stays"),
                         Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed"),
+                    }
+                    match registry.reload().await {
+                        Ok(revoked) => {
+                            for a in revoked {
+                                fleet.revoke(&a);
+                            }
+                            if registry.enforced() {
+                                tracing::info!("SIGHUP: agent registry reloaded");
+                            }
+                        }
+                        Err(e) => tracing::error!(error = %e, "SIGHUP: agent registry refused; the one in use stays"),
                     }
                 }
             }

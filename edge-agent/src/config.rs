@@ -12,9 +12,16 @@ use serde::Deserialize;
 pub struct AgentConfig {
     /// This agent's id at the core (letters, digits, `-`, `_`, `.`).
     pub agent_id: String,
-    /// The core's ingest endpoint, e.g. `http://core.example:50051`.
+    /// The core's edge link; the scheme picks the transport:
+    /// `quic://core.example:50443` (QUIC, falling back to gRPC over TLS on
+    /// the same port when UDP is blocked), `https://core.example:50443`
+    /// (gRPC over TLS), `http://core.example:50051` (gRPC without TLS: only
+    /// to a core started with `--insecure-plaintext`, for local demos).
     #[serde(default = "default_core_url")]
     pub core_url: String,
+    /// This agent's certificate and the CA it trusts (quic:// and https://).
+    #[serde(default)]
+    pub tls: TlsConfig,
     #[serde(default)]
     pub buffer: BufferConfig,
     #[serde(default)]
@@ -93,6 +100,67 @@ pub struct SenderConfig {
     /// On shutdown, how long to wait for acks of what is in flight.
     #[serde(default = "default_drain_grace", with = "humantime_serde")]
     pub drain_grace: Duration,
+    /// With quic://: how long a QUIC handshake may go unanswered before the
+    /// agent takes UDP as blocked and falls back to gRPC over TLS.
+    #[serde(default = "default_quic_timeout", with = "humantime_serde")]
+    pub quic_timeout: Duration,
+    /// With quic://: fall back to gRPC when UDP is blocked (and try QUIC again
+    /// every `quic_retry`).
+    #[serde(default = "default_true")]
+    pub quic_fallback: bool,
+    #[serde(default = "default_quic_retry", with = "humantime_serde")]
+    pub quic_retry: Duration,
+}
+
+fn default_quic_timeout() -> Duration {
+    Duration::from_secs(3)
+}
+fn default_quic_retry() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// Mutual TLS on the edge link (`sightline-core certs agent` issues them).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// A folder holding `ca.pem`, `agent-<agent_id>.pem` and
+    /// `agent-<agent_id>.key`; the fields below override single files.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// The CA the core's certificate must chain to.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// This agent's certificate (its agent id is the common name) and key.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// The name the core's certificate must carry (default: the URL's host).
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+impl TlsConfig {
+    /// (ca, cert, key) paths, or the dotted key of the one missing.
+    pub fn paths(&self, agent_id: &str) -> Result<(PathBuf, PathBuf, PathBuf), ConfigError> {
+        let from_dir = |name: String| self.dir.as_ref().map(|d| d.join(name));
+        let pick = |explicit: &Option<PathBuf>, name: String, key: &'static str| {
+            explicit
+                .clone()
+                .or_else(|| from_dir(name))
+                .ok_or(ConfigError {
+                    key,
+                    reason:
+                        "unset (and no tls.dir): quic:// and https:// need this agent's certificate"
+                            .into(),
+                })
+        };
+        Ok((
+            pick(&self.ca, "ca.pem".into(), "tls.ca")?,
+            pick(&self.cert, format!("agent-{agent_id}.pem"), "tls.cert")?,
+            pick(&self.key, format!("agent-{agent_id}.key"), "tls.key")?,
+        ))
+    }
 }
 
 /// The local intake endpoint for the detector.
@@ -173,6 +241,9 @@ impl Default for SenderConfig {
             status_interval: default_status_interval(),
             connect_timeout: default_connect_timeout(),
             drain_grace: default_drain_grace(),
+            quic_timeout: default_quic_timeout(),
+            quic_fallback: true,
+            quic_retry: default_quic_retry(),
         }
     }
 }
@@ -191,6 +262,7 @@ impl AgentConfig {
         Self {
             agent_id: agent_id.into(),
             core_url: default_core_url(),
+            tls: TlsConfig::default(),
             buffer: BufferConfig::default(),
             sender: SenderConfig::default(),
             intake: IntakeConfig::default(),
@@ -218,8 +290,14 @@ impl AgentConfig {
                 reason: e.reason,
             });
         }
-        if !(self.core_url.starts_with("http://") || self.core_url.starts_with("https://")) {
-            return err("core_url", "must start with http:// or https://");
+        if !["http://", "https://", "quic://"]
+            .iter()
+            .any(|s| self.core_url.starts_with(s))
+        {
+            return err("core_url", "must start with quic://, https:// or http://");
+        }
+        if !self.core_url.starts_with("http://") {
+            self.tls.paths(&self.agent_id)?;
         }
         if self.buffer.max_events == 0 {
             return err("buffer.max_events", "must be at least 1");

@@ -22,6 +22,7 @@ pub mod config;
 pub mod run;
 pub mod sources;
 pub mod stamp;
+pub mod tls;
 pub mod transport;
 
 /// The agent's version, reported to the core in every hello.

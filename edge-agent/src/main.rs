@@ -27,6 +27,12 @@ struct Cli {
     /// Overrides `core_url`.
     #[arg(long)]
     core: Option<String>,
+    /// Sets `tls.dir`: ca.pem, agent-<id>.pem, agent-<id>.key.
+    #[arg(long)]
+    tls_dir: Option<PathBuf>,
+    /// Sets `sender.quic_fallback = false`: with quic://, never fall back to gRPC.
+    #[arg(long)]
+    no_quic_fallback: bool,
     /// Overrides `buffer.path`.
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -113,6 +119,12 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(core) = cli.core {
         config.core_url = core;
+    }
+    if let Some(dir) = cli.tls_dir {
+        config.tls.dir = Some(dir);
+    }
+    if cli.no_quic_fallback {
+        config.sender.quic_fallback = false;
     }
     if let Some(dir) = cli.data_dir {
         config.buffer.path = dir;

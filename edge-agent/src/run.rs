@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     buffer::{Buffer, BufferOptions},
-    capture::Capture,
+    capture::{spool::Spool, Capture},
     config::AgentConfig,
     sources::{
         intake::IntakeService,
@@ -18,7 +18,6 @@ use crate::{
         Publisher,
     },
     transport::{
-        grpc::GrpcTransport,
         media::Uploader,
         sender::{Sender, SenderStats},
         Transport,
@@ -84,25 +83,36 @@ pub async fn run(
         },
     };
 
-    let transport: Arc<dyn Transport> = Arc::new(GrpcTransport::new(
-        config.core_url.clone(),
-        config.sender.connect_timeout,
-    ));
+    let transport: Arc<dyn Transport> = crate::transport::open(&config)?;
     let stats = Arc::new(SenderStats::default());
     let sender_stop = CancellationToken::new();
     let sender = Sender {
         agent_id: config.agent_id.clone(),
         buffer: buffer.clone(),
-        transport,
+        transport: transport.clone(),
         config: config.sender.clone(),
         stats: stats.clone(),
         cameras: capture.as_ref().map(|c| c.board.clone()),
     };
     let sender_task = tokio::spawn(sender.run(sender_stop.clone()));
-    let uploader_task = capture.as_ref().map(|c| {
+    // Footage goes up from the spool: the cameras' own, or what an earlier
+    // run left there (cameras since removed from the config).
+    let spool = match &capture {
+        Some(c) => Some(c.spool.clone()),
+        None if config.capture.spool_path.is_dir() => {
+            let (path, max) = (
+                config.capture.spool_path.clone(),
+                config.capture.spool_max_bytes,
+            );
+            let spool = Arc::new(Spool::open(path, max)?);
+            (!spool.list().is_empty()).then_some(spool)
+        }
+        None => None,
+    };
+    let uploader_task = spool.map(|spool| {
         let uploader = Uploader {
-            spool: c.spool.clone(),
-            core_url: config.core_url.clone(),
+            spool,
+            transport: transport.clone(),
             agent_id: config.agent_id.clone(),
             bytes_per_s: config.capture.upload_bytes_per_s,
         };

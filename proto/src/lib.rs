@@ -8,6 +8,7 @@
 //! - [`FILE_DESCRIPTOR_SET`]: served by the core through gRPC reflection.
 #![forbid(unsafe_code)]
 
+pub mod edge;
 pub mod validate;
 
 /// Generated code for package `sightline.v1`.

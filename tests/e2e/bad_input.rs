@@ -377,6 +377,7 @@ async fn bad_dataset_b_is_refused_and_the_old_table_stays() {
             "127.0.0.1:0",
             "--http-listen",
             "127.0.0.1:0",
+            "--insecure-plaintext",
             "--data-dir",
         ])
         .arg(dir.path().join("other"))
@@ -464,6 +465,7 @@ async fn a_full_buffer_answers_retryably_and_loses_nothing() {
         data_dir: dir.path().join("core"),
         locations: None,
         grpc: port,
+        edge: "127.0.0.1:0".parse().unwrap(),
         extra: vec![],
     });
     let url = core.url();

@@ -1,6 +1,7 @@
-//! Exactly once, end to end: real core and agent processes, real RocksDB, real
-//! gRPC on 127.0.0.1; the stored result is compared with ground truth computed
-//! from the generated input alone.
+//! Exactly once, end to end: real core and agent processes, real RocksDB, on
+//! 127.0.0.1 over both transports of the edge link (gRPC over TLS, QUIC, each
+//! with client certificates); the stored result is compared with ground truth
+//! computed from the generated input alone.
 
 use std::time::Duration;
 
@@ -13,15 +14,39 @@ use sightline_proto::v1::{
 use sightline_tests::{
     data::write_locations,
     query::{assert_exactly_once, stats, wait_more_stored},
-    wait_for, Agent, AgentArgs, Core, Dataset, TcpProxy,
+    wait_for, Agent, AgentArgs, Core, Dataset, Edge, ImpairedTcpProxy, Impairment, UdpProxy,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 const LOCATIONS: &[i64] = &[1, 2, 3, 4, 5];
 
-#[tokio::test(flavor = "multi_thread")]
-async fn upstream_duplicates_are_stored_once() {
+/// Each test below runs once per transport: `<test>::grpc` and `<test>::quic`.
+macro_rules! over_both_transports {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread")]
+            async fn grpc() {
+                super::$name(sightline_tests::Edge::Grpc).await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn quic() {
+                super::$name(sightline_tests::Edge::Quic).await
+            }
+        }
+    )*};
+}
+
+over_both_transports!(
+    upstream_duplicates_are_stored_once,
+    jsonl_replay_is_stored_exactly_once,
+    core_killed_mid_stream_loses_and_duplicates_nothing,
+    agent_killed_mid_stream_loses_and_duplicates_nothing,
+    agent_killed_under_a_publishing_detector_loses_and_duplicates_nothing,
+    link_cut_and_restored_loses_and_duplicates_nothing,
+);
+
+async fn upstream_duplicates_are_stored_once(edge: Edge) {
     let dir = tempfile::tempdir().unwrap();
     let b = dir.path().join("locations.csv");
     // Location 5 is not in Dataset B: kept, flagged, counted.
@@ -35,13 +60,9 @@ async fn upstream_duplicates_are_stored_once() {
     );
     let csv = dir.path().join("a.csv");
     data.write_csv(&csv);
-    let mut agent = Agent::start(AgentArgs::replay(
-        dir.path(),
-        "dup-agent",
-        core.url(),
-        &csv,
-        None,
-    ));
+    let mut agent = Agent::start(
+        AgentArgs::replay(dir.path(), "dup-agent", String::new(), &csv, None).over(&core, edge),
+    );
     assert!(agent.wait(Duration::from_secs(120)).success());
     assert!(agent
         .stdout()
@@ -71,8 +92,7 @@ async fn upstream_duplicates_are_stored_once() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn jsonl_replay_is_stored_exactly_once() {
+async fn jsonl_replay_is_stored_exactly_once(edge: Edge) {
     let dir = tempfile::tempdir().unwrap();
     let b = dir.path().join("locations.csv");
     write_locations(&b, LOCATIONS);
@@ -80,19 +100,14 @@ async fn jsonl_replay_is_stored_exactly_once() {
     let data = Dataset::generate(2, 5_000, 0.1, 0.5, LOCATIONS);
     let file = dir.path().join("a.jsonl");
     data.write_jsonl(&file);
-    let mut agent = Agent::start(AgentArgs::replay(
-        dir.path(),
-        "jsonl-agent",
-        core.url(),
-        &file,
-        None,
-    ));
+    let mut agent = Agent::start(
+        AgentArgs::replay(dir.path(), "jsonl-agent", String::new(), &file, None).over(&core, edge),
+    );
     assert!(agent.wait(Duration::from_secs(120)).success());
     assert_exactly_once(&core.url(), &data.truth()).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn core_killed_mid_stream_loses_and_duplicates_nothing() {
+async fn core_killed_mid_stream_loses_and_duplicates_nothing(edge: Edge) {
     let dir = tempfile::tempdir().unwrap();
     let b = dir.path().join("locations.csv");
     write_locations(&b, LOCATIONS);
@@ -101,13 +116,9 @@ async fn core_killed_mid_stream_loses_and_duplicates_nothing() {
     let truth = data.truth();
     let csv = dir.path().join("a.csv");
     data.write_csv(&csv);
-    let mut agent = Agent::start(AgentArgs::replay(
-        dir.path(),
-        "a",
-        core.url(),
-        &csv,
-        Some(6000),
-    ));
+    let mut agent = Agent::start(
+        AgentArgs::replay(dir.path(), "a", String::new(), &csv, Some(6000)).over(&core, edge),
+    );
     for _ in 0..3 {
         wait_more_stored(&core.url(), 2000).await;
         core.kill9();
@@ -118,8 +129,7 @@ async fn core_killed_mid_stream_loses_and_duplicates_nothing() {
     assert_exactly_once(&core.url(), &truth).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn agent_killed_mid_stream_loses_and_duplicates_nothing() {
+async fn agent_killed_mid_stream_loses_and_duplicates_nothing(edge: Edge) {
     let dir = tempfile::tempdir().unwrap();
     let b = dir.path().join("locations.csv");
     write_locations(&b, LOCATIONS);
@@ -128,13 +138,9 @@ async fn agent_killed_mid_stream_loses_and_duplicates_nothing() {
     let truth = data.truth();
     let csv = dir.path().join("a.csv");
     data.write_csv(&csv);
-    let mut agent = Agent::start(AgentArgs::replay(
-        dir.path(),
-        "a",
-        core.url(),
-        &csv,
-        Some(6000),
-    ));
+    let mut agent = Agent::start(
+        AgentArgs::replay(dir.path(), "a", String::new(), &csv, Some(6000)).over(&core, edge),
+    );
     for _ in 0..3 {
         wait_more_stored(&core.url(), 2000).await;
         agent.restart(); // kill -9, then start again on the same buffer and file
@@ -145,8 +151,7 @@ async fn agent_killed_mid_stream_loses_and_duplicates_nothing() {
 
 /// A detector publishing through the intake retries every call that did not
 /// answer; the agent is killed -9 under it several times.
-#[tokio::test(flavor = "multi_thread")]
-async fn agent_killed_under_a_publishing_detector_loses_and_duplicates_nothing() {
+async fn agent_killed_under_a_publishing_detector_loses_and_duplicates_nothing(edge: Edge) {
     let dir = tempfile::tempdir().unwrap();
     let b = dir.path().join("locations.csv");
     write_locations(&b, LOCATIONS);
@@ -161,7 +166,8 @@ async fn agent_killed_under_a_publishing_detector_loses_and_duplicates_nothing()
         intake: true,
         exit_when_drained: false,
         extra: vec![],
-    };
+    }
+    .over(&core, edge);
     let mut agent = Agent::start(args);
     let mut sent = 0;
     let mut kills = 0;
@@ -212,34 +218,74 @@ async fn agent_killed_under_a_publishing_detector_loses_and_duplicates_nothing()
     assert_exactly_once(&core.url(), &truth).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn link_cut_and_restored_loses_and_duplicates_nothing() {
+async fn link_cut_and_restored_loses_and_duplicates_nothing(edge: Edge) {
     let dir = tempfile::tempdir().unwrap();
     let b = dir.path().join("locations.csv");
     write_locations(&b, LOCATIONS);
     let core = Core::start(dir.path(), Some(&b));
-    let proxy = TcpProxy::start(core.grpc).await;
     let data = Dataset::generate(6, 30_000, 0.1, 0.2, LOCATIONS);
     let truth = data.truth();
     let csv = dir.path().join("a.csv");
     data.write_csv(&csv);
-    let mut args = AgentArgs::replay(dir.path(), "a", proxy.url(), &csv, Some(6000));
-    args.extra = vec![];
+    let mut args =
+        AgentArgs::replay(dir.path(), "a", String::new(), &csv, Some(6000)).over(&core, edge);
+    let (tcp, udp) = match edge {
+        Edge::Grpc => {
+            let p = ImpairedTcpProxy::start(core.edge, Impairment::NONE).await;
+            args.core_url = p.https_url();
+            (Some(p), None)
+        }
+        Edge::Quic => {
+            let p = UdpProxy::start(core.edge, Impairment::NONE).await;
+            args.core_url = format!("quic://{}", p.addr);
+            (None, Some(p))
+        }
+    };
+    let cut = |on: bool| {
+        if let Some(p) = &tcp {
+            if on {
+                p.cut()
+            } else {
+                p.restore()
+            }
+        }
+        if let Some(p) = &udp {
+            if on {
+                p.cut()
+            } else {
+                p.restore()
+            }
+        }
+    };
     let mut agent = Agent::start(args);
-    for _ in 0..4 {
+    for i in 0..4 {
         wait_more_stored(&core.url(), 1500).await;
-        proxy.cut();
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        proxy.restore();
+        cut(true);
+        // QUIC rides out a short cut on the same connection; the last cut
+        // outlasts its idle timeout (6 s), so it must reconnect too.
+        let long = edge == Edge::Quic && i == 3;
+        tokio::time::sleep(Duration::from_millis(if long { 7500 } else { 800 })).await;
+        cut(false);
     }
     assert!(agent.wait(Duration::from_secs(180)).success());
     assert_exactly_once(&core.url(), &truth).await;
-    let connections = proxy.connections.load(std::sync::atomic::Ordering::SeqCst);
     let log = agent.log();
-    assert!(
-        connections >= 5,
-        "the agent reconnects after each cut: {connections} connections; log:\n{log}"
-    );
+    match &tcp {
+        Some(p) => {
+            let connections = p.connections.load(std::sync::atomic::Ordering::SeqCst);
+            assert!(
+                connections >= 5,
+                "the agent reconnects after each cut: {connections} connections; log:\n{log}"
+            );
+        }
+        None => {
+            let sessions = log.matches("session open").count();
+            assert!(
+                sessions >= 2,
+                "the agent reconnects after the long cut; log:\n{log}"
+            );
+        }
+    }
 }
 
 /// Drives the ingest protocol by hand, as a misbehaving or retrying agent would.

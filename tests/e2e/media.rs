@@ -746,7 +746,14 @@ async fn the_upload_bandwidth_cap_holds_an_agent_to_its_rate() {
     let task = tokio::spawn(
         Uploader {
             spool: spool.clone(),
-            core_url: core.url(),
+            transport: std::sync::Arc::new(
+                sightline_agent::transport::grpc::GrpcTransport::new(
+                    &core.url(),
+                    None,
+                    Duration::from_secs(5),
+                )
+                .unwrap(),
+            ),
             agent_id: "capped".into(),
             bytes_per_s: cap,
         }

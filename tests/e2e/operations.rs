@@ -85,6 +85,7 @@ async fn retention_removes_old_events_but_still_catches_their_duplicates() {
         data_dir: dir.path().join("core"),
         locations: None,
         grpc: "127.0.0.1:0".parse().unwrap(),
+        edge: "127.0.0.1:0".parse().unwrap(),
         extra: vec!["--config".into(), cfg.display().to_string()],
     });
     let now = now_ms();

@@ -78,6 +78,7 @@ async fn media_goes_to_an_s3_compatible_server_and_comes_back_with_ranges() {
         data_dir: dir.path().join("core"),
         locations: None,
         grpc: "127.0.0.1:0".parse().unwrap(),
+        edge: "127.0.0.1:0".parse().unwrap(),
         extra: vec!["--config".into(), cfg.display().to_string()],
     });
 

@@ -1,17 +1,18 @@
 //! Harness for Sightline's end-to-end tests and benchmarks: starts the real
-//! `sightline-core` and `sightline-agent` binaries on 127.0.0.1 (port 0), a
-//! TCP proxy that can cut the link, generated Dataset A files with duplicates,
+//! `sightline-core` and `sightline-agent` binaries on 127.0.0.1 (port 0),
+//! UDP and TCP proxies that impair or cut the link (delay, loss, bandwidth),
+//! generated Dataset A files with duplicates,
 //! and the ground truth computed from them independently of the system.
 
 pub mod data;
 pub mod http;
+pub mod impair;
 pub mod proc;
-pub mod proxy;
 pub mod query;
 
 pub use data::{Dataset, Row, Truth};
-pub use proc::{bin_path, Agent, AgentArgs, Core, CoreArgs};
-pub use proxy::TcpProxy;
+pub use impair::{ImpairedTcpProxy, Impairment, UdpProxy};
+pub use proc::{bin_path, Agent, AgentArgs, Core, CoreArgs, Edge};
 
 use std::time::Duration;
 

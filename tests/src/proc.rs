@@ -146,7 +146,62 @@ pub struct CoreArgs {
     pub data_dir: PathBuf,
     pub locations: Option<PathBuf>,
     pub grpc: SocketAddr,
+    /// The edge link (gRPC over TLS on TCP, QUIC on UDP, one port).
+    pub edge: SocketAddr,
     pub extra: Vec<String>,
+}
+
+/// Which transport of the edge link an agent uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edge {
+    /// gRPC over HTTP/2 over TLS (`https://`).
+    Grpc,
+    /// QUIC (`quic://`).
+    Quic,
+}
+
+/// The site's CA, made by the real `sightline-core certs`, with the core's
+/// certificate for 127.0.0.1; agents' certificates are issued on demand.
+pub fn pki(dir: &Path) -> PathBuf {
+    if !dir.join("core.pem").exists() {
+        certs(&["init", "--dir", &dir.display().to_string()]);
+        certs(&[
+            "core",
+            "--dir",
+            &dir.display().to_string(),
+            "--san",
+            "127.0.0.1",
+            "--san",
+            "localhost",
+        ]);
+    }
+    dir.to_path_buf()
+}
+
+/// Issues an agent certificate in `dir` (once).
+pub fn issue_agent(dir: &Path, id: &str) {
+    if !dir.join(format!("agent-{id}.pem")).exists() {
+        certs(&[
+            "agent",
+            "--dir",
+            &dir.display().to_string(),
+            "--agent-id",
+            id,
+        ]);
+    }
+}
+
+fn certs(args: &[&str]) {
+    let out = Command::new(bin_path("sightline-core"))
+        .arg("certs")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sightline-core certs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A running `sightline-core`.
@@ -155,6 +210,7 @@ pub struct Core {
     pub args: CoreArgs,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    pub edge: SocketAddr,
 }
 
 impl Core {
@@ -164,8 +220,22 @@ impl Core {
             data_dir: dir.join("core"),
             locations: locations.map(Path::to_path_buf),
             grpc: "127.0.0.1:0".parse().unwrap(),
+            edge: "127.0.0.1:0".parse().unwrap(),
             extra: vec![],
         })
+    }
+
+    /// The CA folder this core trusts (`<data_dir>-pki`).
+    pub fn pki(&self) -> PathBuf {
+        self.args.data_dir.with_extension("pki")
+    }
+
+    /// The core URL for an agent on `edge`.
+    pub fn edge_url(&self, edge: Edge) -> String {
+        match edge {
+            Edge::Grpc => format!("https://{}", self.edge),
+            Edge::Quic => format!("quic://{}", self.edge),
+        }
     }
 
     pub fn start_with(args: CoreArgs) -> Self {
@@ -177,6 +247,15 @@ impl Core {
             "127.0.0.1:0".into(),
             "--data-dir".into(),
             args.data_dir.display().to_string(),
+            // Both: TLS on the edge link, and plaintext on the gRPC port for
+            // the tests that drive the protocol by hand.
+            "--insecure-plaintext".into(),
+            "--tls-dir".into(),
+            pki(&args.data_dir.with_extension("pki"))
+                .display()
+                .to_string(),
+            "--edge-listen".into(),
+            args.edge.to_string(),
         ];
         if let Some(l) = &args.locations {
             a.push("--locations".into());
@@ -193,12 +272,13 @@ impl Core {
                 .parse()
                 .unwrap()
         };
-        let (grpc, http) = (addr("grpc="), addr("http="));
+        let (grpc, http, edge) = (addr("grpc="), addr("http="), addr("edge="));
         Self {
             proc,
             args,
             grpc,
             http,
+            edge,
         }
     }
 
@@ -225,6 +305,7 @@ impl Core {
         self.proc.kill9();
         let mut args = self.args.clone();
         args.grpc = self.grpc;
+        args.edge = self.edge;
         let fresh = Core::start_with(args);
         *self = fresh;
     }
@@ -347,6 +428,19 @@ pub fn rss_mb(pid: u32) -> f64 {
 }
 
 impl AgentArgs {
+    /// This agent over `edge` to `core`, with a certificate issued for its
+    /// id (QUIC without the gRPC fallback, so QUIC is what is tested).
+    pub fn over(mut self, core: &Core, edge: Edge) -> Self {
+        issue_agent(&core.pki(), &self.id);
+        self.core_url = core.edge_url(edge);
+        self.extra
+            .extend(["--tls-dir".to_string(), core.pki().display().to_string()]);
+        if edge == Edge::Quic {
+            self.extra.push("--no-quic-fallback".into());
+        }
+        self
+    }
+
     /// An agent that replays `file` into the core at `core_url` (at `rate`
     /// events/s, or as fast as it goes) and exits once the core has it all.
     pub fn replay(dir: &Path, id: &str, core_url: String, file: &Path, rate: Option<u32>) -> Self {

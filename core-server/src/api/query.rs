@@ -5,11 +5,12 @@
 use std::{collections::HashSet, path::PathBuf, sync::Arc};
 
 use sightline_proto::v1::{
-    admin_server::Admin, query_server::Query, EventFilter, FleetRequest, FleetResponse,
+    admin_server::Admin, query_server::Query, AgentGrant, EventFilter, FleetRequest, FleetResponse,
     GetEventRequest, ItemCount, JoinedEvent, ListEventsRequest, ListEventsResponse,
-    ListQuarantineRequest, ListQuarantineResponse, LocationTop, ReloadLocationsRequest,
-    ReloadLocationsResponse, SearchRequest, SearchResponse, StatsRequest, StatsResponse,
-    SubscribeRequest, TopItemsRequest, TopItemsResponse,
+    ListGrantsRequest, ListGrantsResponse, ListQuarantineRequest, ListQuarantineResponse,
+    LocationTop, ReloadLocationsRequest, ReloadLocationsResponse, RevokeAgentRequest,
+    SearchRequest, SearchResponse, StatsRequest, StatsResponse, SubscribeRequest, TopItemsRequest,
+    TopItemsResponse,
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -349,6 +350,8 @@ impl QueryService {
 /// `sightline.v1.Admin`.
 pub struct AdminService {
     pub locations: Arc<Locations>,
+    pub registry: Arc<crate::edge::registry::Registry>,
+    pub fleet: Arc<crate::fleet::Fleet>,
 }
 
 #[tonic::async_trait]
@@ -369,6 +372,34 @@ impl Admin for AdminService {
         Ok(Response::new(ReloadLocationsResponse {
             rows: rows as u64,
             path,
+        }))
+    }
+
+    async fn grant_agent(&self, req: Request<AgentGrant>) -> Result<Response<AgentGrant>, Status> {
+        let g = self.registry.grant_agent(req.into_inner()).await?;
+        self.fleet.reinstate(&g.agent_id);
+        tracing::info!(agent = %g.agent_id, cameras = ?g.cameras, locations = ?g.locations, "admin: agent granted");
+        Ok(Response::new(g))
+    }
+
+    async fn revoke_agent(
+        &self,
+        req: Request<RevokeAgentRequest>,
+    ) -> Result<Response<AgentGrant>, Status> {
+        let g = self.registry.revoke(&req.into_inner().agent_id).await?;
+        // Ends its open session at once; the registry refuses the next one.
+        self.fleet.revoke(&g.agent_id);
+        tracing::warn!(agent = %g.agent_id, "admin: agent revoked");
+        Ok(Response::new(g))
+    }
+
+    async fn list_grants(
+        &self,
+        _req: Request<ListGrantsRequest>,
+    ) -> Result<Response<ListGrantsResponse>, Status> {
+        Ok(Response::new(ListGrantsResponse {
+            enforced: self.registry.enforced(),
+            agents: self.registry.list(),
         }))
     }
 }

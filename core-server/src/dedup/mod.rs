@@ -48,6 +48,9 @@ pub enum Incoming {
         raw: Bytes,
         field: String,
         reason: String,
+        /// gRPC code name: "INVALID_ARGUMENT", or "PERMISSION_DENIED" for a
+        /// camera or location not registered to the agent.
+        code: &'static str,
     },
 }
 
@@ -359,6 +362,7 @@ impl Writer {
                     raw,
                     field,
                     reason,
+                    code,
                 } => {
                     let seq = event.as_ref().map(|e| e.seq).unwrap_or_default();
                     let det_oid = event
@@ -384,6 +388,7 @@ impl Writer {
                         detection_oid: det_oid,
                         field,
                         reason,
+                        code: code.to_string(),
                     });
                     n_rej += 1;
                 }

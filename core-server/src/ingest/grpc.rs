@@ -24,10 +24,7 @@ impl Ingest for IngestService {
         if self.core.shutdown.is_cancelled() {
             return Err(Status::unavailable("the core is shutting down"));
         }
-        let peer = request
-            .remote_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| "unknown".into());
+        let peer = crate::edge::tcp::peer_of(&request);
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(self.core.clone().run_session(peer, inbound, tx));

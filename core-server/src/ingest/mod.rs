@@ -21,6 +21,10 @@ use tonic::Status;
 
 use crate::{
     dedup::{CommitError, CommitOutcome, CommitRequest, Incoming, Pipeline},
+    edge::{
+        registry::{Grant, Registry, SessionRefusal},
+        Peer,
+    },
     fleet::Fleet,
     metrics::Metrics,
     store::Store,
@@ -34,6 +38,8 @@ pub struct IngestCore {
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     pub hello_timeout: Duration,
+    /// Which cameras each agent may publish for; revocations.
+    pub registry: Arc<Registry>,
     /// Cancelled on shutdown: sessions stop taking batches and finish.
     pub shutdown: CancellationToken,
 }
@@ -43,7 +49,7 @@ type Out = mpsc::Sender<Result<CoreMessage, Status>>;
 impl IngestCore {
     /// Runs one agent session until the agent leaves, the link breaks, a newer
     /// session replaces it, or the core shuts down.
-    pub async fn run_session<S>(self: Arc<Self>, peer: String, mut inbound: S, out: Out)
+    pub async fn run_session<S>(self: Arc<Self>, peer: Peer, mut inbound: S, out: Out)
     where
         S: Stream<Item = Result<AgentMessage, Status>> + Unpin + Send,
     {
@@ -61,7 +67,7 @@ impl IngestCore {
                 return;
             }
             Ok(Some(Err(s))) => {
-                tracing::debug!(%peer, status = %s, "session broke before Hello");
+                tracing::debug!(peer = %peer.addr, status = %s, "session broke before Hello");
                 return;
             }
             Ok(None) => return,
@@ -74,6 +80,10 @@ impl IngestCore {
         };
         if let Err(e) = validate_agent_id(&hello.agent_id) {
             let _ = out.send(Err(e.into())).await;
+            return;
+        }
+        if let Err(status) = self.admit(&peer, &hello.agent_id) {
+            let _ = out.send(Err(status)).await;
             return;
         }
         let agent: Arc<str> = hello.agent_id.as_str().into();
@@ -93,7 +103,12 @@ impl IngestCore {
         };
         let (session_id, kicked) = self.fleet.connect(&hello, &peer, wm);
         self.metrics.sessions.inc();
-        tracing::info!(%agent, epoch, %peer, resume_from = wm + 1, "agent session open");
+        if peer.agent_id.is_none() {
+            tracing::warn!(%agent, epoch, peer = %peer.addr, link = peer.link, resume_from = wm + 1,
+                "agent session open over PLAINTEXT: its identity is only what it claims (edge.plaintext is for local demos)");
+        } else {
+            tracing::info!(%agent, epoch, peer = %peer.addr, link = peer.link, transport = %hello.transport, resume_from = wm + 1, "agent session open");
+        }
         let welcome = CoreMessage {
             msg: Some(core_message::Msg::Welcome(Welcome {
                 resume_from: wm + 1,
@@ -112,6 +127,7 @@ impl IngestCore {
             pending_rx,
             out.clone(),
             self.fleet.clone(),
+            self.metrics.clone(),
             agent.clone(),
             failed.clone(),
         ));
@@ -120,7 +136,12 @@ impl IngestCore {
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break Some(Status::unavailable("the core is shutting down; reconnect later")),
-                _ = kicked.cancelled() => break Some(Status::aborted("a newer session of this agent replaced this one")),
+                _ = kicked.cancelled() => break Some(if self.registry.is_revoked(&agent) {
+                    tracing::warn!(%agent, "agent revoked: its session is closed");
+                    Status::permission_denied(format!("agent {agent:?} was revoked; its session is closed"))
+                } else {
+                    Status::aborted("a newer session of this agent replaced this one")
+                }),
                 _ = failed.cancelled() => break None,
                 msg = inbound.next() => match msg {
                     None => break None,
@@ -141,7 +162,8 @@ impl IngestCore {
                             self.fleet.status(&agent, s);
                         }
                         agent_message::Msg::Batch(b) => {
-                            let events = match decode_batch(b.first_seq, b.events, &self.limits) {
+                            let grant = self.registry.grant(&agent);
+                            let events = match decode_batch(b.first_seq, b.events, &self.limits, Some(&agent).zip(grant.as_deref())) {
                                 Ok(ev) => ev,
                                 Err(s) => break Some(s),
                             };
@@ -169,6 +191,52 @@ impl IngestCore {
     }
 }
 
+impl IngestCore {
+    /// Whether the agent behind `peer`, whose Hello says `claimed`, may open
+    /// a session. Refusals are logged, counted and shown in the fleet view.
+    fn admit(&self, peer: &Peer, claimed: &str) -> Result<(), Status> {
+        if let Err(status) = peer.refused() {
+            tracing::warn!(peer = %peer.addr, claimed, reason = %status.message(), "session refused: no valid client certificate");
+            return Err(status);
+        }
+        let refuse = |agent: &str, reason: &'static str, why: String, revoked: bool| {
+            self.metrics.edge_refused(reason);
+            self.fleet.refused(agent, &why, revoked);
+            tracing::warn!(agent, peer = %peer.addr, link = peer.link, reason = %why, "session refused");
+            Status::permission_denied(why)
+        };
+        if let Some(cert_id) = &peer.agent_id {
+            if cert_id != claimed {
+                return Err(refuse(
+                    cert_id,
+                    "claimed_other_id",
+                    format!(
+                        "this connection's certificate is for agent {cert_id:?}, but its Hello claims agent {claimed:?}"
+                    ),
+                    false,
+                ));
+            }
+        }
+        match self.registry.admit(claimed) {
+            Ok(()) => Ok(()),
+            Err(SessionRefusal::Revoked) => Err(refuse(
+                claimed,
+                "revoked",
+                format!("agent {claimed:?} is revoked; an operator must grant it again"),
+                true,
+            )),
+            Err(SessionRefusal::Unregistered) => Err(refuse(
+                claimed,
+                "unregistered",
+                format!(
+                    "agent {claimed:?} is not in the core's agent registry: no camera is registered to it"
+                ),
+                false,
+            )),
+        }
+    }
+}
+
 fn kind(m: &agent_message::Msg) -> &'static str {
     match m {
         agent_message::Msg::Hello(_) => "Hello",
@@ -181,6 +249,7 @@ async fn ack_loop(
     mut pending: mpsc::Receiver<oneshot::Receiver<Result<CommitOutcome, CommitError>>>,
     out: Out,
     fleet: Arc<Fleet>,
+    metrics: Arc<Metrics>,
     agent: Arc<str>,
     failed: CancellationToken,
 ) {
@@ -198,6 +267,15 @@ async fn ack_loop(
                     o.dup_semantic,
                     o.rejected.len() as u64,
                 );
+                let denied: Vec<_> = o.rejected.iter().filter(|r| r.code == DENIED).collect();
+                if let Some(last) = denied.last() {
+                    let n = denied.len() as u64;
+                    metrics
+                        .permission_denied
+                        .get_or_create(&Metrics::agent(&agent))
+                        .inc_by(n);
+                    fleet.denied(&agent, n, &last.reason);
+                }
                 let ack = Ack {
                     committed_through: o.committed_through,
                     duplicates: o.dup_transport + o.dup_semantic,
@@ -234,10 +312,17 @@ async fn ack_loop(
 
 /// Decodes and checks a batch's events. A malformed batch (seqs that do not
 /// match positions) ends the session; a bad event only goes to quarantine.
+/// The code of a refusal for a camera or location not registered to the agent.
+pub const DENIED: &str = "PERMISSION_DENIED";
+const INVALID: &str = "INVALID_ARGUMENT";
+
+/// With `grant`, also checks that the agent may publish for each event's
+/// camera and location (refused events go to quarantine as PERMISSION_DENIED).
 pub fn decode_batch(
     first_seq: u64,
     raw: Vec<Bytes>,
     limits: &Limits,
+    grant: Option<(&Arc<str>, &Grant)>,
 ) -> Result<Vec<Incoming>, Status> {
     if first_seq == 0 {
         return Err(Status::invalid_argument(
@@ -257,6 +342,7 @@ pub fn decode_batch(
                 raw: bytes,
                 field: "event".into(),
                 reason: format!("does not decode as EdgeEvent: {e}"),
+                code: INVALID,
             }),
             Ok(ev) => {
                 if ev.seq != want {
@@ -266,17 +352,25 @@ pub fn decode_batch(
                     )));
                 }
                 let verdict = match &ev.detection {
-                    None => Err(("detection".to_string(), "missing".to_string())),
+                    None => Err(("detection".to_string(), "missing".to_string(), INVALID)),
                     Some(d) => validate_detection(d, now, limits, true)
-                        .map_err(|e| (e.field.to_string(), e.reason)),
+                        .map_err(|e| (e.field.to_string(), e.reason, INVALID))
+                        .and_then(|()| match grant {
+                            Some((agent, g)) => match g.refuse(agent, d) {
+                                Some((field, why)) => Err((field.to_string(), why, DENIED)),
+                                None => Ok(()),
+                            },
+                            None => Ok(()),
+                        }),
                 };
                 match verdict {
                     Ok(()) => out.push(Incoming::Valid(ev)),
-                    Err((field, reason)) => out.push(Incoming::Invalid {
+                    Err((field, reason, code)) => out.push(Incoming::Invalid {
                         event: Some(ev),
                         raw: Bytes::new(),
                         field,
                         reason,
+                        code,
                     }),
                 }
             }

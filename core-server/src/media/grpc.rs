@@ -12,6 +12,13 @@ use super::MediaStore;
 
 pub struct MediaService {
     pub media: Arc<MediaStore>,
+    pub registry: Arc<crate::edge::registry::Registry>,
+}
+
+impl MediaService {
+    fn admit<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        crate::edge::admit_media(&self.registry, &crate::edge::tcp::peer_of(req))
+    }
 }
 
 #[tonic::async_trait]
@@ -20,6 +27,7 @@ impl Media for MediaService {
         &self,
         req: Request<MediaOffsetRequest>,
     ) -> Result<Response<MediaOffsetResponse>, Status> {
+        self.admit(&req)?;
         let (received, complete) = self.media.offset(&req.into_inner().sha256).await?;
         Ok(Response::new(MediaOffsetResponse { received, complete }))
     }
@@ -28,6 +36,7 @@ impl Media for MediaService {
         &self,
         req: Request<Streaming<MediaChunk>>,
     ) -> Result<Response<MediaUploadResponse>, Status> {
+        self.admit(&req)?;
         Ok(Response::new(self.media.upload(req.into_inner()).await?))
     }
 
@@ -35,6 +44,7 @@ impl Media for MediaService {
         &self,
         req: Request<AttachMediaRequest>,
     ) -> Result<Response<AttachMediaResponse>, Status> {
+        self.admit(&req)?;
         let r = req.into_inner();
         self.media.attach(r.detection_oids, r.media).await?;
         Ok(Response::new(AttachMediaResponse {}))

@@ -1,58 +1,118 @@
 //! The gRPC (HTTP/2, tonic) adapter: one bidirectional `Ingest.Session` call
-//! per link.
+//! per link, and the `Media` calls, all on one HTTP/2 connection — over TLS
+//! with this agent's certificate (`https://`), or without (`http://`, demos).
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
-use futures::{future::BoxFuture, FutureExt, StreamExt};
-use sightline_proto::v1::ingest_client::IngestClient;
+use futures::{future::BoxFuture, stream::BoxStream, FutureExt, StreamExt};
+use sightline_proto::v1::{
+    ingest_client::IngestClient, media_client::MediaClient, AttachMediaRequest, MediaChunk,
+    MediaOffsetRequest, MediaOffsetResponse, MediaUploadResponse,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
+use tonic::{
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
+    Status,
+};
 
 use super::{Link, LinkError, Transport};
+use crate::tls::ClientTls;
 
-/// gRPC transport to `url` (`http://host:port`).
+/// gRPC transport to `url` (`https://host:port` or `http://host:port`).
 pub struct GrpcTransport {
     url: String,
-    connect_timeout: Duration,
+    endpoint: Endpoint,
+    tls: bool,
+    /// The connection the session and the uploads share; dropped when it breaks.
+    channel: Arc<Mutex<Option<Channel>>>,
 }
 
 impl GrpcTransport {
-    pub fn new(url: impl Into<String>, connect_timeout: Duration) -> Self {
-        Self {
-            url: url.into(),
-            connect_timeout,
-        }
-    }
-
-    async fn open(&self) -> Result<Link, LinkError> {
-        let connect_err = |reason: String| LinkError::Connect {
-            url: self.url.clone(),
-            reason,
-        };
-        let endpoint = Endpoint::from_shared(self.url.clone())
-            .map_err(|e| connect_err(e.to_string()))?
-            .connect_timeout(self.connect_timeout)
+    pub fn new(
+        url: &str,
+        tls: Option<ClientTls>,
+        connect_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let mut endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| anyhow::anyhow!("config `core_url`: {url:?}: {e}"))?
+            .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
             // Notice a dead link (a cut cable does not close a TCP connection).
             .http2_keep_alive_interval(Duration::from_secs(2))
             .keep_alive_timeout(Duration::from_secs(4))
             .keep_alive_while_idle(true);
-        let channel = endpoint
+        let has_tls = tls.is_some();
+        if let Some(t) = tls {
+            let mut cfg = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&t.ca_pem))
+                .identity(Identity::from_pem(&t.cert_pem, &t.key_pem));
+            if let Some(name) = &t.server_name {
+                cfg = cfg.domain_name(name.clone());
+            }
+            endpoint = endpoint
+                .tls_config(cfg)
+                .map_err(|e| anyhow::anyhow!("config `tls`: {e}"))?;
+        }
+        Ok(Self {
+            url: url.to_string(),
+            endpoint,
+            tls: has_tls,
+            channel: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    async fn channel(&self) -> Result<Channel, LinkError> {
+        if let Some(c) = self.channel.lock().unwrap().clone() {
+            return Ok(c);
+        }
+        let c = self
+            .endpoint
             .connect()
             .await
-            .map_err(|e| connect_err(format!("{e}: {}", source_chain(&e))))?;
+            .map_err(|e| LinkError::Connect {
+                url: self.url.clone(),
+                reason: explain(&e),
+            })?;
+        *self.channel.lock().unwrap() = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Forgets a connection that broke; the next call makes a new one.
+    fn reset(&self) {
+        self.channel.lock().unwrap().take();
+    }
+
+    async fn open(&self) -> Result<Link, LinkError> {
+        let channel = self.channel().await?;
         let mut client = IngestClient::new(channel)
             .max_decoding_message_size(64 * 1024 * 1024)
             .max_encoding_message_size(64 * 1024 * 1024);
         let (tx, rx) = mpsc::channel(64);
-        let response = client
-            .session(ReceiverStream::new(rx))
-            .await
-            .map_err(|s| status_error(&s))?;
+        let response = match client.session(ReceiverStream::new(rx)).await {
+            Ok(r) => r,
+            Err(s) => {
+                self.reset();
+                return Err(status_error(&s));
+            }
+        };
+        let shared = self.channel.clone();
         let rx = response
             .into_inner()
-            .map(|r| r.map_err(|s| status_error(&s)))
+            .map(move |r| {
+                r.map_err(|s| {
+                    // The next session starts on a fresh connection.
+                    shared.lock().unwrap().take();
+                    status_error(&s)
+                })
+            })
             .boxed();
         Ok(Link {
             tx,
@@ -60,19 +120,38 @@ impl GrpcTransport {
             peer: self.url.clone(),
         })
     }
+
+    async fn media(&self) -> Result<MediaClient<Channel>, Status> {
+        let c = self
+            .channel()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(MediaClient::new(c).max_encoding_message_size(4 * 1024 * 1024))
+    }
+
+    fn after<T>(&self, r: Result<T, Status>) -> Result<T, Status> {
+        if let Err(s) = &r {
+            if s.code() == tonic::Code::Unavailable {
+                self.reset();
+            }
+        }
+        r
+    }
 }
 
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut out = Vec::new();
+/// An error and its causes, with TLS failures in words.
+fn explain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
     let mut cur = e.source();
     while let Some(s) = cur {
-        out.push(s.to_string());
+        parts.push(s.to_string());
         cur = s.source();
     }
-    out.join(": ")
+    let text = parts.join(": ");
+    crate::tls::explain(&text).unwrap_or(text)
 }
 
-fn status_error(s: &tonic::Status) -> LinkError {
+fn status_error(s: &Status) -> LinkError {
     use tonic::Code;
     match s.code() {
         Code::InvalidArgument
@@ -81,12 +160,79 @@ fn status_error(s: &tonic::Status) -> LinkError {
         | Code::FailedPrecondition => {
             LinkError::Refused(format!("{:?}: {}", s.code(), s.message()))
         }
-        _ => LinkError::Broken(format!("{:?}: {}", s.code(), s.message())),
+        _ => {
+            let mut text = format!("{:?}: {}", s.code(), s.message());
+            if let Some(src) = std::error::Error::source(s) {
+                text = format!("{text}: {}", explain(src));
+            }
+            match crate::tls::explain(&text) {
+                Some(why) => LinkError::Refused(why),
+                None => LinkError::Broken(text),
+            }
+        }
     }
 }
 
 impl Transport for GrpcTransport {
     fn connect(&self) -> BoxFuture<'_, Result<Link, LinkError>> {
         self.open().boxed()
+    }
+    fn describe(&self) -> String {
+        if self.tls {
+            "grpc+tls"
+        } else {
+            "grpc plaintext"
+        }
+        .into()
+    }
+    fn media_offset(
+        &self,
+        req: MediaOffsetRequest,
+    ) -> BoxFuture<'_, Result<MediaOffsetResponse, Status>> {
+        async move {
+            let r = match self.media().await {
+                Ok(mut c) => c.offset(req).await.map(|r| r.into_inner()),
+                Err(s) => Err(s),
+            };
+            self.after(r)
+        }
+        .boxed()
+    }
+    fn media_upload(
+        &self,
+        chunks: BoxStream<'static, MediaChunk>,
+    ) -> BoxFuture<'_, Result<MediaUploadResponse, Status>> {
+        // Through a channel: tonic's client future is not Send with a boxed
+        // stream inside (a known higher-ranked lifetime limitation).
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut chunks = chunks;
+            while let Some(c) = chunks.next().await {
+                if tx.send(c).await.is_err() {
+                    return;
+                }
+            }
+        });
+        async move {
+            let r = match self.media().await {
+                Ok(mut c) => c
+                    .upload(ReceiverStream::new(rx))
+                    .await
+                    .map(|r| r.into_inner()),
+                Err(s) => Err(s),
+            };
+            self.after(r)
+        }
+        .boxed()
+    }
+    fn media_attach(&self, req: AttachMediaRequest) -> BoxFuture<'_, Result<(), Status>> {
+        async move {
+            let r = match self.media().await {
+                Ok(mut c) => c.attach(req).await.map(|_| ()),
+                Err(s) => Err(s),
+            };
+            self.after(r)
+        }
+        .boxed()
     }
 }

@@ -5,13 +5,11 @@
 
 use std::{sync::Arc, time::Duration};
 
-use sightline_proto::v1::{
-    media_client::MediaClient, AttachMediaRequest, MediaChunk, MediaOffsetRequest, MediaRef,
-};
+use futures::StreamExt;
+use sightline_proto::v1::{AttachMediaRequest, MediaChunk, MediaOffsetRequest, MediaRef};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
-use super::sender::Backoff;
+use super::{sender::Backoff, Transport};
 use crate::capture::spool::{Spool, SpoolEntry};
 
 /// Bytes per chunk.
@@ -19,7 +17,8 @@ pub const CHUNK: usize = 256 * 1024;
 
 pub struct Uploader {
     pub spool: Arc<Spool>,
-    pub core_url: String,
+    /// The same transport (and connection) as the event stream.
+    pub transport: Arc<dyn Transport>,
     pub agent_id: String,
     /// Bytes per second; 0 for no cap.
     pub bytes_per_s: u64,
@@ -28,7 +27,6 @@ pub struct Uploader {
 impl Uploader {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-        let mut client: Option<MediaClient<Channel>> = None;
         loop {
             if shutdown.is_cancelled() {
                 return;
@@ -50,29 +48,8 @@ impl Uploader {
                 if shutdown.is_cancelled() {
                     return;
                 }
-                let c = match &mut client {
-                    Some(c) => c,
-                    None => match Channel::from_shared(self.core_url.clone()) {
-                        Ok(ep) => {
-                            match ep.connect_timeout(Duration::from_secs(5)).connect().await {
-                                Ok(ch) => client.insert(
-                                    MediaClient::new(ch).max_encoding_message_size(4 * 1024 * 1024),
-                                ),
-                                Err(err) => {
-                                    tracing::debug!(error = %err, "media: core unreachable");
-                                    failed = true;
-                                    break;
-                                }
-                            }
-                        }
-                        Err(err) => {
-                            tracing::error!(error = %err, "media: bad core url");
-                            return;
-                        }
-                    },
-                };
                 tracing::debug!(sha256 = %e.sha256, kind = %e.kind, size = e.size, dets = e.det_oids.len(), "media: uploading");
-                match self.upload(c, &e).await {
+                match self.upload(&e).await {
                     Ok(()) => {
                         tracing::debug!(sha256 = %e.sha256, kind = %e.kind, "media: uploaded and attached");
                         backoff.reset();
@@ -85,7 +62,6 @@ impl Uploader {
                     }
                     Err(status) => {
                         tracing::debug!(sha256 = %e.sha256, status = %status, "media upload interrupted; will resume");
-                        client = None;
                         failed = true;
                         break;
                     }
@@ -100,17 +76,13 @@ impl Uploader {
         }
     }
 
-    async fn upload(
-        &self,
-        c: &mut MediaClient<Channel>,
-        e: &SpoolEntry,
-    ) -> Result<(), tonic::Status> {
-        let off = c
-            .offset(MediaOffsetRequest {
+    async fn upload(&self, e: &SpoolEntry) -> Result<(), tonic::Status> {
+        let t = &self.transport;
+        let off = t
+            .media_offset(MediaOffsetRequest {
                 sha256: e.sha256.clone(),
             })
-            .await?
-            .into_inner();
+            .await?;
         if !off.complete {
             let path = self.spool.data_path(&e.sha256);
             let bytes = tokio::fs::read(&path)
@@ -148,10 +120,10 @@ impl Uploader {
                     }
                 }
             });
-            c.upload(tokio_stream::wrappers::ReceiverStream::new(rx))
+            t.media_upload(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
                 .await?;
         }
-        c.attach(AttachMediaRequest {
+        t.media_attach(AttachMediaRequest {
             detection_oids: e.det_oids.clone(),
             media: Some(MediaRef {
                 kind: e.kind.clone(),

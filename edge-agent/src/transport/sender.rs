@@ -139,6 +139,7 @@ impl Sender {
             version: crate::VERSION.into(),
             buffer_depth: buffer.depth(),
             next_seq: buffer.next_seq(),
+            transport: self.transport.describe(),
         };
         send(&link.tx, agent_message::Msg::Hello(hello)).await?;
         let resume_from = match link.rx.next().await {
@@ -169,7 +170,7 @@ impl Sender {
         self.stats.connected.store(true, Ordering::Relaxed);
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
         backoff.reset();
-        tracing::info!(peer = %link.peer, resume_from, depth = buffer.depth(), "session open");
+        tracing::info!(peer = %link.peer, transport = %self.transport.describe(), resume_from, depth = buffer.depth(), "session open");
 
         let cfg = &self.config;
         let mut cursor = resume_from;

@@ -240,7 +240,14 @@ async fn main() {
     let stop = tokio_util::sync::CancellationToken::new();
     let uploader = Uploader {
         spool: spool.clone(),
-        core_url: core.url(),
+        transport: Arc::new(
+            sightline_agent::transport::grpc::GrpcTransport::new(
+                &core.url(),
+                None,
+                Duration::from_secs(5),
+            )
+            .unwrap(),
+        ),
         agent_id: "bench".into(),
         bytes_per_s: 0,
     };

@@ -134,6 +134,7 @@ async fn main() {
         data_dir: dir.join("core"),
         locations: Some(b.clone()),
         grpc: "127.0.0.1:0".parse().unwrap(),
+        edge: "127.0.0.1:0".parse().unwrap(),
         extra: sync_args.clone(),
     });
     let agents: Vec<Agent> = (0..agents_n)

@@ -1,0 +1,333 @@
+//! The agent registry: which cameras (and locations) each agent may publish
+//! for, and which agents are revoked. Kept in a TOML file that operators may
+//! edit (reloaded with Dataset B on SIGHUP) and that the admin API rewrites
+//! (a new file renamed over the old, so a crash never leaves half of one).
+//!
+//! ```toml
+//! [agents.gate-3]
+//! cameras = [301, 302]
+//! locations = [3]        # optional; empty or absent: any location
+//!
+//! [agents.old-host]
+//! cameras = [101]
+//! revoked = true
+//! ```
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+use sightline_proto::v1::{AgentGrant, Detection};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    #[serde(default)]
+    pub cameras: BTreeSet<i64>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub locations: BTreeSet<i64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegistryFile {
+    #[serde(default)]
+    agents: BTreeMap<String, Grant>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("agent registry {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("field `{field}`: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("the core runs without an agent registry (set edge.registry)")]
+    NotEnforced,
+}
+
+impl From<RegistryError> for tonic::Status {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Invalid { .. } => tonic::Status::invalid_argument(e.to_string()),
+            RegistryError::NotEnforced => tonic::Status::failed_precondition(e.to_string()),
+            RegistryError::File { .. } => tonic::Status::internal(e.to_string()),
+        }
+    }
+}
+
+/// Why a session is refused before it starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionRefusal {
+    Revoked,
+    Unregistered,
+}
+
+/// The registry in force; swapped whole on every change.
+pub struct Registry {
+    path: Option<PathBuf>,
+    agents: ArcSwap<BTreeMap<String, Grant>>,
+    /// Serialises writers (admin calls, reloads).
+    write: tokio::sync::Mutex<()>,
+}
+
+impl Registry {
+    /// Loads `path`; a missing file is an empty registry (every agent refused
+    /// until granted). `None`: not enforced.
+    pub fn open(path: Option<PathBuf>) -> Result<Self, RegistryError> {
+        let agents = match &path {
+            Some(p) => read(p)?,
+            None => BTreeMap::new(),
+        };
+        Ok(Self {
+            path,
+            agents: ArcSwap::from_pointee(agents),
+            write: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn enforced(&self) -> bool {
+        self.path.is_some()
+    }
+
+    /// Whether `agent` may open a session.
+    pub fn admit(&self, agent: &str) -> Result<(), SessionRefusal> {
+        if !self.enforced() {
+            return Ok(());
+        }
+        match self.agents.load().get(agent) {
+            None => Err(SessionRefusal::Unregistered),
+            Some(g) if g.revoked => Err(SessionRefusal::Revoked),
+            Some(_) => Ok(()),
+        }
+    }
+
+    pub fn is_revoked(&self, agent: &str) -> bool {
+        self.agents.load().get(agent).is_some_and(|g| g.revoked)
+    }
+
+    /// A view for checking one batch: the agent's grant as it is now.
+    pub fn grant(&self, agent: &str) -> Option<Arc<Grant>> {
+        if !self.enforced() {
+            return None;
+        }
+        Some(Arc::new(
+            self.agents.load().get(agent).cloned().unwrap_or_default(),
+        ))
+    }
+
+    /// Re-reads the file (SIGHUP). A bad file is refused and the registry in
+    /// use stays. Returns the agents now revoked, whose sessions must end.
+    pub async fn reload(&self) -> Result<Vec<String>, RegistryError> {
+        let Some(path) = &self.path else {
+            return Ok(vec![]);
+        };
+        let _w = self.write.lock().await;
+        let fresh = read(path)?;
+        let revoked = fresh
+            .iter()
+            .filter(|(_, g)| g.revoked)
+            .map(|(a, _)| a.clone())
+            .collect();
+        self.agents.store(Arc::new(fresh));
+        Ok(revoked)
+    }
+
+    /// Sets an agent's cameras and locations (and lifts a revocation).
+    pub async fn grant_agent(&self, g: AgentGrant) -> Result<AgentGrant, RegistryError> {
+        sightline_proto::validate_agent_id(&g.agent_id).map_err(|e| RegistryError::Invalid {
+            field: "agent_id",
+            reason: e.reason,
+        })?;
+        let grant = Grant {
+            cameras: g.cameras.iter().copied().collect(),
+            locations: g.locations.iter().copied().collect(),
+            revoked: false,
+        };
+        self.update(&g.agent_id, |e| *e = grant.clone()).await?;
+        Ok(to_proto(&g.agent_id, &grant))
+    }
+
+    /// Revokes an agent (known or not: a certificate issued to a host that
+    /// never connected can be revoked too).
+    pub async fn revoke(&self, agent: &str) -> Result<AgentGrant, RegistryError> {
+        sightline_proto::validate_agent_id(agent).map_err(|e| RegistryError::Invalid {
+            field: "agent_id",
+            reason: e.reason,
+        })?;
+        let mut out = Grant::default();
+        self.update(agent, |e| {
+            e.revoked = true;
+            out = e.clone();
+        })
+        .await?;
+        Ok(to_proto(agent, &out))
+    }
+
+    async fn update(&self, agent: &str, f: impl FnOnce(&mut Grant)) -> Result<(), RegistryError> {
+        let Some(path) = &self.path else {
+            return Err(RegistryError::NotEnforced);
+        };
+        let _w = self.write.lock().await;
+        let mut next = (**self.agents.load()).clone();
+        f(next.entry(agent.to_string()).or_default());
+        let text = toml::to_string(&RegistryFile {
+            agents: next.clone(),
+        })
+        .map_err(|e| file_err(path, e))?;
+        let tmp = path.with_extension("toml.tmp");
+        let (p, t) = (path.clone(), tmp.clone());
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&t)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&t, &p)
+        })
+        .await
+        .map_err(|e| file_err(path, e))?
+        .map_err(|e| file_err(&tmp, e))?;
+        self.agents.store(Arc::new(next));
+        Ok(())
+    }
+
+    pub fn list(&self) -> Vec<AgentGrant> {
+        self.agents
+            .load()
+            .iter()
+            .map(|(a, g)| to_proto(a, g))
+            .collect()
+    }
+}
+
+impl Grant {
+    /// Why `agent` may not publish `d`, naming the field; `None` if it may.
+    pub fn refuse(&self, agent: &str, d: &Detection) -> Option<(&'static str, String)> {
+        if self.revoked {
+            return Some(("agent_id", format!("agent {agent:?} is revoked")));
+        }
+        if !self.cameras.contains(&d.video_camera_oid) {
+            return Some((
+                "video_camera_oid",
+                format!(
+                    "camera {} is not registered to agent {agent:?}",
+                    d.video_camera_oid
+                ),
+            ));
+        }
+        if !self.locations.is_empty() && !self.locations.contains(&d.geographical_location_oid) {
+            return Some((
+                "geographical_location_oid",
+                format!(
+                    "location {} is not registered to agent {agent:?}",
+                    d.geographical_location_oid
+                ),
+            ));
+        }
+        None
+    }
+}
+
+fn to_proto(agent: &str, g: &Grant) -> AgentGrant {
+    AgentGrant {
+        agent_id: agent.to_string(),
+        cameras: g.cameras.iter().copied().collect(),
+        locations: g.locations.iter().copied().collect(),
+        revoked: g.revoked,
+    }
+}
+
+fn file_err(path: &Path, e: impl std::fmt::Display) -> RegistryError {
+    RegistryError::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+fn read(path: &Path) -> Result<BTreeMap<String, Grant>, RegistryError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(file_err(path, e)),
+    };
+    let file: RegistryFile = toml::from_str(&text).map_err(|e| file_err(path, e))?;
+    for agent in file.agents.keys() {
+        sightline_proto::validate_agent_id(agent)
+            .map_err(|e| file_err(path, format!("agents.{agent}: {}", e.reason)))?;
+    }
+    Ok(file.agents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn det(camera: i64, location: i64) -> Detection {
+        Detection {
+            video_camera_oid: camera,
+            geographical_location_oid: location,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn grants_and_revocations_are_written_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agents.toml");
+        let r = Registry::open(Some(path.clone())).unwrap();
+        assert_eq!(r.admit("a"), Err(SessionRefusal::Unregistered));
+        r.grant_agent(AgentGrant {
+            agent_id: "a".into(),
+            cameras: vec![7, 8],
+            locations: vec![1],
+            revoked: false,
+        })
+        .await
+        .unwrap();
+        assert_eq!(r.admit("a"), Ok(()));
+        let g = r.grant("a").unwrap();
+        assert!(g.refuse("a", &det(7, 1)).is_none());
+        let (field, why) = g.refuse("a", &det(9, 1)).unwrap();
+        assert_eq!(field, "video_camera_oid");
+        assert!(why.contains("camera 9"), "{why}");
+        assert_eq!(
+            g.refuse("a", &det(8, 2)).unwrap().0,
+            "geographical_location_oid"
+        );
+        r.revoke("a").await.unwrap();
+        assert_eq!(r.admit("a"), Err(SessionRefusal::Revoked));
+        // A new registry from the same file agrees.
+        let again = Registry::open(Some(path.clone())).unwrap();
+        assert!(again.is_revoked("a"));
+        assert_eq!(again.list()[0].cameras, vec![7, 8]);
+        // A bad file is refused, naming it; the registry in use stays.
+        std::fs::write(&path, "[agents.a]\ncameras = \"x\"\n").unwrap();
+        let e = again.reload().await.unwrap_err().to_string();
+        assert!(e.contains("agents.toml"), "{e}");
+        assert!(again.is_revoked("a"));
+    }
+
+    #[test]
+    fn the_example_registry_parses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agents.toml");
+        std::fs::write(&path, include_str!("../../../deploy/agents.example.toml")).unwrap();
+        let r = Registry::open(Some(path)).unwrap();
+        assert_eq!(r.list().len(), 3);
+        assert_eq!(r.admit("old-host"), Err(SessionRefusal::Revoked));
+        assert_eq!(r.admit("gate-3"), Ok(()));
+    }
+
+    #[test]
+    fn without_a_file_nothing_is_enforced() {
+        let r = Registry::open(None).unwrap();
+        assert!(!r.enforced());
+        assert_eq!(r.admit("anyone"), Ok(()));
+        assert!(r.grant("anyone").is_none());
+    }
+}

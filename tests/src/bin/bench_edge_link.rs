@@ -1,0 +1,288 @@
+//! Edge-link benchmark: gRPC over TLS vs QUIC through the same impaired link
+//! (2% loss and 50 ms delay each way, a bottleneck of `--rate-mb` MB/s with a
+//! 256 KiB queue), the real core and agent binaries, mutual TLS.
+//!
+//! Per transport:
+//! 1. A 50 MB clip sits in the agent's spool, so its upload starts with the
+//!    agent, on the same connection as the events. While it uploads, a
+//!    detector publishes 1,000 events/s into the agent's intake for
+//!    `--seconds`; each event's latency is publish (intake call) → the joined
+//!    event arriving at a `Subscribe` client of the core (sent after the
+//!    durable commit). p50 and p99.
+//! 2. Sustained events/s: 20,000 events published at once; the time from the
+//!    first publish until the core committed the last of them.
+//!    Nothing may be lost or doubled: every det_oid arrives once.
+//!
+//! Last line: `edge_link grpc_event_p99_ms=<g> quic_event_p99_ms=<q> grpc_events_per_s=<a> quic_events_per_s=<b>`.
+//! Run with `deploy/bench-edge-link.sh` (release build).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use sightline_agent::capture::spool::{MediaItem, Spool};
+use sightline_proto::v1::{
+    intake_client::IntakeClient, Detection, PublishRequest, SubscribeRequest,
+};
+use sightline_tests::{
+    data::{now_ms, write_locations},
+    query::client,
+    Agent, AgentArgs, Core, CoreArgs, Edge, ImpairedTcpProxy, Impairment, UdpProxy,
+};
+
+const CLIP_BYTES: usize = 50 * 1024 * 1024;
+
+fn arg(key: &str, default: f64) -> f64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == key)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse().unwrap_or_else(|_| panic!("{key} takes a number")))
+        .unwrap_or(default)
+}
+
+/// An MP4 the core accepts (ftyp, moov, then a 50 MB mdat of random bytes):
+/// the link does not care what the samples hold.
+fn clip() -> Vec<u8> {
+    let bx = |kind: &[u8; 4], payload: &[u8]| {
+        let mut b = ((payload.len() + 8) as u32).to_be_bytes().to_vec();
+        b.extend_from_slice(kind);
+        b.extend_from_slice(payload);
+        b
+    };
+    let mut out = bx(b"ftyp", b"isom\0\0\x02\0isomiso2mp41");
+    out.extend(bx(b"moov", &bx(b"mvhd", &[0u8; 100])));
+    let mut data = vec![0u8; CLIP_BYTES - out.len() - 8];
+    rand::fill(&mut data[..]);
+    out.extend(bx(b"mdat", &data));
+    out
+}
+
+struct Latencies {
+    published: Mutex<HashMap<i64, Instant>>,
+    seen: Mutex<Vec<(i64, f64)>>,
+}
+
+fn detection(oid: i64) -> Detection {
+    Detection {
+        geographical_location_oid: 1 + oid % 4,
+        video_camera_oid: 100 + oid % 4,
+        detection_oid: Some(oid),
+        item_name: ["person", "car", "bicycle", "dog"][(oid % 4) as usize].into(),
+        timestamp_detected: now_ms(),
+        ..Default::default()
+    }
+}
+
+async fn publish(intake: &str, lat: &Latencies, oids: std::ops::Range<i64>) {
+    let mut c = IntakeClient::connect(intake.to_string()).await.unwrap();
+    let dets: Vec<Detection> = oids.clone().map(detection).collect();
+    let t = Instant::now();
+    {
+        let mut p = lat.published.lock().unwrap();
+        for o in oids {
+            p.insert(o, t);
+        }
+    }
+    c.publish(PublishRequest { detections: dets })
+        .await
+        .unwrap();
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+struct Run {
+    p50: f64,
+    p99: f64,
+    events_per_s: f64,
+    clip_mb_at_end: f64,
+}
+
+async fn run(edge: Edge, seconds: f64, rate_mb: f64) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let b = dir.path().join("locations.csv");
+    write_locations(&b, &[1, 2, 3, 4]);
+    let core = Core::start_with(CoreArgs {
+        data_dir: dir.path().join("core"),
+        locations: Some(b),
+        grpc: "127.0.0.1:0".parse().unwrap(),
+        edge: "127.0.0.1:0".parse().unwrap(),
+        extra: vec![],
+    });
+    let imp = Impairment {
+        loss: 0.02,
+        delay: Duration::from_millis(50),
+        rate: Some((rate_mb * 1e6) as u64),
+        queue: 256 * 1024,
+    };
+    let (tcp, udp) = match edge {
+        Edge::Grpc => (Some(ImpairedTcpProxy::start(core.edge, imp).await), None),
+        Edge::Quic => (None, Some(UdpProxy::start(core.edge, imp).await)),
+    };
+    let url = match (&tcp, &udp) {
+        (Some(p), _) => p.https_url(),
+        (_, Some(p)) => format!("quic://{}", p.addr),
+        _ => unreachable!(),
+    };
+    let spool_dir = dir.path().join("spool");
+    let spool = Spool::open(spool_dir.clone(), u64::MAX).unwrap();
+    spool
+        .put(MediaItem {
+            kind: "clip",
+            content_type: "video/mp4",
+            bytes: clip(),
+            det_oids: vec![1],
+        })
+        .unwrap();
+    drop(spool);
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "agent_id = \"far-host\"\n[capture]\nspool_path = \"{}\"\n",
+            spool_dir.display()
+        ),
+    )
+    .unwrap();
+    let args = AgentArgs {
+        id: "far-host".into(),
+        core_url: String::new(),
+        data_dir: dir.path().join("agent"),
+        command: vec![],
+        intake: true,
+        exit_when_drained: false,
+        extra: vec!["--config".into(), cfg.display().to_string()],
+    }
+    .over(&core, edge);
+    let mut args = args;
+    args.core_url = url;
+    let agent = Agent::start(args);
+    let intake = agent.intake_url();
+
+    let lat = Arc::new(Latencies {
+        published: Mutex::new(HashMap::new()),
+        seen: Mutex::new(Vec::new()),
+    });
+    let mut q = client(&core.url()).await;
+    let mut sub = q
+        .subscribe(SubscribeRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let l2 = lat.clone();
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(e)) = sub.next().await {
+            let oid = e.detection.unwrap().detection_oid.unwrap();
+            let at = l2.published.lock().unwrap().get(&oid).copied();
+            if let Some(t) = at {
+                l2.seen
+                    .lock()
+                    .unwrap()
+                    .push((oid, t.elapsed().as_secs_f64() * 1000.0));
+            }
+        }
+    });
+    // Let the clip's upload get going.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // 1. 1,000 events/s in 10 ms slices while the clip uploads.
+    let mut next = 1_000i64;
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    while start.elapsed().as_secs_f64() < seconds {
+        tick.tick().await;
+        publish(&intake, &lat, next..next + 10).await;
+        next += 10;
+    }
+    let phase1 = (next - 1_000) as usize;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while lat.seen.lock().unwrap().len() < phase1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let clip_mb_at_end = stored_mb(&core).await;
+    let mut ms: Vec<f64> = lat.seen.lock().unwrap().iter().map(|(_, m)| *m).collect();
+    assert_eq!(ms.len(), phase1, "{edge:?}: every event of phase 1 arrives");
+    ms.sort_by(f64::total_cmp);
+
+    // 2. A burst: how fast the link drains it.
+    let burst = 20_000i64;
+    let first = next;
+    let t0 = Instant::now();
+    for chunk in 0..burst / 1000 {
+        publish(
+            &intake,
+            &lat,
+            first + chunk * 1000..first + (chunk + 1) * 1000,
+        )
+        .await;
+    }
+    let want = phase1 + burst as usize;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while lat.seen.lock().unwrap().len() < want && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let seen = lat.seen.lock().unwrap().clone();
+    let mut count: HashMap<i64, u32> = HashMap::new();
+    for (o, _) in &seen {
+        *count.entry(*o).or_default() += 1;
+    }
+    assert_eq!(seen.len(), want, "{edge:?}: every event arrives");
+    assert!(count.values().all(|n| *n == 1), "{edge:?}: no event twice");
+    reader.abort();
+    drop(agent);
+    let r = Run {
+        p50: pct(&ms, 0.50),
+        p99: pct(&ms, 0.99),
+        events_per_s: burst as f64 / secs,
+        clip_mb_at_end,
+    };
+    if let Some(p) = &udp {
+        let d = p.dropped.load(std::sync::atomic::Ordering::Relaxed);
+        let f = p.forwarded.load(std::sync::atomic::Ordering::Relaxed);
+        eprintln!("{edge:?}: UDP datagrams to the core forwarded={f}, dropped (both ways)={d}");
+    }
+    r
+}
+
+/// Megabytes of media the core has stored (the clip, once it is complete).
+async fn stored_mb(core: &Core) -> f64 {
+    let (_, body) = sightline_tests::http::get(core.http, "/metrics", "").await;
+    let text = String::from_utf8(body).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("media_stored_bytes_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1e6
+}
+
+#[tokio::main]
+async fn main() {
+    let seconds = arg("--seconds", 20.0);
+    let rate_mb = arg("--rate-mb", 2.0);
+    eprintln!(
+        "link: 2% loss, 50 ms each way, {rate_mb} MB/s bottleneck (256 KiB queue); 50 MB clip + 1,000 events/s for {seconds} s"
+    );
+    let g = run(Edge::Grpc, seconds, rate_mb).await;
+    eprintln!(
+        "grpc: event p50 {:.1} ms p99 {:.1} ms; burst {:.0} events/s; clip stored by the end of phase 1: {:.1} MB",
+        g.p50, g.p99, g.events_per_s, g.clip_mb_at_end
+    );
+    let q = run(Edge::Quic, seconds, rate_mb).await;
+    eprintln!(
+        "quic: event p50 {:.1} ms p99 {:.1} ms; burst {:.0} events/s; clip stored by the end of phase 1: {:.1} MB",
+        q.p50, q.p99, q.events_per_s, q.clip_mb_at_end
+    );
+    println!(
+        "edge_link grpc_event_p99_ms={:.1} quic_event_p99_ms={:.1} grpc_events_per_s={:.0} quic_events_per_s={:.0}",
+        g.p99, q.p99, g.events_per_s, q.events_per_s
+    );
+}
