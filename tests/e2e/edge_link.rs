@@ -24,22 +24,7 @@ use sightline_tests::{
 
 const LOCATIONS: &[i64] = &[1, 2];
 
-macro_rules! over_both_transports {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread")]
-            async fn grpc() {
-                super::$name(sightline_tests::Edge::Grpc).await
-            }
-            #[tokio::test(flavor = "multi_thread")]
-            async fn quic() {
-                super::$name(sightline_tests::Edge::Quic).await
-            }
-        }
-    )*};
-}
-
-over_both_transports!(
+sightline_tests::over_both_transports!(
     certificates_are_checked_and_refusals_say_why,
     revoking_an_agent_closes_its_session_at_once_and_keeps_it_out,
     an_agent_may_publish_only_for_its_own_cameras,

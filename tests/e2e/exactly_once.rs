@@ -21,23 +21,8 @@ use tokio_stream::wrappers::ReceiverStream;
 
 const LOCATIONS: &[i64] = &[1, 2, 3, 4, 5];
 
-/// Each test below runs once per transport: `<test>::grpc` and `<test>::quic`.
-macro_rules! over_both_transports {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread")]
-            async fn grpc() {
-                super::$name(sightline_tests::Edge::Grpc).await
-            }
-            #[tokio::test(flavor = "multi_thread")]
-            async fn quic() {
-                super::$name(sightline_tests::Edge::Quic).await
-            }
-        }
-    )*};
-}
-
-over_both_transports!(
+// Each runs as `<test>::grpc` and `<test>::quic`.
+sightline_tests::over_both_transports!(
     upstream_duplicates_are_stored_once,
     jsonl_replay_is_stored_exactly_once,
     core_killed_mid_stream_loses_and_duplicates_nothing,

@@ -34,3 +34,21 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Runs each named `async fn name(edge: Edge)` once per transport of the edge
+/// link, as the tests `name::grpc` and `name::quic`.
+#[macro_export]
+macro_rules! over_both_transports {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread")]
+            async fn grpc() {
+                super::$name($crate::Edge::Grpc).await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn quic() {
+                super::$name($crate::Edge::Quic).await
+            }
+        }
+    )*};
+}

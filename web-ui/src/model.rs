@@ -136,6 +136,16 @@ pub struct AgentRow {
     pub version: String,
     pub peer: String,
     pub cameras: Vec<CameraRow>,
+    /// The link as the core sees it: "quic mtls", "grpc mtls", "grpc PLAINTEXT".
+    pub link: String,
+    /// As the agent describes it, e.g. a fallback from QUIC and why.
+    pub agent_transport: String,
+    /// Events refused for cameras or locations not registered to the agent.
+    pub denied: u64,
+    pub last_denied: String,
+    pub revoked: bool,
+    /// The last session refusal (certificate, identity, revocation).
+    pub last_refusal: String,
 }
 
 /// A camera of an agent: seen in its events, and/or reported by the agent

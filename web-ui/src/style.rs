@@ -52,6 +52,7 @@ figure.chart svg { width:100%; height:320px; display:block; border-left:1px soli
 .legend { display:flex; flex-wrap:wrap; gap:.8rem; margin-top:.5rem; }
 .legend .dot, h2 .dot, td .dot { display:inline-block; width:.7rem; height:.7rem; border-radius:50%; margin-right:.3rem; }
 .dot.connected, .dot.streaming { background:#16a34a; } .dot.disconnected, .dot.off { background:#9ca3af; }
+.dot.revoked { background:#dc2626; } dd.warn { color:#b91c1c; font-weight:600; }
 .dot.connecting { background:#f59e0b; } .dot.reconnecting { background:#dc2626; }
 .event { display:grid; grid-template-columns:minmax(0, 3fr) minmax(280px, 2fr); gap:1rem; margin-bottom:1rem; align-items:start; }
 .footage figure { margin:0 0 .8rem; }

@@ -167,22 +167,31 @@ pub async fn run(url: String, cmd: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Fleet => {
             let r = q.fleet(FleetRequest {}).await?.into_inner();
             println!(
-                "{:<20} {:<9} {:<24} {:>10} {:>8} {:>8} {:>9} {:>9} {:>8}",
+                "{:<20} {:<9} {:<15} {:<24} {:>10} {:>8} {:>8} {:>9} {:>9} {:>8} {:>7}",
                 "agent",
                 "state",
+                "link",
                 "last seen",
                 "acked seq",
                 "lag",
                 "buffer",
                 "dup seq",
                 "dup det",
-                "rejected"
+                "rejected",
+                "denied"
             );
             for a in r.agents {
                 println!(
-                    "{:<20} {:<9} {:<24} {:>10} {:>8} {:>8} {:>9} {:>9} {:>8}",
+                    "{:<20} {:<9} {:<15} {:<24} {:>10} {:>8} {:>8} {:>9} {:>9} {:>8} {:>7}",
                     a.agent_id,
-                    if a.connected { "connected" } else { "away" },
+                    if a.revoked {
+                        "revoked"
+                    } else if a.connected {
+                        "connected"
+                    } else {
+                        "away"
+                    },
+                    if a.link.is_empty() { "-" } else { &a.link },
                     if a.last_seen_ms > 0 {
                         fmt_ms(a.last_seen_ms)
                     } else {
@@ -193,8 +202,15 @@ pub async fn run(url: String, cmd: ClientCommand) -> anyhow::Result<()> {
                     a.buffer_depth,
                     a.duplicates_transport,
                     a.duplicates_semantic,
-                    a.rejected
+                    a.rejected,
+                    a.denied
                 );
+                if !a.agent_transport.is_empty() && a.agent_transport != "quic" {
+                    println!("{:<20} agent's link: {}", "", a.agent_transport);
+                }
+                if !a.last_refusal.is_empty() {
+                    println!("{:<20} refused: {}", "", a.last_refusal);
+                }
             }
         }
         ClientCommand::Quarantine { limit } => {

@@ -19,7 +19,7 @@ use tonic::{
     Status,
 };
 
-use super::{Link, LinkError, Transport};
+use super::{status_error, Link, LinkError, Transport};
 use crate::tls::ClientTls;
 
 /// gRPC transport to `url` (`https://host:port` or `http://host:port`).
@@ -140,7 +140,7 @@ impl GrpcTransport {
 }
 
 /// An error and its causes, with TLS failures in words.
-fn explain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn explain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts = vec![e.to_string()];
     let mut cur = e.source();
     while let Some(s) = cur {
@@ -149,28 +149,6 @@ fn explain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     let text = parts.join(": ");
     crate::tls::explain(&text).unwrap_or(text)
-}
-
-fn status_error(s: &Status) -> LinkError {
-    use tonic::Code;
-    match s.code() {
-        Code::InvalidArgument
-        | Code::PermissionDenied
-        | Code::Unauthenticated
-        | Code::FailedPrecondition => {
-            LinkError::Refused(format!("{:?}: {}", s.code(), s.message()))
-        }
-        _ => {
-            let mut text = format!("{:?}: {}", s.code(), s.message());
-            if let Some(src) = std::error::Error::source(s) {
-                text = format!("{text}: {}", explain(src));
-            }
-            match crate::tls::explain(&text) {
-                Some(why) => LinkError::Refused(why),
-                None => LinkError::Broken(text),
-            }
-        }
-    }
 }
 
 impl Transport for GrpcTransport {

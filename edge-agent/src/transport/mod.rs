@@ -63,6 +63,30 @@ pub trait Transport: Send + Sync {
     fn media_attach(&self, req: AttachMediaRequest) -> BoxFuture<'_, Result<(), Status>>;
 }
 
+/// What a call's failure means for the session: a refusal (retrying the same
+/// thing will not help until someone acts), or a broken link.
+fn status_error(s: &Status) -> LinkError {
+    use tonic::Code;
+    match s.code() {
+        Code::InvalidArgument
+        | Code::PermissionDenied
+        | Code::Unauthenticated
+        | Code::FailedPrecondition => {
+            LinkError::Refused(format!("{:?}: {}", s.code(), s.message()))
+        }
+        _ => {
+            let mut text = format!("{:?}: {}", s.code(), s.message());
+            if let Some(src) = std::error::Error::source(s) {
+                text = format!("{text}: {}", grpc::explain(src));
+            }
+            match crate::tls::explain(&text) {
+                Some(why) => LinkError::Refused(why),
+                None => LinkError::Broken(text),
+            }
+        }
+    }
+}
+
 /// The transport `config.core_url` asks for.
 pub fn open(config: &AgentConfig) -> anyhow::Result<Arc<dyn Transport>> {
     let url = config.core_url.as_str();

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tonic::Status;
 
-use super::{Link, LinkError, Transport};
+use super::{status_error, Link, LinkError, Transport};
 use crate::tls::ClientTls;
 
 pub struct QuicTransport {
@@ -210,19 +210,6 @@ fn reply<M: Message + Default>(frame: Bytes) -> Result<M, Status> {
             .map_err(|e| Status::internal(format!("a reply message does not decode: {e}"))),
         Some(quic_reply::Reply::Status(s)) => Err(edge::from_wire(s)),
         None => Err(Status::internal("an empty reply")),
-    }
-}
-
-fn status_error(s: &Status) -> LinkError {
-    use tonic::Code;
-    match s.code() {
-        Code::InvalidArgument
-        | Code::PermissionDenied
-        | Code::Unauthenticated
-        | Code::FailedPrecondition => {
-            LinkError::Refused(format!("{:?}: {}", s.code(), s.message()))
-        }
-        _ => LinkError::Broken(format!("{:?}: {}", s.code(), s.message())),
     }
 }
 

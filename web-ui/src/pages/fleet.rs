@@ -1,6 +1,8 @@
 //! Fleet: every agent the core knows — connected or not, last seen, buffer
 //! depth, lag, duplicates dropped — and its cameras: seen in its events, and
-//! their capture (mode, input state, footage made) as the agent reports it.
+//! their capture (mode, input state, footage made) as the agent reports it;
+//! the link (QUIC or gRPC, mutual TLS or flagged plaintext, a fallback from
+//! QUIC), events refused for cameras not its own, revocations.
 //! Refreshed every 5 s.
 
 use leptos::prelude::*;
@@ -32,10 +34,18 @@ pub fn FleetPage() -> impl IntoView {
 
 #[component]
 fn Agent(a: AgentRow) -> impl IntoView {
-    let status = if a.connected {
+    let status = if a.revoked {
+        "revoked"
+    } else if a.connected {
         "connected"
     } else {
         "disconnected"
+    };
+    let plaintext = a.link.contains("PLAINTEXT");
+    let link = match (a.link.is_empty(), a.agent_transport.is_empty()) {
+        (true, _) => "-".to_string(),
+        (false, true) => a.link.clone(),
+        (false, false) => format!("{} · agent: {}", a.link, a.agent_transport),
     };
     let cameras = a.cameras.clone();
     view! {
@@ -48,6 +58,9 @@ fn Agent(a: AgentRow) -> impl IntoView {
                 <dt>"acked seq"</dt><dd>{format::count(a.acked_seq)}</dd>
                 <dt>"duplicates dropped"</dt><dd>{format::count(a.duplicates_transport)}" resent · "{format::count(a.duplicates_semantic)}" same det_oid"</dd>
                 <dt>"rejected"</dt><dd>{format::count(a.rejected)}</dd>
+                <dt>"link"</dt><dd class=if plaintext { "warn" } else { "" } data-link=a.link.clone()>{link}{plaintext.then_some(" — not authenticated")}</dd>
+                <dt>"not its cameras"</dt><dd data-denied=a.denied>{format::count(a.denied)}{(!a.last_denied.is_empty()).then(|| format!(" · last: {}", a.last_denied))}</dd>
+                {(!a.last_refusal.is_empty()).then(|| view! { <dt>"refused"</dt><dd class="warn">{a.last_refusal.clone()}</dd> })}
                 <dt>"version · peer"</dt><dd>{a.version.clone()}" · "{a.peer.clone()}</dd>
             </dl>
             <table class="cameras">

@@ -284,6 +284,12 @@ impl Backend for CoreBackend {
                 rejected: a.rejected,
                 version: a.version,
                 peer: a.peer,
+                link: a.link,
+                agent_transport: a.agent_transport,
+                denied: a.denied,
+                last_denied: a.last_denied,
+                revoked: a.revoked,
+                last_refusal: a.last_refusal,
             })
             .collect())
     }
