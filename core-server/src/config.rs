@@ -56,8 +56,9 @@ pub struct EdgeConfig {
     /// for every camera), which the log says at start.
     #[serde(default)]
     pub registry: Option<PathBuf>,
-    /// QUIC congestion control: "bbr" (default; a random 2% loss does not
-    /// throttle it, as it does Cubic) or "cubic".
+    /// QUIC congestion control for what the core sends: "edge" (default;
+    /// delay-based, indifferent to random loss, see
+    /// `sightline_proto::congestion`), "cubic" or "bbr" (quinn's, experimental).
     #[serde(default = "default_congestion")]
     pub quic_congestion: String,
 }
@@ -78,7 +79,7 @@ fn default_edge() -> SocketAddr {
     "0.0.0.0:50443".parse().unwrap()
 }
 fn default_congestion() -> String {
-    "bbr".into()
+    "edge".into()
 }
 
 /// The full-text index of the events (tantivy), see [`crate::search`].
@@ -471,8 +472,11 @@ impl CoreConfig {
                 "unset, and edge.plaintext is off: no agent could connect. Make a CA with `sightline-core certs init` and `certs core`, or pass --insecure-plaintext for a local demo",
             );
         }
-        if !["bbr", "cubic"].contains(&self.edge.quic_congestion.as_str()) {
-            return err("edge.quic_congestion", "must be \"bbr\" or \"cubic\"");
+        if !["edge", "cubic", "bbr"].contains(&self.edge.quic_congestion.as_str()) {
+            return err(
+                "edge.quic_congestion",
+                "must be \"edge\", \"cubic\" or \"bbr\"",
+            );
         }
         Ok(())
     }

@@ -110,6 +110,15 @@ pub struct SenderConfig {
     pub quic_fallback: bool,
     #[serde(default = "default_quic_retry", with = "humantime_serde")]
     pub quic_retry: Duration,
+    /// QUIC congestion control for what the agent sends: "edge" (delay-based,
+    /// indifferent to random loss; see `sightline_proto::congestion`), "cubic"
+    /// or "bbr" (quinn's, experimental).
+    #[serde(default = "default_quic_congestion")]
+    pub quic_congestion: String,
+}
+
+fn default_quic_congestion() -> String {
+    "edge".into()
 }
 
 fn default_quic_timeout() -> Duration {
@@ -244,6 +253,7 @@ impl Default for SenderConfig {
             quic_timeout: default_quic_timeout(),
             quic_fallback: true,
             quic_retry: default_quic_retry(),
+            quic_congestion: default_quic_congestion(),
         }
     }
 }
@@ -310,6 +320,12 @@ impl AgentConfig {
         }
         if self.sender.batch_max_bytes.as_u64() < 1024 {
             return err("sender.batch_max_bytes", "must be at least 1 KiB");
+        }
+        if !["edge", "cubic", "bbr"].contains(&self.sender.quic_congestion.as_str()) {
+            return err(
+                "sender.quic_congestion",
+                "must be \"edge\", \"cubic\" or \"bbr\"",
+            );
         }
         if self.sender.max_in_flight == 0 {
             return err("sender.max_in_flight", "must be at least 1");

@@ -45,9 +45,7 @@ pub fn from_wire(s: QuicStatus) -> tonic::Status {
 }
 
 /// The QUIC transport settings of the edge link; both ends use the same.
-/// `congestion`: "bbr" (a random 2% loss does not throttle it as it does
-/// Cubic, and edge links lose packets for reasons other than congestion) or
-/// "cubic".
+/// `congestion`: "edge" (see [`crate::congestion`]), "cubic" or "bbr".
 #[cfg(feature = "quic")]
 pub fn transport_config(congestion: &str) -> quinn::TransportConfig {
     use std::{sync::Arc, time::Duration};
@@ -61,8 +59,14 @@ pub fn transport_config(congestion: &str) -> quinn::TransportConfig {
     t.stream_receive_window((4u32 * 1024 * 1024).into());
     t.receive_window((16u32 * 1024 * 1024).into());
     t.send_window(16 * 1024 * 1024);
-    if congestion == "bbr" {
-        t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    match congestion {
+        "bbr" => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+        }
+        "edge" => {
+            t.congestion_controller_factory(Arc::new(crate::congestion::EdgeConfig));
+        }
+        _ => {}
     }
     t
 }

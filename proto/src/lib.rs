@@ -8,6 +8,8 @@
 //! - [`FILE_DESCRIPTOR_SET`]: served by the core through gRPC reflection.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "quic")]
+pub mod congestion;
 pub mod edge;
 pub mod validate;
 

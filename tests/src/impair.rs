@@ -40,6 +40,13 @@ pub struct Impairment {
     pub rate: Option<u64>,
     /// Most bytes queued at the bottleneck.
     pub queue: usize,
+    /// TCP only: model TCP's own response to the loss. The kernel under the
+    /// proxy sees no loss, so left alone it would keep sending at the full
+    /// rate, which a real TCP over this link does not: with `true` the TCP
+    /// proxy carries at most what the Mathis formula gives for this loss and
+    /// round trip (1.22 * MSS / (RTT * sqrt(loss))), and holds the rest back
+    /// in the sender's buffers, where a real TCP keeps it.
+    pub tcp_loss_response: bool,
 }
 
 impl Impairment {
@@ -48,6 +55,7 @@ impl Impairment {
         delay: Duration::ZERO,
         rate: None,
         queue: usize::MAX,
+        tcp_loss_response: false,
     };
 
     /// The lossy link: 2% loss, 50 ms delay.
@@ -57,7 +65,19 @@ impl Impairment {
             delay: Duration::from_millis(50),
             rate: None,
             queue: usize::MAX,
+            tcp_loss_response: false,
         }
+    }
+
+    /// The rate TCP itself sustains over this link (Mathis et al. 1997), or
+    /// the link's rate if that is lower.
+    pub fn tcp_rate(&self) -> Option<u64> {
+        if !self.tcp_loss_response || self.loss <= 0.0 {
+            return self.rate;
+        }
+        let rtt = (self.delay * 2).as_secs_f64().max(0.001);
+        let mathis = (1.22 * MSS as f64 / (rtt * self.loss.sqrt())) as u64;
+        Some(self.rate.map_or(mathis, |r| r.min(mathis)))
     }
 }
 
@@ -337,7 +357,15 @@ async fn pump(
     imp: Impairment,
 ) {
     // The bottleneck queue, in segments; reading stops while it is full.
-    let cap = (imp.queue / MSS).clamp(16, 1 << 16);
+    // When TCP's own rate is modelled, it keeps its backlog at the sender:
+    // only a round trip's worth is in the network.
+    let rate = imp.tcp_rate();
+    let cap = if imp.tcp_loss_response {
+        let bdp = rate.unwrap_or(u64::MAX) as f64 * (imp.delay * 2).as_secs_f64();
+        (bdp as usize / MSS).clamp(4, 1 << 16)
+    } else {
+        (imp.queue / MSS).clamp(16, 1 << 16)
+    };
     let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(cap);
     let writer = async move {
         while let Some((at, seg)) = rx.recv().await {
@@ -350,6 +378,7 @@ async fn pump(
     let reader = async move {
         let mut pacer = Pacer::new(Impairment {
             queue: usize::MAX,
+            rate,
             ..imp
         });
         let mut buf = vec![0u8; 64 * 1024];

@@ -99,7 +99,12 @@ pub fn open(config: &AgentConfig) -> anyhow::Result<Arc<dyn Transport>> {
     if url.starts_with("https://") {
         return Ok(Arc::new(grpc::GrpcTransport::new(url, Some(tls), timeout)?));
     }
-    let quic = quic::QuicTransport::new(url, &tls, config.sender.quic_timeout)?;
+    let quic = quic::QuicTransport::new(
+        url,
+        &tls,
+        config.sender.quic_timeout,
+        &config.sender.quic_congestion,
+    )?;
     if !config.sender.quic_fallback {
         return Ok(Arc::new(quic));
     }
@@ -153,13 +158,15 @@ impl Fallback {
                 }
                 Ok(link)
             }
-            // Only silence means UDP is blocked; a refusal would be the same on TCP.
+            // Only silence means UDP is blocked (a refusal would be the same
+            // on TCP), and only if TCP answers: else the core is just down.
             Err(e @ LinkError::Unanswered { .. }) => {
+                let link = self.grpc.connect().await?;
                 let why = e.to_string();
                 tracing::warn!(quic = %self.quic.url(), grpc = %self.grpc.url(), reason = %why,
                     "QUIC unreachable (UDP blocked?): falling back to gRPC over TLS on TCP");
                 *self.state.lock().unwrap() = Some((Instant::now(), why));
-                self.grpc.connect().await
+                Ok(link)
             }
             Err(e) => Err(e),
         }

@@ -38,7 +38,12 @@ pub struct QuicTransport {
 
 impl QuicTransport {
     /// `url` is `quic://host:port`.
-    pub fn new(url: &str, tls: &ClientTls, timeout: Duration) -> anyhow::Result<Self> {
+    pub fn new(
+        url: &str,
+        tls: &ClientTls,
+        timeout: Duration,
+        congestion: &str,
+    ) -> anyhow::Result<Self> {
         let parsed =
             url::Url::parse(url).map_err(|e| anyhow::anyhow!("config `core_url`: {url:?}: {e}"))?;
         let host = parsed
@@ -54,7 +59,7 @@ impl QuicTransport {
             quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls.rustls(edge::ALPN)?))
                 .map_err(|e| anyhow::anyhow!("config `tls`: {e}"))?;
         let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-        client.transport_config(Arc::new(edge::transport_config("bbr")));
+        client.transport_config(Arc::new(edge::transport_config(congestion)));
         Ok(Self {
             url: url.to_string(),
             server_name: tls.server_name.clone().unwrap_or_else(|| host.clone()),

@@ -1,0 +1,203 @@
+//! A congestion controller for edge links ("edge"): delay-based and
+//! indifferent to random loss.
+//!
+//! Camera links lose packets for reasons other than congestion (radio,
+//! interference); Cubic and NewReno halve their window at every loss, so at
+//! 2% random loss over a 100 ms round trip they crawl (~100 KB/s, as the
+//! Mathis formula predicts). quinn's BBR does not slow down when its
+//! bandwidth estimate is wrong and fills the bottleneck until half the
+//! packets drop. This one watches the queue instead: once per round trip it
+//! compares the smoothed RTT with the lowest seen — below `min_rtt + TARGET`
+//! the window grows (doubling until the queue first builds, then by an
+//! eighth), above `min_rtt + 2 * TARGET` it shrinks by 15%. Losses only count
+//! when they are many (over a fifth of what a round trip carried) or
+//! persistent. So the link stays full while the bottleneck queue stays near
+//! `TARGET`, and events sent behind a clip wait little at the bottleneck.
+
+use std::{
+    any::Any,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use quinn::congestion::{Controller, ControllerFactory};
+
+/// The queueing delay the controller aims at.
+const TARGET: Duration = Duration::from_millis(15);
+
+#[derive(Debug, Clone, Default)]
+pub struct EdgeConfig;
+
+impl ControllerFactory for EdgeConfig {
+    fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
+        let mtu = u64::from(current_mtu);
+        Box::new(Edge {
+            mtu,
+            window: 10 * mtu,
+            startup: true,
+            round_start: now,
+            acked: 0,
+            lost: 0,
+            srtt: Duration::ZERO,
+            min_rtt: Duration::MAX,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Edge {
+    mtu: u64,
+    window: u64,
+    startup: bool,
+    round_start: Instant,
+    /// Bytes acknowledged and lost in the current round.
+    acked: u64,
+    lost: u64,
+    srtt: Duration,
+    min_rtt: Duration,
+}
+
+impl Edge {
+    fn floor(&self) -> u64 {
+        4 * self.mtu
+    }
+
+    /// Once per round trip: grow or shrink by the queue the RTT shows.
+    fn end_round(&mut self, now: Instant, app_limited: bool) {
+        let queue = self.srtt.saturating_sub(self.min_rtt);
+        let heavy_loss = self.lost * 5 > self.acked + self.lost;
+        if heavy_loss || queue > 2 * TARGET {
+            self.startup = false;
+            self.window = (self.window * 85 / 100).max(self.floor());
+        } else if queue < TARGET && !app_limited {
+            self.window += if self.startup {
+                self.window
+            } else {
+                (self.window / 8).max(self.mtu)
+            };
+        } else if queue >= TARGET {
+            self.startup = false;
+        }
+        self.round_start = now;
+        self.acked = 0;
+        self.lost = 0;
+    }
+}
+
+impl Controller for Edge {
+    fn on_ack(
+        &mut self,
+        _now: Instant,
+        _sent: Instant,
+        bytes: u64,
+        _app_limited: bool,
+        rtt: &quinn_proto::RttEstimator,
+    ) {
+        self.acked += bytes;
+        self.srtt = rtt.get();
+        self.min_rtt = self.min_rtt.min(rtt.min());
+    }
+
+    fn on_end_acks(
+        &mut self,
+        now: Instant,
+        _in_flight: u64,
+        app_limited: bool,
+        _largest_packet_num_acked: Option<u64>,
+    ) {
+        if !self.srtt.is_zero() && now.duration_since(self.round_start) >= self.srtt {
+            self.end_round(now, app_limited);
+        }
+    }
+
+    fn on_congestion_event(
+        &mut self,
+        _now: Instant,
+        _sent: Instant,
+        is_persistent_congestion: bool,
+        lost_bytes: u64,
+    ) {
+        self.lost += lost_bytes;
+        if is_persistent_congestion {
+            self.window = self.floor();
+            self.startup = false;
+        }
+    }
+
+    fn on_mtu_update(&mut self, new_mtu: u16) {
+        self.mtu = u64::from(new_mtu);
+        self.window = self.window.max(self.floor());
+    }
+
+    fn window(&self) -> u64 {
+        self.window
+    }
+
+    fn clone_box(&self) -> Box<dyn Controller> {
+        Box::new(self.clone())
+    }
+
+    fn initial_window(&self) -> u64 {
+        10 * self.mtu
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edge(window_mtus: u64) -> Edge {
+        let now = Instant::now();
+        Edge {
+            mtu: 1200,
+            window: window_mtus * 1200,
+            startup: false,
+            round_start: now,
+            acked: 0,
+            lost: 0,
+            srtt: Duration::from_millis(100),
+            min_rtt: Duration::from_millis(100),
+        }
+    }
+
+    #[test]
+    fn grows_without_a_queue_and_ignores_random_loss() {
+        let mut e = edge(100);
+        e.acked = 98 * 1200;
+        e.lost = 2 * 1200; // 2%
+        e.end_round(Instant::now(), false);
+        assert_eq!(e.window, 100 * 1200 + 100 * 1200 / 8);
+    }
+
+    #[test]
+    fn shrinks_when_a_queue_builds_or_loss_is_heavy() {
+        let mut e = edge(100);
+        e.srtt = Duration::from_millis(100) + 3 * TARGET;
+        e.end_round(Instant::now(), false);
+        assert_eq!(e.window, 85 * 1200);
+        let mut e = edge(100);
+        e.acked = 70 * 1200;
+        e.lost = 30 * 1200;
+        e.end_round(Instant::now(), false);
+        assert_eq!(e.window, 85 * 1200);
+        // Never below four packets.
+        let mut e = edge(4);
+        e.srtt = Duration::from_secs(1);
+        e.end_round(Instant::now(), false);
+        assert_eq!(e.window, 4 * 1200);
+    }
+
+    #[test]
+    fn doubles_in_startup_and_holds_when_the_application_is_the_limit() {
+        let mut e = edge(10);
+        e.startup = true;
+        e.end_round(Instant::now(), false);
+        assert_eq!(e.window, 20 * 1200);
+        e.end_round(Instant::now(), true);
+        assert_eq!(e.window, 20 * 1200);
+    }
+}
