@@ -346,17 +346,8 @@ async fn revoking_an_agent_closes_its_session_at_once_and_keeps_it_out(edge: Edg
     let registry = dir.path().join("agents.toml");
     write_registry(&registry, "gate", &[101, 102]);
     let core = start_core(dir.path(), Some(&registry));
-    let args = AgentArgs {
-        id: "gate".into(),
-        core_url: String::new(),
-        data_dir: dir.path().join("gate"),
-        command: vec![],
-        intake: true,
-        exit_when_drained: false,
-        extra: vec![],
-    }
-    .over(&core, edge);
-    let mut agent = Agent::start(args);
+    let mut agent =
+        Agent::start(AgentArgs::intake(dir.path(), "gate", String::new()).over(&core, edge));
     publish(&agent, (1..=50).map(|i| detection(i, 101)).collect()).await;
     wait_stored(&core.url(), 50).await;
 

@@ -143,17 +143,9 @@ async fn agent_killed_under_a_publishing_detector_loses_and_duplicates_nothing(e
     let core = Core::start(dir.path(), Some(&b));
     let data = Dataset::generate(5, 12_000, 0.0, 0.0, LOCATIONS);
     let truth = data.truth();
-    let args = AgentArgs {
-        id: "intake-agent".into(),
-        core_url: core.url(),
-        data_dir: dir.path().join("intake-agent"),
-        command: vec![],
-        intake: true,
-        exit_when_drained: false,
-        extra: vec![],
-    }
-    .over(&core, edge);
-    let mut agent = Agent::start(args);
+    let mut agent = Agent::start(
+        AgentArgs::intake(dir.path(), "intake-agent", String::new()).over(&core, edge),
+    );
     let mut sent = 0;
     let mut kills = 0;
     for chunk in data.rows.chunks(200) {

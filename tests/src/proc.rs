@@ -428,6 +428,19 @@ pub fn rss_mb(pid: u32) -> f64 {
 }
 
 impl AgentArgs {
+    /// An agent fed only by its intake endpoint (port 0), run until stopped.
+    pub fn intake(dir: &Path, id: &str, core_url: String) -> Self {
+        Self {
+            id: id.into(),
+            core_url,
+            data_dir: dir.join(id),
+            command: vec![],
+            intake: true,
+            exit_when_drained: false,
+            extra: vec![],
+        }
+    }
+
     /// This agent over `edge` to `core`, with a certificate issued for its
     /// id (QUIC without the gRPC fallback, so QUIC is what is tested).
     pub fn over(mut self, core: &Core, edge: Edge) -> Self {

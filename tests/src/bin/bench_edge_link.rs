@@ -156,17 +156,9 @@ async fn run(edge: Edge, seconds: f64, rate_mb: f64, tcp_loss_response: bool) ->
         ),
     )
     .unwrap();
-    let args = AgentArgs {
-        id: "far-host".into(),
-        core_url: String::new(),
-        data_dir: dir.path().join("agent"),
-        command: vec![],
-        intake: true,
-        exit_when_drained: false,
-        extra: vec!["--config".into(), cfg.display().to_string()],
-    }
-    .over(&core, edge);
-    let mut args = args;
+    let mut args = AgentArgs::intake(dir.path(), "far-host", String::new());
+    args.extra = vec!["--config".into(), cfg.display().to_string()];
+    let mut args = args.over(&core, edge);
     args.core_url = url;
     let agent = Agent::start(args);
     let intake = agent.intake_url();
