@@ -603,3 +603,69 @@ async fn a_plaintext_session_is_flagged() {
     assert_eq!(info.link, "grpc PLAINTEXT");
     assert_eq!(info.agent_transport, "grpc plaintext");
 }
+
+/// A gRPC client of the edge link presenting `id`'s certificate.
+async fn media_client_as(
+    core: &Core,
+    id: &str,
+) -> sightline_proto::v1::media_client::MediaClient<tonic::transport::Channel> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    issue_agent(&core.pki(), id);
+    let read = |f: String| std::fs::read(core.pki().join(f)).unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.pem".into())))
+        .identity(Identity::from_pem(
+            read(format!("agent-{id}.pem")),
+            read(format!("agent-{id}.key")),
+        ));
+    let ch = Endpoint::from_shared(core.edge_url(Edge::Grpc))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    sightline_proto::v1::media_client::MediaClient::new(ch)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn footage_may_be_attached_only_to_the_agents_own_detections() {
+    use sightline_proto::v1::{AttachMediaRequest, MediaRef};
+    let dir = tempfile::tempdir().unwrap();
+    let core = start_core(dir.path(), None);
+    let data = Dataset::generate(16, 100, 0.0, 0.0, LOCATIONS);
+    let csv = dir.path().join("a.csv");
+    data.write_csv(&csv);
+    let mut agent = Agent::start(
+        AgentArgs::replay(dir.path(), "owner", String::new(), &csv, None).over(&core, Edge::Grpc),
+    );
+    assert!(agent.wait(Duration::from_secs(60)).success());
+    let oid = *data.truth().det_oids.iter().next().unwrap();
+    let attach = |oid: i64| AttachMediaRequest {
+        detection_oids: vec![oid],
+        media: Some(MediaRef {
+            kind: "snapshot".into(),
+            sha256: "ab".repeat(32),
+            content_type: "image/jpeg".into(),
+            size: 10,
+        }),
+    };
+    let err = media_client_as(&core, "thief")
+        .await
+        .attach(attach(oid))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains(&format!(
+            "field `detection_oids`: detection {oid} was published by agent \"owner\", not \"thief\""
+        )),
+        "{}",
+        err.message()
+    );
+    media_client_as(&core, "owner")
+        .await
+        .attach(attach(oid))
+        .await
+        .expect("the publisher may attach footage to its own detection");
+}

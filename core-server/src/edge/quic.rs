@@ -187,7 +187,9 @@ impl QuicEdge {
                 let r = async {
                     self.admit_media(&peer)?;
                     let req: AttachMediaRequest = one(&mut rd).await?;
-                    self.media.attach(req.detection_oids, req.media).await?;
+                    self.media
+                        .attach(peer.agent_id.as_deref(), req.detection_oids, req.media)
+                        .await?;
                     Ok(AttachMediaResponse {})
                 }
                 .await;

@@ -45,8 +45,11 @@ impl Media for MediaService {
         req: Request<AttachMediaRequest>,
     ) -> Result<Response<AttachMediaResponse>, Status> {
         self.admit(&req)?;
+        let peer = crate::edge::tcp::peer_of(&req);
         let r = req.into_inner();
-        self.media.attach(r.detection_oids, r.media).await?;
+        self.media
+            .attach(peer.agent_id.as_deref(), r.detection_oids, r.media)
+            .await?;
         Ok(Response::new(AttachMediaResponse {}))
     }
 }

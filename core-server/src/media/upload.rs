@@ -329,9 +329,12 @@ impl MediaStore {
     }
 
     /// Links events to an object (stored or not yet). When the object is
-    /// stored, its row's type and size win over the request's.
+    /// stored, its row's type and size win over the request's. With
+    /// `publisher` (the agent a certificate identified), every stored event
+    /// among `det_oids` must be that agent's.
     pub async fn attach(
         &self,
+        publisher: Option<&str>,
         det_oids: Vec<i64>,
         media: Option<MediaRef>,
     ) -> Result<(), MediaError> {
@@ -372,6 +375,28 @@ impl MediaStore {
         }
         if let Some(stored) = self.lookup(&media.sha256).await? {
             media.size = stored.size;
+        }
+        if let Some(agent) = publisher {
+            let (store, oids, agent) = (self.store.clone(), det_oids.clone(), agent.to_string());
+            tokio::task::spawn_blocking(move || -> Result<(), MediaError> {
+                for oid in oids {
+                    if let Some(e) = store.get_event(oid)? {
+                        if e.agent_id != agent {
+                            // Invalid, not PERMISSION_DENIED: that means a revoked
+                            // agent, which keeps its footage to retry later.
+                            return Err(MediaError::invalid(
+                                "detection_oids",
+                                format!(
+                                    "detection {oid} was published by agent {:?}, not {agent:?}: its footage is not this agent's to attach",
+                                    e.agent_id
+                                ),
+                            ));
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .await??;
         }
         let store = self.store.clone();
         let now = sightline_proto::now_ms();
