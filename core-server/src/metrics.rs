@@ -55,6 +55,7 @@ pub struct Metrics {
     pub media_rejected: Family<KindLabel, Counter>,
     pub edge_refused: Family<ReasonLabel, Counter>,
     pub permission_denied: Family<AgentLabel, Counter>,
+    pub batches_from_datagrams: Counter,
 }
 
 impl Default for Metrics {
@@ -166,8 +167,15 @@ impl Metrics {
             "Events refused because their camera or location is not registered to the agent",
             permission_denied.clone(),
         );
+        let batches_from_datagrams = Counter::default();
+        r.register(
+            "batches_from_datagrams",
+            "Batches committed from their QUIC datagram copy, ahead of the event stream",
+            batches_from_datagrams.clone(),
+        );
         Self {
             registry: r,
+            batches_from_datagrams,
             edge_refused,
             permission_denied,
             ingested,

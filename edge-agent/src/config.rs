@@ -205,7 +205,7 @@ fn default_batch_max_bytes() -> ByteSize {
     ByteSize::kib(1024)
 }
 fn default_max_in_flight() -> usize {
-    4
+    16
 }
 fn default_backoff_initial() -> Duration {
     Duration::from_millis(100)

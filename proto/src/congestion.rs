@@ -7,7 +7,7 @@
 //! Mathis formula predicts). quinn's BBR does not slow down when its
 //! bandwidth estimate is wrong and fills the bottleneck until half the
 //! packets drop. This one watches the queue instead: once per round trip it
-//! compares the smoothed RTT with the lowest seen — below `min_rtt + TARGET`
+//! compares the smoothed RTT with the lowest seen — below `min_rtt + TARGET` (5 ms)
 //! the window grows (doubling until the queue first builds, then by an
 //! eighth), above `min_rtt + 2 * TARGET` it shrinks by 15%. Losses only count
 //! when they are many (over a fifth of what a round trip carried) or
@@ -23,7 +23,7 @@ use std::{
 use quinn::congestion::{Controller, ControllerFactory};
 
 /// The queueing delay the controller aims at.
-const TARGET: Duration = Duration::from_millis(15);
+const TARGET: Duration = Duration::from_millis(5);
 
 #[derive(Debug, Clone, Default)]
 pub struct EdgeConfig;

@@ -97,6 +97,19 @@ impl QuicEdge {
             Err(why) => return self.refuse_conn(&conn, addr, why),
         };
         tracing::debug!(agent = %agent_id, peer = %addr, "edge: QUIC connection");
+        // Datagrams carry copies of the session's batches (see run_session).
+        let (dg_tx, dg_rx) = mpsc::channel::<AgentMessage>(256);
+        let shadow = Arc::new(std::sync::Mutex::new(Some(dg_rx)));
+        {
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                while let Ok(d) = conn.read_datagram().await {
+                    if let Ok(m) = AgentMessage::decode(d) {
+                        let _ = dg_tx.try_send(m);
+                    }
+                }
+            });
+        }
         loop {
             let (send, recv) = match conn.accept_bi().await {
                 Ok(s) => s,
@@ -112,8 +125,8 @@ impl QuicEdge {
                 link: LINK_QUIC,
                 refusal: None,
             };
-            let (me, c) = (self.clone(), conn.clone());
-            tokio::spawn(async move { me.call(c, peer, send, recv).await });
+            let (me, c, sh) = (self.clone(), conn.clone(), shadow.clone());
+            tokio::spawn(async move { me.call(c, peer, send, recv, sh).await });
         }
     }
 
@@ -123,7 +136,14 @@ impl QuicEdge {
         conn.close(edge::CLOSE_REFUSED.into(), why.as_bytes());
     }
 
-    async fn call(&self, conn: Connection, peer: Peer, send: SendStream, recv: RecvStream) {
+    async fn call(
+        &self,
+        conn: Connection,
+        peer: Peer,
+        send: SendStream,
+        recv: RecvStream,
+        shadow: Arc<std::sync::Mutex<Option<Datagrams>>>,
+    ) {
         let mut rd = FramedRead::new(recv, codec());
         let mut wr = FramedWrite::new(send, codec());
         let method = match tokio::time::timeout(Duration::from_secs(10), rd.next()).await {
@@ -143,7 +163,9 @@ impl QuicEdge {
                 let _ = wr.get_mut().set_priority(1);
                 let inbound = decoded::<AgentMessage>(rd).boxed();
                 let (tx, mut rx) = mpsc::channel(64);
-                tokio::spawn(self.ingest.clone().run_session(peer, inbound, tx));
+                // One session per connection takes the datagrams.
+                let shadow = shadow.lock().unwrap().take();
+                tokio::spawn(self.ingest.clone().run_session(peer, inbound, shadow, tx));
                 while let Some(m) = rx.recv().await {
                     match m {
                         Ok(msg) => {
@@ -208,6 +230,8 @@ impl QuicEdge {
 }
 
 type Reader = FramedRead<RecvStream, LengthDelimitedCodec>;
+/// The connection's datagrams (batch copies), taken by its session.
+type Datagrams = mpsc::Receiver<AgentMessage>;
 type Writer = FramedWrite<SendStream, LengthDelimitedCodec>;
 
 /// The call's request frames, decoded; a broken stream or a frame that does

@@ -27,7 +27,7 @@ impl Ingest for IngestService {
         let peer = crate::edge::tcp::peer_of(&request);
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(self.core.clone().run_session(peer, inbound, tx));
+        tokio::spawn(self.core.clone().run_session(peer, inbound, None, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

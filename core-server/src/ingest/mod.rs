@@ -49,8 +49,18 @@ type Out = mpsc::Sender<Result<CoreMessage, Status>>;
 impl IngestCore {
     /// Runs one agent session until the agent leaves, the link breaks, a newer
     /// session replaces it, or the core shuts down.
-    pub async fn run_session<S>(self: Arc<Self>, peer: Peer, mut inbound: S, out: Out)
-    where
+    ///
+    /// `shadow`: best-effort copies of the agent's batches that came apart
+    /// from `inbound` (QUIC datagrams). A copy is committed only if it is the
+    /// very next batch; the same batch arriving later on `inbound` is then
+    /// skipped, its ack being the copy's.
+    pub async fn run_session<S>(
+        self: Arc<Self>,
+        peer: Peer,
+        mut inbound: S,
+        mut shadow: Option<mpsc::Receiver<AgentMessage>>,
+        out: Out,
+    ) where
         S: Stream<Item = Result<AgentMessage, Status>> + Unpin + Send,
     {
         let hello = match tokio::time::timeout(self.hello_timeout, inbound.next()).await {
@@ -132,10 +142,36 @@ impl IngestCore {
             failed.clone(),
         ));
 
+        // The first seq not yet handed to the pipeline in this session, and
+        // the batches (by first seq) that were handed over from a shadow copy.
+        let mut next_seq = wm + 1;
+        let mut from_shadow = std::collections::BTreeSet::new();
         let end: Option<Status> = loop {
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break Some(Status::unavailable("the core is shutting down; reconnect later")),
+                Some(copy) = recv_shadow(&mut shadow) => {
+                    let Some(agent_message::Msg::Batch(b)) = copy.msg else { continue };
+                    if b.first_seq != next_seq || b.events.is_empty() {
+                        continue; // behind (the stream was first) or ahead of a gap
+                    }
+                    let (first, n) = (b.first_seq, b.events.len() as u64);
+                    let grant = self.registry.grant(&agent);
+                    let Ok(events) = decode_batch(first, b.events, &self.limits, Some(&agent).zip(grant.as_deref())) else {
+                        continue; // the stream copy will say what is wrong
+                    };
+                    let (reply, rx) = oneshot::channel();
+                    let req = CommitRequest { agent: agent.clone(), epoch, first_seq: first, events, reply };
+                    if let Err(e) = self.pipeline.submit(req).await {
+                        break Some(Status::unavailable(e.to_string()));
+                    }
+                    if pending_tx.send(rx).await.is_err() {
+                        break None;
+                    }
+                    from_shadow.insert(first);
+                    next_seq = first + n;
+                    self.metrics.batches_from_datagrams.inc();
+                }
                 _ = kicked.cancelled() => break Some(if self.registry.is_revoked(&agent) {
                     tracing::warn!(%agent, "agent revoked: its session is closed");
                     Status::permission_denied(format!("agent {agent:?} was revoked; its session is closed"))
@@ -162,6 +198,11 @@ impl IngestCore {
                             self.fleet.status(&agent, s);
                         }
                         agent_message::Msg::Batch(b) => {
+                            if from_shadow.remove(&b.first_seq) {
+                                continue; // committed from its shadow copy
+                            }
+                            from_shadow.retain(|&f| f > b.first_seq);
+                            next_seq = next_seq.max(b.first_seq + b.events.len() as u64);
                             let grant = self.registry.grant(&agent);
                             let events = match decode_batch(b.first_seq, b.events, &self.limits, Some(&agent).zip(grant.as_deref())) {
                                 Ok(ev) => ev,
@@ -234,6 +275,13 @@ impl IngestCore {
                 false,
             )),
         }
+    }
+}
+
+async fn recv_shadow(shadow: &mut Option<mpsc::Receiver<AgentMessage>>) -> Option<AgentMessage> {
+    match shadow {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -118,6 +118,7 @@ impl GrpcTransport {
             tx,
             rx,
             peer: self.url.clone(),
+            shadow: None,
         })
     }
 

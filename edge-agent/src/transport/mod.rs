@@ -30,7 +30,14 @@ pub struct Link {
     pub rx: BoxStream<'static, Result<CoreMessage, LinkError>>,
     /// Human-readable description of the peer, for logs.
     pub peer: String,
+    /// A best-effort second copy of a message, apart from `tx` (QUIC: a
+    /// datagram). The core commits whichever copy of a batch comes first, so
+    /// a lost packet of the event stream does not hold events up a round trip.
+    pub shadow: Option<Shadow>,
 }
+
+/// Sends a best-effort copy of a message (see [`Link::shadow`]).
+pub type Shadow = Box<dyn Fn(&AgentMessage) + Send + Sync>;
 
 /// Why a link could not be opened or broke.
 #[derive(Debug, thiserror::Error)]

@@ -3,7 +3,8 @@
 //! `proto/sightline/v1/edge.proto`). The event session's stream goes first
 //! whenever it has data, so a clip upload on the same connection never holds
 //! up events; losses on one stream do not stall the others; the connection
-//! survives this host's address changing (QUIC migration).
+//! survives this host's address changing (QUIC migration). A small batch
+//! also goes as a datagram, a copy the core may commit first (see [`Link`]).
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -162,10 +163,19 @@ impl QuicTransport {
                 Err(e) => Err(broken(&c, e)),
             })
             .boxed();
+        let dg = conn.clone();
+        let shadow = move |m: &AgentMessage| {
+            let bytes = m.encode_to_vec();
+            if dg.max_datagram_size().is_some_and(|max| bytes.len() <= max) {
+                // Best effort: a copy that does not fit or is dropped is fine.
+                let _ = dg.send_datagram(Bytes::from(bytes));
+            }
+        };
         Ok(Link {
             tx,
             rx,
             peer: format!("{} ({})", self.url, conn.remote_address()),
+            shadow: Some(Box::new(shadow)),
         })
     }
 

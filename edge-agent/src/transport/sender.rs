@@ -195,6 +195,11 @@ impl Sender {
                         first_seq: cursor,
                         events,
                     };
+                    if let Some(shadow) = &link.shadow {
+                        shadow(&AgentMessage {
+                            msg: Some(agent_message::Msg::Batch(batch.clone())),
+                        });
+                    }
                     send(&link.tx, agent_message::Msg::Batch(batch)).await?;
                     cursor += n;
                     in_flight.push_back(cursor - 1);

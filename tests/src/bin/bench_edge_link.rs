@@ -247,7 +247,16 @@ async fn run(edge: Edge, seconds: f64, rate_mb: f64, tcp_loss_response: bool) ->
     if let Some(p) = &udp {
         let d = p.dropped.load(std::sync::atomic::Ordering::Relaxed);
         let f = p.forwarded.load(std::sync::atomic::Ordering::Relaxed);
-        eprintln!("{edge:?}: UDP datagrams to the core forwarded={f}, dropped (both ways)={d}");
+        let (_, body) = sightline_tests::http::get(core.http, "/metrics", "").await;
+        let text = String::from_utf8(body).unwrap();
+        let shadow = text
+            .lines()
+            .find(|l| l.starts_with("sightline_batches_from_datagrams_total"))
+            .unwrap_or("")
+            .to_string();
+        eprintln!(
+            "quic: UDP datagrams to the core forwarded={f}, dropped (both ways)={d}; {shadow}"
+        );
     }
     r
 }
