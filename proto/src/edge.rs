@@ -17,7 +17,6 @@ pub const MEDIA_ATTACH: &str = "sightline.v1.Media/Attach";
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 
 /// QUIC application error codes for closing a connection.
-pub const CLOSE_DONE: u32 = 0;
 /// The core closed the connection because the agent was revoked.
 pub const CLOSE_REVOKED: u32 = 1;
 /// The core is shutting down.

@@ -31,13 +31,8 @@ fn det(oid: Option<i64>, item: &str, ts: i64) -> Detection {
 
 fn intake_agent(dir: &std::path::Path, id: &str, core_url: String, extra: Vec<String>) -> Agent {
     Agent::start(AgentArgs {
-        id: id.into(),
-        core_url,
-        data_dir: dir.join(id),
-        command: vec![],
-        intake: true,
-        exit_when_drained: false,
         extra,
+        ..AgentArgs::intake(dir, id, core_url)
     })
 }
 

@@ -418,15 +418,7 @@ async fn subscribers_get_joined_events_as_they_are_committed() {
         .await
         .unwrap()
         .into_inner();
-    let agent = Agent::start(AgentArgs {
-        id: "live".into(),
-        core_url: core.url(),
-        data_dir: dir.path().join("live"),
-        command: vec![],
-        intake: true,
-        exit_when_drained: false,
-        extra: vec![],
-    });
+    let agent = Agent::start(AgentArgs::intake(dir.path(), "live", core.url()));
     let mut intake = IntakeClient::connect(agent.intake_url()).await.unwrap();
     let now = sightline_tests::data::now_ms();
     intake

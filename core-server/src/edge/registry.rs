@@ -71,7 +71,7 @@ pub enum SessionRefusal {
 /// The registry in force; swapped whole on every change.
 pub struct Registry {
     path: Option<PathBuf>,
-    agents: ArcSwap<BTreeMap<String, Grant>>,
+    agents: ArcSwap<BTreeMap<String, Arc<Grant>>>,
     /// Serialises writers (admin calls, reloads).
     write: tokio::sync::Mutex<()>,
 }
@@ -116,9 +116,7 @@ impl Registry {
         if !self.enforced() {
             return None;
         }
-        Some(Arc::new(
-            self.agents.load().get(agent).cloned().unwrap_or_default(),
-        ))
+        Some(self.agents.load().get(agent).cloned().unwrap_or_default())
     }
 
     /// Re-reads the file (SIGHUP). A bad file is refused and the registry in
@@ -175,9 +173,12 @@ impl Registry {
         };
         let _w = self.write.lock().await;
         let mut next = (**self.agents.load()).clone();
-        f(next.entry(agent.to_string()).or_default());
+        f(Arc::make_mut(next.entry(agent.to_string()).or_default()));
         let text = toml::to_string(&RegistryFile {
-            agents: next.clone(),
+            agents: next
+                .iter()
+                .map(|(a, g)| (a.clone(), (**g).clone()))
+                .collect(),
         })
         .map_err(|e| file_err(path, e))?;
         let tmp = path.with_extension("toml.tmp");
@@ -249,7 +250,7 @@ fn file_err(path: &Path, e: impl std::fmt::Display) -> RegistryError {
     }
 }
 
-fn read(path: &Path) -> Result<BTreeMap<String, Grant>, RegistryError> {
+fn read(path: &Path) -> Result<BTreeMap<String, Arc<Grant>>, RegistryError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
@@ -260,7 +261,11 @@ fn read(path: &Path) -> Result<BTreeMap<String, Grant>, RegistryError> {
         sightline_proto::validate_agent_id(agent)
             .map_err(|e| file_err(path, format!("agents.{agent}: {}", e.reason)))?;
     }
-    Ok(file.agents)
+    Ok(file
+        .agents
+        .into_iter()
+        .map(|(a, g)| (a, Arc::new(g)))
+        .collect())
 }
 
 #[cfg(test)]

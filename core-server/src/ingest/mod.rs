@@ -155,18 +155,12 @@ impl IngestCore {
                     if b.first_seq != next_seq || b.events.is_empty() {
                         continue; // behind (the stream was first) or ahead of a gap
                     }
-                    let (first, n) = (b.first_seq, b.events.len() as u64);
-                    let grant = self.registry.grant(&agent);
-                    let Ok(events) = decode_batch(first, b.events, &self.limits, Some(&agent).zip(grant.as_deref())) else {
+                    let n = b.events.len() as u64;
+                    let Ok((first, events)) = self.check_batch(&agent, b) else {
                         continue; // the stream copy will say what is wrong
                     };
-                    let (reply, rx) = oneshot::channel();
-                    let req = CommitRequest { agent: agent.clone(), epoch, first_seq: first, events, reply };
-                    if let Err(e) = self.pipeline.submit(req).await {
-                        break Some(Status::unavailable(e.to_string()));
-                    }
-                    if pending_tx.send(rx).await.is_err() {
-                        break None;
+                    if let Err(end) = self.commit(&agent, epoch, first, events, &pending_tx).await {
+                        break end;
                     }
                     from_shadow.insert(first);
                     next_seq = first + n;
@@ -203,18 +197,12 @@ impl IngestCore {
                             }
                             from_shadow.retain(|&f| f > b.first_seq);
                             next_seq = next_seq.max(b.first_seq + b.events.len() as u64);
-                            let grant = self.registry.grant(&agent);
-                            let events = match decode_batch(b.first_seq, b.events, &self.limits, Some(&agent).zip(grant.as_deref())) {
-                                Ok(ev) => ev,
+                            let (first, events) = match self.check_batch(&agent, b) {
+                                Ok(x) => x,
                                 Err(s) => break Some(s),
                             };
-                            let (reply, rx) = oneshot::channel();
-                            let req = CommitRequest { agent: agent.clone(), epoch, first_seq: b.first_seq, events, reply };
-                            if let Err(e) = self.pipeline.submit(req).await {
-                                break Some(Status::unavailable(e.to_string()));
-                            }
-                            if pending_tx.send(rx).await.is_err() {
-                                break None;
+                            if let Err(end) = self.commit(&agent, epoch, first, events, &pending_tx).await {
+                                break end;
                             }
                         }
                     },
@@ -232,7 +220,51 @@ impl IngestCore {
     }
 }
 
+type Pending = mpsc::Sender<oneshot::Receiver<Result<CommitOutcome, CommitError>>>;
+
 impl IngestCore {
+    /// A batch's events, decoded and checked (validity, and what the agent
+    /// may publish); `Err` when the batch itself is malformed.
+    fn check_batch(
+        &self,
+        agent: &Arc<str>,
+        b: sightline_proto::v1::Batch,
+    ) -> Result<(u64, Vec<Incoming>), Status> {
+        let grant = self.registry.grant(agent);
+        let events = decode_batch(
+            b.first_seq,
+            b.events,
+            &self.limits,
+            Some(agent).zip(grant.as_deref()),
+        )?;
+        Ok((b.first_seq, events))
+    }
+
+    /// Hands a batch to the pipeline and its commit to the acker. `Err` ends
+    /// the session, with the status to send if any.
+    async fn commit(
+        &self,
+        agent: &Arc<str>,
+        epoch: u64,
+        first_seq: u64,
+        events: Vec<Incoming>,
+        pending: &Pending,
+    ) -> Result<(), Option<Status>> {
+        let (reply, rx) = oneshot::channel();
+        let req = CommitRequest {
+            agent: agent.clone(),
+            epoch,
+            first_seq,
+            events,
+            reply,
+        };
+        self.pipeline
+            .submit(req)
+            .await
+            .map_err(|e| Some(Status::unavailable(e.to_string())))?;
+        pending.send(rx).await.map_err(|_| None)
+    }
+
     /// Whether the agent behind `peer`, whose Hello says `claimed`, may open
     /// a session. Refusals are logged, counted and shown in the fleet view.
     fn admit(&self, peer: &Peer, claimed: &str) -> Result<(), Status> {
