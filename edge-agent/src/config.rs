@@ -83,7 +83,10 @@ pub struct SenderConfig {
     /// Most bytes in one batch (keep well under the core's message limit).
     #[serde(default = "default_batch_max_bytes")]
     pub batch_max_bytes: ByteSize,
-    /// Batches sent and not yet acknowledged, at most.
+    /// Batches sent and not yet acknowledged, at most. Live batches are
+    /// small and come every few ms, so this must cover a round trip plus a
+    /// lost ack's recovery (acks come in order: one lost packet holds up the
+    /// acks behind it for another round trip).
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
     /// First reconnect delay; doubles up to `backoff_max`, with full jitter.
@@ -205,7 +208,7 @@ fn default_batch_max_bytes() -> ByteSize {
     ByteSize::kib(1024)
 }
 fn default_max_in_flight() -> usize {
-    16
+    64
 }
 fn default_backoff_initial() -> Duration {
     Duration::from_millis(100)

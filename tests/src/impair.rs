@@ -123,6 +123,9 @@ pub struct UdpProxy {
     /// Datagrams dropped (loss, full queue or cut).
     pub dropped: Arc<AtomicU64>,
     pub forwarded: Arc<AtomicU64>,
+    /// How long each datagram towards the core waited in the bottleneck
+    /// queue, in ms (what the sender's congestion control left there).
+    pub queued_ms: Arc<Mutex<Vec<f32>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -132,6 +135,7 @@ impl UdpProxy {
         let addr = front.local_addr().unwrap();
         let up = Arc::new(AtomicBool::new(true));
         let (dropped, forwarded) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let queued_ms: Arc<Mutex<Vec<f32>>> = Arc::default();
         let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
         let (to_core_tx, to_core_rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
         let (to_client_tx, to_client_rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
@@ -139,8 +143,13 @@ impl UdpProxy {
         let mut tasks = Vec::new();
         // Client -> core: impair, queue.
         {
-            let (front, up, dropped, client) =
-                (front.clone(), up.clone(), dropped.clone(), client.clone());
+            let (front, up, dropped, client, queued_ms) = (
+                front.clone(),
+                up.clone(),
+                dropped.clone(),
+                client.clone(),
+                queued_ms.clone(),
+            );
             tasks.push(tokio::spawn(async move {
                 let mut pacer = Pacer::new(imp);
                 let mut buf = vec![0u8; 65536];
@@ -153,8 +162,11 @@ impl UdpProxy {
                         dropped.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
+                    let now = Instant::now();
                     match pacer.schedule(n) {
                         Some(at) => {
+                            let wait = (at - now).saturating_sub(imp.delay);
+                            queued_ms.lock().unwrap().push(wait.as_secs_f32() * 1000.0);
                             let _ = to_core_tx.send((at, buf[..n].to_vec()));
                         }
                         None => {
@@ -229,6 +241,7 @@ impl UdpProxy {
             rebind,
             dropped,
             forwarded,
+            queued_ms,
             tasks,
         }
     }

@@ -6,13 +6,13 @@
 
 pub mod grpc;
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use prost::Message;
 use sightline_proto::{
-    v1::{agent_message, core_message, Ack, AgentMessage, CoreMessage, EdgeEvent, Welcome},
+    v1::{agent_message, core_message, Ack, AgentMessage, Batch, CoreMessage, EdgeEvent, Welcome},
     validate_agent_id, validate_detection, Limits,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -142,29 +142,29 @@ impl IngestCore {
             failed.clone(),
         ));
 
-        // The first seq not yet handed to the pipeline in this session, and
-        // the batches (by first seq) that were handed over from a shadow copy.
+        // The first seq not yet handed to the pipeline in this session; the
+        // shadow copies that came ahead of it (their turn comes when the
+        // batches before them arrive, by either path); the runs of seqs
+        // committed from copies (first -> end), for their stream batch to skip.
         let mut next_seq = wm + 1;
-        let mut from_shadow = std::collections::BTreeSet::new();
+        let mut ahead: BTreeMap<u64, Batch> = BTreeMap::new();
+        let mut copied: BTreeMap<u64, u64> = BTreeMap::new();
         let end: Option<Status> = loop {
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break Some(Status::unavailable("the core is shutting down; reconnect later")),
                 Some(copy) = recv_shadow(&mut shadow) => {
                     let Some(agent_message::Msg::Batch(b)) = copy.msg else { continue };
-                    if b.first_seq != next_seq || b.events.is_empty() {
-                        continue; // behind (the stream was first) or ahead of a gap
+                    let last = b.first_seq + b.events.len() as u64;
+                    if b.events.is_empty() || last <= next_seq {
+                        continue; // the other path was first
                     }
-                    let n = b.events.len() as u64;
-                    let Ok((first, events)) = self.check_batch(&agent, b) else {
-                        continue; // the stream copy will say what is wrong
-                    };
-                    if let Err(end) = self.commit(&agent, epoch, first, events, &pending_tx).await {
+                    if ahead.len() < MAX_AHEAD_COPIES {
+                        ahead.insert(b.first_seq, b);
+                    }
+                    if let Err(end) = self.commit_copies(&agent, epoch, &mut next_seq, &mut ahead, &mut copied, &pending_tx).await {
                         break end;
                     }
-                    from_shadow.insert(first);
-                    next_seq = first + n;
-                    self.metrics.batches_from_datagrams.inc();
                 }
                 _ = kicked.cancelled() => break Some(if self.registry.is_revoked(&agent) {
                     tracing::warn!(%agent, "agent revoked: its session is closed");
@@ -192,16 +192,23 @@ impl IngestCore {
                             self.fleet.status(&agent, s);
                         }
                         agent_message::Msg::Batch(b) => {
-                            if from_shadow.remove(&b.first_seq) {
-                                continue; // committed from its shadow copy
+                            // What shadow copies committed already is skipped
+                            // (its acks were theirs).
+                            let mut from = b.first_seq;
+                            while let Some(end) = copied.remove(&from) {
+                                from = end;
                             }
-                            from_shadow.retain(|&f| f > b.first_seq);
+                            copied.retain(|&first, _| first > from);
+                            let Some(b) = unseen(b, from) else { continue };
                             next_seq = next_seq.max(b.first_seq + b.events.len() as u64);
                             let (first, events) = match self.check_batch(&agent, b) {
                                 Ok(x) => x,
                                 Err(s) => break Some(s),
                             };
                             if let Err(end) = self.commit(&agent, epoch, first, events, &pending_tx).await {
+                                break end;
+                            }
+                            if let Err(end) = self.commit_copies(&agent, epoch, &mut next_seq, &mut ahead, &mut copied, &pending_tx).await {
                                 break end;
                             }
                         }
@@ -222,14 +229,28 @@ impl IngestCore {
 
 type Pending = mpsc::Sender<oneshot::Receiver<Result<CommitOutcome, CommitError>>>;
 
+/// Shadow copies kept while they wait for the batches before them.
+const MAX_AHEAD_COPIES: usize = 64;
+
+/// The part of a batch from seq `from` on (a batch MAY overlap what the other
+/// path delivered: copies are cut to datagram size), or `None` if nothing is
+/// left. A batch that starts past `from` is returned whole.
+fn unseen(mut b: Batch, from: u64) -> Option<Batch> {
+    let n = b.events.len() as u64;
+    if b.first_seq + n <= from && n > 0 {
+        return None;
+    }
+    if b.first_seq < from {
+        b.events.drain(..(from - b.first_seq) as usize);
+        b.first_seq = from;
+    }
+    Some(b)
+}
+
 impl IngestCore {
     /// A batch's events, decoded and checked (validity, and what the agent
     /// may publish); `Err` when the batch itself is malformed.
-    fn check_batch(
-        &self,
-        agent: &Arc<str>,
-        b: sightline_proto::v1::Batch,
-    ) -> Result<(u64, Vec<Incoming>), Status> {
+    fn check_batch(&self, agent: &Arc<str>, b: Batch) -> Result<(u64, Vec<Incoming>), Status> {
         let grant = self.registry.grant(agent);
         let events = decode_batch(
             b.first_seq,
@@ -263,6 +284,36 @@ impl IngestCore {
             .await
             .map_err(|e| Some(Status::unavailable(e.to_string())))?;
         pending.send(rx).await.map_err(|_| None)
+    }
+
+    /// Commits the shadow copies that are next in line, in order (PROTOCOL.md
+    /// rule 6a); drops the ones the stream overtook.
+    async fn commit_copies(
+        &self,
+        agent: &Arc<str>,
+        epoch: u64,
+        next_seq: &mut u64,
+        ahead: &mut BTreeMap<u64, Batch>,
+        copied: &mut BTreeMap<u64, u64>,
+        pending: &Pending,
+    ) -> Result<(), Option<Status>> {
+        while let Some(entry) = ahead.first_entry() {
+            if *entry.key() > *next_seq {
+                break;
+            }
+            let Some(b) = unseen(entry.remove(), *next_seq) else {
+                continue;
+            };
+            let n = b.events.len() as u64;
+            let Ok((first, events)) = self.check_batch(agent, b) else {
+                continue; // the stream's copy will say what is wrong
+            };
+            self.commit(agent, epoch, first, events, pending).await?;
+            *next_seq = first + n;
+            copied.insert(first, first + n);
+            self.metrics.batches_from_datagrams.inc();
+        }
+        Ok(())
     }
 
     /// Whether the agent behind `peer`, whose Hello says `claimed`, may open
@@ -457,4 +508,31 @@ pub fn decode_batch(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod copy_tests {
+    use super::*;
+
+    fn batch(first_seq: u64, n: u8) -> Batch {
+        Batch {
+            first_seq,
+            events: (0..n).map(|i| Bytes::from(vec![i])).collect(),
+        }
+    }
+
+    #[test]
+    fn a_batch_loses_the_seqs_committed_from_copies() {
+        assert!(unseen(batch(10, 5), 15).is_none());
+        assert!(unseen(batch(10, 5), 20).is_none());
+        let b = unseen(batch(10, 5), 12).unwrap();
+        assert_eq!(b.first_seq, 12);
+        assert_eq!(
+            b.events,
+            vec![Bytes::from(vec![2]), vec![3].into(), vec![4].into()]
+        );
+        // Not yet reached, or ahead of a gap: whole.
+        assert_eq!(unseen(batch(10, 5), 10).unwrap().events.len(), 5);
+        assert_eq!(unseen(batch(10, 5), 7).unwrap().first_seq, 10);
+    }
 }

@@ -14,7 +14,7 @@ use std::{sync::Arc, time::Instant};
 
 use futures::{future::BoxFuture, stream::BoxStream, FutureExt};
 use sightline_proto::v1::{
-    AgentMessage, AttachMediaRequest, CoreMessage, MediaChunk, MediaOffsetRequest,
+    AgentMessage, AttachMediaRequest, Batch, CoreMessage, MediaChunk, MediaOffsetRequest,
     MediaOffsetResponse, MediaUploadResponse,
 };
 use tokio::sync::mpsc;
@@ -30,14 +30,14 @@ pub struct Link {
     pub rx: BoxStream<'static, Result<CoreMessage, LinkError>>,
     /// Human-readable description of the peer, for logs.
     pub peer: String,
-    /// A best-effort second copy of a message, apart from `tx` (QUIC: a
-    /// datagram). The core commits whichever copy of a batch comes first, so
-    /// a lost packet of the event stream does not hold events up a round trip.
+    /// Best-effort copies of a batch, apart from `tx` (QUIC: datagrams). The
+    /// core commits whichever copy of each seq comes first, so a lost packet
+    /// of the event stream does not hold events up a round trip.
     pub shadow: Option<Shadow>,
 }
 
-/// Sends a best-effort copy of a message (see [`Link::shadow`]).
-pub type Shadow = Box<dyn Fn(&AgentMessage) + Send + Sync>;
+/// Sends best-effort copies of a batch (see [`Link::shadow`]).
+pub type Shadow = Box<dyn Fn(&Batch) + Send + Sync>;
 
 /// Why a link could not be opened or broke.
 #[derive(Debug, thiserror::Error)]

@@ -15,8 +15,9 @@ use quinn::{Connection, ConnectionError};
 use sightline_proto::{
     edge::{self, codec},
     v1::{
-        quic_reply, AgentMessage, AttachMediaRequest, CoreMessage, MediaChunk, MediaOffsetRequest,
-        MediaOffsetResponse, MediaUploadResponse, QuicCall, QuicReply,
+        agent_message, quic_reply, AgentMessage, AttachMediaRequest, Batch, CoreMessage,
+        MediaChunk, MediaOffsetRequest, MediaOffsetResponse, MediaUploadResponse, QuicCall,
+        QuicReply,
     },
 };
 use tokio::sync::mpsc;
@@ -163,19 +164,15 @@ impl QuicTransport {
                 Err(e) => Err(broken(&c, e)),
             })
             .boxed();
-        let dg = conn.clone();
-        let shadow = move |m: &AgentMessage| {
-            let bytes = m.encode_to_vec();
-            if dg.max_datagram_size().is_some_and(|max| bytes.len() <= max) {
-                // Best effort: a copy that does not fit or is dropped is fine.
-                let _ = dg.send_datagram(Bytes::from(bytes));
-            }
+        let copies = Copies {
+            conn: conn.clone(),
+            last: std::sync::Mutex::new(Vec::new()),
         };
         Ok(Link {
             tx,
             rx,
             peer: format!("{} ({})", self.url, conn.remote_address()),
-            shadow: Some(Box::new(shadow)),
+            shadow: Some(Box::new(move |b: &Batch| copies.send(b))),
         })
     }
 
@@ -214,6 +211,69 @@ impl QuicTransport {
             )),
         }
     }
+}
+
+/// A live batch of more datagrams than this is a backlog draining: it goes by
+/// the stream alone, the link's bytes being better spent there.
+const MAX_COPY_DATAGRAMS: usize = 8;
+
+/// Datagram copies of the session's live batches (PROTOCOL.md rule 6a): each
+/// batch cut into datagram-sized runs of seqs, each run sent twice — at once
+/// and again with the next batch — so a lost datagram costs a batch interval,
+/// not a round trip, and a lost stream packet holds nothing up.
+struct Copies {
+    conn: Connection,
+    /// The previous batch's datagrams, sent again with the next batch.
+    last: std::sync::Mutex<Vec<Bytes>>,
+}
+
+impl Copies {
+    fn send(&self, batch: &Batch) {
+        let Some(max) = self.conn.max_datagram_size() else {
+            return;
+        };
+        let fresh = datagrams(batch, max, MAX_COPY_DATAGRAMS);
+        let mut last = self.last.lock().unwrap();
+        for d in last.iter().chain(&fresh) {
+            // Best effort: a copy that is dropped is fine.
+            let _ = self.conn.send_datagram(d.clone());
+        }
+        *last = fresh;
+    }
+}
+
+/// `batch` as runs of consecutive seqs that each fit a datagram of `max`
+/// bytes; none if that takes more than `most` datagrams or an event alone is
+/// too large.
+fn datagrams(batch: &Batch, max: usize, most: usize) -> Vec<Bytes> {
+    // AgentMessage and Batch framing around the events, at most.
+    const FRAMING: usize = 16;
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < batch.events.len() {
+        let (mut end, mut size) = (start, FRAMING);
+        while let Some(ev) = batch.events.get(end) {
+            let len = ev.len();
+            let add = 1 + prost::encoding::encoded_len_varint(len as u64) + len;
+            if size + add > max {
+                break;
+            }
+            size += add;
+            end += 1;
+        }
+        if end == start || out.len() == most {
+            return Vec::new();
+        }
+        let piece = AgentMessage {
+            msg: Some(agent_message::Msg::Batch(Batch {
+                first_seq: batch.first_seq + start as u64,
+                events: batch.events[start..end].to_vec(),
+            })),
+        };
+        out.push(Bytes::from(piece.encode_to_vec()));
+        start = end;
+    }
+    out
 }
 
 /// A QuicReply frame: the message, or the call's failure.
@@ -307,5 +367,67 @@ impl Transport for QuicTransport {
             Ok(())
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sightline_proto::v1::EdgeEvent;
+
+    fn batch(n: usize, name_len: usize) -> Batch {
+        Batch {
+            first_seq: 41,
+            events: (0..n)
+                .map(|i| {
+                    EdgeEvent {
+                        seq: 41 + i as u64,
+                        ..edge_event(name_len)
+                    }
+                    .encode_to_vec()
+                    .into()
+                })
+                .collect(),
+        }
+    }
+
+    fn edge_event(name_len: usize) -> EdgeEvent {
+        EdgeEvent {
+            detection: Some(sightline_proto::v1::Detection {
+                item_name: "x".repeat(name_len),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn copies_cover_the_batch_in_runs_that_fit_a_datagram() {
+        let b = batch(100, 40);
+        let pieces = datagrams(&b, 1200, 8);
+        assert!(pieces.len() > 1);
+        let mut next = b.first_seq;
+        for p in &pieces {
+            assert!(p.len() <= 1200, "{} bytes", p.len());
+            let Some(agent_message::Msg::Batch(part)) =
+                AgentMessage::decode(p.clone()).unwrap().msg
+            else {
+                panic!("a copy is a batch")
+            };
+            assert_eq!(part.first_seq, next);
+            for (i, e) in part.events.iter().enumerate() {
+                let e = EdgeEvent::decode(e.clone()).unwrap();
+                assert_eq!(e.seq, part.first_seq + i as u64);
+            }
+            next += part.events.len() as u64;
+        }
+        assert_eq!(next, b.first_seq + 100);
+    }
+
+    #[test]
+    fn no_copies_for_a_backlog_or_an_event_larger_than_a_datagram() {
+        assert!(datagrams(&batch(2000, 40), 1200, 8).is_empty());
+        assert!(datagrams(&batch(3, 2000), 1200, 8).is_empty());
+        assert_eq!(datagrams(&batch(5, 40), 1200, 8).len(), 1);
     }
 }

@@ -196,9 +196,7 @@ impl Sender {
                         events,
                     };
                     if let Some(shadow) = &link.shadow {
-                        shadow(&AgentMessage {
-                            msg: Some(agent_message::Msg::Batch(batch.clone())),
-                        });
+                        shadow(&batch);
                     }
                     send(&link.tx, agent_message::Msg::Batch(batch)).await?;
                     cursor += n;

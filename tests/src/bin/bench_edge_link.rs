@@ -35,11 +35,16 @@ use sightline_tests::{
 
 const CLIP_BYTES: usize = 50 * 1024 * 1024;
 
-fn arg(key: &str, default: f64) -> f64 {
+fn arg_str(key: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
         .position(|a| a == key)
         .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+fn arg(key: &str, default: f64) -> f64 {
+    arg_str(key)
         .map(|v| v.parse().unwrap_or_else(|_| panic!("{key} takes a number")))
         .unwrap_or(default)
 }
@@ -102,6 +107,8 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 struct Run {
     p50: f64,
     p99: f64,
+    /// p90, p95, p99.9 and the worst, for a closer look at the tail.
+    tail: [f64; 4],
     events_per_s: f64,
     /// The clip's upload rate during phase 1.
     clip_mb_s: f64,
@@ -151,8 +158,11 @@ async fn run(edge: Edge, seconds: f64, rate_mb: f64, tcp_loss_response: bool) ->
     std::fs::write(
         &cfg,
         format!(
-            "agent_id = \"far-host\"\n[capture]\nspool_path = \"{}\"\n",
-            spool_dir.display()
+            "agent_id = \"far-host\"\n[capture]\nspool_path = \"{}\"\n{}\n",
+            spool_dir.display(),
+            arg_str("--agent-config")
+                .unwrap_or_default()
+                .replace("\\n", "\n"),
         ),
     )
     .unwrap();
@@ -241,6 +251,12 @@ async fn run(edge: Edge, seconds: f64, rate_mb: f64, tcp_loss_response: bool) ->
     let r = Run {
         p50: pct(&ms, 0.50),
         p99: pct(&ms, 0.99),
+        tail: [
+            pct(&ms, 0.90),
+            pct(&ms, 0.95),
+            pct(&ms, 0.999),
+            pct(&ms, 1.0),
+        ],
         events_per_s: burst as f64 / secs,
         clip_mb_s,
     };
@@ -254,8 +270,12 @@ async fn run(edge: Edge, seconds: f64, rate_mb: f64, tcp_loss_response: bool) ->
             .find(|l| l.starts_with("sightline_batches_from_datagrams_total"))
             .unwrap_or("")
             .to_string();
+        let mut q = p.queued_ms.lock().unwrap().clone();
+        q.sort_by(f32::total_cmp);
+        let qp = |x: f64| q.get(((q.len() as f64 * x) as usize).min(q.len().saturating_sub(1)));
         eprintln!(
-            "quic: UDP datagrams to the core forwarded={f}, dropped (both ways)={d}; {shadow}"
+            "quic: UDP datagrams to the core forwarded={f}, dropped (both ways)={d}; {shadow}; bottleneck queue wait ms p50={:?} p90={:?} p99={:?}",
+            qp(0.5), qp(0.9), qp(0.99)
         );
     }
     r
@@ -290,7 +310,24 @@ async fn main() {
     eprintln!(
         "link: 2% loss, 50 ms each way, {rate_mb} MB/s bottleneck (256 KiB queue); TCP's loss response modelled: {tcp_model}; 50 MB clip + 1,000 events/s for {seconds} s"
     );
+    // --only quic|grpc: one transport (for trying out settings).
+    let only = arg_str("--only");
+    if only.as_deref() == Some("quic") {
+        let q = run(Edge::Quic, seconds, rate_mb, tcp_model).await;
+        println!(
+            "quic: event p50 {:.1} ms p99 {:.1} ms (p90 {:.1} p95 {:.1} p99.9 {:.1} max {:.1}); burst {:.0} events/s; clip upload during phase 1 {:.2} MB/s",
+            q.p50, q.p99, q.tail[0], q.tail[1], q.tail[2], q.tail[3], q.events_per_s, q.clip_mb_s
+        );
+        return;
+    }
     let g = run(Edge::Grpc, seconds, rate_mb, tcp_model).await;
+    if only.as_deref() == Some("grpc") {
+        println!(
+            "grpc: event p50 {:.1} ms p99 {:.1} ms (p90 {:.1} p95 {:.1} p99.9 {:.1} max {:.1}); burst {:.0} events/s; clip upload during phase 1 {:.2} MB/s",
+            g.p50, g.p99, g.tail[0], g.tail[1], g.tail[2], g.tail[3], g.events_per_s, g.clip_mb_s
+        );
+        return;
+    }
     eprintln!(
         "grpc: event p50 {:.1} ms p99 {:.1} ms; burst {:.0} events/s; clip upload during phase 1 {:.2} MB/s",
         g.p50, g.p99, g.events_per_s, g.clip_mb_s
