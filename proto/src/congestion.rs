@@ -7,12 +7,15 @@
 //! Mathis formula predicts). quinn's BBR does not slow down when its
 //! bandwidth estimate is wrong and fills the bottleneck until half the
 //! packets drop. This one watches the queue instead: once per round trip it
-//! compares the smoothed RTT with the lowest seen — below `min_rtt + TARGET` (5 ms)
-//! the window grows (doubling until the queue first builds, then by an
-//! eighth), above `min_rtt + 2 * TARGET` it shrinks by 15%. Losses only count
-//! when they are many (over a fifth of what a round trip carried) or
-//! persistent. So the link stays full while the bottleneck queue stays near
-//! `TARGET`, and events sent behind a clip wait little at the bottleneck.
+//! takes the round's mean RTT sample (what packets sent in that round waited,
+//! on average) less the lowest ever seen — under `TARGET` (5 ms) the window
+//! grows (doubling until the queue first builds, then by up to a sixteenth,
+//! less as the queue nears `TARGET`, so it settles instead of overshooting); over
+//! it, the window shrinks by the bytes the queue holds beyond `TARGET`
+//! (window × queue / RTT), draining it in one round, as Vegas and FAST TCP do. Losses only count when they are many (over a
+//! fifth of what a round trip carried) or persistent. So the link stays full
+//! while the bottleneck queue stays near `TARGET`, and events sent behind a
+//! clip wait little at the bottleneck.
 
 use std::{
     any::Any,
@@ -38,7 +41,9 @@ impl ControllerFactory for EdgeConfig {
             round_start: now,
             acked: 0,
             lost: 0,
-            srtt: Duration::ZERO,
+            round_rtt: Duration::ZERO,
+            samples: 0,
+            rtt: Duration::ZERO,
             min_rtt: Duration::MAX,
         })
     }
@@ -53,7 +58,11 @@ struct Edge {
     /// Bytes acknowledged and lost in the current round.
     acked: u64,
     lost: u64,
-    srtt: Duration,
+    /// The current round's RTT samples: their sum and count.
+    round_rtt: Duration,
+    samples: u32,
+    /// The smoothed RTT (how long a round lasts).
+    rtt: Duration,
     min_rtt: Duration,
 }
 
@@ -62,40 +71,57 @@ impl Edge {
         4 * self.mtu
     }
 
+    /// An RTT sample: a packet sent, its ack received.
+    fn sample(&mut self, rtt: Duration) {
+        self.round_rtt += rtt;
+        self.samples += 1;
+    }
+
     /// Once per round trip: grow or shrink by the queue the RTT shows.
     fn end_round(&mut self, now: Instant, app_limited: bool) {
-        let queue = self.srtt.saturating_sub(self.min_rtt);
+        let rtt = match self.samples {
+            0 => Duration::MAX,
+            n => self.round_rtt / n,
+        };
+        let queue = rtt.saturating_sub(self.min_rtt);
         let heavy_loss = self.lost * 5 > self.acked + self.lost;
-        if heavy_loss || queue > 2 * TARGET {
+        if heavy_loss {
             self.startup = false;
             self.window = (self.window * 85 / 100).max(self.floor());
+        } else if queue > TARGET && rtt != Duration::MAX {
+            // The window's bytes beyond a TARGET-long queue sit in the queue.
+            self.startup = false;
+            let keep = (self.min_rtt + TARGET).as_secs_f64() / rtt.as_secs_f64();
+            self.window = ((self.window as f64 * keep) as u64).max(self.floor());
         } else if queue < TARGET && !app_limited {
             self.window += if self.startup {
                 self.window
             } else {
-                (self.window / 8).max(self.mtu)
+                let room = 1.0 - queue.as_secs_f64() / TARGET.as_secs_f64();
+                ((self.window as f64 / 16.0 * room) as u64).max(self.mtu)
             };
-        } else if queue >= TARGET {
-            self.startup = false;
         }
         self.round_start = now;
         self.acked = 0;
         self.lost = 0;
+        self.round_rtt = Duration::ZERO;
+        self.samples = 0;
     }
 }
 
 impl Controller for Edge {
     fn on_ack(
         &mut self,
-        _now: Instant,
-        _sent: Instant,
+        now: Instant,
+        sent: Instant,
         bytes: u64,
         _app_limited: bool,
         rtt: &quinn_proto::RttEstimator,
     ) {
         self.acked += bytes;
-        self.srtt = rtt.get();
+        self.rtt = rtt.get();
         self.min_rtt = self.min_rtt.min(rtt.min());
+        self.sample(now.saturating_duration_since(sent));
     }
 
     fn on_end_acks(
@@ -105,7 +131,7 @@ impl Controller for Edge {
         app_limited: bool,
         _largest_packet_num_acked: Option<u64>,
     ) {
-        if !self.srtt.is_zero() && now.duration_since(self.round_start) >= self.srtt {
+        if !self.rtt.is_zero() && now.duration_since(self.round_start) >= self.rtt {
             self.end_round(now, app_limited);
         }
     }
@@ -159,7 +185,9 @@ mod tests {
             round_start: now,
             acked: 0,
             lost: 0,
-            srtt: Duration::from_millis(100),
+            round_rtt: Duration::from_millis(100),
+            samples: 1,
+            rtt: Duration::from_millis(100),
             min_rtt: Duration::from_millis(100),
         }
     }
@@ -170,15 +198,41 @@ mod tests {
         e.acked = 98 * 1200;
         e.lost = 2 * 1200; // 2%
         e.end_round(Instant::now(), false);
-        assert_eq!(e.window, 100 * 1200 + 100 * 1200 / 8);
+        assert_eq!(e.window, 100 * 1200 + 100 * 1200 / 16);
+        // Near the target, by less; at least a packet.
+        let mut e = edge(100);
+        e.round_rtt = Duration::from_millis(100) + TARGET / 2;
+        e.end_round(Instant::now(), false);
+        assert_eq!(e.window, 100 * 1200 + 100 * 1200 / 32);
+        let mut e = edge(100);
+        e.round_rtt = Duration::from_millis(100) + TARGET - Duration::from_micros(1);
+        e.end_round(Instant::now(), false);
+        assert_eq!(e.window, 101 * 1200);
     }
 
     #[test]
     fn shrinks_when_a_queue_builds_or_loss_is_heavy() {
+        // A queue of 3 TARGETs on average: the window keeps what fills the
+        // path and a TARGET-long queue.
         let mut e = edge(100);
-        e.srtt = Duration::from_millis(100) + 3 * TARGET;
+        e.round_rtt = Duration::from_millis(100) + 3 * TARGET;
         e.end_round(Instant::now(), false);
-        assert_eq!(e.window, 85 * 1200);
+        let keep = (100 + TARGET.as_millis()) as f64 / (100 + 3 * TARGET.as_millis()) as f64;
+        assert!(e.window.abs_diff((100.0 * 1200.0 * keep) as u64) <= 1);
+        // The round's mean decides: one low sample among high ones (the
+        // queue empty for a moment) does not hide the queue.
+        let mut e = edge(100);
+        e.samples = 0;
+        e.round_rtt = Duration::ZERO;
+        for ms in [130, 100, 140] {
+            e.sample(Duration::from_millis(ms));
+        }
+        e.end_round(Instant::now(), false);
+        let want = (100.0 * 1200.0 * (100 + TARGET.as_millis()) as f64 / (370.0 / 3.0)) as u64;
+        assert!(e.window.abs_diff(want) <= 1, "{} vs {want}", e.window);
+        // A round without samples changes nothing.
+        e.end_round(Instant::now(), false);
+        assert!(e.window.abs_diff(want) <= 1);
         let mut e = edge(100);
         e.acked = 70 * 1200;
         e.lost = 30 * 1200;
@@ -186,7 +240,8 @@ mod tests {
         assert_eq!(e.window, 85 * 1200);
         // Never below four packets.
         let mut e = edge(4);
-        e.srtt = Duration::from_secs(1);
+        e.round_rtt = Duration::from_secs(1);
+        e.samples = 1;
         e.end_round(Instant::now(), false);
         assert_eq!(e.window, 4 * 1200);
     }

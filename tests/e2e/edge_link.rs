@@ -514,6 +514,17 @@ async fn a_lossy_link_loses_and_duplicates_nothing(edge: Edge) {
         let dropped = p.dropped.load(std::sync::atomic::Ordering::Relaxed);
         let sent = p.forwarded.load(std::sync::atomic::Ordering::Relaxed);
         assert!(dropped > 0, "the link lost packets ({dropped} of {sent})");
+        // The datagram copies took part (exactly once held with them).
+        let text = metrics(&core).await;
+        let copies: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("sightline_batches_from_datagrams_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0);
+        assert!(
+            copies > 0.0,
+            "some batches were committed from datagram copies"
+        );
     }
 }
 

@@ -193,7 +193,6 @@ impl SearchIndex {
             indexed_ms: Arc::new(AtomicI64::new(resume.unwrap_or(i64::MIN))),
             jobs: tx.clone(),
         });
-        let writer: IndexWriter = this.index.writer_with_num_threads(1, 50_000_000)?;
         // Subscribed before the first read of the store: nothing falls between.
         let mut commits = hub.subscribe();
         let stop = shutdown.clone();
@@ -217,21 +216,41 @@ impl SearchIndex {
             }
         });
         drop(tx);
-        let indexer = Indexer {
-            idx: this.clone(),
-            writer,
-            store,
-            locations,
-            commit_interval,
-            resume,
-            replace_through: i64::MIN,
-            pending: 0,
-            newest_ms: resume.unwrap_or(i64::MIN),
-        };
-        std::thread::Builder::new()
+        // The indexer and the threads tantivy starts for its writer (they
+        // inherit it) run at a lower CPU priority than ingest: when the two
+        // compete for the cores, events are committed first and the index
+        // catches up after (it is rebuilt from the store, never the reverse).
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let idx = this.clone();
+        let spawned = std::thread::Builder::new()
             .name("search-indexer".into())
-            .spawn(move || indexer.run(rx, shutdown))
-            .map_err(|e| tantivy::TantivyError::SystemError(e.to_string()))?;
+            .spawn(move || {
+                lower_priority();
+                let writer: IndexWriter = match idx.index.writer_with_num_threads(1, 50_000_000) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                let indexer = Indexer {
+                    idx,
+                    writer,
+                    store,
+                    locations,
+                    commit_interval,
+                    resume,
+                    replace_through: i64::MIN,
+                    pending: 0,
+                    newest_ms: resume.unwrap_or(i64::MIN),
+                };
+                indexer.run(rx, shutdown);
+            });
+        spawned.map_err(|e| tantivy::TantivyError::SystemError(e.to_string()))?;
+        ready_rx
+            .recv()
+            .map_err(|e| tantivy::TantivyError::SystemError(e.to_string()))??;
         Ok(this)
     }
 
@@ -580,6 +599,16 @@ impl Indexer {
         self.idx.indexed_ms.store(self.newest_ms, Ordering::Relaxed);
         self.pending = 0;
         Ok(())
+    }
+}
+
+/// Lowers the calling thread's CPU priority to nice 10 (on Linux the nice
+/// value belongs to the thread, given by its id, and threads started from it
+/// inherit it).
+fn lower_priority() {
+    let me = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(me), 10) {
+        tracing::debug!(error = %e, "search index: could not lower the indexer's priority");
     }
 }
 

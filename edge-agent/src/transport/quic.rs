@@ -166,7 +166,7 @@ impl QuicTransport {
             .boxed();
         let copies = Copies {
             conn: conn.clone(),
-            last: std::sync::Mutex::new(Vec::new()),
+            last: std::sync::Mutex::default(),
         };
         Ok(Link {
             tx,
@@ -217,14 +217,20 @@ impl QuicTransport {
 /// the stream alone, the link's bytes being better spent there.
 const MAX_COPY_DATAGRAMS: usize = 8;
 
+/// How many times each copy goes: with its batch and with the next ones.
+const COPY_SENDS: usize = 3;
+
 /// Datagram copies of the session's live batches (PROTOCOL.md rule 6a): each
-/// batch cut into datagram-sized runs of seqs, each run sent twice — at once
-/// and again with the next batch — so a lost datagram costs a batch interval,
-/// not a round trip, and a lost stream packet holds nothing up.
+/// batch cut into datagram-sized runs of seqs, each run sent [`COPY_SENDS`]
+/// times — at once and again with each of the next batches — so a lost
+/// datagram costs a batch interval, not a round trip, and a lost stream
+/// packet holds nothing up. Measured: with two sends, a batch lost all ways
+/// about once a run held every event behind it ~300 ms (the stream's
+/// retransmission), the whole 1% tail.
 struct Copies {
     conn: Connection,
-    /// The previous batch's datagrams, sent again with the next batch.
-    last: std::sync::Mutex<Vec<Bytes>>,
+    /// The datagrams of the last batches, sent again with the next ones.
+    last: std::sync::Mutex<std::collections::VecDeque<Vec<Bytes>>>,
 }
 
 impl Copies {
@@ -234,11 +240,14 @@ impl Copies {
         };
         let fresh = datagrams(batch, max, MAX_COPY_DATAGRAMS);
         let mut last = self.last.lock().unwrap();
-        for d in last.iter().chain(&fresh) {
+        for d in last.iter().flatten().chain(&fresh) {
             // Best effort: a copy that is dropped is fine.
             let _ = self.conn.send_datagram(d.clone());
         }
-        *last = fresh;
+        last.push_back(fresh);
+        while last.len() >= COPY_SENDS {
+            last.pop_front();
+        }
     }
 }
 
