@@ -51,9 +51,10 @@ impl IngestCore {
     /// session replaces it, or the core shuts down.
     ///
     /// `shadow`: best-effort copies of the agent's batches that came apart
-    /// from `inbound` (QUIC datagrams). A copy is committed only if it is the
-    /// very next batch; the same batch arriving later on `inbound` is then
-    /// skipped, its ack being the copy's.
+    /// from `inbound` (QUIC datagrams), each a run of a batch's seqs. A copy
+    /// is committed when its seqs are the next ones (one that comes ahead
+    /// waits, among a few); what copies committed is then skipped when the
+    /// batch arrives on `inbound`, its ack being the copies'.
     pub async fn run_session<S>(
         self: Arc<Self>,
         peer: Peer,
