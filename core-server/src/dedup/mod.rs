@@ -346,6 +346,9 @@ impl Writer {
         );
         let cf_by_commit = store.cf(CF_BY_COMMIT);
         let mut batch = WriteBatch::default();
+        // The commit's events in one `by_commit` entry (one memtable insert
+        // per commit instead of one per event; see Store::committed_since).
+        let mut by_commit: Option<(i64, Vec<u8>)> = None;
         let mut seen: HashSet<i64> = HashSet::with_capacity(fresh.len());
         let mut live = Vec::new();
         let (mut n_stored, mut n_sem, mut n_rej, mut n_unmatched, mut n_transport) =
@@ -427,7 +430,8 @@ impl Writer {
                     };
                     batch.put_cf(cf_events, keys::event_key(ts, oid), joined.encode_to_vec());
                     batch.put_cf(cf_det, keys::det_key(oid), keys::i64_key(ts));
-                    batch.put_cf(cf_by_commit, keys::event_key(now, oid), keys::i64_key(ts));
+                    let (_, packed) = by_commit.get_or_insert_with(|| (oid, Vec::new()));
+                    packed.extend_from_slice(&keys::event_key(ts, oid));
                     outcome.stored += 1;
                     n_stored += 1;
                     if want_live {
@@ -441,6 +445,9 @@ impl Writer {
             if let Ok(o) = &p.outcome {
                 n_transport += o.dup_transport;
             }
+        }
+        if let Some((first_oid, packed)) = by_commit {
+            batch.put_cf(cf_by_commit, keys::event_key(now, first_oid), packed);
         }
         for (k, v) in agg {
             if v == 1 {

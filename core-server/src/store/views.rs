@@ -91,8 +91,13 @@ impl Store {
 
 impl Store {
     /// Events committed at or after `from_ms`, in commit order, after the
-    /// `by_commit` key `after` (exclusive; empty: from the start), at most
-    /// `limit`. Returns them with the key to continue from.
+    /// `by_commit` key `after` (exclusive; empty: from the start), about
+    /// `limit` (whole commits). Returns them with the key to continue from.
+    ///
+    /// A `by_commit` entry is one commit: key (commit ms, its first det_oid),
+    /// value the (detection ms, det_oid) of each of its events, 16 bytes
+    /// each; a store written before that holds one entry per event, value
+    /// the detection ms alone.
     pub fn committed_since(
         &self,
         from_ms: i64,
@@ -103,6 +108,7 @@ impl Store {
         let start: &[u8] = if after > &start[..] { after } else { &start };
         let mut out = Vec::new();
         let mut last = after.to_vec();
+        let malformed = || StoreError::Corrupt("a by_commit entry is malformed".into());
         for item in self.db.iterator_cf(
             self.cf(CF_BY_COMMIT),
             IteratorMode::From(start, rocksdb::Direction::Forward),
@@ -115,17 +121,26 @@ impl Store {
                 break;
             }
             last = k.to_vec();
-            if k.len() != 16 || v.len() != 8 {
-                return Err(StoreError::Corrupt("a by_commit entry is malformed".into()));
+            if k.len() != 16 {
+                return Err(malformed());
             }
-            let ts = keys::i64_from_key(&v);
-            let det = keys::i64_from_key(&k[8..]);
-            // Gone when retention cut it (by detection time) first.
-            if let Some(ev) = self
-                .db
-                .get_pinned_cf(self.cf(CF_EVENTS), keys::event_key(ts, det))?
-            {
-                out.push(decode_event(&ev)?);
+            let events: Vec<(i64, i64)> = if v.len() == 8 {
+                vec![(keys::i64_from_key(&v), keys::i64_from_key(&k[8..]))]
+            } else if !v.is_empty() && v.len() % 16 == 0 {
+                v.chunks_exact(16)
+                    .map(|e| (keys::i64_from_key(&e[..8]), keys::i64_from_key(&e[8..])))
+                    .collect()
+            } else {
+                return Err(malformed());
+            };
+            for (ts, det) in events {
+                // Gone when retention cut it (by detection time) first.
+                if let Some(ev) = self
+                    .db
+                    .get_pinned_cf(self.cf(CF_EVENTS), keys::event_key(ts, det))?
+                {
+                    out.push(decode_event(&ev)?);
+                }
             }
         }
         Ok((out, last))
@@ -158,6 +173,7 @@ mod tests {
     use super::*;
     use crate::store::CF_AGG;
     use rocksdb::WriteBatch;
+    use sightline_proto::v1::JoinedEvent;
 
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -173,6 +189,60 @@ mod tests {
             n.to_le_bytes(),
         );
         s.write(b).unwrap();
+    }
+
+    #[test]
+    fn committed_since_reads_whole_commits_and_the_older_per_event_entries() {
+        use prost::Message;
+        let (_d, s) = store();
+        let mut b = WriteBatch::default();
+        let event = |det: i64, ts: i64, committed: i64| {
+            let ev = JoinedEvent {
+                detection: Some(sightline_proto::v1::Detection {
+                    detection_oid: Some(det),
+                    timestamp_detected: ts,
+                    ..Default::default()
+                }),
+                committed_ms: committed,
+                ..Default::default()
+            };
+            (keys::event_key(ts, det), ev.encode_to_vec())
+        };
+        // Committed at 1000: one event per entry (the older layout).
+        for det in [7, 8] {
+            let (k, v) = event(det, 500 + det, 1000);
+            b.put_cf(s.cf(CF_EVENTS), k, v);
+            b.put_cf(
+                s.cf(CF_BY_COMMIT),
+                keys::event_key(1000, det),
+                keys::i64_key(500 + det),
+            );
+        }
+        // Committed at 2000 and 3000: one entry per commit.
+        for (at, dets) in [(2000, vec![30, 10, 20]), (3000, vec![40])] {
+            let mut packed = Vec::new();
+            for &det in &dets {
+                let (k, v) = event(det, 100 + det, at);
+                b.put_cf(s.cf(CF_EVENTS), k, v);
+                packed.extend_from_slice(&k);
+            }
+            b.put_cf(s.cf(CF_BY_COMMIT), keys::event_key(at, dets[0]), packed);
+        }
+        s.write(b).unwrap();
+        let oids = |evs: &[JoinedEvent]| -> Vec<i64> {
+            evs.iter()
+                .map(|e| e.detection.as_ref().unwrap().detection_oid.unwrap())
+                .collect()
+        };
+        let (all, _) = s.committed_since(0, &[], 100).unwrap();
+        assert_eq!(oids(&all), vec![7, 8, 30, 10, 20, 40]);
+        let (since, _) = s.committed_since(1500, &[], 100).unwrap();
+        assert_eq!(oids(&since), vec![30, 10, 20, 40]);
+        // Paged: a commit is never split; the next page starts after it.
+        let (page, last) = s.committed_since(1500, &[], 2).unwrap();
+        assert_eq!(oids(&page), vec![30, 10, 20]);
+        let (rest, _) = s.committed_since(1500, &last, 2).unwrap();
+        assert_eq!(oids(&rest), vec![40]);
     }
 
     #[test]
