@@ -472,11 +472,8 @@ impl CoreConfig {
                 "unset, and edge.plaintext is off: no agent could connect. Make a CA with `sightline-core certs init` and `certs core`, or pass --insecure-plaintext for a local demo",
             );
         }
-        if !["edge", "cubic", "bbr"].contains(&self.edge.quic_congestion.as_str()) {
-            return err(
-                "edge.quic_congestion",
-                "must be \"edge\", \"cubic\" or \"bbr\"",
-            );
+        if let Err(why) = sightline_proto::edge::check_congestion(&self.edge.quic_congestion) {
+            return err("edge.quic_congestion", &why);
         }
         Ok(())
     }

@@ -324,11 +324,8 @@ impl AgentConfig {
         if self.sender.batch_max_bytes.as_u64() < 1024 {
             return err("sender.batch_max_bytes", "must be at least 1 KiB");
         }
-        if !["edge", "cubic", "bbr"].contains(&self.sender.quic_congestion.as_str()) {
-            return err(
-                "sender.quic_congestion",
-                "must be \"edge\", \"cubic\" or \"bbr\"",
-            );
+        if let Err(why) = sightline_proto::edge::check_congestion(&self.sender.quic_congestion) {
+            return err("sender.quic_congestion", &why);
         }
         if self.sender.max_in_flight == 0 {
             return err("sender.max_in_flight", "must be at least 1");

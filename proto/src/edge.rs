@@ -43,8 +43,21 @@ pub fn from_wire(s: QuicStatus) -> tonic::Status {
     tonic::Status::new(tonic::Code::from_i32(s.code), s.message)
 }
 
+/// The QUIC congestion controllers a config may name: "edge" (see
+/// `crate::congestion`), quinn's "cubic" and "bbr".
+pub const CONGESTION_CONTROLLERS: [&str; 3] = ["edge", "cubic", "bbr"];
+
+/// Whether `name` is one of [`CONGESTION_CONTROLLERS`]; the reason if not.
+pub fn check_congestion(name: &str) -> Result<(), String> {
+    if CONGESTION_CONTROLLERS.contains(&name) {
+        Ok(())
+    } else {
+        Err("must be \"edge\", \"cubic\" or \"bbr\"".into())
+    }
+}
+
 /// The QUIC transport settings of the edge link; both ends use the same.
-/// `congestion`: "edge" (see [`crate::congestion`]), "cubic" or "bbr".
+/// `congestion`: one of [`CONGESTION_CONTROLLERS`].
 #[cfg(feature = "quic")]
 pub fn transport_config(congestion: &str) -> quinn::TransportConfig {
     use std::{sync::Arc, time::Duration};

@@ -376,10 +376,11 @@ impl MediaStore {
         if let Some(stored) = self.lookup(&media.sha256).await? {
             media.size = stored.size;
         }
-        if let Some(agent) = publisher {
-            let (store, oids, agent) = (self.store.clone(), det_oids.clone(), agent.to_string());
-            tokio::task::spawn_blocking(move || -> Result<(), MediaError> {
-                for oid in oids {
+        let (store, publisher) = (self.store.clone(), publisher.map(str::to_string));
+        let now = sightline_proto::now_ms();
+        tokio::task::spawn_blocking(move || -> Result<(), MediaError> {
+            if let Some(agent) = publisher {
+                for &oid in &det_oids {
                     if let Some(e) = store.get_event(oid)? {
                         if e.agent_id != agent {
                             // Invalid, not PERMISSION_DENIED: that means a revoked
@@ -394,13 +395,10 @@ impl MediaStore {
                         }
                     }
                 }
-                Ok(())
-            })
-            .await??;
-        }
-        let store = self.store.clone();
-        let now = sightline_proto::now_ms();
-        tokio::task::spawn_blocking(move || store.attach_media(&det_oids, &media, now)).await??;
+            }
+            Ok(store.attach_media(&det_oids, &media, now)?)
+        })
+        .await??;
         Ok(())
     }
 }
