@@ -21,6 +21,11 @@ use tokio_stream::wrappers::ReceiverStream;
 
 const LOCATIONS: &[i64] = &[1, 2, 3, 4, 5];
 
+/// The disruption tests replay ~44,000 events at this rate (~15 s) and
+/// reconnect within [`RECONNECT`], so every kill or cut falls mid-stream.
+const RATE: u32 = 3000;
+const RECONNECT: Duration = Duration::from_millis(300);
+
 // Each runs as `<test>::grpc` and `<test>::quic`.
 sightline_tests::over_both_transports!(
     upstream_duplicates_are_stored_once,
@@ -97,12 +102,14 @@ async fn core_killed_mid_stream_loses_and_duplicates_nothing(edge: Edge) {
     let b = dir.path().join("locations.csv");
     write_locations(&b, LOCATIONS);
     let mut core = Core::start(dir.path(), Some(&b));
-    let data = Dataset::generate(3, 30_000, 0.1, 0.2, LOCATIONS);
+    let data = Dataset::generate(3, 40_000, 0.1, 0.2, LOCATIONS);
     let truth = data.truth();
     let csv = dir.path().join("a.csv");
     data.write_csv(&csv);
     let mut agent = Agent::start(
-        AgentArgs::replay(dir.path(), "a", String::new(), &csv, Some(6000)).over(&core, edge),
+        AgentArgs::replay(dir.path(), "a", String::new(), &csv, Some(RATE))
+            .over(&core, edge)
+            .reconnect_within(RECONNECT),
     );
     for _ in 0..3 {
         wait_more_stored(&core.url(), 2000).await;
@@ -119,12 +126,14 @@ async fn agent_killed_mid_stream_loses_and_duplicates_nothing(edge: Edge) {
     let b = dir.path().join("locations.csv");
     write_locations(&b, LOCATIONS);
     let core = Core::start(dir.path(), Some(&b));
-    let data = Dataset::generate(4, 30_000, 0.1, 0.2, LOCATIONS);
+    let data = Dataset::generate(4, 40_000, 0.1, 0.2, LOCATIONS);
     let truth = data.truth();
     let csv = dir.path().join("a.csv");
     data.write_csv(&csv);
     let mut agent = Agent::start(
-        AgentArgs::replay(dir.path(), "a", String::new(), &csv, Some(6000)).over(&core, edge),
+        AgentArgs::replay(dir.path(), "a", String::new(), &csv, Some(RATE))
+            .over(&core, edge)
+            .reconnect_within(RECONNECT),
     );
     for _ in 0..3 {
         wait_more_stored(&core.url(), 2000).await;
@@ -200,12 +209,13 @@ async fn link_cut_and_restored_loses_and_duplicates_nothing(edge: Edge) {
     let b = dir.path().join("locations.csv");
     write_locations(&b, LOCATIONS);
     let core = Core::start(dir.path(), Some(&b));
-    let data = Dataset::generate(6, 30_000, 0.1, 0.2, LOCATIONS);
+    let data = Dataset::generate(6, 40_000, 0.1, 0.2, LOCATIONS);
     let truth = data.truth();
     let csv = dir.path().join("a.csv");
     data.write_csv(&csv);
-    let mut args =
-        AgentArgs::replay(dir.path(), "a", String::new(), &csv, Some(6000)).over(&core, edge);
+    let mut args = AgentArgs::replay(dir.path(), "a", String::new(), &csv, Some(RATE))
+        .over(&core, edge)
+        .reconnect_within(RECONNECT);
     let (tcp, udp) = match edge {
         Edge::Grpc => {
             let p = ImpairedTcpProxy::start(core.edge, Impairment::NONE).await;

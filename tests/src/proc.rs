@@ -454,6 +454,25 @@ impl AgentArgs {
         self
     }
 
+    /// Reconnects after a break within `max` (the sender's `backoff_max`;
+    /// 5 s by default), so that a test's disruptions all fall while its
+    /// source is still producing, whatever the backoff's jitter draws.
+    pub fn reconnect_within(mut self, max: std::time::Duration) -> Self {
+        let cfg = self.data_dir.with_extension("toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "agent_id = \"{}\"\n[sender]\nbackoff_max = \"{}ms\"\n",
+                self.id,
+                max.as_millis()
+            ),
+        )
+        .unwrap();
+        self.extra
+            .extend(["--config".to_string(), cfg.display().to_string()]);
+        self
+    }
+
     /// An agent that replays `file` into the core at `core_url` (at `rate`
     /// events/s, or as fast as it goes) and exits once the core has it all.
     pub fn replay(dir: &Path, id: &str, core_url: String, file: &Path, rate: Option<u32>) -> Self {
