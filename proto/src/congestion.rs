@@ -10,10 +10,15 @@
 //! takes the round's mean RTT sample (what packets sent in that round waited,
 //! on average) less the lowest ever seen — under `TARGET` (5 ms) the window
 //! grows (doubling until the queue first builds, then by up to a sixteenth,
-//! less as the queue nears `TARGET`, so it settles instead of overshooting); over
-//! it, the window shrinks by the bytes the queue holds beyond `TARGET`
-//! (window × queue / RTT), draining it in one round, as Vegas and FAST TCP do. Losses only count when they are many (over a
-//! fifth of what a round trip carried) or persistent. So the link stays full
+//! less as the queue nears `TARGET`, so it settles instead of overshooting;
+//! rounds after rounds with the queue well under `TARGET` grow by up to a
+//! quarter, so a window that fell far below the path recovers in about a
+//! second, not a minute); over it, the window shrinks by the bytes the queue
+//! holds beyond `TARGET` (window × queue / RTT), draining it in one round, as
+//! Vegas and FAST TCP do. Startup ends on a queue that even the round's
+//! fastest packet saw: a busy host delays some acks, and one such round must
+//! not leave the window at its first few packets. Losses only count when they
+//! are many (over a fifth of what a round trip carried) or persistent. So the link stays full
 //! while the bottleneck queue stays near `TARGET`, and events sent behind a
 //! clip wait little at the bottleneck.
 
@@ -27,6 +32,10 @@ use quinn::congestion::{Controller, ControllerFactory};
 
 /// The queueing delay the controller aims at.
 const TARGET: Duration = Duration::from_millis(5);
+
+/// Growth after clear rounds: a sixteenth of the window, doubled for each
+/// clear round before, up to this many doublings (a quarter per round).
+const MAX_GROWTH_DOUBLINGS: u32 = 2;
 
 #[derive(Debug, Clone, Default)]
 pub struct EdgeConfig;
@@ -43,6 +52,8 @@ impl ControllerFactory for EdgeConfig {
             lost: 0,
             round_rtt: Duration::ZERO,
             samples: 0,
+            round_min: Duration::MAX,
+            clear_rounds: 0,
             rtt: Duration::ZERO,
             min_rtt: Duration::MAX,
         })
@@ -61,6 +72,10 @@ struct Edge {
     /// The current round's RTT samples: their sum and count.
     round_rtt: Duration,
     samples: u32,
+    /// The current round's lowest RTT sample.
+    round_min: Duration,
+    /// Rounds in a row, before this one, whose queue was under half `TARGET`.
+    clear_rounds: u32,
     /// The smoothed RTT (how long a round lasts).
     rtt: Duration,
     min_rtt: Duration,
@@ -75,6 +90,7 @@ impl Edge {
     fn sample(&mut self, rtt: Duration) {
         self.round_rtt += rtt;
         self.samples += 1;
+        self.round_min = self.round_min.min(rtt);
     }
 
     /// Once per round trip: grow or shrink by the queue the RTT shows.
@@ -84,28 +100,59 @@ impl Edge {
             n => self.round_rtt / n,
         };
         let queue = rtt.saturating_sub(self.min_rtt);
-        let heavy_loss = self.lost * 5 > self.acked + self.lost;
+        // Over a fifth of the round lost, and more than two packets of it
+        // (one loss among the first handful of packets is not congestion).
+        let heavy_loss = self.lost * 5 > self.acked + self.lost && self.lost > 2 * self.mtu;
         if heavy_loss {
             self.startup = false;
+            self.clear_rounds = 0;
             self.window = (self.window * 85 / 100).max(self.floor());
         } else if queue > TARGET && rtt != Duration::MAX {
-            // The window's bytes beyond a TARGET-long queue sit in the queue.
-            self.startup = false;
-            let keep = (self.min_rtt + TARGET).as_secs_f64() / rtt.as_secs_f64();
-            self.window = ((self.window as f64 * keep) as u64).max(self.floor());
+            if self.startup && self.round_min.saturating_sub(self.min_rtt) <= TARGET {
+                // Some samples were late, not the whole round: delayed acks
+                // or a busy host, not yet a queue. Hold, keep starting up.
+            } else {
+                // The window's bytes beyond a TARGET-long queue sit in the queue.
+                self.startup = false;
+                self.clear_rounds = 0;
+                let keep = (self.min_rtt + TARGET).as_secs_f64() / rtt.as_secs_f64();
+                self.window = ((self.window as f64 * keep) as u64).max(self.floor());
+            }
         } else if queue < TARGET && !app_limited {
             self.window += if self.startup {
                 self.window
             } else {
                 let room = 1.0 - queue.as_secs_f64() / TARGET.as_secs_f64();
-                ((self.window as f64 / 16.0 * room) as u64).max(self.mtu)
+                let clear = queue < TARGET / 2;
+                let boost = if clear {
+                    1u64 << self.clear_rounds.min(MAX_GROWTH_DOUBLINGS)
+                } else {
+                    1
+                };
+                ((self.window as f64 / 16.0 * room) as u64 * boost).max(self.mtu)
             };
+            if queue < TARGET / 2 {
+                self.clear_rounds += 1;
+            } else {
+                self.clear_rounds = 0;
+            }
         }
+        tracing::trace!(
+            rtt_ms = rtt.as_secs_f64() * 1e3,
+            min_rtt_ms = self.min_rtt.as_secs_f64() * 1e3,
+            samples = self.samples,
+            acked = self.acked,
+            lost = self.lost,
+            app_limited,
+            window = self.window,
+            "round"
+        );
         self.round_start = now;
         self.acked = 0;
         self.lost = 0;
         self.round_rtt = Duration::ZERO;
         self.samples = 0;
+        self.round_min = Duration::MAX;
     }
 }
 
@@ -187,6 +234,8 @@ mod tests {
             lost: 0,
             round_rtt: Duration::from_millis(100),
             samples: 1,
+            round_min: Duration::MAX,
+            clear_rounds: 0,
             rtt: Duration::from_millis(100),
             min_rtt: Duration::from_millis(100),
         }
@@ -238,12 +287,65 @@ mod tests {
         e.lost = 30 * 1200;
         e.end_round(Instant::now(), false);
         assert_eq!(e.window, 85 * 1200);
+        // One packet lost of a handful is chance, not congestion.
+        let mut e = edge(5);
+        e.acked = 4 * 1200;
+        e.lost = 1200;
+        e.end_round(Instant::now(), false);
+        assert!(e.window > 5 * 1200);
         // Never below four packets.
         let mut e = edge(4);
         e.round_rtt = Duration::from_secs(1);
         e.samples = 1;
         e.end_round(Instant::now(), false);
         assert_eq!(e.window, 4 * 1200);
+    }
+
+    /// One round whose samples are `ms` (RTT, milliseconds).
+    fn round(e: &mut Edge, ms: &[u64]) {
+        for m in ms {
+            e.sample(Duration::from_millis(*m));
+        }
+        e.end_round(Instant::now(), false);
+    }
+
+    #[test]
+    fn startup_ends_on_a_queue_the_whole_round_saw_not_on_late_acks() {
+        let mut e = edge(10);
+        e.startup = true;
+        e.samples = 0;
+        e.round_rtt = Duration::ZERO;
+        // The mean says 10 ms of queue, but the fastest packet saw none.
+        round(&mut e, &[100, 130, 100]);
+        assert!(e.startup);
+        assert_eq!(e.window, 10 * 1200, "held, not doubled");
+        round(&mut e, &[100, 100]);
+        assert_eq!(e.window, 20 * 1200, "doubling again");
+        // Every packet queued: startup ends and the window shrinks.
+        round(&mut e, &[116, 117, 118]);
+        assert!(!e.startup);
+        assert!(e.window < 20 * 1200);
+    }
+
+    #[test]
+    fn a_window_far_below_the_path_recovers_within_a_few_dozen_rounds() {
+        // Ten packets left of a path that holds 170 (2 MB/s over 100 ms):
+        // a sixteenth, then an eighth, then a quarter per clear round.
+        let mut e = edge(10);
+        e.samples = 0;
+        e.round_rtt = Duration::ZERO;
+        let mut rounds = 0;
+        while e.window < 170 * 1200 {
+            round(&mut e, &[100, 101, 100]);
+            rounds += 1;
+        }
+        assert!(rounds <= 16, "{rounds} rounds");
+        // A queue past half the target ends the run of clear rounds: a
+        // sixteenth again, scaled by the room left.
+        let w = e.window;
+        round(&mut e, &[103, 103]);
+        assert_eq!(e.clear_rounds, 0);
+        assert_eq!(e.window, w + (w as f64 / 16.0 * 0.4) as u64);
     }
 
     #[test]

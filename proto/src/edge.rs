@@ -71,6 +71,13 @@ pub fn transport_config(congestion: &str) -> quinn::TransportConfig {
     t.stream_receive_window((4u32 * 1024 * 1024).into());
     t.receive_window((16u32 * 1024 * 1024).into());
     t.send_window(16 * 1024 * 1024);
+    // Every packet acknowledged at once (the ACK frequency extension; both
+    // ends run quinn), not every other one: the "edge" controller reads the
+    // bottleneck's queue from RTT samples, and with the window small and
+    // packets sparse a delayed ack looks like a queue that is not there.
+    let mut acks = quinn::AckFrequencyConfig::default();
+    acks.ack_eliciting_threshold(0u32.into());
+    t.ack_frequency_config(Some(acks));
     match congestion {
         "bbr" => {
             t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));

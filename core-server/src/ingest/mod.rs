@@ -272,6 +272,7 @@ impl IngestCore {
         events: Vec<Incoming>,
         pending: &Pending,
     ) -> Result<(), Option<Status>> {
+        tracing::trace!(first_seq, events = events.len(), "batch to commit");
         let (reply, rx) = oneshot::channel();
         let req = CommitRequest {
             agent: agent.clone(),
@@ -313,6 +314,7 @@ impl IngestCore {
             *next_seq = first + n;
             copied.insert(first, first + n);
             self.metrics.batches_from_datagrams.inc();
+            tracing::trace!(first_seq = first, "that batch came as a datagram copy");
         }
         Ok(())
     }

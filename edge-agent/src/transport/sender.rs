@@ -199,6 +199,7 @@ impl Sender {
                         shadow(&batch);
                     }
                     send(&link.tx, agent_message::Msg::Batch(batch)).await?;
+                    tracing::trace!(first_seq = cursor, events = n, "batch sent");
                     cursor += n;
                     in_flight.push_back(cursor - 1);
                 }

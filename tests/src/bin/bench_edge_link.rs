@@ -10,7 +10,7 @@
 //!    (intake call) → the joined event arriving at a `Subscribe` client of
 //!    the core (sent after the durable commit). p50 and p99 of the steady
 //!    flow; the first second is printed apart (`--tail`: when the slowest 1%
-//!    were published).
+//!    were published; `--breakdown`: where the time went, from trace logs).
 //! 2. Sustained events/s: 20,000 events published at once; the time from the
 //!    first publish until the core committed the last of them.
 //!    Nothing may be lost or doubled: every det_oid arrives once.
@@ -77,6 +77,8 @@ fn clip() -> Vec<u8> {
 struct Latencies {
     published: Mutex<HashMap<i64, Instant>>,
     seen: Mutex<Vec<(i64, f64)>>,
+    /// How long each intake call took: the agent's durable append.
+    appends: Mutex<Vec<f64>>,
 }
 
 fn detection(oid: i64) -> Detection {
@@ -103,6 +105,83 @@ async fn publish(intake: &str, lat: &Latencies, oids: std::ops::Range<i64>) {
     c.publish(PublishRequest { detections: dets })
         .await
         .unwrap();
+    lat.appends
+        .lock()
+        .unwrap()
+        .push(t.elapsed().as_secs_f64() * 1000.0);
+}
+
+/// `--breakdown`: where the steady flow's events spent their time, from the
+/// processes' trace logs (run with `RUST_LOG=warn,sightline_agent::transport::sender=trace,sightline_core::ingest=trace`):
+/// publish → the agent sent the event's batch → the core handed it to the
+/// commit pipeline → the subscriber had it. Phase 1's events are the first
+/// the fresh agent buffers, so det_oid 1000 + k is seq 1 + k.
+fn breakdown(
+    edge: Edge,
+    agent_log: &str,
+    core_log: &str,
+    started: std::time::SystemTime,
+    events: &[(i64, f64, f64)],
+) {
+    // seq → when its line was logged (seconds since the epoch), first time.
+    fn times(log: &str, marker: &str) -> HashMap<u64, f64> {
+        let mut out = HashMap::new();
+        for line in log.lines().filter(|l| l.contains(marker)) {
+            let at = line
+                .split_whitespace()
+                .next()
+                .and_then(|t| humantime::parse_rfc3339(t).ok())
+                .map(epoch_s);
+            let field = |name: &str| -> Option<u64> {
+                let rest = &line[line.find(name)? + name.len()..];
+                rest.split_whitespace().next()?.parse().ok()
+            };
+            if let (Some(at), Some(first), Some(n)) = (at, field("first_seq="), field("events=")) {
+                for seq in first..first + n {
+                    out.entry(seq).or_insert(at);
+                }
+            }
+        }
+        out
+    }
+    let sent = times(agent_log, "batch sent");
+    let handed = times(core_log, "batch to commit");
+    if sent.is_empty() || handed.is_empty() {
+        eprintln!("{edge:?}: --breakdown needs RUST_LOG=warn,sightline_agent::transport::sender=trace,sightline_core::ingest=trace");
+        return;
+    }
+    let t0 = epoch_s(started);
+    let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    for (oid, published_ms, latency_ms) in events {
+        let seq = (oid - 999) as u64;
+        let (Some(s), Some(h)) = (sent.get(&seq), handed.get(&seq)) else {
+            continue;
+        };
+        let p = t0 + published_ms / 1e3;
+        a.push((s - p) * 1e3);
+        b.push((h - s) * 1e3);
+        c.push(latency_ms - (h - p) * 1e3);
+    }
+    for (name, v) in [
+        ("publish -> agent sent the batch", &mut a),
+        ("sent -> core handed it to commit", &mut b),
+        ("handed -> subscriber had it", &mut c),
+    ] {
+        v.sort_by(f64::total_cmp);
+        eprintln!(
+            "{edge:?}: {name}, ms: p50 {:.1} p90 {:.1} p99 {:.1} ({} events)",
+            pct(v, 0.5),
+            pct(v, 0.9),
+            pct(v, 0.99),
+            v.len()
+        );
+    }
+}
+
+fn epoch_s(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -184,6 +263,7 @@ async fn run(edge: Edge, seconds: f64, rate_mb: f64, tcp_loss_response: bool) ->
     let lat = Arc::new(Latencies {
         published: Mutex::new(HashMap::new()),
         seen: Mutex::new(Vec::new()),
+        appends: Mutex::new(Vec::new()),
     });
     let mut q = client(&core.url()).await;
     let mut sub = q
@@ -230,6 +310,16 @@ async fn run(edge: Edge, seconds: f64, rate_mb: f64, tcp_loss_response: bool) ->
         eprintln!("{edge:?}: core commit latency after phase 1: {commits:?}");
     }
     let q1 = udp.as_ref().map(queued).unwrap_or(0);
+    {
+        let mut a = lat.appends.lock().unwrap().clone();
+        a.sort_by(f64::total_cmp);
+        eprintln!(
+            "{edge:?}: intake call (the agent's durable append) during phase 1, ms: p50 {:.1} p99 {:.1} max {:.1}",
+            pct(&a, 0.5),
+            pct(&a, 0.99),
+            pct(&a, 1.0)
+        );
+    }
     let clip_mb_s =
         (clip_received(&core, &sha).await - clip_before) / start.elapsed().as_secs_f64();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -241,19 +331,23 @@ async fn run(edge: Edge, seconds: f64, rate_mb: f64, tcp_loss_response: bool) ->
     if std::env::args().any(|a| a == "--tail") {
         // When the slowest 1% were published (ms into phase 1): spread out
         // (each event on its own) or together (a stall)?
-        let mut sorted = ms.clone();
-        sorted.sort_by(f64::total_cmp);
-        let cut = pct(&sorted, 0.99);
+        // The steady flow only, as in the figures.
         let published = lat.published.lock().unwrap();
-        let mut tail: Vec<(u128, f64)> = lat
+        let steady: Vec<(u128, f64)> = lat
             .seen
             .lock()
             .unwrap()
             .iter()
-            .filter(|(_, m)| *m >= cut)
             .map(|(o, m)| (published[o].duration_since(start).as_millis(), *m))
+            .filter(|(t, _)| *t >= WARM_UP.as_millis())
             .collect();
+        let mut sorted: Vec<f64> = steady.iter().map(|(_, m)| *m).collect();
+        sorted.sort_by(f64::total_cmp);
+        let cut = pct(&sorted, 0.99);
+        let mut tail: Vec<(u128, f64)> = steady.into_iter().filter(|(_, m)| *m >= cut).collect();
         tail.sort_by_key(|t| t.0);
+        // One entry per 10 ms slice: its events were published together.
+        tail.dedup_by_key(|(t, _)| *t);
         let line: Vec<String> = tail.iter().map(|(t, m)| format!("{t}:{m:.0}")).collect();
         eprintln!(
             "{edge:?}: the slowest 1% (published at ms : latency ms): {}",
@@ -261,6 +355,23 @@ async fn run(edge: Edge, seconds: f64, rate_mb: f64, tcp_loss_response: bool) ->
         );
     }
     assert_eq!(ms.len(), phase1, "{edge:?}: every event of phase 1 arrives");
+    if std::env::args().any(|a| a == "--breakdown") {
+        let started = std::time::SystemTime::now() - start.elapsed();
+        let events: Vec<(i64, f64, f64)> = {
+            let published = lat.published.lock().unwrap();
+            lat.seen
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(o, m)| {
+                    let t = published[o].duration_since(start).as_secs_f64() * 1e3;
+                    (*o, t, *m)
+                })
+                .filter(|(_, t, _)| *t >= WARM_UP.as_secs_f64() * 1e3)
+                .collect()
+        };
+        breakdown(edge, &agent.log(), &core.log(), started, &events);
+    }
     // The first second's events are reported apart (the flow starting after
     // a quiet spell), the percentiles are of the steady flow after it.
     let (mut warm, mut steady) = (Vec::new(), Vec::new());
