@@ -429,8 +429,7 @@ async fn an_agent_may_publish_only_for_its_own_cameras(edge: Edge) {
     };
     let denied = (data.rows.len() - own.rows.len()) as u64;
     assert!(denied > 500, "the input must hold foreign cameras");
-    let csv = dir.path().join("a.csv");
-    data.write_csv(&csv);
+    let csv = data.csv_in(dir.path());
     let mut agent = Agent::start(
         AgentArgs::replay(dir.path(), "gate", String::new(), &csv, None).over(&core, edge),
     );
@@ -490,8 +489,7 @@ async fn a_lossy_link_loses_and_duplicates_nothing(edge: Edge) {
     let dir = tempfile::tempdir().unwrap();
     let core = start_core(dir.path(), None);
     let data = Dataset::generate(12, 6000, 0.1, 0.2, LOCATIONS);
-    let csv = dir.path().join("a.csv");
-    data.write_csv(&csv);
+    let csv = data.csv_in(dir.path());
     let mut args =
         AgentArgs::replay(dir.path(), "far", String::new(), &csv, Some(1500)).over(&core, edge);
     let imp = Impairment::lossy();
@@ -533,8 +531,7 @@ async fn a_quic_session_survives_the_agent_moving() {
     let dir = tempfile::tempdir().unwrap();
     let core = start_core(dir.path(), None);
     let data = Dataset::generate(13, 20_000, 0.1, 0.2, LOCATIONS);
-    let csv = dir.path().join("a.csv");
-    data.write_csv(&csv);
+    let csv = data.csv_in(dir.path());
     let proxy = UdpProxy::start(core.edge, Impairment::NONE).await;
     let mut args = AgentArgs::replay(dir.path(), "rover", String::new(), &csv, Some(4000))
         .over(&core, Edge::Quic);
@@ -565,8 +562,7 @@ async fn quic_falls_back_to_grpc_when_udp_is_blocked_and_says_so() {
     udp.cut();
     let _tcp = ImpairedTcpProxy::start_on(udp.addr, core.edge, Impairment::NONE).await;
     let data = Dataset::generate(14, 3000, 0.1, 0.2, LOCATIONS);
-    let csv = dir.path().join("a.csv");
-    data.write_csv(&csv);
+    let csv = data.csv_in(dir.path());
     issue_agent(&core.pki(), "walled");
     let mut args = AgentArgs::replay(
         dir.path(),
@@ -598,8 +594,7 @@ async fn a_plaintext_session_is_flagged() {
     let dir = tempfile::tempdir().unwrap();
     let core = start_core(dir.path(), None);
     let data = Dataset::generate(15, 200, 0.0, 0.0, LOCATIONS);
-    let csv = dir.path().join("a.csv");
-    data.write_csv(&csv);
+    let csv = data.csv_in(dir.path());
     let mut agent = Agent::start(AgentArgs::replay(
         dir.path(),
         "demo",
@@ -645,8 +640,7 @@ async fn footage_may_be_attached_only_to_the_agents_own_detections() {
     let dir = tempfile::tempdir().unwrap();
     let core = start_core(dir.path(), None);
     let data = Dataset::generate(16, 100, 0.0, 0.0, LOCATIONS);
-    let csv = dir.path().join("a.csv");
-    data.write_csv(&csv);
+    let csv = data.csv_in(dir.path());
     let mut agent = Agent::start(
         AgentArgs::replay(dir.path(), "owner", String::new(), &csv, None).over(&core, Edge::Grpc),
     );

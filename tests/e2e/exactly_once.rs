@@ -48,8 +48,7 @@ async fn upstream_duplicates_are_stored_once(edge: Edge) {
         truth.published > truth.unique + 3000,
         "the input must hold many duplicates"
     );
-    let csv = dir.path().join("a.csv");
-    data.write_csv(&csv);
+    let csv = data.csv_in(dir.path());
     let mut agent = Agent::start(
         AgentArgs::replay(dir.path(), "dup-agent", String::new(), &csv, None).over(&core, edge),
     );
@@ -104,8 +103,7 @@ async fn core_killed_mid_stream_loses_and_duplicates_nothing(edge: Edge) {
     let mut core = Core::start(dir.path(), Some(&b));
     let data = Dataset::generate(3, 40_000, 0.1, 0.2, LOCATIONS);
     let truth = data.truth();
-    let csv = dir.path().join("a.csv");
-    data.write_csv(&csv);
+    let csv = data.csv_in(dir.path());
     let mut agent = Agent::start(
         AgentArgs::replay(dir.path(), "a", String::new(), &csv, Some(RATE))
             .over(&core, edge)
@@ -128,8 +126,7 @@ async fn agent_killed_mid_stream_loses_and_duplicates_nothing(edge: Edge) {
     let core = Core::start(dir.path(), Some(&b));
     let data = Dataset::generate(4, 40_000, 0.1, 0.2, LOCATIONS);
     let truth = data.truth();
-    let csv = dir.path().join("a.csv");
-    data.write_csv(&csv);
+    let csv = data.csv_in(dir.path());
     let mut agent = Agent::start(
         AgentArgs::replay(dir.path(), "a", String::new(), &csv, Some(RATE))
             .over(&core, edge)
@@ -211,8 +208,7 @@ async fn link_cut_and_restored_loses_and_duplicates_nothing(edge: Edge) {
     let core = Core::start(dir.path(), Some(&b));
     let data = Dataset::generate(6, 40_000, 0.1, 0.2, LOCATIONS);
     let truth = data.truth();
-    let csv = dir.path().join("a.csv");
-    data.write_csv(&csv);
+    let csv = data.csv_in(dir.path());
     let mut args = AgentArgs::replay(dir.path(), "a", String::new(), &csv, Some(RATE))
         .over(&core, edge)
         .reconnect_within(RECONNECT);

@@ -54,8 +54,7 @@ async fn sigterm_finishes_the_commits_in_flight_and_exits_cleanly() {
     let mut core = Core::start(dir.path(), Some(&b));
     let data = Dataset::generate(12, 20_000, 0.1, 0.2, LOCATIONS);
     let truth = data.truth();
-    let csv = dir.path().join("a.csv");
-    data.write_csv(&csv);
+    let csv = data.csv_in(dir.path());
     let mut agent = replay(dir.path(), "a", core.url(), &csv, Some(6000));
     wait_more_stored(&core.url(), 3000).await;
     let status = core.terminate();
@@ -141,8 +140,7 @@ async fn metrics_health_and_the_terminal_client_answer() {
     let core = Core::start(dir.path(), Some(&b));
     let data = Dataset::generate(13, 3_000, 0.1, 0.0, LOCATIONS);
     let truth = data.truth();
-    let csv = dir.path().join("a.csv");
-    data.write_csv(&csv);
+    let csv = data.csv_in(dir.path());
     let mut agent = replay(dir.path(), "m", core.url(), &csv, None);
     assert!(agent.wait(Duration::from_secs(60)).success());
 

@@ -76,6 +76,13 @@ impl Dataset {
         Dataset { rows }
     }
 
+    /// Writes the dataset as `a.csv` in `dir`; its path.
+    pub fn csv_in(&self, dir: &Path) -> std::path::PathBuf {
+        let path = dir.join("a.csv");
+        self.write_csv(&path);
+        path
+    }
+
     pub fn write_csv(&self, path: &Path) {
         let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
         writeln!(
