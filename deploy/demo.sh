@@ -93,7 +93,7 @@ the core over QUIC with mutual TLS ($EDGE), each only for its own cameras.
   top items per location:  SIGHTLINE_CORE=http://$GRPC $BIN/sightline-core top --last 5m -x 5
   live joined events:      SIGHTLINE_CORE=http://$GRPC $BIN/sightline-core tail --count 20
   fleet:                   SIGHTLINE_CORE=http://$GRPC $BIN/sightline-core fleet
-  agent registry:          $DATA/agents.toml (grpcurl -plaintext $GRPC sightline.v1.Admin/ListGrants)
+  agent registry:          $DATA/agents.toml (grpcurl -plaintext -H "authorization: Bearer \$(cat $DATA/core/admin.token)" $GRPC sightline.v1.Admin/ListGrants)
   totals:                  SIGHTLINE_CORE=http://$GRPC $BIN/sightline-core stats
   metrics:                 curl http://$HTTP/metrics
   gRPC (reflection on):    grpcurl -plaintext $GRPC list

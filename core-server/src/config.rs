@@ -142,6 +142,11 @@ pub struct ServerConfig {
     /// HTTP: /metrics, /healthz, admin.
     #[serde(default = "default_http")]
     pub http_listen: SocketAddr,
+    /// The bearer token `sightline.v1.Admin` and `POST /admin/…` require
+    /// (made on the first start when missing). Default: `admin.token` in
+    /// `storage.path`.
+    #[serde(default)]
+    pub admin_token_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -311,6 +316,7 @@ impl Default for ServerConfig {
         Self {
             grpc_listen: default_grpc(),
             http_listen: default_http(),
+            admin_token_file: None,
         }
     }
 }

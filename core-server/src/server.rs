@@ -132,6 +132,17 @@ pub async fn run(
         shutdown: ingest_stop.clone(),
     });
 
+    let admin_token = Arc::new(
+        crate::api::admin_token::AdminToken::load_or_create(
+            &config
+                .server
+                .admin_token_file
+                .clone()
+                .unwrap_or_else(|| config.storage.path.join("admin.token")),
+        )
+        .context("config `server.admin_token_file`")?,
+    );
+
     let grpc_listener = TcpListener::bind(config.server.grpc_listen)
         .await
         .with_context(|| {
@@ -207,6 +218,7 @@ pub async fn run(
                 locations: locations.clone(),
                 registry: registry.clone(),
                 fleet: fleet.clone(),
+                token: admin_token.clone(),
             }))
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -249,6 +261,7 @@ pub async fn run(
         let app = http::router(HttpState {
             metrics: metrics.clone(),
             locations: locations.clone(),
+            admin: admin_token.clone(),
         })
         .merge(crate::media::http::router(media.clone()))
         .merge(dashboard::router(

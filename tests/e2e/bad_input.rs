@@ -331,7 +331,46 @@ async fn bad_dataset_b_is_refused_and_the_old_table_stays() {
         "geographical_location_oid,geographical_location\n1,Renamed\nseven,Broken\n",
     )
     .unwrap();
-    let mut admin = AdminClient::connect(core.url()).await.unwrap();
+    // Admin calls need the core's admin token: none, or a wrong one, is
+    // refused with what is missing and where the token is.
+    let mut open = AdminClient::connect(core.url()).await.unwrap();
+    let err = open
+        .reload_locations(ReloadLocationsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    assert!(
+        err.message().contains("authorization: Bearer") && err.message().contains("admin.token"),
+        "{}",
+        err.message()
+    );
+    let mut wrong = tonic::Request::new(ReloadLocationsRequest::default());
+    wrong.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", "f".repeat(64)).parse().unwrap(),
+    );
+    let err = open.reload_locations(wrong).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    assert!(
+        err.message().contains("does not match"),
+        "{}",
+        err.message()
+    );
+    let http = core.http.to_string();
+    let post = |auth: String| {
+        format!("POST /admin/reload-locations HTTP/1.1\r\nHost: {http}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n")
+    };
+    let (head, body) = sightline_tests::http::request(&http, &post(String::new())).await;
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    assert!(String::from_utf8_lossy(&body).contains("admin.token"));
+    let (head, _) = sightline_tests::http::request(
+        &http,
+        &post(format!("Authorization: Bearer {}\r\n", core.admin_token())),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    let mut admin = core.admin().await;
     let err = admin
         .reload_locations(ReloadLocationsRequest {
             path: bad.display().to_string(),

@@ -11,8 +11,8 @@ use std::{
 };
 
 use sightline_proto::v1::{
-    admin_client::AdminClient, intake_client::IntakeClient, query_client::QueryClient, AgentGrant,
-    AgentInfo, Detection, FleetRequest, ListQuarantineRequest, PublishRequest, RevokeAgentRequest,
+    intake_client::IntakeClient, query_client::QueryClient, AgentGrant, AgentInfo, Detection,
+    FleetRequest, ListQuarantineRequest, PublishRequest, RevokeAgentRequest,
 };
 use sightline_tests::{
     data::write_locations,
@@ -351,7 +351,7 @@ async fn revoking_an_agent_closes_its_session_at_once_and_keeps_it_out(edge: Edg
     publish(&agent, (1..=50).map(|i| detection(i, 101)).collect()).await;
     wait_stored(&core.url(), 50).await;
 
-    let mut admin = AdminClient::connect(core.url()).await.unwrap();
+    let mut admin = core.admin().await;
     let g = admin
         .revoke_agent(RevokeAgentRequest {
             agent_id: "gate".into(),

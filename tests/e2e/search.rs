@@ -186,9 +186,8 @@ async fn search_finds_events_by_det_oid_item_and_location_and_pages_without_repe
         "geographical_location_oid,geographical_location,region\n1,Location 1,Region 1\n2,Harbour Gate,Region 2\n",
     )
     .unwrap();
-    sightline_proto::v1::admin_client::AdminClient::connect(core.url())
+    core.admin()
         .await
-        .unwrap()
         .reload_locations(sightline_proto::v1::ReloadLocationsRequest::default())
         .await
         .unwrap();

@@ -205,6 +205,17 @@ fn certs(args: &[&str]) {
 }
 
 /// A running `sightline-core`.
+/// Puts `authorization: Bearer <admin token>` on a request.
+#[derive(Clone)]
+pub struct AdminAuth(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for AdminAuth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
 pub struct Core {
     proc: Proc,
     pub args: CoreArgs,
@@ -284,6 +295,30 @@ impl Core {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.grpc)
+    }
+
+    /// The core's admin token (made on its first start in its data folder).
+    pub fn admin_token(&self) -> String {
+        let path = self.args.data_dir.join("admin.token");
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .trim()
+            .to_string()
+    }
+
+    /// An admin client that sends the admin token with every call.
+    pub async fn admin(
+        &self,
+    ) -> sightline_proto::v1::admin_client::AdminClient<
+        tonic::service::interceptor::InterceptedService<tonic::transport::Channel, AdminAuth>,
+    > {
+        let channel = tonic::transport::Endpoint::from_shared(self.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let value = format!("Bearer {}", self.admin_token()).parse().unwrap();
+        sightline_proto::v1::admin_client::AdminClient::with_interceptor(channel, AdminAuth(value))
     }
 
     pub fn pid(&self) -> u32 {

@@ -1,22 +1,23 @@
 //! HTTP endpoints: `GET /metrics` (Prometheus text), `GET /healthz`, and
-//! `POST /admin/reload-locations` (reload Dataset B).
+//! `POST /admin/reload-locations` (reload Dataset B; the admin token).
 
 use std::sync::Arc;
 
 use axum::{
     extract::State,
-    http::{header, StatusCode},
+    http::{header, HeaderMap, StatusCode},
     response::IntoResponse,
     routing::{get, post},
     Router,
 };
 
-use crate::{enrich::Locations, metrics::Metrics};
+use crate::{api::admin_token::AdminToken, enrich::Locations, metrics::Metrics};
 
 #[derive(Clone)]
 pub struct HttpState {
     pub metrics: Arc<Metrics>,
     pub locations: Arc<Locations>,
+    pub admin: Arc<AdminToken>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -37,7 +38,13 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
     )
 }
 
-async fn reload(State(s): State<HttpState>) -> impl IntoResponse {
+async fn reload(State(s): State<HttpState>, headers: HeaderMap) -> impl IntoResponse {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if let Err(why) = s.admin.check(auth) {
+        return (StatusCode::UNAUTHORIZED, format!("{why}\n"));
+    }
     let locations = s.locations.clone();
     match tokio::task::spawn_blocking(move || locations.reload(None)).await {
         Ok(Ok((rows, path))) => (

@@ -2,6 +2,7 @@
 //! fan-out ([`live`]) and the HTTP endpoints ([`http`]: `/metrics`,
 //! `/healthz`, admin).
 
+pub mod admin_token;
 pub mod dashboard;
 pub mod http;
 pub mod live;

@@ -352,6 +352,21 @@ pub struct AdminService {
     pub locations: Arc<Locations>,
     pub registry: Arc<crate::edge::registry::Registry>,
     pub fleet: Arc<crate::fleet::Fleet>,
+    pub token: Arc<super::admin_token::AdminToken>,
+}
+
+impl AdminService {
+    /// Every admin call carries the admin token (see [`super::admin_token`]).
+    fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let auth = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        self.token.check(auth).map_err(|why| {
+            tracing::warn!(peer = ?req.remote_addr(), reason = %why, "admin call refused");
+            Status::unauthenticated(why)
+        })
+    }
 }
 
 #[tonic::async_trait]
@@ -360,6 +375,7 @@ impl Admin for AdminService {
         &self,
         req: Request<ReloadLocationsRequest>,
     ) -> Result<Response<ReloadLocationsResponse>, Status> {
+        self.authorize(&req)?;
         let path = req.into_inner().path;
         let locations = self.locations.clone();
         let path = (!path.is_empty()).then(|| PathBuf::from(path));
@@ -376,6 +392,7 @@ impl Admin for AdminService {
     }
 
     async fn grant_agent(&self, req: Request<AgentGrant>) -> Result<Response<AgentGrant>, Status> {
+        self.authorize(&req)?;
         let g = self.registry.grant_agent(req.into_inner()).await?;
         self.fleet.reinstate(&g.agent_id);
         tracing::info!(agent = %g.agent_id, cameras = ?g.cameras, locations = ?g.locations, "admin: agent granted");
@@ -386,6 +403,7 @@ impl Admin for AdminService {
         &self,
         req: Request<RevokeAgentRequest>,
     ) -> Result<Response<AgentGrant>, Status> {
+        self.authorize(&req)?;
         let g = self.registry.revoke(&req.into_inner().agent_id).await?;
         // Ends its open session at once; the registry refuses the next one.
         self.fleet.revoke(&g.agent_id);
@@ -395,8 +413,9 @@ impl Admin for AdminService {
 
     async fn list_grants(
         &self,
-        _req: Request<ListGrantsRequest>,
+        req: Request<ListGrantsRequest>,
     ) -> Result<Response<ListGrantsResponse>, Status> {
+        self.authorize(&req)?;
         Ok(Response::new(ListGrantsResponse {
             enforced: self.registry.enforced(),
             agents: self.registry.list(),

@@ -59,6 +59,13 @@ pub enum ClientCommand {
         /// Another file than the configured one.
         #[arg(long)]
         path: Option<String>,
+        /// The core's admin token file (`server.admin_token_file`).
+        #[arg(
+            long,
+            env = "SIGHTLINE_ADMIN_TOKEN_FILE",
+            default_value = "data/core/admin.token"
+        )]
+        admin_token_file: std::path::PathBuf,
     },
 }
 
@@ -240,11 +247,30 @@ pub async fn run(url: String, cmd: ClientCommand) -> anyhow::Result<()> {
                 s.stored, s.duplicates_transport, s.duplicates_semantic, s.rejected, s.unmatched, s.locations_loaded
             );
         }
-        ClientCommand::Reload { path } => {
+        ClientCommand::Reload {
+            path,
+            admin_token_file,
+        } => {
+            let token = std::fs::read_to_string(&admin_token_file).map_err(|e| {
+                anyhow::anyhow!(
+                    "reading the admin token {} (--admin-token-file): {e}",
+                    admin_token_file.display()
+                )
+            })?;
+            let mut req = tonic::Request::new(ReloadLocationsRequest {
+                path: path.unwrap_or_default(),
+            });
+            req.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {}", token.trim()).parse().map_err(|_| {
+                    anyhow::anyhow!(
+                        "the admin token in {} is not valid header text",
+                        admin_token_file.display()
+                    )
+                })?,
+            );
             let r = AdminClient::new(channel)
-                .reload_locations(ReloadLocationsRequest {
-                    path: path.unwrap_or_default(),
-                })
+                .reload_locations(req)
                 .await
                 .map_err(|s| anyhow::anyhow!("{}", s.message()))?
                 .into_inner();
