@@ -18,9 +18,11 @@
 //! Vegas and FAST TCP do. Startup ends on a queue that even the round's
 //! fastest packet saw: a busy host delays some acks, and one such round must
 //! not leave the window at its first few packets. Losses only count when they
-//! are many (over a fifth of what a round trip carried) or persistent. So the link stays full
-//! while the bottleneck queue stays near `TARGET`, and events sent behind a
-//! clip wait little at the bottleneck.
+//! are many (over a fifth of what a round trip carried, and more than two
+//! packets) or persistent. So the link stays full while the bottleneck queue
+//! stays near `TARGET`, and events sent behind a clip wait little at the
+//! bottleneck. Each round is logged at trace level
+//! (`RUST_LOG=sightline_proto::congestion=trace`).
 
 use std::{
     any::Any,

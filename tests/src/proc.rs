@@ -204,7 +204,6 @@ fn certs(args: &[&str]) {
     );
 }
 
-/// A running `sightline-core`.
 /// Puts `authorization: Bearer <admin token>` on a request.
 #[derive(Clone)]
 pub struct AdminAuth(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
@@ -216,6 +215,7 @@ impl tonic::service::Interceptor for AdminAuth {
     }
 }
 
+/// A running `sightline-core`.
 pub struct Core {
     proc: Proc,
     pub args: CoreArgs,
