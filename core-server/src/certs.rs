@@ -55,9 +55,13 @@ fn ca_params() -> CertificateParams {
     p
 }
 
+/// How far back a certificate's notBefore is set (for hosts whose clocks
+/// run behind): when it was issued is notBefore plus this.
+pub const BACKDATE: time::Duration = time::Duration::minutes(5);
+
 fn validity(p: &mut CertificateParams, days: u32) {
     let now = time::OffsetDateTime::now_utc();
-    p.not_before = now - time::Duration::minutes(5);
+    p.not_before = now - BACKDATE;
     p.not_after = now + time::Duration::days(i64::from(days));
 }
 

@@ -394,7 +394,8 @@ async fn revoking_an_agent_closes_its_session_at_once_and_keeps_it_out(edge: Edg
     let info = fleet(&core, "gate").await.unwrap();
     assert!(info.last_refusal.contains("revoked"), "{info:?}");
 
-    // Granted again, it delivers what it held: nothing lost.
+    // Granted again, its old certificate stays retired: a copy of the old
+    // key does not come back with the grant.
     admin
         .grant_agent(AgentGrant {
             agent_id: "gate".into(),
@@ -403,6 +404,25 @@ async fn revoking_an_agent_closes_its_session_at_once_and_keeps_it_out(edge: Edg
         })
         .await
         .unwrap();
+    agent.restart();
+    wait_log(
+        "the old certificate is refused",
+        "a revocation retires every certificate issued before it; issue a new one",
+        || agent.log(),
+    )
+    .await;
+    assert!(metrics(&core)
+        .await
+        .contains("reason=\"retired_certificate\""));
+    // With a certificate issued now, it delivers what it held: nothing lost.
+    // (Certificates carry whole seconds: one issued in the second of the
+    // revocation counts as issued before it.)
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for ext in ["pem", "key"] {
+        std::fs::remove_file(core.pki().join(format!("agent-gate.{ext}"))).unwrap();
+    }
+    issue_agent(&core.pki(), "gate");
+    agent.restart();
     wait_stored(&core.url(), 80).await;
     let text = std::fs::read_to_string(&registry).unwrap();
     assert!(

@@ -43,6 +43,8 @@ pub struct Peer {
     /// The agent id from the verified client certificate; `None` on a
     /// plaintext link, where the agent is whoever it claims to be.
     pub agent_id: Option<String>,
+    /// When that certificate was issued (Unix seconds; see [`Identity`]).
+    pub issued: Option<i64>,
     pub link: &'static str,
     /// On a TLS link whose client certificate was refused: why. Every call
     /// on it is answered with this (UNAUTHENTICATED) and nothing else.
@@ -54,6 +56,7 @@ impl Peer {
         Self {
             addr,
             agent_id: None,
+            issued: None,
             link: LINK_PLAINTEXT,
             refusal: None,
         }
@@ -129,14 +132,14 @@ impl EdgeTls {
     /// The agent a finished handshake authenticated, or why none: no
     /// certificate, one that does not chain to the CA or has expired, or one
     /// without a valid agent id.
-    pub fn identify(&self, certs: Option<&[CertificateDer<'_>]>) -> Result<String, String> {
+    pub fn identify(&self, certs: Option<&[CertificateDer<'_>]>) -> Result<Identity, String> {
         let Some((end, intermediates)) = certs.and_then(|c| c.split_first()) else {
             return Err(explain_reason("peer sent no certificates"));
         };
         self.verifier
             .verify_client_cert(end, intermediates, UnixTime::now())
             .map_err(|e| explain_rustls(&e))?;
-        agent_id_of(end)
+        identity_of(end)
     }
 }
 
@@ -188,8 +191,18 @@ impl ClientCertVerifier for Deferred {
     }
 }
 
-/// The agent id a verified client certificate names (its subject's CN).
-pub fn agent_id_of(cert: &CertificateDer<'_>) -> Result<String, String> {
+/// Who a verified client certificate is for, and when it was issued.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The subject's common name.
+    pub agent_id: String,
+    /// notBefore plus [`crate::certs::BACKDATE`] (Unix seconds): a revocation
+    /// retires the certificates issued before it (see `registry`).
+    pub issued: i64,
+}
+
+/// The [`Identity`] a verified client certificate names.
+pub fn identity_of(cert: &CertificateDer<'_>) -> Result<Identity, String> {
     let (_, c) = x509_parser::parse_x509_certificate(cert.as_ref())
         .map_err(|e| format!("the client certificate does not parse: {e}"))?;
     let cn = c
@@ -202,7 +215,10 @@ pub fn agent_id_of(cert: &CertificateDer<'_>) -> Result<String, String> {
         .map_err(|e| format!("the client certificate's common name: {e}"))?;
     sightline_proto::validate_agent_id(id)
         .map_err(|e| format!("the client certificate's common name: {}", e.reason))?;
-    Ok(id.to_string())
+    Ok(Identity {
+        agent_id: id.to_string(),
+        issued: c.validity().not_before.timestamp() + crate::certs::BACKDATE.whole_seconds(),
+    })
 }
 
 /// Puts a refused TLS handshake in words an operator can act on.
@@ -252,14 +268,9 @@ pub fn explain_reason(reason: &str) -> String {
 pub fn admit_media(registry: &registry::Registry, peer: &Peer) -> Result<(), tonic::Status> {
     peer.refused()?;
     match &peer.agent_id {
-        Some(id) => registry.admit(id).map_err(|r| {
-            tonic::Status::permission_denied(match r {
-                registry::SessionRefusal::Revoked => format!("agent {id:?} is revoked"),
-                registry::SessionRefusal::Unregistered => {
-                    format!("agent {id:?} is not in the core's agent registry")
-                }
-            })
-        }),
+        Some(id) => registry
+            .admit(id, peer.issued)
+            .map_err(|r| tonic::Status::permission_denied(r.explain(id))),
         None => Ok(()),
     }
 }

@@ -25,7 +25,7 @@ use tokio_util::{
 };
 use tonic::Status;
 
-use super::{Peer, LINK_QUIC};
+use super::{Identity, Peer, LINK_QUIC};
 use crate::{ingest::IngestCore, media::MediaStore, metrics::Metrics};
 
 /// What the QUIC calls need.
@@ -92,10 +92,11 @@ impl QuicEdge {
             i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
                 .ok()
         });
-        let agent_id = match self.tls.identify(certs.as_deref().map(Vec::as_slice)) {
-            Ok(id) => id,
-            Err(why) => return self.refuse_conn(&conn, addr, why),
-        };
+        let Identity { agent_id, issued } =
+            match self.tls.identify(certs.as_deref().map(Vec::as_slice)) {
+                Ok(id) => id,
+                Err(why) => return self.refuse_conn(&conn, addr, why),
+            };
         tracing::debug!(agent = %agent_id, peer = %addr, "edge: QUIC connection");
         // Datagrams carry copies of the session's batches (see run_session).
         let (dg_tx, dg_rx) = mpsc::channel::<AgentMessage>(256);
@@ -122,6 +123,7 @@ impl QuicEdge {
                 // The address as of this call: it changes when the agent moves.
                 addr: conn.remote_address().to_string(),
                 agent_id: Some(agent_id.clone()),
+                issued: Some(issued),
                 link: LINK_QUIC,
                 refusal: None,
             };

@@ -12,6 +12,11 @@
 //! cameras = [101]
 //! revoked = true
 //! ```
+//!
+//! Revoking an agent also retires every certificate issued to it so far:
+//! granted again, it must connect with a certificate issued after the
+//! revocation (`certs_issued_after`, Unix seconds), so a copy of its old key
+//! does not come back with the grant.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -32,6 +37,10 @@ pub struct Grant {
     pub locations: BTreeSet<i64>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub revoked: bool,
+    /// Certificates issued at or before this time (Unix seconds) are
+    /// refused: set by a revocation, kept by a later grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certs_issued_after: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -66,6 +75,34 @@ impl From<RegistryError> for tonic::Status {
 pub enum SessionRefusal {
     Revoked,
     Unregistered,
+    /// The certificate was issued before the agent's last revocation.
+    RetiredCertificate {
+        issued: i64,
+        revoked: i64,
+    },
+}
+
+impl SessionRefusal {
+    /// In words, for `agent`.
+    pub fn explain(&self, agent: &str) -> String {
+        let at = |s: i64| {
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.max(0) as u64),
+            )
+        };
+        match self {
+            Self::Revoked => format!("agent {agent:?} is revoked; an operator must grant it again"),
+            Self::Unregistered => format!(
+                "agent {agent:?} is not in the core's agent registry: no camera is registered to it"
+            ),
+            Self::RetiredCertificate { issued, revoked } => format!(
+                "this certificate of agent {agent:?} was issued at {} and the agent was revoked at {}: \
+                 a revocation retires every certificate issued before it; issue a new one (sightline-core certs agent)",
+                at(*issued),
+                at(*revoked)
+            ),
+        }
+    }
 }
 
 /// The registry in force; swapped whole on every change.
@@ -95,15 +132,21 @@ impl Registry {
         self.path.is_some()
     }
 
-    /// Whether `agent` may open a session.
-    pub fn admit(&self, agent: &str) -> Result<(), SessionRefusal> {
+    /// Whether `agent` may open a session; `issued`: when its certificate
+    /// was issued (Unix seconds), on a TLS link.
+    pub fn admit(&self, agent: &str, issued: Option<i64>) -> Result<(), SessionRefusal> {
         if !self.enforced() {
             return Ok(());
         }
         match self.agents.load().get(agent) {
             None => Err(SessionRefusal::Unregistered),
             Some(g) if g.revoked => Err(SessionRefusal::Revoked),
-            Some(_) => Ok(()),
+            Some(g) => match (g.certs_issued_after, issued) {
+                (Some(revoked), Some(issued)) if issued <= revoked => {
+                    Err(SessionRefusal::RetiredCertificate { issued, revoked })
+                }
+                _ => Ok(()),
+            },
         }
     }
 
@@ -142,12 +185,18 @@ impl Registry {
             field: "agent_id",
             reason: e.reason,
         })?;
-        let grant = Grant {
+        let mut grant = Grant {
             cameras: g.cameras.iter().copied().collect(),
             locations: g.locations.iter().copied().collect(),
             revoked: false,
+            certs_issued_after: None,
         };
-        self.update(&g.agent_id, |e| *e = grant.clone()).await?;
+        self.update(&g.agent_id, |e| {
+            // The certificates a revocation retired stay retired.
+            grant.certs_issued_after = e.certs_issued_after;
+            *e = grant.clone();
+        })
+        .await?;
         Ok(to_proto(&g.agent_id, &grant))
     }
 
@@ -159,8 +208,13 @@ impl Registry {
             reason: e.reason,
         })?;
         let mut out = Grant::default();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
         self.update(agent, |e| {
             e.revoked = true;
+            e.certs_issued_after = Some(now);
             out = e.clone();
         })
         .await?;
@@ -285,7 +339,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agents.toml");
         let r = Registry::open(Some(path.clone())).unwrap();
-        assert_eq!(r.admit("a"), Err(SessionRefusal::Unregistered));
+        assert_eq!(r.admit("a", None), Err(SessionRefusal::Unregistered));
         r.grant_agent(AgentGrant {
             agent_id: "a".into(),
             cameras: vec![7, 8],
@@ -294,7 +348,7 @@ mod tests {
         })
         .await
         .unwrap();
-        assert_eq!(r.admit("a"), Ok(()));
+        assert_eq!(r.admit("a", Some(1_000)), Ok(()));
         let g = r.grant("a").unwrap();
         assert!(g.refuse("a", &det(7, 1)).is_none());
         let (field, why) = g.refuse("a", &det(9, 1)).unwrap();
@@ -305,7 +359,7 @@ mod tests {
             "geographical_location_oid"
         );
         r.revoke("a").await.unwrap();
-        assert_eq!(r.admit("a"), Err(SessionRefusal::Revoked));
+        assert_eq!(r.admit("a", None), Err(SessionRefusal::Revoked));
         // A new registry from the same file agrees.
         let again = Registry::open(Some(path.clone())).unwrap();
         assert!(again.is_revoked("a"));
@@ -317,6 +371,37 @@ mod tests {
         assert!(again.is_revoked("a"));
     }
 
+    #[tokio::test]
+    async fn a_grant_after_a_revocation_takes_only_newer_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Registry::open(Some(dir.path().join("agents.toml"))).unwrap();
+        let grant = AgentGrant {
+            agent_id: "a".into(),
+            cameras: vec![7],
+            ..Default::default()
+        };
+        r.grant_agent(grant.clone()).await.unwrap();
+        assert_eq!(r.admit("a", Some(1_000)), Ok(()));
+        r.revoke("a").await.unwrap();
+        r.grant_agent(grant).await.unwrap();
+        let revoked = r.grant("a").unwrap().certs_issued_after.unwrap();
+        let refused = r.admit("a", Some(revoked)).unwrap_err();
+        assert_eq!(
+            refused,
+            SessionRefusal::RetiredCertificate {
+                issued: revoked,
+                revoked
+            }
+        );
+        let why = refused.explain("a");
+        assert!(why.contains("issue a new one"), "{why}");
+        assert_eq!(r.admit("a", Some(revoked + 1)), Ok(()));
+        // Read back from the file, the same.
+        let again = Registry::open(Some(dir.path().join("agents.toml"))).unwrap();
+        assert!(again.admit("a", Some(revoked)).is_err());
+        assert!(!again.is_revoked("a"));
+    }
+
     #[test]
     fn the_example_registry_parses() {
         let dir = tempfile::tempdir().unwrap();
@@ -324,15 +409,15 @@ mod tests {
         std::fs::write(&path, include_str!("../../../deploy/agents.example.toml")).unwrap();
         let r = Registry::open(Some(path)).unwrap();
         assert_eq!(r.list().len(), 3);
-        assert_eq!(r.admit("old-host"), Err(SessionRefusal::Revoked));
-        assert_eq!(r.admit("gate-3"), Ok(()));
+        assert_eq!(r.admit("old-host", None), Err(SessionRefusal::Revoked));
+        assert_eq!(r.admit("gate-3", None), Ok(()));
     }
 
     #[test]
     fn without_a_file_nothing_is_enforced() {
         let r = Registry::open(None).unwrap();
         assert!(!r.enforced());
-        assert_eq!(r.admit("anyone"), Ok(()));
+        assert_eq!(r.admit("anyone", None), Ok(()));
         assert!(r.grant("anyone").is_none());
     }
 }

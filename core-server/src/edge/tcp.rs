@@ -120,7 +120,7 @@ pub fn incoming(
                         return;
                     }
                 };
-                let (agent_id, refusal) = match edge.identify(tls.get_ref().1.peer_certificates()) {
+                let (identity, refusal) = match edge.identify(tls.get_ref().1.peer_certificates()) {
                     Ok(id) => (Some(id), None),
                     Err(why) => {
                         // Kept open only to tell the agent why (see `Deferred`).
@@ -132,7 +132,8 @@ pub fn incoming(
                 let info = EdgeConnInfo {
                     peer: Peer {
                         addr: addr.to_string(),
-                        agent_id,
+                        agent_id: identity.as_ref().map(|i| i.agent_id.clone()),
+                        issued: identity.as_ref().map(|i| i.issued),
                         link: LINK_GRPC_TLS,
                         refusal,
                     },

@@ -344,22 +344,16 @@ impl IngestCore {
                 ));
             }
         }
-        match self.registry.admit(claimed) {
+        match self.registry.admit(claimed, peer.issued) {
             Ok(()) => Ok(()),
-            Err(SessionRefusal::Revoked) => Err(refuse(
-                claimed,
-                "revoked",
-                format!("agent {claimed:?} is revoked; an operator must grant it again"),
-                true,
-            )),
-            Err(SessionRefusal::Unregistered) => Err(refuse(
-                claimed,
-                "unregistered",
-                format!(
-                    "agent {claimed:?} is not in the core's agent registry: no camera is registered to it"
-                ),
-                false,
-            )),
+            Err(r) => {
+                let (reason, revoked) = match r {
+                    SessionRefusal::Revoked => ("revoked", true),
+                    SessionRefusal::Unregistered => ("unregistered", false),
+                    SessionRefusal::RetiredCertificate { .. } => ("retired_certificate", false),
+                };
+                Err(refuse(claimed, reason, r.explain(claimed), revoked))
+            }
         }
     }
 }
