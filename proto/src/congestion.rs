@@ -35,6 +35,9 @@ use quinn::congestion::{Controller, ControllerFactory};
 /// The queueing delay the controller aims at.
 const TARGET: Duration = Duration::from_millis(5);
 
+/// How long a round's low RTT counts toward the path's base RTT.
+const BASE_WINDOW: Duration = Duration::from_secs(10);
+
 /// Growth after clear rounds: a sixteenth of the window, doubled for each
 /// clear round before, up to this many doublings (a quarter per round).
 const MAX_GROWTH_DOUBLINGS: u32 = 2;
@@ -55,6 +58,8 @@ impl ControllerFactory for EdgeConfig {
             round_rtt: Duration::ZERO,
             samples: 0,
             round_min: Duration::MAX,
+            round_samples: Vec::new(),
+            lows: std::collections::VecDeque::new(),
             clear_rounds: 0,
             rtt: Duration::ZERO,
             min_rtt: Duration::MAX,
@@ -76,10 +81,21 @@ struct Edge {
     samples: u32,
     /// The current round's lowest RTT sample.
     round_min: Duration,
+    /// The current round's samples.
+    round_samples: Vec<Duration>,
+    /// Recent rounds' low RTT (their 5th percentile, at least the second
+    /// lowest sample), for the base RTT.
+    lows: std::collections::VecDeque<(Instant, Duration)>,
     /// Rounds in a row, before this one, whose queue was under half `TARGET`.
     clear_rounds: u32,
     /// The smoothed RTT (how long a round lasts).
     rtt: Duration,
+    /// The path's RTT without a queue: the lowest of the recent rounds' low
+    /// RTTs (see `lows`). Not the lowest sample ever: on a busy host a sample can
+    /// come out below the path's RTT (quinn's lowest read 96.6 ms on a 100 ms
+    /// path once, most likely a clock read late for a send or early for an
+    /// ack), and kept for good it read as a standing queue and held the
+    /// window at its floor for the rest of that run.
     min_rtt: Duration,
 }
 
@@ -93,6 +109,7 @@ impl Edge {
         self.round_rtt += rtt;
         self.samples += 1;
         self.round_min = self.round_min.min(rtt);
+        self.round_samples.push(rtt);
     }
 
     /// Once per round trip: grow or shrink by the queue the RTT shows.
@@ -101,6 +118,22 @@ impl Edge {
             0 => Duration::MAX,
             n => self.round_rtt / n,
         };
+        if self.round_samples.len() >= 4 {
+            self.round_samples.sort_unstable();
+            let low = self.round_samples[(self.round_samples.len() / 20).max(1)];
+            self.lows.push_back((now, low));
+        }
+        while self
+            .lows
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > BASE_WINDOW)
+            && self.lows.len() > 1
+        {
+            self.lows.pop_front();
+        }
+        if let Some(base) = self.lows.iter().map(|(_, l)| *l).min() {
+            self.min_rtt = base;
+        }
         let queue = rtt.saturating_sub(self.min_rtt);
         // Over a fifth of the round lost, and more than two packets of it
         // (one loss among the first handful of packets is not congestion).
@@ -155,6 +188,7 @@ impl Edge {
         self.round_rtt = Duration::ZERO;
         self.samples = 0;
         self.round_min = Duration::MAX;
+        self.round_samples.clear();
     }
 }
 
@@ -169,7 +203,6 @@ impl Controller for Edge {
     ) {
         self.acked += bytes;
         self.rtt = rtt.get();
-        self.min_rtt = self.min_rtt.min(rtt.min());
         self.sample(now.saturating_duration_since(sent));
     }
 
@@ -194,8 +227,14 @@ impl Controller for Edge {
     ) {
         self.lost += lost_bytes;
         if is_persistent_congestion {
+            // Nothing got through for several round trips (a cut link, a
+            // stalled host): start over from the floor, doubling again until
+            // a queue shows, as TCP does after a timeout, rather than
+            // creeping up from four packets a round trip.
+            tracing::debug!(window = self.window, "persistent congestion: starting over");
             self.window = self.floor();
-            self.startup = false;
+            self.startup = true;
+            self.clear_rounds = 0;
         }
     }
 
@@ -237,6 +276,8 @@ mod tests {
             round_rtt: Duration::from_millis(100),
             samples: 1,
             round_min: Duration::MAX,
+            round_samples: Vec::new(),
+            lows: std::collections::VecDeque::from([(now, Duration::from_millis(100))]),
             clear_rounds: 0,
             rtt: Duration::from_millis(100),
             min_rtt: Duration::from_millis(100),
@@ -348,6 +389,42 @@ mod tests {
         round(&mut e, &[103, 103]);
         assert_eq!(e.clear_rounds, 0);
         assert_eq!(e.window, w + (w as f64 / 16.0 * 0.4) as u64);
+    }
+
+    #[test]
+    fn the_base_rtt_ignores_a_few_early_stamped_samples_and_expires() {
+        let mut e = edge(100);
+        e.samples = 0;
+        e.round_rtt = Duration::ZERO;
+        // One sample of eight reads 95 ms on a 100 ms path (a clock read
+        // early): the base stays 100 ms, a 4 ms queue is under the target.
+        round(&mut e, &[95, 104, 104, 104, 104, 104, 104, 104]);
+        assert_eq!(e.min_rtt, Duration::from_millis(100));
+        let w = e.window;
+        round(&mut e, &[104, 104, 104, 104]);
+        assert!(e.window > w, "grew: no queue over the target");
+        // A round's low RTT from more than 10 s ago no longer counts
+        // (the newest one always does).
+        let later = Instant::now() + BASE_WINDOW + Duration::from_secs(1);
+        for ms in [103, 103, 103, 103] {
+            e.sample(Duration::from_millis(ms));
+        }
+        e.end_round(later, false);
+        assert_eq!(e.min_rtt, Duration::from_millis(103));
+    }
+
+    #[test]
+    fn after_persistent_congestion_it_starts_over_and_doubles() {
+        let mut e = edge(200);
+        e.on_congestion_event(Instant::now(), Instant::now(), true, 1200);
+        assert_eq!(e.window, 4 * 1200);
+        e.lost = 0;
+        e.samples = 0;
+        e.round_rtt = Duration::ZERO;
+        for want in [8, 16, 32] {
+            round(&mut e, &[100, 101]);
+            assert_eq!(e.window, want * 1200);
+        }
     }
 
     #[test]
