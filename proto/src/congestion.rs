@@ -55,10 +55,7 @@ impl ControllerFactory for EdgeConfig {
             round_start: now,
             acked: 0,
             lost: 0,
-            round_rtt: Duration::ZERO,
-            samples: 0,
-            round_min: Duration::MAX,
-            round_samples: Vec::new(),
+            samples: Vec::new(),
             lows: std::collections::VecDeque::new(),
             clear_rounds: 0,
             rtt: Duration::ZERO,
@@ -76,13 +73,8 @@ struct Edge {
     /// Bytes acknowledged and lost in the current round.
     acked: u64,
     lost: u64,
-    /// The current round's RTT samples: their sum and count.
-    round_rtt: Duration,
-    samples: u32,
-    /// The current round's lowest RTT sample.
-    round_min: Duration,
-    /// The current round's samples.
-    round_samples: Vec<Duration>,
+    /// The current round's RTT samples.
+    samples: Vec<Duration>,
     /// Recent rounds' low RTT (their 5th percentile, at least the second
     /// lowest sample), for the base RTT.
     lows: std::collections::VecDeque<(Instant, Duration)>,
@@ -106,21 +98,21 @@ impl Edge {
 
     /// An RTT sample: a packet sent, its ack received.
     fn sample(&mut self, rtt: Duration) {
-        self.round_rtt += rtt;
-        self.samples += 1;
-        self.round_min = self.round_min.min(rtt);
-        self.round_samples.push(rtt);
+        self.samples.push(rtt);
     }
 
     /// Once per round trip: grow or shrink by the queue the RTT shows.
     fn end_round(&mut self, now: Instant, app_limited: bool) {
-        let rtt = match self.samples {
-            0 => Duration::MAX,
-            n => self.round_rtt / n,
+        self.samples.sort_unstable();
+        let (rtt, round_min) = match self.samples.len() {
+            0 => (Duration::MAX, Duration::MAX),
+            n => (
+                self.samples.iter().sum::<Duration>() / n as u32,
+                self.samples[0],
+            ),
         };
-        if self.round_samples.len() >= 4 {
-            self.round_samples.sort_unstable();
-            let low = self.round_samples[(self.round_samples.len() / 20).max(1)];
+        if self.samples.len() >= 4 {
+            let low = self.samples[(self.samples.len() / 20).max(1)];
             self.lows.push_back((now, low));
         }
         while self
@@ -143,7 +135,7 @@ impl Edge {
             self.clear_rounds = 0;
             self.window = (self.window * 85 / 100).max(self.floor());
         } else if queue > TARGET && rtt != Duration::MAX {
-            if self.startup && self.round_min.saturating_sub(self.min_rtt) <= TARGET {
+            if self.startup && round_min.saturating_sub(self.min_rtt) <= TARGET {
                 // Some samples were late, not the whole round: delayed acks
                 // or a busy host, not yet a queue. Hold, keep starting up.
             } else {
@@ -154,11 +146,11 @@ impl Edge {
                 self.window = ((self.window as f64 * keep) as u64).max(self.floor());
             }
         } else if queue < TARGET && !app_limited {
+            let clear = queue < TARGET / 2;
             self.window += if self.startup {
                 self.window
             } else {
                 let room = 1.0 - queue.as_secs_f64() / TARGET.as_secs_f64();
-                let clear = queue < TARGET / 2;
                 let boost = if clear {
                     1u64 << self.clear_rounds.min(MAX_GROWTH_DOUBLINGS)
                 } else {
@@ -166,16 +158,12 @@ impl Edge {
                 };
                 ((self.window as f64 / 16.0 * room) as u64 * boost).max(self.mtu)
             };
-            if queue < TARGET / 2 {
-                self.clear_rounds += 1;
-            } else {
-                self.clear_rounds = 0;
-            }
+            self.clear_rounds = if clear { self.clear_rounds + 1 } else { 0 };
         }
         tracing::trace!(
             rtt_ms = rtt.as_secs_f64() * 1e3,
             min_rtt_ms = self.min_rtt.as_secs_f64() * 1e3,
-            samples = self.samples,
+            samples = self.samples.len(),
             acked = self.acked,
             lost = self.lost,
             app_limited,
@@ -185,10 +173,7 @@ impl Edge {
         self.round_start = now;
         self.acked = 0;
         self.lost = 0;
-        self.round_rtt = Duration::ZERO;
-        self.samples = 0;
-        self.round_min = Duration::MAX;
-        self.round_samples.clear();
+        self.samples.clear();
     }
 }
 
@@ -273,10 +258,7 @@ mod tests {
             round_start: now,
             acked: 0,
             lost: 0,
-            round_rtt: Duration::from_millis(100),
-            samples: 1,
-            round_min: Duration::MAX,
-            round_samples: Vec::new(),
+            samples: vec![Duration::from_millis(100)],
             lows: std::collections::VecDeque::from([(now, Duration::from_millis(100))]),
             clear_rounds: 0,
             rtt: Duration::from_millis(100),
@@ -293,11 +275,11 @@ mod tests {
         assert_eq!(e.window, 100 * 1200 + 100 * 1200 / 16);
         // Near the target, by less; at least a packet.
         let mut e = edge(100);
-        e.round_rtt = Duration::from_millis(100) + TARGET / 2;
+        e.samples = vec![Duration::from_millis(100) + TARGET / 2];
         e.end_round(Instant::now(), false);
         assert_eq!(e.window, 100 * 1200 + 100 * 1200 / 32);
         let mut e = edge(100);
-        e.round_rtt = Duration::from_millis(100) + TARGET - Duration::from_micros(1);
+        e.samples = vec![Duration::from_millis(100) + TARGET - Duration::from_micros(1)];
         e.end_round(Instant::now(), false);
         assert_eq!(e.window, 101 * 1200);
     }
@@ -307,15 +289,14 @@ mod tests {
         // A queue of 3 TARGETs on average: the window keeps what fills the
         // path and a TARGET-long queue.
         let mut e = edge(100);
-        e.round_rtt = Duration::from_millis(100) + 3 * TARGET;
+        e.samples = vec![Duration::from_millis(100) + 3 * TARGET];
         e.end_round(Instant::now(), false);
         let keep = (100 + TARGET.as_millis()) as f64 / (100 + 3 * TARGET.as_millis()) as f64;
         assert!(e.window.abs_diff((100.0 * 1200.0 * keep) as u64) <= 1);
         // The round's mean decides: one low sample among high ones (the
         // queue empty for a moment) does not hide the queue.
         let mut e = edge(100);
-        e.samples = 0;
-        e.round_rtt = Duration::ZERO;
+        e.samples.clear();
         for ms in [130, 100, 140] {
             e.sample(Duration::from_millis(ms));
         }
@@ -338,8 +319,7 @@ mod tests {
         assert!(e.window > 5 * 1200);
         // Never below four packets.
         let mut e = edge(4);
-        e.round_rtt = Duration::from_secs(1);
-        e.samples = 1;
+        e.samples = vec![Duration::from_secs(1)];
         e.end_round(Instant::now(), false);
         assert_eq!(e.window, 4 * 1200);
     }
@@ -356,8 +336,7 @@ mod tests {
     fn startup_ends_on_a_queue_the_whole_round_saw_not_on_late_acks() {
         let mut e = edge(10);
         e.startup = true;
-        e.samples = 0;
-        e.round_rtt = Duration::ZERO;
+        e.samples.clear();
         // The mean says 10 ms of queue, but the fastest packet saw none.
         round(&mut e, &[100, 130, 100]);
         assert!(e.startup);
@@ -375,8 +354,7 @@ mod tests {
         // Ten packets left of a path that holds 170 (2 MB/s over 100 ms):
         // a sixteenth, then an eighth, then a quarter per clear round.
         let mut e = edge(10);
-        e.samples = 0;
-        e.round_rtt = Duration::ZERO;
+        e.samples.clear();
         let mut rounds = 0;
         while e.window < 170 * 1200 {
             round(&mut e, &[100, 101, 100]);
@@ -394,8 +372,7 @@ mod tests {
     #[test]
     fn the_base_rtt_ignores_a_few_early_stamped_samples_and_expires() {
         let mut e = edge(100);
-        e.samples = 0;
-        e.round_rtt = Duration::ZERO;
+        e.samples.clear();
         // One sample of eight reads 95 ms on a 100 ms path (a clock read
         // early): the base stays 100 ms, a 4 ms queue is under the target.
         round(&mut e, &[95, 104, 104, 104, 104, 104, 104, 104]);
@@ -419,8 +396,7 @@ mod tests {
         e.on_congestion_event(Instant::now(), Instant::now(), true, 1200);
         assert_eq!(e.window, 4 * 1200);
         e.lost = 0;
-        e.samples = 0;
-        e.round_rtt = Duration::ZERO;
+        e.samples.clear();
         for want in [8, 16, 32] {
             round(&mut e, &[100, 101]);
             assert_eq!(e.window, want * 1200);

@@ -40,11 +40,9 @@ pub const LINK_PLAINTEXT: &str = "grpc PLAINTEXT";
 #[derive(Debug, Clone)]
 pub struct Peer {
     pub addr: String,
-    /// The agent id from the verified client certificate; `None` on a
-    /// plaintext link, where the agent is whoever it claims to be.
-    pub agent_id: Option<String>,
-    /// When that certificate was issued (Unix seconds; see [`Identity`]).
-    pub issued: Option<i64>,
+    /// Who the verified client certificate is for; `None` on a plaintext
+    /// link, where the agent is whoever it claims to be.
+    pub identity: Option<Identity>,
     pub link: &'static str,
     /// On a TLS link whose client certificate was refused: why. Every call
     /// on it is answered with this (UNAUTHENTICATED) and nothing else.
@@ -55,11 +53,15 @@ impl Peer {
     pub fn plaintext(addr: String) -> Self {
         Self {
             addr,
-            agent_id: None,
-            issued: None,
+            identity: None,
             link: LINK_PLAINTEXT,
             refusal: None,
         }
+    }
+
+    /// The agent id its certificate names.
+    pub fn agent_id(&self) -> Option<&str> {
+        self.identity.as_ref().map(|i| i.agent_id.as_str())
     }
 
     /// The refusal of an unauthenticated TLS peer, as a status.
@@ -267,10 +269,10 @@ pub fn explain_reason(reason: &str) -> String {
 /// by the registry, or anyone on a plaintext link (`edge.plaintext`).
 pub fn admit_media(registry: &registry::Registry, peer: &Peer) -> Result<(), tonic::Status> {
     peer.refused()?;
-    match &peer.agent_id {
+    match &peer.identity {
         Some(id) => registry
-            .admit(id, peer.issued)
-            .map_err(|r| tonic::Status::permission_denied(r.explain(id))),
+            .admit(&id.agent_id, Some(id.issued))
+            .map_err(|r| tonic::Status::permission_denied(r.explain(&id.agent_id))),
         None => Ok(()),
     }
 }

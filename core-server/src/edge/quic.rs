@@ -25,7 +25,7 @@ use tokio_util::{
 };
 use tonic::Status;
 
-use super::{Identity, Peer, LINK_QUIC};
+use super::{Peer, LINK_QUIC};
 use crate::{ingest::IngestCore, media::MediaStore, metrics::Metrics};
 
 /// What the QUIC calls need.
@@ -92,11 +92,11 @@ impl QuicEdge {
             i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
                 .ok()
         });
-        let Identity { agent_id, issued } =
-            match self.tls.identify(certs.as_deref().map(Vec::as_slice)) {
-                Ok(id) => id,
-                Err(why) => return self.refuse_conn(&conn, addr, why),
-            };
+        let identity = match self.tls.identify(certs.as_deref().map(Vec::as_slice)) {
+            Ok(id) => id,
+            Err(why) => return self.refuse_conn(&conn, addr, why),
+        };
+        let agent_id = &identity.agent_id;
         tracing::debug!(agent = %agent_id, peer = %addr, "edge: QUIC connection");
         // Datagrams carry copies of the session's batches (see run_session).
         let (dg_tx, dg_rx) = mpsc::channel::<AgentMessage>(256);
@@ -122,8 +122,7 @@ impl QuicEdge {
             let peer = Peer {
                 // The address as of this call: it changes when the agent moves.
                 addr: conn.remote_address().to_string(),
-                agent_id: Some(agent_id.clone()),
-                issued: Some(issued),
+                identity: Some(identity.clone()),
                 link: LINK_QUIC,
                 refusal: None,
             };
@@ -212,7 +211,7 @@ impl QuicEdge {
                     self.admit_media(&peer)?;
                     let req: AttachMediaRequest = one(&mut rd).await?;
                     self.media
-                        .attach(peer.agent_id.as_deref(), req.detection_oids, req.media)
+                        .attach(peer.agent_id(), req.detection_oids, req.media)
                         .await?;
                     Ok(AttachMediaResponse {})
                 }

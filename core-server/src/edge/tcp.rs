@@ -132,8 +132,7 @@ pub fn incoming(
                 let info = EdgeConnInfo {
                     peer: Peer {
                         addr: addr.to_string(),
-                        agent_id: identity.as_ref().map(|i| i.agent_id.clone()),
-                        issued: identity.as_ref().map(|i| i.issued),
+                        identity,
                         link: LINK_GRPC_TLS,
                         refusal,
                     },

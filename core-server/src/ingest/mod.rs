@@ -114,7 +114,7 @@ impl IngestCore {
         };
         let (session_id, kicked) = self.fleet.connect(&hello, &peer, wm);
         self.metrics.sessions.inc();
-        if peer.agent_id.is_none() {
+        if peer.identity.is_none() {
             tracing::warn!(%agent, epoch, peer = %peer.addr, link = peer.link, resume_from = wm + 1,
                 "agent session open over PLAINTEXT: its identity is only what it claims (edge.plaintext is for local demos)");
         } else {
@@ -332,7 +332,7 @@ impl IngestCore {
             tracing::warn!(agent, peer = %peer.addr, link = peer.link, reason = %why, "session refused");
             Status::permission_denied(why)
         };
-        if let Some(cert_id) = &peer.agent_id {
+        if let Some(cert_id) = peer.agent_id() {
             if cert_id != claimed {
                 return Err(refuse(
                     cert_id,
@@ -344,7 +344,10 @@ impl IngestCore {
                 ));
             }
         }
-        match self.registry.admit(claimed, peer.issued) {
+        match self
+            .registry
+            .admit(claimed, peer.identity.as_ref().map(|i| i.issued))
+        {
             Ok(()) => Ok(()),
             Err(r) => {
                 let (reason, revoked) = match r {

@@ -48,7 +48,7 @@ impl Media for MediaService {
         let peer = crate::edge::tcp::peer_of(&req);
         let r = req.into_inner();
         self.media
-            .attach(peer.agent_id.as_deref(), r.detection_oids, r.media)
+            .attach(peer.agent_id(), r.detection_oids, r.media)
             .await?;
         Ok(Response::new(AttachMediaResponse {}))
     }
