@@ -31,3 +31,14 @@ pub fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+/// The fingerprint of one buffered event (`Welcome.committed_digest`): the
+/// first 8 bytes, big-endian, of SHA-256 over the event's bytes as the agent
+/// sent them. Never 0 (0 means "none" on the wire).
+pub fn event_digest(event_bytes: &[u8]) -> u64 {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(event_bytes);
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&h[..8]);
+    u64::from_be_bytes(a).max(1)
+}
