@@ -123,6 +123,7 @@ impl IngestCore {
         let welcome = CoreMessage {
             msg: Some(core_message::Msg::Welcome(Welcome {
                 resume_from: wm + 1,
+                ..Default::default()
             })),
         };
         if out.send(Ok(welcome)).await.is_err() {
