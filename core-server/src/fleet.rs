@@ -132,13 +132,14 @@ impl Fleet {
             i.acked_seq = i.acked_seq.max(acked);
             i.next_seq = i.next_seq.max(acked + 1);
             i.lag = i.next_seq.saturating_sub(i.acked_seq + 1);
+            // The agent deletes what is acknowledged: it holds at most what
+            // it assigned and the core has not committed (its own report,
+            // up to a second old, may say more).
+            i.buffer_depth = i.buffer_depth.min(i.lag);
             i.duplicates_transport += dup_transport;
             i.duplicates_semantic += dup_semantic;
             i.rejected += rejected;
-            self.metrics
-                .agent_lag
-                .get_or_create(&Metrics::agent(agent))
-                .set(i.lag as i64);
+            self.publish_gauges(i);
         }
     }
 

@@ -56,6 +56,10 @@ pub struct Metrics {
     pub edge_refused: Family<ReasonLabel, Counter>,
     pub permission_denied: Family<AgentLabel, Counter>,
     pub batches_from_datagrams: Counter,
+    /// Events quarantined because their det_oid is stored for another camera.
+    pub det_oid_conflicts: Counter,
+    /// Events refused because they are older than the store keeps.
+    pub too_old: Counter,
 }
 
 impl Default for Metrics {
@@ -173,9 +177,23 @@ impl Metrics {
             "Batches committed from their QUIC datagram copy, ahead of the event stream",
             batches_from_datagrams.clone(),
         );
+        let det_oid_conflicts = Counter::default();
+        r.register(
+            "det_oid_conflicts",
+            "Events quarantined because their det_oid is stored for another camera",
+            det_oid_conflicts.clone(),
+        );
+        let too_old = Counter::default();
+        r.register(
+            "events_too_old",
+            "Events refused (quarantined) because they are older than retention.events keeps",
+            too_old.clone(),
+        );
         Self {
             registry: r,
             batches_from_datagrams,
+            det_oid_conflicts,
+            too_old,
             edge_refused,
             permission_denied,
             ingested,

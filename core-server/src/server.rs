@@ -127,6 +127,7 @@ pub async fn run(
             max_future_skew_ms: config.ingest.max_future_skew.as_millis() as i64,
             ..Limits::default()
         },
+        max_event_age: config.retention.events,
         hello_timeout: config.ingest.hello_timeout,
         registry: registry.clone(),
         shutdown: ingest_stop.clone(),
@@ -181,12 +182,24 @@ pub async fn run(
         hub: hub.clone(),
         metrics: metrics.clone(),
     };
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(sightline_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(sightline_proto::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    // Reflection lists what this port serves, nothing else: Ingest and Media
+    // live on the edge port unless plaintext edge is on.
+    let reflection = || {
+        let mut b = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(sightline_proto::FILE_DESCRIPTOR_SET)
+            .with_service_name("sightline.v1.Query")
+            .with_service_name("sightline.v1.Admin")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+        if config.edge.plaintext {
+            b = b
+                .with_service_name("sightline.v1.Ingest")
+                .with_service_name("sightline.v1.Media");
+        }
+        b
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
     let grpc_stop = CancellationToken::new();
     let ingest_service = || {
         IngestServer::new(IngestService {
@@ -249,6 +262,7 @@ pub async fn run(
                 ingest: ingest.clone(),
                 media: media.clone(),
                 metrics: metrics.clone(),
+                max_message: max_msg,
             }),
             grpc_stop.clone(),
         )?);
@@ -422,7 +436,12 @@ fn spawn_retention(
                     let (e, a, q, d) = (ms(cfg.events), ms(cfg.aggregates), ms(cfg.quarantine), ms(cfg.dedup_keys));
                     let s = store.clone();
                     match tokio::task::spawn_blocking(move || s.apply_retention(e, a, q, d)).await {
-                        Ok(Ok(())) => search.apply_retention(e),
+                        Ok(Ok(expired)) => {
+                            if expired > 0 {
+                                tracing::info!(events = expired, before_ms = e, "retention: events removed (retention.events)");
+                            }
+                            search.apply_retention(crate::store::keys::Bucket::Minute.floor(e))
+                        }
                         Ok(Err(e)) => tracing::error!(error = %e, "retention failed"),
                         Err(e) => tracing::error!(error = %e, "retention task failed"),
                     }

@@ -26,10 +26,29 @@ pub const CLOSE_REFUSED: u32 = 3;
 
 /// A length-delimited codec for frames of this contract.
 pub fn codec() -> tokio_util::codec::LengthDelimitedCodec {
+    codec_limited(MAX_FRAME)
+}
+
+/// The codec, refusing frames longer than `max` bytes (the receiver's
+/// message limit, e.g. the core's `ingest.max_message_bytes`).
+pub fn codec_limited(max: usize) -> tokio_util::codec::LengthDelimitedCodec {
     tokio_util::codec::LengthDelimitedCodec::builder()
         .length_field_length(4)
-        .max_frame_length(MAX_FRAME)
+        .max_frame_length(max.min(MAX_FRAME))
         .new_codec()
+}
+
+/// The status for a frame the codec refused or a stream that broke: a frame
+/// over the limit is `OUT_OF_RANGE` naming the limit (as gRPC answers a
+/// message over its limit), anything else a broken link.
+pub fn read_error(e: &std::io::Error, max: usize) -> tonic::Status {
+    if e.kind() == std::io::ErrorKind::InvalidData {
+        tonic::Status::out_of_range(format!(
+            "a frame is larger than this receiver's message limit of {max} bytes: {e}"
+        ))
+    } else {
+        tonic::Status::unavailable(format!("link broken: {e}"))
+    }
 }
 
 pub fn to_wire(s: &tonic::Status) -> QuicStatus {

@@ -12,6 +12,17 @@ use crate::v1::Detection;
 pub const MAX_ITEM_NAME_BYTES: usize = 128;
 /// Longest accepted agent id, in bytes.
 pub const MAX_AGENT_ID_BYTES: usize = 64;
+/// Largest accepted detection, encoded, in bytes. Every bound below fits
+/// well inside it, and a batch of the agent's (`sender.batch_max_bytes`, at
+/// least one event) always fits the core's message limit
+/// (`ingest.max_message_bytes`, at least 64 KiB): an event the intake takes
+/// can always be delivered.
+pub const MAX_DETECTION_BYTES: usize = 32 * 1024;
+/// Most entries of `media` (one per kind; a few kinds exist).
+pub const MAX_MEDIA_REFS: usize = 8;
+/// Most entries of `media_expected`, and the longest entry in bytes.
+pub const MAX_MEDIA_EXPECTED: usize = 8;
+pub const MAX_MEDIA_KIND_BYTES: usize = 32;
 
 /// A refusal: which field, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -136,13 +147,57 @@ pub fn validate_detection(
             ),
         ));
     }
+    if d.media.len() > MAX_MEDIA_REFS {
+        return Err(FieldError::new(
+            "media",
+            format!(
+                "{} entries, more than the limit of {MAX_MEDIA_REFS}",
+                d.media.len()
+            ),
+        ));
+    }
+    if d.media_expected.len() > MAX_MEDIA_EXPECTED {
+        return Err(FieldError::new(
+            "media_expected",
+            format!(
+                "{} entries, more than the limit of {MAX_MEDIA_EXPECTED}",
+                d.media_expected.len()
+            ),
+        ));
+    }
+    if let Some(k) = d
+        .media_expected
+        .iter()
+        .find(|k| k.len() > MAX_MEDIA_KIND_BYTES)
+    {
+        return Err(FieldError::new(
+            "media_expected",
+            format!(
+                "an entry of {} bytes, more than the limit of {MAX_MEDIA_KIND_BYTES}",
+                k.len()
+            ),
+        ));
+    }
     for m in &d.media {
+        if m.kind.len() > MAX_MEDIA_KIND_BYTES || m.content_type.len() > MAX_MEDIA_KIND_BYTES {
+            return Err(FieldError::new(
+                "media",
+                format!("kind and content_type must be at most {MAX_MEDIA_KIND_BYTES} bytes"),
+            ));
+        }
         if m.sha256.len() != 64 || !m.sha256.bytes().all(|c| c.is_ascii_hexdigit()) {
             return Err(FieldError::new(
                 "media",
                 format!("sha256 must be 64 hex digits, got {:?}", m.sha256),
             ));
         }
+    }
+    let size = prost::Message::encoded_len(d);
+    if size > MAX_DETECTION_BYTES {
+        return Err(FieldError::new(
+            "detection",
+            format!("{size} bytes encoded, more than the limit of {MAX_DETECTION_BYTES}"),
+        ));
     }
     Ok(())
 }
@@ -234,6 +289,14 @@ mod tests {
                 Box::new(move |d| d.timestamp_detected = now + 3_600_000),
             ),
             ("confidence", Box::new(|d| d.confidence = 1.5)),
+            (
+                "media_expected",
+                Box::new(|d| d.media_expected = vec!["clip".into(); 100_000]),
+            ),
+            (
+                "media_expected",
+                Box::new(|d| d.media_expected = vec!["x".repeat(100)]),
+            ),
             (
                 "attributes",
                 Box::new(|d| {

@@ -38,19 +38,63 @@ pub struct QueryService {
     pub metrics: Arc<Metrics>,
 }
 
+/// Store and index reads that may run at once. The rest wait their turn, so
+/// a burst of expensive queries cannot take every core from the partition
+/// writers (ingest) and the blocking pool.
+pub const MAX_CONCURRENT_READS: usize = 4;
+static READ_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_CONCURRENT_READS);
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Status> + Send + 'static,
 ) -> Result<T, Status> {
+    let _slot = READ_SLOTS
+        .acquire()
+        .await
+        .map_err(|_| Status::unavailable("the core is shutting down"))?;
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Status::internal(e.to_string()))?
 }
 
+/// Most events or quarantine entries one page of `ListEvents` /
+/// `ListQuarantine` returns (0 asks for [`DEFAULT_PAGE`]).
+pub const MAX_PAGE: u32 = 10_000;
+pub const DEFAULT_PAGE: u32 = 100;
+
+fn page_size(n: u32) -> Result<usize, Status> {
+    match n {
+        0 => Ok(DEFAULT_PAGE as usize),
+        n @ 1..=MAX_PAGE => Ok(n as usize),
+        n => Err(Status::invalid_argument(format!(
+            "field `page_size`: {n} is more than {MAX_PAGE}"
+        ))),
+    }
+}
+
+/// Times before this (epoch ms: 1973-03-03) are most likely seconds.
+const SECONDS_NOT_MS: i64 = 100_000_000_000;
+
+/// A `[from_ms, to_ms)` range (0: unbounded): not inverted, not negative,
+/// and in milliseconds (a value that reads as seconds is refused with a hint,
+/// not answered with nothing).
 fn check_range(from_ms: i64, to_ms: i64) -> Result<(), Status> {
     if to_ms != 0 && to_ms < from_ms {
         return Err(Status::invalid_argument(format!(
             "field `to_ms`: {to_ms} is before `from_ms` {from_ms}"
         )));
+    }
+    for (field, v) in [("from_ms", from_ms), ("to_ms", to_ms)] {
+        if v < 0 {
+            return Err(Status::invalid_argument(format!(
+                "field `{field}`: {v} is negative; times are epoch milliseconds"
+            )));
+        }
+        if v != 0 && v < SECONDS_NOT_MS {
+            return Err(Status::invalid_argument(format!(
+                "field `{field}`: {v} reads as seconds (before 1973 in milliseconds); times are epoch milliseconds, e.g. {}",
+                v.saturating_mul(1000)
+            )));
+        }
     }
     Ok(())
 }
@@ -62,6 +106,7 @@ impl Query for QueryService {
         req: Request<SearchRequest>,
     ) -> Result<Response<SearchResponse>, Status> {
         let r = req.into_inner();
+        check_range(r.from_ms, r.to_ms)?;
         let req = search::SearchRequest {
             query: r.query,
             location_oid: r.geographical_location_oid,
@@ -92,15 +137,7 @@ impl Query for QueryService {
     ) -> Result<Response<ListEventsResponse>, Status> {
         let r = req.into_inner();
         check_range(r.from_ms, r.to_ms)?;
-        let page_size = match r.page_size {
-            0 => 100,
-            n @ 1..=10_000 => n as usize,
-            n => {
-                return Err(Status::invalid_argument(format!(
-                    "field `page_size`: {n} is more than 10000"
-                )))
-            }
-        };
+        let page_size = page_size(r.page_size)?;
         let store = self.store.clone();
         let (mut events, next_page_token) = blocking(move || {
             let (mut events, token) = store.list_events(
@@ -126,6 +163,11 @@ impl Query for QueryService {
         req: Request<GetEventRequest>,
     ) -> Result<Response<JoinedEvent>, Status> {
         let oid = req.into_inner().detection_oid;
+        if oid <= 0 {
+            return Err(Status::invalid_argument(format!(
+                "field `detection_oid`: must be positive, got {oid}"
+            )));
+        }
         let store = self.store.clone();
         let ev = blocking(move || {
             let mut ev = store.get_event(oid)?;
@@ -151,6 +193,7 @@ impl Query for QueryService {
         req: Request<TopItemsRequest>,
     ) -> Result<Response<TopItemsResponse>, Status> {
         let r = req.into_inner();
+        check_range(r.from_ms, r.to_ms)?;
         if r.to_ms == 0 || r.to_ms < r.from_ms {
             return Err(Status::invalid_argument(format!(
                 "field `to_ms`: must be set and not before `from_ms` (got from {} to {})",
@@ -273,10 +316,7 @@ impl Query for QueryService {
         req: Request<ListQuarantineRequest>,
     ) -> Result<Response<ListQuarantineResponse>, Status> {
         let r = req.into_inner();
-        let page_size = match r.page_size {
-            0 => 100,
-            n => (n as usize).min(10_000),
-        };
+        let page_size = page_size(r.page_size)?;
         let store = self.store.clone();
         let (events, next_page_token, total) = blocking(move || {
             let (events, token) = store.list_quarantine(page_size, &r.page_token)?;
@@ -299,6 +339,7 @@ impl Query for QueryService {
             duplicates_semantic: c.dup_semantic,
             rejected: c.rejected,
             unmatched: c.unmatched,
+            expired: c.expired,
             locations_loaded: self.locations.current().rows.len() as u64,
         }))
     }

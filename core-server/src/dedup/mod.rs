@@ -14,7 +14,7 @@
 pub mod claims;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{Arc, Mutex},
     thread::JoinHandle,
     time::Instant,
@@ -54,6 +54,9 @@ pub enum Incoming {
     },
 }
 
+/// The `Rejection.code` of an event whose det_oid is stored for another camera.
+pub const CONFLICT: &str = "ALREADY_EXISTS";
+
 /// A batch to commit.
 pub struct CommitRequest {
     pub agent: Arc<str>,
@@ -61,6 +64,10 @@ pub struct CommitRequest {
     pub first_seq: u64,
     /// `events[i]` has seq `first_seq + i`.
     pub events: Vec<Incoming>,
+    /// `sightline_proto::event_digest` of the last event's bytes as the agent
+    /// sent them: kept with the watermark, so a restored agent buffer is
+    /// told apart from a resend (PROTOCOL.md, "Time travel"). 0: unknown.
+    pub last_digest: u64,
     pub reply: oneshot::Sender<Result<CommitOutcome, CommitError>>,
 }
 
@@ -218,14 +225,15 @@ impl Writer {
         let started = Instant::now();
         let ctx = self.ctx.clone();
         let now = sightline_proto::now_ms();
-        let mut staged: HashMap<(Arc<str>, u64), u64> = HashMap::new();
+        // (agent, epoch) -> (new watermark, digest of its event; 0: unchanged).
+        let mut staged: HashMap<(Arc<str>, u64), (u64, u64)> = HashMap::new();
         let mut planned = Vec::with_capacity(group.len());
         // (index into planned, event) for events past the watermark.
         let mut fresh: Vec<(usize, Arc<str>, Incoming)> = Vec::new();
         for req in group {
             let key = (req.agent.clone(), req.epoch);
             let wm = match staged.get(&key) {
-                Some(w) => Ok(*w),
+                Some((w, _)) => Ok(*w),
                 None => self.watermark(&req.agent, req.epoch),
             };
             let outcome = wm.and_then(|wm| {
@@ -250,7 +258,9 @@ impl Writer {
                 for ev in req.events.into_iter().skip(skip as usize) {
                     fresh.push((idx, req.agent.clone(), ev));
                 }
-                staged.insert(key.clone(), last.max(wm));
+                if last > wm {
+                    staged.insert(key.clone(), (last, req.last_digest));
+                }
                 Ok(CommitOutcome {
                     committed_through: last.max(wm),
                     dup_transport: skip,
@@ -287,7 +297,7 @@ impl Writer {
                 return;
             }
         };
-        for (k, w) in staged {
+        for (k, (w, _)) in staged {
             self.watermarks.insert(k, w);
         }
         let m = &ctx.metrics;
@@ -326,13 +336,16 @@ impl Writer {
         oids: &[i64],
         fresh: Vec<(usize, Arc<str>, Incoming)>,
         planned: &mut [Planned],
-        staged: &HashMap<(Arc<str>, u64), u64>,
+        staged: &HashMap<(Arc<str>, u64), (u64, u64)>,
     ) -> Result<Vec<JoinedEvent>, crate::store::StoreError> {
         let store = &ctx.store;
-        let stored_before: HashSet<i64> = oids
+        // det_oid -> the camera it belongs to (None: stored by an older
+        // version that did not record it), for what is stored and what this
+        // commit stores.
+        let mut owners: HashMap<i64, Option<i64>> = oids
             .iter()
-            .zip(store.contains_dets(oids)?)
-            .filter_map(|(o, present)| present.then_some(*o))
+            .zip(store.stored_dets(oids)?)
+            .filter_map(|(o, present)| present.map(|cam| (*o, cam)))
             .collect();
         let table = ctx.locations.current();
         let want_live = ctx.hub.has_subscribers();
@@ -349,7 +362,6 @@ impl Writer {
         // The commit's events in one `by_commit` entry (one memtable insert
         // per commit instead of one per event; see Store::committed_since).
         let mut by_commit: Option<(i64, Vec<u8>)> = None;
-        let mut seen: HashSet<i64> = HashSet::with_capacity(fresh.len());
         let mut live = Vec::new();
         let (mut n_stored, mut n_sem, mut n_rej, mut n_unmatched, mut n_transport) =
             (0u64, 0u64, 0u64, 0u64, 0u64);
@@ -403,12 +415,53 @@ impl Writer {
                     } = e;
                     let Some(d) = detection else { continue };
                     let oid = d.detection_oid.unwrap_or_default();
-                    if stored_before.contains(&oid) || !seen.insert(oid) {
-                        outcome.dup_semantic += 1;
-                        n_sem += 1;
-                        continue;
+                    match owners.get(&oid) {
+                        None => {
+                            owners.insert(oid, Some(d.video_camera_oid));
+                        }
+                        Some(Some(cam)) if *cam != d.video_camera_oid => {
+                            // Another camera's det_oid: a conflict, never a
+                            // duplicate (one agent must not hide another's events).
+                            let reason = format!(
+                                "det_oid {oid} is already stored for camera {cam}, not camera {}: a det_oid belongs to one camera (conflict, quarantined)",
+                                d.video_camera_oid
+                            );
+                            let q = QuarantinedEvent {
+                                agent_id: agent.to_string(),
+                                seq,
+                                event: Some(EdgeEvent {
+                                    seq,
+                                    detection: Some(d),
+                                    accepted_ms,
+                                }),
+                                field: "detection_oid".into(),
+                                reason: reason.clone(),
+                                quarantined_ms: now,
+                                raw: Vec::new(),
+                            };
+                            batch.put_cf(
+                                cf_q,
+                                keys::quarantine_key(now, &agent, seq),
+                                q.encode_to_vec(),
+                            );
+                            outcome.rejected.push(Rejection {
+                                seq,
+                                detection_oid: Some(oid),
+                                field: "detection_oid".into(),
+                                reason,
+                                code: CONFLICT.to_string(),
+                            });
+                            n_rej += 1;
+                            ctx.metrics.det_oid_conflicts.inc();
+                            continue;
+                        }
+                        Some(_) => {
+                            outcome.dup_semantic += 1;
+                            n_sem += 1;
+                            continue;
+                        }
                     }
-                    let ts = d.timestamp_detected;
+                    let (ts, cam) = (d.timestamp_detected, d.video_camera_oid);
                     let loc = d.geographical_location_oid;
                     let matched = table.get(loc).is_some();
                     if !matched {
@@ -429,7 +482,11 @@ impl Writer {
                         media: Vec::new(),
                     };
                     batch.put_cf(cf_events, keys::event_key(ts, oid), joined.encode_to_vec());
-                    batch.put_cf(cf_det, keys::det_key(oid), keys::i64_key(ts));
+                    batch.put_cf(
+                        cf_det,
+                        keys::det_key(oid),
+                        keys::det_value(ts, cam),
+                    );
                     let (_, packed) = by_commit.get_or_insert_with(|| (oid, Vec::new()));
                     packed.extend_from_slice(&keys::event_key(ts, oid));
                     outcome.stored += 1;
@@ -467,13 +524,162 @@ impl Writer {
                 batch.merge_cf(cf_c, name, v.to_le_bytes());
             }
         }
-        for ((agent, epoch), wm) in staged {
-            batch.put_cf(cf_wm, keys::wm_key(agent, *epoch), wm.to_be_bytes());
+        for ((agent, epoch), (wm, digest)) in staged {
+            batch.put_cf(cf_wm, keys::wm_key(agent, *epoch), keys::wm_value(*wm, *digest));
         }
         if n_unmatched > 0 {
             ctx.metrics.unmatched.inc_by(n_unmatched);
         }
         store.write(batch)?;
         Ok(live)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The writer in process, on a real store: what a commit keeps and refuses.
+    use super::*;
+    use sightline_proto::v1::Detection;
+
+    struct Rig {
+        _dir: tempfile::TempDir,
+        store: Arc<Store>,
+        pipeline: Pipeline,
+    }
+
+    fn rig() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("db"), false, 8 << 20).unwrap());
+        let ctx = Arc::new(WriterContext {
+            store: store.clone(),
+            locations: Arc::new(Locations::new(None).unwrap()),
+            hub: LiveHub::new(16),
+            metrics: Arc::new(Metrics::new()),
+            claims: Claims::default(),
+            max_group_events: 10_000,
+        });
+        Rig {
+            _dir: dir,
+            store,
+            pipeline: Pipeline::start(ctx, 2, 8),
+        }
+    }
+
+    fn event(seq: u64, det_oid: i64, camera: i64, ts: i64) -> Incoming {
+        Incoming::Valid(EdgeEvent {
+            seq,
+            detection: Some(Detection {
+                geographical_location_oid: 1,
+                video_camera_oid: camera,
+                detection_oid: Some(det_oid),
+                item_name: "person".into(),
+                timestamp_detected: ts,
+                ..Default::default()
+            }),
+            accepted_ms: ts,
+        })
+    }
+
+    fn commit(
+        rig: &Rig,
+        agent: &str,
+        first_seq: u64,
+        events: Vec<Incoming>,
+        last_digest: u64,
+    ) -> CommitOutcome {
+        let (reply, rx) = oneshot::channel();
+        let req = CommitRequest {
+            agent: agent.into(),
+            epoch: 7,
+            first_seq,
+            events,
+            last_digest,
+            reply,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            rig.pipeline.submit(req).await.unwrap();
+            rx.await.unwrap().unwrap()
+        })
+    }
+
+    #[test]
+    fn another_cameras_det_oid_is_a_conflict_quarantined_not_a_duplicate() {
+        let rig = rig();
+        let ts = sightline_proto::now_ms();
+        let o = commit(&rig, "a", 1, vec![event(1, 100, 1, ts)], 0);
+        assert_eq!(o.stored, 1);
+        // Agent b claims det_oid 100 for its own camera 2: quarantined, named.
+        let o = commit(&rig, "b", 1, vec![event(1, 100, 2, ts), event(2, 101, 2, ts)], 0);
+        assert_eq!((o.stored, o.dup_semantic), (1, 0));
+        assert_eq!(o.rejected.len(), 1);
+        let r = &o.rejected[0];
+        assert_eq!((r.code.as_str(), r.field.as_str()), (CONFLICT, "detection_oid"));
+        assert!(r.reason.contains("camera 1"), "{}", r.reason);
+        // The same det_oid again from its own camera is a duplicate.
+        let o = commit(&rig, "a", 2, vec![event(2, 100, 1, ts)], 0);
+        assert_eq!((o.stored, o.dup_semantic, o.rejected.len()), (0, 1, 0));
+        // Within one commit group too: the second camera's copy is a conflict.
+        let o = commit(&rig, "c", 1, vec![event(1, 200, 5, ts), event(2, 200, 6, ts)], 0);
+        assert_eq!((o.stored, o.rejected.len()), (1, 1));
+        let c = rig.store.counters().unwrap();
+        assert_eq!((c.stored, c.rejected, c.dup_semantic), (4, 2, 1));
+        let (q, _) = rig.store.list_quarantine(10, "").unwrap();
+        assert_eq!(q.len(), 2);
+        assert_eq!(rig.store.get_event(100).unwrap().unwrap().agent_id, "a");
+    }
+
+    #[test]
+    fn the_watermark_keeps_the_digest_of_its_event() {
+        let rig = rig();
+        let ts = sightline_proto::now_ms();
+        commit(&rig, "a", 1, vec![event(1, 1, 1, ts), event(2, 2, 1, ts)], 42);
+        assert_eq!(rig.store.watermark_digest("a", 7).unwrap(), (2, 42));
+        // A resend below the watermark changes neither.
+        commit(&rig, "a", 1, vec![event(1, 1, 1, ts)], 99);
+        assert_eq!(rig.store.watermark_digest("a", 7).unwrap(), (2, 42));
+        commit(&rig, "a", 2, vec![event(2, 2, 1, ts), event(3, 3, 1, ts)], 43);
+        assert_eq!(rig.store.watermark_digest("a", 7).unwrap(), (3, 43));
+    }
+
+    #[test]
+    fn retention_lowers_stored_by_the_events_it_removes() {
+        let rig = rig();
+        let now = sightline_proto::now_ms();
+        let hour = 3_600_000;
+        let old: Vec<Incoming> = (0..5)
+            .map(|i| event(i + 1, 10 + i as i64, 1, now - 3 * hour + i as i64))
+            .collect();
+        commit(&rig, "a", 1, old, 0);
+        commit(&rig, "a", 6, vec![event(6, 20, 1, now), event(7, 21, 1, now)], 0);
+        assert_eq!(rig.store.counters().unwrap().stored, 7);
+        let expired = rig
+            .store
+            .apply_retention(now - hour, i64::MIN, i64::MIN, i64::MIN)
+            .unwrap();
+        assert_eq!(expired, 5);
+        let c = rig.store.counters().unwrap();
+        assert_eq!((c.stored, c.expired), (2, 5));
+        let (events, _) = rig.store.list_events(0, 0, None, 100, "").unwrap();
+        assert_eq!(events.len() as u64, c.stored);
+        // A second pass removes nothing more.
+        assert_eq!(
+            rig.store
+                .apply_retention(now - hour, i64::MIN, i64::MIN, i64::MIN)
+                .unwrap(),
+            0
+        );
+        assert_eq!(rig.store.counters().unwrap().stored, 2);
+    }
+
+    #[test]
+    fn a_non_ascii_page_token_is_refused_not_a_panic() {
+        let rig = rig();
+        for token in ["é", "éé", "zz", "0", &"ab".repeat(600)] {
+            let err = rig.store.list_events(0, 0, None, 10, token).unwrap_err();
+            assert!(err.to_string().contains("page_token"), "{err}");
+        }
     }
 }

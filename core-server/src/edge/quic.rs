@@ -34,6 +34,9 @@ pub struct QuicEdge {
     pub ingest: Arc<IngestCore>,
     pub media: Arc<MediaStore>,
     pub metrics: Arc<Metrics>,
+    /// `ingest.max_message_bytes`: the largest frame a call may send (the
+    /// same limit as the gRPC adapter's).
+    pub max_message: usize,
 }
 
 /// Starts the QUIC endpoint on `socket`; returns it (closed on shutdown).
@@ -145,7 +148,8 @@ impl QuicEdge {
         recv: RecvStream,
         shadow: Arc<std::sync::Mutex<Option<Datagrams>>>,
     ) {
-        let mut rd = FramedRead::new(recv, codec());
+        let mut rd = FramedRead::new(recv, edge::codec_limited(self.max_message));
+        let max = self.max_message;
         let mut wr = FramedWrite::new(send, codec());
         let method = match tokio::time::timeout(Duration::from_secs(10), rd.next()).await {
             Ok(Some(Ok(f))) => match QuicCall::decode(f.freeze()) {
@@ -162,7 +166,7 @@ impl QuicEdge {
         match method.as_str() {
             edge::SESSION => {
                 let _ = wr.get_mut().set_priority(1);
-                let inbound = decoded::<AgentMessage>(rd).boxed();
+                let inbound = decoded::<AgentMessage>(rd, max).boxed();
                 let (tx, mut rx) = mpsc::channel(64);
                 // One session per connection takes the datagrams.
                 let shadow = shadow.lock().unwrap().take();
@@ -191,7 +195,7 @@ impl QuicEdge {
             edge::MEDIA_OFFSET => {
                 let r = async {
                     self.admit_media(&peer)?;
-                    let req: MediaOffsetRequest = one(&mut rd).await?;
+                    let req: MediaOffsetRequest = one(&mut rd, max).await?;
                     let (received, complete) = self.media.offset(&req.sha256).await?;
                     Ok(MediaOffsetResponse { received, complete })
                 }
@@ -201,7 +205,7 @@ impl QuicEdge {
             edge::MEDIA_UPLOAD => {
                 let r = async {
                     self.admit_media(&peer)?;
-                    Ok(self.media.upload(decoded::<MediaChunk>(rd)).await?)
+                    Ok(self.media.upload(decoded::<MediaChunk>(rd, max)).await?)
                 }
                 .await;
                 finish(&mut wr, r).await;
@@ -209,7 +213,7 @@ impl QuicEdge {
             edge::MEDIA_ATTACH => {
                 let r = async {
                     self.admit_media(&peer)?;
-                    let req: AttachMediaRequest = one(&mut rd).await?;
+                    let req: AttachMediaRequest = one(&mut rd, max).await?;
                     self.media
                         .attach(peer.agent_id(), req.detection_oids, req.media)
                         .await?;
@@ -237,23 +241,26 @@ type Writer = FramedWrite<SendStream, LengthDelimitedCodec>;
 
 /// The call's request frames, decoded; a broken stream or a frame that does
 /// not decode ends it with an error.
-fn decoded<M: Message + Default>(rd: Reader) -> impl Stream<Item = Result<M, Status>> + Unpin {
-    rd.map(|f| match f {
+fn decoded<M: Message + Default>(
+    rd: Reader,
+    max: usize,
+) -> impl Stream<Item = Result<M, Status>> + Unpin {
+    rd.map(move |f| match f {
         Ok(b) => M::decode(b.freeze()).map_err(|e| {
             Status::invalid_argument(format!(
                 "a frame does not decode as {}: {e}",
                 std::any::type_name::<M>()
             ))
         }),
-        Err(e) => Err(Status::unavailable(format!("link broken: {e}"))),
+        Err(e) => Err(edge::read_error(&e, max)),
     })
 }
 
-async fn one<M: Message + Default>(rd: &mut Reader) -> Result<M, Status> {
+async fn one<M: Message + Default>(rd: &mut Reader, max: usize) -> Result<M, Status> {
     match rd.next().await {
         Some(Ok(b)) => M::decode(b.freeze())
             .map_err(|e| Status::invalid_argument(format!("the request does not decode: {e}"))),
-        Some(Err(e)) => Err(Status::unavailable(format!("link broken: {e}"))),
+        Some(Err(e)) => Err(edge::read_error(&e, max)),
         None => Err(Status::invalid_argument(
             "the stream ended before the request",
         )),

@@ -37,6 +37,10 @@ pub struct IngestCore {
     pub fleet: Arc<Fleet>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
+    /// `retention.events`: an event detected longer ago than this is refused
+    /// (quarantined as too old) instead of stored and silently cut by the
+    /// next retention pass.
+    pub max_event_age: Duration,
     pub hello_timeout: Duration,
     /// Which cameras each agent may publish for; revocations.
     pub registry: Arc<Registry>,
@@ -101,7 +105,9 @@ impl IngestCore {
         let epoch = hello.epoch;
         let store = self.store.clone();
         let (a, e) = (agent.clone(), epoch);
-        let wm = match tokio::task::spawn_blocking(move || store.watermark(&a, e)).await {
+        let (wm, digest) = match tokio::task::spawn_blocking(move || store.watermark_digest(&a, e))
+            .await
+        {
             Ok(Ok(wm)) => wm,
             Ok(Err(e)) => {
                 let _ = out.send(Err(e.into())).await;
@@ -123,7 +129,7 @@ impl IngestCore {
         let welcome = CoreMessage {
             msg: Some(core_message::Msg::Welcome(Welcome {
                 resume_from: wm + 1,
-                ..Default::default()
+                committed_digest: digest,
             })),
         };
         if out.send(Ok(welcome)).await.is_err() {
@@ -203,11 +209,11 @@ impl IngestCore {
                             copied.retain(|&first, _| first > from);
                             let Some(b) = unseen(b, from) else { continue };
                             next_seq = next_seq.max(b.first_seq + b.events.len() as u64);
-                            let (first, events) = match self.check_batch(&agent, b) {
+                            let checked = match self.check_batch(&agent, b) {
                                 Ok(x) => x,
                                 Err(s) => break Some(s),
                             };
-                            if let Err(end) = self.commit(&agent, epoch, first, events, &pending_tx).await {
+                            if let Err(end) = self.commit(&agent, epoch, checked, &pending_tx).await {
                                 break end;
                             }
                             if let Err(end) = self.commit_copies(&agent, epoch, &mut next_seq, &mut ahead, &mut copied, &pending_tx).await {
@@ -227,6 +233,13 @@ impl IngestCore {
         self.fleet.disconnect(&agent, session_id);
         tracing::info!(%agent, epoch, "agent session closed");
     }
+}
+
+/// A batch after [`IngestCore::check_batch`].
+struct Checked {
+    first_seq: u64,
+    events: Vec<Incoming>,
+    last_digest: u64,
 }
 
 type Pending = mpsc::Sender<oneshot::Receiver<Result<CommitOutcome, CommitError>>>;
@@ -250,17 +263,35 @@ fn unseen(mut b: Batch, from: u64) -> Option<Batch> {
 }
 
 impl IngestCore {
-    /// A batch's events, decoded and checked (validity, and what the agent
-    /// may publish); `Err` when the batch itself is malformed.
-    fn check_batch(&self, agent: &Arc<str>, b: Batch) -> Result<(u64, Vec<Incoming>), Status> {
+    /// A batch's events, decoded and checked (validity, age, and what the
+    /// agent may publish); `Err` when the batch itself is malformed.
+    fn check_batch(&self, agent: &Arc<str>, b: Batch) -> Result<Checked, Status> {
         let grant = self.registry.grant(agent);
+        let last_digest = b
+            .events
+            .last()
+            .map(|e| sightline_proto::event_digest(e))
+            .unwrap_or(0);
+        let oldest_ms = sightline_proto::now_ms().saturating_sub(self.max_event_age.as_millis() as i64);
         let events = decode_batch(
             b.first_seq,
             b.events,
             &self.limits,
+            oldest_ms,
             Some(agent).zip(grant.as_deref()),
         )?;
-        Ok((b.first_seq, events))
+        let too_old = events
+            .iter()
+            .filter(|e| matches!(e, Incoming::Invalid { code, .. } if *code == TOO_OLD))
+            .count();
+        if too_old > 0 {
+            self.metrics.too_old.inc_by(too_old as u64);
+        }
+        Ok(Checked {
+            first_seq: b.first_seq,
+            events,
+            last_digest,
+        })
     }
 
     /// Hands a batch to the pipeline and its commit to the acker. `Err` ends
@@ -269,10 +300,14 @@ impl IngestCore {
         &self,
         agent: &Arc<str>,
         epoch: u64,
-        first_seq: u64,
-        events: Vec<Incoming>,
+        batch: Checked,
         pending: &Pending,
     ) -> Result<(), Option<Status>> {
+        let Checked {
+            first_seq,
+            events,
+            last_digest,
+        } = batch;
         tracing::trace!(first_seq, events = events.len(), "batch to commit");
         let (reply, rx) = oneshot::channel();
         let req = CommitRequest {
@@ -280,6 +315,7 @@ impl IngestCore {
             epoch,
             first_seq,
             events,
+            last_digest,
             reply,
         };
         self.pipeline
@@ -308,10 +344,11 @@ impl IngestCore {
                 continue;
             };
             let n = b.events.len() as u64;
-            let Ok((first, events)) = self.check_batch(agent, b) else {
+            let Ok(checked) = self.check_batch(agent, b) else {
                 continue; // the stream's copy will say what is wrong
             };
-            self.commit(agent, epoch, first, events, pending).await?;
+            let first = checked.first_seq;
+            self.commit(agent, epoch, checked, pending).await?;
             *next_seq = first + n;
             copied.insert(first, first + n);
             self.metrics.batches_from_datagrams.inc();
@@ -447,13 +484,18 @@ async fn ack_loop(
 /// The code of a refusal for a camera or location not registered to the agent.
 pub const DENIED: &str = "PERMISSION_DENIED";
 const INVALID: &str = "INVALID_ARGUMENT";
+/// The code of a refusal for an event older than the store keeps.
+pub const TOO_OLD: &str = "OUT_OF_RANGE";
 
-/// With `grant`, also checks that the agent may publish for each event's
-/// camera and location (refused events go to quarantine as PERMISSION_DENIED).
+/// Events detected before `oldest_ms` are refused as OUT_OF_RANGE (the
+/// store would not keep them). With `grant`, also checks that the agent may
+/// publish for each event's camera and location (refused events go to
+/// quarantine as PERMISSION_DENIED).
 pub fn decode_batch(
     first_seq: u64,
     raw: Vec<Bytes>,
     limits: &Limits,
+    oldest_ms: i64,
     grant: Option<(&Arc<str>, &Grant)>,
 ) -> Result<Vec<Incoming>, Status> {
     if first_seq == 0 {
@@ -487,6 +529,20 @@ pub fn decode_batch(
                     None => Err(("detection".to_string(), "missing".to_string(), INVALID)),
                     Some(d) => validate_detection(d, now, limits, true)
                         .map_err(|e| (e.field.to_string(), e.reason, INVALID))
+                        .and_then(|()| {
+                            if d.timestamp_detected < oldest_ms {
+                                Err((
+                                    "timestamp_detected".to_string(),
+                                    format!(
+                                        "{} is older than the store keeps (retention.events: events detected before {} are deleted); refused rather than stored and silently cut",
+                                        d.timestamp_detected, oldest_ms
+                                    ),
+                                    TOO_OLD,
+                                ))
+                            } else {
+                                Ok(())
+                            }
+                        })
                         .and_then(|()| match grant {
                             Some((agent, g)) => match g.refuse(agent, d) {
                                 Some((field, why)) => Err((field.to_string(), why, DENIED)),
@@ -520,6 +576,50 @@ mod copy_tests {
             first_seq,
             events: (0..n).map(|i| Bytes::from(vec![i])).collect(),
         }
+    }
+
+    fn encoded(seq: u64, ts: i64) -> Bytes {
+        EdgeEvent {
+            seq,
+            detection: Some(sightline_proto::v1::Detection {
+                geographical_location_oid: 1,
+                video_camera_oid: 1,
+                detection_oid: Some(seq as i64),
+                item_name: "car".into(),
+                timestamp_detected: ts,
+                ..Default::default()
+            }),
+            accepted_ms: ts,
+        }
+        .encode_to_vec()
+        .into()
+    }
+
+    #[test]
+    fn an_event_older_than_retention_is_refused_as_too_old_not_stored() {
+        let now = sightline_proto::now_ms();
+        let day = 86_400_000;
+        let events = decode_batch(
+            1,
+            vec![encoded(1, now - 40 * day), encoded(2, now - day)],
+            &Limits::default(),
+            now - 30 * day,
+            None,
+        )
+        .unwrap();
+        match &events[0] {
+            Incoming::Invalid {
+                field,
+                code,
+                reason,
+                ..
+            } => {
+                assert_eq!((field.as_str(), *code), ("timestamp_detected", TOO_OLD));
+                assert!(reason.contains("retention.events"), "{reason}");
+            }
+            other => panic!("an event 40 days old was not refused: {other:?}"),
+        }
+        assert!(matches!(events[1], Incoming::Valid(_)));
     }
 
     #[test]

@@ -379,7 +379,7 @@ impl MediaStore {
         let (store, publisher) = (self.store.clone(), publisher.map(str::to_string));
         let now = sightline_proto::now_ms();
         tokio::task::spawn_blocking(move || -> Result<(), MediaError> {
-            if let Some(agent) = publisher {
+            if let Some(agent) = publisher.as_deref() {
                 for &oid in &det_oids {
                     if let Some(e) = store.get_event(oid)? {
                         if e.agent_id != agent {
@@ -396,7 +396,9 @@ impl MediaStore {
                     }
                 }
             }
-            Ok(store.attach_media(&det_oids, &media, now)?)
+            // An event not stored yet may still come: the footage is kept
+            // as this agent's and shown only with an event it publishes.
+            Ok(store.attach_media(&det_oids, &media, now, publisher.as_deref())?)
         })
         .await??;
         Ok(())

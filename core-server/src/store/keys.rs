@@ -26,6 +26,42 @@ pub fn det_key(det_oid: i64) -> [u8; 8] {
     i64_key(det_oid)
 }
 
+/// A `det` value: timestamp_detected ‖ video_camera_oid.
+pub fn det_value(ts: i64, camera: i64) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&i64_key(ts));
+    v[8..].copy_from_slice(&camera.to_be_bytes());
+    v
+}
+
+/// (timestamp_detected, camera if recorded) of a `det` value (8 or 16 bytes).
+pub fn decode_det(v: &[u8]) -> (i64, Option<i64>) {
+    let ts = i64_from_key(v);
+    let camera = v
+        .get(8..16)
+        .map(|c| i64::from_be_bytes(c.try_into().expect("8 bytes")));
+    (ts, camera)
+}
+
+/// A `wm` value: the highest committed seq ‖ the digest of its event.
+pub fn wm_value(seq: u64, digest: u64) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&seq.to_be_bytes());
+    v[8..].copy_from_slice(&digest.to_be_bytes());
+    v
+}
+
+/// (seq, digest or 0) of a `wm` value (8 or 16 bytes).
+pub fn decode_wm(v: &[u8]) -> (u64, u64) {
+    let be = |b: &[u8]| {
+        let mut a = [0u8; 8];
+        let n = b.len().min(8);
+        a[..n].copy_from_slice(&b[..n]);
+        u64::from_be_bytes(a)
+    };
+    (be(v), v.get(8..16).map(be).unwrap_or(0))
+}
+
 /// `wm`: agent_id ‖ 0x00 ‖ epoch.
 pub fn wm_key(agent: &str, epoch: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(agent.len() + 9);

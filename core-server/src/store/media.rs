@@ -58,6 +58,14 @@ fn ref_key(det_oid: i64, kind: &str) -> Vec<u8> {
     k
 }
 
+/// Who attached a `media_refs` row: protobuf field 15 after the `MediaRef`
+/// (a `MediaRef` decode skips it; rows written before it have none).
+#[derive(Clone, PartialEq, prost::Message)]
+struct AttachedBy {
+    #[prost(string, tag = "15")]
+    agent_id: String,
+}
+
 /// `ms (i64 BE) ‖ MediaRef`: the value of `media` and `media_refs`.
 fn encode_timed_ref(ms: i64, r: &MediaRef) -> Vec<u8> {
     let mut v = Vec::with_capacity(8 + r.encoded_len());
@@ -75,8 +83,15 @@ fn decode_timed_ref(v: &[u8], what: &str) -> Result<(i64, MediaRef), StoreError>
     Ok((attached_ms(v), r))
 }
 
-/// The refs under one det_oid, read with `it`.
-fn refs_at(it: &mut rocksdb::DBRawIterator<'_>, det_oid: i64) -> Result<Vec<MediaRef>, StoreError> {
+/// The refs under one det_oid, read with `it`: those attached by
+/// `publisher` (the agent that published the event) or by nobody known
+/// (rows from before attachers were kept, plaintext demos). Footage another
+/// agent attached before the event existed is never shown with it.
+fn refs_at(
+    it: &mut rocksdb::DBRawIterator<'_>,
+    det_oid: i64,
+    publisher: &str,
+) -> Result<Vec<MediaRef>, StoreError> {
     let prefix = keys::det_key(det_oid);
     let mut out = Vec::new();
     it.seek(prefix);
@@ -84,7 +99,10 @@ fn refs_at(it: &mut rocksdb::DBRawIterator<'_>, det_oid: i64) -> Result<Vec<Medi
         if !k.starts_with(&prefix) {
             break;
         }
-        out.push(decode_timed_ref(v, "media_refs")?.1);
+        let by = AttachedBy::decode(&v[8.min(v.len())..]).unwrap_or_default();
+        if by.agent_id.is_empty() || by.agent_id == publisher {
+            out.push(decode_timed_ref(v, "media_refs")?.1);
+        }
         it.next();
     }
     it.status()?;
@@ -162,25 +180,35 @@ impl Store {
     }
 
     /// Links every event in `det_oids` to `media` (one per kind: a new
-    /// attach of the same kind replaces the old one).
+    /// attach of the same kind replaces the old one), as attached by `by`
+    /// (the agent a certificate identified; `None`: unknown).
     pub fn attach_media(
         &self,
         det_oids: &[i64],
         media: &MediaRef,
         at_ms: i64,
+        by: Option<&str>,
     ) -> Result<(), StoreError> {
         let mut b = WriteBatch::default();
-        let v = encode_timed_ref(at_ms, media);
+        let mut v = encode_timed_ref(at_ms, media);
+        if let Some(agent_id) = by {
+            AttachedBy {
+                agent_id: agent_id.to_string(),
+            }
+            .encode(&mut v)
+            .expect("a Vec grows");
+        }
         for &oid in det_oids {
             b.put_cf(self.cf(CF_MEDIA_REFS), ref_key(oid, &media.kind), &v);
         }
         self.write(b)
     }
 
-    /// The media attached to one event, by kind.
-    pub fn media_of(&self, det_oid: i64) -> Result<Vec<MediaRef>, StoreError> {
+
+    /// The media attached to one event published by `publisher`, by kind.
+    pub fn media_of(&self, det_oid: i64, publisher: &str) -> Result<Vec<MediaRef>, StoreError> {
         let mut it = self.db.raw_iterator_cf(self.cf(CF_MEDIA_REFS));
-        refs_at(&mut it, det_oid)
+        refs_at(&mut it, det_oid, publisher)
     }
 
     /// Sets `JoinedEvent.media` of each event from `media_refs` (one
@@ -189,7 +217,7 @@ impl Store {
         let mut it = self.db.raw_iterator_cf(self.cf(CF_MEDIA_REFS));
         for e in events {
             if let Some(oid) = e.detection.as_ref().and_then(|d| d.detection_oid) {
-                e.media = refs_at(&mut it, oid)?;
+                e.media = refs_at(&mut it, oid, &e.agent_id)?;
             }
         }
         Ok(())
@@ -286,14 +314,37 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), false, 1 << 20).unwrap();
         store
-            .attach_media(&[-3, 7], &media('a', "snapshot"), 1)
+            .attach_media(&[-3, 7], &media('a', "snapshot"), 1, None)
             .unwrap();
-        store.attach_media(&[7], &media('b', "clip"), 1).unwrap();
-        store.attach_media(&[7], &media('c', "clip"), 2).unwrap();
-        let of7 = store.media_of(7).unwrap();
+        store
+            .attach_media(&[7], &media('b', "clip"), 1, None)
+            .unwrap();
+        store
+            .attach_media(&[7], &media('c', "clip"), 2, None)
+            .unwrap();
+        let of7 = store.media_of(7, "any").unwrap();
         assert_eq!(of7.len(), 2);
         assert!(of7.contains(&media('c', "clip")));
-        assert_eq!(store.media_of(-3).unwrap(), vec![media('a', "snapshot")]);
-        assert!(store.media_of(8).unwrap().is_empty());
+        assert_eq!(
+            store.media_of(-3, "any").unwrap(),
+            vec![media('a', "snapshot")]
+        );
+        assert!(store.media_of(8, "any").unwrap().is_empty());
+    }
+
+    #[test]
+    fn footage_attached_by_another_agent_before_the_event_is_never_shown_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), false, 1 << 20).unwrap();
+        // Agent "mallory" attaches to det_oid 9 before "alice" publishes it.
+        store
+            .attach_media(&[9], &media('a', "snapshot"), 1, Some("mallory"))
+            .unwrap();
+        assert!(store.media_of(9, "alice").unwrap().is_empty());
+        // Alice's own footage shows.
+        store
+            .attach_media(&[9], &media('b', "clip"), 2, Some("alice"))
+            .unwrap();
+        assert_eq!(store.media_of(9, "alice").unwrap(), vec![media('b', "clip")]);
     }
 }

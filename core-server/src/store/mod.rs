@@ -6,8 +6,8 @@
 //! | column family | key | value |
 //! | --- | --- | --- |
 //! | `events` | timestamp_detected (i64, sign-flipped BE) ‖ det_oid (same) | `JoinedEvent` without `location` (joined at read time) |
-//! | `det` | det_oid (i64, sign-flipped BE) | timestamp_detected (same encoding): finds the event |
-//! | `wm` | agent_id ‖ 0x00 ‖ epoch (u64 BE) | highest committed seq (u64 BE) |
+//! | `det` | det_oid (i64, sign-flipped BE) | timestamp_detected (same encoding): finds the event ‖ video_camera_oid (i64 BE): whose det_oid it is (absent in rows written before 2026-11-30) |
+//! | `wm` | agent_id ‖ 0x00 ‖ epoch (u64 BE) | highest committed seq (u64 BE) ‖ the digest of that seq's event (`sightline_proto::event_digest`, u64 BE; absent in older rows) |
 //! | `agg` | 'm' or 'h' ‖ bucket start ms ‖ location oid ‖ item_name | count, u64 LE, summed by a merge operator |
 //! | `quarantine` | quarantined_ms ‖ agent_id ‖ 0x00 ‖ seq (u64 BE) | `QuarantinedEvent` |
 //! | `counters` | `stored`, `dup_transport`, `dup_semantic`, `rejected`, `unmatched` | u64 LE, merge-summed |
@@ -25,7 +25,9 @@
 //!   that write returned (fsync'd when `storage.sync`).
 //! - There MUST never be two `events` entries with one det_oid: a det_oid is
 //!   written only when `det` does not hold it (checked by the single writer of
-//!   the partition, under a claim that keeps other partitions off it).
+//!   the partition, under a claim that keeps other partitions off it). A
+//!   det_oid belongs to the camera that stored it first: the same det_oid
+//!   from another camera is a conflict, quarantined, never a duplicate.
 //! - A watermark MUST only grow.
 //! - Aggregates MUST count exactly the stored events: they are incremented in
 //!   the same `WriteBatch` as the event, never elsewhere.
@@ -79,6 +81,7 @@ pub mod counter {
     pub const DUP_SEMANTIC: &str = "dup_semantic";
     pub const REJECTED: &str = "rejected";
     pub const UNMATCHED: &str = "unmatched";
+    pub const EXPIRED: &str = "expired";
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +90,7 @@ pub enum StoreError {
     Db(#[from] rocksdb::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
-    #[error("bad page token: {0}")]
+    #[error("field `page_token`: {0}")]
     BadToken(String),
 }
 
@@ -108,6 +111,8 @@ pub struct Counters {
     pub dup_semantic: u64,
     pub rejected: u64,
     pub unmatched: u64,
+    /// Events removed by retention (`stored` counts the events held now).
+    pub expired: u64,
 }
 
 /// Top items of one location.
@@ -182,7 +187,7 @@ impl Store {
         det_opts.set_compaction_filter(
             "sightline-dedup-retention",
             move |_level: u32, _key: &[u8], value: &[u8]| {
-                if value.len() == 8 && keys::i64_from_key(value) < cutoff.load(Ordering::Relaxed) {
+                if value.len() >= 8 && keys::i64_from_key(value) < cutoff.load(Ordering::Relaxed) {
                     Decision::Remove
                 } else {
                     Decision::Keep
@@ -246,11 +251,17 @@ impl Store {
 
     /// The highest committed seq of (agent, epoch); 0 when none.
     pub fn watermark(&self, agent: &str, epoch: u64) -> Result<u64, StoreError> {
+        Ok(self.watermark_digest(agent, epoch)?.0)
+    }
+
+    /// The highest committed seq of (agent, epoch) and the digest of that
+    /// seq's event (0 when unknown); (0, 0) when none.
+    pub fn watermark_digest(&self, agent: &str, epoch: u64) -> Result<(u64, u64), StoreError> {
         Ok(self
             .db
             .get_cf(self.cf(CF_WM), keys::wm_key(agent, epoch))?
-            .map(|v| be_u64(&v))
-            .unwrap_or(0))
+            .map(|v| keys::decode_wm(&v))
+            .unwrap_or((0, 0)))
     }
 
     /// Every (agent, epoch, watermark) the store knows.
@@ -267,26 +278,27 @@ impl Store {
         Ok(out)
     }
 
-    /// For each det_oid: whether an event with it is stored.
-    pub fn contains_dets(&self, oids: &[i64]) -> Result<Vec<bool>, StoreError> {
+    /// For each det_oid: whether an event with it is stored, and for which
+    /// camera (`Some(None)`: stored, by a version that did not record it).
+    pub fn stored_dets(&self, oids: &[i64]) -> Result<Vec<Option<Option<i64>>>, StoreError> {
         let cf = self.cf(CF_DET);
         let keys: Vec<[u8; 8]> = oids.iter().map(|&o| keys::det_key(o)).collect();
         self.db
             .batched_multi_get_cf(cf, keys.iter(), false)
             .into_iter()
-            .map(|r| Ok(r?.is_some()))
+            .map(|r| Ok(r?.map(|v| keys::decode_det(&v).1)))
             .collect()
     }
 
     /// One stored event by det_oid.
     pub fn get_event(&self, det_oid: i64) -> Result<Option<JoinedEvent>, StoreError> {
-        let Some(ts) = self.db.get_cf(self.cf(CF_DET), keys::det_key(det_oid))? else {
+        let Some(det) = self.db.get_cf(self.cf(CF_DET), keys::det_key(det_oid))? else {
             return Ok(None);
         };
-        if ts.len() != 8 {
+        if det.len() < 8 {
             return Err(StoreError::Corrupt(format!("det entry of {det_oid}")));
         }
-        let key = keys::event_key(keys::i64_from_key(&ts), det_oid);
+        let key = keys::event_key(keys::decode_det(&det).0, det_oid);
         match self.db.get_cf(self.cf(CF_EVENTS), key)? {
             // The det key outlives the event (retention): the event is gone.
             None => Ok(None),
@@ -295,7 +307,10 @@ impl Store {
     }
 
     /// Events with `from_ms <= timestamp_detected < to_ms` (to_ms = 0: no
-    /// bound), oldest first, after the key in `token`.
+    /// bound), oldest first, after the key in `token`. One page reads at most
+    /// [`MAX_SCAN_PER_PAGE`] events: a filter that matches few of them gives
+    /// a short (even empty) page with a token to go on from, never an
+    /// unbounded scan.
     pub fn list_events(
         &self,
         from_ms: i64,
@@ -322,12 +337,12 @@ impl Store {
             self.cf(CF_EVENTS),
             IteratorMode::From(&start, rocksdb::Direction::Forward),
         );
-        for item in iter {
+        for (scanned, item) in iter.enumerate() {
             let (k, v) = item?;
             if end.as_ref().is_some_and(|e| k.as_ref() >= e.as_slice()) {
                 break;
             }
-            if out.len() >= page_size {
+            if out.len() >= page_size || scanned >= MAX_SCAN_PER_PAGE {
                 return Ok((out, encode_token(&last_key)));
             }
             let ev = decode_event(&v)?;
@@ -479,21 +494,35 @@ impl Store {
             dup_semantic: get(counter::DUP_SEMANTIC)?,
             rejected: get(counter::REJECTED)?,
             unmatched: get(counter::UNMATCHED)?,
+            expired: get(counter::EXPIRED)?,
         })
     }
 
     /// Applies retention: removes events and minute aggregates before
-    /// `events_before`, hour aggregates before `aggregates_before`, the
-    /// quarantine before `quarantine_before`; `det` keys before
-    /// `dedup_before` go at their next compaction.
+    /// `events_before` (rounded down to the minute), hour aggregates before
+    /// `aggregates_before`, the quarantine before `quarantine_before`; `det`
+    /// keys before `dedup_before` go at their next compaction. The `stored`
+    /// total drops by the events removed (counted from their minute
+    /// aggregates, which count exactly the stored events), in the same
+    /// write, and `expired` grows by as many. Returns that number.
     pub fn apply_retention(
         &self,
         events_before: i64,
         aggregates_before: i64,
         quarantine_before: i64,
         dedup_before: i64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
+        let events_before = Bucket::Minute.floor(events_before);
+        let mut expired = 0u64;
+        self.for_each_agg(Bucket::Minute, i64::MIN, events_before, |_, _, _, n| {
+            expired += n
+        })?;
         let mut batch = WriteBatch::default();
+        if expired > 0 {
+            let cf = self.cf(CF_COUNTERS);
+            batch.merge_cf(cf, counter::STORED, expired.wrapping_neg().to_le_bytes());
+            batch.merge_cf(cf, counter::EXPIRED, expired.to_le_bytes());
+        }
         batch.delete_range_cf(
             self.cf(CF_EVENTS),
             keys::event_key(i64::MIN, i64::MIN),
@@ -519,9 +548,9 @@ impl Store {
             keys::i64_key(i64::MIN),
             keys::i64_key(quarantine_before),
         );
-        self.db.write(batch)?;
+        self.write(batch)?;
         self.dedup_cutoff.store(dedup_before, Ordering::Relaxed);
-        Ok(())
+        Ok(expired)
     }
 }
 
@@ -543,15 +572,30 @@ fn encode_token(key: &[u8]) -> String {
     key.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Most events one page of [`Store::list_events`] reads.
+pub const MAX_SCAN_PER_PAGE: usize = 100_000;
+
+/// Longest page token the store gives out (hex of a key).
+pub const MAX_TOKEN_BYTES: usize = 1024;
+
+/// A page token back to its key; anything the store did not give out
+/// (odd length, too long, not hex, not ASCII) is refused, never a panic.
 fn decode_token(token: &str) -> Result<Vec<u8>, StoreError> {
-    if !token.len().is_multiple_of(2) || token.len() > 1024 {
-        return Err(StoreError::BadToken("wrong length".into()));
+    if !token.len().is_multiple_of(2) || token.len() > MAX_TOKEN_BYTES {
+        return Err(StoreError::BadToken(format!(
+            "{} bytes: not a token this API gave out",
+            token.len()
+        )));
     }
-    (0..token.len())
-        .step_by(2)
-        .map(|i| {
-            u8::from_str_radix(&token[i..i + 2], 16)
-                .map_err(|_| StoreError::BadToken("not hex".into()))
+    let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    token
+        .as_bytes()
+        .chunks_exact(2)
+        .map(|p| match (nibble(p[0]), nibble(p[1])) {
+            (Some(h), Some(l)) => Ok(h << 4 | l),
+            _ => Err(StoreError::BadToken(
+                "not hex: not a token this API gave out".into(),
+            )),
         })
         .collect()
 }
