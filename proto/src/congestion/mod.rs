@@ -26,7 +26,8 @@
 //! base would drift up by the queue every 10 s and the queue with it. So the
 //! link stays full while the bottleneck queue stays near `TARGET`, and events
 //! sent behind a clip wait little at the bottleneck. Each round is logged at
-//! trace level (`RUST_LOG=sightline_proto::congestion=trace`).
+//! trace level (`RUST_LOG=sightline_proto::congestion=trace`). `sim` keeps
+//! these promises on a simulated bottleneck.
 
 use std::{
     any::Any,
@@ -295,8 +296,8 @@ impl Controller for Edge {
             // These losses are answered here; counted toward the round's
             // heavy loss as well, they ended the startup this begins in the
             // same round, and the window crept back by a quarter per round
-            // (in the simulation, a 3 s cut on 100 ms at 2 MB/s: the link
-            // full again 3.6 s after it came back).
+            // (in the simulation, a 3 s cut on 100 ms at 1 MB/s: the link
+            // full again 3.8 s after it came back, not 2.2 s).
             self.lost = 0;
             // Nothing got through for several round trips (a cut link, a
             // stalled host): start over from the floor, doubling again until
@@ -333,6 +334,9 @@ impl Controller for Edge {
         self
     }
 }
+
+#[cfg(test)]
+mod sim;
 
 #[cfg(test)]
 mod tests {
