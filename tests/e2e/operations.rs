@@ -117,7 +117,11 @@ async fn an_event_older_than_retention_is_refused_with_a_named_reason_not_droppe
         .into_inner();
     assert_eq!(q.events.len(), 1);
     assert_eq!(q.events[0].field, "timestamp_detected");
-    assert!(q.events[0].reason.contains("retention.events"), "{}", q.events[0].reason);
+    assert!(
+        q.events[0].reason.contains("retention.events"),
+        "{}",
+        q.events[0].reason
+    );
     // Retention passes run (every 500 ms); Stats and the queries still agree.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let s = stats(&url).await;

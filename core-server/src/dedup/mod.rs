@@ -482,11 +482,7 @@ impl Writer {
                         media: Vec::new(),
                     };
                     batch.put_cf(cf_events, keys::event_key(ts, oid), joined.encode_to_vec());
-                    batch.put_cf(
-                        cf_det,
-                        keys::det_key(oid),
-                        keys::det_value(ts, cam),
-                    );
+                    batch.put_cf(cf_det, keys::det_key(oid), keys::det_value(ts, cam));
                     let (_, packed) = by_commit.get_or_insert_with(|| (oid, Vec::new()));
                     packed.extend_from_slice(&keys::event_key(ts, oid));
                     outcome.stored += 1;
@@ -525,7 +521,11 @@ impl Writer {
             }
         }
         for ((agent, epoch), (wm, digest)) in staged {
-            batch.put_cf(cf_wm, keys::wm_key(agent, *epoch), keys::wm_value(*wm, *digest));
+            batch.put_cf(
+                cf_wm,
+                keys::wm_key(agent, *epoch),
+                keys::wm_value(*wm, *digest),
+            );
         }
         if n_unmatched > 0 {
             ctx.metrics.unmatched.inc_by(n_unmatched);
@@ -612,20 +612,35 @@ mod tests {
         let o = commit(&rig, "a", 1, vec![event(1, 100, 1, ts)], 0);
         assert_eq!(o.stored, 1);
         // Agent b claims det_oid 100 for its own camera 2: quarantined, named.
-        let o = commit(&rig, "b", 1, vec![event(1, 100, 2, ts), event(2, 101, 2, ts)], 0);
+        let o = commit(
+            &rig,
+            "b",
+            1,
+            vec![event(1, 100, 2, ts), event(2, 101, 2, ts)],
+            0,
+        );
         assert_eq!((o.stored, o.dup_semantic), (1, 0));
         assert_eq!(o.rejected.len(), 1);
         let r = &o.rejected[0];
-        assert_eq!((r.code.as_str(), r.field.as_str()), (CONFLICT, "detection_oid"));
+        assert_eq!(
+            (r.code.as_str(), r.field.as_str()),
+            (CONFLICT, "detection_oid")
+        );
         assert!(r.reason.contains("camera 1"), "{}", r.reason);
         // The same det_oid again from its own camera is a duplicate.
         let o = commit(&rig, "a", 2, vec![event(2, 100, 1, ts)], 0);
         assert_eq!((o.stored, o.dup_semantic, o.rejected.len()), (0, 1, 0));
         // Within one commit group too: the second camera's copy is a conflict.
-        let o = commit(&rig, "c", 1, vec![event(1, 200, 5, ts), event(2, 200, 6, ts)], 0);
+        let o = commit(
+            &rig,
+            "c",
+            1,
+            vec![event(1, 200, 5, ts), event(2, 200, 6, ts)],
+            0,
+        );
         assert_eq!((o.stored, o.rejected.len()), (1, 1));
         let c = rig.store.counters().unwrap();
-        assert_eq!((c.stored, c.rejected, c.dup_semantic), (4, 2, 1));
+        assert_eq!((c.stored, c.rejected, c.dup_semantic), (3, 2, 1));
         let (q, _) = rig.store.list_quarantine(10, "").unwrap();
         assert_eq!(q.len(), 2);
         assert_eq!(rig.store.get_event(100).unwrap().unwrap().agent_id, "a");
@@ -635,12 +650,24 @@ mod tests {
     fn the_watermark_keeps_the_digest_of_its_event() {
         let rig = rig();
         let ts = sightline_proto::now_ms();
-        commit(&rig, "a", 1, vec![event(1, 1, 1, ts), event(2, 2, 1, ts)], 42);
+        commit(
+            &rig,
+            "a",
+            1,
+            vec![event(1, 1, 1, ts), event(2, 2, 1, ts)],
+            42,
+        );
         assert_eq!(rig.store.watermark_digest("a", 7).unwrap(), (2, 42));
         // A resend below the watermark changes neither.
         commit(&rig, "a", 1, vec![event(1, 1, 1, ts)], 99);
         assert_eq!(rig.store.watermark_digest("a", 7).unwrap(), (2, 42));
-        commit(&rig, "a", 2, vec![event(2, 2, 1, ts), event(3, 3, 1, ts)], 43);
+        commit(
+            &rig,
+            "a",
+            2,
+            vec![event(2, 2, 1, ts), event(3, 3, 1, ts)],
+            43,
+        );
         assert_eq!(rig.store.watermark_digest("a", 7).unwrap(), (3, 43));
     }
 
@@ -653,7 +680,13 @@ mod tests {
             .map(|i| event(i + 1, 10 + i as i64, 1, now - 3 * hour + i as i64))
             .collect();
         commit(&rig, "a", 1, old, 0);
-        commit(&rig, "a", 6, vec![event(6, 20, 1, now), event(7, 21, 1, now)], 0);
+        commit(
+            &rig,
+            "a",
+            6,
+            vec![event(6, 20, 1, now), event(7, 21, 1, now)],
+            0,
+        );
         assert_eq!(rig.store.counters().unwrap().stored, 7);
         let expired = rig
             .store

@@ -105,19 +105,18 @@ impl IngestCore {
         let epoch = hello.epoch;
         let store = self.store.clone();
         let (a, e) = (agent.clone(), epoch);
-        let (wm, digest) = match tokio::task::spawn_blocking(move || store.watermark_digest(&a, e))
-            .await
-        {
-            Ok(Ok(wm)) => wm,
-            Ok(Err(e)) => {
-                let _ = out.send(Err(e.into())).await;
-                return;
-            }
-            Err(e) => {
-                let _ = out.send(Err(Status::internal(e.to_string()))).await;
-                return;
-            }
-        };
+        let (wm, digest) =
+            match tokio::task::spawn_blocking(move || store.watermark_digest(&a, e)).await {
+                Ok(Ok(wm)) => wm,
+                Ok(Err(e)) => {
+                    let _ = out.send(Err(e.into())).await;
+                    return;
+                }
+                Err(e) => {
+                    let _ = out.send(Err(Status::internal(e.to_string()))).await;
+                    return;
+                }
+            };
         let (session_id, kicked) = self.fleet.connect(&hello, &peer, wm);
         self.metrics.sessions.inc();
         if peer.identity.is_none() {
@@ -272,7 +271,8 @@ impl IngestCore {
             .last()
             .map(|e| sightline_proto::event_digest(e))
             .unwrap_or(0);
-        let oldest_ms = sightline_proto::now_ms().saturating_sub(self.max_event_age.as_millis() as i64);
+        let oldest_ms =
+            sightline_proto::now_ms().saturating_sub(self.max_event_age.as_millis() as i64);
         let events = decode_batch(
             b.first_seq,
             b.events,

@@ -93,7 +93,7 @@ impl Bucket {
     }
     /// Start of the bucket holding `ts`.
     pub fn floor(self, ts: i64) -> i64 {
-        ts.div_euclid(self.millis()) * self.millis()
+        ts.div_euclid(self.millis()).saturating_mul(self.millis())
     }
 }
 

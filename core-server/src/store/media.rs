@@ -204,7 +204,6 @@ impl Store {
         self.write(b)
     }
 
-
     /// The media attached to one event published by `publisher`, by kind.
     pub fn media_of(&self, det_oid: i64, publisher: &str) -> Result<Vec<MediaRef>, StoreError> {
         let mut it = self.db.raw_iterator_cf(self.cf(CF_MEDIA_REFS));
@@ -345,6 +344,9 @@ mod tests {
         store
             .attach_media(&[9], &media('b', "clip"), 2, Some("alice"))
             .unwrap();
-        assert_eq!(store.media_of(9, "alice").unwrap(), vec![media('b', "clip")]);
+        assert_eq!(
+            store.media_of(9, "alice").unwrap(),
+            vec![media('b', "clip")]
+        );
     }
 }
