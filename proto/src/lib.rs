@@ -11,6 +11,7 @@
 #[cfg(feature = "quic")]
 pub mod congestion;
 pub mod edge;
+pub mod error;
 pub mod validate;
 
 /// Generated code for package `sightline.v1`.
@@ -22,6 +23,7 @@ pub mod v1 {
 /// The encoded descriptor set of every `sightline.v1` file, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("sightline_descriptor");
 
+pub use error::{ApiError, Code};
 pub use validate::{validate_agent_id, validate_detection, FieldError, Limits};
 
 /// Milliseconds since the Unix epoch, from the local clock.

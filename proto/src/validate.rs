@@ -45,7 +45,7 @@ impl FieldError {
 
 impl From<FieldError> for tonic::Status {
     fn from(e: FieldError) -> Self {
-        tonic::Status::invalid_argument(e.to_string())
+        crate::ApiError::from(e).into()
     }
 }
 

@@ -7,7 +7,7 @@ use sightline_tests::{
     bin_path,
     data::{now_ms, write_locations},
     query::{all_events, assert_exactly_once, stats, wait_more_stored},
-    wait_for, Agent, AgentArgs, Core, CoreArgs, Dataset,
+    Agent, AgentArgs, Core, CoreArgs, Dataset,
 };
 
 const LOCATIONS: &[i64] = &[1, 2, 3];

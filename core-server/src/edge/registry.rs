@@ -60,13 +60,21 @@ pub enum RegistryError {
     NotEnforced,
 }
 
+impl From<RegistryError> for sightline_proto::ApiError {
+    fn from(e: RegistryError) -> Self {
+        use sightline_proto::Code;
+        let code = match e {
+            RegistryError::Invalid { .. } => Code::InvalidArgument,
+            RegistryError::NotEnforced => Code::FailedPrecondition,
+            RegistryError::File { .. } => Code::Internal,
+        };
+        sightline_proto::ApiError::new(code, e.to_string())
+    }
+}
+
 impl From<RegistryError> for tonic::Status {
     fn from(e: RegistryError) -> Self {
-        match e {
-            RegistryError::Invalid { .. } => tonic::Status::invalid_argument(e.to_string()),
-            RegistryError::NotEnforced => tonic::Status::failed_precondition(e.to_string()),
-            RegistryError::File { .. } => tonic::Status::internal(e.to_string()),
-        }
+        sightline_proto::ApiError::from(e).into()
     }
 }
 

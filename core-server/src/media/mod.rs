@@ -178,30 +178,34 @@ impl MediaError {
     }
 
     pub fn http_status(&self) -> axum::http::StatusCode {
-        use axum::http::StatusCode;
-        match self {
-            MediaError::Invalid { .. } | MediaError::Content(_) => StatusCode::BAD_REQUEST,
-            MediaError::Resume { .. } => StatusCode::CONFLICT,
-            MediaError::Interrupted { .. } | MediaError::Busy(_) => StatusCode::CONFLICT,
-            MediaError::NotFound(_) => StatusCode::NOT_FOUND,
-            MediaError::Objects(object_store::Error::NotFound { .. }) => StatusCode::NOT_FOUND,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        let code = sightline_proto::ApiError::from(self).http_status();
+        axum::http::StatusCode::from_u16(code)
+            .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
+impl From<&MediaError> for sightline_proto::ApiError {
+    fn from(e: &MediaError) -> Self {
+        use sightline_proto::{ApiError, Code};
+        let msg = e.to_string();
+        let code = match e {
+            MediaError::Invalid { .. } | MediaError::Content(_) => Code::InvalidArgument,
+            MediaError::Resume { .. } | MediaError::Interrupted { .. } => Code::ResumeFrom,
+            MediaError::Busy(_) => Code::ResourceExhausted,
+            MediaError::NotFound(_) | MediaError::Objects(object_store::Error::NotFound { .. }) => {
+                Code::NotFound
+            }
+            MediaError::Store(s) => s.code(),
+            MediaError::Io(io) if io.raw_os_error() == Some(28) => Code::Unavailable,
+            _ => Code::Internal,
+        };
+        ApiError::new(code, msg)
     }
 }
 
 impl From<MediaError> for tonic::Status {
     fn from(e: MediaError) -> Self {
-        let msg = e.to_string();
-        match e {
-            MediaError::Invalid { .. } | MediaError::Content(_) => {
-                tonic::Status::invalid_argument(msg)
-            }
-            MediaError::Resume { .. } => tonic::Status::failed_precondition(msg),
-            MediaError::Interrupted { .. } | MediaError::Busy(_) => tonic::Status::aborted(msg),
-            MediaError::NotFound(_) => tonic::Status::not_found(msg),
-            _ => tonic::Status::internal(msg),
-        }
+        sightline_proto::ApiError::from(&e).into()
     }
 }
 

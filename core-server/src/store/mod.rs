@@ -94,13 +94,37 @@ pub enum StoreError {
     BadToken(String),
 }
 
-impl From<StoreError> for tonic::Status {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::BadToken(_) => tonic::Status::invalid_argument(e.to_string()),
-            _ => tonic::Status::internal(e.to_string()),
+impl StoreError {
+    /// Its code in the error vocabulary: a full or failing disk is
+    /// `Unavailable` (nothing was written; retry later), corrupt data
+    /// `Internal`.
+    pub fn code(&self) -> sightline_proto::Code {
+        use sightline_proto::Code;
+        match self {
+            StoreError::BadToken(_) => Code::InvalidArgument,
+            StoreError::Db(db) if disk_trouble(db) => Code::Unavailable,
+            _ => Code::Internal,
         }
     }
+}
+
+impl From<StoreError> for sightline_proto::ApiError {
+    fn from(e: StoreError) -> Self {
+        sightline_proto::ApiError::new(e.code(), e.to_string())
+    }
+}
+
+impl From<StoreError> for tonic::Status {
+    fn from(e: StoreError) -> Self {
+        sightline_proto::ApiError::from(e).into()
+    }
+}
+
+/// Whether a RocksDB error is the disk's (full, failing, read-only) rather
+/// than the data's.
+pub fn disk_trouble(e: &rocksdb::Error) -> bool {
+    let s = e.to_string();
+    s.contains("IO error") || s.contains("No space left") || s.contains("read only")
 }
 
 /// Totals since the store was created.
