@@ -3,28 +3,55 @@
 //!
 //! Columns are Dataset A's names. `detection_oid` may be empty (the agent
 //! stamps one); `confidence`, `box_x`, `box_y`, `box_width`, `box_height` are
-//! read when present; any other column becomes an attribute. A row that does
-//! not parse or validate is reported with its line (row, for Parquet), the
-//! field and the reason, and the replay goes on. The position reached is
-//! stored with the events, so a restarted replay goes on after the last row
-//! that reached the buffer.
+//! read when present; any other column becomes an attribute.
+//!
+//! Promises:
+//! - A line or row that does not read, parse or validate (invalid UTF-8, bad
+//!   JSON, a bad CSV record, a wrong type, a missing field) is reported with
+//!   its position, the field and the reason, counted, and the replay goes on
+//!   with the next one. Positions are what an editor or a Parquet tool shows:
+//!   CSV and JSON Lines lines from 1 (the CSV header is line 1), Parquet rows
+//!   from 1 across the file, row groups from 0.
+//! - Reports are bounded: the first [`MAX_REPORTED_ROWS`] bad rows and
+//!   [`MAX_REPORTED_PARTS`] unreadable parts are logged one line each, the
+//!   rest only counted ([`ReplaySummary`]).
+//! - A part of the file that cannot be read (a damaged Parquet row group or
+//!   column chunk, a read error, a CSV record past [`MAX_RECORD_BYTES`]) is
+//!   reported once and the reader moves past it (the next row group, or the
+//!   end of the file); it never reads the same part twice.
+//! - A file that cannot be read at all (missing, no usable header or footer,
+//!   a required column absent) ends the replay with an error naming it.
+//! - The position reached is stored with the events, so a restarted replay
+//!   goes on after the last row that reached the buffer (bad rows included).
+
+mod parquet_file;
+mod rows;
+mod text;
 
 use std::{
-    collections::HashMap,
-    fs::File,
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use sightline_proto::{
-    v1::{BoundingBox, Detection},
-    FieldError,
-};
 use tokio::sync::mpsc;
 
 use super::Publisher;
 use crate::buffer::SourcePosition;
+use rows::{detection_from_row, Row};
+
+/// Bad rows logged one line each; past this many they are counted only (the
+/// count is in [`ReplaySummary::invalid`] and in the closing line).
+pub const MAX_REPORTED_ROWS: usize = 100;
+
+/// Unreadable parts (row groups, file tails) logged one line each; past this
+/// many they are counted only ([`ReplaySummary::unreadable`]).
+pub const MAX_REPORTED_PARTS: usize = 100;
+
+/// The longest line (JSON Lines) or record (CSV) read, in bytes: a longer
+/// JSON line is a bad row and skipped; a longer CSV record (an unclosed quote
+/// makes the rest of the file one) ends the file. A detection's attributes are
+/// limited to 16 KiB, so a good row is far below it.
+pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 
 /// File formats replay reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -60,145 +87,33 @@ pub struct ReplayOptions {
 /// Totals of a replay.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ReplaySummary {
+    /// Lines or rows read (good and bad; skipped ones not included).
     pub rows: u64,
+    /// Rows that became events in the buffer.
     pub accepted: u64,
+    /// Rows reported as bad (did not read, parse or validate).
     pub invalid: u64,
+    /// Parts of the file that could not be read (row groups, file tails).
+    pub unreadable: u64,
     /// Rows skipped because an earlier run already stored them.
     pub skipped: u64,
+    /// The problems as they were logged (bounded by [`MAX_REPORTED_ROWS`]
+    /// and [`MAX_REPORTED_PARTS`], plus the lines saying so).
+    pub reported: Vec<String>,
 }
 
-/// A value read from a cell, before it is checked against its field.
-#[derive(Debug, Clone)]
-enum Cell {
-    Null,
-    Int(i64),
-    Float(f64),
-    Str(String),
+/// What the file reader hands the replay loop.
+enum Read {
+    /// A line (CSV, JSON Lines) or row (Parquet) by its 1-based number, and
+    /// what it held or why it is bad.
+    Row { line: u64, row: Result<Row, String> },
+    /// A part of the file that could not be read, described once; the reader
+    /// has moved past it.
+    Unreadable(String),
 }
 
-impl Cell {
-    fn as_text(&self) -> String {
-        match self {
-            Cell::Null => String::new(),
-            Cell::Int(i) => i.to_string(),
-            Cell::Float(f) => f.to_string(),
-            Cell::Str(s) => s.clone(),
-        }
-    }
-}
-
-type Row = Vec<(String, Cell)>;
-
-/// A row as read, with where it was.
-struct Read {
-    line: u64,
-    row: Result<Row, String>,
-}
-
-fn int_field(
-    field: &'static str,
-    cell: Option<&Cell>,
-    required: bool,
-) -> Result<Option<i64>, FieldError> {
-    match cell {
-        None | Some(Cell::Null) => {
-            if required {
-                Err(FieldError::new(field, "missing"))
-            } else {
-                Ok(None)
-            }
-        }
-        Some(Cell::Str(s)) if s.trim().is_empty() => {
-            if required {
-                Err(FieldError::new(field, "missing (empty)"))
-            } else {
-                Ok(None)
-            }
-        }
-        Some(Cell::Int(i)) => Ok(Some(*i)),
-        Some(Cell::Float(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Some(*f as i64)),
-        Some(other) => other
-            .as_text()
-            .trim()
-            .parse::<i64>()
-            .map(Some)
-            .map_err(|_| FieldError::new(field, format!("not an integer: {:?}", other.as_text()))),
-    }
-}
-
-fn float_field(field: &'static str, cell: Option<&Cell>) -> Result<Option<f32>, FieldError> {
-    match cell {
-        None | Some(Cell::Null) => Ok(None),
-        Some(Cell::Str(s)) if s.trim().is_empty() => Ok(None),
-        Some(Cell::Int(i)) => Ok(Some(*i as f32)),
-        Some(Cell::Float(f)) => Ok(Some(*f as f32)),
-        Some(Cell::Str(s)) => s
-            .trim()
-            .parse::<f32>()
-            .map(Some)
-            .map_err(|_| FieldError::new(field, format!("not a number: {s:?}"))),
-    }
-}
-
-const KNOWN: &[&str] = &[
-    "geographical_location_oid",
-    "video_camera_oid",
-    "detection_oid",
-    "item_name",
-    "timestamp_detected",
-    "confidence",
-    "box_x",
-    "box_y",
-    "box_width",
-    "box_height",
-];
-
-/// Turns a row into a detection (validation proper happens in the publisher).
-fn detection_from_row(row: Row) -> Result<Detection, FieldError> {
-    let cells: HashMap<&str, &Cell> = row.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let get = |k: &str| cells.get(k).copied();
-    let mut d = Detection {
-        geographical_location_oid: int_field(
-            "geographical_location_oid",
-            get("geographical_location_oid"),
-            true,
-        )?
-        .unwrap_or_default(),
-        video_camera_oid: int_field("video_camera_oid", get("video_camera_oid"), true)?
-            .unwrap_or_default(),
-        detection_oid: int_field("detection_oid", get("detection_oid"), false)?,
-        item_name: match get("item_name") {
-            None | Some(Cell::Null) => return Err(FieldError::new("item_name", "missing")),
-            Some(c) => c.as_text(),
-        },
-        timestamp_detected: int_field("timestamp_detected", get("timestamp_detected"), true)?
-            .unwrap_or_default(),
-        confidence: float_field("confidence", get("confidence"))?.unwrap_or(0.0),
-        ..Default::default()
-    };
-    let b = [
-        float_field("box_x", get("box_x"))?,
-        float_field("box_y", get("box_y"))?,
-        float_field("box_width", get("box_width"))?,
-        float_field("box_height", get("box_height"))?,
-    ];
-    if b.iter().any(Option::is_some) {
-        d.r#box = Some(BoundingBox {
-            x: b[0].unwrap_or(0.0),
-            y: b[1].unwrap_or(0.0),
-            width: b[2].unwrap_or(0.0),
-            height: b[3].unwrap_or(0.0),
-        });
-    }
-    for (k, v) in row {
-        if !KNOWN.contains(&k.as_str()) && !matches!(v, Cell::Null) {
-            d.attributes.insert(k, v.as_text());
-        }
-    }
-    Ok(d)
-}
-
-/// Reads the file on a blocking thread, sending rows in chunks.
+/// Reads the file on a blocking thread, sending rows in chunks. Rows up to
+/// `skip_through` are not sent. The rows read before an error are sent.
 fn read_file(
     path: &Path,
     format: Format,
@@ -207,151 +122,85 @@ fn read_file(
     tx: mpsc::Sender<Vec<Read>>,
 ) -> anyhow::Result<()> {
     let mut chunk = Vec::with_capacity(chunk_rows);
-    let push = |r: Read, chunk: &mut Vec<Read>| -> bool {
-        if r.line <= skip_through {
+    let mut emit = |r: Read| -> bool {
+        if matches!(r, Read::Row { line, .. } if line <= skip_through) {
             return true;
         }
         chunk.push(r);
         if chunk.len() >= chunk_rows {
-            return tx.blocking_send(std::mem::take(chunk)).is_ok();
+            return tx.blocking_send(std::mem::take(&mut chunk)).is_ok();
         }
         true
     };
-    match format {
-        Format::Csv => {
-            let mut rdr = csv::ReaderBuilder::new().flexible(true).from_path(path)?;
-            let headers: Vec<String> = rdr
-                .headers()?
-                .iter()
-                .map(|h| h.trim().to_string())
-                .collect();
-            let mut record = csv::StringRecord::new();
-            loop {
-                let line = rdr.position().line() + 1;
-                match rdr.read_record(&mut record) {
-                    Ok(false) => break,
-                    Ok(true) => {
-                        let line = record.position().map(|p| p.line()).unwrap_or(line);
-                        let row = if record.len() != headers.len() {
-                            Err(format!(
-                                "has {} fields, the header has {}",
-                                record.len(),
-                                headers.len()
-                            ))
-                        } else {
-                            Ok(headers
-                                .iter()
-                                .zip(record.iter())
-                                .map(|(h, v)| (h.clone(), Cell::Str(v.to_string())))
-                                .collect())
-                        };
-                        if !push(Read { line, row }, &mut chunk) {
-                            return Ok(());
-                        }
-                    }
-                    Err(e) => {
-                        let line = e.position().map(|p| p.line()).unwrap_or(line);
-                        if !push(
-                            Read {
-                                line,
-                                row: Err(format!("unreadable CSV: {e}")),
-                            },
-                            &mut chunk,
-                        ) {
-                            return Ok(());
-                        }
-                        if matches!(e.kind(), csv::ErrorKind::Io(_)) {
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-        Format::Jsonl => {
-            let reader = BufReader::new(File::open(path)?);
-            for (i, text) in reader.lines().enumerate() {
-                let line = i as u64 + 1;
-                let text = text?;
-                if text.trim().is_empty() {
-                    continue;
-                }
-                let row = match serde_json::from_str::<serde_json::Value>(&text) {
-                    Ok(serde_json::Value::Object(map)) => Ok(map
-                        .into_iter()
-                        .map(|(k, v)| {
-                            let cell = match v {
-                                serde_json::Value::Null => Cell::Null,
-                                serde_json::Value::Number(n) => match n.as_i64() {
-                                    Some(i) => Cell::Int(i),
-                                    None => Cell::Float(n.as_f64().unwrap_or(f64::NAN)),
-                                },
-                                serde_json::Value::String(s) => Cell::Str(s),
-                                other => Cell::Str(other.to_string()),
-                            };
-                            (k, cell)
-                        })
-                        .collect()),
-                    Ok(other) => Err(format!(
-                        "expected a JSON object, got {}",
-                        short(&other.to_string())
-                    )),
-                    Err(e) => Err(format!("invalid JSON: {e}")),
-                };
-                if !push(Read { line, row }, &mut chunk) {
-                    return Ok(());
-                }
-            }
-        }
-        Format::Parquet => {
-            use parquet::{
-                file::reader::{FileReader, SerializedFileReader},
-                record::Field,
-            };
-            let reader = SerializedFileReader::new(File::open(path)?)?;
-            for (i, row) in reader.get_row_iter(None)?.enumerate() {
-                let line = i as u64 + 1;
-                let row = row.map_err(|e| format!("unreadable row: {e}")).map(|row| {
-                    row.get_column_iter()
-                        .map(|(name, f)| {
-                            let cell = match f {
-                                Field::Null => Cell::Null,
-                                Field::Byte(v) => Cell::Int(*v as i64),
-                                Field::Short(v) => Cell::Int(*v as i64),
-                                Field::Int(v) => Cell::Int(*v as i64),
-                                Field::Long(v) => Cell::Int(*v),
-                                Field::UByte(v) => Cell::Int(*v as i64),
-                                Field::UShort(v) => Cell::Int(*v as i64),
-                                Field::UInt(v) => Cell::Int(*v as i64),
-                                Field::ULong(v) => Cell::Int(*v as i64),
-                                Field::Float(v) => Cell::Float(*v as f64),
-                                Field::Double(v) => Cell::Float(*v),
-                                Field::Str(s) => Cell::Str(s.clone()),
-                                Field::TimestampMillis(v) => Cell::Int(*v),
-                                Field::TimestampMicros(v) => Cell::Int(*v / 1000),
-                                other => Cell::Str(other.to_string()),
-                            };
-                            (name.clone(), cell)
-                        })
-                        .collect()
-                });
-                if !push(Read { line, row }, &mut chunk) {
-                    return Ok(());
-                }
-            }
-        }
-    }
+    let result = match format {
+        Format::Csv => text::read_csv(path, &mut emit),
+        Format::Jsonl => text::read_jsonl(path, &mut emit),
+        Format::Parquet => parquet_file::read_parquet(path, skip_through, &mut emit),
+    };
     if !chunk.is_empty() {
         let _ = tx.blocking_send(chunk);
     }
-    Ok(())
+    result
 }
 
-fn short(s: &str) -> String {
-    s.chars().take(60).collect()
+/// Logs problems, one line each up to the limits, and keeps what it logged.
+struct Reporter {
+    bar: indicatif::ProgressBar,
+    /// The file as the operator named it.
+    file: String,
+    /// "line" or "row".
+    unit: &'static str,
+    bad_rows: usize,
+    parts: usize,
+    logged: Vec<String>,
+}
+
+impl Reporter {
+    fn bad_row(&mut self, line: u64, reason: &str) {
+        self.bad_rows += 1;
+        if self.bad_rows <= MAX_REPORTED_ROWS {
+            // One file per replay: its name is in the closing lines, not in
+            // each of these ("replay: line N: field `x`: reason").
+            self.log(format!("{} {line}: {reason}", self.unit));
+        } else if self.bad_rows == MAX_REPORTED_ROWS + 1 {
+            self.log(format!(
+                "{}: more than {MAX_REPORTED_ROWS} bad {}s; the rest are counted, not listed",
+                self.file, self.unit
+            ));
+        }
+    }
+
+    fn unreadable(&mut self, what: &str) {
+        self.parts += 1;
+        if self.parts <= MAX_REPORTED_PARTS {
+            self.log(format!("{}: unreadable: {what}", self.file));
+        } else if self.parts == MAX_REPORTED_PARTS + 1 {
+            self.log(format!(
+                "{}: more than {MAX_REPORTED_PARTS} unreadable parts; the rest are counted, not listed",
+                self.file
+            ));
+        }
+    }
+
+    /// The closing count, when some problems were not listed.
+    fn finish(&mut self, s: &ReplaySummary) {
+        if self.bad_rows > MAX_REPORTED_ROWS || self.parts > MAX_REPORTED_PARTS {
+            self.log(format!(
+                "{}: {} bad {}s and {} unreadable parts in all",
+                self.file, s.invalid, self.unit, s.unreadable
+            ));
+        }
+    }
+
+    fn log(&mut self, line: String) {
+        self.bar.suspend(|| eprintln!("replay: {line}"));
+        self.logged.push(line);
+    }
 }
 
 /// Replays the file into the publisher. Returns when every row has been read
-/// and every valid one is durable in the buffer.
+/// and every valid one is durable in the buffer; errors when the file cannot
+/// be read at all or the buffer fails.
 pub async fn replay(publisher: Publisher, opts: ReplayOptions) -> anyhow::Result<ReplaySummary> {
     let format = match opts.format.or_else(|| Format::detect(&opts.path)) {
         Some(f) => f,
@@ -390,53 +239,64 @@ pub async fn replay(publisher: Publisher, opts: ReplayOptions) -> anyhow::Result
     let reader =
         tokio::task::spawn_blocking(move || read_file(&path, format, stored, chunk_rows, tx));
 
+    let mut reporter = Reporter {
+        bar: bar.clone(),
+        file: opts.path.display().to_string(),
+        unit: if format == Format::Parquet {
+            "row"
+        } else {
+            "line"
+        },
+        bad_rows: 0,
+        parts: 0,
+        logged: Vec::new(),
+    };
     let mut summary = ReplaySummary {
         skipped: stored,
         ..Default::default()
     };
+    let mut position = stored;
     let started = tokio::time::Instant::now();
     while let Some(chunk) = rx.recv().await {
-        let last_line = chunk.last().map(|r| r.line).unwrap_or(stored);
         let mut detections = Vec::with_capacity(chunk.len());
         let mut lines = Vec::with_capacity(chunk.len());
         for r in chunk {
+            let (line, row) = match r {
+                Read::Unreadable(what) => {
+                    summary.unreadable += 1;
+                    reporter.unreadable(&what);
+                    continue;
+                }
+                Read::Row { line, row } => (line, row),
+            };
             summary.rows += 1;
-            match r.row {
+            position = position.max(line);
+            match row.and_then(|row| detection_from_row(row).map_err(|e| e.to_string())) {
+                Ok(d) => {
+                    detections.push(d);
+                    lines.push(line);
+                }
                 Err(reason) => {
                     summary.invalid += 1;
-                    report(&bar, r.line, &reason);
+                    reporter.bad_row(line, &reason);
                 }
-                Ok(row) => match detection_from_row(row) {
-                    Ok(d) => {
-                        detections.push(d);
-                        lines.push(r.line);
-                    }
-                    Err(e) => {
-                        summary.invalid += 1;
-                        report(&bar, r.line, &e.to_string());
-                    }
-                },
             }
         }
         if let Some(rate) = opts.rate {
             let due = started + Duration::from_secs_f64(summary.rows as f64 / rate);
             tokio::time::sleep_until(due).await;
         }
-        let results = publisher
-            .publish_waiting(
-                detections,
-                Some(SourcePosition {
-                    name: source_name.clone(),
-                    position: last_line,
-                }),
-            )
-            .await?;
+        let source = SourcePosition {
+            name: source_name.clone(),
+            position,
+        };
+        let results = publisher.publish_waiting(detections, Some(source)).await?;
         for (r, line) in results.iter().zip(lines) {
             match r {
                 Ok(_) => summary.accepted += 1,
                 Err(e) => {
                     summary.invalid += 1;
-                    report(&bar, line, &e.to_string());
+                    reporter.bad_row(line, &e.to_string());
                 }
             }
         }
@@ -447,59 +307,17 @@ pub async fn replay(publisher: Publisher, opts: ReplayOptions) -> anyhow::Result
         bar.set_position(total_bytes.min(summary.rows * 64));
     }
     bar.finish_and_clear();
-    reader.await??;
-    Ok(summary)
-}
-
-fn report(bar: &indicatif::ProgressBar, line: u64, reason: &str) {
-    bar.suspend(|| eprintln!("replay: line {line}: {reason}"));
+    reporter.finish(&summary);
+    summary.reported = reporter.logged;
+    match reader.await {
+        Ok(Ok(())) => Ok(summary),
+        Ok(Err(e)) => Err(anyhow::anyhow!("replay of {}: {e}", opts.path.display())),
+        Err(e) => Err(anyhow::anyhow!(
+            "replay of {}: the reader failed: {e}",
+            opts.path.display()
+        )),
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn row(pairs: &[(&str, &str)]) -> Row {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), Cell::Str(v.to_string())))
-            .collect()
-    }
-
-    #[test]
-    fn a_full_row_becomes_a_detection_with_extra_columns_as_attributes() {
-        let d = detection_from_row(row(&[
-            ("geographical_location_oid", "3"),
-            ("video_camera_oid", "30"),
-            ("detection_oid", ""),
-            ("item_name", "car"),
-            ("timestamp_detected", "1700000000000"),
-            ("box_x", "1.5"),
-            ("lane", "left"),
-        ]))
-        .unwrap();
-        assert_eq!(d.geographical_location_oid, 3);
-        assert_eq!(d.detection_oid, None);
-        assert_eq!(d.r#box.unwrap().x, 1.5);
-        assert_eq!(d.attributes["lane"], "left");
-    }
-
-    #[test]
-    fn bad_cells_name_their_field() {
-        let err = detection_from_row(row(&[
-            ("geographical_location_oid", "3"),
-            ("video_camera_oid", "thirty"),
-            ("item_name", "car"),
-            ("timestamp_detected", "1"),
-        ]))
-        .unwrap_err();
-        assert_eq!(err.field, "video_camera_oid");
-        assert!(err.reason.contains("thirty"));
-        let err = detection_from_row(row(&[
-            ("geographical_location_oid", "3"),
-            ("video_camera_oid", "1"),
-        ]))
-        .unwrap_err();
-        assert_eq!(err.field, "item_name");
-    }
-}
+mod tests;
