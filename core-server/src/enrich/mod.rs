@@ -1,12 +1,13 @@
 //! Dataset B: the static table describing each location, joined onto events.
 //!
-//! Loaded from CSV (with a header row) or Parquet into an immutable
-//! in-memory table, swapped atomically on reload (SIGHUP, `Admin.ReloadLocations`,
-//! `POST /admin/reload-locations`). A bad file is refused with the line and the
-//! reason, and the table in use stays. Required columns:
-//! `geographical_location_oid` (positive integer, unique) and
-//! `geographical_location` (non-empty name); every other column is kept in
-//! `Location.extra`.
+//! Loaded from CSV (with a header row) or Parquet (uncompressed, snappy,
+//! gzip, LZ4 or zstd) into an immutable in-memory table, swapped atomically
+//! on reload (SIGHUP, `Admin.ReloadLocations`, `POST /admin/reload-locations`).
+//! A bad file (invalid UTF-8, a damaged or truncated Parquet file included) is
+//! refused with the line (CSV) or row (Parquet) and the reason, and the table
+//! in use stays. Required columns: `geographical_location_oid` (positive
+//! integer, unique) and `geographical_location` (non-empty name); every other
+//! column is kept in `Location.extra`.
 
 use std::{
     collections::HashMap,
@@ -28,13 +29,19 @@ pub struct LocationTable {
 
 /// Why a Dataset B file was refused.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("Dataset B {path}{}: {reason}", .line.map(|l| format!(", line {l}")).unwrap_or_default())]
+#[error("Dataset B {path}{}: {reason}", .line.map(|l| format!(", {} {l}", .unit)).unwrap_or_default())]
 pub struct LoadError {
     pub path: String,
     /// Line (CSV, header = line 1) or row (Parquet, first row = 1).
     pub line: Option<u64>,
+    /// What `line` counts: "line" (CSV) or "row" (Parquet).
+    pub unit: &'static str,
     pub reason: String,
 }
+
+/// The longest reason quoted from the Parquet reader (it can quote a whole
+/// value's bytes).
+const MAX_REASON_CHARS: usize = 300;
 
 const OID: &str = "geographical_location_oid";
 const NAME: &str = "geographical_location";
@@ -43,16 +50,18 @@ impl LocationTable {
     /// Loads a CSV or Parquet file (by extension).
     pub fn load(path: &Path) -> Result<Self, LoadError> {
         let display = path.display().to_string();
-        let err = |line: Option<u64>, reason: String| LoadError {
-            path: display.clone(),
-            line,
-            reason,
-        };
         let ext = path
             .extension()
             .and_then(|e| e.to_str())
             .unwrap_or("")
             .to_ascii_lowercase();
+        let unit = if ext == "csv" { "line" } else { "row" };
+        let err = |line: Option<u64>, reason: String| LoadError {
+            path: display.clone(),
+            line,
+            unit,
+            reason,
+        };
         let rows: Vec<(u64, Vec<(String, String)>)> = match ext.as_str() {
             "csv" => read_csv(path).map_err(|(l, r)| err(l, r))?,
             "parquet" | "pq" => read_parquet(path).map_err(|(l, r)| err(l, r))?,
@@ -96,7 +105,7 @@ impl LocationTable {
             if let Some(first) = first_line.insert(oid, line) {
                 return Err(err(
                     Some(line),
-                    format!("`{OID}` {oid} appears twice (first on line {first})"),
+                    format!("`{OID}` {oid} appears twice (first on {unit} {first})"),
                 ));
             }
             table.insert(
@@ -147,11 +156,16 @@ fn read_csv(path: &Path) -> Result<Rows, (Option<u64>, String)> {
         .from_path(path)
         .map_err(|e| (None, format!("cannot open: {e}")))?;
     let headers: Vec<String> = rdr
-        .headers()
+        .byte_headers()
         .map_err(|e| (Some(1), format!("unreadable header: {e}")))?
         .iter()
-        .map(|h| h.trim().to_string())
-        .collect();
+        .enumerate()
+        .map(|(i, h)| {
+            std::str::from_utf8(h)
+                .map(|h| h.trim().to_string())
+                .map_err(|_| (Some(1), format!("header column {}: not valid UTF-8", i + 1)))
+        })
+        .collect::<Result<_, _>>()?;
     for required in [OID, NAME] {
         if !headers.iter().any(|h| h == required) {
             return Err((
@@ -161,7 +175,7 @@ fn read_csv(path: &Path) -> Result<Rows, (Option<u64>, String)> {
         }
     }
     let mut out = Vec::new();
-    for rec in rdr.records() {
+    for rec in rdr.byte_records() {
         let rec = rec.map_err(|e| {
             (
                 e.position().map(|p| p.line()),
@@ -169,19 +183,54 @@ fn read_csv(path: &Path) -> Result<Rows, (Option<u64>, String)> {
             )
         })?;
         let line = rec.position().map(|p| p.line()).unwrap_or(0);
-        out.push((
-            line,
-            headers
-                .iter()
-                .zip(rec.iter())
-                .map(|(h, v)| (h.clone(), v.to_string()))
-                .collect(),
-        ));
+        let cells = headers
+            .iter()
+            .zip(rec.iter())
+            .map(|(h, v)| match std::str::from_utf8(v) {
+                Ok(v) => Ok((h.clone(), v.to_string())),
+                Err(e) => Err((
+                    Some(line),
+                    format!(
+                        "`{h}`: not valid UTF-8 (byte {} of the field)",
+                        e.valid_up_to() + 1
+                    ),
+                )),
+            })
+            .collect::<Result<_, _>>()?;
+        out.push((line, cells));
     }
     Ok(out)
 }
 
+/// Reads a Parquet file (any of the codecs snappy, gzip, LZ4, zstd). A
+/// damaged file is refused at the first row that does not read; a panic in
+/// the Parquet reader (some damage and some types make it panic) is a refusal
+/// too, never the end of the process.
 fn read_parquet(path: &Path) -> Result<Rows, (Option<u64>, String)> {
+    let read = std::panic::catch_unwind(|| read_parquet_rows(path));
+    match read {
+        Ok(rows) => rows.map_err(|(line, reason)| (line, shorten(reason))),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "a panic".into());
+            Err((None, shorten(format!("the Parquet reader failed: {what}"))))
+        }
+    }
+}
+
+fn shorten(reason: String) -> String {
+    if reason.chars().count() <= MAX_REASON_CHARS {
+        return reason;
+    }
+    let mut out: String = reason.chars().take(MAX_REASON_CHARS).collect();
+    out.push('…');
+    out
+}
+
+fn read_parquet_rows(path: &Path) -> Result<Rows, (Option<u64>, String)> {
     use parquet::{
         file::reader::{FileReader, SerializedFileReader},
         record::Field,
@@ -259,6 +308,7 @@ impl Locations {
                 return Err(LoadError {
                     path: String::new(),
                     line: None,
+                    unit: "line",
                     reason: "no file configured (`locations.path`) and none given".into(),
                 })
             }
@@ -337,6 +387,152 @@ mod tests {
             let p = write(&dir, &format!("bad{i}.csv"), text);
             let e = locs.reload(Some(p)).unwrap_err().to_string();
             assert!(e.contains(line) && e.contains(reason), "{e}");
+            assert_eq!(
+                locs.current().get(1).unwrap().geographical_location,
+                "Gate 1"
+            );
+        }
+    }
+
+    /// Writes Dataset B rows (oid, name bytes) as Parquet in row groups of 2.
+    fn write_parquet(path: &Path, codec: parquet::basic::Compression, rows: &[(i64, &[u8])]) {
+        use parquet::{
+            data_type::{ByteArray, ByteArrayType, Int64Type},
+            file::{properties::WriterProperties, writer::SerializedFileWriter},
+            schema::parser::parse_message_type,
+        };
+        let schema = Arc::new(
+            parse_message_type(
+                "message dataset_b {
+                    required int64 geographical_location_oid;
+                    required binary geographical_location (UTF8);
+                }",
+            )
+            .unwrap(),
+        );
+        let props = Arc::new(WriterProperties::builder().set_compression(codec).build());
+        let mut w = SerializedFileWriter::new(File::create(path).unwrap(), schema, props).unwrap();
+        for group in rows.chunks(2) {
+            let mut rg = w.next_row_group().unwrap();
+            let mut c = rg.next_column().unwrap().unwrap();
+            let oids: Vec<i64> = group.iter().map(|r| r.0).collect();
+            c.typed::<Int64Type>()
+                .write_batch(&oids, None, None)
+                .unwrap();
+            c.close().unwrap();
+            let mut c = rg.next_column().unwrap().unwrap();
+            let names: Vec<ByteArray> = group.iter().map(|r| r.1.to_vec().into()).collect();
+            c.typed::<ByteArrayType>()
+                .write_batch(&names, None, None)
+                .unwrap();
+            c.close().unwrap();
+            rg.close().unwrap();
+        }
+        w.close().unwrap();
+    }
+
+    const GATES: &[(i64, &[u8])] = &[(1, b"Gate 1"), (2, b"Gate 2"), (3, b"Gate 3")];
+
+    #[test]
+    fn compressed_dataset_b_parquet_loads_with_every_codec() {
+        use parquet::basic::{Compression, GzipLevel, ZstdLevel};
+        let dir = tempfile::tempdir().unwrap();
+        for (name, codec) in [
+            ("snappy", Compression::SNAPPY),
+            ("gzip", Compression::GZIP(GzipLevel::default())),
+            ("lz4", Compression::LZ4),
+            ("lz4_raw", Compression::LZ4_RAW),
+            ("zstd", Compression::ZSTD(ZstdLevel::default())),
+        ] {
+            let p = dir.path().join(format!("{name}.parquet"));
+            write_parquet(&p, codec, GATES);
+            let t = LocationTable::load(&p).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(t.rows.len(), 3, "{name}");
+            assert_eq!(t.get(3).unwrap().geographical_location, "Gate 3", "{name}");
+        }
+    }
+
+    #[test]
+    fn a_bad_dataset_b_parquet_is_refused_with_a_named_error_and_the_old_table_stays() {
+        use parquet::{
+            basic::{Compression, ZstdLevel},
+            file::reader::{FileReader, SerializedFileReader},
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let good = write(
+            &dir,
+            "good.csv",
+            "geographical_location_oid,geographical_location\n1,Gate 1\n",
+        );
+        let locs = Locations::new(Some(good)).unwrap();
+        let zstd = Compression::ZSTD(ZstdLevel::default());
+
+        let bad_utf8 = dir.path().join("utf8.parquet");
+        write_parquet(&bad_utf8, zstd, &[(1, b"A"), (2, b"caf\xe9")]);
+
+        let damaged = dir.path().join("damaged.parquet");
+        write_parquet(&damaged, zstd, GATES);
+        let (start, end) = {
+            let r = SerializedFileReader::new(File::open(&damaged).unwrap()).unwrap();
+            let cols = r.metadata().row_group(1).columns();
+            let start = cols.iter().map(|c| c.byte_range().0).min().unwrap();
+            let end = cols
+                .iter()
+                .map(|c| c.byte_range().0 + c.byte_range().1)
+                .max()
+                .unwrap();
+            (start as usize, end as usize)
+        };
+        let mut bytes = std::fs::read(&damaged).unwrap();
+        bytes[start..end].fill(0xff);
+        std::fs::write(&damaged, &bytes).unwrap();
+
+        let cut = dir.path().join("cut.parquet");
+        write_parquet(&cut, zstd, GATES);
+        let bytes = std::fs::read(&cut).unwrap();
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+
+        for (p, needle) in [
+            (&bad_utf8, "utf8.parquet, row 2: unreadable row"),
+            (&damaged, "damaged.parquet, row 3: unreadable row"),
+            (&cut, "cut.parquet: not a Parquet file"),
+        ] {
+            let e = locs.reload(Some(p.clone())).unwrap_err().to_string();
+            assert!(e.contains(needle), "{needle:?} not in {e:?}");
+            assert!(e.chars().count() < MAX_REASON_CHARS + 100, "{e}");
+            assert_eq!(
+                locs.current().get(1).unwrap().geographical_location,
+                "Gate 1"
+            );
+        }
+    }
+
+    #[test]
+    fn a_dataset_b_csv_with_invalid_utf8_is_refused_with_line_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = write(
+            &dir,
+            "good.csv",
+            "geographical_location_oid,geographical_location\n1,Gate 1\n",
+        );
+        let locs = Locations::new(Some(good)).unwrap();
+        for (i, (bytes, needle)) in [
+            (
+                &b"geographical_location_oid,geographical_location\n1,A\n2,caf\xe9\n"[..],
+                "line 3: `geographical_location`: not valid UTF-8 (byte 4 of the field)",
+            ),
+            (
+                &b"geographical_location_oid,geographical_location,r\xe9gion\n1,A,N\n"[..],
+                "line 1: header column 3: not valid UTF-8",
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let p = dir.path().join(format!("bad{i}.csv"));
+            std::fs::write(&p, bytes).unwrap();
+            let e = locs.reload(Some(p)).unwrap_err().to_string();
+            assert!(e.contains(needle), "{needle:?} not in {e:?}");
             assert_eq!(
                 locs.current().get(1).unwrap().geographical_location,
                 "Gate 1"
