@@ -1,0 +1,97 @@
+//! Faults of the disk: a full data directory stops acknowledgements, says so,
+//! and recovers by itself when space returns — no abort, no lost event.
+//!
+//! The data directory sits on a small tmpfs the test mounts (the test runs as
+//! root, as CI does); where mounting is not permitted it says so and skips.
+
+use std::{path::Path, process::Command, time::Duration};
+
+use sightline_tests::{
+    query::{assert_exactly_once, stats},
+    wait_for, Agent, AgentArgs, Core, CoreArgs, Dataset,
+};
+
+/// A tmpfs of `mb` MiB at `dir`, unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, mb: u32) -> Option<Self> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_path_buf()))
+    }
+
+    /// Fills what is left with a file; its path.
+    fn fill(&self) -> std::path::PathBuf {
+        let f = self.0.join("filler");
+        let _ = Command::new("dd")
+            .args(["if=/dev/zero", "bs=64k", "status=none"])
+            .arg(format!("of={}", f.display()))
+            .status();
+        f
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_core_disk_stops_acks_and_recovers_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = Tmpfs::mount(&dir.path().join("disk"), 96) else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?)");
+        return;
+    };
+    let core = Core::start_with(CoreArgs {
+        data_dir: disk.0.join("core"),
+        locations: None,
+        grpc: "127.0.0.1:0".parse().unwrap(),
+        edge: "127.0.0.1:0".parse().unwrap(),
+        extra: vec![],
+    });
+    let data = Dataset::generate(31, 30_000, 0.05, 0.0, &[1, 2]);
+    let csv = data.csv_in(dir.path());
+    let mut agent = Agent::start(
+        AgentArgs::replay(dir.path(), "a", core.url(), &csv, Some(3_000))
+            .reconnect_within(Duration::from_millis(300)),
+    );
+    let url = core.url();
+    wait_for("some events stored", Duration::from_secs(30), || {
+        let url = url.clone();
+        async move { (stats(&url).await.stored > 2_000).then_some(()) }
+    })
+    .await;
+
+    // The disk fills up: commits fail and nothing more is acknowledged.
+    let filler = disk.fill();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let before = stats(&url).await.stored;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = stats(&url).await.stored;
+    assert!(
+        during <= before + 1_000,
+        "commits went on with a full disk: {before} -> {during}"
+    );
+    assert!(
+        core.log().contains("No space left") || core.log().contains("disk"),
+        "the core says why it stopped acknowledging:\n{}",
+        core.log()
+    );
+
+    // Space returns: the core was never down and takes everything.
+    std::fs::remove_file(&filler).unwrap();
+    assert!(
+        agent.wait(Duration::from_secs(180)).success(),
+        "the agent delivered everything after space returned"
+    );
+    assert_exactly_once(&core.url(), &data.truth()).await;
+    let healthz = sightline_tests::http::get(core.http, "/healthz", "").await;
+    assert!(healthz.0.contains("200"), "{}", healthz.0);
+}
