@@ -325,6 +325,11 @@ impl Core {
         self.proc.pid()
     }
 
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.proc.child.try_wait(), Ok(None))
+    }
+
     /// kill -9.
     pub fn kill9(&mut self) {
         self.proc.kill9();
