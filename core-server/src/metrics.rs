@@ -30,6 +30,12 @@ pub struct ReasonLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    /// The config key of the cap that was reached, e.g. `connections.max_per_client`.
+    pub limit: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     /// "snapshot", "thumbnail" or "clip".
     pub kind: String,
@@ -56,6 +62,7 @@ pub struct Metrics {
     pub edge_refused: Family<ReasonLabel, Counter>,
     pub permission_denied: Family<AgentLabel, Counter>,
     pub batches_from_datagrams: Counter,
+    pub connections_refused: Family<LimitLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -167,6 +174,12 @@ impl Metrics {
             "Events refused because their camera or location is not registered to the agent",
             permission_denied.clone(),
         );
+        let connections_refused = Family::<LimitLabel, Counter>::default();
+        r.register(
+            "connections_refused",
+            "Connections, Subscribe streams and live feeds refused at a cap, by its config key",
+            connections_refused.clone(),
+        );
         let batches_from_datagrams = Counter::default();
         r.register(
             "batches_from_datagrams",
@@ -177,6 +190,7 @@ impl Metrics {
             registry: r,
             batches_from_datagrams,
             edge_refused,
+            connections_refused,
             permission_denied,
             ingested,
             duplicates,
@@ -206,6 +220,12 @@ impl Metrics {
     pub fn edge_refused(&self, reason: &'static str) {
         self.edge_refused
             .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    pub fn connection_refused(&self, limit: &'static str) {
+        self.connections_refused
+            .get_or_create(&LimitLabel { limit })
             .inc();
     }
 
