@@ -44,6 +44,10 @@ const REPLAY_PAGE: usize = 1000;
 /// starts) and the moment it is readable and published may be, at most: the
 /// overlap of a Subscribe's reads (the search index's, for the same reason).
 const COMMIT_SLACK_MS: i64 = crate::search::CATCH_UP_SLACK.as_millis() as i64;
+/// Passes by commit time a Subscribe makes before it attaches to the live
+/// hub even if each still finds a page or more (steady ingest): the hub holds
+/// `live.buffer_commits` commits for it during the last pass.
+const CATCH_UP_PASSES: usize = 3;
 /// Most events a Subscribe remembers while catching up (those committed in
 /// the last [`COMMIT_SLACK_MS`] of its reads, to deliver each once); past it
 /// the client reads slower than events arrive and the stream ends saying
@@ -401,10 +405,10 @@ impl QueryService {
     /// 2. By commit time, in passes over `by_commit`: the first from
     ///    `t0 - slack`, each next one from (the previous pass's start −
     ///    slack), skipping what it delivered already (remembered for that
-    ///    window only). After a pass that found less than a page, the next
-    ///    one attaches to the hub before it reads, and is the last: what was
-    ///    written before the attach it reads, what is written after comes
-    ///    from the hub.
+    ///    window only). After a pass that found less than a page (or after
+    ///    [`CATCH_UP_PASSES`], under steady ingest), the next one attaches to
+    ///    the hub before it reads, and is the last: what was written before
+    ///    the attach it reads, what is written after comes from the hub.
     async fn replay_history(
         &self,
         from_ms: i64,
@@ -417,7 +421,7 @@ impl QueryService {
         }
         let mut replayed = Replayed::default();
         let (mut lo, mut attach) = (cut, false);
-        loop {
+        for pass in 1.. {
             let pass_start = sightline_proto::now_ms();
             let live = attach.then(|| self.hub.subscribe());
             let mut after = Vec::new();
@@ -458,8 +462,9 @@ impl QueryService {
             }
             lo = pass_start - COMMIT_SLACK_MS;
             replayed.forget_below(lo);
-            attach = delivered < REPLAY_PAGE;
+            attach = delivered < REPLAY_PAGE || pass >= CATCH_UP_PASSES;
         }
+        unreachable!("the passes end by going live")
     }
 
     /// Step 1 of [`Self::replay_history`]: the events committed before
