@@ -31,6 +31,56 @@ pub struct CoreConfig {
     pub search: SearchConfig,
     #[serde(default)]
     pub edge: EdgeConfig,
+    #[serde(default)]
+    pub connections: ConnectionsConfig,
+}
+
+/// Bounds on the TCP connections of the HTTP, gRPC and edge listeners (see
+/// [`crate::api::limits`]). A connection over a cap is accepted and closed at
+/// once (HTTP: after a `503`), counted in `sightline_connections_refused`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionsConfig {
+    /// HTTP/1: a request's headers must arrive within this; it is also how
+    /// long a kept-alive connection waits for its next request. gRPC and
+    /// edge: a new connection must send its first bytes within this.
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A connection on which no byte moved either way for this long is
+    /// closed (gRPC clients answer the core's keepalive pings, so a healthy
+    /// idle one stays; a live feed gets a tick every second).
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Most open connections on each listener (HTTP, gRPC, edge). 0: derived
+    /// from the open-file limit at start, so that the caps bite before the
+    /// store and the search index run out of descriptors (the start log says
+    /// what it came to).
+    #[serde(default)]
+    pub max_per_listener: usize,
+    /// Most open connections from one IP address on each listener.
+    #[serde(default = "default_conn_per_client")]
+    pub max_per_client: usize,
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        Self {
+            header_timeout: default_header_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_per_listener: 0,
+            max_per_client: default_conn_per_client(),
+        }
+    }
+}
+
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_conn_per_client() -> usize {
+    256
 }
 
 /// The edge link: how agents reach the core (see `edge/mod.rs`).
@@ -224,6 +274,23 @@ pub struct LiveConfig {
     /// Commits a live subscriber may fall behind before it is cut off.
     #[serde(default = "default_live_buffer")]
     pub buffer_commits: usize,
+    /// Most open `Subscribe` streams (gRPC); one more is refused with
+    /// `RESOURCE_EXHAUSTED` naming this key.
+    #[serde(default = "default_max_subscribers")]
+    pub max_subscribers: usize,
+    /// Most open `Subscribe` streams from one IP address.
+    #[serde(default = "default_max_subscribers_per_client")]
+    pub max_subscribers_per_client: usize,
+    /// Most stored events one `Subscribe` with `from_ms` replays before it
+    /// ends with `OUT_OF_RANGE` saying where to resume.
+    #[serde(default = "default_replay_limit")]
+    pub replay_limit: usize,
+    /// Most open dashboard live feeds (`GET /api/live`); one more gets `503`.
+    #[serde(default = "default_max_feeds")]
+    pub max_feeds: usize,
+    /// Most open dashboard live feeds from one IP address.
+    #[serde(default = "default_max_feeds_per_client")]
+    pub max_feeds_per_client: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -310,6 +377,21 @@ fn default_media_ttl() -> Duration {
 fn default_live_buffer() -> usize {
     4096
 }
+fn default_max_subscribers() -> usize {
+    256
+}
+fn default_max_subscribers_per_client() -> usize {
+    32
+}
+fn default_replay_limit() -> usize {
+    1_000_000
+}
+fn default_max_feeds() -> usize {
+    256
+}
+fn default_max_feeds_per_client() -> usize {
+    16
+}
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -362,6 +444,11 @@ impl Default for LiveConfig {
     fn default() -> Self {
         Self {
             buffer_commits: default_live_buffer(),
+            max_subscribers: default_max_subscribers(),
+            max_subscribers_per_client: default_max_subscribers_per_client(),
+            replay_limit: default_replay_limit(),
+            max_feeds: default_max_feeds(),
+            max_feeds_per_client: default_max_feeds_per_client(),
         }
     }
 }
@@ -449,6 +536,7 @@ impl CoreConfig {
         if self.live.buffer_commits == 0 {
             return err("live.buffer_commits", "must be at least 1");
         }
+        self.validate_caps()?;
         if let Some(u) = &self.media.url {
             let parsed = match url::Url::parse(u) {
                 Ok(p) => p,
@@ -480,6 +568,60 @@ impl CoreConfig {
         }
         if let Err(why) = sightline_proto::edge::check_congestion(&self.edge.quic_congestion) {
             return err("edge.quic_congestion", &why);
+        }
+        Ok(())
+    }
+
+    /// The connection, live feed and `Subscribe` caps and timeouts.
+    fn validate_caps(&self) -> Result<(), ConfigError> {
+        let err = |key, reason: String| Err(ConfigError { key, reason });
+        let c = &self.connections;
+        if c.header_timeout.is_zero() {
+            return err("connections.header_timeout", "must be more than 0".into());
+        }
+        if c.idle_timeout < c.header_timeout {
+            return err(
+                "connections.idle_timeout",
+                format!(
+                    "must not be shorter than connections.header_timeout ({:?})",
+                    c.header_timeout
+                ),
+            );
+        }
+        if c.max_per_client == 0 {
+            return err("connections.max_per_client", "must be at least 1".into());
+        }
+        if c.max_per_listener != 0 && c.max_per_client > c.max_per_listener {
+            return err(
+                "connections.max_per_client",
+                format!(
+                    "{} is more than connections.max_per_listener ({})",
+                    c.max_per_client, c.max_per_listener
+                ),
+            );
+        }
+        let l = &self.live;
+        for (key, total, per_client) in [
+            (
+                "live.max_subscribers_per_client",
+                l.max_subscribers,
+                l.max_subscribers_per_client,
+            ),
+            (
+                "live.max_feeds_per_client",
+                l.max_feeds,
+                l.max_feeds_per_client,
+            ),
+        ] {
+            if per_client == 0 || per_client > total {
+                return err(
+                    key,
+                    format!("{per_client} must be within 1..={total} (the total cap)"),
+                );
+            }
+        }
+        if l.replay_limit < 1000 {
+            return err("live.replay_limit", "must be at least 1000".into());
         }
         Ok(())
     }
@@ -538,6 +680,39 @@ mod tests {
         let err = CoreConfig::default().validate().unwrap_err();
         assert_eq!(err.key, "edge.tls_dir");
         assert!(err.reason.contains("--insecure-plaintext"), "{err}");
+    }
+
+    #[test]
+    fn connection_caps_that_cannot_work_are_refused_by_key() {
+        let base = "[edge]\nplaintext = true\n";
+        let key = |extra: &str| {
+            CoreConfig::from_toml(&format!("{base}{extra}"))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .key
+        };
+        assert_eq!(
+            key("[connections]\nheader_timeout = \"0s\"\n"),
+            "connections.header_timeout"
+        );
+        assert_eq!(
+            key("[connections]\nheader_timeout = \"30s\"\nidle_timeout = \"10s\"\n"),
+            "connections.idle_timeout"
+        );
+        assert_eq!(
+            key("[connections]\nmax_per_listener = 10\nmax_per_client = 11\n"),
+            "connections.max_per_client"
+        );
+        assert_eq!(
+            key("[live]\nmax_subscribers = 4\nmax_subscribers_per_client = 5\n"),
+            "live.max_subscribers_per_client"
+        );
+        assert_eq!(
+            key("[live]\nmax_feeds_per_client = 0\n"),
+            "live.max_feeds_per_client"
+        );
+        assert_eq!(key("[live]\nreplay_limit = 10\n"), "live.replay_limit");
     }
 
     #[test]

@@ -178,6 +178,18 @@ async fn main() -> anyhow::Result<()> {
             if let Some(r) = registry {
                 cfg.edge.registry = Some(r);
             }
+            // Connections, RocksDB's files and the search index's segments
+            // all need descriptors; the common soft limit of 1,024 is far
+            // below what the hard limit allows. The connection caps are sized
+            // from what this leaves (see `connections.max_per_listener`).
+            let (before, now, hard) = sightline_core::api::limits::raise_open_files_limit();
+            let show = |n: Option<u64>| n.map_or("unlimited".to_string(), |n| n.to_string());
+            tracing::info!(
+                before = show(before),
+                now = show(now),
+                hard = show(hard),
+                "open-file limit (soft limit raised to the hard one)"
+            );
             let shutdown = CancellationToken::new();
             let stop = shutdown.clone();
             tokio::spawn(async move {

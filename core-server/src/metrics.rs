@@ -30,6 +30,12 @@ pub struct ReasonLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    /// The config key of the cap that was reached, e.g. `connections.max_per_client`.
+    pub limit: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     /// "snapshot", "thumbnail" or "clip".
     pub kind: String,
@@ -60,6 +66,7 @@ pub struct Metrics {
     pub det_oid_conflicts: Counter,
     /// Events refused because they are older than the store keeps.
     pub too_old: Counter,
+    pub connections_refused: Family<LimitLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -171,6 +178,12 @@ impl Metrics {
             "Events refused because their camera or location is not registered to the agent",
             permission_denied.clone(),
         );
+        let connections_refused = Family::<LimitLabel, Counter>::default();
+        r.register(
+            "connections_refused",
+            "Connections, Subscribe streams and live feeds refused at a cap, by its config key",
+            connections_refused.clone(),
+        );
         let batches_from_datagrams = Counter::default();
         r.register(
             "batches_from_datagrams",
@@ -195,6 +208,7 @@ impl Metrics {
             det_oid_conflicts,
             too_old,
             edge_refused,
+            connections_refused,
             permission_denied,
             ingested,
             duplicates,
@@ -224,6 +238,12 @@ impl Metrics {
     pub fn edge_refused(&self, reason: &'static str) {
         self.edge_refused
             .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    pub fn connection_refused(&self, limit: &'static str) {
+        self.connections_refused
+            .get_or_create(&LimitLabel { limit })
             .inc();
     }
 

@@ -13,12 +13,12 @@ use sightline_proto::{
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 
 use crate::{
     api::{
         dashboard,
         http::{self, HttpState},
+        limits::{self, ConnLimits, Gate},
         live::LiveHub,
         query::{AdminService, QueryService},
     },
@@ -73,7 +73,9 @@ pub async fn run(
         )
     };
     let hub = LiveHub::new(config.live.buffer_commits);
-    let feed = dashboard::LiveFeed::start(&hub, store.clone(), shutdown.clone());
+    let caps = Caps::new(&config, &metrics);
+    let feed =
+        dashboard::LiveFeed::start(&hub, store.clone(), shutdown.clone(), caps.feeds.clone());
     let search = {
         let dir = config
             .search
@@ -175,6 +177,8 @@ pub async fn run(
 
     let max_msg = config.ingest.max_message_bytes.as_u64() as usize;
     let query = QueryService {
+        subscribers: caps.subscribers.clone(),
+        replay_limit: config.live.replay_limit,
         search: search.clone(),
         store: store.clone(),
         locations: locations.clone(),
@@ -224,6 +228,7 @@ pub async fn run(
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(5)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .max_concurrent_streams(GRPC_MAX_STREAMS)
             .add_optional_service(plaintext.then(ingest_service))
             .add_optional_service(plaintext.then(media_service))
             .add_service(QueryServer::new(query).max_encoding_message_size(64 * 1024 * 1024))
@@ -235,10 +240,11 @@ pub async fn run(
             }))
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            // Own listener, so set TCP_NODELAY here (tonic only does for its own):
-            // without it, Nagle + delayed ACK hold acks and live events ~40 ms.
+            // Own listener, so TCP_NODELAY is set by the accept loop (tonic
+            // only does for its own): without it, Nagle + delayed ACK hold
+            // acks and live events ~40 ms.
             .serve_with_incoming_shutdown(
-                TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+                limits::grpc_incoming(grpc_listener, caps.grpc.clone(), stop.clone()),
                 async move { stop.cancelled().await },
             )
     };
@@ -246,10 +252,17 @@ pub async fn run(
     let mut quic_endpoint = None;
     if let (Some(tls), Some((tcp, udp))) = (&edge_tls, edge_sockets) {
         let stop = grpc_stop.clone();
-        let incoming = edge::tcp::incoming(tcp, tls.clone(), metrics.clone(), stop.clone());
+        let incoming = edge::tcp::incoming(
+            tcp,
+            tls.clone(),
+            metrics.clone(),
+            caps.edge.clone(),
+            stop.clone(),
+        );
         let server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(2)))
             .http2_keepalive_timeout(Some(Duration::from_secs(6)))
+            .max_concurrent_streams(GRPC_MAX_STREAMS)
             .add_service(ingest_service())
             .add_service(media_service())
             .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await });
@@ -289,11 +302,12 @@ pub async fn run(
             feed.clone(),
             &config.dashboard.site_root(),
         ));
-        tokio::spawn(async move {
-            axum::serve(http_listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        })
+        tokio::spawn(limits::serve_http(
+            http_listener,
+            app,
+            caps.http.clone(),
+            stop,
+        ))
     };
     spawn_sighup_reload(
         locations.clone(),
@@ -355,6 +369,70 @@ pub async fn run(
     }
     tracing::info!("core stopped");
     Ok(())
+}
+
+/// Streams one gRPC connection may have open at once (query and edge ports).
+const GRPC_MAX_STREAMS: u32 = 256;
+
+/// The caps on what clients hold open, per listener and per kind of stream.
+struct Caps {
+    http: ConnLimits,
+    grpc: ConnLimits,
+    edge: ConnLimits,
+    subscribers: Arc<Gate>,
+    feeds: Arc<Gate>,
+}
+
+impl Caps {
+    /// From the config; a per-listener cap of 0 is derived from the
+    /// open-file limit (see [`limits::per_listener_cap`]), and the start log
+    /// says what each came to.
+    fn new(config: &CoreConfig, metrics: &Arc<Metrics>) -> Self {
+        let c = &config.connections;
+        let open_files = limits::open_files_limit();
+        let per_listener = limits::per_listener_cap(c.max_per_listener, open_files);
+        let live = &config.live;
+        tracing::info!(
+            open_files = open_files.map_or("unlimited".to_string(), |n| n.to_string()),
+            per_listener,
+            per_client = c.max_per_client,
+            header_timeout = ?c.header_timeout,
+            idle_timeout = ?c.idle_timeout,
+            subscribers = live.max_subscribers,
+            live_feeds = live.max_feeds,
+            "connection caps"
+        );
+        if let Some(n) = open_files {
+            if (3 * per_listener) as u64 + limits::RESERVED_DESCRIPTORS > n {
+                tracing::warn!(
+                    open_files = n,
+                    per_listener,
+                    "config `connections.max_per_listener`: three listeners at this cap can use up the open-file limit the store and the search index need"
+                );
+            }
+        }
+        let conn = |name| ConnLimits::new(name, c, per_listener, metrics.clone());
+        Self {
+            http: conn("http connections"),
+            grpc: conn("gRPC connections"),
+            edge: conn("edge connections"),
+            subscribers: Gate::new(
+                "Subscribe streams",
+                ("live.max_subscribers", live.max_subscribers),
+                (
+                    "live.max_subscribers_per_client",
+                    live.max_subscribers_per_client,
+                ),
+                metrics.clone(),
+            ),
+            feeds: Gate::new(
+                "live feeds",
+                ("live.max_feeds", live.max_feeds),
+                ("live.max_feeds_per_client", live.max_feeds_per_client),
+                metrics.clone(),
+            ),
+        }
+    }
 }
 
 /// Binds TCP and UDP on the same port (`listen`'s, or one free for both).

@@ -1,8 +1,15 @@
 //! `sightline.v1.Query` and `sightline.v1.Admin`. Store reads run on blocking
 //! threads; events are joined with the Dataset B table in use at read time,
 //! and carry the media attached so far (live events: none yet).
+//!
+//! `Subscribe` is bounded: at most `live.max_subscribers` streams (and
+//! `live.max_subscribers_per_client` from one IP address), refused past that
+//! with `RESOURCE_EXHAUSTED` naming the key; a replay from `from_ms` reads the
+//! store a page at a time and remembers only a window of what it delivered
+//! (see [`QueryService::replay_history`]), and a replay cut short by a limit
+//! ends with an error that says where to resume, never silently.
 
-use std::{collections::HashSet, path::PathBuf, sync::Arc};
+use std::{collections::BTreeSet, net::IpAddr, path::PathBuf, sync::Arc};
 
 use sightline_proto::v1::{
     admin_server::Admin, query_server::Query, AgentGrant, EventFilter, FleetRequest, FleetResponse,
@@ -16,7 +23,10 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::live::LiveHub;
+use super::{
+    limits::Gate,
+    live::{CommitEvents, LiveHub},
+};
 use crate::{
     enrich::Locations,
     fleet::Fleet,
@@ -25,11 +35,31 @@ use crate::{
     store::{matches_filter, Store},
 };
 
-/// Most stored events a Subscribe replays before going live.
-pub const HISTORY_LIMIT: usize = 100_000;
+/// Events a Subscribe stream may have queued for its client (memory per
+/// subscriber: this many events, plus one page being read).
+pub const SUBSCRIBE_QUEUE: usize = 1024;
+/// Events read from the store per page while a Subscribe replays.
+const REPLAY_PAGE: usize = 1000;
+/// How far apart a commit's time (`committed_ms`, taken when its write
+/// starts) and the moment it is readable and published may be, at most: the
+/// overlap of a Subscribe's reads (the search index's, for the same reason).
+const COMMIT_SLACK_MS: i64 = crate::search::CATCH_UP_SLACK.as_millis() as i64;
+/// Passes by commit time a Subscribe makes before it attaches to the live
+/// hub even if each still finds a page or more (steady ingest): the hub holds
+/// `live.buffer_commits` commits for it during the last pass.
+const CATCH_UP_PASSES: usize = 3;
+/// Most events a Subscribe remembers while catching up (those committed in
+/// the last [`COMMIT_SLACK_MS`] of its reads, to deliver each once); past it
+/// the client reads slower than events arrive and the stream ends saying
+/// where to resume.
+pub const MAX_CATCH_UP_WINDOW: usize = 200_000;
 
 #[derive(Clone)]
 pub struct QueryService {
+    /// Open `Subscribe` streams, against `live.max_subscribers` (and per client).
+    pub subscribers: Arc<Gate>,
+    /// `live.replay_limit`: most stored events one Subscribe replays.
+    pub replay_limit: usize,
     pub search: Arc<SearchIndex>,
     pub store: Arc<Store>,
     pub locations: Arc<Locations>,
@@ -247,58 +277,38 @@ impl Query for QueryService {
         &self,
         req: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let client = req
+            .remote_addr()
+            .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+        let slot = self
+            .subscribers
+            .try_acquire(client)
+            .map_err(|r| Status::resource_exhausted(format!("too many Subscribe streams: {r}")))?;
         let r = req.into_inner();
-        // Attach first, then read history: nothing committed in between is missed.
-        let mut live = self.hub.subscribe();
-        let (tx, rx) = mpsc::channel(1024);
+        // Live only: attach now, so that nothing committed after this call
+        // returns is missed.
+        let live = (r.from_ms <= 0).then(|| self.hub.subscribe());
+        let (tx, rx) = mpsc::channel(SUBSCRIBE_QUEUE);
         let this = self.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             this.metrics.live_subscribers.inc();
             let filter = r.filter.unwrap_or_default();
-            let mut replayed: HashSet<i64> = HashSet::new();
-            if r.from_ms > 0 {
-                if let Err(s) = this
-                    .replay_history(r.from_ms, &filter, &tx, &mut replayed)
-                    .await
-                {
-                    let _ = tx.send(Err(s)).await;
-                    this.metrics.live_subscribers.dec();
-                    return;
+            let outcome = match live {
+                Some(live) => {
+                    this.stream_live(live, Replayed::default(), &filter, &tx)
+                        .await
                 }
-            }
-            loop {
-                tokio::select! {
-                    _ = tx.closed() => break,
-                    msg = live.recv() => match msg {
-                        Ok(events) => {
-                            for e in events.iter() {
-                                if !matches_filter(e, &filter) {
-                                    continue;
-                                }
-                                if !replayed.is_empty() {
-                                    let oid = e.detection.as_ref().and_then(|d| d.detection_oid).unwrap_or_default();
-                                    if replayed.remove(&oid) {
-                                        continue;
-                                    }
-                                }
-                                if tx.send(Ok(e.clone())).await.is_err() {
-                                    break;
-                                }
-                            }
-                        }
-                        Err(broadcast::error::RecvError::Lagged(n)) => {
-                            this.metrics.live_lagged.inc();
-                            let _ = tx.send(Err(Status::resource_exhausted(format!(
-                                "subscriber fell behind by {n} commits; resubscribe with from_ms to catch up"
-                            )))).await;
-                            break;
-                        }
-                        Err(broadcast::error::RecvError::Closed) => {
-                            let _ = tx.send(Err(Status::unavailable("the core is shutting down"))).await;
-                            break;
-                        }
+                None => match this.replay_history(r.from_ms, &filter, &tx).await {
+                    Ok(Some((live, replayed))) => {
+                        this.stream_live(live, replayed, &filter, &tx).await
                     }
-                }
+                    Ok(None) => Ok(()),
+                    Err(s) => Err(s),
+                },
+            };
+            if let Err(s) = outcome {
+                let _ = tx.send(Err(s)).await;
             }
             this.metrics.live_subscribers.dec();
         });
@@ -345,46 +355,234 @@ impl Query for QueryService {
     }
 }
 
+/// What a Subscribe delivered from the store that the live hub may bring
+/// again: (committed_ms, det_oid) of the events it delivered in its last
+/// [`COMMIT_SLACK_MS`] of reads.
+#[derive(Default)]
+struct Replayed {
+    seen: BTreeSet<(i64, i64)>,
+    /// A live event committed after this was written after the last read:
+    /// from then on nothing replayed can come again, and `seen` is dropped.
+    until_ms: Option<i64>,
+}
+
+impl Replayed {
+    /// Forgets the events committed before `floor` (no read goes there again).
+    fn forget_below(&mut self, floor: i64) {
+        self.seen = self.seen.split_off(&(floor, i64::MIN));
+    }
+}
+
+fn det_oid(e: &JoinedEvent) -> i64 {
+    e.detection
+        .as_ref()
+        .and_then(|d| d.detection_oid)
+        .unwrap_or_default()
+}
+
+fn detected_ms(e: &JoinedEvent) -> i64 {
+    e.detection
+        .as_ref()
+        .map(|d| d.timestamp_detected)
+        .unwrap_or_default()
+}
+
 impl QueryService {
+    /// The live part of a Subscribe: every committed event matching
+    /// `filter`, except the ones `replayed` delivered already. `Ok` when the
+    /// client went away; otherwise the error says why it ended.
+    async fn stream_live(
+        &self,
+        mut live: broadcast::Receiver<CommitEvents>,
+        mut replayed: Replayed,
+        filter: &EventFilter,
+        tx: &mpsc::Sender<Result<JoinedEvent, Status>>,
+    ) -> Result<(), Status> {
+        loop {
+            let events = tokio::select! {
+                _ = tx.closed() => return Ok(()),
+                msg = live.recv() => match msg {
+                    Ok(events) => events,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        self.metrics.live_lagged.inc();
+                        return Err(Status::resource_exhausted(format!(
+                            "subscriber fell behind by {n} commits (`live.buffer_commits`); resubscribe with from_ms to catch up"
+                        )));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return Err(Status::unavailable("the core is shutting down"));
+                    }
+                },
+            };
+            for e in events.iter() {
+                if replayed
+                    .until_ms
+                    .is_some_and(|until| e.committed_ms > until)
+                {
+                    replayed = Replayed::default();
+                }
+                if !matches_filter(e, filter)
+                    || replayed.seen.contains(&(e.committed_ms, det_oid(e)))
+                {
+                    continue;
+                }
+                if tx.send(Ok(e.clone())).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Replays the stored events with `timestamp_detected >= from_ms`, a page
+    /// at a time, then hands over the live hub (attached before the last
+    /// read) and what it delivered that the hub may bring again. `None`: the
+    /// client went away. No event is delivered twice or skipped, provided a
+    /// commit is readable within [`COMMIT_SLACK_MS`] of its `committed_ms`:
+    ///
+    /// 1. By detection time, the events committed before `t0 - slack` (`t0`:
+    ///    when the replay starts; all of them were readable at `t0`), at most
+    ///    `replay_limit`; past it the stream ends with `OUT_OF_RANGE` saying
+    ///    where to resume.
+    /// 2. By commit time, in passes over `by_commit`: the first from
+    ///    `t0 - slack`, each next one from (the previous pass's start −
+    ///    slack), skipping what it delivered already (remembered for that
+    ///    window only). After a pass that found less than a page (or after
+    ///    [`CATCH_UP_PASSES`], under steady ingest), the next one attaches to
+    ///    the hub before it reads, and is the last: what was written before
+    ///    the attach it reads, what is written after comes from the hub.
     async fn replay_history(
         &self,
         from_ms: i64,
         filter: &EventFilter,
         tx: &mpsc::Sender<Result<JoinedEvent, Status>>,
-        replayed: &mut HashSet<i64>,
-    ) -> Result<(), Status> {
+    ) -> Result<Option<(broadcast::Receiver<CommitEvents>, Replayed)>, Status> {
+        let cut = sightline_proto::now_ms() - COMMIT_SLACK_MS;
+        if !self.replay_by_detection(from_ms, cut, filter, tx).await? {
+            return Ok(None);
+        }
+        let mut replayed = Replayed::default();
+        let (mut lo, mut attach) = (cut, false);
+        for pass in 1.. {
+            let pass_start = sightline_proto::now_ms();
+            let live = attach.then(|| self.hub.subscribe());
+            let mut after = Vec::new();
+            let mut delivered = 0usize;
+            loop {
+                let (store, a) = (self.store.clone(), after.clone());
+                let (events, last) = blocking(move || {
+                    let (mut events, last) = store.committed_since(lo, &a, REPLAY_PAGE)?;
+                    store.fill_media(&mut events)?;
+                    Ok((events, last))
+                })
+                .await?;
+                if events.is_empty() {
+                    break;
+                }
+                let table = self.locations.current();
+                for mut e in events {
+                    if detected_ms(&e) < from_ms
+                        || !matches_filter(&e, filter)
+                        || !replayed.seen.insert((e.committed_ms, det_oid(&e)))
+                    {
+                        continue;
+                    }
+                    if replayed.seen.len() > MAX_CATCH_UP_WINDOW {
+                        return Err(self.too_slow(lo, from_ms).await);
+                    }
+                    table.join(&mut e);
+                    if tx.send(Ok(e)).await.is_err() {
+                        return Ok(None);
+                    }
+                    delivered += 1;
+                }
+                after = last;
+            }
+            if let Some(live) = live {
+                replayed.until_ms = Some(sightline_proto::now_ms() + COMMIT_SLACK_MS);
+                return Ok(Some((live, replayed)));
+            }
+            lo = pass_start - COMMIT_SLACK_MS;
+            replayed.forget_below(lo);
+            attach = delivered < REPLAY_PAGE || pass >= CATCH_UP_PASSES;
+        }
+        unreachable!("the passes end by going live")
+    }
+
+    /// Step 1 of [`Self::replay_history`]: the events committed before
+    /// `cut`, by detection time. `false`: the client went away.
+    async fn replay_by_detection(
+        &self,
+        from_ms: i64,
+        cut: i64,
+        filter: &EventFilter,
+        tx: &mpsc::Sender<Result<JoinedEvent, Status>>,
+    ) -> Result<bool, Status> {
+        let mut sent = 0usize;
+        // The earliest detection time of an event left to step 2: a resume
+        // point must not be after it.
+        let mut deferred: Option<i64> = None;
         let mut token = String::new();
-        let table = self.locations.current();
         loop {
-            let store = self.store.clone();
-            let f = filter.clone();
-            let t = token.clone();
+            let (store, f, t) = (self.store.clone(), filter.clone(), token.clone());
             let (events, next) = blocking(move || {
-                let (mut events, next) = store.list_events(from_ms, 0, Some(&f), 1000, &t)?;
+                let (mut events, next) =
+                    store.list_events(from_ms, 0, Some(&f), REPLAY_PAGE, &t)?;
                 store.fill_media(&mut events)?;
                 Ok((events, next))
             })
             .await?;
+            let table = self.locations.current();
             for mut e in events {
-                if replayed.len() >= HISTORY_LIMIT {
-                    return Ok(());
+                let ts = detected_ms(&e);
+                if e.committed_ms >= cut {
+                    deferred = Some(deferred.map_or(ts, |d| d.min(ts)));
+                    continue;
                 }
-                replayed.insert(
-                    e.detection
-                        .as_ref()
-                        .and_then(|d| d.detection_oid)
-                        .unwrap_or_default(),
-                );
+                if sent >= self.replay_limit {
+                    let resume = deferred.map_or(ts, |d| d.min(ts));
+                    return Err(Status::out_of_range(format!(
+                        "history replay stopped after {} events (`live.replay_limit`), before the event at timestamp_detected {ts} (det_oid {}); resubscribe with from_ms={resume} (events from there on come again: skip the det_oids you have)",
+                        self.replay_limit,
+                        det_oid(&e)
+                    )));
+                }
                 table.join(&mut e);
                 if tx.send(Ok(e)).await.is_err() {
-                    return Ok(());
+                    return Ok(false);
                 }
+                sent += 1;
             }
             if next.is_empty() {
-                return Ok(());
+                return Ok(true);
             }
             token = next;
         }
+    }
+
+    /// The error that ends a Subscribe whose client reads slower than events
+    /// are committed, with the earliest detection time committed since `lo`
+    /// (everything before `lo` was delivered) as the resume point.
+    async fn too_slow(&self, lo: i64, from_ms: i64) -> Status {
+        let store = self.store.clone();
+        let earliest = blocking(move || {
+            let (mut after, mut earliest) = (Vec::new(), i64::MAX);
+            loop {
+                let (events, last) = store.committed_since(lo, &after, 10 * REPLAY_PAGE)?;
+                if events.is_empty() {
+                    return Ok(earliest);
+                }
+                earliest = events.iter().map(detected_ms).fold(earliest, i64::min);
+                after = last;
+            }
+        })
+        .await;
+        let resume = match earliest {
+            Ok(ms) if ms != i64::MAX => ms.max(from_ms),
+            _ => from_ms,
+        };
+        Status::resource_exhausted(format!(
+            "this subscriber reads slower than events are committed: more than {MAX_CATCH_UP_WINDOW} arrived while it caught up; resubscribe with from_ms={resume} (events from there on come again: skip the det_oids you have)"
+        ))
     }
 }
 

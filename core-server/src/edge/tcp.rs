@@ -20,11 +20,14 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
 use super::{explain_tls, EdgeTls, Peer, LINK_GRPC_TLS};
-use crate::metrics::Metrics;
+use crate::{
+    api::limits::{ConnLimits, Guarded},
+    metrics::Metrics,
+};
 
 /// A TLS connection from an agent whose certificate verified.
 pub struct EdgeStream {
-    inner: tokio_rustls::server::TlsStream<TcpStream>,
+    inner: tokio_rustls::server::TlsStream<Guarded<TcpStream>>,
     info: EdgeConnInfo,
 }
 
@@ -77,12 +80,14 @@ impl AsyncWrite for EdgeStream {
     }
 }
 
-/// Accepts TLS connections on `listener` until `stop`; the stream of
-/// verified connections is what `serve_with_incoming` takes.
+/// Accepts TLS connections on `listener` until `stop`, within `limits`
+/// (over a cap: closed at once); the stream of verified connections is what
+/// `serve_with_incoming` takes.
 pub fn incoming(
     listener: TcpListener,
     edge: Arc<EdgeTls>,
     metrics: Arc<Metrics>,
+    limits: ConnLimits,
     stop: CancellationToken,
 ) -> ReceiverStream<Result<EdgeStream, std::io::Error>> {
     let (tx, rx) = mpsc::channel(16);
@@ -101,6 +106,9 @@ pub fn incoming(
                 },
             };
             let _ = tcp.set_nodelay(true);
+            let Ok(tcp) = limits.admit(tcp, addr) else {
+                continue;
+            };
             let (acceptor, tx, metrics, edge) =
                 (acceptor.clone(), tx.clone(), metrics.clone(), edge.clone());
             tokio::spawn(async move {

@@ -5,6 +5,9 @@
 //! viewer, so a hundred open Live pages cost a hundred socket writes per
 //! tick, not a hundred JSON encodings per event.
 //!
+//! Viewers are bounded: at most `live.max_feeds` open feeds, and
+//! `live.max_feeds_per_client` from one IP address (see [`LiveFeed::subscribe`]).
+//!
 //! The same task keeps, per agent, the cameras seen in its events (for the
 //! fleet view).
 
@@ -19,7 +22,13 @@ use sightline_web::model::{CameraRow, EventRow, LiveTick, Totals};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::{api::live::LiveHub, store::Store};
+use crate::{
+    api::{
+        limits::{Gate, Refused, Slot},
+        live::LiveHub,
+    },
+    store::Store,
+};
 
 /// Ticks are at least this far apart (at most 20 a second). Measured: 25 ms
 /// made the browser render twice as often and the p99 lag worse (120 ms
@@ -40,15 +49,24 @@ pub type CamerasSeen = Mutex<HashMap<String, BTreeMap<i64, CameraRow>>>;
 pub struct LiveFeed {
     tx: broadcast::Sender<Arc<str>>,
     pub cameras: Arc<CamerasSeen>,
+    /// Counts the open feeds against `live.max_feeds` (and per client).
+    viewers: Arc<Gate>,
 }
 
 impl LiveFeed {
-    /// Starts the feed task; it ends with `shutdown`.
-    pub fn start(hub: &LiveHub, store: Arc<Store>, shutdown: CancellationToken) -> Self {
+    /// Starts the feed task; it ends with `shutdown`. `viewers` bounds the
+    /// open feeds.
+    pub fn start(
+        hub: &LiveHub,
+        store: Arc<Store>,
+        shutdown: CancellationToken,
+        viewers: Arc<Gate>,
+    ) -> Self {
         let (tx, _) = broadcast::channel(16);
         let feed = Self {
             tx,
             cameras: Arc::default(),
+            viewers,
         };
         let this = feed.clone();
         let commits = hub.subscribe();
@@ -56,9 +74,14 @@ impl LiveFeed {
         feed
     }
 
-    /// A viewer's stream of serialised [`LiveTick`]s.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
-        self.tx.subscribe()
+    /// A viewer's stream of serialised [`LiveTick`]s, with its place among
+    /// the open feeds (hold it as long as the stream), or the cap it hit.
+    pub fn subscribe(
+        &self,
+        client: std::net::IpAddr,
+    ) -> Result<(broadcast::Receiver<Arc<str>>, Slot), Refused> {
+        let slot = self.viewers.try_acquire(client)?;
+        Ok((self.tx.subscribe(), slot))
     }
 
     async fn run(

@@ -6,14 +6,19 @@
 pub mod backend;
 pub mod feed;
 
-use std::{convert::Infallible, path::Path, sync::Arc};
+use std::{
+    convert::Infallible,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    sync::Arc,
+};
 
 use axum::{
-    extract::State,
-    http::{header, HeaderValue},
+    extract::{ConnectInfo, State},
+    http::{header, HeaderValue, StatusCode},
     response::sse::{Event, KeepAlive, Sse},
     routing::get,
-    Router,
+    Extension, Router,
 };
 use leptos::prelude::{provide_context, LeptosOptions};
 use leptos_axum::{generate_route_list, LeptosRoutes};
@@ -66,11 +71,26 @@ pub fn router(backend: SharedBackend, feed: LiveFeed, site_root: &Path) -> Route
     pages.merge(pkg).merge(live)
 }
 
-/// `GET /api/live`: one [`sightline_web::model::LiveTick`] per tick as JSON.
-async fn live(State(feed): State<LiveFeed>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let ticks = BroadcastStream::new(feed.subscribe())
+/// `GET /api/live`: one [`sightline_web::model::LiveTick`] per tick as JSON;
+/// `503` past `live.max_feeds` (or its per-client cap).
+async fn live(
+    State(feed): State<LiveFeed>,
+    client: Option<Extension<ConnectInfo<SocketAddr>>>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, (StatusCode, String)> {
+    // Set by `api::limits::serve_http` on every request.
+    let ip = client.map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0 .0.ip());
+    let (rx, slot) = feed.subscribe(ip).map_err(|r| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("too many live feeds: {r}\n"),
+        )
+    })?;
+    let ticks = BroadcastStream::new(rx)
         // A viewer that fell behind skips ticks; the next one has exact totals.
         .filter_map(|t| t.ok())
-        .map(|json: Arc<str>| Ok(Event::default().data(&*json)));
-    Sse::new(ticks).keep_alive(KeepAlive::default())
+        .map(move |json: Arc<str>| {
+            let _held = &slot;
+            Ok(Event::default().data(&*json))
+        });
+    Ok(Sse::new(ticks).keep_alive(KeepAlive::default()))
 }
