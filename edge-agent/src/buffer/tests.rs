@@ -317,6 +317,11 @@ fn a_full_buffer_disk_refuses_appends_and_recovers_when_space_returns() {
     let held = b.depth();
     // While full: refused, and what it holds is still readable.
     assert!(matches!(err, BufferError::DiskFull { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "the refusal names the disk: {err}"
+    );
+    assert!(b.disk_fault().is_some());
     assert!(b.append_blocking(vec![det(oid)], None).is_err());
     assert_eq!(b.read(1, 10, usize::MAX).unwrap().len(), 10);
     // Acks while full do not stop the sender.
@@ -337,6 +342,7 @@ fn a_full_buffer_disk_refuses_appends_and_recovers_when_space_returns() {
         }
     };
     eprintln!("recovered after {:?}", started.elapsed());
+    assert_eq!(b.disk_fault(), None);
     assert_eq!(appended.first_seq, held + 1);
     let seqs: Vec<u64> = b
         .read(held / 2 + 1, usize::MAX, usize::MAX)
