@@ -11,7 +11,7 @@
 //! | column family | key | value |
 //! | --- | --- | --- |
 //! | `events` | seq, u64 big-endian (8 bytes) | one encoded `sightline.v1.EdgeEvent` with that seq |
-//! | `meta` | `epoch` | u64 BE: random, non-zero, written once when the buffer is created |
+//! | `meta` | `epoch` | u64 BE: random, non-zero; written when the buffer is created and by [`Buffer::new_epoch`] |
 //! | `meta` | `next_seq` | u64 BE: the seq the next accepted event gets (starts at 1) |
 //! | `meta` | `acked` | u64 BE: the highest seq the core acknowledged (starts at 0) |
 //! | `meta` | `source/<name>` | u64 BE: how far a source (a replayed file) got |
@@ -29,26 +29,47 @@
 //! - An append that does not fit MUST be refused whole ([`BufferError::Full`]):
 //!   nothing of it is kept, nothing already held is dropped.
 //! - An event MUST be deleted only by [`Buffer::ack_through`], i.e. after the
-//!   core acknowledged its seq; the deletion and `acked` go in one `WriteBatch`.
+//!   core acknowledged its seq; the deletion and `acked` go in one `WriteBatch`
+//!   (not fsync'd on its own: the next synced append carries it to disk, and a
+//!   lost ack only means a resend the core recognises by seq).
 //! - The epoch MUST be new when the buffer is created afresh (the directory was
-//!   wiped) and MUST NOT change otherwise: the core keys its watermark by
-//!   (agent, epoch), so a wiped buffer can never be mistaken for a resend.
+//!   wiped), and MUST change otherwise only through [`Buffer::new_epoch`]: the
+//!   core keys its watermark by (agent, epoch), so a wiped buffer can never be
+//!   mistaken for a resend.
+//! - [`Buffer::new_epoch`] MUST renumber every event still held into the new
+//!   epoch as seqs `1 ..= n`, in their order, and write the renumbered events,
+//!   the new epoch, `next_seq = n + 1` and `acked = 0` in one fsync'd
+//!   `WriteBatch`: after a crash the buffer is wholly in the old epoch or
+//!   wholly in the new one.
+//! - A disk that refuses writes (full, or failing) MUST NOT lose what is held:
+//!   appends are refused ([`BufferError::DiskFull`], [`BufferError::DiskFault`]),
+//!   reads go on, acknowledgements are applied in memory and written once the
+//!   disk takes writes again; the buffer reopens its database in place
+//!   (at most every [`RECOVERY_INTERVAL`], once [`RECOVERY_PROBE_BYTES`] can be
+//!   written) so that appends work again without a restart.
 //! - Reads SHOULD come from an in-memory cache of the newest events (bounded by
 //!   `CACHE_BYTES`), falling back to RocksDB after a restart or a long outage.
 
+mod disk;
+mod epoch;
 #[cfg(test)]
 mod tests;
 
+pub use disk::{RECOVERY_INTERVAL, RECOVERY_PROBE_BYTES};
+
+use disk::{load_state, open_db};
+
 use std::{
     collections::VecDeque,
-    path::Path,
-    sync::{mpsc, Arc, Mutex},
+    path::{Path, PathBuf},
+    sync::{mpsc, Arc, Mutex, RwLock},
     thread::JoinHandle,
+    time::Instant,
 };
 
 use bytes::Bytes;
 use prost::Message;
-use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{WriteBatch, DB};
 use sightline_proto::v1::{Detection, EdgeEvent};
 use tokio::sync::{oneshot, watch, Notify};
 
@@ -70,6 +91,8 @@ pub enum BufferError {
         max_events: u64,
         max_bytes: u64,
     },
+    #[error("buffer disk full at {path}: {reason}; nothing of this publish was kept, retry once space is freed (the agent recovers by itself)")]
+    DiskFull { path: String, reason: String },
     #[error("rocksdb: {0}")]
     Db(#[from] rocksdb::Error),
     #[error("buffer is corrupt: {0}")]
@@ -78,6 +101,8 @@ pub enum BufferError {
     AckBeyond { seq: u64, last: u64 },
     #[error("seq {from} was already acknowledged and deleted (acked through {acked})")]
     Gone { from: u64, acked: u64 },
+    #[error("buffer database at {path} takes no writes since one failed ({reason}); it is reopened once its disk takes writes again")]
+    DiskFault { path: String, reason: String },
     #[error("buffer is closed")]
     Closed,
 }
@@ -108,6 +133,15 @@ pub struct Appended {
     pub count: u64,
 }
 
+/// What [`Buffer::new_epoch`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewEpoch {
+    pub old_epoch: u64,
+    pub epoch: u64,
+    /// Events carried over, now seqs `1 ..= renumbered`.
+    pub renumbered: u64,
+}
+
 /// A position of a source to store along with its events.
 #[derive(Debug, Clone)]
 pub struct SourcePosition {
@@ -122,10 +156,21 @@ struct AppendReq {
     reply: oneshot::Sender<Result<Appended, BufferError>>,
 }
 
+/// What the writer thread is asked to do, in order.
+enum Req {
+    Append(AppendReq),
+    NewEpoch(oneshot::Sender<Result<NewEpoch, BufferError>>),
+}
+
 /// In-memory view of what the buffer holds.
 struct State {
+    epoch: u64,
     next_seq: u64,
+    /// The highest acknowledged seq (may be ahead of `persisted_acked` while
+    /// the disk refuses writes).
     acked: u64,
+    /// `acked` as last written to disk.
+    persisted_acked: u64,
     /// Encoded size of each held event, seqs `acked + 1 ..`.
     sizes: VecDeque<u32>,
     held_bytes: u64,
@@ -136,10 +181,45 @@ struct State {
     cache_bytes: usize,
 }
 
+impl State {
+    /// Forgets (in memory) every event through `seq`.
+    fn drop_through(&mut self, seq: u64) {
+        if seq <= self.acked {
+            return;
+        }
+        let n = (seq - self.acked) as usize;
+        for size in self.sizes.drain(..n) {
+            self.held_bytes -= size as u64;
+        }
+        while self.cache_first <= seq && !self.cache.is_empty() {
+            let b = self.cache.pop_front().unwrap();
+            self.cache_bytes -= b.len();
+            self.cache_first += 1;
+        }
+        if self.cache.is_empty() {
+            self.cache_first = self.next_seq;
+        }
+        self.acked = seq;
+    }
+}
+
+/// Why the disk refused a write, until the database is reopened.
+struct Fault {
+    reason: String,
+    /// The disk was full (ENOSPC, or RocksDB's space limit).
+    no_space: bool,
+    last_try: Instant,
+}
+
 struct Shared {
-    db: Arc<DB>,
+    path: PathBuf,
+    /// The open database; `None` only between a failed reopen and the next
+    /// try (see [`Shared::recover`]).
+    db: RwLock<Option<DB>>,
     opts: BufferOptions,
     state: Mutex<State>,
+    /// Set from a failed write until a write succeeds again.
+    fault: Mutex<Option<Fault>>,
     /// Tells the sender that `next_seq` moved.
     next_seq_tx: watch::Sender<u64>,
     /// Tells blocked publishers that acks made room.
@@ -151,8 +231,7 @@ struct Shared {
 /// (group commit), so many concurrent publishers cost one fsync.
 pub struct Buffer {
     shared: Arc<Shared>,
-    epoch: u64,
-    tx: Option<mpsc::Sender<AppendReq>>,
+    tx: Option<mpsc::Sender<Req>>,
     writer: Option<JoinHandle<()>>,
 }
 
@@ -170,97 +249,15 @@ fn be_u64(bytes: &[u8], what: &str) -> Result<u64, BufferError> {
 impl Buffer {
     /// Opens (or creates) the buffer at `path`.
     pub fn open(path: &Path, opts: BufferOptions) -> Result<Self, BufferError> {
-        let mut db_opts = Options::default();
-        db_opts.create_if_missing(true);
-        db_opts.create_missing_column_families(true);
-        // Small memory: the agent runs beside a detector on a camera host.
-        db_opts.set_write_buffer_size(4 * 1024 * 1024);
-        db_opts.set_max_write_buffer_number(2);
-        db_opts.set_max_total_wal_size(32 * 1024 * 1024);
-        db_opts.set_max_open_files(64);
-        db_opts.set_keep_log_file_num(2);
-        let mut table = rocksdb::BlockBasedOptions::default();
-        table.set_block_cache(&rocksdb::Cache::new_lru_cache(2 * 1024 * 1024)?);
-        let mut cf_opts = Options::default();
-        cf_opts.set_write_buffer_size(4 * 1024 * 1024);
-        cf_opts.set_max_write_buffer_number(2);
-        cf_opts.set_block_based_table_factory(&table);
-        let cfs = vec![
-            ColumnFamilyDescriptor::new(CF_EVENTS, cf_opts.clone()),
-            ColumnFamilyDescriptor::new(CF_META, cf_opts),
-        ];
-        let db = Arc::new(DB::open_cf_descriptors(&db_opts, path, cfs)?);
-        let meta = db.cf_handle(CF_META).expect("meta cf");
-        let get = |k: &str| -> Result<Option<u64>, BufferError> {
-            db.get_cf(&meta, k)?.map(|v| be_u64(&v, k)).transpose()
-        };
-        let epoch = match get("epoch")? {
-            Some(e) => {
-                if get("format")? != Some(FORMAT_VERSION) {
-                    return Err(BufferError::Corrupt(format!(
-                        "unknown buffer format {:?}, this agent reads {FORMAT_VERSION}",
-                        get("format")?
-                    )));
-                }
-                e
-            }
-            None => {
-                let epoch = rand::random::<u64>().max(1);
-                let mut batch = WriteBatch::default();
-                batch.put_cf(&meta, "epoch", epoch.to_be_bytes());
-                batch.put_cf(&meta, "format", FORMAT_VERSION.to_be_bytes());
-                batch.put_cf(&meta, "next_seq", 1u64.to_be_bytes());
-                batch.put_cf(&meta, "acked", 0u64.to_be_bytes());
-                let mut w = WriteOptions::default();
-                w.set_sync(true);
-                db.write_opt(batch, &w)?;
-                epoch
-            }
-        };
-        let next_seq = get("next_seq")?.unwrap_or(1);
-        let acked = get("acked")?.unwrap_or(0);
-        if acked >= next_seq {
-            return Err(BufferError::Corrupt(format!(
-                "acked {acked} is not below next_seq {next_seq}"
-            )));
-        }
-        // Check the promise: events hold exactly acked+1 ..= next_seq-1.
-        let mut sizes = VecDeque::new();
-        let mut held_bytes = 0;
-        let mut expect = acked + 1;
-        {
-            let events = db.cf_handle(CF_EVENTS).expect("events cf");
-            for item in db.iterator_cf(&events, rocksdb::IteratorMode::Start) {
-                let (k, v) = item?;
-                let seq = be_u64(&k, "event key")?;
-                if seq != expect {
-                    return Err(BufferError::Corrupt(format!(
-                        "expected event seq {expect}, found {seq} (acked {acked}, next_seq {next_seq})"
-                    )));
-                }
-                sizes.push_back(v.len() as u32);
-                held_bytes += v.len() as u64;
-                expect += 1;
-            }
-        }
-        if expect != next_seq {
-            return Err(BufferError::Corrupt(format!(
-                "events end before seq {expect}, but next_seq is {next_seq}"
-            )));
-        }
-        let (next_seq_tx, _) = watch::channel(next_seq);
+        let db = open_db(path)?;
+        let state = load_state(&db)?;
+        let (next_seq_tx, _) = watch::channel(state.next_seq);
         let shared = Arc::new(Shared {
-            db,
+            path: path.to_path_buf(),
+            db: RwLock::new(Some(db)),
             opts,
-            state: Mutex::new(State {
-                next_seq,
-                acked,
-                sizes,
-                held_bytes,
-                cache: VecDeque::new(),
-                cache_first: next_seq,
-                cache_bytes: 0,
-            }),
+            state: Mutex::new(state),
+            fault: Mutex::new(None),
             next_seq_tx,
             room: Notify::new(),
         });
@@ -272,7 +269,6 @@ impl Buffer {
             .map_err(|e| BufferError::Corrupt(format!("cannot start writer thread: {e}")))?;
         Ok(Self {
             shared,
-            epoch,
             tx: Some(tx),
             writer: Some(writer),
         })
@@ -280,7 +276,7 @@ impl Buffer {
 
     /// This buffer's epoch.
     pub fn epoch(&self) -> u64 {
-        self.epoch
+        self.shared.state.lock().unwrap().epoch
     }
 
     /// The seq the next accepted event gets.
@@ -303,6 +299,16 @@ impl Buffer {
         self.shared.state.lock().unwrap().held_bytes
     }
 
+    /// Why the buffer's disk refuses writes, while it does.
+    pub fn disk_fault(&self) -> Option<String> {
+        self.shared
+            .fault
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|f| f.reason.clone())
+    }
+
     /// A receiver that changes whenever events are appended (holds `next_seq`).
     pub fn watch_appends(&self) -> watch::Receiver<u64> {
         self.shared.next_seq_tx.subscribe()
@@ -315,12 +321,13 @@ impl Buffer {
 
     /// How far the named source got, as stored with its last append.
     pub fn source_position(&self, name: &str) -> Result<Option<u64>, BufferError> {
-        let db = &self.shared.db;
-        let meta = db.cf_handle(CF_META).expect("meta cf");
-        let key = format!("source/{name}");
-        db.get_cf(&meta, key.as_bytes())?
-            .map(|v| be_u64(&v, &key))
-            .transpose()
+        self.shared.with_db(|db| {
+            let meta = db.cf_handle(CF_META).expect("meta cf");
+            let key = format!("source/{name}");
+            db.get_cf(meta, key.as_bytes())?
+                .map(|v| be_u64(&v, &key))
+                .transpose()
+        })
     }
 
     /// Appends `events` (each with `detection_oid` set) durably; resolves once
@@ -356,12 +363,33 @@ impl Buffer {
             source,
             reply,
         };
+        self.send(Req::Append(req))?;
+        Ok(rx)
+    }
+
+    fn send(&self, req: Req) -> Result<(), BufferError> {
         self.tx
             .as_ref()
             .ok_or(BufferError::Closed)?
             .send(req)
-            .map_err(|_| BufferError::Closed)?;
-        Ok(rx)
+            .map_err(|_| BufferError::Closed)
+    }
+
+    /// Starts a new epoch (the core's state and this buffer's disagree, see
+    /// PROTOCOL.md "Time travel"): every event still held is renumbered, in
+    /// order, as seqs `1 ..= n` of a fresh random epoch, in one fsync'd write.
+    /// Runs on the writer thread, between two group commits.
+    pub async fn new_epoch(&self) -> Result<NewEpoch, BufferError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Req::NewEpoch(reply))?;
+        rx.await.map_err(|_| BufferError::Closed)?
+    }
+
+    /// [`Buffer::new_epoch`] for synchronous callers.
+    pub fn new_epoch_blocking(&self) -> Result<NewEpoch, BufferError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Req::NewEpoch(reply))?;
+        rx.blocking_recv().map_err(|_| BufferError::Closed)?
     }
 
     /// Up to `max_events` encoded events (and about `max_bytes`, at least
@@ -398,81 +426,75 @@ impl Buffer {
             }
             st.next_seq
         };
-        let db = &self.shared.db;
-        let cf = db.cf_handle(CF_EVENTS).expect("events cf");
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        let iter = db.iterator_cf(
-            &cf,
-            rocksdb::IteratorMode::From(&key(from), rocksdb::Direction::Forward),
-        );
-        for (expect, item) in (from..).zip(iter) {
-            let (k, v) = item?;
-            let seq = be_u64(&k, "event key")?;
-            if seq >= end
-                || out.len() >= max_events
-                || (!out.is_empty() && bytes + v.len() > max_bytes)
-            {
-                break;
-            }
-            if seq != expect {
-                return Err(BufferError::Corrupt(format!(
-                    "expected seq {expect}, found {seq}"
-                )));
-            }
-            bytes += v.len();
-            out.push(Bytes::from(v.into_vec()));
-        }
-        if out.is_empty() {
-            return Err(BufferError::Corrupt(format!("seq {from} is missing")));
-        }
-        Ok(out)
+        self.shared
+            .with_db(|db| read_db(db, from, end, max_events, max_bytes))
     }
 
-    /// The core acknowledged everything through `seq`: delete it.
+    /// The core acknowledged everything through `seq`: delete it. While the
+    /// disk refuses writes the acknowledgement is applied in memory (the
+    /// events are no longer sent nor counted) and written with the next one
+    /// that succeeds.
     pub fn ack_through(&self, seq: u64) -> Result<(), BufferError> {
-        let db = &self.shared.db;
-        let mut guard = self.shared.state.lock().unwrap();
-        let st = &mut *guard;
-        if seq <= st.acked {
-            return Ok(());
+        {
+            let mut st = self.shared.state.lock().unwrap();
+            if seq <= st.acked {
+                return Ok(());
+            }
+            if seq >= st.next_seq {
+                return Err(BufferError::AckBeyond {
+                    seq,
+                    last: st.next_seq - 1,
+                });
+            }
+            st.drop_through(seq);
         }
-        if seq >= st.next_seq {
-            return Err(BufferError::AckBeyond {
-                seq,
-                last: st.next_seq - 1,
-            });
-        }
-        let events = db.cf_handle(CF_EVENTS).expect("events cf");
-        let meta = db.cf_handle(CF_META).expect("meta cf");
-        let mut batch = WriteBatch::default();
-        batch.delete_range_cf(&events, key(st.acked + 1), key(seq + 1));
-        batch.put_cf(&meta, "acked", seq.to_be_bytes());
-        // Not fsync'd: losing an ack on power loss only means a resend, which
-        // the core recognises by seq.
-        db.write(batch)?;
-        let n = (seq - st.acked) as usize;
-        for size in st.sizes.drain(..n) {
-            st.held_bytes -= size as u64;
-        }
-        while st.cache_first <= seq && !st.cache.is_empty() {
-            let b = st.cache.pop_front().unwrap();
-            st.cache_bytes -= b.len();
-            st.cache_first += 1;
-        }
-        if st.cache.is_empty() {
-            st.cache_first = st.next_seq;
-        }
-        st.acked = seq;
-        drop(guard);
         self.shared.room.notify_waiters();
+        self.shared.recover();
+        if let Err(e) = self.shared.persist_acked() {
+            tracing::debug!(error = %e, seq, "acknowledgement kept in memory until the buffer disk takes writes");
+        }
         Ok(())
     }
 
     /// Flushes RocksDB's memtables (used before measuring, and on shutdown).
     pub fn flush(&self) -> Result<(), BufferError> {
-        Ok(self.shared.db.flush()?)
+        self.shared.with_db(|db| Ok(db.flush()?))
     }
+}
+
+fn read_db(
+    db: &DB,
+    from: u64,
+    end: u64,
+    max_events: usize,
+    max_bytes: usize,
+) -> Result<Vec<Bytes>, BufferError> {
+    let cf = db.cf_handle(CF_EVENTS).expect("events cf");
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    let iter = db.iterator_cf(
+        cf,
+        rocksdb::IteratorMode::From(&key(from), rocksdb::Direction::Forward),
+    );
+    for (expect, item) in (from..).zip(iter) {
+        let (k, v) = item?;
+        let seq = be_u64(&k, "event key")?;
+        if seq >= end || out.len() >= max_events || (!out.is_empty() && bytes + v.len() > max_bytes)
+        {
+            break;
+        }
+        if seq != expect {
+            return Err(BufferError::Corrupt(format!(
+                "expected seq {expect}, found {seq}"
+            )));
+        }
+        bytes += v.len();
+        out.push(Bytes::from(v.into_vec()));
+    }
+    if out.is_empty() {
+        return Err(BufferError::Corrupt(format!("seq {from} is missing")));
+    }
+    Ok(out)
 }
 
 impl Drop for Buffer {
@@ -484,27 +506,77 @@ impl Drop for Buffer {
     }
 }
 
-fn writer_loop(shared: &Shared, rx: mpsc::Receiver<AppendReq>) {
-    while let Ok(first) = rx.recv() {
+fn writer_loop(shared: &Shared, rx: mpsc::Receiver<Req>) {
+    let mut pending: Option<Req> = None;
+    loop {
+        let first = match pending.take() {
+            Some(r) => r,
+            None => match rx.recv() {
+                Ok(r) => r,
+                Err(_) => return,
+            },
+        };
+        let first = match first {
+            Req::NewEpoch(reply) => {
+                let _ = reply.send(epoch::renumber(shared));
+                continue;
+            }
+            Req::Append(a) => a,
+        };
+        let mut n: usize = first.events.len();
         let mut group = vec![first];
-        let mut n: usize = group[0].events.len();
         while n < MAX_GROUP_EVENTS {
             match rx.try_recv() {
-                Ok(req) => {
+                Ok(Req::Append(req)) => {
                     n += req.events.len();
                     group.push(req);
+                }
+                Ok(other) => {
+                    pending = Some(other);
+                    break;
                 }
                 Err(_) => break,
             }
         }
+        shared.recover();
         commit_group(shared, group);
     }
 }
 
 fn commit_group(shared: &Shared, group: Vec<AppendReq>) {
-    let started = std::time::Instant::now();
+    let guard = shared.db.read().unwrap();
+    match guard.as_ref() {
+        Some(db) => commit_group_in(shared, db, group),
+        None => {
+            drop(guard);
+            for req in group {
+                let _ = req.reply.send(Err(shared.reopening()));
+            }
+        }
+    }
+}
+
+impl BufferError {
+    /// A copy for each caller of a failed group commit.
+    fn for_each_caller(&self) -> BufferError {
+        match self {
+            BufferError::DiskFull { path, reason } => BufferError::DiskFull {
+                path: path.clone(),
+                reason: reason.clone(),
+            },
+            BufferError::DiskFault { path, reason } => BufferError::DiskFault {
+                path: path.clone(),
+                reason: reason.clone(),
+            },
+            BufferError::Db(e) => BufferError::Db(e.clone()),
+            other => BufferError::Corrupt(other.to_string()),
+        }
+    }
+}
+
+fn commit_group_in(shared: &Shared, db: &DB, group: Vec<AppendReq>) {
+    let started = Instant::now();
     let requests = group.len();
-    let db = &shared.db;
     let events_cf = db.cf_handle(CF_EVENTS).expect("events cf");
     let meta = db.cf_handle(CF_META).expect("meta cf");
     let (mut next, mut held_events, mut held_bytes) = {
@@ -546,11 +618,11 @@ fn commit_group(shared: &Shared, group: Vec<AppendReq>) {
             continue;
         }
         for (i, b) in encoded.iter().enumerate() {
-            batch.put_cf(&events_cf, key(next + i as u64), b);
+            batch.put_cf(events_cf, key(next + i as u64), b);
         }
         if let Some(src) = &req.source {
             batch.put_cf(
-                &meta,
+                meta,
                 format!("source/{}", src.name),
                 src.position.to_be_bytes(),
             );
@@ -570,13 +642,10 @@ fn commit_group(shared: &Shared, group: Vec<AppendReq>) {
     if accepted.is_empty() {
         return;
     }
-    batch.put_cf(&meta, "next_seq", next.to_be_bytes());
-    let mut w = WriteOptions::default();
-    w.set_sync(shared.opts.sync);
-    if let Err(e) = db.write_opt(batch, &w) {
-        tracing::error!(error = %e, "buffer append failed");
+    batch.put_cf(meta, "next_seq", next.to_be_bytes());
+    if let Err(e) = shared.write(db, batch, shared.opts.sync) {
         for (reply, _) in accepted {
-            let _ = reply.send(Err(BufferError::Db(e.clone())));
+            let _ = reply.send(Err(e.for_each_caller()));
         }
         return;
     }

@@ -1,7 +1,8 @@
 //! The local intake: a gRPC endpoint on the camera host where the detector
 //! publishes. A call returns only once its accepted detections are durable in
 //! the buffer; invalid ones are answered one by one with the field and the
-//! reason; a full buffer fails the call with a retryable RESOURCE_EXHAUSTED.
+//! reason; a full buffer, or a full buffer disk, fails the call with a
+//! retryable RESOURCE_EXHAUSTED that says which.
 
 use sightline_proto::v1::{
     intake_server::Intake, publish_result, Accepted, Invalid, PublishRequest, PublishResponse,
@@ -39,7 +40,9 @@ impl Intake for IntakeService {
             .publish(detections, None)
             .await
             .map_err(|e| match e {
-                BufferError::Full { .. } => Status::resource_exhausted(e.to_string()),
+                BufferError::Full { .. } | BufferError::DiskFull { .. } => {
+                    Status::resource_exhausted(e.to_string())
+                }
                 other => Status::unavailable(format!("agent buffer: {other}")),
             })?;
         tracing::debug!(

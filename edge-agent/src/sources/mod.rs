@@ -107,7 +107,12 @@ impl Publisher {
         let triggers = self.footage_triggers(&valid);
         loop {
             match self.append_or_full(valid.clone(), source.clone()).await {
-                Err(BufferError::Full { .. }) => {
+                // A full disk is waited out too: the buffer recovers by itself.
+                Err(
+                    BufferError::Full { .. }
+                    | BufferError::DiskFull { .. }
+                    | BufferError::DiskFault { .. },
+                ) => {
                     let _ =
                         tokio::time::timeout(Duration::from_millis(200), self.buffer.room()).await;
                 }

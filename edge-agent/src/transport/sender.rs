@@ -38,6 +38,93 @@ pub struct SenderStats {
     /// Sessions opened (1 + reconnects).
     pub sessions: AtomicU64,
     pub last_error: Mutex<String>,
+    /// New epochs started since the agent started, because the core's state
+    /// and the buffer's disagreed (PROTOCOL.md, "Time travel").
+    pub epochs_started: AtomicU64,
+    /// Why the last new epoch was started, with the figures ("" if none).
+    pub last_new_epoch: Mutex<String>,
+}
+
+/// Why the core's `Welcome` and this buffer disagree: each starts a new epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeTravel {
+    /// The core's watermark is below what it acknowledged before: its data
+    /// directory went back in time (restored from a copy, or wiped).
+    CoreBehind { watermark: u64, acked: u64 },
+    /// The core's watermark is beyond every seq this buffer assigned: the
+    /// buffer went back in time (restored from a copy), or another buffer
+    /// used this epoch.
+    CoreAhead { watermark: u64, last_assigned: u64 },
+    /// The core's last committed event is not this buffer's event at that
+    /// seq: the buffer was restored and has since reused the seqs.
+    OtherEvent {
+        watermark: u64,
+        core_digest: u64,
+        own_digest: u64,
+    },
+}
+
+impl std::fmt::Display for TimeTravel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            TimeTravel::CoreBehind { watermark, acked } => write!(
+                f,
+                "the core's watermark {watermark} is below seq {acked}, which it had acknowledged (its data was restored from an older copy or lost)"
+            ),
+            TimeTravel::CoreAhead { watermark, last_assigned } => write!(
+                f,
+                "the core's watermark {watermark} is beyond seq {last_assigned}, the last this buffer assigned (the buffer was restored from an older copy, or another buffer used this epoch)"
+            ),
+            TimeTravel::OtherEvent { watermark, core_digest, own_digest } => write!(
+                f,
+                "the core's event at seq {watermark} (digest {core_digest:016x}) is not this buffer's (digest {own_digest:016x}) (the buffer was restored from an older copy)"
+            ),
+        }
+    }
+}
+
+/// What to do with a `Welcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The core holds everything through `acked_through`: delete it, send on.
+    Resume { acked_through: u64 },
+    /// The two sides' states disagree: start a new epoch.
+    NewEpoch(TimeTravel),
+}
+
+/// The rules of PROTOCOL.md "Time travel", as one decision. `watermark` is
+/// `resume_from - 1`, `core_digest` the Welcome's `committed_digest` (0:
+/// unknown), `acked` and `next_seq` the buffer's, `own_digest` the digest of
+/// the buffer's event at seq `watermark` when it holds it.
+pub fn welcome_verdict(
+    watermark: u64,
+    core_digest: u64,
+    acked: u64,
+    next_seq: u64,
+    own_digest: Option<u64>,
+) -> Verdict {
+    let last_assigned = next_seq - 1;
+    if watermark < acked {
+        return Verdict::NewEpoch(TimeTravel::CoreBehind { watermark, acked });
+    }
+    if watermark > last_assigned {
+        return Verdict::NewEpoch(TimeTravel::CoreAhead {
+            watermark,
+            last_assigned,
+        });
+    }
+    match own_digest {
+        Some(own) if core_digest != 0 && watermark > acked && own != core_digest => {
+            Verdict::NewEpoch(TimeTravel::OtherEvent {
+                watermark,
+                core_digest,
+                own_digest: own,
+            })
+        }
+        _ => Verdict::Resume {
+            acked_through: watermark,
+        },
+    }
 }
 
 /// Exponential backoff with full jitter.
@@ -86,6 +173,8 @@ pub struct Sender {
 
 enum SessionEnd {
     Shutdown,
+    /// A new epoch was started: open the next session at once.
+    NewEpoch,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +198,7 @@ impl Sender {
             }
             match self.session(&shutdown, &mut backoff).await {
                 Ok(SessionEnd::Shutdown) => return,
+                Ok(SessionEnd::NewEpoch) => continue,
                 Err(e) => {
                     self.stats.connected.store(false, Ordering::Relaxed);
                     *self.stats.last_error.lock().unwrap() = e.to_string();
@@ -142,9 +232,9 @@ impl Sender {
             transport: self.transport.describe(),
         };
         send(&link.tx, agent_message::Msg::Hello(hello)).await?;
-        let resume_from = match link.rx.next().await {
+        let welcome = match link.rx.next().await {
             Some(Ok(m)) => match m.msg {
-                Some(core_message::Msg::Welcome(w)) => w.resume_from,
+                Some(core_message::Msg::Welcome(w)) => w,
                 other => {
                     return Err(SessionError::Protocol(format!(
                         "expected Welcome first, got {other:?}"
@@ -154,16 +244,34 @@ impl Sender {
             Some(Err(e)) => return Err(e.into()),
             None => return Err(LinkError::Broken("core closed before Welcome".into()).into()),
         };
-        let next_seq = buffer.next_seq();
-        if resume_from == 0 || resume_from > next_seq {
-            return Err(SessionError::Protocol(format!(
-                "core says resume from seq {resume_from}, but this buffer (epoch {}) has only assigned up to {}",
-                buffer.epoch(),
-                next_seq - 1
-            )));
+        if welcome.resume_from == 0 {
+            return Err(SessionError::Protocol(
+                "field `resume_from`: 0, but seqs start at 1".into(),
+            ));
         }
-        // Everything below resume_from is durable at the core.
-        buffer.ack_through(resume_from - 1)?;
+        let resume_from = welcome.resume_from;
+        let watermark = resume_from - 1;
+        let (acked, next_seq) = (buffer.acked(), buffer.next_seq());
+        let own_digest = if watermark > acked && watermark < next_seq {
+            let event = buffer.read(watermark, 1, usize::MAX)?;
+            event.first().map(|e| sightline_proto::event_digest(e))
+        } else {
+            None
+        };
+        match welcome_verdict(
+            watermark,
+            welcome.committed_digest,
+            acked,
+            next_seq,
+            own_digest,
+        ) {
+            Verdict::Resume { acked_through } => buffer.ack_through(acked_through)?,
+            Verdict::NewEpoch(why) => {
+                drop(link);
+                self.start_new_epoch(why, acked, next_seq).await?;
+                return Ok(SessionEnd::NewEpoch);
+            }
+        }
         self.stats
             .acked_through
             .store(resume_from - 1, Ordering::Relaxed);
@@ -241,6 +349,9 @@ impl Sender {
                         buffer_bytes: buffer.held_bytes(),
                         next_seq: buffer.next_seq(),
                         cameras: self.cameras.as_ref().map(|c| c.all()).unwrap_or_default(),
+                        epochs_started: self.stats.epochs_started.load(Ordering::Relaxed),
+                        last_new_epoch: self.stats.last_new_epoch.lock().unwrap().clone(),
+                        buffer_disk_fault: buffer.disk_fault().unwrap_or_default(),
                     };
                     send(&link.tx, agent_message::Msg::Status(status)).await?;
                 }
@@ -253,6 +364,37 @@ impl Sender {
                 }
             }
         }
+    }
+}
+
+impl Sender {
+    /// Renumbers what the buffer holds into a new epoch, and says so.
+    async fn start_new_epoch(
+        &self,
+        why: TimeTravel,
+        acked: u64,
+        next_seq: u64,
+    ) -> Result<(), SessionError> {
+        let n = self.buffer.new_epoch().await?;
+        self.stats.epochs_started.fetch_add(1, Ordering::Relaxed);
+        let text = format!(
+            "new epoch {:016x} (was {:016x}): {why}; this buffer had acknowledged through seq {acked} and assigned up to {}; {} held events renumbered 1..={} and resent (the core drops those it has by det_oid)",
+            n.epoch,
+            n.old_epoch,
+            next_seq - 1,
+            n.renumbered,
+            n.renumbered
+        );
+        tracing::warn!(
+            old_epoch = n.old_epoch,
+            epoch = n.epoch,
+            agent_acked = acked,
+            agent_last_seq = next_seq - 1,
+            renumbered = n.renumbered,
+            "{text}"
+        );
+        *self.stats.last_new_epoch.lock().unwrap() = text;
+        Ok(())
     }
 }
 
@@ -284,5 +426,61 @@ mod tests {
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    // welcome_verdict(watermark, core_digest, acked, next_seq, own_digest)
+
+    #[test]
+    fn a_core_behind_what_it_acknowledged_starts_a_new_epoch() {
+        assert_eq!(
+            welcome_verdict(500, 0, 800, 1001, None),
+            Verdict::NewEpoch(TimeTravel::CoreBehind {
+                watermark: 500,
+                acked: 800
+            })
+        );
+        // A wiped core (nothing for this epoch) is behind too.
+        assert!(matches!(
+            welcome_verdict(0, 0, 800, 1001, None),
+            Verdict::NewEpoch(TimeTravel::CoreBehind { .. })
+        ));
+    }
+
+    #[test]
+    fn a_core_ahead_of_every_assigned_seq_starts_a_new_epoch() {
+        assert_eq!(
+            welcome_verdict(1500, 0, 1000, 1001, None),
+            Verdict::NewEpoch(TimeTravel::CoreAhead {
+                watermark: 1500,
+                last_assigned: 1000
+            })
+        );
+        assert!(matches!(
+            welcome_verdict(1, 0, 0, 1, None),
+            Verdict::NewEpoch(TimeTravel::CoreAhead { .. })
+        ));
+    }
+
+    #[test]
+    fn another_event_at_the_core_watermark_starts_a_new_epoch() {
+        assert_eq!(
+            welcome_verdict(1500, 7, 1000, 1501, Some(9)),
+            Verdict::NewEpoch(TimeTravel::OtherEvent {
+                watermark: 1500,
+                core_digest: 7,
+                own_digest: 9
+            })
+        );
+    }
+
+    #[test]
+    fn a_matching_or_unknown_digest_resumes_after_the_watermark() {
+        let resume = |acked_through| Verdict::Resume { acked_through };
+        assert_eq!(welcome_verdict(1500, 9, 1000, 1501, Some(9)), resume(1500));
+        assert_eq!(welcome_verdict(1500, 0, 1000, 1501, Some(9)), resume(1500));
+        assert_eq!(welcome_verdict(1200, 9, 1000, 1501, Some(9)), resume(1200));
+        // Nothing new: the watermark is what the buffer acknowledged.
+        assert_eq!(welcome_verdict(1000, 5, 1000, 1501, None), resume(1000));
+        assert_eq!(welcome_verdict(0, 0, 0, 1, None), resume(0));
     }
 }

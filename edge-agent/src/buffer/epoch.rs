@@ -1,0 +1,80 @@
+//! A new epoch: every held event renumbered into a fresh epoch in one write
+//! (PROTOCOL.md, "Time travel").
+
+use super::*;
+
+/// Renumbers every held event into a fresh epoch (see [`Buffer::new_epoch`]).
+pub(super) fn renumber(shared: &Shared) -> Result<NewEpoch, BufferError> {
+    shared.recover();
+    shared.with_db(|db| {
+        let mut st = shared.state.lock().unwrap();
+        let held = if st.sizes.is_empty() {
+            Vec::new()
+        } else {
+            read_db(db, st.acked + 1, st.next_seq, usize::MAX, usize::MAX)?
+        };
+        if held.len() != st.sizes.len() {
+            return Err(BufferError::Corrupt(format!(
+                "renumbering: expected {} held events from seq {}, read {}",
+                st.sizes.len(),
+                st.acked + 1,
+                held.len()
+            )));
+        }
+        let old_epoch = st.epoch;
+        let epoch = loop {
+            let e = rand::random::<u64>().max(1);
+            if e != old_epoch {
+                break e;
+            }
+        };
+        let events_cf = db.cf_handle(CF_EVENTS).expect("events cf");
+        let meta = db.cf_handle(CF_META).expect("meta cf");
+        let mut batch = WriteBatch::default();
+        // Every key of the old epoch goes, including acknowledged ones not
+        // yet deleted on disk.
+        batch.delete_range_cf(events_cf, key(0), key(u64::MAX));
+        let mut renumbered = Vec::with_capacity(held.len());
+        for (i, b) in held.iter().enumerate() {
+            let mut e = EdgeEvent::decode(b.as_ref()).map_err(|e| {
+                BufferError::Corrupt(format!(
+                    "renumbering: event {}: {e}",
+                    st.acked + 1 + i as u64
+                ))
+            })?;
+            e.seq = i as u64 + 1;
+            let bytes = Bytes::from(e.encode_to_vec());
+            batch.put_cf(events_cf, key(e.seq), &bytes);
+            renumbered.push(bytes);
+        }
+        let n = renumbered.len() as u64;
+        batch.put_cf(meta, "epoch", epoch.to_be_bytes());
+        batch.put_cf(meta, "next_seq", (n + 1).to_be_bytes());
+        batch.put_cf(meta, "acked", 0u64.to_be_bytes());
+        shared.write(db, batch, true)?;
+        st.epoch = epoch;
+        st.next_seq = n + 1;
+        st.acked = 0;
+        st.persisted_acked = 0;
+        st.sizes = renumbered.iter().map(|b| b.len() as u32).collect();
+        st.held_bytes = renumbered.iter().map(|b| b.len() as u64).sum();
+        st.cache.clear();
+        st.cache_bytes = 0;
+        st.cache_first = n + 1;
+        for b in renumbered.into_iter().rev() {
+            if st.cache_bytes + b.len() > CACHE_BYTES {
+                break;
+            }
+            st.cache_bytes += b.len();
+            st.cache_first -= 1;
+            st.cache.push_front(b);
+        }
+        drop(st);
+        shared.next_seq_tx.send_replace(n + 1);
+        Ok(NewEpoch {
+            old_epoch,
+            epoch,
+            renumbered: n,
+        })
+    })
+}
