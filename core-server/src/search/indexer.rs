@@ -269,7 +269,11 @@ impl Indexer {
                     n += events.len();
                     let step = self.add(&events, true).and_then(|()| {
                         if self.pending >= REBUILD_COMMIT_EVERY {
-                            self.commit()
+                            // Events come in detection order here, not commit
+                            // order: until the rebuild ends, the position on
+                            // disk says "from the start", so a restart or a
+                            // reopen midway reads everything again.
+                            self.commit_at(i64::MIN)
                         } else {
                             Ok(())
                         }
@@ -313,6 +317,12 @@ impl Indexer {
     }
 
     fn commit(&mut self) -> Result<(), SearchError> {
+        self.commit_at(self.newest_ms)
+    }
+
+    /// Commits what is pending, recording `position_ms` as how far the index
+    /// got (where a restart catches up from).
+    fn commit_at(&mut self, position_ms: i64) -> Result<(), SearchError> {
         let Some(writer) = self.writer.as_mut() else {
             return Ok(());
         };
@@ -321,14 +331,14 @@ impl Indexer {
         }
         let payload = serde_json::to_string(&Payload {
             version: SCHEMA_VERSION.into(),
-            committed_ms: self.newest_ms,
+            committed_ms: position_ms,
         })
         .unwrap_or_default();
         let mut prepared = writer.prepare_commit()?;
         prepared.set_payload(&payload);
         prepared.commit()?;
         self.idx.current().reader.reload()?;
-        self.idx.indexed_ms.store(self.newest_ms, Ordering::Relaxed);
+        self.idx.indexed_ms.store(position_ms, Ordering::Relaxed);
         self.pending = 0;
         Ok(())
     }
