@@ -360,6 +360,61 @@ impl Backend for CoreBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use leptos::prelude::{provide_context, Owner};
+    use sightline_web::backend::SharedBackend;
+
+    /// A far-future range through the dashboard's server function, as the
+    /// browser sends it (`POST /api/get_timeline`): refused with a 400 that
+    /// names the field, before any work.
+    #[tokio::test]
+    async fn a_far_future_timeline_range_answers_400_naming_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("store"), false, 8 << 20).unwrap());
+        let locations = Arc::new(Locations::new(None).unwrap());
+        let hub = crate::api::live::LiveHub::new(8);
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let search = SearchIndex::start(
+            &dir.path().join("search"),
+            store.clone(),
+            locations.clone(),
+            &hub,
+            std::time::Duration::from_millis(50),
+            shutdown.clone(),
+        )
+        .unwrap();
+        let backend: SharedBackend = Arc::new(CoreBackend {
+            store,
+            locations,
+            fleet: Arc::new(Fleet::new(Arc::new(crate::metrics::Metrics::new()), vec![])),
+            cameras: Arc::default(),
+            search,
+        });
+        let owner = Owner::new();
+        owner.set();
+        provide_context(backend);
+        let response = leptos_axum::ResponseOptions::default();
+        provide_context(response.clone());
+        let far = (MAX_TIME_MS + 1).to_string();
+        let e = sightline_web::api::get_timeline("custom".into(), "0".into(), far, "item".into())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("field `to`: "), "{e}");
+        let status = response.0.read().unwrap().status;
+        assert_eq!(status.map(|s| s.as_u16()), Some(400));
+        // The widest range allowed is answered, in at most
+        // MAX_TIMELINE_BUCKETS buckets.
+        let t = sightline_web::api::get_timeline(
+            "custom".into(),
+            "0".into(),
+            MAX_TIME_MS.to_string(),
+            "item".into(),
+        )
+        .await
+        .unwrap();
+        assert!(t.buckets <= crate::store::views::MAX_TIMELINE_BUCKETS);
+        shutdown.cancel();
+    }
 
     #[test]
     fn dashboard_ranges_out_of_bounds_are_refused_naming_the_field() {
