@@ -19,7 +19,8 @@
 //!   `&`) is a separator, not syntax, so `Site 1000 — Gate 1` finds that
 //!   location; `Gate-1` is the phrase "gate 1". Text that is not valid
 //!   syntax or names an unknown field (`Gate 1: north`) is searched as its
-//!   words, all required. A `-` or `+` glued to the front of a word is
+//!   words, all required, unless it names a field (`item:(` is refused:
+//!   it was meant as syntax). A `-` or `+` glued to the front of a word is
 //!   syntax (`-car`: without cars); quote it to search for it.
 //!
 //! # Pages
@@ -350,7 +351,10 @@ impl SearchIndex {
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
         let text = req.query.trim();
         if !text.is_empty() {
-            clauses.push((Occur::Must, query::parse(&opened.parser, text)?));
+            clauses.push((
+                Occur::Must,
+                query::parse(&opened.parser, &self.schema, text)?,
+            ));
         }
         let term = |t: Term| -> (Occur, Box<dyn Query>) {
             (

@@ -7,6 +7,7 @@ use tantivy::{
     collector::{sort_key::NaturalComparator, SegmentSortKeyComputer, SortKeyComputer},
     columnar::Column,
     query::{EmptyQuery, Query, QueryParser, QueryParserError},
+    schema::Schema,
     DocId, Score, SegmentReader,
 };
 
@@ -144,12 +145,18 @@ fn depth(text: &str) -> usize {
 ///    term no event holds).
 /// 2. The rest is tantivy query syntax.
 /// 3. If it is not valid syntax, or names a field that does not exist
-///    (`Gate 1: north`), its words (runs of letters and digits) are searched
-///    instead, each as a quoted term, all required.
+///    (`Gate 1: north`), and names none of the index's `fields` (`item:`
+///    says the text is meant as syntax), its words (runs of letters and
+///    digits) are searched instead, each as a quoted term, all required.
 ///
-/// Other errors (a bad number for a numeric field, only exclusions) are
-/// refused, naming `query`. A text of punctuation alone matches nothing.
-pub(super) fn parse(parser: &QueryParser, text: &str) -> Result<Box<dyn Query>, SearchError> {
+/// Other errors (syntax around a field's name, a bad number for a numeric
+/// field, only exclusions) are refused, naming `query`. A text of
+/// punctuation alone matches nothing.
+pub(super) fn parse(
+    parser: &QueryParser,
+    fields: &Schema,
+    text: &str,
+) -> Result<Box<dyn Query>, SearchError> {
     let text = drop_lone_punctuation(text);
     if text.is_empty() {
         return Ok(Box::new(EmptyQuery));
@@ -157,6 +164,11 @@ pub(super) fn parse(parser: &QueryParser, text: &str) -> Result<Box<dyn Query>, 
     let refuse = |e: QueryParserError| invalid("query", e.to_string());
     match parser.parse_query(&text) {
         Ok(q) => Ok(q),
+        Err(e @ (QueryParserError::SyntaxError(_) | QueryParserError::FieldDoesNotExist(_)))
+            if names_a_field(fields, &text) =>
+        {
+            Err(refuse(e))
+        }
         Err(QueryParserError::SyntaxError(_) | QueryParserError::FieldDoesNotExist(_)) => {
             let words: Vec<String> = text
                 .split(|c: char| !c.is_alphanumeric())
@@ -170,6 +182,20 @@ pub(super) fn parse(parser: &QueryParser, text: &str) -> Result<Box<dyn Query>, 
         }
         Err(e) => Err(refuse(e)),
     }
+}
+
+/// Whether `text` holds `name:` for a field of the index, at the start of
+/// a word.
+fn names_a_field(schema: &Schema, text: &str) -> bool {
+    schema.fields().any(|(_, entry)| {
+        let name = format!("{}:", entry.name());
+        text.match_indices(&name).any(|(at, _)| {
+            text[..at]
+                .chars()
+                .next_back()
+                .is_none_or(|c| !(c.is_alphanumeric() || c == '_'))
+        })
+    })
 }
 
 /// `text` without its whitespace-separated words (outside quotes) that hold

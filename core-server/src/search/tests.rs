@@ -332,7 +332,10 @@ async fn a_location_name_with_a_dash_matches() {
         let hits = f.search(query).unwrap_or_else(|e| panic!("{query:?}: {e}"));
         assert_eq!(hits.det_oids, want, "{query:?}");
     }
-    // Only exclusions, or a bad number for a numeric field: refused.
+    // Syntax gone wrong around a field's name, only exclusions, or a bad
+    // number for a numeric field: refused.
+    assert_eq!(invalid_field(f.search("item:(")).0, "query");
+    assert_eq!(invalid_field(f.search("location:(Gate")).0, "query");
     assert_eq!(invalid_field(f.search("-car")).0, "query");
     assert_eq!(invalid_field(f.search("camera:abc")).0, "query");
 }
