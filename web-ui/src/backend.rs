@@ -36,8 +36,18 @@ pub async fn call<T: Send + 'static>(
 ) -> Result<T, ServerFnError> {
     let backend = use_context::<SharedBackend>()
         .ok_or_else(|| ServerFnError::new("the dashboard has no backend (server misconfigured)"))?;
+    // Taken before the await: the reactive context is not kept across it.
+    let response = use_context::<leptos_axum::ResponseOptions>();
     tokio::task::spawn_blocking(move || f(backend.as_ref()))
         .await
         .map_err(|e| ServerFnError::new(format!("backend task failed: {e}")))?
-        .map_err(ServerFnError::new)
+        .map_err(|msg| {
+            // "field `x`: reason" is the caller's to fix: 400, not 500.
+            if msg.starts_with("field `") {
+                if let Some(Ok(mut parts)) = response.as_ref().map(|r| r.0.write()) {
+                    parts.status = 400u16.try_into().ok();
+                }
+            }
+            ServerFnError::new(msg)
+        })
 }

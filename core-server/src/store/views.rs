@@ -16,6 +16,24 @@ pub enum TimelineBy {
     Location,
 }
 
+/// Most buckets a timeline has (the range sets the width; see
+/// [`timeline_width`]). 360 is the minutes of six hours, what the dashboard
+/// showed before the width followed the range.
+pub const MAX_TIMELINE_BUCKETS: usize = 360;
+/// The latest instant a range may name: the end of the year 9999 UTC, in
+/// epoch ms. Later is refused where ranges are parsed; the store clamps.
+pub const MAX_TIME_MS: i64 = 253_402_300_799_999;
+
+/// A timeline: `buckets` of `bucket_ms` from `from_ms`, counts per series.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimelineCounts {
+    pub from_ms: i64,
+    pub bucket_ms: i64,
+    pub buckets: usize,
+    /// Largest total first.
+    pub series: Vec<TimelineSeries>,
+}
+
 /// Per-bucket counts of one item or location.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TimelineSeries {
@@ -51,22 +69,31 @@ impl Store {
         Ok(out)
     }
 
-    /// Events per `bucket` over `[from_ms, to_ms)` (rounded down to the
-    /// bucket), one series per item or location, from the aggregates.
+    /// Events per bucket over `[from_ms, to_ms)`, one series per item or
+    /// location, from the aggregates. The bucket width is chosen from the
+    /// range ([`timeline_width`]) so that there are at most
+    /// [`MAX_TIMELINE_BUCKETS`]; the range is first clamped to
+    /// `[0, MAX_TIME_MS]`. The work is one scan of the aggregates in the
+    /// range, and the answer is at most buckets × series counts.
     pub fn timeline(
         &self,
         from_ms: i64,
         to_ms: i64,
-        bucket: Bucket,
         by: TimelineBy,
-    ) -> Result<(i64, usize, Vec<TimelineSeries>), StoreError> {
-        let from = bucket.floor(from_ms);
-        let to = bucket.floor(to_ms + bucket.millis() - 1);
-        let n = ((to - from) / bucket.millis()).max(0) as usize;
+    ) -> Result<TimelineCounts, StoreError> {
+        let (from_ms, to_ms) = (from_ms.clamp(0, MAX_TIME_MS), to_ms.clamp(0, MAX_TIME_MS));
+        let (stored, width) = timeline_width(to_ms.saturating_sub(from_ms));
+        let from = from_ms.div_euclid(width) * width;
+        let n = if to_ms > from_ms {
+            ((to_ms - from + width - 1) / width) as usize
+        } else {
+            0
+        };
         let mut series: HashMap<String, Vec<u64>> = HashMap::new();
         if n > 0 {
-            self.for_each_agg(bucket, from, to, |start_ms, loc, name, count| {
-                let i = ((start_ms - from) / bucket.millis()) as usize;
+            let end = from + n as i64 * width;
+            self.for_each_agg(stored, from, end, |start_ms, loc, name, count| {
+                let i = ((start_ms - from) / width) as usize;
                 let key = match by {
                     TimelineBy::Item => name.to_string(),
                     TimelineBy::Location => loc.to_string(),
@@ -85,8 +112,47 @@ impl Store {
             let (sa, sb) = (a.counts.iter().sum::<u64>(), b.counts.iter().sum::<u64>());
             sb.cmp(&sa).then_with(|| a.key.cmp(&b.key))
         });
-        Ok((from, n, out))
+        Ok(TimelineCounts {
+            from_ms: from,
+            bucket_ms: width,
+            buckets: n,
+            series: out,
+        })
     }
+}
+
+/// The aggregates a timeline over `span_ms` reads and its bucket width: the
+/// first of 1, 5, 15 min, 1, 3, 6, 12 h, 1, 7 days that makes at most
+/// [`MAX_TIMELINE_BUCKETS`] buckets (minute aggregates below an hour, hour
+/// aggregates from an hour), beyond a week whole days.
+pub fn timeline_width(span_ms: i64) -> (Bucket, i64) {
+    const MIN: i64 = 60_000;
+    const HOUR: i64 = 60 * MIN;
+    const DAY: i64 = 24 * HOUR;
+    // Positive operands, far from overflow (spans are clamped first).
+    let ceil_div = |a: i64, b: i64| (a + b - 1) / b;
+    let max = MAX_TIMELINE_BUCKETS as i64;
+    let span = span_ms.clamp(1, MAX_TIME_MS);
+    let width = [
+        MIN,
+        5 * MIN,
+        15 * MIN,
+        HOUR,
+        3 * HOUR,
+        6 * HOUR,
+        12 * HOUR,
+        DAY,
+        7 * DAY,
+    ]
+    .into_iter()
+    .find(|w| ceil_div(span, *w) <= max)
+    .unwrap_or_else(|| ceil_div(ceil_div(span, max), DAY) * DAY);
+    let stored = if width < HOUR {
+        Bucket::Minute
+    } else {
+        Bucket::Hour
+    };
+    (stored, width)
 }
 
 impl Store {
@@ -254,12 +320,10 @@ mod tests {
         count(&s, Bucket::Minute, t0 + 60_000, 1, "car", 2);
         count(&s, Bucket::Minute, t0 + 60_000, 2, "person", 7);
         count(&s, Bucket::Minute, t0 + 180_000, 2, "car", 1); // outside the range
-        let (from, n, by_item) = s
-            .timeline(t0 + 5, t0 + 120_000, Bucket::Minute, TimelineBy::Item)
-            .unwrap();
-        assert_eq!((from, n), (t0, 2));
+        let t = s.timeline(t0 + 5, t0 + 120_000, TimelineBy::Item).unwrap();
+        assert_eq!((t.from_ms, t.bucket_ms, t.buckets), (t0, 60_000, 2));
         assert_eq!(
-            by_item,
+            t.series,
             vec![
                 TimelineSeries {
                     key: "person".into(),
@@ -271,9 +335,10 @@ mod tests {
                 },
             ]
         );
-        let (_, _, by_loc) = s
-            .timeline(t0, t0 + 120_000, Bucket::Minute, TimelineBy::Location)
-            .unwrap();
+        let by_loc = s
+            .timeline(t0, t0 + 120_000, TimelineBy::Location)
+            .unwrap()
+            .series;
         assert_eq!(
             by_loc[0],
             TimelineSeries {
@@ -288,5 +353,55 @@ mod tests {
                 counts: vec![3, 2]
             }
         );
+    }
+
+    #[test]
+    fn a_far_future_timeline_range_is_bounded() {
+        let (_d, s) = store();
+        let t0 = 1_800_000_000_000;
+        for (bucket, n) in [(Bucket::Minute, 3), (Bucket::Hour, 3)] {
+            count(&s, bucket, t0, 1, "car", n);
+            count(&s, bucket, t0 + 86_400_000, 1, "person", n);
+        }
+        // From 1970 to the end of 9999, and past it (clamped).
+        for to in [MAX_TIME_MS, i64::MAX] {
+            for from in [0, i64::MIN] {
+                let t = s.timeline(from, to, TimelineBy::Item).unwrap();
+                assert!(
+                    (1..=MAX_TIMELINE_BUCKETS).contains(&t.buckets),
+                    "{} buckets",
+                    t.buckets
+                );
+                assert!(
+                    t.from_ms <= 0 && t.from_ms + t.bucket_ms * t.buckets as i64 >= MAX_TIME_MS
+                );
+                // Every count lands in a bucket, none is lost.
+                let totals: Vec<(String, u64)> = t
+                    .series
+                    .iter()
+                    .map(|s| (s.key.clone(), s.counts.iter().sum()))
+                    .collect();
+                assert_eq!(totals, vec![("car".into(), 3), ("person".into(), 3)]);
+                assert!(t.series.iter().all(|s| s.counts.len() == t.buckets));
+            }
+        }
+        // Every span gets a width that keeps the count bounded, and ranges
+        // up to six hours keep one-minute buckets.
+        for span in [
+            1,
+            59_999,
+            6 * 3_600_000,
+            86_400_000,
+            30 * 86_400_000,
+            MAX_TIME_MS,
+        ] {
+            let (stored, width) = timeline_width(span);
+            assert!((span + width - 1) / width <= MAX_TIMELINE_BUCKETS as i64);
+            assert_eq!(width % stored.millis(), 0);
+        }
+        assert_eq!(timeline_width(6 * 3_600_000).1, 60_000);
+        // An empty or reversed range has no buckets.
+        assert_eq!(s.timeline(t0, t0, TimelineBy::Item).unwrap().buckets, 0);
+        assert_eq!(s.timeline(t0, 0, TimelineBy::Item).unwrap().buckets, 0);
     }
 }

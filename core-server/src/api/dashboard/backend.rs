@@ -18,11 +18,19 @@ use crate::{
     enrich::Locations,
     fleet::Fleet,
     search::{SearchIndex, SearchRequest},
-    store::{keys::Bucket, views::TimelineBy, Store},
+    store::{
+        keys::Bucket,
+        views::{TimelineBy, MAX_TIME_MS},
+        Store,
+    },
 };
 
 /// Series a timeline shows before folding the rest into "other".
 const TIMELINE_SERIES: usize = 7;
+/// Largest X of "top X items per location".
+pub const MAX_TOP_X: u32 = 100;
+/// Most events the live page's first load asks for.
+pub const MAX_LATEST: usize = 500;
 /// Events the quarantine page scans for unmatched locations.
 const UNMATCHED_SCAN: usize = 20_000;
 
@@ -36,6 +44,22 @@ pub struct CoreBackend {
 
 fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
+}
+
+/// A range the pages ask for: both ends from 1970 to the end of 9999
+/// ([`MAX_TIME_MS`]), `to` after `from`; checked before any work.
+fn check_range(from_ms: i64, to_ms: i64) -> Result<(), String> {
+    for (field, v) in [("from", from_ms), ("to", to_ms)] {
+        if !(0..=MAX_TIME_MS).contains(&v) {
+            return Err(format!(
+                "field `{field}`: {v} is outside 0..={MAX_TIME_MS} (epoch ms, 1970 to the end of 9999)"
+            ));
+        }
+    }
+    if to_ms <= from_ms {
+        return Err(format!("field `to`: {to_ms} is not after `from` {from_ms}"));
+    }
+    Ok(())
 }
 
 impl CoreBackend {
@@ -57,6 +81,9 @@ impl Backend for CoreBackend {
     }
 
     fn latest(&self, limit: usize) -> Result<Vec<EventRow>, String> {
+        if limit > MAX_LATEST {
+            return Err(format!("field `limit`: {limit} is more than {MAX_LATEST}"));
+        }
         let events = self
             .store
             .latest_events(limit, limit, |_| true)
@@ -65,6 +92,10 @@ impl Backend for CoreBackend {
     }
 
     fn top_items(&self, from_ms: i64, to_ms: i64, x: u32) -> Result<TopItems, String> {
+        if !(1..=MAX_TOP_X).contains(&x) {
+            return Err(format!("field `x`: {x} is not between 1 and {MAX_TOP_X}"));
+        }
+        check_range(from_ms, to_ms)?;
         let counts = self
             .store
             .top_items(from_ms, to_ms, x as usize, None)
@@ -94,16 +125,10 @@ impl Backend for CoreBackend {
             "location" => TimelineBy::Location,
             other => return Err(format!("field `by`: {other:?} is not item or location")),
         };
-        // Minutes up to six hours (at most 360 points), hours beyond.
-        let bucket = if to_ms - from_ms <= 6 * 3_600_000 {
-            Bucket::Minute
-        } else {
-            Bucket::Hour
-        };
-        let (from, buckets, all) = self
-            .store
-            .timeline(from_ms, to_ms, bucket, by)
-            .map_err(err)?;
+        check_range(from_ms, to_ms)?;
+        // The store picks the bucket width: at most MAX_TIMELINE_BUCKETS.
+        let t = self.store.timeline(from_ms, to_ms, by).map_err(err)?;
+        let (from, bucket_ms, buckets, all) = (t.from_ms, t.bucket_ms, t.buckets, t.series);
         let table = self.locations.current();
         let name = |key: String| match by {
             TimelineBy::Item => key,
@@ -139,7 +164,7 @@ impl Backend for CoreBackend {
         }
         Ok(Timeline {
             from_ms: from,
-            bucket_ms: bucket.millis(),
+            bucket_ms,
             buckets,
             series,
         })
@@ -329,5 +354,81 @@ impl Backend for CoreBackend {
 
     fn now_ms(&self) -> i64 {
         sightline_proto::now_ms()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use leptos::prelude::{provide_context, Owner};
+    use sightline_web::backend::SharedBackend;
+
+    /// A far-future range through the dashboard's server function, as the
+    /// browser sends it (`POST /api/get_timeline`): refused with a 400 that
+    /// names the field, before any work.
+    #[tokio::test]
+    async fn a_far_future_timeline_range_answers_400_naming_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("store"), false, 8 << 20).unwrap());
+        let locations = Arc::new(Locations::new(None).unwrap());
+        let hub = crate::api::live::LiveHub::new(8);
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let search = SearchIndex::start(
+            &dir.path().join("search"),
+            store.clone(),
+            locations.clone(),
+            &hub,
+            std::time::Duration::from_millis(50),
+            shutdown.clone(),
+        )
+        .unwrap();
+        let backend: SharedBackend = Arc::new(CoreBackend {
+            store,
+            locations,
+            fleet: Arc::new(Fleet::new(Arc::new(crate::metrics::Metrics::new()), vec![])),
+            cameras: Arc::default(),
+            search,
+        });
+        let owner = Owner::new();
+        owner.set();
+        provide_context(backend);
+        let response = leptos_axum::ResponseOptions::default();
+        provide_context(response.clone());
+        let far = (MAX_TIME_MS + 1).to_string();
+        let e = sightline_web::api::get_timeline("custom".into(), "0".into(), far, "item".into())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("field `to`: "), "{e}");
+        let status = response.0.read().unwrap().status;
+        assert_eq!(status.map(|s| s.as_u16()), Some(400));
+        // The widest range allowed is answered, in at most
+        // MAX_TIMELINE_BUCKETS buckets.
+        let t = sightline_web::api::get_timeline(
+            "custom".into(),
+            "0".into(),
+            MAX_TIME_MS.to_string(),
+            "item".into(),
+        )
+        .await
+        .unwrap();
+        assert!(t.buckets <= crate::store::views::MAX_TIMELINE_BUCKETS);
+        shutdown.cancel();
+    }
+
+    #[test]
+    fn dashboard_ranges_out_of_bounds_are_refused_naming_the_field() {
+        assert!(check_range(0, MAX_TIME_MS).is_ok());
+        for (from, to, field) in [
+            (0, i64::MAX, "field `to`: "),
+            (0, MAX_TIME_MS + 1, "field `to`: "),
+            (-1, 5, "field `from`: "),
+            (i64::MIN, 5, "field `from`: "),
+            (5, 5, "field `to`: "),
+            (6, 5, "field `to`: "),
+        ] {
+            let e = check_range(from, to).unwrap_err();
+            assert!(e.starts_with(field), "{from}..{to}: {e}");
+        }
     }
 }
