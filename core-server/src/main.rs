@@ -105,6 +105,9 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A log line that cannot be written (stderr on a full disk) is lost,
+        // not reported with eprintln!, which panics when stderr fails.
+        .log_internal_errors(false)
         .init();
     let cli = Cli::parse();
     match cli.command {

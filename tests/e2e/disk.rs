@@ -96,6 +96,12 @@ async fn a_full_core_disk_stops_acks_and_recovers_when_space_returns() {
 
     // Space returns: the core was never down and takes everything.
     std::fs::remove_file(&filler).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for l in core.log().lines().filter(|l| l.contains("panicked") || l.contains("ERROR")).take(8) {
+        eprintln!("DEBUG {l}");
+    }
+    let log = core.log();
+    if let Some(i) = log.find("panicked") { eprintln!("DEBUG2 {}", &log[i..(i+600).min(log.len())]); }
     assert!(
         agent.wait(Duration::from_secs(180)).success(),
         "the agent delivered everything after space returned"

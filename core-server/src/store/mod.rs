@@ -189,6 +189,11 @@ impl Store {
         db_opts.increase_parallelism(2);
         db_opts.set_max_total_wal_size(256 * 1024 * 1024);
         db_opts.set_keep_log_file_num(4);
+        // Debian's librocksdb is built with assertions: on a full disk, a
+        // line that fails to reach RocksDB's own LOG file makes the next one
+        // abort the process. Only fatal lines go there; the core logs every
+        // failed write itself.
+        db_opts.set_log_level(rocksdb::LogLevel::Fatal);
         let cache = Cache::new_lru_cache(cache_bytes)?;
         let cf = |bloom: bool| {
             let mut o = Options::default();
