@@ -31,8 +31,8 @@ use crate::{
     enrich::Locations,
     metrics::{FieldLabel, LevelLabel, Metrics},
     store::{
-        counter, keys, Store, CF_AGG, CF_BY_COMMIT, CF_COUNTERS, CF_DET, CF_EVENTS, CF_QUARANTINE,
-        CF_WM,
+        cf, counter, keys, Store, CF_AGG, CF_BY_COMMIT, CF_COUNTERS, CF_DET, CF_EVENTS,
+        CF_QUARANTINE, CF_WM,
     },
 };
 use claims::Claims;
@@ -349,15 +349,18 @@ impl Writer {
             .collect();
         let table = ctx.locations.current();
         let want_live = ctx.hub.has_subscribers();
+        // The handle only while the batch is built: the write takes its own
+        // (a store reopening after a disk fault waits for readers to let go).
+        let db = store.db()?;
         let (cf_events, cf_det, cf_agg, cf_q, cf_c, cf_wm) = (
-            store.cf(CF_EVENTS),
-            store.cf(CF_DET),
-            store.cf(CF_AGG),
-            store.cf(CF_QUARANTINE),
-            store.cf(CF_COUNTERS),
-            store.cf(CF_WM),
+            cf(&db, CF_EVENTS),
+            cf(&db, CF_DET),
+            cf(&db, CF_AGG),
+            cf(&db, CF_QUARANTINE),
+            cf(&db, CF_COUNTERS),
+            cf(&db, CF_WM),
         );
-        let cf_by_commit = store.cf(CF_BY_COMMIT);
+        let cf_by_commit = cf(&db, CF_BY_COMMIT);
         let mut batch = WriteBatch::default();
         // The commit's events in one `by_commit` entry (one memtable insert
         // per commit instead of one per event; see Store::committed_since).
@@ -530,6 +533,7 @@ impl Writer {
         if n_unmatched > 0 {
             ctx.metrics.unmatched.inc_by(n_unmatched);
         }
+        drop(db);
         store.write(batch)?;
         Ok(live)
     }

@@ -9,7 +9,7 @@ use sightline_proto::v1::{Detection, JoinedEvent};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::store::{keys, CF_BY_COMMIT, CF_DET, CF_EVENTS};
+use crate::store::{cf, keys, CF_BY_COMMIT, CF_DET, CF_EVENTS};
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -90,21 +90,23 @@ impl Fixture {
                 committed_ms: now,
                 ..Default::default()
             };
-            let s = &self.store;
+            let db = self.store.db().unwrap();
             batch.put_cf(
-                s.cf(CF_EVENTS),
+                cf(&db, CF_EVENTS),
                 keys::event_key(ts, det),
                 ev.encode_to_vec(),
             );
-            batch.put_cf(s.cf(CF_DET), keys::det_key(det), keys::i64_key(ts));
+            batch.put_cf(cf(&db, CF_DET), keys::det_key(det), keys::i64_key(ts));
             packed.extend_from_slice(&keys::event_key(ts, det));
             live.push(ev);
         }
+        let db = self.store.db().unwrap();
         batch.put_cf(
-            self.store.cf(CF_BY_COMMIT),
+            cf(&db, CF_BY_COMMIT),
             keys::event_key(now, events[0].0),
             packed,
         );
+        drop(db);
         self.store.write(batch).unwrap();
         self.locations.current().join_all(&mut live);
         self.hub.publish(live);

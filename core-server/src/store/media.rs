@@ -10,7 +10,9 @@ use rocksdb::{IteratorMode, WriteBatch};
 use serde::{Deserialize, Serialize};
 use sightline_proto::v1::{JoinedEvent, MediaRef};
 
-use super::{keys, Store, StoreError, CF_MEDIA, CF_MEDIA_AGE, CF_MEDIA_QUARANTINE, CF_MEDIA_REFS};
+use super::{
+    cf, keys, Store, StoreError, CF_MEDIA, CF_MEDIA_AGE, CF_MEDIA_QUARANTINE, CF_MEDIA_REFS,
+};
 
 /// One stored object, as the `media` column family holds it.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,7 +114,8 @@ fn refs_at(
 impl Store {
     /// The stored object with this sha256, if any.
     pub fn get_media(&self, sha: &str) -> Result<Option<StoredMedia>, StoreError> {
-        let Some(v) = self.db.get_cf(self.cf(CF_MEDIA), sha.as_bytes())? else {
+        let db = self.db()?;
+        let Some(v) = db.get_cf(cf(&db, CF_MEDIA), sha.as_bytes())? else {
             return Ok(None);
         };
         let (stored_ms, media) = decode_timed_ref(&v, "media")?;
@@ -122,14 +125,15 @@ impl Store {
     /// Records a stored object (its `media` row and retention entry, in one
     /// write). Call only once the object store holds the bytes.
     pub fn put_media(&self, m: &StoredMedia) -> Result<(), StoreError> {
+        let db = self.db()?;
         let mut b = WriteBatch::default();
         b.put_cf(
-            self.cf(CF_MEDIA),
+            cf(&db, CF_MEDIA),
             m.media.sha256.as_bytes(),
             encode_timed_ref(m.stored_ms, &m.media),
         );
         b.put_cf(
-            self.cf(CF_MEDIA_AGE),
+            cf(&db, CF_MEDIA_AGE),
             ts_sha_key(m.stored_ms, &m.media.sha256),
             [],
         );
@@ -142,12 +146,10 @@ impl Store {
         before_ms: i64,
         limit: usize,
     ) -> Result<Vec<StoredMedia>, StoreError> {
+        let db = self.db()?;
         let end = keys::i64_key(before_ms);
         let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(self.cf(CF_MEDIA_AGE), IteratorMode::Start)
-        {
+        for item in db.iterator_cf(cf(&db, CF_MEDIA_AGE), IteratorMode::Start) {
             let (k, _) = item?;
             if k.len() < 8 || k[..8] >= end[..] || out.len() >= limit {
                 break;
@@ -173,9 +175,10 @@ impl Store {
     /// Removes an object's `media` row and retention entry (after the object
     /// itself was deleted).
     pub fn forget_media(&self, sha: &str, stored_ms: i64) -> Result<(), StoreError> {
+        let db = self.db()?;
         let mut b = WriteBatch::default();
-        b.delete_cf(self.cf(CF_MEDIA), sha.as_bytes());
-        b.delete_cf(self.cf(CF_MEDIA_AGE), ts_sha_key(stored_ms, sha));
+        b.delete_cf(cf(&db, CF_MEDIA), sha.as_bytes());
+        b.delete_cf(cf(&db, CF_MEDIA_AGE), ts_sha_key(stored_ms, sha));
         self.write(b)
     }
 
@@ -189,6 +192,7 @@ impl Store {
         at_ms: i64,
         by: Option<&str>,
     ) -> Result<(), StoreError> {
+        let db = self.db()?;
         let mut b = WriteBatch::default();
         let mut v = encode_timed_ref(at_ms, media);
         if let Some(agent_id) = by {
@@ -199,21 +203,23 @@ impl Store {
             .expect("a Vec grows");
         }
         for &oid in det_oids {
-            b.put_cf(self.cf(CF_MEDIA_REFS), ref_key(oid, &media.kind), &v);
+            b.put_cf(cf(&db, CF_MEDIA_REFS), ref_key(oid, &media.kind), &v);
         }
         self.write(b)
     }
 
     /// The media attached to one event published by `publisher`, by kind.
     pub fn media_of(&self, det_oid: i64, publisher: &str) -> Result<Vec<MediaRef>, StoreError> {
-        let mut it = self.db.raw_iterator_cf(self.cf(CF_MEDIA_REFS));
+        let db = self.db()?;
+        let mut it = db.raw_iterator_cf(cf(&db, CF_MEDIA_REFS));
         refs_at(&mut it, det_oid, publisher)
     }
 
     /// Sets `JoinedEvent.media` of each event from `media_refs` (one
     /// iterator, one seek per event).
     pub fn fill_media(&self, events: &mut [JoinedEvent]) -> Result<(), StoreError> {
-        let mut it = self.db.raw_iterator_cf(self.cf(CF_MEDIA_REFS));
+        let db = self.db()?;
+        let mut it = db.raw_iterator_cf(cf(&db, CF_MEDIA_REFS));
         for e in events {
             if let Some(oid) = e.detection.as_ref().and_then(|d| d.detection_oid) {
                 e.media = refs_at(&mut it, oid, &e.agent_id)?;
@@ -224,10 +230,11 @@ impl Store {
 
     /// Records an upload refused for its content.
     pub fn quarantine_media(&self, q: &MediaQuarantined) -> Result<(), StoreError> {
+        let db = self.db()?;
         let v = serde_json::to_vec(q).expect("serialisable");
         let mut b = WriteBatch::default();
         b.put_cf(
-            self.cf(CF_MEDIA_QUARANTINE),
+            cf(&db, CF_MEDIA_QUARANTINE),
             ts_sha_key(q.quarantined_ms, &q.sha256),
             v,
         );
@@ -236,10 +243,10 @@ impl Store {
 
     /// The media quarantine, newest first, at most `limit` entries.
     pub fn list_media_quarantine(&self, limit: usize) -> Result<Vec<MediaQuarantined>, StoreError> {
+        let db = self.db()?;
         let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(self.cf(CF_MEDIA_QUARANTINE), IteratorMode::End)
+        for item in db
+            .iterator_cf(cf(&db, CF_MEDIA_QUARANTINE), IteratorMode::End)
             .take(limit)
         {
             let (_, v) = item?;
@@ -257,13 +264,15 @@ impl Store {
         quarantine_before: i64,
         refs_before: i64,
     ) -> Result<(), StoreError> {
+        let db = self.db()?;
         let mut b = WriteBatch::default();
         b.delete_range_cf(
-            self.cf(CF_MEDIA_QUARANTINE),
+            cf(&db, CF_MEDIA_QUARANTINE),
             keys::i64_key(i64::MIN),
             keys::i64_key(quarantine_before),
         );
-        self.db.write(b)?;
+        drop(db);
+        self.write(b)?;
         self.refs_cutoff.store(refs_before, Ordering::Relaxed);
         Ok(())
     }

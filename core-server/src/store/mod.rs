@@ -46,11 +46,12 @@ pub mod views;
 
 use std::{
     collections::HashMap,
-    path::Path,
+    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicI64, Ordering},
-        Arc,
+        Arc, Mutex,
     },
+    time::{Duration, Instant},
 };
 
 use prost::Message;
@@ -92,6 +93,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("field `page_token`: {0}")]
     BadToken(String),
+    /// The disk refuses writes (full, failing); nothing was written.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl StoreError {
@@ -103,6 +107,7 @@ impl StoreError {
         match self {
             StoreError::BadToken(_) => Code::InvalidArgument,
             StoreError::Db(db) if disk_trouble(db) => Code::Unavailable,
+            StoreError::Unavailable(_) => Code::Unavailable,
             _ => Code::Internal,
         }
     }
@@ -150,8 +155,20 @@ pub struct LocationCounts {
 
 /// The RocksDB store. Shared as `Arc<Store>`; all methods block (call them
 /// from blocking threads).
+///
+/// A write that fails for the disk (full, failing) puts the store in a
+/// fault: RocksDB refuses every write after such a failure until it is
+/// opened again, so the next writes (at most one a second) check that the
+/// disk takes a probe file again and then reopen the database in place.
+/// Until then writes answer `Unavailable` (nothing is acknowledged) and
+/// reads go on.
 pub struct Store {
-    db: DB,
+    /// `None` only while it is being reopened.
+    db: arc_swap::ArcSwapOption<DB>,
+    path: PathBuf,
+    cache_bytes: usize,
+    /// Since when writes fail for the disk, and when recovery was last tried.
+    fault: Mutex<Option<Fault>>,
     sync: bool,
     /// `det` entries with a timestamp below this are dropped at compaction.
     dedup_cutoff: Arc<AtomicI64>,
@@ -181,8 +198,158 @@ fn be_u64(b: &[u8]) -> u64 {
     u64::from_be_bytes(a)
 }
 
+/// A disk fault of the store's.
+#[derive(Debug, Clone)]
+struct Fault {
+    since: Instant,
+    last_try: Instant,
+    why: String,
+}
+
+/// Bytes the disk must take again before the store reopens.
+const PROBE_BYTES: usize = 1 << 20;
+/// How often a faulted store tries to recover.
+const RECOVERY_EVERY: Duration = Duration::from_secs(1);
+
+/// A column family of `db` (every one exists: they are created at open).
+pub fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
+    db.cf_handle(name).expect("column family exists")
+}
+
 impl Store {
     pub fn open(path: &Path, sync: bool, cache_bytes: usize) -> Result<Self, StoreError> {
+        let dedup_cutoff = Arc::new(AtomicI64::new(i64::MIN));
+        let refs_cutoff = Arc::new(AtomicI64::new(i64::MIN));
+        let db = open_db(path, cache_bytes, &dedup_cutoff, &refs_cutoff)?;
+        Ok(Self {
+            db: arc_swap::ArcSwapOption::from_pointee(db),
+            path: path.to_path_buf(),
+            cache_bytes,
+            fault: Mutex::new(None),
+            sync,
+            dedup_cutoff,
+            refs_cutoff,
+        })
+    }
+
+    /// The open database (reads hold it while they run).
+    pub fn db(&self) -> Result<Arc<DB>, StoreError> {
+        self.db.load_full().ok_or_else(|| {
+            StoreError::Unavailable("the store is being reopened after a disk fault".into())
+        })
+    }
+
+    /// Writes a commit; fsync'd when the store is configured so. A failure
+    /// for the disk puts the store in a fault (see [`Store`]).
+    pub fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        self.recover_if_faulted()?;
+        let db = self.db()?;
+        let mut w = WriteOptions::default();
+        w.set_sync(self.sync);
+        match db.write_opt(batch, &w) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                if disk_trouble(&e) {
+                    let mut f = self.fault.lock().unwrap();
+                    if f.is_none() {
+                        tracing::error!(path = %self.path.display(), error = %e,
+                            "the store's disk refused a write: nothing more is acknowledged until it takes writes again");
+                        let now = Instant::now();
+                        *f = Some(Fault {
+                            since: now,
+                            last_try: now,
+                            why: e.to_string(),
+                        });
+                    }
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Why writes fail now, if they do (for health and the fleet view).
+    pub fn disk_fault(&self) -> Option<String> {
+        self.fault
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|f| format!("{} (for {} s)", f.why, f.since.elapsed().as_secs()))
+    }
+
+    /// In a fault: at most once a [`RECOVERY_EVERY`], checks the disk takes
+    /// a probe file, then reopens the database. `Err` while it does not.
+    fn recover_if_faulted(&self) -> Result<(), StoreError> {
+        let mut f = self.fault.lock().unwrap();
+        let Some(fault) = f.as_mut() else {
+            return Ok(());
+        };
+        if fault.last_try.elapsed() < RECOVERY_EVERY {
+            return Err(refused(&fault.why));
+        }
+        fault.last_try = Instant::now();
+        if let Err(e) = probe(&self.path) {
+            fault.why = format!("{e}");
+            return Err(refused(&fault.why));
+        }
+        // Every reader lets go of the old handle before the new one opens
+        // (RocksDB locks its directory).
+        let old = self.db.swap(None);
+        if let Some(old) = old {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            drop(old);
+        }
+        match open_db(
+            &self.path,
+            self.cache_bytes,
+            &self.dedup_cutoff,
+            &self.refs_cutoff,
+        ) {
+            Ok(db) => {
+                self.db.store(Some(Arc::new(db)));
+                tracing::warn!(path = %self.path.display(), after_s = fault.since.elapsed().as_secs(),
+                    "the store's disk takes writes again: reopened, acknowledging again");
+                *f = None;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(path = %self.path.display(), error = %e, "reopening the store failed; retrying");
+                fault.why = e.to_string();
+                Err(refused(&fault.why))
+            }
+        }
+    }
+}
+
+fn refused(why: &str) -> StoreError {
+    StoreError::Unavailable(format!(
+        "the store's disk refuses writes ({why}); nothing was written, retry later"
+    ))
+}
+
+/// Writes, syncs and removes a [`PROBE_BYTES`] file beside the store.
+fn probe(path: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let p = path.join("space-probe");
+    let r = (|| {
+        let mut f = std::fs::File::create(&p)?;
+        f.write_all(&vec![0u8; PROBE_BYTES])?;
+        f.sync_all()
+    })();
+    let _ = std::fs::remove_file(&p);
+    r
+}
+
+/// Opens (or creates) the database with every column family and option.
+fn open_db(
+    path: &Path,
+    cache_bytes: usize,
+    dedup_cutoff: &Arc<AtomicI64>,
+    refs_cutoff: &Arc<AtomicI64>,
+) -> Result<DB, StoreError> {
+    {
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
@@ -206,7 +373,6 @@ impl Store {
             o.set_write_buffer_size(32 * 1024 * 1024);
             o
         };
-        let dedup_cutoff = Arc::new(AtomicI64::new(i64::MIN));
         let mut det_opts = cf(true);
         // Nearly every det_oid lookup misses (the event is new): a bloom
         // filter on the memtable answers those without walking the skiplist.
@@ -229,7 +395,6 @@ impl Store {
         let mut agg_opts = cf(false);
         agg_opts.set_merge_operator_associative("sightline-add-u64", add_u64);
         agg_opts.set_max_successive_merges(64);
-        let refs_cutoff = Arc::new(AtomicI64::new(i64::MIN));
         let mut refs_opts = cf(false);
         let cutoff = refs_cutoff.clone();
         refs_opts.set_compaction_filter(
@@ -258,26 +423,11 @@ impl Store {
             ColumnFamilyDescriptor::new(CF_MEDIA_QUARANTINE, cf(false)),
             ColumnFamilyDescriptor::new(CF_BY_COMMIT, cf(false)),
         ];
-        let db = DB::open_cf_descriptors(&db_opts, path, cfs)?;
-        Ok(Self {
-            db,
-            sync,
-            dedup_cutoff,
-            refs_cutoff,
-        })
+        Ok(DB::open_cf_descriptors(&db_opts, path, cfs)?)
     }
+}
 
-    pub fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(name).expect("column family exists")
-    }
-
-    /// Writes a commit; fsync'd when the store is configured so.
-    pub fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        let mut w = WriteOptions::default();
-        w.set_sync(self.sync);
-        Ok(self.db.write_opt(batch, &w)?)
-    }
-
+impl Store {
     /// The highest committed seq of (agent, epoch); 0 when none.
     pub fn watermark(&self, agent: &str, epoch: u64) -> Result<u64, StoreError> {
         Ok(self.watermark_digest(agent, epoch)?.0)
@@ -286,17 +436,18 @@ impl Store {
     /// The highest committed seq of (agent, epoch) and the digest of that
     /// seq's event (0 when unknown); (0, 0) when none.
     pub fn watermark_digest(&self, agent: &str, epoch: u64) -> Result<(u64, u64), StoreError> {
-        Ok(self
-            .db
-            .get_cf(self.cf(CF_WM), keys::wm_key(agent, epoch))?
+        let db = self.db()?;
+        Ok(db
+            .get_cf(cf(&db, CF_WM), keys::wm_key(agent, epoch))?
             .map(|v| keys::decode_wm(&v))
             .unwrap_or((0, 0)))
     }
 
     /// Every (agent, epoch, watermark) the store knows.
     pub fn watermarks(&self) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        let db = self.db()?;
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_WM), IteratorMode::Start) {
+        for item in db.iterator_cf(cf(&db, CF_WM), IteratorMode::Start) {
             let (k, v) = item?;
             if k.len() < 9 {
                 return Err(StoreError::Corrupt("short wm key".into()));
@@ -310,10 +461,10 @@ impl Store {
     /// For each det_oid: whether an event with it is stored, and for which
     /// camera (`Some(None)`: stored, by a version that did not record it).
     pub fn stored_dets(&self, oids: &[i64]) -> Result<Vec<Option<Option<i64>>>, StoreError> {
-        let cf = self.cf(CF_DET);
+        let db = self.db()?;
+        let cf = cf(&db, CF_DET);
         let keys: Vec<[u8; 8]> = oids.iter().map(|&o| keys::det_key(o)).collect();
-        self.db
-            .batched_multi_get_cf(cf, keys.iter(), false)
+        db.batched_multi_get_cf(cf, keys.iter(), false)
             .into_iter()
             .map(|r| Ok(r?.map(|v| keys::decode_det(&v).1)))
             .collect()
@@ -321,14 +472,15 @@ impl Store {
 
     /// One stored event by det_oid.
     pub fn get_event(&self, det_oid: i64) -> Result<Option<JoinedEvent>, StoreError> {
-        let Some(det) = self.db.get_cf(self.cf(CF_DET), keys::det_key(det_oid))? else {
+        let db = self.db()?;
+        let Some(det) = db.get_cf(cf(&db, CF_DET), keys::det_key(det_oid))? else {
             return Ok(None);
         };
         if det.len() < 8 {
             return Err(StoreError::Corrupt(format!("det entry of {det_oid}")));
         }
         let key = keys::event_key(keys::decode_det(&det).0, det_oid);
-        match self.db.get_cf(self.cf(CF_EVENTS), key)? {
+        match db.get_cf(cf(&db, CF_EVENTS), key)? {
             // The det key outlives the event (retention): the event is gone.
             None => Ok(None),
             Some(v) => Ok(Some(decode_event(&v)?)),
@@ -348,6 +500,7 @@ impl Store {
         page_size: usize,
         token: &str,
     ) -> Result<(Vec<JoinedEvent>, String), StoreError> {
+        let db = self.db()?;
         let start: Vec<u8> = if token.is_empty() {
             keys::event_key(from_ms, i64::MIN).to_vec()
         } else {
@@ -362,8 +515,8 @@ impl Store {
         };
         let mut out = Vec::new();
         let mut last_key = Vec::new();
-        let iter = self.db.iterator_cf(
-            self.cf(CF_EVENTS),
+        let iter = db.iterator_cf(
+            cf(&db, CF_EVENTS),
             IteratorMode::From(&start, rocksdb::Direction::Forward),
         );
         for (scanned, item) in iter.enumerate() {
@@ -460,9 +613,10 @@ impl Store {
         to: i64,
         mut f: impl FnMut(i64, i64, &str, u64),
     ) -> Result<(), StoreError> {
+        let db = self.db()?;
         let (start, end) = (keys::agg_prefix(bucket, from), keys::agg_prefix(bucket, to));
-        let iter = self.db.iterator_cf(
-            self.cf(CF_AGG),
+        let iter = db.iterator_cf(
+            cf(&db, CF_AGG),
             IteratorMode::From(&start, rocksdb::Direction::Forward),
         );
         for item in iter {
@@ -483,6 +637,7 @@ impl Store {
         page_size: usize,
         token: &str,
     ) -> Result<(Vec<QuarantinedEvent>, String), StoreError> {
+        let db = self.db()?;
         let start = if token.is_empty() {
             Vec::new()
         } else {
@@ -492,8 +647,8 @@ impl Store {
         };
         let mut out = Vec::new();
         let mut last = Vec::new();
-        for item in self.db.iterator_cf(
-            self.cf(CF_QUARANTINE),
+        for item in db.iterator_cf(
+            cf(&db, CF_QUARANTINE),
             IteratorMode::From(&start, rocksdb::Direction::Forward),
         ) {
             let (k, v) = item?;
@@ -510,10 +665,10 @@ impl Store {
     }
 
     pub fn counters(&self) -> Result<Counters, StoreError> {
+        let db = self.db()?;
         let get = |name: &str| -> Result<u64, StoreError> {
-            Ok(self
-                .db
-                .get_cf(self.cf(CF_COUNTERS), name)?
+            Ok(db
+                .get_cf(cf(&db, CF_COUNTERS), name)?
                 .map(|v| le_u64(&v))
                 .unwrap_or(0))
         };
@@ -541,6 +696,7 @@ impl Store {
         quarantine_before: i64,
         dedup_before: i64,
     ) -> Result<u64, StoreError> {
+        let db = self.db()?;
         let events_before = Bucket::Minute.floor(events_before);
         let mut expired = 0u64;
         self.for_each_agg(Bucket::Minute, i64::MIN, events_before, |_, _, _, n| {
@@ -548,32 +704,32 @@ impl Store {
         })?;
         let mut batch = WriteBatch::default();
         if expired > 0 {
-            let cf = self.cf(CF_COUNTERS);
+            let cf = cf(&db, CF_COUNTERS);
             batch.merge_cf(cf, counter::STORED, expired.wrapping_neg().to_le_bytes());
             batch.merge_cf(cf, counter::EXPIRED, expired.to_le_bytes());
         }
         batch.delete_range_cf(
-            self.cf(CF_EVENTS),
+            cf(&db, CF_EVENTS),
             keys::event_key(i64::MIN, i64::MIN),
             keys::event_key(events_before, i64::MIN),
         );
         batch.delete_range_cf(
-            self.cf(CF_AGG),
+            cf(&db, CF_AGG),
             keys::agg_prefix(Bucket::Minute, i64::MIN),
             keys::agg_prefix(Bucket::Minute, Bucket::Minute.floor(events_before)),
         );
         batch.delete_range_cf(
-            self.cf(CF_AGG),
+            cf(&db, CF_AGG),
             keys::agg_prefix(Bucket::Hour, i64::MIN),
             keys::agg_prefix(Bucket::Hour, Bucket::Hour.floor(aggregates_before)),
         );
         batch.delete_range_cf(
-            self.cf(CF_BY_COMMIT),
+            cf(&db, CF_BY_COMMIT),
             keys::event_key(i64::MIN, i64::MIN),
             keys::event_key(events_before, i64::MIN),
         );
         batch.delete_range_cf(
-            self.cf(CF_QUARANTINE),
+            cf(&db, CF_QUARANTINE),
             keys::i64_key(i64::MIN),
             keys::i64_key(quarantine_before),
         );

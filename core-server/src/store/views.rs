@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use rocksdb::IteratorMode;
 use sightline_proto::v1::JoinedEvent;
 
-use super::{decode_event, keys, keys::Bucket, Store, StoreError, CF_BY_COMMIT, CF_EVENTS};
+use super::{cf, decode_event, keys, keys::Bucket, Store, StoreError, CF_BY_COMMIT, CF_EVENTS};
 
 /// What a timeline series is keyed by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,10 +51,10 @@ impl Store {
         scan: usize,
         keep: impl Fn(&JoinedEvent) -> bool,
     ) -> Result<Vec<JoinedEvent>, StoreError> {
+        let db = self.db()?;
         let mut out = Vec::new();
-        for (seen, item) in self
-            .db
-            .iterator_cf(self.cf(CF_EVENTS), IteratorMode::End)
+        for (seen, item) in db
+            .iterator_cf(cf(&db, CF_EVENTS), IteratorMode::End)
             .enumerate()
         {
             if out.len() >= limit || seen >= scan {
@@ -170,13 +170,14 @@ impl Store {
         after: &[u8],
         limit: usize,
     ) -> Result<(Vec<JoinedEvent>, Vec<u8>), StoreError> {
+        let db = self.db()?;
         let start = keys::event_key(from_ms, i64::MIN);
         let start: &[u8] = if after > &start[..] { after } else { &start };
         let mut out = Vec::new();
         let mut last = after.to_vec();
         let malformed = || StoreError::Corrupt("a by_commit entry is malformed".into());
-        for item in self.db.iterator_cf(
-            self.cf(CF_BY_COMMIT),
+        for item in db.iterator_cf(
+            cf(&db, CF_BY_COMMIT),
             IteratorMode::From(start, rocksdb::Direction::Forward),
         ) {
             let (k, v) = item?;
@@ -201,10 +202,7 @@ impl Store {
             };
             for (ts, det) in events {
                 // Gone when retention cut it (by detection time) first.
-                if let Some(ev) = self
-                    .db
-                    .get_pinned_cf(self.cf(CF_EVENTS), keys::event_key(ts, det))?
-                {
+                if let Some(ev) = db.get_pinned_cf(cf(&db, CF_EVENTS), keys::event_key(ts, det))? {
                     out.push(decode_event(&ev)?);
                 }
             }
@@ -219,8 +217,9 @@ impl Store {
         batch: usize,
         mut f: impl FnMut(Vec<JoinedEvent>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
+        let db = self.db()?;
         let mut buf = Vec::with_capacity(batch);
-        for item in self.db.iterator_cf(self.cf(CF_EVENTS), IteratorMode::Start) {
+        for item in db.iterator_cf(cf(&db, CF_EVENTS), IteratorMode::Start) {
             let (_, v) = item?;
             buf.push(decode_event(&v)?);
             if buf.len() >= batch {
@@ -249,11 +248,13 @@ mod tests {
 
     fn count(s: &Store, bucket: Bucket, at: i64, loc: i64, item: &str, n: u64) {
         let mut b = WriteBatch::default();
+        let db = s.db().unwrap();
         b.merge_cf(
-            s.cf(CF_AGG),
+            cf(&db, CF_AGG),
             keys::agg_key(bucket, bucket.floor(at), loc, item),
             n.to_le_bytes(),
         );
+        drop(db);
         s.write(b).unwrap();
     }
 
@@ -262,6 +263,7 @@ mod tests {
         use prost::Message;
         let (_d, s) = store();
         let mut b = WriteBatch::default();
+        let db = s.db().unwrap();
         let event = |det: i64, ts: i64, committed: i64| {
             let ev = JoinedEvent {
                 detection: Some(sightline_proto::v1::Detection {
@@ -277,9 +279,9 @@ mod tests {
         // Committed at 1000: one event per entry (the older layout).
         for det in [7, 8] {
             let (k, v) = event(det, 500 + det, 1000);
-            b.put_cf(s.cf(CF_EVENTS), k, v);
+            b.put_cf(cf(&db, CF_EVENTS), k, v);
             b.put_cf(
-                s.cf(CF_BY_COMMIT),
+                cf(&db, CF_BY_COMMIT),
                 keys::event_key(1000, det),
                 keys::i64_key(500 + det),
             );
@@ -289,11 +291,12 @@ mod tests {
             let mut packed = Vec::new();
             for &det in &dets {
                 let (k, v) = event(det, 100 + det, at);
-                b.put_cf(s.cf(CF_EVENTS), k, v);
+                b.put_cf(cf(&db, CF_EVENTS), k, v);
                 packed.extend_from_slice(&k);
             }
-            b.put_cf(s.cf(CF_BY_COMMIT), keys::event_key(at, dets[0]), packed);
+            b.put_cf(cf(&db, CF_BY_COMMIT), keys::event_key(at, dets[0]), packed);
         }
+        drop(db);
         s.write(b).unwrap();
         let oids = |evs: &[JoinedEvent]| -> Vec<i64> {
             evs.iter()
