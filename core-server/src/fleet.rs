@@ -111,6 +111,18 @@ impl Fleet {
             i.next_seq = next_seq;
             i.buffer_depth = depth;
             i.cameras = status.cameras;
+            if status.epochs_started > i.epochs_started {
+                tracing::warn!(agent, epochs_started = status.epochs_started, why = %status.last_new_epoch,
+                    "the agent started a new epoch: its buffer and the core's state disagreed");
+            }
+            i.epochs_started = status.epochs_started;
+            i.last_new_epoch = status.last_new_epoch;
+            if i.buffer_disk_fault != status.buffer_disk_fault
+                && !status.buffer_disk_fault.is_empty()
+            {
+                tracing::warn!(agent, fault = %status.buffer_disk_fault, "the agent's buffer disk refuses writes");
+            }
+            i.buffer_disk_fault = status.buffer_disk_fault;
             i.lag = next_seq.saturating_sub(i.acked_seq + 1);
             self.publish_gauges(i);
         }

@@ -146,6 +146,12 @@ pub struct AgentRow {
     pub revoked: bool,
     /// The last session refusal (certificate, identity, revocation).
     pub last_refusal: String,
+    /// New epochs the agent started (a restored buffer or core), and why
+    /// the last one.
+    pub epochs_started: u64,
+    pub last_new_epoch: String,
+    /// Why the agent's buffer disk refuses writes ("" when it takes them).
+    pub buffer_disk_fault: String,
 }
 
 /// A camera of an agent: seen in its events, and/or reported by the agent

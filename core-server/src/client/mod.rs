@@ -218,6 +218,15 @@ pub async fn run(url: String, cmd: ClientCommand) -> anyhow::Result<()> {
                 if !a.last_refusal.is_empty() {
                     println!("{:<20} refused: {}", "", a.last_refusal);
                 }
+                if a.epochs_started > 0 {
+                    println!(
+                        "{:<20} new epochs: {} (last: {})",
+                        "", a.epochs_started, a.last_new_epoch
+                    );
+                }
+                if !a.buffer_disk_fault.is_empty() {
+                    println!("{:<20} buffer disk: {}", "", a.buffer_disk_fault);
+                }
             }
         }
         ClientCommand::Quarantine { limit } => {

@@ -61,6 +61,8 @@ fn Agent(a: AgentRow) -> impl IntoView {
                 <dt>"link"</dt><dd class=if plaintext { "warn" } else { "" } data-link=a.link.clone()>{link}{plaintext.then_some(" — not authenticated")}</dd>
                 <dt>"not its cameras"</dt><dd data-denied=a.denied>{format::count(a.denied)}{(!a.last_denied.is_empty()).then(|| format!(" · last: {}", a.last_denied))}</dd>
                 {(!a.last_refusal.is_empty()).then(|| view! { <dt>"refused"</dt><dd class="warn">{a.last_refusal.clone()}</dd> })}
+                {(a.epochs_started > 0).then(|| view! { <dt>"new epochs"</dt><dd class="warn">{format::count(a.epochs_started)}" · last: "{a.last_new_epoch.clone()}</dd> })}
+                {(!a.buffer_disk_fault.is_empty()).then(|| view! { <dt>"buffer disk"</dt><dd class="warn">{a.buffer_disk_fault.clone()}</dd> })}
                 <dt>"version · peer"</dt><dd>{a.version.clone()}" · "{a.peer.clone()}</dd>
             </dl>
             <table class="cameras">

@@ -315,6 +315,9 @@ impl Backend for CoreBackend {
                 last_denied: a.last_denied,
                 revoked: a.revoked,
                 last_refusal: a.last_refusal,
+                epochs_started: a.epochs_started,
+                last_new_epoch: a.last_new_epoch,
+                buffer_disk_fault: a.buffer_disk_fault,
             })
             .collect())
     }
