@@ -19,6 +19,7 @@ use sightline_proto::v1::{
     SearchRequest, SearchResponse, StatsRequest, StatsResponse, SubscribeRequest, TopItemsRequest,
     TopItemsResponse,
 };
+use sightline_proto::ApiError;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -86,6 +87,11 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| Status::internal(e.to_string()))?
 }
 
+/// A refusal of one request field, in the one error vocabulary.
+fn bad_field(name: &str, reason: impl std::fmt::Display) -> Status {
+    ApiError::field(name, reason).into()
+}
+
 /// Most events or quarantine entries one page of `ListEvents` /
 /// `ListQuarantine` returns (0 asks for [`DEFAULT_PAGE`]).
 pub const MAX_PAGE: u32 = 10_000;
@@ -95,9 +101,10 @@ fn page_size(n: u32) -> Result<usize, Status> {
     match n {
         0 => Ok(DEFAULT_PAGE as usize),
         n @ 1..=MAX_PAGE => Ok(n as usize),
-        n => Err(Status::invalid_argument(format!(
-            "field `page_size`: {n} is more than {MAX_PAGE}"
-        ))),
+        n => Err(bad_field(
+            "page_size",
+            format!("{n} is more than {MAX_PAGE}"),
+        )),
     }
 }
 
@@ -109,15 +116,17 @@ const SECONDS_NOT_MS: i64 = 100_000_000_000;
 /// not answered with nothing).
 fn check_range(from_ms: i64, to_ms: i64) -> Result<(), Status> {
     if to_ms != 0 && to_ms < from_ms {
-        return Err(Status::invalid_argument(format!(
-            "field `to_ms`: {to_ms} is before `from_ms` {from_ms}"
-        )));
+        return Err(bad_field(
+            "to_ms",
+            format!("{to_ms} is before `from_ms` {from_ms}"),
+        ));
     }
     for (field, v) in [("from_ms", from_ms), ("to_ms", to_ms)] {
         if v < 0 {
-            return Err(Status::invalid_argument(format!(
-                "field `{field}`: {v} is negative; times are epoch milliseconds"
-            )));
+            return Err(bad_field(
+                field,
+                format!("{v} is negative; times are epoch milliseconds"),
+            ));
         }
         if v != 0 && v < SECONDS_NOT_MS {
             return Err(Status::invalid_argument(format!(
@@ -194,9 +203,10 @@ impl Query for QueryService {
     ) -> Result<Response<JoinedEvent>, Status> {
         let oid = req.into_inner().detection_oid;
         if oid <= 0 {
-            return Err(Status::invalid_argument(format!(
-                "field `detection_oid`: must be positive, got {oid}"
-            )));
+            return Err(bad_field(
+                "detection_oid",
+                format!("must be positive, got {oid}"),
+            ));
         }
         let store = self.store.clone();
         let ev = blocking(move || {
@@ -208,9 +218,7 @@ impl Query for QueryService {
         })
         .await?;
         match ev {
-            None => Err(Status::not_found(format!(
-                "no event with detection_oid {oid}"
-            ))),
+            None => Err(ApiError::not_found(format!("no event with detection_oid {oid}")).into()),
             Some(mut e) => {
                 self.locations.current().join(&mut e);
                 Ok(Response::new(e))
@@ -225,19 +233,18 @@ impl Query for QueryService {
         let r = req.into_inner();
         check_range(r.from_ms, r.to_ms)?;
         if r.to_ms == 0 || r.to_ms < r.from_ms {
-            return Err(Status::invalid_argument(format!(
-                "field `to_ms`: must be set and not before `from_ms` (got from {} to {})",
-                r.from_ms, r.to_ms
-            )));
+            return Err(bad_field(
+                "to_ms",
+                format!(
+                    "must be set and not before `from_ms` (got from {} to {})",
+                    r.from_ms, r.to_ms
+                ),
+            ));
         }
         let x = match r.x {
             0 => 10,
             n @ 1..=1000 => n as usize,
-            n => {
-                return Err(Status::invalid_argument(format!(
-                    "field `x`: {n} is more than 1000"
-                )))
-            }
+            n => return Err(bad_field("x", format!("{n} is more than 1000"))),
         };
         let store = self.store.clone();
         let counts = blocking(move || {
