@@ -1,0 +1,44 @@
+//! Crashes the fuzz targets found, each input kept in `fuzz/regressions/`
+//! and run by the `fuzz` binary in its own process (an input that exhausts
+//! memory aborts that process, not the tests). Ignored while the crash
+//! stands (the fuzz targets step around it meanwhile, see
+//! `sightline_fuzz::targets::SKIP_KNOWN`); un-ignore with the fix.
+
+use std::process::Command;
+
+fn survives(target: &str, file: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("regressions")
+        .join(file);
+    assert!(path.is_file(), "{} is checked in", path.display());
+    let out = Command::new(env!("CARGO_BIN_EXE_fuzz"))
+        .args([target, "--input"])
+        .arg(&path)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("running the fuzz binary");
+    assert!(
+        out.status.success(),
+        "{target} on {file}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `search_query`: page token `17640036000000` (an offset) makes tantivy
+/// allocate ~84 TB for its top-docs heap; the process aborts.
+#[test]
+#[ignore = "crash found by fuzzing, not fixed yet: the search page token (offset) is unbounded (core-server/src/search/mod.rs)"]
+fn a_huge_search_page_token_never_exhausts_memory() {
+    survives("search_query", "search_query-huge-page-token");
+}
+
+/// `http_query`: `range=custom&from=2025-11-24 16:00:00&to=17641764003600000&by=location`
+/// makes the timeline allocate ~39 GB (one u64 per hour over ~560,000
+/// years); the process aborts.
+#[test]
+#[ignore = "crash found by fuzzing, not fixed yet: a custom dashboard range is unbounded (web-ui/src/api.rs resolve_range, core-server/src/store/views.rs timeline)"]
+fn a_dashboard_timeline_of_any_range_never_exhausts_memory() {
+    survives("http_query", "http_query-timeline-of-centuries");
+}
