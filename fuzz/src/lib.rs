@@ -5,9 +5,12 @@
 //! duplication, splices), each one derived from the run's seed and its
 //! index alone, so any input of a run can be made again.
 //!
-//! - `cargo run --release -p sightline-fuzz --bin fuzz -- <target|all> --seconds N`
+//! - `cargo run -p sightline-fuzz --bin fuzz -- <target|all> --seconds N`
 //!   runs a target (or each in turn) for N seconds; a crash writes its input
-//!   to `fuzz/crashes/<target>-<hash>` and exits non-zero.
+//!   to `fuzz/crashes/<target>-<hash>` and exits non-zero. The dev profile
+//!   on purpose: integer overflow and debug assertions panic there (they
+//!   wrap silently in release), dependencies are built at opt-level 1, and
+//!   it reuses the workspace's own build.
 //! - `cargo test -p sightline-fuzz` runs each target over its corpus and a
 //!   few thousand mutations (CI).
 //!
@@ -351,7 +354,7 @@ pub fn quick(
     let mut i = 0;
     while i < total && (i < corpus.len() as u64 || started.elapsed() < budget) {
         let data = input(&corpus, seed, i);
-        // A debug build is slower than the release runner's bound.
+        // A test build (opt-level 0 for this crate) is slower than the runner.
         match worker.run(data.clone(), HANG * 5) {
             Outcome::Ok => {}
             bad => {
