@@ -1,6 +1,8 @@
 //! `fuzz <target|all> [--seconds N] [--seed S]`: runs a target (or each in
 //! turn) on its corpus and mutations of it for N seconds (default 60).
-//! `fuzz <target> --input FILE`: runs one input (a regression) as it is.
+//! `fuzz <target> --input FILE [--hang-seconds N]`: runs one input (a
+//! regression) as it is. `--keep-going`: after a crash, go on with the
+//! next input in a new process until the time is up (crashes counted).
 //!
 //! Each target runs in a child process with its address space bounded
 //! ([`MEMORY_LIMIT`]): an allocation past it aborts the child. The parent
@@ -37,6 +39,13 @@ struct Args {
     /// Run this one file's bytes (a regression input), the known crashes
     /// not stepped around; exits 0 when the target returned.
     input: Option<String>,
+    /// With --input: the bound on the call, in seconds (default [`HANG`]),
+    /// to see how long a hang really takes.
+    hang: Option<u64>,
+    /// Child only: the first input to run.
+    start: u64,
+    /// After a crash, go on with the next input until the time is up.
+    keep_going: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -48,6 +57,9 @@ fn parse_args() -> Result<Args, String> {
         child: false,
         replay: None,
         input: None,
+        hang: None,
+        start: 0,
+        keep_going: false,
     };
     let mut seed = None;
     while let Some(arg) = it.next() {
@@ -60,7 +72,10 @@ fn parse_args() -> Result<Args, String> {
             "--seconds" => a.seconds = value("--seconds")?,
             "--seed" => seed = Some(value("--seed")?),
             "--child" => a.child = true,
+            "--keep-going" => a.keep_going = true,
+            "--start" => a.start = value("--start")?,
             "--input" => a.input = Some(it.next().ok_or("--input: a file")?),
+            "--hang-seconds" => a.hang = Some(value("--hang-seconds")?),
             "--replay" => a.replay = Some((value("--replay")?, value("--replay")?)),
             t if !t.starts_with('-') && a.target.is_empty() => a.target = t.to_string(),
             other => return Err(format!("unknown argument {other:?}")),
@@ -84,14 +99,15 @@ fn main() -> ExitCode {
         Err(e) => {
             let names: Vec<&str> = targets::ALL.iter().map(|t| t.name).collect();
             eprintln!(
-                "fuzz: {e}\nusage: fuzz <target|all> [--seconds N] [--seed S]\ntargets: {}",
+                "fuzz: {e}\nusage: fuzz <target|all> [--seconds N] [--seed S] [--keep-going] | fuzz <target> --input FILE [--hang-seconds N]\ntargets: {}",
                 names.join(" ")
             );
             return ExitCode::from(2);
         }
     };
     if let Some(file) = &args.input {
-        return one_input(&args.target, file);
+        let bound = args.hang.map_or(HANG, Duration::from_secs);
+        return one_input(&args.target, file, bound);
     }
     if args.child {
         return child(&args);
@@ -106,7 +122,7 @@ fn main() -> ExitCode {
     };
     let mut failed = false;
     for name in names {
-        failed |= !supervise(name, args.seconds, args.seed);
+        failed |= !supervise(name, args.seconds, args.seed, args.keep_going);
     }
     if failed {
         ExitCode::FAILURE
@@ -115,42 +131,79 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs one target in a child; true when nothing crashed.
-fn supervise(name: &str, seconds: u64, seed: u64) -> bool {
+/// Runs one target in a child; true when nothing crashed. With
+/// `keep_going`, a crash is recorded and a new child goes on after it
+/// until the time is up (a hung call cannot be stopped but by its process).
+fn supervise(name: &str, seconds: u64, seed: u64, keep_going: bool) -> bool {
     println!("fuzz: target={name} seed={seed} seconds={seconds}");
-    let exe = std::env::current_exe().expect("the fuzz binary's path");
     let started = Instant::now();
+    let (mut start, mut executions, mut crashes) = (0u64, 0u64, 0u64);
+    loop {
+        let left = seconds.saturating_sub(started.elapsed().as_secs());
+        let end = run_child(name, left, seed, start);
+        executions += end.executions;
+        if end.crashed {
+            crashes += 1;
+        }
+        match end.next {
+            Some(next) if keep_going && started.elapsed().as_secs() < seconds => start = next,
+            _ => break,
+        }
+    }
+    println!(
+        "target={name} executions={executions} seconds={} crashes={crashes} seed={seed}",
+        started.elapsed().as_secs()
+    );
+    crashes == 0
+}
+
+/// How a child ended.
+struct ChildEnd {
+    executions: u64,
+    crashed: bool,
+    /// The input to go on from, after a crash.
+    next: Option<u64>,
+}
+
+fn run_child(name: &str, seconds: u64, seed: u64, start: u64) -> ChildEnd {
+    let exe = std::env::current_exe().expect("the fuzz binary's path");
     let mut proc = Command::new(&exe)
         .args([name, "--child", "--seconds", &seconds.to_string()])
-        .args(["--seed", &seed.to_string()])
+        .args(["--seed", &seed.to_string(), "--start", &start.to_string()])
         .stdout(Stdio::piped())
         .spawn()
         .expect("starting the fuzz child");
-    let mut last = 0u64;
+    let (mut last, mut executions, mut crashed_at) = (start, 0u64, None::<u64>);
     let out = proc.stdout.take().expect("the child's stdout");
     for line in BufReader::new(out).lines().map_while(Result::ok) {
         if let Some(n) = line.strip_prefix("progress ") {
             last = n.trim().parse().unwrap_or(last);
+        } else if let Some(n) = line.strip_prefix("crashed-at ") {
+            crashed_at = n.trim().parse().ok();
+        } else if let Some(n) = line.strip_prefix("executions ") {
+            executions = n.trim().parse().unwrap_or(0);
         } else {
             println!("{line}");
         }
     }
     let status = proc.wait().expect("waiting for the fuzz child");
     if status.code().is_some() {
-        // It ended by itself: it printed its summary (and any crash).
-        return status.success();
+        // It ended by itself, after its time or a crash it reported.
+        return ChildEnd {
+            executions,
+            crashed: !status.success(),
+            next: crashed_at.map(|i| i + 1),
+        };
     }
     // Killed by a signal (an abort: out of memory, a stack overflow).
     println!(
         "fuzz: target={name} died ({status}) after input {last}; running inputs {last}.. again to keep the one that did"
     );
+    let window = last + 2 * PROGRESS_EVERY;
     let status = Command::new(&exe)
         .args([name, "--child", "--seed", &seed.to_string()])
-        .args([
-            "--replay",
-            &last.to_string(),
-            &(last + 2 * PROGRESS_EVERY).to_string(),
-        ])
+        .args(["--replay", &last.to_string(), &window.to_string()])
+        .stdout(Stdio::null())
         .status()
         .expect("starting the fuzz child again");
     let pending = crash_dir().join(format!("{name}-pending"));
@@ -158,18 +211,15 @@ fn supervise(name: &str, seconds: u64, seed: u64) -> bool {
         Ok(data) if status.code().is_none() => {
             let to = crash_dir().join(format!("{name}-{}", hash(&data)));
             let _ = std::fs::rename(&pending, &to);
-            println!(
-                "target={name} executions={last} seconds={} crashes=1 seed={seed} crash={} ({status})",
-                started.elapsed().as_secs(),
-                to.display()
-            );
+            println!("fuzz: target={name} crash={} ({status})", to.display());
         }
-        _ => println!(
-            "target={name} executions={last} seconds={} crashes=1 seed={seed} (died with {status}; not reproduced)",
-            started.elapsed().as_secs()
-        ),
+        _ => println!("fuzz: target={name} died with {status}; not reproduced"),
     }
-    false
+    ChildEnd {
+        executions: last - start,
+        crashed: true,
+        next: Some(window),
+    }
 }
 
 fn bound_memory() {
@@ -188,7 +238,7 @@ fn bound_memory() {
     );
 }
 
-fn one_input(name: &str, file: &str) -> ExitCode {
+fn one_input(name: &str, file: &str, bound: Duration) -> ExitCode {
     let Some(target) = targets::by_name(name) else {
         eprintln!("fuzz: no target {name:?}");
         return ExitCode::from(2);
@@ -203,9 +253,13 @@ fn one_input(name: &str, file: &str) -> ExitCode {
     targets::SKIP_KNOWN.store(false, std::sync::atomic::Ordering::Relaxed);
     quiet_panics();
     bound_memory();
-    match Worker::start(target).run(data, HANG) {
+    let started = Instant::now();
+    match Worker::start(target).run(data, bound) {
         Outcome::Ok => {
-            println!("target={name} input={file}: ok");
+            println!(
+                "target={name} input={file}: ok in {:.3} s",
+                started.elapsed().as_secs_f64()
+            );
             ExitCode::SUCCESS
         }
         bad => {
@@ -228,7 +282,7 @@ fn child(args: &Args) -> ExitCode {
     let deadline = Duration::from_secs(args.seconds);
     let (mut i, end) = match args.replay {
         Some((from, to)) => (from, to),
-        None => (0, u64::MAX),
+        None => (args.start, u64::MAX),
     };
     let pending = crash_dir().join(format!("{}-pending", target.name));
     let mut stdout = std::io::stdout();
@@ -246,18 +300,13 @@ fn child(args: &Args) -> ExitCode {
             let _ = std::fs::remove_file(&pending);
             let _ = writeln!(
                 stdout,
-                "fuzz: target={} input #{i} ({} bytes): {outcome:?}",
+                "fuzz: target={} input #{i} ({} bytes): {outcome:?}; kept as {}",
                 target.name,
-                data.len()
-            );
-            let _ = writeln!(
-                stdout,
-                "target={} executions={executions} seconds={} crashes=1 seed={} crash={}",
-                target.name,
-                started.elapsed().as_secs(),
-                args.seed,
+                data.len(),
                 path.display()
             );
+            let _ = writeln!(stdout, "crashed-at {i}");
+            let _ = writeln!(stdout, "executions {executions}");
             let _ = stdout.flush();
             // A hung call cannot be stopped: end the process.
             std::process::exit(1);
@@ -268,15 +317,7 @@ fn child(args: &Args) -> ExitCode {
         }
     }
     let _ = std::fs::remove_file(&pending);
-    if args.replay.is_none() {
-        let _ = writeln!(
-            stdout,
-            "target={} executions={executions} seconds={} crashes=0 seed={}",
-            target.name,
-            started.elapsed().as_secs(),
-            args.seed
-        );
-    }
+    let _ = writeln!(stdout, "executions {executions}");
     let _ = stdout.flush();
     ExitCode::SUCCESS
 }
