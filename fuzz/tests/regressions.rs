@@ -53,6 +53,8 @@ fn a_dashboard_timeline_of_any_range_never_exhausts_memory() {
 #[ignore = "hang found by fuzzing, not fixed yet: a damaged column chunk makes the Parquet reader crawl (edge-agent/src/sources/replay/parquet_file.rs, parquet 60.1)"]
 fn a_damaged_replay_parquet_file_is_read_within_the_bound() {
     survives("replay_parquet", "replay_parquet-slow-page-headers");
+    // 7,269 bytes, still reading after 60 s.
+    survives("replay_parquet", "replay_parquet-over-60s");
 }
 
 /// `replay_parquet`: a damaged 1,475-byte Parquet file makes the parquet
@@ -64,4 +66,15 @@ fn a_damaged_replay_parquet_file_is_read_within_the_bound() {
 #[ignore = "crash found by fuzzing, not fixed yet: a damaged page makes the Parquet decoder allocate 7.9 GB (edge-agent/src/sources/replay/parquet_file.rs, parquet 60.1)"]
 fn a_damaged_replay_parquet_page_never_exhausts_memory() {
     survives("replay_parquet", "replay_parquet-huge-page-alloc");
+}
+
+/// `dataset_b_parquet`: a damaged 863-byte Dataset B Parquet file makes the
+/// core's loader (`enrich::LocationTable::load`, reading rows through the
+/// parquet crate at `core-server/src/enrich/mod.rs:258`) ask for 32 GB at
+/// once; an allocation failure aborts, the loader's `catch_unwind` cannot
+/// keep the table in use: the core (or its reload) dies.
+#[test]
+#[ignore = "crash found by fuzzing, not fixed yet: a damaged Dataset B Parquet file makes the loader allocate 32 GB (core-server/src/enrich/mod.rs, parquet 60.1)"]
+fn a_damaged_dataset_b_parquet_file_never_exhausts_memory() {
+    survives("dataset_b_parquet", "dataset_b_parquet-huge-alloc");
 }
