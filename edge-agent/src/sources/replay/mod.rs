@@ -143,6 +143,33 @@ fn read_file(
     result
 }
 
+/// Reads the whole file as a replay would and turns each row into a
+/// detection, without a buffer: what was read and how it went (`accepted`
+/// counts rows that became valid detections; `reported` stays empty). For
+/// fuzzing and tools; the replay itself goes through [`replay`].
+pub fn read_rows(path: &Path, format: Format) -> anyhow::Result<ReplaySummary> {
+    let mut s = ReplaySummary::default();
+    let mut emit = |r: Read| -> bool {
+        match r {
+            Read::Unreadable(_) => s.unreadable += 1,
+            Read::Row { row, .. } => {
+                s.rows += 1;
+                match row.and_then(|row| detection_from_row(row).map_err(|e| e.to_string())) {
+                    Ok(_) => s.accepted += 1,
+                    Err(_) => s.invalid += 1,
+                }
+            }
+        }
+        true
+    };
+    match format {
+        Format::Csv => text::read_csv(path, &mut emit),
+        Format::Jsonl => text::read_jsonl(path, &mut emit),
+        Format::Parquet => parquet_file::read_parquet(path, 0, &mut emit),
+    }?;
+    Ok(s)
+}
+
 /// Logs problems, one line each up to the limits, and keeps what it logged.
 struct Reporter {
     bar: indicatif::ProgressBar,

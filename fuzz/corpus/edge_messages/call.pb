@@ -1,0 +1,2 @@
+
+sightline.v1.Ingest/Session
