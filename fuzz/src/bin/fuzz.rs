@@ -250,7 +250,6 @@ fn one_input(name: &str, file: &str, bound: Duration) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    targets::SKIP_KNOWN.store(false, std::sync::atomic::Ordering::Relaxed);
     quiet_panics();
     bound_memory();
     let started = Instant::now();
