@@ -54,6 +54,55 @@ pub enum Incoming {
     },
 }
 
+/// An event refused at commit: kept in the quarantine and listed in its
+/// batch's ack, the one way both kinds of refusal (invalid, conflict) go.
+struct Quarantine {
+    event: Option<EdgeEvent>,
+    raw: Vec<u8>,
+    field: String,
+    reason: String,
+    code: &'static str,
+}
+
+impl Quarantine {
+    fn put(
+        self,
+        batch: &mut WriteBatch,
+        cf_q: &rocksdb::ColumnFamily,
+        now: i64,
+        agent: &str,
+        outcome: &mut CommitOutcome,
+    ) {
+        let seq = self.event.as_ref().map(|e| e.seq).unwrap_or_default();
+        let detection_oid = self
+            .event
+            .as_ref()
+            .and_then(|e| e.detection.as_ref())
+            .and_then(|d| d.detection_oid);
+        outcome.rejected.push(Rejection {
+            seq,
+            detection_oid,
+            field: self.field.clone(),
+            reason: self.reason.clone(),
+            code: self.code.to_string(),
+        });
+        let q = QuarantinedEvent {
+            agent_id: agent.to_string(),
+            seq,
+            event: self.event,
+            field: self.field,
+            reason: self.reason,
+            quarantined_ms: now,
+            raw: self.raw,
+        };
+        batch.put_cf(
+            cf_q,
+            keys::quarantine_key(now, agent, seq),
+            q.encode_to_vec(),
+        );
+    }
+}
+
 /// The `Rejection.code` of an event whose det_oid is stored for another camera.
 pub const CONFLICT: &str = "ALREADY_EXISTS";
 
@@ -382,32 +431,14 @@ impl Writer {
                     reason,
                     code,
                 } => {
-                    let seq = event.as_ref().map(|e| e.seq).unwrap_or_default();
-                    let det_oid = event
-                        .as_ref()
-                        .and_then(|e| e.detection.as_ref())
-                        .and_then(|d| d.detection_oid);
-                    let q = QuarantinedEvent {
-                        agent_id: agent.to_string(),
-                        seq,
+                    let q = Quarantine {
                         event,
-                        field: field.clone(),
-                        reason: reason.clone(),
-                        quarantined_ms: now,
                         raw: raw.to_vec(),
-                    };
-                    batch.put_cf(
-                        cf_q,
-                        keys::quarantine_key(now, &agent, seq),
-                        q.encode_to_vec(),
-                    );
-                    outcome.rejected.push(Rejection {
-                        seq,
-                        detection_oid: det_oid,
                         field,
                         reason,
-                        code: code.to_string(),
-                    });
+                        code,
+                    };
+                    q.put(&mut batch, cf_q, now, &agent, outcome);
                     n_rej += 1;
                 }
                 Incoming::Valid(e) => {
@@ -429,31 +460,18 @@ impl Writer {
                                 "det_oid {oid} is already stored for camera {cam}, not camera {}: a det_oid belongs to one camera (conflict, quarantined)",
                                 d.video_camera_oid
                             );
-                            let q = QuarantinedEvent {
-                                agent_id: agent.to_string(),
-                                seq,
+                            let q = Quarantine {
                                 event: Some(EdgeEvent {
                                     seq,
                                     detection: Some(d),
                                     accepted_ms,
                                 }),
-                                field: "detection_oid".into(),
-                                reason: reason.clone(),
-                                quarantined_ms: now,
                                 raw: Vec::new(),
-                            };
-                            batch.put_cf(
-                                cf_q,
-                                keys::quarantine_key(now, &agent, seq),
-                                q.encode_to_vec(),
-                            );
-                            outcome.rejected.push(Rejection {
-                                seq,
-                                detection_oid: Some(oid),
                                 field: "detection_oid".into(),
                                 reason,
-                                code: CONFLICT.to_string(),
-                            });
+                                code: CONFLICT,
+                            };
+                            q.put(&mut batch, cf_q, now, &agent, outcome);
                             n_rej += 1;
                             ctx.metrics.det_oid_conflicts.inc();
                             continue;
