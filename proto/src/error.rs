@@ -19,6 +19,8 @@
 //! | `ResourceExhausted` | `RESOURCE_EXHAUSTED` | 429 | a limit on connections, streams or buffer space; retry later |
 //! | `FailedPrecondition` | `FAILED_PRECONDITION` | 409 | the server is not set up for this (e.g. no agent registry) |
 //! | `ResumeFrom` | `FAILED_PRECONDITION` | 409 | the request must start again from a position the message names |
+//! | `DeadlineExceeded` | `DEADLINE_EXCEEDED` | 408 | the caller did not send what was due in time (an agent's Hello) |
+//! | `Aborted` | `ABORTED` | 409 | the work was replaced by newer work (a newer session of the same agent) |
 //! | `Unavailable` | `UNAVAILABLE` | 503 | shutting down, a disk full or failing, a dependency away; retry later |
 //! | `Internal` | `INTERNAL` | 500 | a fault of the server (a bug or corrupt data); the message says which |
 
@@ -37,6 +39,8 @@ pub enum Code {
     ResourceExhausted,
     FailedPrecondition,
     ResumeFrom,
+    DeadlineExceeded,
+    Aborted,
     Unavailable,
     Internal,
 }
@@ -53,6 +57,8 @@ impl Code {
             Code::PermissionDenied => tonic::Code::PermissionDenied,
             Code::ResourceExhausted => tonic::Code::ResourceExhausted,
             Code::FailedPrecondition | Code::ResumeFrom => tonic::Code::FailedPrecondition,
+            Code::DeadlineExceeded => tonic::Code::DeadlineExceeded,
+            Code::Aborted => tonic::Code::Aborted,
             Code::Unavailable => tonic::Code::Unavailable,
             Code::Internal => tonic::Code::Internal,
         }
@@ -65,7 +71,8 @@ impl Code {
             Code::TooLarge => 413,
             Code::OutOfRange => 416,
             Code::NotFound => 404,
-            Code::AlreadyExists | Code::FailedPrecondition | Code::ResumeFrom => 409,
+            Code::AlreadyExists | Code::FailedPrecondition | Code::ResumeFrom | Code::Aborted => 409,
+            Code::DeadlineExceeded => 408,
             Code::Unauthenticated => 401,
             Code::PermissionDenied => 403,
             Code::ResourceExhausted => 429,
@@ -86,6 +93,8 @@ impl Code {
             tonic::Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
             tonic::Code::FailedPrecondition => "FAILED_PRECONDITION",
             tonic::Code::Unavailable => "UNAVAILABLE",
+            tonic::Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            tonic::Code::Aborted => "ABORTED",
             _ => "INTERNAL",
         }
     }
@@ -126,6 +135,22 @@ impl ApiError {
 
     pub fn internal(why: impl Into<String>) -> Self {
         Self::new(Code::Internal, why)
+    }
+
+    pub fn invalid(why: impl Into<String>) -> Self {
+        Self::new(Code::InvalidArgument, why)
+    }
+
+    pub fn permission_denied(why: impl Into<String>) -> Self {
+        Self::new(Code::PermissionDenied, why)
+    }
+
+    pub fn unauthenticated(why: impl Into<String>) -> Self {
+        Self::new(Code::Unauthenticated, why)
+    }
+
+    pub fn exhausted(why: impl Into<String>) -> Self {
+        Self::new(Code::ResourceExhausted, why)
     }
 
     /// The HTTP status code.
@@ -171,6 +196,8 @@ mod tests {
             Code::ResourceExhausted,
             Code::FailedPrecondition,
             Code::ResumeFrom,
+            Code::DeadlineExceeded,
+            Code::Aborted,
             Code::Unavailable,
             Code::Internal,
         ];

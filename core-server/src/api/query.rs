@@ -19,7 +19,7 @@ use sightline_proto::v1::{
     SearchRequest, SearchResponse, StatsRequest, StatsResponse, SubscribeRequest, TopItemsRequest,
     TopItemsResponse,
 };
-use sightline_proto::ApiError;
+use sightline_proto::{ApiError, Code};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -81,10 +81,10 @@ async fn blocking<T: Send + 'static>(
     let _slot = READ_SLOTS
         .acquire()
         .await
-        .map_err(|_| Status::unavailable("the core is shutting down"))?;
+        .map_err(|_| ApiError::unavailable("the core is shutting down"))?;
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))?
 }
 
 /// A refusal of one request field, in the one error vocabulary.
@@ -129,10 +129,13 @@ fn check_range(from_ms: i64, to_ms: i64) -> Result<(), Status> {
             ));
         }
         if v != 0 && v < SECONDS_NOT_MS {
-            return Err(Status::invalid_argument(format!(
-                "field `{field}`: {v} reads as seconds (before 1973 in milliseconds); times are epoch milliseconds, e.g. {}",
-                v.saturating_mul(1000)
-            )));
+            return Err(bad_field(
+                field,
+                format!(
+                    "{v} reads as seconds (before 1973 in milliseconds); times are epoch milliseconds, e.g. {}",
+                    v.saturating_mul(1000)
+                ),
+            ));
         }
     }
     Ok(())
@@ -290,7 +293,7 @@ impl Query for QueryService {
         let slot = self
             .subscribers
             .try_acquire(client)
-            .map_err(|r| Status::resource_exhausted(format!("too many Subscribe streams: {r}")))?;
+            .map_err(|r| ApiError::exhausted(format!("too many Subscribe streams: {r}")))?;
         let r = req.into_inner();
         // Live only: attach now, so that nothing committed after this call
         // returns is missed.
@@ -412,12 +415,13 @@ impl QueryService {
                     Ok(events) => events,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         self.metrics.live_lagged.inc();
-                        return Err(Status::resource_exhausted(format!(
+                        return Err(ApiError::exhausted(format!(
                             "subscriber fell behind by {n} commits (`live.buffer_commits`); resubscribe with from_ms to catch up"
-                        )));
+                        ))
+                        .into());
                     }
                     Err(broadcast::error::RecvError::Closed) => {
-                        return Err(Status::unavailable("the core is shutting down"));
+                        return Err(ApiError::unavailable("the core is shutting down").into());
                     }
                 },
             };
@@ -547,11 +551,12 @@ impl QueryService {
                 }
                 if sent >= self.replay_limit {
                     let resume = deferred.map_or(ts, |d| d.min(ts));
-                    return Err(Status::out_of_range(format!(
+                    return Err(ApiError::new(Code::OutOfRange, format!(
                         "history replay stopped after {} events (`live.replay_limit`), before the event at timestamp_detected {ts} (det_oid {}); resubscribe with from_ms={resume} (events from there on come again: skip the det_oids you have)",
                         self.replay_limit,
                         det_oid(&e)
-                    )));
+                    ))
+                    .into());
                 }
                 table.join(&mut e);
                 if tx.send(Ok(e)).await.is_err() {
@@ -587,9 +592,10 @@ impl QueryService {
             Ok(ms) if ms != i64::MAX => ms.max(from_ms),
             _ => from_ms,
         };
-        Status::resource_exhausted(format!(
+        ApiError::exhausted(format!(
             "this subscriber reads slower than events are committed: more than {MAX_CATCH_UP_WINDOW} arrived while it caught up; resubscribe with from_ms={resume} (events from there on come again: skip the det_oids you have)"
         ))
+        .into()
     }
 }
 
@@ -610,7 +616,7 @@ impl AdminService {
             .and_then(|v| v.to_str().ok());
         self.token.check(auth).map_err(|why| {
             tracing::warn!(peer = ?req.remote_addr(), reason = %why, "admin call refused");
-            Status::unauthenticated(why)
+            ApiError::unauthenticated(why).into()
         })
     }
 }
@@ -628,7 +634,7 @@ impl Admin for AdminService {
         let (rows, path) = blocking(move || {
             locations
                 .reload(path)
-                .map_err(|e| Status::invalid_argument(e.to_string()))
+                .map_err(|e| ApiError::invalid(e.to_string()).into())
         })
         .await?;
         Ok(Response::new(ReloadLocationsResponse {

@@ -13,7 +13,7 @@ use futures::{Stream, StreamExt};
 use prost::Message;
 use sightline_proto::{
     v1::{agent_message, core_message, Ack, AgentMessage, Batch, CoreMessage, EdgeEvent, Welcome},
-    validate_agent_id, validate_detection, Limits,
+    validate_agent_id, validate_detection, ApiError, Code, Limits,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -74,10 +74,11 @@ impl IngestCore {
             }))) => h,
             Ok(Some(Ok(other))) => {
                 let _ = out
-                    .send(Err(Status::invalid_argument(format!(
+                    .send(Err(ApiError::invalid(format!(
                         "the first message must be Hello, got {:?}",
                         other.msg.map(|m| kind(&m))
-                    ))))
+                    ))
+                    .into()))
                     .await;
                 return;
             }
@@ -88,7 +89,7 @@ impl IngestCore {
             Ok(None) => return,
             Err(_) => {
                 let _ = out
-                    .send(Err(Status::deadline_exceeded("no Hello in time")))
+                    .send(Err(ApiError::new(Code::DeadlineExceeded, "no Hello in time").into()))
                     .await;
                 return;
             }
@@ -113,7 +114,7 @@ impl IngestCore {
                     return;
                 }
                 Err(e) => {
-                    let _ = out.send(Err(Status::internal(e.to_string()))).await;
+                    let _ = out.send(Err(ApiError::internal(e.to_string()).into())).await;
                     return;
                 }
             };
@@ -159,7 +160,7 @@ impl IngestCore {
         let end: Option<Status> = loop {
             tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => break Some(Status::unavailable("the core is shutting down; reconnect later")),
+                _ = self.shutdown.cancelled() => break Some(ApiError::unavailable("the core is shutting down; reconnect later").into()),
                 Some(copy) = recv_shadow(&mut shadow) => {
                     let Some(agent_message::Msg::Batch(b)) = copy.msg else { continue };
                     let last = b.first_seq + b.events.len() as u64;
@@ -175,9 +176,9 @@ impl IngestCore {
                 }
                 _ = kicked.cancelled() => break Some(if self.registry.is_revoked(&agent) {
                     tracing::warn!(%agent, "agent revoked: its session is closed");
-                    Status::permission_denied(format!("agent {agent:?} was revoked; its session is closed"))
+                    ApiError::permission_denied(format!("agent {agent:?} was revoked; its session is closed")).into()
                 } else {
-                    Status::aborted("a newer session of this agent replaced this one")
+                    ApiError::new(Code::Aborted, "a newer session of this agent replaced this one").into()
                 }),
                 _ = failed.cancelled() => break None,
                 msg = inbound.next() => match msg {
@@ -189,11 +190,11 @@ impl IngestCore {
                         break Some(s);
                     }
                     Some(Ok(AgentMessage { msg: None })) => {
-                        break Some(Status::invalid_argument("empty AgentMessage"));
+                        break Some(ApiError::invalid("empty AgentMessage").into());
                     }
                     Some(Ok(AgentMessage { msg: Some(m) })) => match m {
                         agent_message::Msg::Hello(_) => {
-                            break Some(Status::invalid_argument("Hello may only come first"));
+                            break Some(ApiError::invalid("Hello may only come first").into());
                         }
                         agent_message::Msg::Status(s) => {
                             self.fleet.status(&agent, s);
@@ -321,7 +322,7 @@ impl IngestCore {
         self.pipeline
             .submit(req)
             .await
-            .map_err(|e| Some(Status::unavailable(e.to_string())))?;
+            .map_err(|e| Some(ApiError::unavailable(e.to_string()).into()))?;
         pending.send(rx).await.map_err(|_| None)
     }
 
@@ -368,7 +369,7 @@ impl IngestCore {
             self.metrics.edge_refused(reason);
             self.fleet.refused(agent, &why, revoked);
             tracing::warn!(agent, peer = %peer.addr, link = peer.link, reason = %why, "session refused");
-            Status::permission_denied(why)
+            ApiError::permission_denied(why).into()
         };
         if let Some(cert_id) = peer.agent_id() {
             if cert_id != claimed {
@@ -463,11 +464,11 @@ async fn ack_loop(
             }
             Err(e) => {
                 let status = match &e {
-                    CommitError::Gap { .. } => Status::failed_precondition(e.to_string()),
-                    CommitError::Store(_) => Status::unavailable(e.to_string()),
+                    CommitError::Gap { .. } => ApiError::new(Code::FailedPrecondition, e.to_string()),
+                    CommitError::Store(_) => ApiError::unavailable(e.to_string()),
                 };
                 tracing::warn!(%agent, error = %e, "commit refused; ending the session");
-                let _ = out.send(Err(status)).await;
+                let _ = out.send(Err(status.into())).await;
                 failed.cancel();
                 // Drain: later commits may still complete, but no more acks go out.
                 while let Some(rx) = pending.recv().await {
@@ -499,9 +500,7 @@ pub fn decode_batch(
     grant: Option<(&Arc<str>, &Grant)>,
 ) -> Result<Vec<Incoming>, Status> {
     if first_seq == 0 {
-        return Err(Status::invalid_argument(
-            "field `first_seq`: seqs start at 1",
-        ));
+        return Err(ApiError::field("first_seq", "seqs start at 1").into());
     }
     let now = sightline_proto::now_ms();
     let mut out = Vec::with_capacity(raw.len());
@@ -520,10 +519,11 @@ pub fn decode_batch(
             }),
             Ok(ev) => {
                 if ev.seq != want {
-                    return Err(Status::invalid_argument(format!(
+                    return Err(ApiError::invalid(format!(
                         "batch from seq {first_seq}: event #{i} carries seq {}, expected {want}",
                         ev.seq
-                    )));
+                    ))
+                    .into());
                 }
                 let verdict = match &ev.detection {
                     None => Err(("detection".to_string(), "missing".to_string(), INVALID)),
