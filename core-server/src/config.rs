@@ -33,6 +33,8 @@ pub struct CoreConfig {
     pub edge: EdgeConfig,
     #[serde(default)]
     pub connections: ConnectionsConfig,
+    #[serde(default)]
+    pub access: crate::access::AccessConfig,
 }
 
 /// Bounds on the TCP connections of the HTTP, gRPC and edge listeners (see
@@ -569,6 +571,7 @@ impl CoreConfig {
         if let Err(why) = sightline_proto::edge::check_congestion(&self.edge.quic_congestion) {
             return err("edge.quic_congestion", &why);
         }
+        self.access.validate()?;
         Ok(())
     }
 

@@ -13,12 +13,14 @@
 //! - [`api`]: the gRPC query/admin API, live fan-out, HTTP (/metrics, /healthz).
 //! - [`edge`]: the edge link — gRPC over TLS and QUIC on one port, mutual
 //!   TLS identities, the agent registry (cameras per agent, revocations).
+//! - [`access`]: accounts, sessions, API tokens, roles and location scopes.
 //! - [`fleet`]: which agents exist and what they last reported.
 //! - [`certs`]: the CA for the edge link's mutual TLS (`sightline-core certs`).
 //! - [`client`]: the terminal client (`sightline-core top|tail|fleet|...`).
 //! - [`server`]: wires it all and runs until shutdown.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod api;
 pub mod certs;
 pub mod client;

@@ -16,11 +16,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     api::{
+        admin::AdminService,
         dashboard,
         http::{self, HttpState},
         limits::{self, ConnLimits, Gate},
         live::LiveHub,
-        query::{AdminService, QueryService},
+        query::QueryService,
     },
     config::CoreConfig,
     dedup::{claims::Claims, Pipeline, WriterContext},
@@ -146,6 +147,13 @@ pub async fn run(
         .context("config `server.admin_token_file`")?,
     );
 
+    let access = {
+        let path = config.storage.path.join("access");
+        let db =
+            tokio::task::spawn_blocking(move || crate::access::AccessDb::open(&path)).await??;
+        crate::access::Access::new(Arc::new(db), &config.access, admin_token.clone())
+    };
+
     let grpc_listener = TcpListener::bind(config.server.grpc_listen)
         .await
         .with_context(|| {
@@ -185,6 +193,7 @@ pub async fn run(
         fleet: fleet.clone(),
         hub: hub.clone(),
         metrics: metrics.clone(),
+        access: access.clone(),
     };
     // Reflection lists what this port serves, nothing else: Ingest and Media
     // live on the edge port unless plaintext edge is on.
@@ -236,7 +245,7 @@ pub async fn run(
                 locations: locations.clone(),
                 registry: registry.clone(),
                 fleet: fleet.clone(),
-                token: admin_token.clone(),
+                access: access.clone(),
             }))
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -302,6 +311,14 @@ pub async fn run(
             feed.clone(),
             &config.dashboard.site_root(),
         ));
+        // Every route behind the session/token check (see access::http).
+        let app = crate::access::http::layer(
+            app,
+            crate::access::http::HttpAccess {
+                access: access.clone(),
+                tls: false,
+            },
+        );
         tokio::spawn(limits::serve_http(
             http_listener,
             app,

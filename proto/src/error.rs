@@ -71,7 +71,9 @@ impl Code {
             Code::TooLarge => 413,
             Code::OutOfRange => 416,
             Code::NotFound => 404,
-            Code::AlreadyExists | Code::FailedPrecondition | Code::ResumeFrom | Code::Aborted => 409,
+            Code::AlreadyExists | Code::FailedPrecondition | Code::ResumeFrom | Code::Aborted => {
+                409
+            }
             Code::DeadlineExceeded => 408,
             Code::Unauthenticated => 401,
             Code::PermissionDenied => 403,

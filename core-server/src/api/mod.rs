@@ -2,6 +2,7 @@
 //! fan-out ([`live`]) and the HTTP endpoints ([`http`]: `/metrics`,
 //! `/healthz`, admin) and the bounds on what clients hold open ([`limits`]).
 
+pub mod admin;
 pub mod admin_token;
 pub mod dashboard;
 pub mod http;

@@ -1,4 +1,4 @@
-//! `sightline.v1.Query` and `sightline.v1.Admin`. Store reads run on blocking
+//! `sightline.v1.Query` (`sightline.v1.Admin` is in [`super::admin`]). Store reads run on blocking
 //! threads; events are joined with the Dataset B table in use at read time,
 //! and carry the media attached so far (live events: none yet).
 //!
@@ -9,15 +9,13 @@
 //! (see [`QueryService::replay_history`]), and a replay cut short by a limit
 //! ends with an error that says where to resume, never silently.
 
-use std::{collections::BTreeSet, net::IpAddr, path::PathBuf, sync::Arc};
+use std::{collections::BTreeSet, net::IpAddr, sync::Arc};
 
 use sightline_proto::v1::{
-    admin_server::Admin, query_server::Query, AgentGrant, EventFilter, FleetRequest, FleetResponse,
-    GetEventRequest, ItemCount, JoinedEvent, ListEventsRequest, ListEventsResponse,
-    ListGrantsRequest, ListGrantsResponse, ListQuarantineRequest, ListQuarantineResponse,
-    LocationTop, ReloadLocationsRequest, ReloadLocationsResponse, RevokeAgentRequest,
-    SearchRequest, SearchResponse, StatsRequest, StatsResponse, SubscribeRequest, TopItemsRequest,
-    TopItemsResponse,
+    query_server::Query, EventFilter, FleetRequest, FleetResponse, GetEventRequest, ItemCount,
+    JoinedEvent, ListEventsRequest, ListEventsResponse, ListQuarantineRequest,
+    ListQuarantineResponse, LocationTop, RevokeAgentRequest, SearchRequest, SearchResponse,
+    StatsRequest, StatsResponse, SubscribeRequest, TopItemsRequest, TopItemsResponse,
 };
 use sightline_proto::{ApiError, Code};
 use tokio::sync::{broadcast, mpsc};
@@ -29,6 +27,7 @@ use super::{
     live::{CommitEvents, LiveHub},
 };
 use crate::{
+    access::{Access, Role, Scope},
     enrich::Locations,
     fleet::Fleet,
     metrics::Metrics,
@@ -67,6 +66,8 @@ pub struct QueryService {
     pub fleet: Arc<Fleet>,
     pub hub: LiveHub,
     pub metrics: Arc<Metrics>,
+    /// Who is asking: every call needs an API token or the admin token.
+    pub access: Access,
 }
 
 /// Store and index reads that may run at once. The rest wait their turn, so
@@ -75,7 +76,7 @@ pub struct QueryService {
 pub const MAX_CONCURRENT_READS: usize = 4;
 static READ_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_CONCURRENT_READS);
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Status> + Send + 'static,
 ) -> Result<T, Status> {
     let _slot = READ_SLOTS
@@ -147,11 +148,20 @@ impl Query for QueryService {
         &self,
         req: Request<SearchRequest>,
     ) -> Result<Response<SearchResponse>, Status> {
+        let who = self.access.grpc_principal(&req)?;
         let r = req.into_inner();
         check_range(r.from_ms, r.to_ms)?;
+        if let Some(l) = r.geographical_location_oid {
+            who.require_location(l)?;
+        }
         let req = search::SearchRequest {
             query: r.query,
             location_oid: r.geographical_location_oid,
+            scope_locations: who
+                .scope
+                .locations
+                .as_ref()
+                .map(|s| s.iter().copied().collect()),
             camera_oid: r.video_camera_oid,
             item_name: r.item_name,
             from_ms: r.from_ms,
@@ -177,17 +187,23 @@ impl Query for QueryService {
         &self,
         req: Request<ListEventsRequest>,
     ) -> Result<Response<ListEventsResponse>, Status> {
+        let who = self.access.grpc_principal(&req)?;
         let r = req.into_inner();
         check_range(r.from_ms, r.to_ms)?;
         let page_size = page_size(r.page_size)?;
+        if let Some(l) = r.filter.as_ref().and_then(|f| f.geographical_location_oid) {
+            who.require_location(l)?;
+        }
         let store = self.store.clone();
         let (mut events, next_page_token) = blocking(move || {
-            let (mut events, token) = store.list_events(
+            let scope = &who.scope;
+            let (mut events, token) = store.list_events_in(
                 r.from_ms,
                 r.to_ms,
                 r.filter.as_ref(),
                 page_size,
                 &r.page_token,
+                |l| scope.allows(l),
             )?;
             store.fill_media(&mut events)?;
             Ok((events, token))
@@ -204,6 +220,7 @@ impl Query for QueryService {
         &self,
         req: Request<GetEventRequest>,
     ) -> Result<Response<JoinedEvent>, Status> {
+        let who = self.access.grpc_principal(&req)?;
         let oid = req.into_inner().detection_oid;
         if oid <= 0 {
             return Err(bad_field(
@@ -220,6 +237,13 @@ impl Query for QueryService {
             Ok(ev)
         })
         .await?;
+        // Outside the caller's scope reads as absent: a scoped principal
+        // does not learn which det_oids exist elsewhere.
+        let ev = ev.filter(|e| {
+            e.detection
+                .as_ref()
+                .is_some_and(|d| who.scope.allows(d.geographical_location_oid))
+        });
         match ev {
             None => Err(ApiError::not_found(format!("no event with detection_oid {oid}")).into()),
             Some(mut e) => {
@@ -233,8 +257,12 @@ impl Query for QueryService {
         &self,
         req: Request<TopItemsRequest>,
     ) -> Result<Response<TopItemsResponse>, Status> {
+        let who = self.access.grpc_principal(&req)?;
         let r = req.into_inner();
         check_range(r.from_ms, r.to_ms)?;
+        if let Some(l) = r.geographical_location_oid {
+            who.require_location(l)?;
+        }
         if r.to_ms == 0 || r.to_ms < r.from_ms {
             return Err(bad_field(
                 "to_ms",
@@ -250,8 +278,16 @@ impl Query for QueryService {
             n => return Err(bad_field("x", format!("{n} is more than 1000"))),
         };
         let store = self.store.clone();
+        let scope = who.scope.clone();
         let counts = blocking(move || {
-            Ok(store.top_items(r.from_ms, r.to_ms, x, r.geographical_location_oid)?)
+            Ok(crate::access::scoped_top_items(
+                &store,
+                &scope,
+                r.from_ms,
+                r.to_ms,
+                x,
+                r.geographical_location_oid,
+            )?)
         })
         .await?;
         let table = self.locations.current();
@@ -287,6 +323,7 @@ impl Query for QueryService {
         &self,
         req: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let who = self.access.grpc_principal(&req)?;
         let client = req
             .remote_addr()
             .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
@@ -295,6 +332,9 @@ impl Query for QueryService {
             .try_acquire(client)
             .map_err(|r| ApiError::exhausted(format!("too many Subscribe streams: {r}")))?;
         let r = req.into_inner();
+        if let Some(l) = r.filter.as_ref().and_then(|f| f.geographical_location_oid) {
+            who.require_location(l)?;
+        }
         // Live only: attach now, so that nothing committed after this call
         // returns is missed.
         let live = (r.from_ms <= 0).then(|| self.hub.subscribe());
@@ -303,19 +343,29 @@ impl Query for QueryService {
         tokio::spawn(async move {
             let _slot = slot;
             this.metrics.live_subscribers.inc();
-            let filter = r.filter.unwrap_or_default();
-            let outcome = match live {
-                Some(live) => {
-                    this.stream_live(live, Replayed::default(), &filter, &tx)
-                        .await
-                }
-                None => match this.replay_history(r.from_ms, &filter, &tx).await {
-                    Ok(Some((live, replayed))) => {
-                        this.stream_live(live, replayed, &filter, &tx).await
+            let filter = Scoped {
+                filter: r.filter.unwrap_or_default(),
+                scope: who.scope.clone(),
+            };
+            let work = async {
+                match live {
+                    Some(live) => {
+                        this.stream_live(live, Replayed::default(), &filter, &tx)
+                            .await
                     }
-                    Ok(None) => Ok(()),
-                    Err(s) => Err(s),
-                },
+                    None => match this.replay_history(r.from_ms, &filter, &tx).await {
+                        Ok(Some((live, replayed))) => {
+                            this.stream_live(live, replayed, &filter, &tx).await
+                        }
+                        Ok(None) => Ok(()),
+                        Err(s) => Err(s),
+                    },
+                }
+            };
+            // A revoked or expired credential ends the stream at once.
+            let outcome = tokio::select! {
+                o = work => o,
+                e = this.access.until_invalid(&who) => Err(e.into()),
             };
             if let Err(s) = outcome {
                 let _ = tx.send(Err(s)).await;
@@ -325,7 +375,10 @@ impl Query for QueryService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn fleet(&self, _req: Request<FleetRequest>) -> Result<Response<FleetResponse>, Status> {
+    async fn fleet(&self, req: Request<FleetRequest>) -> Result<Response<FleetResponse>, Status> {
+        self.access
+            .grpc_principal(&req)?
+            .require(Role::Admin, "Fleet")?;
         Ok(Response::new(FleetResponse {
             agents: self.fleet.snapshot(),
         }))
@@ -335,6 +388,9 @@ impl Query for QueryService {
         &self,
         req: Request<ListQuarantineRequest>,
     ) -> Result<Response<ListQuarantineResponse>, Status> {
+        self.access
+            .grpc_principal(&req)?
+            .require(Role::Admin, "ListQuarantine")?;
         let r = req.into_inner();
         let page_size = page_size(r.page_size)?;
         let store = self.store.clone();
@@ -350,7 +406,15 @@ impl Query for QueryService {
         }))
     }
 
-    async fn stats(&self, _req: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
+    async fn stats(&self, req: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
+        let who = self.access.grpc_principal(&req)?;
+        if !who.scope.is_all() {
+            return Err(ApiError::permission_denied(format!(
+                "Stats counts every location; {} is scoped to {}",
+                who.actor, who.scope
+            ))
+            .into());
+        }
         let store = self.store.clone();
         let c = blocking(move || Ok(store.counters()?)).await?;
         Ok(Response::new(StatsResponse {
@@ -362,6 +426,22 @@ impl Query for QueryService {
             expired: c.expired,
             locations_loaded: self.locations.current().rows.len() as u64,
         }))
+    }
+}
+
+/// A Subscribe's filter and its caller's scope.
+#[derive(Clone)]
+struct Scoped {
+    filter: EventFilter,
+    scope: Scope,
+}
+
+impl Scoped {
+    fn matches(&self, e: &JoinedEvent) -> bool {
+        matches_filter(e, &self.filter)
+            && e.detection
+                .as_ref()
+                .is_some_and(|d| self.scope.allows(d.geographical_location_oid))
     }
 }
 
@@ -405,7 +485,7 @@ impl QueryService {
         &self,
         mut live: broadcast::Receiver<CommitEvents>,
         mut replayed: Replayed,
-        filter: &EventFilter,
+        filter: &Scoped,
         tx: &mpsc::Sender<Result<JoinedEvent, Status>>,
     ) -> Result<(), Status> {
         loop {
@@ -432,9 +512,7 @@ impl QueryService {
                 {
                     replayed = Replayed::default();
                 }
-                if !matches_filter(e, filter)
-                    || replayed.seen.contains(&(e.committed_ms, det_oid(e)))
-                {
+                if !filter.matches(e) || replayed.seen.contains(&(e.committed_ms, det_oid(e))) {
                     continue;
                 }
                 if tx.send(Ok(e.clone())).await.is_err() {
@@ -464,7 +542,7 @@ impl QueryService {
     async fn replay_history(
         &self,
         from_ms: i64,
-        filter: &EventFilter,
+        filter: &Scoped,
         tx: &mpsc::Sender<Result<JoinedEvent, Status>>,
     ) -> Result<Option<(broadcast::Receiver<CommitEvents>, Replayed)>, Status> {
         let cut = sightline_proto::now_ms() - COMMIT_SLACK_MS;
@@ -492,7 +570,7 @@ impl QueryService {
                 let table = self.locations.current();
                 for mut e in events {
                     if detected_ms(&e) < from_ms
-                        || !matches_filter(&e, filter)
+                        || !filter.matches(&e)
                         || !replayed.seen.insert((e.committed_ms, det_oid(&e)))
                     {
                         continue;
@@ -525,7 +603,7 @@ impl QueryService {
         &self,
         from_ms: i64,
         cut: i64,
-        filter: &EventFilter,
+        filter: &Scoped,
         tx: &mpsc::Sender<Result<JoinedEvent, Status>>,
     ) -> Result<bool, Status> {
         let mut sent = 0usize;
@@ -537,7 +615,9 @@ impl QueryService {
             let (store, f, t) = (self.store.clone(), filter.clone(), token.clone());
             let (events, next) = blocking(move || {
                 let (mut events, next) =
-                    store.list_events(from_ms, 0, Some(&f), REPLAY_PAGE, &t)?;
+                    store.list_events_in(from_ms, 0, Some(&f.filter), REPLAY_PAGE, &t, |l| {
+                        f.scope.allows(l)
+                    })?;
                 store.fill_media(&mut events)?;
                 Ok((events, next))
             })
@@ -596,81 +676,5 @@ impl QueryService {
             "this subscriber reads slower than events are committed: more than {MAX_CATCH_UP_WINDOW} arrived while it caught up; resubscribe with from_ms={resume} (events from there on come again: skip the det_oids you have)"
         ))
         .into()
-    }
-}
-
-/// `sightline.v1.Admin`.
-pub struct AdminService {
-    pub locations: Arc<Locations>,
-    pub registry: Arc<crate::edge::registry::Registry>,
-    pub fleet: Arc<crate::fleet::Fleet>,
-    pub token: Arc<super::admin_token::AdminToken>,
-}
-
-impl AdminService {
-    /// Every admin call carries the admin token (see [`super::admin_token`]).
-    fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let auth = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
-        self.token.check(auth).map_err(|why| {
-            tracing::warn!(peer = ?req.remote_addr(), reason = %why, "admin call refused");
-            ApiError::unauthenticated(why).into()
-        })
-    }
-}
-
-#[tonic::async_trait]
-impl Admin for AdminService {
-    async fn reload_locations(
-        &self,
-        req: Request<ReloadLocationsRequest>,
-    ) -> Result<Response<ReloadLocationsResponse>, Status> {
-        self.authorize(&req)?;
-        let path = req.into_inner().path;
-        let locations = self.locations.clone();
-        let path = (!path.is_empty()).then(|| PathBuf::from(path));
-        let (rows, path) = blocking(move || {
-            locations
-                .reload(path)
-                .map_err(|e| ApiError::invalid(e.to_string()).into())
-        })
-        .await?;
-        Ok(Response::new(ReloadLocationsResponse {
-            rows: rows as u64,
-            path,
-        }))
-    }
-
-    async fn grant_agent(&self, req: Request<AgentGrant>) -> Result<Response<AgentGrant>, Status> {
-        self.authorize(&req)?;
-        let g = self.registry.grant_agent(req.into_inner()).await?;
-        self.fleet.reinstate(&g.agent_id);
-        tracing::info!(agent = %g.agent_id, cameras = ?g.cameras, locations = ?g.locations, "admin: agent granted");
-        Ok(Response::new(g))
-    }
-
-    async fn revoke_agent(
-        &self,
-        req: Request<RevokeAgentRequest>,
-    ) -> Result<Response<AgentGrant>, Status> {
-        self.authorize(&req)?;
-        let g = self.registry.revoke(&req.into_inner().agent_id).await?;
-        // Ends its open session at once; the registry refuses the next one.
-        self.fleet.revoke(&g.agent_id);
-        tracing::warn!(agent = %g.agent_id, "admin: agent revoked");
-        Ok(Response::new(g))
-    }
-
-    async fn list_grants(
-        &self,
-        req: Request<ListGrantsRequest>,
-    ) -> Result<Response<ListGrantsResponse>, Status> {
-        self.authorize(&req)?;
-        Ok(Response::new(ListGrantsResponse {
-            enforced: self.registry.enforced(),
-            agents: self.registry.list(),
-        }))
     }
 }

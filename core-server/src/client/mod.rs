@@ -1,7 +1,14 @@
 //! The terminal client: the obvious questions from a shell.
 //!
 //! `top` (X items per location over a range), `tail` (live joined events),
-//! `fleet`, `quarantine`, `stats`, `reload`.
+//! `fleet`, `quarantine`, `stats`, `reload`; accounts, API tokens and
+//! sessions (`users`, `tokens`, `sessions`, see [`admin`]).
+//!
+//! Every call carries a credential: `SIGHTLINE_TOKEN` (an API token, or the
+//! admin token itself), else the admin token read from
+//! `SIGHTLINE_ADMIN_TOKEN_FILE` (default `data/core/admin.token`).
+
+pub mod admin;
 
 use std::time::Duration;
 
@@ -11,6 +18,7 @@ use sightline_proto::v1::{
     admin_client::AdminClient, query_client::QueryClient, EventFilter, FleetRequest, JoinedEvent,
     ListQuarantineRequest, ReloadLocationsRequest, StatsRequest, SubscribeRequest, TopItemsRequest,
 };
+use tonic::metadata::{Ascii, MetadataValue};
 
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
@@ -54,6 +62,21 @@ pub enum ClientCommand {
     },
     /// Totals.
     Stats,
+    /// Dashboard accounts (admin).
+    Users {
+        #[command(subcommand)]
+        command: admin::UsersCommand,
+    },
+    /// API tokens for integrators (admin).
+    Tokens {
+        #[command(subcommand)]
+        command: admin::TokensCommand,
+    },
+    /// Dashboard sessions (admin).
+    Sessions {
+        #[command(subcommand)]
+        command: admin::SessionsCommand,
+    },
     /// Reload Dataset B.
     Reload {
         /// Another file than the configured one.
@@ -94,6 +117,47 @@ fn line(e: &JoinedEvent) -> String {
     )
 }
 
+/// The `authorization` value every call carries: `SIGHTLINE_TOKEN`, else
+/// the admin token file (`SIGHTLINE_ADMIN_TOKEN_FILE`, default
+/// `data/core/admin.token`).
+fn credential(admin_token_file: Option<&std::path::Path>) -> anyhow::Result<MetadataValue<Ascii>> {
+    let secret = match std::env::var("SIGHTLINE_TOKEN") {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+        _ => {
+            let path = admin_token_file
+                .map(|p| p.to_path_buf())
+                .unwrap_or_else(|| {
+                    std::env::var_os("SIGHTLINE_ADMIN_TOKEN_FILE")
+                        .map(Into::into)
+                        .unwrap_or_else(|| "data/core/admin.token".into())
+                });
+            std::fs::read_to_string(&path)
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "no credential: set SIGHTLINE_TOKEN to an API token (`sightline-core tokens create`), or SIGHTLINE_ADMIN_TOKEN_FILE to the core's admin token file ({}: {e})",
+                        path.display()
+                    )
+                })?
+                .trim()
+                .to_string()
+        }
+    };
+    format!("Bearer {secret}")
+        .parse()
+        .map_err(|_| anyhow::anyhow!("the token is not valid header text"))
+}
+
+/// Adds the credential to every call.
+#[derive(Clone)]
+pub struct WithCredential(MetadataValue<Ascii>);
+
+impl tonic::service::Interceptor for WithCredential {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
 /// Runs a client command against the core at `url`.
 pub async fn run(url: String, cmd: ClientCommand) -> anyhow::Result<()> {
     let channel = tonic::transport::Endpoint::from_shared(url.clone())?
@@ -101,8 +165,20 @@ pub async fn run(url: String, cmd: ClientCommand) -> anyhow::Result<()> {
         .connect()
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach the core at {url}: {e}"))?;
-    let mut q = QueryClient::new(channel.clone()).max_decoding_message_size(64 * 1024 * 1024);
+    let file = match &cmd {
+        ClientCommand::Reload {
+            admin_token_file, ..
+        } => Some(admin_token_file.as_path()),
+        _ => None,
+    };
+    let auth = WithCredential(credential(file)?);
+    let mut q = QueryClient::with_interceptor(channel.clone(), auth.clone())
+        .max_decoding_message_size(64 * 1024 * 1024);
+    let admin_client = AdminClient::with_interceptor(channel.clone(), auth.clone());
     match cmd {
+        ClientCommand::Users { command } => admin::users(admin_client, command).await?,
+        ClientCommand::Tokens { command } => admin::tokens(admin_client, command).await?,
+        ClientCommand::Sessions { command } => admin::sessions(admin_client, command).await?,
         ClientCommand::Top {
             last,
             from_ms,
@@ -256,30 +332,12 @@ pub async fn run(url: String, cmd: ClientCommand) -> anyhow::Result<()> {
                 s.stored, s.duplicates_transport, s.duplicates_semantic, s.rejected, s.unmatched, s.locations_loaded
             );
         }
-        ClientCommand::Reload {
-            path,
-            admin_token_file,
-        } => {
-            let token = std::fs::read_to_string(&admin_token_file).map_err(|e| {
-                anyhow::anyhow!(
-                    "reading the admin token {} (--admin-token-file): {e}",
-                    admin_token_file.display()
-                )
-            })?;
-            let mut req = tonic::Request::new(ReloadLocationsRequest {
-                path: path.unwrap_or_default(),
-            });
-            req.metadata_mut().insert(
-                "authorization",
-                format!("Bearer {}", token.trim()).parse().map_err(|_| {
-                    anyhow::anyhow!(
-                        "the admin token in {} is not valid header text",
-                        admin_token_file.display()
-                    )
-                })?,
-            );
-            let r = AdminClient::new(channel)
-                .reload_locations(req)
+        ClientCommand::Reload { path, .. } => {
+            let r = admin_client
+                .clone()
+                .reload_locations(ReloadLocationsRequest {
+                    path: path.unwrap_or_default(),
+                })
                 .await
                 .map_err(|s| anyhow::anyhow!("{}", s.message()))?
                 .into_inner();

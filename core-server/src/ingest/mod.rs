@@ -89,7 +89,11 @@ impl IngestCore {
             Ok(None) => return,
             Err(_) => {
                 let _ = out
-                    .send(Err(ApiError::new(Code::DeadlineExceeded, "no Hello in time").into()))
+                    .send(Err(ApiError::new(
+                        Code::DeadlineExceeded,
+                        "no Hello in time",
+                    )
+                    .into()))
                     .await;
                 return;
             }
@@ -114,7 +118,9 @@ impl IngestCore {
                     return;
                 }
                 Err(e) => {
-                    let _ = out.send(Err(ApiError::internal(e.to_string()).into())).await;
+                    let _ = out
+                        .send(Err(ApiError::internal(e.to_string()).into()))
+                        .await;
                     return;
                 }
             };
@@ -464,7 +470,9 @@ async fn ack_loop(
             }
             Err(e) => {
                 let status = match &e {
-                    CommitError::Gap { .. } => ApiError::new(Code::FailedPrecondition, e.to_string()),
+                    CommitError::Gap { .. } => {
+                        ApiError::new(Code::FailedPrecondition, e.to_string())
+                    }
                     CommitError::Store(_) => ApiError::unavailable(e.to_string()),
                 };
                 tracing::warn!(%agent, error = %e, "commit refused; ending the session");

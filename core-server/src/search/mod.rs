@@ -131,6 +131,9 @@ pub struct SearchRequest {
     /// [`MAX_QUERY_BYTES`] bytes and [`MAX_QUERY_DEPTH`] deep.
     pub query: String,
     pub location_oid: Option<i64>,
+    /// The caller's scope: only events at these locations (`None`: any).
+    /// Checked by the index, so counts and pages cover the scope only.
+    pub scope_locations: Option<Vec<i64>>,
     pub camera_oid: Option<i64>,
     /// The exact item name; at most [`MAX_QUERY_BYTES`] bytes.
     pub item_name: Option<String>,
@@ -364,6 +367,26 @@ impl SearchIndex {
         };
         if let Some(l) = req.location_oid {
             clauses.push(term(Term::from_field_i64(f.location_oid, l)));
+        }
+        if let Some(scope) = &req.scope_locations {
+            let any: Vec<(Occur, Box<dyn Query>)> = scope
+                .iter()
+                .map(|l| {
+                    let q: Box<dyn Query> = Box::new(TermQuery::new(
+                        Term::from_field_i64(f.location_oid, *l),
+                        IndexRecordOption::Basic,
+                    ));
+                    (Occur::Should, q)
+                })
+                .collect();
+            // An empty scope matches nothing (a Should-less boolean query
+            // would match everything).
+            let q: Box<dyn Query> = if any.is_empty() {
+                Box::new(tantivy::query::EmptyQuery)
+            } else {
+                Box::new(BooleanQuery::new(any))
+            };
+            clauses.push((Occur::Must, q));
         }
         if let Some(c) = req.camera_oid {
             clauses.push(term(Term::from_field_i64(f.camera, c)));

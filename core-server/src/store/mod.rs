@@ -500,6 +500,20 @@ impl Store {
         page_size: usize,
         token: &str,
     ) -> Result<(Vec<JoinedEvent>, String), StoreError> {
+        self.list_events_in(from_ms, to_ms, filter, page_size, token, |_| true)
+    }
+
+    /// [`Store::list_events`], keeping only events whose location
+    /// `in_scope` allows (a caller's scope).
+    pub fn list_events_in(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        filter: Option<&EventFilter>,
+        page_size: usize,
+        token: &str,
+        in_scope: impl Fn(i64) -> bool,
+    ) -> Result<(Vec<JoinedEvent>, String), StoreError> {
         let db = self.db()?;
         let start: Vec<u8> = if token.is_empty() {
             keys::event_key(from_ms, i64::MIN).to_vec()
@@ -529,6 +543,13 @@ impl Store {
             }
             let ev = decode_event(&v)?;
             last_key = k.to_vec();
+            if !ev
+                .detection
+                .as_ref()
+                .is_some_and(|d| in_scope(d.geographical_location_oid))
+            {
+                continue;
+            }
             if let Some(f) = filter {
                 if !matches_filter(&ev, f) {
                     continue;

@@ -174,6 +174,7 @@ impl Backend for CoreBackend {
         let req = SearchRequest {
             query: query.query.clone(),
             location_oid: query.location_oid,
+            scope_locations: None,
             camera_oid: query.camera_oid,
             item_name: query.item.clone(),
             from_ms: query.from_ms,
