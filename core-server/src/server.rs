@@ -301,13 +301,14 @@ pub async fn run(
         })
         .merge(crate::media::http::router(media.clone()))
         .merge(dashboard::router(
-            Arc::new(dashboard::backend::CoreBackend {
+            dashboard::backend::CoreBackend {
                 store: store.clone(),
                 locations: locations.clone(),
                 fleet: fleet.clone(),
                 cameras: feed.cameras.clone(),
                 search: search.clone(),
-            }),
+                who: crate::access::Principal::admin_token(),
+            },
             feed.clone(),
             &config.dashboard.site_root(),
         ));

@@ -326,6 +326,7 @@ pub fn core() -> &'static Core {
             fleet: Arc::new(Fleet::new(Arc::new(Metrics::new()), Vec::new())),
             cameras: Arc::new(Mutex::default()),
             search: index.clone(),
+            who: sightline_core::access::Principal::admin_token(),
         };
         Core {
             _dir: dir,

@@ -34,8 +34,9 @@ pub fn EventTable(#[prop(into)] rows: Signal<Vec<EventRow>>) -> impl IntoView {
 fn EventLine(r: EventRow) -> impl IntoView {
     let href = format!("/event/{}", r.det_oid);
     let unmatched = r.location.is_none();
+    let det = r.det_oid;
     let thumb = r.thumbnail.clone().map(|sha| {
-        view! { <img class="thumb" loading="lazy" alt="" src=format!("/media/{sha}")/> }
+        view! { <img class="thumb" loading="lazy" alt="" src=format!("/media/{sha}?event={det}")/> }
     });
     view! {
         <tr data-det=r.det_oid data-committed=r.committed_ms class:unmatched=unmatched>

@@ -117,6 +117,8 @@ pub struct EventDetail {
     pub clip: Option<String>,
     /// Kinds announced by the agent but not attached yet ("still uploading").
     pub pending: Vec<String>,
+    /// The viewer may see footage (investigator or admin).
+    pub footage_allowed: bool,
     /// Other events on the same camera around that moment.
     pub nearby: Vec<EventRow>,
 }

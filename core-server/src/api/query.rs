@@ -14,8 +14,8 @@ use std::{collections::BTreeSet, net::IpAddr, sync::Arc};
 use sightline_proto::v1::{
     query_server::Query, EventFilter, FleetRequest, FleetResponse, GetEventRequest, ItemCount,
     JoinedEvent, ListEventsRequest, ListEventsResponse, ListQuarantineRequest,
-    ListQuarantineResponse, LocationTop, RevokeAgentRequest, SearchRequest, SearchResponse,
-    StatsRequest, StatsResponse, SubscribeRequest, TopItemsRequest, TopItemsResponse,
+    ListQuarantineResponse, LocationTop, SearchRequest, SearchResponse, StatsRequest,
+    StatsResponse, SubscribeRequest, TopItemsRequest, TopItemsResponse,
 };
 use sightline_proto::{ApiError, Code};
 use tokio::sync::{broadcast, mpsc};

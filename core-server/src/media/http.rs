@@ -6,8 +6,12 @@
 //!   a range that starts past the end → 416 with `Content-Range: bytes */total`;
 //!   no (or an unparsable, or a multi-) range → 200 with the whole object.
 //! - Objects never change (content-addressed): `ETag: "<sha256>"`,
-//!   `Cache-Control: public, max-age=31536000, immutable`, and
-//!   `If-None-Match` → 304.
+//!   `Cache-Control: private, max-age=31536000, immutable` (footage is behind
+//!   a login: no shared cache keeps it), and `If-None-Match` → 304.
+//! - Access: the caller is an investigator (checked by `access::http`); a
+//!   caller scoped to some locations names the event the footage belongs to
+//!   (`?event=<det_oid>`), and that event must be in its scope and carry
+//!   this object — otherwise 403.
 
 use std::sync::Arc;
 
@@ -17,12 +21,15 @@ use axum::{
     http::{header, HeaderMap, Method, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
-    Json, Router,
+    Extension, Json, Router,
 };
 use object_store::{GetOptions, GetRange, ObjectStore as _};
 use serde::Deserialize;
 
+use sightline_proto::ApiError;
+
 use super::{object_key, valid_sha, Kind, MediaError, MediaStore};
+use crate::access::Principal;
 
 pub fn router(media: Arc<MediaStore>) -> Router {
     Router::new()
@@ -94,9 +101,70 @@ fn error(status: StatusCode, msg: String) -> Response {
     (status, format!("{msg}\n")).into_response()
 }
 
+#[derive(Debug, Deserialize)]
+struct MediaQuery {
+    /// The det_oid of the event the footage is asked for with.
+    event: Option<i64>,
+}
+
+/// Whether `who` may see object `sha` (asked for with `event`): any object
+/// for an unscoped caller; for a scoped one, only through an event in its
+/// scope that carries the object.
+async fn may_see(
+    media: &MediaStore,
+    who: Option<&Principal>,
+    sha: &str,
+    event: Option<i64>,
+) -> Result<(), ApiError> {
+    let Some(who) = who else {
+        return Err(ApiError::unauthenticated(
+            "footage needs a login or a token",
+        ));
+    };
+    if who.scope.is_all() {
+        return Ok(());
+    }
+    let Some(det_oid) = event else {
+        return Err(ApiError::permission_denied(format!(
+            "{} is scoped to {}: ask for footage with its event (`?event=<det_oid>`)",
+            who.actor, who.scope
+        )));
+    };
+    let store = media.store.clone();
+    let sha = sha.to_string();
+    let scope = who.scope.clone();
+    tokio::task::spawn_blocking(move || {
+        let refused = || {
+            ApiError::permission_denied(format!(
+                "event {det_oid} is not in your scope or does not carry this footage"
+            ))
+        };
+        let ev = store
+            .get_event(det_oid)
+            .map_err(|e| ApiError::unavailable(e.to_string()))?
+            .ok_or_else(refused)?;
+        let d = ev.detection.as_ref().ok_or_else(refused)?;
+        if !scope.allows(d.geographical_location_oid) {
+            return Err(refused());
+        }
+        let refs = store
+            .media_of(det_oid, &ev.agent_id)
+            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        if refs.iter().any(|m| m.sha256 == sha) {
+            Ok(())
+        } else {
+            Err(refused())
+        }
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+}
+
 async fn serve(
     State(media): State<Arc<MediaStore>>,
     Path(sha): Path<String>,
+    Query(q): Query<MediaQuery>,
+    who: Option<Extension<Principal>>,
     method: Method,
     headers: HeaderMap,
 ) -> Response {
@@ -104,6 +172,15 @@ async fn serve(
         return error(
             StatusCode::BAD_REQUEST,
             format!("{sha:?} is not a sha256 (64 lowercase hex digits)"),
+        );
+    }
+    if let Err(e) = may_see(&media, who.as_ref().map(|w| &w.0), &sha, q.event).await {
+        if let Some(w) = &who {
+            tracing::info!(actor = %w.actor, %sha, event = ?q.event, reason = %e, "footage refused");
+        }
+        return error(
+            StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::FORBIDDEN),
+            e.message,
         );
     }
     let row = match media.lookup(&sha).await {
@@ -123,7 +200,10 @@ async fn serve(
         Response::builder()
             .header(header::ACCEPT_RANGES, "bytes")
             .header(header::ETAG, &etag)
-            .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable")
+            .header(
+                header::CACHE_CONTROL,
+                "private, max-age=31536000, immutable",
+            )
     };
     if let Some(inm) = headers
         .get(header::IF_NONE_MATCH)

@@ -81,6 +81,17 @@ impl Store {
         to_ms: i64,
         by: TimelineBy,
     ) -> Result<TimelineCounts, StoreError> {
+        self.timeline_in(from_ms, to_ms, by, |_| true)
+    }
+
+    /// [`Store::timeline`], counting only the locations `in_scope` allows.
+    pub fn timeline_in(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        by: TimelineBy,
+        in_scope: impl Fn(i64) -> bool,
+    ) -> Result<TimelineCounts, StoreError> {
         let (from_ms, to_ms) = (from_ms.clamp(0, MAX_TIME_MS), to_ms.clamp(0, MAX_TIME_MS));
         let (stored, width) = timeline_width(to_ms.saturating_sub(from_ms));
         let from = from_ms.div_euclid(width) * width;
@@ -93,6 +104,9 @@ impl Store {
         if n > 0 {
             let end = from + n as i64 * width;
             self.for_each_agg(stored, from, end, |start_ms, loc, name, count| {
+                if !in_scope(loc) {
+                    return;
+                }
                 let i = ((start_ms - from) / width) as usize;
                 let key = match by {
                     TimelineBy::Item => name.to_string(),

@@ -73,12 +73,15 @@ fn Detail(d: EventDetail) -> impl IntoView {
     let pending = (!d.pending.is_empty()).then(|| {
         view! { <p class="pending">"Footage still uploading: "{d.pending.join(", ")}"."</p> }
     });
-    let none = (d.snapshot.is_none() && d.clip.is_none() && d.pending.is_empty())
+    let none = (d.footage_allowed && d.snapshot.is_none() && d.clip.is_none() && d.pending.is_empty())
         .then(|| view! { <p class="muted">"No footage for this event (capture off for this camera)."</p> });
+    let hidden = (!d.footage_allowed)
+        .then(|| view! { <p class="muted">"Footage needs the investigator role."</p> });
+    let det = r.det_oid;
     let snapshot = d.snapshot.clone().map(|sha| {
         view! {
             <figure>
-                <a href=format!("/media/{sha}")><img class="snapshot" alt="snapshot" src=format!("/media/{sha}")/></a>
+                <a href=format!("/media/{sha}?event={det}")><img class="snapshot" alt="snapshot" src=format!("/media/{sha}?event={det}")/></a>
                 <figcaption>"Snapshot"</figcaption>
             </figure>
         }
@@ -86,7 +89,7 @@ fn Detail(d: EventDetail) -> impl IntoView {
     let clip = d.clip.clone().map(|sha| {
         view! {
             <figure>
-                <video id="clip" controls preload="auto" playsinline muted src=format!("/media/{sha}")></video>
+                <video id="clip" controls preload="auto" playsinline muted src=format!("/media/{sha}?event={det}")></video>
                 <figcaption>"Clip (pre-roll before the detection, post-roll after)"</figcaption>
             </figure>
         }
@@ -95,7 +98,7 @@ fn Detail(d: EventDetail) -> impl IntoView {
     view! {
         <h1>{r.item.clone()}" · "{format::location(&r.location, r.location_oid)}" · "{format::clock_ms(r.detected_ms)}</h1>
         <div class="event">
-            <div class="footage">{pending}{none}{snapshot}{clip}</div>
+            <div class="footage">{pending}{none}{hidden}{snapshot}{clip}</div>
             <table class="fields">
                 <tbody>
                     {fields.into_iter().map(|(k, v)| view! { <tr><th>{k}</th><td>{v}</td></tr> }).collect_view()}

@@ -15,6 +15,7 @@ use sightline_web::{
 
 use super::feed::{row, CamerasSeen};
 use crate::{
+    access::{Principal, Role},
     enrich::Locations,
     fleet::Fleet,
     search::{SearchIndex, SearchRequest},
@@ -34,13 +35,33 @@ pub const MAX_LATEST: usize = 500;
 /// Events the quarantine page scans for unmatched locations.
 const UNMATCHED_SCAN: usize = 20_000;
 
+/// The dashboard's view of the core for one principal: what it reads is
+/// limited to the principal's scope, and footage to investigators.
+#[derive(Clone)]
 pub struct CoreBackend {
     pub store: Arc<Store>,
     pub locations: Arc<Locations>,
     pub fleet: Arc<Fleet>,
     pub cameras: Arc<CamerasSeen>,
     pub search: Arc<SearchIndex>,
+    /// Who is asking (set per request by the dashboard's router).
+    pub who: Principal,
 }
+
+impl CoreBackend {
+    fn in_scope(&self, e: &JoinedEvent) -> bool {
+        e.detection
+            .as_ref()
+            .is_some_and(|d| self.who.scope.allows(d.geographical_location_oid))
+    }
+
+    fn require(&self, role: Role, what: &str) -> Result<(), String> {
+        self.who.require(role, what).map_err(|e| e.message)
+    }
+}
+
+/// Events the newest-events view scans at most to fill a scoped page.
+const MAX_LATEST_SCAN: usize = 20_000;
 
 fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
@@ -71,13 +92,33 @@ impl CoreBackend {
     }
 
     fn rows(&self, events: Vec<JoinedEvent>) -> Result<Vec<EventRow>, String> {
-        Ok(self.joined(events)?.iter().map(row).collect())
+        let footage = self.who.role >= Role::Investigator;
+        Ok(self
+            .joined(events)?
+            .iter()
+            .map(|e| {
+                let mut r = row(e);
+                if !footage {
+                    r.thumbnail = None;
+                }
+                r
+            })
+            .collect())
     }
 }
 
 impl Backend for CoreBackend {
     fn totals(&self) -> Result<Totals, String> {
-        Ok(super::feed::totals(&self.store.counters().map_err(err)?))
+        if self.who.scope.is_all() {
+            return Ok(super::feed::totals(&self.store.counters().map_err(err)?));
+        }
+        // A scoped principal sees its locations' stored events only (from
+        // the aggregates); the other counters are not per location.
+        Ok(Totals {
+            stored: super::feed::scoped_stored(&self.store, &self.who.scope).map_err(err)?,
+            at_ms: sightline_proto::now_ms(),
+            ..Totals::default()
+        })
     }
 
     fn latest(&self, limit: usize) -> Result<Vec<EventRow>, String> {
@@ -86,7 +127,7 @@ impl Backend for CoreBackend {
         }
         let events = self
             .store
-            .latest_events(limit, limit, |_| true)
+            .latest_events(limit, limit.max(MAX_LATEST_SCAN), |e| self.in_scope(e))
             .map_err(err)?;
         self.rows(events)
     }
@@ -96,10 +137,15 @@ impl Backend for CoreBackend {
             return Err(format!("field `x`: {x} is not between 1 and {MAX_TOP_X}"));
         }
         check_range(from_ms, to_ms)?;
-        let counts = self
-            .store
-            .top_items(from_ms, to_ms, x as usize, None)
-            .map_err(err)?;
+        let counts = crate::access::scoped_top_items(
+            &self.store,
+            &self.who.scope,
+            from_ms,
+            to_ms,
+            x as usize,
+            None,
+        )
+        .map_err(err)?;
         let table = self.locations.current();
         Ok(TopItems {
             from_ms: Bucket::Minute.floor(from_ms),
@@ -127,7 +173,11 @@ impl Backend for CoreBackend {
         };
         check_range(from_ms, to_ms)?;
         // The store picks the bucket width: at most MAX_TIMELINE_BUCKETS.
-        let t = self.store.timeline(from_ms, to_ms, by).map_err(err)?;
+        let scope = &self.who.scope;
+        let t = self
+            .store
+            .timeline_in(from_ms, to_ms, by, |l| scope.allows(l))
+            .map_err(err)?;
         let (from, bucket_ms, buckets, all) = (t.from_ms, t.bucket_ms, t.buckets, t.series);
         let table = self.locations.current();
         let name = |key: String| match by {
@@ -174,7 +224,12 @@ impl Backend for CoreBackend {
         let req = SearchRequest {
             query: query.query.clone(),
             location_oid: query.location_oid,
-            scope_locations: None,
+            scope_locations: self
+                .who
+                .scope
+                .locations
+                .as_ref()
+                .map(|s| s.iter().copied().collect()),
             camera_oid: query.camera_oid,
             item_name: query.item.clone(),
             from_ms: query.from_ms,
@@ -187,16 +242,32 @@ impl Backend for CoreBackend {
             .search_joined(&self.store, &self.locations, &req)
             .map_err(err)?;
         Ok(SearchPage {
-            events: events.iter().map(row).collect(),
+            events: events
+                .iter()
+                .map(|e| {
+                    let mut r = row(e);
+                    if self.who.role < Role::Investigator {
+                        r.thumbnail = None;
+                    }
+                    r
+                })
+                .collect(),
             total_hits: hits.total,
             next_page_token: hits.next_page_token,
         })
     }
 
     fn event(&self, det_oid: i64) -> Result<Option<EventDetail>, String> {
-        let Some(ev) = self.store.get_event(det_oid).map_err(err)? else {
+        // Outside the scope reads as absent.
+        let Some(ev) = self
+            .store
+            .get_event(det_oid)
+            .map_err(err)?
+            .filter(|e| self.in_scope(e))
+        else {
             return Ok(None);
         };
+        let footage = self.who.role >= Role::Investigator;
         let ev = self
             .joined(vec![ev])?
             .pop()
@@ -232,6 +303,7 @@ impl Backend for CoreBackend {
         let mut around: Vec<JoinedEvent> = around
             .into_iter()
             .filter(|e| e.detection.as_ref().and_then(|x| x.detection_oid) != Some(det_oid))
+            .filter(|e| self.in_scope(e))
             .collect();
         around.sort_by_key(|e| {
             let t = e
@@ -267,14 +339,17 @@ impl Backend for CoreBackend {
             confidence: d.confidence,
             location_columns,
             attributes,
-            snapshot: media("snapshot"),
-            clip: media("clip"),
-            pending,
+            // A viewer sees no footage (not even its address).
+            snapshot: media("snapshot").filter(|_| footage),
+            clip: media("clip").filter(|_| footage),
+            pending: if footage { pending } else { Vec::new() },
+            footage_allowed: footage,
             nearby: self.rows(around)?,
         }))
     }
 
     fn fleet(&self) -> Result<Vec<AgentRow>, String> {
+        self.require(Role::Admin, "the fleet view")?;
         let cams = self.cameras.lock().unwrap_or_else(|p| p.into_inner());
         Ok(self
             .fleet
@@ -324,6 +399,7 @@ impl Backend for CoreBackend {
     }
 
     fn quarantine(&self, page_token: &str) -> Result<QuarantinePage, String> {
+        self.require(Role::Admin, "the quarantine view")?;
         let (events, next_page_token) = self.store.list_quarantine(100, page_token).map_err(err)?;
         let total = self.store.counters().map_err(err)?.rejected;
         let table = self.locations.current();
@@ -392,6 +468,7 @@ mod tests {
             fleet: Arc::new(Fleet::new(Arc::new(crate::metrics::Metrics::new()), vec![])),
             cameras: Arc::default(),
             search,
+            who: Principal::admin_token(),
         });
         let owner = Owner::new();
         owner.set();

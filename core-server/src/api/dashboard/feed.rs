@@ -41,16 +41,71 @@ const RATE_WINDOW: Duration = Duration::from_millis(500);
 /// a time, which keeps each render small.
 pub const TICK_EVENTS: usize = 25;
 
+/// One tick as the feed task made it: serialised for viewers who see
+/// everything, and in parts for the ones a scope or a role limits.
+pub struct Tick {
+    pub json: Arc<str>,
+    pub tick: LiveTick,
+    /// Events committed since the previous tick, per location.
+    pub by_location: HashMap<i64, u64>,
+}
+
+/// What one viewer of the live feed may see of each tick.
+pub struct TickView {
+    pub who: crate::access::Principal,
+    /// The scope's stored events when the feed opened (scoped viewers).
+    pub stored: u64,
+}
+
+impl TickView {
+    /// The tick as this viewer may see it: the shared JSON when nothing is
+    /// withheld; otherwise only the scope's events and counts, no footage
+    /// for a viewer.
+    pub fn render(&mut self, t: &Tick) -> Arc<str> {
+        let footage = self.who.role >= crate::access::Role::Investigator;
+        if self.who.scope.is_all() && footage {
+            return t.json.clone();
+        }
+        let scope = &self.who.scope;
+        let mut tick = t.tick.clone();
+        tick.events.retain(|r| scope.allows(r.location_oid));
+        if !footage {
+            for r in &mut tick.events {
+                r.thumbnail = None;
+            }
+        }
+        if !scope.is_all() {
+            tick.committed = t
+                .by_location
+                .iter()
+                .filter(|(l, _)| scope.allows(**l))
+                .map(|(_, n)| n)
+                .sum();
+            self.stored += tick.committed;
+            tick.totals = Totals {
+                stored: self.stored,
+                at_ms: tick.totals.at_ms,
+                ..Totals::default()
+            };
+            // The rate is of every location: withheld.
+            tick.per_s = tick.per_s.map(|_| 0.0);
+        }
+        serde_json::to_string(&tick).unwrap_or_default().into()
+    }
+}
+
 /// Cameras seen per agent since the core started: agent → camera → row.
 pub type CamerasSeen = Mutex<HashMap<String, BTreeMap<i64, CameraRow>>>;
 
 /// Shared by the SSE handler (subscribe) and the feed task (publish).
 #[derive(Clone)]
 pub struct LiveFeed {
-    tx: broadcast::Sender<Arc<str>>,
+    tx: broadcast::Sender<Arc<Tick>>,
     pub cameras: Arc<CamerasSeen>,
     /// Counts the open feeds against `live.max_feeds` (and per client).
     viewers: Arc<Gate>,
+    /// For a scoped viewer's counts when its feed opens.
+    pub store: Arc<Store>,
 }
 
 impl LiveFeed {
@@ -67,6 +122,7 @@ impl LiveFeed {
             tx,
             cameras: Arc::default(),
             viewers,
+            store: store.clone(),
         };
         let this = feed.clone();
         let commits = hub.subscribe();
@@ -79,7 +135,7 @@ impl LiveFeed {
     pub fn subscribe(
         &self,
         client: std::net::IpAddr,
-    ) -> Result<(broadcast::Receiver<Arc<str>>, Slot), Refused> {
+    ) -> Result<(broadcast::Receiver<Arc<Tick>>, Slot), Refused> {
         let slot = self.viewers.try_acquire(client)?;
         Ok((self.tx.subscribe(), slot))
     }
@@ -95,6 +151,7 @@ impl LiveFeed {
         idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut newest: Vec<EventRow> = Vec::new();
         let mut committed = 0u64;
+        let mut by_location: HashMap<i64, u64> = HashMap::new();
         let mut last = (Instant::now(), None::<u64>);
         let mut last_sent = Instant::now() - TICK;
         // When the next tick goes out: set by the first commit after a tick,
@@ -108,6 +165,11 @@ impl LiveFeed {
                     match msg {
                         Ok(events) => {
                             committed += events.len() as u64;
+                            for e in events.iter() {
+                                if let Some(d) = &e.detection {
+                                    *by_location.entry(d.geographical_location_oid).or_default() += 1;
+                                }
+                            }
                             self.saw(&events);
                             // Newest last within a commit; keep the tail only.
                             let skip = events.len().saturating_sub(TICK_EVENTS);
@@ -136,6 +198,7 @@ impl LiveFeed {
             if self.tx.receiver_count() == 0 {
                 newest.clear();
                 committed = 0;
+                by_location.clear();
                 continue;
             }
             let s = store.clone();
@@ -164,7 +227,11 @@ impl LiveFeed {
                 events,
             };
             if let Ok(json) = serde_json::to_string(&t) {
-                let _ = self.tx.send(json.into());
+                let _ = self.tx.send(Arc::new(Tick {
+                    json: json.into(),
+                    tick: t,
+                    by_location: std::mem::take(&mut by_location),
+                }));
             }
         }
     }
@@ -190,6 +257,20 @@ impl LiveFeed {
 }
 
 /// The store's totals as the dashboard shows them, read now.
+/// Events stored at the locations of `scope` (all time, from the aggregates).
+pub fn scoped_stored(
+    store: &crate::store::Store,
+    scope: &crate::access::Scope,
+) -> Result<u64, crate::store::StoreError> {
+    let to = sightline_proto::now_ms() + 60_000;
+    Ok(
+        crate::access::scoped_top_items(store, scope, 0, to, 1, None)?
+            .iter()
+            .map(|c| c.total)
+            .sum(),
+    )
+}
+
 pub fn totals(c: &crate::store::Counters) -> Totals {
     Totals {
         stored: c.stored,

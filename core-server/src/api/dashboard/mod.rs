@@ -20,7 +20,7 @@ use axum::{
     routing::get,
     Extension, Router,
 };
-use leptos::prelude::{provide_context, LeptosOptions};
+use leptos::prelude::{provide_context, use_context, LeptosOptions};
 use leptos_axum::{generate_route_list, LeptosRoutes};
 use sightline_web::{app, backend::SharedBackend};
 use tokio_stream::{wrappers::BroadcastStream, Stream, StreamExt};
@@ -28,11 +28,14 @@ use tower_http::{services::ServeDir, set_header::SetResponseHeaderLayer};
 
 pub use feed::LiveFeed;
 
+use crate::access::{Credential, Principal, Role, Scope};
+use backend::CoreBackend;
+
 /// The name the browser's files are built under (`pkg/<name>.js`, `pkg/<name>_bg.wasm`).
 pub const OUTPUT_NAME: &str = "sightline_web";
 
 /// The dashboard's routes: pages, server functions, live feed, browser code.
-pub fn router(backend: SharedBackend, feed: LiveFeed, site_root: &Path) -> Router {
+pub fn router(backend: CoreBackend, feed: LiveFeed, site_root: &Path) -> Router {
     let js = site_root.join("pkg").join(format!("{OUTPUT_NAME}.js"));
     if !js.exists() {
         tracing::warn!(
@@ -52,7 +55,23 @@ pub fn router(backend: SharedBackend, feed: LiveFeed, site_root: &Path) -> Route
             .leptos_routes_with_context(
                 &options,
                 routes,
-                move || provide_context(backend.clone()),
+                // Each request's backend reads as its principal (set by
+                // access::http::authenticate); none: a principal that sees nothing.
+                move || {
+                    let who = use_context::<axum::http::request::Parts>()
+                        .and_then(|p| p.extensions.get::<Principal>().cloned())
+                        .unwrap_or_else(|| Principal {
+                            actor: "anonymous".into(),
+                            role: Role::Viewer,
+                            scope: Scope::locations([]),
+                            credential: Credential::AdminToken,
+                        });
+                    let scoped: SharedBackend = Arc::new(CoreBackend {
+                        who,
+                        ..backend.clone()
+                    });
+                    provide_context(scoped)
+                },
                 move || app::shell(shell_options.clone()),
             )
             .with_state(options)
@@ -71,26 +90,50 @@ pub fn router(backend: SharedBackend, feed: LiveFeed, site_root: &Path) -> Route
     pages.merge(pkg).merge(live)
 }
 
-/// `GET /api/live`: one [`sightline_web::model::LiveTick`] per tick as JSON;
-/// `503` past `live.max_feeds` (or its per-client cap).
+/// `GET /api/live`: one [`sightline_web::model::LiveTick`] per tick as JSON,
+/// limited to what the caller may see (its scope; no footage for a viewer);
+/// `503` past `live.max_feeds` (or its per-client cap). The stream ends
+/// when the caller's session ends.
 async fn live(
     State(feed): State<LiveFeed>,
     client: Option<Extension<ConnectInfo<SocketAddr>>>,
+    who: Option<Extension<Principal>>,
+    session: Option<Extension<crate::access::Session>>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, (StatusCode, String)> {
+    let Some(Extension(who)) = who else {
+        return Err((StatusCode::UNAUTHORIZED, "log in first\n".into()));
+    };
     // Set by `api::limits::serve_http` on every request.
     let ip = client.map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0 .0.ip());
+    let stored = if who.scope.is_all() {
+        0
+    } else {
+        let (store, scope) = (feed.store.clone(), who.scope.clone());
+        tokio::task::spawn_blocking(move || feed::scoped_stored(&store, &scope))
+            .await
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
+    };
     let (rx, slot) = feed.subscribe(ip).map_err(|r| {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("too many live feeds: {r}\n"),
         )
     })?;
+    let ended = session.map(|s| s.0.ended.clone());
+    let mut view = feed::TickView { who, stored };
     let ticks = BroadcastStream::new(rx)
         // A viewer that fell behind skips ticks; the next one has exact totals.
         .filter_map(|t| t.ok())
-        .map(move |json: Arc<str>| {
+        .map(move |t| {
             let _held = &slot;
-            Ok(Event::default().data(&*json))
+            Ok(Event::default().data(&*view.render(&t)))
         });
-    Ok(Sse::new(ticks).keep_alive(KeepAlive::default()))
+    let until = async move {
+        match ended {
+            Some(e) => e.cancelled_owned().await,
+            None => std::future::pending().await,
+        }
+    };
+    Ok(Sse::new(futures::StreamExt::take_until(ticks, until)).keep_alive(KeepAlive::default()))
 }
