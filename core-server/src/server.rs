@@ -308,6 +308,7 @@ pub async fn run(
                 cameras: feed.cameras.clone(),
                 search: search.clone(),
                 who: crate::access::Principal::admin_token(),
+                csrf: None,
             },
             feed.clone(),
             &config.dashboard.site_root(),

@@ -327,6 +327,7 @@ pub fn core() -> &'static Core {
             cameras: Arc::new(Mutex::default()),
             search: index.clone(),
             who: sightline_core::access::Principal::admin_token(),
+            csrf: None,
         };
         Core {
             _dir: dir,

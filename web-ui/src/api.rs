@@ -102,6 +102,11 @@ pub async fn get_event(det_oid: i64) -> Result<Option<EventDetail>, ServerFnErro
 }
 
 #[server]
+pub async fn get_whoami() -> Result<crate::model::WhoAmI, ServerFnError> {
+    crate::backend::call(|b| Ok(b.whoami())).await
+}
+
+#[server]
 pub async fn get_fleet() -> Result<Vec<AgentRow>, ServerFnError> {
     crate::backend::call(|b| b.fleet()).await
 }

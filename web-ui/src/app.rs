@@ -49,6 +49,7 @@ pub fn App() -> impl IntoView {
                     <A href="/fleet">"Fleet"</A>
                     <A href="/quarantine">"Quarantine"</A>
                 </nav>
+                <UserBox/>
             </header>
             <main>
                 // In order: every page arrives as complete HTML (its data
@@ -64,5 +65,28 @@ pub fn App() -> impl IntoView {
                 </Routes>
             </main>
         </Router>
+    }
+}
+
+/// Who is logged in, and the logout button.
+#[component]
+fn UserBox() -> impl IntoView {
+    let who = Resource::new(|| (), |_| crate::api::get_whoami());
+    view! {
+        <Suspense fallback=|| ()>
+            {move || Suspend::new(async move {
+                match who.await {
+                    Ok(w) => view! {
+                        <form class="user" method="post" action="/logout">
+                            <span class="who" title=w.scope.clone()>{w.actor.clone()}" ("{w.role.clone()}")"</span>
+                            <input type="hidden" name="csrf" value=w.csrf.clone()/>
+                            <button type="submit">"Log out"</button>
+                        </form>
+                    }
+                    .into_any(),
+                    Err(_) => ().into_any(),
+                }
+            })}
+        </Suspense>
     }
 }

@@ -25,6 +25,8 @@ pub trait Backend: Send + Sync + 'static {
     fn quarantine(&self, page_token: &str) -> Result<QuarantinePage, String>;
     /// The core's clock.
     fn now_ms(&self) -> i64;
+    /// Who is asking.
+    fn whoami(&self) -> crate::model::WhoAmI;
 }
 
 /// How the core hands its backend to the dashboard (as Leptos context).

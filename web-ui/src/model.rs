@@ -195,3 +195,17 @@ pub struct QuarantinePage {
     /// Stored events whose location is not in Dataset B (newest first).
     pub unmatched: Vec<EventRow>,
 }
+
+/// Who is logged in, for the header.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WhoAmI {
+    /// `user:alice`, `token:ci`, `admin-token`.
+    pub actor: String,
+    /// viewer, investigator or admin.
+    pub role: String,
+    pub admin: bool,
+    /// "all locations" or "locations 1,2".
+    pub scope: String,
+    /// The session's CSRF token (forms that change state carry it).
+    pub csrf: String,
+}

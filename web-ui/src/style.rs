@@ -11,6 +11,8 @@ header.top .brand { color:#fff; font-weight:700; text-decoration:none; font-size
 header.top nav { display:flex; gap:.25rem; flex-wrap:wrap; }
 header.top nav a { color:#cbd5e1; text-decoration:none; padding:.3rem .6rem; border-radius:.3rem; }
 header.top nav a[aria-current="page"], header.top nav a:hover { background:#1e293b; color:#fff; }
+header.top form.user { margin-left:auto; display:flex; gap:.5rem; align-items:center; color:#cbd5e1; }
+header.top form.user button { background:#1e293b; color:#fff; border:1px solid #334155; border-radius:.3rem; padding:.2rem .6rem; cursor:pointer; }
 main { padding:1rem; max-width:1400px; margin:0 auto; }
 h1 { font-size:1.35rem; margin:.2rem 0 .8rem; }
 h2 { font-size:1.05rem; margin:.2rem 0 .5rem; }

@@ -46,6 +46,8 @@ pub struct CoreBackend {
     pub search: Arc<SearchIndex>,
     /// Who is asking (set per request by the dashboard's router).
     pub who: Principal,
+    /// The asking session's CSRF token, if a session asks.
+    pub csrf: Option<String>,
 }
 
 impl CoreBackend {
@@ -432,6 +434,16 @@ impl Backend for CoreBackend {
         })
     }
 
+    fn whoami(&self) -> sightline_web::model::WhoAmI {
+        sightline_web::model::WhoAmI {
+            actor: self.who.actor.clone(),
+            role: self.who.role.to_string(),
+            admin: self.who.role >= Role::Admin,
+            scope: self.who.scope.to_string(),
+            csrf: self.csrf.clone().unwrap_or_default(),
+        }
+    }
+
     fn now_ms(&self) -> i64 {
         sightline_proto::now_ms()
     }
@@ -469,6 +481,7 @@ mod tests {
             cameras: Arc::default(),
             search,
             who: Principal::admin_token(),
+            csrf: None,
         });
         let owner = Owner::new();
         owner.set();

@@ -58,7 +58,13 @@ pub fn router(backend: CoreBackend, feed: LiveFeed, site_root: &Path) -> Router 
                 // Each request's backend reads as its principal (set by
                 // access::http::authenticate); none: a principal that sees nothing.
                 move || {
-                    let who = use_context::<axum::http::request::Parts>()
+                    let parts = use_context::<axum::http::request::Parts>();
+                    let csrf = parts.as_ref().and_then(|p| {
+                        p.extensions
+                            .get::<crate::access::Session>()
+                            .map(|s| s.csrf.clone())
+                    });
+                    let who = parts
                         .and_then(|p| p.extensions.get::<Principal>().cloned())
                         .unwrap_or_else(|| Principal {
                             actor: "anonymous".into(),
@@ -68,6 +74,7 @@ pub fn router(backend: CoreBackend, feed: LiveFeed, site_root: &Path) -> Router 
                         });
                     let scoped: SharedBackend = Arc::new(CoreBackend {
                         who,
+                        csrf,
                         ..backend.clone()
                     });
                     provide_context(scoped)
