@@ -92,7 +92,6 @@ fn a_damaged_dataset_b_parquet_file_never_exhausts_memory() {
 /// 2 s bound. A tiny upload buys a third of a gigabyte and seconds of a
 /// blocking thread.
 #[test]
-#[ignore = "slow input found by fuzzing, not fixed yet: the fix (a pixel budget for a JPEG upload, e.g. by its byte size or a lower dimension limit) belongs to core-server/src/media/check.rs"]
 fn a_tiny_jpeg_claiming_huge_dimensions_is_checked_within_the_bound() {
     survives("media_jpeg", "media_jpeg-huge-dimensions");
 }
