@@ -87,9 +87,11 @@ pub async fn export(
     }
 }
 
-/// The zip at `path` as a response; the path is unlinked once open (the
-/// caller drops it).
-async fn download(summary: &CaseSummary, path: &std::path::Path) -> std::io::Result<Response> {
+/// The zip at `path` as the download response (the caller drops `path`
+/// after this returns: the open handle keeps streaming it). A layer that
+/// must record the export before answering (the audit log) calls
+/// [`Cases::export_zip`], writes its record, then this.
+pub async fn download(summary: &CaseSummary, path: &std::path::Path) -> std::io::Result<Response> {
     use tokio::io::AsyncReadExt as _;
     let file = tokio::fs::File::open(path).await?;
     let len = file.metadata().await?.len();

@@ -102,7 +102,9 @@ impl SiteKey {
 /// then hard-linked to `path`, which fails rather than replace a key another
 /// process made meanwhile (that one is then used).
 fn create(path: &Path) -> anyhow::Result<()> {
-    let pair = KeyPair::generate_for(&PKCS_ED25519)?;
+    let v2 = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+        .map_err(|_| anyhow::anyhow!("no randomness for a new key"))?;
+    let pair = KeyPair::try_from(pkcs8_v1(v2.as_ref())?.as_slice())?;
     let scratch = PathBuf::from(format!("{}.{}.new", path.display(), std::process::id()));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -125,6 +127,29 @@ fn create(path: &Path) -> anyhow::Result<()> {
     }
     tracing::info!(path = %path.display(), "made the site's signing key for case exports");
     Ok(())
+}
+
+/// ring's PKCS#8 v2 (RFC 5958, with the public key) as the v1 form of RFC
+/// 8410 section 7 (the 32-byte seed only), which is what `openssl genpkey`
+/// writes and what OpenSSL 3.0 reads back (it refuses v2).
+fn pkcs8_v1(v2: &[u8]) -> anyhow::Result<Vec<u8>> {
+    /// After the outer SEQUENCE's tag and length: INTEGER 1,
+    /// AlgorithmIdentifier { id-Ed25519 }, OCTET STRING { OCTET STRING (32) } ...
+    const V2_BODY: [u8; 14] = [
+        0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+    ];
+    /// ... and the same with version 0 and nothing after the seed.
+    const V1_HEAD: [u8; 16] = [
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    anyhow::ensure!(
+        v2.len() >= 48 && v2[0] == 0x30 && v2[2..16] == V2_BODY,
+        "unexpected PKCS#8 layout from the key generator"
+    );
+    let mut v1 = V1_HEAD.to_vec();
+    v1.extend_from_slice(&v2[16..48]);
+    Ok(v1)
 }
 
 /// An Ed25519 public key, as a case or an operator hands it over.
@@ -230,5 +255,35 @@ mod tests {
         assert!(
             PublicKey::from_pem(a.public_pem().replace("PUBLIC", "PRIVATE").as_bytes()).is_err()
         );
+        // OpenSSL reads the private key and derives the same public key.
+        assert_eq!(openssl_public(&dir.path().join(KEY_FILE)), a.public_pem());
+    }
+
+    #[test]
+    fn a_key_made_by_openssl_is_taken_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("openssl")
+            .args(["genpkey", "-algorithm", "ed25519", "-out"])
+            .arg(dir.path().join(KEY_FILE))
+            .status()
+            .expect("openssl is needed (deploy/install-deps.sh)");
+        assert!(status.success());
+        let key = SiteKey::load_or_create(dir.path()).unwrap();
+        assert_eq!(openssl_public(&dir.path().join(KEY_FILE)), key.public_pem());
+    }
+
+    /// `openssl pkey -pubout` of a private key file.
+    fn openssl_public(key: &Path) -> String {
+        let out = std::process::Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(key)
+            .output()
+            .expect("openssl is needed (deploy/install-deps.sh)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
     }
 }

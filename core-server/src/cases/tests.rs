@@ -29,7 +29,8 @@ struct Rig {
     dir: tempfile::TempDir,
     store: Arc<Store>,
     media: Arc<MediaStore>,
-    pipeline: Pipeline,
+    /// The real writer (joined when the rig drops, before its store closes).
+    pipeline: Option<Pipeline>,
     cases: Arc<Cases>,
     /// The last seq committed for [`AGENT`].
     seq: u64,
@@ -81,9 +82,17 @@ fn rig() -> Rig {
         dir,
         store,
         media,
-        pipeline: Pipeline::start(ctx, 2, 8),
+        pipeline: Some(Pipeline::start(ctx, 2, 8)),
         cases,
         seq: 0,
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if let Some(p) = self.pipeline.take() {
+            p.shutdown();
+        }
     }
 }
 
@@ -113,6 +122,8 @@ impl Rig {
             .collect();
         let (reply, rx) = oneshot::channel();
         self.pipeline
+            .as_ref()
+            .unwrap()
             .submit(CommitRequest {
                 agent: AGENT.into(),
                 epoch: 1,
