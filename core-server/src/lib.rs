@@ -14,12 +14,15 @@
 //! - [`edge`]: the edge link — gRPC over TLS and QUIC on one port, mutual
 //!   TLS identities, the agent registry (cameras per agent, revocations).
 //! - [`fleet`]: which agents exist and what they last reported.
+//! - [`cases`]: evidence export — selected events and their footage with a
+//!   manifest signed by the site's Ed25519 key, and its verification.
 //! - [`certs`]: the CA for the edge link's mutual TLS (`sightline-core certs`).
 //! - [`client`]: the terminal client (`sightline-core top|tail|fleet|...`).
 //! - [`server`]: wires it all and runs until shutdown.
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod cases;
 pub mod certs;
 pub mod client;
 pub mod config;
