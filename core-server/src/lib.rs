@@ -15,6 +15,8 @@
 //!   TLS identities, the agent registry (cameras per agent, revocations).
 //! - [`access`]: accounts, sessions, API tokens, roles and location scopes.
 //! - [`fleet`]: which agents exist and what they last reported.
+//! - [`cases`]: evidence export — selected events and their footage with a
+//!   manifest signed by the site's Ed25519 key, and its verification.
 //! - [`certs`]: the CA for the edge link's mutual TLS (`sightline-core certs`).
 //! - [`client`]: the terminal client (`sightline-core top|tail|fleet|...`).
 //! - [`server`]: wires it all and runs until shutdown.
@@ -22,6 +24,7 @@
 
 pub mod access;
 pub mod api;
+pub mod cases;
 pub mod certs;
 pub mod client;
 pub mod config;

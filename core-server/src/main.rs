@@ -63,6 +63,11 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Evidence export: the site's signing key, checking a case, exporting one offline.
+    Case {
+        #[command(subcommand)]
+        command: sightline_core::cases::cli::CaseCommand,
+    },
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -124,6 +129,10 @@ async fn main() -> anyhow::Result<()> {
             };
             println!("{}", written.display());
             Ok(())
+        }
+        Command::Case { command } => {
+            let status = sightline_core::cases::cli::run(command).await?;
+            std::process::exit(status)
         }
         Command::Client(cmd) => {
             let url =

@@ -48,9 +48,11 @@ fn a_dashboard_timeline_of_any_range_never_exhausts_memory() {
 /// user, 15 s system), inside the parquet crate: page headers read from the
 /// column chunk one after another, each skipping a thrift field with
 /// `io::copy` over 8 KiB reads (`read_page_header` → `skip_till_depth`).
-/// A replay of such a file stalls instead of reporting the row group.
+/// A replay of such a file stalled instead of reporting the row group.
+/// Fixed: each column chunk's pages are walked by
+/// `sightline_proto::parquet_guard` (every header read once, the walk linear
+/// in the chunk) before the crate reads them; the row group is reported.
 #[test]
-#[ignore = "hang found by fuzzing, not fixed yet: a damaged column chunk makes the Parquet reader crawl (edge-agent/src/sources/replay/parquet_file.rs, parquet 60.1)"]
 fn a_damaged_replay_parquet_file_is_read_within_the_bound() {
     survives("replay_parquet", "replay_parquet-slow-page-headers");
     // 7,269 bytes, still reading after 60 s.
@@ -62,8 +64,10 @@ fn a_damaged_replay_parquet_file_is_read_within_the_bound() {
 /// `read_records` in `read_typed`) ask for 7.9 GB at once; under the fuzz
 /// runner's 4 GiB address-space bound the process aborts (on an edge box
 /// with less memory, so would the agent).
+/// Fixed: a dictionary page claiming more values than its bytes (or the
+/// row group's rows) hold is refused by `sightline_proto::parquet_guard`
+/// before the crate decodes it; the row group is reported.
 #[test]
-#[ignore = "crash found by fuzzing, not fixed yet: a damaged page makes the Parquet decoder allocate 7.9 GB (edge-agent/src/sources/replay/parquet_file.rs, parquet 60.1)"]
 fn a_damaged_replay_parquet_page_never_exhausts_memory() {
     survives("replay_parquet", "replay_parquet-huge-page-alloc");
 }
@@ -73,8 +77,21 @@ fn a_damaged_replay_parquet_page_never_exhausts_memory() {
 /// parquet crate at `core-server/src/enrich/mod.rs:258`) ask for 32 GB at
 /// once; an allocation failure aborts, the loader's `catch_unwind` cannot
 /// keep the table in use: the core (or its reload) dies.
+/// Fixed: the loader walks every column chunk's pages with
+/// `sightline_proto::parquet_guard` first; the file is refused, naming it.
 #[test]
-#[ignore = "crash found by fuzzing, not fixed yet: a damaged Dataset B Parquet file makes the loader allocate 32 GB (core-server/src/enrich/mod.rs, parquet 60.1)"]
 fn a_damaged_dataset_b_parquet_file_never_exhausts_memory() {
     survives("dataset_b_parquet", "dataset_b_parquet-huge-alloc");
+}
+
+/// `media_jpeg`: a 664-byte JPEG whose frame header claims 12,304 × 9,520
+/// pixels (mutated from the corpus; 20 such inputs of 664–1,018 bytes in the
+/// 2026-11-30 run) passes the upload check's limits (16,384² and 512 MiB)
+/// and makes `check_jpeg` (core-server/src/media/check.rs) decode a 351 MB
+/// image: 1.5–6 s in the dev build on the loaded 2-core machine, over the
+/// 2 s bound. A tiny upload buys a third of a gigabyte and seconds of a
+/// blocking thread.
+#[test]
+fn a_tiny_jpeg_claiming_huge_dimensions_is_checked_within_the_bound() {
+    survives("media_jpeg", "media_jpeg-huge-dimensions");
 }

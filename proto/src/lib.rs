@@ -12,6 +12,7 @@
 pub mod congestion;
 pub mod edge;
 pub mod error;
+pub mod parquet_guard;
 pub mod validate;
 
 /// Generated code for package `sightline.v1`.

@@ -236,8 +236,16 @@ fn read_parquet_rows(path: &Path) -> Result<Rows, (Option<u64>, String)> {
         record::Field,
     };
     let file = File::open(path).map_err(|e| (None, format!("cannot open: {e}")))?;
-    let reader =
-        SerializedFileReader::new(file).map_err(|e| (None, format!("not a Parquet file: {e}")))?;
+    let file_len = file
+        .metadata()
+        .map_err(|e| (None, format!("cannot open: {e}")))?
+        .len();
+    let reader = SerializedFileReader::new(
+        file.try_clone()
+            .map_err(|e| (None, format!("cannot open: {e}")))?,
+    )
+    .map_err(|e| (None, format!("not a Parquet file: {e}")))?;
+    check_pages(&file, file_len, reader.metadata())?;
     let fields: Vec<String> = reader
         .metadata()
         .file_metadata()
@@ -273,6 +281,74 @@ fn read_parquet_rows(path: &Path) -> Result<Rows, (Option<u64>, String)> {
         ));
     }
     Ok(out)
+}
+
+/// Walks the pages of every column chunk (`sightline_proto::parquet_guard`)
+/// before the row reader decodes any: the parquet crate (60.1) sizes buffers
+/// from page headers it keeps private (a dictionary page claiming a billion
+/// values is a 30 GB allocation, which aborts the core past `catch_unwind`)
+/// and crawls for seconds over a damaged chunk's headers. The first chunk that
+/// claims more than it can hold refuses the file, naming it and the row group's
+/// first row.
+fn check_pages(
+    file: &File,
+    file_len: u64,
+    meta: &parquet::file::metadata::ParquetMetaData,
+) -> Result<(), (Option<u64>, String)> {
+    use parquet::basic::{Compression, Type as PhysicalType};
+    use sightline_proto::parquet_guard::{check_column_chunk, ChunkFacts};
+    use std::os::unix::fs::FileExt;
+    let mut first_row = 1u64;
+    for (g, rg) in meta.row_groups().iter().enumerate() {
+        let at = Some(first_row);
+        first_row = first_row.saturating_add(rg.num_rows().max(0) as u64);
+        for chunk in rg.columns() {
+            let descr = chunk.column_descr();
+            let name = descr.path().string();
+            let start = chunk
+                .dictionary_page_offset()
+                .unwrap_or(chunk.data_page_offset());
+            let facts = match (u64::try_from(start), u64::try_from(chunk.compressed_size())) {
+                (Ok(start), Ok(len)) => ChunkFacts {
+                    start,
+                    len,
+                    file_len,
+                    // A column that is not repeated has one value (maybe
+                    // null) a row; a repeated one, its chunk's value count.
+                    max_values_per_page: if descr.max_rep_level() == 0 {
+                        rg.num_rows()
+                    } else {
+                        chunk.num_values()
+                    }
+                    .max(0) as u64,
+                    // The fewest bits a PLAIN value of the type takes.
+                    min_value_bits: match descr.physical_type() {
+                        PhysicalType::BOOLEAN => 1,
+                        PhysicalType::INT32 | PhysicalType::FLOAT | PhysicalType::BYTE_ARRAY => 32,
+                        PhysicalType::INT64 | PhysicalType::DOUBLE => 64,
+                        PhysicalType::INT96 => 96,
+                        PhysicalType::FIXED_LEN_BYTE_ARRAY => {
+                            (descr.type_length().max(1) as u64) * 8
+                        }
+                    },
+                    compressed: chunk.compression() != Compression::UNCOMPRESSED,
+                },
+                _ => {
+                    return Err((
+                        at,
+                        format!(
+                            "row group {g}, column chunk `{name}`: a negative offset ({start}) \
+                             or size ({}) in the footer",
+                            chunk.compressed_size()
+                        ),
+                    ))
+                }
+            };
+            check_column_chunk(&mut |off, buf| file.read_at(buf, off), &facts)
+                .map_err(|e| (at, format!("row group {g}, column chunk `{name}`: {e}")))?;
+        }
+    }
+    Ok(())
 }
 
 /// The table in use, swappable at run time.
@@ -494,7 +570,10 @@ mod tests {
 
         for (p, needle) in [
             (&bad_utf8, "utf8.parquet, row 2: unreadable row"),
-            (&damaged, "damaged.parquet, row 3: unreadable row"),
+            (
+                &damaged,
+                "damaged.parquet, row 3: row group 1, column chunk `geographical_location_oid`: page 0",
+            ),
             (&cut, "cut.parquet: not a Parquet file"),
         ] {
             let e = locs.reload(Some(p.clone())).unwrap_err().to_string();
@@ -505,6 +584,84 @@ mod tests {
                 "Gate 1"
             );
         }
+    }
+
+    /// Rewrites the one-byte `num_values` of column `col`'s dictionary page
+    /// in row group `g` from `from` to `to` (both under 64), leaving every
+    /// length as it was.
+    fn claim_dictionary_values(path: &Path, g: usize, col: usize, from: u8, to: u8) {
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        let at = {
+            let r = SerializedFileReader::new(File::open(path).unwrap()).unwrap();
+            let c = r.metadata().row_group(g).column(col).clone();
+            c.dictionary_page_offset().expect("a dictionary page") as usize
+        };
+        let mut bytes = std::fs::read(path).unwrap();
+        // Type and sizes (i32 fields: a field byte and a varint each), then
+        // the dictionary page header, whose field 1 is `num_values`.
+        let mut i = at;
+        while bytes[i] & 0x0f == 5 {
+            i += 1;
+            while bytes[i] & 0x80 != 0 {
+                i += 1;
+            }
+            i += 1;
+        }
+        assert_eq!(bytes[i] & 0x0f, 12, "the dictionary page header follows");
+        assert_eq!(bytes[i + 1], 0x15, "num_values is its field 1, an i32");
+        assert_eq!(bytes[i + 2], from * 2, "num_values is {from}");
+        bytes[i + 2] = to * 2;
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn a_dataset_b_file_claiming_a_huge_dictionary_is_refused_and_the_table_stays() {
+        use parquet::basic::Compression;
+        let dir = tempfile::tempdir().unwrap();
+        let good = write(
+            &dir,
+            "good.csv",
+            "geographical_location_oid,geographical_location\n1,Gate 1\n",
+        );
+        let locs = Locations::new(Some(good)).unwrap();
+
+        // Row group 1 holds one name, "Gate 3": a dictionary of 1 value in
+        // 10 bytes, made to claim 63.
+        let made = dir.path().join("made.parquet");
+        write_parquet(&made, Compression::UNCOMPRESSED, GATES);
+        claim_dictionary_values(&made, 1, 1, 1, 63);
+        // Found by fuzzing: an 863-byte file whose dictionary page made the
+        // parquet crate ask for 32 GB (the core aborted).
+        let found = dir.path().join("found.parquet");
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../fuzz/regressions/dataset_b_parquet-huge-alloc"),
+            &found,
+        )
+        .unwrap();
+
+        for (p, needle) in [
+            (
+                &made,
+                "made.parquet, row 3: row group 1, column chunk `geographical_location`: page 0 \
+                 at byte",
+            ),
+            (&found, "found.parquet"),
+        ] {
+            let t = std::time::Instant::now();
+            let e = locs.reload(Some(p.clone())).unwrap_err().to_string();
+            assert!(t.elapsed() < std::time::Duration::from_secs(1), "{e}");
+            assert!(e.contains(needle), "{needle:?} not in {e:?}");
+            assert_eq!(
+                locs.current().get(1).unwrap().geographical_location,
+                "Gate 1"
+            );
+        }
+        let e = locs.reload(Some(made)).unwrap_err().to_string();
+        assert!(
+            e.contains("a dictionary of 63 values in 10 bytes (at most 2 fit)"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -43,6 +43,11 @@ pub fn check_file(content_type: &str, path: &Path) -> std::io::Result<Result<(),
 /// A JPEG: starts with SOI, decodes fully (within sane dimensions), and
 /// ends with EOI (a cut-off file is refused even where the decoder would
 /// fill in the missing rows).
+/// Most pixels a JPEG may claim per byte of file: every 8 x 8 block of a
+/// Huffman-coded scan (baseline or progressive) costs at least one bit (its
+/// DC difference), so a real JPEG has at least one byte per 512 pixels.
+pub const MAX_JPEG_PIXELS_PER_BYTE: u64 = 512;
+
 pub fn check_jpeg(bytes: &[u8]) -> Result<(), String> {
     if !bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
         return Err("not a JPEG: it does not start with the SOI marker FF D8".into());
@@ -50,6 +55,19 @@ pub fn check_jpeg(bytes: &[u8]) -> Result<(), String> {
     let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
     if !bytes[..end].ends_with(&[0xFF, 0xD9]) {
         return Err("truncated JPEG: it does not end with the EOI marker FF D9".into());
+    }
+    // Dimensions first: a few hundred bytes claiming 12,304 x 9,520 pixels
+    // would otherwise cost a 351 MB decode (found by fuzzing).
+    let (w, h) =
+        image::ImageReader::with_format(std::io::Cursor::new(bytes), image::ImageFormat::Jpeg)
+            .into_dimensions()
+            .map_err(|e| format!("the JPEG does not decode: {e}"))?;
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels > bytes.len() as u64 * MAX_JPEG_PIXELS_PER_BYTE {
+        return Err(format!(
+            "the JPEG claims {w} x {h} pixels in {} bytes: too few bytes for that many (a Huffman-coded scan spends at least one bit per 8 x 8 block)",
+            bytes.len()
+        ));
     }
     let mut reader =
         image::ImageReader::with_format(std::io::Cursor::new(bytes), image::ImageFormat::Jpeg);
@@ -211,6 +229,19 @@ mod tests {
         v.extend_from_slice(kind);
         v.extend_from_slice(payload);
         v
+    }
+
+    #[test]
+    fn a_tiny_jpeg_claiming_huge_dimensions_is_refused_before_decoding() {
+        let bytes = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fuzz/regressions/media_jpeg-huge-dimensions"
+        ))
+        .unwrap();
+        let started = std::time::Instant::now();
+        let e = check_jpeg(&bytes).unwrap_err();
+        assert!(e.contains("too few bytes"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_millis(500));
     }
 
     fn moov() -> Vec<u8> {

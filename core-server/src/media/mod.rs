@@ -312,6 +312,52 @@ impl MediaStore {
         Ok((held(&self.staging_file(sha)).await?, false))
     }
 
+    /// Copies the stored object `sha` of `kind` into a new file `dest`,
+    /// hashing what it writes: answers the bytes' SHA-256 (lowercase hex) and
+    /// their count, so the caller can tell an object damaged at rest from
+    /// its address. `sha` MUST be [`valid_sha`]. (Used by case exports.)
+    pub async fn copy_to_file(
+        &self,
+        kind: Kind,
+        sha: &str,
+        dest: &Path,
+    ) -> Result<(String, u64), MediaError> {
+        use futures::StreamExt as _;
+        use sha2::Digest as _;
+        use tokio::io::AsyncWriteExt as _;
+        if !valid_sha(sha) {
+            return Err(MediaError::invalid(
+                "sha256",
+                "must be 64 lowercase hex digits",
+            ));
+        }
+        let mut stream = self
+            .objects
+            .get(&object_key(kind, sha))
+            .await?
+            .into_stream();
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(dest)
+            .await?;
+        let mut hasher = sha2::Sha256::new();
+        let mut len = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            hasher.update(&chunk);
+            len += chunk.len() as u64;
+            file.write_all(&chunk).await?;
+        }
+        file.sync_all().await?;
+        let hex = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok((hex, len))
+    }
+
     /// Deletes objects stored longer than `cfg.retention` ago (and their
     /// rows), the media quarantine past `retention.quarantine`, old refs and
     /// abandoned staging files.

@@ -7,16 +7,27 @@
 //! that cannot be read (damaged, an unknown codec) is reported once and the
 //! reader goes on with the next row group. Snappy, gzip, LZ4 and zstd pages
 //! are read. Columns under a repeated field (lists, maps) are not read.
+//!
+//! Before a row group is decoded, the pages of each column chunk read are
+//! walked by `sightline_proto::parquet_guard` (bounded: page headers read
+//! once, no page decoded): a page claiming more values than the row group
+//! has rows, a dictionary larger than its bytes, a page over the decoded cap
+//! or a chunk that does not tile into pages makes the row group unreadable,
+//! reported once like any other, instead of a multi-gigabyte allocation or a
+//! minutes-long crawl inside the parquet crate (60.1), whose page headers are
+//! not public and are acted on before a caller can look.
 
-use std::{fs::File, panic::AssertUnwindSafe, path::Path, sync::Arc};
+use std::{fs::File, os::unix::fs::FileExt, panic::AssertUnwindSafe, path::Path, sync::Arc};
 
 use parquet::{
     basic::{ConvertedType, LogicalType, TimeUnit, Type as PhysicalType},
     column::reader::{ColumnReader, ColumnReaderImpl},
     data_type::{ByteArray, DataType},
+    file::metadata::{ColumnChunkMetaData, RowGroupMetaData},
     file::reader::{FileReader, RowGroupReader, SerializedFileReader},
     schema::types::ColumnDescriptor,
 };
+use sightline_proto::parquet_guard::{check_column_chunk, ChunkFacts};
 
 use super::{
     rows::{missing_column, Cell, Row},
@@ -36,7 +47,9 @@ pub(super) fn read_parquet(
     skip_through: u64,
     emit: &mut dyn FnMut(Read) -> bool,
 ) -> anyhow::Result<()> {
-    let reader = SerializedFileReader::new(File::open(path)?)
+    let file = File::open(path)?;
+    let file_len = file.metadata()?.len();
+    let reader = SerializedFileReader::new(file.try_clone()?)
         .map_err(|e| anyhow::anyhow!("not a readable Parquet file: {e}"))?;
     let meta = reader.metadata();
     let schema = meta.file_metadata().schema_descr();
@@ -67,6 +80,7 @@ pub(super) fn read_parquet(
         }
         let mut stopped = false;
         let read = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            check_group(&file, file_len, meta.row_group(g), &columns).map_err(|e| (0, e))?;
             let rg = reader.get_row_group(g).map_err(|e| (0, e.to_string()))?;
             read_group(&*rg, &columns, &group, &mut |r| {
                 stopped = !emit(r);
@@ -98,6 +112,64 @@ pub(super) fn read_parquet(
         }
     }
     Ok(())
+}
+
+/// Walks the pages of each column chunk of the row group that is read
+/// (`sightline_proto::parquet_guard`): the first that claims more than it
+/// can hold is the reason the row group is not read.
+fn check_group(
+    file: &File,
+    file_len: u64,
+    rg: &RowGroupMetaData,
+    columns: &[(usize, String, Arc<ColumnDescriptor>)],
+) -> Result<(), String> {
+    for (i, name, descr) in columns {
+        let chunk = rg.column(*i);
+        chunk_facts(chunk, descr, rg.num_rows(), file_len)
+            .and_then(|facts| check_column_chunk(&mut |at, buf| file.read_at(buf, at), &facts))
+            .map_err(|e| format!("column chunk `{name}`: {e}"))?;
+    }
+    Ok(())
+}
+
+/// What bounds a column chunk's pages, from the footer: values per page at
+/// most the row group's rows (a column not repeated has one value a row;
+/// repeated columns are not read here).
+fn chunk_facts(
+    chunk: &ColumnChunkMetaData,
+    descr: &ColumnDescriptor,
+    rows: i64,
+    file_len: u64,
+) -> Result<ChunkFacts, String> {
+    let start = chunk
+        .dictionary_page_offset()
+        .unwrap_or(chunk.data_page_offset());
+    let (Ok(start), Ok(len)) = (u64::try_from(start), u64::try_from(chunk.compressed_size()))
+    else {
+        return Err(format!(
+            "a negative offset ({start}) or size ({}) in the footer",
+            chunk.compressed_size()
+        ));
+    };
+    Ok(ChunkFacts {
+        start,
+        len,
+        file_len,
+        max_values_per_page: rows.max(0) as u64,
+        min_value_bits: min_value_bits(descr),
+        compressed: chunk.compression() != parquet::basic::Compression::UNCOMPRESSED,
+    })
+}
+
+/// The fewest bits a PLAIN value of the column's type takes.
+fn min_value_bits(descr: &ColumnDescriptor) -> u64 {
+    match descr.physical_type() {
+        PhysicalType::BOOLEAN => 1,
+        PhysicalType::INT32 | PhysicalType::FLOAT | PhysicalType::BYTE_ARRAY => 32,
+        PhysicalType::INT64 | PhysicalType::DOUBLE => 64,
+        PhysicalType::INT96 => 96,
+        PhysicalType::FIXED_LEN_BYTE_ARRAY => (descr.type_length().max(1) as u64) * 8,
+    }
 }
 
 /// Where a row group sits in the file.

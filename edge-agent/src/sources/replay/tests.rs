@@ -452,3 +452,128 @@ async fn a_damaged_parquet_file_is_reported_once_and_the_replay_ends() {
         "{e}"
     );
 }
+
+/// Rewrites the one-byte `num_values` of the first page of column `col` in
+/// row group `g` (its dictionary page, or its first data page) from `from` to
+/// `to` (both under 64: one zigzag byte each), leaving every length as it was.
+fn claim_values(path: &Path, g: usize, col: usize, dictionary: bool, from: u8, to: u8) {
+    let at = {
+        let r = SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
+        let c = r.metadata().row_group(g).column(col).clone();
+        if dictionary {
+            c.dictionary_page_offset().expect("a dictionary page")
+        } else {
+            c.data_page_offset()
+        }
+    } as usize;
+    let mut bytes = std::fs::read(path).unwrap();
+    // type, uncompressed size, compressed size (and a crc when present): a
+    // field byte and a varint each; then the page's own header, whose field
+    // 1 is `num_values`.
+    let mut i = at;
+    while bytes[i] & 0x0f == 5 {
+        i += 1;
+        while bytes[i] & 0x80 != 0 {
+            i += 1;
+        }
+        i += 1;
+    }
+    assert_eq!(bytes[i] & 0x0f, 12, "the page's own header follows");
+    assert_eq!(bytes[i + 1], 0x15, "num_values is its field 1, an i32");
+    assert_eq!(bytes[i + 2], from * 2, "num_values is {from}");
+    bytes[i + 2] = to * 2;
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// The fuzz inputs kept in `fuzz/regressions/`.
+fn regression(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/regressions")
+        .join(name)
+}
+
+#[tokio::test]
+async fn a_parquet_file_claiming_a_huge_dictionary_is_refused_not_allocated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.parquet");
+    let groups: Vec<Vec<PqRow>> = (0..3)
+        .map(|g| (1..=3).map(|i| pq(g * 3 + i)).collect())
+        .collect();
+    write_parquet(&path, Compression::UNCOMPRESSED, &groups);
+    // `item_name` is "car" in every row: a dictionary of 1 value, 7 bytes.
+    claim_values(&path, 1, 3, true, 1, 63);
+    let p = publisher(dir.path());
+
+    let s = run(&p, &path).await.unwrap();
+
+    assert_eq!(oids(&p), vec![1, 2, 3, 7, 8, 9]);
+    assert_eq!((s.rows, s.unreadable, s.reported.len()), (6, 1, 1), "{s:?}");
+    assert!(
+        has(
+            &s,
+            "row group 1 (rows 4–6), from row 4: column chunk `item_name`: page 0 at byte"
+        ) && has(&s, "a dictionary of 63 values in 7 bytes (at most 1 fit)"),
+        "{:#?}",
+        s.reported
+    );
+
+    // Found by fuzzing: a 1,475-byte file whose dictionary page claims
+    // enough values for a 7.9 GB buffer in the parquet crate. Refused, the
+    // rest read.
+    let found = dir.path().join("found.parquet");
+    std::fs::copy(regression("replay_parquet-huge-page-alloc"), &found).unwrap();
+    let s = read_rows(&found, Format::Parquet).unwrap();
+    assert!(s.unreadable >= 1, "{s:?}");
+}
+
+#[tokio::test]
+async fn a_page_claiming_more_values_than_its_row_group_has_rows_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.parquet");
+    let groups: Vec<Vec<PqRow>> = (0..3)
+        .map(|g| (1..=3).map(|i| pq(g * 3 + i)).collect())
+        .collect();
+    write_parquet(&path, Compression::SNAPPY, &groups);
+    // `detection_oid`'s data page holds 3 values; make it claim 63 in a row
+    // group of 3 rows.
+    claim_values(&path, 1, 2, false, 3, 63);
+    let p = publisher(dir.path());
+
+    let s = run(&p, &path).await.unwrap();
+
+    assert_eq!(oids(&p), vec![1, 2, 3, 7, 8, 9]);
+    assert_eq!((s.unreadable, s.reported.len()), (1, 1), "{s:?}");
+    assert!(
+        has(
+            &s,
+            "row group 1 (rows 4–6), from row 4: column chunk `detection_oid`: page"
+        ) && has(&s, "63 values, more than the 3 the column chunk can hold"),
+        "{:#?}",
+        s.reported
+    );
+}
+
+#[tokio::test]
+async fn a_damaged_column_chunk_is_reported_within_a_second() {
+    // Found by fuzzing: files of 1.5 and 7 KB whose damaged column chunks
+    // kept the parquet crate reading page headers for 38 s and over 60 s.
+    for name in [
+        "replay_parquet-slow-page-headers",
+        "replay_parquet-over-60s",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(format!("{name}.parquet"));
+        std::fs::copy(regression(name), &path).unwrap();
+        let p = publisher(dir.path());
+        let t = std::time::Instant::now();
+
+        let s = run(&p, &path).await;
+
+        let took = t.elapsed();
+        assert!(took < Duration::from_secs(1), "{name}: {took:?}");
+        match s {
+            Ok(s) => assert!(s.unreadable >= 1 && !s.reported.is_empty(), "{name}: {s:?}"),
+            Err(e) => assert!(e.to_string().contains(name), "{name}: {e}"),
+        }
+    }
+}
