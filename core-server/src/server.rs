@@ -154,6 +154,18 @@ pub async fn run(
         crate::access::Access::new(Arc::new(db), &config.access, admin_token.clone())
     };
 
+    let cases = {
+        let (dir, s, m, l) = (
+            config.storage.path.clone(),
+            store.clone(),
+            media.clone(),
+            locations.clone(),
+        );
+        Arc::new(
+            tokio::task::spawn_blocking(move || crate::cases::Cases::open(&dir, s, m, l)).await??,
+        )
+    };
+
     let grpc_listener = TcpListener::bind(config.server.grpc_listen)
         .await
         .with_context(|| {
@@ -300,6 +312,10 @@ pub async fn run(
             admin: admin_token.clone(),
         })
         .merge(crate::media::http::router(media.clone()))
+        .merge(
+            crate::cases::http::router(cases.clone())
+                .layer(axum::middleware::map_request(crate::access::http::exporter)),
+        )
         .merge(dashboard::router(
             dashboard::backend::CoreBackend {
                 store: store.clone(),

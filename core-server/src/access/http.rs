@@ -126,7 +126,7 @@ fn role_for(path: &str) -> Role {
         || path.starts_with("/api/get_quarantine")
     {
         Role::Admin
-    } else if path.starts_with("/media/") {
+    } else if path.starts_with("/media/") || path == "/api/cases" {
         Role::Investigator
     } else {
         Role::Viewer
@@ -365,6 +365,17 @@ async fn logout(State(h): State<HttpAccess>, headers: HeaderMap) -> Response {
         )
         .body(Body::empty())
         .expect("valid response")
+}
+
+/// Hands the case export its exporter: the principal's name and scope.
+pub async fn exporter(mut req: Request) -> Request {
+    if let Some(p) = req.extensions().get::<Principal>().cloned() {
+        req.extensions_mut().insert(crate::cases::http::Exporter {
+            name: p.actor,
+            locations: p.scope.locations,
+        });
+    }
+    req
 }
 
 /// Who is logged in, for the dashboard's header.
