@@ -356,6 +356,7 @@ pub fn search_query(data: &[u8]) {
         page_token: line(1),
         item_name: (!item.is_empty()).then_some(item.clone()),
         location_oid: num(3),
+        scope_locations: None,
         camera_oid: num(4),
         from_ms: num(5).unwrap_or(0),
         to_ms: num(6).unwrap_or(0),
