@@ -13,6 +13,8 @@
 //! - [`api`]: the gRPC query/admin API, live fan-out, HTTP (/metrics, /healthz).
 //! - [`edge`]: the edge link — gRPC over TLS and QUIC on one port, mutual
 //!   TLS identities, the agent registry (cameras per agent, revocations).
+//! - [`audit`]: the hash-chained audit log — who saw which footage, who
+//!   changed what; `sightline-core audit verify|export`.
 //! - [`fleet`]: which agents exist and what they last reported.
 //! - [`certs`]: the CA for the edge link's mutual TLS (`sightline-core certs`).
 //! - [`client`]: the terminal client (`sightline-core top|tail|fleet|...`).
@@ -20,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod audit;
 pub mod certs;
 pub mod client;
 pub mod config;
