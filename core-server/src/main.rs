@@ -63,6 +63,11 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// The audit log: verify its chain, export its records (read-only).
+    Audit {
+        #[command(subcommand)]
+        command: sightline_core::audit::cli::AuditCommand,
+    },
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -125,6 +130,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", written.display());
             Ok(())
         }
+        Command::Audit { command } => sightline_core::audit::cli::run(command),
         Command::Client(cmd) => {
             let url =
                 std::env::var("SIGHTLINE_CORE").unwrap_or_else(|_| "http://127.0.0.1:50051".into());

@@ -58,6 +58,27 @@
 //! sed -n 6p seg-….jsonl | jq -r .prev_hash     # must equal it too
 //! ```
 //!
+//! # Wiring (one line per action)
+//!
+//! ```ignore
+//! // server::run: open once (refuses a log whose tail does not match its head),
+//! // keep the handle in the handlers' state, cut by age in the background.
+//! let audit = AuditLog::open(&cfg.audit.dir(&cfg.storage.path), cfg.audit.segment_bytes.as_u64())?;
+//! tokio::spawn(audit::retention_loop(audit.clone(), cfg.audit.retention, shutdown.clone()));
+//!
+//! // A snapshot, after authorization and before the first byte is sent:
+//! audit.record(Entry::new(actor, Action::SnapshotViewed).from(addr).event(det, cam, loc).object(key)).await?;
+//! // A clip's Range requests (one record per playback):
+//! audit.footage_viewed(&session_id, Entry::new(actor, Action::ClipViewed).from(addr).object(key)).await?;
+//! // A search with its filters; a refusal:
+//! audit.record(Entry::new(actor, Action::Search).from(addr).detail(json!({"q": q, "last": last}))).await?;
+//! audit.record(Entry::new(actor, Action::AccessRefused).from(addr).denied().detail(json!({"path": p, "why": why}))).await?;
+//! ```
+//!
+//! `?` turns an [`AuditError`] into `ApiError` `UNAVAILABLE` ("audit store
+//! <dir>: …"). Appends from concurrent requests share one fsync
+//! ([`writer::MAX_GROUP`]); the admin page reads with [`AuditLog::query`].
+//!
 //! # Limits of the promise
 //!
 //! Anyone who can write the folder can rewrite the whole chain and the head
@@ -65,6 +86,7 @@
 //! (`audit verify` prints it) somewhere else from time to time: a later
 //! verify that does not reach the same hash at that seq shows the rewrite.
 
+pub mod cli;
 mod files;
 mod read;
 pub mod record;

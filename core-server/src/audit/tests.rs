@@ -499,3 +499,24 @@ async fn bench_audit() {
     println!("append (64 callers): {:.0} records/s", 6400.0 / secs_c);
     println!("audit audit_verify_per_s={:.0}", n as f64 / secs);
 }
+
+#[test]
+fn the_audit_config_section_is_validated_by_its_dotted_key() {
+    use crate::config::CoreConfig;
+    let c =
+        CoreConfig::from_toml("[audit]\nretention = \"30d\"\nsegment_bytes = \"1 MiB\"\n").unwrap();
+    assert_eq!(
+        c.audit.retention,
+        std::time::Duration::from_secs(30 * 86400)
+    );
+    assert_eq!(
+        c.audit.dir(Path::new("data/core")),
+        Path::new("data/core/audit")
+    );
+    c.audit.validate().unwrap();
+    let small = CoreConfig::from_toml("[audit]\nsegment_bytes = \"1 KiB\"\n").unwrap();
+    assert_eq!(small.validate().unwrap_err().key, "audit.segment_bytes");
+    let short = CoreConfig::from_toml("[audit]\nretention = \"10m\"\n").unwrap();
+    assert_eq!(short.audit.validate().unwrap_err().key, "audit.retention");
+    assert!(CoreConfig::from_toml("[audit]\nretain = \"1d\"\n").is_err());
+}
