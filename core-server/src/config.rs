@@ -35,6 +35,9 @@ pub struct CoreConfig {
     pub connections: ConnectionsConfig,
     #[serde(default)]
     pub access: crate::access::AccessConfig,
+    /// The audit log (see [`crate::audit`]).
+    #[serde(default)]
+    pub audit: crate::audit::AuditConfig,
 }
 
 /// Bounds on the TCP connections of the HTTP, gRPC and edge listeners (see
@@ -539,6 +542,7 @@ impl CoreConfig {
             return err("live.buffer_commits", "must be at least 1");
         }
         self.validate_caps()?;
+        self.audit.validate()?;
         if let Some(u) = &self.media.url {
             let parsed = match url::Url::parse(u) {
                 Ok(p) => p,

@@ -14,6 +14,8 @@
 //! - [`edge`]: the edge link — gRPC over TLS and QUIC on one port, mutual
 //!   TLS identities, the agent registry (cameras per agent, revocations).
 //! - [`access`]: accounts, sessions, API tokens, roles and location scopes.
+//! - [`audit`]: the hash-chained audit log — who saw which footage, who
+//!   changed what; `sightline-core audit verify|export`.
 //! - [`fleet`]: which agents exist and what they last reported.
 //! - [`cases`]: evidence export — selected events and their footage with a
 //!   manifest signed by the site's Ed25519 key, and its verification.
@@ -25,6 +27,7 @@
 pub mod access;
 pub mod api;
 pub mod cases;
+pub mod audit;
 pub mod certs;
 pub mod client;
 pub mod config;

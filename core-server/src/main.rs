@@ -68,6 +68,11 @@ enum Command {
         #[command(subcommand)]
         command: sightline_core::cases::cli::CaseCommand,
     },
+    /// The audit log: verify its chain, export its records (read-only).
+    Audit {
+        #[command(subcommand)]
+        command: sightline_core::audit::cli::AuditCommand,
+    },
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -134,6 +139,7 @@ async fn main() -> anyhow::Result<()> {
             let status = sightline_core::cases::cli::run(command).await?;
             std::process::exit(status)
         }
+        Command::Audit { command } => sightline_core::audit::cli::run(command),
         Command::Client(cmd) => {
             let url =
                 std::env::var("SIGHTLINE_CORE").unwrap_or_else(|_| "http://127.0.0.1:50051".into());
