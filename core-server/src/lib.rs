@@ -26,8 +26,8 @@
 
 pub mod access;
 pub mod api;
-pub mod cases;
 pub mod audit;
+pub mod cases;
 pub mod certs;
 pub mod client;
 pub mod config;

@@ -151,7 +151,18 @@ pub async fn run(
         let path = config.storage.path.join("access");
         let db =
             tokio::task::spawn_blocking(move || crate::access::AccessDb::open(&path)).await??;
-        crate::access::Access::new(Arc::new(db), &config.access, admin_token.clone())
+        let audit_dir = config.audit.dir(&config.storage.path);
+        let seg = config.audit.segment_bytes.as_u64();
+        let audit =
+            tokio::task::spawn_blocking(move || crate::audit::AuditLog::open(&audit_dir, seg))
+                .await?
+                .context("config `audit.path`: the audit log")?;
+        tokio::spawn(crate::audit::retention_loop(
+            audit.clone(),
+            config.audit.retention,
+            shutdown.clone(),
+        ));
+        crate::access::Access::new(Arc::new(db), &config.access, admin_token.clone(), audit)
     };
 
     let cases = {
@@ -311,10 +322,13 @@ pub async fn run(
             locations: locations.clone(),
             admin: admin_token.clone(),
         })
-        .merge(crate::media::http::router(media.clone()))
+        .merge(
+            crate::media::http::router(media.clone()).layer(axum::Extension(access.audit.clone())),
+        )
         .merge(
             crate::cases::http::router(cases.clone())
-                .layer(axum::middleware::map_request(crate::access::http::exporter)),
+                .layer(axum::middleware::map_request(crate::access::http::exporter))
+                .layer(axum::Extension(access.audit.clone())),
         )
         .merge(dashboard::router(
             dashboard::backend::CoreBackend {
@@ -325,6 +339,7 @@ pub async fn run(
                 search: search.clone(),
                 who: crate::access::Principal::admin_token(),
                 csrf: None,
+                audit: Some(access.audit.clone()),
             },
             feed.clone(),
             &config.dashboard.site_root(),

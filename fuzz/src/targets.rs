@@ -328,6 +328,7 @@ pub fn core() -> &'static Core {
             search: index.clone(),
             who: sightline_core::access::Principal::admin_token(),
             csrf: None,
+            audit: None,
         };
         Core {
             _dir: dir,

@@ -34,6 +34,7 @@ use serde::Deserialize;
 use sightline_proto::{ApiError, Code};
 
 use super::{Access, Principal, Role, Session};
+use crate::audit::{Action, Actor, Entry};
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "sightline_session";
@@ -147,6 +148,10 @@ fn wants_html(req: &Request) -> bool {
 /// [`Principal`] (and the [`Session`], if any) to the handler as extensions.
 pub async fn authenticate(State(h): State<HttpAccess>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
     let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -168,7 +173,19 @@ pub async fn authenticate(State(h): State<HttpAccess>, mut req: Request, next: N
     let principal: Principal = match (&bearer, &session) {
         (Some(b), _) => match h.access.bearer(Some(b)) {
             Ok(p) => p,
-            Err(e) => return refuse(&e),
+            Err(e) => {
+                let _ = h
+                    .access
+                    .audit
+                    .record(
+                        Entry::new(Actor::Anonymous, Action::AccessRefused)
+                            .from(peer)
+                            .detail(serde_json::json!({ "path": path, "reason": e.message }))
+                            .denied(),
+                    )
+                    .await;
+                return refuse(&e);
+            }
         },
         (None, Some(s)) => s.principal(),
         (None, None) => {
@@ -192,6 +209,17 @@ pub async fn authenticate(State(h): State<HttpAccess>, mut req: Request, next: N
     let need = role_for(&path);
     if let Err(e) = principal.require(need, &path) {
         tracing::info!(actor = %principal.actor, %path, "access refused: role");
+        let _ = h
+            .access
+            .audit
+            .record(
+                principal
+                    .entry(Action::AccessRefused)
+                    .from(peer)
+                    .detail(serde_json::json!({ "path": path, "reason": e.message }))
+                    .denied(),
+            )
+            .await;
         return refuse(&e);
     }
     req.extensions_mut().insert(principal);
@@ -301,6 +329,16 @@ async fn login(
     let sessions = &h.access.sessions;
     if let Err(e) = sessions.check_lockout(&f.name, ip) {
         tracing::warn!(user = %f.name, %ip, reason = %e, "login refused: locked out");
+        let _ = h
+            .access
+            .audit
+            .record(
+                Entry::new(Actor::Anonymous, Action::LoginFailed)
+                    .from(client.as_ref().map(|c| c.0 .0))
+                    .detail(serde_json::json!({ "name": f.name.chars().take(64).collect::<String>(), "reason": e.message }))
+                    .denied(),
+            )
+            .await;
         return login_page(StatusCode::TOO_MANY_REQUESTS, Some(&e.message), &next);
     }
     let db = h.access.db.clone();
@@ -319,6 +357,15 @@ async fn login(
                 sightline_proto::now_ms(),
             );
             tracing::info!(user = %user.name, role = %user.role, %ip, session = %s.handle(), "login");
+            let entry = Entry::new(Actor::User(user.name.clone()), Action::LoginSucceeded)
+                .from(client.as_ref().map(|c| c.0 .0))
+                .detail(serde_json::json!({ "session": s.handle(), "role": user.role }));
+            if let Err(e) = h.access.audit.record(entry).await {
+                // A login that cannot be recorded does not happen.
+                sessions.end(&s.id);
+                let e = ApiError::from(e);
+                return login_page(StatusCode::SERVICE_UNAVAILABLE, Some(&e.message), &next);
+            }
             let max_age = sessions.config().session_absolute.as_secs();
             let secure = if h.tls { "; Secure" } else { "" };
             Response::builder()
@@ -338,6 +385,21 @@ async fn login(
         Err(e) if e.code == Code::Unauthenticated || e.code == Code::PermissionDenied => {
             let delay = sessions.failed(&f.name, ip);
             tracing::warn!(user = %f.name, %ip, reason = %e, "login failed");
+            let who = if crate::access::accounts::validate_name("name", &f.name).is_ok() {
+                Actor::User(f.name.clone())
+            } else {
+                Actor::Anonymous
+            };
+            let _ = h
+                .access
+                .audit
+                .record(
+                    Entry::new(who, Action::LoginFailed)
+                        .from(client.as_ref().map(|c| c.0 .0))
+                        .detail(serde_json::json!({ "reason": e.message }))
+                        .denied(),
+                )
+                .await;
             tokio::time::sleep(delay.min(Duration::from_secs(2))).await;
             let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
             login_page(status, Some(&e.message), &next)
@@ -353,6 +415,14 @@ async fn logout(State(h): State<HttpAccess>, headers: HeaderMap) -> Response {
     if let Some(id) = cookie(&headers, SESSION_COOKIE) {
         if let Some(s) = h.access.sessions.end(&id) {
             tracing::info!(user = %s.user, session = %s.handle(), "logout");
+            let _ = h
+                .access
+                .audit
+                .record(
+                    Entry::new(Actor::User(s.user.clone()), Action::Logout)
+                        .detail(serde_json::json!({ "session": s.handle() })),
+                )
+                .await;
         }
     }
     let secure = if h.tls { "; Secure" } else { "" };

@@ -188,6 +188,16 @@ impl Principal {
         }
     }
 
+    /// As the audit log names it.
+    pub fn audit_actor(&self) -> crate::audit::Actor {
+        self.actor.parse().unwrap_or(crate::audit::Actor::Anonymous)
+    }
+
+    /// An audit entry of this principal doing `action`.
+    pub fn entry(&self, action: crate::audit::Action) -> crate::audit::Entry {
+        crate::audit::Entry::new(self.audit_actor(), action)
+    }
+
     /// Refuses (PERMISSION_DENIED) a location outside the scope.
     pub fn require_location(&self, location: i64) -> Result<(), ApiError> {
         if self.scope.allows(location) {
@@ -325,11 +335,20 @@ pub struct Access {
     pub admin: Arc<AdminToken>,
     /// Bumped on every revocation: open streams check their credential again.
     pub revocations: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Where every access to footage, every query and every admin action
+    /// is recorded (see [`crate::audit`]).
+    pub audit: crate::audit::AuditLog,
 }
 
 impl Access {
-    pub fn new(db: Arc<AccessDb>, config: &AccessConfig, admin: Arc<AdminToken>) -> Self {
+    pub fn new(
+        db: Arc<AccessDb>,
+        config: &AccessConfig,
+        admin: Arc<AdminToken>,
+        audit: crate::audit::AuditLog,
+    ) -> Self {
         Self {
+            audit,
             db,
             sessions: Arc::new(Sessions::new(config.clone())),
             admin,

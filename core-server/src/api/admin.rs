@@ -97,6 +97,25 @@ impl AdminService {
         Ok(p)
     }
 
+    /// Records an admin action (after it was done; a failure to record is
+    /// logged and answered as UNAVAILABLE, the action stands).
+    async fn audit(
+        &self,
+        who: &Principal,
+        action: crate::audit::Action,
+        detail: serde_json::Value,
+    ) -> Result<(), Status> {
+        self.access
+            .audit
+            .record(who.entry(action).detail(detail))
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                tracing::error!(error = %e, "admin action done but not recorded");
+                ApiError::from(e).into()
+            })
+    }
+
     async fn db<T: Send + 'static>(
         &self,
         f: impl FnOnce(&accounts::AccessDb) -> Result<T, ApiError> + Send + 'static,
@@ -123,6 +142,12 @@ impl Admin for AdminService {
         })
         .await?;
         tracing::info!(actor = %who.actor, rows, %path, "admin: Dataset B reloaded");
+        self.audit(
+            &who,
+            crate::audit::Action::LocationsReloaded,
+            serde_json::json!({ "rows": rows, "path": path }),
+        )
+        .await?;
         Ok(Response::new(ReloadLocationsResponse {
             rows: rows as u64,
             path,
@@ -134,6 +159,7 @@ impl Admin for AdminService {
         let g = self.registry.grant_agent(req.into_inner()).await?;
         self.fleet.reinstate(&g.agent_id);
         tracing::info!(actor = %who.actor, agent = %g.agent_id, cameras = ?g.cameras, locations = ?g.locations, "admin: agent granted");
+        self.audit(&who, crate::audit::Action::AgentGranted, serde_json::json!({ "agent": g.agent_id, "cameras": g.cameras, "locations": g.locations })).await?;
         Ok(Response::new(g))
     }
 
@@ -146,6 +172,12 @@ impl Admin for AdminService {
         // Ends its open session at once; the registry refuses the next one.
         self.fleet.revoke(&g.agent_id);
         tracing::warn!(actor = %who.actor, agent = %g.agent_id, "admin: agent revoked");
+        self.audit(
+            &who,
+            crate::audit::Action::AgentRevoked,
+            serde_json::json!({ "agent": g.agent_id }),
+        )
+        .await?;
         Ok(Response::new(g))
     }
 
@@ -170,6 +202,12 @@ impl Admin for AdminService {
             .db(move |db| db.add_user(&r.name, role, scope, &r.password, now))
             .await?;
         tracing::info!(actor = %who.actor, user = %u.name, role = %u.role, scope = %u.scope, "admin: account added");
+        self.audit(
+            &who,
+            crate::audit::Action::UserAdded,
+            serde_json::json!({ "user": u.name, "role": u.role, "locations": u.scope.to_list() }),
+        )
+        .await?;
         Ok(Response::new(user_to_wire(&u)))
     }
 
@@ -215,6 +253,14 @@ impl Admin for AdminService {
         let ended = self.access.sessions.end_user(&u.name);
         self.access.revoked();
         tracing::info!(actor = %who.actor, user = %u.name, role = %u.role, scope = %u.scope, disabled = u.disabled, password_reset = r.password.is_some(), sessions_ended = ended, "admin: account changed");
+        let action = if r.password.is_some() {
+            crate::audit::Action::PasswordReset
+        } else if r.disabled.is_some() {
+            crate::audit::Action::UserDisabled
+        } else {
+            crate::audit::Action::RoleChanged
+        };
+        self.audit(&who, action, serde_json::json!({ "user": u.name, "role": u.role, "locations": u.scope.to_list(), "disabled": u.disabled, "sessions_ended": ended })).await?;
         Ok(Response::new(user_to_wire(&u)))
     }
 
@@ -242,6 +288,7 @@ impl Admin for AdminService {
             .db(move |db| db.create_token(&r.name, role, scope, r.expires_ms, now))
             .await?;
         tracing::info!(actor = %who.actor, token = %t.id, name = %t.name, role = %t.role, scope = %t.scope, expires_ms = t.expires_ms, "admin: API token created");
+        self.audit(&who, crate::audit::Action::TokenCreated, serde_json::json!({ "token": t.id, "name": t.name, "role": t.role, "locations": t.scope.to_list(), "expires_ms": t.expires_ms })).await?;
         Ok(Response::new(CreateTokenResponse {
             token: Some(token_to_wire(&t)),
             secret,
@@ -270,6 +317,12 @@ impl Admin for AdminService {
         // Open Subscribe streams of this token end now.
         self.access.revoked();
         tracing::warn!(actor = %who.actor, token = %t.id, name = %t.name, "admin: API token revoked");
+        self.audit(
+            &who,
+            crate::audit::Action::TokenRevoked,
+            serde_json::json!({ "token": t.id, "name": t.name }),
+        )
+        .await?;
         Ok(Response::new(token_to_wire(&t)))
     }
 
@@ -310,6 +363,12 @@ impl Admin for AdminService {
         };
         self.access.revoked();
         tracing::warn!(actor = %who.actor, ended, "admin: sessions revoked");
+        self.audit(
+            &who,
+            crate::audit::Action::SessionRevoked,
+            serde_json::json!({ "ended": ended }),
+        )
+        .await?;
         Ok(Response::new(RevokeSessionResponse {
             ended: ended as u32,
         }))

@@ -149,11 +149,24 @@ impl Query for QueryService {
         req: Request<SearchRequest>,
     ) -> Result<Response<SearchResponse>, Status> {
         let who = self.access.grpc_principal(&req)?;
+        let peer = req.remote_addr();
         let r = req.into_inner();
         check_range(r.from_ms, r.to_ms)?;
         if let Some(l) = r.geographical_location_oid {
             who.require_location(l)?;
         }
+        audited(
+            &self.access,
+            &who,
+            peer,
+            crate::audit::Action::Search,
+            serde_json::json!({
+                "query": r.query, "location": r.geographical_location_oid,
+                "camera": r.video_camera_oid, "item": r.item_name,
+                "from_ms": r.from_ms, "to_ms": r.to_ms, "via": "grpc",
+            }),
+        )
+        .await?;
         let req = search::SearchRequest {
             query: r.query,
             location_oid: r.geographical_location_oid,
@@ -258,11 +271,23 @@ impl Query for QueryService {
         req: Request<TopItemsRequest>,
     ) -> Result<Response<TopItemsResponse>, Status> {
         let who = self.access.grpc_principal(&req)?;
+        let peer = req.remote_addr();
         let r = req.into_inner();
         check_range(r.from_ms, r.to_ms)?;
         if let Some(l) = r.geographical_location_oid {
             who.require_location(l)?;
         }
+        audited(
+            &self.access,
+            &who,
+            peer,
+            crate::audit::Action::TopItems,
+            serde_json::json!({
+                "x": r.x, "location": r.geographical_location_oid,
+                "from_ms": r.from_ms, "to_ms": r.to_ms, "via": "grpc",
+            }),
+        )
+        .await?;
         if r.to_ms == 0 || r.to_ms < r.from_ms {
             return Err(bad_field(
                 "to_ms",
@@ -331,10 +356,23 @@ impl Query for QueryService {
             .subscribers
             .try_acquire(client)
             .map_err(|r| ApiError::exhausted(format!("too many Subscribe streams: {r}")))?;
+        let peer = req.remote_addr();
         let r = req.into_inner();
         if let Some(l) = r.filter.as_ref().and_then(|f| f.geographical_location_oid) {
             who.require_location(l)?;
         }
+        let f = r.filter.clone().unwrap_or_default();
+        audited(
+            &self.access,
+            &who,
+            peer,
+            crate::audit::Action::Subscribe,
+            serde_json::json!({
+                "from_ms": r.from_ms, "location": f.geographical_location_oid,
+                "camera": f.video_camera_oid, "item": f.item_name,
+            }),
+        )
+        .await?;
         // Live only: attach now, so that nothing committed after this call
         // returns is missed.
         let live = (r.from_ms <= 0).then(|| self.hub.subscribe());
@@ -427,6 +465,22 @@ impl Query for QueryService {
             locations_loaded: self.locations.current().rows.len() as u64,
         }))
     }
+}
+
+/// Records a query in the audit log before it runs (no record, no answer).
+async fn audited(
+    access: &Access,
+    who: &crate::access::Principal,
+    peer: Option<std::net::SocketAddr>,
+    action: crate::audit::Action,
+    detail: serde_json::Value,
+) -> Result<(), Status> {
+    access
+        .audit
+        .record(who.entry(action).from(peer).detail(detail))
+        .await
+        .map(|_| ())
+        .map_err(|e| ApiError::from(e).into())
 }
 
 /// A Subscribe's filter and its caller's scope.

@@ -57,6 +57,7 @@ pub fn router(cases: Arc<Cases>) -> Router {
 pub async fn export(
     State(cases): State<Arc<Cases>>,
     exporter: Option<Extension<Exporter>>,
+    audit: Option<Extension<crate::audit::AuditLog>>,
     body: Result<Json<CaseBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let Some(Extension(who)) = exporter else {
@@ -79,10 +80,30 @@ pub async fn export(
         locations: who.locations,
     };
     match cases.export_zip(&req).await {
-        Ok((summary, path)) => match download(&summary, &path).await {
-            Ok(r) => r,
-            Err(e) => refusal(&ApiError::internal(format!("reading the case zip: {e}"))),
-        },
+        Ok((summary, path)) => {
+            // The export is recorded before it is handed over.
+            if let Some(Extension(a)) = &audit {
+                let actor = summary
+                    .exported_by
+                    .parse()
+                    .unwrap_or(crate::audit::Actor::Anonymous);
+                let entry = crate::audit::Entry::new(actor, crate::audit::Action::CaseExported)
+                    .detail(serde_json::json!({
+                        "case_id": summary.case_id,
+                        "det_oids": summary.det_oids,
+                        "reason": summary.reason,
+                        "manifest_sha256": summary.manifest_sha256,
+                        "files": summary.files,
+                    }));
+                if let Err(e) = a.record(entry).await {
+                    return refusal(&ApiError::from(e));
+                }
+            }
+            match download(&summary, &path).await {
+                Ok(r) => r,
+                Err(e) => refusal(&ApiError::internal(format!("reading the case zip: {e}"))),
+            }
+        }
         Err(e) => refusal(&e),
     }
 }

@@ -165,6 +165,7 @@ async fn serve(
     Path(sha): Path<String>,
     Query(q): Query<MediaQuery>,
     who: Option<Extension<Principal>>,
+    audit: Option<Extension<crate::audit::AuditLog>>,
     method: Method,
     headers: HeaderMap,
 ) -> Response {
@@ -177,6 +178,16 @@ async fn serve(
     if let Err(e) = may_see(&media, who.as_ref().map(|w| &w.0), &sha, q.event).await {
         if let Some(w) = &who {
             tracing::info!(actor = %w.actor, %sha, event = ?q.event, reason = %e, "footage refused");
+            if let Some(Extension(a)) = &audit {
+                let _ = a
+                    .record(
+                        w.entry(crate::audit::Action::AccessRefused)
+                            .object(sha.clone())
+                            .detail(serde_json::json!({ "event": q.event, "reason": e.message }))
+                            .denied(),
+                    )
+                    .await;
+            }
         }
         return error(
             StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::FORBIDDEN),
@@ -194,6 +205,28 @@ async fn serve(
             format!("media {sha} has an unknown kind"),
         );
     };
+    // Writing the audit record is part of serving the footage: no record,
+    // no footage. Range requests of one playback are recorded once.
+    if let (Some(Extension(w)), Some(Extension(a))) = (&who, &audit) {
+        let action = match kind {
+            Kind::Clip => crate::audit::Action::ClipViewed,
+            _ => crate::audit::Action::SnapshotViewed,
+        };
+        let key = match &w.credential {
+            crate::access::Credential::Session(s) => s.clone(),
+            crate::access::Credential::Token(t) => t.clone(),
+            crate::access::Credential::AdminToken => "admin-token".into(),
+        };
+        let entry = w
+            .entry(action)
+            .object(sha.clone())
+            .detail(serde_json::json!({ "event": q.event }));
+        if let Err(e) = a.footage_viewed(&key, entry).await {
+            let e = ApiError::from(e);
+            tracing::error!(reason = %e, "footage refused: the audit log cannot be written");
+            return error(StatusCode::SERVICE_UNAVAILABLE, e.message);
+        }
+    }
     let etag = format!("\"{sha}\"");
     let total = row.size;
     let base = || {

@@ -48,6 +48,8 @@ pub struct CoreBackend {
     pub who: Principal,
     /// The asking session's CSRF token, if a session asks.
     pub csrf: Option<String>,
+    /// Where searches and top-X queries are recorded (none in tests).
+    pub audit: Option<crate::audit::AuditLog>,
 }
 
 impl CoreBackend {
@@ -55,6 +57,17 @@ impl CoreBackend {
         e.detection
             .as_ref()
             .is_some_and(|d| self.who.scope.allows(d.geographical_location_oid))
+    }
+
+    /// Records what the dashboard's caller asked (no record, no answer).
+    fn audit(&self, action: crate::audit::Action, detail: serde_json::Value) -> Result<(), String> {
+        match &self.audit {
+            Some(a) => a
+                .record_blocking(self.who.entry(action).detail(detail))
+                .map(|_| ())
+                .map_err(|e| sightline_proto::ApiError::from(e).message),
+            None => Ok(()),
+        }
     }
 
     fn require(&self, role: Role, what: &str) -> Result<(), String> {
@@ -139,6 +152,10 @@ impl Backend for CoreBackend {
             return Err(format!("field `x`: {x} is not between 1 and {MAX_TOP_X}"));
         }
         check_range(from_ms, to_ms)?;
+        self.audit(
+            crate::audit::Action::TopItems,
+            serde_json::json!({ "x": x, "from_ms": from_ms, "to_ms": to_ms, "via": "dashboard" }),
+        )?;
         let counts = crate::access::scoped_top_items(
             &self.store,
             &self.who.scope,
@@ -223,6 +240,13 @@ impl Backend for CoreBackend {
     }
 
     fn search(&self, query: &SearchQuery) -> Result<SearchPage, String> {
+        self.audit(
+            crate::audit::Action::Search,
+            serde_json::json!({
+                "query": query.query, "location": query.location_oid, "camera": query.camera_oid,
+                "item": query.item, "from_ms": query.from_ms, "to_ms": query.to_ms, "via": "dashboard",
+            }),
+        )?;
         let req = SearchRequest {
             query: query.query.clone(),
             location_oid: query.location_oid,
@@ -482,6 +506,7 @@ mod tests {
             search,
             who: Principal::admin_token(),
             csrf: None,
+            audit: None,
         });
         let owner = Owner::new();
         owner.set();
