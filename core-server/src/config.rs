@@ -197,6 +197,15 @@ pub struct ServerConfig {
     /// `storage.path`.
     #[serde(default)]
     pub admin_token_file: Option<std::path::PathBuf>,
+    /// How long a shutdown (SIGTERM, SIGINT) may take: listeners stop,
+    /// sessions close, queued commits finish, background tasks stop and the
+    /// store closes within it; what did not finish is logged by name.
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(15)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -399,6 +408,7 @@ impl Default for ServerConfig {
             grpc_listen: default_grpc(),
             http_listen: default_http(),
             admin_token_file: None,
+            shutdown_grace: default_shutdown_grace(),
         }
     }
 }
@@ -515,6 +525,9 @@ impl CoreConfig {
                 reason: reason.into(),
             })
         };
+        if self.server.shutdown_grace.is_zero() {
+            return err("server.shutdown_grace", "must be more than 0");
+        }
         if self.pipeline.partitions == 0 || self.pipeline.partitions > 64 {
             return err("pipeline.partitions", "must be within 1..=64");
         }

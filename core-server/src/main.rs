@@ -194,17 +194,8 @@ async fn main() -> anyhow::Result<()> {
                 "open-file limit (soft limit raised to the hard one)"
             );
             let shutdown = CancellationToken::new();
-            let stop = shutdown.clone();
-            tokio::spawn(async move {
-                use tokio::signal::unix::{signal, SignalKind};
-                let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-                tracing::info!("signal received: shutting down");
-                stop.cancel();
-            });
+            sightline_core::signal::cancel_on_terminate(shutdown.clone())
+                .context("installing the SIGTERM/SIGINT handlers")?;
             sightline_core::server::run(cfg, shutdown, |b| match b.edge {
                 Some(e) => println!(
                     "sightline-core listening grpc={} http={} edge={e}",
