@@ -320,12 +320,24 @@ async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started
         tokio::task::spawn_blocking(move || s.watermarks()).await??
     };
     let fleet = Arc::new(Fleet::new(metrics.clone(), known));
-    let registry = Arc::new(Registry::open(config.edge.registry.clone())?);
-    if !registry.enforced() {
-        tracing::warn!(
-            "no agent registry (edge.registry): every agent may publish for every camera"
-        );
-    }
+    let registry = Arc::new(match config.registry_path() {
+        Some(path) => {
+            let r = Registry::open_or_create(path.clone())
+                .with_context(|| "config `edge.registry`".to_string())?;
+            tracing::info!(
+                registry = %path.display(),
+                agents = r.list().len(),
+                "agent registry enforced: an agent publishes only for the cameras granted to it (sightline-core grant)"
+            );
+            r
+        }
+        None => {
+            tracing::warn!(
+                "AGENT REGISTRY NOT ENFORCED (edge.registry_enforced = false): ANY agent may publish for ANY camera, without a grant. Demos only"
+            );
+            Registry::open(None)?
+        }
+    });
     let edge_tls = match &config.edge.tls_dir {
         Some(dir) => Some(Arc::new(EdgeTls::load(dir)?)),
         None => None,
@@ -397,6 +409,7 @@ async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started
         },
     };
 
+    let (http_tls, grpc_tls) = listener_tls(config)?;
     let max_msg = config.ingest.max_message_bytes.as_u64() as usize;
     let query = QueryService {
         subscribers: caps.subscribers.clone(),
@@ -465,7 +478,12 @@ async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started
             // only does for its own): without it, Nagle + delayed ACK hold
             // acks and live events ~40 ms.
             .serve_with_incoming_shutdown(
-                limits::grpc_incoming(grpc_listener, caps.grpc.clone(), drain.token(Stage::Accept)),
+                limits::grpc_incoming(
+                    grpc_listener,
+                    caps.grpc.clone(),
+                    grpc_tls,
+                    drain.token(Stage::Accept),
+                ),
                 async move { close.cancelled().await },
             )
     };
@@ -514,6 +532,7 @@ async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started
         metrics: metrics.clone(),
         locations: locations.clone(),
         admin: admin_token.clone(),
+        tls: http_tls.is_some(),
     })
     .merge(crate::media::http::router(media.clone()))
     .merge(dashboard::router(
@@ -534,6 +553,7 @@ async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started
             http_listener,
             app,
             caps.http.clone(),
+            http_tls,
             drain.token(Stage::Accept),
             drain.token(Stage::Sessions),
         ),
@@ -575,6 +595,37 @@ async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started
         quic,
         store,
     })
+}
+
+/// The TLS sides of the HTTP and query gRPC listeners (`server.tls_cert`),
+/// or none; says at start how each is served.
+fn listener_tls(
+    config: &CoreConfig,
+) -> anyhow::Result<(
+    Option<tokio_rustls::TlsAcceptor>,
+    Option<tokio_rustls::TlsAcceptor>,
+)> {
+    let s = &config.server;
+    match (&s.tls_cert, &s.tls_key) {
+        (Some(cert), Some(key)) => {
+            let http = limits::tls_acceptor(cert, key, &[b"h2", b"http/1.1"])?;
+            let grpc = limits::tls_acceptor(cert, key, &[b"h2"])?;
+            tracing::info!(cert = %cert.display(), "the dashboard (HTTP) and the query API (gRPC) are served over TLS");
+            Ok((Some(http), Some(grpc)))
+        }
+        _ if config.plaintext_exposed() => {
+            tracing::warn!(
+                http = %s.http_listen,
+                grpc = %s.grpc_listen,
+                "INSECURE: the dashboard (HTTP) and the query API (gRPC) are served WITHOUT TLS on a non-loopback address (server.insecure_plaintext): anyone on the network can read them and the tokens sent to them"
+            );
+            Ok((None, None))
+        }
+        _ => {
+            tracing::info!("the dashboard (HTTP) and the query API (gRPC) are served without TLS, on loopback only");
+            Ok((None, None))
+        }
+    }
 }
 
 /// Streams one gRPC connection may have open at once (query and edge ports).

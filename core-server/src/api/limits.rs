@@ -23,6 +23,7 @@ use std::{
     collections::HashMap,
     future::Future,
     net::{IpAddr, SocketAddr},
+    path::Path,
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
@@ -34,6 +35,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
     time::Sleep,
 };
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -539,7 +541,8 @@ pub fn per_listener_cap(configured: usize, open_files: Option<u64>) -> usize {
 }
 
 /// Serves `app` over HTTP/1.1 (and HTTP/2 with prior knowledge) on
-/// `listener`, within `limits`: each request carries the client's address as
+/// `listener` (over TLS when `tls` is set), within `limits`: each request
+/// carries the client's address as
 /// [`axum::extract::ConnectInfo`]; over a cap the client gets `503` naming
 /// the cap and its config key, and the connection is closed. Accepts until
 /// `accept` is cancelled; once `stop` is, each connection is asked to finish
@@ -550,6 +553,7 @@ pub async fn serve_http(
     listener: TcpListener,
     app: axum::Router,
     limits: ConnLimits,
+    tls: Option<TlsAcceptor>,
     accept: CancellationToken,
     stop: CancellationToken,
 ) {
@@ -575,31 +579,40 @@ pub async fn serve_http(
     // Every connection task holds a sender; all dropped = all ended.
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
     limits
-        .accept_loop(listener, accept, refusal_503, |io, peer| {
-            let svc = app.clone().map_request(
-                move |mut req: axum::http::Request<hyper::body::Incoming>| {
-                    req.extensions_mut()
-                        .insert(axum::extract::ConnectInfo(peer));
-                    req
-                },
-            );
-            let (builder, stop, done) = (builder.clone(), stop.clone(), done_tx.clone());
-            tokio::spawn(async move {
-                let _done = done;
-                let conn = builder.serve_connection_with_upgrades(
-                    TokioIo::new(io),
-                    TowerToHyperService::new(svc),
+        .accept_loop(
+            listener,
+            accept,
+            plain_only(&tls, refusal_503),
+            |io, peer| {
+                let svc = app.clone().map_request(
+                    move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                        req.extensions_mut()
+                            .insert(axum::extract::ConnectInfo(peer));
+                        req
+                    },
                 );
-                tokio::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    _ = stop.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
+                let (builder, stop, done) = (builder.clone(), stop.clone(), done_tx.clone());
+                let (tls, within) = (tls.clone(), limits.timeouts.header);
+                tokio::spawn(async move {
+                    let _done = done;
+                    let Some(io) = MaybeTls::accept(io, tls.as_ref(), within, peer).await else {
+                        return;
+                    };
+                    let conn = builder.serve_connection_with_upgrades(
+                        TokioIo::new(io),
+                        TowerToHyperService::new(svc),
+                    );
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = stop.cancelled() => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
                     }
-                }
-            });
-        })
+                });
+            },
+        )
         .await;
     drop(done_tx);
     let _ = done_rx.recv().await;
@@ -646,25 +659,183 @@ fn refusal_goaway(r: &Refused) -> Option<Vec<u8>> {
 /// Admitted gRPC connections waiting for tonic to take them.
 const GRPC_ACCEPT_QUEUE: usize = 128;
 
-/// Serves nothing itself: the gRPC listener's admitted connections, as the
-/// stream `tonic`'s `serve_with_incoming_shutdown` takes.
+/// Serves nothing itself: the gRPC listener's admitted connections (after
+/// the TLS handshake when `tls` is set), as the stream `tonic`'s
+/// `serve_with_incoming_shutdown` takes.
 pub fn grpc_incoming(
     listener: TcpListener,
     limits: ConnLimits,
+    tls: Option<TlsAcceptor>,
     stop: CancellationToken,
-) -> tokio_stream::wrappers::ReceiverStream<Result<Guarded<TcpStream>, std::io::Error>> {
+) -> tokio_stream::wrappers::ReceiverStream<Result<MaybeTls, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(GRPC_ACCEPT_QUEUE);
+    let within = limits.timeouts.header;
     tokio::spawn(async move {
         limits
-            .accept_loop(listener, stop, refusal_goaway, |io, _| {
-                // Full only while tonic is busy taking the previous ones;
-                // a connection that does not fit is closed (counted as
-                // not served, like any refusal).
-                let _ = tx.try_send(Ok(io));
-            })
+            .accept_loop(
+                listener,
+                stop,
+                plain_only(&tls, refusal_goaway),
+                |io, peer| match &tls {
+                    // Full only while tonic is busy taking the previous ones;
+                    // a connection that does not fit is closed (counted as
+                    // not served, like any refusal).
+                    None => {
+                        let _ = tx.try_send(Ok(MaybeTls::Plain(io)));
+                    }
+                    Some(acceptor) => {
+                        let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                        tokio::spawn(async move {
+                            if let Some(io) =
+                                MaybeTls::accept(io, Some(&acceptor), within, peer).await
+                            {
+                                let _ = tx.send(Ok(io)).await;
+                            }
+                        });
+                    }
+                },
+            )
             .await
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// `refusal` on a plaintext listener; nothing on a TLS one (no byte may be
+/// sent before the handshake: the refusal is logged and counted only).
+fn plain_only(
+    tls: &Option<TlsAcceptor>,
+    refusal: fn(&Refused) -> Option<Vec<u8>>,
+) -> impl Fn(&Refused) -> Option<Vec<u8>> {
+    let plain = tls.is_none();
+    move |r| if plain { refusal(r) } else { None }
+}
+
+/// The TLS side of a listener (the dashboard/HTTP port, the query gRPC
+/// port): the certificate chain in `cert` (PEM, the server's first) and its
+/// key in `key` (PEM), offering `alpn`. rustls with the ring provider, TLS
+/// 1.2 and 1.3, no client certificate.
+pub fn tls_acceptor(cert: &Path, key: &Path, alpn: &[&[u8]]) -> anyhow::Result<TlsAcceptor> {
+    use anyhow::Context as _;
+    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("config `server.tls_cert`: reading {}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("config `server.tls_cert`: {}", cert.display()))?;
+    if chain.is_empty() {
+        anyhow::bail!(
+            "config `server.tls_cert`: {} holds no certificate",
+            cert.display()
+        );
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("config `server.tls_key`: reading {}", key.display()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(crate::edge::provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("config `server.tls_key`: does not match server.tls_cert")?;
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// An admitted connection, in the clear or over TLS.
+pub enum MaybeTls {
+    Plain(Guarded<TcpStream>),
+    Tls(Box<tokio_rustls::server::TlsStream<Guarded<TcpStream>>>),
+}
+
+impl MaybeTls {
+    /// `io` as it is, or after its TLS handshake (within `within`, else it
+    /// is closed; a failed handshake is logged at debug level).
+    pub async fn accept(
+        io: Guarded<TcpStream>,
+        tls: Option<&TlsAcceptor>,
+        within: Duration,
+        peer: SocketAddr,
+    ) -> Option<Self> {
+        let Some(acceptor) = tls else {
+            return Some(Self::Plain(io));
+        };
+        match tokio::time::timeout(within, acceptor.accept(io)).await {
+            Ok(Ok(s)) => Some(Self::Tls(Box::new(s))),
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(peer = %peer, "no TLS handshake within connections.header_timeout");
+                None
+            }
+        }
+    }
+}
+
+impl AsyncRead for MaybeTls {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            Self::Tls(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for MaybeTls {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(io) => Pin::new(io).poll_write(cx, buf),
+            Self::Tls(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            Self::Tls(io) => Pin::new(io.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(io) => io.is_write_vectored(),
+            Self::Tls(io) => io.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(io) => Pin::new(io).poll_flush(cx),
+            Self::Tls(io) => Pin::new(io.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(io) => Pin::new(io).poll_shutdown(cx),
+            Self::Tls(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl tonic::transport::server::Connected for MaybeTls {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        match self {
+            Self::Plain(io) => io.connect_info(),
+            Self::Tls(io) => io.get_ref().0.connect_info(),
+        }
+    }
 }
 
 #[cfg(test)]
