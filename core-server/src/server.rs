@@ -4,6 +4,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
+use axum::response::IntoResponse;
 use sightline_proto::{
     v1::{
         admin_server::AdminServer, ingest_server::IngestServer, media_server::MediaServer,
@@ -528,14 +529,7 @@ async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started
         )?);
         tracing::info!(edge = ?bound.edge, "edge link: gRPC over TLS (TCP) and QUIC (UDP), client certificates required");
     }
-    let app = http::router(HttpState {
-        metrics: metrics.clone(),
-        locations: locations.clone(),
-        admin: admin_token.clone(),
-        tls: http_tls.is_some(),
-    })
-    .merge(crate::media::http::router(media.clone()))
-    .merge(dashboard::router(
+    let mut pages = dashboard::router(
         Arc::new(dashboard::backend::CoreBackend {
             store: store.clone(),
             locations: locations.clone(),
@@ -545,7 +539,18 @@ async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started
         }),
         feed.clone(),
         &config.dashboard.site_root(),
-    ));
+    );
+    if http_tls.is_none() && config.plaintext_exposed() {
+        pages = pages.layer(axum::middleware::from_fn(plaintext_footer));
+    }
+    let app = http::router(HttpState {
+        metrics: metrics.clone(),
+        locations: locations.clone(),
+        admin: admin_token.clone(),
+        tls: http_tls.is_some(),
+    })
+    .merge(crate::media::http::router(media.clone()))
+    .merge(pages);
     drain.spawn(
         Stage::Sessions,
         "HTTP server",
@@ -626,6 +631,47 @@ fn listener_tls(
             Ok((None, None))
         }
     }
+}
+
+/// What every dashboard page says at its foot when it is served without TLS
+/// on a non-loopback address (`server.insecure_plaintext`).
+pub const PLAINTEXT_FOOTER: &str = "<footer class=\"transport-notice\" style=\"margin:2em 1em 1em;padding:.5em 1em;border:1px solid #c33;color:#c33;font-size:small\">\
+This dashboard is served WITHOUT TLS on the network (server.insecure_plaintext): \
+anyone on the way can read it. Set server.tls_cert and server.tls_key.</footer>";
+/// The largest dashboard page the footer is added to (pages are far
+/// smaller; a larger one is answered `500`, never cut).
+const MAX_PAGE_BYTES: usize = 16 << 20;
+
+/// Adds [`PLAINTEXT_FOOTER`] at the end of the body of every HTML page.
+async fn plaintext_footer(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+    let res = next.run(req).await;
+    let html = res
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    if !html {
+        return res;
+    }
+    let (mut parts, body) = res.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_PAGE_BYTES).await else {
+        return (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "the page is larger than the plaintext footer may buffer",
+        )
+            .into_response();
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let page = match text.rfind("</body>") {
+        Some(at) => format!("{}{PLAINTEXT_FOOTER}{}", &text[..at], &text[at..]),
+        None => text.into_owned(),
+    };
+    parts.headers.remove(CONTENT_LENGTH);
+    axum::response::Response::from_parts(parts, axum::body::Body::from(page))
 }
 
 /// Streams one gRPC connection may have open at once (query and edge ports).

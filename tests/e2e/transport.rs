@@ -98,6 +98,7 @@ async fn the_dashboard_and_query_api_serve_over_tls() {
         let _ = tls.read_to_end(&mut answer).await;
         let text = String::from_utf8_lossy(&answer);
         assert!(text.starts_with("HTTP/1.1 200"), "{path}: {text:.200}");
+        assert!(!text.contains("WITHOUT TLS"), "{path}: {text:.200}");
     }
 
     // Plain HTTP on the TLS port gets no HTTP answer.
@@ -127,6 +128,18 @@ async fn the_dashboard_and_query_api_serve_over_tls() {
         .expect("Stats over TLS")
         .into_inner();
     assert_eq!(stats.stored, 0);
+    // So does the terminal client, told the CA.
+    let out = Command::new(bin_path("sightline-core"))
+        .arg("stats")
+        .env("SIGHTLINE_CORE", format!("https://{}", core.grpc))
+        .env("SIGHTLINE_CA", pki_of(dir.path()).join("ca.pem"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // A plaintext gRPC client is not served.
     let plain = tonic::transport::Endpoint::from_shared(format!("http://{}", core.grpc))
@@ -185,6 +198,14 @@ async fn a_non_loopback_listener_without_tls_is_refused_unless_insecure_plaintex
     let at = std::net::SocketAddr::from(([127, 0, 0, 1], core.http.port()));
     let (status, _) = sightline_tests::http::get(at, "/healthz", "").await;
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    // The dashboard says so at the foot of its pages.
+    let (status, page) = sightline_tests::http::get(at, "/", "").await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let page = String::from_utf8_lossy(&page);
+    assert!(
+        page.contains("served WITHOUT TLS") && page.contains("server.insecure_plaintext"),
+        "{page:.400}"
+    );
     let log = std::fs::read_to_string(dir.path().join("core").with_extension("log")).unwrap();
     assert!(
         log.contains("INSECURE") && log.contains("server.insecure_plaintext"),

@@ -118,8 +118,28 @@ fn line(e: &JoinedEvent) -> String {
 
 /// Runs a client command against the core at `url`.
 pub async fn run(url: String, cmd: ClientCommand) -> anyhow::Result<()> {
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())?
-        .connect_timeout(Duration::from_secs(5))
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())?
+        .connect_timeout(Duration::from_secs(5));
+    if url.starts_with("https://") {
+        // The query port over TLS (`server.tls_cert`): trust the CA that
+        // issued its certificate, and only that.
+        let ca = std::env::var_os("SIGHTLINE_CA").ok_or_else(|| {
+            anyhow::anyhow!(
+                "SIGHTLINE_CORE is {url}: set SIGHTLINE_CA to the CA certificate that issued the core's (e.g. data/pki/ca.pem)"
+            )
+        })?;
+        let pem = std::fs::read(&ca).map_err(|e| {
+            anyhow::anyhow!(
+                "reading SIGHTLINE_CA {}: {e}",
+                std::path::Path::new(&ca).display()
+            )
+        })?;
+        endpoint = endpoint.tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+        )?;
+    }
+    let channel = endpoint
         .connect()
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach the core at {url}: {e}"))?;
