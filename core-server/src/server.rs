@@ -203,6 +203,10 @@ impl Drain {
                 sightline_proto::edge::CLOSE_SHUTDOWN.into(),
                 b"the core is shutting down",
             );
+            // Let the close frames go out before the socket does: an agent
+            // then hears "shutting down", not silence.
+            let idle = deadline.min(Instant::now() + QUIC_CLOSE_WAIT);
+            let _ = tokio::time::timeout_at(idle, ep.wait_idle()).await;
         }
         // Connections get CONN_DRAIN to finish what they are doing; then
         // the ones still open (idle, streaming) are cut.
