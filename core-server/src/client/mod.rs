@@ -1,15 +1,16 @@
 //! The terminal client: the obvious questions from a shell.
 //!
 //! `top` (X items per location over a range), `tail` (live joined events),
-//! `fleet`, `quarantine`, `stats`, `reload`.
+//! `fleet`, `quarantine`, `stats`, `reload`, `grant`.
 
 use std::time::Duration;
 
 use clap::Subcommand;
 use futures::StreamExt;
 use sightline_proto::v1::{
-    admin_client::AdminClient, query_client::QueryClient, EventFilter, FleetRequest, JoinedEvent,
-    ListQuarantineRequest, ReloadLocationsRequest, StatsRequest, SubscribeRequest, TopItemsRequest,
+    admin_client::AdminClient, query_client::QueryClient, AgentGrant, EventFilter, FleetRequest,
+    JoinedEvent, ListQuarantineRequest, ReloadLocationsRequest, StatsRequest, SubscribeRequest,
+    TopItemsRequest,
 };
 
 #[derive(Debug, Subcommand)]
@@ -67,6 +68,27 @@ pub enum ClientCommand {
         )]
         admin_token_file: std::path::PathBuf,
     },
+    /// Grant an agent the cameras (and locations) it may publish for; a new
+    /// agent is refused until granted. Lifts a revocation.
+    Grant {
+        /// The agent id (its certificate's common name).
+        #[arg(long)]
+        agent_id: String,
+        /// Camera ids (video_camera_oid), comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        cameras: Vec<i64>,
+        /// Location ids (geographical_location_oid), comma-separated; none:
+        /// any location.
+        #[arg(long, value_delimiter = ',')]
+        locations: Vec<i64>,
+        /// The core's admin token file (`server.admin_token_file`).
+        #[arg(
+            long,
+            env = "SIGHTLINE_ADMIN_TOKEN_FILE",
+            default_value = "data/core/admin.token"
+        )]
+        admin_token_file: std::path::PathBuf,
+    },
 }
 
 fn fmt_ms(ms: i64) -> String {
@@ -96,8 +118,28 @@ fn line(e: &JoinedEvent) -> String {
 
 /// Runs a client command against the core at `url`.
 pub async fn run(url: String, cmd: ClientCommand) -> anyhow::Result<()> {
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())?
-        .connect_timeout(Duration::from_secs(5))
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())?
+        .connect_timeout(Duration::from_secs(5));
+    if url.starts_with("https://") {
+        // The query port over TLS (`server.tls_cert`): trust the CA that
+        // issued its certificate, and only that.
+        let ca = std::env::var_os("SIGHTLINE_CA").ok_or_else(|| {
+            anyhow::anyhow!(
+                "SIGHTLINE_CORE is {url}: set SIGHTLINE_CA to the CA certificate that issued the core's (e.g. data/pki/ca.pem)"
+            )
+        })?;
+        let pem = std::fs::read(&ca).map_err(|e| {
+            anyhow::anyhow!(
+                "reading SIGHTLINE_CA {}: {e}",
+                std::path::Path::new(&ca).display()
+            )
+        })?;
+        endpoint = endpoint.tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+        )?;
+    }
+    let channel = endpoint
         .connect()
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach the core at {url}: {e}"))?;
@@ -285,6 +327,58 @@ pub async fn run(url: String, cmd: ClientCommand) -> anyhow::Result<()> {
                 .into_inner();
             println!("loaded {} locations from {}", r.rows, r.path);
         }
+        ClientCommand::Grant {
+            agent_id,
+            cameras,
+            locations,
+            admin_token_file,
+        } => {
+            let req = admin_request(
+                &admin_token_file,
+                AgentGrant {
+                    agent_id,
+                    cameras,
+                    locations,
+                    revoked: false,
+                },
+            )?;
+            let g = AdminClient::new(channel)
+                .grant_agent(req)
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner();
+            println!(
+                "granted agent {}: cameras {:?}, locations {}",
+                g.agent_id,
+                g.cameras,
+                if g.locations.is_empty() {
+                    "any".to_string()
+                } else {
+                    format!("{:?}", g.locations)
+                }
+            );
+        }
     }
     Ok(())
+}
+
+/// `msg` with `authorization: Bearer <the token in token_file>`.
+fn admin_request<T>(token_file: &std::path::Path, msg: T) -> anyhow::Result<tonic::Request<T>> {
+    let token = std::fs::read_to_string(token_file).map_err(|e| {
+        anyhow::anyhow!(
+            "reading the admin token {} (--admin-token-file): {e}",
+            token_file.display()
+        )
+    })?;
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", token.trim()).parse().map_err(|_| {
+            anyhow::anyhow!(
+                "the admin token in {} is not valid header text",
+                token_file.display()
+            )
+        })?,
+    );
+    Ok(req)
 }
