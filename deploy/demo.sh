@@ -26,27 +26,26 @@ fi
 for a in demo-agent-1 demo-agent-2 demo-agent-3 demo-camera-host; do
   [ -f "$PKI/agent-$a.pem" ] || "$BIN/sightline-core" certs agent --dir "$PKI" --agent-id "$a" >/dev/null
 done
-[ -f "$DATA/agents.toml" ] || cat >"$DATA/agents.toml" <<TOML
-[agents.demo-agent-1]
-cameras = [101, 102, 103, 104]
-[agents.demo-agent-2]
-cameras = [201, 202, 203, 204]
-[agents.demo-agent-3]
-cameras = [301, 302, 303, 304]
-[agents.demo-camera-host]
-cameras = [901]
-TOML
-
 pids=()
 cleanup() { kill -TERM "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
 "$BIN/sightline-core" serve --grpc-listen "$GRPC" --http-listen "$HTTP" \
-  --edge-listen "$EDGE" --tls-dir "$PKI" --registry "$DATA/agents.toml" \
+  --edge-listen "$EDGE" --tls-dir "$PKI" \
   --data-dir "$DATA/core" --locations deploy/locations.csv >"$DATA/core.out" 2>"$DATA/core.log" &
 pids+=($!)
 for _ in $(seq 1 100); do grep -q listening "$DATA/core.out" 2>/dev/null && break; sleep 0.1; done
 grep -q listening "$DATA/core.out" || { echo "the core did not start; see $DATA/core.log"; exit 1; }
+# The agent registry (enforced, $DATA/core/agents.toml): a new agent is
+# refused until an admin grants it its cameras.
+grant() {
+  SIGHTLINE_CORE="http://$GRPC" "$BIN/sightline-core" grant --agent-id "$1" --cameras "$2" \
+    --admin-token-file "$DATA/core/admin.token" >/dev/null
+}
+grant demo-agent-1 101,102,103,104
+grant demo-agent-2 201,202,203,204
+grant demo-agent-3 301,302,303,304
+grant demo-camera-host 901
 
 # Agent i runs cameras i*100+1..i*100+4 at locations spread over Dataset B;
 # location 13 is not in Dataset B, to show unmatched events.
@@ -93,7 +92,7 @@ the core over QUIC with mutual TLS ($EDGE), each only for its own cameras.
   top items per location:  SIGHTLINE_CORE=http://$GRPC $BIN/sightline-core top --last 5m -x 5
   live joined events:      SIGHTLINE_CORE=http://$GRPC $BIN/sightline-core tail --count 20
   fleet:                   SIGHTLINE_CORE=http://$GRPC $BIN/sightline-core fleet
-  agent registry:          $DATA/agents.toml (grpcurl -plaintext -H "authorization: Bearer \$(cat $DATA/core/admin.token)" $GRPC sightline.v1.Admin/ListGrants)
+  agent registry:          $DATA/core/agents.toml (grpcurl -plaintext -H "authorization: Bearer \$(cat $DATA/core/admin.token)" $GRPC sightline.v1.Admin/ListGrants)
   totals:                  SIGHTLINE_CORE=http://$GRPC $BIN/sightline-core stats
   metrics:                 curl http://$HTTP/metrics
   gRPC (reflection on):    grpcurl -plaintext $GRPC list

@@ -100,17 +100,25 @@ pub struct EdgeConfig {
     /// certificates must chain to), `core.pem` and `core.key` (this core).
     #[serde(default)]
     pub tls_dir: Option<PathBuf>,
-    /// Also serve Ingest and Media without TLS on `server.grpc_listen`, where
-    /// an agent is whoever it claims to be. For local demos only: the log and
-    /// the fleet view say so for every such session.
+    /// Also serve Ingest and Media without client certificates on
+    /// `server.grpc_listen`, where an agent is whoever it claims to be. For
+    /// local demos only: refused unless `server.grpc_listen` is a loopback
+    /// address; the log and the fleet view say so for every such session.
+    /// `--edge-plaintext` sets it.
     #[serde(default)]
     pub plaintext: bool,
     /// The agent registry (TOML, see `deploy/agents.example.toml`): the
     /// cameras and locations each agent may publish for, and revocations. The
-    /// admin API writes it back. Unset: not enforced (every agent may publish
-    /// for every camera), which the log says at start.
+    /// admin API (`sightline-core grant`) writes it back. Unset:
+    /// `<storage.path>/agents.toml`, created empty on the first start, so a
+    /// new agent is refused until an admin grants it.
     #[serde(default)]
     pub registry: Option<PathBuf>,
+    /// `false`: no registry at all, every agent may publish for every camera
+    /// (the open mode, for demos; the log says so loudly at start).
+    /// `--no-registry` sets it.
+    #[serde(default = "default_true")]
+    pub registry_enforced: bool,
     /// QUIC congestion control for what the core sends: "edge" (default;
     /// delay-based, indifferent to random loss, see
     /// `sightline_proto::congestion`), "cubic" or "bbr" (quinn's, experimental).
@@ -125,6 +133,7 @@ impl Default for EdgeConfig {
             tls_dir: None,
             plaintext: false,
             registry: None,
+            registry_enforced: true,
             quic_congestion: default_congestion(),
         }
     }
@@ -202,6 +211,29 @@ pub struct ServerConfig {
     /// `storage.path`.
     #[serde(default)]
     pub admin_token_file: Option<std::path::PathBuf>,
+    /// The certificate (PEM, chain with the server's first) the HTTP
+    /// (dashboard) and query gRPC ports serve over TLS: one from the site CA
+    /// (`sightline-core certs core --san HOST`, `core.pem`) or one the
+    /// operator brings. Set with `tls_key`, or neither.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `tls_cert` (`core.key` from `certs core`).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Serve HTTP and query gRPC without TLS on an address that is not
+    /// loopback. Off, the core refuses to start so; on, it says so in the
+    /// log at start and in the dashboard's footer.
+    #[serde(default)]
+    pub insecure_plaintext: bool,
+    /// How long a shutdown (SIGTERM, SIGINT) may take: listeners stop,
+    /// sessions close, queued commits finish, background tasks stop and the
+    /// store closes within it; what did not finish is logged by name.
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(15)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -404,6 +436,10 @@ impl Default for ServerConfig {
             grpc_listen: default_grpc(),
             http_listen: default_http(),
             admin_token_file: None,
+            tls_cert: None,
+            tls_key: None,
+            insecure_plaintext: false,
+            shutdown_grace: default_shutdown_grace(),
         }
     }
 }
@@ -520,6 +556,10 @@ impl CoreConfig {
                 reason: reason.into(),
             })
         };
+        if self.server.shutdown_grace.is_zero() {
+            return err("server.shutdown_grace", "must be more than 0");
+        }
+        self.validate_transport()?;
         if self.pipeline.partitions == 0 || self.pipeline.partitions > 64 {
             return err("pipeline.partitions", "must be within 1..=64");
         }
@@ -569,7 +609,7 @@ impl CoreConfig {
         if self.edge.tls_dir.is_none() && !self.edge.plaintext {
             return err(
                 "edge.tls_dir",
-                "unset, and edge.plaintext is off: no agent could connect. Make a CA with `sightline-core certs init` and `certs core`, or pass --insecure-plaintext for a local demo",
+                "unset, and edge.plaintext is off: no agent could connect. Make a CA with `sightline-core certs init` and `certs core`, or pass --edge-plaintext for a local demo",
             );
         }
         if let Err(why) = sightline_proto::edge::check_congestion(&self.edge.quic_congestion) {
@@ -577,6 +617,86 @@ impl CoreConfig {
         }
         self.access.validate()?;
         Ok(())
+    }
+
+    /// TLS on the HTTP and query gRPC ports, and the plaintext modes:
+    /// plaintext listeners on other than loopback only when told
+    /// (`server.insecure_plaintext`), plaintext agents only on loopback.
+    fn validate_transport(&self) -> Result<(), ConfigError> {
+        let err = |key, reason: String| Err(ConfigError { key, reason });
+        let s = &self.server;
+        match (&s.tls_cert, &s.tls_key) {
+            (Some(_), None) => {
+                return err(
+                    "server.tls_key",
+                    "unset, but server.tls_cert is set: set both or neither".into(),
+                )
+            }
+            (None, Some(_)) => {
+                return err(
+                    "server.tls_cert",
+                    "unset, but server.tls_key is set: set both or neither".into(),
+                )
+            }
+            _ => {}
+        }
+        if s.tls_cert.is_none() && !s.insecure_plaintext {
+            for (key, addr) in [
+                ("server.http_listen", s.http_listen),
+                ("server.grpc_listen", s.grpc_listen),
+            ] {
+                if !addr.ip().is_loopback() {
+                    return err(
+                        key,
+                        format!(
+                            "{addr} is not a loopback address, and server.tls_cert is unset: \
+                             refusing to serve the dashboard and the query API there without TLS. \
+                             Issue a certificate with `sightline-core certs core --san HOST` and set \
+                             server.tls_cert/server.tls_key (--tls-cert/--tls-key), or, knowingly, \
+                             server.insecure_plaintext = true (--insecure-plaintext)"
+                        ),
+                    );
+                }
+            }
+        }
+        if !self.edge.registry_enforced && self.edge.registry.is_some() {
+            return err(
+                "edge.registry_enforced",
+                "false, but edge.registry is set: enforce the registry, or unset it".into(),
+            );
+        }
+        if self.edge.plaintext && !s.grpc_listen.ip().is_loopback() {
+            return err(
+                "edge.plaintext",
+                format!(
+                    "refused: server.grpc_listen {} is not a loopback address. Plaintext agents \
+                     (identified by what they claim) are for local demos on loopback only; \
+                     agents on the network use the edge link with certificates (edge.tls_dir)",
+                    s.grpc_listen
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// The agent registry file in force (`edge.registry`, by default
+    /// `<storage.path>/agents.toml`), or `None` when not enforced.
+    pub fn registry_path(&self) -> Option<PathBuf> {
+        self.edge.registry_enforced.then(|| {
+            self.edge
+                .registry
+                .clone()
+                .unwrap_or_else(|| self.storage.path.join("agents.toml"))
+        })
+    }
+
+    /// Whether the HTTP or query gRPC port serves plaintext on other than
+    /// loopback (`server.insecure_plaintext`, said in the log and the
+    /// dashboard's footer).
+    pub fn plaintext_exposed(&self) -> bool {
+        let s = &self.server;
+        s.tls_cert.is_none()
+            && !(s.http_listen.ip().is_loopback() && s.grpc_listen.ip().is_loopback())
     }
 
     /// The connection, live feed and `Subscribe` caps and timeouts.
@@ -686,7 +806,7 @@ mod tests {
     fn an_edge_link_nobody_could_use_is_refused() {
         let err = CoreConfig::default().validate().unwrap_err();
         assert_eq!(err.key, "edge.tls_dir");
-        assert!(err.reason.contains("--insecure-plaintext"), "{err}");
+        assert!(err.reason.contains("--edge-plaintext"), "{err}");
     }
 
     #[test]
@@ -720,6 +840,70 @@ mod tests {
             "live.max_feeds_per_client"
         );
         assert_eq!(key("[live]\nreplay_limit = 10\n"), "live.replay_limit");
+    }
+
+    #[test]
+    fn a_non_loopback_listener_without_tls_is_refused_unless_insecure_plaintext() {
+        let base = "[edge]\ntls_dir = \"pki\"\n";
+        let check = |server: &str| {
+            CoreConfig::from_toml(&format!("{base}[server]\n{server}"))
+                .unwrap()
+                .validate()
+        };
+        let e = check("http_listen = \"0.0.0.0:8080\"\n").unwrap_err();
+        assert_eq!(e.key, "server.http_listen");
+        assert!(e.reason.contains("--insecure-plaintext"), "{e}");
+        let e = check("grpc_listen = \"[::]:50051\"\n").unwrap_err();
+        assert_eq!(e.key, "server.grpc_listen");
+        // Loopback needs no TLS; elsewhere, TLS or the explicit opt-out.
+        check("http_listen = \"[::1]:8080\"\n").unwrap();
+        check("http_listen = \"0.0.0.0:8080\"\ntls_cert = \"c.pem\"\ntls_key = \"c.key\"\n")
+            .unwrap();
+        let cfg = CoreConfig::from_toml(&format!(
+            "{base}[server]\nhttp_listen = \"0.0.0.0:8080\"\ninsecure_plaintext = true\n"
+        ))
+        .unwrap();
+        cfg.validate().unwrap();
+        assert!(cfg.plaintext_exposed());
+        assert_eq!(
+            check("tls_cert = \"c.pem\"\n").unwrap_err().key,
+            "server.tls_key"
+        );
+    }
+
+    #[test]
+    fn plaintext_edge_mode_is_refused_on_a_non_loopback_address() {
+        let cfg = |server: &str| {
+            CoreConfig::from_toml(&format!("[edge]\nplaintext = true\n[server]\n{server}"))
+                .unwrap()
+                .validate()
+        };
+        let e = cfg("grpc_listen = \"0.0.0.0:50051\"\ninsecure_plaintext = true\n").unwrap_err();
+        assert_eq!(e.key, "edge.plaintext");
+        assert!(e.reason.contains("0.0.0.0:50051"), "{e}");
+        // Even over TLS: a plaintext agent is whoever it claims to be.
+        let e = cfg("grpc_listen = \"10.1.2.3:50051\"\ntls_cert = \"c\"\ntls_key = \"k\"\n")
+            .unwrap_err();
+        assert_eq!(e.key, "edge.plaintext");
+        cfg("grpc_listen = \"127.0.0.1:50051\"\n").unwrap();
+    }
+
+    #[test]
+    fn the_agent_registry_is_enforced_by_default_in_the_data_dir() {
+        let cfg = CoreConfig::from_toml("[storage]\npath = \"/d/core\"\n").unwrap();
+        assert_eq!(
+            cfg.registry_path(),
+            Some(PathBuf::from("/d/core/agents.toml"))
+        );
+        let cfg =
+            CoreConfig::from_toml("[edge]\nplaintext = true\nregistry_enforced = false\n").unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.registry_path(), None);
+        let cfg = CoreConfig::from_toml(
+            "[edge]\nplaintext = true\nregistry_enforced = false\nregistry = \"a.toml\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.validate().unwrap_err().key, "edge.registry_enforced");
     }
 
     #[test]

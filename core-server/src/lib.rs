@@ -21,7 +21,8 @@
 //!   manifest signed by the site's Ed25519 key, and its verification.
 //! - [`certs`]: the CA for the edge link's mutual TLS (`sightline-core certs`).
 //! - [`client`]: the terminal client (`sightline-core top|tail|fleet|...`).
-//! - [`server`]: wires it all and runs until shutdown.
+//! - [`server`]: wires it all, runs until shutdown, and drains it.
+//! - [`signal`]: SIGTERM/SIGINT start the shutdown; SIGHUP reloads.
 #![forbid(unsafe_code)]
 
 pub mod access;
@@ -40,4 +41,5 @@ pub mod media;
 pub mod metrics;
 pub mod search;
 pub mod server;
+pub mod signal;
 pub mod store;

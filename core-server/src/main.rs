@@ -50,13 +50,31 @@ enum Command {
         /// Overrides `edge.tls_dir` (ca.pem, core.pem, core.key).
         #[arg(long)]
         tls_dir: Option<PathBuf>,
-        /// Sets `edge.plaintext`: agents may also connect without TLS on the
-        /// gRPC port, identified only by what they claim. Local demos only.
+        /// Overrides `server.tls_cert`: the HTTP (dashboard) and query gRPC
+        /// ports serve TLS with this certificate (PEM).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// Overrides `server.tls_key` (PEM), the key of `--tls-cert`.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Sets `server.insecure_plaintext`: HTTP and query gRPC without TLS
+        /// even on an address that is not loopback (said in the log and the
+        /// dashboard's footer).
         #[arg(long)]
         insecure_plaintext: bool,
-        /// Overrides `edge.registry` (the agent registry, TOML).
+        /// Sets `edge.plaintext`: agents may also connect without
+        /// certificates on the gRPC port, identified only by what they
+        /// claim. Loopback only; local demos.
+        #[arg(long)]
+        edge_plaintext: bool,
+        /// Overrides `edge.registry` (the agent registry, TOML; default
+        /// `<data dir>/agents.toml`).
         #[arg(long)]
         registry: Option<PathBuf>,
+        /// Sets `edge.registry_enforced = false`: every agent may publish for
+        /// every camera, without a grant. Demos only; logged loudly.
+        #[arg(long, conflicts_with = "registry")]
+        no_registry: bool,
     },
     /// The edge link's certificate authority: create it, issue certificates.
     Certs {
@@ -155,8 +173,12 @@ async fn main() -> anyhow::Result<()> {
             partitions,
             edge_listen,
             tls_dir,
+            tls_cert,
+            tls_key,
             insecure_plaintext,
+            edge_plaintext,
             registry,
+            no_registry,
         } => {
             let mut cfg = match &config {
                 Some(p) => {
@@ -190,11 +212,21 @@ async fn main() -> anyhow::Result<()> {
             if let Some(d) = tls_dir {
                 cfg.edge.tls_dir = Some(d);
             }
+            if let (Some(c), Some(k)) = (tls_cert, tls_key) {
+                cfg.server.tls_cert = Some(c);
+                cfg.server.tls_key = Some(k);
+            }
             if insecure_plaintext {
+                cfg.server.insecure_plaintext = true;
+            }
+            if edge_plaintext {
                 cfg.edge.plaintext = true;
             }
             if let Some(r) = registry {
                 cfg.edge.registry = Some(r);
+            }
+            if no_registry {
+                cfg.edge.registry_enforced = false;
             }
             // Connections, RocksDB's files and the search index's segments
             // all need descriptors; the common soft limit of 1,024 is far
@@ -209,17 +241,8 @@ async fn main() -> anyhow::Result<()> {
                 "open-file limit (soft limit raised to the hard one)"
             );
             let shutdown = CancellationToken::new();
-            let stop = shutdown.clone();
-            tokio::spawn(async move {
-                use tokio::signal::unix::{signal, SignalKind};
-                let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-                tracing::info!("signal received: shutting down");
-                stop.cancel();
-            });
+            sightline_core::signal::cancel_on_terminate(shutdown.clone())
+                .context("installing the SIGTERM/SIGINT handlers")?;
             sightline_core::server::run(cfg, shutdown, |b| match b.edge {
                 Some(e) => println!(
                     "sightline-core listening grpc={} http={} edge={e}",

@@ -4,6 +4,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
+use axum::response::IntoResponse;
 use sightline_proto::{
     v1::{
         admin_server::AdminServer, ingest_server::IngestServer, media_server::MediaServer,
@@ -11,7 +12,7 @@ use sightline_proto::{
     },
     Limits,
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -44,14 +45,234 @@ pub struct Bound {
     pub edge: Option<SocketAddr>,
 }
 
-/// Runs the core until `shutdown` is cancelled. `on_ready` is called once both
-/// listeners are bound.
+/// Runs the core until `shutdown` is cancelled, then drains it (see
+/// [`Drain`]) and returns once every task has ended and the store is closed,
+/// or once `server.shutdown_grace` has passed (what did not finish is
+/// logged by name). `on_ready` is called once every listener is bound.
 pub async fn run(
     config: CoreConfig,
     shutdown: CancellationToken,
     on_ready: impl FnOnce(Bound),
 ) -> anyhow::Result<()> {
     config.validate()?;
+    let mut drain = Drain::default();
+    let core = match start(&config, &mut drain).await {
+        Ok(core) => core,
+        Err(e) => {
+            // Whatever was started stops; nothing is waited for.
+            drain.cancel_all();
+            return Err(e);
+        }
+    };
+    tracing::info!(grpc = %core.bound.grpc, http = %core.bound.http, edge = ?core.bound.edge, "core ready");
+    on_ready(core.bound);
+    shutdown.cancelled().await;
+    let left = drain.run(core, config.server.shutdown_grace).await;
+    if left.is_empty() {
+        tracing::info!("core stopped");
+    } else {
+        tracing::warn!(unfinished = ?left, grace = ?config.server.shutdown_grace, "core stopped; these did not finish within server.shutdown_grace");
+    }
+    Ok(())
+}
+
+/// What the drain needs of a started core besides its tasks.
+struct Started {
+    bound: Bound,
+    ingest: Arc<IngestCore>,
+    fleet: Arc<Fleet>,
+    quic: Option<quinn::Endpoint>,
+    store: Arc<Store>,
+}
+
+/// The stages of the one shutdown path, in the order they are drained. Each
+/// task belongs to one; a stage's tasks are told to stop (their token) and
+/// waited for before the next stage begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Listeners: stop accepting connections.
+    Accept,
+    /// Open connections and agent sessions: closed (sessions stop taking
+    /// batches; HTTP and gRPC connections finish their requests).
+    Sessions,
+    /// Background work: the live feed, the search indexer, retention,
+    /// SIGHUP reloads.
+    Background,
+}
+
+/// Every task the core starts, by stage, and the tokens that stop them.
+///
+/// The drain ([`Drain::run`]): stop accepting → close sessions → finish the
+/// queued commits (the pipeline's writers are joined) → stop background
+/// tasks → close the store (once nothing else holds it). One deadline (the
+/// grace period) bounds all of it; whatever did not end by then is named in
+/// the returned list and logged.
+#[derive(Default)]
+pub struct Drain {
+    accept: CancellationToken,
+    sessions: CancellationToken,
+    /// Cuts the connections still open [`CONN_DRAIN`] into the sessions
+    /// stage (see [`limits::ConnLimits::cut`]).
+    cut: CancellationToken,
+    background: CancellationToken,
+    tasks: Vec<(Stage, &'static str, JoinHandle<()>)>,
+}
+
+impl Drain {
+    /// The token that stops the tasks of `stage`.
+    pub fn token(&self, stage: Stage) -> CancellationToken {
+        match stage {
+            Stage::Accept => self.accept.clone(),
+            Stage::Sessions => self.sessions.clone(),
+            Stage::Background => self.background.clone(),
+        }
+    }
+
+    /// Runs `task` until it ends; the drain waits for it in `stage`.
+    pub fn spawn(
+        &mut self,
+        stage: Stage,
+        name: &'static str,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        self.tasks.push((stage, name, tokio::spawn(task)));
+    }
+
+    fn cancel_all(&self) {
+        self.accept.cancel();
+        self.sessions.cancel();
+        self.cut.cancel();
+        self.background.cancel();
+    }
+
+    /// Waits for the tasks of `stage` until `deadline`; those still running
+    /// stay.
+    async fn wait(&mut self, stage: Stage, deadline: Instant) {
+        let (mine, mut rest) = std::mem::take(&mut self.tasks)
+            .into_iter()
+            .partition::<Vec<_>, _>(|(s, _, _)| *s == stage);
+        for (s, name, mut task) in mine {
+            match tokio::time::timeout_at(deadline, &mut task).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(task = name, error = %e, "shutdown: task failed"),
+                Err(_) => rest.push((s, name, task)),
+            }
+        }
+        self.tasks = rest;
+    }
+
+    /// Waits for the tasks of `stage` until `deadline`; those still running
+    /// are aborted and named in `left`.
+    async fn join(&mut self, stage: Stage, deadline: Instant, left: &mut Vec<&'static str>) {
+        self.wait(stage, deadline).await;
+        self.tasks.retain(|(s, name, task)| {
+            if *s != stage {
+                return true;
+            }
+            task.abort();
+            left.push(name);
+            false
+        });
+    }
+
+    /// The drain, in the order of [`Stage`]; returns what did not finish
+    /// within `grace`.
+    async fn run(mut self, core: Started, grace: Duration) -> Vec<&'static str> {
+        let deadline = Instant::now() + grace;
+        let mut left = Vec::new();
+        let Started {
+            ingest,
+            fleet,
+            quic,
+            store,
+            ..
+        } = core;
+        tracing::info!(grace = ?grace, "shutting down: no new connections; closing sessions; finishing the commits in flight");
+        self.accept.cancel();
+        self.join(Stage::Accept, deadline, &mut left).await;
+
+        self.sessions.cancel();
+        fleet.close_all();
+        drop(fleet);
+        if let Some(ep) = &quic {
+            // The sessions have ended; let their last frames go out, then close.
+            let quic_deadline = deadline.min(Instant::now() + QUIC_CLOSE_WAIT);
+            while ep.open_connections() > 0 && Instant::now() < quic_deadline {
+                tokio::time::sleep(POLL).await;
+            }
+            ep.close(
+                sightline_proto::edge::CLOSE_SHUTDOWN.into(),
+                b"the core is shutting down",
+            );
+            // Let the close frames go out before the socket does: an agent
+            // then hears "shutting down", not silence.
+            let idle = deadline.min(Instant::now() + QUIC_CLOSE_WAIT);
+            let _ = tokio::time::timeout_at(idle, ep.wait_idle()).await;
+        }
+        // Connections get CONN_DRAIN to finish what they are doing; then
+        // the ones still open (idle, streaming) are cut.
+        self.wait(Stage::Sessions, deadline.min(Instant::now() + CONN_DRAIN))
+            .await;
+        self.cut.cancel();
+        self.join(Stage::Sessions, deadline, &mut left).await;
+
+        // Every commit that was acknowledged is durable already; joining the
+        // writers lets the queued ones finish instead of being resent.
+        match last_owner(ingest, deadline).await {
+            Ok(core) => {
+                let joined = tokio::task::spawn_blocking(move || core.pipeline.shutdown());
+                if tokio::time::timeout_at(deadline, joined).await.is_err() {
+                    left.push("pipeline writers");
+                }
+            }
+            Err(_) => left.push("ingest sessions (queued batches will be resent)"),
+        }
+
+        self.background.cancel();
+        self.join(Stage::Background, deadline, &mut left).await;
+
+        // The store closes (RocksDB's lock is released) when its last owner
+        // drops it: the search indexer, the live feed and the connections
+        // hold it until they end.
+        if let Some(quic) = quic {
+            // Closed above; its idle wait holds the QUIC socket open.
+            drop(quic);
+        }
+        match last_owner(store, deadline).await {
+            Ok(store) => {
+                let closed = tokio::task::spawn_blocking(move || drop(store));
+                if tokio::time::timeout_at(deadline, closed).await.is_err() {
+                    left.push("store close");
+                }
+            }
+            Err(_) => left.push("store (still held by a task that did not end)"),
+        }
+        left
+    }
+}
+
+/// How long open connections may take to finish their requests at
+/// shutdown before they are cut.
+const CONN_DRAIN: Duration = Duration::from_secs(2);
+/// How long the QUIC endpoint waits for its sessions' last frames.
+const QUIC_CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// How often the drain looks whether a shared part has been let go.
+const POLL: Duration = Duration::from_millis(10);
+
+/// `shared` once nobody else holds it, or it back at `deadline`.
+async fn last_owner<T>(mut shared: Arc<T>, deadline: Instant) -> Result<T, Arc<T>> {
+    loop {
+        match Arc::try_unwrap(shared) {
+            Ok(t) => return Ok(t),
+            Err(s) if Instant::now() >= deadline => return Err(s),
+            Err(s) => shared = s,
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Opens the store, builds every part and starts every task into `drain`.
+async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started> {
     let path = config.storage.path.clone();
     let (sync, cache) = (config.storage.sync, config.storage.cache.as_u64() as usize);
     let store = tokio::task::spawn_blocking(move || Store::open(&path, sync, cache))
@@ -74,9 +295,13 @@ pub async fn run(
         )
     };
     let hub = LiveHub::new(config.live.buffer_commits);
-    let caps = Caps::new(&config, &metrics);
-    let feed =
-        dashboard::LiveFeed::start(&hub, store.clone(), shutdown.clone(), caps.feeds.clone());
+    let caps = Caps::new(config, &metrics, &drain.cut);
+    let feed = dashboard::LiveFeed::start(
+        &hub,
+        store.clone(),
+        drain.token(Stage::Background),
+        caps.feeds.clone(),
+    );
     let search = {
         let dir = config
             .search
@@ -84,7 +309,10 @@ pub async fn run(
             .clone()
             .unwrap_or_else(|| crate::search::default_path(&config.storage.path));
         let (s, l, h) = (store.clone(), locations.clone(), hub.clone());
-        let (interval, stop) = (config.search.commit_interval, shutdown.clone());
+        let (interval, stop) = (
+            config.search.commit_interval,
+            drain.token(Stage::Background),
+        );
         let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let _rt = handle.enter();
@@ -98,12 +326,24 @@ pub async fn run(
         tokio::task::spawn_blocking(move || s.watermarks()).await??
     };
     let fleet = Arc::new(Fleet::new(metrics.clone(), known));
-    let registry = Arc::new(Registry::open(config.edge.registry.clone())?);
-    if !registry.enforced() {
-        tracing::warn!(
-            "no agent registry (edge.registry): every agent may publish for every camera"
-        );
-    }
+    let registry = Arc::new(match config.registry_path() {
+        Some(path) => {
+            let r = Registry::open_or_create(path.clone())
+                .with_context(|| "config `edge.registry`".to_string())?;
+            tracing::info!(
+                registry = %path.display(),
+                agents = r.list().len(),
+                "agent registry enforced: an agent publishes only for the cameras granted to it (sightline-core grant)"
+            );
+            r
+        }
+        None => {
+            tracing::warn!(
+                "AGENT REGISTRY NOT ENFORCED (edge.registry_enforced = false): ANY agent may publish for ANY camera, without a grant. Demos only"
+            );
+            Registry::open(None)?
+        }
+    });
     let edge_tls = match &config.edge.tls_dir {
         Some(dir) => Some(Arc::new(EdgeTls::load(dir)?)),
         None => None,
@@ -120,7 +360,6 @@ pub async fn run(
         config.pipeline.partitions,
         config.pipeline.queue_batches,
     );
-    let ingest_stop = CancellationToken::new();
     let ingest = Arc::new(IngestCore {
         pipeline,
         store: store.clone(),
@@ -133,7 +372,7 @@ pub async fn run(
         max_event_age: config.retention.events,
         hello_timeout: config.ingest.hello_timeout,
         registry: registry.clone(),
-        shutdown: ingest_stop.clone(),
+        shutdown: drain.token(Stage::Sessions),
     });
 
     let admin_token = Arc::new(
@@ -157,11 +396,6 @@ pub async fn run(
             tokio::task::spawn_blocking(move || crate::audit::AuditLog::open(&audit_dir, seg))
                 .await?
                 .context("config `audit.path`: the audit log")?;
-        tokio::spawn(crate::audit::retention_loop(
-            audit.clone(),
-            config.audit.retention,
-            shutdown.clone(),
-        ));
         crate::access::Access::new(Arc::new(db), &config.access, admin_token.clone(), audit)
     };
 
@@ -206,6 +440,7 @@ pub async fn run(
         },
     };
 
+    let (http_tls, grpc_tls) = listener_tls(config)?;
     let max_msg = config.ingest.max_message_bytes.as_u64() as usize;
     let query = QueryService {
         subscribers: caps.subscribers.clone(),
@@ -236,7 +471,6 @@ pub async fn run(
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
-    let grpc_stop = CancellationToken::new();
     let ingest_service = || {
         IngestServer::new(IngestService {
             core: ingest.clone(),
@@ -252,7 +486,7 @@ pub async fn run(
         .max_decoding_message_size(max_msg)
     };
     let grpc = {
-        let stop = grpc_stop.clone();
+        let close = drain.token(Stage::Sessions);
         let plaintext = config.edge.plaintext;
         if plaintext {
             tracing::warn!(grpc = %bound.grpc, "edge.plaintext: agents may also connect WITHOUT TLS here, identified only by what they claim (local demos only)");
@@ -276,20 +510,29 @@ pub async fn run(
             // only does for its own): without it, Nagle + delayed ACK hold
             // acks and live events ~40 ms.
             .serve_with_incoming_shutdown(
-                limits::grpc_incoming(grpc_listener, caps.grpc.clone(), stop.clone()),
-                async move { stop.cancelled().await },
+                limits::grpc_incoming(
+                    grpc_listener,
+                    caps.grpc.clone(),
+                    grpc_tls,
+                    drain.token(Stage::Accept),
+                ),
+                async move { close.cancelled().await },
             )
     };
-    let mut edge_tasks = Vec::new();
-    let mut quic_endpoint = None;
+    drain.spawn(Stage::Sessions, "gRPC server", async move {
+        if let Err(e) = grpc.await {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    });
+    let mut quic = None;
     if let (Some(tls), Some((tcp, udp))) = (&edge_tls, edge_sockets) {
-        let stop = grpc_stop.clone();
+        let close = drain.token(Stage::Sessions);
         let incoming = edge::tcp::incoming(
             tcp,
             tls.clone(),
             metrics.clone(),
             caps.edge.clone(),
-            stop.clone(),
+            drain.token(Stage::Accept),
         );
         let server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(2)))
@@ -297,9 +540,13 @@ pub async fn run(
             .max_concurrent_streams(GRPC_MAX_STREAMS)
             .add_service(ingest_service())
             .add_service(media_service())
-            .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await });
-        edge_tasks.push(tokio::spawn(server));
-        quic_endpoint = Some(edge::quic::serve(
+            .serve_with_incoming_shutdown(incoming, async move { close.cancelled().await });
+        drain.spawn(Stage::Sessions, "edge gRPC server", async move {
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "edge gRPC server failed");
+            }
+        });
+        quic = Some(edge::quic::serve(
             udp,
             &config.edge.quic_congestion,
             Arc::new(edge::quic::QuicEdge {
@@ -309,116 +556,178 @@ pub async fn run(
                 metrics: metrics.clone(),
                 max_message: max_msg,
             }),
-            grpc_stop.clone(),
+            drain.token(Stage::Accept),
         )?);
         tracing::info!(edge = ?bound.edge, "edge link: gRPC over TLS (TCP) and QUIC (UDP), client certificates required");
     }
-    let grpc_task = tokio::spawn(grpc);
-    let http_stop = CancellationToken::new();
-    let http_task = {
-        let stop = http_stop.clone();
-        let app = http::router(HttpState {
-            metrics: metrics.clone(),
+    let mut pages = dashboard::router(
+        dashboard::backend::CoreBackend {
+            store: store.clone(),
             locations: locations.clone(),
-            admin: admin_token.clone(),
-        })
-        .merge(
-            crate::media::http::router(media.clone()).layer(axum::Extension(access.audit.clone())),
-        )
-        .merge(
-            crate::cases::http::router(cases.clone())
-                .layer(axum::middleware::map_request(crate::access::http::exporter))
-                .layer(axum::Extension(access.audit.clone())),
-        )
-        .merge(dashboard::router(
-            dashboard::backend::CoreBackend {
-                store: store.clone(),
-                locations: locations.clone(),
-                fleet: fleet.clone(),
-                cameras: feed.cameras.clone(),
-                search: search.clone(),
-                who: crate::access::Principal::admin_token(),
-                csrf: None,
-                audit: Some(access.audit.clone()),
-            },
-            feed.clone(),
-            &config.dashboard.site_root(),
-        ));
-        // Every route behind the session/token check (see access::http).
-        let app = crate::access::http::layer(
-            app,
-            crate::access::http::HttpAccess {
-                access: access.clone(),
-                tls: false,
-            },
-        );
-        tokio::spawn(limits::serve_http(
+            fleet: fleet.clone(),
+            cameras: feed.cameras.clone(),
+            search: search.clone(),
+            who: crate::access::Principal::admin_token(),
+            csrf: None,
+            audit: Some(access.audit.clone()),
+        },
+        feed.clone(),
+        &config.dashboard.site_root(),
+    );
+    if http_tls.is_none() && config.plaintext_exposed() {
+        pages = pages.layer(axum::middleware::from_fn(plaintext_footer));
+    }
+    let app = http::router(HttpState {
+        metrics: metrics.clone(),
+        locations: locations.clone(),
+        admin: admin_token.clone(),
+        tls: http_tls.is_some(),
+    })
+    .merge(crate::media::http::router(media.clone()).layer(axum::Extension(access.audit.clone())))
+    .merge(
+        crate::cases::http::router(cases.clone())
+            .layer(axum::middleware::map_request(crate::access::http::exporter))
+            .layer(axum::Extension(access.audit.clone())),
+    )
+    .merge(pages);
+    // Every route behind the session/token check (see access::http).
+    let app = crate::access::http::layer(
+        app,
+        crate::access::http::HttpAccess {
+            access: access.clone(),
+            tls: http_tls.is_some(),
+        },
+    );
+    drain.spawn(
+        Stage::Sessions,
+        "HTTP server",
+        limits::serve_http(
             http_listener,
             app,
             caps.http.clone(),
-            stop,
-        ))
-    };
-    spawn_sighup_reload(
-        locations.clone(),
-        registry.clone(),
-        fleet.clone(),
-        shutdown.clone(),
+            http_tls,
+            drain.token(Stage::Accept),
+            drain.token(Stage::Sessions),
+        ),
     );
-    spawn_retention(
-        store.clone(),
-        search.clone(),
-        config.retention.clone(),
-        shutdown.clone(),
+    drain.spawn(
+        Stage::Background,
+        "audit retention",
+        crate::audit::retention_loop(
+            access.audit.clone(),
+            config.audit.retention,
+            drain.token(Stage::Background),
+        ),
     );
-    spawn_media_retention(
-        media.clone(),
-        config.media.clone(),
-        config.retention.clone(),
-        shutdown.clone(),
+    drain.spawn(
+        Stage::Background,
+        "SIGHUP reload",
+        sighup_reload(
+            locations.clone(),
+            registry.clone(),
+            fleet.clone(),
+            drain.token(Stage::Background),
+        ),
     );
-    tracing::info!(grpc = %bound.grpc, http = %bound.http, edge = ?bound.edge, "core ready");
-    on_ready(bound);
+    drain.spawn(
+        Stage::Background,
+        "retention",
+        retention(
+            store.clone(),
+            search.clone(),
+            config.retention.clone(),
+            drain.token(Stage::Background),
+        ),
+    );
+    drain.spawn(
+        Stage::Background,
+        "media retention",
+        media_retention(
+            media.clone(),
+            config.media.clone(),
+            config.retention.clone(),
+            drain.token(Stage::Background),
+        ),
+    );
+    Ok(Started {
+        bound,
+        ingest,
+        fleet,
+        quic,
+        store,
+    })
+}
 
-    shutdown.cancelled().await;
-    tracing::info!("shutting down: no new batches; finishing the commits in flight");
-    ingest_stop.cancel();
-    fleet.close_all();
-    grpc_stop.cancel();
-    http_stop.cancel();
-    if let Some(ep) = &quic_endpoint {
-        // The sessions have ended; let their last frames go out, then close.
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while ep.open_connections() > 0 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
-        ep.close(
-            sightline_proto::edge::CLOSE_SHUTDOWN.into(),
-            b"the core is shutting down",
-        );
-    }
-    for t in edge_tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
-    }
-    if tokio::time::timeout(Duration::from_secs(10), grpc_task)
-        .await
-        .is_err()
-    {
-        tracing::warn!("gRPC connections did not close within 10 s");
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
-    // Every commit that was acknowledged is durable already; joining the
-    // writers only lets queued commits finish instead of being retried.
-    match Arc::try_unwrap(ingest) {
-        Ok(core) => {
-            tokio::task::spawn_blocking(move || core.pipeline.shutdown()).await?;
+/// The TLS sides of the HTTP and query gRPC listeners (`server.tls_cert`),
+/// or none; says at start how each is served.
+fn listener_tls(
+    config: &CoreConfig,
+) -> anyhow::Result<(
+    Option<tokio_rustls::TlsAcceptor>,
+    Option<tokio_rustls::TlsAcceptor>,
+)> {
+    let s = &config.server;
+    match (&s.tls_cert, &s.tls_key) {
+        (Some(cert), Some(key)) => {
+            let http = limits::tls_acceptor(cert, key, &[b"h2", b"http/1.1"])?;
+            let grpc = limits::tls_acceptor(cert, key, &[b"h2"])?;
+            tracing::info!(cert = %cert.display(), "the dashboard (HTTP) and the query API (gRPC) are served over TLS");
+            Ok((Some(http), Some(grpc)))
         }
-        Err(_) => tracing::warn!("sessions still hold the pipeline; queued batches will be resent"),
+        _ if config.plaintext_exposed() => {
+            tracing::warn!(
+                http = %s.http_listen,
+                grpc = %s.grpc_listen,
+                "INSECURE: the dashboard (HTTP) and the query API (gRPC) are served WITHOUT TLS on a non-loopback address (server.insecure_plaintext): anyone on the network can read them and the tokens sent to them"
+            );
+            Ok((None, None))
+        }
+        _ => {
+            tracing::info!("the dashboard (HTTP) and the query API (gRPC) are served without TLS, on loopback only");
+            Ok((None, None))
+        }
     }
-    tracing::info!("core stopped");
-    Ok(())
+}
+
+/// What every dashboard page says at its foot when it is served without TLS
+/// on a non-loopback address (`server.insecure_plaintext`).
+pub const PLAINTEXT_FOOTER: &str = "<footer class=\"transport-notice\" style=\"margin:2em 1em 1em;padding:.5em 1em;border:1px solid #c33;color:#c33;font-size:small\">\
+This dashboard is served WITHOUT TLS on the network (server.insecure_plaintext): \
+anyone on the way can read it. Set server.tls_cert and server.tls_key.</footer>";
+/// The largest dashboard page the footer is added to (pages are far
+/// smaller; a larger one is answered `500`, never cut).
+const MAX_PAGE_BYTES: usize = 16 << 20;
+
+/// Adds [`PLAINTEXT_FOOTER`] at the end of the body of every HTML page.
+async fn plaintext_footer(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+    let res = next.run(req).await;
+    let html = res
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    if !html {
+        return res;
+    }
+    let (mut parts, body) = res.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_PAGE_BYTES).await else {
+        return (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "the page is larger than the plaintext footer may buffer",
+        )
+            .into_response();
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let page = match text.rfind("</body>") {
+        Some(at) => format!("{}{PLAINTEXT_FOOTER}{}", &text[..at], &text[at..]),
+        None => text.into_owned(),
+    };
+    parts.headers.remove(CONTENT_LENGTH);
+    axum::response::Response::from_parts(parts, axum::body::Body::from(page))
 }
 
 /// Streams one gRPC connection may have open at once (query and edge ports).
@@ -437,7 +746,7 @@ impl Caps {
     /// From the config; a per-listener cap of 0 is derived from the
     /// open-file limit (see [`limits::per_listener_cap`]), and the start log
     /// says what each came to.
-    fn new(config: &CoreConfig, metrics: &Arc<Metrics>) -> Self {
+    fn new(config: &CoreConfig, metrics: &Arc<Metrics>, cut: &CancellationToken) -> Self {
         let c = &config.connections;
         let open_files = limits::open_files_limit();
         let per_listener = limits::per_listener_cap(c.max_per_listener, open_files);
@@ -461,7 +770,10 @@ impl Caps {
                 );
             }
         }
-        let conn = |name| ConnLimits::new(name, c, per_listener, metrics.clone());
+        let conn = |name| ConnLimits {
+            cut: cut.clone(),
+            ..ConnLimits::new(name, c, per_listener, metrics.clone())
+        };
         Self {
             http: conn("http connections"),
             grpc: conn("gRPC connections"),
@@ -509,93 +821,150 @@ async fn bind_edge(listen: SocketAddr) -> anyhow::Result<(TcpListener, std::net:
     .context("config `edge.listen`: no port free for both TCP and UDP")
 }
 
-fn spawn_sighup_reload(
+/// Reloads Dataset B and the agent registry on each SIGHUP, until `shutdown`.
+async fn sighup_reload(
     locations: Arc<Locations>,
     registry: Arc<Registry>,
     fleet: Arc<Fleet>,
     shutdown: CancellationToken,
 ) {
-    tokio::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            return;
-        };
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = hup.recv() => {
-                    let l = locations.clone();
-                    match tokio::task::spawn_blocking(move || l.reload(None)).await {
-                        Ok(Ok((rows, path))) => tracing::info!(rows, %path, "SIGHUP: Dataset B reloaded"),
-                        Ok(Err(e)) => tracing::error!(error = %e, "SIGHUP: Dataset B refused; the table in use stays"),
-                        Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed"),
-                    }
-                    match registry.reload().await {
-                        Ok(revoked) => {
-                            for a in revoked {
-                                fleet.revoke(&a);
-                            }
-                            if registry.enforced() {
-                                tracing::info!("SIGHUP: agent registry reloaded");
-                            }
+    let mut hup = crate::signal::Hangups::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = hup.recv() => {
+                let l = locations.clone();
+                match tokio::task::spawn_blocking(move || l.reload(None)).await {
+                    Ok(Ok((rows, path))) => tracing::info!(rows, %path, "SIGHUP: Dataset B reloaded"),
+                    Ok(Err(e)) => tracing::error!(error = %e, "SIGHUP: Dataset B refused; the table in use stays"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed"),
+                }
+                match registry.reload().await {
+                    Ok(revoked) => {
+                        for a in revoked {
+                            fleet.revoke(&a);
                         }
-                        Err(e) => tracing::error!(error = %e, "SIGHUP: agent registry refused; the one in use stays"),
+                        if registry.enforced() {
+                            tracing::info!("SIGHUP: agent registry reloaded");
+                        }
                     }
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: agent registry refused; the one in use stays"),
                 }
             }
         }
-    });
+    }
 }
 
-fn spawn_retention(
+/// Applies `retention.*` every `retention.interval`, until `shutdown`.
+async fn retention(
     store: Arc<Store>,
     search: Arc<SearchIndex>,
     cfg: crate::config::RetentionConfig,
     shutdown: CancellationToken,
 ) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(cfg.interval);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {
-                    let now = sightline_proto::now_ms();
-                    let ms = |d: Duration| now.saturating_sub(d.as_millis() as i64);
-                    let (e, a, q, d) = (ms(cfg.events), ms(cfg.aggregates), ms(cfg.quarantine), ms(cfg.dedup_keys));
-                    let s = store.clone();
-                    match tokio::task::spawn_blocking(move || s.apply_retention(e, a, q, d)).await {
-                        Ok(Ok(expired)) => {
-                            if expired > 0 {
-                                tracing::info!(events = expired, before_ms = e, "retention: events removed (retention.events)");
-                            }
-                            search.apply_retention(crate::store::keys::Bucket::Minute.floor(e))
+    let mut tick = tokio::time::interval(cfg.interval);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                let now = sightline_proto::now_ms();
+                let ms = |d: Duration| now.saturating_sub(d.as_millis() as i64);
+                let (e, a, q, d) = (ms(cfg.events), ms(cfg.aggregates), ms(cfg.quarantine), ms(cfg.dedup_keys));
+                let s = store.clone();
+                match tokio::task::spawn_blocking(move || s.apply_retention(e, a, q, d)).await {
+                    Ok(Ok(expired)) => {
+                        if expired > 0 {
+                            tracing::info!(events = expired, before_ms = e, "retention: events removed (retention.events)");
                         }
-                        Ok(Err(e)) => tracing::error!(error = %e, "retention failed"),
-                        Err(e) => tracing::error!(error = %e, "retention task failed"),
+                        search.apply_retention(crate::store::keys::Bucket::Minute.floor(e))
                     }
+                    Ok(Err(e)) => tracing::error!(error = %e, "retention failed"),
+                    Err(e) => tracing::error!(error = %e, "retention task failed"),
                 }
             }
         }
-    });
+    }
 }
 
-fn spawn_media_retention(
+/// Deletes footage past `media.retention` every `retention.interval`, until
+/// `shutdown`.
+async fn media_retention(
     media: Arc<MediaStore>,
     cfg: crate::config::MediaConfig,
     retention: crate::config::RetentionConfig,
     shutdown: CancellationToken,
 ) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(retention.interval);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => match media.sweep(&cfg, &retention).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(deleted = n, "media retention"),
-                    Err(e) => tracing::error!(error = %e, "media retention failed"),
-                },
-            }
+    let mut tick = tokio::time::interval(retention.interval);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => match media.sweep(&cfg, &retention).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "media retention"),
+                Err(e) => tracing::error!(error = %e, "media retention failed"),
+            },
         }
-    });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A core on loopback, port 0 everywhere, in `dir`.
+    fn config(dir: &std::path::Path) -> CoreConfig {
+        let mut c = CoreConfig::default();
+        c.storage.path = dir.join("core");
+        c.storage.sync = false;
+        c.search.path = Some(dir.join("search"));
+        c.media.url = None;
+        c.server.grpc_listen = "127.0.0.1:0".parse().unwrap();
+        c.server.http_listen = "127.0.0.1:0".parse().unwrap();
+        c.edge.plaintext = true;
+        c.server.shutdown_grace = Duration::from_secs(10);
+        c
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn shutdown_waits_for_every_task_and_leaves_the_store_closed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let grace = cfg.server.shutdown_grace;
+        let shutdown = CancellationToken::new();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let core = tokio::spawn(run(cfg.clone(), shutdown.clone(), move |b| {
+            let _ = tx.send(b);
+        }));
+        let bound = rx.await.expect("the core starts");
+        // A kept-alive HTTP connection and an idle gRPC connection are open
+        // when the shutdown begins.
+        let mut http = tokio::net::TcpStream::connect(bound.http).await.unwrap();
+        http.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 12];
+        http.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 200");
+        let _grpc = tokio::net::TcpStream::connect(bound.grpc).await.unwrap();
+
+        // The store is open: a second opening is refused (RocksDB's lock).
+        assert!(Store::open(&cfg.storage.path, false, 1 << 20).is_err());
+
+        let started = std::time::Instant::now();
+        shutdown.cancel();
+        tokio::time::timeout(grace, core)
+            .await
+            .expect("run returns within the grace period")
+            .unwrap()
+            .unwrap();
+        let took = started.elapsed();
+        // Reopened at once: nothing holds the store any more.
+        Store::open(&cfg.storage.path, false, 1 << 20).expect("the store was closed");
+        // Nothing listens any more.
+        assert!(tokio::net::TcpStream::connect(bound.grpc).await.is_err());
+        assert!(tokio::net::TcpStream::connect(bound.http).await.is_err());
+        assert!(took < grace, "shutdown took {took:?}");
+    }
 }

@@ -16,7 +16,7 @@ pub struct AgentConfig {
     /// `quic://core.example:50443` (QUIC, falling back to gRPC over TLS on
     /// the same port when UDP is blocked), `https://core.example:50443`
     /// (gRPC over TLS), `http://core.example:50051` (gRPC without TLS: only
-    /// to a core started with `--insecure-plaintext`, for local demos).
+    /// to a core on the same host started with `--edge-plaintext`, for local demos).
     #[serde(default = "default_core_url")]
     pub core_url: String,
     /// This agent's certificate and the CA it trusts (quic:// and https://).

@@ -411,7 +411,7 @@ async fn bad_dataset_b_is_refused_and_the_old_table_stays() {
             "127.0.0.1:0",
             "--http-listen",
             "127.0.0.1:0",
-            "--insecure-plaintext",
+            "--edge-plaintext",
             "--data-dir",
         ])
         .arg(dir.path().join("other"))

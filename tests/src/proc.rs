@@ -140,6 +140,11 @@ pub fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// In [`CoreArgs::extra`] (and not passed on): keep the core's default agent
+/// registry (enforced, `<data dir>/agents.toml`) instead of the harness's
+/// `--no-registry`.
+pub const DEFAULT_REGISTRY: &str = "<default registry>";
+
 /// How to start a core.
 #[derive(Debug, Clone)]
 pub struct CoreArgs {
@@ -254,13 +259,11 @@ impl Core {
             "serve".to_string(),
             "--grpc-listen".into(),
             args.grpc.to_string(),
-            "--http-listen".into(),
-            "127.0.0.1:0".into(),
             "--data-dir".into(),
             args.data_dir.display().to_string(),
             // Both: TLS on the edge link, and plaintext on the gRPC port for
             // the tests that drive the protocol by hand.
-            "--insecure-plaintext".into(),
+            "--edge-plaintext".into(),
             "--tls-dir".into(),
             pki(&args.data_dir.with_extension("pki"))
                 .display()
@@ -268,11 +271,29 @@ impl Core {
             "--edge-listen".into(),
             args.edge.to_string(),
         ];
+        if !args.extra.iter().any(|a| a == "--http-listen") {
+            a.extend(["--http-listen".into(), "127.0.0.1:0".into()]);
+        }
+        // The agent registry: the core's own (enforced, in its data dir)
+        // when asked for, an explicit one when given; otherwise off, for the
+        // tests that are not about it and publish for arbitrary cameras.
+        if !args
+            .extra
+            .iter()
+            .any(|a| a == "--registry" || a == DEFAULT_REGISTRY)
+        {
+            a.push("--no-registry".into());
+        }
         if let Some(l) = &args.locations {
             a.push("--locations".into());
             a.push(l.display().to_string());
         }
-        a.extend(args.extra.iter().cloned());
+        a.extend(
+            args.extra
+                .iter()
+                .filter(|a| *a != DEFAULT_REGISTRY)
+                .cloned(),
+        );
         let log = args.data_dir.with_extension("log");
         let proc = Proc::spawn("sightline-core", &a, log);
         let line = proc.wait_line("sightline-core listening", Duration::from_secs(30));
@@ -393,7 +414,12 @@ impl Agent {
         if args.exit_when_drained {
             a.push("--exit-when-drained".into());
         }
-        a.extend(args.extra.iter().cloned());
+        a.extend(
+            args.extra
+                .iter()
+                .filter(|a| *a != DEFAULT_REGISTRY)
+                .cloned(),
+        );
         a.extend(args.command.iter().cloned());
         let log = args.data_dir.with_extension("log");
         let proc = Proc::spawn("sightline-agent", &a, log);

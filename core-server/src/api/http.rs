@@ -18,6 +18,9 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     pub locations: Arc<Locations>,
     pub admin: Arc<AdminToken>,
+    /// Whether this port serves TLS (`server.tls_cert`): cookies may then be
+    /// `Secure`.
+    pub tls: bool,
 }
 
 pub fn router(state: HttpState) -> Router {

@@ -23,6 +23,7 @@ use std::{
     collections::HashMap,
     future::Future,
     net::{IpAddr, SocketAddr},
+    path::Path,
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
@@ -34,6 +35,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
     time::Sleep,
 };
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -209,6 +211,10 @@ pub struct Timeouts {
 pub struct ConnLimits {
     pub gate: Arc<Gate>,
     pub timeouts: Timeouts,
+    /// Cancelled at the end of a shutdown's connection drain: every open
+    /// connection is then cut (its reads and writes fail), whatever it was
+    /// doing — an idle one, a `Subscribe` stream, a live feed.
+    pub cut: CancellationToken,
 }
 
 impl ConnLimits {
@@ -230,6 +236,7 @@ impl ConnLimits {
                 header: cfg.header_timeout,
                 idle: cfg.idle_timeout,
             },
+            cut: CancellationToken::new(),
         }
     }
 
@@ -237,7 +244,7 @@ impl ConnLimits {
     /// why it is refused.
     pub fn admit<T>(&self, tcp: T, peer: SocketAddr) -> Result<Guarded<T>, (T, Refused)> {
         match self.gate.try_acquire(peer.ip()) {
-            Ok(slot) => Ok(Guarded::new(tcp, slot, self.timeouts)),
+            Ok(slot) => Ok(Guarded::new(tcp, slot, self.timeouts, self.cut.clone())),
             Err(r) => Err((tcp, r)),
         }
     }
@@ -249,7 +256,7 @@ impl ConnLimits {
         &self,
         listener: TcpListener,
         stop: CancellationToken,
-        refusal: impl Fn(&Refused) -> Option<String>,
+        refusal: impl Fn(&Refused) -> Option<Vec<u8>>,
         mut serve: impl FnMut(Guarded<TcpStream>, SocketAddr),
     ) {
         let mut last_error_log: Option<Instant> = None;
@@ -275,13 +282,59 @@ impl ConnLimits {
                 Ok(io) => serve(io, peer),
                 Err((tcp, r)) => {
                     if let Some(reply) = refusal(&r) {
-                        let _ = tcp.try_write(reply.as_bytes());
+                        self.say_and_close(tcp, reply);
                     }
                 }
             }
         }
     }
 }
+
+impl ConnLimits {
+    /// Writes `reply` to a refused connection (if it fits in the socket
+    /// buffer at once), then closes it so that the peer reads it: the write
+    /// side is shut, and what the peer already sent is read and dropped for
+    /// up to [`REFUSAL_LINGER`] — closing with unread bytes would make the
+    /// kernel reset the connection, and the peer would lose the reply. At
+    /// most [`MAX_LINGERING`] refused connections linger at once; past that
+    /// one is closed at once.
+    fn say_and_close(&self, tcp: TcpStream, reply: Vec<u8>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static LINGERING: AtomicUsize = AtomicUsize::new(0);
+        if tcp.try_write(&reply).is_err() {
+            return;
+        }
+        if LINGERING.fetch_add(1, Ordering::Relaxed) >= MAX_LINGERING {
+            LINGERING.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut tcp = tcp;
+            let _ = tcp.shutdown().await;
+            let mut sink = [0u8; 4096];
+            let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+                let mut read = 0;
+                while read < REFUSAL_MAX_DRAIN {
+                    match tcp.read(&mut sink).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => read += n,
+                    }
+                }
+            })
+            .await;
+            LINGERING.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+/// How long a refused connection is kept to let its reply reach the peer.
+pub const REFUSAL_LINGER: Duration = Duration::from_millis(500);
+/// Most bytes read (and dropped) from a refused connection while it lingers.
+const REFUSAL_MAX_DRAIN: usize = 64 * 1024;
+/// Most refused connections lingering at once (each holds a descriptor for
+/// up to [`REFUSAL_LINGER`]).
+pub const MAX_LINGERING: usize = 64;
 
 /// A connection holding its [`Slot`], closed when silent too long (see
 /// [`Timeouts`]).
@@ -296,10 +349,12 @@ pub struct Guarded<T> {
     /// Whether the peer has sent anything yet (until then, the header
     /// timeout from the accept applies, whatever the core wrote).
     spoken: bool,
+    /// Fires when the connection is cut at shutdown ([`ConnLimits::cut`]).
+    cut: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
 }
 
 impl<T> Guarded<T> {
-    fn new(inner: T, slot: Slot, timeouts: Timeouts) -> Self {
+    fn new(inner: T, slot: Slot, timeouts: Timeouts, cut: CancellationToken) -> Self {
         let now = tokio::time::Instant::now();
         Self {
             inner,
@@ -308,6 +363,7 @@ impl<T> Guarded<T> {
             deadline: Box::pin(tokio::time::sleep_until(now + timeouts.header)),
             last: now,
             spoken: false,
+            cut: Box::pin(cut.cancelled_owned()),
         }
     }
 
@@ -320,9 +376,12 @@ impl<T> Guarded<T> {
         }
     }
 
-    /// Whether the connection has been silent too long (else a wake-up is
-    /// registered for when it would be).
+    /// Whether the connection has been silent too long or was cut (else a
+    /// wake-up is registered for when it would be).
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.cut.as_mut().poll(cx).is_ready() {
+            return true;
+        }
         let limit = if self.spoken {
             self.timeouts.idle
         } else {
@@ -343,7 +402,14 @@ impl<T> Guarded<T> {
         false
     }
 
-    fn timed_out(&self) -> std::io::Error {
+    fn timed_out(&mut self) -> std::io::Error {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if self.cut.as_mut().poll(&mut cx).is_ready() {
+            return std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the core is shutting down: connection closed",
+            );
+        }
         let (what, after) = if self.spoken {
             ("no bytes moved", self.timeouts.idle)
         } else {
@@ -475,14 +541,20 @@ pub fn per_listener_cap(configured: usize, open_files: Option<u64>) -> usize {
 }
 
 /// Serves `app` over HTTP/1.1 (and HTTP/2 with prior knowledge) on
-/// `listener` until `stop`, within `limits`: each request carries the
-/// client's address as [`axum::extract::ConnectInfo`]; over a cap the client
-/// gets `503` and the connection is closed. Returns when every connection has
-/// ended (after `stop`, each is asked to finish its request and close).
+/// `listener` (over TLS when `tls` is set), within `limits`: each request
+/// carries the client's address as
+/// [`axum::extract::ConnectInfo`]; over a cap the client gets `503` naming
+/// the cap and its config key, and the connection is closed. Accepts until
+/// `accept` is cancelled; once `stop` is, each connection is asked to finish
+/// its request and close (one that does not, e.g. a live feed's stream, ends
+/// when [`ConnLimits::cut`] cuts it). Returns when every connection has
+/// ended.
 pub async fn serve_http(
     listener: TcpListener,
     app: axum::Router,
     limits: ConnLimits,
+    tls: Option<TlsAcceptor>,
+    accept: CancellationToken,
     stop: CancellationToken,
 ) {
     use hyper_util::{
@@ -507,31 +579,40 @@ pub async fn serve_http(
     // Every connection task holds a sender; all dropped = all ended.
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
     limits
-        .accept_loop(listener, stop.clone(), refusal_503, |io, peer| {
-            let svc = app.clone().map_request(
-                move |mut req: axum::http::Request<hyper::body::Incoming>| {
-                    req.extensions_mut()
-                        .insert(axum::extract::ConnectInfo(peer));
-                    req
-                },
-            );
-            let (builder, stop, done) = (builder.clone(), stop.clone(), done_tx.clone());
-            tokio::spawn(async move {
-                let _done = done;
-                let conn = builder.serve_connection_with_upgrades(
-                    TokioIo::new(io),
-                    TowerToHyperService::new(svc),
+        .accept_loop(
+            listener,
+            accept,
+            plain_only(&tls, refusal_503),
+            |io, peer| {
+                let svc = app.clone().map_request(
+                    move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                        req.extensions_mut()
+                            .insert(axum::extract::ConnectInfo(peer));
+                        req
+                    },
                 );
-                tokio::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    _ = stop.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
+                let (builder, stop, done) = (builder.clone(), stop.clone(), done_tx.clone());
+                let (tls, within) = (tls.clone(), limits.timeouts.header);
+                tokio::spawn(async move {
+                    let _done = done;
+                    let Some(io) = MaybeTls::accept(io, tls.as_ref(), within, peer).await else {
+                        return;
+                    };
+                    let conn = builder.serve_connection_with_upgrades(
+                        TokioIo::new(io),
+                        TowerToHyperService::new(svc),
+                    );
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = stop.cancelled() => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
                     }
-                }
-            });
-        })
+                });
+            },
+        )
         .await;
     drop(done_tx);
     let _ = done_rx.recv().await;
@@ -542,42 +623,219 @@ const HTTP2_MAX_STREAMS: u32 = 64;
 /// HTTP/2 keepalive ping interval, and how long its answer may take.
 const HTTP2_KEEPALIVE: Duration = Duration::from_secs(20);
 
-/// The answer to an HTTP connection over a cap.
-fn refusal_503(r: &Refused) -> Option<String> {
+/// The answer to an HTTP connection over a cap: `503`, naming the cap and
+/// its config key.
+fn refusal_503(r: &Refused) -> Option<Vec<u8>> {
     let body = format!("too many connections: {r}\n");
     Some(format!(
         "HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\nretry-after: 1\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
-    ))
+    ).into_bytes())
+}
+
+/// The answer to a gRPC (HTTP/2) connection over a cap: the server's
+/// preface (an empty SETTINGS frame), then GOAWAY with `ENHANCE_YOUR_CALM`
+/// and the cap and its config key as debug data, which HTTP/2 clients log.
+fn refusal_goaway(r: &Refused) -> Option<Vec<u8>> {
+    const SETTINGS: u8 = 0x4;
+    const GOAWAY: u8 = 0x7;
+    const ENHANCE_YOUR_CALM: u32 = 0xb;
+    let debug = format!("too many connections: {r}");
+    let frame = |kind: u8, payload: &[u8]| {
+        let len = (payload.len() as u32).to_be_bytes();
+        let mut f = vec![len[1], len[2], len[3], kind, 0, 0, 0, 0, 0];
+        f.extend_from_slice(payload);
+        f
+    };
+    let mut goaway = Vec::with_capacity(8 + debug.len());
+    goaway.extend_from_slice(&0u32.to_be_bytes()); // last stream id: none served
+    goaway.extend_from_slice(&ENHANCE_YOUR_CALM.to_be_bytes());
+    goaway.extend_from_slice(debug.as_bytes());
+    let mut out = frame(SETTINGS, &[]);
+    out.extend(frame(GOAWAY, &goaway));
+    Some(out)
 }
 
 /// Admitted gRPC connections waiting for tonic to take them.
 const GRPC_ACCEPT_QUEUE: usize = 128;
 
-/// Serves nothing itself: the gRPC listener's admitted connections, as the
-/// stream `tonic`'s `serve_with_incoming_shutdown` takes.
+/// Serves nothing itself: the gRPC listener's admitted connections (after
+/// the TLS handshake when `tls` is set), as the stream `tonic`'s
+/// `serve_with_incoming_shutdown` takes.
 pub fn grpc_incoming(
     listener: TcpListener,
     limits: ConnLimits,
+    tls: Option<TlsAcceptor>,
     stop: CancellationToken,
-) -> tokio_stream::wrappers::ReceiverStream<Result<Guarded<TcpStream>, std::io::Error>> {
+) -> tokio_stream::wrappers::ReceiverStream<Result<MaybeTls, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(GRPC_ACCEPT_QUEUE);
+    let within = limits.timeouts.header;
     tokio::spawn(async move {
         limits
             .accept_loop(
                 listener,
                 stop,
-                |_| None,
-                |io, _| {
+                plain_only(&tls, refusal_goaway),
+                |io, peer| match &tls {
                     // Full only while tonic is busy taking the previous ones;
                     // a connection that does not fit is closed (counted as
                     // not served, like any refusal).
-                    let _ = tx.try_send(Ok(io));
+                    None => {
+                        let _ = tx.try_send(Ok(MaybeTls::Plain(io)));
+                    }
+                    Some(acceptor) => {
+                        let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                        tokio::spawn(async move {
+                            if let Some(io) =
+                                MaybeTls::accept(io, Some(&acceptor), within, peer).await
+                            {
+                                let _ = tx.send(Ok(io)).await;
+                            }
+                        });
+                    }
                 },
             )
             .await
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// `refusal` on a plaintext listener; nothing on a TLS one (no byte may be
+/// sent before the handshake: the refusal is logged and counted only).
+fn plain_only(
+    tls: &Option<TlsAcceptor>,
+    refusal: fn(&Refused) -> Option<Vec<u8>>,
+) -> impl Fn(&Refused) -> Option<Vec<u8>> {
+    let plain = tls.is_none();
+    move |r| if plain { refusal(r) } else { None }
+}
+
+/// The TLS side of a listener (the dashboard/HTTP port, the query gRPC
+/// port): the certificate chain in `cert` (PEM, the server's first) and its
+/// key in `key` (PEM), offering `alpn`. rustls with the ring provider, TLS
+/// 1.2 and 1.3, no client certificate.
+pub fn tls_acceptor(cert: &Path, key: &Path, alpn: &[&[u8]]) -> anyhow::Result<TlsAcceptor> {
+    use anyhow::Context as _;
+    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("config `server.tls_cert`: reading {}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("config `server.tls_cert`: {}", cert.display()))?;
+    if chain.is_empty() {
+        anyhow::bail!(
+            "config `server.tls_cert`: {} holds no certificate",
+            cert.display()
+        );
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("config `server.tls_key`: reading {}", key.display()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(crate::edge::provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("config `server.tls_key`: does not match server.tls_cert")?;
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// An admitted connection, in the clear or over TLS.
+pub enum MaybeTls {
+    Plain(Guarded<TcpStream>),
+    Tls(Box<tokio_rustls::server::TlsStream<Guarded<TcpStream>>>),
+}
+
+impl MaybeTls {
+    /// `io` as it is, or after its TLS handshake (within `within`, else it
+    /// is closed; a failed handshake is logged at debug level).
+    pub async fn accept(
+        io: Guarded<TcpStream>,
+        tls: Option<&TlsAcceptor>,
+        within: Duration,
+        peer: SocketAddr,
+    ) -> Option<Self> {
+        let Some(acceptor) = tls else {
+            return Some(Self::Plain(io));
+        };
+        match tokio::time::timeout(within, acceptor.accept(io)).await {
+            Ok(Ok(s)) => Some(Self::Tls(Box::new(s))),
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(peer = %peer, "no TLS handshake within connections.header_timeout");
+                None
+            }
+        }
+    }
+}
+
+impl AsyncRead for MaybeTls {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            Self::Tls(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for MaybeTls {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(io) => Pin::new(io).poll_write(cx, buf),
+            Self::Tls(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            Self::Tls(io) => Pin::new(io.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(io) => io.is_write_vectored(),
+            Self::Tls(io) => io.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(io) => Pin::new(io).poll_flush(cx),
+            Self::Tls(io) => Pin::new(io.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(io) => Pin::new(io).poll_shutdown(cx),
+            Self::Tls(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl tonic::transport::server::Connected for MaybeTls {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        match self {
+            Self::Plain(io) => io.connect_info(),
+            Self::Tls(io) => io.get_ref().0.connect_info(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -633,6 +891,7 @@ mod tests {
                 header: Duration::from_millis(200),
                 idle: Duration::from_secs(60),
             },
+            cut: CancellationToken::new(),
         };
         let mut io = limits.admit(server, peer).ok().unwrap();
         assert_eq!(limits.gate.open(), 1);

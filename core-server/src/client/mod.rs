@@ -1,7 +1,7 @@
 //! The terminal client: the obvious questions from a shell.
 //!
 //! `top` (X items per location over a range), `tail` (live joined events),
-//! `fleet`, `quarantine`, `stats`, `reload`; accounts, API tokens and
+//! `fleet`, `quarantine`, `stats`, `reload`, `grant`; accounts, API tokens and
 //! sessions (`users`, `tokens`, `sessions`, see [`admin`]).
 //!
 //! Every call carries a credential: `SIGHTLINE_TOKEN` (an API token, or the
@@ -15,8 +15,9 @@ use std::time::Duration;
 use clap::Subcommand;
 use futures::StreamExt;
 use sightline_proto::v1::{
-    admin_client::AdminClient, query_client::QueryClient, EventFilter, FleetRequest, JoinedEvent,
-    ListQuarantineRequest, ReloadLocationsRequest, StatsRequest, SubscribeRequest, TopItemsRequest,
+    admin_client::AdminClient, query_client::QueryClient, AgentGrant, EventFilter, FleetRequest,
+    JoinedEvent, ListQuarantineRequest, ReloadLocationsRequest, StatsRequest, SubscribeRequest,
+    TopItemsRequest,
 };
 use tonic::metadata::{Ascii, MetadataValue};
 
@@ -82,6 +83,27 @@ pub enum ClientCommand {
         /// Another file than the configured one.
         #[arg(long)]
         path: Option<String>,
+        /// The core's admin token file (`server.admin_token_file`).
+        #[arg(
+            long,
+            env = "SIGHTLINE_ADMIN_TOKEN_FILE",
+            default_value = "data/core/admin.token"
+        )]
+        admin_token_file: std::path::PathBuf,
+    },
+    /// Grant an agent the cameras (and locations) it may publish for; a new
+    /// agent is refused until granted. Lifts a revocation.
+    Grant {
+        /// The agent id (its certificate's common name).
+        #[arg(long)]
+        agent_id: String,
+        /// Camera ids (video_camera_oid), comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        cameras: Vec<i64>,
+        /// Location ids (geographical_location_oid), comma-separated; none:
+        /// any location.
+        #[arg(long, value_delimiter = ',')]
+        locations: Vec<i64>,
         /// The core's admin token file (`server.admin_token_file`).
         #[arg(
             long,
@@ -160,13 +182,36 @@ impl tonic::service::Interceptor for WithCredential {
 
 /// Runs a client command against the core at `url`.
 pub async fn run(url: String, cmd: ClientCommand) -> anyhow::Result<()> {
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())?
-        .connect_timeout(Duration::from_secs(5))
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())?
+        .connect_timeout(Duration::from_secs(5));
+    if url.starts_with("https://") {
+        // The query port over TLS (`server.tls_cert`): trust the CA that
+        // issued its certificate, and only that.
+        let ca = std::env::var_os("SIGHTLINE_CA").ok_or_else(|| {
+            anyhow::anyhow!(
+                "SIGHTLINE_CORE is {url}: set SIGHTLINE_CA to the CA certificate that issued the core's (e.g. data/pki/ca.pem)"
+            )
+        })?;
+        let pem = std::fs::read(&ca).map_err(|e| {
+            anyhow::anyhow!(
+                "reading SIGHTLINE_CA {}: {e}",
+                std::path::Path::new(&ca).display()
+            )
+        })?;
+        endpoint = endpoint.tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+        )?;
+    }
+    let channel = endpoint
         .connect()
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach the core at {url}: {e}"))?;
     let file = match &cmd {
         ClientCommand::Reload {
+            admin_token_file, ..
+        }
+        | ClientCommand::Grant {
             admin_token_file, ..
         } => Some(admin_token_file.as_path()),
         _ => None,
@@ -342,6 +387,34 @@ pub async fn run(url: String, cmd: ClientCommand) -> anyhow::Result<()> {
                 .map_err(|s| anyhow::anyhow!("{}", s.message()))?
                 .into_inner();
             println!("loaded {} locations from {}", r.rows, r.path);
+        }
+        ClientCommand::Grant {
+            agent_id,
+            cameras,
+            locations,
+            ..
+        } => {
+            let g = admin_client
+                .clone()
+                .grant_agent(AgentGrant {
+                    agent_id,
+                    cameras,
+                    locations,
+                    revoked: false,
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner();
+            println!(
+                "granted agent {}: cameras {:?}, locations {}",
+                g.agent_id,
+                g.cameras,
+                if g.locations.is_empty() {
+                    "any".to_string()
+                } else {
+                    format!("{:?}", g.locations)
+                }
+            );
         }
     }
     Ok(())

@@ -101,7 +101,9 @@ impl SessionRefusal {
         match self {
             Self::Revoked => format!("agent {agent:?} is revoked; an operator must grant it again"),
             Self::Unregistered => format!(
-                "agent {agent:?} is not in the core's agent registry: no camera is registered to it"
+                "agent {agent:?} is not granted in the core's agent registry, so it may not publish: \
+                 an admin grants it its cameras with `sightline-core grant --agent-id {agent} --cameras <ids>` \
+                 (or the Admin API's GrantAgent); it is admitted at its next connection"
             ),
             Self::RetiredCertificate { issued, revoked } => format!(
                 "this certificate of agent {agent:?} was issued at {} and the agent was revoked at {}: \
@@ -112,6 +114,15 @@ impl SessionRefusal {
         }
     }
 }
+
+/// What a new registry file says: nothing granted yet.
+const EMPTY_REGISTRY: &str = "\
+# The agent registry: the cameras (and locations) each agent may publish for.
+# Empty: every agent is refused until an admin grants it, e.g.
+#   sightline-core grant --agent-id gate-3 --cameras 301,302
+# (or the Admin API's GrantAgent), which rewrites this file. See
+# deploy/agents.example.toml for the format; SIGHUP reloads hand edits.
+";
 
 /// The registry in force; swapped whole on every change.
 pub struct Registry {
@@ -134,6 +145,26 @@ impl Registry {
             agents: ArcSwap::from_pointee(agents),
             write: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Loads `path`, first writing it empty (a comment saying how agents
+    /// are granted) when it does not exist.
+    pub fn open_or_create(path: PathBuf) -> Result<Self, RegistryError> {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut f) => {
+                use std::io::Write;
+                f.write_all(EMPTY_REGISTRY.as_bytes())
+                    .and_then(|()| f.sync_all())
+                    .map_err(|e| file_err(&path, e))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(file_err(&path, e)),
+        }
+        Self::open(Some(path))
     }
 
     pub fn enforced(&self) -> bool {
@@ -419,6 +450,32 @@ mod tests {
         assert_eq!(r.list().len(), 3);
         assert_eq!(r.admit("old-host", None), Err(SessionRefusal::Revoked));
         assert_eq!(r.admit("gate-3", None), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn a_missing_registry_file_is_created_empty_and_refuses_everyone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agents.toml");
+        let r = Registry::open_or_create(path.clone()).unwrap();
+        assert!(r.enforced());
+        assert!(path.exists());
+        let refused = r.admit("new", None).unwrap_err();
+        assert_eq!(refused, SessionRefusal::Unregistered);
+        let why = refused.explain("new");
+        assert!(
+            why.contains("not granted") && why.contains("sightline-core grant"),
+            "{why}"
+        );
+        r.grant_agent(AgentGrant {
+            agent_id: "new".into(),
+            cameras: vec![1],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        // An existing file is kept as it is.
+        let again = Registry::open_or_create(path).unwrap();
+        assert_eq!(again.admit("new", None), Ok(()));
     }
 
     #[test]

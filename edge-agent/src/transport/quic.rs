@@ -339,7 +339,8 @@ fn crypto_alert(e: &ConnectionError) -> Option<u64> {
         ConnectionError::TransportError(t) => t.code.into(),
         _ => return None,
     };
-    (0x100..0x200).contains(&code).then_some(code - 0x100)
+    // `then`, not `then_some`: `code - 0x100` must not be computed below 0x100.
+    (0x100..0x200).contains(&code).then(|| code - 0x100)
 }
 
 impl Transport for QuicTransport {
