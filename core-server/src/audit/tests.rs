@@ -416,6 +416,33 @@ async fn the_admin_query_pages_newest_first_and_export_keeps_the_stored_lines() 
 }
 
 #[test]
+fn the_fast_reading_of_a_line_agrees_with_json() {
+    for i in [1u64, 7, 1234] {
+        let mut r = super::Record {
+            seq: i,
+            time: -5 + i as i64,
+            actor: Actor::Token("ci".into()),
+            source: None,
+            action: Action::Search,
+            det_oid: None,
+            camera: None,
+            location: Some(2),
+            object: None,
+            detail: serde_json::Map::from_iter([("q".to_string(), "x,\"seq\":9".into())]),
+            outcome: super::Outcome::Denied,
+            prev_hash: super::record::sha256_hex(&i.to_le_bytes()),
+            hash: String::new(),
+        };
+        let line = r.seal();
+        let split = super::record::split_line(&line).unwrap();
+        let fast = super::record::Link::from_layout(split.body_open).unwrap();
+        let json: super::record::Link = serde_json::from_str(&line).unwrap();
+        assert_eq!(fast, json);
+        assert_eq!(serde_json::from_str::<super::Record>(&line).unwrap(), r);
+    }
+}
+
+#[test]
 fn every_action_has_one_stored_name() {
     for (a, name) in ACTIONS {
         assert_eq!(serde_json::to_value(a).unwrap(), *name);

@@ -275,13 +275,16 @@ impl Walk {
                     ProblemKind::Malformed("no trailing \"hash\" field".into()),
                 )
             })?;
-            let link: Link = serde_json::from_str(text).map_err(|e| {
-                at(
-                    line_no,
-                    Some(expected),
-                    ProblemKind::Malformed(e.to_string()),
-                )
-            })?;
+            let link = match Link::from_layout(split.body_open) {
+                Some(l) => l,
+                None => serde_json::from_str::<Link>(text).map_err(|e| {
+                    at(
+                        line_no,
+                        Some(expected),
+                        ProblemKind::Malformed(e.to_string()),
+                    )
+                })?,
+            };
             let computed = body_hash(split.body_open);
             if computed != split.stored_hash {
                 return Err(at(
@@ -352,7 +355,8 @@ impl Walk {
             self.report.first_seq.get_or_insert(link.seq);
             self.report.records += 1;
             self.report.last_seq = link.seq;
-            self.report.last_hash = split.stored_hash.to_string();
+            self.report.last_hash.clear();
+            self.report.last_hash.push_str(split.stored_hash);
         }
         Ok(())
     }
