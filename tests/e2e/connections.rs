@@ -194,12 +194,17 @@ async fn live_feeds_are_capped_per_client_and_the_held_ones_keep_ticking() {
         "[connections]\nheader_timeout = \"2s\"\nidle_timeout = \"4s\"\n[live]\nmax_feeds = 10\nmax_feeds_per_client = 2\n",
     );
     let http = core.http;
-    let open_feed = move || async move {
-        let mut s = TcpStream::connect(http).await.unwrap();
-        s.write_all(b"GET /api/live HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        s
+    let request = format!(
+        "GET /api/live HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        core.admin_token()
+    );
+    let open_feed = move || {
+        let request = request.clone();
+        async move {
+            let mut s = TcpStream::connect(http).await.unwrap();
+            s.write_all(request.as_bytes()).await.unwrap();
+            s
+        }
     };
     let mut feeds = Vec::new();
     for _ in 0..2 {
@@ -228,11 +233,14 @@ async fn live_feeds_are_capped_per_client_and_the_held_ones_keep_ticking() {
     wait_for(
         "a free live feed place",
         Duration::from_secs(10),
-        move || async move {
-            let mut s = open_feed().await;
-            let mut buf = [0u8; 12];
-            s.read_exact(&mut buf).await.ok()?;
-            (&buf == b"HTTP/1.1 200").then_some(())
+        move || {
+            let open_feed = open_feed.clone();
+            async move {
+                let mut s = open_feed().await;
+                let mut buf = [0u8; 12];
+                s.read_exact(&mut buf).await.ok()?;
+                (&buf == b"HTTP/1.1 200").then_some(())
+            }
         },
     )
     .await;
