@@ -352,7 +352,8 @@ async fn bad_dataset_b_is_refused_and_the_old_table_stays() {
     let err = open.reload_locations(wrong).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
     assert!(
-        err.message().contains("neither the admin token nor an API token"),
+        err.message()
+            .contains("neither the admin token nor an API token"),
         "{}",
         err.message()
     );
