@@ -47,6 +47,19 @@ grant demo-agent-2 201,202,203,204
 grant demo-agent-3 301,302,303,304
 grant demo-camera-host 901
 
+# Every query and page needs a credential. The terminal client uses the
+# core's admin token; the dashboard needs an account: on the first run the
+# demo makes an admin with a generated password (read by the CLI from
+# stdin), kept in $DATA/admin.password (mode 0600) and printed below.
+export SIGHTLINE_CORE="http://$GRPC" SIGHTLINE_ADMIN_TOKEN_FILE="$DATA/core/admin.token"
+if [ ! -s "$DATA/admin.password" ]; then
+  PASSWORD=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
+  (umask 077; printf '%s\n' "$PASSWORD" >"$DATA/admin.password")
+  printf '%s\n' "$PASSWORD" | "$BIN/sightline-core" users add admin --role admin >/dev/null 2>"$DATA/users.log" \
+    || { echo "could not create the admin account; see $DATA/users.log"; rm -f "$DATA/admin.password"; exit 1; }
+fi
+PASSWORD=$(cat "$DATA/admin.password")
+
 # Agent i runs cameras i*100+1..i*100+4 at locations spread over Dataset B;
 # location 13 is not in Dataset B, to show unmatched events.
 for i in 1 2 3; do
@@ -87,15 +100,21 @@ Sightline demo running: core + 3 agents x 4 cameras, 10,000 events/s, 5% duplica
 and a camera host whose detections come with snapshots and clips; agents reach
 the core over QUIC with mutual TLS ($EDGE), each only for its own cameras.
 
-  dashboard:               http://$HTTP/
+  dashboard:               http://$HTTP/   log in as  admin / $PASSWORD
+                           (kept in $DATA/admin.password; more accounts: see below)
 
-  top items per location:  SIGHTLINE_CORE=http://$GRPC $BIN/sightline-core top --last 5m -x 5
-  live joined events:      SIGHTLINE_CORE=http://$GRPC $BIN/sightline-core tail --count 20
-  fleet:                   SIGHTLINE_CORE=http://$GRPC $BIN/sightline-core fleet
+The terminal client uses the core's admin token; in another shell first:
+  export SIGHTLINE_CORE=http://$GRPC SIGHTLINE_ADMIN_TOKEN_FILE=$DATA/core/admin.token
+
+  top items per location:  $BIN/sightline-core top --last 5m -x 5
+  live joined events:      $BIN/sightline-core tail --count 20
+  fleet:                   $BIN/sightline-core fleet
+  totals:                  $BIN/sightline-core stats
+  a viewer account:        $BIN/sightline-core users add alice --role viewer --locations 1,2   (password on stdin)
+  an API token:            $BIN/sightline-core tokens create --name wall --role viewer --expires 90d
   agent registry:          $DATA/core/agents.toml (grpcurl -plaintext -H "authorization: Bearer \$(cat $DATA/core/admin.token)" $GRPC sightline.v1.Admin/ListGrants)
-  totals:                  SIGHTLINE_CORE=http://$GRPC $BIN/sightline-core stats
   metrics:                 curl http://$HTTP/metrics
-  gRPC (reflection on):    grpcurl -plaintext $GRPC list
+  gRPC (reflection on):    grpcurl -plaintext -H "authorization: Bearer \$(cat $DATA/core/admin.token)" $GRPC list
   logs:                    $DATA/*.log
 
 Ctrl-C stops everything.

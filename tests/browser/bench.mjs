@@ -3,10 +3,12 @@
 // commit → on-screen lag of the rows the Live page shows, measured in the page
 // by a MutationObserver (each row carries its commit time, same machine clock).
 // Prints one JSON object.
-import { launch, until } from './chromium.mjs';
+import { launch, login, until } from './chromium.mjs';
 
 const base = process.argv[2];
 const seconds = Number(process.argv[3] || 20);
+// The account to log in as (argv 4 and 5: name and password).
+const user = { name: process.argv[4], password: process.argv[5] };
 const browser = await launch();
 const out = {};
 
@@ -14,6 +16,7 @@ const out = {};
 const paints = [];
 for (let i = 0; i < 5; i++) {
   const ctx = await browser.newContext();
+  await login(ctx, base, user);
   const page = await ctx.newPage();
   await page.goto(base + '/', { waitUntil: 'load' });
   await until(() => page.evaluate(() => performance.getEntriesByType('paint').length > 0), 10000);
@@ -27,6 +30,7 @@ out.first_paints = paints;
 
 // Live lag: rows as they appear on screen.
 const ctx = await browser.newContext();
+await login(ctx, base, user);
 const page = await ctx.newPage();
 await page.goto(base + '/');
 await until(() => page.locator('.state.live').count(), 30000);

@@ -11,6 +11,17 @@ export async function launch() {
   });
 }
 
+/// Logs `ctx` in through the dashboard's /login form as `user`
+/// ({ name, password }); throws with the page's message if refused.
+export async function login(ctx, base, user) {
+  const page = await ctx.newPage();
+  await page.goto(base + '/login');
+  await page.fill('input[name=name]', user.name);
+  await page.fill('input[name=password]', user.password);
+  await Promise.all([page.waitForURL(u => !u.pathname.startsWith('/login')), page.click('button[type=submit]')]);
+  await page.close();
+}
+
 /// Waits until `fn()` is truthy (polling), or returns its last value after `ms`.
 export async function until(fn, ms, step = 100) {
   const end = Date.now() + ms;

@@ -3,16 +3,28 @@
 // screenshots). Output: one JSON object on stdout with what was observed;
 // the Rust test compares it with the gRPC API and the ground truth.
 import { mkdirSync } from 'node:fs';
-import { launch, until, num } from './chromium.mjs';
+import { launch, login, until, num } from './chromium.mjs';
 
 const cfg = JSON.parse(process.argv[2]);
 mkdirSync(cfg.artifacts, { recursive: true });
 const out = { errors: [] };
 const browser = await launch();
 
-// 1. Server-side rendering: with JavaScript off, the Live page has its rows.
+// 0. Without a session, a page sends the browser to the login form.
+{
+  const ctx = await browser.newContext();
+  const page = await ctx.newPage();
+  await page.goto(cfg.base + '/top');
+  const u = new URL(page.url());
+  out.anonymous_landed_on = u.pathname + u.search;
+  await ctx.close();
+}
+
+// 1. Server-side rendering: with JavaScript off, the Live page has its rows
+// (after a login through the plain HTML form).
 {
   const ctx = await browser.newContext({ javaScriptEnabled: false });
+  await login(ctx, cfg.base, cfg.user);
   const page = await ctx.newPage();
   await page.goto(cfg.base + '/');
   out.ssr_rows = await page.locator('table.events tbody tr').count();
@@ -21,6 +33,7 @@ const browser = await launch();
 }
 
 const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+await login(ctx, cfg.base, cfg.user);
 const page = await ctx.newPage();
 page.on('console', m => { if (m.type() === 'error') out.errors.push(`console: ${m.text()} @ ${page.url()}`); });
 page.on('pageerror', e => out.errors.push(`pageerror: ${e.message} @ ${page.url()}`));

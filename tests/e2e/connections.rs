@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sightline_proto::v1::{query_client::QueryClient, StatsRequest, SubscribeRequest};
+use sightline_proto::v1::{StatsRequest, SubscribeRequest};
 use sightline_tests::{
     data::write_locations,
     query::{all_events, stats},
@@ -20,7 +20,7 @@ use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpSocket, TcpStream},
 };
-use tonic::{transport::Channel, Code};
+use tonic::Code;
 
 const LOCATIONS: &[i64] = &[1, 2, 3];
 
@@ -194,12 +194,17 @@ async fn live_feeds_are_capped_per_client_and_the_held_ones_keep_ticking() {
         "[connections]\nheader_timeout = \"2s\"\nidle_timeout = \"4s\"\n[live]\nmax_feeds = 10\nmax_feeds_per_client = 2\n",
     );
     let http = core.http;
-    let open_feed = move || async move {
-        let mut s = TcpStream::connect(http).await.unwrap();
-        s.write_all(b"GET /api/live HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        s
+    let request = format!(
+        "GET /api/live HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        core.admin_token()
+    );
+    let open_feed = move || {
+        let request = request.clone();
+        async move {
+            let mut s = TcpStream::connect(http).await.unwrap();
+            s.write_all(request.as_bytes()).await.unwrap();
+            s
+        }
     };
     let mut feeds = Vec::new();
     for _ in 0..2 {
@@ -228,24 +233,27 @@ async fn live_feeds_are_capped_per_client_and_the_held_ones_keep_ticking() {
     wait_for(
         "a free live feed place",
         Duration::from_secs(10),
-        move || async move {
-            let mut s = open_feed().await;
-            let mut buf = [0u8; 12];
-            s.read_exact(&mut buf).await.ok()?;
-            (&buf == b"HTTP/1.1 200").then_some(())
+        move || {
+            let open_feed = open_feed.clone();
+            async move {
+                let mut s = open_feed().await;
+                let mut buf = [0u8; 12];
+                s.read_exact(&mut buf).await.ok()?;
+                (&buf == b"HTTP/1.1 200").then_some(())
+            }
         },
     )
     .await;
 }
 
-async fn client_from(core: &Core, from: &str) -> QueryClient<Channel> {
+async fn client_from(core: &Core, from: &str) -> sightline_tests::query::Client {
     let channel = tonic::transport::Endpoint::from_shared(core.url())
         .unwrap()
         .local_address(Some(from.parse::<IpAddr>().unwrap()))
         .connect()
         .await
         .unwrap();
-    QueryClient::new(channel)
+    sightline_tests::query::with_token(channel, &core.admin_token())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -292,7 +300,7 @@ async fn subscribe_streams_are_capped_with_a_named_error() {
 /// Reads one Subscribe stream until `want` distinct events arrived (then it
 /// is live: stop) or it ends with an error: (det_oids in order, the error).
 async fn read_subscription(
-    q: &mut QueryClient<Channel>,
+    q: &mut sightline_tests::query::Client,
     from_ms: i64,
     want: &HashSet<i64>,
     have: &HashSet<i64>,
@@ -347,7 +355,11 @@ fn store_events(dir: &Path, core: &Core, id: &str, seed: u64, n: usize) -> Datas
 /// Subscribes from `from_ms` and follows the resume points until every
 /// event of `want` arrived; each stream delivers an event at most once.
 /// Returns how many times it had to resume.
-async fn collect_all(q: &mut QueryClient<Channel>, from_ms: i64, want: &HashSet<i64>) -> usize {
+async fn collect_all(
+    q: &mut sightline_tests::query::Client,
+    from_ms: i64,
+    want: &HashSet<i64>,
+) -> usize {
     let (mut have, mut from, mut resumes) = (HashSet::new(), from_ms, 0);
     loop {
         let (got, err) = read_subscription(q, from, want, &have).await;

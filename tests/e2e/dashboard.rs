@@ -10,7 +10,9 @@
 use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
 
 use serde_json::Value;
-use sightline_proto::v1::{intake_client::IntakeClient, publish_result, Detection, PublishRequest};
+use sightline_proto::v1::{
+    intake_client::IntakeClient, publish_result, Detection, PublishRequest, Role,
+};
 use sightline_tests::{
     data::{now_ms, write_locations},
     query::{event_with_media, top_in, wait_stored},
@@ -175,6 +177,10 @@ async fn the_dashboard_renders_hydrates_updates_live_and_agrees_with_the_api() {
         "the range must close before the live traffic"
     );
     let known_det = *truth.det_oids.iter().min().unwrap();
+    // The browser logs in through the /login form as an admin account (the
+    // fleet and quarantine pages need the admin role).
+    let (user, password) = ("operator", "correct horse battery staple");
+    core.add_user(user, Role::Admin, &[], password).await;
     let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts/dashboard");
     let cfg = serde_json::json!({
         "base": format!("http://{}", core.http),
@@ -184,6 +190,7 @@ async fn the_dashboard_renders_hydrates_updates_live_and_agrees_with_the_api() {
         "search_det": known_det.to_string(),
         "search_item": "bicycle",
         "clip_det": clip_det.to_string(),
+        "user": { "name": user, "password": password },
     });
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/dashboard.mjs");
     let run = Command::new("node")
@@ -204,6 +211,10 @@ async fn the_dashboard_renders_hydrates_updates_live_and_agrees_with_the_api() {
         )
     });
     println!("browser: {out}");
+
+    // Without a session, the browser was sent to the login form (and back
+    // to the page it asked for after logging in).
+    assert_eq!(out["anonymous_landed_on"], "/login?next=/top", "{out}");
 
     // Rendered on the server, then hydrated; live without a reload.
     assert!(out["ssr_rows"].as_u64().unwrap() > 0, "{out}");

@@ -11,8 +11,8 @@ use std::{
 };
 
 use sightline_proto::v1::{
-    intake_client::IntakeClient, query_client::QueryClient, AgentGrant, AgentInfo, Detection,
-    FleetRequest, ListQuarantineRequest, PublishRequest, RevokeAgentRequest,
+    intake_client::IntakeClient, AgentGrant, AgentInfo, Detection, FleetRequest,
+    ListQuarantineRequest, PublishRequest, RevokeAgentRequest,
 };
 use sightline_tests::{
     data::write_locations,
@@ -54,7 +54,7 @@ async fn metrics(core: &Core) -> String {
 }
 
 async fn fleet(core: &Core, agent: &str) -> Option<AgentInfo> {
-    let mut q = QueryClient::connect(core.url()).await.unwrap();
+    let mut q = sightline_tests::query::client(&core.url()).await;
     q.fleet(FleetRequest {})
         .await
         .unwrap()
@@ -456,7 +456,7 @@ async fn an_agent_may_publish_only_for_its_own_cameras(edge: Edge) {
     assert!(agent.wait(Duration::from_secs(120)).success());
     assert_exactly_once(&core.url(), &own.truth()).await;
 
-    let mut q = QueryClient::connect(core.url()).await.unwrap();
+    let mut q = sightline_tests::query::client(&core.url()).await;
     let quarantine = q
         .list_quarantine(ListQuarantineRequest {
             page_size: 10_000,

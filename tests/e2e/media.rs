@@ -8,9 +8,9 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use sightline_proto::v1::{
     agent_message, core_message, ingest_client::IngestClient, media_client::MediaClient,
-    query_client::QueryClient, AgentMessage, AttachMediaRequest, Batch, CoreMessage, Detection,
-    EdgeEvent, GetEventRequest, Hello, JoinedEvent, MediaChunk, MediaOffsetRequest, MediaRef,
-    MediaUploadResponse, SubscribeRequest,
+    AgentMessage, AttachMediaRequest, Batch, CoreMessage, Detection, EdgeEvent, GetEventRequest,
+    Hello, JoinedEvent, MediaChunk, MediaOffsetRequest, MediaRef, MediaUploadResponse,
+    SubscribeRequest,
 };
 use sightline_tests::{data::now_ms, wait_for, Core};
 use tokio::sync::mpsc;
@@ -221,9 +221,8 @@ async fn store_events(url: &str, agent: &str, oids: &[i64]) {
 }
 
 async fn get_event(url: &str, oid: i64) -> Result<JoinedEvent, tonic::Status> {
-    QueryClient::connect(url.to_string())
+    sightline_tests::query::client(url)
         .await
-        .unwrap()
         .get_event(GetEventRequest { detection_oid: oid })
         .await
         .map(|r| r.into_inner())
@@ -245,9 +244,12 @@ async fn http(
     headers: &[(&str, &str)],
 ) -> HttpResponse {
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    let mut own = String::new();
     for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+        own.push_str(&format!("{k}: {v}\r\n"));
     }
+    req.push_str(&sightline_tests::http::admin_auth(&addr.to_string(), &own));
+    req.push_str(&own);
     req.push_str("\r\n");
     let (head, body) = sightline_tests::http::request(&addr.to_string(), &req).await;
     let mut lines = head.lines();
@@ -665,9 +667,8 @@ async fn attached_media_shows_on_the_event() {
         })
         .collect();
     assert_eq!(media, HashMap::from([(5, 1), (6, 0), (7, 2)]));
-    let mut sub = QueryClient::connect(url.clone())
+    let mut sub = sightline_tests::query::client(&url)
         .await
-        .unwrap()
         .subscribe(SubscribeRequest {
             from_ms: 1,
             filter: None,

@@ -170,6 +170,10 @@ async fn metrics_health_and_the_terminal_client_answer() {
         let out = std::process::Command::new(bin_path("sightline-core"))
             .args(args)
             .env("SIGHTLINE_CORE", core.url())
+            .env(
+                "SIGHTLINE_ADMIN_TOKEN_FILE",
+                core.args.data_dir.join("admin.token"),
+            )
             .output()
             .unwrap();
         assert!(

@@ -29,7 +29,10 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// A raw request; to the core, as its admin (the S3 server takes none).
 async fn raw(addr: &str, request: String) -> (String, Vec<u8>) {
+    let auth = sightline_tests::http::admin_auth(addr, &request);
+    let request = request.replacen("\r\n", &format!("\r\n{auth}"), 1);
     sightline_tests::http::request(addr, &request).await
 }
 

@@ -10,8 +10,7 @@ use std::{
 };
 
 use sightline_proto::v1::{
-    intake_client::IntakeClient, publish_result, query_client::QueryClient, Detection,
-    FleetRequest, PublishRequest,
+    intake_client::IntakeClient, publish_result, Detection, FleetRequest, PublishRequest,
 };
 use sightline_tests::{
     data::now_ms,
@@ -234,7 +233,7 @@ async fn a_core_restored_from_an_older_copy_gets_every_event_the_agent_still_hol
         || {
             let url = core.url();
             async move {
-                let mut q = QueryClient::connect(url).await.ok()?;
+                let mut q = sightline_tests::query::client(&url).await;
                 let fleet = q.fleet(FleetRequest {}).await.ok()?.into_inner();
                 fleet
                     .agents

@@ -1,6 +1,7 @@
 //! The real binaries as child processes.
 
 use std::{
+    collections::BTreeMap,
     io::{BufRead, BufReader},
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -209,11 +210,32 @@ fn certs(args: &[&str]) {
     );
 }
 
-/// Puts `authorization: Bearer <admin token>` on a request.
+/// Puts `authorization: Bearer <token>` on every request of a client.
 #[derive(Clone)]
-pub struct AdminAuth(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
 
-impl tonic::service::Interceptor for AdminAuth {
+/// The admin client's interceptor (the admin token as a [`Bearer`]).
+pub type AdminAuth = Bearer;
+
+impl Bearer {
+    /// `token` as a bearer credential (an API token or the admin token).
+    pub fn new(token: &str) -> Self {
+        Self(format!("Bearer {token}").parse().expect("a token is ASCII"))
+    }
+}
+
+/// Every core this process started, by gRPC URL, gRPC address and HTTP
+/// address → its admin token, so that the query and HTTP helpers
+/// authenticate as the admin without each test passing the token along.
+static ADMIN_TOKENS: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
+
+/// The admin token of the core this process started at `addr` (its gRPC
+/// URL `http://…`, or its gRPC or HTTP `host:port`).
+pub fn admin_token_for(addr: &str) -> Option<String> {
+    ADMIN_TOKENS.lock().unwrap().get(addr).cloned()
+}
+
+impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         req.metadata_mut().insert("authorization", self.0.clone());
         Ok(req)
@@ -305,13 +327,20 @@ impl Core {
                 .unwrap()
         };
         let (grpc, http, edge) = (addr("grpc="), addr("http="), addr("edge="));
-        Self {
+        let core = Self {
             proc,
             args,
             grpc,
             http,
             edge,
+        };
+        let token = core.admin_token();
+        let mut tokens = ADMIN_TOKENS.lock().unwrap();
+        for key in [core.url(), grpc.to_string(), http.to_string()] {
+            tokens.insert(key, token.clone());
         }
+        drop(tokens);
+        core
     }
 
     pub fn url(&self) -> String {
@@ -338,8 +367,52 @@ impl Core {
             .connect()
             .await
             .unwrap();
-        let value = format!("Bearer {}", self.admin_token()).parse().unwrap();
-        sightline_proto::v1::admin_client::AdminClient::with_interceptor(channel, AdminAuth(value))
+        sightline_proto::v1::admin_client::AdminClient::with_interceptor(
+            channel,
+            Bearer::new(&self.admin_token()),
+        )
+    }
+
+    /// Adds an account through the Admin API (as the admin token).
+    pub async fn add_user(
+        &self,
+        name: &str,
+        role: sightline_proto::v1::Role,
+        locations: &[i64],
+        password: &str,
+    ) {
+        self.admin()
+            .await
+            .add_user(sightline_proto::v1::AddUserRequest {
+                name: name.into(),
+                role: role as i32,
+                locations: locations.to_vec(),
+                password: password.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("AddUser {name}: {e}"));
+    }
+
+    /// Creates an API token through the Admin API; its secret.
+    pub async fn create_token(
+        &self,
+        name: &str,
+        role: sightline_proto::v1::Role,
+        locations: &[i64],
+        expires_ms: i64,
+    ) -> String {
+        self.admin()
+            .await
+            .create_token(sightline_proto::v1::CreateTokenRequest {
+                name: name.into(),
+                role: role as i32,
+                locations: locations.to_vec(),
+                expires_ms,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("CreateToken {name}: {e}"))
+            .into_inner()
+            .secret
     }
 
     pub fn pid(&self) -> u32 {

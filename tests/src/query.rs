@@ -9,14 +9,34 @@ use sightline_proto::v1::{
     query_client::QueryClient, GetEventRequest, JoinedEvent, ListEventsRequest, StatsRequest,
     StatsResponse, TopItemsRequest,
 };
-use tonic::transport::Channel;
+use tonic::{service::interceptor::InterceptedService, transport::Channel};
 
-use crate::{wait_for, Truth};
+use crate::{proc::Bearer, wait_for, Truth};
 
-pub async fn client(url: &str) -> QueryClient<Channel> {
-    QueryClient::connect(url.to_string())
-        .await
+/// A query client whose every call carries a bearer token.
+pub type Client = QueryClient<InterceptedService<Channel, Bearer>>;
+
+/// A query client of the core this process started at `url`, as its admin
+/// (the admin token).
+pub async fn client(url: &str) -> Client {
+    let token = crate::proc::admin_token_for(url)
+        .unwrap_or_else(|| panic!("no core was started at {url} by this process"));
+    client_as(url, &token).await
+}
+
+/// A query client that sends `token` (an API token or the admin token).
+pub async fn client_as(url: &str, token: &str) -> Client {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
         .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    with_token(channel, token)
+}
+
+/// A query client over `channel` that sends `token`.
+pub fn with_token(channel: Channel, token: &str) -> Client {
+    QueryClient::with_interceptor(channel, Bearer::new(token))
         .max_decoding_message_size(256 * 1024 * 1024)
 }
 

@@ -92,9 +92,12 @@ async fn main() {
         .len() as f64
         / 1024.0;
 
+    let (user, password) = ("bench", "bench-password-not-secret");
+    core.add_user(user, sightline_proto::v1::Role::Viewer, &[], password)
+        .await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/browser/bench.mjs");
     let run = Command::new("node")
-        .args([script, &base, "20"])
+        .args([script, &base, "20", user, password])
         .output()
         .unwrap();
     assert!(
@@ -123,8 +126,9 @@ async fn main() {
             let mut s = tokio::net::TcpStream::connect(core.http).await.unwrap();
             s.write_all(
                 format!(
-                    "GET /api/live HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
-                    core.http
+                    "GET /api/live HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nAccept: text/event-stream\r\n\r\n",
+                    core.http,
+                    core.admin_token()
                 )
                 .as_bytes(),
             )
