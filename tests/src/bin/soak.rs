@@ -38,10 +38,9 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 use sightline_proto::v1::{
     agent_message, core_message, ingest_client::IngestClient, intake_client::IntakeClient,
-    media_client::MediaClient, publish_result, query_client::QueryClient, AgentMessage, Batch,
-    Detection, EdgeEvent, EventFilter, FleetRequest, GetEventRequest, Hello, ListEventsRequest,
-    ListQuarantineRequest, MediaChunk, PublishRequest, SearchRequest, StatsRequest,
-    SubscribeRequest, TopItemsRequest,
+    media_client::MediaClient, publish_result, AgentMessage, Batch, Detection, EdgeEvent,
+    EventFilter, FleetRequest, GetEventRequest, Hello, ListEventsRequest, ListQuarantineRequest,
+    MediaChunk, PublishRequest, SearchRequest, StatsRequest, SubscribeRequest, TopItemsRequest,
 };
 use sightline_tests::{
     data::{now_ms, write_locations},
@@ -428,7 +427,7 @@ impl Storm {
         self: Arc<Self>,
         worker: usize,
         kind: u32,
-        mut q: QueryClient<Channel>,
+        mut q: sightline_tests::query::Client,
         mut rng: StdRng,
     ) {
         let c = &self.counters;
@@ -1180,8 +1179,17 @@ fn bad_http(rng: &mut StdRng) -> (String, String) {
 async fn http_status(addr: SocketAddr, path: &str, headers: &str, live: bool) -> Option<u16> {
     let go = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let req =
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n");
+        // Every page and API needs a credential: the core's admin token,
+        // unless the request brings its own (or is about to be refused).
+        let auth = match sightline_tests::proc::admin_token_for(&addr.to_string()) {
+            Some(t) if !headers.to_ascii_lowercase().contains("authorization:") => {
+                format!("Authorization: Bearer {t}\r\n")
+            }
+            _ => String::new(),
+        };
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{headers}Connection: close\r\n\r\n"
+        );
         s.write_all(req.as_bytes()).await.ok()?;
         let mut buf = Vec::new();
         let mut chunk = vec![0u8; 65_536];
