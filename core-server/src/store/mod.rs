@@ -342,6 +342,10 @@ fn probe(path: &Path) -> std::io::Result<()> {
     r
 }
 
+/// Most memory all memtables of the store hold together (RocksDB's
+/// `db_write_buffer_size`).
+pub const MAX_MEMTABLE_BYTES: usize = 128 * 1024 * 1024;
+
 /// Opens (or creates) the database with every column family and option.
 fn open_db(
     path: &Path,
@@ -355,6 +359,12 @@ fn open_db(
         db_opts.create_missing_column_families(true);
         db_opts.increase_parallelism(2);
         db_opts.set_max_total_wal_size(256 * 1024 * 1024);
+        // Every column family's memtables together: without this cap each
+        // of the eleven may hold up to two 32 MiB memtables, and the rarely
+        // written ones fill theirs slowly — the core's memory grew for the
+        // whole 30-minute soak (BENCHMARKS.md, "Soak"). Past the cap RocksDB
+        // flushes the largest memtable.
+        db_opts.set_db_write_buffer_size(MAX_MEMTABLE_BYTES);
         db_opts.set_keep_log_file_num(4);
         // Debian's librocksdb is built with assertions: on a full disk, a
         // line that fails to reach RocksDB's own LOG file makes the next one
