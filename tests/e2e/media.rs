@@ -519,7 +519,7 @@ async fn range_requests_return_the_right_bytes() {
     assert_eq!(whole.headers["etag"], format!("\"{sha}\""));
     assert_eq!(
         whole.headers["cache-control"],
-        "public, max-age=31536000, immutable"
+        "private, max-age=31536000, immutable"
     );
 
     let ranged = |spec: String| {
