@@ -82,6 +82,7 @@ async fn the_dashboard_and_query_api_serve_over_tls() {
     .with_root_certificates(roots)
     .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let token = core.admin_token();
     for path in ["/healthz", "/"] {
         let tcp = tokio::net::TcpStream::connect(core.http).await.unwrap();
         let mut tls = connector
@@ -89,7 +90,7 @@ async fn the_dashboard_and_query_api_serve_over_tls() {
             .await
             .expect("a TLS handshake verified against the site CA");
         tls.write_all(
-            format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+            format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n")
                 .as_bytes(),
         )
         .await
@@ -122,7 +123,7 @@ async fn the_dashboard_and_query_api_serve_over_tls() {
         .connect()
         .await
         .expect("gRPC over TLS");
-    let stats = QueryClient::new(channel)
+    let stats = sightline_tests::query::with_token(channel, &token)
         .stats(StatsRequest::default())
         .await
         .expect("Stats over TLS")
@@ -133,6 +134,7 @@ async fn the_dashboard_and_query_api_serve_over_tls() {
         .arg("stats")
         .env("SIGHTLINE_CORE", format!("https://{}", core.grpc))
         .env("SIGHTLINE_CA", pki_of(dir.path()).join("ca.pem"))
+        .env("SIGHTLINE_TOKEN", &token)
         .output()
         .unwrap();
     assert!(
@@ -199,7 +201,8 @@ async fn a_non_loopback_listener_without_tls_is_refused_unless_insecure_plaintex
     let (status, _) = sightline_tests::http::get(at, "/healthz", "").await;
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     // The dashboard says so at the foot of its pages.
-    let (status, page) = sightline_tests::http::get(at, "/", "").await;
+    let auth = format!("Authorization: Bearer {}\r\n", core.admin_token());
+    let (status, page) = sightline_tests::http::get(at, "/", &auth).await;
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     let page = String::from_utf8_lossy(&page);
     assert!(
@@ -280,7 +283,7 @@ async fn a_new_agent_is_refused_until_an_admin_grants_it() {
     })
     .await;
     assert!(core.log().contains("session refused"), "{}", core.log());
-    let mut q = QueryClient::connect(core.url()).await.unwrap();
+    let mut q = sightline_tests::query::client(&core.url()).await;
     let info = q
         .fleet(FleetRequest {})
         .await
