@@ -56,14 +56,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{transport::Channel, Code};
 
 /// The bound on the core's resident memory this soak holds it to, from the
-/// default configuration's caps: RocksDB memtables of the four column
-/// families written per event (events, det, by_commit, aggregates: 4 × 2 ×
-/// 32 MiB = 256 MiB) + the block cache (`storage.cache`, 64 MiB) + the
+/// default configuration's caps: RocksDB memtables, all column families
+/// together (`store::MAX_MEMTABLE_BYTES`, 128 MiB; before that cap each of
+/// the eleven could hold 2 × 32 MiB, and the first 30-minute soak grew past
+/// this bound) + the block cache (`storage.cache`, 64 MiB) + the
 /// search index writer's heap (50 MB) + the live hub (`live.buffer_commits`
 /// 4,096 commits; at 10,000 events/s a commit holds tens of events of
 /// ~0.3 KB: ≤ 64 MiB) + Subscribe queues (1,024 events each, the storm holds
 /// ≤ 8: < 4 MiB) + the pipeline queues (`pipeline.queue_batches` 64 × 2
-/// partitions × ~50 events) + index pages and code (~200 MiB) — ≈ 640 MiB,
+/// partitions × ~50 events) + index pages and code (~200 MiB) — ≈ 510 MiB,
 /// rounded up to 1 GiB for allocator slack. A leak grows past it in minutes.
 const CORE_RSS_BOUND_MB: f64 = 1024.0;
 
