@@ -107,18 +107,16 @@ impl CoreBackend {
     }
 
     fn rows(&self, events: Vec<JoinedEvent>) -> Result<Vec<EventRow>, String> {
-        let footage = self.who.role >= Role::Investigator;
-        Ok(self
-            .joined(events)?
-            .iter()
-            .map(|e| {
-                let mut r = row(e);
-                if !footage {
-                    r.thumbnail = None;
-                }
-                r
-            })
-            .collect())
+        Ok(self.joined(events)?.iter().map(|e| self.row(e)).collect())
+    }
+
+    /// An event's row as this principal may see it: no thumbnail for a viewer.
+    fn row(&self, e: &JoinedEvent) -> EventRow {
+        let mut r = row(e);
+        if self.who.role < Role::Investigator {
+            r.thumbnail = None;
+        }
+        r
     }
 }
 
@@ -268,16 +266,7 @@ impl Backend for CoreBackend {
             .search_joined(&self.store, &self.locations, &req)
             .map_err(err)?;
         Ok(SearchPage {
-            events: events
-                .iter()
-                .map(|e| {
-                    let mut r = row(e);
-                    if self.who.role < Role::Investigator {
-                        r.thumbnail = None;
-                    }
-                    r
-                })
-                .collect(),
+            events: events.iter().map(|e| self.row(e)).collect(),
             total_hits: hits.total,
             next_page_token: hits.next_page_token,
         })
