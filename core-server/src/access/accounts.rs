@@ -550,7 +550,10 @@ mod tests {
         assert_eq!(p.scope, Scope::locations([3]));
         let e = db.authenticate_token(&secret, 10_000).unwrap_err();
         assert!(e.message.contains("expired"), "{e}");
-        let wrong = format!("{}0", &secret[..secret.len() - 1]);
+        // Change the last hex digit to a different one (a fixed '0' matched
+        // one secret in sixteen).
+        let last = if secret.ends_with('0') { '1' } else { '0' };
+        let wrong = format!("{}{last}", &secret[..secret.len() - 1]);
         let e = db.authenticate_token(&wrong, 2).unwrap_err();
         assert!(e.message.contains("does not match"), "{e}");
         db.revoke_token("ci", 3).unwrap();
