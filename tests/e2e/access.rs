@@ -749,6 +749,16 @@ async fn login_sets_a_strict_httponly_session_cookie_and_logout_ends_it() {
     let (head, body) = raw(&core, "GET", "/login", "").await;
     assert_eq!(status(&head), 200, "{head}");
     assert!(String::from_utf8_lossy(&body).contains(r#"name="password""#));
+    // A login post without its fields gets the form back, saying so.
+    let (head, body) = raw(
+        &core,
+        "POST",
+        "/login",
+        &format!("Origin: http://{}\r\n", core.http),
+    )
+    .await;
+    assert_eq!(status(&head), 400, "{head}");
+    assert!(String::from_utf8_lossy(&body).contains("field `name`"));
 
     let (head, _) = post_login(core.http, "alice", PASSWORD).await;
     assert_eq!(status(&head), 303, "{head}");

@@ -322,8 +322,17 @@ fn client_ip(req_ext: Option<&ConnectInfo<SocketAddr>>) -> std::net::IpAddr {
 async fn login(
     State(h): State<HttpAccess>,
     client: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
-    Form(f): Form<LoginForm>,
+    form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
+    // A form without its fields (or not a form) gets the login page back,
+    // saying what is missing, like any other failed login.
+    let Ok(Form(f)) = form else {
+        return login_page(
+            StatusCode::BAD_REQUEST,
+            Some("field `name` and field `password`: required (an urlencoded form)"),
+            "/",
+        );
+    };
     let ip = client_ip(client.as_ref().map(|c| &c.0));
     let next = safe_next(&f.next).to_string();
     let sessions = &h.access.sessions;

@@ -9,7 +9,10 @@
 //!    included) per second, from the first publish until the core has
 //!    committed the last of them.
 //!
-//! Last line: `ingest events_per_s=<N> p50_live_ms=<x> p99_live_ms=<y> agent_rss_mb=<a> core_rss_mb=<c>`.
+//! Last line: `ingest events_per_s=<N> p50_live_ms=<x> p99_live_ms=<y>
+//! cpu_us_per_event=<c> agent_rss_mb=<a> core_rss_mb=<c> core_rss_peak_mb=<m>
+//! agent_rss_peak_mb=<p>` (RSS: steady state at the live rate, and the peak
+//! while draining). `deploy/bench-ingest.sh` adds the peers' ratios.
 //! Run with `deploy/bench-ingest.sh` (release build).
 
 use std::{
@@ -29,7 +32,7 @@ use sightline_proto::v1::{
 };
 use sightline_tests::{
     data::{now_ms, write_locations},
-    proc::rss_mb,
+    proc::{cpu_seconds, rss_mb},
     query::{client, stats},
     Agent, AgentArgs, Core,
 };
@@ -287,6 +290,12 @@ async fn main() {
         |s: &sightline_proto::v1::StatsResponse| s.stored + s.duplicates_semantic + s.rejected;
     let base_stats = stats(&url).await;
     let base = handled(&base_stats);
+    // CPU of the core and the agents (not the publishers) over the phase.
+    let pids: Vec<u32> = std::iter::once(core.pid())
+        .chain(agents.iter().map(|a| a.pid()))
+        .collect();
+    let cpu_at = |pids: &[u32]| pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
+    let cpu0 = cpu_at(&pids);
     let published = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let t0 = Instant::now();
@@ -345,6 +354,8 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let e2e_secs = t0.elapsed().as_secs_f64();
+    let cpu = cpu_at(&pids) - cpu0;
+    peak_core_rss = peak_core_rss.max(rss_mb(core.pid()));
     let stored = stats(&url).await.stored - base_stats.stored;
     tokio::time::sleep(Duration::from_millis(500)).await;
     receiver.abort();
@@ -356,7 +367,13 @@ async fn main() {
         live_received.load(Ordering::Relaxed)
     );
 
+    // Per event stored: what the core and the agents spent to make it
+    // durable, deduplicated, joined, indexed and live.
+    let cpu_us_per_event = cpu * 1e6 / stored.max(1) as f64;
     println!(
-        "ingest events_per_s={events_per_s:.0} p50_live_ms={p50:.1} p99_live_ms={p99:.1} agent_rss_mb={agent_rss:.1} core_rss_mb={core_rss:.1}"
+        "cpu: core + agents {cpu:.1} s for {stored} stored events: {cpu_us_per_event:.1} us per event"
+    );
+    println!(
+        "ingest events_per_s={events_per_s:.0} p50_live_ms={p50:.1} p99_live_ms={p99:.1} cpu_us_per_event={cpu_us_per_event:.1} agent_rss_mb={agent_rss:.1} core_rss_mb={core_rss:.1} core_rss_peak_mb={peak_core_rss:.1} agent_rss_peak_mb={peak_agent_rss:.1}"
     );
 }
