@@ -254,7 +254,8 @@ pub struct StorageConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
-    /// Partitions, each with one writer thread; agents are spread by id.
+    /// Partitions, each with one writer thread; events are spread by a hash
+    /// of their det_oid (changing it re-keys the watermarks at the next start).
     #[serde(default = "default_partitions")]
     pub partitions: usize,
     /// Most events one group commit takes.

@@ -25,7 +25,7 @@ use crate::{
         query::QueryService,
     },
     config::CoreConfig,
-    dedup::{claims::Claims, Pipeline, WriterContext},
+    dedup::{Pipeline, WriterContext},
     edge::{self, registry::Registry, EdgeTls},
     enrich::Locations,
     fleet::Fleet,
@@ -354,12 +354,17 @@ async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started
             locations: locations.clone(),
             hub: hub.clone(),
             metrics: metrics.clone(),
-            claims: Claims::default(),
             max_group_events: config.pipeline.max_group_events,
         }),
         config.pipeline.partitions,
         config.pipeline.queue_batches,
-    );
+    )
+    .with_context(|| {
+        format!(
+            "the store's watermarks for {} partitions (`pipeline.partitions`)",
+            config.pipeline.partitions
+        )
+    })?;
     let ingest = Arc::new(IngestCore {
         pipeline,
         store: store.clone(),

@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use super::*;
 use crate::{
     api::live::LiveHub,
-    dedup::{claims::Claims, CommitRequest, Incoming, Pipeline, WriterContext},
+    dedup::{CommitRequest, Incoming, Pipeline, WriterContext},
     metrics::Metrics,
 };
 
@@ -66,7 +66,6 @@ fn rig() -> Rig {
         locations: locations.clone(),
         hub: LiveHub::new(16),
         metrics,
-        claims: Claims::default(),
         max_group_events: 10_000,
     });
     let cases = Arc::new(
@@ -82,7 +81,7 @@ fn rig() -> Rig {
         dir,
         store,
         media,
-        pipeline: Some(Pipeline::start(ctx, 2, 8)),
+        pipeline: Some(Pipeline::start(ctx, 2, 8).unwrap()),
         cases,
         seq: 0,
     }

@@ -62,13 +62,47 @@ pub fn decode_wm(v: &[u8]) -> (u64, u64) {
     (be(v), v.get(8..16).map(be).unwrap_or(0))
 }
 
-/// `wm`: agent_id ‖ 0x00 ‖ epoch.
-pub fn wm_key(agent: &str, epoch: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(agent.len() + 9);
+/// `wm` (format 2): agent_id ‖ 0x00 ‖ epoch (u64 BE) ‖ partition (u16 BE).
+pub fn wm_key(agent: &str, epoch: u64, partition: u16) -> Vec<u8> {
+    let mut k = Vec::with_capacity(agent.len() + WM_KEY_TAIL);
     k.extend_from_slice(agent.as_bytes());
     k.push(0);
     k.extend_from_slice(&epoch.to_be_bytes());
+    k.extend_from_slice(&partition.to_be_bytes());
     k
+}
+
+/// Bytes of a format-2 `wm` key after the agent id.
+pub const WM_KEY_TAIL: usize = 11;
+
+/// (agent_id, epoch, partition) of a `wm` key; a format-1 key (no
+/// partition) reads as partition 0. `None`: not a `wm` key.
+pub fn decode_wm_key(k: &[u8], format: u32) -> Option<(&str, u64, u16)> {
+    let tail = if format >= 2 { WM_KEY_TAIL } else { 9 };
+    let split = k.len().checked_sub(tail)?;
+    let (agent, rest) = k.split_at(split);
+    if rest[0] != 0 {
+        return None;
+    }
+    let agent = std::str::from_utf8(agent).ok()?;
+    let epoch = u64::from_be_bytes(rest[1..9].try_into().ok()?);
+    let partition = match rest.get(9..11) {
+        Some(p) => u16::from_be_bytes(p.try_into().ok()?),
+        None => 0,
+    };
+    Some((agent, epoch, partition))
+}
+
+/// The partition of a det_oid among `partitions`: a fixed mix of its bits
+/// (SplitMix64's finaliser), so that det_oids that differ in a few low bits
+/// land apart. Part of the store's format: a store's watermarks are kept per
+/// partition, and `Store::use_partitions` re-keys them when the count changes.
+pub fn partition_of(det_oid: i64, partitions: usize) -> usize {
+    let mut z = det_oid as u64;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z % partitions.max(1) as u64) as usize
 }
 
 /// Granularity of an aggregate bucket.
@@ -140,6 +174,28 @@ pub fn quarantine_key(at_ms: i64, agent: &str, seq: u64) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wm_keys_round_trip_in_both_formats() {
+        let k = wm_key("cam-host-1", 42, 3);
+        assert_eq!(decode_wm_key(&k, 2), Some(("cam-host-1", 42, 3)));
+        let old = &k[..k.len() - 2];
+        assert_eq!(decode_wm_key(old, 1), Some(("cam-host-1", 42, 0)));
+        assert_eq!(decode_wm_key(b"short", 2), None);
+    }
+
+    #[test]
+    fn det_oids_spread_over_every_partition() {
+        let mut seen = [0u32; 4];
+        for oid in 0..4_000i64 {
+            seen[partition_of(oid, 4)] += 1;
+        }
+        assert!(seen.iter().all(|n| (800..1200).contains(n)), "{seen:?}");
+        assert_eq!(partition_of(123, 1), 0);
+        // Pinned: the partition is part of the store's format.
+        let pinned: Vec<usize> = [1, 2, 3, 9].iter().map(|o| partition_of(*o, 4)).collect();
+        assert_eq!(pinned, vec![1, 2, 0, 3]);
+    }
 
     #[test]
     fn i64_keys_sort_like_numbers() {

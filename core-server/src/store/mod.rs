@@ -1,13 +1,13 @@
 //! The core's durable store, in RocksDB: events, the det_oid index, agent
 //! watermarks, the top-X aggregates, the quarantine and the totals.
 //!
-//! # Key layouts (format version 1)
+//! # Key layouts (format version 2)
 //!
 //! | column family | key | value |
 //! | --- | --- | --- |
 //! | `events` | timestamp_detected (i64, sign-flipped BE) ‖ det_oid (same) | `JoinedEvent` without `location` (joined at read time) |
 //! | `det` | det_oid (i64, sign-flipped BE) | timestamp_detected (same encoding): finds the event ‖ video_camera_oid (i64 BE): whose det_oid it is (absent in rows written before 2026-11-30) |
-//! | `wm` | agent_id ‖ 0x00 ‖ epoch (u64 BE) | highest committed seq (u64 BE) ‖ the digest of that seq's event (`sightline_proto::event_digest`, u64 BE; absent in older rows) |
+//! | `wm` | agent_id ‖ 0x00 ‖ epoch (u64 BE) ‖ partition (u16 BE) | the highest seq of (agent, epoch) that partition committed (u64 BE) ‖ the digest of that seq's event (`sightline_proto::event_digest`, u64 BE; absent in older rows). The agent's watermark is the smallest over the partitions (see `dedup`). Format 1 had no partition. |
 //! | `agg` | 'm' or 'h' ‖ bucket start ms ‖ location oid ‖ item_name | count, u64 LE, summed by a merge operator |
 //! | `quarantine` | quarantined_ms ‖ agent_id ‖ 0x00 ‖ seq (u64 BE) | `QuarantinedEvent` |
 //! | `counters` | `stored`, `dup_transport`, `dup_semantic`, `rejected`, `unmatched` | u64 LE, merge-summed |
@@ -16,6 +16,8 @@
 //! | `media_refs` | det_oid (as in `det`) ‖ kind (ASCII) | attached_ms (i64 BE) ‖ `MediaRef` (protobuf) |
 //! | `media_quarantine` | quarantined_ms (i64, sign-flipped BE) ‖ sha256 | [`media::MediaQuarantined`] as JSON |
 //! | `by_commit` | committed_ms ‖ det_oid (as in `events`) | timestamp_detected (as in `det`): the events in commit order, for the search index to catch up |
+//! | `meta` | `format` | u32 BE: [`FORMAT_VERSION`]; absent: format 1 (migrated at open) |
+//! | `meta` | `partitions` | u32 BE: how many partitions the `wm` keys are written for |
 //!
 //! # Promises
 //!
@@ -25,10 +27,19 @@
 //!   that write returned (fsync'd when `storage.sync`).
 //! - There MUST never be two `events` entries with one det_oid: a det_oid is
 //!   written only when `det` does not hold it (checked by the single writer of
-//!   the partition, under a claim that keeps other partitions off it). A
+//!   det_oid's partition — `keys::partition_of`, so no other writer sees it). A
 //!   det_oid belongs to the camera that stored it first: the same det_oid
 //!   from another camera is a conflict, quarantined, never a duplicate.
-//! - A watermark MUST only grow.
+//! - A watermark MUST only grow. Every batch of an agent reaches every
+//!   partition (with none of its events, if none hash there), and each
+//!   partition writes its own `wm` entry with its commit; the agent's
+//!   watermark is the smallest of them, so it never passes a seq that some
+//!   partition has not committed.
+//! - The store MUST refuse to open a format it does not know; a format-1
+//!   store is migrated at open (its `wm` entries become partition 0's), and
+//!   [`Store::use_partitions`] re-keys the `wm` entries (each partition starts
+//!   from the smallest of the old ones) when the partition count changes, in
+//!   one `WriteBatch`.
 //! - Aggregates MUST count exactly the stored events: they are incremented in
 //!   the same `WriteBatch` as the event, never elsewhere.
 //! - Retention removes `events`, minute aggregates and the quarantine by time;
@@ -45,7 +56,7 @@ pub mod media;
 pub mod views;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicI64, Ordering},
@@ -74,6 +85,15 @@ pub const CF_MEDIA_AGE: &str = "media_age";
 pub const CF_MEDIA_REFS: &str = "media_refs";
 pub const CF_MEDIA_QUARANTINE: &str = "media_quarantine";
 pub const CF_BY_COMMIT: &str = "by_commit";
+pub const CF_META: &str = "meta";
+
+/// (agent, epoch) -> (seq, digest) of its watermark.
+type WatermarkTable = BTreeMap<(String, u64), (u64, u64)>;
+
+/// The store's format: 2 since watermarks are kept per partition.
+pub const FORMAT_VERSION: u32 = 2;
+const META_FORMAT: &[u8] = b"format";
+const META_PARTITIONS: &[u8] = b"partitions";
 
 /// Names of the persisted totals.
 pub mod counter {
@@ -174,6 +194,8 @@ pub struct Store {
     dedup_cutoff: Arc<AtomicI64>,
     /// `media_refs` entries attached before this are dropped at compaction.
     refs_cutoff: Arc<AtomicI64>,
+    /// How many partitions the `wm` entries are kept for.
+    partitions: std::sync::atomic::AtomicUsize,
 }
 
 fn add_u64(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
@@ -189,13 +211,6 @@ fn le_u64(b: &[u8]) -> u64 {
     let n = b.len().min(8);
     a[..n].copy_from_slice(&b[..n]);
     u64::from_le_bytes(a)
-}
-
-fn be_u64(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    let n = b.len().min(8);
-    a[..n].copy_from_slice(&b[..n]);
-    u64::from_be_bytes(a)
 }
 
 /// A disk fault of the store's.
@@ -221,6 +236,7 @@ impl Store {
         let dedup_cutoff = Arc::new(AtomicI64::new(i64::MIN));
         let refs_cutoff = Arc::new(AtomicI64::new(i64::MIN));
         let db = open_db(path, cache_bytes, &dedup_cutoff, &refs_cutoff)?;
+        let partitions = check_format(&db)?;
         Ok(Self {
             db: arc_swap::ArcSwapOption::from_pointee(db),
             path: path.to_path_buf(),
@@ -229,7 +245,82 @@ impl Store {
             sync,
             dedup_cutoff,
             refs_cutoff,
+            partitions: std::sync::atomic::AtomicUsize::new(partitions),
         })
+    }
+
+    /// How many partitions the watermarks are kept for.
+    pub fn partitions(&self) -> usize {
+        self.partitions.load(Ordering::Relaxed)
+    }
+
+    /// Keeps the watermarks for `n` partitions from now on. When the count
+    /// changes, each (agent, epoch) gets `n` entries holding the smallest of
+    /// its old ones (every seq at or below it is committed in every
+    /// partition; what lies above is resent, and dropped where it is held by
+    /// the det_oid check), in one synced `WriteBatch`. Call before the
+    /// partition writers start.
+    pub fn use_partitions(&self, n: usize) -> Result<(), StoreError> {
+        if n == 0 || n > usize::from(u16::MAX) {
+            return Err(StoreError::Corrupt(format!(
+                "{n} partitions: must be within 1..=65535"
+            )));
+        }
+        let old = self.partitions();
+        if old == n {
+            return Ok(());
+        }
+        let db = self.db()?;
+        let mut batch = WriteBatch::default();
+        let wm = cf(&db, CF_WM);
+        for ((agent, epoch), (seq, digest)) in self.watermark_table(&db)? {
+            for p in 0..old {
+                batch.delete_cf(wm, keys::wm_key(&agent, epoch, p as u16));
+            }
+            for p in 0..n {
+                batch.put_cf(
+                    wm,
+                    keys::wm_key(&agent, epoch, p as u16),
+                    keys::wm_value(seq, digest),
+                );
+            }
+        }
+        batch.put_cf(cf(&db, CF_META), META_PARTITIONS, (n as u32).to_be_bytes());
+        let mut w = WriteOptions::default();
+        w.set_sync(true);
+        db.write_opt(batch, &w)?;
+        tracing::info!(
+            from = old,
+            to = n,
+            "watermarks re-keyed for a new partition count"
+        );
+        self.partitions.store(n, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// (agent, epoch) -> the smallest (seq, digest) over the partitions.
+    fn watermark_table(&self, db: &DB) -> Result<WatermarkTable, StoreError> {
+        let n = self.partitions();
+        let mut seen: BTreeMap<(String, u64), (usize, (u64, u64))> = BTreeMap::new();
+        for item in db.iterator_cf(cf(db, CF_WM), IteratorMode::Start) {
+            let (k, v) = item?;
+            let (agent, epoch, p) = keys::decode_wm_key(&k, FORMAT_VERSION)
+                .ok_or_else(|| StoreError::Corrupt(format!("wm key {k:?}")))?;
+            if usize::from(p) >= n {
+                continue;
+            }
+            let v = keys::decode_wm(&v);
+            let e = seen.entry((agent.to_string(), epoch)).or_insert((0, v));
+            e.0 += 1;
+            if v.0 < e.1 .0 {
+                e.1 = v;
+            }
+        }
+        // A partition without an entry has committed nothing of this epoch.
+        Ok(seen
+            .into_iter()
+            .map(|(k, (count, v))| (k, if count < n { (0, 0) } else { v }))
+            .collect())
     }
 
     /// The open database (reads hold it while they run).
@@ -347,6 +438,61 @@ fn probe(path: &Path) -> std::io::Result<()> {
 pub const MAX_MEMTABLE_BYTES: usize = 128 * 1024 * 1024;
 
 /// Opens (or creates) the database with every column family and option.
+/// Checks the store's format at open, migrating a format-1 store (no
+/// partition in its `wm` keys: they become partition 0's, of 1) in one synced
+/// `WriteBatch`; returns the partition count the `wm` entries are kept for.
+fn check_format(db: &DB) -> Result<usize, StoreError> {
+    let meta = cf(db, CF_META);
+    let u32_of = |v: &[u8], what: &str| {
+        <[u8; 4]>::try_from(v)
+            .map(u32::from_be_bytes)
+            .map_err(|_| StoreError::Corrupt(format!("meta `{what}` is {} bytes, not 4", v.len())))
+    };
+    match db.get_cf(meta, META_FORMAT)? {
+        Some(v) => {
+            let format = u32_of(&v, "format")?;
+            if format != FORMAT_VERSION {
+                return Err(StoreError::Corrupt(format!(
+                    "the store has format {format}; this core reads format {FORMAT_VERSION} (and migrates 1)"
+                )));
+            }
+            let n = match db.get_cf(meta, META_PARTITIONS)? {
+                Some(v) => u32_of(&v, "partitions")? as usize,
+                None => return Err(StoreError::Corrupt("meta `partitions` is missing".into())),
+            };
+            if n == 0 {
+                return Err(StoreError::Corrupt("meta `partitions` is 0".into()));
+            }
+            Ok(n)
+        }
+        None => {
+            let wm = cf(db, CF_WM);
+            let mut batch = WriteBatch::default();
+            let mut moved = 0usize;
+            for item in db.iterator_cf(wm, IteratorMode::Start) {
+                let (k, v) = item?;
+                let (agent, epoch, _) = keys::decode_wm_key(&k, 1)
+                    .ok_or_else(|| StoreError::Corrupt(format!("format-1 wm key {k:?}")))?;
+                batch.delete_cf(wm, &k);
+                batch.put_cf(wm, keys::wm_key(agent, epoch, 0), v);
+                moved += 1;
+            }
+            batch.put_cf(meta, META_FORMAT, FORMAT_VERSION.to_be_bytes());
+            batch.put_cf(meta, META_PARTITIONS, 1u32.to_be_bytes());
+            let mut w = WriteOptions::default();
+            w.set_sync(true);
+            db.write_opt(batch, &w)?;
+            if moved > 0 {
+                tracing::info!(
+                    watermarks = moved,
+                    "store migrated from format 1 to {FORMAT_VERSION}"
+                );
+            }
+            Ok(1)
+        }
+    }
+}
+
 fn open_db(
     path: &Path,
     cache_bytes: usize,
@@ -432,40 +578,61 @@ fn open_db(
             ColumnFamilyDescriptor::new(CF_MEDIA_REFS, refs_opts),
             ColumnFamilyDescriptor::new(CF_MEDIA_QUARANTINE, cf(false)),
             ColumnFamilyDescriptor::new(CF_BY_COMMIT, cf(false)),
+            ColumnFamilyDescriptor::new(CF_META, cf(false)),
         ];
         Ok(DB::open_cf_descriptors(&db_opts, path, cfs)?)
     }
 }
 
 impl Store {
+    /// The highest seq of (agent, epoch) that `partition` committed, and the
+    /// digest of its event; (0, 0) when none.
+    pub fn partition_watermark(
+        &self,
+        agent: &str,
+        epoch: u64,
+        partition: usize,
+    ) -> Result<(u64, u64), StoreError> {
+        let db = self.db()?;
+        Ok(db
+            .get_cf(cf(&db, CF_WM), keys::wm_key(agent, epoch, partition as u16))?
+            .map(|v| keys::decode_wm(&v))
+            .unwrap_or((0, 0)))
+    }
+
     /// The highest committed seq of (agent, epoch); 0 when none.
     pub fn watermark(&self, agent: &str, epoch: u64) -> Result<u64, StoreError> {
         Ok(self.watermark_digest(agent, epoch)?.0)
     }
 
-    /// The highest committed seq of (agent, epoch) and the digest of that
-    /// seq's event (0 when unknown); (0, 0) when none.
+    /// The highest seq of (agent, epoch) every partition committed, and the
+    /// digest of that seq's event (0 when unknown); (0, 0) when none.
     pub fn watermark_digest(&self, agent: &str, epoch: u64) -> Result<(u64, u64), StoreError> {
         let db = self.db()?;
-        Ok(db
-            .get_cf(cf(&db, CF_WM), keys::wm_key(agent, epoch))?
-            .map(|v| keys::decode_wm(&v))
-            .unwrap_or((0, 0)))
+        let keys: Vec<Vec<u8>> = (0..self.partitions())
+            .map(|p| keys::wm_key(agent, epoch, p as u16))
+            .collect();
+        let mut least: Option<(u64, u64)> = None;
+        for v in db.batched_multi_get_cf(cf(&db, CF_WM), &keys, true) {
+            let v = match v? {
+                Some(v) => keys::decode_wm(&v),
+                None => (0, 0),
+            };
+            if least.is_none_or(|l| v.0 < l.0) {
+                least = Some(v);
+            }
+        }
+        Ok(least.unwrap_or((0, 0)))
     }
 
     /// Every (agent, epoch, watermark) the store knows.
     pub fn watermarks(&self) -> Result<Vec<(String, u64, u64)>, StoreError> {
         let db = self.db()?;
-        let mut out = Vec::new();
-        for item in db.iterator_cf(cf(&db, CF_WM), IteratorMode::Start) {
-            let (k, v) = item?;
-            if k.len() < 9 {
-                return Err(StoreError::Corrupt("short wm key".into()));
-            }
-            let agent = String::from_utf8_lossy(&k[..k.len() - 9]).into_owned();
-            out.push((agent, be_u64(&k[k.len() - 8..]), be_u64(&v)));
-        }
-        Ok(out)
+        Ok(self
+            .watermark_table(&db)?
+            .into_iter()
+            .map(|((agent, epoch), (seq, _))| (agent, epoch, seq))
+            .collect())
     }
 
     /// For each det_oid: whether an event with it is stored, and for which
@@ -814,4 +981,91 @@ fn decode_token(token: &str) -> Result<Vec<u8>, StoreError> {
             )),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    //! The store's format and its per-partition watermarks, on a real RocksDB.
+    use super::*;
+
+    fn put_wm(s: &Store, key: Vec<u8>, seq: u64, digest: u64) {
+        let db = s.db().unwrap();
+        let mut b = WriteBatch::default();
+        b.put_cf(cf(&db, CF_WM), key, keys::wm_value(seq, digest));
+        drop(db);
+        s.write(b).unwrap();
+    }
+
+    #[test]
+    fn the_watermark_is_the_smallest_over_the_partitions() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), false, 8 << 20).unwrap();
+        s.use_partitions(2).unwrap();
+        put_wm(&s, keys::wm_key("a", 1, 0), 10, 0xa);
+        assert_eq!(
+            s.watermark_digest("a", 1).unwrap(),
+            (0, 0),
+            "partition 1 has nothing"
+        );
+        put_wm(&s, keys::wm_key("a", 1, 1), 7, 0x7);
+        assert_eq!(s.watermark_digest("a", 1).unwrap(), (7, 0x7));
+        assert_eq!(s.watermarks().unwrap(), vec![("a".to_string(), 1, 7)]);
+    }
+
+    #[test]
+    fn a_new_partition_count_starts_every_partition_from_the_smallest_watermark() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path(), false, 8 << 20).unwrap();
+            s.use_partitions(2).unwrap();
+            put_wm(&s, keys::wm_key("a", 1, 0), 10, 0xa);
+            put_wm(&s, keys::wm_key("a", 1, 1), 7, 0x7);
+        }
+        let s = Store::open(dir.path(), false, 8 << 20).unwrap();
+        assert_eq!(s.partitions(), 2, "the count is kept in the store");
+        s.use_partitions(3).unwrap();
+        for p in 0..3 {
+            assert_eq!(s.partition_watermark("a", 1, p).unwrap(), (7, 0x7));
+        }
+        s.use_partitions(1).unwrap();
+        assert_eq!(s.watermark_digest("a", 1).unwrap(), (7, 0x7));
+        assert_eq!(
+            s.partition_watermark("a", 1, 1).unwrap(),
+            (0, 0),
+            "old keys go"
+        );
+    }
+
+    #[test]
+    fn a_format_1_store_is_migrated_at_open_and_an_unknown_format_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path(), false, 8 << 20).unwrap();
+            // Make it look like format 1: no meta, a watermark keyed without
+            // a partition.
+            let db = s.db().unwrap();
+            let mut b = WriteBatch::default();
+            b.delete_cf(cf(&db, CF_META), META_FORMAT);
+            b.delete_cf(cf(&db, CF_META), META_PARTITIONS);
+            let k = keys::wm_key("old-agent", 5, 0);
+            b.put_cf(cf(&db, CF_WM), &k[..k.len() - 2], keys::wm_value(42, 0x42));
+            drop(db);
+            s.write(b).unwrap();
+        }
+        {
+            let s = Store::open(dir.path(), false, 8 << 20).unwrap();
+            assert_eq!(s.watermark_digest("old-agent", 5).unwrap(), (42, 0x42));
+            s.use_partitions(2).unwrap();
+            assert_eq!(s.watermark_digest("old-agent", 5).unwrap(), (42, 0x42));
+            let db = s.db().unwrap();
+            let mut b = WriteBatch::default();
+            b.put_cf(cf(&db, CF_META), META_FORMAT, 3u32.to_be_bytes());
+            drop(db);
+            s.write(b).unwrap();
+        }
+        let err = Store::open(dir.path(), false, 8 << 20)
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("format 3"), "{err}");
+    }
 }
