@@ -26,8 +26,6 @@
 use std::{collections::HashMap, sync::Arc, thread::JoinHandle, time::Instant};
 
 use bytes::Bytes;
-use prost::Message;
-use rocksdb::WriteBatch;
 use sightline_proto::v1::{EdgeEvent, JoinedEvent, QuarantinedEvent, Rejection};
 use tokio::sync::{mpsc, oneshot};
 
@@ -35,10 +33,7 @@ use crate::{
     api::live::LiveHub,
     enrich::Locations,
     metrics::{FieldLabel, LevelLabel, Metrics},
-    store::{
-        cf, counter, keys, Store, StoreError, CF_AGG, CF_BY_COMMIT, CF_COUNTERS, CF_DET, CF_EVENTS,
-        CF_QUARANTINE, CF_WM,
-    },
+    store::{commit::CommitBatch, counter, keys, Store, StoreError},
 };
 
 /// One event of a batch, as the session decoded and checked it.
@@ -69,14 +64,7 @@ struct Quarantine {
 }
 
 impl Quarantine {
-    fn put(
-        self,
-        batch: &mut WriteBatch,
-        cf_q: &rocksdb::ColumnFamily,
-        now: i64,
-        agent: &str,
-        outcome: &mut CommitOutcome,
-    ) {
+    fn put(self, commit: &mut CommitBatch, now: i64, agent: &str, outcome: &mut CommitOutcome) {
         let seq = self.event.as_ref().map(|e| e.seq).unwrap_or_default();
         let detection_oid = self
             .event
@@ -90,7 +78,7 @@ impl Quarantine {
             reason: self.reason.clone(),
             code: self.code.to_string(),
         });
-        let q = QuarantinedEvent {
+        commit.quarantine(&QuarantinedEvent {
             agent_id: agent.to_string(),
             seq,
             event: self.event,
@@ -98,12 +86,7 @@ impl Quarantine {
             reason: self.reason,
             quarantined_ms: now,
             raw: self.raw,
-        };
-        batch.put_cf(
-            cf_q,
-            keys::quarantine_key(now, agent, seq),
-            q.encode_to_vec(),
-        );
+        });
     }
 }
 
@@ -515,27 +498,10 @@ impl Writer {
             .collect();
         let table = ctx.locations.current();
         let want_live = ctx.hub.has_subscribers();
-        // The handle only while the batch is built: the write takes its own
-        // (a store reopening after a disk fault waits for readers to let go).
-        let db = store.db()?;
-        let (cf_events, cf_det, cf_agg, cf_q, cf_c, cf_wm) = (
-            cf(&db, CF_EVENTS),
-            cf(&db, CF_DET),
-            cf(&db, CF_AGG),
-            cf(&db, CF_QUARANTINE),
-            cf(&db, CF_COUNTERS),
-            cf(&db, CF_WM),
-        );
-        let cf_by_commit = cf(&db, CF_BY_COMMIT);
-        let mut batch = WriteBatch::default();
-        // The commit's events in one `by_commit` entry (one memtable insert
-        // per commit instead of one per event; see Store::committed_since).
-        let mut by_commit: Option<(i64, Vec<u8>)> = None;
+        let mut commit = store.begin(now)?;
         let mut live = Vec::new();
         let (mut n_stored, mut n_sem, mut n_rej, mut n_unmatched, mut n_transport) =
             (0u64, 0u64, 0u64, 0u64, 0u64);
-        let one = 1u64.to_le_bytes();
-        let mut agg: HashMap<Vec<u8>, u64> = HashMap::new();
         for (idx, agent, ev) in fresh {
             let Ok(outcome) = planned[idx].outcome.as_mut() else {
                 continue;
@@ -555,7 +521,7 @@ impl Writer {
                         reason,
                         code,
                     };
-                    q.put(&mut batch, cf_q, now, &agent, outcome);
+                    q.put(&mut commit, now, &agent, outcome);
                     n_rej += 1;
                 }
                 Incoming::Valid(e) => {
@@ -588,7 +554,7 @@ impl Writer {
                                 reason,
                                 code: CONFLICT,
                             };
-                            q.put(&mut batch, cf_q, now, &agent, outcome);
+                            q.put(&mut commit, now, &agent, outcome);
                             n_rej += 1;
                             ctx.metrics.det_oid_conflicts.inc();
                             continue;
@@ -599,16 +565,12 @@ impl Writer {
                             continue;
                         }
                     }
-                    let (ts, cam) = (d.timestamp_detected, d.video_camera_oid);
                     let loc = d.geographical_location_oid;
                     let matched = table.get(loc).is_some();
                     if !matched {
                         n_unmatched += 1;
                     }
-                    for bucket in [keys::Bucket::Minute, keys::Bucket::Hour] {
-                        *agg.entry(keys::agg_key(bucket, bucket.floor(ts), loc, &d.item_name))
-                            .or_default() += 1;
-                    }
+                    commit.add_aggregate(d.timestamp_detected, loc, &d.item_name);
                     let mut joined = JoinedEvent {
                         detection: Some(d),
                         agent_id: agent.to_string(),
@@ -619,10 +581,7 @@ impl Writer {
                         location: None,
                         media: Vec::new(),
                     };
-                    batch.put_cf(cf_events, keys::event_key(ts, oid), joined.encode_to_vec());
-                    batch.put_cf(cf_det, keys::det_key(oid), keys::det_value(ts, cam));
-                    let (_, packed) = by_commit.get_or_insert_with(|| (oid, Vec::new()));
-                    packed.extend_from_slice(&keys::event_key(ts, oid));
+                    commit.put_event(&joined);
                     outcome.stored += 1;
                     n_stored += 1;
                     if want_live {
@@ -637,16 +596,6 @@ impl Writer {
                 n_transport += o.dup_transport;
             }
         }
-        if let Some((first_oid, packed)) = by_commit {
-            batch.put_cf(cf_by_commit, keys::event_key(now, first_oid), packed);
-        }
-        for (k, v) in agg {
-            if v == 1 {
-                batch.merge_cf(cf_agg, k, one);
-            } else {
-                batch.merge_cf(cf_agg, k, v.to_le_bytes());
-            }
-        }
         for (name, v) in [
             (counter::STORED, n_stored),
             (counter::DUP_SEMANTIC, n_sem),
@@ -654,22 +603,15 @@ impl Writer {
             (counter::REJECTED, n_rej),
             (counter::UNMATCHED, n_unmatched),
         ] {
-            if v > 0 {
-                batch.merge_cf(cf_c, name, v.to_le_bytes());
-            }
+            commit.count(name, v);
         }
         for ((agent, epoch), (wm, digest)) in staged {
-            batch.put_cf(
-                cf_wm,
-                keys::wm_key(agent, *epoch, self.partition as u16),
-                keys::wm_value(*wm, *digest),
-            );
+            commit.set_watermark(agent, *epoch, self.partition, *wm, *digest);
         }
         if n_unmatched > 0 {
             ctx.metrics.unmatched.inc_by(n_unmatched);
         }
-        drop(db);
-        store.write(batch)?;
+        store.commit(commit)?;
         Ok(live)
     }
 }

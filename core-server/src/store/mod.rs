@@ -21,6 +21,9 @@
 //!
 //! # Promises
 //!
+//! - Only the store lays out a commit: writers fill a [`commit::CommitBatch`]
+//!   (`put_event`, `add_aggregate`, `quarantine`, `count`, `set_watermark`)
+//!   and hand it to [`Store::commit`].
 //! - A commit MUST put a batch's events, their `det` keys, their aggregate
 //!   increments, its quarantined events, the counters and the agent's new
 //!   watermark in one `WriteBatch`; the agent MUST be acknowledged only after
@@ -51,6 +54,7 @@
 //! - The media rows (`media*`) are kept by [`crate::media`], whose module docs
 //!   state their promises; the methods are in [`media`].
 
+pub mod commit;
 pub mod keys;
 pub mod media;
 pub mod views;

@@ -1,0 +1,147 @@
+//! The typed commit batch: the one place that lays a commit out in the
+//! column families (see the key layouts in [`super`]). The partition writers
+//! fill it through what a commit means — an event stored, an aggregate
+//! counted, an event quarantined, a watermark moved — and [`Store::commit`]
+//! writes it as one `WriteBatch`.
+
+use std::{collections::HashMap, sync::Arc};
+
+use prost::Message;
+use rocksdb::{WriteBatch, DB};
+use sightline_proto::v1::{JoinedEvent, QuarantinedEvent};
+
+use super::{
+    cf, keys, Store, StoreError, CF_AGG, CF_BY_COMMIT, CF_COUNTERS, CF_DET, CF_EVENTS,
+    CF_QUARANTINE, CF_WM,
+};
+
+/// One commit's writes, in memory until [`Store::commit`].
+pub struct CommitBatch {
+    db: Arc<DB>,
+    batch: WriteBatch,
+    /// The commit's events in one `by_commit` entry (one memtable insert per
+    /// commit instead of one per event; see `Store::committed_since`):
+    /// (first det_oid, packed (detection ms, det_oid) pairs).
+    by_commit: Option<(i64, Vec<u8>)>,
+    /// Aggregate increments summed per key: one merge per key per commit.
+    agg: HashMap<Vec<u8>, u64>,
+    counters: HashMap<&'static str, u64>,
+    committed_ms: i64,
+}
+
+impl Store {
+    /// An empty commit stamped `committed_ms`. It holds the database while it
+    /// is filled; [`Store::commit`] lets go of it before writing (a store
+    /// reopening after a disk fault waits for holders to let go).
+    pub fn begin(&self, committed_ms: i64) -> Result<CommitBatch, StoreError> {
+        Ok(CommitBatch {
+            db: self.db()?,
+            batch: WriteBatch::default(),
+            by_commit: None,
+            agg: HashMap::new(),
+            counters: HashMap::new(),
+            committed_ms,
+        })
+    }
+
+    /// Writes a commit in one `WriteBatch` (fsync'd when the store is so
+    /// configured).
+    pub fn commit(&self, c: CommitBatch) -> Result<(), StoreError> {
+        let CommitBatch {
+            db,
+            mut batch,
+            by_commit,
+            agg,
+            counters,
+            committed_ms,
+        } = c;
+        if let Some((first_oid, packed)) = by_commit {
+            batch.put_cf(
+                cf(&db, CF_BY_COMMIT),
+                keys::event_key(committed_ms, first_oid),
+                packed,
+            );
+        }
+        let cf_agg = cf(&db, CF_AGG);
+        for (k, v) in agg {
+            batch.merge_cf(cf_agg, k, v.to_le_bytes());
+        }
+        let cf_c = cf(&db, CF_COUNTERS);
+        for (name, v) in counters {
+            if v > 0 {
+                batch.merge_cf(cf_c, name, v.to_le_bytes());
+            }
+        }
+        drop(db);
+        self.write(batch)
+    }
+}
+
+impl CommitBatch {
+    /// Stores an event under its det_oid (the `det` key that makes it the
+    /// only one, with its camera) and in the commit's `by_commit` entry.
+    /// `event` is kept without its joined location.
+    pub fn put_event(&mut self, event: &JoinedEvent) {
+        let d = event
+            .detection
+            .as_ref()
+            .expect("a stored event has its detection");
+        let (ts, oid, cam) = (
+            d.timestamp_detected,
+            d.detection_oid.unwrap_or_default(),
+            d.video_camera_oid,
+        );
+        let key = keys::event_key(ts, oid);
+        self.batch
+            .put_cf(cf(&self.db, CF_EVENTS), key, event.encode_to_vec());
+        self.batch.put_cf(
+            cf(&self.db, CF_DET),
+            keys::det_key(oid),
+            keys::det_value(ts, cam),
+        );
+        let (_, packed) = self.by_commit.get_or_insert_with(|| (oid, Vec::new()));
+        packed.extend_from_slice(&key);
+    }
+
+    /// Counts one event of `item` at `location`, detected at `ts`, in its
+    /// minute and its hour.
+    pub fn add_aggregate(&mut self, ts: i64, location: i64, item: &str) {
+        for bucket in [keys::Bucket::Minute, keys::Bucket::Hour] {
+            *self
+                .agg
+                .entry(keys::agg_key(bucket, bucket.floor(ts), location, item))
+                .or_default() += 1;
+        }
+    }
+
+    /// Keeps a refused event in the quarantine.
+    pub fn quarantine(&mut self, q: &QuarantinedEvent) {
+        self.batch.put_cf(
+            cf(&self.db, CF_QUARANTINE),
+            keys::quarantine_key(q.quarantined_ms, &q.agent_id, q.seq),
+            q.encode_to_vec(),
+        );
+    }
+
+    /// Adds `n` to one of the totals ([`counter`]).
+    pub fn count(&mut self, name: &'static str, n: u64) {
+        *self.counters.entry(name).or_default() += n;
+    }
+
+    /// Moves `partition`'s watermark of (agent, epoch) to `seq`, the digest of
+    /// its event kept beside it.
+    pub fn set_watermark(
+        &mut self,
+        agent: &str,
+        epoch: u64,
+        partition: usize,
+        seq: u64,
+        digest: u64,
+    ) {
+        self.batch.put_cf(
+            cf(&self.db, CF_WM),
+            keys::wm_key(agent, epoch, partition as u16),
+            keys::wm_value(seq, digest),
+        );
+    }
+}
