@@ -55,11 +55,14 @@ pub(super) fn load_state(db: &DB) -> Result<State, BufferError> {
     };
     let epoch = match get("epoch")? {
         Some(e) => {
-            if get("format")? != Some(FORMAT_VERSION) {
-                return Err(BufferError::Corrupt(format!(
-                    "unknown buffer format {:?}, this agent reads {FORMAT_VERSION}",
-                    get("format")?
-                )));
+            match get("format")? {
+                Some(FORMAT_VERSION) => {}
+                Some(1) => migrate_from_1(db)?,
+                other => {
+                    return Err(BufferError::Corrupt(format!(
+                        "unknown buffer format {other:?}, this agent reads {FORMAT_VERSION} (and migrates 1)"
+                    )))
+                }
             }
             e
         }
@@ -84,20 +87,32 @@ pub(super) fn load_state(db: &DB) -> Result<State, BufferError> {
         )));
     }
     let mut sizes = VecDeque::new();
+    let mut runs = VecDeque::new();
     let mut held_bytes = 0;
     let mut expect = acked + 1;
     let events = db.cf_handle(CF_EVENTS).expect("events cf");
     for item in db.iterator_cf(events, rocksdb::IteratorMode::Start) {
         let (k, v) = item?;
-        let seq = be_u64(&k, "event key")?;
-        if seq != expect {
-            return Err(BufferError::Corrupt(format!(
-                "expected event seq {expect}, found {seq} (acked {acked}, next_seq {next_seq})"
-            )));
+        let first = be_u64(&k, "event key")?;
+        let mut holds = false;
+        for (i, e) in unpack_run(&v)?.into_iter().enumerate() {
+            let seq = first + i as u64;
+            if seq <= acked {
+                continue; // an acknowledged part of a run still held
+            }
+            if seq != expect {
+                return Err(BufferError::Corrupt(format!(
+                    "expected event seq {expect}, found {seq} (acked {acked}, next_seq {next_seq})"
+                )));
+            }
+            sizes.push_back(e.len() as u32);
+            held_bytes += e.len() as u64;
+            expect += 1;
+            holds = true;
         }
-        sizes.push_back(v.len() as u32);
-        held_bytes += v.len() as u64;
-        expect += 1;
+        if holds {
+            runs.push_back(first);
+        }
     }
     if expect != next_seq {
         return Err(BufferError::Corrupt(format!(
@@ -110,6 +125,7 @@ pub(super) fn load_state(db: &DB) -> Result<State, BufferError> {
         acked,
         persisted_acked: acked,
         sizes,
+        runs,
         held_bytes,
         cache: VecDeque::new(),
         cache_first: next_seq,
@@ -249,11 +265,51 @@ impl Shared {
             let events = db.cf_handle(CF_EVENTS).expect("events cf");
             let meta = db.cf_handle(CF_META).expect("meta cf");
             let mut batch = WriteBatch::default();
-            batch.delete_range_cf(events, key(st.persisted_acked + 1), key(st.acked + 1));
+            // Every run all of whose seqs are acknowledged: those before the
+            // first run still holding one.
+            let keep_from = st.runs.front().copied().unwrap_or(st.next_seq);
+            batch.delete_range_cf(events, key(0), key(keep_from));
             batch.put_cf(meta, "acked", st.acked.to_be_bytes());
             self.write(db, batch, false)?;
             st.persisted_acked = st.acked;
             Ok(())
         })
     }
+}
+
+/// Rewrites a format-1 buffer (one event per `events` entry) as runs, in one
+/// synced `WriteBatch` with the new format.
+fn migrate_from_1(db: &DB) -> Result<(), BufferError> {
+    let events = db.cf_handle(CF_EVENTS).expect("events cf");
+    let meta = db.cf_handle(CF_META).expect("meta cf");
+    let mut held: Vec<(u64, Bytes)> = Vec::new();
+    for item in db.iterator_cf(events, rocksdb::IteratorMode::Start) {
+        let (k, v) = item?;
+        held.push((be_u64(&k, "event key")?, Bytes::from(v.into_vec())));
+    }
+    let mut batch = WriteBatch::default();
+    batch.delete_range_cf(events, key(0), key(u64::MAX));
+    // Consecutive seqs make one list of runs each (a format-1 buffer holds
+    // one stretch; the check at load names any hole).
+    let mut i = 0;
+    while i < held.len() {
+        let mut j = i + 1;
+        while j < held.len() && held[j].0 == held[j - 1].0 + 1 {
+            j += 1;
+        }
+        let stretch: Vec<Bytes> = held[i..j].iter().map(|(_, b)| b.clone()).collect();
+        for (first, run) in pack_runs(held[i].0, &stretch) {
+            batch.put_cf(events, key(first), run);
+        }
+        i = j;
+    }
+    batch.put_cf(meta, "format", FORMAT_VERSION.to_be_bytes());
+    let mut w = WriteOptions::default();
+    w.set_sync(true);
+    db.write_opt(batch, &w)?;
+    tracing::info!(
+        events = held.len(),
+        "buffer migrated from format 1 to {FORMAT_VERSION} (runs)"
+    );
+    Ok(())
 }

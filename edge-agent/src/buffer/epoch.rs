@@ -43,9 +43,12 @@ pub(super) fn renumber(shared: &Shared) -> Result<NewEpoch, BufferError> {
                 ))
             })?;
             e.seq = i as u64 + 1;
-            let bytes = Bytes::from(e.encode_to_vec());
-            batch.put_cf(events_cf, key(e.seq), &bytes);
-            renumbered.push(bytes);
+            renumbered.push(Bytes::from(e.encode_to_vec()));
+        }
+        let runs = pack_runs(1, &renumbered);
+        let run_starts: VecDeque<u64> = runs.iter().map(|(s, _)| *s).collect();
+        for (first, run) in runs {
+            batch.put_cf(events_cf, key(first), run);
         }
         let n = renumbered.len() as u64;
         batch.put_cf(meta, "epoch", epoch.to_be_bytes());
@@ -57,6 +60,7 @@ pub(super) fn renumber(shared: &Shared) -> Result<NewEpoch, BufferError> {
         st.acked = 0;
         st.persisted_acked = 0;
         st.sizes = renumbered.iter().map(|b| b.len() as u32).collect();
+        st.runs = run_starts;
         st.held_bytes = renumbered.iter().map(|b| b.len() as u64).sum();
         st.cache.clear();
         st.cache_bytes = 0;

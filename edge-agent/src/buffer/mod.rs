@@ -6,16 +6,16 @@
 //! link loses nothing: on restart the buffer still holds every event the core
 //! has not acknowledged, under the same seqs.
 //!
-//! # On-disk format (version 1)
+//! # On-disk format (version 2)
 //!
 //! | column family | key | value |
 //! | --- | --- | --- |
-//! | `events` | seq, u64 big-endian (8 bytes) | one encoded `sightline.v1.EdgeEvent` with that seq |
+//! | `events` | the first seq of a run, u64 big-endian (8 bytes) | a **run**: the encoded `sightline.v1.EdgeEvent`s of consecutive seqs from the key's, each as u32 LE length ‖ bytes |
 //! | `meta` | `epoch` | u64 BE: random, non-zero; written when the buffer is created and by [`Buffer::new_epoch`] |
 //! | `meta` | `next_seq` | u64 BE: the seq the next accepted event gets (starts at 1) |
 //! | `meta` | `acked` | u64 BE: the highest seq the core acknowledged (starts at 0) |
 //! | `meta` | `source/<name>` | u64 BE: how far a source (a replayed file) got |
-//! | `meta` | `format` | u64 BE: 1 |
+//! | `meta` | `format` | u64 BE: 2 (format 1, one event per `events` entry, is rewritten as runs at open) |
 //!
 //! # Promises
 //!
@@ -23,13 +23,17 @@
 //!   they were accepted.
 //! - An append MUST write its events, `next_seq` and its source position in one
 //!   `WriteBatch`, so after any crash `events` holds exactly the seqs
-//!   `acked + 1 ..= next_seq - 1` and a replay resumes after the rows it stored.
+//!   `acked + 1 ..= next_seq - 1` (the first run MAY start at or below
+//!   `acked`: a run is deleted once all of it is acknowledged) and a replay
+//!   resumes after the rows it stored. A group commit writes its events as
+//!   runs of at most [`RUN_BYTES`]: one RocksDB entry for many events.
 //! - An append MUST be durable (fsync'd, with `sync = true`) before it is
 //!   answered.
 //! - An append that does not fit MUST be refused whole ([`BufferError::Full`]):
 //!   nothing of it is kept, nothing already held is dropped.
 //! - An event MUST be deleted only by [`Buffer::ack_through`], i.e. after the
-//!   core acknowledged its seq; the deletion and `acked` go in one `WriteBatch`
+//!   core acknowledged its seq (a run, with a range delete, once all its seqs
+//!   are); the deletion and `acked` go in one `WriteBatch`
 //!   (not fsync'd on its own: the next synced append carries it to disk, and a
 //!   lost ack only means a resend the core recognises by seq).
 //! - The epoch MUST be new when the buffer is created afresh (the directory was
@@ -75,7 +79,10 @@ use tokio::sync::{oneshot, watch, Notify};
 
 const CF_EVENTS: &str = "events";
 const CF_META: &str = "meta";
-const FORMAT_VERSION: u64 = 1;
+const FORMAT_VERSION: u64 = 2;
+/// Most bytes of events in one run (one `events` entry); a run holds at
+/// least one event.
+pub const RUN_BYTES: usize = 1024 * 1024;
 /// Most bytes of recent events kept in memory for the sender.
 pub const CACHE_BYTES: usize = 4 * 1024 * 1024;
 /// Most events one writer commit takes from its queue.
@@ -173,6 +180,9 @@ struct State {
     persisted_acked: u64,
     /// Encoded size of each held event, seqs `acked + 1 ..`.
     sizes: VecDeque<u32>,
+    /// The first seq of each run on disk holding an unacknowledged event, in
+    /// order (the first MAY start at or below `acked`).
+    runs: VecDeque<u64>,
     held_bytes: u64,
     /// The newest encoded events, contiguous, ending at `next_seq - 1`.
     cache: VecDeque<Bytes>,
@@ -200,7 +210,58 @@ impl State {
             self.cache_first = self.next_seq;
         }
         self.acked = seq;
+        // Runs all of whose seqs are acknowledged.
+        while !self.runs.is_empty() {
+            let end = self.runs.get(1).copied().unwrap_or(self.next_seq);
+            if end > seq + 1 {
+                break;
+            }
+            self.runs.pop_front();
+        }
     }
+}
+
+/// Packs encoded events into runs of at most [`RUN_BYTES`] (at least one
+/// event each): (first seq, value) for each.
+fn pack_runs(first_seq: u64, events: &[Bytes]) -> Vec<(u64, Vec<u8>)> {
+    let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        let seq = first_seq + i as u64;
+        match out.last_mut() {
+            Some((_, run)) if run.len() + 4 + e.len() <= RUN_BYTES => {
+                run.extend_from_slice(&(e.len() as u32).to_le_bytes());
+                run.extend_from_slice(e);
+            }
+            _ => {
+                let mut run = Vec::with_capacity(4 + e.len());
+                run.extend_from_slice(&(e.len() as u32).to_le_bytes());
+                run.extend_from_slice(e);
+                out.push((seq, run));
+            }
+        }
+    }
+    out
+}
+
+/// The events of a run, in seq order (from its key's seq).
+fn unpack_run(run: &[u8]) -> Result<Vec<&[u8]>, BufferError> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while at < run.len() {
+        let len = run
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+            .ok_or_else(|| BufferError::Corrupt(format!("run cut inside a length at byte {at}")))?;
+        let event = run.get(at + 4..at + 4 + len).ok_or_else(|| {
+            BufferError::Corrupt(format!(
+                "run cut inside an event at byte {at} ({len} bytes claimed, {} left)",
+                run.len() - at - 4
+            ))
+        })?;
+        out.push(event);
+        at += 4 + len;
+    }
+    Ok(out)
 }
 
 /// Why the disk refused a write, until the database is reopened.
@@ -472,25 +533,41 @@ fn read_db(
     let cf = db.cf_handle(CF_EVENTS).expect("events cf");
     let mut out = Vec::new();
     let mut bytes = 0;
-    let iter = db.iterator_cf(
-        cf,
-        rocksdb::IteratorMode::From(&key(from), rocksdb::Direction::Forward),
-    );
-    for (expect, item) in (from..).zip(iter) {
-        let (k, v) = item?;
-        let seq = be_u64(&k, "event key")?;
-        if seq >= end || out.len() >= max_events || (!out.is_empty() && bytes + v.len() > max_bytes)
-        {
-            break;
-        }
-        if seq != expect {
-            return Err(BufferError::Corrupt(format!(
-                "expected seq {expect}, found {seq}"
-            )));
-        }
-        bytes += v.len();
-        out.push(Bytes::from(v.into_vec()));
+    // The run holding `from` starts at or before it.
+    let mut it = db.raw_iterator_cf(cf);
+    it.seek_for_prev(key(from));
+    if !it.valid() {
+        it.seek(key(from));
     }
+    let mut expect = from;
+    'runs: while it.valid() {
+        let (Some(k), Some(v)) = (it.key(), it.value()) else {
+            break;
+        };
+        let first = be_u64(k, "event key")?;
+        for (i, e) in unpack_run(v)?.into_iter().enumerate() {
+            let seq = first + i as u64;
+            if seq < expect {
+                continue;
+            }
+            if seq >= end
+                || out.len() >= max_events
+                || (!out.is_empty() && bytes + e.len() > max_bytes)
+            {
+                break 'runs;
+            }
+            if seq != expect {
+                return Err(BufferError::Corrupt(format!(
+                    "expected seq {expect}, found {seq}"
+                )));
+            }
+            bytes += e.len();
+            out.push(Bytes::copy_from_slice(e));
+            expect += 1;
+        }
+        it.next();
+    }
+    it.status()?;
     if out.is_empty() {
         return Err(BufferError::Corrupt(format!("seq {from} is missing")));
     }
@@ -617,9 +694,6 @@ fn commit_group_in(shared: &Shared, db: &DB, group: Vec<AppendReq>) {
             }));
             continue;
         }
-        for (i, b) in encoded.iter().enumerate() {
-            batch.put_cf(events_cf, key(next + i as u64), b);
-        }
         if let Some(src) = &req.source {
             batch.put_cf(
                 meta,
@@ -642,6 +716,11 @@ fn commit_group_in(shared: &Shared, db: &DB, group: Vec<AppendReq>) {
     if accepted.is_empty() {
         return;
     }
+    let runs = pack_runs(first_of_group, &encoded_all);
+    let run_starts: Vec<u64> = runs.iter().map(|(s, _)| *s).collect();
+    for (first, run) in runs {
+        batch.put_cf(events_cf, key(first), run);
+    }
     batch.put_cf(meta, "next_seq", next.to_be_bytes());
     if let Err(e) = shared.write(db, batch, shared.opts.sync) {
         for (reply, _) in accepted {
@@ -652,6 +731,7 @@ fn commit_group_in(shared: &Shared, db: &DB, group: Vec<AppendReq>) {
     {
         let mut st = shared.state.lock().unwrap();
         debug_assert_eq!(st.next_seq, first_of_group);
+        st.runs.extend(run_starts);
         for b in encoded_all {
             st.sizes.push_back(b.len() as u32);
             st.held_bytes += b.len() as u64;

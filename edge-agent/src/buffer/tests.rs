@@ -489,3 +489,105 @@ fn a_new_epoch_survives_a_crash_whole_or_not_at_all() {
     }
     assert_eq!(epochs.len(), 6, "every round started new epochs");
 }
+
+/// The `events` entries on disk: (key seq, events in the run).
+fn runs_on_disk(path: &std::path::Path) -> Vec<(u64, usize)> {
+    let db = open_db(path).unwrap();
+    let cf = db.cf_handle(CF_EVENTS).unwrap();
+    db.iterator_cf(cf, rocksdb::IteratorMode::Start)
+        .map(|item| {
+            let (k, v) = item.unwrap();
+            (be_u64(&k, "key").unwrap(), unpack_run(&v).unwrap().len())
+        })
+        .collect()
+}
+
+#[test]
+fn a_group_commit_is_one_run_and_a_partly_acknowledged_run_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let b = Buffer::open(dir.path(), opts()).unwrap();
+        b.append_blocking((1..=100).map(det).collect(), None)
+            .unwrap();
+        b.append_blocking((101..=110).map(det).collect(), None)
+            .unwrap();
+        // Half of the first run acknowledged: it stays on disk.
+        b.ack_through(50).unwrap();
+    }
+    assert_eq!(runs_on_disk(dir.path()), vec![(1, 100), (101, 10)]);
+    {
+        let b = Buffer::open(dir.path(), opts()).unwrap();
+        assert_eq!((b.acked(), b.depth(), b.next_seq()), (50, 60, 111));
+        let seqs: Vec<u64> = b
+            .read(51, 1000, usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|e| decode(e).seq)
+            .collect();
+        assert_eq!(seqs, (51..=110).collect::<Vec<_>>());
+        // All of the first run acknowledged: it goes, with one range delete.
+        b.ack_through(100).unwrap();
+    }
+    assert_eq!(runs_on_disk(dir.path()), vec![(101, 10)]);
+    let b = Buffer::open(dir.path(), opts()).unwrap();
+    assert_eq!(held_oids(&b), (101..=110).collect::<Vec<_>>());
+}
+
+#[test]
+fn runs_are_cut_at_their_byte_limit() {
+    let big: Vec<Bytes> = (0..3)
+        .map(|_| Bytes::from(vec![7u8; RUN_BYTES / 2]))
+        .collect();
+    let runs = pack_runs(10, &big);
+    let firsts: Vec<u64> = runs.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        firsts,
+        vec![10, 11, 12],
+        "each half-limit event in its own run"
+    );
+    let small: Vec<Bytes> = (0..1000).map(|_| Bytes::from(vec![1u8; 100])).collect();
+    let runs = pack_runs(1, &small);
+    assert_eq!(runs.len(), 1);
+    assert_eq!(unpack_run(&runs[0].1).unwrap().len(), 1000);
+    // A run cut short is named, not misread.
+    let cut = &runs[0].1[..runs[0].1.len() - 3];
+    assert!(unpack_run(cut)
+        .unwrap_err()
+        .to_string()
+        .contains("cut inside"));
+}
+
+#[test]
+fn a_format_1_buffer_is_rewritten_as_runs_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let epoch = 4242u64;
+    {
+        // A buffer as format 1 left it: one event per entry, seqs 3..=7
+        // held, 1..=2 acknowledged.
+        let db = open_db(dir.path()).unwrap();
+        let (events, meta) = (
+            db.cf_handle(CF_EVENTS).unwrap(),
+            db.cf_handle(CF_META).unwrap(),
+        );
+        for seq in 3..=7u64 {
+            let e = EdgeEvent {
+                seq,
+                detection: Some(det(seq as i64)),
+                accepted_ms: 1,
+            };
+            db.put_cf(events, key(seq), e.encode_to_vec()).unwrap();
+        }
+        db.put_cf(meta, "epoch", epoch.to_be_bytes()).unwrap();
+        db.put_cf(meta, "format", 1u64.to_be_bytes()).unwrap();
+        db.put_cf(meta, "next_seq", 8u64.to_be_bytes()).unwrap();
+        db.put_cf(meta, "acked", 2u64.to_be_bytes()).unwrap();
+    }
+    {
+        let b = Buffer::open(dir.path(), opts()).unwrap();
+        assert_eq!((b.epoch(), b.acked(), b.next_seq()), (epoch, 2, 8));
+        assert_eq!(held_oids(&b), vec![3, 4, 5, 6, 7]);
+    }
+    assert_eq!(runs_on_disk(dir.path()), vec![(3, 5)]);
+    let b = Buffer::open(dir.path(), opts()).unwrap();
+    assert_eq!(held_oids(&b), vec![3, 4, 5, 6, 7]);
+}
