@@ -123,6 +123,7 @@ impl Fleet {
                 tracing::warn!(agent, fault = %status.buffer_disk_fault, "the agent's buffer disk refuses writes");
             }
             i.buffer_disk_fault = status.buffer_disk_fault;
+            i.oldest_held_ms = status.oldest_held_ms;
             i.lag = next_seq.saturating_sub(i.acked_seq + 1);
             self.publish_gauges(i);
         }
@@ -166,6 +167,12 @@ impl Fleet {
             .agent_buffer_depth
             .get_or_create(&l)
             .set(i.buffer_depth as i64);
+        let age_s = if i.oldest_held_ms > 0 && i.buffer_depth > 0 {
+            (sightline_proto::now_ms() - i.oldest_held_ms).max(0) / 1000
+        } else {
+            0
+        };
+        self.metrics.agent_backlog_age.get_or_create(&l).set(age_s);
     }
 
     /// Every agent, by id.

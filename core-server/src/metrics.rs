@@ -53,6 +53,8 @@ pub struct Metrics {
     pub agent_connected: Family<AgentLabel, Gauge>,
     pub agent_lag: Family<AgentLabel, Gauge>,
     pub agent_buffer_depth: Family<AgentLabel, Gauge>,
+    /// Seconds since the agent accepted the oldest event it still holds.
+    pub agent_backlog_age: Family<AgentLabel, Gauge>,
     pub sessions: Counter,
     pub live_subscribers: Gauge,
     pub live_lagged: Counter,
@@ -133,6 +135,12 @@ impl Metrics {
             "agent_buffer_depth_events",
             "Buffer depth the agent last reported",
             agent_buffer_depth.clone(),
+        );
+        let agent_backlog_age = Family::<AgentLabel, Gauge>::default();
+        r.register(
+            "agent_backlog_age_seconds",
+            "Seconds since the agent accepted the oldest event it still holds unacknowledged (0: none)",
+            agent_backlog_age.clone(),
         );
         let sessions = Counter::default();
         r.register("ingest_sessions", "Agent sessions opened", sessions.clone());
@@ -219,6 +227,7 @@ impl Metrics {
             agent_connected,
             agent_lag,
             agent_buffer_depth,
+            agent_backlog_age,
             sessions,
             live_subscribers,
             live_lagged,

@@ -154,6 +154,9 @@ pub struct AgentRow {
     pub last_new_epoch: String,
     /// Why the agent's buffer disk refuses writes ("" when it takes them).
     pub buffer_disk_fault: String,
+    /// When the agent accepted the oldest event it still holds (epoch ms; 0:
+    /// none): the age of its backlog.
+    pub oldest_held_ms: i64,
 }
 
 /// A camera of an agent: seen in its events, and/or reported by the agent

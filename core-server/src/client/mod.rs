@@ -348,6 +348,16 @@ pub async fn run(url: String, cmd: ClientCommand) -> anyhow::Result<()> {
                 if !a.buffer_disk_fault.is_empty() {
                     println!("{:<20} buffer disk: {}", "", a.buffer_disk_fault);
                 }
+                if a.buffer_depth > 0 && a.oldest_held_ms > 0 {
+                    let age = (sightline_proto::now_ms() - a.oldest_held_ms).max(0);
+                    println!(
+                        "{:<20} backlog: {} events, the oldest accepted {:.1} s ago ({})",
+                        "",
+                        a.buffer_depth,
+                        age as f64 / 1000.0,
+                        fmt_ms(a.oldest_held_ms)
+                    );
+                }
             }
         }
         ClientCommand::Quarantine { limit } => {

@@ -360,6 +360,25 @@ impl Buffer {
         self.shared.state.lock().unwrap().held_bytes
     }
 
+    /// When the oldest unacknowledged event was accepted (epoch ms); 0 when
+    /// none is held (or it cannot be read: the sender reports it, best effort).
+    pub fn oldest_held_ms(&self) -> i64 {
+        let from = {
+            let st = self.shared.state.lock().unwrap();
+            if st.sizes.is_empty() {
+                return 0;
+            }
+            st.acked + 1
+        };
+        match self.read(from, 1, usize::MAX) {
+            Ok(events) => events
+                .first()
+                .and_then(|b| EdgeEvent::decode(b.as_ref()).ok())
+                .map_or(0, |e| e.accepted_ms),
+            Err(_) => 0,
+        }
+    }
+
     /// Why the buffer's disk refuses writes, while it does.
     pub fn disk_fault(&self) -> Option<String> {
         self.shared

@@ -591,3 +591,24 @@ fn a_format_1_buffer_is_rewritten_as_runs_at_open() {
     let b = Buffer::open(dir.path(), opts()).unwrap();
     assert_eq!(held_oids(&b), vec![3, 4, 5, 6, 7]);
 }
+
+#[test]
+fn the_backlog_age_is_the_oldest_unacknowledged_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Buffer::open(dir.path(), opts()).unwrap();
+    assert_eq!(b.oldest_held_ms(), 0, "nothing held");
+    let before = sightline_proto::now_ms();
+    b.append_blocking(vec![det(1), det(2)], None).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    b.append_blocking(vec![det(3)], None).unwrap();
+    let first = b.oldest_held_ms();
+    assert!(
+        first >= before && first <= sightline_proto::now_ms(),
+        "{first}"
+    );
+    b.ack_through(2).unwrap();
+    let later = b.oldest_held_ms();
+    assert!(later >= first + 20, "{later} vs {first}");
+    b.ack_through(3).unwrap();
+    assert_eq!(b.oldest_held_ms(), 0);
+}

@@ -352,6 +352,7 @@ impl Sender {
                         epochs_started: self.stats.epochs_started.load(Ordering::Relaxed),
                         last_new_epoch: self.stats.last_new_epoch.lock().unwrap().clone(),
                         buffer_disk_fault: buffer.disk_fault().unwrap_or_default(),
+                        oldest_held_ms: buffer.oldest_held_ms(),
                     };
                     send(&link.tx, agent_message::Msg::Status(status)).await?;
                 }

@@ -53,7 +53,7 @@ fn Agent(a: AgentRow) -> impl IntoView {
             <h2><span class=format!("dot {status}")></span>{a.agent_id.clone()}<span class="muted">" · "{status}</span></h2>
             <dl class="kv">
                 <dt>"last seen"</dt><dd>{format::time_ms(a.last_seen_ms)}</dd>
-                <dt>"buffer depth"</dt><dd>{format::count(a.buffer_depth)}</dd>
+                <dt>"buffer depth"</dt><dd data-backlog=a.buffer_depth>{format::count(a.buffer_depth)}{(a.buffer_depth > 0 && a.oldest_held_ms > 0).then(|| format!(" · oldest accepted {}", format::time_ms(a.oldest_held_ms)))}</dd>
                 <dt>"lag (events)"</dt><dd>{format::count(a.lag)}</dd>
                 <dt>"acked seq"</dt><dd>{format::count(a.acked_seq)}</dd>
                 <dt>"duplicates dropped"</dt><dd>{format::count(a.duplicates_transport)}" resent · "{format::count(a.duplicates_semantic)}" same det_oid"</dd>

@@ -409,6 +409,7 @@ impl Backend for CoreBackend {
                 epochs_started: a.epochs_started,
                 last_new_epoch: a.last_new_epoch,
                 buffer_disk_fault: a.buffer_disk_fault,
+                oldest_held_ms: a.oldest_held_ms,
             })
             .collect())
     }
