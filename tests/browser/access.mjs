@@ -19,6 +19,8 @@ mkdirSync(cfg.artifacts, { recursive: true });
 const stdin = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
 const browser = await launch();
 const errors = [];
+// A console error as reported: its first line or so (a wasm panic's stack is long).
+const brief = s => String(s).slice(0, 400);
 
 // One logged-in browser per account, each with its own session cookie.
 const roles = [];
@@ -26,8 +28,8 @@ for (const r of cfg.roles) {
   const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   await login(ctx, cfg.base, r);
   const page = await ctx.newPage();
-  page.on('console', m => { if (m.type() === 'error') errors.push(`${r.key}: console: ${m.text()} @ ${page.url()}`); });
-  page.on('pageerror', e => errors.push(`${r.key}: pageerror: ${e.message} @ ${page.url()}`));
+  page.on('console', m => { if (m.type() === 'error') errors.push(`${r.key}: console: ${brief(m.text())} @ ${page.url()}`); });
+  page.on('pageerror', e => errors.push(`${r.key}: pageerror: ${brief(e.message)} @ ${page.url()}`));
   roles.push({ r, ctx, page, out: {} });
 }
 const shot = (x, name) => x.page.screenshot({ path: `${cfg.artifacts}/${x.r.key}-${name}.png`, fullPage: true });
@@ -171,6 +173,7 @@ for (const x of roles) {
   // page's HTML naming no footage a viewer may not have, /media answering.
   const f = cfg.footage.in;
   out.footage_in = await event(f.det);
+  out.footage_in.nearby = await dets(page);
   out.footage_in.video = await page.locator('video#clip').count();
   out.footage_in.snapshot = await page.locator('img.snapshot').count();
   if (out.footage_in.video) {
@@ -207,5 +210,6 @@ for (const x of roles) {
 }
 
 await browser.close();
-console.log(JSON.stringify({ roles: Object.fromEntries(roles.map(x => [x.r.key, x.out])), errors }));
-process.exit(0);
+// Written in full before exiting (a pipe takes large writes asynchronously).
+const report = JSON.stringify({ roles: Object.fromEntries(roles.map(x => [x.r.key, x.out])), errors }) + '\n';
+process.stdout.write(report, () => process.exit(0));

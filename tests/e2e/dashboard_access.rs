@@ -175,6 +175,7 @@ async fn each_role_and_scope_sees_exactly_its_events_counts_and_footage_in_the_d
     let file = dir.path().join("a.csv");
     data.write_csv(&file);
     let camera = footage_agent(dir.path(), &core.url());
+    let live_agent = Agent::start(AgentArgs::intake(dir.path(), "live", core.url()));
     let mut replay = Agent::start(AgentArgs::replay(
         dir.path(),
         "replay",
@@ -223,8 +224,22 @@ async fn each_role_and_scope_sees_exactly_its_events_counts_and_footage_in_the_d
     let footage_out = Footage::of(&event_with_media(&core.url(), footage_dets[1], 3).await);
     located.insert(footage_in.det, (1, "backpack".into()));
     located.insert(footage_out.det, (3, "backpack".into()));
-    let before_live = truth.unique + 2;
-    wait_stored(&core.url(), before_live).await;
+    // An event at location 3 on camera 101 a second after the one with
+    // footage (from another agent, so it shares no clip): it is "around that
+    // moment on camera 101" only for those who may see location 3.
+    let neighbour = publish(
+        &live_agent,
+        vec![Detection {
+            geographical_location_oid: 3,
+            video_camera_oid: 101,
+            item_name: "dog".into(),
+            timestamp_detected: now + 1_000,
+            ..Default::default()
+        }],
+    )
+    .await[0];
+    located.insert(neighbour, (3, "dog".into()));
+    wait_stored(&core.url(), located.len() as u64).await;
 
     // What each account may see, counted from the published data.
     let stored_in = |a: &Account, located: &HashMap<i64, (i64, String)>| -> u64 {
@@ -248,7 +263,6 @@ async fn each_role_and_scope_sees_exactly_its_events_counts_and_footage_in_the_d
         roles
             .push(json!({ "key": a.key, "name": a.key, "password": password, "out_det": out_det }));
     }
-    let live_agent = Agent::start(AgentArgs::intake(dir.path(), "live", core.url()));
 
     let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts/dashboard_access");
     let cfg = json!({
@@ -678,6 +692,12 @@ async fn each_role_and_scope_sees_exactly_its_events_counts_and_footage_in_the_d
                 );
             }
         }
+        // Around that moment on camera 101: the scope's events only.
+        let nearby = dets(&f["nearby"]);
+        check(
+            outside(&nearby).is_empty() && nearby.contains(&neighbour) == a.allows(3),
+            format!("{k}: around the footage event {nearby:?} (location 3's {neighbour})"),
+        );
         // Footage outside the scope (or any footage, for a viewer): refused
         // whichever event is named.
         let fo = &o["footage_out"];
