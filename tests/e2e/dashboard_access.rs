@@ -36,9 +36,11 @@ const LIVE_ROWS: usize = 50;
 /// Rows a search page shows (the dashboard backend's page size).
 const SEARCH_ROWS: usize = 50;
 /// Live traffic while the pages are open: batches of events, one location
-/// after the other, a pause between batches (each lands in its own tick).
-const LIVE_BATCHES: usize = 4;
-const LIVE_BATCH: usize = 8;
+/// after the other, a pause between batches. A tick carries the newest 25
+/// events (`feed::TICK_EVENTS`): even six batches in one commit all show.
+const LIVE_BATCHES: usize = 8;
+const LIVE_BATCH: usize = 4;
+const LIVE_PAUSE: Duration = Duration::from_millis(250);
 
 /// An account the browser logs in as.
 struct Account {
@@ -327,7 +329,7 @@ async fn each_role_and_scope_sees_exactly_its_events_counts_and_footage_in_the_d
             })
             .collect();
         publish(&live_agent, batch).await;
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        tokio::time::sleep(LIVE_PAUSE).await;
     }
     let all = located.len() as u64;
     wait_stored(&core.url(), all).await;
