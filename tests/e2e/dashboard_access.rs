@@ -8,6 +8,8 @@
 //! event outside the scope reads exactly like one that does not exist; and
 //! every count equals the ground truth computed here for that scope from the
 //! published data alone. Screenshots land in `tests/artifacts/dashboard_access/`.
+//! And a scoped live feed opened while events pour in settles on the exact
+//! count once they stop.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -25,9 +27,11 @@ use sightline_proto::v1::{
 };
 use sightline_tests::{
     data::{now_ms, write_locations, ITEMS},
-    query::{client, event_with_media, wait_stored},
+    http,
+    query::{all_events, client, event_with_media, stats, wait_stored},
     wait_for, Agent, AgentArgs, Core, Dataset,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Locations in Dataset B; the dataset also uses 4, which is not.
 const IN_DATASET_B: [i64; 3] = [1, 2, 3];
@@ -760,4 +764,140 @@ async fn each_role_and_scope_sees_exactly_its_events_counts_and_footage_in_the_d
         wrong.len(),
         wrong.join("\n")
     );
+}
+
+/// The body of a chunked HTTP/1.1 response read so far (whole chunks only).
+fn dechunk(raw: &[u8]) -> Vec<u8> {
+    let start = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(raw.len(), |p| p + 4);
+    let (mut rest, mut body) = (&raw[start..], Vec::new());
+    while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+        let Ok(size) = usize::from_str_radix(&String::from_utf8_lossy(&rest[..eol]), 16) else {
+            break;
+        };
+        let data = &rest[eol + 2..];
+        if size == 0 || data.len() < size + 2 {
+            break;
+        }
+        body.extend_from_slice(&data[..size]);
+        rest = &data[size + 2..];
+    }
+    body
+}
+
+/// Reads `/api/live` with `cookie` until `stop`: every tick's JSON.
+async fn live_ticks(
+    addr: String,
+    cookie: String,
+    stop: tokio_util::sync::CancellationToken,
+) -> Vec<Value> {
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(format!("GET /api/live HTTP/1.1\r\nHost: {addr}\r\n{cookie}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (mut raw, mut buf) = (Vec::new(), [0u8; 65536]);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            n = s.read(&mut buf) => match n.unwrap() {
+                0 => break,
+                n => raw.extend_from_slice(&buf[..n]),
+            },
+        }
+    }
+    assert!(
+        raw.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    String::from_utf8_lossy(&dechunk(&raw))
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| serde_json::from_str(d.trim()).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scoped_live_feed_opened_while_events_pour_in_settles_on_the_exact_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = Core::start(dir.path(), None);
+    let scope = [1i64, 2];
+    let password = "correct horse battery staple";
+    core.add_user("north", Role::Viewer, &scope, password).await;
+    let cookie = http::login(core.http, "north", password).await;
+    let mut sim = Agent::start(AgentArgs {
+        id: "sim".into(),
+        core_url: core.url(),
+        data_dir: dir.path().join("sim"),
+        command: [
+            "simulate",
+            "--cameras",
+            "4",
+            "--camera-base",
+            "101",
+            "--locations",
+            "1,2,3,4",
+            "--rate",
+            "500",
+        ]
+        .map(String::from)
+        .to_vec(),
+        intake: false,
+        exit_when_drained: false,
+        extra: vec![],
+    });
+    wait_for("traffic", Duration::from_secs(30), || async {
+        (stats(&core.url()).await.stored > 200).then_some(())
+    })
+    .await;
+    // Feeds opened while commits are in flight (each counts its scope then
+    // adds the scope's commits tick by tick).
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut feeds = Vec::new();
+    for _ in 0..8 {
+        feeds.push(tokio::spawn(live_ticks(
+            core.http.to_string(),
+            cookie.clone(),
+            stop.clone(),
+        )));
+        tokio::time::sleep(Duration::from_millis(137)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sim.terminate();
+    // Quiet: nothing more is stored, and idle ticks (one a second) go out.
+    let (mut last, deadline) = (0, Instant::now() + Duration::from_secs(30));
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = stats(&core.url()).await.stored;
+        if now == last {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the traffic did not stop");
+        last = now;
+    }
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    stop.cancel();
+    let truth = all_events(&core.url())
+        .await
+        .iter()
+        .filter(|e| scope.contains(&e.detection.as_ref().unwrap().geographical_location_oid))
+        .count() as u64;
+    assert!(truth > 0 && truth < last, "{truth} of {last}");
+    for (i, f) in feeds.into_iter().enumerate() {
+        let ticks = f.await.unwrap();
+        let settled = ticks.last().map(|t| t["totals"]["stored"].clone());
+        assert_eq!(
+            settled,
+            Some(json!(truth)),
+            "feed {i} opened during traffic settled on {settled:?}, the scope holds {truth}"
+        );
+        for t in &ticks {
+            for e in t["events"].as_array().unwrap() {
+                assert!(scope.contains(&e["location_oid"].as_i64().unwrap()), "{e}");
+            }
+        }
+    }
+    println!("8 feeds opened during traffic settled on {truth} (of {last} stored)");
 }
