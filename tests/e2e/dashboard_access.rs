@@ -445,6 +445,19 @@ async fn each_role_and_scope_sees_exactly_its_events_counts_and_footage_in_the_d
                 outside(&rows_after)
             ),
         );
+        // Live rows on top of the first load's: the page stays full.
+        check(
+            rows_after.len() as u64 == final_count.min(LIVE_ROWS as u64)
+                && rows_before
+                    .iter()
+                    .take(LIVE_ROWS - live_in as usize)
+                    .all(|d| rows_after.contains(d)),
+            format!(
+                "{k}: {} Live rows after live traffic, want {} (the first load's beneath the {live_in} live ones)",
+                rows_after.len(),
+                final_count.min(LIVE_ROWS as u64)
+            ),
+        );
         let absent: Vec<i64> = live
             .iter()
             .filter(|(d, l)| a.allows(*l) && !rows_after.contains(d))
