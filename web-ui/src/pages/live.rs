@@ -40,10 +40,7 @@ pub fn LivePage() -> impl IntoView {
                     tick.with(|t| t.as_ref().map(|t| t.totals.clone()))
                         .unwrap_or_else(|| totals.clone())
                 });
-                let shown_rows = Signal::derive(move || {
-                    let live = rows.get();
-                    if live.is_empty() { latest.clone() } else { live }
-                });
+                let shown_rows = Signal::derive(move || on_screen(&latest, rows.get()));
                 view! {
                     <section class="counters">
                         <Counter label="events/s" value=Signal::derive(move || format!("{:.0}", rate.get())) id="rate"/>
@@ -72,6 +69,14 @@ fn Counter(label: &'static str, value: Signal<String>, id: &'static str) -> impl
     }
 }
 
+/// The rows on screen: the live ones on top of the first load's (which a
+/// few live rows must not push off the page), newest first.
+pub fn on_screen(first: &[EventRow], live: Vec<EventRow>) -> Vec<EventRow> {
+    let mut rows = first.to_vec();
+    merge(&mut rows, live);
+    rows
+}
+
 /// Puts a tick's events on top of `rows`, newest first, without repeats.
 pub fn merge(rows: &mut Vec<EventRow>, fresh: Vec<EventRow>) {
     let seen: std::collections::HashSet<i64> = fresh.iter().map(|r| r.det_oid).collect();
@@ -80,4 +85,44 @@ pub fn merge(rows: &mut Vec<EventRow>, fresh: Vec<EventRow>) {
     merged.append(rows);
     merged.truncate(ROWS);
     *rows = merged;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(dets: impl IntoIterator<Item = i64>) -> Vec<EventRow> {
+        dets.into_iter()
+            .map(|det_oid| EventRow {
+                det_oid,
+                location_oid: 1,
+                location: None,
+                camera_oid: 101,
+                item: "car".into(),
+                detected_ms: det_oid,
+                committed_ms: det_oid,
+                agent_id: "a".into(),
+                thumbnail: None,
+            })
+            .collect()
+    }
+
+    fn dets(rows: &[EventRow]) -> Vec<i64> {
+        rows.iter().map(|r| r.det_oid).collect()
+    }
+
+    #[test]
+    fn live_rows_go_on_top_of_the_first_load_which_stays_beneath() {
+        let first = rows(100..100 + ROWS as i64);
+        // Nothing live yet: the first load.
+        assert_eq!(dets(&on_screen(&first, vec![])), dets(&first));
+        // Three live rows (one already on the page): on top, no repeat, the
+        // page still full.
+        let got = on_screen(&first, rows([7, 8, 100]));
+        assert_eq!(got.len(), ROWS);
+        assert_eq!(dets(&got[..4]), vec![7, 8, 100, 101]);
+        // A page's worth of live rows: only those.
+        let live = rows(1..=ROWS as i64);
+        assert_eq!(dets(&on_screen(&first, live.clone())), dets(&live));
+    }
 }

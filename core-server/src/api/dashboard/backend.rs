@@ -348,7 +348,8 @@ impl Backend for CoreBackend {
             .collect();
         attributes.sort();
         Ok(Some(EventDetail {
-            row: row(&ev),
+            // As this principal may see it (a viewer's has no thumbnail).
+            row: self.row(&ev),
             seq: ev.seq,
             accepted_ms: ev.accepted_ms,
             confidence: d.confidence,
@@ -522,6 +523,103 @@ mod tests {
         .await
         .unwrap();
         assert!(t.buckets <= crate::store::views::MAX_TIMELINE_BUCKETS);
+        shutdown.cancel();
+    }
+
+    /// A viewer's event page names no footage at all (not the thumbnail's
+    /// address either, which the page's serialised data would carry to the
+    /// browser); an investigator's names all three; outside the scope the
+    /// event reads as absent.
+    #[tokio::test]
+    async fn a_viewers_event_detail_names_no_footage_and_an_investigators_names_all() {
+        use crate::{
+            access::{Credential, Scope},
+            store::{cf, keys, CF_DET, CF_EVENTS},
+        };
+        use prost::Message;
+        use sightline_proto::v1::{Detection, MediaRef};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("store"), false, 8 << 20).unwrap());
+        let (det, ts) = (77, 1_700_000_000_000);
+        let ev = JoinedEvent {
+            detection: Some(Detection {
+                detection_oid: Some(det),
+                timestamp_detected: ts,
+                geographical_location_oid: 1,
+                video_camera_oid: 101,
+                item_name: "backpack".into(),
+                ..Default::default()
+            }),
+            agent_id: "camera-host".into(),
+            ..Default::default()
+        };
+        let db = store.db().unwrap();
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put_cf(
+            cf(&db, CF_EVENTS),
+            keys::event_key(ts, det),
+            ev.encode_to_vec(),
+        );
+        batch.put_cf(cf(&db, CF_DET), keys::det_key(det), keys::i64_key(ts));
+        drop(db);
+        store.write(batch).unwrap();
+        let shas: Vec<String> = ["a", "b", "c"].iter().map(|c| c.repeat(64)).collect();
+        for (kind, sha) in ["snapshot", "thumbnail", "clip"].iter().zip(&shas) {
+            let media = MediaRef {
+                kind: kind.to_string(),
+                sha256: sha.clone(),
+                ..Default::default()
+            };
+            store.attach_media(&[det], &media, ts, None).unwrap();
+        }
+
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let locations = Arc::new(Locations::new(None).unwrap());
+        let search = SearchIndex::start(
+            &dir.path().join("search"),
+            store.clone(),
+            locations.clone(),
+            &crate::api::live::LiveHub::new(8),
+            std::time::Duration::from_millis(50),
+            shutdown.clone(),
+        )
+        .unwrap();
+        let as_ = |role: Role, scope: Scope| CoreBackend {
+            store: store.clone(),
+            locations: locations.clone(),
+            fleet: Arc::new(Fleet::new(Arc::new(crate::metrics::Metrics::new()), vec![])),
+            cameras: Arc::default(),
+            search: search.clone(),
+            who: Principal {
+                actor: "user:someone".into(),
+                role,
+                scope,
+                credential: Credential::AdminToken,
+            },
+            csrf: None,
+            audit: None,
+        };
+        let named = |d: &EventDetail| -> Vec<String> {
+            let text = serde_json::to_string(d).unwrap();
+            shas.iter().filter(|s| text.contains(*s)).cloned().collect()
+        };
+
+        let viewer = as_(Role::Viewer, Scope::locations([1]))
+            .event(det)
+            .unwrap()
+            .expect("in scope");
+        assert!(!viewer.footage_allowed);
+        assert_eq!(named(&viewer), Vec::<String>::new(), "{viewer:?}");
+        let investigator = as_(Role::Investigator, Scope::locations([1]))
+            .event(det)
+            .unwrap()
+            .expect("in scope");
+        assert_eq!(named(&investigator), shas);
+        assert!(as_(Role::Investigator, Scope::locations([2]))
+            .event(det)
+            .unwrap()
+            .is_none());
         shutdown.cancel();
     }
 

@@ -51,13 +51,41 @@ pub struct Tick {
 }
 
 /// What one viewer of the live feed may see of each tick.
+///
+/// A scoped viewer's count is the scope's stored events read from the store,
+/// plus the scope's commits in each tick since. A read while commits are in
+/// flight may count some of them twice (read, then ticked) or not at all
+/// (ticked before the feed was subscribed, or skipped when the viewer fell
+/// behind), so the count is marked unsure and read again at the next idle
+/// tick (no commit for a second: none in flight). Exact whenever the feed
+/// is quiet; under traffic off by at most the commits of one tick window.
 pub struct TickView {
     pub who: crate::access::Principal,
-    /// The scope's stored events when the feed opened (scoped viewers).
+    /// The scope's stored events as last counted (scoped viewers).
     pub stored: u64,
+    /// `stored` may be off (see above): read it again at the next idle tick.
+    pub unsure: bool,
 }
 
 impl TickView {
+    /// A scoped viewer whose count may be off meets an idle tick: the time
+    /// to read the count again ([`TickView::recounted`]) before rendering.
+    pub fn wants_recount(&self, t: &Tick) -> bool {
+        self.unsure && !self.who.scope.is_all() && t.tick.committed == 0
+    }
+
+    /// The scope's stored events, read from the store at an idle tick.
+    pub fn recounted(&mut self, stored: u64) {
+        self.stored = stored;
+        self.unsure = false;
+    }
+
+    /// Ticks were skipped (the viewer fell behind): their commits are not in
+    /// the count.
+    pub fn lagged(&mut self) {
+        self.unsure = true;
+    }
+
     /// The tick as this viewer may see it: the shared JSON when nothing is
     /// withheld; otherwise only the scope's events and counts, no footage
     /// for a viewer.
@@ -82,6 +110,9 @@ impl TickView {
                 .map(|(_, n)| n)
                 .sum();
             self.stored += tick.committed;
+            // Counted from ticks, not read: a read at the next idle tick
+            // catches what the count missed or doubled.
+            self.unsure |= tick.committed > 0;
             tick.totals = Totals {
                 stored: self.stored,
                 at_ms: tick.totals.at_ms,
@@ -310,5 +341,74 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::{Credential, Principal, Role, Scope};
+
+    /// A tick with `committed` events per location.
+    fn tick(committed: &[(i64, u64)]) -> Tick {
+        let tick = LiveTick {
+            totals: Totals::default(),
+            committed: committed.iter().map(|(_, n)| n).sum(),
+            per_s: None,
+            events: vec![],
+        };
+        Tick {
+            json: serde_json::to_string(&tick).unwrap().into(),
+            tick,
+            by_location: committed.iter().copied().collect(),
+        }
+    }
+
+    fn shown(v: &mut TickView, t: &Tick) -> u64 {
+        serde_json::from_str::<LiveTick>(&v.render(t))
+            .unwrap()
+            .totals
+            .stored
+    }
+
+    #[test]
+    fn a_scoped_live_count_is_read_again_at_the_first_idle_tick_after_its_commits() {
+        let mut v = TickView {
+            who: Principal {
+                actor: "user:north".into(),
+                role: Role::Viewer,
+                scope: Scope::locations([1, 2]),
+                credential: Credential::AdminToken,
+            },
+            stored: 10,
+            unsure: true,
+        };
+        // Counted while commits were in flight: not read again while busy,
+        // counted on from the ticks (the scope's commits only).
+        assert!(!v.wants_recount(&tick(&[(1, 3)])));
+        assert_eq!(shown(&mut v, &tick(&[(1, 3), (3, 5)])), 13);
+        // Idle: read again, and shown as read (one commit had been counted
+        // twice).
+        let idle = tick(&[]);
+        assert!(v.wants_recount(&idle));
+        v.recounted(12);
+        assert_eq!(shown(&mut v, &idle), 12);
+        assert!(!v.wants_recount(&idle), "sure until its scope commits");
+        // Commits elsewhere leave it sure; its own make it unsure.
+        assert_eq!(shown(&mut v, &tick(&[(3, 4)])), 12);
+        assert!(!v.wants_recount(&idle));
+        assert_eq!(shown(&mut v, &tick(&[(2, 1)])), 13);
+        assert!(v.wants_recount(&idle));
+        v.recounted(13);
+        // Skipped ticks: unsure.
+        v.lagged();
+        assert!(v.wants_recount(&idle));
+        // A viewer of every location gets exact totals with every tick.
+        let all = TickView {
+            who: Principal::admin_token(),
+            stored: 0,
+            unsure: true,
+        };
+        assert!(!all.wants_recount(&idle));
     }
 }

@@ -112,30 +112,48 @@ async fn live(
     };
     // Set by `api::limits::serve_http` on every request.
     let ip = client.map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0 .0.ip());
-    let stored = if who.scope.is_all() {
-        0
-    } else {
-        let (store, scope) = (feed.store.clone(), who.scope.clone());
-        tokio::task::spawn_blocking(move || feed::scoped_stored(&store, &scope))
-            .await
-            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-            .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
-    };
+    // Subscribed before the scope is counted: no commit falls between the
+    // two unseen; one counted and ticked again is corrected at the first
+    // idle tick (see feed::TickView).
     let (rx, slot) = feed.subscribe(ip).map_err(|r| {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("too many live feeds: {r}\n"),
         )
     })?;
+    let stored = if who.scope.is_all() {
+        0
+    } else {
+        scoped_count(&feed, &who.scope)
+            .await
+            .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e))?
+    };
     let ended = session.map(|s| s.0.ended.clone());
-    let mut view = feed::TickView { who, stored };
-    let ticks = BroadcastStream::new(rx)
-        // A viewer that fell behind skips ticks; the next one has exact totals.
-        .filter_map(|t| t.ok())
-        .map(move |t| {
-            let _held = &slot;
-            Ok(Event::default().data(&*view.render(&t)))
-        });
+    let view = feed::TickView {
+        who,
+        stored,
+        unsure: true,
+    };
+    let ticks = futures::stream::unfold(
+        (BroadcastStream::new(rx), view, slot, feed),
+        |(mut rx, mut view, slot, feed)| async move {
+            let t = loop {
+                match rx.next().await? {
+                    Ok(t) => break t,
+                    // Behind: skips ticks; the next one has exact totals
+                    // (a scoped count is read again when idle).
+                    Err(_) => view.lagged(),
+                }
+            };
+            if view.wants_recount(&t) {
+                if let Ok(n) = scoped_count(&feed, &view.who.scope).await {
+                    view.recounted(n);
+                }
+            }
+            let event = Event::default().data(&*view.render(&t));
+            Some((Ok(event), (rx, view, slot, feed)))
+        },
+    );
     let until = async move {
         match ended {
             Some(e) => e.cancelled_owned().await,
@@ -143,4 +161,13 @@ async fn live(
         }
     };
     Ok(Sse::new(futures::StreamExt::take_until(ticks, until)).keep_alive(KeepAlive::default()))
+}
+
+/// The stored events of `scope`'s locations, read on a blocking thread.
+async fn scoped_count(feed: &LiveFeed, scope: &Scope) -> Result<u64, String> {
+    let (store, scope) = (feed.store.clone(), scope.clone());
+    tokio::task::spawn_blocking(move || feed::scoped_stored(&store, &scope))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
 }
