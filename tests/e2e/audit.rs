@@ -660,4 +660,28 @@ async fn every_refusal_leaves_one_record_and_an_anonymous_flood_is_coalesced() {
         "anonymous flood: 300 refusals, {} records over {minutes} minute(s)",
         flood.len()
     );
+    // Every refusal is still counted: once the minute is over, the next
+    // anonymous refusal carries the count of those left out.
+    let next_minute = (t1 / 60_000 + 1) * 60_000;
+    let wait = (next_minute - now_ms() + 200).max(0) as u64;
+    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+    let (head, _) = get_from([127, 0, 0, 4], &core, "/api/whoami", "").await;
+    assert_eq!(status(&head), 401, "{head}");
+    let after: Vec<Value> = records(&core)
+        .into_iter()
+        .filter(|r| r["seq"].as_u64().unwrap() > since && r["actor"] == "anonymous")
+        .collect();
+    let counted: u64 = after
+        .iter()
+        .map(|r| {
+            r["detail"]["coalesced_before"]["refusals"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(
+        after.len() as u64 + counted,
+        301,
+        "each refusal recorded or counted: {after:#?}"
+    );
 }

@@ -65,19 +65,24 @@ impl CoreBackend {
             .is_some_and(|d| self.who.scope.allows(d.geographical_location_oid))
     }
 
-    /// Records what the dashboard's caller asked (no record, no answer).
+    /// Records what the dashboard's caller asked (no record, no answer);
+    /// the filters left unset (`null`) are left out.
     fn record(
         &self,
         action: crate::audit::Action,
-        detail: serde_json::Value,
+        mut detail: serde_json::Value,
     ) -> Result<(), String> {
+        if let Some(m) = detail.as_object_mut() {
+            m.retain(|_, v| !v.is_null());
+        }
         self.record_entry(self.who.entry(action).detail(detail))
     }
 
+    /// Records `entry`, from the asking client's address.
     fn record_entry(&self, entry: crate::audit::Entry) -> Result<(), String> {
         match &self.audit {
             Some(a) => a
-                .record_blocking(entry)
+                .record_blocking(entry.from(self.peer))
                 .map(|_| ())
                 .map_err(|e| sightline_proto::ApiError::from(e).message),
             None => Ok(()),
