@@ -12,20 +12,22 @@ use std::{
     net::{IpAddr, SocketAddr},
     path::Path,
     process::Command,
+    time::Duration,
 };
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use sightline_proto::v1::{
-    query_client::QueryClient, EventFilter, FleetRequest, GetEventRequest, ListEventsRequest, Role,
-    StatsRequest,
+    admin_client::AdminClient, query_client::QueryClient, EventFilter, FleetRequest,
+    GetEventRequest, ListEventsRequest, ListUsersRequest, Role, StatsRequest,
 };
 use sightline_tests::{
     bin_path,
     data::now_ms,
     http::{self, login, status},
+    proc::Bearer,
     query::client_as,
-    Core,
+    wait_for, Core,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -586,6 +588,32 @@ async fn every_refusal_leaves_one_record_and_an_anonymous_flood_is_coalesced() {
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
     let r = one_record(&core, "Fleet", since, t0, "access_refused", "token:wall");
     assert_eq!(r["detail"]["method"], "Fleet", "{r}");
+
+    // The Admin service too (recorded in the background: waited for).
+    let (since, t0) = (last_seq(&core), now_ms());
+    let channel = tonic::transport::Endpoint::from_shared(core.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut admin = AdminClient::with_interceptor(channel, Bearer::new(&wall));
+    let e = admin.list_users(ListUsersRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    wait_for(
+        "the ListUsers refusal's record",
+        Duration::from_secs(10),
+        || async { (last_seq(&core) > since).then_some(()) },
+    )
+    .await;
+    let r = one_record(
+        &core,
+        "ListUsers",
+        since,
+        t0,
+        "access_refused",
+        "token:wall",
+    );
+    assert_eq!(r["detail"]["method"], "ListUsers", "{r}");
 
     // gRPC without a token, from its own address (UNAUTHENTICATED): one
     // record; then a flood from the same address adds at most one a minute.
