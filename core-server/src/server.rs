@@ -575,6 +575,7 @@ async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started
             who: crate::access::Principal::admin_token(),
             csrf: None,
             audit: Some(access.audit.clone()),
+            peer: None,
         },
         feed.clone(),
         &config.dashboard.site_root(),

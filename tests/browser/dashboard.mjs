@@ -29,6 +29,17 @@ const browser = await launch();
   await page.goto(cfg.base + '/');
   out.ssr_rows = await page.locator('table.events tbody tr').count();
   out.ssr_stored = num(await page.textContent('#stored'));
+  // The audit page's GET form works without JavaScript.
+  await page.goto(cfg.base + '/admin/audit');
+  await page.selectOption('select[name="action"]', 'login_succeeded');
+  await page.fill('input[name="actor"]', cfg.user.name);
+  await Promise.all([page.waitForNavigation(), page.click('form.controls button[type="submit"]')]);
+  out.ssr_audit_url = new URL(page.url()).search;
+  out.ssr_audit_rows = await page.$$eval('table.audit tbody tr', rs => rs.map(r => [r.dataset.actor, r.dataset.action]));
+  // A bad filter is said on the page (a 400, not a 500).
+  const bad = await page.goto(cfg.base + '/admin/audit?camera=three');
+  out.audit_bad_status = bad.status();
+  out.audit_bad = await page.textContent('p.error');
   await ctx.close();
 }
 
@@ -106,6 +117,30 @@ await until(() => page.locator('#rejected-total').count(), 15000);
 out.quarantine_total = num(await page.textContent('#rejected-total'));
 out.quarantine_fields = await page.$$eval('table.quarantine tbody tr', rs => rs.map(r => r.dataset.field));
 await shot('quarantine');
+
+// 8. The audit page (admins only, linked in the header): everything, then
+// this account's logins one per page, older and newer by seq, after hydration.
+await page.goto(cfg.base + '/admin/audit');
+await until(() => page.locator('table.audit tbody tr').count(), 15000);
+out.audit_nav = await page.locator('header nav a[href="/admin/audit"]').count();
+await shot('audit');
+const auditRows = () => page.$$eval('table.audit tbody tr', rs => rs.map(r => ({
+  seq: Number(r.dataset.seq), actor: r.dataset.actor, action: r.dataset.action,
+})));
+await page.goto(`${cfg.base}/admin/audit?action=login_succeeded&limit=1`);
+await until(() => page.locator('table.audit').count(), 15000);
+out.audit_first = await auditRows();
+const first = out.audit_first[0]?.seq ?? 0;
+await page.click('a.older');
+out.audit_older = await until(async () => {
+  const rows = await auditRows();
+  return rows.length && rows[0].seq < first ? rows : 0;
+}, 15000, 100);
+await page.click('a.newer');
+out.audit_newer = await until(async () => {
+  const rows = await auditRows();
+  return rows.length && rows[0].seq >= first ? rows : 0;
+}, 15000, 100);
 await page.setViewportSize({ width: 820, height: 1180 });
 await page.goto(cfg.base + '/');
 await until(() => page.locator('.state.live').count(), 15000);

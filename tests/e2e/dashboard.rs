@@ -288,6 +288,44 @@ async fn the_dashboard_renders_hydrates_updates_live_and_agrees_with_the_api() {
         "{out}"
     );
 
+    // The audit page: linked for the admin; without JavaScript its form
+    // filters; after hydration it pages to older records and back, each row
+    // this account's login; a bad filter is said plainly.
+    assert_eq!(out["audit_nav"], 1, "{out}");
+    let me = format!("user:{user}");
+    assert!(
+        out["ssr_audit_url"]
+            .as_str()
+            .unwrap()
+            .contains("action=login_succeeded"),
+        "{out}"
+    );
+    let ssr_rows = out["ssr_audit_rows"].as_array().unwrap();
+    assert!(!ssr_rows.is_empty(), "{out}");
+    for r in ssr_rows {
+        assert_eq!(r, &serde_json::json!([me, "login_succeeded"]), "{out}");
+    }
+    let seq = |key: &str| -> u64 {
+        let rows = out[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("{key}: {out}"));
+        assert_eq!(rows.len(), 1, "{key}: {out}");
+        assert_eq!(rows[0]["actor"], me.as_str(), "{key}: {out}");
+        assert_eq!(rows[0]["action"], "login_succeeded", "{key}: {out}");
+        rows[0]["seq"].as_u64().unwrap()
+    };
+    let (first, older, newer) = (seq("audit_first"), seq("audit_older"), seq("audit_newer"));
+    assert!(older < first, "{out}");
+    assert_eq!(newer, first, "{out}");
+    assert!(
+        out["audit_bad"]
+            .as_str()
+            .unwrap()
+            .contains("field `camera`: "),
+        "{out}"
+    );
+    assert_eq!(out["audit_bad_status"], 400, "{out}");
+
     // And nothing went wrong in the page.
     assert_eq!(
         out["errors"],
@@ -302,6 +340,7 @@ async fn the_dashboard_renders_hydrates_updates_live_and_agrees_with_the_api() {
         "event",
         "fleet",
         "quarantine",
+        "audit",
         "live-tablet",
     ] {
         assert!(

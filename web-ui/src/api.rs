@@ -5,8 +5,8 @@
 use leptos::prelude::*;
 
 use crate::model::{
-    AgentRow, EventDetail, EventRow, QuarantinePage, SearchPage, SearchQuery, Timeline, TopItems,
-    Totals,
+    AgentRow, AuditFilter, AuditPage, AuditQuery, EventDetail, EventRow, QuarantinePage,
+    SearchPage, SearchQuery, Timeline, TopItems, Totals,
 };
 
 /// A time range as the pages ask for it: `5m`, `15m`, `1h`, `24h`, `7d`, or
@@ -116,9 +116,121 @@ pub async fn get_quarantine(page_token: String) -> Result<QuarantinePage, Server
     crate::backend::call(move |b| b.quarantine(&page_token)).await
 }
 
+/// Checks the audit page's form: numbers are numbers, `to` is after
+/// `from`, at most one of `before` and `after`. The action and the actor
+/// are checked by the core (it knows the names).
+pub fn parse_audit_query(q: &AuditQuery) -> Result<AuditFilter, String> {
+    fn text(v: &str) -> Option<String> {
+        let v = v.trim();
+        (!v.is_empty()).then(|| v.to_string())
+    }
+    fn num<T: std::str::FromStr>(field: &str, v: &str) -> Result<Option<T>, String> {
+        match text(v) {
+            None => Ok(None),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("field `{field}`: {v:?} is not a whole number")),
+        }
+    }
+    let from_ms = text(&q.from).map(|v| parse_time("from", &v)).transpose()?;
+    let to_ms = text(&q.to).map(|v| parse_time("to", &v)).transpose()?;
+    if let (Some(f), Some(t)) = (from_ms, to_ms) {
+        if t <= f {
+            return Err(format!(
+                "field `to`: {:?} is not after `from` {:?}",
+                q.to.trim(),
+                q.from.trim()
+            ));
+        }
+    }
+    let (before, after) = (num("before", &q.before)?, num("after", &q.after)?);
+    if before.is_some() && after.is_some() {
+        return Err("field `after`: give `before` or `after`, not both".into());
+    }
+    Ok(AuditFilter {
+        actor: text(&q.actor),
+        action: text(&q.action),
+        camera: num("camera", &q.camera)?,
+        location: num("location", &q.location)?,
+        from_ms,
+        to_ms,
+        before,
+        after,
+        limit: num("limit", &q.limit)?,
+    })
+}
+
+/// A page of the audit log (admin only; `/api/get_audit…` is admin-only in
+/// the core's HTTP layer as well). At a fixed path, `POST /api/get_audit`.
+#[server(endpoint = "get_audit")]
+pub async fn get_audit(query: AuditQuery) -> Result<AuditPage, ServerFnError> {
+    crate::backend::call(move |b| b.audit(&parse_audit_query(&query)?)).await
+}
+
+/// The audit actions the page's filter offers (admin only), at
+/// `POST /api/get_audit_actions`.
+#[server(endpoint = "get_audit_actions")]
+pub async fn get_audit_actions() -> Result<Vec<String>, ServerFnError> {
+    crate::backend::call(|b| b.audit_actions()).await
+}
+
 #[cfg(test)]
 mod tests {
-    use super::resolve_range;
+    use super::{parse_audit_query, resolve_range};
+    use crate::model::{AuditFilter, AuditQuery};
+
+    #[test]
+    fn bad_audit_filters_name_the_field() {
+        let bad = |q: AuditQuery| parse_audit_query(&q).unwrap_err();
+        assert!(bad(AuditQuery {
+            camera: "three".into(),
+            ..AuditQuery::default()
+        })
+        .starts_with("field `camera`: \"three\" is not a whole number"));
+        assert!(bad(AuditQuery {
+            from: "2026-11-30 10:00:00".into(),
+            to: "2026-11-30 09:00:00".into(),
+            ..AuditQuery::default()
+        })
+        .starts_with("field `to`: "));
+        assert!(bad(AuditQuery {
+            before: "9".into(),
+            after: "3".into(),
+            ..AuditQuery::default()
+        })
+        .starts_with("field `after`: "));
+        assert!(bad(AuditQuery {
+            before: "-1".into(),
+            ..AuditQuery::default()
+        })
+        .starts_with("field `before`: "));
+    }
+
+    #[test]
+    fn an_empty_audit_form_asks_for_everything_and_times_take_dates() {
+        assert_eq!(
+            parse_audit_query(&AuditQuery::default()),
+            Ok(AuditFilter::default())
+        );
+        let f = parse_audit_query(&AuditQuery {
+            actor: " alice ".into(),
+            action: "login_succeeded".into(),
+            camera: "3".into(),
+            from: "1970-01-01 00:00:01".into(),
+            to: "60000".into(),
+            after: "12".into(),
+            ..AuditQuery::default()
+        })
+        .unwrap();
+        assert_eq!(f.actor.as_deref(), Some("alice"));
+        assert_eq!(f.action.as_deref(), Some("login_succeeded"));
+        assert_eq!(
+            (f.camera, f.from_ms, f.to_ms),
+            (Some(3), Some(1000), Some(60_000))
+        );
+        assert_eq!((f.before, f.after), (None, Some(12)));
+    }
 
     #[test]
     fn relative_ranges_end_after_the_current_minute() {

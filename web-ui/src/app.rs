@@ -8,8 +8,8 @@ use leptos_router::{
 };
 
 use crate::pages::{
-    event::EventPage, fleet::FleetPage, live::LivePage, quarantine::QuarantinePage,
-    search::SearchPage, timeline::TimelinePage, top::TopPage,
+    audit::AuditPage, event::EventPage, fleet::FleetPage, live::LivePage,
+    quarantine::QuarantinePage, search::SearchPage, timeline::TimelinePage, top::TopPage,
 };
 
 /// The whole document, rendered on the server; `options` say where the
@@ -36,6 +36,7 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
 #[component]
 pub fn App() -> impl IntoView {
     provide_meta_context();
+    let who = Resource::new(|| (), |_| crate::api::get_whoami());
     view! {
         <Title text="Sightline"/>
         <Router>
@@ -46,10 +47,9 @@ pub fn App() -> impl IntoView {
                     <A href="/top">"Top items"</A>
                     <A href="/timeline">"Timeline"</A>
                     <A href="/search">"Search"</A>
-                    <A href="/fleet">"Fleet"</A>
-                    <A href="/quarantine">"Quarantine"</A>
+                    <AdminLinks who/>
                 </nav>
-                <UserBox/>
+                <UserBox who/>
             </header>
             <main>
                 // In order: every page arrives as complete HTML (its data
@@ -62,16 +62,40 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/event/:det_oid") view=EventPage ssr=SsrMode::InOrder/>
                     <Route path=path!("/fleet") view=FleetPage ssr=SsrMode::InOrder/>
                     <Route path=path!("/quarantine") view=QuarantinePage ssr=SsrMode::InOrder/>
+                    <Route path=path!("/admin/audit") view=AuditPage ssr=SsrMode::InOrder/>
                 </Routes>
             </main>
         </Router>
     }
 }
 
+/// Who is asking, as the header needs it.
+type Who = Resource<Result<crate::model::WhoAmI, ServerFnError>>;
+
+/// The pages only an admin may open: shown to admins only (the core
+/// refuses them to anyone else whatever the header shows).
+#[component]
+fn AdminLinks(who: Who) -> impl IntoView {
+    view! {
+        <Suspense fallback=|| ()>
+            {move || Suspend::new(async move {
+                match who.await {
+                    Ok(w) if w.admin => view! {
+                        <A href="/fleet">"Fleet"</A>
+                        <A href="/quarantine">"Quarantine"</A>
+                        <A href="/admin/audit">"Audit"</A>
+                    }
+                    .into_any(),
+                    _ => ().into_any(),
+                }
+            })}
+        </Suspense>
+    }
+}
+
 /// Who is logged in, and the logout button.
 #[component]
-fn UserBox() -> impl IntoView {
-    let who = Resource::new(|| (), |_| crate::api::get_whoami());
+fn UserBox(who: Who) -> impl IntoView {
     view! {
         <Suspense fallback=|| ()>
             {move || Suspend::new(async move {

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use leptos::prelude::{use_context, ServerFnError};
 
 use crate::model::{
-    AgentRow, EventDetail, QuarantinePage, SearchPage, SearchQuery, Timeline, TopItems, Totals,
+    AgentRow, AuditFilter, AuditPage, EventDetail, QuarantinePage, SearchPage, SearchQuery,
+    Timeline, TopItems, Totals,
 };
 
 /// What the dashboard asks of the core. Every method may block (RocksDB,
@@ -23,6 +24,10 @@ pub trait Backend: Send + Sync + 'static {
     fn event(&self, det_oid: i64) -> Result<Option<EventDetail>, String>;
     fn fleet(&self) -> Result<Vec<AgentRow>, String>;
     fn quarantine(&self, page_token: &str) -> Result<QuarantinePage, String>;
+    /// A page of the audit log, newest first (admin only).
+    fn audit(&self, filter: &AuditFilter) -> Result<AuditPage, String>;
+    /// The names of the audit actions, for the page's filter (admin only).
+    fn audit_actions(&self) -> Result<Vec<String>, String>;
     /// The core's clock.
     fn now_ms(&self) -> i64;
     /// Who is asking.

@@ -212,3 +212,71 @@ pub struct WhoAmI {
     /// The session's CSRF token (forms that change state carry it).
     pub csrf: String,
 }
+
+/// The audit page's filters as the form sends them (all text; parsed and
+/// checked by [`crate::api::get_audit`], which names the field it refuses).
+/// Fields left out read as empty.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuditQuery {
+    /// `user:alice`, `alice` (a user), `token:ci`, `admin-token`, `anonymous`, `system`.
+    pub actor: String,
+    /// An action's stored name, e.g. `login_succeeded`.
+    pub action: String,
+    pub camera: String,
+    pub location: String,
+    /// Epoch ms or a UTC date-time, inclusive.
+    pub from: String,
+    /// Epoch ms or a UTC date-time, exclusive.
+    pub to: String,
+    /// Records older than this seq (the "older" link).
+    pub before: String,
+    /// Records newer than this seq (the "newer" link).
+    pub after: String,
+    /// Records on a page (empty: the core's default).
+    pub limit: String,
+}
+
+/// [`AuditQuery`] checked: what the core is asked.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AuditFilter {
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub camera: Option<i64>,
+    pub location: Option<i64>,
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+    pub before: Option<u64>,
+    pub after: Option<u64>,
+    pub limit: Option<usize>,
+}
+
+/// One audit record as a row of the admin page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRow {
+    pub seq: u64,
+    pub time_ms: i64,
+    pub actor: String,
+    pub source: Option<String>,
+    pub action: String,
+    pub det_oid: Option<i64>,
+    pub camera: Option<i64>,
+    pub location: Option<i64>,
+    /// A footage object's key.
+    pub object: Option<String>,
+    /// The record's `detail`, as compact JSON ("" when empty).
+    pub detail: String,
+    /// `ok`, `denied` or `error`.
+    pub outcome: String,
+}
+
+/// One page of the audit log, newest first, with the cursors of the pages
+/// beside it (seqs, so a page stays the same while records are appended).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AuditPage {
+    pub rows: Vec<AuditRow>,
+    /// `before` of the next older page; `None`: no older records.
+    pub older_before: Option<u64>,
+    /// `after` of the next newer page; `None`: this is the newest page.
+    pub newer_after: Option<u64>,
+}

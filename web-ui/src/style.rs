@@ -65,11 +65,14 @@ dl.kv { display:grid; grid-template-columns:auto 1fr; gap:.15rem .8rem; margin:.
 dl.kv dt { color:var(--muted); } dl.kv dd { margin:0; }
 code.raw { font-size:.75rem; white-space:pre-wrap; word-break:break-all; }
 table.quarantine td { white-space:normal; }
+table.audit td:last-child { white-space:normal; max-width:28rem; }
+td.outcome.denied { color:var(--bad); font-weight:600; } td.outcome.error { color:var(--warn); font-weight:600; }
+nav.pager { display:flex; gap:1.2rem; margin:.6rem 0; }
 a.next { display:inline-block; margin:.6rem 0; }
 @media (max-width: 800px) {
   main { padding:.6rem; }
   .event { grid-template-columns:1fr; }
-  table.events, table.quarantine { display:block; overflow-x:auto; }
+  table.events, table.quarantine, table.audit { display:block; overflow-x:auto; }
   .cards { grid-template-columns:1fr; }
 }
 "#;

@@ -16,8 +16,14 @@
 //!   `csrf` form field checked by the handler). `SameSite=Strict` keeps the
 //!   cookie off cross-site requests in the first place.
 //! - Coarse role checks by path: footage (`/media/…`) needs investigator;
-//!   the fleet and quarantine pages and their data, `/media-quarantine` and
-//!   `/admin/…` need admin. Scopes are applied by the handlers.
+//!   the fleet and quarantine pages and their data, `/media-quarantine`,
+//!   `/admin/…` (the audit page) and the audit page's server functions
+//!   (`/api/get_audit…`) need admin. Scopes are applied by the handlers.
+//! - Every refusal is recorded in the audit log (`access_refused`, outcome
+//!   `denied`, with the path and the reason): a role too low, a bad token,
+//!   no credential (the 401; a browser sent to the login form is not a
+//!   refusal), a cross-site request. Refusals of anonymous requests are
+//!   coalesced per source address and minute ([`crate::audit::refusals`]).
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -125,6 +131,7 @@ fn role_for(path: &str) -> Role {
         || path == "/quarantine"
         || path.starts_with("/api/get_fleet")
         || path.starts_with("/api/get_quarantine")
+        || path.starts_with("/api/get_audit")
     {
         Role::Admin
     } else if path.starts_with("/media/") || path == "/api/cases" {
@@ -164,6 +171,17 @@ pub async fn authenticate(State(h): State<HttpAccess>, mut req: Request, next: N
     if !is_safe(req.method()) && bearer.is_none() {
         if let Err(e) = csrf_check(req.headers(), session.as_ref()) {
             tracing::warn!(%path, reason = %e, "request refused");
+            let who = session
+                .as_ref()
+                .map_or(Actor::Anonymous, |s| s.principal().audit_actor());
+            let detail = serde_json::json!({ "path": path, "method": req.method().as_str(), "reason": e.message });
+            refused(
+                &h,
+                Entry::new(who, Action::AccessRefused)
+                    .from(peer)
+                    .detail(detail),
+            )
+            .await;
             return refuse(&e);
         }
     }
@@ -174,16 +192,14 @@ pub async fn authenticate(State(h): State<HttpAccess>, mut req: Request, next: N
         (Some(b), _) => match h.access.bearer(Some(b)) {
             Ok(p) => p,
             Err(e) => {
-                let _ = h
-                    .access
-                    .audit
-                    .record(
-                        Entry::new(Actor::Anonymous, Action::AccessRefused)
-                            .from(peer)
-                            .detail(serde_json::json!({ "path": path, "reason": e.message }))
-                            .denied(),
-                    )
-                    .await;
+                let detail = serde_json::json!({ "path": path, "reason": e.message });
+                refused(
+                    &h,
+                    Entry::new(Actor::Anonymous, Action::AccessRefused)
+                        .from(peer)
+                        .detail(detail),
+                )
+                .await;
                 return refuse(&e);
             }
         },
@@ -201,25 +217,34 @@ pub async fn authenticate(State(h): State<HttpAccess>, mut req: Request, next: N
                     .body(Body::empty())
                     .expect("valid response");
             }
-            return refuse(&ApiError::unauthenticated(
+            // A browser sent to the login form above is not recorded (it is
+            // how every session starts); this answer is.
+            let e = ApiError::unauthenticated(
                 "log in (a session cookie from /login) or send `Authorization: Bearer <token>`",
-            ));
+            );
+            let detail = serde_json::json!({ "path": path, "reason": e.message });
+            refused(
+                &h,
+                Entry::new(Actor::Anonymous, Action::AccessRefused)
+                    .from(peer)
+                    .detail(detail),
+            )
+            .await;
+            return refuse(&e);
         }
     };
     let need = role_for(&path);
     if let Err(e) = principal.require(need, &path) {
         tracing::info!(actor = %principal.actor, %path, "access refused: role");
-        let _ = h
-            .access
-            .audit
-            .record(
-                principal
-                    .entry(Action::AccessRefused)
-                    .from(peer)
-                    .detail(serde_json::json!({ "path": path, "reason": e.message }))
-                    .denied(),
-            )
-            .await;
+        let detail = serde_json::json!({ "path": path, "reason": e.message });
+        refused(
+            &h,
+            principal
+                .entry(Action::AccessRefused)
+                .from(peer)
+                .detail(detail),
+        )
+        .await;
         return refuse(&e);
     }
     req.extensions_mut().insert(principal);
@@ -227,6 +252,17 @@ pub async fn authenticate(State(h): State<HttpAccess>, mut req: Request, next: N
         req.extensions_mut().insert(s);
     }
     next.run(req).await
+}
+
+/// Records a refusal (outcome `denied`) before it is answered: always for a
+/// principal, coalesced per source address and minute for an anonymous
+/// request ([`crate::audit::refusals`]), so a flood without credentials
+/// cannot grow the log without bound. The request is refused whether or not
+/// the record could be written.
+async fn refused(h: &HttpAccess, entry: Entry) {
+    if let Err(e) = h.access.audit.refused(entry.denied()).await {
+        tracing::warn!(error = %e, "audit: a refusal could not be recorded");
+    }
 }
 
 fn urlencode(s: &str) -> String {
@@ -338,16 +374,14 @@ async fn login(
     let sessions = &h.access.sessions;
     if let Err(e) = sessions.check_lockout(&f.name, ip) {
         tracing::warn!(user = %f.name, %ip, reason = %e, "login refused: locked out");
-        let _ = h
-            .access
-            .audit
-            .record(
-                Entry::new(Actor::Anonymous, Action::LoginFailed)
-                    .from(client.as_ref().map(|c| c.0 .0))
-                    .detail(serde_json::json!({ "name": f.name.chars().take(64).collect::<String>(), "reason": e.message }))
-                    .denied(),
-            )
-            .await;
+        // Anonymous: a locked-out address that keeps trying is coalesced.
+        refused(
+            &h,
+            Entry::new(Actor::Anonymous, Action::LoginFailed)
+                .from(client.as_ref().map(|c| c.0 .0))
+                .detail(serde_json::json!({ "name": f.name.chars().take(64).collect::<String>(), "reason": e.message })),
+        )
+        .await;
         return login_page(StatusCode::TOO_MANY_REQUESTS, Some(&e.message), &next);
     }
     let db = h.access.db.clone();
@@ -518,6 +552,20 @@ mod tests {
         assert_eq!(role_for("/media/abc"), Role::Investigator);
         assert_eq!(role_for("/fleet"), Role::Admin);
         assert_eq!(role_for("/api/get_fleet123"), Role::Admin);
+        assert_eq!(role_for("/admin/audit"), Role::Admin);
         assert_eq!(role_for("/top"), Role::Viewer);
+    }
+
+    #[test]
+    fn the_audit_page_and_its_server_functions_need_an_admin() {
+        for path in [
+            "/admin/audit",
+            "/api/get_audit",
+            "/api/get_audit12345",
+            "/api/get_audit_actions",
+            "/api/get_audit_actions678",
+        ] {
+            assert_eq!(role_for(path), Role::Admin, "{path}");
+        }
     }
 }

@@ -86,13 +86,34 @@ fn session_to_wire(s: &Session) -> DashboardSession {
 }
 
 impl AdminService {
-    /// An admin (the admin token, or an API token with the admin role).
+    /// An admin (the admin token, or an API token with the admin role). A
+    /// refusal is recorded in the audit log (in the background: the call is
+    /// refused either way; anonymous ones coalesced, see
+    /// [`crate::audit::refusals`]).
     fn authorize<T>(&self, req: &Request<T>, what: &str) -> Result<Principal, Status> {
+        let refused = |entry: crate::audit::Entry, e: &sightline_proto::ApiError| {
+            let entry = entry
+                .from(req.remote_addr())
+                .denied()
+                .detail(serde_json::json!({ "method": what, "reason": e.message, "via": "grpc" }));
+            let audit = self.access.audit.clone();
+            tokio::spawn(async move {
+                if let Err(e) = audit.refused(entry).await {
+                    tracing::warn!(error = %e, "audit: a refusal could not be recorded");
+                }
+            });
+        };
         let p = self.access.grpc_principal(req).inspect_err(|e| {
             tracing::warn!(peer = ?req.remote_addr(), reason = %e, "admin call refused");
+            let anonymous = crate::audit::Actor::Anonymous;
+            refused(
+                crate::audit::Entry::new(anonymous, crate::audit::Action::AccessRefused),
+                e,
+            );
         })?;
         p.require(Role::Admin, what).inspect_err(|e| {
             tracing::warn!(actor = %p.actor, reason = %e, "admin call refused");
+            refused(p.entry(crate::audit::Action::AccessRefused), e);
         })?;
         Ok(p)
     }

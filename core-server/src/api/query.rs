@@ -148,12 +148,13 @@ impl Query for QueryService {
         &self,
         req: Request<SearchRequest>,
     ) -> Result<Response<SearchResponse>, Status> {
-        let who = self.access.grpc_principal(&req)?;
+        let who = self.caller(&req, "Search").await?;
         let peer = req.remote_addr();
         let r = req.into_inner();
         check_range(r.from_ms, r.to_ms)?;
         if let Some(l) = r.geographical_location_oid {
-            who.require_location(l)?;
+            self.allowed(&who, peer, "Search", who.require_location(l))
+                .await?;
         }
         audited(
             &self.access,
@@ -200,13 +201,26 @@ impl Query for QueryService {
         &self,
         req: Request<ListEventsRequest>,
     ) -> Result<Response<ListEventsResponse>, Status> {
-        let who = self.access.grpc_principal(&req)?;
+        let who = self.caller(&req, "ListEvents").await?;
+        let peer = req.remote_addr();
         let r = req.into_inner();
         check_range(r.from_ms, r.to_ms)?;
         let page_size = page_size(r.page_size)?;
         if let Some(l) = r.filter.as_ref().and_then(|f| f.geographical_location_oid) {
-            who.require_location(l)?;
+            self.allowed(&who, peer, "ListEvents", who.require_location(l))
+                .await?;
         }
+        // Once per call, with its filters (not once per event it returns).
+        let f = r.filter.clone().unwrap_or_default();
+        let mut entry = who
+            .entry(crate::audit::Action::ListEvents)
+            .from(peer)
+            .detail(serde_json::json!({
+                "from_ms": r.from_ms, "to_ms": r.to_ms, "item": f.item_name,
+                "page_size": page_size, "page_token": r.page_token, "via": "grpc",
+            }));
+        (entry.camera, entry.location) = (f.video_camera_oid, f.geographical_location_oid);
+        record(&self.access, entry).await?;
         let store = self.store.clone();
         let (mut events, next_page_token) = blocking(move || {
             let scope = &who.scope;
@@ -233,7 +247,8 @@ impl Query for QueryService {
         &self,
         req: Request<GetEventRequest>,
     ) -> Result<Response<JoinedEvent>, Status> {
-        let who = self.access.grpc_principal(&req)?;
+        let who = self.caller(&req, "GetEvent").await?;
+        let peer = req.remote_addr();
         let oid = req.into_inner().detection_oid;
         if oid <= 0 {
             return Err(bad_field(
@@ -260,6 +275,17 @@ impl Query for QueryService {
         match ev {
             None => Err(ApiError::not_found(format!("no event with detection_oid {oid}")).into()),
             Some(mut e) => {
+                // Who looked at which event (an event it may see; one
+                // outside its scope or absent is NOT_FOUND, not recorded).
+                let d = e.detection.clone().unwrap_or_default();
+                record(
+                    &self.access,
+                    who.entry(crate::audit::Action::GetEvent)
+                        .from(peer)
+                        .event(oid, d.video_camera_oid, d.geographical_location_oid)
+                        .detail(serde_json::json!({ "via": "grpc" })),
+                )
+                .await?;
                 self.locations.current().join(&mut e);
                 Ok(Response::new(e))
             }
@@ -270,12 +296,13 @@ impl Query for QueryService {
         &self,
         req: Request<TopItemsRequest>,
     ) -> Result<Response<TopItemsResponse>, Status> {
-        let who = self.access.grpc_principal(&req)?;
+        let who = self.caller(&req, "TopItems").await?;
         let peer = req.remote_addr();
         let r = req.into_inner();
         check_range(r.from_ms, r.to_ms)?;
         if let Some(l) = r.geographical_location_oid {
-            who.require_location(l)?;
+            self.allowed(&who, peer, "TopItems", who.require_location(l))
+                .await?;
         }
         audited(
             &self.access,
@@ -348,7 +375,7 @@ impl Query for QueryService {
         &self,
         req: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let who = self.access.grpc_principal(&req)?;
+        let who = self.caller(&req, "Subscribe").await?;
         let client = req
             .remote_addr()
             .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
@@ -359,7 +386,8 @@ impl Query for QueryService {
         let peer = req.remote_addr();
         let r = req.into_inner();
         if let Some(l) = r.filter.as_ref().and_then(|f| f.geographical_location_oid) {
-            who.require_location(l)?;
+            self.allowed(&who, peer, "Subscribe", who.require_location(l))
+                .await?;
         }
         let f = r.filter.clone().unwrap_or_default();
         audited(
@@ -414,9 +442,14 @@ impl Query for QueryService {
     }
 
     async fn fleet(&self, req: Request<FleetRequest>) -> Result<Response<FleetResponse>, Status> {
-        self.access
-            .grpc_principal(&req)?
-            .require(Role::Admin, "Fleet")?;
+        let who = self.caller(&req, "Fleet").await?;
+        self.allowed(
+            &who,
+            req.remote_addr(),
+            "Fleet",
+            who.require(Role::Admin, "Fleet"),
+        )
+        .await?;
         Ok(Response::new(FleetResponse {
             agents: self.fleet.snapshot(),
         }))
@@ -426,9 +459,10 @@ impl Query for QueryService {
         &self,
         req: Request<ListQuarantineRequest>,
     ) -> Result<Response<ListQuarantineResponse>, Status> {
-        self.access
-            .grpc_principal(&req)?
-            .require(Role::Admin, "ListQuarantine")?;
+        let who = self.caller(&req, "ListQuarantine").await?;
+        let admin = who.require(Role::Admin, "ListQuarantine");
+        self.allowed(&who, req.remote_addr(), "ListQuarantine", admin)
+            .await?;
         let r = req.into_inner();
         let page_size = page_size(r.page_size)?;
         let store = self.store.clone();
@@ -445,14 +479,17 @@ impl Query for QueryService {
     }
 
     async fn stats(&self, req: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
-        let who = self.access.grpc_principal(&req)?;
-        if !who.scope.is_all() {
-            return Err(ApiError::permission_denied(format!(
+        let who = self.caller(&req, "Stats").await?;
+        let unscoped = if who.scope.is_all() {
+            Ok(())
+        } else {
+            Err(ApiError::permission_denied(format!(
                 "Stats counts every location; {} is scoped to {}",
                 who.actor, who.scope
-            ))
-            .into());
-        }
+            )))
+        };
+        self.allowed(&who, req.remote_addr(), "Stats", unscoped)
+            .await?;
         let store = self.store.clone();
         let c = blocking(move || Ok(store.counters()?)).await?;
         Ok(Response::new(StatsResponse {
@@ -465,6 +502,71 @@ impl Query for QueryService {
             locations_loaded: self.locations.current().rows.len() as u64,
         }))
     }
+}
+
+impl QueryService {
+    /// The caller of a Query method. A missing, wrong, expired or revoked
+    /// credential is refused (UNAUTHENTICATED) and the refusal recorded, as
+    /// `anonymous` (coalesced per source address and minute, see
+    /// [`crate::audit::refusals`]).
+    async fn caller<T>(
+        &self,
+        req: &Request<T>,
+        method: &'static str,
+    ) -> Result<crate::access::Principal, Status> {
+        match self.access.grpc_principal(req) {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                let entry = crate::audit::Entry::new(
+                    crate::audit::Actor::Anonymous,
+                    crate::audit::Action::AccessRefused,
+                );
+                self.refused(entry.from(req.remote_addr()), method, &e)
+                    .await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// `check` (a role or scope check of `who`); a refusal (PERMISSION_DENIED)
+    /// is recorded with who was refused.
+    async fn allowed(
+        &self,
+        who: &crate::access::Principal,
+        peer: Option<std::net::SocketAddr>,
+        method: &'static str,
+        check: Result<(), ApiError>,
+    ) -> Result<(), Status> {
+        match check {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let entry = who.entry(crate::audit::Action::AccessRefused).from(peer);
+                self.refused(entry, method, &e).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Records a refused call; the call is refused whether or not the
+    /// record could be written.
+    async fn refused(&self, entry: crate::audit::Entry, method: &'static str, e: &ApiError) {
+        let entry = entry
+            .denied()
+            .detail(serde_json::json!({ "method": method, "reason": e.message, "via": "grpc" }));
+        if let Err(e) = self.access.audit.refused(entry).await {
+            tracing::warn!(error = %e, "audit: a refusal could not be recorded");
+        }
+    }
+}
+
+/// Records `entry` before the call answers (no record, no answer).
+async fn record(access: &Access, entry: crate::audit::Entry) -> Result<(), Status> {
+    access
+        .audit
+        .record(entry)
+        .await
+        .map(|_| ())
+        .map_err(|e| ApiError::from(e).into())
 }
 
 /// Records a query in the audit log before it runs (no record, no answer).

@@ -72,12 +72,14 @@
 //! audit.footage_viewed(&session_id, Entry::new(actor, Action::ClipViewed).from(addr).object(key)).await?;
 //! // A search with its filters; a refusal:
 //! audit.record(Entry::new(actor, Action::Search).from(addr).detail(json!({"q": q, "last": last}))).await?;
-//! audit.record(Entry::new(actor, Action::AccessRefused).from(addr).denied().detail(json!({"path": p, "why": why}))).await?;
+//! // A refusal (anonymous ones coalesced per address and minute, see [`refusals`]):
+//! audit.refused(Entry::new(actor, Action::AccessRefused).from(addr).denied().detail(json!({"path": p, "why": why}))).await;
 //! ```
 //!
 //! `?` turns an [`AuditError`] into `ApiError` `UNAVAILABLE` ("audit store
 //! <dir>: …"). Appends from concurrent requests share one fsync
-//! ([`writer::MAX_GROUP`]); the admin page reads with [`AuditLog::query`].
+//! ([`writer::MAX_GROUP`]); the admin page reads with [`query()`] (older pages)
+//! and [`query_after`] (newer ones), both cut by seq.
 //!
 //! # Limits of the promise
 //!
@@ -90,6 +92,7 @@ pub mod cli;
 mod files;
 mod read;
 pub mod record;
+pub mod refusals;
 #[cfg(test)]
 mod tests;
 mod verify;
@@ -109,7 +112,9 @@ use sightline_proto::error::ApiError;
 use tokio::sync::{mpsc, oneshot};
 
 pub use files::{Anchor, Head};
-pub use read::{export, query, Filter, Page, MAX_PAGE, MAX_SCAN};
+pub use read::{
+    export, query, query_after, AfterPage, Filter, Page, QueryPage, MAX_PAGE, MAX_SCAN,
+};
 pub use record::{Action, Actor, Outcome, Record};
 pub use verify::{verify, Problem, ProblemKind, VerifyReport};
 
@@ -328,6 +333,8 @@ struct Inner {
     /// (actor, session, action, object) → the playback's lock and when its
     /// last request came (Unix ms, `None` until recorded).
     playbacks: Mutex<HashMap<PlaybackKey, Arc<tokio::sync::Mutex<Option<i64>>>>>,
+    /// Which anonymous refusals are recorded one by one ([`refusals`]).
+    refusals: Mutex<refusals::Gate>,
 }
 
 type PlaybackKey = (String, String, Action, String);
@@ -355,6 +362,7 @@ impl AuditLog {
                 dir: dir.to_path_buf(),
                 tx,
                 playbacks: Mutex::new(HashMap::new()),
+                refusals: Mutex::new(refusals::Gate::default()),
             }),
         })
     }
@@ -438,6 +446,32 @@ impl AuditLog {
         let seq = self.record(entry).await?;
         *last = Some(now);
         Ok(Recorded::New(seq))
+    }
+
+    /// Records a refusal of access: always when its actor is a principal;
+    /// when it is [`Actor::Anonymous`], coalesced per source address per
+    /// minute ([`refusals`]). `Ok(None)`: counted, not written one by one.
+    pub async fn refused(&self, mut entry: Entry) -> Result<Option<u64>, AuditError> {
+        if entry.actor != Actor::Anonymous {
+            return self.record(entry).await.map(Some);
+        }
+        let now = entry.time.unwrap_or_else(now_ms);
+        let ip = entry.source.map(|s| s.ip());
+        let admit = self.inner.refusals.lock().unwrap().admit(ip, now);
+        let refusals::Admit::Record(carried) = admit else {
+            return Ok(None);
+        };
+        if let Some(c) = carried {
+            entry.detail.insert(
+                "coalesced_before".into(),
+                serde_json::json!({ "refusals": c.refusals, "minute_ms": c.minute_ms }),
+            );
+        }
+        let r = self.record(entry).await;
+        if r.is_err() {
+            self.inner.refusals.lock().unwrap().restore(carried);
+        }
+        r.map(Some)
     }
 
     /// Cuts whole segments older than `before` (Unix ms), see [`writer`].

@@ -140,6 +140,77 @@ pub fn query(dir: &Path, filter: &Filter, page: &Page) -> Result<QueryPage, ApiE
     })
 }
 
+/// The page just newer than a seq: the `limit` oldest records matching
+/// `filter` with seq above `after`, returned newest first (as [`query`]
+/// does), for the admin page's "newer" link. `newer_after` is where the next
+/// newer page starts (the last seq read), `None` when the scan reached the
+/// end of the log. Bounded by [`MAX_SCAN`] like [`query`].
+pub fn query_after(
+    dir: &Path,
+    filter: &Filter,
+    after: u64,
+    limit: usize,
+) -> Result<AfterPage, ApiError> {
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::field(
+            "limit",
+            format!("{limit} is not within 1..={MAX_PAGE}"),
+        ));
+    }
+    let segs = segments_with_times(dir).map_err(|e| unavailable(dir, e))?;
+    let mut records = Vec::new();
+    let mut scanned = 0usize;
+    for i in 0..segs.len() {
+        // Segment i holds seqs below the next one's first: skip those at or
+        // below `after`.
+        if segs.get(i + 1).is_some_and(|n| n.0.first_seq <= after + 1)
+            || !may_overlap(&segs, i, filter)
+        {
+            continue;
+        }
+        let bytes = match std::fs::read(&segs[i].0.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(unavailable(dir, e)),
+        };
+        let (_, complete) = files::last_line(&bytes);
+        for line in bytes[..complete].split(|&b| b == b'\n') {
+            let Ok(r) = serde_json::from_slice::<Record>(line) else {
+                continue;
+            };
+            if r.seq <= after {
+                continue;
+            }
+            scanned += 1;
+            let seq = r.seq;
+            if filter.matches(&r) {
+                records.push(r);
+            }
+            if records.len() == limit || scanned >= MAX_SCAN {
+                records.reverse();
+                return Ok(AfterPage {
+                    records,
+                    newer_after: Some(seq),
+                });
+            }
+        }
+    }
+    records.reverse();
+    Ok(AfterPage {
+        records,
+        newer_after: None,
+    })
+}
+
+/// What [`query_after`] found.
+#[derive(Debug, Clone)]
+pub struct AfterPage {
+    /// Newest first.
+    pub records: Vec<Record>,
+    /// The `after` of the next newer page; `None`: none newer yet.
+    pub newer_after: Option<u64>,
+}
+
 /// Writes the records matching `filter` to `out`, oldest first, one line
 /// each exactly as stored (so `hash` can be checked line by line). The count.
 pub fn export(dir: &Path, filter: &Filter, out: &mut dyn Write) -> Result<u64, ApiError> {

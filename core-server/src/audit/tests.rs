@@ -547,3 +547,87 @@ fn the_audit_config_section_is_validated_by_its_dotted_key() {
     assert_eq!(short.audit.validate().unwrap_err().key, "audit.retention");
     assert!(CoreConfig::from_toml("[audit]\nretain = \"1d\"\n").is_err());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn newer_pages_walk_back_the_older_ones_and_stay_put_while_records_are_appended() {
+    let dir = tempfile::tempdir().unwrap();
+    // Small segments: pages cross segment files both ways.
+    let log = AuditLog::open(dir.path(), 4096).unwrap();
+    for i in 1..=100u64 {
+        log.record(entry(i)).await.unwrap();
+    }
+    let f = Filter {
+        actor: Some(Actor::User("u2".into())),
+        ..Filter::default()
+    };
+    let page = |before| super::query(dir.path(), &f, &Page { before, limit: 4 }).unwrap();
+    let seqs = |rs: &[super::Record]| rs.iter().map(|r| r.seq).collect::<Vec<_>>();
+    // Older pages, newest first: u2 is i % 3 == 2.
+    let mut older = vec![seqs(&page(None).records)];
+    let mut before = page(None).next_before;
+    while let Some(b) = before {
+        let p = page(Some(b));
+        if p.records.is_empty() {
+            break;
+        }
+        older.push(seqs(&p.records));
+        before = p.next_before;
+    }
+    let truth: Vec<u64> = (1..=100).rev().filter(|i| i % 3 == 2).collect();
+    assert_eq!(older.concat(), truth);
+    // New records appended meanwhile change neither walk.
+    for i in 101..=130u64 {
+        log.record(entry(i)).await.unwrap();
+    }
+    // Back up from the oldest page: each newer page is the older walk's,
+    // in reverse, up to the first page; then the records appended since.
+    let mut after = older.last().unwrap()[0];
+    for expected in older.iter().rev().skip(1) {
+        let p = super::query_after(dir.path(), &f, after, expected.len()).unwrap();
+        assert_eq!(&seqs(&p.records), expected);
+        after = p.newer_after.unwrap();
+        assert_eq!(after, expected[0]);
+    }
+    let rest = super::query_after(dir.path(), &f, after, 100).unwrap();
+    let appended: Vec<u64> = (101..=130).rev().filter(|i| i % 3 == 2).collect();
+    assert_eq!(seqs(&rest.records), appended);
+    assert_eq!(rest.newer_after, None, "the end of the log");
+    assert!(super::query_after(dir.path(), &f, 0, super::MAX_PAGE + 1).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_of_a_principal_are_all_recorded_and_anonymous_ones_coalesced() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path(), SEGMENT).unwrap();
+    let from: std::net::SocketAddr = "10.9.9.9:1234".parse().unwrap();
+    let refusal = |actor| Entry::new(actor, Action::AccessRefused).from(from).denied();
+    for _ in 0..5 {
+        assert!(log
+            .refused(refusal(Actor::User("eve".into())))
+            .await
+            .unwrap()
+            .is_some());
+    }
+    let first = log.refused(refusal(Actor::Anonymous)).await.unwrap();
+    assert!(first.is_some());
+    for _ in 0..50 {
+        // Within the same minute (unless this run crosses one).
+        let _ = log.refused(refusal(Actor::Anonymous)).await.unwrap();
+    }
+    let all = super::query(
+        dir.path(),
+        &Filter::default(),
+        &Page {
+            before: None,
+            limit: 100,
+        },
+    )
+    .unwrap();
+    let anonymous = all
+        .records
+        .iter()
+        .filter(|r| r.actor == Actor::Anonymous)
+        .count();
+    assert_eq!(all.records.len() - anonymous, 5);
+    assert!((1..=2).contains(&anonymous), "{anonymous}");
+}

@@ -1,6 +1,7 @@
 //! One module per page; each fetches through the server functions in
 //! [`crate::api`].
 
+pub mod audit;
 pub mod event;
 pub mod fleet;
 pub mod live;

@@ -8,8 +8,8 @@ use sightline_proto::v1::{EventFilter, JoinedEvent};
 use sightline_web::{
     backend::Backend,
     model::{
-        AgentRow, CameraRow, EventDetail, EventRow, LocationTop, QuarantinePage, QuarantineRow,
-        SearchPage, SearchQuery, Series, Timeline, TopItems, Totals,
+        AgentRow, AuditFilter, AuditPage, AuditRow, CameraRow, EventDetail, EventRow, LocationTop,
+        QuarantinePage, QuarantineRow, SearchPage, SearchQuery, Series, Timeline, TopItems, Totals,
     },
 };
 
@@ -34,6 +34,9 @@ pub const MAX_TOP_X: u32 = 100;
 pub const MAX_LATEST: usize = 500;
 /// Events the quarantine page scans for unmatched locations.
 const UNMATCHED_SCAN: usize = 20_000;
+/// Records on a page of the audit page when the form does not say
+/// (at most [`crate::audit::MAX_PAGE`]).
+pub const AUDIT_PAGE: usize = 50;
 
 /// The dashboard's view of the core for one principal: what it reads is
 /// limited to the principal's scope, and footage to investigators.
@@ -50,6 +53,9 @@ pub struct CoreBackend {
     pub csrf: Option<String>,
     /// Where searches and top-X queries are recorded (none in tests).
     pub audit: Option<crate::audit::AuditLog>,
+    /// The asking client's address (set per request), recorded as the
+    /// `source` of what it asks.
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 impl CoreBackend {
@@ -59,11 +65,24 @@ impl CoreBackend {
             .is_some_and(|d| self.who.scope.allows(d.geographical_location_oid))
     }
 
-    /// Records what the dashboard's caller asked (no record, no answer).
-    fn audit(&self, action: crate::audit::Action, detail: serde_json::Value) -> Result<(), String> {
+    /// Records what the dashboard's caller asked (no record, no answer);
+    /// the filters left unset (`null`) are left out.
+    fn record(
+        &self,
+        action: crate::audit::Action,
+        mut detail: serde_json::Value,
+    ) -> Result<(), String> {
+        if let Some(m) = detail.as_object_mut() {
+            m.retain(|_, v| !v.is_null());
+        }
+        self.record_entry(self.who.entry(action).detail(detail))
+    }
+
+    /// Records `entry`, from the asking client's address.
+    fn record_entry(&self, entry: crate::audit::Entry) -> Result<(), String> {
         match &self.audit {
             Some(a) => a
-                .record_blocking(self.who.entry(action).detail(detail))
+                .record_blocking(entry.from(self.peer))
                 .map(|_| ())
                 .map_err(|e| sightline_proto::ApiError::from(e).message),
             None => Ok(()),
@@ -150,7 +169,7 @@ impl Backend for CoreBackend {
             return Err(format!("field `x`: {x} is not between 1 and {MAX_TOP_X}"));
         }
         check_range(from_ms, to_ms)?;
-        self.audit(
+        self.record(
             crate::audit::Action::TopItems,
             serde_json::json!({ "x": x, "from_ms": from_ms, "to_ms": to_ms, "via": "dashboard" }),
         )?;
@@ -238,7 +257,7 @@ impl Backend for CoreBackend {
     }
 
     fn search(&self, query: &SearchQuery) -> Result<SearchPage, String> {
-        self.audit(
+        self.record(
             crate::audit::Action::Search,
             serde_json::json!({
                 "query": query.query, "location": query.location_oid, "camera": query.camera_oid,
@@ -282,6 +301,15 @@ impl Backend for CoreBackend {
         else {
             return Ok(None);
         };
+        if let Some(d) = &ev.detection {
+            // Who looked at which event, as GetEvent over gRPC.
+            self.record_entry(
+                self.who
+                    .entry(crate::audit::Action::GetEvent)
+                    .event(det_oid, d.video_camera_oid, d.geographical_location_oid)
+                    .detail(serde_json::json!({ "via": "dashboard" })),
+            )?;
+        }
         let footage = self.who.role >= Role::Investigator;
         let ev = self
             .joined(vec![ev])?
@@ -449,6 +477,58 @@ impl Backend for CoreBackend {
         })
     }
 
+    fn audit(&self, f: &AuditFilter) -> Result<AuditPage, String> {
+        use crate::audit::{query, query_after, Action, Page};
+        self.require(Role::Admin, "the audit log")?;
+        let log = self
+            .audit
+            .as_ref()
+            .ok_or("the audit log is not open on this core")?;
+        let filter = audit_filter(f)?;
+        let limit = f.limit.unwrap_or(AUDIT_PAGE);
+        if !(1..=crate::audit::MAX_PAGE).contains(&limit) {
+            return Err(format!(
+                "field `limit`: {limit} is not within 1..={}",
+                crate::audit::MAX_PAGE
+            ));
+        }
+        // Who read the audit log, and what they looked for.
+        self.record(
+            Action::AuditViewed,
+            serde_json::json!({
+                "actor": f.actor, "action": f.action, "camera": f.camera, "location": f.location,
+                "from_ms": f.from_ms, "to_ms": f.to_ms, "before": f.before, "after": f.after,
+            }),
+        )?;
+        let (records, older_before, newer_after) = match (f.before, f.after) {
+            (_, Some(after)) => {
+                let p = query_after(log.dir(), &filter, after, limit).map_err(|e| e.message)?;
+                let older = p.records.last().map_or(after + 1, |r| r.seq);
+                (p.records, (older > 1).then_some(older), p.newer_after)
+            }
+            (before, None) => {
+                let p =
+                    query(log.dir(), &filter, &Page { before, limit }).map_err(|e| e.message)?;
+                let newer =
+                    before.map(|b| p.records.first().map_or(b.saturating_sub(1), |r| r.seq));
+                (p.records, p.next_before, newer)
+            }
+        };
+        Ok(AuditPage {
+            rows: records.into_iter().map(audit_row).collect(),
+            older_before,
+            newer_after,
+        })
+    }
+
+    fn audit_actions(&self) -> Result<Vec<String>, String> {
+        self.require(Role::Admin, "the audit log")?;
+        Ok(crate::audit::record::ACTIONS
+            .iter()
+            .map(|(_, n)| n.to_string())
+            .collect())
+    }
+
     fn whoami(&self) -> sightline_web::model::WhoAmI {
         sightline_web::model::WhoAmI {
             actor: self.who.actor.clone(),
@@ -461,6 +541,63 @@ impl Backend for CoreBackend {
 
     fn now_ms(&self) -> i64 {
         sightline_proto::now_ms()
+    }
+}
+
+/// The page's filter as the audit log reads it: `actor` is `user:NAME`,
+/// `token:NAME`, `agent:ID`, `admin-token`, `anonymous`, `system`, or a bare
+/// name meaning `user:NAME`; `action` a stored action name.
+fn audit_filter(f: &AuditFilter) -> Result<crate::audit::Filter, String> {
+    use crate::audit::{Action, Actor};
+    let actor = match f.actor.as_deref() {
+        None => None,
+        Some(a) if !a.contains(':') && a.parse::<Actor>().is_err() => {
+            crate::access::accounts::validate_name("actor", a).map_err(|e| e.message)?;
+            Some(Actor::User(a.to_string()))
+        }
+        Some(a) => Some(
+            a.parse::<Actor>()
+                .map_err(|e| format!("field `actor`: {e}"))?,
+        ),
+    };
+    let action = f
+        .action
+        .as_deref()
+        .map(|a| a.parse::<Action>())
+        .transpose()
+        .map_err(|e| format!("field `action`: {e}"))?;
+    Ok(crate::audit::Filter {
+        actor,
+        action,
+        camera: f.camera,
+        location: f.location,
+        since: f.from_ms,
+        until: f.to_ms,
+    })
+}
+
+fn audit_row(r: crate::audit::Record) -> AuditRow {
+    AuditRow {
+        seq: r.seq,
+        time_ms: r.time,
+        actor: r.actor.to_string(),
+        source: r.source.map(|s| s.to_string()),
+        action: r.action.name().to_string(),
+        det_oid: r.det_oid,
+        camera: r.camera,
+        location: r.location,
+        object: r.object,
+        detail: if r.detail.is_empty() {
+            String::new()
+        } else {
+            serde_json::Value::Object(r.detail).to_string()
+        },
+        outcome: match r.outcome {
+            crate::audit::Outcome::Ok => "ok",
+            crate::audit::Outcome::Denied => "denied",
+            crate::audit::Outcome::Error => "error",
+        }
+        .to_string(),
     }
 }
 
@@ -498,6 +635,7 @@ mod tests {
             who: Principal::admin_token(),
             csrf: None,
             audit: None,
+            peer: None,
         });
         let owner = Owner::new();
         owner.set();

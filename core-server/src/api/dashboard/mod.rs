@@ -64,6 +64,10 @@ pub fn router(backend: CoreBackend, feed: LiveFeed, site_root: &Path) -> Router 
                             .get::<crate::access::Session>()
                             .map(|s| s.csrf.clone())
                     });
+                    // Set by `api::limits::serve_http` on every request.
+                    let peer = parts
+                        .as_ref()
+                        .and_then(|p| p.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0));
                     let who = parts
                         .and_then(|p| p.extensions.get::<Principal>().cloned())
                         .unwrap_or_else(|| Principal {
@@ -75,6 +79,7 @@ pub fn router(backend: CoreBackend, feed: LiveFeed, site_root: &Path) -> Router 
                     let scoped: SharedBackend = Arc::new(CoreBackend {
                         who,
                         csrf,
+                        peer,
                         ..backend.clone()
                     });
                     provide_context(scoped)
