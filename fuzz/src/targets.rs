@@ -329,6 +329,7 @@ pub fn core() -> &'static Core {
             who: sightline_core::access::Principal::admin_token(),
             csrf: None,
             audit: None,
+            peer: None,
         };
         Core {
             _dir: dir,
