@@ -737,6 +737,7 @@ mod tests {
             },
             csrf: None,
             audit: None,
+            peer: None,
         };
         let named = |d: &EventDetail| -> Vec<String> {
             let text = serde_json::to_string(d).unwrap();
