@@ -84,7 +84,9 @@ use arc_swap::ArcSwap;
 use sightline_proto::v1::JoinedEvent;
 use tantivy::{
     collector::{Count, TopDocs},
-    query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery},
+    query::{
+        AllQuery, BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery, TermSetQuery,
+    },
     schema::{
         Field, IndexRecordOption, NumericOptions, Schema, FAST, INDEXED, STORED, STRING, TEXT,
     },
@@ -369,22 +371,18 @@ impl SearchIndex {
             clauses.push(term(Term::from_field_i64(f.location_oid, l)));
         }
         if let Some(scope) = &req.scope_locations {
-            let any: Vec<(Occur, Box<dyn Query>)> = scope
-                .iter()
-                .map(|l| {
-                    let q: Box<dyn Query> = Box::new(TermQuery::new(
-                        Term::from_field_i64(f.location_oid, *l),
-                        IndexRecordOption::Basic,
-                    ));
-                    (Occur::Should, q)
-                })
-                .collect();
-            // An empty scope matches nothing (a Should-less boolean query
-            // would match everything).
-            let q: Box<dyn Query> = if any.is_empty() {
+            // One term set, read into a bitset of the segment's documents:
+            // a union of one term query per location cost up to twice the
+            // unscoped search with half of 100 locations in scope.
+            let q: Box<dyn Query> = if scope.is_empty() {
+                // An empty set: nothing (not everything).
                 Box::new(tantivy::query::EmptyQuery)
             } else {
-                Box::new(BooleanQuery::new(any))
+                Box::new(TermSetQuery::new(
+                    scope
+                        .iter()
+                        .map(|l| Term::from_field_i64(f.location_oid, *l)),
+                ))
             };
             clauses.push((Occur::Must, q));
         }
