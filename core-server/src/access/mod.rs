@@ -211,13 +211,11 @@ impl Principal {
     }
 }
 
-/// A scope of at most this many locations is counted one location at a time
-/// (each a prefix read of the aggregates); a larger one reads every
-/// location's counts and keeps its own.
-pub const SCOPED_TOP_PER_LOCATION: usize = 16;
-
 /// Top X per location as [`crate::store::Store::top_items`], for the
 /// locations `scope` allows only; `location` (if any) was checked already.
+/// One read of the aggregates in the range, whatever the scope's size (a
+/// read per location of a small scope cost that many times the unscoped
+/// query: the aggregates are keyed by time first).
 pub fn scoped_top_items(
     store: &crate::store::Store,
     scope: &Scope,
@@ -228,18 +226,7 @@ pub fn scoped_top_items(
 ) -> Result<Vec<crate::store::LocationCounts>, crate::store::StoreError> {
     match (&scope.locations, location) {
         (None, l) | (Some(_), l @ Some(_)) => store.top_items(from_ms, to_ms, x, l),
-        (Some(set), None) if set.len() <= SCOPED_TOP_PER_LOCATION => {
-            let mut out = Vec::new();
-            for l in set {
-                out.extend(store.top_items(from_ms, to_ms, x, Some(*l))?);
-            }
-            Ok(out)
-        }
-        (Some(set), None) => {
-            let mut all = store.top_items(from_ms, to_ms, x, None)?;
-            all.retain(|c| set.contains(&c.location));
-            Ok(all)
-        }
+        (Some(set), None) => store.top_items_in(from_ms, to_ms, x, |l| set.contains(&l)),
     }
 }
 
@@ -375,5 +362,75 @@ impl Access {
         }
         self.db
             .authenticate_token(secret, sightline_proto::now_ms())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{
+        cf,
+        keys::{self, Bucket},
+        Store, CF_AGG,
+    };
+
+    #[test]
+    fn a_scoped_top_x_counts_exactly_its_locations_whatever_the_scope_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), false, 8 << 20).unwrap();
+        let hour = 3_600_000;
+        let t0 = 1_700_000_000_000 - 1_700_000_000_000 % hour;
+        // 40 locations, each counted in a minute bucket before the whole
+        // hours, an hour bucket, and a minute bucket after them: location l
+        // has 3l cars and 3 dogs.
+        let db = s.db().unwrap();
+        let mut b = rocksdb::WriteBatch::default();
+        for l in 1..=40i64 {
+            for (bucket, at) in [
+                (Bucket::Minute, t0 + 5 * 60_000),
+                (Bucket::Hour, t0 + 2 * hour),
+                (Bucket::Minute, t0 + 3 * hour + 60_000),
+            ] {
+                for (item, n) in [("car", l as u64), ("dog", 1)] {
+                    b.merge_cf(
+                        cf(&db, CF_AGG),
+                        keys::agg_key(bucket, bucket.floor(at), l, item),
+                        n.to_le_bytes(),
+                    );
+                }
+            }
+        }
+        drop(db);
+        s.write(b).unwrap();
+        let (from, to) = (t0 + 60_000, t0 + 3 * hour + 30 * 60_000);
+        let all = s.top_items(from, to, 10, None).unwrap();
+        assert_eq!(all.len(), 40);
+        assert_eq!(all[6].location, 7);
+        assert_eq!(all[6].total, 3 * 7 + 3);
+        assert_eq!(
+            scoped_top_items(&s, &Scope::all(), from, to, 10, None).unwrap(),
+            all
+        );
+        for set in [
+            vec![],
+            vec![7],
+            vec![1, 2, 3],
+            (1..=20).collect::<Vec<_>>(),
+            vec![39, 41],
+        ] {
+            let got =
+                scoped_top_items(&s, &Scope::locations(set.clone()), from, to, 10, None).unwrap();
+            let want: Vec<_> = all
+                .iter()
+                .filter(|c| set.contains(&c.location))
+                .cloned()
+                .collect();
+            assert_eq!(got, want, "scope {set:?}");
+        }
+        // A location asked for (checked against the scope by the caller).
+        let got = scoped_top_items(&s, &Scope::locations([2, 3]), from, to, 1, Some(3)).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].location, 3);
+        assert_eq!(got[0].items, vec![("car".to_string(), 9)]);
     }
 }

@@ -84,11 +84,14 @@ use arc_swap::ArcSwap;
 use sightline_proto::v1::JoinedEvent;
 use tantivy::{
     collector::{Count, TopDocs},
-    query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery},
+    query::{
+        doc_predicate_query::{DocPredicateQuery, FunctionPredicate},
+        AllQuery, BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery,
+    },
     schema::{
         Field, IndexRecordOption, NumericOptions, Schema, FAST, INDEXED, STORED, STRING, TEXT,
     },
-    Index, IndexReader, ReloadPolicy, TantivyDocument, Term,
+    DocId, Index, IndexReader, ReloadPolicy, SegmentReader, TantivyDocument, Term,
 };
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -369,22 +372,26 @@ impl SearchIndex {
             clauses.push(term(Term::from_field_i64(f.location_oid, l)));
         }
         if let Some(scope) = &req.scope_locations {
-            let any: Vec<(Occur, Box<dyn Query>)> = scope
-                .iter()
-                .map(|l| {
-                    let q: Box<dyn Query> = Box::new(TermQuery::new(
-                        Term::from_field_i64(f.location_oid, *l),
-                        IndexRecordOption::Basic,
-                    ));
-                    (Occur::Should, q)
-                })
-                .collect();
-            // An empty scope matches nothing (a Should-less boolean query
-            // would match everything).
-            let q: Box<dyn Query> = if any.is_empty() {
+            // Checked on the documents the other clauses match, from the
+            // `location_oid` column: the cost follows the query's hits, not
+            // the scope's events (a union of one term query per location
+            // cost 2.1x the unscoped search with half of 100 locations in
+            // scope; a term set read into a bitset, 2.1x for a rare word).
+            let q: Box<dyn Query> = if scope.is_empty() {
+                // An empty set: nothing (not everything).
                 Box::new(tantivy::query::EmptyQuery)
             } else {
-                Box::new(BooleanQuery::new(any))
+                let allowed: Arc<std::collections::HashSet<i64>> =
+                    Arc::new(scope.iter().copied().collect());
+                let predicate = FunctionPredicate::from(move |segment: &SegmentReader| {
+                    let column = segment
+                        .fast_fields()
+                        .i64("location_oid")?
+                        .first_or_default_col(i64::MIN);
+                    let allowed = allowed.clone();
+                    Ok(move |doc: DocId| allowed.contains(&column.get_val(doc)))
+                });
+                Box::new(DocPredicateQuery::from(predicate))
             };
             clauses.push((Occur::Must, q));
         }

@@ -302,6 +302,54 @@ async fn a_deeply_nested_query_is_refused_not_a_stack_overflow() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scoped_search_counts_and_pages_only_its_locations() {
+    let f = fixture();
+    let t0 = 1_800_000_000_000;
+    let events: Vec<(i64, i64, i64, &str)> = (1..=40)
+        .map(|i| {
+            (
+                i,
+                t0 + i,
+                i % 4 + 1,
+                if i % 2 == 0 { "car" } else { "person" },
+            )
+        })
+        .collect();
+    f.commit(&events);
+    f.searchable(40, Duration::from_secs(10)).await;
+    let scoped = |query: &str, scope: Option<Vec<i64>>| {
+        f.index
+            .search(&SearchRequest {
+                query: query.into(),
+                scope_locations: scope,
+                page_size: MAX_PAGE,
+                ..Default::default()
+            })
+            .unwrap()
+    };
+    let want = |item: Option<&str>, scope: &[i64]| -> Vec<i64> {
+        let mut v: Vec<i64> = events
+            .iter()
+            .filter(|e| scope.contains(&e.2) && item.is_none_or(|i| i == e.3))
+            .map(|e| e.0)
+            .collect();
+        v.reverse(); // newest first
+        v
+    };
+    for scope in [vec![2], vec![1, 3], vec![1, 2, 3, 4], vec![4, 9]] {
+        for (query, item) in [("", None), ("car", Some("car")), ("person", Some("person"))] {
+            let hits = scoped(query, Some(scope.clone()));
+            let w = want(item, &scope);
+            assert_eq!(hits.total, w.len() as u64, "{query:?} in {scope:?}");
+            assert_eq!(hits.det_oids, w, "{query:?} in {scope:?}");
+        }
+    }
+    // An empty scope sees nothing; no scope sees everything.
+    assert_eq!(scoped("", Some(vec![])).total, 0);
+    assert_eq!(scoped("car", None).total, 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_location_name_with_a_dash_matches() {
     let f = fixture();
     let t0 = 1_800_000_000_000;

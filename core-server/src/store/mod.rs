@@ -750,6 +750,18 @@ impl Store {
         x: usize,
         location: Option<i64>,
     ) -> Result<Vec<LocationCounts>, StoreError> {
+        self.top_items_in(from_ms, to_ms, x, |l| location.is_none_or(|o| o == l))
+    }
+
+    /// [`Store::top_items`] for the locations `in_scope` allows, in one read
+    /// of the aggregates in the range however many locations it allows.
+    pub fn top_items_in(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        x: usize,
+        in_scope: impl Fn(i64) -> bool,
+    ) -> Result<Vec<LocationCounts>, StoreError> {
         let from = Bucket::Minute.floor(from_ms);
         let to = Bucket::Minute.floor(to_ms);
         let mut sums: HashMap<i64, HashMap<String, u64>> = HashMap::new();
@@ -757,11 +769,11 @@ impl Store {
             let h_start = Bucket::Hour.floor(from + Bucket::Hour.millis() - 1);
             let h_end = Bucket::Hour.floor(to);
             if h_start < h_end {
-                self.sum_buckets(Bucket::Minute, from, h_start, location, &mut sums)?;
-                self.sum_buckets(Bucket::Hour, h_start, h_end, location, &mut sums)?;
-                self.sum_buckets(Bucket::Minute, h_end, to, location, &mut sums)?;
+                self.sum_buckets(Bucket::Minute, from, h_start, &in_scope, &mut sums)?;
+                self.sum_buckets(Bucket::Hour, h_start, h_end, &in_scope, &mut sums)?;
+                self.sum_buckets(Bucket::Minute, h_end, to, &in_scope, &mut sums)?;
             } else {
-                self.sum_buckets(Bucket::Minute, from, to, location, &mut sums)?;
+                self.sum_buckets(Bucket::Minute, from, to, &in_scope, &mut sums)?;
             }
         }
         let mut out: Vec<LocationCounts> = sums
@@ -789,14 +801,14 @@ impl Store {
         bucket: Bucket,
         from: i64,
         to: i64,
-        location: Option<i64>,
+        in_scope: &impl Fn(i64) -> bool,
         sums: &mut HashMap<i64, HashMap<String, u64>>,
     ) -> Result<(), StoreError> {
         if to <= from {
             return Ok(());
         }
         self.for_each_agg(bucket, from, to, |_, loc, name, count| {
-            if location.is_none_or(|l| l == loc) {
+            if in_scope(loc) {
                 *sums
                     .entry(loc)
                     .or_default()
