@@ -381,15 +381,14 @@ impl SearchIndex {
                 // An empty set: nothing (not everything).
                 Box::new(tantivy::query::EmptyQuery)
             } else {
-                let allowed: Arc<std::collections::HashSet<i64>> =
-                    Arc::new(scope.iter().copied().collect());
+                let allowed = Arc::new(LocationSet::new(scope));
                 let predicate = FunctionPredicate::from(move |segment: &SegmentReader| {
                     let column = segment
                         .fast_fields()
                         .i64("location_oid")?
                         .first_or_default_col(i64::MIN);
                     let allowed = allowed.clone();
-                    Ok(move |doc: DocId| allowed.contains(&column.get_val(doc)))
+                    Ok(move |doc: DocId| allowed.contains(column.get_val(doc)))
                 });
                 Box::new(DocPredicateQuery::from(predicate))
             };
@@ -525,6 +524,56 @@ pub fn default_path(storage: &Path) -> PathBuf {
     let mut p = storage.as_os_str().to_owned();
     p.push("-search");
     PathBuf::from(p)
+}
+
+/// A scope's locations, asked once per search hit: a bitset over the
+/// scope's span of oids when that is small (one shift and mask; a
+/// `HashSet<i64>` lookup hashed every hit and cost a frequent word half the
+/// search), else a sorted list searched by halves.
+enum LocationSet {
+    Bits { min: i64, words: Vec<u64> },
+    Sorted(Vec<i64>),
+}
+
+/// Widest span of oids kept as a bitset (128 KiB of bits).
+const LOCATION_BITSET_SPAN: u64 = 1 << 20;
+
+impl LocationSet {
+    fn new(scope: &[i64]) -> Self {
+        let (Some(&min), Some(&max)) = (scope.iter().min(), scope.iter().max()) else {
+            return LocationSet::Sorted(Vec::new());
+        };
+        let span = max.abs_diff(min);
+        if span < LOCATION_BITSET_SPAN {
+            let mut words = vec![0u64; (span / 64 + 1) as usize];
+            for &l in scope {
+                let d = l.abs_diff(min);
+                words[(d / 64) as usize] |= 1 << (d % 64);
+            }
+            LocationSet::Bits { min, words }
+        } else {
+            let mut v = scope.to_vec();
+            v.sort_unstable();
+            v.dedup();
+            LocationSet::Sorted(v)
+        }
+    }
+
+    #[inline]
+    fn contains(&self, l: i64) -> bool {
+        match self {
+            LocationSet::Bits { min, words } => {
+                if l < *min {
+                    return false;
+                }
+                let d = l.abs_diff(*min);
+                words
+                    .get((d / 64) as usize)
+                    .is_some_and(|w| w & (1 << (d % 64)) != 0)
+            }
+            LocationSet::Sorted(v) => v.binary_search(&l).is_ok(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -469,3 +469,42 @@ async fn search_lag_at_10000_events_per_second() {
         pct(100)
     );
 }
+
+#[test]
+fn a_scope_set_answers_membership_for_every_shape_of_oids() {
+    // Near oids (a bitset), far-apart ones (a sorted list), negatives, one.
+    for scope in [
+        vec![3, 1, 64, 65, 127],
+        vec![-5, 7, i64::MAX, i64::MIN],
+        vec![42],
+        vec![1, 1_000_000_000],
+    ] {
+        let set = LocationSet::new(&scope);
+        for probe in [
+            i64::MIN,
+            -6,
+            -5,
+            0,
+            1,
+            2,
+            3,
+            7,
+            42,
+            63,
+            64,
+            65,
+            66,
+            127,
+            128,
+            1_000_000_000,
+            i64::MAX,
+        ] {
+            assert_eq!(
+                set.contains(probe),
+                scope.contains(&probe),
+                "{scope:?} {probe}"
+            );
+        }
+    }
+    assert!(!LocationSet::new(&[]).contains(0));
+}
