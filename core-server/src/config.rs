@@ -309,7 +309,10 @@ pub struct RetentionConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LiveConfig {
-    /// Commits a live subscriber may fall behind before it is cut off.
+    /// Messages a live subscriber may fall behind before it is cut off; a
+    /// message is at most `api::live::LIVE_CHUNK_EVENTS` (256) events of one
+    /// commit, and the hub keeps this many, read or not: the default bounds it
+    /// to 262,144 events (~100 MiB).
     #[serde(default = "default_live_buffer")]
     pub buffer_commits: usize,
     /// Most open `Subscribe` streams (gRPC); one more is refused with
@@ -413,7 +416,7 @@ fn default_media_ttl() -> Duration {
     Duration::from_secs(30 * 86_400)
 }
 fn default_live_buffer() -> usize {
-    4096
+    1024
 }
 fn default_max_subscribers() -> usize {
     256

@@ -15,8 +15,16 @@ pub struct LiveHub {
     tx: broadcast::Sender<CommitEvents>,
 }
 
+/// Most events in one message of the hub. The hub keeps its last `capacity`
+/// messages whether or not they were read, so a commit goes out in messages
+/// of at most this many events and `capacity` bounds the memory it holds:
+/// one message per commit let a backlog's commits of up to 20,000 events each
+/// hold 1.7 GiB (BENCHMARKS.md, "The commit path").
+pub const LIVE_CHUNK_EVENTS: usize = 256;
+
 impl LiveHub {
-    /// `capacity`: commits a subscriber may fall behind before it is cut off.
+    /// `capacity`: messages (of at most [`LIVE_CHUNK_EVENTS`] events) a
+    /// subscriber may fall behind before it is cut off.
     pub fn new(capacity: usize) -> Self {
         let (tx, _) = broadcast::channel(capacity);
         Self { tx }
@@ -28,12 +36,49 @@ impl LiveHub {
     }
 
     pub fn publish(&self, events: Vec<JoinedEvent>) {
-        if !events.is_empty() {
-            let _ = self.tx.send(Arc::new(events));
+        if events.len() <= LIVE_CHUNK_EVENTS {
+            if !events.is_empty() {
+                let _ = self.tx.send(Arc::new(events));
+            }
+            return;
+        }
+        let mut rest = events.into_iter();
+        loop {
+            let chunk: Vec<JoinedEvent> = rest.by_ref().take(LIVE_CHUNK_EVENTS).collect();
+            if chunk.is_empty() {
+                return;
+            }
+            let _ = self.tx.send(Arc::new(chunk));
         }
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<CommitEvents> {
         self.tx.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_commit_goes_out_in_bounded_messages_in_order() {
+        let hub = LiveHub::new(64);
+        let mut rx = hub.subscribe();
+        let n = LIVE_CHUNK_EVENTS * 2 + 7;
+        hub.publish(
+            (0..n)
+                .map(|i| JoinedEvent {
+                    seq: i as u64,
+                    ..Default::default()
+                })
+                .collect(),
+        );
+        let mut seqs = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            assert!(m.len() <= LIVE_CHUNK_EVENTS);
+            seqs.extend(m.iter().map(|e| e.seq));
+        }
+        assert_eq!(seqs, (0..n as u64).collect::<Vec<_>>());
     }
 }

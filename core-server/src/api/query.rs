@@ -652,7 +652,7 @@ impl QueryService {
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         self.metrics.live_lagged.inc();
                         return Err(ApiError::exhausted(format!(
-                            "subscriber fell behind by {n} commits (`live.buffer_commits`); resubscribe with from_ms to catch up"
+                            "subscriber fell behind by {n} messages of live events (`live.buffer_commits`); resubscribe with from_ms to catch up"
                         ))
                         .into());
                     }

@@ -61,8 +61,7 @@ use tonic::{transport::Channel, Code};
 /// the eleven could hold 2 × 32 MiB, and the first 30-minute soak grew past
 /// this bound) + the block cache (`storage.cache`, 64 MiB) + the
 /// search index writer's heap (50 MB) + the live hub (`live.buffer_commits`
-/// 4,096 commits; at 10,000 events/s a commit holds tens of events of
-/// ~0.3 KB: ≤ 64 MiB) + Subscribe queues (1,024 events each, the storm holds
+/// 1,024 messages of ≤ 256 events of ~0.3 KB: ≤ 80 MiB) + Subscribe queues (1,024 events each, the storm holds
 /// ≤ 8: < 4 MiB) + the pipeline queues (`pipeline.queue_batches` 64 × 2
 /// partitions × ~50 events) + index pages and code (~200 MiB) — ≈ 510 MiB,
 /// rounded up to 1 GiB for allocator slack. A leak grows past it in minutes.
