@@ -113,6 +113,7 @@ impl Indexer {
                     if let Err(e) = self.add(&events, false) {
                         self.fail(e);
                     }
+                    self.idx.queued.fetch_sub(events.len(), Ordering::Relaxed);
                 }
                 Ok(Job::Retention(before)) => {
                     self.retention = Some(self.retention.map_or(before, |r| r.max(before)));

@@ -75,7 +75,7 @@ use std::{
     ops::Bound,
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicI64, Ordering},
+        atomic::{AtomicI64, AtomicUsize, Ordering},
         mpsc, Arc,
     },
 };
@@ -208,7 +208,18 @@ pub struct SearchIndex {
     indexed_ms: Arc<AtomicI64>,
     /// To the indexer thread.
     jobs: mpsc::Sender<Job>,
+    /// Live events handed to the indexer and not indexed yet: at most
+    /// [`MAX_QUEUED_INDEX_EVENTS`]; past it, live events are left to a
+    /// catch-up from the store (as when the hub drops them).
+    queued: AtomicUsize,
 }
+
+/// Most live events waiting for the indexer (~40 MiB). Ingest outruns the
+/// index while a backlog drains (the indexer runs at a lower priority): an
+/// unbounded queue held the whole backlog in memory (1.5 GiB for 4 M events,
+/// BENCHMARKS.md, "The commit path"); past this the index catches up from
+/// the store instead.
+pub const MAX_QUEUED_INDEX_EVENTS: usize = 100_000;
 
 /// One opening of the index on disk, with what searches need of it.
 struct Opened {
@@ -265,17 +276,35 @@ impl SearchIndex {
             open: ArcSwap::from_pointee(Opened::new(index, fields)?),
             indexed_ms: Arc::new(AtomicI64::new(resume.unwrap_or(i64::MIN))),
             jobs: tx.clone(),
+            queued: AtomicUsize::new(0),
         });
         // Subscribed before the first read of the store: nothing falls between.
         let mut commits = hub.subscribe();
         let stop = shutdown.clone();
         let forward = tx.clone();
+        let counts = this.clone();
         tokio::spawn(async move {
+            // Live events were left to a catch-up (the queue was full).
+            let mut behind = false;
             loop {
                 let job = tokio::select! {
                     _ = stop.cancelled() => return,
                     msg = commits.recv() => match msg {
-                        Ok(events) => Job::Events(events),
+                        Ok(events) => {
+                            let n = events.len();
+                            if counts.queued.load(Ordering::Relaxed) + n > MAX_QUEUED_INDEX_EVENTS {
+                                if !behind {
+                                    tracing::debug!(queued = MAX_QUEUED_INDEX_EVENTS, "search index behind ingest; it catches up from the store");
+                                }
+                                behind = true;
+                                continue;
+                            }
+                            if std::mem::take(&mut behind) && forward.send(Job::CatchUp).is_err() {
+                                return;
+                            }
+                            counts.queued.fetch_add(n, Ordering::Relaxed);
+                            Job::Events(events)
+                        }
                         Err(broadcast::error::RecvError::Lagged(n)) => {
                             tracing::warn!(commits = n, "search index fell behind the live hub; catching up from the store");
                             Job::CatchUp
