@@ -27,8 +27,12 @@ pub const MAX_RETRY: Duration = Duration::from_secs(10);
 /// The writer's indexing memory (tantivy's arena; a segment is flushed when
 /// it is full, besides every commit).
 const WRITER_HEAP: usize = 50_000_000;
-/// Documents added during a rebuild between two commits.
-const REBUILD_COMMIT_EVERY: usize = 200_000;
+/// Documents added during a rebuild or a catch-up between two commits. Each
+/// one replaces (a delete by det_oid, ~1 KiB held by tantivy's delete queue
+/// until the next commit): a catch-up chasing a draining backlog without a
+/// commit held them by the million — 1.5–2 GiB (heaptrack: `delete_term` ←
+/// `catch_up`; BENCHMARKS.md, "The commit path").
+const REBUILD_COMMIT_EVERY: usize = 25_000;
 /// Events read from the store per step of a catch-up.
 const CATCH_UP_BATCH: usize = 10_000;
 
@@ -301,6 +305,11 @@ impl Indexer {
                     self.locations.current().join_all(&mut events);
                     n += events.len();
                     self.add(&events, true)?;
+                    if self.pending >= REBUILD_COMMIT_EVERY {
+                        // In commit order: what is committed so far is the
+                        // position a restart may resume from.
+                        self.commit()?;
+                    }
                     after = last;
                 }
             }
