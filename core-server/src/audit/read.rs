@@ -101,14 +101,10 @@ pub fn query(dir: &Path, filter: &Filter, page: &Page) -> Result<QueryPage, ApiE
         if page.before.is_some_and(|b| s.first_seq >= b) || !may_overlap(&segs, i, filter) {
             continue;
         }
-        let bytes = match std::fs::read(&s.path) {
-            Ok(b) => b,
-            // Removed by a retention cut since it was listed.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(unavailable(dir, e)),
+        let Some(bytes) = complete_lines(dir, &s.path)? else {
+            continue;
         };
-        let (_, complete) = files::last_line(&bytes);
-        for line in bytes[..complete].split(|&b| b == b'\n').rev() {
+        for line in bytes.split(|&b| b == b'\n').rev() {
             let Ok(r) = serde_json::from_slice::<Record>(line) else {
                 continue;
             };
@@ -168,13 +164,10 @@ pub fn query_after(
         {
             continue;
         }
-        let bytes = match std::fs::read(&segs[i].0.path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(unavailable(dir, e)),
+        let Some(bytes) = complete_lines(dir, &segs[i].0.path)? else {
+            continue;
         };
-        let (_, complete) = files::last_line(&bytes);
-        for line in bytes[..complete].split(|&b| b == b'\n') {
+        for line in bytes.split(|&b| b == b'\n') {
             let Ok(r) = serde_json::from_slice::<Record>(line) else {
                 continue;
             };
@@ -202,6 +195,19 @@ pub fn query_after(
     })
 }
 
+/// A segment's complete lines (a last line still being written left out);
+/// `None` when the segment was removed by a retention cut since it was listed.
+fn complete_lines(dir: &Path, path: &Path) -> Result<Option<Vec<u8>>, ApiError> {
+    let mut bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(unavailable(dir, e)),
+    };
+    let (_, complete) = files::last_line(&bytes);
+    bytes.truncate(complete);
+    Ok(Some(bytes))
+}
+
 /// What [`query_after`] found.
 #[derive(Debug, Clone)]
 pub struct AfterPage {
@@ -220,13 +226,10 @@ pub fn export(dir: &Path, filter: &Filter, out: &mut dyn Write) -> Result<u64, A
         if !may_overlap(&segs, i, filter) {
             continue;
         }
-        let bytes = match std::fs::read(&segs[i].0.path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(unavailable(dir, e)),
+        let Some(bytes) = complete_lines(dir, &segs[i].0.path)? else {
+            continue;
         };
-        let (_, complete) = files::last_line(&bytes);
-        for line in bytes[..complete].split(|&b| b == b'\n') {
+        for line in bytes.split(|&b| b == b'\n') {
             let Ok(r) = serde_json::from_slice::<Record>(line) else {
                 continue;
             };
