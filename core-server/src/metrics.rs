@@ -68,6 +68,10 @@ pub struct Metrics {
     pub det_oid_conflicts: Counter,
     /// Events refused because they are older than the store keeps.
     pub too_old: Counter,
+    /// Events stored through the live lane, ahead of their agent's backlog.
+    pub live_lane_stored: Counter,
+    /// Backlog events acknowledged as stored earlier through the live lane.
+    pub delivered_live: Counter,
     pub connections_refused: Family<LimitLabel, Counter>,
 }
 
@@ -204,6 +208,18 @@ impl Metrics {
             "Events quarantined because their det_oid is stored for another camera",
             det_oid_conflicts.clone(),
         );
+        let live_lane_stored = Counter::default();
+        r.register(
+            "live_lane_stored",
+            "Events stored through the live lane, ahead of their agent's backlog",
+            live_lane_stored.clone(),
+        );
+        let delivered_live = Counter::default();
+        r.register(
+            "delivered_live",
+            "Backlog events acknowledged as stored earlier through the live lane (not duplicates)",
+            delivered_live.clone(),
+        );
         let too_old = Counter::default();
         r.register(
             "events_too_old",
@@ -215,6 +231,8 @@ impl Metrics {
             batches_from_datagrams,
             det_oid_conflicts,
             too_old,
+            live_lane_stored,
+            delivered_live,
             edge_refused,
             connections_refused,
             permission_denied,

@@ -89,6 +89,12 @@ pub struct SenderConfig {
     /// acks behind it for another round trip).
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// Events sent and not yet acknowledged, at most (a batch is not sent
+    /// while this many are out). Everything in flight waits in the core's
+    /// queues ahead of what comes next; a backlog's large batches would
+    /// otherwise put `max_in_flight` × `batch_max_events` there.
+    #[serde(default = "default_max_in_flight_events")]
+    pub max_in_flight_events: u64,
     /// First reconnect delay; doubles up to `backoff_max`, with full jitter.
     #[serde(default = "default_backoff_initial", with = "humantime_serde")]
     pub backoff_initial: Duration,
@@ -118,6 +124,17 @@ pub struct SenderConfig {
     /// or "bbr" (quinn's, experimental).
     #[serde(default = "default_quic_congestion")]
     pub quic_congestion: String,
+    /// The live lane (PROTOCOL.md rule 6b): while more than this many events
+    /// wait unsent behind the newest (a backlog after an outage), the newest
+    /// are also sent at once, ahead of it, so that the dashboard sees them
+    /// live; the backlog brings them again in order and the core
+    /// acknowledges them without storing them twice. 0 turns the lane off.
+    #[serde(default = "default_live_lane_after")]
+    pub live_lane_after: u64,
+    /// Most events a second on the live lane; newer events past it wait for
+    /// the backlog (the lane must not take the drain's place).
+    #[serde(default = "default_live_lane_max_rate")]
+    pub live_lane_max_rate: u64,
 }
 
 fn default_quic_congestion() -> String {
@@ -210,6 +227,15 @@ fn default_batch_max_bytes() -> ByteSize {
 fn default_max_in_flight() -> usize {
     64
 }
+fn default_max_in_flight_events() -> u64 {
+    16_384
+}
+fn default_live_lane_after() -> u64 {
+    10_000
+}
+fn default_live_lane_max_rate() -> u64 {
+    25_000
+}
 fn default_backoff_initial() -> Duration {
     Duration::from_millis(100)
 }
@@ -248,6 +274,7 @@ impl Default for SenderConfig {
             batch_max_events: default_batch_max_events(),
             batch_max_bytes: default_batch_max_bytes(),
             max_in_flight: default_max_in_flight(),
+            max_in_flight_events: default_max_in_flight_events(),
             backoff_initial: default_backoff_initial(),
             backoff_max: default_backoff_max(),
             status_interval: default_status_interval(),
@@ -257,6 +284,8 @@ impl Default for SenderConfig {
             quic_fallback: true,
             quic_retry: default_quic_retry(),
             quic_congestion: default_quic_congestion(),
+            live_lane_after: default_live_lane_after(),
+            live_lane_max_rate: default_live_lane_max_rate(),
         }
     }
 }
@@ -326,6 +355,15 @@ impl AgentConfig {
         }
         if let Err(why) = sightline_proto::edge::check_congestion(&self.sender.quic_congestion) {
             return err("sender.quic_congestion", &why);
+        }
+        if self.sender.live_lane_after > 0 && self.sender.live_lane_max_rate == 0 {
+            return err(
+                "sender.live_lane_max_rate",
+                "must be at least 1 while the live lane is on (sender.live_lane_after > 0)",
+            );
+        }
+        if self.sender.max_in_flight_events == 0 {
+            return err("sender.max_in_flight_events", "must be at least 1");
         }
         if self.sender.max_in_flight == 0 {
             return err("sender.max_in_flight", "must be at least 1");

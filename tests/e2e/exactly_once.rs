@@ -34,6 +34,7 @@ sightline_tests::over_both_transports!(
     agent_killed_mid_stream_loses_and_duplicates_nothing,
     agent_killed_under_a_publishing_detector_loses_and_duplicates_nothing,
     link_cut_and_restored_loses_and_duplicates_nothing,
+    new_events_reach_a_live_subscriber_while_a_backlog_drains,
 );
 
 async fn upstream_duplicates_are_stored_once(edge: Edge) {
@@ -269,6 +270,99 @@ async fn link_cut_and_restored_loses_and_duplicates_nothing(edge: Edge) {
             );
         }
     }
+}
+
+/// Events held up by an outage (the agent could not reach the core) drain
+/// once it can; events published meanwhile go ahead of them on the live lane
+/// (PROTOCOL.md rule 6b): a live subscriber gets them while most of the
+/// backlog is not yet stored, and everything is stored once, nothing counted
+/// as a duplicate.
+async fn new_events_reach_a_live_subscriber_while_a_backlog_drains(edge: Edge) {
+    const BACKLOG: u64 = 150_000;
+    const LIVE: i64 = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let b = dir.path().join("locations.csv");
+    write_locations(&b, LOCATIONS);
+    let core = Core::start(dir.path(), Some(&b));
+    // The outage: the agent is pointed at a port where nothing listens.
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let mut args = AgentArgs::intake(dir.path(), "backlogged", String::new()).over(&core, edge);
+    let real_url = args.core_url.clone();
+    args.core_url = match edge {
+        Edge::Grpc => format!("https://127.0.0.1:{dead_port}"),
+        Edge::Quic => format!("quic://127.0.0.1:{dead_port}"),
+    };
+    let mut agent = Agent::start(args);
+    let now = sightline_tests::data::now_ms();
+    let det = |oid: i64, loc: i64| Detection {
+        geographical_location_oid: loc,
+        video_camera_oid: loc * 100,
+        detection_oid: Some(oid),
+        item_name: "car".into(),
+        timestamp_detected: now,
+        ..Default::default()
+    };
+    let mut intake = IntakeClient::connect(agent.intake_url()).await.unwrap();
+    for chunk in 0..BACKLOG / 1000 {
+        let detections = (0..1000)
+            .map(|i| det(1 + (chunk * 1000 + i) as i64, 1 + (i % 4) as i64))
+            .collect();
+        intake.publish(PublishRequest { detections }).await.unwrap();
+    }
+    assert!(agent.terminate().success());
+    let mut args = agent.args.clone();
+    args.core_url = real_url;
+    // Location 5 is only published live, so the subscriber sees only those.
+    let mut live = sightline_tests::query::client(&core.url())
+        .await
+        .subscribe(SubscribeRequest {
+            from_ms: 0,
+            filter: Some(sightline_proto::v1::EventFilter {
+                geographical_location_oid: Some(5),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let agent = Agent::start(args);
+    let mut intake = IntakeClient::connect(agent.intake_url()).await.unwrap();
+    wait_more_stored(&core.url(), 1).await;
+    let mut stored_when_seen = Vec::new();
+    for i in 0..LIVE {
+        intake
+            .publish(PublishRequest {
+                detections: vec![det(1_000_000 + i, 5)],
+            })
+            .await
+            .unwrap();
+        let ev = tokio::time::timeout(Duration::from_secs(20), live.next())
+            .await
+            .expect("a live event")
+            .unwrap()
+            .unwrap();
+        assert_eq!(ev.detection.unwrap().detection_oid, Some(1_000_000 + i));
+        stored_when_seen.push(stats(&core.url()).await.stored);
+    }
+    assert!(
+        stored_when_seen[0] < BACKLOG / 2,
+        "the first live event waited for the backlog: {} of {BACKLOG} backlog events stored when it arrived ({stored_when_seen:?})",
+        stored_when_seen[0]
+    );
+    wait_for("the backlog to drain", Duration::from_secs(180), || async {
+        (stats(&core.url()).await.stored == BACKLOG + LIVE as u64).then_some(())
+    })
+    .await;
+    // Let the backlog's acks for the live events come, then check no event
+    // was stored twice nor counted as a duplicate.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let s = stats(&core.url()).await;
+    assert_eq!(
+        (s.stored, s.duplicates_semantic, s.rejected),
+        (BACKLOG + LIVE as u64, 0, 0)
+    );
 }
 
 /// Drives the ingest protocol by hand, as a misbehaving or retrying agent would.

@@ -4,6 +4,7 @@
 //! generated Dataset A files with duplicates,
 //! and the ground truth computed from them independently of the system.
 
+pub mod bench;
 pub mod data;
 pub mod http;
 pub mod impair;

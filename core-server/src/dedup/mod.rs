@@ -22,8 +22,22 @@
 //! store reports (the smallest over the partitions). A crash between two
 //! partitions' commits leaves one ahead: the resend is dropped there by seq,
 //! committed in the others.
+//!
+//! The live lane (PROTOCOL.md rule 6b): an agent draining a backlog also sends
+//! its newest events out of order. Their shares go to each writer on a queue
+//! of their own that it takes before the backlog's, and are committed without
+//! touching the watermark: only new, valid det_oids are stored (anything else
+//! waits for its turn in the backlog, where it is quarantined or counted).
+//! The writer remembers which seq it stored that way (up to
+//! [`MAX_LIVE_REMEMBERED`]), so that when the backlog brings the same seq and
+//! det_oid it is acknowledged as delivered, not counted as a duplicate.
 
-use std::{collections::HashMap, sync::Arc, thread::JoinHandle, time::Instant};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    thread::JoinHandle,
+    time::Instant,
+};
 
 use bytes::Bytes;
 use sightline_proto::v1::{EdgeEvent, JoinedEvent, QuarantinedEvent, Rejection};
@@ -115,6 +129,8 @@ pub struct CommitOutcome {
     pub stored: u64,
     pub dup_transport: u64,
     pub dup_semantic: u64,
+    /// Events stored earlier through the live lane, acknowledged now.
+    pub delivered_live: u64,
     pub rejected: Vec<Rejection>,
 }
 
@@ -139,6 +155,7 @@ impl CommitOutcome {
         self.stored += other.stored;
         self.dup_transport += other.dup_transport;
         self.dup_semantic += other.dup_semantic;
+        self.delivered_live += other.delivered_live;
         self.rejected.extend(other.rejected);
         self
     }
@@ -154,8 +171,19 @@ struct Share {
     count: u64,
     events: Vec<Incoming>,
     last_digest: u64,
+    /// From the live lane: stored if new, watermark untouched, not answered.
+    live: bool,
     reply: oneshot::Sender<Result<CommitOutcome, CommitError>>,
 }
+
+/// A commit group with live-lane events takes at most this fraction
+/// (1/n) of `pipeline.max_group_events` from the backlog.
+const LIVE_GROUP_SHARE: usize = 8;
+
+/// Seqs a writer remembers having stored through the live lane, at most
+/// (about 40 bytes each): past it, such an event is counted as a duplicate
+/// when the backlog brings it, instead of as delivered.
+pub const MAX_LIVE_REMEMBERED: usize = 262_144;
 
 /// The seq an event came with (every `Incoming` the session makes has one).
 fn seq_of(ev: &Incoming) -> Option<u64> {
@@ -189,6 +217,8 @@ fn partition_of(ev: &Incoming, partitions: usize) -> usize {
 /// The partition writers.
 pub struct Pipeline {
     partitions: Vec<mpsc::Sender<Share>>,
+    /// Each writer's live lane, taken before its backlog queue.
+    live: Vec<mpsc::Sender<Share>>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -213,20 +243,24 @@ impl Pipeline {
         let partitions = partitions.max(1);
         ctx.store.use_partitions(partitions)?;
         let mut senders = Vec::new();
+        let mut live = Vec::new();
         let mut threads = Vec::new();
         for p in 0..partitions {
             let (tx, rx) = mpsc::channel(queue.max(1));
+            let (live_tx, live_rx) = mpsc::channel(queue.max(1));
             let ctx = ctx.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("writer-{p}"))
-                    .spawn(move || Writer::new(ctx, p).run(rx))
+                    .spawn(move || Writer::new(ctx, p).run(rx, live_rx))
                     .expect("spawn writer thread"),
             );
             senders.push(tx);
+            live.push(live_tx);
         }
         Ok(Self {
             partitions: senders,
+            live,
             threads,
         })
     }
@@ -247,6 +281,7 @@ impl Pipeline {
                     count,
                     events: req.events,
                     last_digest: req.last_digest,
+                    live: false,
                     reply: req.reply,
                 })
                 .await
@@ -269,6 +304,7 @@ impl Pipeline {
                     count,
                     events,
                     last_digest: req.last_digest,
+                    live: false,
                     reply,
                 })
                 .await
@@ -298,6 +334,44 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Queues events of the live lane (PROTOCOL.md rule 6b) on the writers'
+    /// live queues, taken before the backlog. Nothing is answered: the
+    /// events are acknowledged with the batch that brings their seqs in order.
+    pub async fn submit_live(
+        &self,
+        agent: Arc<str>,
+        epoch: u64,
+        events: Vec<Incoming>,
+    ) -> Result<(), CommitError> {
+        let n = self.live.len();
+        let mut split: Vec<Vec<Incoming>> = (0..n).map(|_| Vec::new()).collect();
+        for ev in events {
+            if matches!(ev, Incoming::Valid(_)) {
+                split[partition_of(&ev, n)].push(ev);
+            }
+        }
+        for (p, events) in split.into_iter().enumerate() {
+            if events.is_empty() {
+                continue;
+            }
+            let (reply, _) = oneshot::channel();
+            self.live[p]
+                .send(Share {
+                    agent: agent.clone(),
+                    epoch,
+                    first_seq: 0,
+                    count: events.len() as u64,
+                    events,
+                    last_digest: 0,
+                    live: true,
+                    reply,
+                })
+                .await
+                .map_err(|_| CommitError::Store("the pipeline is shut down".into()))?;
+        }
+        Ok(())
+    }
+
     /// Stops accepting, lets the writers finish what is queued, and joins them.
     pub fn shutdown(self) {
         drop(self);
@@ -310,6 +384,7 @@ impl Drop for Pipeline {
     /// detached writer closes RocksDB aborts).
     fn drop(&mut self) {
         self.partitions.clear();
+        self.live.clear();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -321,12 +396,27 @@ struct Writer {
     partition: usize,
     /// This partition's watermarks of its agents, by (agent, epoch).
     watermarks: HashMap<(Arc<str>, u64), u64>,
+    /// Seqs above the watermark stored through the live lane, with their
+    /// det_oid, by (agent, epoch); forgotten as the watermark passes them.
+    live_done: HashMap<(Arc<str>, u64), BTreeMap<u64, i64>>,
+    live_remembered: usize,
 }
 
 /// A share, after the watermark check.
 struct Planned {
     reply: oneshot::Sender<Result<CommitOutcome, CommitError>>,
     outcome: Result<CommitOutcome, CommitError>,
+    /// (agent, epoch, live lane?) of the share.
+    epoch: u64,
+    live: bool,
+}
+
+/// The det_oid of a valid event.
+fn det_oid_of(ev: &Incoming) -> Option<i64> {
+    match ev {
+        Incoming::Valid(e) => e.detection.as_ref().and_then(|d| d.detection_oid),
+        Incoming::Invalid { .. } => None,
+    }
 }
 
 impl Writer {
@@ -335,14 +425,40 @@ impl Writer {
             ctx,
             partition,
             watermarks: HashMap::new(),
+            live_done: HashMap::new(),
+            live_remembered: 0,
         }
     }
 
-    fn run(mut self, mut rx: mpsc::Receiver<Share>) {
-        while let Some(first) = rx.blocking_recv() {
+    /// Commits groups until both queues are closed and empty: every live
+    /// share queued first, then backlog shares up to `max_group_events`.
+    fn run(mut self, mut rx: mpsc::Receiver<Share>, mut live_rx: mpsc::Receiver<Share>) {
+        loop {
+            let first = futures::executor::block_on(async {
+                tokio::select! {
+                    biased;
+                    Some(s) = live_rx.recv() => Some(s),
+                    Some(s) = rx.recv() => Some(s),
+                    else => None,
+                }
+            });
+            let Some(first) = first else { return };
             let mut n = first.events.len();
+            let mut live = first.live;
             let mut group = vec![first];
-            while n < self.ctx.max_group_events {
+            while let Ok(r) = live_rx.try_recv() {
+                n += r.events.len();
+                live = true;
+                group.push(r);
+            }
+            // A group with live events takes little of the backlog, so that
+            // they are not held up by a full group's commit.
+            let cap = if live {
+                (self.ctx.max_group_events / LIVE_GROUP_SHARE).max(1)
+            } else {
+                self.ctx.max_group_events
+            };
+            while n < cap {
                 match rx.try_recv() {
                     Ok(r) => {
                         n += r.events.len();
@@ -377,12 +493,38 @@ impl Writer {
         let mut planned = Vec::with_capacity(group.len());
         // (index into planned, event) for events past the watermark.
         let mut fresh: Vec<(usize, Arc<str>, Incoming)> = Vec::new();
+        // Seqs this group stores through the live lane, by (agent, epoch).
+        let mut live_now: HashMap<(Arc<str>, u64), BTreeMap<u64, i64>> = HashMap::new();
         for req in group {
             let key = (req.agent.clone(), req.epoch);
             let wm = match staged.get(&key) {
                 Some((w, _)) => Ok(*w),
                 None => self.watermark(&req.agent, req.epoch),
             };
+            if req.live {
+                let idx = planned.len();
+                if let Ok(wm) = wm {
+                    for ev in req.events {
+                        let (Some(seq), Some(oid)) = (seq_of(&ev), det_oid_of(&ev)) else {
+                            continue;
+                        };
+                        if seq > wm {
+                            live_now.entry(key.clone()).or_default().insert(seq, oid);
+                            fresh.push((idx, req.agent.clone(), ev));
+                        }
+                    }
+                }
+                planned.push(Planned {
+                    reply: req.reply,
+                    outcome: wm.map(|wm| CommitOutcome {
+                        committed_through: wm,
+                        ..Default::default()
+                    }),
+                    epoch: req.epoch,
+                    live: true,
+                });
+                continue;
+            }
             let outcome = wm.and_then(|wm| {
                 if req.count == 0 {
                     return Ok(CommitOutcome {
@@ -401,12 +543,25 @@ impl Writer {
                 let last = req.first_seq + req.count - 1;
                 let idx = planned.len();
                 let mut dup_transport = 0;
+                let mut delivered_live = 0;
+                let earlier = self.live_done.get(&key);
+                let now_live = live_now.get(&key);
                 for ev in req.events {
-                    if seq_of(&ev).is_some_and(|s| s <= wm) {
+                    let seq = seq_of(&ev);
+                    if seq.is_some_and(|s| s <= wm) {
                         dup_transport += 1;
-                    } else {
-                        fresh.push((idx, req.agent.clone(), ev));
+                        continue;
                     }
+                    if let (Some(seq), Some(oid)) = (seq, det_oid_of(&ev)) {
+                        let was_live = |m: Option<&BTreeMap<u64, i64>>| {
+                            m.and_then(|m| m.get(&seq)) == Some(&oid)
+                        };
+                        if was_live(earlier) || was_live(now_live) {
+                            delivered_live += 1;
+                            continue;
+                        }
+                    }
+                    fresh.push((idx, req.agent.clone(), ev));
                 }
                 if last > wm {
                     staged.insert(key.clone(), (last, req.last_digest));
@@ -414,12 +569,15 @@ impl Writer {
                 Ok(CommitOutcome {
                     committed_through: last.max(wm),
                     dup_transport,
+                    delivered_live,
                     ..Default::default()
                 })
             });
             planned.push(Planned {
                 reply: req.reply,
                 outcome,
+                epoch: req.epoch,
+                live: false,
             });
         }
 
@@ -436,8 +594,8 @@ impl Writer {
         oids.dedup();
         let result = self.build_and_write(&ctx, now, &oids, fresh, &mut planned, &staged);
 
-        let live = match result {
-            Ok(live) => live,
+        let (live, live_stored) = match result {
+            Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "commit failed; the agents will resend");
                 for p in planned {
@@ -446,13 +604,39 @@ impl Writer {
                 return;
             }
         };
+        for ((agent, epoch), seq, oid) in live_stored {
+            if self.live_remembered < MAX_LIVE_REMEMBERED {
+                let m = self.live_done.entry((agent, epoch)).or_default();
+                if m.insert(seq, oid).is_none() {
+                    self.live_remembered += 1;
+                }
+            }
+        }
         for (k, (w, _)) in staged {
+            if let Some(m) = self.live_done.get_mut(&k) {
+                let above = m.split_off(&(w + 1));
+                self.live_remembered -= m.len();
+                if above.is_empty() {
+                    self.live_done.remove(&k);
+                } else {
+                    *m = above;
+                }
+            }
             self.watermarks.insert(k, w);
         }
         let m = &ctx.metrics;
         let mut total = 0;
         for p in planned {
+            if p.live {
+                if let Ok(o) = &p.outcome {
+                    total += o.stored;
+                    m.ingested.inc_by(o.stored);
+                    m.live_lane_stored.inc_by(o.stored);
+                }
+                continue;
+            }
             if let Ok(o) = &p.outcome {
+                m.delivered_live.inc_by(o.delivered_live);
                 total += o.stored + o.dup_semantic + o.dup_transport + o.rejected.len() as u64;
                 m.ingested.inc_by(o.stored);
                 m.duplicates
@@ -477,7 +661,8 @@ impl Writer {
     }
 
     /// Fills and writes the WriteBatch; returns the joined events for live
-    /// subscribers (empty when nobody listens).
+    /// subscribers (empty when nobody listens) and what the live lane stored
+    /// ((agent, epoch), seq, det_oid).
     fn build_and_write(
         &self,
         ctx: &WriterContext,
@@ -486,7 +671,7 @@ impl Writer {
         fresh: Vec<(usize, Arc<str>, Incoming)>,
         planned: &mut [Planned],
         staged: &HashMap<(Arc<str>, u64), (u64, u64)>,
-    ) -> Result<Vec<JoinedEvent>, crate::store::StoreError> {
+    ) -> Result<LiveOut, crate::store::StoreError> {
         let store = &ctx.store;
         // det_oid -> the camera it belongs to (None: stored by an older
         // version that did not record it), for what is stored and what this
@@ -502,10 +687,25 @@ impl Writer {
         let mut live = Vec::new();
         let (mut n_stored, mut n_sem, mut n_rej, mut n_unmatched, mut n_transport) =
             (0u64, 0u64, 0u64, 0u64, 0u64);
+        let mut live_stored = Vec::new();
         for (idx, agent, ev) in fresh {
+            let (epoch, lane_live) = (planned[idx].epoch, planned[idx].live);
             let Ok(outcome) = planned[idx].outcome.as_mut() else {
                 continue;
             };
+            if lane_live {
+                // Only a new det_oid is stored from the live lane; a duplicate
+                // or a conflict waits for the backlog to say so.
+                let Incoming::Valid(e) = &ev else { continue };
+                let Some(d) = e.detection.as_ref() else {
+                    continue;
+                };
+                let oid = d.detection_oid.unwrap_or_default();
+                if owners.contains_key(&oid) {
+                    continue;
+                }
+                live_stored.push(((agent.clone(), epoch), e.seq, oid));
+            }
             match ev {
                 Incoming::Invalid {
                     event,
@@ -612,9 +812,12 @@ impl Writer {
             ctx.metrics.unmatched.inc_by(n_unmatched);
         }
         store.commit(commit)?;
-        Ok(live)
+        Ok((live, live_stored))
     }
 }
+
+/// What a commit gives the live subscribers, and what the live lane stored.
+type LiveOut = (Vec<JoinedEvent>, Vec<((Arc<str>, u64), u64, i64)>);
 
 #[cfg(test)]
 mod tests {
@@ -724,6 +927,172 @@ mod tests {
         let (q, _) = rig.store.list_quarantine(10, "").unwrap();
         assert_eq!(q.len(), 2);
         assert_eq!(rig.store.get_event(100).unwrap().unwrap().agent_id, "a");
+    }
+
+    /// Queues events on the live lane and waits until the writers took them
+    /// (`stored` events stored in all).
+    fn live(rig: &Rig, agent: &str, events: Vec<Incoming>, stored: u64) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(rig.pipeline.submit_live(agent.into(), 7, events))
+            .unwrap();
+        let t0 = Instant::now();
+        while rig.store.counters().unwrap().stored < stored {
+            assert!(t0.elapsed().as_secs() < 5, "the live lane stored nothing");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn a_live_event_is_stored_at_once_and_acknowledged_with_its_backlog_not_twice() {
+        let rig = rig();
+        let ts = sightline_proto::now_ms();
+        // Seqs 5 and 6 come on the live lane while 1..=4 are still on their way.
+        live(
+            &rig,
+            "a",
+            vec![event(5, 105, 1, ts), event(6, 106, 1, ts)],
+            2,
+        );
+        assert!(rig.store.get_event(105).unwrap().is_some());
+        assert_eq!(
+            rig.store.watermark_digest("a", 7).unwrap().0,
+            0,
+            "the live lane moved the watermark"
+        );
+        let o = commit(
+            &rig,
+            "a",
+            1,
+            (1..=6).map(|s| event(s, 100 + s as i64, 1, ts)).collect(),
+            0,
+        );
+        assert_eq!(o.committed_through, 6);
+        assert_eq!((o.stored, o.delivered_live, o.dup_semantic), (4, 2, 0));
+        let c = rig.store.counters().unwrap();
+        assert_eq!((c.stored, c.dup_semantic, c.dup_transport), (6, 0, 0));
+        // Resent after that: below the watermark, as ever.
+        let o = commit(
+            &rig,
+            "a",
+            5,
+            vec![event(5, 105, 1, ts), event(6, 106, 1, ts)],
+            0,
+        );
+        assert_eq!((o.stored, o.dup_transport, o.delivered_live), (0, 2, 0));
+    }
+
+    #[test]
+    fn the_live_lane_stores_only_new_det_oids_and_leaves_the_rest_to_the_backlog() {
+        let rig = rig();
+        let ts = sightline_proto::now_ms();
+        commit(&rig, "a", 1, vec![event(1, 1, 1, ts)], 0);
+        // A duplicate of det_oid 1 (same camera), another camera's det_oid 1,
+        // one below the watermark, an invalid event, and one new event.
+        live(
+            &rig,
+            "a",
+            vec![
+                event(1, 50, 1, ts),
+                event(3, 1, 1, ts),
+                event(4, 1, 2, ts),
+                Incoming::Invalid {
+                    event: None,
+                    raw: Bytes::new(),
+                    field: "event".into(),
+                    reason: "junk".into(),
+                    code: "INVALID_ARGUMENT",
+                },
+                event(5, 5, 1, ts),
+            ],
+            2,
+        );
+        let c = rig.store.counters().unwrap();
+        assert_eq!((c.stored, c.dup_semantic, c.rejected), (2, 0, 0));
+        assert!(
+            rig.store.get_event(50).unwrap().is_none(),
+            "a seq below the watermark was stored"
+        );
+        // The backlog counts, quarantines and acknowledges each once.
+        let o = commit(
+            &rig,
+            "a",
+            2,
+            vec![
+                event(2, 2, 1, ts),
+                event(3, 1, 1, ts),
+                event(4, 1, 2, ts),
+                event(5, 5, 1, ts),
+            ],
+            0,
+        );
+        assert_eq!(
+            (o.stored, o.dup_semantic, o.rejected.len(), o.delivered_live),
+            (1, 1, 1, 1)
+        );
+        let c = rig.store.counters().unwrap();
+        assert_eq!((c.stored, c.dup_semantic, c.rejected), (3, 1, 1));
+    }
+
+    #[test]
+    fn a_live_event_waits_for_no_backlog_queued_before_it() {
+        // One partition whose backlog queue holds 64 shares of 2,000 events;
+        // the live share queued after them is committed in the next group.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("db"), false, 8 << 20).unwrap());
+        let ctx = Arc::new(WriterContext {
+            store: store.clone(),
+            locations: Arc::new(Locations::new(None).unwrap()),
+            hub: LiveHub::new(16),
+            metrics: Arc::new(Metrics::new()),
+            max_group_events: 2_000,
+        });
+        let pipeline = Pipeline::start(ctx, 1, 64).unwrap();
+        let ts = sightline_proto::now_ms();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let n = 2_000u64;
+        let replies: Vec<_> = rt.block_on(async {
+            let mut replies = Vec::new();
+            for b in 0..64u64 {
+                let (reply, rx) = oneshot::channel();
+                let first = 1 + b * n;
+                pipeline
+                    .submit(CommitRequest {
+                        agent: "a".into(),
+                        epoch: 7,
+                        first_seq: first,
+                        events: (first..first + n)
+                            .map(|s| event(s, s as i64, 1, ts))
+                            .collect(),
+                        last_digest: 0,
+                        reply,
+                    })
+                    .await
+                    .unwrap();
+                replies.push(rx);
+            }
+            pipeline
+                .submit_live("b".into(), 7, vec![event(1, -1, 9, ts)])
+                .await
+                .unwrap();
+            replies
+        });
+        while store.get_event(-1).unwrap().is_none() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let stored_then = store.counters().unwrap().stored;
+        assert!(
+            stored_then < 64 * n / 2,
+            "the live event waited for {stored_then} backlog events"
+        );
+        rt.block_on(async {
+            for rx in replies {
+                rx.await.unwrap().unwrap();
+            }
+        });
     }
 
     #[test]
@@ -861,6 +1230,7 @@ mod tests {
                 count: 100,
                 events: p0,
                 last_digest: 0,
+                live: false,
                 reply,
             }))
             .map_err(|_| ())

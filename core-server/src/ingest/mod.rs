@@ -205,6 +205,11 @@ impl IngestCore {
                         agent_message::Msg::Status(s) => {
                             self.fleet.status(&agent, s);
                         }
+                        agent_message::Msg::Live(b) => {
+                            if let Err(end) = self.commit_live(&agent, epoch, b).await {
+                                break end;
+                            }
+                        }
                         agent_message::Msg::Batch(b) => {
                             // What shadow copies committed already is skipped
                             // (its acks were theirs).
@@ -332,6 +337,38 @@ impl IngestCore {
         pending.send(rx).await.map_err(|_| None)
     }
 
+    /// Hands the live lane's events (PROTOCOL.md rule 6b) to the writers'
+    /// live queues: the valid ones whose det_oid is new are stored at once;
+    /// the rest wait for the batch that brings their seqs in order, which
+    /// acknowledges, counts or quarantines them. A malformed batch ends the
+    /// session as a Batch would.
+    async fn commit_live(
+        &self,
+        agent: &Arc<str>,
+        epoch: u64,
+        b: Batch,
+    ) -> Result<(), Option<Status>> {
+        if b.events.is_empty() {
+            return Ok(());
+        }
+        let grant = self.registry.grant(agent);
+        let oldest_ms =
+            sightline_proto::now_ms().saturating_sub(self.max_event_age.as_millis() as i64);
+        let events = decode_batch(
+            b.first_seq,
+            b.events,
+            &self.limits,
+            oldest_ms,
+            Some(agent).zip(grant.as_deref()),
+        )
+        .map_err(Some)?;
+        tracing::trace!(first_seq = b.first_seq, events = events.len(), "live batch");
+        self.pipeline
+            .submit_live(agent.clone(), epoch, events)
+            .await
+            .map_err(|e| Some(ApiError::unavailable(e.to_string()).into()))
+    }
+
     /// Commits the shadow copies that are next in line, in order (PROTOCOL.md
     /// rule 6a); drops the ones the stream overtook.
     async fn commit_copies(
@@ -418,6 +455,7 @@ fn kind(m: &agent_message::Msg) -> &'static str {
         agent_message::Msg::Hello(_) => "Hello",
         agent_message::Msg::Batch(_) => "Batch",
         agent_message::Msg::Status(_) => "Status",
+        agent_message::Msg::Live(_) => "Live",
     }
 }
 

@@ -43,6 +43,76 @@ pub struct SenderStats {
     pub epochs_started: AtomicU64,
     /// Why the last new epoch was started, with the figures ("" if none).
     pub last_new_epoch: Mutex<String>,
+    /// Events sent on the live lane, ahead of a backlog (they are sent again
+    /// with the backlog, in order).
+    pub live_sent: AtomicU64,
+}
+
+/// The live lane's decision (PROTOCOL.md rule 6b): which of the newest
+/// events to send ahead of the backlog, at most `max_rate` a second.
+#[derive(Debug)]
+pub struct LiveLane {
+    after: u64,
+    max_rate: f64,
+    /// Events the lane may send now (a token bucket, up to one batch).
+    tokens: f64,
+    refilled: Instant,
+    /// The first seq the lane has not sent nor skipped.
+    next: u64,
+}
+
+impl LiveLane {
+    /// `from`: the first seq that is new to this session (what the buffer
+    /// held when it opened is backlog).
+    pub fn new(cfg: &SenderConfig, from: u64, now: Instant) -> Self {
+        Self {
+            after: cfg.live_lane_after,
+            max_rate: cfg.live_lane_max_rate as f64,
+            tokens: 0.0,
+            refilled: now,
+            next: from,
+        }
+    }
+
+    /// The seqs to send on the live lane now (first, count), if any: when
+    /// more than `after` events wait unacknowledged (`acked` is the highest
+    /// seq the core acknowledged, `newest` the next seq to be assigned) —
+    /// sent or not, for what is sent waits in the core's queues behind the
+    /// rest — the newest of those the lane has not sent, as many as the rate
+    /// allows (at most `max_batch`). What the rate cannot cover is left to
+    /// the backlog.
+    pub fn due(
+        &mut self,
+        acked: u64,
+        newest: u64,
+        max_batch: usize,
+        now: Instant,
+    ) -> Option<(u64, usize)> {
+        let cap = max_batch as f64;
+        self.tokens = (self.tokens
+            + now.duration_since(self.refilled).as_secs_f64() * self.max_rate)
+            .min(cap);
+        self.refilled = now;
+        if self.after == 0 || newest.saturating_sub(acked + 1) <= self.after {
+            return None;
+        }
+        let start = self.next.max(acked + 1);
+        let budget = self.tokens.floor() as u64;
+        if newest <= start || budget == 0 {
+            return None;
+        }
+        let first = start.max(newest.saturating_sub(budget));
+        let n = newest - first;
+        self.tokens -= n as f64;
+        self.next = newest;
+        Some((first, n as usize))
+    }
+
+    /// `n` events from `first` on were sent (fewer than due when a batch's
+    /// byte limit cut them): the rest are sent next time.
+    pub fn sent(&mut self, first: u64, n: usize) {
+        self.next = first + n as u64;
+    }
 }
 
 /// Why the core's `Welcome` and this buffer disagree: each starts a new epoch.
@@ -286,10 +356,13 @@ impl Sender {
         let mut appended = buffer.watch_appends();
         let mut status_tick = tokio::time::interval(cfg.status_interval);
         let mut drain_deadline: Option<Instant> = None;
+        let mut live = LiveLane::new(cfg, buffer.next_seq(), Instant::now());
         loop {
             if drain_deadline.is_none() {
                 appended.borrow_and_update();
-                while in_flight.len() < cfg.max_in_flight {
+                while in_flight.len() < cfg.max_in_flight
+                    && (cursor - 1).saturating_sub(buffer.acked()) < cfg.max_in_flight_events
+                {
                     let events = buffer.read(
                         cursor,
                         cfg.batch_max_events,
@@ -314,7 +387,33 @@ impl Sender {
             } else if in_flight.is_empty() {
                 return Ok(SessionEnd::Shutdown);
             }
-            let window_open = in_flight.len() < cfg.max_in_flight && drain_deadline.is_none();
+            if drain_deadline.is_none() {
+                if let Some((first, n)) = live.due(
+                    buffer.acked(),
+                    buffer.next_seq(),
+                    cfg.batch_max_events,
+                    Instant::now(),
+                ) {
+                    let events = buffer.read(first, n, cfg.batch_max_bytes.as_u64() as usize)?;
+                    live.sent(first, events.len());
+                    self.stats
+                        .live_sent
+                        .fetch_add(events.len() as u64, Ordering::Relaxed);
+                    tracing::trace!(first_seq = first, events = events.len(), "live batch sent");
+                    let batch = Batch {
+                        first_seq: first,
+                        events,
+                    };
+                    send(&link.tx, agent_message::Msg::Live(batch)).await?;
+                }
+            }
+            let window_open = in_flight.len() < cfg.max_in_flight
+                && (cursor - 1).saturating_sub(buffer.acked()) < cfg.max_in_flight_events
+                && drain_deadline.is_none();
+            // New events wake the loop when the window can take them, or the
+            // live lane might send them ahead of a backlog.
+            let watch_appends =
+                drain_deadline.is_none() && (window_open || cfg.live_lane_after > 0);
             tokio::select! {
                 msg = link.rx.next() => {
                     let msg = match msg {
@@ -342,7 +441,7 @@ impl Sender {
                             "core refused an event (kept in its quarantine)");
                     }
                 }
-                _ = appended.changed(), if window_open => {}
+                _ = appended.changed(), if watch_appends => {}
                 _ = status_tick.tick() => {
                     let status = AgentStatus {
                         buffer_depth: buffer.depth(),
@@ -418,6 +517,45 @@ async fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn lane(after: u64, rate: u64) -> (LiveLane, Instant) {
+        let cfg = SenderConfig {
+            live_lane_after: after,
+            live_lane_max_rate: rate,
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        (LiveLane::new(&cfg, 1_001, t0), t0)
+    }
+
+    #[test]
+    fn the_live_lane_opens_only_behind_a_backlog_and_sends_each_new_event_once() {
+        let (mut l, t0) = lane(100, 1_000);
+        let s = Duration::from_secs(1);
+        // The core keeps up: nothing to do.
+        assert_eq!(l.due(1_049, 1_100, 2_000, t0 + s), None);
+        // 1,000 unacknowledged: the newest since the session opened go live.
+        assert_eq!(l.due(99, 1_100, 2_000, t0 + 2 * s), Some((1_001, 99)));
+        // Nothing new: nothing sent twice.
+        assert_eq!(l.due(99, 1_100, 2_000, t0 + 2 * s), None);
+        assert_eq!(l.due(99, 1_110, 2_000, t0 + 2 * s), Some((1_100, 10)));
+        // Acknowledged past the lane: it goes on from there.
+        assert_eq!(l.due(1_499, 1_700, 2_000, t0 + 3 * s), Some((1_500, 200)));
+    }
+
+    #[test]
+    fn the_live_lane_keeps_to_its_rate_and_leaves_the_rest_to_the_backlog() {
+        let (mut l, t0) = lane(10, 100);
+        // 0.5 s of tokens: 50 of the 500 newest, the newest ones.
+        let ms = Duration::from_millis(1);
+        assert_eq!(l.due(0, 1_501, 2_000, t0 + 500 * ms), Some((1_451, 50)));
+        assert_eq!(l.due(0, 1_501, 2_000, t0 + 500 * ms), None);
+        // The bucket holds at most one batch however long it waited.
+        assert_eq!(l.due(0, 5_001, 20, t0 + 100_000 * ms), Some((4_981, 20)));
+        // Off.
+        let (mut off, t0) = lane(0, 100);
+        assert_eq!(off.due(1, 1_000_000, 2_000, t0 + 1_000 * ms), None);
+    }
 
     #[test]
     fn backoff_grows_to_its_cap_and_resets() {

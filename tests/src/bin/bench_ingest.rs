@@ -16,93 +16,25 @@
 //! Run with `deploy/bench-ingest.sh` (release build).
 
 use std::{
-    collections::HashMap,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex,
+        Arc,
     },
     time::{Duration, Instant},
 };
 
-use clap_lite::Args;
 use futures::StreamExt;
-use rand::{rngs::StdRng, Rng, SeedableRng};
-use sightline_proto::v1::{
-    intake_client::IntakeClient, Detection, PublishRequest, SubscribeRequest,
-};
+use sightline_proto::v1::{intake_client::IntakeClient, PublishRequest, SubscribeRequest};
 use sightline_tests::{
-    data::{now_ms, write_locations},
+    bench::{percentile, Args, Gen, LatencyProbe, LOCATIONS},
+    data::write_locations,
     proc::{cpu_seconds, rss_mb},
     query::{client, stats},
     Agent, AgentArgs, Core,
 };
 
-mod clap_lite {
-    /// Minimal `--key value` parsing (the bench has four knobs).
-    pub struct Args(Vec<String>);
-    impl Args {
-        pub fn from_env() -> Self {
-            Self(std::env::args().skip(1).collect())
-        }
-        pub fn flag(&self, key: &str) -> bool {
-            self.0.iter().any(|a| a == key)
-        }
-        pub fn get(&self, key: &str, default: f64) -> f64 {
-            self.0
-                .iter()
-                .position(|a| a == key)
-                .and_then(|i| self.0.get(i + 1))
-                .map(|v| v.parse().unwrap_or_else(|_| panic!("{key} takes a number")))
-                .unwrap_or(default)
-        }
-    }
-}
-
-const LOCATIONS: i64 = 12;
-
-struct Gen {
-    rng: StdRng,
-    recent: Vec<Detection>,
-    dup: f64,
-}
-
-impl Gen {
-    fn next(&mut self) -> (Detection, bool) {
-        if !self.recent.is_empty() && self.rng.random::<f64>() < self.dup {
-            let i = self.rng.random_range(0..self.recent.len());
-            return (self.recent[i].clone(), true);
-        }
-        let loc = self.rng.random_range(1..=LOCATIONS + 1); // one location not in Dataset B
-        let d = Detection {
-            geographical_location_oid: loc,
-            video_camera_oid: loc * 100 + self.rng.random_range(0..4),
-            detection_oid: Some(self.rng.random_range(1..i64::MAX)),
-            item_name: ["person", "car", "bicycle", "backpack", "truck", "dog"]
-                [self.rng.random_range(0..6)]
-            .into(),
-            timestamp_detected: now_ms(),
-            confidence: 0.9,
-            ..Default::default()
-        };
-        if self.recent.len() < 4096 {
-            self.recent.push(d.clone());
-        } else {
-            let i = self.rng.random_range(0..4096);
-            self.recent[i] = d.clone();
-        }
-        (d, false)
-    }
-}
-
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     String::from_utf8_lossy(&sightline_tests::http::get(addr, path, "").await.1).into_owned()
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 #[tokio::main]
@@ -166,33 +98,8 @@ async fn main() {
 
     let url = core.url();
     // ---- 1. live latency at a fixed rate (steady state) ----
-    let sent_at: Arc<Mutex<HashMap<i64, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
-    let latencies: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::new()));
-    let mut live = client(&url)
-        .await
-        .subscribe(SubscribeRequest {
-            from_ms: 0,
-            filter: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let (s2, l2) = (sent_at.clone(), latencies.clone());
-    let receiver = tokio::spawn(async move {
-        while let Some(Ok(ev)) = live.next().await {
-            let now = Instant::now();
-            let oid = ev
-                .detection
-                .as_ref()
-                .and_then(|d| d.detection_oid)
-                .unwrap_or_default();
-            if let Some(t) = s2.lock().unwrap().remove(&oid) {
-                l2.lock()
-                    .unwrap()
-                    .push(now.duration_since(t).as_secs_f64() * 1000.0);
-            }
-        }
-    });
+    let probe = LatencyProbe::default();
+    let receiver = probe.subscribe(&url).await;
     let tick = Duration::from_millis(10);
     let per_tick = (rate * tick.as_secs_f64() / agents_n as f64)
         .round()
@@ -200,28 +107,20 @@ async fn main() {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for (i, url) in urls.iter().enumerate() {
-        let (url, sent_at, stop) = (url.clone(), sent_at.clone(), stop.clone());
+        let (url, probe, stop) = (url.clone(), probe.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let c = IntakeClient::connect(url).await.unwrap();
-            let mut g = Gen {
-                rng: StdRng::seed_from_u64(1000 + i as u64),
-                recent: vec![],
-                dup,
-            };
+            let mut g = Gen::new(1000 + i as u64, dup);
             let mut interval = tokio::time::interval(tick);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             while !stop.load(Ordering::Relaxed) {
                 interval.tick().await;
-                let dets: Vec<(Detection, bool)> = (0..per_tick).map(|_| g.next()).collect();
-                let now = Instant::now();
-                {
-                    let mut m = sent_at.lock().unwrap();
-                    for (d, was_dup) in &dets {
-                        if !was_dup {
-                            m.insert(d.detection_oid.unwrap(), now);
-                        }
-                    }
-                }
+                let dets: Vec<_> = (0..per_tick).map(|_| g.detection()).collect();
+                probe.sent(
+                    dets.iter()
+                        .filter(|(_, was_dup)| !was_dup)
+                        .map(|(d, _)| d.detection_oid.unwrap()),
+                );
                 let mut c = c.clone();
                 tokio::spawn(async move {
                     let _ = c
@@ -249,9 +148,7 @@ async fn main() {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     receiver.abort();
-    let mut lat = latencies.lock().unwrap().clone();
-    let missing = sent_at.lock().unwrap().len();
-    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let (lat, missing) = probe.take();
     let (p50, p99) = (percentile(&lat, 0.50), percentile(&lat, 0.99));
     println!("core commit latency during the live run (histogram, seconds):");
     let metrics = http_get(core.http, "/metrics").await;
@@ -305,15 +202,11 @@ async fn main() {
             let (url, published, stop) = (url.clone(), published.clone(), stop.clone());
             tasks.push(tokio::spawn(async move {
                 let mut c = IntakeClient::connect(url).await.unwrap();
-                let mut g = Gen {
-                    rng: StdRng::seed_from_u64((i * 16 + j) as u64),
-                    recent: vec![],
-                    dup,
-                };
+                let mut g = Gen::new((i * 16 + j) as u64, dup);
                 while !stop.load(Ordering::Relaxed) {
                     let mut dets = Vec::with_capacity(batch);
                     for _ in 0..batch {
-                        dets.push(g.next().0);
+                        dets.push(g.detection().0);
                     }
                     match c.publish(PublishRequest { detections: dets }).await {
                         Ok(_) => {

@@ -1,0 +1,151 @@
+//! What the ingest benchmarks share: their arguments, the detection
+//! generator (with upstream duplicates), percentiles, and the live-latency
+//! probe (publish → `Subscribe`).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use futures::StreamExt;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use sightline_proto::v1::{Detection, SubscribeRequest};
+
+use crate::data::now_ms;
+
+/// Minimal `--key value` parsing (the benches have a few knobs).
+pub struct Args(Vec<String>);
+
+impl Args {
+    pub fn from_env() -> Self {
+        Self(std::env::args().skip(1).collect())
+    }
+    pub fn flag(&self, key: &str) -> bool {
+        self.0.iter().any(|a| a == key)
+    }
+    pub fn get(&self, key: &str, default: f64) -> f64 {
+        self.0
+            .iter()
+            .position(|a| a == key)
+            .and_then(|i| self.0.get(i + 1))
+            .map(|v| v.parse().unwrap_or_else(|_| panic!("{key} takes a number")))
+            .unwrap_or(default)
+    }
+}
+
+/// Locations 1..=LOCATIONS are in Dataset B; the generator also uses one
+/// that is not.
+pub const LOCATIONS: i64 = 12;
+
+/// Detections for now, a fraction `dup` of them repeats of recent ones.
+pub struct Gen {
+    rng: StdRng,
+    recent: Vec<Detection>,
+    dup: f64,
+}
+
+impl Gen {
+    pub fn new(seed: u64, dup: f64) -> Self {
+        Self {
+            rng: StdRng::seed_from_u64(seed),
+            recent: Vec::new(),
+            dup,
+        }
+    }
+
+    /// The next detection, and whether it repeats an earlier one.
+    pub fn detection(&mut self) -> (Detection, bool) {
+        if !self.recent.is_empty() && self.rng.random::<f64>() < self.dup {
+            let i = self.rng.random_range(0..self.recent.len());
+            return (self.recent[i].clone(), true);
+        }
+        let loc = self.rng.random_range(1..=LOCATIONS + 1); // one location not in Dataset B
+        let d = Detection {
+            geographical_location_oid: loc,
+            video_camera_oid: loc * 100 + self.rng.random_range(0..4),
+            detection_oid: Some(self.rng.random_range(1..i64::MAX)),
+            item_name: ["person", "car", "bicycle", "backpack", "truck", "dog"]
+                [self.rng.random_range(0..6)]
+            .into(),
+            timestamp_detected: now_ms(),
+            confidence: 0.9,
+            ..Default::default()
+        };
+        if self.recent.len() < 4096 {
+            self.recent.push(d.clone());
+        } else {
+            let i = self.rng.random_range(0..4096);
+            self.recent[i] = d.clone();
+        }
+        (d, false)
+    }
+}
+
+/// The value at fraction `p` of `sorted` (NaN when empty).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Publish → `Subscribe` latency of the det_oids it is told about: `sent`
+/// records when each was published, the subscriber task the milliseconds
+/// until it arrived.
+#[derive(Clone, Default)]
+pub struct LatencyProbe {
+    sent: Arc<Mutex<HashMap<i64, Instant>>>,
+    latencies: Arc<Mutex<Vec<f64>>>,
+}
+
+impl LatencyProbe {
+    /// Subscribes to the core at `url` (live, no filter) and records the
+    /// latency of every event it was told about; the task ends with the stream.
+    pub async fn subscribe(&self, url: &str) -> tokio::task::JoinHandle<()> {
+        let mut live = crate::query::client(url)
+            .await
+            .subscribe(SubscribeRequest {
+                from_ms: 0,
+                filter: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(ev)) = live.next().await {
+                let now = Instant::now();
+                let oid = ev
+                    .detection
+                    .as_ref()
+                    .and_then(|d| d.detection_oid)
+                    .unwrap_or_default();
+                if let Some(t) = me.sent.lock().unwrap().remove(&oid) {
+                    me.latencies
+                        .lock()
+                        .unwrap()
+                        .push(now.duration_since(t).as_secs_f64() * 1000.0);
+                }
+            }
+        })
+    }
+
+    /// Records that these det_oids were published now.
+    pub fn sent(&self, oids: impl IntoIterator<Item = i64>) {
+        let now = Instant::now();
+        let mut m = self.sent.lock().unwrap();
+        for o in oids {
+            m.insert(o, now);
+        }
+    }
+
+    /// The latencies so far, sorted, and how many sent were not (yet) seen;
+    /// starts afresh.
+    pub fn take(&self) -> (Vec<f64>, usize) {
+        let mut lat = std::mem::take(&mut *self.latencies.lock().unwrap());
+        let missing = std::mem::take(&mut *self.sent.lock().unwrap()).len();
+        lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        (lat, missing)
+    }
+}

@@ -1,0 +1,234 @@
+//! Backlog benchmark: an outage, then the drain beside live traffic. The
+//! real core and agents on this machine, durable (fsync on both sides), 10%
+//! upstream duplicates, joined with Dataset B.
+//!
+//! 1. The agents publish at `--rate` events/s (fleet-wide) and the core is
+//!    stopped for `--outage-seconds` (default 600): the agents buffer it all.
+//! 2. The core starts again; the agents reconnect and drain their backlog
+//!    while publishing on at the same rate. The drain rate is what the core
+//!    handled (stored, duplicate or refused) from its first commit after the
+//!    restart until it was within 200 ms of the publishers, over that time;
+//!    `drain_x_live` divides it by the live rate. Events published during
+//!    the drain are timed from publish (the intake call) to a `Subscribe`
+//!    client that receives everything the core commits.
+//!
+//! Last line: `backlog events=<n> drain_x_live=<x> live_p99_during_drain_ms=<p>
+//! agent_rss_max_mb=<a>` and more figures after them (the agents' RSS is the
+//! largest of any agent over the whole run). Run with `deploy/bench-backlog.sh`.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use sightline_proto::v1::{intake_client::IntakeClient, PublishRequest};
+use sightline_tests::{
+    bench::{percentile, Args, Gen, LatencyProbe, LOCATIONS},
+    data::write_locations,
+    proc::rss_mb,
+    query::stats,
+    Agent, AgentArgs, Core,
+};
+
+/// Every published event ends stored, a semantic duplicate or refused.
+fn handled(s: &sightline_proto::v1::StatsResponse) -> u64 {
+    s.stored + s.duplicates_semantic + s.rejected
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::from_env();
+    let agents_n = args.get("--agents", 2.0) as usize;
+    let outage = Duration::from_secs_f64(args.get("--outage-seconds", 600.0));
+    let rate = args.get("--rate", 10_000.0);
+    let dup = 0.10;
+    let no_sync = args.flag("--no-sync");
+    let sync_args: Vec<String> = if no_sync {
+        vec!["--no-sync".into()]
+    } else {
+        vec![]
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let b = dir.join("locations.csv");
+    write_locations(&b, &(1..=LOCATIONS).collect::<Vec<_>>());
+    let mut core = Core::start_with(sightline_tests::CoreArgs {
+        data_dir: dir.join("core"),
+        locations: Some(b.clone()),
+        grpc: "127.0.0.1:0".parse().unwrap(),
+        edge: "127.0.0.1:0".parse().unwrap(),
+        extra: sync_args.clone(),
+    });
+    // Room for the whole outage in each agent's buffer.
+    let per_agent = (rate * outage.as_secs_f64() * 1.5 / agents_n as f64) as u64 + 1_000_000;
+    let agents: Vec<Agent> = (0..agents_n)
+        .map(|i| {
+            let id = format!("backlog-{i}");
+            let cfg = dir.join(format!("{id}.toml"));
+            std::fs::write(
+                &cfg,
+                format!(
+                    "agent_id = \"{id}\"\n[buffer]\nmax_events = {per_agent}\nmax_bytes = \"{} MiB\"\n",
+                    per_agent * 200 / (1 << 20) + 64
+                ),
+            )
+            .unwrap();
+            let mut extra = sync_args.clone();
+            extra.extend(["--config".to_string(), cfg.display().to_string()]);
+            Agent::start(AgentArgs {
+                id: id.clone(),
+                core_url: core.url(),
+                data_dir: dir.join(&id),
+                command: vec![],
+                intake: true,
+                exit_when_drained: false,
+                extra,
+            })
+        })
+        .collect();
+    println!(
+        "setup: core + {agents_n} agents ({}), {rate:.0} events/s, {:.0}% duplicates, outage {:.0} s",
+        if no_sync { "NO fsync" } else { "durable, fsync" },
+        dup * 100.0,
+        outage.as_secs_f64()
+    );
+
+    // Publishers at the live rate for the whole run; the probe times the
+    // events published while `measure` is set.
+    let probe = LatencyProbe::default();
+    let published = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let measure = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let tick = Duration::from_millis(10);
+    let per_tick = (rate * tick.as_secs_f64() / agents_n as f64)
+        .round()
+        .max(1.0) as usize;
+    let mut tasks = Vec::new();
+    for (i, a) in agents.iter().enumerate() {
+        let url = a.intake_url();
+        let (probe, published, refused, measure, stop) = (
+            probe.clone(),
+            published.clone(),
+            refused.clone(),
+            measure.clone(),
+            stop.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let c = IntakeClient::connect(url).await.unwrap();
+            let mut g = Gen::new(7_000 + i as u64, dup);
+            let mut interval = tokio::time::interval(tick);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            while !stop.load(Ordering::Relaxed) {
+                interval.tick().await;
+                let dets: Vec<_> = (0..per_tick).map(|_| g.detection()).collect();
+                if measure.load(Ordering::Relaxed) {
+                    probe.sent(
+                        dets.iter()
+                            .filter(|(_, was_dup)| !was_dup)
+                            .map(|(d, _)| d.detection_oid.unwrap()),
+                    );
+                }
+                let mut c = c.clone();
+                let (published, refused) = (published.clone(), refused.clone());
+                tokio::spawn(async move {
+                    let n = dets.len() as u64;
+                    match c
+                        .publish(PublishRequest {
+                            detections: dets.into_iter().map(|(d, _)| d).collect(),
+                        })
+                        .await
+                    {
+                        Ok(_) => published.fetch_add(n, Ordering::Relaxed),
+                        Err(_) => refused.fetch_add(n, Ordering::Relaxed),
+                    };
+                });
+            }
+        }));
+    }
+    let pids: Vec<u32> = agents.iter().map(|a| a.pid()).collect();
+    let mut agent_rss_max: f64 = 0.0;
+    let sample_rss = |max: &mut f64| {
+        for p in &pids {
+            *max = max.max(rss_mb(*p));
+        }
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // ---- the outage ----
+    core.terminate();
+    let before = published.load(Ordering::Relaxed);
+    let t_out = Instant::now();
+    while t_out.elapsed() < outage {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        sample_rss(&mut agent_rss_max);
+    }
+    let backlog = published.load(Ordering::Relaxed) - before;
+    println!(
+        "outage: {backlog} events published in {:.0} s while the core was down; agents' RSS at most {agent_rss_max:.1} MiB",
+        t_out.elapsed().as_secs_f64()
+    );
+
+    // ---- the drain, live traffic on ----
+    core.restart();
+    let url = core.url();
+    let receiver = probe.subscribe(&url).await;
+    measure.store(true, Ordering::Relaxed);
+    let t_restart = Instant::now();
+    let at_restart = handled(&stats(&url).await);
+    let mut first_commit: Option<(Instant, u64)> = None;
+    let mut core_rss_peak: f64 = 0.0;
+    let lag_ok = (rate * 0.2) as u64;
+    let (t_drained, handled_drained) = loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        sample_rss(&mut agent_rss_max);
+        core_rss_peak = core_rss_peak.max(rss_mb(core.pid()));
+        let h = handled(&stats(&url).await);
+        let now = Instant::now();
+        if first_commit.is_none() && h > at_restart {
+            first_commit = Some((now, h));
+        }
+        if h + lag_ok >= published.load(Ordering::Relaxed) {
+            break (now, h);
+        }
+        if t_restart.elapsed() > outage * 10 + Duration::from_secs(120) {
+            panic!(
+                "the backlog did not drain: handled {} of {}",
+                h,
+                published.load(Ordering::Relaxed)
+            );
+        }
+    };
+    measure.store(false, Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    receiver.abort();
+    let (t_first, h_first) = first_commit.expect("a commit after the restart");
+    let drain_secs = t_drained.duration_since(t_first).as_secs_f64().max(1e-3);
+    let drained = handled_drained - h_first;
+    let drain_rate = drained as f64 / drain_secs;
+    let (lat, missing) = probe.take();
+    let p99 = percentile(&lat, 0.99);
+    println!(
+        "drain: {drained} events handled in {drain_secs:.1} s after the first commit ({:.1} s after the restart): {drain_rate:.0} events/s beside {rate:.0}/s live; core RSS peak {core_rss_peak:.1} MiB; {} published events refused by the intakes (buffer full)",
+        t_first.duration_since(t_restart).as_secs_f64(),
+        refused.load(Ordering::Relaxed)
+    );
+    println!(
+        "live during the drain: {} events, publish -> Subscribe p50 {:.1} ms, p90 {:.1} ms, p99 {p99:.1} ms, max {:.1} ms; {missing} not seen",
+        lat.len(),
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.90),
+        lat.last().copied().unwrap_or(f64::NAN)
+    );
+    println!(
+        "backlog events={backlog} drain_x_live={:.2} live_p99_during_drain_ms={p99:.1} agent_rss_max_mb={agent_rss_max:.1} drain_events_per_s={drain_rate:.0} core_rss_peak_mb={core_rss_peak:.1} live_not_seen={missing}",
+        drain_rate / rate
+    );
+}
