@@ -5,6 +5,8 @@
 //! The protocol this keeps is written down in `ingest/PROTOCOL.md`.
 
 pub mod grpc;
+#[cfg(test)]
+mod tests;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
