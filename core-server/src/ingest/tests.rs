@@ -40,7 +40,7 @@ const RETENTION: Duration = Duration::from_secs(30 * 86_400);
 /// answers in milliseconds; this only turns a hang into a failure).
 const WAIT: Duration = Duration::from_secs(5);
 /// How long "nothing comes" is watched for.
-const QUIET: Duration = Duration::from_millis(150);
+const QUIET: Duration = Duration::from_millis(100);
 
 /// A detection of camera 1 at location 1, now.
 fn det(det_oid: i64) -> Detection {
