@@ -231,6 +231,20 @@ pub struct WriterContext {
     pub max_group_events: usize,
 }
 
+#[cfg(test)]
+impl WriterContext {
+    /// For in-process tests: over `store`, no Dataset B, a small live hub.
+    pub(crate) fn for_tests(store: Arc<Store>, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            locations: Arc::new(Locations::new(None).unwrap()),
+            hub: LiveHub::new(16),
+            metrics,
+            max_group_events: 10_000,
+        })
+    }
+}
+
 impl Pipeline {
     /// Starts `partitions` writer threads; each queues up to `queue` shares.
     /// The store's watermarks are re-keyed first if it kept them for another
@@ -834,13 +848,7 @@ mod tests {
     fn rig() -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(&dir.path().join("db"), false, 8 << 20).unwrap());
-        let ctx = Arc::new(WriterContext {
-            store: store.clone(),
-            locations: Arc::new(Locations::new(None).unwrap()),
-            hub: LiveHub::new(16),
-            metrics: Arc::new(Metrics::new()),
-            max_group_events: 10_000,
-        });
+        let ctx = WriterContext::for_tests(store.clone(), Arc::new(Metrics::new()));
         Rig {
             _dir: dir,
             store,
@@ -1323,13 +1331,7 @@ mod tests {
             ) {
                 let dir = tempfile::tempdir().unwrap();
                 let store = Arc::new(Store::open(&dir.path().join("db"), false, 8 << 20).unwrap());
-                let ctx = Arc::new(WriterContext {
-                    store: store.clone(),
-                    locations: Arc::new(Locations::new(None).unwrap()),
-                    hub: LiveHub::new(16),
-                    metrics: Arc::new(Metrics::new()),
-                    max_group_events: 10_000,
-                });
+                let ctx = WriterContext::for_tests(store.clone(), Arc::new(Metrics::new()));
                 let rig = Rig { _dir: dir, store, pipeline: Pipeline::start(ctx, partitions, 8).unwrap() };
                 let ts = sightline_proto::now_ms();
                 let names = ["a", "b", "c"];

@@ -5,6 +5,8 @@
 //! The protocol this keeps is written down in `ingest/PROTOCOL.md`.
 
 pub mod grpc;
+#[cfg(test)]
+mod tests;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -212,12 +214,15 @@ impl IngestCore {
                         }
                         agent_message::Msg::Batch(b) => {
                             // What shadow copies committed already is skipped
-                            // (its acks were theirs).
+                            // (its acks were theirs); the runs of later
+                            // batches stay for them.
                             let mut from = b.first_seq;
-                            while let Some(end) = copied.remove(&from) {
+                            let last = b.first_seq + b.events.len() as u64;
+                            while from < last {
+                                let Some(end) = copied.remove(&from) else { break };
                                 from = end;
                             }
-                            copied.retain(|&first, _| first > from);
+                            copied.retain(|&first, _| first >= from);
                             let Some(b) = unseen(b, from) else { continue };
                             next_seq = next_seq.max(b.first_seq + b.events.len() as u64);
                             let checked = match self.check_batch(&agent, b) {
