@@ -10,7 +10,7 @@ use std::{
 
 use futures::StreamExt;
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use sightline_proto::v1::{Detection, SubscribeRequest};
+use sightline_proto::v1::{Detection, EventFilter, SubscribeRequest};
 
 use crate::data::now_ms;
 
@@ -100,15 +100,17 @@ pub struct LatencyProbe {
 }
 
 impl LatencyProbe {
-    /// Subscribes to the core at `url` (live, no filter) and records the
-    /// latency of every event it was told about; the task ends with the stream.
-    pub async fn subscribe(&self, url: &str) -> tokio::task::JoinHandle<()> {
+    /// Subscribes to the core at `url` (live, with `filter`) and records
+    /// the latency of every event it was told about; the task ends with the
+    /// stream.
+    pub async fn subscribe(
+        &self,
+        url: &str,
+        filter: Option<EventFilter>,
+    ) -> tokio::task::JoinHandle<()> {
         let mut live = crate::query::client(url)
             .await
-            .subscribe(SubscribeRequest {
-                from_ms: 0,
-                filter: None,
-            })
+            .subscribe(SubscribeRequest { from_ms: 0, filter })
             .await
             .unwrap()
             .into_inner();

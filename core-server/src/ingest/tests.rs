@@ -558,6 +558,42 @@ async fn resent_batch_below_watermark_is_acked_not_stored_in_process() {
     assert_eq!(core.listed(), 15);
 }
 
+// Rule 6b.
+#[tokio::test]
+async fn a_live_batch_is_stored_at_once_unanswered_and_acknowledged_with_its_backlog() {
+    let mut core = Core::start();
+    let mut s = core.session();
+    s.hello().await;
+    s.batch(1, dets(1, 5)).await;
+    assert_eq!(s.ack().await.committed_through, 5);
+    // Seqs 21..=25 go ahead of 6..=20 on the live lane: stored, no answer,
+    // the watermark where it was.
+    s.send(agent_message::Msg::Live(batch_of(21, dets(21, 25))))
+        .await;
+    s.quiet().await;
+    let t0 = std::time::Instant::now();
+    while core.stored() < 10 {
+        assert!(t0.elapsed() < WAIT, "the live batch was not stored");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!((core.stored(), core.watermark()), (10, 5));
+    // The backlog brings them again in order: acknowledged, not counted as
+    // duplicates nor stored twice.
+    s.batch(6, dets(6, 25)).await;
+    let a = s.ack().await;
+    assert_eq!((a.committed_through, a.duplicates), (25, 0));
+    let c = core.store.counters().unwrap();
+    assert_eq!((c.stored, c.dup_transport, c.dup_semantic), (25, 0, 0));
+    assert_eq!(core.listed(), 25);
+    // A malformed live batch ends the session as a batch would.
+    s.send(agent_message::Msg::Live(Batch {
+        first_seq: 30,
+        events: vec![encoded(31, det(31))],
+    }))
+    .await;
+    assert_code(&s.end().await, Code::InvalidArgument, "expected 30");
+}
+
 // Rule 7.
 #[tokio::test]
 async fn a_gap_ends_the_session_naming_the_seq_to_resume_from_and_stores_nothing_of_it() {

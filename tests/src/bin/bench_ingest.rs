@@ -99,7 +99,7 @@ async fn main() {
     let url = core.url();
     // ---- 1. live latency at a fixed rate (steady state) ----
     let probe = LatencyProbe::default();
-    let receiver = probe.subscribe(&url).await;
+    let receiver = probe.subscribe(&url, None).await;
     let tick = Duration::from_millis(10);
     let per_tick = (rate * tick.as_secs_f64() / agents_n as f64)
         .round()
