@@ -261,7 +261,7 @@ pub struct PipelineConfig {
     /// Most events one group commit takes. A live event (or the live lane's)
     /// waits for the group being committed when it comes: larger groups
     /// save little per event and cost live latency (a group of 4,096 takes
-    /// ~40 ms here). One with live-lane events takes an eighth of it.
+    /// ~40 ms here). One with live-lane events takes a quarter of it.
     #[serde(default = "default_group")]
     pub max_group_events: usize,
     /// Batches queued per partition before sessions are held back.

@@ -43,6 +43,9 @@ pub struct Gen {
     rng: StdRng,
     recent: Vec<Detection>,
     dup: f64,
+    /// The item of new detections, instead of a random one (their repeats
+    /// carry it too).
+    pub item: Option<&'static str>,
 }
 
 impl Gen {
@@ -51,6 +54,7 @@ impl Gen {
             rng: StdRng::seed_from_u64(seed),
             recent: Vec::new(),
             dup,
+            item: None,
         }
     }
 
@@ -61,7 +65,7 @@ impl Gen {
             return (self.recent[i].clone(), true);
         }
         let loc = self.rng.random_range(1..=LOCATIONS + 1); // one location not in Dataset B
-        let d = Detection {
+        let mut d = Detection {
             geographical_location_oid: loc,
             video_camera_oid: loc * 100 + self.rng.random_range(0..4),
             detection_oid: Some(self.rng.random_range(1..i64::MAX)),
@@ -72,6 +76,9 @@ impl Gen {
             confidence: 0.9,
             ..Default::default()
         };
+        if let Some(item) = self.item {
+            d.item_name = item.into();
+        }
         if self.recent.len() < 4096 {
             self.recent.push(d.clone());
         } else {

@@ -178,7 +178,7 @@ struct Share {
 
 /// A commit group with live-lane events takes at most this fraction
 /// (1/n) of `pipeline.max_group_events` from the backlog.
-const LIVE_GROUP_SHARE: usize = 8;
+const LIVE_GROUP_SHARE: usize = 4;
 
 /// Seqs a writer remembers having stored through the live lane, at most
 /// (about 40 bytes each): past it, such an event is counted as a duplicate

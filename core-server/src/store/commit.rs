@@ -145,3 +145,50 @@ impl CommitBatch {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sightline_proto::v1::Detection;
+
+    /// Commits of 2,000 events with random det_oids into one store, timed:
+    /// what a writer's `Store::commit` costs per event (RocksDB is the
+    /// optimised shared library even in a debug build). `cargo test -p
+    /// sightline-core --lib commit_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn commit_cost() {
+        use rand::{Rng, SeedableRng};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), false, 8 << 20).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let (commits, per) = (300, 2_000);
+        let mut in_commit = std::time::Duration::ZERO;
+        for c in 0..commits {
+            let mut batch = store.begin(1_000 + c).unwrap();
+            for i in 0..per {
+                batch.put_event(&JoinedEvent {
+                    detection: Some(Detection {
+                        geographical_location_oid: 1 + i % 12,
+                        video_camera_oid: 100 + i % 4,
+                        detection_oid: Some(rng.random_range(1..i64::MAX)),
+                        item_name: "person".into(),
+                        timestamp_detected: 1_700_000_000_000 + c * 1_000 + i,
+                        ..Default::default()
+                    }),
+                    agent_id: "a".into(),
+                    seq: (c * per + i) as u64,
+                    ..Default::default()
+                });
+                batch.add_aggregate(1_700_000_000_000 + c * 1_000, 1 + i % 12, "person");
+            }
+            let t = std::time::Instant::now();
+            store.commit(batch).unwrap();
+            in_commit += t.elapsed();
+        }
+        println!(
+            "commit_cost: Store::commit {:.2} us per event",
+            in_commit.as_secs_f64() * 1e6 / (commits * per) as f64
+        );
+    }
+}

@@ -9,7 +9,9 @@
 //!    handled (stored, duplicate or refused) from its first commit after the
 //!    restart until it was within 200 ms of the publishers, over that time;
 //!    `drain_x_live` divides it by the live rate. Events published during
-//!    the drain (item `live-probe`) are timed from publish (the intake call)
+//!    the drain — from when every agent is back (each after its reconnect
+//!    backoff; what they took before is backlog) — carry the item
+//!    `live-probe` and are timed from publish (the intake call)
 //!    to a `Subscribe` client watching that item: the live latency. A second
 //!    client takes everything the core commits, the backlog too (a
 //!    dashboard's fire hose), and its latency for the same events is
@@ -134,13 +136,10 @@ async fn main() {
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             while !stop.load(Ordering::Relaxed) {
                 interval.tick().await;
-                let mut dets: Vec<_> = (0..per_tick).map(|_| g.detection()).collect();
-                if measure.load(Ordering::Relaxed) {
-                    for (d, was_dup) in dets.iter_mut() {
-                        if !*was_dup {
-                            d.item_name = PROBE_ITEM.into();
-                        }
-                    }
+                let measuring = measure.load(Ordering::Relaxed);
+                g.item = measuring.then_some(PROBE_ITEM);
+                let dets: Vec<_> = (0..per_tick).map(|_| g.detection()).collect();
+                if measuring {
                     let oids: Vec<i64> = dets
                         .iter()
                         .filter(|(_, was_dup)| !was_dup)
@@ -202,9 +201,24 @@ async fn main() {
         )
         .await;
     let fire_receiver = firehose.subscribe(&url, None).await;
-    measure.store(true, Ordering::Relaxed);
     let t_restart = Instant::now();
     let at_restart = handled(&stats(&url).await);
+    // The drain starts when every agent is back (each after its reconnect
+    // backoff): what they took before is backlog, what comes after is live.
+    let mut q = sightline_tests::query::client(&url).await;
+    loop {
+        let fleet = q
+            .fleet(sightline_proto::v1::FleetRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if fleet.agents.iter().filter(|a| a.connected).count() >= agents_n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    measure.store(true, Ordering::Relaxed);
+    let t_back = Instant::now();
     let mut first_commit: Option<(Instant, u64)> = None;
     let mut core_rss_peak: f64 = 0.0;
     let lag_ok = (rate * 0.2) as u64;
@@ -260,8 +274,9 @@ async fn main() {
     let (fire, fire_missing) = firehose.take();
     let fire_p99 = percentile(&fire, 0.99);
     println!(
-        "drain: {drained} events handled in {drain_secs:.1} s after the first commit ({:.1} s after the restart): {drain_rate:.0} events/s beside {rate:.0}/s live; core RSS peak {core_rss_peak:.1} MiB; {} published events refused by the intakes (buffer full)",
+        "drain: {drained} events handled in {drain_secs:.1} s after the first commit ({:.1} s after the restart; every agent back after {:.1} s): {drain_rate:.0} events/s beside {rate:.0}/s live; core RSS peak {core_rss_peak:.1} MiB; {} published events refused by the intakes (buffer full)",
         t_first.duration_since(t_restart).as_secs_f64(),
+        t_back.duration_since(t_restart).as_secs_f64(),
         refused.load(Ordering::Relaxed)
     );
     println!(
