@@ -181,8 +181,9 @@ struct Share {
 const LIVE_GROUP_SHARE: usize = 4;
 
 /// Seqs a writer remembers having stored through the live lane, at most
-/// (about 40 bytes each): past it, such an event is counted as a duplicate
-/// when the backlog brings it, instead of as delivered.
+/// (about 40 bytes each): past it, the writer forgets them all (an abandoned
+/// epoch's would otherwise stay), and such an event is counted as a
+/// duplicate when the backlog brings it, instead of as delivered.
 pub const MAX_LIVE_REMEMBERED: usize = 262_144;
 
 /// The seq an event came with (every `Incoming` the session makes has one).
@@ -619,11 +620,21 @@ impl Writer {
             }
         };
         for ((agent, epoch), seq, oid) in live_stored {
-            if self.live_remembered < MAX_LIVE_REMEMBERED {
-                let m = self.live_done.entry((agent, epoch)).or_default();
-                if m.insert(seq, oid).is_none() {
-                    self.live_remembered += 1;
-                }
+            if self.live_remembered >= MAX_LIVE_REMEMBERED {
+                // Full (an epoch abandoned with seqs remembered, or a lane far
+                // ahead of its backlog): start afresh rather than stay full.
+                // What is forgotten is counted as a duplicate when it comes.
+                tracing::debug!(
+                    partition = self.partition,
+                    forgotten = self.live_remembered,
+                    "live lane: forgetting the seqs it stored"
+                );
+                self.live_done.clear();
+                self.live_remembered = 0;
+            }
+            let m = self.live_done.entry((agent, epoch)).or_default();
+            if m.insert(seq, oid).is_none() {
+                self.live_remembered += 1;
             }
         }
         for (k, (w, _)) in staged {
