@@ -209,6 +209,7 @@ pub async fn run(
         depth = buffer.depth(),
         acked = buffer.acked(),
         rejected = stats.rejected.load(std::sync::atomic::Ordering::Relaxed),
+        live_lane = stats.live_sent.load(std::sync::atomic::Ordering::Relaxed),
         "agent stopped"
     );
     result
