@@ -246,9 +246,15 @@ pub struct StorageConfig {
     /// the last acknowledged commits (a process crash still loses nothing).
     #[serde(default = "default_true")]
     pub sync: bool,
-    /// RocksDB block cache.
+    /// RocksDB block cache: the blocks read, and the tables' index and
+    /// filter blocks (kept in it, so that they do not grow with the store).
     #[serde(default = "default_cache")]
     pub cache: ByteSize,
+    /// Most memory all RocksDB memtables hold together (writes not yet
+    /// flushed to tables); one column family's memtable is at most a quarter
+    /// of it. Smaller: more, smaller flushes.
+    #[serde(default = "default_memtable")]
+    pub memtable: ByteSize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -264,7 +270,9 @@ pub struct PipelineConfig {
     /// ~40 ms here). One with live-lane events takes a quarter of it.
     #[serde(default = "default_group")]
     pub max_group_events: usize,
-    /// Batches queued per partition before sessions are held back.
+    /// Batches queued per partition before sessions are held back: with
+    /// agents' batches of up to 2,000 events, the default holds at most
+    /// 16 × 2,000 events per partition (~10 MiB) while a backlog drains.
     #[serde(default = "default_queue")]
     pub queue_batches: usize,
 }
@@ -314,8 +322,9 @@ pub struct RetentionConfig {
 pub struct LiveConfig {
     /// Messages a live subscriber may fall behind before it is cut off; a
     /// message is at most `api::live::LIVE_CHUNK_EVENTS` (256) events of one
-    /// commit, and the hub keeps this many, read or not: the default bounds it
-    /// to 262,144 events (~100 MiB).
+    /// commit, and the hub holds the ones its slowest subscriber has not read:
+    /// the default bounds it to 32,768 events (~9 MiB at ~280 bytes an
+    /// event; 1,024 held ~150 MiB while a backlog drained).
     #[serde(default = "default_live_buffer")]
     pub buffer_commits: usize,
     /// Most open `Subscribe` streams (gRPC); one more is refused with
@@ -377,6 +386,9 @@ fn default_true() -> bool {
     true
 }
 fn default_cache() -> ByteSize {
+    ByteSize::mib(32)
+}
+fn default_memtable() -> ByteSize {
     ByteSize::mib(64)
 }
 fn default_partitions() -> usize {
@@ -386,7 +398,7 @@ fn default_group() -> usize {
     4_096
 }
 fn default_queue() -> usize {
-    64
+    16
 }
 fn default_max_message() -> ByteSize {
     ByteSize::mib(8)
@@ -419,7 +431,7 @@ fn default_media_ttl() -> Duration {
     Duration::from_secs(30 * 86_400)
 }
 fn default_live_buffer() -> usize {
-    1024
+    128
 }
 fn default_max_subscribers() -> usize {
     256
@@ -456,6 +468,7 @@ impl Default for StorageConfig {
             path: default_storage_path(),
             sync: true,
             cache: default_cache(),
+            memtable: default_memtable(),
         }
     }
 }
@@ -543,6 +556,12 @@ fn suffixed(path: &std::path::Path, suffix: &str) -> PathBuf {
     s.into()
 }
 
+/// Smallest `storage.cache`: room for the index and filter blocks of the
+/// tables being read.
+const MIN_STORE_CACHE: u64 = 1024 * 1024;
+/// Smallest `storage.memtable` (a column family's memtable is a quarter: 2 MiB).
+const MIN_STORE_MEMTABLE: u64 = 8 * 1024 * 1024;
+
 /// A configuration value that cannot work, by its dotted key.
 #[derive(Debug, thiserror::Error)]
 #[error("config `{key}`: {reason}")]
@@ -572,6 +591,15 @@ impl CoreConfig {
         }
         if self.pipeline.max_group_events == 0 {
             return err("pipeline.max_group_events", "must be at least 1");
+        }
+        if self.pipeline.queue_batches == 0 {
+            return err("pipeline.queue_batches", "must be at least 1");
+        }
+        if self.storage.cache.as_u64() < MIN_STORE_CACHE {
+            return err("storage.cache", "must be at least 1 MiB");
+        }
+        if self.storage.memtable.as_u64() < MIN_STORE_MEMTABLE {
+            return err("storage.memtable", "must be at least 8 MiB");
         }
         if self.ingest.max_message_bytes.as_u64() < 64 * 1024 {
             return err("ingest.max_message_bytes", "must be at least 64 KiB");
@@ -918,5 +946,28 @@ mod tests {
         let mut cfg = CoreConfig::default();
         cfg.retention.dedup_keys = Duration::from_secs(1);
         assert_eq!(cfg.validate().unwrap_err().key, "retention.dedup_keys");
+    }
+
+    #[test]
+    fn memory_bounds_too_small_to_work_are_refused_by_name() {
+        let check = |toml: &str| CoreConfig::from_toml(toml).unwrap().validate();
+        assert_eq!(
+            check("[storage]\nmemtable = \"4 MiB\"\n").unwrap_err().key,
+            "storage.memtable"
+        );
+        assert_eq!(
+            check("[storage]\ncache = \"64 KiB\"\n").unwrap_err().key,
+            "storage.cache"
+        );
+        assert_eq!(
+            check("[pipeline]\nqueue_batches = 0\n").unwrap_err().key,
+            "pipeline.queue_batches"
+        );
+        // The least of each is taken (with an edge a local demo could use).
+        check(
+            "[storage]\nmemtable = \"8 MiB\"\ncache = \"1 MiB\"\n\
+             [edge]\nplaintext = true\nlisten = \"127.0.0.1:50443\"\n",
+        )
+        .unwrap();
     }
 }

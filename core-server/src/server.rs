@@ -274,8 +274,12 @@ async fn last_owner<T>(mut shared: Arc<T>, deadline: Instant) -> Result<T, Arc<T
 /// Opens the store, builds every part and starts every task into `drain`.
 async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started> {
     let path = config.storage.path.clone();
-    let (sync, cache) = (config.storage.sync, config.storage.cache.as_u64() as usize);
-    let store = tokio::task::spawn_blocking(move || Store::open(&path, sync, cache))
+    let sync = config.storage.sync;
+    let memory = crate::store::StoreMemory {
+        cache_bytes: config.storage.cache.as_u64() as usize,
+        memtable_bytes: config.storage.memtable.as_u64() as usize,
+    };
+    let store = tokio::task::spawn_blocking(move || Store::open_with(&path, sync, memory))
         .await?
         .with_context(|| format!("opening the store at {}", config.storage.path.display()))?;
     let store = Arc::new(store);

@@ -81,4 +81,33 @@ mod tests {
         }
         assert_eq!(seqs, (0..n as u64).collect::<Vec<_>>());
     }
+
+    #[test]
+    fn the_hub_holds_at_most_its_capacity_for_a_subscriber_that_does_not_read() {
+        let capacity = 4;
+        let hub = LiveHub::new(capacity);
+        let mut slow = hub.subscribe();
+        let event = |seq| JoinedEvent {
+            seq,
+            ..Default::default()
+        };
+        let first: CommitEvents = Arc::new(vec![event(0)]);
+        let _ = hub.tx.send(first.clone());
+        for seq in 1..10 {
+            hub.publish(vec![event(seq)]);
+        }
+        // The oldest message was let go (only this test still holds it).
+        assert_eq!(Arc::strong_count(&first), 1);
+        // The subscriber is told how far it fell behind, then gets the last
+        // `capacity` messages and nothing more.
+        match slow.try_recv() {
+            Err(broadcast::error::TryRecvError::Lagged(n)) => assert_eq!(n, 10 - capacity as u64),
+            other => panic!("expected Lagged, got {other:?}"),
+        }
+        let mut seqs = Vec::new();
+        while let Ok(m) = slow.try_recv() {
+            seqs.extend(m.iter().map(|e| e.seq));
+        }
+        assert_eq!(seqs, (10 - capacity as u64..10).collect::<Vec<_>>());
+    }
 }

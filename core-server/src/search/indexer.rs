@@ -10,7 +10,10 @@ use std::{
 };
 
 use sightline_proto::v1::JoinedEvent;
-use tantivy::{query::RangeQuery, IndexWriter, Term};
+use tantivy::{
+    query::{RangeQuery, TermSetQuery},
+    IndexWriter, Term,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::{open_or_rebuild, Job, Opened, Payload, SearchError, SearchIndex, SCHEMA_VERSION};
@@ -25,8 +28,11 @@ pub const FIRST_RETRY: Duration = Duration::from_millis(100);
 /// Longest wait between two attempts to reopen a failed index.
 pub const MAX_RETRY: Duration = Duration::from_secs(10);
 /// The writer's indexing memory (tantivy's arena; a segment is flushed when
-/// it is full, besides every commit).
-const WRITER_HEAP: usize = 50_000_000;
+/// it is full, besides every commit). Between two commits (every
+/// `search.commit_interval`, 500 ms) a draining backlog adds ~45,000
+/// documents; 24 MB holds them in one segment more often than not. It was
+/// 50 MB (BENCHMARKS.md, "Memory under a backlog"); tantivy's least is 15 MB.
+const WRITER_HEAP: usize = 24_000_000;
 /// Documents added during a rebuild or a catch-up between two commits. Each
 /// one replaces (a delete by det_oid, ~1 KiB held by tantivy's delete queue
 /// until the next commit): a catch-up chasing a draining backlog without a
@@ -234,22 +240,37 @@ impl Indexer {
     /// Adds events; `replace` (or a commit time the last catch-up covered)
     /// replaces an existing document with the same det_oid. Without a
     /// writer, does nothing.
+    ///
+    /// The documents replaced go in one delete for the whole call, before
+    /// the adds (a delete reaches only documents added before it): a delete
+    /// per document is a `TermQuery` weight of ~600 bytes that tantivy's
+    /// delete queue holds until the next commit — 69 MiB of the core's heap
+    /// while a backlog drained (heaptrack; BENCHMARKS.md, "Memory under a
+    /// backlog"); a [`TermSetQuery`] holds its det_oids in an FST.
     fn add(&mut self, events: &[JoinedEvent], replace: bool) -> Result<(), SearchError> {
         let Some(writer) = self.writer.as_ref() else {
             return Ok(());
         };
         let f = self.idx.fields;
+        let mut docs = Vec::with_capacity(events.len());
+        let mut replaced = Vec::new();
         for ev in events {
             let Some(doc) = self.idx.document(ev) else {
                 continue;
             };
             if replace || ev.committed_ms <= self.replace_through {
                 if let Some(oid) = ev.detection.as_ref().and_then(|d| d.detection_oid) {
-                    writer.delete_term(Term::from_field_i64(f.det_oid, oid));
+                    replaced.push(Term::from_field_i64(f.det_oid, oid));
                 }
             }
+            docs.push((doc, ev.committed_ms));
+        }
+        if !replaced.is_empty() {
+            writer.delete_query(Box::new(TermSetQuery::new(replaced)))?;
+        }
+        for (doc, committed_ms) in docs {
             writer.add_document(doc)?;
-            self.newest_ms = self.newest_ms.max(ev.committed_ms);
+            self.newest_ms = self.newest_ms.max(committed_ms);
             self.pending += 1;
         }
         Ok(())

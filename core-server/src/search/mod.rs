@@ -214,12 +214,12 @@ pub struct SearchIndex {
     queued: AtomicUsize,
 }
 
-/// Most live events waiting for the indexer (~40 MiB). Ingest outruns the
-/// index while a backlog drains (the indexer runs at a lower priority): an
-/// unbounded queue held the whole backlog in memory (1.5 GiB for 4 M events,
-/// BENCHMARKS.md, "The commit path"); past this the index catches up from
-/// the store instead.
-pub const MAX_QUEUED_INDEX_EVENTS: usize = 100_000;
+/// Most live events waiting for the indexer (~6 MiB; 100,000 held ~30 MiB).
+/// Ingest outruns the index while a backlog drains (the indexer runs at a
+/// lower priority): an unbounded queue held the whole backlog in memory
+/// (1.5 GiB for 4 M events, BENCHMARKS.md, "The commit path"); past this the
+/// index catches up from the store instead, in steps of 10,000 events.
+pub const MAX_QUEUED_INDEX_EVENTS: usize = 20_000;
 
 /// One opening of the index on disk, with what searches need of it.
 struct Opened {

@@ -190,7 +190,7 @@ pub struct Store {
     /// `None` only while it is being reopened.
     db: arc_swap::ArcSwapOption<DB>,
     path: PathBuf,
-    cache_bytes: usize,
+    memory: StoreMemory,
     /// Since when writes fail for the disk, and when recovery was last tried.
     fault: Mutex<Option<Fault>>,
     sync: bool,
@@ -235,16 +235,40 @@ pub fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
     db.cf_handle(name).expect("column family exists")
 }
 
+/// What the store's RocksDB may hold in memory (`storage.cache`,
+/// `storage.memtable`).
+#[derive(Debug, Clone, Copy)]
+pub struct StoreMemory {
+    /// The block cache, index and filter blocks included.
+    pub cache_bytes: usize,
+    /// All memtables together (RocksDB's `db_write_buffer_size`); one column
+    /// family's is at most a quarter of it.
+    pub memtable_bytes: usize,
+}
+
 impl Store {
+    /// [`Store::open_with`] a `cache_bytes` block cache and
+    /// [`DEFAULT_MEMTABLE_BYTES`] of memtables.
     pub fn open(path: &Path, sync: bool, cache_bytes: usize) -> Result<Self, StoreError> {
+        Self::open_with(
+            path,
+            sync,
+            StoreMemory {
+                cache_bytes,
+                memtable_bytes: DEFAULT_MEMTABLE_BYTES,
+            },
+        )
+    }
+
+    pub fn open_with(path: &Path, sync: bool, memory: StoreMemory) -> Result<Self, StoreError> {
         let dedup_cutoff = Arc::new(AtomicI64::new(i64::MIN));
         let refs_cutoff = Arc::new(AtomicI64::new(i64::MIN));
-        let db = open_db(path, cache_bytes, &dedup_cutoff, &refs_cutoff)?;
+        let db = open_db(path, memory, &dedup_cutoff, &refs_cutoff)?;
         let partitions = check_format(&db)?;
         Ok(Self {
             db: arc_swap::ArcSwapOption::from_pointee(db),
             path: path.to_path_buf(),
-            cache_bytes,
+            memory,
             fault: Mutex::new(None),
             sync,
             dedup_cutoff,
@@ -398,7 +422,7 @@ impl Store {
         }
         match open_db(
             &self.path,
-            self.cache_bytes,
+            self.memory,
             &self.dedup_cutoff,
             &self.refs_cutoff,
         ) {
@@ -437,9 +461,15 @@ fn probe(path: &Path) -> std::io::Result<()> {
     r
 }
 
-/// Most memory all memtables of the store hold together (RocksDB's
-/// `db_write_buffer_size`).
-pub const MAX_MEMTABLE_BYTES: usize = 128 * 1024 * 1024;
+/// `storage.memtable`'s default: most memory all memtables of the store
+/// hold together (RocksDB's `db_write_buffer_size`). It was 128 MiB, with
+/// 32 MiB per column family: the core's largest fixed cost under a backlog
+/// (BENCHMARKS.md, "Memory under a backlog").
+pub const DEFAULT_MEMTABLE_BYTES: usize = 64 * 1024 * 1024;
+/// Most memtables one column family keeps (the one written and those
+/// waiting for their flush): with a quarter of `storage.memtable` each, the
+/// two busiest column families (`events`, `det`) stay within it.
+const MEMTABLES_PER_CF: i32 = 2;
 
 /// Opens (or creates) the database with every column family and option.
 /// Checks the store's format at open, migrating a format-1 store (no
@@ -499,7 +529,7 @@ fn check_format(db: &DB) -> Result<usize, StoreError> {
 
 fn open_db(
     path: &Path,
-    cache_bytes: usize,
+    memory: StoreMemory,
     dedup_cutoff: &Arc<AtomicI64>,
     refs_cutoff: &Arc<AtomicI64>,
 ) -> Result<DB, StoreError> {
@@ -514,23 +544,29 @@ fn open_db(
         // written ones fill theirs slowly — the core's memory grew for the
         // whole 30-minute soak (BENCHMARKS.md, "Soak"). Past the cap RocksDB
         // flushes the largest memtable.
-        db_opts.set_db_write_buffer_size(MAX_MEMTABLE_BYTES);
+        db_opts.set_db_write_buffer_size(memory.memtable_bytes);
         db_opts.set_keep_log_file_num(4);
         // Debian's librocksdb is built with assertions: on a full disk, a
         // line that fails to reach RocksDB's own LOG file makes the next one
         // abort the process. Only fatal lines go there; the core logs every
         // failed write itself.
         db_opts.set_log_level(rocksdb::LogLevel::Fatal);
-        let cache = Cache::new_lru_cache(cache_bytes)?;
+        let cache = Cache::new_lru_cache(memory.cache_bytes)?;
         let cf = |bloom: bool| {
             let mut o = Options::default();
             let mut t = BlockBasedOptions::default();
             t.set_block_cache(&cache);
+            // Index and filter blocks count against the cache: held beside
+            // it, they grow with the store (a table reader keeps its own).
+            // The newest tables' (L0, read by every lookup) stay pinned.
+            t.set_cache_index_and_filter_blocks(true);
+            t.set_pin_l0_filter_and_index_blocks_in_cache(true);
             if bloom {
                 t.set_bloom_filter(10.0, false);
             }
             o.set_block_based_table_factory(&t);
-            o.set_write_buffer_size(32 * 1024 * 1024);
+            o.set_write_buffer_size(memory.memtable_bytes / 4);
+            o.set_max_write_buffer_number(MEMTABLES_PER_CF);
             o
         };
         let mut det_opts = cf(true);

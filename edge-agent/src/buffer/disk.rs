@@ -17,14 +17,23 @@ pub const RECOVERY_INTERVAL: Duration = Duration::from_secs(1);
 pub const RECOVERY_PROBE_BYTES: usize = 1024 * 1024;
 /// Name of the recovery probe file, in the buffer directory.
 const PROBE_FILE: &str = "space-probe";
+/// Most bytes all memtables of the buffer's database hold together
+/// (RocksDB's `db_write_buffer_size`; past it the largest is flushed). The
+/// agent runs beside a detector on a camera host: with two column families
+/// of two 4 MiB memtables each it held up to 16 MiB.
+pub const MEMTABLE_BYTES: usize = 4 * 1024 * 1024;
+/// One column family's memtable, at most (RocksDB's `write_buffer_size`).
+pub const CF_MEMTABLE_BYTES: usize = 2 * 1024 * 1024;
+/// The block cache, which also holds the tables' index and filter blocks
+/// (held outside it, they would grow with the backlog on disk).
+pub const BLOCK_CACHE_BYTES: usize = 2 * 1024 * 1024;
 
 pub(super) fn open_db(path: &Path) -> Result<DB, BufferError> {
     let mut db_opts = Options::default();
     db_opts.create_if_missing(true);
     db_opts.create_missing_column_families(true);
     // Small memory: the agent runs beside a detector on a camera host.
-    db_opts.set_write_buffer_size(4 * 1024 * 1024);
-    db_opts.set_max_write_buffer_number(2);
+    db_opts.set_db_write_buffer_size(MEMTABLE_BYTES);
     db_opts.set_max_total_wal_size(32 * 1024 * 1024);
     db_opts.set_max_open_files(64);
     db_opts.set_keep_log_file_num(2);
@@ -34,9 +43,11 @@ pub(super) fn open_db(path: &Path) -> Result<DB, BufferError> {
     // only fatal lines are written, the agent logs what matters itself.
     db_opts.set_log_level(rocksdb::LogLevel::Fatal);
     let mut table = rocksdb::BlockBasedOptions::default();
-    table.set_block_cache(&rocksdb::Cache::new_lru_cache(2 * 1024 * 1024)?);
+    table.set_block_cache(&rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES)?);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
     let mut cf_opts = Options::default();
-    cf_opts.set_write_buffer_size(4 * 1024 * 1024);
+    cf_opts.set_write_buffer_size(CF_MEMTABLE_BYTES);
     cf_opts.set_max_write_buffer_number(2);
     cf_opts.set_block_based_table_factory(&table);
     let cfs = vec![
@@ -90,10 +101,12 @@ pub(super) fn load_state(db: &DB) -> Result<State, BufferError> {
     let mut runs = VecDeque::new();
     let mut held_bytes = 0;
     let mut expect = acked + 1;
+    let mut deleted_below = None;
     let events = db.cf_handle(CF_EVENTS).expect("events cf");
     for item in db.iterator_cf(events, rocksdb::IteratorMode::Start) {
         let (k, v) = item?;
         let first = be_u64(&k, "event key")?;
+        deleted_below.get_or_insert(first);
         let mut holds = false;
         for (i, e) in unpack_run(&v)?.into_iter().enumerate() {
             let seq = first + i as u64;
@@ -126,6 +139,7 @@ pub(super) fn load_state(db: &DB) -> Result<State, BufferError> {
         persisted_acked: acked,
         sizes,
         runs,
+        deleted_below: deleted_below.unwrap_or(next_seq),
         held_bytes,
         cache: VecDeque::new(),
         cache_first: next_seq,
@@ -266,12 +280,21 @@ impl Shared {
             let meta = db.cf_handle(CF_META).expect("meta cf");
             let mut batch = WriteBatch::default();
             // Every run all of whose seqs are acknowledged: those before the
-            // first run still holding one.
+            // first run still holding one, from where the last delete ended.
+            // Ranges that all started at 0 overlapped: RocksDB splits
+            // overlapping tombstones into fragments that each list every
+            // tombstone covering them, quadratic in the acks per memtable —
+            // 48 MiB of the agent's heap while a backlog drained (heaptrack:
+            // `FragmentedRangeTombstoneList`; BENCHMARKS.md, "Memory under a
+            // backlog").
             let keep_from = st.runs.front().copied().unwrap_or(st.next_seq);
-            batch.delete_range_cf(events, key(0), key(keep_from));
+            if st.deleted_below < keep_from {
+                batch.delete_range_cf(events, key(st.deleted_below), key(keep_from));
+            }
             batch.put_cf(meta, "acked", st.acked.to_be_bytes());
             self.write(db, batch, false)?;
             st.persisted_acked = st.acked;
+            st.deleted_below = st.deleted_below.max(keep_from);
             Ok(())
         })
     }

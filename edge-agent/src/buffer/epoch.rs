@@ -61,6 +61,7 @@ pub(super) fn renumber(shared: &Shared) -> Result<NewEpoch, BufferError> {
         st.persisted_acked = 0;
         st.sizes = renumbered.iter().map(|b| b.len() as u32).collect();
         st.runs = run_starts;
+        st.deleted_below = 1;
         st.held_bytes = renumbered.iter().map(|b| b.len() as u64).sum();
         st.cache.clear();
         st.cache_bytes = 0;

@@ -81,8 +81,11 @@ const CF_EVENTS: &str = "events";
 const CF_META: &str = "meta";
 const FORMAT_VERSION: u64 = 2;
 /// Most bytes of events in one run (one `events` entry); a run holds at
-/// least one event.
-pub const RUN_BYTES: usize = 1024 * 1024;
+/// least one event. A run is one block of RocksDB's, read and uncompressed
+/// whole for any event in it: runs of 1 MiB held ~11 MiB of the agent's heap
+/// in blocks read while a backlog drained (BENCHMARKS.md, "Memory under a
+/// backlog").
+pub const RUN_BYTES: usize = 256 * 1024;
 /// Most bytes of recent events kept in memory for the sender.
 pub const CACHE_BYTES: usize = 4 * 1024 * 1024;
 /// Most events one writer commit takes from its queue.
@@ -183,6 +186,10 @@ struct State {
     /// The first seq of each run on disk holding an unacknowledged event, in
     /// order (the first MAY start at or below `acked`).
     runs: VecDeque<u64>,
+    /// Every `events` key below this is deleted on disk: where the next
+    /// range delete of acknowledged runs starts, so that range tombstones
+    /// never overlap (see `Shared::persist_acked`).
+    deleted_below: u64,
     held_bytes: u64,
     /// The newest encoded events, contiguous, ending at `next_seq - 1`.
     cache: VecDeque<Bytes>,
