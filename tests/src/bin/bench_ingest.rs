@@ -12,7 +12,7 @@
 //! Last line: `ingest events_per_s=<N> p50_live_ms=<x> p99_live_ms=<y>
 //! cpu_us_per_event=<c> agent_rss_mb=<a> core_rss_mb=<c> core_rss_peak_mb=<m>
 //! agent_rss_peak_mb=<p>` (RSS: steady state at the live rate, and the peak
-//! while draining). `deploy/bench-ingest.sh` adds the peers' ratios.
+//! while publishing and draining, sampled every 0.5 s, then every 20 ms). `deploy/bench-ingest.sh` adds the peers' ratios.
 //! Run with `deploy/bench-ingest.sh` (release build).
 
 use std::{
@@ -236,7 +236,12 @@ async fn main() {
     }
     let publish_secs = t0.elapsed().as_secs_f64();
     let total = published.load(Ordering::Relaxed);
+    // The drain after the publishers stopped: the peaks are sampled through it.
     loop {
+        for a in &agents {
+            peak_agent_rss = peak_agent_rss.max(rss_mb(a.pid()));
+        }
+        peak_core_rss = peak_core_rss.max(rss_mb(core.pid()));
         let s = stats(&url).await;
         if handled(&s) >= base + total {
             break;

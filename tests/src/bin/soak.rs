@@ -58,14 +58,14 @@ use tonic::{transport::Channel, Code};
 /// The bound on the core's resident memory this soak holds it to, from the
 /// default configuration's caps: RocksDB memtables, all column families
 /// together (`storage.memtable`, 64 MiB; before a cap each of the eleven
-/// could hold 2 × 32 MiB, and the first 30-minute soak grew past this bound)
-/// + the block cache (`storage.cache`, 32 MiB) + the search index writer's
-/// heap (24 MB) + the live hub (`live.buffer_commits` 128 messages of ≤ 256
-/// events of ~0.3 KB: ≤ 10 MiB) + Subscribe queues (1,024 events each, the
-/// storm holds ≤ 8: < 4 MiB) + the pipeline queues (`pipeline.queue_batches`
-/// 16 × 2 partitions × ~50 events) + index pages and code (~200 MiB) —
-/// ≈ 340 MiB, rounded up to 1 GiB for allocator slack. A leak grows past it
-/// in minutes.
+/// could hold 2 × 32 MiB, and the first 30-minute soak grew past this
+/// bound), plus the block cache (`storage.cache`, 32 MiB), the search index
+/// writer's heap (24 MB), the live hub (`live.buffer_commits` 128 messages
+/// of ≤ 256 events of ~0.3 KB: ≤ 10 MiB), Subscribe queues (1,024 events
+/// each, the storm holds ≤ 8: < 4 MiB), the pipeline queues
+/// (`pipeline.queue_batches` 16 × 2 partitions × ~50 events), index pages
+/// and code (~200 MiB): ≈ 340 MiB, rounded up to 1 GiB for allocator slack.
+/// A leak grows past it in minutes.
 const CORE_RSS_BOUND_MB: f64 = 1024.0;
 
 /// Locations in the generated Dataset B (one more is used, unmatched).
