@@ -135,6 +135,11 @@ pub struct SenderConfig {
     /// the backlog (the lane must not take the drain's place).
     #[serde(default = "default_live_lane_max_rate")]
     pub live_lane_max_rate: u64,
+    /// ... and at most this share of the rate the core acknowledges events
+    /// at (measured as the backlog drains): when the core is the
+    /// bottleneck, every event on the lane is one more it handles twice.
+    #[serde(default = "default_live_lane_max_share")]
+    pub live_lane_max_share: f64,
 }
 
 fn default_quic_congestion() -> String {
@@ -236,6 +241,9 @@ fn default_live_lane_after() -> u64 {
 fn default_live_lane_max_rate() -> u64 {
     25_000
 }
+fn default_live_lane_max_share() -> f64 {
+    0.25
+}
 fn default_backoff_initial() -> Duration {
     Duration::from_millis(100)
 }
@@ -286,6 +294,7 @@ impl Default for SenderConfig {
             quic_congestion: default_quic_congestion(),
             live_lane_after: default_live_lane_after(),
             live_lane_max_rate: default_live_lane_max_rate(),
+            live_lane_max_share: default_live_lane_max_share(),
         }
     }
 }
@@ -361,6 +370,9 @@ impl AgentConfig {
                 "sender.live_lane_max_rate",
                 "must be at least 1 while the live lane is on (sender.live_lane_after > 0)",
             );
+        }
+        if !(self.sender.live_lane_max_share > 0.0 && self.sender.live_lane_max_share <= 1.0) {
+            return err("sender.live_lane_max_share", "must be within (0, 1]");
         }
         if self.sender.max_in_flight_events == 0 {
             return err("sender.max_in_flight_events", "must be at least 1");

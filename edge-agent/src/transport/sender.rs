@@ -54,24 +54,54 @@ pub struct SenderStats {
 pub struct LiveLane {
     after: u64,
     max_rate: f64,
+    max_share: f64,
     /// Events the lane may send now (a token bucket, up to one batch).
     tokens: f64,
     refilled: Instant,
     /// The first seq the lane has not sent nor skipped.
     next: u64,
+    /// How fast the core acknowledges (events/s, smoothed), and the last
+    /// sample of it (when, acked). Starts as if the share allowed the
+    /// whole `max_rate`, so that the lane is not starved while it learns.
+    ack_rate: f64,
+    sampled: Option<(Instant, u64)>,
 }
+
+/// How often the live lane samples the core's acknowledgement rate.
+const ACK_RATE_SAMPLE: Duration = Duration::from_millis(250);
 
 impl LiveLane {
     /// `from`: the first seq that is new to this session (what the buffer
     /// held when it opened is backlog).
     pub fn new(cfg: &SenderConfig, from: u64, now: Instant) -> Self {
+        let max_share = cfg.live_lane_max_share.max(1e-3);
         Self {
             after: cfg.live_lane_after,
             max_rate: cfg.live_lane_max_rate as f64,
+            max_share,
             tokens: 0.0,
             refilled: now,
             next: from,
+            ack_rate: cfg.live_lane_max_rate as f64 / max_share,
+            sampled: None,
         }
+    }
+
+    /// The lane's rate now: `max_rate`, and at most `max_share` of what
+    /// the core acknowledges (the lane must not take the drain's place).
+    fn rate(&mut self, acked: u64, now: Instant) -> f64 {
+        match self.sampled {
+            None => self.sampled = Some((now, acked)),
+            Some((t, a)) => {
+                let dt = now.duration_since(t);
+                if dt >= ACK_RATE_SAMPLE {
+                    let r = acked.saturating_sub(a) as f64 / dt.as_secs_f64();
+                    self.ack_rate = 0.5 * self.ack_rate + 0.5 * r;
+                    self.sampled = Some((now, acked));
+                }
+            }
+        }
+        self.max_rate.min(self.max_share * self.ack_rate)
     }
 
     /// The seqs to send on the live lane now (first, count), if any: when
@@ -79,8 +109,8 @@ impl LiveLane {
     /// seq the core acknowledged, `newest` the next seq to be assigned) —
     /// sent or not, for what is sent waits in the core's queues behind the
     /// rest — the newest of those the lane has not sent, as many as the rate
-    /// allows (at most `max_batch`). What the rate cannot cover is left to
-    /// the backlog.
+    /// allows (at most `max_batch`; see [`LiveLane::rate`]). What the rate
+    /// cannot cover is left to the backlog.
     pub fn due(
         &mut self,
         acked: u64,
@@ -89,9 +119,9 @@ impl LiveLane {
         now: Instant,
     ) -> Option<(u64, usize)> {
         let cap = max_batch as f64;
-        self.tokens = (self.tokens
-            + now.duration_since(self.refilled).as_secs_f64() * self.max_rate)
-            .min(cap);
+        let rate = self.rate(acked, now);
+        self.tokens =
+            (self.tokens + now.duration_since(self.refilled).as_secs_f64() * rate).min(cap);
         self.refilled = now;
         if self.after == 0 || newest.saturating_sub(acked + 1) <= self.after {
             return None;
@@ -522,6 +552,7 @@ mod tests {
         let cfg = SenderConfig {
             live_lane_after: after,
             live_lane_max_rate: rate,
+            live_lane_max_share: 1.0,
             ..Default::default()
         };
         let t0 = Instant::now();
@@ -555,6 +586,35 @@ mod tests {
         // Off.
         let (mut off, t0) = lane(0, 100);
         assert_eq!(off.due(1, 1_000_000, 2_000, t0 + 1_000 * ms), None);
+    }
+
+    #[test]
+    fn the_live_lane_takes_at_most_its_share_of_what_the_core_acknowledges() {
+        let cfg = SenderConfig {
+            live_lane_after: 10,
+            live_lane_max_rate: 100_000,
+            live_lane_max_share: 0.25,
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        let mut l = LiveLane::new(&cfg, 1, t0);
+        let ms = Duration::from_millis(1);
+        // The core acknowledges 4,000 events/s for a few seconds: the lane
+        // settles at a quarter of it, 1,000/s.
+        let mut acked = 0;
+        let mut sent = 0;
+        for step in 1..=40u64 {
+            acked += 1_000;
+            let t = t0 + 250 * step as u32 * ms;
+            let newest = 1_000_000 + step * 10_000;
+            if let Some((_, n)) = l.due(acked, newest, 1_000_000, t) {
+                if step > 30 {
+                    sent += n;
+                }
+            }
+        }
+        // The last 10 steps (2.5 s): ~2,500 events, not the 250,000 max_rate allows.
+        assert!((2_000..=3_200).contains(&sent), "sent {sent}");
     }
 
     #[test]
