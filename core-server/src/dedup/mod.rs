@@ -508,8 +508,6 @@ impl Writer {
         let mut planned = Vec::with_capacity(group.len());
         // (index into planned, event) for events past the watermark.
         let mut fresh: Vec<(usize, Arc<str>, Incoming)> = Vec::new();
-        // Seqs this group stores through the live lane, by (agent, epoch).
-        let mut live_now: HashMap<(Arc<str>, u64), BTreeMap<u64, i64>> = HashMap::new();
         for req in group {
             let key = (req.agent.clone(), req.epoch);
             let wm = match staged.get(&key) {
@@ -523,8 +521,7 @@ impl Writer {
                         let (Some(seq), Some(oid)) = (seq_of(&ev), det_oid_of(&ev)) else {
                             continue;
                         };
-                        if seq > wm {
-                            live_now.entry(key.clone()).or_default().insert(seq, oid);
+                        if seq > wm && oid != 0 {
                             fresh.push((idx, req.agent.clone(), ev));
                         }
                     }
@@ -559,8 +556,9 @@ impl Writer {
                 let idx = planned.len();
                 let mut dup_transport = 0;
                 let mut delivered_live = 0;
+                // Stored through the live lane by an earlier commit (what this
+                // commit's live shares store is told apart when it is written).
                 let earlier = self.live_done.get(&key);
-                let now_live = live_now.get(&key);
                 for ev in req.events {
                     let seq = seq_of(&ev);
                     if seq.is_some_and(|s| s <= wm) {
@@ -568,10 +566,7 @@ impl Writer {
                         continue;
                     }
                     if let (Some(seq), Some(oid)) = (seq, det_oid_of(&ev)) {
-                        let was_live = |m: Option<&BTreeMap<u64, i64>>| {
-                            m.and_then(|m| m.get(&seq)) == Some(&oid)
-                        };
-                        if was_live(earlier) || was_live(now_live) {
+                        if earlier.and_then(|m| m.get(&seq)) == Some(&oid) {
                             delivered_live += 1;
                             continue;
                         }
@@ -713,6 +708,9 @@ impl Writer {
         let (mut n_stored, mut n_sem, mut n_rej, mut n_unmatched, mut n_transport) =
             (0u64, 0u64, 0u64, 0u64, 0u64);
         let mut live_stored = Vec::new();
+        // What this commit stores through the live lane: (agent, epoch, seq)
+        // -> det_oid, for the backlog's copies in the same commit.
+        let mut live_now: HashMap<(Arc<str>, u64, u64), i64> = HashMap::new();
         for (idx, agent, ev) in fresh {
             let (epoch, lane_live) = (planned[idx].epoch, planned[idx].live);
             let Ok(outcome) = planned[idx].outcome.as_mut() else {
@@ -729,7 +727,14 @@ impl Writer {
                 if owners.contains_key(&oid) {
                     continue;
                 }
+                live_now.insert((agent.clone(), epoch, e.seq), oid);
                 live_stored.push(((agent.clone(), epoch), e.seq, oid));
+            } else if let (Some(seq), Some(oid)) = (seq_of(&ev), det_oid_of(&ev)) {
+                if !live_now.is_empty() && live_now.get(&(agent.clone(), epoch, seq)) == Some(&oid)
+                {
+                    outcome.delivered_live += 1;
+                    continue;
+                }
             }
             match ev {
                 Incoming::Invalid {
@@ -1052,6 +1057,83 @@ mod tests {
         );
         let c = rig.store.counters().unwrap();
         assert_eq!((c.stored, c.dup_semantic, c.rejected), (3, 1, 1));
+    }
+
+    #[test]
+    fn a_live_duplicate_or_conflict_committed_beside_its_backlog_is_still_counted_or_quarantined() {
+        // One partition kept busy by a large batch, so that the live share
+        // and the backlog batch that brings the same seqs are committed in
+        // one group (or, if the writer was quick, one after the other: the
+        // counts must be the same either way).
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("db"), false, 8 << 20).unwrap());
+        let pipeline = Pipeline::start(
+            WriterContext::for_tests(store.clone(), Arc::new(Metrics::new())),
+            1,
+            8,
+        )
+        .unwrap();
+        let ts = sightline_proto::now_ms();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let n = 20_000u64;
+        let (big, tail) = rt.block_on(async {
+            let send = |first_seq: u64, events: Vec<Incoming>| {
+                let (reply, rx) = oneshot::channel();
+                let req = CommitRequest {
+                    agent: "a".into(),
+                    epoch: 7,
+                    first_seq,
+                    events,
+                    last_digest: 0,
+                    reply,
+                };
+                (req, rx)
+            };
+            // Seqs 1..=n; det_oid 901 belongs to camera 1 from here on.
+            let mut first: Vec<Incoming> =
+                (1..n).map(|s| event(s, s as i64 + 10_000, 1, ts)).collect();
+            first.push(event(n, 901, 1, ts));
+            let (req, big) = send(1, first);
+            pipeline.submit(req).await.unwrap();
+            // Let the writer start on it (its commit takes far longer).
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            // n+1: det_oid 900; n+2: its upstream duplicate; n+3: camera 2
+            // claiming det_oid 901. The last two also come on the live lane.
+            let (req, tail) = send(
+                n + 1,
+                vec![
+                    event(n + 1, 900, 1, ts),
+                    event(n + 2, 900, 1, ts),
+                    event(n + 3, 901, 2, ts),
+                ],
+            );
+            pipeline
+                .submit_live(
+                    "a".into(),
+                    7,
+                    vec![event(n + 2, 900, 1, ts), event(n + 3, 901, 2, ts)],
+                )
+                .await
+                .unwrap();
+            pipeline.submit(req).await.unwrap();
+            (big.await.unwrap().unwrap(), tail.await.unwrap().unwrap())
+        });
+        assert_eq!(big.stored, n);
+        assert_eq!(tail.committed_through, n + 3);
+        assert_eq!(
+            (
+                tail.stored + tail.delivered_live,
+                tail.dup_semantic,
+                tail.rejected.len()
+            ),
+            (1, 1, 1),
+            "{tail:?}"
+        );
+        assert_eq!(tail.rejected[0].code, CONFLICT);
+        let c = store.counters().unwrap();
+        assert_eq!((c.stored, c.dup_semantic, c.rejected), (n + 1, 1, 1));
     }
 
     #[test]
