@@ -282,21 +282,13 @@ impl IngestCore {
     /// A batch's events, decoded and checked (validity, age, and what the
     /// agent may publish); `Err` when the batch itself is malformed.
     fn check_batch(&self, agent: &Arc<str>, b: Batch) -> Result<Checked, Status> {
-        let grant = self.registry.grant(agent);
         let last_digest = b
             .events
             .last()
             .map(|e| sightline_proto::event_digest(e))
             .unwrap_or(0);
-        let oldest_ms =
-            sightline_proto::now_ms().saturating_sub(self.max_event_age.as_millis() as i64);
-        let events = decode_batch(
-            b.first_seq,
-            b.events,
-            &self.limits,
-            oldest_ms,
-            Some(agent).zip(grant.as_deref()),
-        )?;
+        let first_seq = b.first_seq;
+        let events = self.decode(agent, b)?;
         let too_old = events
             .iter()
             .filter(|e| matches!(e, Incoming::Invalid { code, .. } if *code == TOO_OLD))
@@ -305,10 +297,25 @@ impl IngestCore {
             self.metrics.too_old.inc_by(too_old as u64);
         }
         Ok(Checked {
-            first_seq: b.first_seq,
+            first_seq,
             events,
             last_digest,
         })
+    }
+
+    /// A batch's events decoded and checked against the limits, the age the
+    /// store keeps (counted back from now) and the agent's grant.
+    fn decode(&self, agent: &Arc<str>, b: Batch) -> Result<Vec<Incoming>, Status> {
+        let grant = self.registry.grant(agent);
+        let oldest_ms =
+            sightline_proto::now_ms().saturating_sub(self.max_event_age.as_millis() as i64);
+        decode_batch(
+            b.first_seq,
+            b.events,
+            &self.limits,
+            oldest_ms,
+            Some(agent).zip(grant.as_deref()),
+        )
     }
 
     /// Hands a batch to the pipeline and its commit to the acker. `Err` ends
@@ -356,18 +363,9 @@ impl IngestCore {
         if b.events.is_empty() {
             return Ok(());
         }
-        let grant = self.registry.grant(agent);
-        let oldest_ms =
-            sightline_proto::now_ms().saturating_sub(self.max_event_age.as_millis() as i64);
-        let events = decode_batch(
-            b.first_seq,
-            b.events,
-            &self.limits,
-            oldest_ms,
-            Some(agent).zip(grant.as_deref()),
-        )
-        .map_err(Some)?;
-        tracing::trace!(first_seq = b.first_seq, events = events.len(), "live batch");
+        let first_seq = b.first_seq;
+        let events = self.decode(agent, b).map_err(Some)?;
+        tracing::trace!(first_seq, events = events.len(), "live batch");
         self.pipeline
             .submit_live(agent.clone(), epoch, events)
             .await

@@ -58,19 +58,6 @@ use sightline_tests::{
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-/// Minimal `--key value` parsing.
-struct Args(Vec<String>);
-impl Args {
-    fn get(&self, key: &str, default: u64) -> u64 {
-        self.0
-            .iter()
-            .position(|a| a == key)
-            .and_then(|i| self.0.get(i + 1))
-            .map(|v| v.parse().unwrap_or_else(|_| panic!("{key} takes a number")))
-            .unwrap_or(default)
-    }
-}
-
 const LOCATIONS: i64 = 100;
 /// The few locations of the small scope.
 const FEW: [i64; 3] = [1, 2, 3];
@@ -310,11 +297,11 @@ fn sha256_hex(b: &[u8]) -> String {
 
 #[tokio::main]
 async fn main() {
-    let args = Args(std::env::args().skip(1).collect());
-    let events = args.get("--events", 1_000_000);
-    let reps = args.get("--reps", 30) as usize;
-    let snapshots = args.get("--snapshots", 100) as usize;
-    let audit_records = args.get("--audit-records", 1_000_000);
+    let args = sightline_tests::bench::Args::from_env();
+    let events = args.get("--events", 1_000_000.0) as u64;
+    let reps = args.get("--reps", 30.0) as usize;
+    let snapshots = args.get("--snapshots", 100.0) as usize;
+    let audit_records = args.get("--audit-records", 1_000_000.0) as u64;
 
     let dir = tempfile::tempdir().unwrap();
     let b = dir.path().join("locations.csv");
