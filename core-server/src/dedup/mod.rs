@@ -421,7 +421,7 @@ struct Writer {
 struct Planned {
     reply: oneshot::Sender<Result<CommitOutcome, CommitError>>,
     outcome: Result<CommitOutcome, CommitError>,
-    /// (agent, epoch, live lane?) of the share.
+    /// The share's epoch, and whether it came on the live lane.
     epoch: u64,
     live: bool,
 }
