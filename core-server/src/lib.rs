@@ -28,6 +28,7 @@
 pub mod access;
 pub mod api;
 pub mod audit;
+pub mod backup;
 pub mod cases;
 pub mod certs;
 pub mod client;

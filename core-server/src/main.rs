@@ -91,6 +91,11 @@ enum Command {
         #[command(subcommand)]
         command: sightline_core::audit::cli::AuditCommand,
     },
+    /// Back the running core up to a folder or s3://bucket/prefix
+    /// (incremental after the first; an admin call).
+    Backup(sightline_core::backup::cli::BackupArgs),
+    /// Restore a backup into an empty data directory (no core running on it).
+    Restore(sightline_core::backup::cli::RestoreArgs),
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -158,6 +163,8 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(status)
         }
         Command::Audit { command } => sightline_core::audit::cli::run(command),
+        Command::Backup(args) => sightline_core::backup::cli::backup(args).await,
+        Command::Restore(args) => sightline_core::backup::cli::restore(args).await,
         Command::Client(cmd) => {
             let url =
                 std::env::var("SIGHTLINE_CORE").unwrap_or_else(|_| "http://127.0.0.1:50051".into());

@@ -408,6 +408,18 @@ async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started
         crate::access::Access::new(Arc::new(db), &config.access, admin_token.clone(), audit)
     };
 
+    let backup = Arc::new(crate::backup::Sources {
+        store: store.clone(),
+        access: access.db.clone(),
+        audit: access.audit.clone(),
+        locations: locations.clone(),
+        data_dir: config.storage.path.clone(),
+        registry: config.registry_path(),
+        admin_token: admin_token.path.clone(),
+        staging: crate::backup::Sources::staging_for(&config.storage.path),
+        busy: tokio::sync::Mutex::new(()),
+    });
+
     let cases = {
         let (dir, s, m, l) = (
             config.storage.path.clone(),
@@ -512,6 +524,7 @@ async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started
                 registry: registry.clone(),
                 fleet: fleet.clone(),
                 access: access.clone(),
+                backup: backup.clone(),
             }))
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -174,6 +174,16 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl AccessDb {
+    /// Writes a consistent copy of the accounts and tokens into `dir` (a
+    /// RocksDB checkpoint; `dir` must not exist), for [`crate::backup`].
+    pub fn checkpoint(&self, dir: &Path) -> anyhow::Result<()> {
+        rocksdb::checkpoint::Checkpoint::new(&self.db)?
+            .create_checkpoint(dir)
+            .map_err(|e| {
+                anyhow::anyhow!("checkpoint of the access store into {}: {e}", dir.display())
+            })
+    }
+
     /// Opens (or makes) the store at `path`.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         let mut opts = Options::default();

@@ -6,11 +6,11 @@ use std::{path::PathBuf, sync::Arc};
 
 use sightline_proto::v1::{
     admin_server::Admin, revoke_session_request, AddUserRequest, AgentGrant, ApiToken,
-    CreateTokenRequest, CreateTokenResponse, DashboardSession, ListGrantsRequest,
-    ListGrantsResponse, ListSessionsRequest, ListSessionsResponse, ListTokensRequest,
-    ListTokensResponse, ListUsersRequest, ListUsersResponse, ReloadLocationsRequest,
-    ReloadLocationsResponse, RevokeAgentRequest, RevokeSessionRequest, RevokeSessionResponse,
-    RevokeTokenRequest, Role as WireRole, UpdateUserRequest, User,
+    BackupRequest, BackupResponse, CreateTokenRequest, CreateTokenResponse, DashboardSession,
+    ListGrantsRequest, ListGrantsResponse, ListSessionsRequest, ListSessionsResponse,
+    ListTokensRequest, ListTokensResponse, ListUsersRequest, ListUsersResponse,
+    ReloadLocationsRequest, ReloadLocationsResponse, RevokeAgentRequest, RevokeSessionRequest,
+    RevokeSessionResponse, RevokeTokenRequest, Role as WireRole, UpdateUserRequest, User,
 };
 use sightline_proto::ApiError;
 use tonic::{Request, Response, Status};
@@ -26,6 +26,7 @@ pub struct AdminService {
     pub registry: Arc<crate::edge::registry::Registry>,
     pub fleet: Arc<crate::fleet::Fleet>,
     pub access: Access,
+    pub backup: Arc<crate::backup::Sources>,
 }
 
 /// The wire's role; UNSPECIFIED is refused naming `field`.
@@ -392,6 +393,33 @@ impl Admin for AdminService {
         .await?;
         Ok(Response::new(RevokeSessionResponse {
             ended: ended as u32,
+        }))
+    }
+
+    async fn backup(
+        &self,
+        req: Request<BackupRequest>,
+    ) -> Result<Response<BackupResponse>, Status> {
+        let who = self.authorize(&req, "Backup")?;
+        let to = req.into_inner().to;
+        if to.is_empty() {
+            return Err(ApiError::field("to", "give a folder or s3://bucket/prefix").into());
+        }
+        let r = self.backup.backup(&to).await?;
+        tracing::info!(actor = %who.actor, id = %r.id, %to, "admin: backup made");
+        self.audit(
+            &who,
+            crate::audit::Action::BackupMade,
+            serde_json::json!({ "id": r.id, "to": to, "files": r.files, "uploaded_bytes": r.uploaded_bytes }),
+        )
+        .await?;
+        Ok(Response::new(BackupResponse {
+            id: r.id,
+            files: r.files,
+            bytes: r.bytes,
+            uploaded_files: r.uploaded_files,
+            uploaded_bytes: r.uploaded_bytes,
+            duration_ms: r.duration_ms,
         }))
     }
 }

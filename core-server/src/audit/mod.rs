@@ -485,6 +485,18 @@ impl AuditLog {
         rx.await.map_err(|_| self.stopped())?
     }
 
+    /// Copies the log's files into `to` between two appends: a copy whose
+    /// head matches its tail (for [`crate::backup`]).
+    pub async fn copy_to(&self, to: PathBuf) -> Result<(), AuditError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(writer::Job::Copy(to, reply))
+            .await
+            .map_err(|_| self.stopped())?;
+        rx.await.map_err(|_| self.stopped())?
+    }
+
     /// A page for the admin page, newest first (on a blocking thread).
     pub async fn query(&self, filter: Filter, page: Page) -> Result<read::QueryPage, ApiError> {
         let dir = self.inner.dir.clone();

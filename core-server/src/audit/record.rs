@@ -50,6 +50,7 @@ pub enum Action {
     AuditExported,
     AccessRefused,
     AuditCut,
+    BackupMade,
 }
 
 impl Action {
@@ -92,6 +93,7 @@ pub const ACTIONS: &[(Action, &str)] = &[
     (Action::AuditExported, "audit_exported"),
     (Action::AccessRefused, "access_refused"),
     (Action::AuditCut, "audit_cut"),
+    (Action::BackupMade, "backup_made"),
 ];
 
 impl FromStr for Action {

@@ -24,6 +24,9 @@ pub const MAX_GROUP: usize = 1024;
 pub(super) enum Job {
     Append(Entry, oneshot::Sender<Result<u64, AuditError>>),
     Cut(i64, oneshot::Sender<Result<CutReport, AuditError>>),
+    /// Copies the folder's files into another folder between two appends
+    /// (a consistent copy, for [`crate::backup`]).
+    Copy(PathBuf, oneshot::Sender<Result<(), AuditError>>),
 }
 
 /// The state of the log's tail, owned by the writer thread.
@@ -326,6 +329,13 @@ pub(super) fn run(mut w: Writer, mut rx: mpsc::Receiver<Job>) {
                     flush(&mut w, &mut entries, &mut replies);
                     let _ = reply.send(w.cut(before));
                 }
+                Job::Copy(to, reply) => {
+                    flush(&mut w, &mut entries, &mut replies);
+                    let copied = copy_files(&w.dir, &to).map_err(|e| {
+                        AuditError::new(&w.dir, format!("copying to {}: {e}", to.display()))
+                    });
+                    let _ = reply.send(copied);
+                }
             }
             if entries.len() < MAX_GROUP {
                 next = rx.try_recv().ok();
@@ -333,6 +343,19 @@ pub(super) fn run(mut w: Writer, mut rx: mpsc::Receiver<Job>) {
         }
         flush(&mut w, &mut entries, &mut replies);
     }
+}
+
+/// Copies the regular files of `from` (not `*.tmp`) into `to`, made here.
+fn copy_files(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let name = e.file_name();
+        if e.file_type()?.is_file() && !name.to_string_lossy().ends_with(".tmp") {
+            std::fs::copy(e.path(), to.join(&name))?;
+        }
+    }
+    Ok(())
 }
 
 type Reply = oneshot::Sender<Result<u64, AuditError>>;

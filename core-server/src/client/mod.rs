@@ -142,7 +142,9 @@ fn line(e: &JoinedEvent) -> String {
 /// The `authorization` value every call carries: `SIGHTLINE_TOKEN`, else
 /// the admin token file (`SIGHTLINE_ADMIN_TOKEN_FILE`, default
 /// `data/core/admin.token`).
-fn credential(admin_token_file: Option<&std::path::Path>) -> anyhow::Result<MetadataValue<Ascii>> {
+pub(crate) fn credential(
+    admin_token_file: Option<&std::path::Path>,
+) -> anyhow::Result<MetadataValue<Ascii>> {
     let secret = match std::env::var("SIGHTLINE_TOKEN") {
         Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
         _ => {
@@ -171,7 +173,7 @@ fn credential(admin_token_file: Option<&std::path::Path>) -> anyhow::Result<Meta
 
 /// Adds the credential to every call.
 #[derive(Clone)]
-pub struct WithCredential(MetadataValue<Ascii>);
+pub struct WithCredential(pub(crate) MetadataValue<Ascii>);
 
 impl tonic::service::Interceptor for WithCredential {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
@@ -180,9 +182,10 @@ impl tonic::service::Interceptor for WithCredential {
     }
 }
 
-/// Runs a client command against the core at `url`.
-pub async fn run(url: String, cmd: ClientCommand) -> anyhow::Result<()> {
-    let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())?
+/// A channel to the core's gRPC port at `url` (over TLS for `https://`,
+/// trusting `SIGHTLINE_CA`).
+pub async fn channel(url: &str) -> anyhow::Result<tonic::transport::Channel> {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_string())?
         .connect_timeout(Duration::from_secs(5));
     if url.starts_with("https://") {
         // The query port over TLS (`server.tls_cert`): trust the CA that
@@ -203,10 +206,15 @@ pub async fn run(url: String, cmd: ClientCommand) -> anyhow::Result<()> {
                 .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
         )?;
     }
-    let channel = endpoint
+    endpoint
         .connect()
         .await
-        .map_err(|e| anyhow::anyhow!("cannot reach the core at {url}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot reach the core at {url}: {e}"))
+}
+
+/// Runs a client command against the core at `url`.
+pub async fn run(url: String, cmd: ClientCommand) -> anyhow::Result<()> {
+    let channel = channel(&url).await?;
     let file = match &cmd {
         ClientCommand::Reload {
             admin_token_file, ..

@@ -370,6 +370,11 @@ impl Locations {
         })
     }
 
+    /// The file the table in use was loaded from, if any.
+    pub fn path(&self) -> Option<PathBuf> {
+        self.path.lock().unwrap().clone()
+    }
+
     /// The table in use now.
     pub fn current(&self) -> Arc<LocationTable> {
         self.table.load_full()

@@ -54,6 +54,7 @@
 //! - The media rows (`media*`) are kept by [`crate::media`], whose module docs
 //!   state their promises; the methods are in [`media`].
 
+pub mod checkpoint;
 pub mod commit;
 pub mod keys;
 pub mod media;

@@ -1,0 +1,32 @@
+//! A consistent copy of the running store, for [`crate::backup`].
+
+use std::path::Path;
+
+use rocksdb::{checkpoint::Checkpoint, Options, DB};
+
+use super::{Store, StoreError};
+
+impl Store {
+    /// Writes a RocksDB checkpoint of the store into `dir` (which must not
+    /// exist; on the store's filesystem its SST files are hard links) while
+    /// writes go on, and returns the watermarks *in that copy*: every
+    /// (agent, epoch, seq) a core restored from it resumes from.
+    ///
+    /// The checkpoint flushes the memtables first and copies the WAL, so it
+    /// holds exactly the commits acknowledged before it was taken (a commit
+    /// is one `WriteBatch`: wholly in it or not at all).
+    pub fn checkpoint(&self, dir: &Path) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        let db = self.db()?;
+        Checkpoint::new(&db)?.create_checkpoint(dir)?;
+        drop(db);
+        // Read the copy's own `wm` entries (read-only: it is not changed).
+        let opts = Options::default();
+        let names = DB::list_cf(&opts, dir)?;
+        let copy = DB::open_cf_for_read_only(&opts, dir, &names, false)?;
+        Ok(self
+            .watermark_table(&copy)?
+            .into_iter()
+            .map(|((agent, epoch), (seq, _))| (agent, epoch, seq))
+            .collect())
+    }
+}
