@@ -60,6 +60,16 @@ pub struct BufferConfig {
     /// power loss can be lost (a process crash loses nothing either way).
     #[serde(default = "default_true")]
     pub sync: bool,
+    /// Acknowledged events to keep (at least the newest this many; they
+    /// leave the disk in whole runs of up to 256 KiB once that many newer
+    /// ones are acknowledged). A core restored from a backup is behind what
+    /// it acknowledged: the agent then sends it the kept events after its
+    /// watermark again, in a new epoch, and the core drops those it has by
+    /// det_oid (PROTOCOL.md rule 19). Set it to at least the events this
+    /// agent sends between two backups of the core. They take disk, not
+    /// `max_events`/`max_bytes`. 0: deleted once acknowledged.
+    #[serde(default)]
+    pub keep_acked: u64,
 }
 
 /// What happens when the buffer is full. Nothing is ever dropped silently.
@@ -272,6 +282,7 @@ impl Default for BufferConfig {
             when_full: WhenFull::default(),
             block_timeout: default_block_timeout(),
             sync: true,
+            keep_acked: 0,
         }
     }
 }

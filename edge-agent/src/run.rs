@@ -47,6 +47,7 @@ pub async fn run(
         max_events: config.buffer.max_events,
         max_bytes: config.buffer.max_bytes.as_u64(),
         sync: config.buffer.sync,
+        keep_acked: config.buffer.keep_acked,
     };
     let buffer = tokio::task::spawn_blocking(move || Buffer::open(&path, opts))
         .await?

@@ -99,6 +99,7 @@ pub(super) fn load_state(db: &DB) -> Result<State, BufferError> {
     }
     let mut sizes = VecDeque::new();
     let mut runs = VecDeque::new();
+    let mut kept_runs = VecDeque::new();
     let mut held_bytes = 0;
     let mut expect = acked + 1;
     let mut deleted_below = None;
@@ -125,6 +126,8 @@ pub(super) fn load_state(db: &DB) -> Result<State, BufferError> {
         }
         if holds {
             runs.push_back(first);
+        } else {
+            kept_runs.push_back(first);
         }
     }
     if expect != next_seq {
@@ -139,6 +142,7 @@ pub(super) fn load_state(db: &DB) -> Result<State, BufferError> {
         persisted_acked: acked,
         sizes,
         runs,
+        kept_runs,
         deleted_below: deleted_below.unwrap_or(next_seq),
         held_bytes,
         cache: VecDeque::new(),
@@ -287,7 +291,9 @@ impl Shared {
             // 48 MiB of the agent's heap while a backlog drained (heaptrack:
             // `FragmentedRangeTombstoneList`; BENCHMARKS.md, "Memory under a
             // backlog").
-            let keep_from = st.runs.front().copied().unwrap_or(st.next_seq);
+            // With `keep_acked`, the newest acknowledged ones stay.
+            let floor = (st.acked + 1).saturating_sub(self.opts.keep_acked);
+            let keep_from = st.forget_kept_below(floor);
             if st.deleted_below < keep_from {
                 batch.delete_range_cf(events, key(st.deleted_below), key(keep_from));
             }

@@ -3,21 +3,30 @@
 
 use super::*;
 
-/// Renumbers every held event into a fresh epoch (see [`Buffer::new_epoch`]).
-pub(super) fn renumber(shared: &Shared) -> Result<NewEpoch, BufferError> {
+/// Renumbers every held event into a fresh epoch (see [`Buffer::new_epoch`])
+/// — and, given the core's `watermark`, the acknowledged events still on
+/// disk after it first (see [`Buffer::new_epoch_after`]).
+pub(super) fn renumber(shared: &Shared, watermark: Option<u64>) -> Result<NewEpoch, BufferError> {
     shared.recover();
     shared.with_db(|db| {
         let mut st = shared.state.lock().unwrap();
-        let held = if st.sizes.is_empty() {
+        let unacked = st.acked + 1;
+        let (from, lost) = match watermark {
+            Some(wm) if wm < st.acked => {
+                let first = st.first_on_disk().max(1);
+                (first.max(wm + 1).min(unacked), first.saturating_sub(wm + 1))
+            }
+            _ => (unacked, 0),
+        };
+        let expect = (st.next_seq - from) as usize;
+        let held = if expect == 0 {
             Vec::new()
         } else {
-            read_db(db, st.acked + 1, st.next_seq, usize::MAX, usize::MAX)?
+            read_db(db, from, st.next_seq, usize::MAX, usize::MAX)?
         };
-        if held.len() != st.sizes.len() {
+        if held.len() != expect {
             return Err(BufferError::Corrupt(format!(
-                "renumbering: expected {} held events from seq {}, read {}",
-                st.sizes.len(),
-                st.acked + 1,
+                "renumbering: expected {expect} events from seq {from}, read {}",
                 held.len()
             )));
         }
@@ -37,10 +46,7 @@ pub(super) fn renumber(shared: &Shared) -> Result<NewEpoch, BufferError> {
         let mut renumbered = Vec::with_capacity(held.len());
         for (i, b) in held.iter().enumerate() {
             let mut e = EdgeEvent::decode(b.as_ref()).map_err(|e| {
-                BufferError::Corrupt(format!(
-                    "renumbering: event {}: {e}",
-                    st.acked + 1 + i as u64
-                ))
+                BufferError::Corrupt(format!("renumbering: event {}: {e}", from + i as u64))
             })?;
             e.seq = i as u64 + 1;
             renumbered.push(Bytes::from(e.encode_to_vec()));
@@ -61,6 +67,7 @@ pub(super) fn renumber(shared: &Shared) -> Result<NewEpoch, BufferError> {
         st.persisted_acked = 0;
         st.sizes = renumbered.iter().map(|b| b.len() as u32).collect();
         st.runs = run_starts;
+        st.kept_runs.clear();
         st.deleted_below = 1;
         st.held_bytes = renumbered.iter().map(|b| b.len() as u64).sum();
         st.cache.clear();
@@ -80,6 +87,8 @@ pub(super) fn renumber(shared: &Shared) -> Result<NewEpoch, BufferError> {
             old_epoch,
             epoch,
             renumbered: n,
+            resent_acked: unacked - from,
+            lost,
         })
     })
 }

@@ -33,7 +33,9 @@
 //!   nothing of it is kept, nothing already held is dropped.
 //! - An event MUST be deleted only by [`Buffer::ack_through`], i.e. after the
 //!   core acknowledged its seq (a run, with a range delete, once all its seqs
-//!   are); the deletion and `acked` go in one `WriteBatch`
+//!   are) and, with [`BufferOptions::keep_acked`] = N, once N newer events
+//!   are acknowledged too (whole runs are kept: up to a run more); the
+//!   deletion and `acked` go in one `WriteBatch`
 //!   (not fsync'd on its own: the next synced append carries it to disk, and a
 //!   lost ack only means a resend the core recognises by seq).
 //! - The epoch MUST be new when the buffer is created afresh (the directory was
@@ -44,7 +46,9 @@
 //!   epoch as seqs `1 ..= n`, in their order, and write the renumbered events,
 //!   the new epoch, `next_seq = n + 1` and `acked = 0` in one fsync'd
 //!   `WriteBatch`: after a crash the buffer is wholly in the old epoch or
-//!   wholly in the new one.
+//!   wholly in the new one. [`Buffer::new_epoch_after`] (a core restored from
+//!   a backup, PROTOCOL.md rule 19) also renumbers, first, the kept
+//!   acknowledged events after the core's watermark.
 //! - A disk that refuses writes (full, or failing) MUST NOT lose what is held:
 //!   appends are refused ([`BufferError::DiskFull`], [`BufferError::DiskFault`]),
 //!   reads go on, acknowledgements are applied in memory and written once the
@@ -123,6 +127,11 @@ pub struct BufferOptions {
     pub max_events: u64,
     pub max_bytes: u64,
     pub sync: bool,
+    /// Acknowledged events kept (at least the newest this many, in whole
+    /// runs) so that a core restored from a backup can be given them again
+    /// (`buffer.keep_acked`; PROTOCOL.md rule 19). They do not count
+    /// towards `max_events`/`max_bytes`. 0: deleted once acknowledged.
+    pub keep_acked: u64,
 }
 
 impl Default for BufferOptions {
@@ -131,6 +140,7 @@ impl Default for BufferOptions {
             max_events: 2_000_000,
             max_bytes: 512 * 1024 * 1024,
             sync: true,
+            keep_acked: 0,
         }
     }
 }
@@ -150,6 +160,12 @@ pub struct NewEpoch {
     pub epoch: u64,
     /// Events carried over, now seqs `1 ..= renumbered`.
     pub renumbered: u64,
+    /// Of them, acknowledged events that were kept (`keep_acked`) and are
+    /// sent again ([`Buffer::new_epoch_after`]).
+    pub resent_acked: u64,
+    /// Acknowledged events after the core's watermark that were no longer
+    /// kept: the core lacks them, and they cannot be sent again (rule 18).
+    pub lost: u64,
 }
 
 /// A position of a source to store along with its events.
@@ -169,7 +185,9 @@ struct AppendReq {
 /// What the writer thread is asked to do, in order.
 enum Req {
     Append(AppendReq),
-    NewEpoch(oneshot::Sender<Result<NewEpoch, BufferError>>),
+    /// With the core's watermark when kept acknowledged events after it go
+    /// into the new epoch too.
+    NewEpoch(Option<u64>, oneshot::Sender<Result<NewEpoch, BufferError>>),
 }
 
 /// In-memory view of what the buffer holds.
@@ -186,6 +204,10 @@ struct State {
     /// The first seq of each run on disk holding an unacknowledged event, in
     /// order (the first MAY start at or below `acked`).
     runs: VecDeque<u64>,
+    /// The first seq of each run on disk all of whose events are
+    /// acknowledged, kept (`keep_acked`) or not yet deleted, in order; all
+    /// before `runs`.
+    kept_runs: VecDeque<u64>,
     /// Every `events` key below this is deleted on disk: where the next
     /// range delete of acknowledged runs starts, so that range tombstones
     /// never overlap (see `Shared::persist_acked`).
@@ -223,8 +245,36 @@ impl State {
             if end > seq + 1 {
                 break;
             }
-            self.runs.pop_front();
+            let first = self.runs.pop_front().expect("not empty");
+            self.kept_runs.push_back(first);
         }
+    }
+
+    /// The lowest seq on disk (of a kept run, or a held one).
+    fn first_on_disk(&self) -> u64 {
+        self.kept_runs
+            .front()
+            .or(self.runs.front())
+            .copied()
+            .unwrap_or(self.next_seq)
+    }
+
+    /// Forgets the kept runs that end before `floor` (they are deleted from
+    /// disk with the next range delete); the first seq still kept.
+    fn forget_kept_below(&mut self, floor: u64) -> u64 {
+        while let Some(_first) = self.kept_runs.front() {
+            let end = self
+                .kept_runs
+                .get(1)
+                .or(self.runs.front())
+                .copied()
+                .unwrap_or(self.next_seq);
+            if end > floor {
+                break;
+            }
+            self.kept_runs.pop_front();
+        }
+        self.first_on_disk()
     }
 }
 
@@ -468,14 +518,33 @@ impl Buffer {
     /// Runs on the writer thread, between two group commits.
     pub async fn new_epoch(&self) -> Result<NewEpoch, BufferError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Req::NewEpoch(reply))?;
+        self.send(Req::NewEpoch(None, reply))?;
+        rx.await.map_err(|_| BufferError::Closed)?
+    }
+
+    /// [`Buffer::new_epoch`] for a core behind what it acknowledged (it was
+    /// restored from a backup; PROTOCOL.md rule 19): the kept acknowledged
+    /// events after its `watermark` (`keep_acked`) are renumbered too,
+    /// before the unacknowledged ones.
+    pub async fn new_epoch_after(&self, watermark: u64) -> Result<NewEpoch, BufferError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Req::NewEpoch(Some(watermark), reply))?;
         rx.await.map_err(|_| BufferError::Closed)?
     }
 
     /// [`Buffer::new_epoch`] for synchronous callers.
     pub fn new_epoch_blocking(&self) -> Result<NewEpoch, BufferError> {
+        self.new_epoch_after_blocking(None)
+    }
+
+    /// [`Buffer::new_epoch`] or [`Buffer::new_epoch_after`], for synchronous
+    /// callers.
+    pub fn new_epoch_after_blocking(
+        &self,
+        watermark: Option<u64>,
+    ) -> Result<NewEpoch, BufferError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Req::NewEpoch(reply))?;
+        self.send(Req::NewEpoch(watermark, reply))?;
         rx.blocking_recv().map_err(|_| BufferError::Closed)?
     }
 
@@ -620,8 +689,8 @@ fn writer_loop(shared: &Shared, rx: mpsc::Receiver<Req>) {
             },
         };
         let first = match first {
-            Req::NewEpoch(reply) => {
-                let _ = reply.send(epoch::renumber(shared));
+            Req::NewEpoch(watermark, reply) => {
+                let _ = reply.send(epoch::renumber(shared, watermark));
                 continue;
             }
             Req::Append(a) => a,

@@ -25,6 +25,7 @@ fn opts() -> BufferOptions {
         max_events: 1_000,
         max_bytes: 10 * 1024 * 1024,
         sync: false,
+        keep_acked: 0,
     }
 }
 
@@ -292,6 +293,7 @@ fn a_full_buffer_disk_refuses_appends_and_recovers_when_space_returns() {
             max_events: 10_000_000,
             max_bytes: u64::MAX,
             sync: true,
+            keep_acked: 0,
         },
     )
     .unwrap();
@@ -664,4 +666,64 @@ fn acknowledged_runs_are_deleted_step_by_step_across_restarts_and_epochs() {
     b.ack_through(40).unwrap();
     drop(b);
     assert_eq!(firsts(dir.path()), Vec::<u64>::new());
+}
+
+/// Appends each event on its own (one run each).
+fn append_each(b: &Buffer, oids: std::ops::RangeInclusive<i64>) {
+    for oid in oids {
+        b.append_blocking(vec![det(oid)], None).unwrap();
+    }
+}
+
+#[test]
+fn a_core_restored_from_a_backup_gets_the_kept_acknowledged_events_after_its_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let keep = BufferOptions {
+        keep_acked: 5,
+        ..opts()
+    };
+    let b = Buffer::open(dir.path(), keep).unwrap();
+    append_each(&b, 1..=20);
+    b.ack_through(15).unwrap();
+    assert_eq!((b.depth(), b.acked()), (5, 15), "kept events are not held");
+    // Kept across a restart.
+    drop(b);
+    let b = Buffer::open(dir.path(), keep).unwrap();
+    // The core was restored to seq 12: 13..=15 come back, then 16..=20.
+    let n = b.new_epoch_after_blocking(Some(12)).unwrap();
+    assert_eq!((n.renumbered, n.resent_acked, n.lost), (8, 3, 0));
+    assert_eq!(held_oids(&b), (13..=20).collect::<Vec<_>>());
+    assert_eq!((b.acked(), b.next_seq(), b.depth()), (0, 9, 8));
+    // The new epoch starts with nothing kept: its own acks build it again.
+    drop(b);
+    let b = Buffer::open(dir.path(), keep).unwrap();
+    assert_eq!(held_oids(&b), (13..=20).collect::<Vec<_>>());
+}
+
+#[test]
+fn acknowledged_events_past_the_window_are_deleted_and_counted_as_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let keep = BufferOptions {
+        keep_acked: 5,
+        ..opts()
+    };
+    let b = Buffer::open(dir.path(), keep).unwrap();
+    append_each(&b, 1..=20);
+    b.ack_through(20).unwrap();
+    assert_eq!(b.depth(), 0);
+    // Only 16..=20 are kept: 4..=15 are gone (rule 18).
+    let n = b.new_epoch_after_blocking(Some(3)).unwrap();
+    assert_eq!((n.renumbered, n.resent_acked, n.lost), (5, 5, 12));
+    assert_eq!(held_oids(&b), (16..=20).collect::<Vec<_>>());
+}
+
+#[test]
+fn without_keep_acked_a_restored_core_gets_only_the_unacknowledged_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Buffer::open(dir.path(), opts()).unwrap();
+    append_each(&b, 1..=10);
+    b.ack_through(6).unwrap();
+    let n = b.new_epoch_after_blocking(Some(2)).unwrap();
+    assert_eq!((n.renumbered, n.resent_acked, n.lost), (4, 0, 4));
+    assert_eq!(held_oids(&b), (7..=10).collect::<Vec<_>>());
 }

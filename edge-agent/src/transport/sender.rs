@@ -505,22 +505,37 @@ impl Sender {
         acked: u64,
         next_seq: u64,
     ) -> Result<(), SessionError> {
-        let n = self.buffer.new_epoch().await?;
+        // A core behind what it acknowledged (restored from a backup) also
+        // gets the kept acknowledged events after its watermark (rule 19).
+        let n = match why {
+            TimeTravel::CoreBehind { watermark, .. } => {
+                self.buffer.new_epoch_after(watermark).await?
+            }
+            _ => self.buffer.new_epoch().await?,
+        };
         self.stats.epochs_started.fetch_add(1, Ordering::Relaxed);
-        let text = format!(
-            "new epoch {:016x} (was {:016x}): {why}; this buffer had acknowledged through seq {acked} and assigned up to {}; {} held events renumbered 1..={} and resent (the core drops those it has by det_oid)",
+        let mut text = format!(
+            "new epoch {:016x} (was {:016x}): {why}; this buffer had acknowledged through seq {acked} and assigned up to {}; {} events renumbered 1..={} and resent (the core drops those it has by det_oid)",
             n.epoch,
             n.old_epoch,
             next_seq - 1,
             n.renumbered,
             n.renumbered
         );
+        if n.resent_acked > 0 || n.lost > 0 {
+            text.push_str(&format!(
+                "; of them {} acknowledged events kept by `buffer.keep_acked`; {} acknowledged events after the core's watermark were no longer kept and cannot be resent",
+                n.resent_acked, n.lost
+            ));
+        }
         tracing::warn!(
             old_epoch = n.old_epoch,
             epoch = n.epoch,
             agent_acked = acked,
             agent_last_seq = next_seq - 1,
             renumbered = n.renumbered,
+            resent_acked = n.resent_acked,
+            lost = n.lost,
             "{text}"
         );
         *self.stats.last_new_epoch.lock().unwrap() = text;

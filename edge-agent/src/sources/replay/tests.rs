@@ -35,6 +35,7 @@ fn publisher(dir: &Path) -> Publisher {
         max_events: 100_000,
         max_bytes: 256 * 1024 * 1024,
         sync: false,
+        keep_acked: 0,
     };
     Publisher {
         buffer: Arc::new(Buffer::open(&dir.join("buffer"), opts).unwrap()),
