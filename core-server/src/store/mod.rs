@@ -201,6 +201,9 @@ pub struct Store {
     refs_cutoff: Arc<AtomicI64>,
     /// How many partitions the `wm` entries are kept for.
     partitions: std::sync::atomic::AtomicUsize,
+    /// Held shared by every [`Store::write`], alone by
+    /// [`Store::checkpoint`]: no commit lands while a checkpoint is taken.
+    writes: std::sync::RwLock<()>,
 }
 
 fn add_u64(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
@@ -275,6 +278,7 @@ impl Store {
             dedup_cutoff,
             refs_cutoff,
             partitions: std::sync::atomic::AtomicUsize::new(partitions),
+            writes: std::sync::RwLock::new(()),
         })
     }
 
@@ -366,6 +370,7 @@ impl Store {
         let db = self.db()?;
         let mut w = WriteOptions::default();
         w.set_sync(self.sync);
+        let _shared = self.writes.read().unwrap_or_else(|p| p.into_inner());
         match db.write_opt(batch, &w) {
             Ok(()) => Ok(()),
             Err(e) => {
