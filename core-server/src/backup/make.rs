@@ -73,9 +73,14 @@ impl Sources {
         let started = Instant::now();
         let id = new_id();
         let stage = self.staging.join(&id);
+        // The staging folder is this core's, one backup at a time: what an
+        // interrupted backup left there goes, before and after.
+        let remove = |dir: PathBuf| async move {
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        };
+        remove(self.staging.clone()).await;
         let result = self.backup_into(&dest, &id, &stage).await;
-        let cleanup = stage.clone();
-        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(cleanup)).await;
+        remove(self.staging.clone()).await;
         let mut report = result.map_err(|e| {
             tracing::error!(error = format!("{e:#}"), to, "backup failed");
             ApiError::unavailable(format!("backup to {to} failed: {e:#}"))

@@ -70,7 +70,7 @@ async fn a_backup_restores_every_file_and_a_second_uploads_only_what_changed() {
     assert!(first.uploaded_files > 0 && first.uploaded_files <= first.files);
     assert!(first.bytes > 200 * 4096 / 2, "{first:?}");
     assert!(
-        !Sources::staging_for(&data).join(&first.id).exists(),
+        !Sources::staging_for(&data).exists(),
         "the staging copy is removed"
     );
 
