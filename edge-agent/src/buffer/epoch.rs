@@ -13,8 +13,14 @@ pub(super) fn renumber(shared: &Shared, watermark: Option<u64>) -> Result<NewEpo
         let unacked = st.acked + 1;
         let (from, lost) = match watermark {
             Some(wm) if wm < st.acked => {
-                let first = st.first_on_disk().max(1);
-                (first.max(wm + 1).min(unacked), first.saturating_sub(wm + 1))
+                // Acknowledged events on disk count only when kept on
+                // purpose (`keep_acked`); otherwise the unacknowledged alone.
+                let first = if shared.opts.keep_acked > 0 {
+                    st.first_on_disk().clamp(1, unacked)
+                } else {
+                    unacked
+                };
+                (first.max(wm + 1), first.saturating_sub(wm + 1))
             }
             _ => (unacked, 0),
         };
