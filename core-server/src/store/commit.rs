@@ -80,8 +80,9 @@ impl Store {
 impl CommitBatch {
     /// Stores an event under its det_oid (the `det` key that makes it the
     /// only one, with its camera) and in the commit's `by_commit` entry.
-    /// `event` is kept without its joined location.
-    pub fn put_event(&mut self, event: &JoinedEvent) {
+    /// `event` is kept without its joined location. `live_tag`: the
+    /// [`keys::live_tag`] of an event stored through the live lane.
+    pub fn put_event(&mut self, event: &JoinedEvent, live_tag: Option<u64>) {
         let d = event
             .detection
             .as_ref()
@@ -94,11 +95,16 @@ impl CommitBatch {
         let key = keys::event_key(ts, oid);
         self.batch
             .put_cf(cf(&self.db, CF_EVENTS), key, event.encode_to_vec());
-        self.batch.put_cf(
-            cf(&self.db, CF_DET),
-            keys::det_key(oid),
-            keys::det_value(ts, cam),
-        );
+        let det = cf(&self.db, CF_DET);
+        match live_tag {
+            None => self
+                .batch
+                .put_cf(det, keys::det_key(oid), keys::det_value(ts, cam)),
+            Some(tag) => {
+                self.batch
+                    .put_cf(det, keys::det_key(oid), keys::det_value_live(ts, cam, tag))
+            }
+        }
         let (_, packed) = self.by_commit.get_or_insert_with(|| (oid, Vec::new()));
         packed.extend_from_slice(&key);
     }
@@ -167,19 +173,22 @@ mod tests {
         for c in 0..commits {
             let mut batch = store.begin(1_000 + c).unwrap();
             for i in 0..per {
-                batch.put_event(&JoinedEvent {
-                    detection: Some(Detection {
-                        geographical_location_oid: 1 + i % 12,
-                        video_camera_oid: 100 + i % 4,
-                        detection_oid: Some(rng.random_range(1..i64::MAX)),
-                        item_name: "person".into(),
-                        timestamp_detected: 1_700_000_000_000 + c * 1_000 + i,
+                batch.put_event(
+                    &JoinedEvent {
+                        detection: Some(Detection {
+                            geographical_location_oid: 1 + i % 12,
+                            video_camera_oid: 100 + i % 4,
+                            detection_oid: Some(rng.random_range(1..i64::MAX)),
+                            item_name: "person".into(),
+                            timestamp_detected: 1_700_000_000_000 + c * 1_000 + i,
+                            ..Default::default()
+                        }),
+                        agent_id: "a".into(),
+                        seq: (c * per + i) as u64,
                         ..Default::default()
-                    }),
-                    agent_id: "a".into(),
-                    seq: (c * per + i) as u64,
-                    ..Default::default()
-                });
+                    },
+                    None,
+                );
                 batch.add_aggregate(1_700_000_000_000 + c * 1_000, 1 + i % 12, "person");
             }
             let t = std::time::Instant::now();

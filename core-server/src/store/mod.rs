@@ -6,7 +6,7 @@
 //! | column family | key | value |
 //! | --- | --- | --- |
 //! | `events` | timestamp_detected (i64, sign-flipped BE) ‖ det_oid (same) | `JoinedEvent` without `location` (joined at read time) |
-//! | `det` | det_oid (i64, sign-flipped BE) | timestamp_detected (same encoding): finds the event ‖ video_camera_oid (i64 BE): whose det_oid it is (absent in rows written before 2026-11-30) |
+//! | `det` | det_oid (i64, sign-flipped BE) | timestamp_detected (same encoding): finds the event ‖ video_camera_oid (i64 BE): whose det_oid it is (absent in rows written before 2026-11-30) ‖ for an event the live lane stored, `keys::live_tag` (u64 BE) of the (agent, epoch, seq) it came with |
 //! | `wm` | agent_id ‖ 0x00 ‖ epoch (u64 BE) ‖ partition (u16 BE) | the highest seq of (agent, epoch) that partition committed (u64 BE) ‖ the digest of that seq's event (`sightline_proto::event_digest`, u64 BE; absent in older rows). The agent's watermark is the smallest over the partitions (see `dedup`). Format 1 had no partition. |
 //! | `agg` | 'm' or 'h' ‖ bucket start ms ‖ location oid ‖ item_name | count, u64 LE, summed by a merge operator |
 //! | `quarantine` | quarantined_ms ‖ agent_id ‖ 0x00 ‖ seq (u64 BE) | `QuarantinedEvent` |
@@ -675,15 +675,16 @@ impl Store {
             .collect())
     }
 
-    /// For each det_oid: whether an event with it is stored, and for which
-    /// camera (`Some(None)`: stored, by a version that did not record it).
-    pub fn stored_dets(&self, oids: &[i64]) -> Result<Vec<Option<Option<i64>>>, StoreError> {
+    /// For each det_oid: its `det` entry when an event with it is stored
+    /// (the camera, unless a version that did not record it stored it; the
+    /// live lane's tag).
+    pub fn stored_dets(&self, oids: &[i64]) -> Result<Vec<Option<keys::Det>>, StoreError> {
         let db = self.db()?;
         let cf = cf(&db, CF_DET);
         let keys: Vec<[u8; 8]> = oids.iter().map(|&o| keys::det_key(o)).collect();
         db.batched_multi_get_cf(cf, keys.iter(), false)
             .into_iter()
-            .map(|r| Ok(r?.map(|v| keys::decode_det(&v).1)))
+            .map(|r| Ok(r?.map(|v| keys::decode_det(&v))))
             .collect()
     }
 
@@ -696,7 +697,7 @@ impl Store {
         if det.len() < 8 {
             return Err(StoreError::Corrupt(format!("det entry of {det_oid}")));
         }
-        let key = keys::event_key(keys::decode_det(&det).0, det_oid);
+        let key = keys::event_key(keys::decode_det(&det).ts, det_oid);
         match db.get_cf(cf(&db, CF_EVENTS), key)? {
             // The det key outlives the event (retention): the event is gone.
             None => Ok(None),
