@@ -135,9 +135,11 @@ pub struct SenderConfig {
     /// the backlog (the lane must not take the drain's place).
     #[serde(default = "default_live_lane_max_rate")]
     pub live_lane_max_rate: u64,
-    /// ... and at most this share of the rate the core acknowledges events
-    /// at (measured as the backlog drains): when the core is the
-    /// bottleneck, every event on the lane is one more it handles twice.
+    /// The lane sends as fast as new events arrive (up to
+    /// `live_lane_max_rate`), or this share of the rate the core
+    /// acknowledges events at if that is more (bursts). Every event on the
+    /// lane is one the core handles twice (stored live, then acknowledged
+    /// as delivered when the backlog brings it).
     #[serde(default = "default_live_lane_max_share")]
     pub live_lane_max_share: f64,
 }
