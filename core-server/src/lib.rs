@@ -32,6 +32,7 @@ pub mod cases;
 pub mod certs;
 pub mod client;
 pub mod config;
+pub mod config_file;
 pub mod dedup;
 pub mod edge;
 pub mod enrich;

@@ -19,6 +19,7 @@
 pub mod buffer;
 pub mod capture;
 pub mod config;
+pub mod config_file;
 pub mod run;
 pub mod sources;
 pub mod stamp;
