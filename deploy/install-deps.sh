@@ -54,3 +54,14 @@ if [ ! -d "$BROWSER_DIR/node_modules/playwright-core" ]; then
   echo "install-deps: playwright-core (npm ci in tests/browser)"
   (cd "$BROWSER_DIR" && npm ci --no-audit --no-fund --loglevel=error)
 fi
+
+# Observability: Debian's Prometheus. tests/e2e/observability.rs runs
+# `prometheus` against a core and an agent, and `promtool` checks
+# deploy/prometheus/ (config, alert rules and their unit tests).
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  echo "install-deps: prometheus (promtool)"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus
+fi
