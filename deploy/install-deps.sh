@@ -78,3 +78,13 @@ if [ "$("$SVC_TOOLS/bin/cargo-deb" --version 2>/dev/null | awk '{print $NF}')" !
   echo "install-deps: cargo-deb $CARGO_DEB_VERSION into $SVC_TOOLS"
   cargo install --locked cargo-deb --version "$CARGO_DEB_VERSION" --root "$SVC_TOOLS"
 fi
+# Observability: Debian's Prometheus. tests/e2e/observability.rs runs
+# `prometheus` against a core and an agent, and `promtool` checks
+# deploy/prometheus/ (config, alert rules and their unit tests).
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  echo "install-deps: prometheus (promtool)"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus
+fi

@@ -28,6 +28,9 @@ pub struct AgentConfig {
     pub sender: SenderConfig,
     #[serde(default)]
     pub intake: IntakeConfig,
+    /// The agent's own `/metrics` and `/healthz` endpoint.
+    #[serde(default)]
+    pub metrics: crate::observe::MetricsConfig,
     /// Footage: cameras, spool, upload cap.
     #[serde(default)]
     pub capture: crate::capture::CaptureConfig,
@@ -335,6 +338,7 @@ impl AgentConfig {
             buffer: BufferConfig::default(),
             sender: SenderConfig::default(),
             intake: IntakeConfig::default(),
+            metrics: crate::observe::MetricsConfig::default(),
             capture: crate::capture::CaptureConfig::default(),
             max_future_skew: default_max_future_skew(),
         }
@@ -368,6 +372,7 @@ impl AgentConfig {
         if !self.core_url.starts_with("http://") {
             self.tls.paths(&self.agent_id)?;
         }
+        self.metrics.address()?;
         if self.buffer.max_events == 0 {
             return err("buffer.max_events", "must be at least 1");
         }

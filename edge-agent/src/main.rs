@@ -39,6 +39,10 @@ struct Cli {
     /// Overrides `intake.listen` (port 0 picks a free port; the address is printed).
     #[arg(long)]
     intake: Option<SocketAddr>,
+    /// Overrides `metrics.listen` (`off` for none; port 0 picks a free port;
+    /// the address is printed).
+    #[arg(long)]
+    metrics_listen: Option<String>,
     /// Overrides `buffer.max_events`.
     #[arg(long)]
     max_events: Option<u64>,
@@ -138,6 +142,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(dir) = cli.data_dir {
         config.buffer.path = dir;
+    }
+    if let Some(addr) = cli.metrics_listen {
+        config.metrics.listen = Some(addr);
     }
     if let Some(addr) = cli.intake {
         config.intake.listen = Some(addr);

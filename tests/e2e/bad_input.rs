@@ -203,6 +203,7 @@ async fn invalid_events_are_quarantined_with_field_and_reason() {
         msg: Some(agent_message::Msg::Batch(Batch {
             first_seq: 1,
             events,
+            ..Default::default()
         })),
     })
     .await
@@ -285,6 +286,7 @@ async fn oversized_messages_are_refused_with_a_clear_error() {
         msg: Some(agent_message::Msg::Batch(Batch {
             first_seq: 1,
             events: vec![blob],
+            ..Default::default()
         })),
     })
     .await

@@ -622,6 +622,15 @@ impl Writer {
         }
         m.commit_seconds.observe(started.elapsed().as_secs_f64());
         m.commit_events.observe(total as f64);
+        if !live.is_empty() {
+            let (h, now) = (
+                m.hop(crate::metrics::hop::COMMITTED_TO_LIVE),
+                sightline_proto::now_ms(),
+            );
+            for e in &live {
+                Metrics::observe_hop_ms(&h, now - e.committed_ms);
+            }
+        }
         ctx.hub.publish(live);
     }
 

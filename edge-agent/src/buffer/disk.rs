@@ -144,6 +144,7 @@ pub(super) fn load_state(db: &DB) -> Result<State, BufferError> {
         cache: VecDeque::new(),
         cache_first: next_seq,
         cache_bytes: 0,
+        durable: VecDeque::new(),
     })
 }
 

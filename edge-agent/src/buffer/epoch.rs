@@ -65,6 +65,8 @@ pub(super) fn renumber(shared: &Shared) -> Result<NewEpoch, BufferError> {
         st.held_bytes = renumbered.iter().map(|b| b.len() as u64).sum();
         st.cache.clear();
         st.cache_bytes = 0;
+        // Renumbered events lose their durable marks (unknown, not wrong).
+        st.durable.clear();
         st.cache_first = n + 1;
         for b in renumbered.into_iter().rev() {
             if st.cache_bytes + b.len() > CACHE_BYTES {

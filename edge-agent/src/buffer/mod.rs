@@ -196,9 +196,25 @@ struct State {
     /// Seq of `cache[0]`.
     cache_first: u64,
     cache_bytes: usize,
+    /// How long each append of the cached events took to become durable:
+    /// (first seq of the append, ms from its `accepted_ms` to its fsync), in
+    /// seq order; an append's events run to the next mark's seq. Kept only
+    /// for what the cache holds (so bounded with it), for the latency
+    /// metrics (`Batch.durable_after_ms`); unknown after a restart.
+    durable: VecDeque<(u64, u32)>,
 }
 
 impl State {
+    /// Drops the durable marks of appends wholly below `seq`.
+    fn forget_durable_below(&mut self, seq: u64) {
+        while self.durable.get(1).is_some_and(|&(next, _)| next <= seq) {
+            self.durable.pop_front();
+        }
+        if self.durable.len() == 1 && self.next_seq <= seq {
+            self.durable.clear();
+        }
+    }
+
     /// Forgets (in memory) every event through `seq`.
     fn drop_through(&mut self, seq: u64) {
         if seq <= self.acked {
@@ -216,6 +232,7 @@ impl State {
         if self.cache.is_empty() {
             self.cache_first = self.next_seq;
         }
+        self.forget_durable_below(self.cache_first.max(seq + 1));
         self.acked = seq;
         // Runs all of whose seqs are acknowledged.
         while !self.runs.is_empty() {
@@ -517,6 +534,29 @@ impl Buffer {
             .with_db(|db| read_db(db, from, end, max_events, max_bytes))
     }
 
+    /// For each of the `n` events from seq `from`: ms from its `accepted_ms`
+    /// until it was durable here (`Batch.durable_after_ms`). Empty when that
+    /// is not known for all of them (read back from disk after a restart).
+    pub fn durable_after(&self, from: u64, n: usize) -> Vec<u32> {
+        let st = self.shared.state.lock().unwrap();
+        let end = from + n as u64;
+        if n == 0 || st.durable.front().is_none_or(|&(first, _)| first > from) || end > st.next_seq
+        {
+            return Vec::new();
+        }
+        let start = st.durable.partition_point(|&(first, _)| first <= from) - 1;
+        let mut out = Vec::with_capacity(n);
+        for (i, &(first, after)) in st.durable.iter().enumerate().skip(start) {
+            let until = st.durable.get(i + 1).map_or(st.next_seq, |m| m.0).min(end);
+            let from_here = first.max(from);
+            out.extend(std::iter::repeat_n(after, (until - from_here) as usize));
+            if until >= end {
+                break;
+            }
+        }
+        out
+    }
+
     /// The core acknowledged everything through `seq`: delete it. While the
     /// disk refuses writes the acknowledgement is applied in memory (the
     /// events are no longer sent nor counted) and written with the next one
@@ -689,6 +729,8 @@ fn commit_group_in(shared: &Shared, db: &DB, group: Vec<AppendReq>) {
     let first_of_group = next;
     let mut batch = WriteBatch::default();
     let mut accepted = Vec::with_capacity(group.len());
+    // (first seq, accepted_ms) of each append that fits.
+    let mut marks: Vec<(u64, i64)> = Vec::with_capacity(group.len());
     let mut encoded_all: Vec<Bytes> =
         Vec::with_capacity(group.iter().map(|r| r.events.len()).sum());
     for req in group {
@@ -727,6 +769,7 @@ fn commit_group_in(shared: &Shared, db: &DB, group: Vec<AppendReq>) {
                 src.position.to_be_bytes(),
             );
         }
+        marks.push((next, req.accepted_ms));
         accepted.push((
             req.reply,
             Appended {
@@ -754,10 +797,17 @@ fn commit_group_in(shared: &Shared, db: &DB, group: Vec<AppendReq>) {
         }
         return;
     }
+    let durable_ms = sightline_proto::now_ms();
     {
         let mut st = shared.state.lock().unwrap();
         debug_assert_eq!(st.next_seq, first_of_group);
         st.runs.extend(run_starts);
+        for (first, accepted_ms) in marks {
+            let after = durable_ms
+                .saturating_sub(accepted_ms)
+                .clamp(0, u32::MAX as i64);
+            st.durable.push_back((first, after as u32));
+        }
         for b in encoded_all {
             st.sizes.push_back(b.len() as u32);
             st.held_bytes += b.len() as u64;
@@ -770,6 +820,8 @@ fn commit_group_in(shared: &Shared, db: &DB, group: Vec<AppendReq>) {
             st.cache_bytes -= b.len();
             st.cache_first += 1;
         }
+        let below = st.cache_first;
+        st.forget_durable_below(below);
     }
     shared.next_seq_tx.send_replace(next);
     for (reply, appended) in accepted {

@@ -665,3 +665,31 @@ fn acknowledged_runs_are_deleted_step_by_step_across_restarts_and_epochs() {
     drop(b);
     assert_eq!(firsts(dir.path()), Vec::<u64>::new());
 }
+
+#[test]
+fn durable_after_is_known_for_each_cached_event_and_unknown_after_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let b = Buffer::open(dir.path(), opts()).unwrap();
+        b.append_blocking(vec![det(1), det(2)], None).unwrap();
+        b.append_blocking(vec![det(3)], None).unwrap();
+        // One figure per event, across the two appends, from any start.
+        assert_eq!(b.durable_after(1, 3).len(), 3);
+        assert_eq!(b.durable_after(2, 2).len(), 2);
+        assert_eq!(b.durable_after(3, 1).len(), 1);
+        // Past what is assigned: unknown, not made up.
+        assert!(b.durable_after(3, 2).is_empty());
+        // Acknowledged events take their marks with them.
+        b.ack_through(2).unwrap();
+        assert_eq!(b.durable_after(3, 1).len(), 1);
+        b.flush().unwrap();
+    }
+    let b = Buffer::open(dir.path(), opts()).unwrap();
+    assert!(
+        b.durable_after(3, 1).is_empty(),
+        "read back from disk, the durable time is unknown"
+    );
+    b.append_blocking(vec![det(4)], None).unwrap();
+    assert!(b.durable_after(3, 2).is_empty(), "unknown for one of them");
+    assert_eq!(b.durable_after(4, 1).len(), 1);
+}

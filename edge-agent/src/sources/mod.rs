@@ -30,6 +30,8 @@ pub struct Publisher {
     pub limits: Limits,
     /// Cameras that make footage for detections (none: no footage).
     pub capture: Option<Arc<Capture>>,
+    /// Counts what is accepted and refused at intake.
+    pub metrics: Arc<crate::observe::AgentMetrics>,
 }
 
 impl Publisher {
@@ -51,6 +53,10 @@ impl Publisher {
                 Err(e) => verdicts.push(Some(e)),
             }
         }
+        let invalid = verdicts.len() - valid.len();
+        if invalid > 0 {
+            self.metrics.refused("invalid", invalid as u64);
+        }
         (valid, verdicts)
     }
 
@@ -68,6 +74,7 @@ impl Publisher {
             .map(|d| d.detection_oid.unwrap_or_default())
             .collect();
         let triggers = self.footage_triggers(&valid);
+        let n = valid.len();
         let mut pending = Some(valid);
         let appended = loop {
             // Only the block policy tries again, so only it needs a copy.
@@ -85,7 +92,10 @@ impl Publisher {
                     tracing::debug!(error = %e, "buffer full, publisher waits");
                     continue;
                 }
-                other => break other?,
+                other => {
+                    self.count(n, &other);
+                    break other?;
+                }
             }
         };
         self.trigger_footage(&triggers, appended.is_some());
@@ -117,6 +127,7 @@ impl Publisher {
                         tokio::time::timeout(Duration::from_millis(200), self.buffer.room()).await;
                 }
                 other => {
+                    self.count(valid.len(), &other);
                     let appended = other?;
                     self.trigger_footage(&triggers, appended.is_some());
                     return Ok(merge(verdicts, &oids, appended));
@@ -159,6 +170,27 @@ impl Publisher {
             return Ok(None);
         }
         self.buffer.append(valid, source).await.map(Some)
+    }
+
+    /// Counts the final outcome of appending `n` valid detections.
+    fn count(&self, n: usize, r: &Result<Option<Appended>, BufferError>) {
+        match r {
+            Ok(_) => {
+                self.metrics.intake_accepted.inc_by(n as u64);
+            }
+            Err(e) => self.metrics.refused(refusal_reason(e), n as u64),
+        }
+    }
+}
+
+/// The `reason` label of an append the buffer refused.
+fn refusal_reason(e: &BufferError) -> &'static str {
+    match e {
+        BufferError::Full { .. } => "buffer_full",
+        BufferError::DiskFull { .. } => "disk_full",
+        BufferError::DiskFault { .. } => "disk_fault",
+        BufferError::Closed => "closed",
+        _ => "buffer_error",
     }
 }
 

@@ -46,6 +46,8 @@ pub struct SenderStats {
     /// Events sent on the live lane, ahead of a backlog (they are sent again
     /// with the backlog, in order).
     pub live_sent: AtomicU64,
+    /// The agent's Prometheus metrics (sent events, ack round trips, reconnects).
+    pub metrics: Arc<crate::observe::AgentMetrics>,
 }
 
 /// The live lane's decision (PROTOCOL.md rule 6b): which of the newest
@@ -316,6 +318,7 @@ impl Sender {
                 Ok(SessionEnd::NewEpoch) => continue,
                 Err(e) => {
                     self.stats.connected.store(false, Ordering::Relaxed);
+                    self.stats.metrics.reconnects.inc();
                     *self.stats.last_error.lock().unwrap() = e.to_string();
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "session with the core ended");
@@ -397,7 +400,8 @@ impl Sender {
 
         let cfg = &self.config;
         let mut cursor = resume_from;
-        let mut in_flight: VecDeque<u64> = VecDeque::new();
+        // The last seq of each batch in flight, and when it was sent.
+        let mut in_flight: VecDeque<(u64, Instant)> = VecDeque::new();
         let mut appended = buffer.watch_appends();
         let mut status_tick = tokio::time::interval(cfg.status_interval);
         let mut drain_deadline: Option<Instant> = None;
@@ -419,6 +423,7 @@ impl Sender {
                     let n = events.len() as u64;
                     let batch = Batch {
                         first_seq: cursor,
+                        durable_after_ms: buffer.durable_after(cursor, events.len()),
                         events,
                     };
                     if let Some(shadow) = &link.shadow {
@@ -427,7 +432,8 @@ impl Sender {
                     send(&link.tx, agent_message::Msg::Batch(batch)).await?;
                     tracing::trace!(first_seq = cursor, events = n, "batch sent");
                     cursor += n;
-                    in_flight.push_back(cursor - 1);
+                    in_flight.push_back((cursor - 1, Instant::now()));
+                    self.stats.metrics.events_sent.inc_by(n);
                 }
             } else if in_flight.is_empty() {
                 return Ok(SessionEnd::Shutdown);
@@ -444,9 +450,11 @@ impl Sender {
                     self.stats
                         .live_sent
                         .fetch_add(events.len() as u64, Ordering::Relaxed);
+                    self.stats.metrics.live_sent.inc_by(events.len() as u64);
                     tracing::trace!(first_seq = first, events = events.len(), "live batch sent");
                     let batch = Batch {
                         first_seq: first,
+                        durable_after_ms: buffer.durable_after(first, events.len()),
                         events,
                     };
                     send(&link.tx, agent_message::Msg::Live(batch)).await?;
@@ -475,7 +483,11 @@ impl Sender {
                         )));
                     }
                     buffer.ack_through(ack.committed_through)?;
-                    while in_flight.front().is_some_and(|&last| last <= ack.committed_through) {
+                    while let Some(&(last, sent)) = in_flight.front() {
+                        if last > ack.committed_through {
+                            break;
+                        }
+                        self.stats.metrics.ack_rtt.observe(sent.elapsed().as_secs_f64());
                         in_flight.pop_front();
                     }
                     self.stats.acked_through.store(ack.committed_through, Ordering::Relaxed);
