@@ -31,6 +31,7 @@ pub mod audit;
 pub mod cases;
 pub mod certs;
 pub mod client;
+pub mod completeness;
 pub mod config;
 pub mod dedup;
 pub mod edge;

@@ -41,6 +41,13 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CameraLabel {
+    /// video_camera_oid: only cameras events were received from, which the
+    /// agent registry bounds.
+    pub camera: String,
+}
+
 /// Every metric the core exports.
 pub struct Metrics {
     registry: Registry,
@@ -73,6 +80,10 @@ pub struct Metrics {
     /// Backlog events acknowledged as stored earlier through the live lane.
     pub delivered_live: Counter,
     pub connections_refused: Family<LimitLabel, Counter>,
+    /// Detections of the camera missing for good (see `completeness`).
+    pub completeness_missing: Family<CameraLabel, Gauge>,
+    /// Holes of the camera (runs of missing detections).
+    pub completeness_gaps: Family<CameraLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -226,8 +237,22 @@ impl Metrics {
             "Events refused (quarantined) because they are older than retention.events keeps",
             too_old.clone(),
         );
+        let completeness_missing = Family::<CameraLabel, Gauge>::default();
+        r.register(
+            "completeness_missing_total",
+            "Detections missing for good, per camera: camera_seq values never received that the agent settled (acknowledged, refused or dropped); pending ones are not counted",
+            completeness_missing.clone(),
+        );
+        let completeness_gaps = Family::<CameraLabel, Gauge>::default();
+        r.register(
+            "completeness_gaps",
+            "Runs of missing detections, per camera",
+            completeness_gaps.clone(),
+        );
         Self {
             registry: r,
+            completeness_missing,
+            completeness_gaps,
             batches_from_datagrams,
             det_oid_conflicts,
             too_old,
