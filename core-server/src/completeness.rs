@@ -211,6 +211,44 @@ pub async fn refresh_metrics(
     }
 }
 
+/// One camera: its verdict ("complete", or "N missing, M pending") and one
+/// line per gap ("missing 101..250 (150) between … and …: why").
+pub fn camera_lines(
+    c: &CameraCompleteness,
+    fmt_ms: impl Fn(i64) -> String,
+) -> (String, Vec<String>) {
+    let verdict = if c.missing == 0 && c.pending == 0 {
+        "complete".to_string()
+    } else {
+        format!("{} missing, {} pending", c.missing, c.pending)
+    };
+    let gaps = c
+        .gaps
+        .iter()
+        .map(|g| {
+            let when = match (g.after_ms, g.before_ms) {
+                (0, 0) => String::new(),
+                (a, 0) => format!(" after {}", fmt_ms(a)),
+                (0, b) => format!(" before {}", fmt_ms(b)),
+                (a, b) => format!(" between {} and {}", fmt_ms(a), fmt_ms(b)),
+            };
+            let what = if g.pending { "pending" } else { "missing" };
+            let why = if g.reason.is_empty() {
+                "no reason reported by the agent (lost on the way?)"
+            } else {
+                g.reason.as_str()
+            };
+            format!(
+                "{what} {}..{} ({}){when}: {why}",
+                g.first,
+                g.last,
+                g.last - g.first + 1
+            )
+        })
+        .collect();
+    (verdict, gaps)
+}
+
 /// The report as text: `complete` alone on the first line when nothing is
 /// missing nor pending, then one line per camera and one per gap.
 pub fn format(r: &CompletenessResponse, fmt_ms: impl Fn(i64) -> String) -> String {
@@ -228,36 +266,14 @@ pub fn format(r: &CompletenessResponse, fmt_ms: impl Fn(i64) -> String) -> Strin
         } else {
             format!(" (agent {})", c.agent_id)
         };
-        let verdict = if c.missing == 0 && c.pending == 0 {
-            "complete".to_string()
-        } else {
-            format!("{} missing, {} pending", c.missing, c.pending)
-        };
+        let (verdict, gaps) = camera_lines(c, &fmt_ms);
         let _ = writeln!(
             out,
             "camera {}{agent}: {verdict}; {} received",
             c.video_camera_oid, c.received
         );
-        for g in &c.gaps {
-            let when = match (g.after_ms, g.before_ms) {
-                (0, 0) => String::new(),
-                (a, 0) => format!(" after {}", fmt_ms(a)),
-                (0, b) => format!(" before {}", fmt_ms(b)),
-                (a, b) => format!(" between {} and {}", fmt_ms(a), fmt_ms(b)),
-            };
-            let what = if g.pending { "pending" } else { "missing" };
-            let why = if g.reason.is_empty() {
-                "no reason reported by the agent (lost on the way?)"
-            } else {
-                g.reason.as_str()
-            };
-            let _ = writeln!(
-                out,
-                "  {what} {}..{} ({}){when}: {why}",
-                g.first,
-                g.last,
-                g.last - g.first + 1
-            );
+        for g in gaps {
+            let _ = writeln!(out, "  {g}");
         }
     }
     out

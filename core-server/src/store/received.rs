@@ -262,6 +262,55 @@ mod tests {
         }
     }
 
+    /// Commits that mark values out of order and twice (partitions, the live
+    /// lane, resends) leave one merged set that survives a reopen, and
+    /// retention's cut drops only the ranges that ended before it.
+    #[test]
+    fn received_values_are_merged_in_the_store_and_survive_a_reopen() {
+        use crate::store::Store;
+        use sightline_proto::v1::Detection;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let d = |cam: i64, seq: u64| Detection {
+            video_camera_oid: cam,
+            camera_seq: Some(seq),
+            timestamp_detected: 1_000 * seq as i64,
+            ..Default::default()
+        };
+        {
+            let store = Store::open(&path, false, 8 << 20).unwrap();
+            for chunk in [(51..=100u64), (1..=40), (1..=20), (41..=45)] {
+                let mut c = store.begin(1).unwrap();
+                for seq in chunk {
+                    c.mark_received(&d(7, seq));
+                }
+                c.mark_received(&Detection {
+                    camera_seq: None,
+                    ..d(8, 1)
+                });
+                store.commit(c).unwrap();
+            }
+        }
+        let store = Store::open(&path, false, 8 << 20).unwrap();
+        let all = store.received_all().unwrap();
+        assert_eq!(all.len(), 1, "no camera_seq: nothing marked");
+        let got: Vec<(u64, u64, i64, i64)> = all[0]
+            .1
+            .ranges()
+            .map(|r| (r.first, r.last, r.first_ms, r.last_ms))
+            .collect();
+        assert_eq!(got, [(1, 45, 1_000, 45_000), (51, 100, 51_000, 100_000)]);
+        store
+            .apply_retention(46_000, i64::MIN, i64::MIN, i64::MIN)
+            .unwrap();
+        let got: Vec<(u64, u64)> = store.received_all().unwrap()[0]
+            .1
+            .ranges()
+            .map(|r| (r.first, r.last))
+            .collect();
+        assert_eq!(got, [(51, 100)]);
+    }
+
     #[test]
     fn a_cut_drops_the_ranges_that_ended_before_it_and_keeps_what_follows() {
         let mut s = RangeSet::default();
