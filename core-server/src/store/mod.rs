@@ -23,11 +23,12 @@
 //! # Promises
 //!
 //! - Only the store lays out a commit: writers fill a [`commit::CommitBatch`]
-//!   (`put_event`, `add_aggregate`, `quarantine`, `count`, `set_watermark`)
+//!   (`put_event`, `add_aggregate`, `quarantine`, `count`, `set_watermark`,
+//!   `mark_received`)
 //!   and hand it to [`Store::commit`].
 //! - A commit MUST put a batch's events, their `det` keys, their aggregate
-//!   increments, its quarantined events, the counters and the agent's new
-//!   watermark in one `WriteBatch`; the agent MUST be acknowledged only after
+//!   increments, its quarantined events, the counters, the camera_seq values
+//!   it received (`received`) and the agent's new watermark in one `WriteBatch`; the agent MUST be acknowledged only after
 //!   that write returned (fsync'd when `storage.sync`).
 //! - There MUST never be two `events` entries with one det_oid: a det_oid is
 //!   written only when `det` does not hold it (checked by the single writer of

@@ -184,7 +184,7 @@ impl Piece {
     /// Decodes a piece; `None` when it is not one (a corrupt value is read
     /// as nothing received rather than failing every commit).
     pub fn decode(b: &[u8]) -> Option<Piece> {
-        if b.len() < 8 || (b.len() - 8) % RANGE_BYTES != 0 {
+        if b.len() < 8 || !(b.len() - 8).is_multiple_of(RANGE_BYTES) {
             return None;
         }
         let i = |at: usize| i64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"));

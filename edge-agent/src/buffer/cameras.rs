@@ -24,6 +24,11 @@ pub const MAX_LOSS_RANGES: usize = 32;
 /// Most settle checkpoints held (one per group commit while the core is
 /// behind); beyond it the oldest two merge, which only settles later.
 pub const MAX_CHECKPOINTS: usize = 4096;
+/// Most cameras numbered: a detector publishing for ever new camera ids must
+/// not grow the agent's memory and status report without end. The agent
+/// does not number detections of cameras beyond it (a detector's own
+/// numbers pass through; without one: unknown to the core, not counted).
+pub const MAX_CAMERAS: usize = 4096;
 /// The meta key prefix of a camera's counters.
 pub const META_PREFIX: &str = "camera/";
 
@@ -97,6 +102,9 @@ impl Cameras {
         let mut n = Numbering::default();
         for d in events {
             let cam = d.video_camera_oid;
+            if self.by_camera.len() >= MAX_CAMERAS && !self.by_camera.contains_key(&cam) {
+                continue;
+            }
             let e = self.by_camera.entry(cam).or_insert_with(|| CameraIntake {
                 video_camera_oid: cam,
                 ..Default::default()
