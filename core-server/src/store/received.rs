@@ -274,7 +274,8 @@ mod tests {
         let d = |cam: i64, seq: u64| Detection {
             video_camera_oid: cam,
             camera_seq: Some(seq),
-            timestamp_detected: 1_000 * seq as i64,
+            // A minute apart: retention cuts at whole minutes.
+            timestamp_detected: 60_000 * seq as i64,
             ..Default::default()
         };
         {
@@ -299,9 +300,13 @@ mod tests {
             .ranges()
             .map(|r| (r.first, r.last, r.first_ms, r.last_ms))
             .collect();
-        assert_eq!(got, [(1, 45, 1_000, 45_000), (51, 100, 51_000, 100_000)]);
+        let min = 60_000;
+        assert_eq!(
+            got,
+            [(1, 45, min, 45 * min), (51, 100, 51 * min, 100 * min)]
+        );
         store
-            .apply_retention(46_000, i64::MIN, i64::MIN, i64::MIN)
+            .apply_retention(46 * min, i64::MIN, i64::MIN, i64::MIN)
             .unwrap();
         let got: Vec<(u64, u64)> = store.received_all().unwrap()[0]
             .1
