@@ -31,6 +31,7 @@ pub mod audit;
 pub mod cases;
 pub mod certs;
 pub mod client;
+pub mod completeness;
 pub mod config;
 pub mod config_file;
 pub mod dedup;

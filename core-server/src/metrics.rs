@@ -99,6 +99,13 @@ pub const HOP_BUCKETS: [f64; 18] = [
 type HopFamily = Family<HopLabel, Histogram, fn() -> Histogram>;
 type Refresher = Box<dyn Fn(&Metrics) + Send + Sync>;
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CameraLabel {
+    /// video_camera_oid: only cameras events were received from, which the
+    /// agent registry bounds.
+    pub camera: String,
+}
+
 /// Every metric the core exports.
 pub struct Metrics {
     registry: Registry,
@@ -146,6 +153,10 @@ pub struct Metrics {
     /// Backlog events acknowledged as stored earlier through the live lane.
     pub delivered_live: Counter,
     pub connections_refused: Family<LimitLabel, Counter>,
+    /// Detections of the camera missing for good (see `completeness`).
+    pub completeness_missing: Family<CameraLabel, Gauge>,
+    /// Holes of the camera (runs of missing detections).
+    pub completeness_gaps: Family<CameraLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -348,6 +359,18 @@ impl Metrics {
             "Size of the file system of storage.path",
             disk_total_bytes.clone(),
         );
+        let completeness_missing = Family::<CameraLabel, Gauge>::default();
+        r.register(
+            "completeness_missing_total",
+            "Detections missing for good, per camera: camera_seq values never received that the agent settled (acknowledged, refused or dropped); pending ones are not counted",
+            completeness_missing.clone(),
+        );
+        let completeness_gaps = Family::<CameraLabel, Gauge>::default();
+        r.register(
+            "completeness_gaps",
+            "Runs of missing detections, per camera",
+            completeness_gaps.clone(),
+        );
         Self {
             registry: r,
             hop_seconds,
@@ -358,6 +381,8 @@ impl Metrics {
             disk_free_bytes,
             disk_total_bytes,
             refreshers: Mutex::new(Vec::new()),
+            completeness_missing,
+            completeness_gaps,
             batches_from_datagrams,
             det_oid_conflicts,
             too_old,

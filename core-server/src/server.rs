@@ -658,6 +658,16 @@ async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started
     );
     drain.spawn(
         Stage::Background,
+        "completeness metrics",
+        crate::completeness::refresh_metrics(
+            store.clone(),
+            fleet.clone(),
+            metrics.clone(),
+            drain.token(Stage::Background),
+        ),
+    );
+    drain.spawn(
+        Stage::Background,
         "media retention",
         media_retention(
             media.clone(),

@@ -68,7 +68,9 @@ pub struct BufferConfig {
     pub sync: bool,
 }
 
-/// What happens when the buffer is full. Nothing is ever dropped silently.
+/// What happens when the buffer is full. Nothing is ever dropped silently:
+/// a refused or dropped detection still took its camera number
+/// (`Detection.camera_seq`), so the core sees the hole and the agent says why.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
 )]
@@ -79,6 +81,11 @@ pub enum WhenFull {
     Backpressure,
     /// Hold the publisher until there is room, up to `block_timeout`, then refuse.
     Block,
+    /// Accept the call but drop the detections that do not fit (each is
+    /// answered `dropped`), counted per camera and reported to the core,
+    /// whose completeness report names them (for detectors that cannot wait
+    /// nor retry).
+    Drop,
 }
 
 /// How events travel to the core.

@@ -136,6 +136,7 @@ async fn intake_answers_each_invalid_detection_with_field_and_reason() {
         .map(|r| match r.result.unwrap() {
             publish_result::Result::Accepted(a) => Ok(a.detection_oid),
             publish_result::Result::Invalid(i) => Err((i.field, i.reason)),
+            publish_result::Result::Dropped(d) => Err(("dropped".into(), d.reason)),
         })
         .collect();
     assert_eq!(verdicts[0], Ok(1));

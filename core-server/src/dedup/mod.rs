@@ -677,6 +677,7 @@ impl Writer {
                     continue;
                 }
             }
+            mark_received(&mut commit, &ev);
             match ev {
                 Incoming::Invalid {
                     event,
@@ -790,6 +791,25 @@ impl Writer {
         }
         store.commit(commit)?;
         Ok(live)
+    }
+}
+
+/// Marks the event's camera_seq as received: whatever the commit does with
+/// it, it reached the core (`store::received`). Not for an event refused for
+/// a camera that is not its agent's: that camera's numbers are not this
+/// agent's to fill.
+fn mark_received(commit: &mut CommitBatch, ev: &Incoming) {
+    let d = match ev {
+        Incoming::Valid(e) => e.detection.as_ref(),
+        Incoming::Invalid {
+            event: Some(e),
+            code,
+            ..
+        } if *code != "PERMISSION_DENIED" => e.detection.as_ref(),
+        Incoming::Invalid { .. } => None,
+    };
+    if let Some(d) = d.filter(|d| d.video_camera_oid > 0) {
+        commit.mark_received(d);
     }
 }
 

@@ -11,8 +11,8 @@ use rocksdb::{WriteBatch, DB};
 use sightline_proto::v1::{JoinedEvent, QuarantinedEvent};
 
 use super::{
-    cf, keys, Store, StoreError, CF_AGG, CF_BY_COMMIT, CF_COUNTERS, CF_DET, CF_EVENTS,
-    CF_QUARANTINE, CF_WM,
+    cf, keys, received, Store, StoreError, CF_AGG, CF_BY_COMMIT, CF_COUNTERS, CF_DET, CF_EVENTS,
+    CF_QUARANTINE, CF_RECEIVED, CF_WM,
 };
 
 /// One commit's writes, in memory until [`Store::commit`].
@@ -26,6 +26,9 @@ pub struct CommitBatch {
     /// Aggregate increments summed per key: one merge per key per commit.
     agg: HashMap<Vec<u8>, u64>,
     counters: HashMap<&'static str, u64>,
+    /// The camera_seq values this commit received, per camera: one merge
+    /// per camera per commit.
+    received: HashMap<i64, received::RangeSet>,
     committed_ms: i64,
 }
 
@@ -40,6 +43,7 @@ impl Store {
             by_commit: None,
             agg: HashMap::new(),
             counters: HashMap::new(),
+            received: HashMap::new(),
             committed_ms,
         })
     }
@@ -53,8 +57,17 @@ impl Store {
             by_commit,
             agg,
             counters,
+            received,
             committed_ms,
         } = c;
+        let cf_r = cf(&db, CF_RECEIVED);
+        for (camera, set) in received {
+            batch.merge_cf(
+                cf_r,
+                received::key(camera),
+                received::Piece::add(set).encode(),
+            );
+        }
         if let Some((first_oid, packed)) = by_commit {
             batch.put_cf(
                 cf(&db, CF_BY_COMMIT),
@@ -127,6 +140,18 @@ impl CommitBatch {
             keys::quarantine_key(q.quarantined_ms, &q.agent_id, q.seq),
             q.encode_to_vec(),
         );
+    }
+
+    /// Marks the detection's camera_seq as received (stored, a duplicate or
+    /// quarantined: it reached the core). Without one (an older agent)
+    /// nothing is marked.
+    pub fn mark_received(&mut self, d: &sightline_proto::v1::Detection) {
+        if let Some(seq) = d.camera_seq.filter(|s| *s > 0) {
+            self.received
+                .entry(d.video_camera_oid)
+                .or_default()
+                .insert(seq, d.timestamp_detected);
+        }
     }
 
     /// Adds `n` to one of the totals ([`counter`]).

@@ -16,17 +16,19 @@
 //! | `media_refs` | det_oid (as in `det`) ‖ kind (ASCII) | attached_ms (i64 BE) ‖ `MediaRef` (protobuf) |
 //! | `media_quarantine` | quarantined_ms (i64, sign-flipped BE) ‖ sha256 | [`media::MediaQuarantined`] as JSON |
 //! | `by_commit` | committed_ms ‖ det_oid (as in `events`) | timestamp_detected (as in `det`): the events in commit order, for the search index to catch up |
+//! | `received` | video_camera_oid (i64 BE) | the camera_seq values received, as ranges with the detection times of their ends, merged by a merge operator ([`received`]) |
 //! | `meta` | `format` | u32 BE: [`FORMAT_VERSION`]; absent: format 1 (migrated at open) |
 //! | `meta` | `partitions` | u32 BE: how many partitions the `wm` keys are written for |
 //!
 //! # Promises
 //!
 //! - Only the store lays out a commit: writers fill a [`commit::CommitBatch`]
-//!   (`put_event`, `add_aggregate`, `quarantine`, `count`, `set_watermark`)
+//!   (`put_event`, `add_aggregate`, `quarantine`, `count`, `set_watermark`,
+//!   `mark_received`)
 //!   and hand it to [`Store::commit`].
 //! - A commit MUST put a batch's events, their `det` keys, their aggregate
-//!   increments, its quarantined events, the counters and the agent's new
-//!   watermark in one `WriteBatch`; the agent MUST be acknowledged only after
+//!   increments, its quarantined events, the counters, the camera_seq values
+//!   it received (`received`) and the agent's new watermark in one `WriteBatch`; the agent MUST be acknowledged only after
 //!   that write returned (fsync'd when `storage.sync`).
 //! - There MUST never be two `events` entries with one det_oid: a det_oid is
 //!   written only when `det` does not hold it (checked by the single writer of
@@ -57,6 +59,7 @@
 pub mod commit;
 pub mod keys;
 pub mod media;
+pub mod received;
 pub mod views;
 
 use std::{
@@ -90,6 +93,7 @@ pub const CF_MEDIA_REFS: &str = "media_refs";
 pub const CF_MEDIA_QUARANTINE: &str = "media_quarantine";
 pub const CF_BY_COMMIT: &str = "by_commit";
 pub const CF_META: &str = "meta";
+pub const CF_RECEIVED: &str = "received";
 
 /// (agent, epoch) -> (seq, digest) of its watermark.
 type WatermarkTable = BTreeMap<(String, u64), (u64, u64)>;
@@ -606,7 +610,13 @@ fn open_db(
         let mut counter_opts = cf(false);
         counter_opts.set_merge_operator_associative("sightline-add-u64", add_u64);
         counter_opts.set_max_successive_merges(64);
+        // Every commit merges into its cameras' keys: a read folds at most
+        // 64 operands held in the memtable.
+        let mut received_opts = cf(false);
+        received_opts.set_merge_operator_associative("sightline-received", received::merge);
+        received_opts.set_max_successive_merges(64);
         let cfs = vec![
+            ColumnFamilyDescriptor::new(CF_RECEIVED, received_opts),
             ColumnFamilyDescriptor::new(CF_EVENTS, cf(false)),
             ColumnFamilyDescriptor::new(CF_DET, det_opts),
             ColumnFamilyDescriptor::new(CF_WM, cf(false)),
@@ -984,9 +994,33 @@ impl Store {
             keys::i64_key(i64::MIN),
             keys::i64_key(quarantine_before),
         );
+        let cf_received = cf(&db, CF_RECEIVED);
+        let cut = received::Piece::cut(events_before).encode();
+        for item in db.iterator_cf(cf_received, IteratorMode::Start) {
+            let (k, _) = item?;
+            batch.merge_cf(cf_received, k, &cut);
+        }
         self.write(batch)?;
         self.dedup_cutoff.store(dedup_before, Ordering::Relaxed);
         Ok(expired)
+    }
+}
+
+impl Store {
+    /// Every camera's received camera_seq values (see [`received`]).
+    pub fn received_all(&self) -> Result<Vec<(i64, received::RangeSet)>, StoreError> {
+        let db = self.db()?;
+        let mut out = Vec::new();
+        for item in db.iterator_cf(cf(&db, CF_RECEIVED), IteratorMode::Start) {
+            let (k, v) = item?;
+            let Ok(cam) = <[u8; 8]>::try_from(k.as_ref()) else {
+                continue;
+            };
+            if let Some(p) = received::Piece::decode(&v) {
+                out.push((i64::from_be_bytes(cam), p.set));
+            }
+        }
+        Ok(out)
     }
 }
 

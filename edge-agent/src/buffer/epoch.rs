@@ -59,6 +59,8 @@ pub(super) fn renumber(shared: &Shared) -> Result<NewEpoch, BufferError> {
         st.next_seq = n + 1;
         st.acked = 0;
         st.persisted_acked = 0;
+        // The old seqs mean nothing now: what is held settles as a whole.
+        st.cameras.reset_checkpoints(n);
         st.sizes = renumbered.iter().map(|b| b.len() as u32).collect();
         st.runs = run_starts;
         st.deleted_below = 1;

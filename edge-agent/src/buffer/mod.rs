@@ -15,6 +15,7 @@
 //! | `meta` | `next_seq` | u64 BE: the seq the next accepted event gets (starts at 1) |
 //! | `meta` | `acked` | u64 BE: the highest seq the core acknowledged (starts at 0) |
 //! | `meta` | `source/<name>` | u64 BE: how far a source (a replayed file) got |
+//! | `meta` | `camera/` ‖ video_camera_oid (i64 BE) | `sightline.v1.CameraIntake`: the camera's intake numbering and losses ([`cameras`]), written in the same `WriteBatch` as the events it numbered |
 //! | `meta` | `format` | u64 BE: 2 (format 1, one event per `events` entry, is rewritten as runs at open) |
 //!
 //! # Promises
@@ -54,6 +55,7 @@
 //! - Reads SHOULD come from an in-memory cache of the newest events (bounded by
 //!   `CACHE_BYTES`), falling back to RocksDB after a restart or a long outage.
 
+pub mod cameras;
 mod disk;
 mod epoch;
 #[cfg(test)]
@@ -74,7 +76,7 @@ use std::{
 use bytes::Bytes;
 use prost::Message;
 use rocksdb::{WriteBatch, DB};
-use sightline_proto::v1::{Detection, EdgeEvent};
+use sightline_proto::v1::{CameraIntake, Detection, EdgeEvent, LossReason};
 use tokio::sync::{oneshot, watch, Notify};
 
 const CF_EVENTS: &str = "events";
@@ -159,10 +161,22 @@ pub struct SourcePosition {
     pub position: u64,
 }
 
+/// What a refused append means for the camera numbers it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFull {
+    /// The caller tries again: the numbers are given back.
+    Retry,
+    /// The detections are refused for good (the publisher was told).
+    Refuse,
+    /// The detections are dropped (`when_full = "drop"`).
+    Drop,
+}
+
 struct AppendReq {
     events: Vec<Detection>,
     accepted_ms: i64,
     source: Option<SourcePosition>,
+    on_full: OnFull,
     reply: oneshot::Sender<Result<Appended, BufferError>>,
 }
 
@@ -176,6 +190,8 @@ enum Req {
 struct State {
     epoch: u64,
     next_seq: u64,
+    /// Per-camera numbering at intake.
+    cameras: cameras::Cameras,
     /// The highest acknowledged seq (may be ahead of `persisted_acked` while
     /// the disk refuses writes).
     acked: u64,
@@ -234,6 +250,7 @@ impl State {
         }
         self.forget_durable_below(self.cache_first.max(seq + 1));
         self.acked = seq;
+        self.cameras.settle(seq);
         // Runs all of whose seqs are acknowledged.
         while !self.runs.is_empty() {
             let end = self.runs.get(1).copied().unwrap_or(self.next_seq);
@@ -441,8 +458,24 @@ impl Buffer {
         events: Vec<Detection>,
         source: Option<SourcePosition>,
     ) -> Result<Appended, BufferError> {
-        let rx = self.submit(events, source)?;
+        self.append_with(events, source, OnFull::Retry).await
+    }
+
+    /// [`Buffer::append`], saying what a refusal for a full buffer means for
+    /// the camera numbers the events were given.
+    pub async fn append_with(
+        &self,
+        events: Vec<Detection>,
+        source: Option<SourcePosition>,
+        on_full: OnFull,
+    ) -> Result<Appended, BufferError> {
+        let rx = self.submit(events, source, on_full)?;
         rx.await.map_err(|_| BufferError::Closed)?
+    }
+
+    /// Every camera's numbering at intake, for the status report.
+    pub fn camera_intake(&self) -> Vec<CameraIntake> {
+        self.shared.state.lock().unwrap().cameras.report()
     }
 
     /// [`Buffer::append`] for synchronous callers.
@@ -451,7 +484,7 @@ impl Buffer {
         events: Vec<Detection>,
         source: Option<SourcePosition>,
     ) -> Result<Appended, BufferError> {
-        let rx = self.submit(events, source)?;
+        let rx = self.submit(events, source, OnFull::Retry)?;
         rx.blocking_recv().map_err(|_| BufferError::Closed)?
     }
 
@@ -459,12 +492,14 @@ impl Buffer {
         &self,
         events: Vec<Detection>,
         source: Option<SourcePosition>,
+        on_full: OnFull,
     ) -> Result<oneshot::Receiver<Result<Appended, BufferError>>, BufferError> {
         let (reply, rx) = oneshot::channel();
         let req = AppendReq {
             events,
             accepted_ms: sightline_proto::now_ms(),
             source,
+            on_full,
             reply,
         };
         self.send(Req::Append(req))?;
@@ -733,7 +768,9 @@ fn commit_group_in(shared: &Shared, db: &DB, group: Vec<AppendReq>) {
     let mut marks: Vec<(u64, i64)> = Vec::with_capacity(group.len());
     let mut encoded_all: Vec<Bytes> =
         Vec::with_capacity(group.iter().map(|r| r.events.len()).sum());
-    for req in group {
+    let mut numbered = Vec::with_capacity(group.len());
+    for mut req in group {
+        let numbering = shared.state.lock().unwrap().cameras.number(&mut req.events);
         let encoded: Vec<Bytes> = req
             .events
             .into_iter()
@@ -760,8 +797,23 @@ fn commit_group_in(shared: &Shared, db: &DB, group: Vec<AppendReq>) {
                 max_events: shared.opts.max_events,
                 max_bytes: shared.opts.max_bytes,
             }));
+            let mut st = shared.state.lock().unwrap();
+            let reason = match req.on_full {
+                OnFull::Retry => {
+                    st.cameras.rollback(numbering);
+                    continue;
+                }
+                OnFull::Refuse => LossReason::RefusedFull,
+                OnFull::Drop => LossReason::DroppedFull,
+            };
+            st.cameras.keep(&numbering, Some(reason));
+            // Settled once everything accepted before it is acknowledged.
+            let (last, acked) = (next - 1, st.acked);
+            st.cameras.checkpoint(last, &[&numbering], acked);
             continue;
         }
+        shared.state.lock().unwrap().cameras.keep(&numbering, None);
+        numbered.push(numbering);
         if let Some(src) = &req.source {
             batch.put_cf(
                 meta,
@@ -782,9 +834,24 @@ fn commit_group_in(shared: &Shared, db: &DB, group: Vec<AppendReq>) {
         held_events += count;
         held_bytes += bytes;
     }
+    let counters = shared.state.lock().unwrap().cameras.take_dirty();
+    let meta_counters = |batch: &mut WriteBatch| {
+        for (k, v) in &counters {
+            batch.put_cf(meta, k, v);
+        }
+    };
     if accepted.is_empty() {
+        // Refused numbers are kept too, so that a restart does not reuse them.
+        if !counters.is_empty() {
+            let mut batch = WriteBatch::default();
+            meta_counters(&mut batch);
+            if let Err(e) = shared.write(db, batch, shared.opts.sync) {
+                tracing::debug!(error = %e, "camera counters not written");
+            }
+        }
         return;
     }
+    meta_counters(&mut batch);
     let runs = pack_runs(first_of_group, &encoded_all);
     let run_starts: Vec<u64> = runs.iter().map(|(s, _)| *s).collect();
     for (first, run) in runs {
@@ -801,6 +868,9 @@ fn commit_group_in(shared: &Shared, db: &DB, group: Vec<AppendReq>) {
     {
         let mut st = shared.state.lock().unwrap();
         debug_assert_eq!(st.next_seq, first_of_group);
+        let acked = st.acked;
+        st.cameras
+            .checkpoint(next - 1, &numbered.iter().collect::<Vec<_>>(), acked);
         st.runs.extend(run_starts);
         for (first, accepted_ms) in marks {
             let after = durable_ms

@@ -693,3 +693,35 @@ fn durable_after_is_known_for_each_cached_event_and_unknown_after_a_reopen() {
     assert!(b.durable_after(3, 2).is_empty(), "unknown for one of them");
     assert_eq!(b.durable_after(4, 1).len(), 1);
 }
+
+/// Camera numbers go on after a reopen, also past numbers whose detections
+/// were refused for a full buffer: a restart never reuses one, and the
+/// refusal is still on record.
+#[test]
+fn camera_numbers_and_refusals_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = BufferOptions {
+        max_events: 2,
+        ..opts()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    {
+        let b = Buffer::open(dir.path(), small).unwrap();
+        b.append_blocking(vec![det(1), det(2)], None).unwrap();
+        let refused = rt.block_on(b.append_with(vec![det(3)], None, OnFull::Refuse));
+        assert!(matches!(refused, Err(BufferError::Full { .. })));
+        // A refusal the caller retries gives its number back.
+        let retried = rt.block_on(b.append_with(vec![det(4)], None, OnFull::Retry));
+        assert!(matches!(retried, Err(BufferError::Full { .. })));
+        b.ack_through(2).unwrap();
+    }
+    let b = Buffer::open(dir.path(), small).unwrap();
+    let c = &b.camera_intake()[0];
+    assert_eq!((c.camera_seq_high, c.refused_full), (3, 1));
+    assert_eq!((c.losses[0].first, c.losses[0].last), (3, 3));
+    b.append_blocking(vec![det(5)], None).unwrap();
+    let got = decode(&b.read(3, 1, usize::MAX).unwrap()[0]);
+    assert_eq!(got.detection.unwrap().camera_seq, Some(4));
+}

@@ -93,14 +93,16 @@ impl MetricsConfig {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     /// Why a detection was refused at intake: "invalid" (a field is wrong),
-    /// "buffer_full", "disk_full", "disk_fault", "closed".
+    /// "buffer_full", "dropped_buffer_full" (`buffer.when_full = "drop"`),
+    /// "disk_full", "disk_fault", "closed".
     pub reason: &'static str,
 }
 
 /// Every `reason` of `sightline_edge_intake_refused_events_total`.
-pub const REFUSAL_REASONS: [&str; 6] = [
+pub const REFUSAL_REASONS: [&str; 7] = [
     "invalid",
     "buffer_full",
+    "dropped_buffer_full",
     "disk_full",
     "disk_fault",
     "closed",

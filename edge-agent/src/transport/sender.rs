@@ -509,6 +509,7 @@ impl Sender {
                         last_new_epoch: self.stats.last_new_epoch.lock().unwrap().clone(),
                         buffer_disk_fault: buffer.disk_fault().unwrap_or_default(),
                         oldest_held_ms: buffer.oldest_held_ms(),
+                        intake: buffer.camera_intake(),
                     };
                     send(&link.tx, agent_message::Msg::Status(status)).await?;
                 }
