@@ -54,3 +54,37 @@ if [ ! -d "$BROWSER_DIR/node_modules/playwright-core" ]; then
   echo "install-deps: playwright-core (npm ci in tests/browser)"
   (cd "$BROWSER_DIR" && npm ci --no-audit --no-fund --loglevel=error)
 fi
+
+# Running as a service (issue 14): cargo-deb builds the Debian packages and
+# tests/e2e/service.rs checks them with dpkg-deb, dpkg-shlibdeps (dpkg-dev),
+# systemd-analyze (systemd) and objdump (binutils). The aarch64 target and a
+# cross C compiler let CI `cargo check` the agent for an ARM camera host
+# (build scripts such as ring's and zstd's compile C for the target).
+need_svc=()
+for pkg in dpkg-dev systemd binutils gcc-aarch64-linux-gnu libc6-dev-arm64-cross; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_svc+=("$pkg")
+done
+if ((${#need_svc[@]})); then
+  echo "install-deps: apt packages: ${need_svc[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_svc[@]}"
+fi
+rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
+SVC_TOOLS=${SIGHTLINE_TOOLS:-$HOME/.cache/sightline/tools}
+CARGO_DEB_VERSION=3.8.0
+if [ "$("$SVC_TOOLS/bin/cargo-deb" --version 2>/dev/null | awk '{print $NF}')" != "$CARGO_DEB_VERSION" ]; then
+  echo "install-deps: cargo-deb $CARGO_DEB_VERSION into $SVC_TOOLS"
+  cargo install --locked cargo-deb --version "$CARGO_DEB_VERSION" --root "$SVC_TOOLS"
+fi
+# Observability: Debian's Prometheus. tests/e2e/observability.rs runs
+# `prometheus` against a core and an agent, and `promtool` checks
+# deploy/prometheus/ (config, alert rules and their unit tests).
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  echo "install-deps: prometheus (promtool)"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus
+fi

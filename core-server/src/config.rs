@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use bytesize::ByteSize;
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CoreConfig {
     #[serde(default)]
@@ -43,18 +43,20 @@ pub struct CoreConfig {
 /// Bounds on the TCP connections of the HTTP, gRPC and edge listeners (see
 /// [`crate::api::limits`]). A connection over a cap is accepted and closed at
 /// once (HTTP: after a `503`), counted in `sightline_connections_refused`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionsConfig {
     /// HTTP/1: a request's headers must arrive within this; it is also how
     /// long a kept-alive connection waits for its next request. gRPC and
     /// edge: a new connection must send its first bytes within this.
     #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    #[schemars(with = "sightline_proto::config_doc::Duration")]
     pub header_timeout: Duration,
     /// A connection on which no byte moved either way for this long is
     /// closed (gRPC clients answer the core's keepalive pings, so a healthy
     /// idle one stays; a live feed gets a tick every second).
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    #[schemars(with = "sightline_proto::config_doc::Duration")]
     pub idle_timeout: Duration,
     /// Most open connections on each listener (HTTP, gRPC, edge). 0: derived
     /// from the open-file limit at start, so that the caps bite before the
@@ -89,7 +91,7 @@ fn default_conn_per_client() -> usize {
 }
 
 /// The edge link: how agents reach the core (see `edge/mod.rs`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeConfig {
     /// One port for both transports: gRPC over TLS on TCP and QUIC on UDP.
@@ -147,7 +149,7 @@ fn default_congestion() -> String {
 }
 
 /// The full-text index of the events (tantivy), see [`crate::search`].
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchConfig {
     /// The index directory. Unset: `<storage.path>-search`. Deleting it is
@@ -156,6 +158,7 @@ pub struct SearchConfig {
     pub path: Option<PathBuf>,
     /// How often new events are made searchable.
     #[serde(default = "default_search_commit", with = "humantime_serde")]
+    #[schemars(with = "sightline_proto::config_doc::Duration")]
     pub commit_interval: Duration,
 }
 
@@ -173,7 +176,7 @@ fn default_search_commit() -> Duration {
 }
 
 /// The web dashboard, served on `server.http_listen`.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DashboardConfig {
     /// The folder `deploy/build-web.sh` built the browser's half into (it
@@ -197,7 +200,7 @@ impl DashboardConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// gRPC: ingest (agents), query and admin (integrators). Port 0 picks one.
@@ -229,6 +232,7 @@ pub struct ServerConfig {
     /// sessions close, queued commits finish, background tasks stop and the
     /// store closes within it; what did not finish is logged by name.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    #[schemars(with = "sightline_proto::config_doc::Duration")]
     pub shutdown_grace: Duration,
 }
 
@@ -236,7 +240,7 @@ fn default_shutdown_grace() -> Duration {
     Duration::from_secs(15)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     /// RocksDB directory.
@@ -249,15 +253,17 @@ pub struct StorageConfig {
     /// RocksDB block cache: the blocks read, and the tables' index and
     /// filter blocks (kept in it, so that they do not grow with the store).
     #[serde(default = "default_cache")]
+    #[schemars(with = "sightline_proto::config_doc::ByteSize")]
     pub cache: ByteSize,
     /// Most memory all RocksDB memtables hold together (writes not yet
     /// flushed to tables); one column family's memtable is at most a quarter
     /// of it. Smaller: more, smaller flushes.
     #[serde(default = "default_memtable")]
+    #[schemars(with = "sightline_proto::config_doc::ByteSize")]
     pub memtable: ByteSize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
     /// Partitions, each with one writer thread; events are spread by a hash
@@ -277,47 +283,57 @@ pub struct PipelineConfig {
     pub queue_batches: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IngestConfig {
     /// Largest gRPC message accepted (a batch).
     #[serde(default = "default_max_message")]
+    #[schemars(with = "sightline_proto::config_doc::ByteSize")]
     pub max_message_bytes: ByteSize,
     /// How far ahead of the core's clock timestamp_detected may be.
     #[serde(default = "default_skew", with = "humantime_serde")]
+    #[schemars(with = "sightline_proto::config_doc::Duration")]
     pub max_future_skew: Duration,
     /// How long a new session may take to say Hello.
     #[serde(default = "default_hello_timeout", with = "humantime_serde")]
+    #[schemars(with = "sightline_proto::config_doc::Duration")]
     pub hello_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LocationsConfig {
     /// Dataset B, CSV or Parquet. Unset: every event is "unmatched".
     pub path: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionConfig {
     /// Events (and minute aggregates) older than this are deleted.
     #[serde(default = "default_events_ttl", with = "humantime_serde")]
+    #[schemars(with = "sightline_proto::config_doc::Duration")]
     pub events: Duration,
     /// det_oid keys are kept this long, so a duplicate this late is still caught.
     #[serde(default = "default_dedup_ttl", with = "humantime_serde")]
+    #[schemars(with = "sightline_proto::config_doc::Duration")]
     pub dedup_keys: Duration,
     /// Hour aggregates (top X over long ranges).
     #[serde(default = "default_agg_ttl", with = "humantime_serde")]
+    #[schemars(with = "sightline_proto::config_doc::Duration")]
     pub aggregates: Duration,
+    /// Quarantined events (refused by the core, e.g. too far in the future)
+    /// are kept this long.
     #[serde(default = "default_quarantine_ttl", with = "humantime_serde")]
+    #[schemars(with = "sightline_proto::config_doc::Duration")]
     pub quarantine: Duration,
     /// How often retention runs.
     #[serde(default = "default_retention_interval", with = "humantime_serde")]
+    #[schemars(with = "sightline_proto::config_doc::Duration")]
     pub interval: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LiveConfig {
     /// Messages a live subscriber may fall behind before it is cut off; a
@@ -346,7 +362,7 @@ pub struct LiveConfig {
     pub max_feeds_per_client: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MediaConfig {
     /// Where footage is stored, as an object store URL: `file:///abs/path`
@@ -366,10 +382,12 @@ pub struct MediaConfig {
     pub staging_path: Option<PathBuf>,
     /// Largest object an agent may upload (`total_size`).
     #[serde(default = "default_max_object")]
+    #[schemars(with = "sightline_proto::config_doc::ByteSize")]
     pub max_object_bytes: ByteSize,
     /// Objects are deleted this long after they were stored (independent of
     /// `retention.events`). Checked every `retention.interval`.
     #[serde(default = "default_media_ttl", with = "humantime_serde")]
+    #[schemars(with = "sightline_proto::config_doc::Duration")]
     pub retention: Duration,
 }
 

@@ -124,6 +124,7 @@ impl Fleet {
             }
             i.buffer_disk_fault = status.buffer_disk_fault;
             i.oldest_held_ms = status.oldest_held_ms;
+            i.intake = status.intake;
             i.lag = next_seq.saturating_sub(i.acked_seq + 1);
             self.publish_gauges(i);
         }

@@ -23,7 +23,8 @@ struct Cli {
 enum Command {
     /// Run the core.
     Serve {
-        /// Config file (TOML); see deploy/core.example.toml.
+        /// Config file (TOML); see deploy/core.example.toml and docs/CONFIG.md.
+        /// SIGHTLINE_CORE__<SECTION>__<KEY> variables override its keys.
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Overrides `server.grpc_listen`.
@@ -96,6 +97,8 @@ enum Command {
     Backup(sightline_core::backup::cli::BackupArgs),
     /// Restore a backup into an empty data directory (no core running on it).
     Restore(sightline_core::backup::cli::RestoreArgs),
+    /// Print the reference of every config key (docs/CONFIG.md's core section).
+    ConfigReference,
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -165,6 +168,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Audit { command } => sightline_core::audit::cli::run(command),
         Command::Backup(args) => sightline_core::backup::cli::backup(args).await,
         Command::Restore(args) => sightline_core::backup::cli::restore(args).await,
+        Command::ConfigReference => {
+            let text = CoreConfig::reference().map_err(|keys| {
+                anyhow::anyhow!("config keys without a doc comment: {}", keys.join(", "))
+            })?;
+            print!("{text}");
+            Ok(())
+        }
         Command::Client(cmd) => {
             let url =
                 std::env::var("SIGHTLINE_CORE").unwrap_or_else(|_| "http://127.0.0.1:50051".into());
@@ -187,14 +197,8 @@ async fn main() -> anyhow::Result<()> {
             registry,
             no_registry,
         } => {
-            let mut cfg = match &config {
-                Some(p) => {
-                    let text = std::fs::read_to_string(p)
-                        .with_context(|| format!("reading {}", p.display()))?;
-                    CoreConfig::from_toml(&text).with_context(|| format!("in {}", p.display()))?
-                }
-                None => CoreConfig::default(),
-            };
+            // The file, then SIGHTLINE_CORE__* variables, then the flags below.
+            let mut cfg = CoreConfig::load(config.as_deref(), std::env::vars_os())?;
             if let Some(a) = grpc_listen {
                 cfg.server.grpc_listen = a;
             }

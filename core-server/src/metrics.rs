@@ -1,4 +1,12 @@
 //! The core's Prometheus metrics (`GET /metrics`, text format).
+//!
+//! Besides counters of what happens, the metrics follow each event along its
+//! path ([`hop`]: detector → agent stamp → agent buffer durable → core commit
+//! → live push / searchable) and say how far behind each consumer of the
+//! commits is (`*_lag_seconds`). Gauges read from elsewhere (disk space, lag)
+//! are refreshed at each scrape by the closures given to [`Metrics::on_scrape`].
+
+use std::sync::{atomic::AtomicU64, Mutex};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -41,9 +49,81 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HopLabel {
+    /// One of the [`hop`] names.
+    pub hop: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertLabel {
+    /// "edge_ca" (`ca.pem` of `edge.tls_dir`) or "edge_core" (`core.pem`).
+    pub cert: &'static str,
+}
+
+/// The hops of an event's path, the `hop` label of `sightline_event_hop_seconds`.
+/// Times from two clocks (the camera host's, the core's) are compared as
+/// they are: a negative difference (clock skew) is observed as 0.
+pub mod hop {
+    /// `timestamp_detected` (detector) → `accepted_ms` (the agent stamped and
+    /// took it). Observed for each event of an in-order batch when its commit
+    /// is acknowledged.
+    pub const DETECTED_TO_STAMPED: &str = "detected_to_stamped";
+    /// `accepted_ms` → durable in the agent's buffer (`Batch.durable_after_ms`;
+    /// not observed when the agent does not send it).
+    pub const STAMPED_TO_DURABLE: &str = "stamped_to_durable";
+    /// Durable in the agent's buffer → the core's commit acknowledged (a
+    /// backlog's events show how long they waited).
+    pub const DURABLE_TO_COMMITTED: &str = "durable_to_committed";
+    /// The core's commit → handed to the live subscribers (observed while
+    /// anyone subscribes).
+    pub const COMMITTED_TO_LIVE: &str = "committed_to_live";
+    /// The core's commit → searchable (the search index committed it).
+    pub const COMMITTED_TO_SEARCHABLE: &str = "committed_to_searchable";
+    pub const ALL: [&str; 5] = [
+        DETECTED_TO_STAMPED,
+        STAMPED_TO_DURABLE,
+        DURABLE_TO_COMMITTED,
+        COMMITTED_TO_LIVE,
+        COMMITTED_TO_SEARCHABLE,
+    ];
+}
+
+/// Upper bounds (s) of the hop histograms: from a millisecond in process to
+/// an hour of backlog after an outage.
+pub const HOP_BUCKETS: [f64; 18] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0, 900.0, 3600.0,
+];
+
+type HopFamily = Family<HopLabel, Histogram, fn() -> Histogram>;
+type Refresher = Box<dyn Fn(&Metrics) + Send + Sync>;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CameraLabel {
+    /// video_camera_oid: only cameras events were received from, which the
+    /// agent registry bounds.
+    pub camera: String,
+}
+
 /// Every metric the core exports.
 pub struct Metrics {
     registry: Registry,
+    /// Latency of each hop of an event's path, by [`hop`].
+    pub hop_seconds: HopFamily,
+    /// Seconds the slowest live subscriber is behind the newest commit.
+    pub live_feed_lag: Gauge<f64, AtomicU64>,
+    /// Seconds the search index is behind the commits.
+    pub search_index_lag: Gauge<f64, AtomicU64>,
+    /// Seconds the continuous export is behind the commits. Registered here
+    /// (0) for the dashboards and alerts; the export sets it (issue 14).
+    pub export_lag: Gauge<f64, AtomicU64>,
+    /// When each edge certificate expires (Unix seconds).
+    pub cert_expiry: Family<CertLabel, Gauge>,
+    /// Free and total bytes of the file system holding `storage.path`.
+    pub disk_free_bytes: Gauge,
+    pub disk_total_bytes: Gauge,
+    refreshers: Mutex<Vec<Refresher>>,
     pub ingested: Counter,
     pub duplicates: Family<LevelLabel, Counter>,
     pub rejected: Family<FieldLabel, Counter>,
@@ -73,6 +153,10 @@ pub struct Metrics {
     /// Backlog events acknowledged as stored earlier through the live lane.
     pub delivered_live: Counter,
     pub connections_refused: Family<LimitLabel, Counter>,
+    /// Detections of the camera missing for good (see `completeness`).
+    pub completeness_missing: Family<CameraLabel, Gauge>,
+    /// Holes of the camera (runs of missing detections).
+    pub completeness_gaps: Family<CameraLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -91,6 +175,10 @@ impl Metrics {
             ingested.clone(),
         );
         let duplicates = Family::<LevelLabel, Counter>::default();
+        // Both levels from the start (at 0), so a dashboard's rate has data.
+        for level in ["transport", "semantic"] {
+            let _ = duplicates.get_or_create(&LevelLabel { level });
+        }
         r.register(
             "duplicates",
             "Events dropped as duplicates, by level",
@@ -226,8 +314,75 @@ impl Metrics {
             "Events refused (quarantined) because they are older than retention.events keeps",
             too_old.clone(),
         );
+        let hop_seconds: HopFamily = Family::new_with_constructor(|| Histogram::new(HOP_BUCKETS));
+        for h in hop::ALL {
+            let _ = hop_seconds.get_or_create(&HopLabel { hop: h });
+        }
+        r.register(
+            "event_hop_seconds",
+            "Latency of each hop of an event's path (detected_to_stamped, stamped_to_durable, durable_to_committed, committed_to_live, committed_to_searchable)",
+            hop_seconds.clone(),
+        );
+        let live_feed_lag = Gauge::<f64, AtomicU64>::default();
+        r.register(
+            "live_feed_lag_seconds",
+            "Age of the oldest commit a live subscriber (dashboard feed, Subscribe stream, search forwarder) has not taken yet (0: all caught up)",
+            live_feed_lag.clone(),
+        );
+        let search_index_lag = Gauge::<f64, AtomicU64>::default();
+        r.register(
+            "search_index_lag_seconds",
+            "Age of the oldest commit the search indexer took and has not made searchable yet (0: caught up)",
+            search_index_lag.clone(),
+        );
+        let export_lag = Gauge::<f64, AtomicU64>::default();
+        r.register(
+            "export_lag_seconds",
+            "Age of the oldest closed hour the continuous Parquet export has not written yet (0: caught up or no export)",
+            export_lag.clone(),
+        );
+        let cert_expiry = Family::<CertLabel, Gauge>::default();
+        r.register(
+            "certificate_expiry_timestamp_seconds",
+            "When each edge certificate expires (Unix seconds)",
+            cert_expiry.clone(),
+        );
+        let disk_free_bytes = Gauge::default();
+        r.register(
+            "disk_free_bytes",
+            "Bytes free (to the core's user) on the file system of storage.path",
+            disk_free_bytes.clone(),
+        );
+        let disk_total_bytes = Gauge::default();
+        r.register(
+            "disk_total_bytes",
+            "Size of the file system of storage.path",
+            disk_total_bytes.clone(),
+        );
+        let completeness_missing = Family::<CameraLabel, Gauge>::default();
+        r.register(
+            "completeness_missing_total",
+            "Detections missing for good, per camera: camera_seq values never received that the agent settled (acknowledged, refused or dropped); pending ones are not counted",
+            completeness_missing.clone(),
+        );
+        let completeness_gaps = Family::<CameraLabel, Gauge>::default();
+        r.register(
+            "completeness_gaps",
+            "Runs of missing detections, per camera",
+            completeness_gaps.clone(),
+        );
         Self {
             registry: r,
+            hop_seconds,
+            live_feed_lag,
+            search_index_lag,
+            export_lag,
+            cert_expiry,
+            disk_free_bytes,
+            disk_total_bytes,
+            refreshers: Mutex::new(Vec::new()),
+            completeness_missing,
+            completeness_gaps,
             batches_from_datagrams,
             det_oid_conflicts,
             too_old,
@@ -255,11 +410,30 @@ impl Metrics {
         }
     }
 
-    /// The text exposition.
+    /// The text exposition (after running the [`Metrics::on_scrape`] closures).
     pub fn encode(&self) -> String {
+        for f in self.refreshers.lock().unwrap().iter() {
+            f(self);
+        }
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// Runs `f` before each scrape, to refresh gauges read from elsewhere.
+    /// It must be quick: it runs on the scraping request.
+    pub fn on_scrape(&self, f: impl Fn(&Metrics) + Send + Sync + 'static) {
+        self.refreshers.lock().unwrap().push(Box::new(f));
+    }
+
+    /// The histogram of one [`hop`].
+    pub fn hop(&self, hop: &'static str) -> Histogram {
+        self.hop_seconds.get_or_create(&HopLabel { hop }).clone()
+    }
+
+    /// Observes a hop of `ms` milliseconds (a negative one, clock skew, as 0).
+    pub fn observe_hop_ms(h: &Histogram, ms: i64) {
+        h.observe(ms.max(0) as f64 / 1000.0);
     }
 
     pub fn edge_refused(&self, reason: &'static str) {

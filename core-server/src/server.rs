@@ -352,6 +352,13 @@ async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started
         Some(dir) => Some(Arc::new(EdgeTls::load(dir)?)),
         None => None,
     };
+    observe(
+        &metrics,
+        &hub,
+        &search,
+        edge_tls.as_deref(),
+        &config.storage.path,
+    );
     let pipeline = Pipeline::start(
         Arc::new(WriterContext {
             store: store.clone(),
@@ -664,6 +671,16 @@ async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started
     );
     drain.spawn(
         Stage::Background,
+        "completeness metrics",
+        crate::completeness::refresh_metrics(
+            store.clone(),
+            fleet.clone(),
+            metrics.clone(),
+            drain.token(Stage::Background),
+        ),
+    );
+    drain.spawn(
+        Stage::Background,
         "media retention",
         media_retention(
             media.clone(),
@@ -928,6 +945,37 @@ async fn media_retention(
             },
         }
     }
+}
+
+/// Wires the metrics that are read from elsewhere: the commit → searchable
+/// hop, the live feed's and the search index's lag, the edge certificates'
+/// expiry and the data directory's disk space (refreshed at each scrape).
+fn observe(
+    metrics: &Arc<Metrics>,
+    hub: &LiveHub,
+    search: &Arc<SearchIndex>,
+    edge_tls: Option<&EdgeTls>,
+    data_dir: &std::path::Path,
+) {
+    search.observe_hop(metrics.hop(crate::metrics::hop::COMMITTED_TO_SEARCHABLE));
+    for (cert, at) in edge_tls.map(|t| t.expiry.clone()).unwrap_or_default() {
+        metrics
+            .cert_expiry
+            .get_or_create(&crate::metrics::CertLabel { cert })
+            .set(at);
+    }
+    let (hub, search, dir) = (hub.clone(), search.clone(), data_dir.to_path_buf());
+    metrics.on_scrape(move |m| {
+        let now = sightline_proto::now_ms();
+        m.live_feed_lag.set(hub.lag_ms(now) as f64 / 1000.0);
+        m.search_index_lag.set(search.lag_ms(now) as f64 / 1000.0);
+        if let Ok(fs) = rustix::fs::statvfs(&dir) {
+            let unit = fs.f_frsize.max(1);
+            let bytes = |blocks: u64| blocks.saturating_mul(unit).min(i64::MAX as u64) as i64;
+            m.disk_free_bytes.set(bytes(fs.f_bavail));
+            m.disk_total_bytes.set(bytes(fs.f_blocks));
+        }
+    });
 }
 
 #[cfg(test)]

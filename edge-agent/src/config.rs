@@ -4,10 +4,10 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use bytesize::ByteSize;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Everything an agent needs to run.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// This agent's id at the core (letters, digits, `-`, `_`, `.`).
@@ -28,16 +28,20 @@ pub struct AgentConfig {
     pub sender: SenderConfig,
     #[serde(default)]
     pub intake: IntakeConfig,
+    /// The agent's own `/metrics` and `/healthz` endpoint.
+    #[serde(default)]
+    pub metrics: crate::observe::MetricsConfig,
     /// Footage: cameras, spool, upload cap.
     #[serde(default)]
     pub capture: crate::capture::CaptureConfig,
     /// How far ahead of this host's clock a detection's timestamp may be.
     #[serde(default = "default_max_future_skew", with = "humantime_serde")]
+    #[schemars(with = "sightline_proto::config_doc::Duration")]
     pub max_future_skew: Duration,
 }
 
 /// The durable event buffer.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BufferConfig {
     /// RocksDB directory. Deleting it starts a new epoch.
@@ -48,12 +52,14 @@ pub struct BufferConfig {
     pub max_events: u64,
     /// Most bytes held (encoded events).
     #[serde(default = "default_max_bytes")]
+    #[schemars(with = "sightline_proto::config_doc::ByteSize")]
     pub max_bytes: ByteSize,
     /// What a full buffer does to a publisher.
     #[serde(default)]
     pub when_full: WhenFull,
     /// With `when_full = "block"`: how long a publisher waits for room.
     #[serde(default = "default_block_timeout", with = "humantime_serde")]
+    #[schemars(with = "sightline_proto::config_doc::Duration")]
     pub block_timeout: Duration,
     /// fsync every append before answering the publisher. Turning this off
     /// makes appends cheaper but events accepted in the last moments before a
@@ -65,15 +71,19 @@ pub struct BufferConfig {
     /// ones are acknowledged). A core restored from a backup is behind what
     /// it acknowledged: the agent then sends it the kept events after its
     /// watermark again, in a new epoch, and the core drops those it has by
-    /// det_oid (PROTOCOL.md rule 19). Set it to at least the events this
+    /// det_oid (PROTOCOL.md rule 18a). Set it to at least the events this
     /// agent sends between two backups of the core. They take disk, not
     /// `max_events`/`max_bytes`. 0: deleted once acknowledged.
     #[serde(default)]
     pub keep_acked: u64,
 }
 
-/// What happens when the buffer is full. Nothing is ever dropped silently.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+/// What happens when the buffer is full. Nothing is ever dropped silently:
+/// a refused or dropped detection still took its camera number
+/// (`Detection.camera_seq`), so the core sees the hole and the agent says why.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum WhenFull {
     /// Refuse the publish at once with a retryable RESOURCE_EXHAUSTED.
@@ -81,10 +91,15 @@ pub enum WhenFull {
     Backpressure,
     /// Hold the publisher until there is room, up to `block_timeout`, then refuse.
     Block,
+    /// Accept the call but drop the detections that do not fit (each is
+    /// answered `dropped`), counted per camera and reported to the core,
+    /// whose completeness report names them (for detectors that cannot wait
+    /// nor retry).
+    Drop,
 }
 
 /// How events travel to the core.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SenderConfig {
     /// Most events in one batch.
@@ -92,6 +107,7 @@ pub struct SenderConfig {
     pub batch_max_events: usize,
     /// Most bytes in one batch (keep well under the core's message limit).
     #[serde(default = "default_batch_max_bytes")]
+    #[schemars(with = "sightline_proto::config_doc::ByteSize")]
     pub batch_max_bytes: ByteSize,
     /// Batches sent and not yet acknowledged, at most. Live batches are
     /// small and come every few ms, so this must cover a round trip plus a
@@ -107,27 +123,36 @@ pub struct SenderConfig {
     pub max_in_flight_events: u64,
     /// First reconnect delay; doubles up to `backoff_max`, with full jitter.
     #[serde(default = "default_backoff_initial", with = "humantime_serde")]
+    #[schemars(with = "sightline_proto::config_doc::Duration")]
     pub backoff_initial: Duration,
+    /// Longest reconnect delay.
     #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    #[schemars(with = "sightline_proto::config_doc::Duration")]
     pub backoff_max: Duration,
     /// How often the agent reports its buffer depth.
     #[serde(default = "default_status_interval", with = "humantime_serde")]
+    #[schemars(with = "sightline_proto::config_doc::Duration")]
     pub status_interval: Duration,
     /// Connection attempt timeout.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[schemars(with = "sightline_proto::config_doc::Duration")]
     pub connect_timeout: Duration,
     /// On shutdown, how long to wait for acks of what is in flight.
     #[serde(default = "default_drain_grace", with = "humantime_serde")]
+    #[schemars(with = "sightline_proto::config_doc::Duration")]
     pub drain_grace: Duration,
     /// With quic://: how long a QUIC handshake may go unanswered before the
     /// agent takes UDP as blocked and falls back to gRPC over TLS.
     #[serde(default = "default_quic_timeout", with = "humantime_serde")]
+    #[schemars(with = "sightline_proto::config_doc::Duration")]
     pub quic_timeout: Duration,
     /// With quic://: fall back to gRPC when UDP is blocked (and try QUIC again
     /// every `quic_retry`).
     #[serde(default = "default_true")]
     pub quic_fallback: bool,
+    /// With `quic_fallback`: how long the agent stays on gRPC before trying QUIC again.
     #[serde(default = "default_quic_retry", with = "humantime_serde")]
+    #[schemars(with = "sightline_proto::config_doc::Duration")]
     pub quic_retry: Duration,
     /// QUIC congestion control for what the agent sends: "edge" (delay-based,
     /// indifferent to random loss; see `sightline_proto::congestion`), "cubic"
@@ -145,9 +170,11 @@ pub struct SenderConfig {
     /// the backlog (the lane must not take the drain's place).
     #[serde(default = "default_live_lane_max_rate")]
     pub live_lane_max_rate: u64,
-    /// ... and at most this share of the rate the core acknowledges events
-    /// at (measured as the backlog drains): when the core is the
-    /// bottleneck, every event on the lane is one more it handles twice.
+    /// The lane sends as fast as new events arrive (up to
+    /// `live_lane_max_rate`), or this share of the rate the core
+    /// acknowledges events at if that is more (bursts). Every event on the
+    /// lane is one the core handles twice (stored live, then acknowledged
+    /// as delivered when the backlog brings it).
     #[serde(default = "default_live_lane_max_share")]
     pub live_lane_max_share: f64,
 }
@@ -164,7 +191,7 @@ fn default_quic_retry() -> Duration {
 }
 
 /// Mutual TLS on the edge link (`sightline-core certs agent` issues them).
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// A folder holding `ca.pem`, `agent-<agent_id>.pem` and
@@ -177,6 +204,7 @@ pub struct TlsConfig {
     /// This agent's certificate (its agent id is the common name) and key.
     #[serde(default)]
     pub cert: Option<PathBuf>,
+    /// The private key of `cert` (PEM).
     #[serde(default)]
     pub key: Option<PathBuf>,
     /// The name the core's certificate must carry (default: the URL's host).
@@ -208,7 +236,7 @@ impl TlsConfig {
 }
 
 /// The local intake endpoint for the detector.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IntakeConfig {
     /// Where to listen (keep it on loopback). Unset: no intake endpoint.
@@ -328,6 +356,7 @@ impl AgentConfig {
             buffer: BufferConfig::default(),
             sender: SenderConfig::default(),
             intake: IntakeConfig::default(),
+            metrics: crate::observe::MetricsConfig::default(),
             capture: crate::capture::CaptureConfig::default(),
             max_future_skew: default_max_future_skew(),
         }
@@ -361,6 +390,7 @@ impl AgentConfig {
         if !self.core_url.starts_with("http://") {
             self.tls.paths(&self.agent_id)?;
         }
+        self.metrics.address()?;
         if self.buffer.max_events == 0 {
             return err("buffer.max_events", "must be at least 1");
         }

@@ -13,12 +13,15 @@
 //!   Its on-disk format and promises are written down in its module docs.
 //! - [`transport`]: the one sender logic (batches, window, resume, backoff,
 //!   delete-after-ack) and the gRPC adapter it runs over.
+//! - [`observe`]: the agent's own `/metrics` and `/healthz` (loopback by default).
 //! - [`run`]: wires a configured agent together and runs it until shutdown.
 #![forbid(unsafe_code)]
 
 pub mod buffer;
 pub mod capture;
 pub mod config;
+pub mod config_file;
+pub mod observe;
 pub mod run;
 pub mod sources;
 pub mod stamp;

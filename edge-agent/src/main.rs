@@ -3,7 +3,6 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sightline_agent::{
     config::AgentConfig,
@@ -18,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser)]
 #[command(name = "sightline-agent", version, about = "Sightline edge agent")]
 struct Cli {
-    /// Agent config file (TOML); see deploy/agent.example.toml.
+    /// Agent config file (TOML); see deploy/agent.example.toml and
+    /// docs/CONFIG.md. SIGHTLINE_AGENT__<SECTION>__<KEY> variables override its keys.
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// Overrides `agent_id`.
@@ -39,6 +39,10 @@ struct Cli {
     /// Overrides `intake.listen` (port 0 picks a free port; the address is printed).
     #[arg(long)]
     intake: Option<SocketAddr>,
+    /// Overrides `metrics.listen` (`off` for none; port 0 picks a free port;
+    /// the address is printed).
+    #[arg(long)]
+    metrics_listen: Option<String>,
     /// Overrides `buffer.max_events`.
     #[arg(long)]
     max_events: Option<u64>,
@@ -82,6 +86,8 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// Print the reference of every config key (docs/CONFIG.md's agent section).
+    ConfigReference,
     /// Replay Dataset A from a CSV, JSON Lines or Parquet file.
     Replay {
         file: PathBuf,
@@ -109,14 +115,19 @@ async fn main() -> anyhow::Result<()> {
         .log_internal_errors(false)
         .init();
     let cli = Cli::parse();
-    let mut config = match &cli.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            AgentConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))?
-        }
-        None => AgentConfig::with_id(cli.agent_id.clone().unwrap_or_else(|| "agent-1".into())),
-    };
+    if let Some(Command::ConfigReference) = cli.command {
+        let text = AgentConfig::reference().map_err(|keys| {
+            anyhow::anyhow!("config keys without a doc comment: {}", keys.join(", "))
+        })?;
+        print!("{text}");
+        return Ok(());
+    }
+    // The file, then SIGHTLINE_AGENT__* variables, then the flags below.
+    let mut config = AgentConfig::load(
+        cli.config.as_deref(),
+        cli.agent_id.as_deref().unwrap_or("agent-1"),
+        std::env::vars_os(),
+    )?;
     if let Some(id) = cli.agent_id {
         config.agent_id = id;
     }
@@ -132,6 +143,9 @@ async fn main() -> anyhow::Result<()> {
     if let Some(dir) = cli.data_dir {
         config.buffer.path = dir;
     }
+    if let Some(addr) = cli.metrics_listen {
+        config.metrics.listen = Some(addr);
+    }
     if let Some(addr) = cli.intake {
         config.intake.listen = Some(addr);
     }
@@ -142,7 +156,7 @@ async fn main() -> anyhow::Result<()> {
         config.buffer.sync = false;
     }
     let source = match cli.command.unwrap_or(Command::Run) {
-        Command::Run => Source::None,
+        Command::Run | Command::ConfigReference => Source::None,
         Command::Simulate {
             cameras,
             camera_base,

@@ -33,6 +33,35 @@ pub enum Source {
     Replay(ReplayOptions),
 }
 
+/// Starts the metrics endpoint on `metrics.listen` (printing where it
+/// listens, for a port 0), or nothing when it is off. A default address that
+/// is taken is skipped with a warning; an explicit one must bind.
+async fn start_metrics(
+    config: &AgentConfig,
+    scrape: crate::observe::Scrape,
+    stop: &CancellationToken,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(listen) = config.metrics.address()? else {
+        return Ok(None);
+    };
+    let listener = match tokio::net::TcpListener::bind(listen.addr).await {
+        Ok(l) => l,
+        Err(e) if !listen.explicit => {
+            tracing::warn!(addr = %listen.addr, error = %e, "metrics endpoint off: its default address is taken (set metrics.listen)");
+            return Ok(None);
+        }
+        Err(e) => anyhow::bail!("config `metrics.listen`: cannot bind {}: {e}", listen.addr),
+    };
+    let local = listener.local_addr()?;
+    println!("sightline-agent metrics listening on {local}");
+    tracing::info!(addr = %local, "metrics endpoint: GET /metrics, GET /healthz");
+    Ok(Some(tokio::spawn(crate::observe::serve(
+        listener,
+        Arc::new(scrape),
+        stop.clone(),
+    ))))
+}
+
 /// Runs the agent. With `exit_when_drained`, returns once the source has
 /// finished and the buffer is empty; otherwise runs until `shutdown`.
 pub async fn run(
@@ -73,7 +102,9 @@ pub async fn run(
             tokio::task::spawn_blocking(move || Capture::start(&cfg)).await??,
         ))
     };
+    let metrics = Arc::new(crate::observe::AgentMetrics::new());
     let publisher = Publisher {
+        metrics: metrics.clone(),
         capture: capture.clone(),
         buffer: buffer.clone(),
         when_full: config.buffer.when_full,
@@ -85,7 +116,10 @@ pub async fn run(
     };
 
     let transport: Arc<dyn Transport> = crate::transport::open(&config)?;
-    let stats = Arc::new(SenderStats::default());
+    let stats = Arc::new(SenderStats {
+        metrics: metrics.clone(),
+        ..SenderStats::default()
+    });
     let sender_stop = CancellationToken::new();
     let sender = Sender {
         agent_id: config.agent_id.clone(),
@@ -110,6 +144,23 @@ pub async fn run(
         }
         None => None,
     };
+    let metrics_stop = CancellationToken::new();
+    let metrics_task = start_metrics(
+        &config,
+        crate::observe::Scrape {
+            metrics,
+            buffer: buffer.clone(),
+            buffer_dir: config.buffer.path.clone(),
+            max_events: config.buffer.max_events,
+            max_bytes: config.buffer.max_bytes.as_u64(),
+            stats: stats.clone(),
+            transport: transport.clone(),
+            cameras: capture.as_ref().map(|c| c.board.clone()),
+            spool: spool.clone(),
+        },
+        &metrics_stop,
+    )
+    .await?;
     let uploader_task = spool.map(|spool| {
         let uploader = Uploader {
             spool,
@@ -203,6 +254,10 @@ pub async fn run(
     sender_stop.cancel();
     let _ = sender_task.await;
     if let Some(t) = uploader_task {
+        let _ = t.await;
+    }
+    metrics_stop.cancel();
+    if let Some(t) = metrics_task {
         let _ = t.await;
     }
     buffer.flush()?;

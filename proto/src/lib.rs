@@ -8,6 +8,8 @@
 //! - [`FILE_DESCRIPTOR_SET`]: served by the core through gRPC reflection.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "config")]
+pub mod config_doc;
 #[cfg(feature = "quic")]
 pub mod congestion;
 pub mod edge;

@@ -279,6 +279,7 @@ async fn store_event(core: &Core, det_oid: i64, camera: i64, location: i64) {
     let batch = agent_message::Msg::Batch(Batch {
         first_seq: 1,
         events: vec![event.encode_to_vec().into()],
+        ..Default::default()
     });
     tx.send(AgentMessage { msg: Some(batch) }).await.unwrap();
     let Some(core_message::Msg::Ack(ack)) = inbound.message().await.unwrap().unwrap().msg else {

@@ -2,7 +2,7 @@
 //! core taking a replay with duplicates, a second (incremental) backup, the
 //! core stopped and restored from the backup into a new folder, a core
 //! started on it, and the agent (`buffer.keep_acked`) reconnecting: the final
-//! store equals the ground truth (PROTOCOL.md rule 19). Also the refusals
+//! store equals the ground truth (PROTOCOL.md rule 18a). Also the refusals
 //! (a non-empty target, a corrupt file) and a backup in S3 (moto's server).
 
 use std::{
@@ -110,7 +110,7 @@ async fn a_core_restored_from_a_backup_gets_every_event_back_exactly_once() {
     let data = Dataset::generate(14, 15_000, 0.2, 0.3, LOCATIONS);
     let truth = data.truth();
     let csv = data.csv_in(dir.path());
-    // The agent keeps what the core acknowledged (rule 19) and reconnects
+    // The agent keeps what the core acknowledged (rule 18a) and reconnects
     // quickly; it runs on after its replay, to meet the restored core.
     let mut args = AgentArgs::replay(dir.path(), "backup-agent", String::new(), &csv, Some(2500))
         .over(&core, Edge::Grpc);

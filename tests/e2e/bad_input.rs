@@ -136,6 +136,7 @@ async fn intake_answers_each_invalid_detection_with_field_and_reason() {
         .map(|r| match r.result.unwrap() {
             publish_result::Result::Accepted(a) => Ok(a.detection_oid),
             publish_result::Result::Invalid(i) => Err((i.field, i.reason)),
+            publish_result::Result::Dropped(d) => Err(("dropped".into(), d.reason)),
         })
         .collect();
     assert_eq!(verdicts[0], Ok(1));
@@ -203,6 +204,7 @@ async fn invalid_events_are_quarantined_with_field_and_reason() {
         msg: Some(agent_message::Msg::Batch(Batch {
             first_seq: 1,
             events,
+            ..Default::default()
         })),
     })
     .await
@@ -285,6 +287,7 @@ async fn oversized_messages_are_refused_with_a_clear_error() {
         msg: Some(agent_message::Msg::Batch(Batch {
             first_seq: 1,
             events: vec![blob],
+            ..Default::default()
         })),
     })
     .await

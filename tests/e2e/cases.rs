@@ -120,6 +120,7 @@ async fn store_events(url: &str, oids: &[i64]) {
         msg: Some(agent_message::Msg::Batch(Batch {
             first_seq: w.resume_from,
             events,
+            ..Default::default()
         })),
     })
     .await

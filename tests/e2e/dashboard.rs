@@ -83,6 +83,7 @@ async fn refused_event(core_url: &str) {
         msg: Some(agent_message::Msg::Batch(Batch {
             first_seq: 1,
             events: vec![event.encode_to_vec().into()],
+            ..Default::default()
         })),
     })
     .await

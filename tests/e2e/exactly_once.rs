@@ -405,7 +405,11 @@ impl RawSession {
         let events = events.iter().map(|e| e.encode_to_vec().into()).collect();
         self.tx
             .send(AgentMessage {
-                msg: Some(agent_message::Msg::Batch(Batch { first_seq, events })),
+                msg: Some(agent_message::Msg::Batch(Batch {
+                    first_seq,
+                    events,
+                    ..Default::default()
+                })),
             })
             .await
             .unwrap();

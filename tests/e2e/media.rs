@@ -209,7 +209,11 @@ async fn store_events(url: &str, agent: &str, oids: &[i64]) {
         })
         .collect();
     tx.send(AgentMessage {
-        msg: Some(agent_message::Msg::Batch(Batch { first_seq, events })),
+        msg: Some(agent_message::Msg::Batch(Batch {
+            first_seq,
+            events,
+            ..Default::default()
+        })),
     })
     .await
     .unwrap();

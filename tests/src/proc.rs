@@ -487,6 +487,11 @@ impl Agent {
         if args.exit_when_drained {
             a.push("--exit-when-drained".into());
         }
+        // Its metrics endpoint on a free port (the default one would be
+        // shared by every agent of a test); [`Agent::metrics_addr`] finds it.
+        if !args.extra.iter().any(|a| a == "--metrics-listen") {
+            a.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
+        }
         a.extend(
             args.extra
                 .iter()
@@ -504,6 +509,32 @@ impl Agent {
             line.rsplit(' ').next().unwrap().parse().unwrap()
         });
         Self { proc, args, intake }
+    }
+
+    /// Where the agent serves `/metrics` and `/healthz` (from the line it
+    /// prints at start-up; waits for it).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        const LINE: &str = "sightline-agent metrics listening on ";
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let found = self
+                .proc
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find_map(|l| l.strip_prefix(LINE).map(|a| a.trim().parse().unwrap()));
+            if let Some(addr) = found {
+                return addr;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "agent {} printed no {LINE:?}; log:\n{}",
+                self.args.id,
+                tail(&self.proc.log, 30)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn intake_url(&self) -> String {

@@ -176,6 +176,11 @@ pub struct CameraRow {
     pub last_frame_ms: i64,
     pub snapshots: u64,
     pub clips: u64,
+    /// Over the last 24 h: "complete", or "N missing · M pending" (empty:
+    /// nothing numbered yet; see the core's `completeness`).
+    pub completeness: String,
+    /// One line per hole: the missing camera_seq range, when, and why.
+    pub gaps: Vec<String>,
 }
 
 /// An event refused at the core.

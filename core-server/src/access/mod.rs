@@ -231,14 +231,16 @@ pub fn scoped_top_items(
 }
 
 /// `[access]`: sessions, lockout and tokens.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccessConfig {
     /// A session not used for this long ends.
     #[serde(default = "default_idle", with = "humantime_serde")]
+    #[schemars(with = "sightline_proto::config_doc::Duration")]
     pub session_idle: Duration,
     /// A session ends this long after its login, used or not.
     #[serde(default = "default_absolute", with = "humantime_serde")]
+    #[schemars(with = "sightline_proto::config_doc::Duration")]
     pub session_absolute: Duration,
     /// Failed logins of one account within `lockout_window` that lock it
     /// for `lockout_window`.
@@ -248,7 +250,9 @@ pub struct AccessConfig {
     /// the address out for `lockout_window`.
     #[serde(default = "default_address_failures")]
     pub lockout_address_failures: u32,
+    /// How far back failed logins count, and how long a lockout lasts.
     #[serde(default = "default_window", with = "humantime_serde")]
+    #[schemars(with = "sightline_proto::config_doc::Duration")]
     pub lockout_window: Duration,
     /// Sessions one account may hold at once (the oldest ends first).
     #[serde(default = "default_sessions_per_user")]

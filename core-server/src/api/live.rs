@@ -1,7 +1,10 @@
 //! Live fan-out: every commit's joined events go to every subscriber, from
 //! memory, right after the commit is durable.
 
-use std::sync::Arc;
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+};
 
 use sightline_proto::v1::JoinedEvent;
 use tokio::sync::broadcast;
@@ -13,6 +16,10 @@ pub type CommitEvents = Arc<Vec<JoinedEvent>>;
 #[derive(Clone)]
 pub struct LiveHub {
     tx: broadcast::Sender<CommitEvents>,
+    /// The commit time of each message the channel may still hold, oldest
+    /// first (as many as its capacity): how old the oldest unread one is.
+    sent: Arc<Mutex<VecDeque<i64>>>,
+    capacity: usize,
 }
 
 /// Most events in one message of the hub. The hub keeps its last `capacity`
@@ -27,7 +34,37 @@ impl LiveHub {
     /// subscriber may fall behind before it is cut off.
     pub fn new(capacity: usize) -> Self {
         let (tx, _) = broadcast::channel(capacity);
-        Self { tx }
+        // The channel holds a power of two of messages.
+        let capacity = capacity.next_power_of_two();
+        Self {
+            tx,
+            sent: Arc::new(Mutex::new(VecDeque::with_capacity(capacity))),
+            capacity,
+        }
+    }
+
+    /// How long ago (ms, from `now_ms`) the oldest message some subscriber
+    /// has not read yet was committed; 0 when every subscriber has read
+    /// everything.
+    pub fn lag_ms(&self, now_ms: i64) -> i64 {
+        let sent = self.sent.lock().unwrap();
+        let unread = self.tx.len().min(sent.len());
+        if unread == 0 {
+            return 0;
+        }
+        (now_ms - sent[sent.len() - unread]).max(0)
+    }
+
+    fn send(&self, events: Vec<JoinedEvent>) {
+        let committed_ms = events.first().map_or(0, |e| e.committed_ms);
+        // Under the lock, so the ring and the channel keep the same order.
+        let mut sent = self.sent.lock().unwrap();
+        if self.tx.send(Arc::new(events)).is_ok() {
+            if sent.len() == self.capacity {
+                sent.pop_front();
+            }
+            sent.push_back(committed_ms);
+        }
     }
 
     /// Whether anyone listens (the writer skips the join when nobody does).
@@ -38,7 +75,7 @@ impl LiveHub {
     pub fn publish(&self, events: Vec<JoinedEvent>) {
         if events.len() <= LIVE_CHUNK_EVENTS {
             if !events.is_empty() {
-                let _ = self.tx.send(Arc::new(events));
+                self.send(events);
             }
             return;
         }
@@ -48,7 +85,7 @@ impl LiveHub {
             if chunk.is_empty() {
                 return;
             }
-            let _ = self.tx.send(Arc::new(chunk));
+            self.send(chunk);
         }
     }
 
@@ -80,6 +117,31 @@ mod tests {
             seqs.extend(m.iter().map(|e| e.seq));
         }
         assert_eq!(seqs, (0..n as u64).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn the_lag_is_the_age_of_the_oldest_commit_a_subscriber_has_not_read() {
+        let hub = LiveHub::new(4);
+        let at = |committed_ms| JoinedEvent {
+            committed_ms,
+            ..Default::default()
+        };
+        hub.publish(vec![at(50)]);
+        assert_eq!(hub.lag_ms(1000), 0, "nobody listens: nobody is behind");
+        let mut rx = hub.subscribe();
+        hub.publish(vec![at(100)]);
+        hub.publish(vec![at(300)]);
+        assert_eq!(hub.lag_ms(1000), 900);
+        rx.try_recv().unwrap();
+        assert_eq!(hub.lag_ms(1000), 700);
+        rx.try_recv().unwrap();
+        assert_eq!(hub.lag_ms(1000), 0);
+        // A subscriber that stops reading: its lag grows to the oldest the
+        // hub still holds for it.
+        for t in 400..410 {
+            hub.publish(vec![at(t)]);
+        }
+        assert_eq!(hub.lag_ms(1000), 1000 - 406);
     }
 
     #[test]

@@ -12,10 +12,10 @@
 use std::{collections::BTreeSet, net::IpAddr, sync::Arc};
 
 use sightline_proto::v1::{
-    query_server::Query, EventFilter, FleetRequest, FleetResponse, GetEventRequest, ItemCount,
-    JoinedEvent, ListEventsRequest, ListEventsResponse, ListQuarantineRequest,
-    ListQuarantineResponse, LocationTop, SearchRequest, SearchResponse, StatsRequest,
-    StatsResponse, SubscribeRequest, TopItemsRequest, TopItemsResponse,
+    query_server::Query, CompletenessRequest, CompletenessResponse, EventFilter, FleetRequest,
+    FleetResponse, GetEventRequest, ItemCount, JoinedEvent, ListEventsRequest, ListEventsResponse,
+    ListQuarantineRequest, ListQuarantineResponse, LocationTop, SearchRequest, SearchResponse,
+    StatsRequest, StatsResponse, SubscribeRequest, TopItemsRequest, TopItemsResponse,
 };
 use sightline_proto::{ApiError, Code};
 use tokio::sync::{broadcast, mpsc};
@@ -453,6 +453,32 @@ impl Query for QueryService {
         Ok(Response::new(FleetResponse {
             agents: self.fleet.snapshot(),
         }))
+    }
+
+    async fn completeness(
+        &self,
+        req: Request<CompletenessRequest>,
+    ) -> Result<Response<CompletenessResponse>, Status> {
+        let who = self.caller(&req, "Completeness").await?;
+        self.allowed(
+            &who,
+            req.remote_addr(),
+            "Completeness",
+            who.require(Role::Admin, "Completeness"),
+        )
+        .await?;
+        let since_ms = req.into_inner().since_ms;
+        if since_ms < 0 {
+            return Err(bad_field(
+                "since_ms",
+                format!("{since_ms} is negative; times are epoch milliseconds"),
+            ));
+        }
+        let store = self.store.clone();
+        let received =
+            blocking(move || store.received_all().map_err(|e| ApiError::from(e).into())).await?;
+        let r = crate::completeness::report(received, &self.fleet.snapshot(), since_ms);
+        Ok(Response::new(r))
     }
 
     async fn list_quarantine(

@@ -138,7 +138,7 @@ pub const MAX_DETAIL_BYTES: usize = 4096;
 pub const RETENTION_CHECK_EVERY: Duration = Duration::from_secs(3600);
 
 /// The `[audit]` section of the core's config.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     /// The audit folder. Unset: `<storage.path>/audit`.
@@ -147,9 +147,11 @@ pub struct AuditConfig {
     /// How long records are kept. Whole segments older than this are cut
     /// (so records live up to one segment longer).
     #[serde(default = "default_retention", with = "humantime_serde")]
+    #[schemars(with = "sightline_proto::config_doc::Duration")]
     pub retention: Duration,
     /// A segment file's size before the next one starts: the unit of a cut.
     #[serde(default = "default_segment_bytes")]
+    #[schemars(with = "sightline_proto::config_doc::ByteSize")]
     pub segment_bytes: ByteSize,
 }
 

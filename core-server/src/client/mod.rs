@@ -1,7 +1,7 @@
 //! The terminal client: the obvious questions from a shell.
 //!
 //! `top` (X items per location over a range), `tail` (live joined events),
-//! `fleet`, `quarantine`, `stats`, `reload`, `grant`; accounts, API tokens and
+//! `fleet`, `completeness`, `quarantine`, `stats`, `reload`, `grant`; accounts, API tokens and
 //! sessions (`users`, `tokens`, `sessions`, see [`admin`]).
 //!
 //! Every call carries a credential: `SIGHTLINE_TOKEN` (an API token, or the
@@ -56,6 +56,13 @@ pub enum ClientCommand {
     },
     /// Agents: connected, last seen, acked seq, lag.
     Fleet,
+    /// Were any detections lost, where and when: per camera, the missing
+    /// ranges of camera_seq with the agent's reason, or `complete` (admin).
+    Completeness {
+        /// Only gaps next to events detected this recently (e.g. 24h, 7d).
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        since: Duration,
+    },
     /// Events refused at the core.
     Quarantine {
         #[arg(long, default_value_t = 20)]
@@ -299,6 +306,16 @@ pub async fn run(url: String, cmd: ClientCommand) -> anyhow::Result<()> {
                     break;
                 }
             }
+        }
+        ClientCommand::Completeness { since } => {
+            let since_ms = sightline_proto::now_ms().saturating_sub(since.as_millis() as i64);
+            let r = q
+                .completeness(sightline_proto::v1::CompletenessRequest {
+                    since_ms: since_ms.max(0),
+                })
+                .await?
+                .into_inner();
+            print!("{}", crate::completeness::format(&r, fmt_ms));
         }
         ClientCommand::Fleet => {
             let r = q.fleet(FleetRequest {}).await?.into_inner();

@@ -28,16 +28,12 @@
 //! of their own that it takes before the backlog's, and are committed without
 //! touching the watermark: only new, valid det_oids are stored (anything else
 //! waits for its turn in the backlog, where it is quarantined or counted).
-//! The writer remembers which seq it stored that way (up to
-//! [`MAX_LIVE_REMEMBERED`]), so that when the backlog brings the same seq and
-//! det_oid it is acknowledged as delivered, not counted as a duplicate.
+//! Such an event's `det` entry carries the tag of the (agent, epoch, seq) it
+//! came with ([`keys::live_tag`]), so that when the backlog brings the same
+//! det_oid from the same seq it is acknowledged as delivered, not counted as
+//! a duplicate — with nothing to remember in memory, and across restarts.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::Arc,
-    thread::JoinHandle,
-    time::Instant,
-};
+use std::{collections::HashMap, sync::Arc, thread::JoinHandle, time::Instant};
 
 use bytes::Bytes;
 use sightline_proto::v1::{EdgeEvent, JoinedEvent, QuarantinedEvent, Rejection};
@@ -179,12 +175,6 @@ struct Share {
 /// A commit group with live-lane events takes at most this fraction
 /// (1/n) of `pipeline.max_group_events` from the backlog.
 const LIVE_GROUP_SHARE: usize = 4;
-
-/// Seqs a writer remembers having stored through the live lane, at most
-/// (about 40 bytes each): past it, the writer forgets them all (an abandoned
-/// epoch's would otherwise stay), and such an event is counted as a
-/// duplicate when the backlog brings it, instead of as delivered.
-pub const MAX_LIVE_REMEMBERED: usize = 262_144;
 
 /// The seq an event came with (every `Incoming` the session makes has one).
 fn seq_of(ev: &Incoming) -> Option<u64> {
@@ -411,10 +401,6 @@ struct Writer {
     partition: usize,
     /// This partition's watermarks of its agents, by (agent, epoch).
     watermarks: HashMap<(Arc<str>, u64), u64>,
-    /// Seqs above the watermark stored through the live lane, with their
-    /// det_oid, by (agent, epoch); forgotten as the watermark passes them.
-    live_done: HashMap<(Arc<str>, u64), BTreeMap<u64, i64>>,
-    live_remembered: usize,
 }
 
 /// A share, after the watermark check.
@@ -440,8 +426,6 @@ impl Writer {
             ctx,
             partition,
             watermarks: HashMap::new(),
-            live_done: HashMap::new(),
-            live_remembered: 0,
         }
     }
 
@@ -555,21 +539,10 @@ impl Writer {
                 let last = req.first_seq + req.count - 1;
                 let idx = planned.len();
                 let mut dup_transport = 0;
-                let mut delivered_live = 0;
-                // Stored through the live lane by an earlier commit (what this
-                // commit's live shares store is told apart when it is written).
-                let earlier = self.live_done.get(&key);
                 for ev in req.events {
-                    let seq = seq_of(&ev);
-                    if seq.is_some_and(|s| s <= wm) {
+                    if seq_of(&ev).is_some_and(|s| s <= wm) {
                         dup_transport += 1;
                         continue;
-                    }
-                    if let (Some(seq), Some(oid)) = (seq, det_oid_of(&ev)) {
-                        if earlier.and_then(|m| m.get(&seq)) == Some(&oid) {
-                            delivered_live += 1;
-                            continue;
-                        }
                     }
                     fresh.push((idx, req.agent.clone(), ev));
                 }
@@ -579,7 +552,6 @@ impl Writer {
                 Ok(CommitOutcome {
                     committed_through: last.max(wm),
                     dup_transport,
-                    delivered_live,
                     ..Default::default()
                 })
             });
@@ -604,7 +576,7 @@ impl Writer {
         oids.dedup();
         let result = self.build_and_write(&ctx, now, &oids, fresh, &mut planned, &staged);
 
-        let (live, live_stored) = match result {
+        let live = match result {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "commit failed; the agents will resend");
@@ -614,34 +586,7 @@ impl Writer {
                 return;
             }
         };
-        for ((agent, epoch), seq, oid) in live_stored {
-            if self.live_remembered >= MAX_LIVE_REMEMBERED {
-                // Full (an epoch abandoned with seqs remembered, or a lane far
-                // ahead of its backlog): start afresh rather than stay full.
-                // What is forgotten is counted as a duplicate when it comes.
-                tracing::debug!(
-                    partition = self.partition,
-                    forgotten = self.live_remembered,
-                    "live lane: forgetting the seqs it stored"
-                );
-                self.live_done.clear();
-                self.live_remembered = 0;
-            }
-            let m = self.live_done.entry((agent, epoch)).or_default();
-            if m.insert(seq, oid).is_none() {
-                self.live_remembered += 1;
-            }
-        }
         for (k, (w, _)) in staged {
-            if let Some(m) = self.live_done.get_mut(&k) {
-                let above = m.split_off(&(w + 1));
-                self.live_remembered -= m.len();
-                if above.is_empty() {
-                    self.live_done.remove(&k);
-                } else {
-                    *m = above;
-                }
-            }
             self.watermarks.insert(k, w);
         }
         let m = &ctx.metrics;
@@ -677,12 +622,20 @@ impl Writer {
         }
         m.commit_seconds.observe(started.elapsed().as_secs_f64());
         m.commit_events.observe(total as f64);
+        if !live.is_empty() {
+            let (h, now) = (
+                m.hop(crate::metrics::hop::COMMITTED_TO_LIVE),
+                sightline_proto::now_ms(),
+            );
+            for e in &live {
+                Metrics::observe_hop_ms(&h, now - e.committed_ms);
+            }
+        }
         ctx.hub.publish(live);
     }
 
     /// Fills and writes the WriteBatch; returns the joined events for live
-    /// subscribers (empty when nobody listens) and what the live lane stored
-    /// ((agent, epoch), seq, det_oid).
+    /// subscribers (empty when nobody listens).
     fn build_and_write(
         &self,
         ctx: &WriterContext,
@@ -691,15 +644,15 @@ impl Writer {
         fresh: Vec<(usize, Arc<str>, Incoming)>,
         planned: &mut [Planned],
         staged: &HashMap<(Arc<str>, u64), (u64, u64)>,
-    ) -> Result<LiveOut, crate::store::StoreError> {
+    ) -> Result<Vec<JoinedEvent>, crate::store::StoreError> {
         let store = &ctx.store;
         // det_oid -> the camera it belongs to (None: stored by an older
-        // version that did not record it), for what is stored and what this
-        // commit stores.
-        let mut owners: HashMap<i64, Option<i64>> = oids
+        // version that did not record it) and the live lane's tag, for what
+        // is stored and what this commit stores.
+        let mut owners: HashMap<i64, (Option<i64>, Option<u64>)> = oids
             .iter()
             .zip(store.stored_dets(oids)?)
-            .filter_map(|(o, present)| present.map(|cam| (*o, cam)))
+            .filter_map(|(o, det)| det.map(|d| (*o, (d.camera, d.live_tag))))
             .collect();
         let table = ctx.locations.current();
         let want_live = ctx.hub.has_subscribers();
@@ -707,10 +660,6 @@ impl Writer {
         let mut live = Vec::new();
         let (mut n_stored, mut n_sem, mut n_rej, mut n_unmatched, mut n_transport) =
             (0u64, 0u64, 0u64, 0u64, 0u64);
-        let mut live_stored = Vec::new();
-        // What this commit stores through the live lane: (agent, epoch, seq)
-        // -> det_oid, for the backlog's copies in the same commit.
-        let mut live_now: HashMap<(Arc<str>, u64, u64), i64> = HashMap::new();
         for (idx, agent, ev) in fresh {
             let (epoch, lane_live) = (planned[idx].epoch, planned[idx].live);
             let Ok(outcome) = planned[idx].outcome.as_mut() else {
@@ -727,15 +676,8 @@ impl Writer {
                 if owners.contains_key(&oid) {
                     continue;
                 }
-                live_now.insert((agent.clone(), epoch, e.seq), oid);
-                live_stored.push(((agent.clone(), epoch), e.seq, oid));
-            } else if let (Some(seq), Some(oid)) = (seq_of(&ev), det_oid_of(&ev)) {
-                if !live_now.is_empty() && live_now.get(&(agent.clone(), epoch, seq)) == Some(&oid)
-                {
-                    outcome.delivered_live += 1;
-                    continue;
-                }
             }
+            mark_received(&mut commit, &ev);
             match ev {
                 Incoming::Invalid {
                     event,
@@ -762,11 +704,12 @@ impl Writer {
                     } = e;
                     let Some(d) = detection else { continue };
                     let oid = d.detection_oid.unwrap_or_default();
+                    let tag = lane_live.then(|| keys::live_tag(&agent, epoch, seq));
                     match owners.get(&oid) {
                         None => {
-                            owners.insert(oid, Some(d.video_camera_oid));
+                            owners.insert(oid, (Some(d.video_camera_oid), tag));
                         }
-                        Some(Some(cam)) if *cam != d.video_camera_oid => {
+                        Some((Some(cam), _)) if *cam != d.video_camera_oid => {
                             // Another camera's det_oid: a conflict, never a
                             // duplicate (one agent must not hide another's events).
                             let reason = format!(
@@ -787,6 +730,11 @@ impl Writer {
                             q.put(&mut commit, now, &agent, outcome);
                             n_rej += 1;
                             ctx.metrics.det_oid_conflicts.inc();
+                            continue;
+                        }
+                        // The backlog's copy of an event the live lane stored.
+                        Some((_, Some(t))) if *t == keys::live_tag(&agent, epoch, seq) => {
+                            outcome.delivered_live += 1;
                             continue;
                         }
                         Some(_) => {
@@ -811,7 +759,7 @@ impl Writer {
                         location: None,
                         media: Vec::new(),
                     };
-                    commit.put_event(&joined);
+                    commit.put_event(&joined, tag);
                     outcome.stored += 1;
                     n_stored += 1;
                     if want_live {
@@ -842,12 +790,28 @@ impl Writer {
             ctx.metrics.unmatched.inc_by(n_unmatched);
         }
         store.commit(commit)?;
-        Ok((live, live_stored))
+        Ok(live)
     }
 }
 
-/// What a commit gives the live subscribers, and what the live lane stored.
-type LiveOut = (Vec<JoinedEvent>, Vec<((Arc<str>, u64), u64, i64)>);
+/// Marks the event's camera_seq as received: whatever the commit does with
+/// it, it reached the core (`store::received`). Not for an event refused for
+/// a camera that is not its agent's: that camera's numbers are not this
+/// agent's to fill.
+fn mark_received(commit: &mut CommitBatch, ev: &Incoming) {
+    let d = match ev {
+        Incoming::Valid(e) => e.detection.as_ref(),
+        Incoming::Invalid {
+            event: Some(e),
+            code,
+            ..
+        } if *code != "PERMISSION_DENIED" => e.detection.as_ref(),
+        Incoming::Invalid { .. } => None,
+    };
+    if let Some(d) = d.filter(|d| d.video_camera_oid > 0) {
+        commit.mark_received(d);
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -1005,6 +969,55 @@ mod tests {
             0,
         );
         assert_eq!((o.stored, o.dup_transport, o.delivered_live), (0, 2, 0));
+    }
+
+    #[test]
+    fn a_live_event_is_known_as_delivered_after_a_restart_and_nothing_else_is() {
+        let mut rig = rig();
+        let ts = sightline_proto::now_ms();
+        // A backlog of 1..=100 000 behind; the live lane stores seqs 99 999
+        // and 100 000, far more than any writer could have remembered.
+        live(
+            &rig,
+            "a",
+            vec![event(99_999, 7, 1, ts), event(100_000, 8, 1, ts)],
+            2,
+        );
+        // The core restarts before the backlog reaches them.
+        let ctx = WriterContext::for_tests(rig.store.clone(), Arc::new(Metrics::new()));
+        rig.pipeline = Pipeline::start(ctx, 2, 8).unwrap();
+        commit(
+            &rig,
+            "a",
+            1,
+            (1..=99_997)
+                .map(|s| event(s, 1_000_000 + s as i64, 1, ts))
+                .collect(),
+            0,
+        );
+        // Seq 99 998 brings det_oid 7 too (a retry upstream: a duplicate);
+        // 99 999 is the live event's own copy; 100 000 is another event than
+        // the lane stored at that seq (its buffer was restored): stored.
+        let o = commit(
+            &rig,
+            "a",
+            99_998,
+            vec![
+                event(99_998, 7, 1, ts),
+                event(99_999, 7, 1, ts),
+                event(100_000, 9, 1, ts),
+            ],
+            0,
+        );
+        assert_eq!(
+            (o.stored, o.delivered_live, o.dup_semantic),
+            (1, 1, 1),
+            "{o:?}"
+        );
+        assert!(rig.store.get_event(9).unwrap().is_some());
+        // Another agent's event with the live event's det_oid is a duplicate.
+        let o = commit(&rig, "b", 1, vec![event(99_999, 7, 1, ts)], 0);
+        assert_eq!((o.stored, o.delivered_live, o.dup_semantic), (0, 0, 1));
     }
 
     #[test]

@@ -81,6 +81,15 @@ pub struct EdgeTls {
     pub quic: Arc<ServerConfig>,
     /// Checks client certificates against the site's CA.
     verifier: Arc<dyn ClientCertVerifier>,
+    /// When the CA ("edge_ca") and the core's certificate ("edge_core")
+    /// expire (Unix seconds), for the metrics.
+    pub expiry: Vec<(&'static str, i64)>,
+}
+
+/// When the first certificate of `chain` expires (Unix seconds).
+fn not_after(chain: &[CertificateDer<'_>]) -> Option<i64> {
+    let (_, c) = x509_parser::parse_x509_certificate(chain.first()?.as_ref()).ok()?;
+    Some(c.validity().not_after.timestamp())
 }
 
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -92,10 +101,14 @@ impl EdgeTls {
     pub fn load(dir: &Path) -> anyhow::Result<Self> {
         let ca_path = dir.join("ca.pem");
         let mut roots = RootCertStore::empty();
+        let mut expiry = Vec::new();
         for c in CertificateDer::pem_file_iter(&ca_path)
             .with_context(|| format!("edge.tls_dir: reading {}", ca_path.display()))?
         {
             let c = c.with_context(|| format!("edge.tls_dir: {}", ca_path.display()))?;
+            if expiry.is_empty() {
+                expiry.extend(not_after(std::slice::from_ref(&c)).map(|t| ("edge_ca", t)));
+            }
             roots
                 .add(c)
                 .with_context(|| format!("edge.tls_dir: {}", ca_path.display()))?;
@@ -110,6 +123,7 @@ impl EdgeTls {
             })?
             .collect::<Result<_, _>>()
             .with_context(|| format!("edge.tls_dir: {}", cert_path.display()))?;
+        expiry.extend(not_after(&chain).map(|t| ("edge_core", t)));
         let key_path = dir.join("core.key");
         let key = PrivateKeyDer::from_pem_file(&key_path)
             .with_context(|| format!("edge.tls_dir: reading {}", key_path.display()))?;
@@ -128,6 +142,7 @@ impl EdgeTls {
             grpc: build(b"h2")?,
             quic: build(sightline_proto::edge::ALPN)?,
             verifier,
+            expiry,
         })
     }
 

@@ -146,8 +146,7 @@ impl IngestCore {
         }
 
         // Acks go out in order from their own task, as commits complete.
-        let (pending_tx, pending_rx) =
-            mpsc::channel::<oneshot::Receiver<Result<CommitOutcome, CommitError>>>(64);
+        let (pending_tx, pending_rx) = mpsc::channel::<PendingCommit>(64);
         let failed = CancellationToken::new();
         let acker = tokio::spawn(ack_loop(
             pending_rx,
@@ -256,9 +255,66 @@ struct Checked {
     first_seq: u64,
     events: Vec<Incoming>,
     last_digest: u64,
+    /// The agent-side times of its valid events, for the hop metrics.
+    times: Vec<EventTimes>,
 }
 
-type Pending = mpsc::Sender<oneshot::Receiver<Result<CommitOutcome, CommitError>>>;
+/// When an event was detected, stamped and made durable at the agent (epoch
+/// ms; `durable_ms` 0: unknown), observed as hops once its commit is acknowledged.
+#[derive(Debug, Clone, Copy)]
+struct EventTimes {
+    detected_ms: i64,
+    accepted_ms: i64,
+    durable_ms: i64,
+}
+
+impl EventTimes {
+    /// The times of a batch's valid events (`durable_after_ms` is used only
+    /// when it has one figure per event).
+    fn of(events: &[Incoming], durable_after_ms: &[u32]) -> Vec<EventTimes> {
+        let durable = (durable_after_ms.len() == events.len()).then_some(durable_after_ms);
+        events
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| {
+                let Incoming::Valid(ev) = e else { return None };
+                let d = ev.detection.as_ref()?;
+                Some(EventTimes {
+                    detected_ms: d.timestamp_detected,
+                    accepted_ms: ev.accepted_ms,
+                    durable_ms: durable.map_or(0, |a| ev.accepted_ms + i64::from(a[i])),
+                })
+            })
+            .collect()
+    }
+
+    /// Observes the agent-side hops and the wait until the commit acknowledged at `now_ms`.
+    fn observe(times: &[EventTimes], metrics: &Metrics, now_ms: i64) {
+        if times.is_empty() {
+            return;
+        }
+        use crate::metrics::hop;
+        let (detected, durable, committed) = (
+            metrics.hop(hop::DETECTED_TO_STAMPED),
+            metrics.hop(hop::STAMPED_TO_DURABLE),
+            metrics.hop(hop::DURABLE_TO_COMMITTED),
+        );
+        for t in times {
+            Metrics::observe_hop_ms(&detected, t.accepted_ms - t.detected_ms);
+            if t.durable_ms != 0 {
+                Metrics::observe_hop_ms(&durable, t.durable_ms - t.accepted_ms);
+                Metrics::observe_hop_ms(&committed, now_ms - t.durable_ms);
+            }
+        }
+    }
+}
+
+/// A commit on its way, and the times of its events.
+type PendingCommit = (
+    oneshot::Receiver<Result<CommitOutcome, CommitError>>,
+    Vec<EventTimes>,
+);
+type Pending = mpsc::Sender<PendingCommit>;
 
 /// Shadow copies kept while they wait for the batches before them.
 const MAX_AHEAD_COPIES: usize = 64;
@@ -281,14 +337,16 @@ fn unseen(mut b: Batch, from: u64) -> Option<Batch> {
 impl IngestCore {
     /// A batch's events, decoded and checked (validity, age, and what the
     /// agent may publish); `Err` when the batch itself is malformed.
-    fn check_batch(&self, agent: &Arc<str>, b: Batch) -> Result<Checked, Status> {
+    fn check_batch(&self, agent: &Arc<str>, mut b: Batch) -> Result<Checked, Status> {
         let last_digest = b
             .events
             .last()
             .map(|e| sightline_proto::event_digest(e))
             .unwrap_or(0);
         let first_seq = b.first_seq;
+        let durable_after_ms = std::mem::take(&mut b.durable_after_ms);
         let events = self.decode(agent, b)?;
+        let times = EventTimes::of(&events, &durable_after_ms);
         let too_old = events
             .iter()
             .filter(|e| matches!(e, Incoming::Invalid { code, .. } if *code == TOO_OLD))
@@ -300,6 +358,7 @@ impl IngestCore {
             first_seq,
             events,
             last_digest,
+            times,
         })
     }
 
@@ -331,6 +390,7 @@ impl IngestCore {
             first_seq,
             events,
             last_digest,
+            times,
         } = batch;
         tracing::trace!(first_seq, events = events.len(), "batch to commit");
         let (reply, rx) = oneshot::channel();
@@ -346,7 +406,7 @@ impl IngestCore {
             .submit(req)
             .await
             .map_err(|e| Some(ApiError::unavailable(e.to_string()).into()))?;
-        pending.send(rx).await.map_err(|_| None)
+        pending.send((rx, times)).await.map_err(|_| None)
     }
 
     /// Hands the live lane's events (PROTOCOL.md rule 6b) to the writers'
@@ -463,20 +523,21 @@ fn kind(m: &agent_message::Msg) -> &'static str {
 }
 
 async fn ack_loop(
-    mut pending: mpsc::Receiver<oneshot::Receiver<Result<CommitOutcome, CommitError>>>,
+    mut pending: mpsc::Receiver<PendingCommit>,
     out: Out,
     fleet: Arc<Fleet>,
     metrics: Arc<Metrics>,
     agent: Arc<str>,
     failed: CancellationToken,
 ) {
-    while let Some(rx) = pending.recv().await {
+    while let Some((rx, times)) = pending.recv().await {
         let outcome = match rx.await {
             Ok(o) => o,
             Err(_) => Err(CommitError::Store("the commit was dropped".into())),
         };
         match outcome {
             Ok(o) => {
+                EventTimes::observe(&times, &metrics, sightline_proto::now_ms());
                 fleet.committed(
                     &agent,
                     o.committed_through,
@@ -520,7 +581,7 @@ async fn ack_loop(
                 let _ = out.send(Err(status.into())).await;
                 failed.cancel();
                 // Drain: later commits may still complete, but no more acks go out.
-                while let Some(rx) = pending.recv().await {
+                while let Some((rx, _)) = pending.recv().await {
                     let _ = rx.await;
                 }
                 return;
@@ -624,6 +685,7 @@ mod copy_tests {
         Batch {
             first_seq,
             events: (0..n).map(|i| Bytes::from(vec![i])).collect(),
+            ..Default::default()
         }
     }
 

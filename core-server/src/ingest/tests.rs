@@ -82,6 +82,7 @@ fn batch_of(first_seq: u64, dets: Vec<Detection>) -> Batch {
             .enumerate()
             .map(|(i, d)| encoded(first_seq + i as u64, d))
             .collect(),
+        ..Default::default()
     }
 }
 
@@ -285,8 +286,12 @@ impl Session {
     }
 
     async fn raw_batch(&self, first_seq: u64, events: Vec<Bytes>) {
-        self.send(agent_message::Msg::Batch(Batch { first_seq, events }))
-            .await;
+        self.send(agent_message::Msg::Batch(Batch {
+            first_seq,
+            events,
+            ..Default::default()
+        }))
+        .await;
     }
 
     /// A datagram copy of a run of a batch's seqs.
@@ -589,6 +594,7 @@ async fn a_live_batch_is_stored_at_once_unanswered_and_acknowledged_with_its_bac
     s.send(agent_message::Msg::Live(Batch {
         first_seq: 30,
         events: vec![encoded(31, det(31))],
+        ..Default::default()
     }))
     .await;
     assert_code(&s.end().await, Code::InvalidArgument, "expected 30");
@@ -1091,4 +1097,47 @@ mod model {
             panic!("{e}");
         }
     }
+}
+
+// Rule 4b.
+#[tokio::test]
+async fn the_agent_side_hops_are_observed_once_acknowledged_and_a_missing_durable_time_is_not() {
+    use crate::metrics::hop;
+    let mut core = Core::start();
+    let mut s = core.session();
+    s.hello().await;
+    let mut b = batch_of(1, dets(1, 3));
+    b.durable_after_ms = vec![2, 2, 5];
+    s.send(agent_message::Msg::Batch(b)).await;
+    s.ack().await;
+    // An older agent (or one read back from disk) says nothing of it.
+    s.batch(4, dets(4, 5)).await;
+    s.ack().await;
+    // A figure per event or none: a partial list is not used.
+    let mut b = batch_of(6, dets(6, 7));
+    b.durable_after_ms = vec![1];
+    s.send(agent_message::Msg::Batch(b)).await;
+    s.ack().await;
+    let text = core.metrics.encode();
+    let count = |h: &str| -> f64 {
+        let key = format!("sightline_event_hop_seconds_count{{hop=\"{h}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .unwrap_or_else(|| panic!("no {key} in\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(count(hop::DETECTED_TO_STAMPED), 7.0);
+    assert_eq!(count(hop::STAMPED_TO_DURABLE), 3.0);
+    assert_eq!(count(hop::DURABLE_TO_COMMITTED), 3.0);
+    // Five milliseconds at most from stamp to durable: all in the 5 ms bucket.
+    let bucket = text
+        .lines()
+        .find(|l| {
+            l.starts_with("sightline_event_hop_seconds_bucket{")
+                && l.contains("hop=\"stamped_to_durable\"")
+                && l.contains("le=\"0.005\"")
+        })
+        .unwrap_or_else(|| panic!("no 5 ms bucket in\n{text}"));
+    assert!(bucket.ends_with(" 3"), "{bucket}");
 }

@@ -39,6 +39,9 @@ const WRITER_HEAP: usize = 24_000_000;
 /// commit held them by the million — 1.5–2 GiB (heaptrack: `delete_term` ←
 /// `catch_up`; BENCHMARKS.md, "The commit path").
 const REBUILD_COMMIT_EVERY: usize = 25_000;
+/// Most live events whose commit times wait for the next index commit (for
+/// the commit → searchable hop; beyond it they are not observed): ~800 KiB.
+const MAX_TIMED: usize = 100_000;
 /// Events read from the store per step of a catch-up.
 const CATCH_UP_BATCH: usize = 10_000;
 
@@ -61,6 +64,9 @@ pub(super) struct Indexer {
     pub pending: usize,
     /// Newest commit time added (committed or not).
     pub newest_ms: i64,
+    /// Commit times of the live events added since the last commit (at most
+    /// [`MAX_TIMED`]), observed as the commit → searchable hop at the next.
+    pub unsearchable: Vec<i64>,
     /// The newest retention cut asked for, applied again after a reopen.
     pub retention: Option<i64>,
     /// When to try reopening after an error, and the wait after that.
@@ -87,6 +93,7 @@ impl Indexer {
             replace_through: i64::MIN,
             pending: 0,
             newest_ms: resume.unwrap_or(i64::MIN),
+            unsearchable: Vec::new(),
             retention: None,
             retry_at: Instant::now(),
             backoff: FIRST_RETRY,
@@ -264,6 +271,14 @@ impl Indexer {
                 }
             }
             docs.push((doc, ev.committed_ms));
+            if !replace && self.unsearchable.len() < MAX_TIMED {
+                if self.unsearchable.is_empty() {
+                    self.idx
+                        .oldest_unsearchable_ms
+                        .store(ev.committed_ms, Ordering::Relaxed);
+                }
+                self.unsearchable.push(ev.committed_ms);
+            }
         }
         if !replaced.is_empty() {
             writer.delete_query(Box::new(TermSetQuery::new(replaced)))?;
@@ -371,6 +386,14 @@ impl Indexer {
         self.idx.current().reader.reload()?;
         self.idx.indexed_ms.store(position_ms, Ordering::Relaxed);
         self.pending = 0;
+        if let Some(h) = self.idx.hop.get() {
+            let now = sightline_proto::now_ms();
+            for &c in &self.unsearchable {
+                h.observe((now - c).max(0) as f64 / 1000.0);
+            }
+        }
+        self.unsearchable.clear();
+        self.idx.oldest_unsearchable_ms.store(0, Ordering::Relaxed);
         Ok(())
     }
 }

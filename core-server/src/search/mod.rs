@@ -212,6 +212,12 @@ pub struct SearchIndex {
     /// [`MAX_QUEUED_INDEX_EVENTS`]; past it, live events are left to a
     /// catch-up from the store (as when the hub drops them).
     queued: AtomicUsize,
+    /// Commit time of the oldest live event the indexer took and has not
+    /// made searchable yet (0: none), for `sightline_search_index_lag_seconds`.
+    oldest_unsearchable_ms: AtomicI64,
+    /// Where the indexer observes the commit → searchable hop, once set
+    /// ([`SearchIndex::observe_hop`]).
+    hop: std::sync::OnceLock<prometheus_client::metrics::histogram::Histogram>,
 }
 
 /// Most live events waiting for the indexer (~6 MiB; 100,000 held ~30 MiB).
@@ -277,6 +283,8 @@ impl SearchIndex {
             indexed_ms: Arc::new(AtomicI64::new(resume.unwrap_or(i64::MIN))),
             jobs: tx.clone(),
             queued: AtomicUsize::new(0),
+            oldest_unsearchable_ms: AtomicI64::new(0),
+            hop: std::sync::OnceLock::new(),
         });
         // Subscribed before the first read of the store: nothing falls between.
         let mut commits = hub.subscribe();
@@ -342,6 +350,21 @@ impl SearchIndex {
     /// indexer's next step; the store's retention has cut them already).
     pub fn apply_retention(&self, before_ms: i64) {
         let _ = self.jobs.send(Job::Retention(before_ms));
+    }
+
+    /// Has the indexer observe, for each live event, the time from its commit
+    /// until it is searchable into `hop`.
+    pub fn observe_hop(&self, hop: prometheus_client::metrics::histogram::Histogram) {
+        let _ = self.hop.set(hop);
+    }
+
+    /// How long ago (ms, from `now_ms`) the oldest live event the indexer
+    /// took but has not made searchable yet was committed (0: none).
+    pub fn lag_ms(&self, now_ms: i64) -> i64 {
+        match self.oldest_unsearchable_ms.load(Ordering::Relaxed) {
+            0 => 0,
+            oldest => (now_ms - oldest).max(0),
+        }
     }
 
     /// Commit time of the newest event that is searchable.

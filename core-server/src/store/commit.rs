@@ -11,8 +11,8 @@ use rocksdb::{WriteBatch, DB};
 use sightline_proto::v1::{JoinedEvent, QuarantinedEvent};
 
 use super::{
-    cf, keys, Store, StoreError, CF_AGG, CF_BY_COMMIT, CF_COUNTERS, CF_DET, CF_EVENTS,
-    CF_QUARANTINE, CF_WM,
+    cf, keys, received, Store, StoreError, CF_AGG, CF_BY_COMMIT, CF_COUNTERS, CF_DET, CF_EVENTS,
+    CF_QUARANTINE, CF_RECEIVED, CF_WM,
 };
 
 /// One commit's writes, in memory until [`Store::commit`].
@@ -26,6 +26,9 @@ pub struct CommitBatch {
     /// Aggregate increments summed per key: one merge per key per commit.
     agg: HashMap<Vec<u8>, u64>,
     counters: HashMap<&'static str, u64>,
+    /// The camera_seq values this commit received, per camera: one merge
+    /// per camera per commit.
+    received: HashMap<i64, received::RangeSet>,
     committed_ms: i64,
 }
 
@@ -40,6 +43,7 @@ impl Store {
             by_commit: None,
             agg: HashMap::new(),
             counters: HashMap::new(),
+            received: HashMap::new(),
             committed_ms,
         })
     }
@@ -53,8 +57,17 @@ impl Store {
             by_commit,
             agg,
             counters,
+            received,
             committed_ms,
         } = c;
+        let cf_r = cf(&db, CF_RECEIVED);
+        for (camera, set) in received {
+            batch.merge_cf(
+                cf_r,
+                received::key(camera),
+                received::Piece::add(set).encode(),
+            );
+        }
         if let Some((first_oid, packed)) = by_commit {
             batch.put_cf(
                 cf(&db, CF_BY_COMMIT),
@@ -80,8 +93,9 @@ impl Store {
 impl CommitBatch {
     /// Stores an event under its det_oid (the `det` key that makes it the
     /// only one, with its camera) and in the commit's `by_commit` entry.
-    /// `event` is kept without its joined location.
-    pub fn put_event(&mut self, event: &JoinedEvent) {
+    /// `event` is kept without its joined location. `live_tag`: the
+    /// [`keys::live_tag`] of an event stored through the live lane.
+    pub fn put_event(&mut self, event: &JoinedEvent, live_tag: Option<u64>) {
         let d = event
             .detection
             .as_ref()
@@ -94,11 +108,16 @@ impl CommitBatch {
         let key = keys::event_key(ts, oid);
         self.batch
             .put_cf(cf(&self.db, CF_EVENTS), key, event.encode_to_vec());
-        self.batch.put_cf(
-            cf(&self.db, CF_DET),
-            keys::det_key(oid),
-            keys::det_value(ts, cam),
-        );
+        let det = cf(&self.db, CF_DET);
+        match live_tag {
+            None => self
+                .batch
+                .put_cf(det, keys::det_key(oid), keys::det_value(ts, cam)),
+            Some(tag) => {
+                self.batch
+                    .put_cf(det, keys::det_key(oid), keys::det_value_live(ts, cam, tag))
+            }
+        }
         let (_, packed) = self.by_commit.get_or_insert_with(|| (oid, Vec::new()));
         packed.extend_from_slice(&key);
     }
@@ -121,6 +140,18 @@ impl CommitBatch {
             keys::quarantine_key(q.quarantined_ms, &q.agent_id, q.seq),
             q.encode_to_vec(),
         );
+    }
+
+    /// Marks the detection's camera_seq as received (stored, a duplicate or
+    /// quarantined: it reached the core). Without one (an older agent)
+    /// nothing is marked.
+    pub fn mark_received(&mut self, d: &sightline_proto::v1::Detection) {
+        if let Some(seq) = d.camera_seq.filter(|s| *s > 0) {
+            self.received
+                .entry(d.video_camera_oid)
+                .or_default()
+                .insert(seq, d.timestamp_detected);
+        }
     }
 
     /// Adds `n` to one of the totals ([`counter`]).
@@ -167,19 +198,22 @@ mod tests {
         for c in 0..commits {
             let mut batch = store.begin(1_000 + c).unwrap();
             for i in 0..per {
-                batch.put_event(&JoinedEvent {
-                    detection: Some(Detection {
-                        geographical_location_oid: 1 + i % 12,
-                        video_camera_oid: 100 + i % 4,
-                        detection_oid: Some(rng.random_range(1..i64::MAX)),
-                        item_name: "person".into(),
-                        timestamp_detected: 1_700_000_000_000 + c * 1_000 + i,
+                batch.put_event(
+                    &JoinedEvent {
+                        detection: Some(Detection {
+                            geographical_location_oid: 1 + i % 12,
+                            video_camera_oid: 100 + i % 4,
+                            detection_oid: Some(rng.random_range(1..i64::MAX)),
+                            item_name: "person".into(),
+                            timestamp_detected: 1_700_000_000_000 + c * 1_000 + i,
+                            ..Default::default()
+                        }),
+                        agent_id: "a".into(),
+                        seq: (c * per + i) as u64,
                         ..Default::default()
-                    }),
-                    agent_id: "a".into(),
-                    seq: (c * per + i) as u64,
-                    ..Default::default()
-                });
+                    },
+                    None,
+                );
                 batch.add_aggregate(1_700_000_000_000 + c * 1_000, 1 + i % 12, "person");
             }
             let t = std::time::Instant::now();

@@ -34,13 +34,53 @@ pub fn det_value(ts: i64, camera: i64) -> [u8; 16] {
     v
 }
 
-/// (timestamp_detected, camera if recorded) of a `det` value (8 or 16 bytes).
-pub fn decode_det(v: &[u8]) -> (i64, Option<i64>) {
-    let ts = i64_from_key(v);
-    let camera = v
-        .get(8..16)
-        .map(|c| i64::from_be_bytes(c.try_into().expect("8 bytes")));
-    (ts, camera)
+/// The `det` value of an event stored through the live lane (PROTOCOL.md
+/// rule 6b): [`det_value`] ‖ the [`live_tag`] of the seq it came with, so
+/// that the backlog's copy is known for the same event when it comes.
+pub fn det_value_live(ts: i64, camera: i64, tag: u64) -> [u8; 24] {
+    let mut v = [0u8; 24];
+    v[..16].copy_from_slice(&det_value(ts, camera));
+    v[16..].copy_from_slice(&tag.to_be_bytes());
+    v
+}
+
+/// A decoded `det` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Det {
+    pub ts: i64,
+    /// The camera, when recorded (not by the oldest versions).
+    pub camera: Option<i64>,
+    /// Set when the event was stored through the live lane: the
+    /// [`live_tag`] of its (agent, epoch, seq).
+    pub live_tag: Option<u64>,
+}
+
+/// Decodes a `det` value (8, 16 or 24 bytes).
+pub fn decode_det(v: &[u8]) -> Det {
+    let word = |r: std::ops::Range<usize>| {
+        v.get(r)
+            .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
+    };
+    Det {
+        ts: i64_from_key(v),
+        camera: word(8..16).map(|c| c as i64),
+        live_tag: word(16..24),
+    }
+}
+
+/// The tag a live-lane event's `det` value carries: the first 8 bytes of the
+/// SHA-256 of agent id ‖ epoch ‖ seq. The backlog's copy of that event (same
+/// det_oid, same camera) with the same tag is the event already delivered,
+/// not a duplicate; a collision could only make a duplicate be counted as
+/// delivered (the event is stored either way).
+pub fn live_tag(agent: &str, epoch: u64, seq: u64) -> u64 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(agent.as_bytes());
+    h.update(epoch.to_be_bytes());
+    h.update(seq.to_be_bytes());
+    let d = h.finalize();
+    u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
 }
 
 /// A `wm` value: the highest committed seq ‖ the digest of its event.
@@ -182,6 +222,39 @@ mod tests {
         let old = &k[..k.len() - 2];
         assert_eq!(decode_wm_key(old, 1), Some(("cam-host-1", 42, 0)));
         assert_eq!(decode_wm_key(b"short", 2), None);
+    }
+
+    #[test]
+    fn det_values_of_every_length_decode() {
+        let old = &det_value(-5, 0)[..8];
+        assert_eq!(
+            decode_det(old),
+            Det {
+                ts: -5,
+                camera: None,
+                live_tag: None
+            }
+        );
+        assert_eq!(
+            decode_det(&det_value(7, -3)),
+            Det {
+                ts: 7,
+                camera: Some(-3),
+                live_tag: None
+            }
+        );
+        let tag = live_tag("agent", 9, 42);
+        assert_eq!(
+            decode_det(&det_value_live(7, 3, tag)),
+            Det {
+                ts: 7,
+                camera: Some(3),
+                live_tag: Some(tag)
+            }
+        );
+        assert_ne!(tag, live_tag("agent", 9, 43));
+        assert_ne!(tag, live_tag("agent", 8, 42));
+        assert_ne!(tag, live_tag("agenu", 9, 42));
     }
 
     #[test]

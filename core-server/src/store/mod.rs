@@ -6,7 +6,7 @@
 //! | column family | key | value |
 //! | --- | --- | --- |
 //! | `events` | timestamp_detected (i64, sign-flipped BE) ‖ det_oid (same) | `JoinedEvent` without `location` (joined at read time) |
-//! | `det` | det_oid (i64, sign-flipped BE) | timestamp_detected (same encoding): finds the event ‖ video_camera_oid (i64 BE): whose det_oid it is (absent in rows written before 2026-11-30) |
+//! | `det` | det_oid (i64, sign-flipped BE) | timestamp_detected (same encoding): finds the event ‖ video_camera_oid (i64 BE): whose det_oid it is (absent in rows written before 2026-11-30) ‖ for an event the live lane stored, `keys::live_tag` (u64 BE) of the (agent, epoch, seq) it came with |
 //! | `wm` | agent_id ‖ 0x00 ‖ epoch (u64 BE) ‖ partition (u16 BE) | the highest seq of (agent, epoch) that partition committed (u64 BE) ‖ the digest of that seq's event (`sightline_proto::event_digest`, u64 BE; absent in older rows). The agent's watermark is the smallest over the partitions (see `dedup`). Format 1 had no partition. |
 //! | `agg` | 'm' or 'h' ‖ bucket start ms ‖ location oid ‖ item_name | count, u64 LE, summed by a merge operator |
 //! | `quarantine` | quarantined_ms ‖ agent_id ‖ 0x00 ‖ seq (u64 BE) | `QuarantinedEvent` |
@@ -16,17 +16,19 @@
 //! | `media_refs` | det_oid (as in `det`) ‖ kind (ASCII) | attached_ms (i64 BE) ‖ `MediaRef` (protobuf) |
 //! | `media_quarantine` | quarantined_ms (i64, sign-flipped BE) ‖ sha256 | [`media::MediaQuarantined`] as JSON |
 //! | `by_commit` | committed_ms ‖ det_oid (as in `events`) | timestamp_detected (as in `det`): the events in commit order, for the search index to catch up |
+//! | `received` | video_camera_oid (i64 BE) | the camera_seq values received, as ranges with the detection times of their ends, merged by a merge operator ([`received`]) |
 //! | `meta` | `format` | u32 BE: [`FORMAT_VERSION`]; absent: format 1 (migrated at open) |
 //! | `meta` | `partitions` | u32 BE: how many partitions the `wm` keys are written for |
 //!
 //! # Promises
 //!
 //! - Only the store lays out a commit: writers fill a [`commit::CommitBatch`]
-//!   (`put_event`, `add_aggregate`, `quarantine`, `count`, `set_watermark`)
+//!   (`put_event`, `add_aggregate`, `quarantine`, `count`, `set_watermark`,
+//!   `mark_received`)
 //!   and hand it to [`Store::commit`].
 //! - A commit MUST put a batch's events, their `det` keys, their aggregate
-//!   increments, its quarantined events, the counters and the agent's new
-//!   watermark in one `WriteBatch`; the agent MUST be acknowledged only after
+//!   increments, its quarantined events, the counters, the camera_seq values
+//!   it received (`received`) and the agent's new watermark in one `WriteBatch`; the agent MUST be acknowledged only after
 //!   that write returned (fsync'd when `storage.sync`).
 //! - There MUST never be two `events` entries with one det_oid: a det_oid is
 //!   written only when `det` does not hold it (checked by the single writer of
@@ -58,6 +60,7 @@ pub mod checkpoint;
 pub mod commit;
 pub mod keys;
 pub mod media;
+pub mod received;
 pub mod views;
 
 use std::{
@@ -91,6 +94,7 @@ pub const CF_MEDIA_REFS: &str = "media_refs";
 pub const CF_MEDIA_QUARANTINE: &str = "media_quarantine";
 pub const CF_BY_COMMIT: &str = "by_commit";
 pub const CF_META: &str = "meta";
+pub const CF_RECEIVED: &str = "received";
 
 /// (agent, epoch) -> (seq, digest) of its watermark.
 type WatermarkTable = BTreeMap<(String, u64), (u64, u64)>;
@@ -612,7 +616,13 @@ fn open_db(
         let mut counter_opts = cf(false);
         counter_opts.set_merge_operator_associative("sightline-add-u64", add_u64);
         counter_opts.set_max_successive_merges(64);
+        // Every commit merges into its cameras' keys: a read folds at most
+        // 64 operands held in the memtable.
+        let mut received_opts = cf(false);
+        received_opts.set_merge_operator_associative("sightline-received", received::merge);
+        received_opts.set_max_successive_merges(64);
         let cfs = vec![
+            ColumnFamilyDescriptor::new(CF_RECEIVED, received_opts),
             ColumnFamilyDescriptor::new(CF_EVENTS, cf(false)),
             ColumnFamilyDescriptor::new(CF_DET, det_opts),
             ColumnFamilyDescriptor::new(CF_WM, cf(false)),
@@ -681,15 +691,16 @@ impl Store {
             .collect())
     }
 
-    /// For each det_oid: whether an event with it is stored, and for which
-    /// camera (`Some(None)`: stored, by a version that did not record it).
-    pub fn stored_dets(&self, oids: &[i64]) -> Result<Vec<Option<Option<i64>>>, StoreError> {
+    /// For each det_oid: its `det` entry when an event with it is stored
+    /// (the camera, unless a version that did not record it stored it; the
+    /// live lane's tag).
+    pub fn stored_dets(&self, oids: &[i64]) -> Result<Vec<Option<keys::Det>>, StoreError> {
         let db = self.db()?;
         let cf = cf(&db, CF_DET);
         let keys: Vec<[u8; 8]> = oids.iter().map(|&o| keys::det_key(o)).collect();
         db.batched_multi_get_cf(cf, keys.iter(), false)
             .into_iter()
-            .map(|r| Ok(r?.map(|v| keys::decode_det(&v).1)))
+            .map(|r| Ok(r?.map(|v| keys::decode_det(&v))))
             .collect()
     }
 
@@ -702,7 +713,7 @@ impl Store {
         if det.len() < 8 {
             return Err(StoreError::Corrupt(format!("det entry of {det_oid}")));
         }
-        let key = keys::event_key(keys::decode_det(&det).0, det_oid);
+        let key = keys::event_key(keys::decode_det(&det).ts, det_oid);
         match db.get_cf(cf(&db, CF_EVENTS), key)? {
             // The det key outlives the event (retention): the event is gone.
             None => Ok(None),
@@ -989,9 +1000,33 @@ impl Store {
             keys::i64_key(i64::MIN),
             keys::i64_key(quarantine_before),
         );
+        let cf_received = cf(&db, CF_RECEIVED);
+        let cut = received::Piece::cut(events_before).encode();
+        for item in db.iterator_cf(cf_received, IteratorMode::Start) {
+            let (k, _) = item?;
+            batch.merge_cf(cf_received, k, &cut);
+        }
         self.write(batch)?;
         self.dedup_cutoff.store(dedup_before, Ordering::Relaxed);
         Ok(expired)
+    }
+}
+
+impl Store {
+    /// Every camera's received camera_seq values (see [`received`]).
+    pub fn received_all(&self) -> Result<Vec<(i64, received::RangeSet)>, StoreError> {
+        let db = self.db()?;
+        let mut out = Vec::new();
+        for item in db.iterator_cf(cf(&db, CF_RECEIVED), IteratorMode::Start) {
+            let (k, v) = item?;
+            let Ok(cam) = <[u8; 8]>::try_from(k.as_ref()) else {
+                continue;
+            };
+            if let Some(p) = received::Piece::decode(&v) {
+                out.push((i64::from_be_bytes(cam), p.set));
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -135,10 +135,23 @@ pub(super) fn load_state(db: &DB) -> Result<State, BufferError> {
             "events end before seq {expect}, but next_seq is {next_seq}"
         )));
     }
+    let mut counted = Vec::new();
+    for item in db.prefix_iterator_cf(meta, cameras::META_PREFIX.as_bytes()) {
+        let (k, v) = item?;
+        if !k.starts_with(cameras::META_PREFIX.as_bytes()) {
+            break;
+        }
+        counted.push(
+            cameras::Cameras::decode(&v)
+                .map_err(|e| BufferError::Corrupt(format!("camera counters: {e}")))?,
+        );
+    }
+    let held_through = if sizes.is_empty() { 0 } else { next_seq - 1 };
     Ok(State {
         epoch,
         next_seq,
         acked,
+        cameras: cameras::Cameras::loaded(counted, held_through),
         persisted_acked: acked,
         sizes,
         runs,
@@ -148,6 +161,7 @@ pub(super) fn load_state(db: &DB) -> Result<State, BufferError> {
         cache: VecDeque::new(),
         cache_first: next_seq,
         cache_bytes: 0,
+        durable: VecDeque::new(),
     })
 }
 

@@ -71,6 +71,8 @@ pub(super) fn renumber(shared: &Shared, watermark: Option<u64>) -> Result<NewEpo
         st.next_seq = n + 1;
         st.acked = 0;
         st.persisted_acked = 0;
+        // The old seqs mean nothing now: what is held settles as a whole.
+        st.cameras.reset_checkpoints(n);
         st.sizes = renumbered.iter().map(|b| b.len() as u32).collect();
         st.runs = run_starts;
         st.kept_runs.clear();
@@ -78,6 +80,8 @@ pub(super) fn renumber(shared: &Shared, watermark: Option<u64>) -> Result<NewEpo
         st.held_bytes = renumbered.iter().map(|b| b.len() as u64).sum();
         st.cache.clear();
         st.cache_bytes = 0;
+        // Renumbered events lose their durable marks (unknown, not wrong).
+        st.durable.clear();
         st.cache_first = n + 1;
         for b in renumbered.into_iter().rev() {
             if st.cache_bytes + b.len() > CACHE_BYTES {

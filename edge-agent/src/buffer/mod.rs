@@ -15,6 +15,7 @@
 //! | `meta` | `next_seq` | u64 BE: the seq the next accepted event gets (starts at 1) |
 //! | `meta` | `acked` | u64 BE: the highest seq the core acknowledged (starts at 0) |
 //! | `meta` | `source/<name>` | u64 BE: how far a source (a replayed file) got |
+//! | `meta` | `camera/` ‖ video_camera_oid (i64 BE) | `sightline.v1.CameraIntake`: the camera's intake numbering and losses ([`cameras`]), written in the same `WriteBatch` as the events it numbered |
 //! | `meta` | `format` | u64 BE: 2 (format 1, one event per `events` entry, is rewritten as runs at open) |
 //!
 //! # Promises
@@ -47,7 +48,7 @@
 //!   the new epoch, `next_seq = n + 1` and `acked = 0` in one fsync'd
 //!   `WriteBatch`: after a crash the buffer is wholly in the old epoch or
 //!   wholly in the new one. [`Buffer::new_epoch_after`] (a core restored from
-//!   a backup, PROTOCOL.md rule 19) also renumbers, first, the kept
+//!   a backup, PROTOCOL.md rule 18a) also renumbers, first, the kept
 //!   acknowledged events after the core's watermark.
 //! - A disk that refuses writes (full, or failing) MUST NOT lose what is held:
 //!   appends are refused ([`BufferError::DiskFull`], [`BufferError::DiskFault`]),
@@ -58,6 +59,7 @@
 //! - Reads SHOULD come from an in-memory cache of the newest events (bounded by
 //!   `CACHE_BYTES`), falling back to RocksDB after a restart or a long outage.
 
+pub mod cameras;
 mod disk;
 mod epoch;
 #[cfg(test)]
@@ -78,7 +80,7 @@ use std::{
 use bytes::Bytes;
 use prost::Message;
 use rocksdb::{WriteBatch, DB};
-use sightline_proto::v1::{Detection, EdgeEvent};
+use sightline_proto::v1::{CameraIntake, Detection, EdgeEvent, LossReason};
 use tokio::sync::{oneshot, watch, Notify};
 
 const CF_EVENTS: &str = "events";
@@ -129,7 +131,7 @@ pub struct BufferOptions {
     pub sync: bool,
     /// Acknowledged events kept (at least the newest this many, in whole
     /// runs) so that a core restored from a backup can be given them again
-    /// (`buffer.keep_acked`; PROTOCOL.md rule 19). They do not count
+    /// (`buffer.keep_acked`; PROTOCOL.md rule 18a). They do not count
     /// towards `max_events`/`max_bytes`. 0: deleted once acknowledged.
     pub keep_acked: u64,
 }
@@ -175,10 +177,22 @@ pub struct SourcePosition {
     pub position: u64,
 }
 
+/// What a refused append means for the camera numbers it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFull {
+    /// The caller tries again: the numbers are given back.
+    Retry,
+    /// The detections are refused for good (the publisher was told).
+    Refuse,
+    /// The detections are dropped (`when_full = "drop"`).
+    Drop,
+}
+
 struct AppendReq {
     events: Vec<Detection>,
     accepted_ms: i64,
     source: Option<SourcePosition>,
+    on_full: OnFull,
     reply: oneshot::Sender<Result<Appended, BufferError>>,
 }
 
@@ -194,6 +208,8 @@ enum Req {
 struct State {
     epoch: u64,
     next_seq: u64,
+    /// Per-camera numbering at intake.
+    cameras: cameras::Cameras,
     /// The highest acknowledged seq (may be ahead of `persisted_acked` while
     /// the disk refuses writes).
     acked: u64,
@@ -218,9 +234,25 @@ struct State {
     /// Seq of `cache[0]`.
     cache_first: u64,
     cache_bytes: usize,
+    /// How long each append of the cached events took to become durable:
+    /// (first seq of the append, ms from its `accepted_ms` to its fsync), in
+    /// seq order; an append's events run to the next mark's seq. Kept only
+    /// for what the cache holds (so bounded with it), for the latency
+    /// metrics (`Batch.durable_after_ms`); unknown after a restart.
+    durable: VecDeque<(u64, u32)>,
 }
 
 impl State {
+    /// Drops the durable marks of appends wholly below `seq`.
+    fn forget_durable_below(&mut self, seq: u64) {
+        while self.durable.get(1).is_some_and(|&(next, _)| next <= seq) {
+            self.durable.pop_front();
+        }
+        if self.durable.len() == 1 && self.next_seq <= seq {
+            self.durable.clear();
+        }
+    }
+
     /// Forgets (in memory) every event through `seq`.
     fn drop_through(&mut self, seq: u64) {
         if seq <= self.acked {
@@ -238,7 +270,9 @@ impl State {
         if self.cache.is_empty() {
             self.cache_first = self.next_seq;
         }
+        self.forget_durable_below(self.cache_first.max(seq + 1));
         self.acked = seq;
+        self.cameras.settle(seq);
         // Runs all of whose seqs are acknowledged.
         while !self.runs.is_empty() {
             let end = self.runs.get(1).copied().unwrap_or(self.next_seq);
@@ -474,8 +508,24 @@ impl Buffer {
         events: Vec<Detection>,
         source: Option<SourcePosition>,
     ) -> Result<Appended, BufferError> {
-        let rx = self.submit(events, source)?;
+        self.append_with(events, source, OnFull::Retry).await
+    }
+
+    /// [`Buffer::append`], saying what a refusal for a full buffer means for
+    /// the camera numbers the events were given.
+    pub async fn append_with(
+        &self,
+        events: Vec<Detection>,
+        source: Option<SourcePosition>,
+        on_full: OnFull,
+    ) -> Result<Appended, BufferError> {
+        let rx = self.submit(events, source, on_full)?;
         rx.await.map_err(|_| BufferError::Closed)?
+    }
+
+    /// Every camera's numbering at intake, for the status report.
+    pub fn camera_intake(&self) -> Vec<CameraIntake> {
+        self.shared.state.lock().unwrap().cameras.report()
     }
 
     /// [`Buffer::append`] for synchronous callers.
@@ -484,7 +534,7 @@ impl Buffer {
         events: Vec<Detection>,
         source: Option<SourcePosition>,
     ) -> Result<Appended, BufferError> {
-        let rx = self.submit(events, source)?;
+        let rx = self.submit(events, source, OnFull::Retry)?;
         rx.blocking_recv().map_err(|_| BufferError::Closed)?
     }
 
@@ -492,12 +542,14 @@ impl Buffer {
         &self,
         events: Vec<Detection>,
         source: Option<SourcePosition>,
+        on_full: OnFull,
     ) -> Result<oneshot::Receiver<Result<Appended, BufferError>>, BufferError> {
         let (reply, rx) = oneshot::channel();
         let req = AppendReq {
             events,
             accepted_ms: sightline_proto::now_ms(),
             source,
+            on_full,
             reply,
         };
         self.send(Req::Append(req))?;
@@ -523,7 +575,7 @@ impl Buffer {
     }
 
     /// [`Buffer::new_epoch`] for a core behind what it acknowledged (it was
-    /// restored from a backup; PROTOCOL.md rule 19): the kept acknowledged
+    /// restored from a backup; PROTOCOL.md rule 18a): the kept acknowledged
     /// events after its `watermark` (`keep_acked`) are renumbered too,
     /// before the unacknowledged ones.
     pub async fn new_epoch_after(&self, watermark: u64) -> Result<NewEpoch, BufferError> {
@@ -584,6 +636,29 @@ impl Buffer {
         };
         self.shared
             .with_db(|db| read_db(db, from, end, max_events, max_bytes))
+    }
+
+    /// For each of the `n` events from seq `from`: ms from its `accepted_ms`
+    /// until it was durable here (`Batch.durable_after_ms`). Empty when that
+    /// is not known for all of them (read back from disk after a restart).
+    pub fn durable_after(&self, from: u64, n: usize) -> Vec<u32> {
+        let st = self.shared.state.lock().unwrap();
+        let end = from + n as u64;
+        if n == 0 || st.durable.front().is_none_or(|&(first, _)| first > from) || end > st.next_seq
+        {
+            return Vec::new();
+        }
+        let start = st.durable.partition_point(|&(first, _)| first <= from) - 1;
+        let mut out = Vec::with_capacity(n);
+        for (i, &(first, after)) in st.durable.iter().enumerate().skip(start) {
+            let until = st.durable.get(i + 1).map_or(st.next_seq, |m| m.0).min(end);
+            let from_here = first.max(from);
+            out.extend(std::iter::repeat_n(after, (until - from_here) as usize));
+            if until >= end {
+                break;
+            }
+        }
+        out
     }
 
     /// The core acknowledged everything through `seq`: delete it. While the
@@ -758,9 +833,13 @@ fn commit_group_in(shared: &Shared, db: &DB, group: Vec<AppendReq>) {
     let first_of_group = next;
     let mut batch = WriteBatch::default();
     let mut accepted = Vec::with_capacity(group.len());
+    // (first seq, accepted_ms) of each append that fits.
+    let mut marks: Vec<(u64, i64)> = Vec::with_capacity(group.len());
     let mut encoded_all: Vec<Bytes> =
         Vec::with_capacity(group.iter().map(|r| r.events.len()).sum());
-    for req in group {
+    let mut numbered = Vec::with_capacity(group.len());
+    for mut req in group {
+        let numbering = shared.state.lock().unwrap().cameras.number(&mut req.events);
         let encoded: Vec<Bytes> = req
             .events
             .into_iter()
@@ -787,8 +866,23 @@ fn commit_group_in(shared: &Shared, db: &DB, group: Vec<AppendReq>) {
                 max_events: shared.opts.max_events,
                 max_bytes: shared.opts.max_bytes,
             }));
+            let mut st = shared.state.lock().unwrap();
+            let reason = match req.on_full {
+                OnFull::Retry => {
+                    st.cameras.rollback(numbering);
+                    continue;
+                }
+                OnFull::Refuse => LossReason::RefusedFull,
+                OnFull::Drop => LossReason::DroppedFull,
+            };
+            st.cameras.keep(&numbering, Some(reason));
+            // Settled once everything accepted before it is acknowledged.
+            let (last, acked) = (next - 1, st.acked);
+            st.cameras.checkpoint(last, &[&numbering], acked);
             continue;
         }
+        shared.state.lock().unwrap().cameras.keep(&numbering, None);
+        numbered.push(numbering);
         if let Some(src) = &req.source {
             batch.put_cf(
                 meta,
@@ -796,6 +890,7 @@ fn commit_group_in(shared: &Shared, db: &DB, group: Vec<AppendReq>) {
                 src.position.to_be_bytes(),
             );
         }
+        marks.push((next, req.accepted_ms));
         accepted.push((
             req.reply,
             Appended {
@@ -808,9 +903,24 @@ fn commit_group_in(shared: &Shared, db: &DB, group: Vec<AppendReq>) {
         held_events += count;
         held_bytes += bytes;
     }
+    let counters = shared.state.lock().unwrap().cameras.take_dirty();
+    let meta_counters = |batch: &mut WriteBatch| {
+        for (k, v) in &counters {
+            batch.put_cf(meta, k, v);
+        }
+    };
     if accepted.is_empty() {
+        // Refused numbers are kept too, so that a restart does not reuse them.
+        if !counters.is_empty() {
+            let mut batch = WriteBatch::default();
+            meta_counters(&mut batch);
+            if let Err(e) = shared.write(db, batch, shared.opts.sync) {
+                tracing::debug!(error = %e, "camera counters not written");
+            }
+        }
         return;
     }
+    meta_counters(&mut batch);
     let runs = pack_runs(first_of_group, &encoded_all);
     let run_starts: Vec<u64> = runs.iter().map(|(s, _)| *s).collect();
     for (first, run) in runs {
@@ -823,10 +933,20 @@ fn commit_group_in(shared: &Shared, db: &DB, group: Vec<AppendReq>) {
         }
         return;
     }
+    let durable_ms = sightline_proto::now_ms();
     {
         let mut st = shared.state.lock().unwrap();
         debug_assert_eq!(st.next_seq, first_of_group);
+        let acked = st.acked;
+        st.cameras
+            .checkpoint(next - 1, &numbered.iter().collect::<Vec<_>>(), acked);
         st.runs.extend(run_starts);
+        for (first, accepted_ms) in marks {
+            let after = durable_ms
+                .saturating_sub(accepted_ms)
+                .clamp(0, u32::MAX as i64);
+            st.durable.push_back((first, after as u32));
+        }
         for b in encoded_all {
             st.sizes.push_back(b.len() as u32);
             st.held_bytes += b.len() as u64;
@@ -839,6 +959,8 @@ fn commit_group_in(shared: &Shared, db: &DB, group: Vec<AppendReq>) {
             st.cache_bytes -= b.len();
             st.cache_first += 1;
         }
+        let below = st.cache_first;
+        st.forget_durable_below(below);
     }
     shared.next_seq_tx.send_replace(next);
     for (reply, appended) in accepted {

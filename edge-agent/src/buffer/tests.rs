@@ -727,3 +727,63 @@ fn without_keep_acked_a_restored_core_gets_only_the_unacknowledged_events() {
     assert_eq!((n.renumbered, n.resent_acked, n.lost), (4, 0, 4));
     assert_eq!(held_oids(&b), (7..=10).collect::<Vec<_>>());
 }
+
+#[test]
+fn durable_after_is_known_for_each_cached_event_and_unknown_after_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let b = Buffer::open(dir.path(), opts()).unwrap();
+        b.append_blocking(vec![det(1), det(2)], None).unwrap();
+        b.append_blocking(vec![det(3)], None).unwrap();
+        // One figure per event, across the two appends, from any start.
+        assert_eq!(b.durable_after(1, 3).len(), 3);
+        assert_eq!(b.durable_after(2, 2).len(), 2);
+        assert_eq!(b.durable_after(3, 1).len(), 1);
+        // Past what is assigned: unknown, not made up.
+        assert!(b.durable_after(3, 2).is_empty());
+        // Acknowledged events take their marks with them.
+        b.ack_through(2).unwrap();
+        assert_eq!(b.durable_after(3, 1).len(), 1);
+        b.flush().unwrap();
+    }
+    let b = Buffer::open(dir.path(), opts()).unwrap();
+    assert!(
+        b.durable_after(3, 1).is_empty(),
+        "read back from disk, the durable time is unknown"
+    );
+    b.append_blocking(vec![det(4)], None).unwrap();
+    assert!(b.durable_after(3, 2).is_empty(), "unknown for one of them");
+    assert_eq!(b.durable_after(4, 1).len(), 1);
+}
+
+/// Camera numbers go on after a reopen, also past numbers whose detections
+/// were refused for a full buffer: a restart never reuses one, and the
+/// refusal is still on record.
+#[test]
+fn camera_numbers_and_refusals_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = BufferOptions {
+        max_events: 2,
+        ..opts()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    {
+        let b = Buffer::open(dir.path(), small).unwrap();
+        b.append_blocking(vec![det(1), det(2)], None).unwrap();
+        let refused = rt.block_on(b.append_with(vec![det(3)], None, OnFull::Refuse));
+        assert!(matches!(refused, Err(BufferError::Full { .. })));
+        // A refusal the caller retries gives its number back.
+        let retried = rt.block_on(b.append_with(vec![det(4)], None, OnFull::Retry));
+        assert!(matches!(retried, Err(BufferError::Full { .. })));
+        b.ack_through(2).unwrap();
+    }
+    let b = Buffer::open(dir.path(), small).unwrap();
+    let c = &b.camera_intake()[0];
+    assert_eq!((c.camera_seq_high, c.refused_full), (3, 1));
+    assert_eq!((c.losses[0].first, c.losses[0].last), (3, 3));
+    b.append_blocking(vec![det(5)], None).unwrap();
+    let got = decode(&b.read(3, 1, usize::MAX).unwrap()[0]);
+    assert_eq!(got.detection.unwrap().camera_seq, Some(4));
+}

@@ -30,13 +30,15 @@ use std::{
     time::Duration,
 };
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sightline_proto::v1::{CameraStatus, Detection};
 
 use spool::Spool;
 
 /// What a camera produces for a detection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum CaptureMode {
     Off,
@@ -78,7 +80,7 @@ impl CameraBoard {
 }
 
 /// One camera's capture settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CameraConfig {
     /// The `video_camera_oid` its detections carry.
@@ -90,9 +92,11 @@ pub struct CameraConfig {
     pub mode: CaptureMode,
     /// Footage kept before a detection (the ring's pre-roll).
     #[serde(default = "default_pre", with = "humantime_serde")]
+    #[schemars(with = "sightline_proto::config_doc::Duration")]
     pub pre: Duration,
     /// Footage after a detection.
     #[serde(default = "default_post", with = "humantime_serde")]
+    #[schemars(with = "sightline_proto::config_doc::Duration")]
     pub post: Duration,
     /// Added to detection timestamps before matching them to frames.
     #[serde(default)]
@@ -107,9 +111,11 @@ fn default_post() -> Duration {
 }
 
 /// Capture for every camera of this host.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CaptureConfig {
+    /// One `[[capture.cameras]]` table per camera on this host. None: the
+    /// agent handles events only.
     #[serde(default)]
     pub cameras: Vec<CameraConfig>,
     /// Where finished footage waits for upload.
@@ -118,9 +124,11 @@ pub struct CaptureConfig {
     /// When the spool is over this, the oldest footage goes first (counted);
     /// events are never dropped for footage.
     #[serde(default = "default_spool_max", with = "bytesize_serde")]
+    #[schemars(with = "sightline_proto::config_doc::ByteSize")]
     pub spool_max_bytes: u64,
     /// Longest shared clip.
     #[serde(default = "default_max_clip", with = "humantime_serde")]
+    #[schemars(with = "sightline_proto::config_doc::Duration")]
     pub max_clip: Duration,
     /// Upload bandwidth cap, bytes per second (0: none).
     #[serde(default)]
@@ -128,9 +136,13 @@ pub struct CaptureConfig {
 }
 
 mod bytesize_serde {
-    use serde::{Deserialize, Deserializer};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         Ok(bytesize::ByteSize::deserialize(d)?.as_u64())
+    }
+    /// As `ByteSize` writes it (the config reference shows the default so).
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        bytesize::ByteSize::b(*v).serialize(s)
     }
 }
 

@@ -68,6 +68,11 @@ impl Spool {
         })
     }
 
+    /// The quota (`capture.spool_max_bytes`).
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
     /// Where the cutter writes its temporary files.
     pub fn scratch_dir(&self) -> PathBuf {
         self.dir.join("scratch")

@@ -5,12 +5,12 @@
 //! retryable RESOURCE_EXHAUSTED that says which.
 
 use sightline_proto::v1::{
-    intake_server::Intake, publish_result, Accepted, Invalid, PublishRequest, PublishResponse,
-    PublishResult,
+    intake_server::Intake, publish_result, Accepted, Dropped, Invalid, PublishRequest,
+    PublishResponse, PublishResult,
 };
 use tonic::{Request, Response, Status};
 
-use super::Publisher;
+use super::{Kept, Publisher};
 use crate::buffer::BufferError;
 
 /// Most detections in one Publish call.
@@ -54,8 +54,11 @@ impl Intake for IntakeService {
             .into_iter()
             .map(|r| PublishResult {
                 result: Some(match r {
-                    Ok((detection_oid, seq)) => {
+                    Ok(Kept::Accepted { detection_oid, seq }) => {
                         publish_result::Result::Accepted(Accepted { detection_oid, seq })
+                    }
+                    Ok(Kept::Dropped(reason)) => {
+                        publish_result::Result::Dropped(Dropped { reason })
                     }
                     Err(e) => publish_result::Result::Invalid(Invalid {
                         field: e.field.to_string(),

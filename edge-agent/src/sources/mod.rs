@@ -12,14 +12,23 @@ use std::{sync::Arc, time::Duration};
 use sightline_proto::{v1::Detection, validate_detection, FieldError, Limits};
 
 use crate::{
-    buffer::{Appended, Buffer, BufferError, SourcePosition},
+    buffer::{Appended, Buffer, BufferError, OnFull, SourcePosition},
     capture::Capture,
     config::WhenFull,
     stamp,
 };
 
+/// The outcome of publishing one valid detection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kept {
+    /// Durable in the buffer: its det_oid and seq.
+    Accepted { detection_oid: i64, seq: u64 },
+    /// Not kept: the buffer was full and `when_full = "drop"` (why).
+    Dropped(String),
+}
+
 /// The outcome of publishing one detection.
-pub type ItemResult = Result<(i64, u64), FieldError>;
+pub type ItemResult = Result<Kept, FieldError>;
 
 /// Validates, stamps and appends detections, applying the `when_full` policy.
 #[derive(Clone)]
@@ -30,6 +39,8 @@ pub struct Publisher {
     pub limits: Limits,
     /// Cameras that make footage for detections (none: no footage).
     pub capture: Option<Arc<Capture>>,
+    /// Counts what is accepted and refused at intake.
+    pub metrics: Arc<crate::observe::AgentMetrics>,
 }
 
 impl Publisher {
@@ -51,6 +62,10 @@ impl Publisher {
                 Err(e) => verdicts.push(Some(e)),
             }
         }
+        let invalid = verdicts.len() - valid.len();
+        if invalid > 0 {
+            self.metrics.refused("invalid", invalid as u64);
+        }
         (valid, verdicts)
     }
 
@@ -68,24 +83,35 @@ impl Publisher {
             .map(|d| d.detection_oid.unwrap_or_default())
             .collect();
         let triggers = self.footage_triggers(&valid);
+        let n = valid.len();
         let mut pending = Some(valid);
         let appended = loop {
-            // Only the block policy tries again, so only it needs a copy.
-            let attempt = if self.when_full == WhenFull::Block {
-                pending.clone().unwrap_or_default()
-            } else {
-                pending.take().unwrap_or_default()
+            // Only the block policy tries again, so only it needs a copy;
+            // until its deadline a refusal gives the camera numbers back.
+            let (attempt, on_full) = match self.when_full {
+                WhenFull::Block if tokio::time::Instant::now() < deadline => {
+                    (pending.clone().unwrap_or_default(), OnFull::Retry)
+                }
+                WhenFull::Block | WhenFull::Backpressure => {
+                    (pending.take().unwrap_or_default(), OnFull::Refuse)
+                }
+                WhenFull::Drop => (pending.take().unwrap_or_default(), OnFull::Drop),
             };
-            match self.append_or_full(attempt, source.clone()).await {
-                Err(e @ BufferError::Full { .. })
-                    if self.when_full == WhenFull::Block
-                        && tokio::time::Instant::now() < deadline =>
-                {
+            match self.append_or_full(attempt, source.clone(), on_full).await {
+                Err(e @ BufferError::Full { .. }) if on_full == OnFull::Retry => {
                     let _ = tokio::time::timeout_at(deadline, self.buffer.room()).await;
                     tracing::debug!(error = %e, "buffer full, publisher waits");
                     continue;
                 }
-                other => break other?,
+                Err(e @ BufferError::Full { .. }) if on_full == OnFull::Drop => {
+                    tracing::debug!(error = %e, "buffer full, detections dropped");
+                    self.metrics.refused("dropped_buffer_full", n as u64);
+                    return Ok(dropped(verdicts, &e.to_string()));
+                }
+                other => {
+                    self.count(n, &other);
+                    break other?;
+                }
             }
         };
         self.trigger_footage(&triggers, appended.is_some());
@@ -106,7 +132,10 @@ impl Publisher {
             .collect();
         let triggers = self.footage_triggers(&valid);
         loop {
-            match self.append_or_full(valid.clone(), source.clone()).await {
+            match self
+                .append_or_full(valid.clone(), source.clone(), OnFull::Retry)
+                .await
+            {
                 // A full disk is waited out too: the buffer recovers by itself.
                 Err(
                     BufferError::Full { .. }
@@ -117,6 +146,7 @@ impl Publisher {
                         tokio::time::timeout(Duration::from_millis(200), self.buffer.room()).await;
                 }
                 other => {
+                    self.count(valid.len(), &other);
                     let appended = other?;
                     self.trigger_footage(&triggers, appended.is_some());
                     return Ok(merge(verdicts, &oids, appended));
@@ -154,12 +184,48 @@ impl Publisher {
         &self,
         valid: Vec<Detection>,
         source: Option<SourcePosition>,
+        on_full: OnFull,
     ) -> Result<Option<Appended>, BufferError> {
         if valid.is_empty() && source.is_none() {
             return Ok(None);
         }
-        self.buffer.append(valid, source).await.map(Some)
+        self.buffer
+            .append_with(valid, source, on_full)
+            .await
+            .map(Some)
     }
+
+    /// Counts the final outcome of appending `n` valid detections.
+    fn count(&self, n: usize, r: &Result<Option<Appended>, BufferError>) {
+        match r {
+            Ok(_) => {
+                self.metrics.intake_accepted.inc_by(n as u64);
+            }
+            Err(e) => self.metrics.refused(refusal_reason(e), n as u64),
+        }
+    }
+}
+
+/// The `reason` label of an append the buffer refused.
+fn refusal_reason(e: &BufferError) -> &'static str {
+    match e {
+        BufferError::Full { .. } => "buffer_full",
+        BufferError::DiskFull { .. } => "disk_full",
+        BufferError::DiskFault { .. } => "disk_fault",
+        BufferError::Closed => "closed",
+        _ => "buffer_error",
+    }
+}
+
+/// The results of a call whose valid detections were all dropped.
+fn dropped(verdicts: Vec<Option<FieldError>>, why: &str) -> Vec<ItemResult> {
+    verdicts
+        .into_iter()
+        .map(|v| match v {
+            Some(e) => Err(e),
+            None => Ok(Kept::Dropped(why.to_string())),
+        })
+        .collect()
 }
 
 fn merge(
@@ -174,7 +240,10 @@ fn merge(
         .map(|v| match v {
             Some(e) => Err(e),
             None => {
-                let r = Ok((*oid.next().expect("one oid per valid detection"), seq));
+                let r = Ok(Kept::Accepted {
+                    detection_oid: *oid.next().expect("one oid per valid detection"),
+                    seq,
+                });
                 seq += 1;
                 r
             }

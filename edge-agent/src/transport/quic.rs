@@ -277,6 +277,7 @@ fn datagrams(batch: &Batch, max: usize, most: usize) -> Vec<Bytes> {
             msg: Some(agent_message::Msg::Batch(Batch {
                 first_seq: batch.first_seq + start as u64,
                 events: batch.events[start..end].to_vec(),
+                ..Default::default()
             })),
         };
         out.push(Bytes::from(piece.encode_to_vec()));
@@ -398,6 +399,7 @@ mod tests {
                     .into()
                 })
                 .collect(),
+            ..Default::default()
         }
     }
 

@@ -95,6 +95,7 @@ fn main() {
         msg: Some(Msg::Batch(Batch {
             first_seq: 1,
             events: vec![event(1).into(), event(2).into()],
+            ..Default::default()
         })),
     };
     put("edge_messages", "batch.pb", &batch.encode_to_vec());

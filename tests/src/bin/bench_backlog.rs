@@ -5,9 +5,10 @@
 //! 1. The agents publish at `--rate` events/s (fleet-wide) and the core is
 //!    stopped for `--outage-seconds` (default 600): the agents buffer it all.
 //! 2. The core starts again; the agents reconnect and drain their backlog
-//!    while publishing on at the same rate. The drain rate is what the core
-//!    handled (stored, duplicate or refused) from its first commit after the
-//!    restart until it was within 200 ms of the publishers, over that time;
+//!    while publishing on at the same rate. The drain rate is how many seqs
+//!    the core acknowledged (the agents' acknowledged seqs in the fleet
+//!    view) from its first commit after the restart until every agent was
+//!    within 200 ms of its publisher, over that time;
 //!    `drain_x_live` divides it by the live rate. Events published during
 //!    the drain — from when every agent is back (each after its reconnect
 //!    backoff; what they took before is backlog) — carry the item
@@ -35,7 +36,6 @@ use sightline_tests::{
     bench::{percentile, Args, Gen, LatencyProbe, LOCATIONS},
     data::write_locations,
     proc::rss_mb,
-    query::stats,
     Agent, AgentArgs, Core,
 };
 
@@ -44,8 +44,24 @@ use sightline_tests::{
 const PROBE_ITEM: &str = "live-probe";
 
 /// Every published event ends stored, a semantic duplicate or refused.
-fn handled(s: &sightline_proto::v1::StatsResponse) -> u64 {
-    s.stored + s.duplicates_semantic + s.rejected
+/// Each agent's acknowledged seq (its epoch does not change in this run,
+/// and its seqs are 1, 2, … in the order its intake took the events), in
+/// the order of `ids`.
+async fn acked_seqs(q: &mut sightline_tests::query::Client, ids: &[String]) -> Vec<u64> {
+    let fleet = q
+        .fleet(sightline_proto::v1::FleetRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    ids.iter()
+        .map(|id| {
+            fleet
+                .agents
+                .iter()
+                .find(|a| &a.agent_id == id)
+                .map_or(0, |a| a.acked_seq)
+        })
+        .collect()
 }
 
 #[tokio::main]
@@ -111,6 +127,9 @@ async fn main() {
     let probe = LatencyProbe::default();
     let firehose = LatencyProbe::default();
     let published = Arc::new(AtomicU64::new(0));
+    // What each agent's intake took: its seqs 1 ..= n.
+    let published_by: Vec<Arc<AtomicU64>> =
+        (0..agents_n).map(|_| Arc::new(AtomicU64::new(0))).collect();
     let refused = Arc::new(AtomicU64::new(0));
     let measure = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
@@ -121,10 +140,11 @@ async fn main() {
     let mut tasks = Vec::new();
     for (i, a) in agents.iter().enumerate() {
         let url = a.intake_url();
-        let (probe, firehose, published, refused, measure, stop) = (
+        let (probe, firehose, published, mine, refused, measure, stop) = (
             probe.clone(),
             firehose.clone(),
             published.clone(),
+            published_by[i].clone(),
             refused.clone(),
             measure.clone(),
             stop.clone(),
@@ -149,7 +169,7 @@ async fn main() {
                     firehose.sent(oids);
                 }
                 let mut c = c.clone();
-                let (published, refused) = (published.clone(), refused.clone());
+                let (published, mine, refused) = (published.clone(), mine.clone(), refused.clone());
                 tokio::spawn(async move {
                     let n = dets.len() as u64;
                     match c
@@ -158,7 +178,10 @@ async fn main() {
                         })
                         .await
                     {
-                        Ok(_) => published.fetch_add(n, Ordering::Relaxed),
+                        Ok(_) => {
+                            mine.fetch_add(n, Ordering::Relaxed);
+                            published.fetch_add(n, Ordering::Relaxed)
+                        }
                         Err(_) => refused.fetch_add(n, Ordering::Relaxed),
                     };
                 });
@@ -202,10 +225,11 @@ async fn main() {
         .await;
     let fire_receiver = firehose.subscribe(&url, None).await;
     let t_restart = Instant::now();
-    let at_restart = handled(&stats(&url).await);
+    let ids: Vec<String> = (0..agents_n).map(|i| format!("backlog-{i}")).collect();
+    let mut q = sightline_tests::query::client(&url).await;
+    let at_restart: u64 = acked_seqs(&mut q, &ids).await.iter().sum();
     // The drain starts when every agent is back (each after its reconnect
     // backoff): what they took before is backlog, what comes after is live.
-    let mut q = sightline_tests::query::client(&url).await;
     loop {
         let fleet = q
             .fleet(sightline_proto::v1::FleetRequest {})
@@ -221,24 +245,35 @@ async fn main() {
     let t_back = Instant::now();
     let mut first_commit: Option<(Instant, u64)> = None;
     let mut core_rss_peak: f64 = 0.0;
-    let lag_ok = (rate * 0.2) as u64;
-    let (t_drained, handled_drained) = loop {
+    // Drained: every agent's acknowledged seq within 0.2 s of live traffic
+    // of the last seq its intake assigned (acknowledged seqs, not the core's
+    // counters: an event the live lane stored early is acknowledged only
+    // when the backlog reaches it).
+    let lag_ok = (rate * 0.2 / agents_n as f64) as u64;
+    let (t_drained, acked_drained) = loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
         sample_rss(&mut agent_rss_max);
         core_rss_peak = core_rss_peak.max(rss_mb(core.pid()));
-        let h = handled(&stats(&url).await);
+        let acked = acked_seqs(&mut q, &ids).await;
+        let total: u64 = acked.iter().sum();
         let now = Instant::now();
-        if first_commit.is_none() && h > at_restart {
-            first_commit = Some((now, h));
+        if first_commit.is_none() && total > at_restart {
+            first_commit = Some((now, total));
         }
-        if h + lag_ok >= published.load(Ordering::Relaxed) {
-            break (now, h);
+        if acked
+            .iter()
+            .zip(&published_by)
+            .all(|(a, p)| a + lag_ok >= p.load(Ordering::Relaxed))
+        {
+            break (now, total);
         }
         if t_restart.elapsed() > outage * 10 + Duration::from_secs(120) {
             panic!(
-                "the backlog did not drain: handled {} of {}",
-                h,
-                published.load(Ordering::Relaxed)
+                "the backlog did not drain: acknowledged {acked:?} of {:?}",
+                published_by
+                    .iter()
+                    .map(|p| p.load(Ordering::Relaxed))
+                    .collect::<Vec<_>>()
             );
         }
     };
@@ -265,16 +300,16 @@ async fn main() {
     }) {
         println!("  {l}");
     }
-    let (t_first, h_first) = first_commit.expect("a commit after the restart");
+    let (t_first, acked_first) = first_commit.expect("a commit after the restart");
     let drain_secs = t_drained.duration_since(t_first).as_secs_f64().max(1e-3);
-    let drained = handled_drained - h_first;
+    let drained = acked_drained - acked_first;
     let drain_rate = drained as f64 / drain_secs;
     let (lat, missing) = probe.take();
     let p99 = percentile(&lat, 0.99);
     let (fire, fire_missing) = firehose.take();
     let fire_p99 = percentile(&fire, 0.99);
     println!(
-        "drain: {drained} events handled in {drain_secs:.1} s after the first commit ({:.1} s after the restart; every agent back after {:.1} s): {drain_rate:.0} events/s beside {rate:.0}/s live; core RSS peak {core_rss_peak:.1} MiB; {} published events refused by the intakes (buffer full)",
+        "drain: {drained} events acknowledged in {drain_secs:.1} s after the first commit ({:.1} s after the restart; every agent back after {:.1} s): {drain_rate:.0} events/s beside {rate:.0}/s live; core RSS peak {core_rss_peak:.1} MiB; {} published events refused by the intakes (buffer full)",
         t_first.duration_since(t_restart).as_secs_f64(),
         t_back.duration_since(t_restart).as_secs_f64(),
         refused.load(Ordering::Relaxed)

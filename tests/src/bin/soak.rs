@@ -912,6 +912,7 @@ impl Storm {
                 msg: Some(agent_message::Msg::Batch(Batch {
                     first_seq: 1,
                     events: vec![vec![1, 2, 3].into()],
+                    ..Default::default()
                 })),
             },
             // A hello naming no one, or too long a name.
@@ -958,6 +959,7 @@ impl Storm {
                     msg: Some(agent_message::Msg::Batch(Batch {
                         first_seq: resume_from,
                         events: vec![blob],
+                        ..Default::default()
                     })),
                 })
                 .await;
@@ -1006,6 +1008,7 @@ impl Storm {
                 msg: Some(agent_message::Msg::Batch(Batch {
                     first_seq: resume_from,
                     events,
+                    ..Default::default()
                 })),
             })
             .await;

@@ -2,7 +2,9 @@
 //! depth, lag, duplicates dropped — and its cameras: seen in its events, and
 //! their capture (mode, input state, footage made) as the agent reports it;
 //! the link (QUIC or gRPC, mutual TLS or flagged plaintext, a fallback from
-//! QUIC), events refused for cameras not its own, revocations.
+//! QUIC), events refused for cameras not its own, revocations; per camera,
+//! completeness over the last 24 h ("complete", or the missing ranges and
+//! why).
 //! Refreshed every 5 s.
 
 use leptos::prelude::*;
@@ -66,7 +68,7 @@ fn Agent(a: AgentRow) -> impl IntoView {
                 <dt>"version · peer"</dt><dd>{a.version.clone()}" · "{a.peer.clone()}</dd>
             </dl>
             <table class="cameras">
-                <thead><tr><th>"Camera"</th><th class="num">"Events"</th><th>"Last event"</th><th>"Capture"</th><th>"Footage"</th></tr></thead>
+                <thead><tr><th>"Camera"</th><th class="num">"Events"</th><th>"Last event"</th><th>"Capture"</th><th>"Footage"</th><th>"Completeness (24 h)"</th></tr></thead>
                 <tbody>
                     {cameras.into_iter().map(|c| {
                         let capture = if c.mode.is_empty() {
@@ -89,6 +91,12 @@ fn Agent(a: AgentRow) -> impl IntoView {
                                 <td>{format::time_ms(c.last_event_ms)}</td>
                                 <td>{capture}</td>
                                 <td>{(!c.mode.is_empty()).then(|| format!("{} snapshots · {} clips", format::count(c.snapshots), format::count(c.clips)))}</td>
+                                <td class=if c.completeness == "complete" || c.completeness.is_empty() { "" } else { "warn" } data-completeness=c.completeness.clone()>
+                                    {c.completeness.clone()}
+                                    {(!c.gaps.is_empty()).then(|| view! {
+                                        <ul class="gaps">{c.gaps.iter().map(|g| view! { <li>{g.clone()}</li> }).collect_view()}</ul>
+                                    })}
+                                </td>
                             </tr>
                         }
                     }).collect_view()}

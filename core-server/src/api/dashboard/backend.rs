@@ -97,6 +97,13 @@ impl CoreBackend {
 /// Events the newest-events view scans at most to fill a scoped page.
 const MAX_LATEST_SCAN: usize = 20_000;
 
+/// The Fleet page's completeness window.
+const COMPLETENESS_WINDOW_MS: i64 = 24 * 3600 * 1000;
+
+fn time_text(ms: i64) -> String {
+    crate::cases::export::rfc3339(ms)
+}
+
 fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
@@ -394,10 +401,14 @@ impl Backend for CoreBackend {
 
     fn fleet(&self) -> Result<Vec<AgentRow>, String> {
         self.require(Role::Admin, "the fleet view")?;
+        let agents = self.fleet.snapshot();
+        let complete = crate::completeness::report(
+            self.store.received_all().map_err(err)?,
+            &agents,
+            sightline_proto::now_ms() - COMPLETENESS_WINDOW_MS,
+        );
         let cams = self.cameras.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(self
-            .fleet
-            .snapshot()
+        Ok(agents
             .into_iter()
             .map(|a| AgentRow {
                 cameras: {
@@ -415,6 +426,17 @@ impl Backend for CoreBackend {
                         row.last_frame_ms = c.last_frame_ms;
                         row.snapshots = c.snapshots;
                         row.clips = c.clips;
+                    }
+                    for c in complete.cameras.iter().filter(|c| c.agent_id == a.agent_id) {
+                        let row = by_oid
+                            .entry(c.video_camera_oid)
+                            .or_insert_with(|| CameraRow {
+                                camera_oid: c.video_camera_oid,
+                                ..CameraRow::default()
+                            });
+                        let (verdict, gaps) = crate::completeness::camera_lines(c, time_text);
+                        row.completeness = verdict;
+                        row.gaps = gaps;
                     }
                     by_oid.into_values().collect()
                 },

@@ -43,6 +43,7 @@ fn publisher(dir: &Path) -> Publisher {
         block_timeout: Duration::from_secs(1),
         limits: Limits::default(),
         capture: None,
+        metrics: Default::default(),
     }
 }
 
