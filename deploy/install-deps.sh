@@ -54,3 +54,12 @@ if [ ! -d "$BROWSER_DIR/node_modules/playwright-core" ]; then
   echo "install-deps: playwright-core (npm ci in tests/browser)"
   (cd "$BROWSER_DIR" && npm ci --no-audit --no-fund --loglevel=error)
 fi
+
+# Parquet export: DuckDB (the Python wheel, pinned) reads the exported tree in
+# tests/e2e/export.rs and deploy/bench-operations.sh, an independent reader.
+VENV="${SIGHTLINE_VENV:-$HOME/.cache/sightline/venv}"
+if ! "$VENV/bin/python" -c 'import duckdb, sys; sys.exit(duckdb.__version__ != "1.5.6")' 2>/dev/null; then
+  echo "install-deps: duckdb into $VENV"
+  [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q "duckdb==1.5.6"
+fi

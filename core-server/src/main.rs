@@ -91,6 +91,11 @@ enum Command {
         #[command(subcommand)]
         command: sightline_core::audit::cli::AuditCommand,
     },
+    /// Batch export: the store's events as Parquet (works while the core runs).
+    Export {
+        #[command(subcommand)]
+        command: sightline_core::export::cli::ExportCommand,
+    },
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -158,6 +163,7 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(status)
         }
         Command::Audit { command } => sightline_core::audit::cli::run(command),
+        Command::Export { command } => sightline_core::export::cli::run(command).await,
         Command::Client(cmd) => {
             let url =
                 std::env::var("SIGHTLINE_CORE").unwrap_or_else(|_| "http://127.0.0.1:50051".into());

@@ -73,6 +73,12 @@ pub struct Metrics {
     /// Backlog events acknowledged as stored earlier through the live lane.
     pub delivered_live: Counter,
     pub connections_refused: Family<LimitLabel, Counter>,
+    /// The continuous Parquet export (see `export::follow`).
+    pub export_hours: Counter,
+    pub export_rows: Counter,
+    pub export_failures: Counter,
+    pub export_lag: Gauge,
+    pub export_pending: Gauge,
 }
 
 impl Default for Metrics {
@@ -226,8 +232,41 @@ impl Metrics {
             "Events refused (quarantined) because they are older than retention.events keeps",
             too_old.clone(),
         );
+        let (export_hours, export_rows, export_failures): (Counter, Counter, Counter) =
+            Default::default();
+        let (export_lag, export_pending): (Gauge, Gauge) = Default::default();
+        r.register(
+            "export_hours",
+            "Hours written by the continuous Parquet export (a rewrite counts again)",
+            Clone::clone(&export_hours),
+        );
+        r.register(
+            "export_rows",
+            "Rows written by the continuous Parquet export",
+            Clone::clone(&export_rows),
+        );
+        r.register(
+            "export_failures",
+            "Failed passes of the continuous Parquet export",
+            Clone::clone(&export_failures),
+        );
+        r.register(
+            "export_lag_seconds",
+            "Age of the oldest commit not yet in the Parquet export (0: none)",
+            Clone::clone(&export_lag),
+        );
+        r.register(
+            "export_hours_pending",
+            "Hours waiting to be written by the Parquet export",
+            Clone::clone(&export_pending),
+        );
         Self {
             registry: r,
+            export_hours,
+            export_rows,
+            export_failures,
+            export_lag,
+            export_pending,
             batches_from_datagrams,
             det_oid_conflicts,
             too_old,

@@ -55,8 +55,10 @@
 //!   state their promises; the methods are in [`media`].
 
 pub mod commit;
+pub mod export;
 pub mod keys;
 pub mod media;
+pub mod secondary;
 pub mod views;
 
 use std::{
