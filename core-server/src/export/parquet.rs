@@ -25,7 +25,11 @@
 //! skips row groups and pages by time). The partition columns (`date`,
 //! `hour`) are in the path, not in the file, as Hive lays them out.
 
-use std::{collections::BTreeSet, io::Write, sync::Arc};
+use std::{
+    collections::{BTreeSet, HashMap},
+    io::Write,
+    sync::Arc,
+};
 
 use parquet::{
     basic::{Compression, LogicalType, Repetition, TimeUnit, Type as Physical, ZstdLevel},
@@ -214,6 +218,57 @@ impl<T> Opt<T> {
     }
 }
 
+/// Most distinct names (items, agents, attribute keys) [`Names`] keeps.
+const MAX_NAMES: usize = 4096;
+
+/// Names that repeat from row to row, each allocated once: a clone of a
+/// `ByteArray` shares its bytes.
+#[derive(Default)]
+struct Names(HashMap<String, ByteArray>);
+
+impl Names {
+    fn get(&mut self, s: &str) -> ByteArray {
+        if let Some(b) = self.0.get(s) {
+            return b.clone();
+        }
+        let b = ByteArray::from(s);
+        if self.0.len() < MAX_NAMES {
+            self.0.insert(s.to_string(), b.clone());
+        }
+        b
+    }
+}
+
+/// A location's columns: its name, and each Dataset B column (in
+/// [`ExportSchema`] order).
+type LocationCells = (ByteArray, Vec<Option<ByteArray>>);
+
+/// Dataset B as column values, each location's made once.
+struct Join<'a> {
+    table: &'a LocationTable,
+    extras: &'a [(String, String)],
+    cells: HashMap<i64, Option<LocationCells>>,
+    names: Names,
+}
+
+impl Join<'_> {
+    fn location(&mut self, oid: i64) -> Option<&LocationCells> {
+        let (table, extras) = (self.table, self.extras);
+        self.cells
+            .entry(oid)
+            .or_insert_with(|| {
+                table.get(oid).map(|l| {
+                    let cells = extras
+                        .iter()
+                        .map(|(name, _)| l.extra.get(name).map(|v| ByteArray::from(v.as_str())))
+                        .collect();
+                    (ByteArray::from(l.geographical_location.as_str()), cells)
+                })
+            })
+            .as_ref()
+    }
+}
+
 /// One row group's columns.
 #[derive(Default)]
 struct Columns {
@@ -244,26 +299,27 @@ fn micros(ms: i64) -> i64 {
 }
 
 impl Columns {
-    fn push(&mut self, ev: &JoinedEvent, locations: &LocationTable, extras: &[(String, String)]) {
-        let d = ev.detection.clone().unwrap_or_default();
+    /// Adds a row; `false` (nothing added) for an event without its
+    /// detection, which the store never holds.
+    fn push(&mut self, ev: &JoinedEvent, join: &mut Join<'_>) -> bool {
+        let Some(d) = ev.detection.as_ref() else {
+            return false;
+        };
         self.rows += 1;
         self.det_oid.push(d.detection_oid.unwrap_or_default());
         self.location_oid.push(d.geographical_location_oid);
         self.camera.push(d.video_camera_oid);
-        self.item.push(ByteArray::from(d.item_name.into_bytes()));
+        self.item.push(join.names.get(&d.item_name));
         self.ts.push(micros(d.timestamp_detected));
-        let loc = locations.get(d.geographical_location_oid);
+        let n_extras = join.extras.len();
+        let loc = join.location(d.geographical_location_oid);
         self.matched.push(loc.is_some());
-        self.location
-            .push(loc.map(|l| ByteArray::from(l.geographical_location.as_str())));
-        if self.extras.len() != extras.len() {
-            self.extras.resize_with(extras.len(), Opt::default);
+        self.location.push(loc.map(|l| l.0.clone()));
+        if self.extras.len() != n_extras {
+            self.extras.resize_with(n_extras, Opt::default);
         }
-        for ((name, _), col) in extras.iter().zip(&mut self.extras) {
-            col.push(
-                loc.and_then(|l| l.extra.get(name))
-                    .map(|v| ByteArray::from(v.as_str())),
-            );
+        for (i, col) in self.extras.iter_mut().enumerate() {
+            col.push(loc.and_then(|l| l.1[i].clone()));
         }
         self.confidence
             .push((d.confidence != 0.0).then_some(d.confidence));
@@ -275,16 +331,16 @@ impl Columns {
             self.attr_def.push(0);
             self.attr_rep.push(0);
         } else {
-            let mut attrs: Vec<_> = d.attributes.into_iter().collect();
+            let mut attrs: Vec<_> = d.attributes.iter().collect();
             attrs.sort();
             for (i, (k, v)) in attrs.into_iter().enumerate() {
                 self.attr_def.push(1);
                 self.attr_rep.push((i > 0) as i16);
-                self.attr_keys.push(ByteArray::from(k.into_bytes()));
-                self.attr_values.push(ByteArray::from(v.into_bytes()));
+                self.attr_keys.push(join.names.get(k));
+                self.attr_values.push(ByteArray::from(v.as_str()));
             }
         }
-        self.agent.push(ByteArray::from(ev.agent_id.as_str()));
+        self.agent.push(join.names.get(&ev.agent_id));
         self.seq.push(ev.seq as i64);
         self.accepted.push(micros(ev.accepted_ms));
         self.committed.push(micros(ev.committed_ms));
@@ -298,6 +354,7 @@ impl Columns {
                 });
             col.push(key);
         }
+        true
     }
 
     fn clear(&mut self) {
@@ -372,8 +429,7 @@ fn col<T: DataType, W: Write + Send>(
 pub struct HourWriter<'a, W: Write + Send> {
     writer: SerializedFileWriter<W>,
     columns: Columns,
-    schema: &'a ExportSchema,
-    locations: &'a LocationTable,
+    join: Join<'a>,
     rows: u64,
 }
 
@@ -397,15 +453,20 @@ impl<'a, W: Write + Send> HourWriter<'a, W> {
         Ok(Self {
             writer: SerializedFileWriter::new(out, schema.schema.clone(), Arc::new(props))?,
             columns: Columns::default(),
-            schema,
-            locations,
+            join: Join {
+                table: locations,
+                extras: &schema.extras,
+                cells: HashMap::new(),
+                names: Names::default(),
+            },
             rows: 0,
         })
     }
 
     pub fn push(&mut self, ev: &JoinedEvent) -> Result<(), ParquetError> {
-        self.columns.push(ev, self.locations, &self.schema.extras);
-        self.rows += 1;
+        if self.columns.push(ev, &mut self.join) {
+            self.rows += 1;
+        }
         if self.columns.rows >= ROW_GROUP_ROWS {
             self.flush()?;
         }
