@@ -112,8 +112,10 @@ fn source(dir: &Path, store: Arc<Store>) -> Source {
     }
 }
 
-/// (det_oid, ts µs, location name, region, snapshot key) of every row.
-fn read_rows(path: &Path) -> Vec<(i64, i64, Option<String>, Option<String>, Option<String>)> {
+/// (det_oid, ts µs, location name, region, snapshot key) of a row.
+type ReadRow = (i64, i64, Option<String>, Option<String>, Option<String>);
+
+fn read_rows(path: &Path) -> Vec<ReadRow> {
     let r = SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
     r.get_row_iter(None)
         .unwrap()
