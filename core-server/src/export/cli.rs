@@ -99,6 +99,7 @@ pub async fn run(cmd: ExportCommand) -> anyhow::Result<()> {
         .tempdir()
         .context("creating the secondary instance's scratch directory")?;
     let (data, scratch_path) = (cfg.storage.path.clone(), scratch.path().to_path_buf());
+    let t_open = Instant::now();
     let store = tokio::task::spawn_blocking(move || Store::open_secondary(&data, &scratch_path))
         .await?
         .with_context(|| format!("opening the store at {}", cfg.storage.path.display()))?;
@@ -115,9 +116,11 @@ pub async fn run(cmd: ExportCommand) -> anyhow::Result<()> {
         locations: Arc::new(locations),
         media_url,
     };
+    let open_s = t_open.elapsed().as_secs_f64();
     let (first, last) = (Hour::of(from), Hour::of(to - 1));
     eprintln!(
-        "exporting {} .. {} (hours {} to {}) to {}",
+        "store opened (as a secondary) in {:.2} s; exporting {} .. {} (hours {} to {}) to {}",
+        open_s,
         first.label(),
         last.label(),
         first.partition(),
@@ -131,7 +134,7 @@ pub async fn run(cmd: ExportCommand) -> anyhow::Result<()> {
     .await?;
     let secs = t0.elapsed().as_secs_f64();
     println!(
-        "exported hours={} rows={} bytes={} seconds={secs:.3} events_per_s={:.0} to={}",
+        "exported hours={} rows={} bytes={} seconds={secs:.3} events_per_s={:.0} open_s={open_s:.2} to={}",
         total.hours,
         total.rows,
         total.bytes,
