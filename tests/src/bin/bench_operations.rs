@@ -11,8 +11,9 @@
 //!    (`--jobs`, default 2) to a directory; events/s and MB written are its.
 //! 3. Has DuckDB (the venv's python) run the top-3-per-location query over
 //!    the tree, `hive_partitioning=1`: the median of 5 runs, in ms.
-//! 4. `sightline-core backup` / `restore` of the store, timed, when the
-//!    binary has them (`backup_s=na restore_s=na` otherwise).
+//! 4. When the binary has them (`backup_s=na restore_s=na` otherwise):
+//!    `sightline-core backup` of a core started on the store, and
+//!    `sightline-core restore` of it into an empty directory, timed.
 //!
 //! Last line: `operations export_events_per_s=<a> export_mb=<b>
 //! backup_s=<c> restore_s=<d> duckdb_top_ms=<e>`. Run with
@@ -32,6 +33,7 @@ use sightline_tests::{
     bench::{Args, LOCATIONS},
     bin_path,
     data::{now_ms, write_locations, ITEMS},
+    Core, CoreArgs,
 };
 
 /// Events in one commit of the fill.
@@ -231,13 +233,30 @@ fn main() {
         .output()
         .is_ok_and(|o| o.status.success());
     if has_backup {
+        // The backup asks a running core (RocksDB checkpoints); the restore
+        // is offline, into an empty data directory.
         let (bdir, restored) = (dir.join("backup"), dir.join("restored"));
-        let (d, bd, rd) = (
-            data.display().to_string(),
-            bdir.display().to_string(),
-            restored.display().to_string(),
-        );
-        if let Some(s) = timed(&["backup", "--data-dir", &d, "--to", &bd]) {
+        let (bd, rd) = (bdir.display().to_string(), restored.display().to_string());
+        let mut core = Core::start_with(CoreArgs {
+            data_dir: data.clone(),
+            locations: Some(b.clone()),
+            grpc: "127.0.0.1:0".parse().unwrap(),
+            edge: "127.0.0.1:0".parse().unwrap(),
+            extra: vec!["--no-sync".into()],
+        });
+        let token = data.join("admin.token").display().to_string();
+        let url = core.url();
+        let took = timed(&[
+            "backup",
+            "--to",
+            &bd,
+            "--core",
+            &url,
+            "--admin-token-file",
+            &token,
+        ]);
+        core.terminate();
+        if let Some(s) = took {
             backup_s = format!("{s:.2}");
             if let Some(s) = timed(&["restore", "--from", &bd, "--data-dir", &rd]) {
                 restore_s = format!("{s:.2}");
