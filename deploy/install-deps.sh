@@ -88,3 +88,11 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus
 fi
+# Parquet export: DuckDB (the Python wheel, pinned) reads the exported tree in
+# tests/e2e/export.rs and deploy/bench-operations.sh, an independent reader.
+VENV="${SIGHTLINE_VENV:-$HOME/.cache/sightline/venv}"
+if ! "$VENV/bin/python" -c 'import duckdb, sys; sys.exit(duckdb.__version__ != "1.5.6")' 2>/dev/null; then
+  echo "install-deps: duckdb into $VENV"
+  [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q "duckdb==1.5.6"
+fi

@@ -38,6 +38,9 @@ pub struct CoreConfig {
     /// The audit log (see [`crate::audit`]).
     #[serde(default)]
     pub audit: crate::audit::AuditConfig,
+    /// The continuous Parquet export (see [`crate::export::follow`]).
+    #[serde(default)]
+    pub export: crate::export::ExportConfig,
 }
 
 /// Bounds on the TCP connections of the HTTP, gRPC and edge listeners (see
@@ -604,6 +607,9 @@ impl CoreConfig {
             return err("server.shutdown_grace", "must be more than 0");
         }
         self.validate_transport()?;
+        if let Err((key, reason)) = self.export.validate() {
+            return Err(ConfigError { key, reason });
+        }
         if self.pipeline.partitions == 0 || self.pipeline.partitions > 64 {
             return err("pipeline.partitions", "must be within 1..=64");
         }

@@ -17,6 +17,8 @@
 //! - [`audit`]: the hash-chained audit log — who saw which footage, who
 //!   changed what; `sightline-core audit verify|export`.
 //! - [`fleet`]: which agents exist and what they last reported.
+//! - [`export`]: batch export to Parquet, Hive-partitioned by hour — a
+//!   command (`sightline-core export parquet`) and a continuous exporter.
 //! - [`cases`]: evidence export — selected events and their footage with a
 //!   manifest signed by the site's Ed25519 key, and its verification.
 //! - [`certs`]: the CA for the edge link's mutual TLS (`sightline-core certs`).
@@ -38,6 +40,7 @@ pub mod config_file;
 pub mod dedup;
 pub mod edge;
 pub mod enrich;
+pub mod export;
 pub mod fleet;
 pub mod ingest;
 pub mod media;

@@ -99,6 +99,11 @@ enum Command {
     Restore(sightline_core::backup::cli::RestoreArgs),
     /// Print the reference of every config key (docs/CONFIG.md's core section).
     ConfigReference,
+    /// Batch export: the store's events as Parquet (works while the core runs).
+    Export {
+        #[command(subcommand)]
+        command: sightline_core::export::cli::ExportCommand,
+    },
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -175,6 +180,7 @@ async fn main() -> anyhow::Result<()> {
             print!("{text}");
             Ok(())
         }
+        Command::Export { command } => sightline_core::export::cli::run(command).await,
         Command::Client(cmd) => {
             let url =
                 std::env::var("SIGHTLINE_CORE").unwrap_or_else(|_| "http://127.0.0.1:50051".into());

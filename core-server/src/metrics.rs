@@ -157,6 +157,11 @@ pub struct Metrics {
     pub completeness_missing: Family<CameraLabel, Gauge>,
     /// Holes of the camera (runs of missing detections).
     pub completeness_gaps: Family<CameraLabel, Gauge>,
+    /// The continuous Parquet export (see `export::follow`).
+    pub export_hours: Counter,
+    pub export_rows: Counter,
+    pub export_failures: Counter,
+    pub export_pending: Gauge,
 }
 
 impl Default for Metrics {
@@ -371,6 +376,29 @@ impl Metrics {
             "Runs of missing detections, per camera",
             completeness_gaps.clone(),
         );
+        let (export_hours, export_rows, export_failures): (Counter, Counter, Counter) =
+            Default::default();
+        let export_pending = Gauge::default();
+        r.register(
+            "export_hours",
+            "Hours written by the continuous Parquet export (a rewrite counts again)",
+            Clone::clone(&export_hours),
+        );
+        r.register(
+            "export_rows",
+            "Rows written by the continuous Parquet export",
+            Clone::clone(&export_rows),
+        );
+        r.register(
+            "export_failures",
+            "Failed passes of the continuous Parquet export",
+            Clone::clone(&export_failures),
+        );
+        r.register(
+            "export_hours_pending",
+            "Hours waiting to be written by the Parquet export",
+            Clone::clone(&export_pending),
+        );
         Self {
             registry: r,
             hop_seconds,
@@ -383,6 +411,10 @@ impl Metrics {
             refreshers: Mutex::new(Vec::new()),
             completeness_missing,
             completeness_gaps,
+            export_hours,
+            export_rows,
+            export_failures,
+            export_pending,
             batches_from_datagrams,
             det_oid_conflicts,
             too_old,

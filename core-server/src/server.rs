@@ -689,6 +689,34 @@ async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started
             drain.token(Stage::Background),
         ),
     );
+    if let Some(to) = &config.export.to {
+        let target = crate::export::Target::open("export.to", to, &config.export.options)?;
+        let source = crate::export::Source {
+            store: store.clone(),
+            locations: locations.clone(),
+            media_url: config.media.url.clone().unwrap_or_else(|| {
+                let root = config
+                    .media
+                    .local_root(&config.storage.path)
+                    .unwrap_or_default();
+                format!(
+                    "file://{}",
+                    std::path::absolute(&root).unwrap_or(root).display()
+                )
+            }),
+        };
+        drain.spawn(
+            Stage::Background,
+            "Parquet export",
+            crate::export::follow::run(
+                source,
+                target,
+                config.export.clone(),
+                metrics.clone(),
+                drain.token(Stage::Background),
+            ),
+        );
+    }
     Ok(Started {
         bound,
         ingest,

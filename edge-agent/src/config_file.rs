@@ -139,7 +139,7 @@ mod tests {
     #[test]
     fn a_bad_agent_environment_value_is_refused_naming_the_variable() {
         for (name, value) in [
-            ("SIGHTLINE_AGENT__BUFFER__WHEN_FULL", "drop"),
+            ("SIGHTLINE_AGENT__BUFFER__WHEN_FULL", "discard"),
             ("SIGHTLINE_AGENT__BUFFER__MAX_EVENTS", "-1"),
             ("SIGHTLINE_AGENT__AGENT_ID", "42"),
         ] {

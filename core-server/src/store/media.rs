@@ -89,7 +89,7 @@ fn decode_timed_ref(v: &[u8], what: &str) -> Result<(i64, MediaRef), StoreError>
 /// `publisher` (the agent that published the event) or by nobody known
 /// (rows from before attachers were kept, plaintext demos). Footage another
 /// agent attached before the event existed is never shown with it.
-fn refs_at(
+pub(super) fn refs_at(
     it: &mut rocksdb::DBRawIterator<'_>,
     det_oid: i64,
     publisher: &str,

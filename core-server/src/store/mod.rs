@@ -58,9 +58,11 @@
 
 pub mod checkpoint;
 pub mod commit;
+pub mod export;
 pub mod keys;
 pub mod media;
 pub mod received;
+pub mod secondary;
 pub mod views;
 
 use std::{
