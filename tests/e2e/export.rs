@@ -409,10 +409,11 @@ async fn the_cores_continuous_export_writes_each_closed_hour_and_reports_its_lag
         .lines()
         .find(|l| l.starts_with("sightline_export_lag_seconds "))
         .unwrap_or_else(|| panic!("no export lag in /metrics"));
-    assert_eq!(
-        lag, "sightline_export_lag_seconds 0",
-        "nothing left to write"
-    );
+    let lag: f64 = lag
+        .trim_start_matches("sightline_export_lag_seconds ")
+        .parse()
+        .unwrap_or_else(|e| panic!("{lag}: {e}"));
+    assert_eq!(lag, 0.0, "nothing left to write");
     assert!(
         metrics.contains(&format!("sightline_export_rows_total {}", truth.unique)),
         "{metrics}"
