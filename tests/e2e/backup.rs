@@ -243,52 +243,11 @@ async fn a_restore_refuses_a_non_empty_folder_and_a_corrupt_file_naming_them() {
     assert_exactly_once(&restored.url(), &data.truth()).await;
 }
 
-fn moto_server() -> PathBuf {
-    if let Ok(p) = std::env::var("SIGHTLINE_MOTO_SERVER") {
-        return p.into();
-    }
-    let venv =
-        PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/sightline/venv/bin/moto_server");
-    if venv.exists() {
-        return venv;
-    }
-    "moto_server".into()
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backup_goes_to_s3_incrementally_and_restores_from_it() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let s3 = format!("127.0.0.1:{port}");
-    let _server = KillOnDrop(
-        Command::new(moto_server())
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("moto_server (deploy/install-deps.sh installs it)"),
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(&s3).await.is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "S3 server did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let moto = sightline_tests::s3::Moto::start().await;
+    let s3 = moto.addr.clone();
     let (head, _) = sightline_tests::http::request(
         &s3,
         &format!(

@@ -220,48 +220,6 @@ async fn duckdb_reads_the_export_of_a_running_core_as_the_core_and_the_truth_and
     assert_eq!(parquet_files(&tree), files);
 }
 
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// moto's S3 server on a free port (as tests/e2e/s3.rs starts it).
-async fn moto() -> (KillOnDrop, String) {
-    let bin = std::env::var("SIGHTLINE_MOTO_SERVER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap())
-                .join(".cache/sightline/venv/bin/moto_server")
-        });
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let server = KillOnDrop(
-        Command::new(bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("moto_server (deploy/install-deps.sh installs it)"),
-    );
-    let addr = format!("127.0.0.1:{port}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(&addr).await.is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "S3 server did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    (server, addr)
-}
-
 /// A request to moto (it checks who asks, not the signature).
 async fn s3(addr: &str, method: &str, path: &str) -> (String, Vec<u8>) {
     let auth = "Authorization: AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0";
@@ -294,7 +252,8 @@ async fn list(addr: &str, bucket: &str, prefix: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_export_to_s3_puts_each_hour_once_with_its_manifest() {
     let dir = tempfile::tempdir().unwrap();
-    let (_server, addr) = moto().await;
+    let moto = sightline_tests::s3::Moto::start().await;
+    let addr = moto.addr.clone();
     let (head, _) = s3(&addr, "PUT", "/exports").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let (core, b, truth) = ingested(dir.path(), 42, 2_000).await;

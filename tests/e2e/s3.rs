@@ -2,32 +2,11 @@
 //! real S3-compatible server started on 127.0.0.1 (moto's server, from PyPI,
 //! installed by deploy/install-deps.sh), and serves it back with ranges.
 
-use std::{io::Write, path::PathBuf, process::Command, time::Duration};
+use std::io::Write;
 
 use sha2::{Digest, Sha256};
 use sightline_proto::v1::{media_client::MediaClient, MediaChunk, MediaOffsetRequest};
 use sightline_tests::{Core, CoreArgs};
-
-fn moto_server() -> PathBuf {
-    if let Ok(p) = std::env::var("SIGHTLINE_MOTO_SERVER") {
-        return p.into();
-    }
-    let venv =
-        PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/sightline/venv/bin/moto_server");
-    if venv.exists() {
-        return venv;
-    }
-    "moto_server".into()
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A raw request; to the core, as its admin (the S3 server takes none).
 async fn raw(addr: &str, request: String) -> (String, Vec<u8>) {
@@ -39,28 +18,8 @@ async fn raw(addr: &str, request: String) -> (String, Vec<u8>) {
 #[tokio::test(flavor = "multi_thread")]
 async fn media_goes_to_an_s3_compatible_server_and_comes_back_with_ranges() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let s3 = format!("127.0.0.1:{port}");
-    let _server = KillOnDrop(
-        Command::new(moto_server())
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("moto_server (deploy/install-deps.sh installs it)"),
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(&s3).await.is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "S3 server did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let moto = sightline_tests::s3::Moto::start().await;
+    let s3 = moto.addr.clone();
     let (head, _) = raw(
         &s3,
         format!(

@@ -10,6 +10,7 @@ pub mod http;
 pub mod impair;
 pub mod proc;
 pub mod query;
+pub mod s3;
 
 pub use data::{Dataset, Row, Truth};
 pub use impair::{ImpairedTcpProxy, Impairment, UdpProxy};
