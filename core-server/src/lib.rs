@@ -34,6 +34,7 @@ pub mod backup;
 pub mod cases;
 pub mod certs;
 pub mod client;
+pub mod cluster;
 pub mod completeness;
 pub mod config;
 pub mod config_file;
