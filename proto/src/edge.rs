@@ -43,11 +43,13 @@ pub fn codec_limited(max: usize) -> tokio_util::codec::LengthDelimitedCodec {
 /// message over its limit), anything else a broken link.
 pub fn read_error(e: &std::io::Error, max: usize) -> tonic::Status {
     if e.kind() == std::io::ErrorKind::InvalidData {
-        tonic::Status::out_of_range(format!(
-            "a frame is larger than this receiver's message limit of {max} bytes: {e}"
-        ))
+        crate::ApiError::new(
+            crate::Code::TooLarge,
+            format!("a frame is larger than this receiver's message limit of {max} bytes: {e}"),
+        )
+        .into()
     } else {
-        tonic::Status::unavailable(format!("link broken: {e}"))
+        crate::ApiError::unavailable(format!("link broken: {e}")).into()
     }
 }
 

@@ -22,6 +22,7 @@
 //! | `DeadlineExceeded` | `DEADLINE_EXCEEDED` | 408 | the caller did not send what was due in time (an agent's Hello) |
 //! | `Aborted` | `ABORTED` | 409 | the work was replaced by newer work (a newer session of the same agent) |
 //! | `Unavailable` | `UNAVAILABLE` | 503 | shutting down, a disk full or failing, a dependency away; retry later |
+//! | `Unimplemented` | `UNIMPLEMENTED` | 501 | a call or method this server does not have |
 //! | `Internal` | `INTERNAL` | 500 | a fault of the server (a bug or corrupt data); the message says which |
 
 use std::fmt;
@@ -42,6 +43,7 @@ pub enum Code {
     DeadlineExceeded,
     Aborted,
     Unavailable,
+    Unimplemented,
     Internal,
 }
 
@@ -60,6 +62,7 @@ impl Code {
             Code::DeadlineExceeded => tonic::Code::DeadlineExceeded,
             Code::Aborted => tonic::Code::Aborted,
             Code::Unavailable => tonic::Code::Unavailable,
+            Code::Unimplemented => tonic::Code::Unimplemented,
             Code::Internal => tonic::Code::Internal,
         }
     }
@@ -79,6 +82,7 @@ impl Code {
             Code::PermissionDenied => 403,
             Code::ResourceExhausted => 429,
             Code::Unavailable => 503,
+            Code::Unimplemented => 501,
             Code::Internal => 500,
         }
     }
@@ -97,6 +101,7 @@ impl Code {
             tonic::Code::Unavailable => "UNAVAILABLE",
             tonic::Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
             tonic::Code::Aborted => "ABORTED",
+            tonic::Code::Unimplemented => "UNIMPLEMENTED",
             _ => "INTERNAL",
         }
     }
@@ -201,6 +206,7 @@ mod tests {
             Code::DeadlineExceeded,
             Code::Aborted,
             Code::Unavailable,
+            Code::Unimplemented,
             Code::Internal,
         ];
         for c in all {

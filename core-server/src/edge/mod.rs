@@ -67,7 +67,7 @@ impl Peer {
     /// The refusal of an unauthenticated TLS peer, as a status.
     pub fn refused(&self) -> Result<(), tonic::Status> {
         match &self.refusal {
-            Some(why) => Err(tonic::Status::unauthenticated(why.clone())),
+            Some(why) => Err(sightline_proto::ApiError::unauthenticated(why.clone()).into()),
             None => Ok(()),
         }
     }
@@ -285,9 +285,9 @@ pub fn explain_reason(reason: &str) -> String {
 pub fn admit_media(registry: &registry::Registry, peer: &Peer) -> Result<(), tonic::Status> {
     peer.refused()?;
     match &peer.identity {
-        Some(id) => registry
-            .admit(&id.agent_id, Some(id.issued))
-            .map_err(|r| tonic::Status::permission_denied(r.explain(&id.agent_id))),
+        Some(id) => registry.admit(&id.agent_id, Some(id.issued)).map_err(|r| {
+            sightline_proto::ApiError::permission_denied(r.explain(&id.agent_id)).into()
+        }),
         None => Ok(()),
     }
 }

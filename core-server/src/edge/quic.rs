@@ -17,6 +17,7 @@ use sightline_proto::{
         quic_reply, AgentMessage, AttachMediaRequest, AttachMediaResponse, MediaChunk,
         MediaOffsetRequest, MediaOffsetResponse, QuicCall, QuicReply,
     },
+    ApiError, Code,
 };
 use tokio::sync::mpsc;
 use tokio_util::{
@@ -155,9 +156,11 @@ impl QuicEdge {
             Ok(Some(Ok(f))) => match QuicCall::decode(f.freeze()) {
                 Ok(c) => c.method,
                 Err(e) => {
-                    let st = Status::invalid_argument(format!(
-                        "field `method`: the first frame is not a QuicCall: {e}"
-                    ));
+                    let st = ApiError::field(
+                        "method",
+                        format!("the first frame is not a QuicCall: {e}"),
+                    )
+                    .into();
                     return finish(&mut wr, Err::<AttachMediaResponse, _>(st)).await;
                 }
             },
@@ -223,7 +226,12 @@ impl QuicEdge {
                 finish(&mut wr, r).await;
             }
             other => {
-                let st = Status::unimplemented(format!("field `method`: no call {other:?}"));
+                let st = ApiError::field_with(
+                    Code::Unimplemented,
+                    "method",
+                    format!("no call {other:?}"),
+                )
+                .into();
                 finish(&mut wr, Err::<AttachMediaResponse, _>(st)).await;
             }
         }
@@ -247,10 +255,11 @@ fn decoded<M: Message + Default>(
 ) -> impl Stream<Item = Result<M, Status>> + Unpin {
     rd.map(move |f| match f {
         Ok(b) => M::decode(b.freeze()).map_err(|e| {
-            Status::invalid_argument(format!(
+            ApiError::invalid(format!(
                 "a frame does not decode as {}: {e}",
                 std::any::type_name::<M>()
             ))
+            .into()
         }),
         Err(e) => Err(edge::read_error(&e, max)),
     })
@@ -259,11 +268,9 @@ fn decoded<M: Message + Default>(
 async fn one<M: Message + Default>(rd: &mut Reader, max: usize) -> Result<M, Status> {
     match rd.next().await {
         Some(Ok(b)) => M::decode(b.freeze())
-            .map_err(|e| Status::invalid_argument(format!("the request does not decode: {e}"))),
+            .map_err(|e| ApiError::invalid(format!("the request does not decode: {e}")).into()),
         Some(Err(e)) => Err(edge::read_error(&e, max)),
-        None => Err(Status::invalid_argument(
-            "the stream ended before the request",
-        )),
+        None => Err(ApiError::invalid("the stream ended before the request").into()),
     }
 }
 

@@ -22,7 +22,7 @@ impl Ingest for IngestService {
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         if self.core.shutdown.is_cancelled() {
-            return Err(Status::unavailable("the core is shutting down"));
+            return Err(sightline_proto::ApiError::unavailable("the core is shutting down").into());
         }
         let peer = crate::edge::tcp::peer_of(&request);
         let inbound = request.into_inner();

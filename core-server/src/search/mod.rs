@@ -118,12 +118,21 @@ pub enum SearchError {
     Store(#[from] crate::store::StoreError),
 }
 
-impl From<SearchError> for tonic::Status {
+impl From<SearchError> for sightline_proto::ApiError {
     fn from(e: SearchError) -> Self {
         match e {
-            SearchError::Invalid { .. } => tonic::Status::invalid_argument(e.to_string()),
-            _ => tonic::Status::internal(e.to_string()),
+            SearchError::Invalid { .. } => sightline_proto::ApiError::invalid(e.to_string()),
+            // A full or failing disk under the store is UNAVAILABLE, as
+            // everywhere else.
+            SearchError::Store(s) => s.into(),
+            SearchError::Index(_) => sightline_proto::ApiError::internal(e.to_string()),
         }
+    }
+}
+
+impl From<SearchError> for tonic::Status {
+    fn from(e: SearchError) -> Self {
+        sightline_proto::ApiError::from(e).into()
     }
 }
 

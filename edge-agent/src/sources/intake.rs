@@ -8,6 +8,7 @@ use sightline_proto::v1::{
     intake_server::Intake, publish_result, Accepted, Dropped, Invalid, PublishRequest,
     PublishResponse, PublishResult,
 };
+use sightline_proto::ApiError;
 use tonic::{Request, Response, Status};
 
 use super::{Kept, Publisher};
@@ -28,10 +29,14 @@ impl Intake for IntakeService {
     ) -> Result<Response<PublishResponse>, Status> {
         let detections = request.into_inner().detections;
         if detections.len() > MAX_DETECTIONS_PER_CALL {
-            return Err(Status::invalid_argument(format!(
-                "field `detections`: {} in one call, more than the limit of {MAX_DETECTIONS_PER_CALL}",
-                detections.len()
-            )));
+            return Err(ApiError::field(
+                "detections",
+                format!(
+                    "{} in one call, more than the limit of {MAX_DETECTIONS_PER_CALL}",
+                    detections.len()
+                ),
+            )
+            .into());
         }
         let started = std::time::Instant::now();
         let n = detections.len();
@@ -41,9 +46,9 @@ impl Intake for IntakeService {
             .await
             .map_err(|e| match e {
                 BufferError::Full { .. } | BufferError::DiskFull { .. } => {
-                    Status::resource_exhausted(e.to_string())
+                    Status::from(ApiError::exhausted(e.to_string()))
                 }
-                other => Status::unavailable(format!("agent buffer: {other}")),
+                other => ApiError::unavailable(format!("agent buffer: {other}")).into(),
             })?;
         tracing::debug!(
             events = n,
