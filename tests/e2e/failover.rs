@@ -12,7 +12,7 @@ use std::time::Duration;
 use sightline_tests::{
     data::write_locations,
     query::{all_events, assert_exactly_once, wait_more_stored},
-    Agent, AgentArgs, Core, Dataset,
+    Agent, AgentArgs, Core, Dataset, Edge,
 };
 
 const LOCATIONS: &[i64] = &[1, 2, 3];
@@ -145,4 +145,81 @@ async fn an_agent_whose_core_is_killed_moves_to_the_next_which_ends_with_every_e
 
 fn agent_log_path(agent: &Agent) -> std::path::PathBuf {
     agent.args.data_dir.with_extension("log")
+}
+
+/// `sightline_edge_transport{transport="…"}` from the agent's /metrics.
+async fn transport_gauge(metrics: std::net::SocketAddr, transport: &str) -> Option<i64> {
+    let (_, body) = sightline_tests::http::get(metrics, "/metrics", "").await;
+    let text = String::from_utf8_lossy(&body).to_string();
+    let key = format!("sightline_edge_transport{{transport=\"{transport}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_core_of_the_list_is_reached_over_its_own_transport() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = dir.path().join("locations.csv");
+    write_locations(&b, LOCATIONS);
+    // One site CA for both cores (as in a cluster): core B gets a copy of
+    // core A's PKI folder, so one agent certificate works with both.
+    for d in ["a", "b"] {
+        std::fs::create_dir_all(dir.path().join(d)).unwrap();
+    }
+    let pki_a = sightline_tests::proc::pki(&dir.path().join("a/core.pki"));
+    let pki_b = dir.path().join("b/core.pki");
+    std::fs::create_dir_all(&pki_b).unwrap();
+    for f in std::fs::read_dir(&pki_a).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), pki_b.join(f.file_name())).unwrap();
+    }
+    let mut core_a = Core::start(&dir.path().join("a"), Some(&b));
+    let core_b = Core::start(&dir.path().join("b"), Some(&b));
+    sightline_tests::proc::issue_agent(&pki_a, "fo-mixed");
+    let (quic_a, https_b) = (core_a.edge_url(Edge::Quic), core_b.edge_url(Edge::Grpc));
+    let data = Dataset::generate(43, 20_000, 0.1, 0.2, LOCATIONS);
+    let csv = data.csv_in(dir.path());
+    let mut args = AgentArgs::replay(
+        dir.path(),
+        "fo-mixed",
+        format!("{quic_a},{https_b}"),
+        &csv,
+        Some(3000),
+    );
+    args.extra = agent_config(dir.path(), "fo-mixed", 1_000_000);
+    args.extra
+        .extend(["--tls-dir".to_string(), pki_a.display().to_string()]);
+    let mut agent = Agent::start(args);
+    let metrics = agent.metrics_addr();
+    sightline_tests::wait_for(
+        "the agent on core A over QUIC",
+        Duration::from_secs(30),
+        || {
+            let url = quic_a.clone();
+            async move {
+                (core_connected(metrics, &url).await == Some(1)
+                    && transport_gauge(metrics, "quic").await == Some(1))
+                .then_some(())
+            }
+        },
+    )
+    .await;
+    wait_more_stored(&core_a.url(), 2_000).await;
+    core_a.kill9();
+    sightline_tests::wait_for(
+        "the agent on core B over gRPC+TLS",
+        Duration::from_secs(30),
+        || {
+            let url = https_b.clone();
+            async move {
+                (core_connected(metrics, &url).await == Some(1)
+                    && transport_gauge(metrics, "grpc+tls").await == Some(1))
+                .then_some(())
+            }
+        },
+    )
+    .await;
+    assert!(agent.wait(Duration::from_secs(120)).success());
+    assert_exactly_once(&core_b.url(), &data.truth()).await;
 }
