@@ -96,3 +96,13 @@ if ! "$VENV/bin/python" -c 'import duckdb, sys; sys.exit(duckdb.__version__ != "
   [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q "duckdb==1.5.6"
 fi
+# Cluster mode (issue 15): Debian's nats-server (JetStream). tests/src/nats.rs
+# starts three of them clustered on loopback for the cluster tests, and
+# deploy/cluster/start.sh for the 3-node example.
+if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then
+  echo "install-deps: nats-server"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nats-server
+fi

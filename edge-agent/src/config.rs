@@ -19,6 +19,14 @@ pub struct AgentConfig {
     /// to a core on the same host started with `--edge-plaintext`, for local demos).
     #[serde(default = "default_core_url")]
     pub core_url: String,
+    /// Several cores of one cluster (each URL as in `core_url`, its own
+    /// transport): the agent sends to the first and, when its session with
+    /// one fails (refused, reset, closed, no Welcome within
+    /// `sender.connect_timeout`, the core shutting down), moves on to the
+    /// next with the usual backoff and resumes from the watermark that
+    /// core's Welcome gives. Set: replaces `core_url` (leave that unset).
+    #[serde(default)]
+    pub core_urls: Vec<String>,
     /// This agent's certificate and the CA it trusts (quic:// and https://).
     #[serde(default)]
     pub tls: TlsConfig,
@@ -338,6 +346,9 @@ impl Default for SenderConfig {
     }
 }
 
+/// Most URLs in `core_urls` (a cluster's nodes; the agent tries them in turn).
+pub const MAX_CORE_URLS: usize = 16;
+
 /// A configuration value that cannot work, by its dotted key.
 #[derive(Debug, thiserror::Error)]
 #[error("config `{key}`: {reason}")]
@@ -352,6 +363,7 @@ impl AgentConfig {
         Self {
             agent_id: agent_id.into(),
             core_url: default_core_url(),
+            core_urls: Vec::new(),
             tls: TlsConfig::default(),
             buffer: BufferConfig::default(),
             sender: SenderConfig::default(),
@@ -359,6 +371,16 @@ impl AgentConfig {
             metrics: crate::observe::MetricsConfig::default(),
             capture: crate::capture::CaptureConfig::default(),
             max_future_skew: default_max_future_skew(),
+        }
+    }
+
+    /// The cores to send to, in order of preference: `core_urls`, or the
+    /// one `core_url`.
+    pub fn core_urls(&self) -> Vec<String> {
+        if self.core_urls.is_empty() {
+            vec![self.core_url.clone()]
+        } else {
+            self.core_urls.clone()
         }
     }
 
@@ -381,13 +403,42 @@ impl AgentConfig {
                 reason: e.reason,
             });
         }
-        if !["http://", "https://", "quic://"]
-            .iter()
-            .any(|s| self.core_url.starts_with(s))
-        {
-            return err("core_url", "must start with quic://, https:// or http://");
+        let key = if self.core_urls.is_empty() {
+            "core_url"
+        } else {
+            "core_urls"
+        };
+        if !self.core_urls.is_empty() && self.core_url != default_core_url() {
+            return err(
+                "core_urls",
+                "set together with `core_url`: keep one (core_urls is the list of every core)",
+            );
         }
-        if !self.core_url.starts_with("http://") {
+        if self.core_urls.len() > MAX_CORE_URLS {
+            return Err(ConfigError {
+                key,
+                reason: format!("{} URLs, at most {MAX_CORE_URLS}", self.core_urls.len()),
+            });
+        }
+        let urls = self.core_urls();
+        for (i, url) in urls.iter().enumerate() {
+            if !["http://", "https://", "quic://"]
+                .iter()
+                .any(|s| url.starts_with(s))
+            {
+                return Err(ConfigError {
+                    key,
+                    reason: format!("{url:?}: must start with quic://, https:// or http://"),
+                });
+            }
+            if urls[..i].contains(url) {
+                return Err(ConfigError {
+                    key,
+                    reason: format!("{url:?} is listed twice"),
+                });
+            }
+        }
+        if urls.iter().any(|u| !u.starts_with("http://")) {
             self.tls.paths(&self.agent_id)?;
         }
         self.metrics.address()?;
@@ -456,5 +507,47 @@ mod tests {
         let mut cfg = AgentConfig::with_id("a");
         cfg.sender.max_in_flight = 0;
         assert_eq!(cfg.validate().unwrap_err().key, "sender.max_in_flight");
+    }
+
+    #[test]
+    fn a_list_of_core_urls_replaces_the_single_url_and_is_checked_by_name() {
+        let cfg = AgentConfig::from_toml(
+            "agent_id = \"a\"\ncore_urls = [\"http://127.0.0.1:1\", \"http://127.0.0.1:2\"]\n",
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(
+            cfg.core_urls(),
+            ["http://127.0.0.1:1", "http://127.0.0.1:2"]
+        );
+        // The single key alone still works.
+        let one =
+            AgentConfig::from_toml("agent_id = \"a\"\ncore_url = \"http://10.0.0.1:5\"\n").unwrap();
+        assert_eq!(one.core_urls(), ["http://10.0.0.1:5"]);
+        for (bad, why) in [
+            (vec!["http://a:1", "ftp://b:2"], "must start with"),
+            (vec!["http://a:1", "http://a:1"], "listed twice"),
+            (vec!["quic://a:1"], "tls.ca"),
+        ] {
+            let mut c = AgentConfig::with_id("a");
+            c.core_urls = bad.iter().map(|u| u.to_string()).collect();
+            let e = c.validate().unwrap_err();
+            assert!(
+                e.to_string().contains(why),
+                "{bad:?}: {e} (expected {why:?})"
+            );
+            if why != "tls.ca" {
+                assert_eq!(e.key, "core_urls");
+            }
+        }
+        let mut both = AgentConfig::with_id("a");
+        both.core_url = "http://x:1".into();
+        both.core_urls = vec!["http://y:1".into()];
+        assert_eq!(both.validate().unwrap_err().key, "core_urls");
+        let mut many = AgentConfig::with_id("a");
+        many.core_urls = (0..=MAX_CORE_URLS)
+            .map(|i| format!("http://127.0.0.1:{}", 1000 + i))
+            .collect();
+        assert_eq!(many.validate().unwrap_err().key, "core_urls");
     }
 }

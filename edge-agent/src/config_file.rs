@@ -116,6 +116,10 @@ mod tests {
                 ("SIGHTLINE_AGENT__SENDER__LIVE_LANE_MAX_SHARE", "0.5"),
                 ("SIGHTLINE_AGENT__INTAKE__LISTEN", "0.0.0.0:50061"),
                 (
+                    "SIGHTLINE_AGENT__CORE_URLS",
+                    "[\"https://core-a:50443\", \"https://core-b:50443\"]",
+                ),
+                (
                     "SIGHTLINE_AGENT__CAPTURE__CAMERAS",
                     "[{ camera_oid = 7, input = \"synthetic://a\", mode = \"snapshot\" }]",
                 ),
@@ -127,6 +131,10 @@ mod tests {
         assert_eq!(cfg.buffer.when_full, WhenFull::Block);
         assert_eq!(cfg.sender.live_lane_max_share, 0.5);
         assert_eq!(cfg.intake.listen.unwrap().port(), 50061);
+        assert_eq!(
+            cfg.core_urls(),
+            ["https://core-a:50443", "https://core-b:50443"]
+        );
         assert_eq!(cfg.capture.cameras[0].camera_oid, 7);
         // Without a file: the default id, unless a variable names one.
         let cfg = AgentConfig::load(None, "agent-1", vars(&[])).unwrap();

@@ -24,7 +24,8 @@ struct Cli {
     /// Overrides `agent_id`.
     #[arg(long)]
     agent_id: Option<String>,
-    /// Overrides `core_url`.
+    /// Overrides `core_url`; several URLs, comma-separated, set `core_urls`
+    /// (the agent fails over between them).
     #[arg(long)]
     core: Option<String>,
     /// Sets `tls.dir`: ca.pem, agent-<id>.pem, agent-<id>.key.
@@ -132,7 +133,13 @@ async fn main() -> anyhow::Result<()> {
         config.agent_id = id;
     }
     if let Some(core) = cli.core {
-        config.core_url = core;
+        if core.contains(',') {
+            config.core_url = AgentConfig::with_id("-").core_url;
+            config.core_urls = core.split(',').map(|u| u.trim().to_string()).collect();
+        } else {
+            config.core_url = core;
+            config.core_urls.clear();
+        }
     }
     if let Some(dir) = cli.tls_dir {
         config.tls.dir = Some(dir);

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod data;
 pub mod http;
 pub mod impair;
+pub mod nats;
 pub mod proc;
 pub mod query;
 pub mod s3;

@@ -116,6 +116,12 @@ pub struct TransportLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CoreLabel {
+    /// One URL of `core_urls` (or the one `core_url`).
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CameraLabel {
     pub camera: String,
     /// off | connecting | streaming | reconnecting
@@ -156,6 +162,7 @@ pub struct AgentMetrics {
     buffer_disk_fault: Gauge,
     connected: Gauge,
     transport: Family<TransportLabel, Gauge>,
+    core_connected: Family<CoreLabel, Gauge>,
     camera_state: Family<CameraLabel, Gauge>,
     spool_bytes: Gauge,
     spool_max_bytes: Gauge,
@@ -256,6 +263,11 @@ impl AgentMetrics {
                 "transport",
                 "1 for the transport the agent reaches the core over",
                 Family::<TransportLabel, Gauge>::default()
+            ),
+            core_connected: reg!(
+                "core_connected",
+                "1 for the core (of core_urls) a session is open with, 0 for the others",
+                Family::<CoreLabel, Gauge>::default()
             ),
             camera_state: reg!(
                 "camera_state",
@@ -369,6 +381,12 @@ impl Scrape {
                 transport: transport_label(&self.transport.describe()),
             })
             .set(connected as i64);
+        m.core_connected.clear();
+        for (url, current) in self.transport.cores() {
+            m.core_connected
+                .get_or_create(&CoreLabel { url })
+                .set((connected && current) as i64);
+        }
         m.camera_state.clear();
         for cam in self.cameras.as_ref().map(|c| c.all()).unwrap_or_default() {
             for state in CAMERA_STATES {

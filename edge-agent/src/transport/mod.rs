@@ -3,7 +3,9 @@
 //! ([`grpc`], with or without TLS) and QUIC ([`quic`]). An adapter only opens
 //! a [`Link`] (a pair of message streams to and from the core) and carries
 //! the media calls; everything about batches, windows, acks and resume lives
-//! in the sender. [`open`] picks the adapter from the core URL's scheme.
+//! in the sender. [`open`] picks the adapter from each core URL's scheme and,
+//! with several (`core_urls`), moves to the next core when a session with one
+//! fails ([`Failover`]).
 
 pub mod grpc;
 pub mod media;
@@ -68,6 +70,14 @@ pub trait Transport: Send + Sync {
         chunks: BoxStream<'static, MediaChunk>,
     ) -> BoxFuture<'_, Result<MediaUploadResponse, Status>>;
     fn media_attach(&self, req: AttachMediaRequest) -> BoxFuture<'_, Result<(), Status>>;
+    /// A session over this transport ended in an error (`why`): a transport
+    /// with several cores moves to the next one.
+    fn session_failed(&self, _why: &str) {}
+    /// Every core this transport may reach, and whether it is the one it
+    /// reaches now (for `/metrics`). Empty: a single, unnamed core.
+    fn cores(&self) -> Vec<(String, bool)> {
+        Vec::new()
+    }
 }
 
 /// What a call's failure means for the session: a refusal (retrying the same
@@ -94,9 +104,19 @@ fn status_error(s: &Status) -> LinkError {
     }
 }
 
-/// The transport `config.core_url` asks for.
+/// The transport the config asks for: one per URL of `core_urls` (or the
+/// one `core_url`), behind a [`Failover`].
 pub fn open(config: &AgentConfig) -> anyhow::Result<Arc<dyn Transport>> {
-    let url = config.core_url.as_str();
+    let cores = config
+        .core_urls()
+        .into_iter()
+        .map(|url| Ok((url.clone(), open_one(config, &url)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Arc::new(Failover::new(cores)))
+}
+
+/// The transport one core URL asks for (its scheme picks it).
+fn open_one(config: &AgentConfig, url: &str) -> anyhow::Result<Arc<dyn Transport>> {
     let timeout = config.sender.connect_timeout;
     if url.starts_with("http://") {
         tracing::warn!(url, "PLAINTEXT link to the core: no TLS, the core cannot verify this agent (local demos only)");
@@ -204,5 +224,138 @@ impl Transport for Fallback {
     }
     fn media_attach(&self, req: AttachMediaRequest) -> BoxFuture<'_, Result<(), Status>> {
         self.current().media_attach(req)
+    }
+}
+
+/// Several cores of one cluster, tried in turn: every session goes to the
+/// current one; when a session fails the next one becomes current (the
+/// sender's backoff paces the attempts), and its Welcome says where to
+/// resume (PROTOCOL.md: the watermark lives in the cluster, so any node
+/// gives the same one). With one core it is that core's transport.
+pub struct Failover {
+    cores: Vec<(String, Arc<dyn Transport>)>,
+    current: std::sync::atomic::AtomicUsize,
+    /// Moves from one core to the next since the agent started.
+    pub moves: std::sync::atomic::AtomicU64,
+}
+
+impl Failover {
+    /// `cores`: (URL, its transport), at least one, in order of preference.
+    pub fn new(cores: Vec<(String, Arc<dyn Transport>)>) -> Self {
+        assert!(!cores.is_empty(), "a Failover needs at least one core");
+        Self {
+            cores,
+            current: Default::default(),
+            moves: Default::default(),
+        }
+    }
+
+    fn now(&self) -> &(String, Arc<dyn Transport>) {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        &self.cores[i % self.cores.len()]
+    }
+
+    /// The URL of the core sessions go to now.
+    pub fn current_url(&self) -> &str {
+        &self.now().0
+    }
+}
+
+impl Transport for Failover {
+    fn connect(&self) -> BoxFuture<'_, Result<Link, LinkError>> {
+        self.now().1.connect()
+    }
+    fn describe(&self) -> String {
+        self.now().1.describe()
+    }
+    fn media_offset(
+        &self,
+        req: MediaOffsetRequest,
+    ) -> BoxFuture<'_, Result<MediaOffsetResponse, Status>> {
+        self.now().1.media_offset(req)
+    }
+    fn media_upload(
+        &self,
+        chunks: BoxStream<'static, MediaChunk>,
+    ) -> BoxFuture<'_, Result<MediaUploadResponse, Status>> {
+        self.now().1.media_upload(chunks)
+    }
+    fn media_attach(&self, req: AttachMediaRequest) -> BoxFuture<'_, Result<(), Status>> {
+        self.now().1.media_attach(req)
+    }
+    fn session_failed(&self, why: &str) {
+        use std::sync::atomic::Ordering;
+        let (from, transport) = self.now();
+        transport.session_failed(why);
+        if self.cores.len() < 2 {
+            return;
+        }
+        let i = self.current.load(Ordering::Relaxed);
+        let next = (i + 1) % self.cores.len();
+        self.current.store(next, Ordering::Relaxed);
+        self.moves.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(from = %from, to = %self.cores[next].0, reason = %why,
+            "failing over to the next core of core_urls");
+    }
+    fn cores(&self) -> Vec<(String, bool)> {
+        let now = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.cores.len();
+        self.cores
+            .iter()
+            .enumerate()
+            .map(|(i, (url, _))| (url.clone(), i == now))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod failover_tests {
+    use super::*;
+
+    fn cores(n: usize) -> (AgentConfig, Failover) {
+        let mut cfg = AgentConfig::with_id("f");
+        // Ports nothing listens on (discard, echo ...): every connect fails.
+        cfg.core_urls = (0..n)
+            .map(|i| format!("http://127.0.0.1:{}", 9 + i))
+            .collect();
+        let list = cfg
+            .core_urls()
+            .into_iter()
+            .map(|u| (u.clone(), open_one(&cfg, &u).unwrap()))
+            .collect();
+        (cfg, Failover::new(list))
+    }
+
+    #[test]
+    fn a_failed_session_moves_to_the_next_core_and_wraps_around() {
+        let (_, f) = cores(3);
+        let now = |f: &Failover| {
+            f.cores()
+                .into_iter()
+                .filter(|(_, c)| *c)
+                .map(|(u, _)| u)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(now(&f), ["http://127.0.0.1:9"]);
+        f.session_failed("refused");
+        assert_eq!(f.current_url(), "http://127.0.0.1:10");
+        f.session_failed("reset");
+        f.session_failed("closed");
+        assert_eq!(now(&f), ["http://127.0.0.1:9"], "back to the first");
+        assert_eq!(f.moves.load(std::sync::atomic::Ordering::Relaxed), 3);
+        // One core: nowhere to move.
+        let (_, one) = cores(1);
+        one.session_failed("refused");
+        assert_eq!(one.current_url(), "http://127.0.0.1:9");
+        assert_eq!(one.moves.load(std::sync::atomic::Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn connect_goes_to_the_current_core() {
+        let (_, f) = cores(2);
+        let e = f.connect().await.err().expect("nothing listens");
+        assert!(e.to_string().contains("127.0.0.1:9"), "{e}");
+        f.session_failed(&e.to_string());
+        let e = f.connect().await.err().expect("nothing listens");
+        assert!(e.to_string().contains("127.0.0.1:10"), "{e}");
     }
 }

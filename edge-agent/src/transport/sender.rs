@@ -318,6 +318,7 @@ impl Sender {
                 Ok(SessionEnd::NewEpoch) => continue,
                 Err(e) => {
                     self.stats.connected.store(false, Ordering::Relaxed);
+                    self.transport.session_failed(&e.to_string());
                     self.stats.metrics.reconnects.inc();
                     *self.stats.last_error.lock().unwrap() = e.to_string();
                     let delay = backoff.next_delay();
@@ -350,7 +351,21 @@ impl Sender {
             transport: self.transport.describe(),
         };
         send(&link.tx, agent_message::Msg::Hello(hello)).await?;
-        let welcome = match link.rx.next().await {
+        // A core that accepts the link but never welcomes (overloaded, or
+        // a cluster node that lost its engine) is a failed session too.
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+            m = tokio::time::timeout(self.config.connect_timeout, link.rx.next()) => m,
+        };
+        let Ok(first) = first else {
+            return Err(LinkError::Broken(format!(
+                "no Welcome from {} within {} ms (sender.connect_timeout)",
+                link.peer,
+                self.config.connect_timeout.as_millis()
+            ))
+            .into());
+        };
+        let welcome = match first {
             Some(Ok(m)) => match m.msg {
                 Some(core_message::Msg::Welcome(w)) => w,
                 other => {
