@@ -434,3 +434,26 @@ async fn a_new_owner_restores_the_checkpoint_and_replays_the_rest_to_the_same_st
     drop(store);
     b.close().await;
 }
+
+/// The front's cost, measured: 200 batches of 500 events into 32
+/// partitions on one local nats-server (R1, file storage), one session.
+/// `cargo test -p sightline-core --lib front_throughput -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn front_throughput() {
+    let server = NatsServer::start();
+    let nats = server.connect("a", 32).await;
+    let front = Front::new(nats.clone());
+    let started = Instant::now();
+    let (batches, per) = (200u64, 500u64);
+    for i in 0..batches {
+        send(&front, "agent-1", 1 + i * per, per).await;
+    }
+    let s = started.elapsed().as_secs_f64();
+    println!(
+        "front: {} events in {s:.2}s = {:.0} events/s, {:.2} ms per batch (32 shares + watermark CAS)",
+        batches * per,
+        (batches * per) as f64 / s,
+        s * 1000.0 / batches as f64
+    );
+}
