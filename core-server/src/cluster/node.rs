@@ -272,7 +272,21 @@ impl Node {
                     Take::Taken(rev) => {
                         let clock = LeaseClock::new(self.base);
                         clock.renewed(sent, hold, rev);
-                        match Owner::open(&self.ctx, p, clock).await {
+                        // Opening may take longer than a lease (a checkpoint
+                        // restored): renewed meanwhile.
+                        let opening = CancellationToken::new();
+                        let renewer = tokio::spawn(keep_renewed(
+                            self.nats.leases.clone(),
+                            p,
+                            self.node_id.clone(),
+                            self.lease_ms,
+                            clock.clone(),
+                            opening.clone(),
+                        ));
+                        let opened = Owner::open(&self.ctx, p, clock).await;
+                        opening.cancel();
+                        let _ = renewer.await;
+                        match opened {
                             Ok(owner) => {
                                 self.open.lock().unwrap().insert(
                                     p,
@@ -280,7 +294,10 @@ impl Node {
                                         partition: p,
                                         store: owner.store.clone(),
                                         search: Some(owner.search.clone()),
-                                        lease_revision: rev,
+                                        lease_revision: owner
+                                            .lease
+                                            .revision
+                                            .load(std::sync::atomic::Ordering::SeqCst),
                                     },
                                 );
                                 held.insert(p, owner);
@@ -322,6 +339,35 @@ impl Node {
     /// The partitions this node holds now.
     pub async fn held(&self) -> Vec<u16> {
         self.held.lock().await.keys().copied().collect()
+    }
+}
+
+/// Renews partition `p`'s lease every third of `lease_ms` until `until`
+/// (while its owner opens); a lost lease is expired at once.
+async fn keep_renewed(
+    leases: async_nats::jetstream::kv::Store,
+    p: u16,
+    node: String,
+    lease_ms: u64,
+    clock: LeaseClock,
+    until: CancellationToken,
+) {
+    let hold = Duration::from_millis(lease_ms - lease_ms / 6);
+    loop {
+        tokio::select! {
+            _ = until.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(lease_ms / 3)) => {}
+        }
+        let rev = clock.revision.load(std::sync::atomic::Ordering::SeqCst);
+        let sent = Instant::now();
+        match lease::renew(&leases, p, &node, lease_ms, rev).await {
+            Ok(Some(r)) => clock.renewed(sent, hold, r),
+            Ok(None) => {
+                clock.expire();
+                return;
+            }
+            Err(e) => tracing::warn!(partition = p, error = %e, "lease renewal failed"),
+        }
     }
 }
 
