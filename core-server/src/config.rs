@@ -41,6 +41,10 @@ pub struct CoreConfig {
     /// The continuous Parquet export (see [`crate::export::follow`]).
     #[serde(default)]
     pub export: crate::export::ExportConfig,
+    /// Cluster mode on NATS JetStream (see [`crate::cluster`]); absent: the
+    /// embedded single node.
+    #[serde(default)]
+    pub cluster: crate::cluster::config::ClusterConfig,
 }
 
 /// Bounds on the TCP connections of the HTTP, gRPC and edge listeners (see
@@ -607,6 +611,7 @@ impl CoreConfig {
             return err("server.shutdown_grace", "must be more than 0");
         }
         self.validate_transport()?;
+        self.cluster.validate(self.server.insecure_plaintext)?;
         if let Err((key, reason)) = self.export.validate() {
             return Err(ConfigError { key, reason });
         }

@@ -63,6 +63,10 @@ enum Command {
         /// dashboard's footer).
         #[arg(long)]
         insecure_plaintext: bool,
+        /// Overrides `cluster.nats` (comma-separated NATS URLs): runs as a
+        /// node of a cluster on NATS JetStream (issue 15).
+        #[arg(long, value_delimiter = ',')]
+        cluster: Vec<String>,
         /// Sets `edge.plaintext`: agents may also connect without
         /// certificates on the gRPC port, identified only by what they
         /// claim. Loopback only; local demos.
@@ -199,6 +203,7 @@ async fn main() -> anyhow::Result<()> {
             tls_cert,
             tls_key,
             insecure_plaintext,
+            cluster,
             edge_plaintext,
             registry,
             no_registry,
@@ -235,6 +240,9 @@ async fn main() -> anyhow::Result<()> {
             }
             if insecure_plaintext {
                 cfg.server.insecure_plaintext = true;
+            }
+            if !cluster.is_empty() {
+                cfg.cluster.nats = cluster;
             }
             if edge_plaintext {
                 cfg.edge.plaintext = true;

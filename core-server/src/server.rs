@@ -83,6 +83,9 @@ struct Started {
     fleet: Arc<Fleet>,
     quic: Option<quinn::Endpoint>,
     store: Arc<Store>,
+    /// Cluster mode: the running node (its `ClusterView`).
+    #[allow(dead_code)]
+    cluster: Option<Arc<crate::cluster::node::Node>>,
 }
 
 /// The stages of the one shutdown path, in the order they are drained. Each
@@ -376,7 +379,15 @@ async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started
             config.pipeline.partitions
         )
     })?;
+    // Cluster mode (issue 15): connected before anything is served.
+    let cluster_nats = if config.cluster.enabled() {
+        let id = config.cluster.node_id();
+        Some(crate::cluster::nats::Nats::connect(&config.cluster, &id).await?)
+    } else {
+        None
+    };
     let ingest = Arc::new(IngestCore {
+        front: cluster_nats.clone().map(crate::cluster::front::Front::new),
         pipeline,
         store: store.clone(),
         fleet: fleet.clone(),
@@ -467,6 +478,26 @@ async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started
             None => None,
         },
     };
+
+    let cluster = match cluster_nats {
+        Some(nats) => Some(
+            start_cluster(
+                config,
+                nats,
+                &bound,
+                locations.clone(),
+                metrics.clone(),
+                drain,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    // For the read path (h15-read): the cluster as this node sees it, to be
+    // handed to the query service in cluster mode.
+    let _cluster_view: Option<Arc<dyn crate::cluster::view::ClusterView>> = cluster
+        .clone()
+        .map(|n| n as Arc<dyn crate::cluster::view::ClusterView>);
 
     let (http_tls, grpc_tls) = listener_tls(config)?;
     let max_msg = config.ingest.max_message_bytes.as_u64() as usize;
@@ -723,7 +754,51 @@ async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started
         fleet,
         quic,
         store,
+        cluster,
     })
+}
+
+/// Cluster mode: joins the cluster as a node (announced with the bound
+/// addresses) and keeps its partition leases until the background stage
+/// of the drain.
+async fn start_cluster(
+    config: &CoreConfig,
+    nats: crate::cluster::nats::Nats,
+    bound: &Bound,
+    locations: Arc<Locations>,
+    metrics: Arc<Metrics>,
+    drain: &mut Drain,
+) -> anyhow::Result<Arc<crate::cluster::node::Node>> {
+    use crate::cluster::{node::Node, owner::OwnerContext, view::NodeInfo};
+    let c = &config.cluster;
+    let info = NodeInfo {
+        node_id: c.node_id(),
+        grpc: c
+            .advertise_grpc
+            .clone()
+            .unwrap_or_else(|| bound.grpc.to_string()),
+        http: bound.http.to_string(),
+        edge: bound.edge.map(|a| a.to_string()),
+        heartbeat_ms: sightline_proto::now_ms(),
+    };
+    let ctx = OwnerContext {
+        nats: nats.clone(),
+        storage: config.storage.path.clone(),
+        locations,
+        metrics,
+        max_group_events: config.pipeline.max_group_events,
+        queue_batches: config.pipeline.queue_batches,
+        live_buffer: config.live.buffer_commits,
+        search_commit: config.search.commit_interval,
+        sync: config.storage.sync,
+        cache_bytes: config.storage.cache.as_u64() as usize,
+        checkpoints: c.checkpoints.clone(),
+        checkpoint_interval: c.checkpoint_interval,
+    };
+    let stop = drain.token(Stage::Background);
+    let node = Node::start(c, nats, info, ctx, stop.clone()).await?;
+    drain.spawn(Stage::Background, "cluster node", node.clone().run(stop));
+    Ok(node)
 }
 
 /// The TLS sides of the HTTP and query gRPC listeners (`server.tls_cert`),

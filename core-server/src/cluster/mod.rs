@@ -21,6 +21,18 @@
 //! - queries on any node scatter to the partitions' owners and merge
 //!   ([`view`]).
 
+pub mod checkpoint;
+pub mod config;
+pub mod front;
+pub mod lease;
+pub mod nats;
+pub mod node;
+pub mod owner;
+pub mod share;
+#[cfg(test)]
+mod testing;
+#[cfg(test)]
+mod tests;
 pub mod view;
 
 /// Stream of agents' batch shares, subjects [`in_subject`].

@@ -169,6 +169,9 @@ struct Share {
     last_digest: u64,
     /// From the live lane: stored if new, watermark untouched, not answered.
     live: bool,
+    /// Cluster mode: the stream sequence of the share's message, kept in the
+    /// same commit (`CommitBatch::set_stream_seq`). 0: none.
+    stream_seq: u64,
     reply: oneshot::Sender<Result<CommitOutcome, CommitError>>,
 }
 
@@ -186,7 +189,7 @@ fn seq_of(ev: &Incoming) -> Option<u64> {
 
 /// The partition an event goes to: its det_oid's; an event without one
 /// (refused before it got that far) goes by seq.
-fn partition_of(ev: &Incoming, partitions: usize) -> usize {
+pub(crate) fn partition_of(ev: &Incoming, partitions: usize) -> usize {
     let event = match ev {
         Incoming::Valid(e) => Some(e),
         Incoming::Invalid { event, .. } => event.as_ref(),
@@ -287,6 +290,7 @@ impl Pipeline {
                     events: req.events,
                     last_digest: req.last_digest,
                     live: false,
+                    stream_seq: 0,
                     reply: req.reply,
                 })
                 .await
@@ -310,6 +314,7 @@ impl Pipeline {
                     events,
                     last_digest: req.last_digest,
                     live: false,
+                    stream_seq: 0,
                     reply,
                 })
                 .await
@@ -337,6 +342,33 @@ impl Pipeline {
             let _ = reply.send(merged.expect("at least one partition"));
         });
         Ok(())
+    }
+
+    /// Cluster mode: queues one partition's share of a batch (cluster
+    /// `ShareMsg`) on a pipeline of one partition. `count` is the batch's
+    /// number of seqs (the share holds only those of its events that hash to
+    /// this partition); `stream_seq`, the share's stream sequence, is written
+    /// in the same commit. Answered like [`Pipeline::submit`].
+    pub async fn submit_share(
+        &self,
+        req: CommitRequest,
+        count: u64,
+        stream_seq: u64,
+    ) -> Result<(), CommitError> {
+        self.partitions[0]
+            .send(Share {
+                agent: req.agent,
+                epoch: req.epoch,
+                first_seq: req.first_seq,
+                count,
+                events: req.events,
+                last_digest: req.last_digest,
+                live: false,
+                stream_seq,
+                reply: req.reply,
+            })
+            .await
+            .map_err(|_| CommitError::Store("the pipeline is shut down".into()))
     }
 
     /// Queues events of the live lane (PROTOCOL.md rule 6b) on the writers'
@@ -369,6 +401,7 @@ impl Pipeline {
                     events,
                     last_digest: 0,
                     live: true,
+                    stream_seq: 0,
                     reply,
                 })
                 .await
@@ -492,6 +525,7 @@ impl Writer {
         let mut planned = Vec::with_capacity(group.len());
         // (index into planned, event) for events past the watermark.
         let mut fresh: Vec<(usize, Arc<str>, Incoming)> = Vec::new();
+        let stream_seq = group.iter().map(|s| s.stream_seq).max().unwrap_or(0);
         for req in group {
             let key = (req.agent.clone(), req.epoch);
             let wm = match staged.get(&key) {
@@ -574,7 +608,7 @@ impl Writer {
             .collect();
         oids.sort_unstable();
         oids.dedup();
-        let result = self.build_and_write(&ctx, now, &oids, fresh, &mut planned, &staged);
+        let result = self.build_and_write(now, &oids, fresh, &mut planned, &staged, stream_seq);
 
         let live = match result {
             Ok(x) => x,
@@ -638,13 +672,14 @@ impl Writer {
     /// subscribers (empty when nobody listens).
     fn build_and_write(
         &self,
-        ctx: &WriterContext,
         now: i64,
         oids: &[i64],
         fresh: Vec<(usize, Arc<str>, Incoming)>,
         planned: &mut [Planned],
         staged: &HashMap<(Arc<str>, u64), (u64, u64)>,
+        stream_seq: u64,
     ) -> Result<Vec<JoinedEvent>, crate::store::StoreError> {
+        let ctx = &*self.ctx;
         let store = &ctx.store;
         // det_oid -> the camera it belongs to (None: stored by an older
         // version that did not record it) and the live lane's tag, for what
@@ -785,6 +820,9 @@ impl Writer {
         }
         for ((agent, epoch), (wm, digest)) in staged {
             commit.set_watermark(agent, *epoch, self.partition, *wm, *digest);
+        }
+        if stream_seq > 0 {
+            commit.set_stream_seq(stream_seq);
         }
         if n_unmatched > 0 {
             ctx.metrics.unmatched.inc_by(n_unmatched);
@@ -1345,6 +1383,7 @@ mod tests {
                 events: p0,
                 last_digest: 0,
                 live: false,
+                stream_seq: 0,
                 reply,
             }))
             .map_err(|_| ())

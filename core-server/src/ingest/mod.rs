@@ -48,6 +48,10 @@ pub struct IngestCore {
     pub registry: Arc<Registry>,
     /// Cancelled on shutdown: sessions stop taking batches and finish.
     pub shutdown: CancellationToken,
+    /// Cluster mode: batches go to the edge front (published to the IN
+    /// stream, PROTOCOL.md "Cluster mode") instead of `pipeline`, and
+    /// watermarks come from the cluster. `None`: the embedded core.
+    pub front: Option<Arc<crate::cluster::front::Front>>,
 }
 
 type Out = mpsc::Sender<Result<CoreMessage, Status>>;
@@ -112,20 +116,27 @@ impl IngestCore {
         let epoch = hello.epoch;
         let store = self.store.clone();
         let (a, e) = (agent.clone(), epoch);
-        let (wm, digest) =
-            match tokio::task::spawn_blocking(move || store.watermark_digest(&a, e)).await {
-                Ok(Ok(wm)) => wm,
-                Ok(Err(e)) => {
-                    let _ = out.send(Err(e.into())).await;
-                    return;
-                }
-                Err(e) => {
-                    let _ = out
-                        .send(Err(ApiError::internal(e.to_string()).into()))
-                        .await;
-                    return;
-                }
-            };
+        let resume = match &self.front {
+            None => tokio::task::spawn_blocking(move || store.watermark_digest(&a, e)).await,
+            Some(front) => Ok(front
+                .watermark(&a, e)
+                .await
+                .map(|w| (w.through, w.digest))
+                .map_err(|e| crate::store::StoreError::Unavailable(e.to_string()))),
+        };
+        let (wm, digest) = match resume {
+            Ok(Ok(wm)) => wm,
+            Ok(Err(e)) => {
+                let _ = out.send(Err(e.into())).await;
+                return;
+            }
+            Err(e) => {
+                let _ = out
+                    .send(Err(ApiError::internal(e.to_string()).into()))
+                    .await;
+                return;
+            }
+        };
         let (session_id, kicked) = self.fleet.connect(&hello, &peer, wm);
         self.metrics.sessions.inc();
         if peer.identity.is_none() {
@@ -402,10 +413,11 @@ impl IngestCore {
             last_digest,
             reply,
         };
-        self.pipeline
-            .submit(req)
-            .await
-            .map_err(|e| Some(ApiError::unavailable(e.to_string()).into()))?;
+        match &self.front {
+            None => self.pipeline.submit(req).await,
+            Some(front) => front.submit(req).await,
+        }
+        .map_err(|e| Some(ApiError::unavailable(e.to_string()).into()))?;
         pending.send((rx, times)).await.map_err(|_| None)
     }
 
@@ -420,7 +432,9 @@ impl IngestCore {
         epoch: u64,
         b: Batch,
     ) -> Result<(), Option<Status>> {
-        if b.events.is_empty() {
+        // Cluster mode: the live lane's events come again, in order, with
+        // the backlog (PROTOCOL.md, "Cluster mode").
+        if b.events.is_empty() || self.front.is_some() {
             return Ok(());
         }
         let first_seq = b.first_seq;

@@ -134,6 +134,7 @@ impl Core {
             hello_timeout: WAIT,
             registry: registry.clone(),
             shutdown: CancellationToken::new(),
+            front: None,
         });
         Core {
             dir,

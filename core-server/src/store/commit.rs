@@ -12,7 +12,7 @@ use sightline_proto::v1::{JoinedEvent, QuarantinedEvent};
 
 use super::{
     cf, keys, received, Store, StoreError, CF_AGG, CF_BY_COMMIT, CF_COUNTERS, CF_DET, CF_EVENTS,
-    CF_QUARANTINE, CF_RECEIVED, CF_WM,
+    CF_META, CF_QUARANTINE, CF_RECEIVED, CF_WM,
 };
 
 /// One commit's writes, in memory until [`Store::commit`].
@@ -173,6 +173,17 @@ impl CommitBatch {
             cf(&self.db, CF_WM),
             keys::wm_key(agent, epoch, partition as u16),
             keys::wm_value(seq, digest),
+        );
+    }
+
+    /// Cluster mode: the stream sequence of the last share this commit
+    /// applies, written with it (so a restarted or moved owner resumes the
+    /// stream exactly after it; [`Store::stream_seq`]).
+    pub fn set_stream_seq(&mut self, seq: u64) {
+        self.batch.put_cf(
+            cf(&self.db, CF_META),
+            super::META_STREAM_SEQ,
+            seq.to_be_bytes(),
         );
     }
 }

@@ -105,6 +105,8 @@ type WatermarkTable = BTreeMap<(String, u64), (u64, u64)>;
 pub const FORMAT_VERSION: u32 = 2;
 const META_FORMAT: &[u8] = b"format";
 const META_PARTITIONS: &[u8] = b"partitions";
+/// Cluster mode: the stream sequence a partition store has applied through.
+const META_STREAM_SEQ: &[u8] = b"stream_seq";
 
 /// Names of the persisted totals.
 pub mod counter {
@@ -661,6 +663,16 @@ impl Store {
     /// The highest committed seq of (agent, epoch); 0 when none.
     pub fn watermark(&self, agent: &str, epoch: u64) -> Result<u64, StoreError> {
         Ok(self.watermark_digest(agent, epoch)?.0)
+    }
+
+    /// Cluster mode: the stream sequence of the last share committed into
+    /// this (partition) store; 0: none.
+    pub fn stream_seq(&self) -> Result<u64, StoreError> {
+        let db = self.db()?;
+        Ok(match db.get_cf(cf(&db, CF_META), META_STREAM_SEQ)? {
+            Some(v) if v.len() == 8 => u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
+            _ => 0,
+        })
     }
 
     /// The highest seq of (agent, epoch) every partition committed, and the

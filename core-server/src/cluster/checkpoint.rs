@@ -1,0 +1,171 @@
+//! Partition checkpoints in object storage (`cluster.checkpoints`), reusing
+//! the backup's destination ([`crate::backup::Dest`]: content-addressed
+//! blobs, uploaded only when absent).
+//!
+//! ```text
+//! <checkpoints>/pNNN/blobs/<sha256>                   a file's bytes
+//! <checkpoints>/pNNN/checkpoints/<stream_seq>.json    one checkpoint: [`CheckpointManifest`]
+//! <checkpoints>/pNNN/LATEST                           the newest complete one's name
+//! ```
+//!
+//! A checkpoint is the partition store's RocksDB checkpoint (the search
+//! index is rebuilt from it by the new owner) with the stream sequence it
+//! covers, read from the copy itself; it becomes visible only complete
+//! (blobs, manifest, then `LATEST`). Only then are the partition's IN
+//! messages at or below that sequence purged.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use super::{in_subject, nats::Nats, IN_STREAM};
+use crate::{
+    backup::{manifest::FileEntry, Dest},
+    store::Store,
+};
+
+/// One partition checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointManifest {
+    pub partition: u16,
+    /// Every share of the partition's IN subject up to this stream sequence
+    /// is in it.
+    pub stream_seq: u64,
+    /// The lease revision of the owner that took it.
+    pub lease_revision: u64,
+    pub created_ms: i64,
+    pub files: Vec<FileEntry>,
+}
+
+/// Partition `p`'s checkpoint destination under `url`.
+pub fn dest(url: &str, p: u16) -> anyhow::Result<Dest> {
+    let to = format!("{}/p{p:03}", url.trim_end_matches('/'));
+    Dest::open("cluster.checkpoints", &to, true).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn sha256_file(path: &Path) -> anyhow::Result<(String, u64)> {
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((format!("{:x}", h.finalize()), size))
+}
+
+/// Takes a checkpoint of `store` (partition `p`) in `staging` (a fresh
+/// folder on the store's filesystem), uploads it, and returns its manifest.
+pub async fn take(
+    store: &std::sync::Arc<Store>,
+    p: u16,
+    lease_revision: u64,
+    staging: &Path,
+    dest: &Dest,
+) -> anyhow::Result<CheckpointManifest> {
+    let _ = std::fs::remove_dir_all(staging);
+    if let Some(parent) = staging.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let (s, dir) = (store.clone(), staging.to_path_buf());
+    let (stream_seq, files) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        s.checkpoint(&dir)?;
+        // The sequence the copy covers, read from the copy.
+        let copy = Store::open(&dir, false, 1 << 20)?;
+        let seq = copy.stream_seq()?;
+        drop(copy);
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            if !entry.file_type()?.is_file() {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().to_string();
+            let (sha256, size) = sha256_file(&entry.path())?;
+            files.push(FileEntry {
+                path: name,
+                size,
+                sha256,
+            });
+        }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok((seq, files))
+    })
+    .await??;
+    let held = dest.blobs().await?;
+    for f in crate::backup::manifest::to_upload(&files, &held) {
+        let bytes = tokio::fs::read(staging.join(&f.path)).await?;
+        dest.put(&crate::backup::blob_key(&f.sha256), bytes.into())
+            .await?;
+    }
+    let m = CheckpointManifest {
+        partition: p,
+        stream_seq,
+        lease_revision,
+        created_ms: sightline_proto::now_ms(),
+        files,
+    };
+    let name = format!("checkpoints/{stream_seq:020}.json");
+    dest.put(&name, serde_json::to_vec(&m)?.into()).await?;
+    dest.put(crate::backup::LATEST, name.into_bytes().into())
+        .await?;
+    let _ = std::fs::remove_dir_all(staging);
+    Ok(m)
+}
+
+/// The newest complete checkpoint, if any.
+pub async fn latest(dest: &Dest) -> anyhow::Result<Option<CheckpointManifest>> {
+    let Some(name) = dest.latest().await? else {
+        return Ok(None);
+    };
+    let Some(bytes) = dest.get(&name).await? else {
+        anyhow::bail!("{name} is named by LATEST but missing in {}", dest.shown);
+    };
+    Ok(Some(
+        serde_json::from_slice(&bytes).with_context(|| format!("{name} in {}", dest.shown))?,
+    ))
+}
+
+/// Writes checkpoint `m` into `into` (which must not exist), every file's
+/// size and sha256 checked; written in `<into>.restoring` and renamed.
+pub async fn restore(dest: &Dest, m: &CheckpointManifest, into: &Path) -> anyhow::Result<()> {
+    let tmp = PathBuf::from(format!("{}.restoring", into.display()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    for f in &m.files {
+        crate::backup::manifest::check_path(&f.path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", f.path))?;
+        let bytes = dest
+            .get(&crate::backup::blob_key(&f.sha256))
+            .await?
+            .with_context(|| format!("blob {} of {} is missing", f.sha256, f.path))?;
+        let sha = format!("{:x}", Sha256::digest(&bytes));
+        if sha != f.sha256 || bytes.len() as u64 != f.size {
+            anyhow::bail!("{}: its blob does not match the manifest (corrupt)", f.path);
+        }
+        tokio::fs::write(tmp.join(&f.path), &bytes).await?;
+    }
+    std::fs::rename(&tmp, into)?;
+    Ok(())
+}
+
+/// Purges partition `p`'s IN messages below `keep_from` (those a checkpoint
+/// holds): JetStream purge with the subject filter and sequence.
+pub async fn purge_applied(nats: &Nats, p: u16, keep_from: u64) -> anyhow::Result<u64> {
+    let stream = nats.js.get_stream(IN_STREAM).await?;
+    let r = stream
+        .purge()
+        .filter(in_subject(p))
+        .sequence(keep_from)
+        .await?;
+    Ok(r.purged)
+}

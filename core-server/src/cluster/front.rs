@@ -1,0 +1,240 @@
+//! The edge front of a cluster node: an agent's batch, decoded and checked
+//! by the ingest session as in the embedded core, is split by det_oid
+//! partition into one share per partition (empty ones too: every
+//! partition's writer sees every seq, see `dedup`), each published to
+//! `sightline.in.<p>`; the batch is answered once every share has its
+//! publish ack from the stream's quorum, and the agent's watermark is then
+//! moved in [`super::WATERMARKS_BUCKET`] (compare-and-set on the revision),
+//! where any node reads it at the agent's next Hello.
+
+use std::{collections::HashMap, sync::Arc};
+
+use async_nats::jetstream::{context::PublishAckFuture, kv, message::PublishMessage};
+use serde::{Deserialize, Serialize};
+use sightline_proto::v1::Rejection;
+
+use super::{
+    in_subject,
+    nats::{ClusterError, Nats},
+    share::{partition_of, ShareEvent, ShareMsg},
+};
+use crate::dedup::{CommitError, CommitOutcome, CommitRequest, Incoming};
+
+/// Tries of a watermark's compare-and-set before the batch is refused (each
+/// failed try re-reads the entry: another node moved it meanwhile).
+const WATERMARK_CAS_TRIES: usize = 8;
+
+/// An agent's watermark as kept in [`super::WATERMARKS_BUCKET`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watermark {
+    /// Every seq up to this one is durable in the IN stream.
+    pub through: u64,
+    /// `sightline_proto::event_digest` of seq `through`'s event (0: unknown).
+    pub digest: u64,
+}
+
+/// The watermark key of (agent, epoch): the agent id hex-encoded (an agent
+/// id may hold dots, which KV keys use as separators).
+pub fn watermark_key(agent: &str, epoch: u64) -> String {
+    let hex: String = agent.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("a{hex}.{epoch}")
+}
+
+/// The `Nats-Msg-Id` of a share: the batch's agent, epoch, seqs and the
+/// partition. A republished share (an agent's resend of the same batch) is
+/// dropped by the stream within its duplicate window; one that covers other
+/// seqs is not, and the owner drops what it already applied by seq.
+pub fn share_msg_id(agent: &str, epoch: u64, first_seq: u64, count: u64, p: u16) -> String {
+    format!("{agent}/{epoch}/{first_seq}/{count}/{p}")
+}
+
+pub struct Front {
+    nats: Nats,
+    /// The revisions of the watermark entries this node wrote last, for
+    /// the next compare-and-set.
+    revisions: std::sync::Mutex<HashMap<String, (u64, Watermark)>>,
+}
+
+impl Front {
+    pub fn new(nats: Nats) -> Arc<Front> {
+        Arc::new(Front {
+            nats,
+            revisions: Default::default(),
+        })
+    }
+
+    /// The agent's resume point, on whichever node it last sent to.
+    pub async fn watermark(&self, agent: &str, epoch: u64) -> Result<Watermark, ClusterError> {
+        let key = watermark_key(agent, epoch);
+        let entry = self
+            .nats
+            .watermarks
+            .entry(key.clone())
+            .await
+            .map_err(|e| ClusterError::js("bucket sightline_watermarks", e))?;
+        Ok(match entry {
+            Some(e) if e.operation == kv::Operation::Put => {
+                let w: Watermark = serde_json::from_slice(&e.value).unwrap_or_default();
+                self.revisions.lock().unwrap().insert(key, (e.revision, w));
+                w
+            }
+            _ => Watermark::default(),
+        })
+    }
+
+    /// Publishes the batch's shares and answers `req.reply` once every one
+    /// is acknowledged and the watermark moved. Returns when the shares
+    /// are acknowledged (a session's batches are published one after
+    /// another, so that a partition never sees a later batch's share before
+    /// an earlier one's).
+    pub async fn submit(&self, req: CommitRequest) -> Result<(), CommitError> {
+        let CommitRequest {
+            agent,
+            epoch,
+            first_seq,
+            events,
+            last_digest,
+            reply,
+        } = req;
+        let n = self.nats.partitions;
+        let count = events.len() as u64;
+        let mut rejected = Vec::new();
+        let mut split: Vec<Vec<ShareEvent>> = (0..n).map(|_| Vec::new()).collect();
+        for ev in events {
+            if let Incoming::Invalid {
+                event,
+                field,
+                reason,
+                code,
+                ..
+            } = &ev
+            {
+                rejected.push(Rejection {
+                    seq: event.as_ref().map(|e| e.seq).unwrap_or_default(),
+                    detection_oid: event
+                        .as_ref()
+                        .and_then(|e| e.detection.as_ref())
+                        .and_then(|d| d.detection_oid),
+                    field: field.clone(),
+                    reason: reason.clone(),
+                    code: code.to_string(),
+                });
+            }
+            split[partition_of(&ev, n) as usize].push(ShareEvent::from_incoming(ev));
+        }
+        let store_err = |e: &dyn std::fmt::Display| CommitError::Store(format!("cluster: {e}"));
+        let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(n as usize);
+        for (p, events) in split.into_iter().enumerate() {
+            let p = p as u16;
+            let share = ShareMsg {
+                agent: agent.to_string(),
+                epoch,
+                first_seq,
+                count,
+                last_digest,
+                events,
+            };
+            let msg = PublishMessage::build()
+                .payload(share.encode_bytes())
+                .message_id(share_msg_id(&agent, epoch, first_seq, count, p));
+            let ack = self
+                .nats
+                .js
+                .send_publish(in_subject(p), msg)
+                .await
+                .map_err(|e| store_err(&e))?;
+            acks.push(ack);
+        }
+        for ack in acks {
+            ack.await.map_err(|e| store_err(&e))?;
+        }
+        let through = (first_seq + count).saturating_sub(1);
+        let outcome = match self
+            .advance(
+                &agent,
+                epoch,
+                Watermark {
+                    through,
+                    digest: last_digest,
+                },
+            )
+            .await
+        {
+            Ok(w) => Ok(CommitOutcome {
+                committed_through: w.through,
+                stored: count - rejected.len() as u64,
+                rejected,
+                ..Default::default()
+            }),
+            Err(e) => Err(store_err(&e)),
+        };
+        let _ = reply.send(outcome);
+        Ok(())
+    }
+
+    /// Moves the watermark of (agent, epoch) up to `to` (never down) by
+    /// compare-and-set; returns the watermark now kept.
+    pub async fn advance(
+        &self,
+        agent: &str,
+        epoch: u64,
+        to: Watermark,
+    ) -> Result<Watermark, ClusterError> {
+        let key = watermark_key(agent, epoch);
+        let kv = &self.nats.watermarks;
+        let what = "bucket sightline_watermarks";
+        let value = bytes::Bytes::from(serde_json::to_vec(&to).expect("json"));
+        let cached = self.revisions.lock().unwrap().get(&key).copied();
+        if let Some((_, cur)) = cached {
+            if cur.through >= to.through {
+                return Ok(cur);
+            }
+        }
+        let mut known = cached.map(|(rev, _)| rev);
+        for _ in 0..WATERMARK_CAS_TRIES {
+            let put = match known {
+                Some(rev) => kv
+                    .update(&key, value.clone(), rev)
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => kv
+                    .create(&key, value.clone())
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
+            match put {
+                Ok(rev) => {
+                    self.revisions.lock().unwrap().insert(key, (rev, to));
+                    return Ok(to);
+                }
+                Err(_) => {
+                    // Someone else wrote it: re-read, and stop if it is ahead.
+                    let entry = kv
+                        .entry(key.clone())
+                        .await
+                        .map_err(|e| ClusterError::js(what, e))?;
+                    match entry {
+                        Some(e) if e.operation == kv::Operation::Put => {
+                            let cur: Watermark =
+                                serde_json::from_slice(&e.value).unwrap_or_default();
+                            if cur.through >= to.through {
+                                self.revisions
+                                    .lock()
+                                    .unwrap()
+                                    .insert(key, (e.revision, cur));
+                                return Ok(cur);
+                            }
+                            known = Some(e.revision);
+                        }
+                        Some(e) => known = Some(e.revision),
+                        None => known = None,
+                    }
+                }
+            }
+        }
+        Err(ClusterError::js(
+            what,
+            format!("the watermark of {agent:?} epoch {epoch} kept changing under this node"),
+        ))
+    }
+}

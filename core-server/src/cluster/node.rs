@@ -1,0 +1,397 @@
+//! The running cluster node: announces itself in [`super::NODES_BUCKET`],
+//! holds partition leases and opens an [`Owner`] for each, keeps its fair
+//! share (`ceil(partitions / live nodes)`), and is the [`ClusterView`] the
+//! read path queries.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    config::ClusterConfig,
+    lease::{self, Take},
+    nats::{ClusterError, Nats},
+    owner::{LeaseClock, Owner, OwnerContext},
+    view::{ClusterView, LocalPartition, NodeInfo},
+};
+
+/// A node is live while its heartbeat is younger than this many leases.
+const LIVE_NODE_LEASES: i64 = 3;
+
+pub struct Node {
+    nats: Nats,
+    node_id: String,
+    info: NodeInfo,
+    lease_ms: u64,
+    ctx: OwnerContext,
+    base: Instant,
+    held: tokio::sync::Mutex<BTreeMap<u16, Owner>>,
+    /// What `local()` answers: the partitions open now.
+    open: Mutex<BTreeMap<u16, LocalPartition>>,
+    /// The last seen leases (partition -> node) and nodes, kept by watches.
+    leases_seen: Arc<Mutex<HashMap<u16, lease::Lease>>>,
+    nodes_seen: Arc<Mutex<HashMap<String, NodeInfo>>>,
+}
+
+impl Node {
+    /// Joins the cluster: announces the node and follows the leases and
+    /// nodes buckets until `stop`. [`Node::run`] then keeps its leases.
+    pub async fn start(
+        cfg: &ClusterConfig,
+        nats: Nats,
+        info: NodeInfo,
+        ctx: OwnerContext,
+        stop: CancellationToken,
+    ) -> Result<Arc<Node>, ClusterError> {
+        let node = Arc::new(Node {
+            node_id: info.node_id.clone(),
+            info,
+            lease_ms: cfg.lease_ms,
+            ctx,
+            base: Instant::now(),
+            held: Default::default(),
+            open: Default::default(),
+            leases_seen: Default::default(),
+            nodes_seen: Default::default(),
+            nats,
+        });
+        node.heartbeat().await?;
+        node.watch(stop).await?;
+        Ok(node)
+    }
+
+    /// Keeps the leases (a round every third of `lease_ms`) until `stop`,
+    /// then stops every owner and gives their leases back.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let tick = Duration::from_millis(self.lease_ms / 3);
+        loop {
+            if let Err(e) = self.tick().await {
+                tracing::warn!(error = %e, "cluster lease round failed");
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(tick) => {}
+            }
+        }
+        self.leave().await;
+    }
+
+    pub fn nats(&self) -> &Nats {
+        &self.nats
+    }
+
+    /// Writes this node's [`NodeInfo`] with a fresh heartbeat.
+    async fn heartbeat(&self) -> Result<(), ClusterError> {
+        let mut info = self.info.clone();
+        info.heartbeat_ms = sightline_proto::now_ms();
+        self.nats
+            .nodes
+            .put(
+                &self.node_id,
+                serde_json::to_vec(&info).expect("json").into(),
+            )
+            .await
+            .map_err(|e| ClusterError::js("bucket sightline_nodes", e))?;
+        Ok(())
+    }
+
+    /// Keeps `leases_seen` and `nodes_seen` current from the buckets.
+    async fn watch(&self, stop: CancellationToken) -> Result<(), ClusterError> {
+        let mut leases = self
+            .nats
+            .leases
+            .watch_all()
+            .await
+            .map_err(|e| ClusterError::js("bucket sightline_leases", e))?;
+        let seen = self.leases_seen.clone();
+        let s = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let e = tokio::select! { _ = s.cancelled() => return, e = leases.next() => e };
+                let Some(Ok(e)) = e else { return };
+                let Some(p) = e.key.strip_prefix("p.").and_then(|p| p.parse::<u16>().ok()) else {
+                    continue;
+                };
+                let mut seen = seen.lock().unwrap();
+                match serde_json::from_slice::<lease::Lease>(&e.value) {
+                    Ok(l) if e.operation == async_nats::jetstream::kv::Operation::Put => {
+                        seen.insert(p, l);
+                    }
+                    _ => {
+                        seen.remove(&p);
+                    }
+                }
+            }
+        });
+        let mut nodes = self
+            .nats
+            .nodes
+            .watch_all()
+            .await
+            .map_err(|e| ClusterError::js("bucket sightline_nodes", e))?;
+        let seen = self.nodes_seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let e = tokio::select! { _ = stop.cancelled() => return, e = nodes.next() => e };
+                let Some(Ok(e)) = e else { return };
+                let mut seen = seen.lock().unwrap();
+                match serde_json::from_slice::<NodeInfo>(&e.value) {
+                    Ok(n) if e.operation == async_nats::jetstream::kv::Operation::Put => {
+                        seen.insert(e.key, n);
+                    }
+                    _ => {
+                        seen.remove(&e.key);
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// The nodes whose heartbeat is recent.
+    fn live_nodes(&self) -> Vec<NodeInfo> {
+        let now = sightline_proto::now_ms();
+        let horizon = LIVE_NODE_LEASES * self.lease_ms as i64;
+        let mut v: Vec<NodeInfo> = self
+            .nodes_seen
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|n| now - n.heartbeat_ms <= horizon)
+            .cloned()
+            .collect();
+        if !v.iter().any(|n| n.node_id == self.node_id) {
+            let mut me = self.info.clone();
+            me.heartbeat_ms = now;
+            v.push(me);
+        }
+        v.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        v
+    }
+
+    /// How many partitions this node should hold: its fair share.
+    fn fair_share(&self) -> usize {
+        let live = self.live_nodes().len().max(1);
+        (self.nats.partitions as usize).div_ceil(live)
+    }
+
+    /// One round: heartbeat, renew (or drop) what is held, take or release
+    /// partitions toward the fair share.
+    async fn tick(&self) -> Result<(), ClusterError> {
+        self.heartbeat().await?;
+        let hold = self.hold();
+        let mut held = self.held.lock().await;
+        // Renew; a partition whose lease is lost or whose owner stopped is let go.
+        let ps: Vec<u16> = held.keys().copied().collect();
+        for p in ps {
+            let owner = &held[&p];
+            let failed = owner.failed.is_cancelled();
+            let rev = owner
+                .lease
+                .revision
+                .load(std::sync::atomic::Ordering::SeqCst);
+            let sent = Instant::now();
+            let renewed = if failed {
+                None
+            } else {
+                match lease::renew(&self.nats.leases, p, &self.node_id, self.lease_ms, rev).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(partition = p, error = %e, "lease renewal failed");
+                        // Keep it while the lease still holds; the owner
+                        // stops on its own once it runs out.
+                        continue;
+                    }
+                }
+            };
+            match renewed {
+                Some(rev) => owner.lease.renewed(sent, hold, rev),
+                None => {
+                    let owner = held.remove(&p).expect("held");
+                    owner.lease.expire();
+                    self.open.lock().unwrap().remove(&p);
+                    tracing::warn!(
+                        partition = p,
+                        failed,
+                        "partition let go (lease lost or owner stopped)"
+                    );
+                    if failed {
+                        let _ = lease::release(&self.nats.leases, p, rev).await;
+                    }
+                    owner.close().await;
+                }
+            }
+        }
+        let want = self.fair_share();
+        if held.len() > want {
+            // Give back the extras, highest first: stop, then release.
+            let extra: Vec<u16> = held.keys().rev().take(held.len() - want).copied().collect();
+            for p in extra {
+                let owner = held.remove(&p).expect("held");
+                self.open.lock().unwrap().remove(&p);
+                let rev = owner
+                    .lease
+                    .revision
+                    .load(std::sync::atomic::Ordering::SeqCst);
+                owner.lease.expire();
+                owner.close().await;
+                if let Err(e) = lease::release(&self.nats.leases, p, rev).await {
+                    tracing::warn!(partition = p, error = %e, "releasing a lease failed; it expires");
+                }
+                tracing::info!(partition = p, "partition released (rebalance)");
+            }
+        } else if held.len() < want {
+            // Start at a node-specific partition so nodes do not all race for the same ones.
+            let n = self.nats.partitions;
+            let start = self
+                .node_id
+                .bytes()
+                .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32))
+                % n as u32;
+            let now = sightline_proto::now_ms();
+            let seen = self.leases_seen.lock().unwrap().clone();
+            for i in 0..n {
+                if held.len() >= want {
+                    break;
+                }
+                let p = ((start + i as u32) % n as u32) as u16;
+                if held.contains_key(&p) {
+                    continue;
+                }
+                if seen.get(&p).is_some_and(|l| l.expires_ms >= now) {
+                    continue;
+                }
+                let sent = Instant::now();
+                match lease::take(&self.nats.leases, p, &self.node_id, self.lease_ms).await? {
+                    Take::Held(_) => continue,
+                    Take::Taken(rev) => {
+                        let clock = LeaseClock::new(self.base);
+                        clock.renewed(sent, hold, rev);
+                        // Opening may take longer than a lease (a checkpoint
+                        // restored): renewed meanwhile.
+                        let opening = CancellationToken::new();
+                        let renewer = tokio::spawn(keep_renewed(
+                            self.nats.leases.clone(),
+                            p,
+                            self.node_id.clone(),
+                            self.lease_ms,
+                            clock.clone(),
+                            opening.clone(),
+                        ));
+                        let opened = Owner::open(&self.ctx, p, clock).await;
+                        opening.cancel();
+                        let _ = renewer.await;
+                        match opened {
+                            Ok(owner) => {
+                                self.open.lock().unwrap().insert(
+                                    p,
+                                    LocalPartition {
+                                        partition: p,
+                                        store: owner.store.clone(),
+                                        search: Some(owner.search.clone()),
+                                        lease_revision: owner
+                                            .lease
+                                            .revision
+                                            .load(std::sync::atomic::Ordering::SeqCst),
+                                    },
+                                );
+                                held.insert(p, owner);
+                            }
+                            Err(e) => {
+                                tracing::error!(partition = p, error = %e, "cannot open the partition; its lease is released");
+                                let _ = lease::release(&self.nats.leases, p, rev).await;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// How long a lease written now holds for this node: a sixth short of
+    /// its length, so that it stops before any other node may take it.
+    fn hold(&self) -> Duration {
+        Duration::from_millis(self.lease_ms - self.lease_ms / 6)
+    }
+
+    /// Stops every owner and releases their leases; leaves the nodes bucket.
+    async fn leave(&self) {
+        let mut held = self.held.lock().await;
+        for (p, owner) in std::mem::take(&mut *held) {
+            self.open.lock().unwrap().remove(&p);
+            let rev = owner
+                .lease
+                .revision
+                .load(std::sync::atomic::Ordering::SeqCst);
+            owner.lease.expire();
+            owner.close().await;
+            let _ = lease::release(&self.nats.leases, p, rev).await;
+        }
+        let _ = self.nats.nodes.delete(&self.node_id).await;
+    }
+
+    /// The partitions this node holds now.
+    pub async fn held(&self) -> Vec<u16> {
+        self.held.lock().await.keys().copied().collect()
+    }
+}
+
+/// Renews partition `p`'s lease every third of `lease_ms` until `until`
+/// (while its owner opens); a lost lease is expired at once.
+async fn keep_renewed(
+    leases: async_nats::jetstream::kv::Store,
+    p: u16,
+    node: String,
+    lease_ms: u64,
+    clock: LeaseClock,
+    until: CancellationToken,
+) {
+    let hold = Duration::from_millis(lease_ms - lease_ms / 6);
+    loop {
+        tokio::select! {
+            _ = until.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(lease_ms / 3)) => {}
+        }
+        let rev = clock.revision.load(std::sync::atomic::Ordering::SeqCst);
+        let sent = Instant::now();
+        match lease::renew(&leases, p, &node, lease_ms, rev).await {
+            Ok(Some(r)) => clock.renewed(sent, hold, r),
+            Ok(None) => {
+                clock.expire();
+                return;
+            }
+            Err(e) => tracing::warn!(partition = p, error = %e, "lease renewal failed"),
+        }
+    }
+}
+
+impl ClusterView for Node {
+    fn partitions(&self) -> u16 {
+        self.nats.partitions
+    }
+    fn node_id(&self) -> &str {
+        &self.node_id
+    }
+    fn local(&self) -> Vec<LocalPartition> {
+        self.open.lock().unwrap().values().cloned().collect()
+    }
+    fn owner(&self, p: u16) -> Option<NodeInfo> {
+        let l = self.leases_seen.lock().unwrap().get(&p).cloned()?;
+        if l.expires_ms < sightline_proto::now_ms() {
+            return None;
+        }
+        if l.node == self.node_id {
+            return Some(self.info.clone());
+        }
+        self.nodes_seen.lock().unwrap().get(&l.node).cloned()
+    }
+    fn nodes(&self) -> Vec<NodeInfo> {
+        self.live_nodes()
+    }
+}

@@ -1,0 +1,541 @@
+//! A partition's owner: the embedded partition writer (`dedup::Pipeline`
+//! with one partition) over the partition's own store and search index
+//! ([`super::partition_dir`]), fed from `sightline.in.<p>` in stream order
+//! from the sequence after the last one it committed (kept in the same
+//! RocksDB commit: `CommitBatch::set_stream_seq`), so a restart or a move
+//! resumes exactly. What it commits (the joined events) goes to
+//! `sightline.out.<p>`, one message per event (`Nats-Msg-Id` = det_oid),
+//! fenced by `Nats-Expected-Last-Subject-Sequence`: a stale owner's publish
+//! is refused, and it stops owning the partition.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Instant,
+};
+
+use async_nats::jetstream::{
+    consumer::{pull::OrderedConfig, DeliverPolicy},
+    context::PublishErrorKind,
+    message::PublishMessage,
+};
+use futures::StreamExt;
+use prost::Message;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    in_subject,
+    nats::{ClusterError, Nats},
+    out_subject,
+    share::ShareMsg,
+    IN_STREAM, OUT_STREAM,
+};
+use crate::{
+    api::live::LiveHub,
+    dedup::{CommitError, CommitOutcome, CommitRequest, Pipeline, WriterContext},
+    enrich::Locations,
+    metrics::Metrics,
+    search::SearchIndex,
+    store::Store,
+};
+
+/// Shares handed to the writer whose commits are not yet answered, at most.
+const INFLIGHT_SHARES: usize = 256;
+
+/// What every owner of a node shares.
+#[derive(Clone)]
+pub struct OwnerContext {
+    pub nats: Nats,
+    pub storage: PathBuf,
+    pub locations: Arc<Locations>,
+    pub metrics: Arc<Metrics>,
+    pub max_group_events: usize,
+    pub queue_batches: usize,
+    pub live_buffer: usize,
+    pub search_commit: std::time::Duration,
+    /// The node's RocksDB write-sync setting (`storage.sync`).
+    pub sync: bool,
+    pub cache_bytes: usize,
+    /// `cluster.checkpoints`: where partitions are checkpointed; `None`: never.
+    pub checkpoints: Option<String>,
+    pub checkpoint_interval: std::time::Duration,
+}
+
+/// The lease an owner applies under: valid while `Instant::now()` is
+/// before `valid_until` (ms since `base`), moved by each renewal.
+#[derive(Clone)]
+pub struct LeaseClock {
+    base: Instant,
+    valid_until_ms: Arc<AtomicU64>,
+    pub revision: Arc<AtomicU64>,
+}
+
+impl LeaseClock {
+    pub fn new(base: Instant) -> Self {
+        Self {
+            base,
+            valid_until_ms: Arc::new(AtomicU64::new(0)),
+            revision: Arc::new(AtomicU64::new(0)),
+        }
+    }
+    /// The lease was (re)written at `at` under `revision`; it holds until `at + hold`.
+    pub fn renewed(&self, at: Instant, hold: std::time::Duration, revision: u64) {
+        let until = (at + hold).saturating_duration_since(self.base).as_millis() as u64;
+        self.valid_until_ms.store(until, Ordering::SeqCst);
+        self.revision.store(revision, Ordering::SeqCst);
+    }
+    pub fn valid(&self) -> bool {
+        (self.base.elapsed().as_millis() as u64) < self.valid_until_ms.load(Ordering::SeqCst)
+    }
+    /// Ends it now: nothing more is applied or published under it.
+    pub fn expire(&self) {
+        self.valid_until_ms.store(0, Ordering::SeqCst);
+    }
+}
+
+/// An open partition, applying its stream.
+pub struct Owner {
+    pub partition: u16,
+    pub store: Arc<Store>,
+    pub search: Arc<SearchIndex>,
+    pub lease: LeaseClock,
+    stop: CancellationToken,
+    /// Cancelled when the owner stopped on its own (fenced, lease lost,
+    /// store failure): the node lets the partition go.
+    pub failed: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+    checkpointer: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// How long [`Owner::close`] waits for the partition's store to be let go
+/// by its readers (search indexer, queries) before it returns anyway.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Where partition `p`'s store and index are under its directory.
+pub fn store_dir(part: &Path) -> PathBuf {
+    part.join("store")
+}
+pub fn search_dir(part: &Path) -> PathBuf {
+    part.join("search")
+}
+
+impl Owner {
+    /// Opens partition `p` (its store and index under
+    /// [`super::partition_dir`]) and starts applying its stream.
+    pub async fn open(ctx: &OwnerContext, p: u16, lease: LeaseClock) -> anyhow::Result<Owner> {
+        let dir = super::partition_dir(&ctx.storage, p);
+        std::fs::create_dir_all(&dir)?;
+        let dest = match &ctx.checkpoints {
+            Some(url) => Some(Arc::new(super::checkpoint::dest(url, p)?)),
+            None => None,
+        };
+        if let Some(dest) = &dest {
+            restore_if_newer(dest, &dir, p, ctx.cache_bytes).await?;
+        }
+        let (sdir, sync, cache) = (store_dir(&dir), ctx.sync, ctx.cache_bytes);
+        let store =
+            Arc::new(tokio::task::spawn_blocking(move || Store::open(&sdir, sync, cache)).await??);
+        let stop = CancellationToken::new();
+        let hub = LiveHub::new(ctx.live_buffer);
+        let search = {
+            let (d, s, l, h) = (
+                search_dir(&dir),
+                store.clone(),
+                ctx.locations.clone(),
+                hub.clone(),
+            );
+            let (interval, token) = (ctx.search_commit, stop.clone());
+            let handle = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || {
+                let _rt = handle.enter();
+                SearchIndex::start(&d, s, l, &h, interval, token)
+            })
+            .await??
+        };
+        // Subscribed before the first commit: every joined event goes out.
+        let commits = hub.subscribe();
+        let pipeline = Pipeline::start(
+            Arc::new(WriterContext {
+                store: store.clone(),
+                locations: ctx.locations.clone(),
+                hub,
+                metrics: ctx.metrics.clone(),
+                max_group_events: ctx.max_group_events,
+            }),
+            1,
+            ctx.queue_batches,
+        )?;
+        let applied = {
+            let s = store.clone();
+            tokio::task::spawn_blocking(move || s.stream_seq()).await??
+        };
+        let out_last = last_out_seq(&ctx.nats, p).await?;
+        let failed = CancellationToken::new();
+        let checkpointer = dest.map(|dest| {
+            tokio::spawn(checkpoints(
+                ctx.nats.clone(),
+                p,
+                store.clone(),
+                dir.join("checkpoint.staging"),
+                dest,
+                ctx.checkpoint_interval,
+                lease.clone(),
+                stop.clone(),
+            ))
+        });
+        let task = tokio::spawn(run(
+            ctx.nats.clone(),
+            p,
+            applied,
+            out_last,
+            pipeline,
+            commits,
+            lease.clone(),
+            stop.clone(),
+            failed.clone(),
+        ));
+        tracing::info!(
+            partition = p,
+            from_stream_seq = applied + 1,
+            "partition opened"
+        );
+        Ok(Owner {
+            partition: p,
+            store,
+            search,
+            lease,
+            stop,
+            failed,
+            task: Some(task),
+            checkpointer,
+        })
+    }
+
+    /// Stops applying, lets what is queued commit, and closes the partition
+    /// (returns once its store is let go, or after [`CLOSE_WAIT`]).
+    pub async fn close(mut self) {
+        self.stop.cancel();
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+        if let Some(t) = self.checkpointer.take() {
+            let _ = t.await;
+        }
+        let deadline = Instant::now() + CLOSE_WAIT;
+        while Arc::strong_count(&self.store) > 1 && Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Replaces the partition's local store (if any) by the newest checkpoint
+/// when that covers more of the stream: what the checkpoint covers may have
+/// been purged from the stream since this node last held the partition.
+async fn restore_if_newer(
+    dest: &crate::backup::Dest,
+    dir: &Path,
+    p: u16,
+    cache: usize,
+) -> anyhow::Result<()> {
+    let Some(m) = super::checkpoint::latest(dest).await? else {
+        return Ok(());
+    };
+    let sdir = store_dir(dir);
+    let local = if sdir.exists() {
+        let d = sdir.clone();
+        tokio::task::spawn_blocking(move || Store::open(&d, false, cache)?.stream_seq()).await??
+    } else {
+        0
+    };
+    if m.stream_seq <= local {
+        return Ok(());
+    }
+    let _ = std::fs::remove_dir_all(&sdir);
+    let _ = std::fs::remove_dir_all(search_dir(dir));
+    super::checkpoint::restore(dest, &m, &sdir).await?;
+    tracing::info!(
+        partition = p,
+        stream_seq = m.stream_seq,
+        local_stream_seq = local,
+        "partition restored from its checkpoint"
+    );
+    Ok(())
+}
+
+/// Every `interval` while the lease holds: a checkpoint uploaded, then the
+/// stream's messages it covers purged.
+#[allow(clippy::too_many_arguments)]
+async fn checkpoints(
+    nats: Nats,
+    p: u16,
+    store: Arc<Store>,
+    staging: PathBuf,
+    dest: Arc<crate::backup::Dest>,
+    interval: std::time::Duration,
+    lease: LeaseClock,
+    stop: CancellationToken,
+) {
+    let mut last = store.stream_seq().unwrap_or(0);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        if !lease.valid() || store.stream_seq().unwrap_or(0) == last {
+            continue;
+        }
+        let rev = lease.revision.load(Ordering::SeqCst);
+        match super::checkpoint::take(&store, p, rev, &staging, &dest).await {
+            Ok(m) => {
+                last = m.stream_seq;
+                match super::checkpoint::purge_applied(&nats, p, m.stream_seq + 1).await {
+                    Ok(n) => tracing::debug!(
+                        partition = p,
+                        stream_seq = m.stream_seq,
+                        purged = n,
+                        "partition checkpointed"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(partition = p, error = %e, "purging the checkpointed shares failed")
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(partition = p, error = %e, "partition checkpoint failed"),
+        }
+    }
+}
+
+/// The stream sequence of partition `p`'s last message in [`OUT_STREAM`]; 0: none.
+pub async fn last_out_seq(nats: &Nats, p: u16) -> Result<u64, ClusterError> {
+    let stream = nats
+        .js
+        .get_stream(OUT_STREAM)
+        .await
+        .map_err(|e| ClusterError::js("stream SIGHTLINE_OUT", e))?;
+    match stream
+        .get_last_raw_message_by_subject(&out_subject(p))
+        .await
+    {
+        Ok(m) => Ok(m.sequence),
+        Err(e)
+            if e.kind()
+                == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+        {
+            Ok(0)
+        }
+        Err(e) => Err(ClusterError::js("stream SIGHTLINE_OUT", e)),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    nats: Nats,
+    p: u16,
+    applied: u64,
+    out_last: u64,
+    pipeline: Pipeline,
+    commits: tokio::sync::broadcast::Receiver<crate::api::live::CommitEvents>,
+    lease: LeaseClock,
+    stop: CancellationToken,
+    failed: CancellationToken,
+) {
+    let out = tokio::spawn(publish_out(
+        nats.clone(),
+        p,
+        out_last,
+        commits,
+        lease.clone(),
+        stop.clone(),
+        failed.clone(),
+    ));
+    let (answers_tx, answers) = mpsc::channel(INFLIGHT_SHARES);
+    let answered = tokio::spawn(check_answers(p, answers, failed.clone()));
+    if let Err(e) = apply(
+        &nats, p, applied, &pipeline, &lease, &stop, &failed, answers_tx,
+    )
+    .await
+    {
+        tracing::warn!(partition = p, error = %e, "partition stopped applying");
+        failed.cancel();
+    }
+    let _ = answered.await;
+    // The writer commits what it has queued, then closes.
+    tokio::task::spawn_blocking(move || pipeline.shutdown())
+        .await
+        .ok();
+    stop.cancel();
+    let _ = out.await;
+}
+
+/// Consumes `sightline.in.<p>` after `applied` and hands each share to the
+/// writer, while the lease holds.
+#[allow(clippy::too_many_arguments)]
+async fn apply(
+    nats: &Nats,
+    p: u16,
+    applied: u64,
+    pipeline: &Pipeline,
+    lease: &LeaseClock,
+    stop: &CancellationToken,
+    failed: &CancellationToken,
+    answers: mpsc::Sender<oneshot::Receiver<Result<CommitOutcome, CommitError>>>,
+) -> anyhow::Result<()> {
+    let stream = nats.js.get_stream(IN_STREAM).await?;
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: in_subject(p),
+            deliver_policy: if applied == 0 {
+                DeliverPolicy::All
+            } else {
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: applied + 1,
+                }
+            },
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    loop {
+        let msg = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = failed.cancelled() => return Ok(()),
+            m = messages.next() => match m {
+                Some(m) => m?,
+                None => anyhow::bail!("the stream's consumer ended"),
+            },
+        };
+        if !lease.valid() {
+            anyhow::bail!("the lease was not renewed in time: stopped applying");
+        }
+        let seq = msg
+            .info()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .stream_sequence;
+        let share = match ShareMsg::decode(msg.payload.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(partition = p, stream_seq = seq, error = %e, "a share that does not decode is skipped");
+                continue;
+            }
+        };
+        let (reply, rx) = oneshot::channel();
+        let count = share.count;
+        let req = CommitRequest {
+            agent: share.agent.as_str().into(),
+            epoch: share.epoch,
+            first_seq: share.first_seq,
+            events: share
+                .events
+                .into_iter()
+                .map(|e| e.into_incoming())
+                .collect(),
+            last_digest: share.last_digest,
+            reply,
+        };
+        pipeline.submit_share(req, count, seq).await?;
+        if answers.send(rx).await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// Reads the writer's answers in order. A store failure stops the owner
+/// (it reopens from what it committed); a gap is logged (the front never
+/// publishes one: it would mean a share lost from the stream).
+async fn check_answers(
+    p: u16,
+    mut answers: mpsc::Receiver<oneshot::Receiver<Result<CommitOutcome, CommitError>>>,
+    failed: CancellationToken,
+) {
+    while let Some(rx) = answers.recv().await {
+        match rx.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e @ CommitError::Gap { .. })) => {
+                tracing::error!(partition = p, error = %e, "a share left a gap: its events are not applied");
+            }
+            Ok(Err(e)) => {
+                tracing::error!(partition = p, error = %e, "a commit failed: the partition stops");
+                failed.cancel();
+                return;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// Publishes the committed events to `sightline.out.<p>`, each fenced on
+/// the subject's last sequence.
+async fn publish_out(
+    nats: Nats,
+    p: u16,
+    mut last: u64,
+    mut commits: tokio::sync::broadcast::Receiver<crate::api::live::CommitEvents>,
+    lease: LeaseClock,
+    stop: CancellationToken,
+    failed: CancellationToken,
+) {
+    let subject = out_subject(p);
+    loop {
+        let events = tokio::select! {
+            biased;
+            r = commits.recv() => match r {
+                Ok(e) => e,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(partition = p, commits = n, "the OUT stream publisher fell behind; those commits' events are not in SIGHTLINE_OUT");
+                    continue;
+                }
+                Err(_) => return,
+            },
+            _ = stop.cancelled() => return,
+        };
+        for e in events.iter() {
+            if !lease.valid() {
+                failed.cancel();
+                return;
+            }
+            let oid = e
+                .detection
+                .as_ref()
+                .and_then(|d| d.detection_oid)
+                .unwrap_or_default();
+            let msg = PublishMessage::build()
+                .payload(e.encode_to_vec().into())
+                .message_id(oid.to_string())
+                .expected_last_subject_sequence(last);
+            let ack = match nats.js.send_publish(subject.clone(), msg).await {
+                Ok(f) => f.await,
+                Err(e) => Err(e),
+            };
+            match ack {
+                // A duplicate (the det_oid published already, within the
+                // duplicate window) is answered with the original's sequence.
+                Ok(a) if a.duplicate => {}
+                Ok(a) => last = a.sequence,
+                Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => {
+                    tracing::warn!(
+                        partition = p,
+                        "fenced: another owner published to this partition's OUT subject; stopping"
+                    );
+                    lease.expire();
+                    failed.cancel();
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!(partition = p, error = %err, "publishing to SIGHTLINE_OUT failed; the partition stops");
+                    failed.cancel();
+                    return;
+                }
+            }
+        }
+    }
+}

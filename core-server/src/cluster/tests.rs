@@ -1,0 +1,459 @@
+//! The write path against a real `nats-server -js` (see [`super::testing`]).
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use sightline_proto::v1::{Detection, EdgeEvent};
+use tokio::sync::oneshot;
+
+use super::{
+    front::Front,
+    lease::{self, Take},
+    nats::{ClusterError, Nats},
+    node::Node,
+    out_subject,
+    owner::{LeaseClock, Owner, OwnerContext},
+    testing::NatsServer,
+    view::{ClusterView, NodeInfo},
+    IN_STREAM, OUT_STREAM,
+};
+use crate::{
+    dedup::{CommitOutcome, CommitRequest, Incoming},
+    enrich::Locations,
+    metrics::Metrics,
+    store::keys,
+};
+
+/// How long a test waits for something the cluster does in the background.
+const WAIT: Duration = Duration::from_secs(20);
+
+fn event(seq: u64, det_oid: i64) -> Incoming {
+    Incoming::Valid(EdgeEvent {
+        seq,
+        detection: Some(Detection {
+            geographical_location_oid: 1,
+            video_camera_oid: 7,
+            detection_oid: Some(det_oid),
+            item_name: "person".into(),
+            timestamp_detected: sightline_proto::now_ms(),
+            ..Default::default()
+        }),
+        accepted_ms: sightline_proto::now_ms(),
+    })
+}
+
+/// A batch of `n` events from `first`, det_oid = 1000 + seq (each unique).
+fn batch(
+    agent: &str,
+    first: u64,
+    n: u64,
+) -> (
+    CommitRequest,
+    oneshot::Receiver<anyhow::Result<CommitOutcome>>,
+) {
+    let (reply, rx) = oneshot::channel();
+    let (tx, out) = oneshot::channel();
+    tokio::spawn(async move {
+        let r: Result<_, crate::dedup::CommitError> = rx.await.unwrap();
+        let _ = tx.send(r.map_err(|e| anyhow::anyhow!("{e}")));
+    });
+    (
+        CommitRequest {
+            agent: agent.into(),
+            epoch: 1,
+            first_seq: first,
+            events: (first..first + n)
+                .map(|s| event(s, 1000 + s as i64))
+                .collect(),
+            last_digest: first + n,
+            reply,
+        },
+        out,
+    )
+}
+
+async fn send(front: &Front, agent: &str, first: u64, n: u64) -> CommitOutcome {
+    let (req, rx) = batch(agent, first, n);
+    front.submit(req).await.unwrap();
+    rx.await.unwrap().unwrap()
+}
+
+async fn stream_messages(nats: &Nats, name: &str) -> u64 {
+    let mut s = nats.js.get_stream(name).await.unwrap();
+    s.info().await.unwrap().state.messages
+}
+
+fn owner_ctx(nats: &Nats, dir: &std::path::Path) -> OwnerContext {
+    OwnerContext {
+        nats: nats.clone(),
+        storage: dir.to_path_buf(),
+        locations: Arc::new(Locations::new(None).unwrap()),
+        metrics: Arc::new(Metrics::new()),
+        max_group_events: 1000,
+        queue_batches: 16,
+        live_buffer: 1024,
+        search_commit: Duration::from_millis(200),
+        sync: false,
+        cache_bytes: 8 << 20,
+        checkpoints: None,
+        checkpoint_interval: Duration::from_secs(3600),
+    }
+}
+
+fn clock(rev: u64) -> LeaseClock {
+    let c = LeaseClock::new(Instant::now());
+    c.renewed(Instant::now(), Duration::from_secs(3600), rev);
+    c
+}
+
+async fn wait_for(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_acked_once_every_partition_has_its_share_in_the_stream() {
+    let server = NatsServer::start();
+    let nats = server.connect("a", 4).await;
+    let front = Front::new(nats.clone());
+    let o = send(&front, "agent-1", 1, 10).await;
+    assert_eq!(o.committed_through, 10);
+    // One share per partition, the empty ones too, durable before the ack.
+    assert_eq!(stream_messages(&nats, IN_STREAM).await, 4);
+    let o = send(&front, "agent-1", 11, 1).await;
+    assert_eq!(o.committed_through, 11);
+    assert_eq!(stream_messages(&nats, IN_STREAM).await, 8);
+    // The same batch republished (a resend) is dropped by its Nats-Msg-Id.
+    send(&front, "agent-1", 11, 1).await;
+    assert_eq!(stream_messages(&nats, IN_STREAM).await, 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_resumes_on_another_node_from_the_watermark_its_last_node_kept() {
+    let server = NatsServer::start();
+    let a = Front::new(server.connect("a", 4).await);
+    let b = Front::new(server.connect("b", 4).await);
+    assert_eq!(b.watermark("agent.x", 3).await.unwrap().through, 0);
+    let (mut req, rx) = batch("agent.x", 1, 5);
+    req.epoch = 3;
+    a.submit(req).await.unwrap();
+    assert_eq!(rx.await.unwrap().unwrap().committed_through, 5);
+    let w = b.watermark("agent.x", 3).await.unwrap();
+    assert_eq!((w.through, w.digest), (5, 6));
+    // Node b moves it on; node a, whose revision is stale, still only moves it up.
+    let (mut req, rx) = batch("agent.x", 6, 5);
+    req.epoch = 3;
+    b.submit(req).await.unwrap();
+    rx.await.unwrap().unwrap();
+    assert_eq!(
+        a.advance(
+            "agent.x",
+            3,
+            super::front::Watermark {
+                through: 7,
+                digest: 0
+            }
+        )
+        .await
+        .unwrap()
+        .through,
+        10
+    );
+    assert_eq!(a.watermark("agent.x", 3).await.unwrap().through, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_count_other_than_the_clusters_is_refused_at_start() {
+    let server = NatsServer::start();
+    server.connect("a", 4).await;
+    let err = Nats::connect(&server.config("b", 8), "b")
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            err,
+            ClusterError::PartitionMismatch {
+                configured: 8,
+                cluster: 4
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("cluster.partitions"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_lease_cannot_be_taken_and_an_expired_one_moves_with_a_new_revision() {
+    let server = NatsServer::start();
+    let nats = server.connect("a", 4).await;
+    let Take::Taken(rev_a) = lease::take(&nats.leases, 2, "a", 600).await.unwrap() else {
+        panic!("a free lease is taken")
+    };
+    match lease::take(&nats.leases, 2, "b", 600).await.unwrap() {
+        Take::Held(l) => assert_eq!(l.node, "a"),
+        t => panic!("b took a live lease: {t:?}"),
+    }
+    let rev_a = lease::renew(&nats.leases, 2, "a", 600, rev_a)
+        .await
+        .unwrap()
+        .expect("a renews its own");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let Take::Taken(rev_b) = lease::take(&nats.leases, 2, "b", 600).await.unwrap() else {
+        panic!("an expired lease is taken")
+    };
+    assert!(rev_b > rev_a);
+    // a's revision is stale: its renewal is refused (it has lost the lease).
+    assert_eq!(
+        lease::renew(&nats.leases, 2, "a", 600, rev_a)
+            .await
+            .unwrap(),
+        None
+    );
+    // A released lease is free at once.
+    lease::release(&nats.leases, 2, rev_b).await.unwrap();
+    assert!(matches!(
+        lease::take(&nats.leases, 2, "a", 600).await.unwrap(),
+        Take::Taken(_)
+    ));
+}
+
+/// The det_oids of `first..first+n` (as [`batch`] makes them) in partition `p` of `parts`.
+fn oids_of(p: u16, parts: u16, first: u64, n: u64) -> Vec<i64> {
+    (first..first + n)
+        .map(|s| 1000 + s as i64)
+        .filter(|o| keys::partition_of(*o, parts as usize) == p as usize)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_applies_every_share_exactly_once_across_a_restart() {
+    let server = NatsServer::start();
+    let nats = server.connect("a", 2).await;
+    let front = Front::new(nats.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = owner_ctx(&nats, dir.path());
+    for i in 0..10 {
+        send(&front, "agent-1", 1 + i * 20, 20).await;
+    }
+    let owner = Owner::open(&ctx, 1, clock(1)).await.unwrap();
+    // Stopped mid-way: more shares come while it is closed.
+    let closing = tokio::spawn(async move {
+        owner.close().await;
+    });
+    for i in 10..20 {
+        send(&front, "agent-1", 1 + i * 20, 20).await;
+    }
+    closing.await.unwrap();
+    // A resend of batches already in the stream, cut differently (new Msg-Ids).
+    send(&front, "agent-1", 101, 150).await;
+    let owner = Owner::open(&ctx, 1, clock(2)).await.unwrap();
+    let last = {
+        let mut s = nats.js.get_stream(IN_STREAM).await.unwrap();
+        s.info().await.unwrap().state.last_sequence
+    };
+    let store = owner.store.clone();
+    wait_for("the owner to apply the stream", async || {
+        store.stream_seq().unwrap() >= last
+    })
+    .await;
+    let want = oids_of(1, 2, 1, 400);
+    let c = store.counters().unwrap();
+    assert_eq!(
+        c.stored,
+        want.len() as u64,
+        "each det_oid of the partition stored once"
+    );
+    assert!(store
+        .stored_dets(&want)
+        .unwrap()
+        .iter()
+        .all(|d| d.is_some()));
+    assert!(store
+        .stored_dets(&oids_of(0, 2, 1, 400))
+        .unwrap()
+        .iter()
+        .all(|d| d.is_none()));
+    drop(store);
+    owner.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_publishes_its_commits_to_out_and_a_stale_owners_publish_is_refused() {
+    let server = NatsServer::start();
+    let nats = server.connect("a", 1).await;
+    let front = Front::new(nats.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = owner_ctx(&nats, dir.path());
+    let owner = Owner::open(&ctx, 0, clock(1)).await.unwrap();
+    send(&front, "agent-1", 1, 5).await;
+    wait_for("5 events in SIGHTLINE_OUT", async || {
+        stream_messages(&nats, OUT_STREAM).await == 5
+    })
+    .await;
+    // Another owner (with the partition now) publishes to the subject.
+    nats.js
+        .publish(out_subject(0), "newer owner".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    send(&front, "agent-1", 6, 5).await;
+    // The stale owner's next publish is refused and it stops.
+    let failed = owner.failed.clone();
+    wait_for("the stale owner to stop", async || failed.is_cancelled()).await;
+    assert_eq!(stream_messages(&nats, OUT_STREAM).await, 6);
+    assert!(!owner.lease.valid());
+    owner.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_share_the_partitions_and_a_dead_nodes_partitions_move_to_the_living() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let start = |id: &'static str| {
+        let server = &server;
+        let dir = dir.path().join(id);
+        async move {
+            let nats = server.connect(id, 4).await;
+            let info = NodeInfo {
+                node_id: id.into(),
+                grpc: format!("{id}:1"),
+                http: format!("{id}:2"),
+                edge: None,
+                heartbeat_ms: 0,
+            };
+            let ctx = owner_ctx(&nats, &dir);
+            let stop = tokio_util::sync::CancellationToken::new();
+            let node = Node::start(&server.config(id, 4), nats, info, ctx, stop.clone())
+                .await
+                .unwrap();
+            let task = tokio::spawn(node.clone().run(stop.clone()));
+            (node, task, stop)
+        }
+    };
+    let (a, a_task, _a_stop) = start("a").await;
+    wait_for("a to hold every partition", async || {
+        a.held().await.len() == 4
+    })
+    .await;
+    let (b, _b_task, b_stop) = start("b").await;
+    wait_for("a and b to hold 2 each", async || {
+        a.held().await.len() == 2 && b.held().await.len() == 2
+    })
+    .await;
+    for p in 0..4 {
+        let owner = a.owner(p).expect("every partition has an owner");
+        let holder = if a.held().await.contains(&p) {
+            "a"
+        } else {
+            "b"
+        };
+        assert_eq!(owner.node_id, holder);
+    }
+    assert_eq!(b.local().len(), 2);
+    // a dies (its lease loop stops without giving anything back).
+    a_task.abort();
+    wait_for("b to hold every partition", async || {
+        b.held().await.len() == 4
+    })
+    .await;
+    b_stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_owner_restores_the_checkpoint_and_replays_the_rest_to_the_same_state() {
+    let server = NatsServer::start();
+    let nats = server.connect("a", 1).await;
+    let front = Front::new(nats.clone());
+    let (dir_a, dir_b, objects) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let url = format!("file://{}", objects.path().display());
+    let with_checkpoints = |dir: &std::path::Path| OwnerContext {
+        checkpoints: Some(url.clone()),
+        checkpoint_interval: Duration::from_millis(200),
+        ..owner_ctx(&nats, dir)
+    };
+    let a = Owner::open(&with_checkpoints(dir_a.path()), 0, clock(1))
+        .await
+        .unwrap();
+    for i in 0..5 {
+        send(&front, "agent-1", 1 + i * 10, 10).await;
+    }
+    // Checkpointed, then the stream's applied shares purged.
+    wait_for("a checkpoint and the purge after it", async || {
+        stream_messages(&nats, IN_STREAM).await == 0
+    })
+    .await;
+    let dest = super::checkpoint::dest(&url, 0).unwrap();
+    let m = super::checkpoint::latest(&dest)
+        .await
+        .unwrap()
+        .expect("a checkpoint");
+    assert_eq!(m.stream_seq, 5);
+    for i in 5..8 {
+        send(&front, "agent-1", 1 + i * 10, 10).await;
+    }
+    let store = a.store.clone();
+    wait_for("a to apply everything", async || {
+        store.stream_seq().unwrap() == 8
+    })
+    .await;
+    let want = a.store.counters().unwrap();
+    drop(store);
+    a.close().await;
+    // Another node (no local state) takes the partition over.
+    let b = Owner::open(&with_checkpoints(dir_b.path()), 0, clock(2))
+        .await
+        .unwrap();
+    let store = b.store.clone();
+    wait_for("b to replay after the checkpoint", async || {
+        store.stream_seq().unwrap() == 8
+    })
+    .await;
+    let got = store.counters().unwrap();
+    assert_eq!(
+        (got.stored, got.dup_transport, got.dup_semantic),
+        (want.stored, want.dup_transport, want.dup_semantic)
+    );
+    assert_eq!(got.stored, 80);
+    let oids: Vec<i64> = (1..=80).map(|s| 1000 + s).collect();
+    assert!(store
+        .stored_dets(&oids)
+        .unwrap()
+        .iter()
+        .all(|d| d.is_some()));
+    drop(store);
+    b.close().await;
+}
+
+/// The front's cost, measured: 200 batches of 500 events into 32
+/// partitions on one local nats-server (R1, file storage), one session.
+/// `cargo test -p sightline-core --lib front_throughput -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn front_throughput() {
+    let server = NatsServer::start();
+    let nats = server.connect("a", 32).await;
+    let front = Front::new(nats.clone());
+    let started = Instant::now();
+    let (batches, per) = (200u64, 500u64);
+    for i in 0..batches {
+        send(&front, "agent-1", 1 + i * per, per).await;
+    }
+    let s = started.elapsed().as_secs_f64();
+    println!(
+        "front: {} events in {s:.2}s = {:.0} events/s, {:.2} ms per batch (32 shares + watermark CAS)",
+        batches * per,
+        (batches * per) as f64 / s,
+        s * 1000.0 / batches as f64
+    );
+}
