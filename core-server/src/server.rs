@@ -480,6 +480,7 @@ async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started
         hub: hub.clone(),
         metrics: metrics.clone(),
         access: access.clone(),
+        cluster: None,
     };
     // Reflection lists what this port serves, nothing else: Ingest and Media
     // live on the edge port unless plaintext edge is on.

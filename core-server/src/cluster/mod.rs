@@ -21,6 +21,10 @@
 //! - queries on any node scatter to the partitions' owners and merge
 //!   ([`view`]).
 
+pub mod feed;
+pub mod peer;
+pub mod query;
+pub mod status;
 pub mod view;
 
 /// Stream of agents' batch shares, subjects [`in_subject`].
