@@ -293,9 +293,11 @@ async fn cluster(dets: &[Detection]) -> Cluster {
     }
 }
 
-/// A minute-aligned time an hour ago.
+/// A minute-aligned time an hour ago, the same for the whole run (a
+/// minute boundary passing mid-test does not move the ranges).
 fn t0() -> i64 {
-    keys::Bucket::Minute.floor(sightline_proto::now_ms() - 3_600_000)
+    static T0: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *T0.get_or_init(|| keys::Bucket::Minute.floor(sightline_proto::now_ms() - 3_600_000))
 }
 
 /// Location 1: in each partition one item (`solo-<p>`) leads with 5 while

@@ -194,6 +194,7 @@ pub fn parse_metrics(text: &str) -> ClusterStatus {
             heartbeat_ms: 0,
         });
     }
+    s.nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
     let mut parts: BTreeMap<u16, PartitionStatus> = BTreeMap::new();
     let mut entry = |l: &BTreeMap<String, String>| -> Option<u16> {
         let p = l.get("partition")?.parse().ok()?;
