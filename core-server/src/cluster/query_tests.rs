@@ -193,7 +193,10 @@ struct Cluster {
     _b_shutdown: tokio_util::sync::DropGuard,
 }
 
-async fn serve_node(dir: &Path, view: Arc<dyn ClusterView>) -> (SocketAddr, CancellationToken) {
+async fn serve_node(
+    dir: &Path,
+    view: Arc<dyn ClusterView>,
+) -> (SocketAddr, CancellationToken, Access) {
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(Store::open(&dir.join("node-store"), false, 8 << 20).unwrap());
     let locations = Arc::new(Locations::new(None).unwrap());
@@ -228,7 +231,7 @@ async fn serve_node(dir: &Path, view: Arc<dyn ClusterView>) -> (SocketAddr, Canc
         fleet: Arc::new(Fleet::new(metrics.clone(), Vec::new())),
         hub,
         metrics,
-        access,
+        access: access.clone(),
         cluster: Some(Arc::new(ClusterQuery::new(view, TOKEN))),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -244,7 +247,7 @@ async fn serve_node(dir: &Path, view: Arc<dyn ClusterView>) -> (SocketAddr, Canc
             .await
             .unwrap();
     });
-    (addr, shutdown)
+    (addr, shutdown, access)
 }
 
 async fn cluster(dets: &[Detection]) -> Cluster {
@@ -262,7 +265,7 @@ async fn cluster(dets: &[Detection]) -> Cluster {
         local: parts[2..].iter().map(|p| p.lp.clone()).collect(),
         owners: HashMap::new(),
     });
-    let (b_addr, b_shutdown) = serve_node(&b_dir, b_view).await;
+    let (b_addr, b_shutdown, _) = serve_node(&b_dir, b_view).await;
     let a_node = node("a", "127.0.0.1:1");
     let b_node = node("b", &b_addr.to_string());
     let owners = (0..P)
@@ -620,7 +623,7 @@ async fn a_partition_asked_of_its_former_owner_is_asked_again_of_the_new_one() {
     // Node c held partitions 2 and 3 before b: it holds nothing now.
     let c_dir = c._dir.path().join("c");
     std::fs::create_dir_all(&c_dir).unwrap();
-    let (c_addr, c_stop) = serve_node(
+    let (c_addr, c_stop, _) = serve_node(
         &c_dir,
         Arc::new(FixedView {
             me: node("c", ""),
@@ -670,4 +673,89 @@ async fn a_partition_asked_of_its_former_owner_is_asked_again_of_the_new_one() {
         .sum();
     // Every event's camera_seq, each once, whichever node holds it.
     assert_eq!(seqs, dets.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scoped_token_on_any_node_gets_the_single_node_answer_for_its_locations() {
+    let dets = dataset();
+    let c = cluster(&dets).await;
+    // Node a as a query server too, over partitions 0 and 1.
+    let a_dir = c._dir.path().join("a");
+    std::fs::create_dir_all(&a_dir).unwrap();
+    let b_node = node("b", &c.b_addr.to_string());
+    let a_view = Arc::new(FixedView {
+        me: node("a", ""),
+        local: c._parts[..2].iter().map(|p| p.lp.clone()).collect(),
+        owners: (2..P).map(|p| (p, b_node.clone())).collect(),
+    });
+    let (a_addr, a_stop, access) = serve_node(&a_dir, a_view).await;
+    let _a_stop = a_stop.drop_guard();
+    let (_, secret) = access
+        .db
+        .create_token(
+            "viewer-2",
+            crate::access::Role::Viewer,
+            Scope::locations([2]),
+            0,
+            sightline_proto::now_ms(),
+        )
+        .unwrap();
+    let mut client = QueryClient::connect(format!("http://{a_addr}"))
+        .await
+        .unwrap();
+    fn with<T>(token: &str, msg: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        req
+    }
+    let (from, to) = (t0(), t0() + 3_600_000);
+    let top = client
+        .top_items(with(
+            &secret,
+            TopItemsRequest {
+                from_ms: from,
+                to_ms: to,
+                x: 3,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let want = direct_top(&dets, 3, &Scope::locations([2]));
+    assert_eq!(counts_of(top), want);
+    // Asking for a location outside its scope is refused on the node called.
+    let e = client
+        .top_items(with(
+            &secret,
+            TopItemsRequest {
+                from_ms: from,
+                to_ms: to,
+                geographical_location_oid: Some(1),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    // The peer token is not a client credential.
+    let e = client
+        .top_items(with(
+            TOKEN,
+            TopItemsRequest {
+                from_ms: from,
+                to_ms: to,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    // Stats count every location: refused to a scoped token, as on one node.
+    let e = client
+        .stats(with(&secret, sightline_proto::v1::StatsRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
 }
