@@ -212,15 +212,15 @@ pub async fn forward(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::cluster::{out_subject, OUT_STREAM};
     use sightline_proto::v1::Detection;
 
     /// A real single `nats-server -js` on 127.0.0.1, stopped on drop.
-    struct Nats {
+    pub(crate) struct Nats {
         child: std::process::Child,
-        url: String,
+        pub url: String,
         _dir: tempfile::TempDir,
     }
 
@@ -231,7 +231,7 @@ mod tests {
         }
     }
 
-    async fn nats() -> (Nats, async_nats::Client) {
+    pub(crate) async fn nats() -> (Nats, async_nats::Client) {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -264,7 +264,7 @@ mod tests {
     }
 
     /// Publishes event `det` (at location `loc`) as an owner does.
-    async fn publish(js: &jetstream::Context, det: i64, loc: i64) {
+    pub(crate) async fn publish(js: &jetstream::Context, det: i64, loc: i64) {
         let ev = JoinedEvent {
             detection: Some(Detection {
                 detection_oid: Some(det),

@@ -197,6 +197,14 @@ async fn serve_node(
     dir: &Path,
     view: Arc<dyn ClusterView>,
 ) -> (SocketAddr, CancellationToken, Access) {
+    serve_node_with(dir, view, None).await
+}
+
+async fn serve_node_with(
+    dir: &Path,
+    view: Arc<dyn ClusterView>,
+    feed: Option<super::super::feed::Feed>,
+) -> (SocketAddr, CancellationToken, Access) {
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(Store::open(&dir.join("node-store"), false, 8 << 20).unwrap());
     let locations = Arc::new(Locations::new(None).unwrap());
@@ -232,7 +240,10 @@ async fn serve_node(
         hub,
         metrics,
         access: access.clone(),
-        cluster: Some(Arc::new(ClusterQuery::new(view, TOKEN))),
+        cluster: Some(Arc::new(match feed {
+            Some(f) => ClusterQuery::new(view, TOKEN).with_feed(f),
+            None => ClusterQuery::new(view, TOKEN),
+        })),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -758,4 +769,75 @@ async fn a_scoped_token_on_any_node_gets_the_single_node_answer_for_its_location
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_on_another_node_resumes_after_the_last_stream_seq_scoped() {
+    use crate::cluster::feed::{tests as nats, Feed, AFTER_SEQ_HEADER};
+    use futures::StreamExt;
+    let (n, client) = nats::nats().await;
+    let js = async_nats::jetstream::new(client.clone());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: crate::cluster::OUT_STREAM.into(),
+        subjects: vec!["sightline.out.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for d in 1..=20 {
+        nats::publish(&js, d, 1 + d % 2).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for id in ["x", "y"] {
+        let d = dir.path().join(id);
+        std::fs::create_dir_all(&d).unwrap();
+        let view = Arc::new(FixedView {
+            me: node(id, ""),
+            local: Vec::new(),
+            owners: HashMap::new(),
+        });
+        let feed = Feed::new(async_nats::connect(&n.url).await.unwrap());
+        nodes.push(serve_node_with(&d, view, Some(feed)).await);
+    }
+    let secret = |access: &Access| {
+        access
+            .db
+            .create_token(
+                "viewer-2",
+                crate::access::Role::Viewer,
+                Scope::locations([2]),
+                0,
+                sightline_proto::now_ms(),
+            )
+            .unwrap()
+            .1
+    };
+    let subscribe = |addr: SocketAddr, token: String, after: u64| async move {
+        let mut c = QueryClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let mut req = tonic::Request::new(sightline_proto::v1::SubscribeRequest::default());
+        let md = req.metadata_mut();
+        md.insert("authorization", format!("Bearer {token}").parse().unwrap());
+        md.insert(AFTER_SEQ_HEADER, after.to_string().parse().unwrap());
+        c.subscribe(req).await.unwrap().into_inner()
+    };
+    let mut got = Vec::new();
+    let mut on_x = subscribe(nodes[0].0, secret(&nodes[0].2), 0).await;
+    while got.len() < 4 {
+        got.push(on_x.next().await.unwrap().unwrap());
+    }
+    // Node x dies; the subscriber resumes on node y after the last it got.
+    nodes[0].1.cancel();
+    drop(on_x);
+    let last = got.last().unwrap().stream_seq;
+    let mut on_y = subscribe(nodes[1].0, secret(&nodes[1].2), last).await;
+    while got.len() < 10 {
+        got.push(on_y.next().await.unwrap().unwrap());
+    }
+    // Only its location (odd det_oids are at location 2), each once, in order.
+    assert_eq!(oids(&got), (1..=19).step_by(2).collect::<Vec<i64>>());
+    let seqs: Vec<u64> = got.iter().map(|e| e.stream_seq).collect();
+    assert_eq!(seqs, (1..=19).step_by(2).collect::<Vec<u64>>());
 }
