@@ -400,4 +400,102 @@ mod tests {
         let text = render(&back);
         assert!(text.contains("nodes: 2") && text.contains("20"), "{text}");
     }
+
+    /// Serves `body` as `/metrics` to every connection, plain HTTP.
+    async fn serve_metrics(body: String) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = c.read(&mut buf).await;
+                    let _ = c
+                        .write_all(
+                            format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                                body.len()
+                            )
+                            .as_bytes(),
+                        )
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn cluster_status_takes_owners_from_the_node_asked_and_lag_from_each_owner() {
+        // Node b's report: it holds partition 1, 7 behind.
+        let mb = Metrics::new();
+        let b_status = |http: &str| ClusterStatus {
+            nodes: vec![NodeInfo {
+                node_id: "b".into(),
+                grpc: String::new(),
+                http: http.into(),
+                edge: None,
+                heartbeat_ms: 0,
+            }],
+            partitions: vec![PartitionStatus {
+                partition: 1,
+                owner: Some("b".into()),
+                in_last_seq: Some(57),
+                applied_seq: Some(50),
+                lag: Some(7),
+                checkpoint_age_s: Some(3.0),
+            }],
+        };
+        set_gauges(&mb, &b_status(""));
+        let b_http = serve_metrics(mb.encode()).await;
+        // Node a: holds partition 0, knows b owns 1; partition 2 has no owner.
+        let ma = Metrics::new();
+        let a_http_listener = serve_metrics(String::new()).await;
+        let node = |id: &str, http: &str| NodeInfo {
+            node_id: id.into(),
+            grpc: String::new(),
+            http: http.into(),
+            edge: None,
+            heartbeat_ms: 0,
+        };
+        set_gauges(
+            &ma,
+            &ClusterStatus {
+                nodes: vec![node("a", &a_http_listener), node("b", &b_http)],
+                partitions: vec![
+                    PartitionStatus {
+                        partition: 0,
+                        owner: Some("a".into()),
+                        in_last_seq: Some(10),
+                        applied_seq: Some(10),
+                        lag: Some(0),
+                        checkpoint_age_s: None,
+                    },
+                    PartitionStatus {
+                        partition: 1,
+                        owner: Some("b".into()),
+                        ..Default::default()
+                    },
+                ],
+            },
+        );
+        let a_http = serve_metrics(ma.encode()).await;
+        let out = status(&format!("http://{a_http}")).await.unwrap();
+        let line = |p: &str| {
+            out.lines()
+                .find(|l| l.split_whitespace().next() == Some(p))
+                .unwrap_or_else(|| panic!("no line for partition {p}: {out}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(line("0"), ["0", "a", "10", "10", "0", "-"], "{out}");
+        assert_eq!(line("1"), ["1", "b", "57", "50", "7", "3s"], "{out}");
+        assert!(out.contains("nodes: 2"), "{out}");
+        // A single-node core (no cluster gauges) is said to be one.
+        let lone = serve_metrics(Metrics::new().encode()).await;
+        let e = status(&format!("http://{lone}")).await.unwrap_err();
+        assert!(e.to_string().contains("single-node"), "{e}");
+    }
 }
