@@ -108,6 +108,12 @@ enum Command {
         #[command(subcommand)]
         command: sightline_core::export::cli::ExportCommand,
     },
+    /// Cluster mode: `cluster status` (nodes, partitions, owners, lag,
+    /// checkpoint age).
+    Cluster {
+        #[command(subcommand)]
+        command: sightline_core::client::cluster::ClusterCommand,
+    },
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -185,6 +191,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Export { command } => sightline_core::export::cli::run(command).await,
+        Command::Cluster { command } => sightline_core::client::cluster::run(&command).await,
         Command::Client(cmd) => {
             let url =
                 std::env::var("SIGHTLINE_CORE").unwrap_or_else(|_| "http://127.0.0.1:50051".into());

@@ -14,6 +14,27 @@ use prometheus_client::{
     registry::Registry,
 };
 
+/// Cluster mode: one partition.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabel {
+    pub partition: String,
+}
+
+/// Cluster mode: a partition and the node that owns it.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OwnerLabel {
+    pub partition: String,
+    pub node: String,
+}
+
+/// Cluster mode: a live node and its addresses.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabel {
+    pub node: String,
+    pub grpc: String,
+    pub http: String,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LevelLabel {
     /// "transport" (seq below the watermark) or "semantic" (det_oid already stored).
@@ -162,6 +183,20 @@ pub struct Metrics {
     pub export_rows: Counter,
     pub export_failures: Counter,
     pub export_pending: Gauge,
+    /// Cluster mode ([`crate::cluster::status`]); empty on a single node.
+    pub cluster: ClusterGauges,
+}
+
+/// The cluster as the node sees it (refreshed by
+/// [`crate::cluster::status::spawn`]).
+#[derive(Clone, Default)]
+pub struct ClusterGauges {
+    pub nodes: Family<NodeLabel, Gauge>,
+    pub owner: Family<OwnerLabel, Gauge>,
+    pub applied_seq: Family<PartitionLabel, Gauge>,
+    pub in_last_seq: Family<PartitionLabel, Gauge>,
+    pub lag: Family<PartitionLabel, Gauge>,
+    pub checkpoint_age: Family<PartitionLabel, Gauge<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -399,7 +434,39 @@ impl Metrics {
             "Hours waiting to be written by the Parquet export",
             Clone::clone(&export_pending),
         );
+        let cluster = ClusterGauges::default();
+        r.register(
+            "cluster_node",
+            "Cluster mode: each live node (1), with its addresses",
+            cluster.nodes.clone(),
+        );
+        r.register(
+            "cluster_partition_owner",
+            "Cluster mode: 1 for each partition and the node that owns it",
+            cluster.owner.clone(),
+        );
+        r.register(
+            "cluster_partition_applied_seq",
+            "Cluster mode: the IN stream sequence each partition held here has applied through",
+            cluster.applied_seq.clone(),
+        );
+        r.register(
+            "cluster_partition_in_last_seq",
+            "Cluster mode: the IN stream's last sequence for each partition held here",
+            cluster.in_last_seq.clone(),
+        );
+        r.register(
+            "cluster_partition_lag",
+            "Cluster mode: shares in the IN stream a partition held here has not applied yet",
+            cluster.lag.clone(),
+        );
+        r.register(
+            "cluster_partition_checkpoint_age_seconds",
+            "Cluster mode: age of the newest checkpoint of each partition held here",
+            cluster.checkpoint_age.clone(),
+        );
         Self {
+            cluster,
             registry: r,
             hop_seconds,
             live_feed_lag,

@@ -493,11 +493,28 @@ async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started
         ),
         None => None,
     };
-    // For the read path (h15-read): the cluster as this node sees it, to be
-    // handed to the query service in cluster mode.
-    let _cluster_view: Option<Arc<dyn crate::cluster::view::ClusterView>> = cluster
-        .clone()
-        .map(|n| n as Arc<dyn crate::cluster::view::ClusterView>);
+    // Cluster mode: queries and Subscribe answered across the cluster's
+    // partitions, and the cluster's gauges in /metrics.
+    let cluster_query = match &cluster {
+        Some(node) => {
+            let view = node.clone() as Arc<dyn crate::cluster::view::ClusterView>;
+            let status = crate::cluster::status::spawn(
+                view.clone(),
+                Some(node.nats().js.clone()),
+                metrics.clone(),
+                drain.token(Stage::Background),
+            );
+            drain.spawn(Stage::Background, "cluster status", async move {
+                let _ = status.await;
+            });
+            let peer_token = config.cluster.peer_token.clone().unwrap_or_default();
+            Some(Arc::new(
+                crate::cluster::query::ClusterQuery::new(view, peer_token)
+                    .with_feed(crate::cluster::feed::Feed::new(node.nats().client.clone())),
+            ))
+        }
+        None => None,
+    };
 
     let (http_tls, grpc_tls) = listener_tls(config)?;
     let max_msg = config.ingest.max_message_bytes.as_u64() as usize;
@@ -511,6 +528,7 @@ async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started
         hub: hub.clone(),
         metrics: metrics.clone(),
         access: access.clone(),
+        cluster: cluster_query,
     };
     // Reflection lists what this port serves, nothing else: Ingest and Media
     // live on the edge port unless plaintext edge is on.

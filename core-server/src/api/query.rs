@@ -68,6 +68,10 @@ pub struct QueryService {
     pub metrics: Arc<Metrics>,
     /// Who is asking: every call needs an API token or the admin token.
     pub access: Access,
+    /// Cluster mode: the reads go to the partitions' owners through this
+    /// (see [`crate::cluster::query`]); `None` on a single node, where
+    /// nothing else changes.
+    pub cluster: Option<Arc<crate::cluster::query::ClusterQuery>>,
 }
 
 /// Store and index reads that may run at once. The rest wait their turn, so
@@ -148,6 +152,9 @@ impl Query for QueryService {
         &self,
         req: Request<SearchRequest>,
     ) -> Result<Response<SearchResponse>, Status> {
+        if let Some((c, call)) = self.peer(&req, "Search").await? {
+            return Ok(Response::new(c.peer_search(call, req.into_inner()).await?));
+        }
         let who = self.caller(&req, "Search").await?;
         let peer = req.remote_addr();
         let r = req.into_inner();
@@ -168,6 +175,11 @@ impl Query for QueryService {
             }),
         )
         .await?;
+        if let Some(c) = &self.cluster {
+            let mut found = c.search(&who.scope, r).await?;
+            self.locations.current().join_all(&mut found.events);
+            return Ok(Response::new(found));
+        }
         let req = search::SearchRequest {
             query: r.query,
             location_oid: r.geographical_location_oid,
@@ -201,6 +213,11 @@ impl Query for QueryService {
         &self,
         req: Request<ListEventsRequest>,
     ) -> Result<Response<ListEventsResponse>, Status> {
+        if let Some((c, call)) = self.peer(&req, "ListEvents").await? {
+            return Ok(Response::new(
+                c.peer_list_events(call, req.into_inner()).await?,
+            ));
+        }
         let who = self.caller(&req, "ListEvents").await?;
         let peer = req.remote_addr();
         let r = req.into_inner();
@@ -221,6 +238,23 @@ impl Query for QueryService {
             }));
         (entry.camera, entry.location) = (f.video_camera_oid, f.geographical_location_oid);
         record(&self.access, entry).await?;
+        if let Some(c) = &self.cluster {
+            let (mut events, next_page_token) = c
+                .list_events(
+                    &who.scope,
+                    r.from_ms,
+                    r.to_ms,
+                    r.filter,
+                    page_size,
+                    &r.page_token,
+                )
+                .await?;
+            self.locations.current().join_all(&mut events);
+            return Ok(Response::new(ListEventsResponse {
+                events,
+                next_page_token,
+            }));
+        }
         let store = self.store.clone();
         let (mut events, next_page_token) = blocking(move || {
             let scope = &who.scope;
@@ -247,6 +281,10 @@ impl Query for QueryService {
         &self,
         req: Request<GetEventRequest>,
     ) -> Result<Response<JoinedEvent>, Status> {
+        if let Some((c, call)) = self.peer(&req, "GetEvent").await? {
+            let oid = req.into_inner().detection_oid;
+            return Ok(Response::new(c.peer_get_event(call, oid).await?));
+        }
         let who = self.caller(&req, "GetEvent").await?;
         let peer = req.remote_addr();
         let oid = req.into_inner().detection_oid;
@@ -256,15 +294,20 @@ impl Query for QueryService {
                 format!("must be positive, got {oid}"),
             ));
         }
-        let store = self.store.clone();
-        let ev = blocking(move || {
-            let mut ev = store.get_event(oid)?;
-            if let Some(e) = ev.as_mut() {
-                store.fill_media(std::slice::from_mut(e))?;
+        let ev = match &self.cluster {
+            Some(c) => c.get_event(&who.scope, oid).await?,
+            None => {
+                let store = self.store.clone();
+                blocking(move || {
+                    let mut ev = store.get_event(oid)?;
+                    if let Some(e) = ev.as_mut() {
+                        store.fill_media(std::slice::from_mut(e))?;
+                    }
+                    Ok(ev)
+                })
+                .await?
             }
-            Ok(ev)
-        })
-        .await?;
+        };
         // Outside the caller's scope reads as absent: a scoped principal
         // does not learn which det_oids exist elsewhere.
         let ev = ev.filter(|e| {
@@ -296,6 +339,11 @@ impl Query for QueryService {
         &self,
         req: Request<TopItemsRequest>,
     ) -> Result<Response<TopItemsResponse>, Status> {
+        if let Some((c, call)) = self.peer(&req, "TopItems").await? {
+            return Ok(Response::new(
+                c.peer_top_items(call, req.into_inner()).await?,
+            ));
+        }
         let who = self.caller(&req, "TopItems").await?;
         let peer = req.remote_addr();
         let r = req.into_inner();
@@ -329,19 +377,33 @@ impl Query for QueryService {
             n @ 1..=1000 => n as usize,
             n => return Err(bad_field("x", format!("{n} is more than 1000"))),
         };
-        let store = self.store.clone();
-        let scope = who.scope.clone();
-        let counts = blocking(move || {
-            Ok(crate::access::scoped_top_items(
-                &store,
-                &scope,
-                r.from_ms,
-                r.to_ms,
-                x,
-                r.geographical_location_oid,
-            )?)
-        })
-        .await?;
+        let counts = match &self.cluster {
+            Some(c) => {
+                c.top_items(
+                    &who.scope,
+                    r.from_ms,
+                    r.to_ms,
+                    x,
+                    r.geographical_location_oid,
+                )
+                .await?
+            }
+            None => {
+                let store = self.store.clone();
+                let scope = who.scope.clone();
+                blocking(move || {
+                    Ok(crate::access::scoped_top_items(
+                        &store,
+                        &scope,
+                        r.from_ms,
+                        r.to_ms,
+                        x,
+                        r.geographical_location_oid,
+                    )?)
+                })
+                .await?
+            }
+        };
         let table = self.locations.current();
         let locations = counts
             .into_iter()
@@ -384,6 +446,17 @@ impl Query for QueryService {
             .try_acquire(client)
             .map_err(|r| ApiError::exhausted(format!("too many Subscribe streams: {r}")))?;
         let peer = req.remote_addr();
+        let start = crate::cluster::feed::Start::of(&req, req.get_ref().from_ms)?;
+        if self.cluster.is_none() && matches!(start, crate::cluster::feed::Start::AfterSeq(_)) {
+            return Err(ApiError::new(
+                Code::FailedPrecondition,
+                format!(
+                    "`{}` resumes a cluster Subscribe; this core runs alone: resume with from_ms",
+                    crate::cluster::feed::AFTER_SEQ_HEADER
+                ),
+            )
+            .into());
+        }
         let r = req.into_inner();
         if let Some(l) = r.filter.as_ref().and_then(|f| f.geographical_location_oid) {
             self.allowed(&who, peer, "Subscribe", who.require_location(l))
@@ -401,6 +474,32 @@ impl Query for QueryService {
             }),
         )
         .await?;
+        if let Some(c) = &self.cluster {
+            let feed = c.feed.clone().ok_or_else(|| {
+                ApiError::unavailable("Subscribe: this cluster node has no NATS connection")
+            })?;
+            let events = feed.open(start).await?;
+            let (tx, rx) = mpsc::channel(SUBSCRIBE_QUEUE);
+            let this = self.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
+                this.metrics.live_subscribers.inc();
+                let filter = Scoped {
+                    filter: r.filter.unwrap_or_default(),
+                    scope: who.scope.clone(),
+                };
+                let keep = |e: &JoinedEvent| filter.matches(e);
+                let outcome = tokio::select! {
+                    o = crate::cluster::feed::forward(events, keep, &tx) => o,
+                    e = this.access.until_invalid(&who) => Err(e.into()),
+                };
+                if let Err(s) = outcome {
+                    let _ = tx.send(Err(s)).await;
+                }
+                this.metrics.live_subscribers.dec();
+            });
+            return Ok(Response::new(ReceiverStream::new(rx)));
+        }
         // Live only: attach now, so that nothing committed after this call
         // returns is missed.
         let live = (r.from_ms <= 0).then(|| self.hub.subscribe());
@@ -442,6 +541,11 @@ impl Query for QueryService {
     }
 
     async fn fleet(&self, req: Request<FleetRequest>) -> Result<Response<FleetResponse>, Status> {
+        if self.peer(&req, "Fleet").await?.is_some() {
+            return Ok(Response::new(FleetResponse {
+                agents: self.fleet.snapshot(),
+            }));
+        }
         let who = self.caller(&req, "Fleet").await?;
         self.allowed(
             &who,
@@ -450,15 +554,20 @@ impl Query for QueryService {
             who.require(Role::Admin, "Fleet"),
         )
         .await?;
-        Ok(Response::new(FleetResponse {
-            agents: self.fleet.snapshot(),
-        }))
+        let agents = match &self.cluster {
+            Some(c) => c.fleet(self.fleet.snapshot()).await?,
+            None => self.fleet.snapshot(),
+        };
+        Ok(Response::new(FleetResponse { agents }))
     }
 
     async fn completeness(
         &self,
         req: Request<CompletenessRequest>,
     ) -> Result<Response<CompletenessResponse>, Status> {
+        if let Some((c, call)) = self.peer(&req, "Completeness").await? {
+            return Ok(Response::new(c.peer_completeness(call).await?));
+        }
         let who = self.caller(&req, "Completeness").await?;
         self.allowed(
             &who,
@@ -474,9 +583,13 @@ impl Query for QueryService {
                 format!("{since_ms} is negative; times are epoch milliseconds"),
             ));
         }
-        let store = self.store.clone();
-        let received =
-            blocking(move || store.received_all().map_err(|e| ApiError::from(e).into())).await?;
+        let received = match &self.cluster {
+            Some(c) => c.received_all().await?,
+            None => {
+                let store = self.store.clone();
+                blocking(move || store.received_all().map_err(|e| ApiError::from(e).into())).await?
+            }
+        };
         let r = crate::completeness::report(received, &self.fleet.snapshot(), since_ms);
         Ok(Response::new(r))
     }
@@ -485,12 +598,22 @@ impl Query for QueryService {
         &self,
         req: Request<ListQuarantineRequest>,
     ) -> Result<Response<ListQuarantineResponse>, Status> {
+        if let Some((c, call)) = self.peer(&req, "ListQuarantine").await? {
+            return Ok(Response::new(
+                c.peer_list_quarantine(call, req.into_inner()).await?,
+            ));
+        }
         let who = self.caller(&req, "ListQuarantine").await?;
         let admin = who.require(Role::Admin, "ListQuarantine");
         self.allowed(&who, req.remote_addr(), "ListQuarantine", admin)
             .await?;
         let r = req.into_inner();
         let page_size = page_size(r.page_size)?;
+        if let Some(c) = &self.cluster {
+            return Ok(Response::new(
+                c.list_quarantine(page_size, &r.page_token).await?,
+            ));
+        }
         let store = self.store.clone();
         let (events, next_page_token, total) = blocking(move || {
             let (events, token) = store.list_quarantine(page_size, &r.page_token)?;
@@ -505,6 +628,9 @@ impl Query for QueryService {
     }
 
     async fn stats(&self, req: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
+        if let Some((c, call)) = self.peer(&req, "Stats").await? {
+            return Ok(Response::new(c.peer_stats(call).await?));
+        }
         let who = self.caller(&req, "Stats").await?;
         let unscoped = if who.scope.is_all() {
             Ok(())
@@ -516,8 +642,13 @@ impl Query for QueryService {
         };
         self.allowed(&who, req.remote_addr(), "Stats", unscoped)
             .await?;
-        let store = self.store.clone();
-        let c = blocking(move || Ok(store.counters()?)).await?;
+        let c = match &self.cluster {
+            Some(c) => c.counters().await?,
+            None => {
+                let store = self.store.clone();
+                blocking(move || Ok(store.counters()?)).await?
+            }
+        };
         Ok(Response::new(StatsResponse {
             stored: c.stored,
             duplicates_transport: c.dup_transport,
@@ -531,6 +662,43 @@ impl Query for QueryService {
 }
 
 impl QueryService {
+    /// In cluster mode, a call from another node (it carries
+    /// [`crate::cluster::peer::PARTITIONS_HEADER`]): trusted only with the
+    /// peer token, and then answered from this node's partitions without the
+    /// caller checks (the node the caller called made them). A refused peer
+    /// call is recorded like any refused credential. `None`: an ordinary
+    /// call (always, on a single node).
+    async fn peer<T>(
+        &self,
+        req: &Request<T>,
+        method: &'static str,
+    ) -> Result<
+        Option<(
+            Arc<crate::cluster::query::ClusterQuery>,
+            crate::cluster::peer::PeerCall,
+        )>,
+        Status,
+    > {
+        let Some(c) = &self.cluster else {
+            return Ok(None);
+        };
+        match c.peer_call(req) {
+            None => Ok(None),
+            Some(Ok(call)) => Ok(Some((c.clone(), call))),
+            Some(Err(e)) => {
+                if e.code == Code::Unauthenticated {
+                    let entry = crate::audit::Entry::new(
+                        crate::audit::Actor::Anonymous,
+                        crate::audit::Action::AccessRefused,
+                    );
+                    self.refused(entry.from(req.remote_addr()), method, &e)
+                        .await;
+                }
+                Err(e.into())
+            }
+        }
+    }
+
     /// The caller of a Query method. A missing, wrong, expired or revoked
     /// credential is refused (UNAUTHENTICATED) and the refusal recorded, as
     /// `anonymous` (coalesced per source address and minute, see

@@ -9,6 +9,7 @@
 //! `SIGHTLINE_ADMIN_TOKEN_FILE` (default `data/core/admin.token`).
 
 pub mod admin;
+pub mod cluster;
 
 use std::time::Duration;
 

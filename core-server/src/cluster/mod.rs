@@ -23,12 +23,16 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod feed;
 pub mod front;
 pub mod lease;
 pub mod nats;
 pub mod node;
 pub mod owner;
+pub mod peer;
+pub mod query;
 pub mod share;
+pub mod status;
 #[cfg(test)]
 mod testing;
 #[cfg(test)]

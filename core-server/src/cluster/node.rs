@@ -394,4 +394,8 @@ impl ClusterView for Node {
     fn nodes(&self) -> Vec<NodeInfo> {
         self.live_nodes()
     }
+    fn applied_seq(&self, p: u16) -> Option<u64> {
+        let store = self.open.lock().unwrap().get(&p)?.store.clone();
+        store.stream_seq().ok()
+    }
 }

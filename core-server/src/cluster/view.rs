@@ -46,4 +46,13 @@ pub trait ClusterView: Send + Sync {
     fn owner(&self, p: u16) -> Option<NodeInfo>;
     /// Every live node.
     fn nodes(&self) -> Vec<NodeInfo>;
+    /// The IN stream sequence partition `p` (held here) has applied
+    /// through, when known (for its lag in `cluster status` and /metrics).
+    fn applied_seq(&self, _p: u16) -> Option<u64> {
+        None
+    }
+    /// When partition `p` (held here) was last checkpointed (epoch ms), when known.
+    fn checkpoint_ms(&self, _p: u16) -> Option<i64> {
+        None
+    }
 }

@@ -793,6 +793,7 @@ impl Writer {
                         location_matched: matched,
                         location: None,
                         media: Vec::new(),
+                        stream_seq: 0,
                     };
                     commit.put_event(&joined, tag);
                     outcome.stored += 1;

@@ -98,7 +98,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{api::live::LiveHub, enrich::Locations, store::Store};
 pub use indexer::{CATCH_UP_SLACK, FIRST_RETRY, MAX_RETRY};
-use query::{Cursor, NewestFirst};
+pub(crate) use query::Cursor;
+use query::NewestFirst;
 pub use query::{MAX_QUERY_BYTES, MAX_QUERY_DEPTH};
 
 /// Most results one page returns.

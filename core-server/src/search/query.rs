@@ -37,7 +37,7 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> SearchError {
 /// Where a page starts: after the hit with this (timestamp_detected,
 /// det_oid), in newest-first order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) struct Cursor {
+pub(crate) struct Cursor {
     pub ts: i64,
     pub det_oid: i64,
 }
