@@ -16,9 +16,20 @@ use super::{
 };
 
 /// One commit's writes, in memory until [`Store::commit`].
+///
+/// The events and their `det` keys are kept aside and written in key order
+/// (as are the aggregates): RocksDB's memtable skiplist starts each insert
+/// from where the last one in the same memtable went, so keys in order cost
+/// a short walk each instead of a search from the top — inserting into the
+/// memtables was half of a partition writer's CPU (BENCHMARKS.md, "The
+/// commit path").
 pub struct CommitBatch {
     db: Arc<DB>,
     batch: WriteBatch,
+    /// `events` entries: key, encoded event.
+    events: Vec<([u8; 16], Vec<u8>)>,
+    /// `det` entries: key, value (16 bytes, or 24 with a live tag) and its length.
+    dets: Vec<([u8; 8], [u8; 24], u8)>,
     /// The commit's events in one `by_commit` entry (one memtable insert per
     /// commit instead of one per event; see `Store::committed_since`):
     /// (first det_oid, packed (detection ms, det_oid) pairs).
@@ -40,6 +51,8 @@ impl Store {
         Ok(CommitBatch {
             db: self.db()?,
             batch: WriteBatch::default(),
+            events: Vec::new(),
+            dets: Vec::new(),
             by_commit: None,
             agg: HashMap::new(),
             counters: HashMap::new(),
@@ -54,12 +67,24 @@ impl Store {
         let CommitBatch {
             db,
             mut batch,
+            mut events,
+            mut dets,
             by_commit,
             agg,
             counters,
             received,
             committed_ms,
         } = c;
+        events.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let cf_e = cf(&db, CF_EVENTS);
+        for (k, v) in events {
+            batch.put_cf(cf_e, k, v);
+        }
+        dets.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let cf_d = cf(&db, CF_DET);
+        for (k, v, n) in &dets {
+            batch.put_cf(cf_d, k, &v[..*n as usize]);
+        }
         let cf_r = cf(&db, CF_RECEIVED);
         for (camera, set) in received {
             batch.merge_cf(
@@ -76,6 +101,8 @@ impl Store {
             );
         }
         let cf_agg = cf(&db, CF_AGG);
+        let mut agg: Vec<_> = agg.into_iter().collect();
+        agg.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for (k, v) in agg {
             batch.merge_cf(cf_agg, k, v.to_le_bytes());
         }
@@ -106,18 +133,19 @@ impl CommitBatch {
             d.video_camera_oid,
         );
         let key = keys::event_key(ts, oid);
-        self.batch
-            .put_cf(cf(&self.db, CF_EVENTS), key, event.encode_to_vec());
-        let det = cf(&self.db, CF_DET);
-        match live_tag {
-            None => self
-                .batch
-                .put_cf(det, keys::det_key(oid), keys::det_value(ts, cam)),
-            Some(tag) => {
-                self.batch
-                    .put_cf(det, keys::det_key(oid), keys::det_value_live(ts, cam, tag))
+        self.events.push((key, event.encode_to_vec()));
+        let mut value = [0u8; 24];
+        let n = match live_tag {
+            None => {
+                value[..16].copy_from_slice(&keys::det_value(ts, cam));
+                16
             }
-        }
+            Some(tag) => {
+                value.copy_from_slice(&keys::det_value_live(ts, cam, tag));
+                24
+            }
+        };
+        self.dets.push((keys::det_key(oid), value, n));
         let (_, packed) = self.by_commit.get_or_insert_with(|| (oid, Vec::new()));
         packed.extend_from_slice(&key);
     }

@@ -378,6 +378,10 @@ impl Store {
         let db = self.db()?;
         let mut w = WriteOptions::default();
         w.set_sync(self.sync);
+        // When two writers' batches go into the memtables together, each
+        // batch's inserts start from its own last position (its keys are in
+        // order per column family: see `commit::CommitBatch`).
+        w.set_memtable_insert_hint_per_batch(true);
         let _shared = self.writes.read().unwrap_or_else(|p| p.into_inner());
         match db.write_opt(batch, &w) {
             Ok(()) => Ok(()),
