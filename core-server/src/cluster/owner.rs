@@ -390,28 +390,55 @@ async fn apply(
     failed: &CancellationToken,
     answers: mpsc::Sender<oneshot::Receiver<Result<CommitOutcome, CommitError>>>,
 ) -> anyhow::Result<()> {
-    let stream = nats.js.get_stream(IN_STREAM).await?;
-    let consumer = stream
-        .create_consumer(OrderedConfig {
-            filter_subject: in_subject(p),
-            deliver_policy: if applied == 0 {
-                DeliverPolicy::All
-            } else {
-                DeliverPolicy::ByStartSequence {
-                    start_sequence: applied + 1,
-                }
-            },
-            ..Default::default()
-        })
-        .await?;
-    let mut messages = consumer.messages().await?;
+    // The last stream sequence handed to the writer: a consumer that breaks
+    // (a nats-server died, a stream leader moved, heartbeats missed) is made
+    // again from the one after it while the lease holds, instead of giving
+    // the partition up.
+    let mut submitted = applied;
+    let mut messages = loop {
+        match consume(nats, p, submitted).await {
+            Ok(m) => break m,
+            Err(e) => {
+                tracing::warn!(partition = p, error = %e, "the partition's stream consumer could not be made; trying again")
+            }
+        }
+        if !lease.valid() {
+            anyhow::bail!("the lease was not renewed in time: stopped applying");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = failed.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(CONSUMER_RETRY) => {}
+        }
+    };
     loop {
         let msg = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             _ = failed.cancelled() => return Ok(()),
             m = messages.next() => match m {
-                Some(m) => m?,
-                None => anyhow::bail!("the stream's consumer ended"),
+                Some(Ok(m)) => m,
+                broken => {
+                    let why = match broken {
+                        Some(Err(e)) => e.to_string(),
+                        _ => "the consumer ended".to_string(),
+                    };
+                    tracing::warn!(partition = p, error = %why, after = submitted, "the partition's stream consumer broke; making it again");
+                    messages = loop {
+                        if !lease.valid() {
+                            anyhow::bail!("the lease was not renewed in time: stopped applying");
+                        }
+                        tokio::select! {
+                            _ = stop.cancelled() => return Ok(()),
+                            _ = failed.cancelled() => return Ok(()),
+                            _ = tokio::time::sleep(CONSUMER_RETRY) => {}
+                        }
+                        match consume(nats, p, submitted).await {
+                            Ok(m) => break m,
+                            Err(e) => tracing::warn!(partition = p, error = %e, "the partition's stream consumer could not be made; trying again"),
+                        }
+                    };
+                    continue;
+                }
             },
         };
         if !lease.valid() {
@@ -443,10 +470,37 @@ async fn apply(
             reply,
         };
         pipeline.submit_share(req, count, seq).await?;
+        submitted = seq;
         if answers.send(rx).await.is_err() {
             return Ok(());
         }
     }
+}
+
+/// How long an owner waits before making its broken stream consumer again.
+const CONSUMER_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// An ordered consumer of `sightline.in.<p>` from the sequence after `after`.
+async fn consume(
+    nats: &Nats,
+    p: u16,
+    after: u64,
+) -> anyhow::Result<async_nats::jetstream::consumer::pull::Ordered> {
+    let stream = nats.js.get_stream(IN_STREAM).await?;
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: in_subject(p),
+            deliver_policy: if after == 0 {
+                DeliverPolicy::All
+            } else {
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: after + 1,
+                }
+            },
+            ..Default::default()
+        })
+        .await?;
+    Ok(consumer.messages().await?)
 }
 
 /// Reads the writer's answers in order. A store failure stops the owner

@@ -247,13 +247,16 @@ impl Peers {
     }
 }
 
+/// What [`peer_failed`] says of an owner that did not answer.
+pub const NO_ANSWER: &str = "did not answer";
+
 /// A failed peer call as the caller reports it: the peer's own refusal is
 /// passed on; a transport failure is UNAVAILABLE naming the node.
 pub fn peer_failed(node: &str, s: Status) -> Status {
     match s.code() {
         tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
             ApiError::unavailable(format!(
-                "node {node} (owner of partitions this query needs) did not answer: {}",
+                "node {node} (owner of partitions this query needs) {NO_ANSWER}: {}",
                 s.message()
             ))
             .into()

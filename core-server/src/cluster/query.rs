@@ -58,6 +58,24 @@ pub struct ClusterQuery {
     pub feed: Option<super::feed::Feed>,
 }
 
+/// How long a query waits for the owners of partitions that are moving
+/// (a lease expiring after its node died, a new owner restoring the
+/// checkpoint) before it answers UNAVAILABLE: a few leases.
+pub const MOVE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+/// How often a waiting query looks for the new owners.
+pub const MOVE_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+/// What a refusal says of a partition without an open owner.
+const NO_OWNER: &str = "has no open owner now";
+
+/// Whether `s` says a partition is moving: no open owner, a node that no
+/// longer holds it, or an owner that does not answer (dead, its lease not
+/// yet expired).
+fn moving(s: &Status) -> bool {
+    peer::is_not_held(s)
+        || (s.code() == tonic::Code::Unavailable
+            && (s.message().contains(NO_OWNER) || s.message().contains(peer::NO_ANSWER)))
+}
+
 /// Where a query's partitions are answered.
 enum Target {
     Local(Vec<LocalPartition>),
@@ -110,11 +128,15 @@ impl ClusterQuery {
             match self.view.owner(p) {
                 Some(n) if n.node_id != self.view.node_id() => {
                     let key = (n.node_id.clone(), if group { 0 } else { p });
-                    remote.entry(key).or_insert_with(|| (n, Vec::new())).1.push(p);
+                    remote
+                        .entry(key)
+                        .or_insert_with(|| (n, Vec::new()))
+                        .1
+                        .push(p);
                 }
                 _ => {
                     return Err(ApiError::unavailable(format!(
-                        "partition {p} has no open owner now (its lease is moving); try again in a few seconds"
+                        "partition {p} {NO_OWNER} (its lease is moving); try again in a few seconds"
                     ))
                     .into())
                 }
@@ -130,7 +152,40 @@ impl ClusterQuery {
     /// [`MAX_FANOUT`] at once; a peer that no longer holds a partition gets
     /// it asked again of the owner read anew (once). Each answer comes with
     /// the partitions it covers.
+    ///
+    /// While partitions move (a node died or joined: leases expire, new
+    /// owners restore and open them), a query waits for their owners up to
+    /// [`MOVE_WAIT`], asking again every [`MOVE_POLL`], instead of failing
+    /// at once; past that it is UNAVAILABLE, naming the partition.
     async fn fan<R, L, F, Fut>(
+        &self,
+        parts: &[u16],
+        group: bool,
+        local: L,
+        remote: F,
+    ) -> Result<Vec<(Vec<u16>, R)>, Status>
+    where
+        R: Send + 'static,
+        L: Fn(&LocalPartition) -> Result<R, Status> + Clone + Send + Sync + 'static,
+        F: Fn(Client, Vec<u16>) -> Fut + Clone + Send + Sync,
+        Fut: Future<Output = Result<R, Status>> + Send,
+    {
+        let deadline = tokio::time::Instant::now() + MOVE_WAIT;
+        loop {
+            match self
+                .fan_once(parts, group, local.clone(), remote.clone())
+                .await
+            {
+                Err(s) if moving(&s) && tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %s.message(), "a partition is moving; asking again");
+                    tokio::time::sleep(MOVE_POLL).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn fan_once<R, L, F, Fut>(
         &self,
         parts: &[u16],
         group: bool,
