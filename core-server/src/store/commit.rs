@@ -75,12 +75,12 @@ impl Store {
             received,
             committed_ms,
         } = c;
-        events.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        events.sort_unstable_by_key(|e| e.0);
         let cf_e = cf(&db, CF_EVENTS);
         for (k, v) in events {
             batch.put_cf(cf_e, k, v);
         }
-        dets.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        dets.sort_unstable_by_key(|d| d.0);
         let cf_d = cf(&db, CF_DET);
         for (k, v, n) in &dets {
             batch.put_cf(cf_d, k, &v[..*n as usize]);
