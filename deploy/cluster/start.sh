@@ -10,11 +10,6 @@
 #   sightline-agent --core quic://127.0.0.1:50440,quic://127.0.0.1:50441,quic://127.0.0.1:50442 \
 #       --tls-dir data/cluster/pki simulate
 #
-# STATUS: the nats-servers and moto start today. The cores need the cluster
-# write path (the `[cluster]` config section, h15-write); until it is merged
-# they refuse their config ("unknown field `cluster`") and this script stops
-# with their log.
-#
 # Ports: NATS clients 4222-4224, routes 6222-6224, monitoring 8222-8224;
 # moto 5000; cores gRPC 51050-51052, HTTP 8080-8082, edge 50440-50442.
 # Data: data/cluster/ (delete it to start from nothing).

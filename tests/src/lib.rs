@@ -5,6 +5,7 @@
 //! and the ground truth computed from them independently of the system.
 
 pub mod bench;
+pub mod cluster;
 pub mod data;
 pub mod http;
 pub mod impair;

@@ -75,6 +75,11 @@ impl NatsServer {
         self.child = Some(child);
     }
 
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the process is running.
     pub fn alive(&mut self) -> bool {
         self.child

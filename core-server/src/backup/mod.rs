@@ -167,6 +167,20 @@ impl Dest {
             .collect())
     }
 
+    /// The names of the objects directly under the folder `rel`.
+    pub async fn names(&self, rel: &str) -> anyhow::Result<Vec<String>> {
+        let metas: Vec<_> = self
+            .objects
+            .list(Some(&self.key(rel)))
+            .try_collect()
+            .await
+            .with_context(|| format!("listing {rel} in {}", self.shown))?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| Some(m.location.filename()?.to_string()))
+            .collect())
+    }
+
     /// The object `rel`, or `None` when there is none.
     pub async fn get(&self, rel: &str) -> anyhow::Result<Option<Bytes>> {
         match self.objects.get(&self.key(rel)).await {

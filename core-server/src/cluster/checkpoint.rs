@@ -5,14 +5,18 @@
 //! ```text
 //! <checkpoints>/pNNN/blobs/<sha256>                   a file's bytes
 //! <checkpoints>/pNNN/checkpoints/<stream_seq>.json    one checkpoint: [`CheckpointManifest`]
-//! <checkpoints>/pNNN/LATEST                           the newest complete one's name
 //! ```
 //!
 //! A checkpoint is the partition store's RocksDB checkpoint (the search
 //! index is rebuilt from it by the new owner) with the stream sequence it
 //! covers, read from the copy itself; it becomes visible only complete
-//! (blobs, manifest, then `LATEST`). Only then are the partition's IN
-//! messages at or below that sequence purged.
+//! (blobs, then the manifest). Only then are the partition's IN messages at
+//! or below that sequence purged. The newest checkpoint is the manifest with
+//! the highest stream sequence, whoever wrote it last: an owner that lost
+//! its lease while uploading (slow object store, paused) may finish after
+//! the next owner checkpointed further and purged the stream behind it, and
+//! its older checkpoint must not become the one the next owner restores
+//! (the shares between the two would be gone from the stream).
 
 use std::path::{Path, PathBuf};
 
@@ -116,19 +120,27 @@ pub async fn take(
     };
     let name = format!("checkpoints/{stream_seq:020}.json");
     dest.put(&name, serde_json::to_vec(&m)?.into()).await?;
-    dest.put(crate::backup::LATEST, name.into_bytes().into())
-        .await?;
     let _ = std::fs::remove_dir_all(staging);
     Ok(m)
 }
 
 /// The newest complete checkpoint, if any.
 pub async fn latest(dest: &Dest) -> anyhow::Result<Option<CheckpointManifest>> {
-    let Some(name) = dest.latest().await? else {
+    // `<stream_seq:020>.json`: the highest sequence sorts last.
+    let Some(name) = dest
+        .names("checkpoints")
+        .await?
+        .into_iter()
+        .filter(|n| {
+            n.len() == 25 && n.ends_with(".json") && n[..20].bytes().all(|b| b.is_ascii_digit())
+        })
+        .max()
+    else {
         return Ok(None);
     };
+    let name = format!("checkpoints/{name}");
     let Some(bytes) = dest.get(&name).await? else {
-        anyhow::bail!("{name} is named by LATEST but missing in {}", dest.shown);
+        anyhow::bail!("{name} was listed but is missing in {}", dest.shown);
     };
     Ok(Some(
         serde_json::from_slice(&bytes).with_context(|| format!("{name} in {}", dest.shown))?,
@@ -168,4 +180,39 @@ pub async fn purge_applied(nats: &Nats, p: u16, keep_from: u64) -> anyhow::Resul
         .sequence(keep_from)
         .await?;
     Ok(r.purged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(stream_seq: u64) -> bytes::Bytes {
+        serde_json::to_vec(&CheckpointManifest {
+            partition: 0,
+            stream_seq,
+            lease_revision: 1,
+            created_ms: 0,
+            files: Vec::new(),
+        })
+        .unwrap()
+        .into()
+    }
+
+    #[tokio::test]
+    async fn the_newest_checkpoint_is_the_highest_sequence_even_when_an_older_one_lands_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dest(dir.path().to_str().unwrap(), 0).unwrap();
+        assert!(latest(&dest).await.unwrap().is_none());
+        dest.put(&format!("checkpoints/{:020}.json", 900), manifest(900))
+            .await
+            .unwrap();
+        // A stale owner finishing its upload after the next owner's.
+        dest.put(&format!("checkpoints/{:020}.json", 85), manifest(85))
+            .await
+            .unwrap();
+        dest.put("checkpoints/notes.txt", bytes::Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+        assert_eq!(latest(&dest).await.unwrap().unwrap().stream_seq, 900);
+    }
 }

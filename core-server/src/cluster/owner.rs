@@ -5,8 +5,11 @@
 //! RocksDB commit: `CommitBatch::set_stream_seq`), so a restart or a move
 //! resumes exactly. What it commits (the joined events) goes to
 //! `sightline.out.<p>`, one message per event (`Nats-Msg-Id` = det_oid),
-//! fenced by `Nats-Expected-Last-Subject-Sequence`: a stale owner's publish
-//! is refused, and it stops owning the partition.
+//! from the store's outbox (`store::outbox`, written in the same commit),
+//! after the position the subject's last message carries — so what an
+//! owner committed but had not published when it died is published by the
+//! next owner, once — and fenced by `Nats-Expected-Last-Subject-Sequence`:
+//! a stale owner's publish is refused, and it stops owning the partition.
 
 use std::{
     path::{Path, PathBuf},
@@ -40,7 +43,7 @@ use crate::{
     enrich::Locations,
     metrics::Metrics,
     search::SearchIndex,
-    store::Store,
+    store::{outbox::Position, Store},
 };
 
 /// Shares handed to the writer whose commits are not yet answered, at most.
@@ -156,7 +159,7 @@ impl Owner {
             })
             .await??
         };
-        // Subscribed before the first commit: every joined event goes out.
+        // Each commit wakes the OUT publisher (which reads the outbox).
         let commits = hub.subscribe();
         let pipeline = Pipeline::start(
             Arc::new(WriterContext {
@@ -173,7 +176,6 @@ impl Owner {
             let s = store.clone();
             tokio::task::spawn_blocking(move || s.stream_seq()).await??
         };
-        let out_last = last_out_seq(&ctx.nats, p).await?;
         let failed = CancellationToken::new();
         let checkpointer = dest.map(|dest| {
             tokio::spawn(checkpoints(
@@ -191,7 +193,8 @@ impl Owner {
             ctx.nats.clone(),
             p,
             applied,
-            out_last,
+            store.clone(),
+            ctx.locations.clone(),
             pipeline,
             commits,
             lease.clone(),
@@ -315,47 +318,30 @@ async fn checkpoints(
     }
 }
 
-/// The stream sequence of partition `p`'s last message in [`OUT_STREAM`]; 0: none.
-pub async fn last_out_seq(nats: &Nats, p: u16) -> Result<u64, ClusterError> {
-    let stream = nats
-        .js
-        .get_stream(OUT_STREAM)
-        .await
-        .map_err(|e| ClusterError::js("stream SIGHTLINE_OUT", e))?;
-    match stream
-        .get_last_raw_message_by_subject(&out_subject(p))
-        .await
-    {
-        Ok(m) => Ok(m.sequence),
-        Err(e)
-            if e.kind()
-                == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
-        {
-            Ok(0)
-        }
-        Err(e) => Err(ClusterError::js("stream SIGHTLINE_OUT", e)),
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn run(
     nats: Nats,
     p: u16,
     applied: u64,
-    out_last: u64,
+    store: Arc<Store>,
+    locations: Arc<Locations>,
     pipeline: Pipeline,
     commits: tokio::sync::broadcast::Receiver<crate::api::live::CommitEvents>,
     lease: LeaseClock,
     stop: CancellationToken,
     failed: CancellationToken,
 ) {
+    // Ended once the writer has committed what it was handed: what it
+    // committed is published before the owner closes (while the lease holds).
+    let done = CancellationToken::new();
     let out = tokio::spawn(publish_out(
         nats.clone(),
         p,
-        out_last,
+        store,
+        locations,
         commits,
         lease.clone(),
-        stop.clone(),
+        done.clone(),
         failed.clone(),
     ));
     let (answers_tx, answers) = mpsc::channel(INFLIGHT_SHARES);
@@ -374,6 +360,7 @@ async fn run(
         .await
         .ok();
     stop.cancel();
+    done.cancel();
     let _ = out.await;
 }
 
@@ -395,21 +382,10 @@ async fn apply(
     // again from the one after it while the lease holds, instead of giving
     // the partition up.
     let mut submitted = applied;
-    let mut messages = loop {
-        match consume(nats, p, submitted).await {
-            Ok(m) => break m,
-            Err(e) => {
-                tracing::warn!(partition = p, error = %e, "the partition's stream consumer could not be made; trying again")
-            }
-        }
-        if !lease.valid() {
-            anyhow::bail!("the lease was not renewed in time: stopped applying");
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            _ = failed.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(CONSUMER_RETRY) => {}
-        }
+    let Some(mut messages) =
+        consume_retrying(nats, p, submitted, false, lease, stop, failed).await?
+    else {
+        return Ok(());
     };
     loop {
         let msg = tokio::select! {
@@ -423,20 +399,10 @@ async fn apply(
                         _ => "the consumer ended".to_string(),
                     };
                     tracing::warn!(partition = p, error = %why, after = submitted, "the partition's stream consumer broke; making it again");
-                    messages = loop {
-                        if !lease.valid() {
-                            anyhow::bail!("the lease was not renewed in time: stopped applying");
-                        }
-                        tokio::select! {
-                            _ = stop.cancelled() => return Ok(()),
-                            _ = failed.cancelled() => return Ok(()),
-                            _ = tokio::time::sleep(CONSUMER_RETRY) => {}
-                        }
-                        match consume(nats, p, submitted).await {
-                            Ok(m) => break m,
-                            Err(e) => tracing::warn!(partition = p, error = %e, "the partition's stream consumer could not be made; trying again"),
-                        }
-                    };
+                    match consume_retrying(nats, p, submitted, true, lease, stop, failed).await? {
+                        Some(m) => messages = m,
+                        None => return Ok(()),
+                    }
                     continue;
                 }
             },
@@ -479,6 +445,40 @@ async fn apply(
 
 /// How long an owner waits before making its broken stream consumer again.
 const CONSUMER_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// [`consume`], made again every [`CONSUMER_RETRY`] until it works
+/// (`after_break`: wait before the first attempt, the last consumer just
+/// broke) while the lease holds. `None`: the owner is stopping.
+async fn consume_retrying(
+    nats: &Nats,
+    p: u16,
+    after: u64,
+    after_break: bool,
+    lease: &LeaseClock,
+    stop: &CancellationToken,
+    failed: &CancellationToken,
+) -> anyhow::Result<Option<async_nats::jetstream::consumer::pull::Ordered>> {
+    let mut wait = after_break;
+    loop {
+        if wait {
+            if !lease.valid() {
+                anyhow::bail!("the lease was not renewed in time: stopped applying");
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(None),
+                _ = failed.cancelled() => return Ok(None),
+                _ = tokio::time::sleep(CONSUMER_RETRY) => {}
+            }
+        }
+        wait = true;
+        match consume(nats, p, after).await {
+            Ok(m) => return Ok(Some(m)),
+            Err(e) => {
+                tracing::warn!(partition = p, error = %e, "the partition's stream consumer could not be made; trying again")
+            }
+        }
+    }
+}
 
 /// An ordered consumer of `sightline.in.<p>` from the sequence after `after`.
 async fn consume(
@@ -527,43 +527,136 @@ async fn check_answers(
     }
 }
 
-/// Publishes the committed events to `sightline.out.<p>`, each fenced on
-/// the subject's last sequence.
+/// The header of each [`OUT_STREAM`] message: where its event is in the
+/// partition's outbox (`store::outbox::Position`). The next owner reads it
+/// back from the subject's last message and goes on after it.
+pub const OUT_POS_HEADER: &str = "Sightline-Out-Pos";
+/// Events read from the outbox at a time.
+const OUT_BATCH: usize = 1024;
+/// How long the publisher waits for a commit before it looks at the
+/// outbox anyway.
+const OUT_IDLE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Partition `p`'s last message in [`OUT_STREAM`]: its stream sequence (the
+/// fence for the next publish; 0: none) and the outbox position it carries
+/// (`None`: nothing published yet).
+pub async fn out_cursor(
+    nats: &Nats,
+    p: u16,
+) -> Result<(u64, Option<Option<Position>>), ClusterError> {
+    let stream = nats
+        .js
+        .get_stream(OUT_STREAM)
+        .await
+        .map_err(|e| ClusterError::js("stream SIGHTLINE_OUT", e))?;
+    match stream
+        .get_last_raw_message_by_subject(&out_subject(p))
+        .await
+    {
+        Ok(m) => {
+            let pos = m
+                .headers
+                .get(OUT_POS_HEADER)
+                .and_then(|v| v.as_str().parse::<Position>().ok());
+            Ok((m.sequence, Some(pos)))
+        }
+        Err(e)
+            if e.kind()
+                == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+        {
+            Ok((0, None))
+        }
+        Err(e) => Err(ClusterError::js("stream SIGHTLINE_OUT", e)),
+    }
+}
+
+/// Publishes the partition's outbox (the events its commits stored, in
+/// stream order) to `sightline.out.<p>`, one message per event, each fenced
+/// on the subject's last sequence and carrying its [`OUT_POS_HEADER`]; from
+/// after the position the subject's last message carries, so what an owner
+/// committed and did not publish before it died is published by the next,
+/// once. Woken by each commit; once `done`, publishes what is left and
+/// returns.
+#[allow(clippy::too_many_arguments)]
 async fn publish_out(
     nats: Nats,
     p: u16,
-    mut last: u64,
+    store: Arc<Store>,
+    locations: Arc<Locations>,
     mut commits: tokio::sync::broadcast::Receiver<crate::api::live::CommitEvents>,
     lease: LeaseClock,
-    stop: CancellationToken,
+    done: CancellationToken,
     failed: CancellationToken,
 ) {
+    let fail = |why: String| {
+        tracing::warn!(partition = p, error = %why, "publishing to SIGHTLINE_OUT stopped; the partition stops");
+        failed.cancel();
+    };
+    let (mut last, mut pos) = match out_cursor(&nats, p).await {
+        Ok((last, Some(Some(pos)))) => (last, Some(pos)),
+        Ok((last, None)) => (last, None),
+        Ok((last, Some(None))) => {
+            // Not one of ours: count what is in the outbox now as published.
+            tracing::warn!(
+                partition = p,
+                "the partition's last SIGHTLINE_OUT message has no {OUT_POS_HEADER}; publishing from the next commit on"
+            );
+            match store.stream_seq() {
+                Ok(s) => (
+                    last,
+                    Some(Position {
+                        share: s,
+                        index: u32::MAX,
+                    }),
+                ),
+                Err(e) => return fail(e.to_string()),
+            }
+        }
+        Err(e) => return fail(e.to_string()),
+    };
     let subject = out_subject(p);
+    let (mut closed, mut ending) = (false, false);
     loop {
-        let events = tokio::select! {
-            biased;
-            r = commits.recv() => match r {
-                Ok(e) => e,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(partition = p, commits = n, "the OUT stream publisher fell behind; those commits' events are not in SIGHTLINE_OUT");
-                    continue;
-                }
-                Err(_) => return,
-            },
-            _ = stop.cancelled() => return,
+        let read = {
+            let s = store.clone();
+            tokio::task::spawn_blocking(move || s.outbox_after(pos, OUT_BATCH)).await
         };
-        for e in events.iter() {
+        let batch = match read {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => return fail(format!("reading the outbox: {e}")),
+            Err(e) => return fail(format!("reading the outbox: {e}")),
+        };
+        if batch.is_empty() {
+            if ending {
+                return;
+            }
+            tokio::select! {
+                biased;
+                _ = done.cancelled() => ending = true,
+                r = commits.recv(), if !closed => {
+                    closed = matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed));
+                }
+                _ = tokio::time::sleep(OUT_IDLE) => {}
+            }
+            continue;
+        }
+        let table = locations.current();
+        for (at, mut e) in batch {
             if !lease.valid() {
                 failed.cancel();
                 return;
             }
-            let oid = e
-                .detection
-                .as_ref()
-                .and_then(|d| d.detection_oid)
-                .unwrap_or_default();
+            let d = e.detection.as_ref();
+            let (oid, loc) = (
+                d.and_then(|d| d.detection_oid).unwrap_or_default(),
+                d.map_or(0, |d| d.geographical_location_oid),
+            );
+            e.location = table.get(loc).cloned();
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(OUT_POS_HEADER, at.to_string().as_str());
             let msg = PublishMessage::build()
                 .payload(e.encode_to_vec().into())
+                .headers(headers)
                 .message_id(oid.to_string())
                 .expected_last_subject_sequence(last);
             let ack = match nats.js.send_publish(subject.clone(), msg).await {
@@ -584,11 +677,14 @@ async fn publish_out(
                     failed.cancel();
                     return;
                 }
-                Err(err) => {
-                    tracing::warn!(partition = p, error = %err, "publishing to SIGHTLINE_OUT failed; the partition stops");
-                    failed.cancel();
-                    return;
-                }
+                Err(err) => return fail(err.to_string()),
+            }
+            pos = Some(at);
+        }
+        if let Some(at) = pos {
+            let s = store.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.outbox_trim(at.share)).await {
+                tracing::warn!(partition = p, error = %e, "trimming the outbox failed");
             }
         }
     }

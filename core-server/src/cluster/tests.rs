@@ -312,6 +312,93 @@ async fn an_owner_publishes_its_commits_to_out_and_a_stale_owners_publish_is_ref
     owner.close().await;
 }
 
+/// The det_oids of partition `p`'s messages in [`OUT_STREAM`], in order,
+/// with the outbox position each carries.
+async fn out_messages(nats: &Nats, p: u16) -> Vec<(i64, String)> {
+    use prost::Message;
+    let stream = nats.js.get_stream(OUT_STREAM).await.unwrap();
+    let last = stream.cached_info().state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        let Ok(m) = stream.get_raw_message(seq).await else {
+            continue;
+        };
+        if m.subject.as_str() != out_subject(p) {
+            continue;
+        }
+        let ev = sightline_proto::v1::JoinedEvent::decode(m.payload.as_ref()).unwrap();
+        let pos = m
+            .headers
+            .get(super::owner::OUT_POS_HEADER)
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_default();
+        out.push((ev.detection.unwrap().detection_oid.unwrap(), pos));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_an_owner_committed_and_did_not_publish_before_it_died_is_published_by_the_next_once()
+{
+    let server = NatsServer::start();
+    // A short duplicate window: the next owner's publishes are not
+    // hidden by JetStream's Msg-Id dedup, only its cursor keeps them once.
+    let cfg = super::config::ClusterConfig {
+        duplicate_window: Duration::from_millis(500),
+        ..server.config("a", 1)
+    };
+    let nats = Nats::connect(&cfg, "a").await.unwrap();
+    let front = Front::new(nats.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = owner_ctx(&nats, dir.path());
+    let owner = Owner::open(&ctx, 0, clock(1)).await.unwrap();
+    send(&front, "agent-1", 1, 10).await;
+    wait_for("10 events in SIGHTLINE_OUT", async || {
+        stream_messages(&nats, OUT_STREAM).await == 10
+    })
+    .await;
+    owner.close().await;
+    // The owner had committed all ten but published six when it died: the
+    // stream is made to hold what it would then (the first six messages).
+    let stream = nats.js.get_stream(OUT_STREAM).await.unwrap();
+    let mut first = Vec::new();
+    for seq in 1..=6 {
+        first.push(stream.get_raw_message(seq).await.unwrap());
+    }
+    stream.purge().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    for m in first {
+        let mut headers = async_nats::HeaderMap::new();
+        let pos = m.headers.get(super::owner::OUT_POS_HEADER).unwrap();
+        headers.insert(super::owner::OUT_POS_HEADER, pos.as_str());
+        nats.js
+            .publish_with_headers(m.subject, headers, m.payload)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    assert_eq!(out_messages(&nats, 0).await.len(), 6);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // A duplicate share from the agent (after the window too) stores nothing.
+    send(&front, "agent-1", 9, 2).await;
+    let next = Owner::open(&ctx, 0, clock(2)).await.unwrap();
+    send(&front, "agent-1", 11, 5).await;
+    let want: Vec<i64> = (1001..=1015).collect();
+    wait_for("15 events in SIGHTLINE_OUT", async || {
+        out_messages(&nats, 0).await.len() >= 15
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = out_messages(&nats, 0).await;
+    assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), want, "{got:?}");
+    // Every message says where its event is in the outbox, in order.
+    let pos: Vec<super::super::store::outbox::Position> =
+        got.iter().map(|g| g.1.parse().unwrap()).collect();
+    assert!(pos.windows(2).all(|w| w[0] < w[1]), "{pos:?}");
+    next.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_share_the_partitions_and_a_dead_nodes_partitions_move_to_the_living() {
     let server = NatsServer::start();

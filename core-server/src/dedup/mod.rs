@@ -443,6 +443,9 @@ struct Planned {
     /// The share's epoch, and whether it came on the live lane.
     epoch: u64,
     live: bool,
+    /// Cluster mode: the share's stream sequence (0: none), the outbox
+    /// entry its stored events go to.
+    stream_seq: u64,
 }
 
 /// The det_oid of a valid event.
@@ -552,6 +555,7 @@ impl Writer {
                     }),
                     epoch: req.epoch,
                     live: true,
+                    stream_seq: req.stream_seq,
                 });
                 continue;
             }
@@ -594,6 +598,7 @@ impl Writer {
                 outcome,
                 epoch: req.epoch,
                 live: false,
+                stream_seq: req.stream_seq,
             });
         }
 
@@ -696,7 +701,11 @@ impl Writer {
         let (mut n_stored, mut n_sem, mut n_rej, mut n_unmatched, mut n_transport) =
             (0u64, 0u64, 0u64, 0u64, 0u64);
         for (idx, agent, ev) in fresh {
-            let (epoch, lane_live) = (planned[idx].epoch, planned[idx].live);
+            let (epoch, lane_live, share) = (
+                planned[idx].epoch,
+                planned[idx].live,
+                planned[idx].stream_seq,
+            );
             let Ok(outcome) = planned[idx].outcome.as_mut() else {
                 continue;
             };
@@ -796,6 +805,9 @@ impl Writer {
                         stream_seq: 0,
                     };
                     commit.put_event(&joined, tag);
+                    if share > 0 {
+                        commit.to_outbox(share, &joined);
+                    }
                     outcome.stored += 1;
                     n_stored += 1;
                     if want_live {

@@ -40,6 +40,9 @@ pub struct CommitBatch {
     /// The camera_seq values this commit received, per camera: one merge
     /// per camera per commit.
     received: HashMap<i64, received::RangeSet>,
+    /// Cluster mode: the events stored from each share, by the share's
+    /// stream sequence (`super::outbox`).
+    outbox: std::collections::BTreeMap<u64, Vec<u8>>,
     committed_ms: i64,
 }
 
@@ -57,6 +60,7 @@ impl Store {
             agg: HashMap::new(),
             counters: HashMap::new(),
             received: HashMap::new(),
+            outbox: std::collections::BTreeMap::new(),
             committed_ms,
         })
     }
@@ -73,6 +77,7 @@ impl Store {
             agg,
             counters,
             received,
+            outbox,
             committed_ms,
         } = c;
         events.sort_unstable_by_key(|e| e.0);
@@ -84,6 +89,10 @@ impl Store {
         let cf_d = cf(&db, CF_DET);
         for (k, v, n) in &dets {
             batch.put_cf(cf_d, k, &v[..*n as usize]);
+        }
+        let cf_m = cf(&db, CF_META);
+        for (share, packed) in outbox {
+            batch.put_cf(cf_m, super::outbox::key(share), packed);
         }
         let cf_r = cf(&db, CF_RECEIVED);
         for (camera, set) in received {
@@ -148,6 +157,21 @@ impl CommitBatch {
         self.dets.push((keys::det_key(oid), value, n));
         let (_, packed) = self.by_commit.get_or_insert_with(|| (oid, Vec::new()));
         packed.extend_from_slice(&key);
+    }
+
+    /// Cluster mode: `event` (stored by [`CommitBatch::put_event`]) came
+    /// from the share at stream sequence `share`; it goes to the partition's
+    /// outbox, in order, for the OUT stream's publisher (`super::outbox`).
+    pub fn to_outbox(&mut self, share: u64, event: &JoinedEvent) {
+        let d = event
+            .detection
+            .as_ref()
+            .expect("a stored event has its detection");
+        let key = keys::event_key(d.timestamp_detected, d.detection_oid.unwrap_or_default());
+        self.outbox
+            .entry(share)
+            .or_default()
+            .extend_from_slice(&key);
     }
 
     /// Counts one event of `item` at `location`, detected at `ts`, in its

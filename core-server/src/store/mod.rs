@@ -61,6 +61,7 @@ pub mod commit;
 pub mod export;
 pub mod keys;
 pub mod media;
+pub mod outbox;
 pub mod received;
 pub mod secondary;
 pub mod views;
