@@ -31,6 +31,11 @@ pub struct Node {
     ctx: OwnerContext,
     base: Instant,
     held: tokio::sync::Mutex<BTreeMap<u16, Owner>>,
+    /// The lease clocks of the partitions held or being opened, renewed by
+    /// [`Node::renew_all`] on its own schedule: a round that opens or closes
+    /// partitions (a checkpoint restored, a store let go) takes seconds, and
+    /// the other leases must not run out meanwhile.
+    clocks: Mutex<BTreeMap<u16, LeaseClock>>,
     /// What `local()` answers: the partitions open now.
     open: Mutex<BTreeMap<u16, LocalPartition>>,
     /// The last seen leases (partition -> node) and nodes, kept by watches.
@@ -55,6 +60,7 @@ impl Node {
             ctx,
             base: Instant::now(),
             held: Default::default(),
+            clocks: Default::default(),
             open: Default::default(),
             leases_seen: Default::default(),
             nodes_seen: Default::default(),
@@ -69,16 +75,62 @@ impl Node {
     /// then stops every owner and gives their leases back.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let tick = Duration::from_millis(self.lease_ms / 3);
-        loop {
-            if let Err(e) = self.tick().await {
-                tracing::warn!(error = %e, "cluster lease round failed");
+        // Renewals go on while a round opens or closes partitions; both
+        // are this one task (aborting it stops both).
+        let renewals = async {
+            loop {
+                self.renew_all().await;
+                tokio::time::sleep(tick).await;
             }
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(tick) => {}
+        };
+        let rounds = async {
+            loop {
+                if let Err(e) = self.tick().await {
+                    tracing::warn!(error = %e, "cluster lease round failed");
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(tick) => {}
+                }
             }
+        };
+        tokio::select! {
+            _ = renewals => {}
+            _ = rounds => {}
         }
         self.leave().await;
+    }
+
+    /// One renewal round: the heartbeat, then every lease in `clocks`, at
+    /// once. A lease another node holds now is expired on its clock (its
+    /// owner stops applying; the next round lets it go).
+    async fn renew_all(&self) {
+        if let Err(e) = self.heartbeat().await {
+            tracing::warn!(error = %e, "cluster heartbeat failed");
+        }
+        let hold = self.hold();
+        let clocks: Vec<(u16, LeaseClock)> = self
+            .clocks
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(p, c)| (*p, c.clone()))
+            .collect();
+        futures::future::join_all(clocks.into_iter().map(|(p, clock)| async move {
+            let rev = clock.revision.load(std::sync::atomic::Ordering::SeqCst);
+            let sent = Instant::now();
+            match lease::renew(&self.nats.leases, p, &self.node_id, self.lease_ms, rev).await {
+                Ok(Some(r)) => clock.renewed(sent, hold, r),
+                Ok(None) => {
+                    tracing::warn!(partition = p, "lease lost to another node");
+                    clock.expire();
+                }
+                // Kept while the lease still holds; its owner stops on its
+                // own once it runs out.
+                Err(e) => tracing::warn!(partition = p, error = %e, "lease renewal failed"),
+            }
+        }))
+        .await;
     }
 
     pub fn nats(&self) -> &Nats {
@@ -180,52 +232,37 @@ impl Node {
         (self.nats.partitions as usize).div_ceil(live)
     }
 
-    /// One round: heartbeat, renew (or drop) what is held, take or release
-    /// partitions toward the fair share.
+    /// One round: let go of what is no longer held, take or release
+    /// partitions toward the fair share ([`Node::renew_all`] renews).
     async fn tick(&self) -> Result<(), ClusterError> {
-        self.heartbeat().await?;
         let hold = self.hold();
         let mut held = self.held.lock().await;
-        // Renew; a partition whose lease is lost or whose owner stopped is let go.
+        // A partition whose lease ran out or was lost, or whose owner
+        // stopped, is let go.
         let ps: Vec<u16> = held.keys().copied().collect();
         for p in ps {
             let owner = &held[&p];
             let failed = owner.failed.is_cancelled();
+            if !failed && owner.lease.valid() {
+                continue;
+            }
+            let owner = held.remove(&p).expect("held");
+            self.clocks.lock().unwrap().remove(&p);
             let rev = owner
                 .lease
                 .revision
                 .load(std::sync::atomic::Ordering::SeqCst);
-            let sent = Instant::now();
-            let renewed = if failed {
-                None
-            } else {
-                match lease::renew(&self.nats.leases, p, &self.node_id, self.lease_ms, rev).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::warn!(partition = p, error = %e, "lease renewal failed");
-                        // Keep it while the lease still holds; the owner
-                        // stops on its own once it runs out.
-                        continue;
-                    }
-                }
-            };
-            match renewed {
-                Some(rev) => owner.lease.renewed(sent, hold, rev),
-                None => {
-                    let owner = held.remove(&p).expect("held");
-                    owner.lease.expire();
-                    self.open.lock().unwrap().remove(&p);
-                    tracing::warn!(
-                        partition = p,
-                        failed,
-                        "partition let go (lease lost or owner stopped)"
-                    );
-                    if failed {
-                        let _ = lease::release(&self.nats.leases, p, rev).await;
-                    }
-                    owner.close().await;
-                }
+            owner.lease.expire();
+            self.open.lock().unwrap().remove(&p);
+            tracing::warn!(
+                partition = p,
+                failed,
+                "partition let go (lease lost or owner stopped)"
+            );
+            if failed {
+                let _ = lease::release(&self.nats.leases, p, rev).await;
             }
+            owner.close().await;
         }
         let want = self.fair_share();
         if held.len() > want {
@@ -233,6 +270,7 @@ impl Node {
             let extra: Vec<u16> = held.keys().rev().take(held.len() - want).copied().collect();
             for p in extra {
                 let owner = held.remove(&p).expect("held");
+                self.clocks.lock().unwrap().remove(&p);
                 self.open.lock().unwrap().remove(&p);
                 let rev = owner
                     .lease
@@ -273,19 +311,9 @@ impl Node {
                         let clock = LeaseClock::new(self.base);
                         clock.renewed(sent, hold, rev);
                         // Opening may take longer than a lease (a checkpoint
-                        // restored): renewed meanwhile.
-                        let opening = CancellationToken::new();
-                        let renewer = tokio::spawn(keep_renewed(
-                            self.nats.leases.clone(),
-                            p,
-                            self.node_id.clone(),
-                            self.lease_ms,
-                            clock.clone(),
-                            opening.clone(),
-                        ));
+                        // restored): renewed meanwhile with the others.
+                        self.clocks.lock().unwrap().insert(p, clock.clone());
                         let opened = Owner::open(&self.ctx, p, clock).await;
-                        opening.cancel();
-                        let _ = renewer.await;
                         match opened {
                             Ok(owner) => {
                                 self.open.lock().unwrap().insert(
@@ -303,6 +331,7 @@ impl Node {
                                 held.insert(p, owner);
                             }
                             Err(e) => {
+                                self.clocks.lock().unwrap().remove(&p);
                                 tracing::error!(partition = p, error = %e, "cannot open the partition; its lease is released");
                                 let _ = lease::release(&self.nats.leases, p, rev).await;
                             }
@@ -323,6 +352,7 @@ impl Node {
     /// Stops every owner and releases their leases; leaves the nodes bucket.
     async fn leave(&self) {
         let mut held = self.held.lock().await;
+        self.clocks.lock().unwrap().clear();
         for (p, owner) in std::mem::take(&mut *held) {
             self.open.lock().unwrap().remove(&p);
             let rev = owner
@@ -339,35 +369,6 @@ impl Node {
     /// The partitions this node holds now.
     pub async fn held(&self) -> Vec<u16> {
         self.held.lock().await.keys().copied().collect()
-    }
-}
-
-/// Renews partition `p`'s lease every third of `lease_ms` until `until`
-/// (while its owner opens); a lost lease is expired at once.
-async fn keep_renewed(
-    leases: async_nats::jetstream::kv::Store,
-    p: u16,
-    node: String,
-    lease_ms: u64,
-    clock: LeaseClock,
-    until: CancellationToken,
-) {
-    let hold = Duration::from_millis(lease_ms - lease_ms / 6);
-    loop {
-        tokio::select! {
-            _ = until.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(lease_ms / 3)) => {}
-        }
-        let rev = clock.revision.load(std::sync::atomic::Ordering::SeqCst);
-        let sent = Instant::now();
-        match lease::renew(&leases, p, &node, lease_ms, rev).await {
-            Ok(Some(r)) => clock.renewed(sent, hold, r),
-            Ok(None) => {
-                clock.expire();
-                return;
-            }
-            Err(e) => tracing::warn!(partition = p, error = %e, "lease renewal failed"),
-        }
     }
 }
 
