@@ -326,6 +326,7 @@ impl Node {
                                             .lease
                                             .revision
                                             .load(std::sync::atomic::Ordering::SeqCst),
+                                        checkpoint_ms: owner.checkpoint_ms.clone(),
                                     },
                                 );
                                 held.insert(p, owner);
@@ -398,5 +399,15 @@ impl ClusterView for Node {
     fn applied_seq(&self, p: u16) -> Option<u64> {
         let store = self.open.lock().unwrap().get(&p)?.store.clone();
         store.stream_seq().ok()
+    }
+    fn checkpoint_ms(&self, p: u16) -> Option<i64> {
+        let at = self
+            .open
+            .lock()
+            .unwrap()
+            .get(&p)?
+            .checkpoint_ms
+            .load(std::sync::atomic::Ordering::SeqCst);
+        (at > 0).then_some(at)
     }
 }

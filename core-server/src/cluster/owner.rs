@@ -106,6 +106,8 @@ pub struct Owner {
     pub store: Arc<Store>,
     pub search: Arc<SearchIndex>,
     pub lease: LeaseClock,
+    /// When the partition's newest checkpoint was taken (epoch ms; 0: none).
+    pub checkpoint_ms: Arc<std::sync::atomic::AtomicI64>,
     stop: CancellationToken,
     /// Cancelled when the owner stopped on its own (fenced, lease lost,
     /// store failure): the node lets the partition go.
@@ -136,8 +138,10 @@ impl Owner {
             Some(url) => Some(Arc::new(super::checkpoint::dest(url, p)?)),
             None => None,
         };
+        let checkpoint_ms = Arc::new(std::sync::atomic::AtomicI64::new(0));
         if let Some(dest) = &dest {
-            restore_if_newer(dest, &dir, p, ctx.cache_bytes).await?;
+            let newest = restore_if_newer(dest, &dir, p, ctx.cache_bytes).await?;
+            checkpoint_ms.store(newest, Ordering::SeqCst);
         }
         let (sdir, sync, cache) = (store_dir(&dir), ctx.sync, ctx.cache_bytes);
         let store =
@@ -186,6 +190,7 @@ impl Owner {
                 dest,
                 ctx.checkpoint_interval,
                 lease.clone(),
+                checkpoint_ms.clone(),
                 stop.clone(),
             ))
         });
@@ -211,6 +216,7 @@ impl Owner {
             store,
             search,
             lease,
+            checkpoint_ms,
             stop,
             failed,
             task: Some(task),
@@ -244,14 +250,15 @@ impl Drop for Owner {
 /// Replaces the partition's local store (if any) by the newest checkpoint
 /// when that covers more of the stream: what the checkpoint covers may have
 /// been purged from the stream since this node last held the partition.
+/// Returns when the newest checkpoint was taken (epoch ms; 0: none).
 async fn restore_if_newer(
     dest: &crate::backup::Dest,
     dir: &Path,
     p: u16,
     cache: usize,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<i64> {
     let Some(m) = super::checkpoint::latest(dest).await? else {
-        return Ok(());
+        return Ok(0);
     };
     let sdir = store_dir(dir);
     let local = if sdir.exists() {
@@ -261,7 +268,7 @@ async fn restore_if_newer(
         0
     };
     if m.stream_seq <= local {
-        return Ok(());
+        return Ok(m.created_ms);
     }
     let _ = std::fs::remove_dir_all(&sdir);
     let _ = std::fs::remove_dir_all(search_dir(dir));
@@ -272,7 +279,7 @@ async fn restore_if_newer(
         local_stream_seq = local,
         "partition restored from its checkpoint"
     );
-    Ok(())
+    Ok(m.created_ms)
 }
 
 /// Every `interval` while the lease holds: a checkpoint uploaded, then the
@@ -286,6 +293,7 @@ async fn checkpoints(
     dest: Arc<crate::backup::Dest>,
     interval: std::time::Duration,
     lease: LeaseClock,
+    taken_ms: Arc<std::sync::atomic::AtomicI64>,
     stop: CancellationToken,
 ) {
     let mut last = store.stream_seq().unwrap_or(0);
@@ -301,6 +309,7 @@ async fn checkpoints(
         match super::checkpoint::take(&store, p, rev, &staging, &dest).await {
             Ok(m) => {
                 last = m.stream_seq;
+                taken_ms.store(m.created_ms, Ordering::SeqCst);
                 match super::checkpoint::purge_applied(&nats, p, m.stream_seq + 1).await {
                     Ok(n) => tracing::debug!(
                         partition = p,

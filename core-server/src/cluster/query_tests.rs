@@ -177,6 +177,7 @@ async fn partition(dir: &Path, p: u16, dets: &[Detection]) -> Part {
             store,
             search: Some(index),
             lease_revision: 1,
+            checkpoint_ms: Default::default(),
         },
         _pipeline: pipeline,
         _shutdown: shutdown.drop_guard(),

@@ -486,6 +486,11 @@ async fn a_new_owner_restores_the_checkpoint_and_replays_the_rest_to_the_same_st
         .unwrap()
         .expect("a checkpoint");
     assert_eq!(m.stream_seq, 5);
+    // Reported for `cluster status` (its age).
+    assert_eq!(
+        a.checkpoint_ms.load(std::sync::atomic::Ordering::SeqCst),
+        m.created_ms
+    );
     for i in 5..8 {
         send(&front, "agent-1", 1 + i * 10, 10).await;
     }

@@ -31,6 +31,8 @@ pub struct LocalPartition {
     pub search: Option<Arc<SearchIndex>>,
     /// The lease revision it is held under (the fencing token).
     pub lease_revision: u64,
+    /// When its newest checkpoint was taken (epoch ms; 0: none known).
+    pub checkpoint_ms: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// The cluster as this node sees it now. Implemented by the write path for
