@@ -255,6 +255,9 @@ pub struct StorageConfig {
     pub path: PathBuf,
     /// fsync every commit before acknowledging it. Off, a power loss can lose
     /// the last acknowledged commits (a process crash still loses nothing).
+    /// Cluster mode: acknowledged means in the replicated stream, and the
+    /// partition stores are not fsync'd per commit whatever this says (they
+    /// replay what they lost from the stream).
     #[serde(default = "default_true")]
     pub sync: bool,
     /// RocksDB block cache: the blocks read, and the tables' index and

@@ -808,7 +808,6 @@ async fn start_cluster(
         queue_batches: config.pipeline.queue_batches,
         live_buffer: config.live.buffer_commits,
         search_commit: config.search.commit_interval,
-        sync: config.storage.sync,
         cache_bytes: config.storage.cache.as_u64() as usize,
         checkpoints: c.checkpoints.clone(),
         checkpoint_interval: c.checkpoint_interval,

@@ -1,14 +1,17 @@
 //! `Subscribe` in cluster mode: the committed, joined events every partition
-//! owner publishes to [`super::OUT_STREAM`] (one message per event, subject
-//! [`super::out_subject`], `Nats-Msg-Id` = det_oid), read with an ordered
-//! consumer from the node the subscriber called.
+//! owner publishes to [`super::OUT_STREAM`] (subject [`super::out_subject`]),
+//! in batches ([`OutBatch`]: the events of one stretch of the partition's
+//! outbox, at most [`OUT_BATCH_EVENTS`] and [`OUT_BATCH_BYTES`]), read with an
+//! ordered consumer from the node the subscriber called.
 //!
-//! The resume point is the stream sequence: each event goes out with its
-//! `JoinedEvent.stream_seq`, and a subscriber that comes back (to this node
-//! or any other, e.g. after the one it was connected to died) with metadata
-//! [`AFTER_SEQ_HEADER`] = the last one it received gets the next message on,
-//! nothing skipped or repeated: the stream is one sequence for the cluster,
-//! kept replicated by JetStream, not by the node.
+//! The resume point is the event's place in the stream: each event goes out
+//! with `JoinedEvent.stream_seq` = its message's stream sequence ×
+//! [`CURSOR_SPAN`] + its index in the message ([`cursor`]), and a subscriber
+//! that comes back (to this node or any other, e.g. after the one it was
+//! connected to died) with metadata [`AFTER_SEQ_HEADER`] = the last one it
+//! received gets the next event on, nothing skipped or repeated: the stream
+//! is one sequence for the cluster, kept replicated by JetStream, not by the
+//! node.
 
 use std::time::Duration;
 
@@ -30,12 +33,33 @@ pub const FROM_MS_CLOCK_SLACK: Duration = Duration::from_secs(60);
 /// refused as UNAVAILABLE.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The payload of an [`super::OUT_STREAM`] message: consecutive committed
+/// events of one partition.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct OutBatch {
+    #[prost(message, repeated, tag = "1")]
+    pub events: Vec<JoinedEvent>,
+}
+
+/// Events in one OUT message, at most (fewer than [`CURSOR_SPAN`]).
+pub const OUT_BATCH_EVENTS: usize = 1024;
+/// Encoded bytes of one OUT message, about at most (NATS refuses payloads
+/// over its `max_payload`, 1 MiB by default).
+pub const OUT_BATCH_BYTES: usize = 512 * 1024;
+/// `JoinedEvent.stream_seq` = message sequence × this + index in the message.
+pub const CURSOR_SPAN: u64 = 4096;
+
+/// The resume cursor of the event at `index` of OUT message `seq`.
+pub fn cursor(seq: u64, index: usize) -> u64 {
+    seq.saturating_mul(CURSOR_SPAN) + index as u64
+}
+
 /// Where a cluster Subscribe starts in [`super::OUT_STREAM`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
     /// Events committed from now on.
     New,
-    /// The messages after this stream sequence.
+    /// The events after this cursor (a `JoinedEvent.stream_seq`).
     AfterSeq(u64),
     /// Events detected at or after this time (epoch ms), by publish time
     /// from [`FROM_MS_CLOCK_SLACK`] before it.
@@ -54,7 +78,7 @@ impl Start {
                 .ok_or_else(|| {
                     ApiError::field(
                         AFTER_SEQ_HEADER,
-                        "not a stream sequence (a JoinedEvent.stream_seq)",
+                        "not a resume point (a JoinedEvent.stream_seq)",
                     )
                 })?;
             return Ok(Start::AfterSeq(seq));
@@ -69,8 +93,8 @@ impl Start {
     fn policy(self) -> DeliverPolicy {
         match self {
             Start::New => DeliverPolicy::New,
-            Start::AfterSeq(seq) => DeliverPolicy::ByStartSequence {
-                start_sequence: seq.saturating_add(1),
+            Start::AfterSeq(c) => DeliverPolicy::ByStartSequence {
+                start_sequence: (c / CURSOR_SPAN).max(1),
             },
             Start::FromMs(ms) => {
                 let at = ms
@@ -135,46 +159,57 @@ impl Feed {
             Start::FromMs(ms) => ms,
             _ => i64::MIN,
         };
+        // Resuming inside a message: its events up to the cursor were sent.
+        let after = match start {
+            Start::AfterSeq(c) => Some(c),
+            _ => None,
+        };
         Ok(messages
-            .filter_map(move |m| async move {
-                let m = match m {
-                    Ok(m) => m,
-                    Err(e) => {
-                        return Some(Err(unavailable(format!(
-                            "reading {}: {e}",
-                            super::OUT_STREAM
-                        ))))
-                    }
+            .flat_map(move |m| {
+                let out: Vec<Result<JoinedEvent, Status>> = match decode(m) {
+                    Err(e) => vec![Err(e)],
+                    Ok((seq, batch)) => batch
+                        .events
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, mut ev)| {
+                            ev.stream_seq = cursor(seq, i);
+                            ev
+                        })
+                        .filter(|ev| after.is_none_or(|c| ev.stream_seq > c))
+                        .filter(|ev| {
+                            ev.detection.as_ref().map_or(0, |d| d.timestamp_detected) >= from_ms
+                        })
+                        .map(Ok)
+                        .collect(),
                 };
-                let seq = match m.info() {
-                    Ok(i) => i.stream_sequence,
-                    Err(e) => {
-                        return Some(Err(ApiError::internal(format!(
-                            "a message of {} without its sequence: {e}",
-                            super::OUT_STREAM
-                        ))
-                        .into()))
-                    }
-                };
-                let mut ev = match JoinedEvent::decode(m.payload.as_ref()) {
-                    Ok(ev) => ev,
-                    Err(e) => {
-                        return Some(Err(ApiError::internal(format!(
-                            "message {seq} of {} is not a JoinedEvent: {e}",
-                            super::OUT_STREAM
-                        ))
-                        .into()))
-                    }
-                };
-                let detected = ev.detection.as_ref().map_or(0, |d| d.timestamp_detected);
-                if detected < from_ms {
-                    return None;
-                }
-                ev.stream_seq = seq;
-                Some(Ok(ev))
+                futures::stream::iter(out)
             })
             .boxed())
     }
+}
+
+/// An OUT message's stream sequence and events.
+fn decode(
+    m: Result<async_nats::jetstream::Message, async_nats::jetstream::consumer::pull::OrderedError>,
+) -> Result<(u64, OutBatch), Status> {
+    let m = m.map_err(|e| unavailable(format!("reading {}: {e}", super::OUT_STREAM)))?;
+    let seq = m
+        .info()
+        .map_err(|e| {
+            Status::from(ApiError::internal(format!(
+                "a message of {} without its sequence: {e}",
+                super::OUT_STREAM
+            )))
+        })?
+        .stream_sequence;
+    let batch = OutBatch::decode(m.payload.as_ref()).map_err(|e| {
+        Status::from(ApiError::internal(format!(
+            "message {seq} of {} is not an event batch: {e}",
+            super::OUT_STREAM
+        )))
+    })?;
+    Ok((seq, batch))
 }
 
 fn unavailable(why: String) -> Status {
@@ -277,7 +312,8 @@ pub(crate) mod tests {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", det.to_string().as_str());
         let p = crate::store::keys::partition_of(det, 4) as u16;
-        js.publish_with_headers(out_subject(p), headers, ev.encode_to_vec().into())
+        let batch = OutBatch { events: vec![ev] };
+        js.publish_with_headers(out_subject(p), headers, batch.encode_to_vec().into())
             .await
             .unwrap()
             .await
@@ -339,7 +375,7 @@ pub(crate) mod tests {
         let all: Vec<i64> = got.iter().chain(&rest).map(det).collect();
         assert_eq!(all, (1..=40).collect::<Vec<i64>>());
         let seqs: Vec<u64> = got.iter().chain(&rest).map(|e| e.stream_seq).collect();
-        assert_eq!(seqs, (1..=40).collect::<Vec<u64>>());
+        assert_eq!(seqs, (1..=40).map(|s| cursor(s, 0)).collect::<Vec<u64>>());
         // Nothing more (no repeat) within a moment.
         assert!(
             tokio::time::timeout(Duration::from_millis(300), second.next())

@@ -41,11 +41,63 @@ pub fn watermark_key(agent: &str, epoch: u64) -> String {
 }
 
 /// The `Nats-Msg-Id` of a share: the batch's agent, epoch, seqs and the
-/// partition. A republished share (an agent's resend of the same batch) is
-/// dropped by the stream within its duplicate window; one that covers other
-/// seqs is not, and the owner drops what it already applied by seq.
-pub fn share_msg_id(agent: &str, epoch: u64, first_seq: u64, count: u64, p: u16) -> String {
-    format!("{agent}/{epoch}/{first_seq}/{count}/{p}")
+/// partition, and the sending session's nonce. A share published again in
+/// the same session is one message; an agent's resend (a new session) is a
+/// new one, and the owner drops what it already applied by seq. (Not
+/// deduplicated across sessions on purpose: a session publishes its
+/// batches without waiting for the acks of the ones before, so a batch's
+/// share may be refused (a stream leader moving) while the next batch's
+/// lands; the agent then sends both again, and the later one must not be
+/// taken for a duplicate of the message the owner could not apply.)
+pub fn share_msg_id(
+    agent: &str,
+    epoch: u64,
+    first_seq: u64,
+    count: u64,
+    p: u16,
+    nonce: u64,
+) -> String {
+    format!("{agent}/{epoch}/{first_seq}/{count}/{p}/{nonce:x}")
+}
+
+/// A batch whose shares are published and whose acks are awaited.
+struct Sent {
+    acks: Vec<PublishAckFuture>,
+    reply: tokio::sync::oneshot::Sender<Result<CommitOutcome, CommitError>>,
+    agent: Arc<str>,
+    epoch: u64,
+    through: u64,
+    digest: u64,
+    stored: u64,
+    rejected: Vec<Rejection>,
+}
+
+/// Batches a session may have published and not yet answered, at most.
+const SESSION_IN_FLIGHT: usize = 64;
+
+/// One agent session's way into the stream: its batches are published in
+/// order as they come, without waiting for the acks of the ones before;
+/// one task awaits the acks in order and answers each batch once all its
+/// shares are acknowledged — moving the watermark once for all the batches
+/// acknowledged together. Dropped with the session (what was published is
+/// still answered).
+pub struct FrontSession {
+    front: Arc<Front>,
+    nonce: u64,
+    tx: tokio::sync::mpsc::Sender<Sent>,
+}
+
+impl FrontSession {
+    /// Publishes the batch's shares and queues its answer (`req.reply`);
+    /// returns once they are sent (or the session has too many batches
+    /// unanswered).
+    pub async fn submit(&self, req: CommitRequest) -> Result<(), CommitError> {
+        let sent = self.front.publish(req, self.nonce).await?;
+        self.tx
+            .send(sent)
+            .await
+            .map_err(|_| CommitError::Store("cluster: the session's acks ended".into()))
+    }
 }
 
 pub struct Front {
@@ -53,6 +105,10 @@ pub struct Front {
     /// The revisions of the watermark entries this node wrote last, for
     /// the next compare-and-set.
     revisions: std::sync::Mutex<HashMap<String, (u64, Watermark)>>,
+}
+
+fn store_err(e: &dyn std::fmt::Display) -> CommitError {
+    CommitError::Store(format!("cluster: {e}"))
 }
 
 impl Front {
@@ -82,12 +138,47 @@ impl Front {
         })
     }
 
+    /// A session's front: see [`FrontSession`].
+    pub fn session(self: &Arc<Self>) -> FrontSession {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Sent>(SESSION_IN_FLIGHT);
+        let front = self.clone();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut ready = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    ready.push(more);
+                }
+                if !front.settle(ready).await {
+                    // The batches after a failed one are answered as failed
+                    // too: the session ends and the agent sends them again.
+                    rx.close();
+                    while let Some(s) = rx.recv().await {
+                        let _ = s.reply.send(Err(CommitError::Store(
+                            "cluster: an earlier batch of this session failed".into(),
+                        )));
+                    }
+                    return;
+                }
+            }
+        });
+        FrontSession {
+            front: self.clone(),
+            nonce: rand::random(),
+            tx,
+        }
+    }
+
     /// Publishes the batch's shares and answers `req.reply` once every one
-    /// is acknowledged and the watermark moved. Returns when the shares
-    /// are acknowledged (a session's batches are published one after
-    /// another, so that a partition never sees a later batch's share before
-    /// an earlier one's).
+    /// is acknowledged and the watermark moved (one batch at a time; a
+    /// session uses [`Front::session`]).
     pub async fn submit(&self, req: CommitRequest) -> Result<(), CommitError> {
+        let sent = self.publish(req, rand::random()).await?;
+        self.settle(vec![sent]).await;
+        Ok(())
+    }
+
+    /// Splits the batch into one share per partition and sends them.
+    async fn publish(&self, req: CommitRequest, nonce: u64) -> Result<Sent, CommitError> {
         let CommitRequest {
             agent,
             epoch,
@@ -122,7 +213,6 @@ impl Front {
             }
             split[partition_of(&ev, n) as usize].push(ShareEvent::from_incoming(ev));
         }
-        let store_err = |e: &dyn std::fmt::Display| CommitError::Store(format!("cluster: {e}"));
         let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(n as usize);
         for (p, events) in split.into_iter().enumerate() {
             let p = p as u16;
@@ -136,7 +226,7 @@ impl Front {
             };
             let msg = PublishMessage::build()
                 .payload(share.encode_bytes())
-                .message_id(share_msg_id(&agent, epoch, first_seq, count, p));
+                .message_id(share_msg_id(&agent, epoch, first_seq, count, p, nonce));
             let ack = self
                 .nats
                 .js
@@ -145,31 +235,65 @@ impl Front {
                 .map_err(|e| store_err(&e))?;
             acks.push(ack);
         }
-        for ack in acks {
-            ack.await.map_err(|e| store_err(&e))?;
+        Ok(Sent {
+            acks,
+            reply,
+            agent,
+            epoch,
+            through: (first_seq + count).saturating_sub(1),
+            digest: last_digest,
+            stored: count - rejected.len() as u64,
+            rejected,
+        })
+    }
+
+    /// Awaits the acks of `batches` (one session's, in order), moves the
+    /// watermark past the last of them and answers each. `false`: one
+    /// failed (it and every later one are answered with the error).
+    async fn settle(&self, batches: Vec<Sent>) -> bool {
+        let mut acked = Vec::with_capacity(batches.len());
+        let mut failed = None;
+        for mut b in batches {
+            if failed.is_none() {
+                for ack in std::mem::take(&mut b.acks) {
+                    if let Err(e) = ack.await {
+                        failed = Some(store_err(&e));
+                        break;
+                    }
+                }
+            }
+            match &failed {
+                None => acked.push(b),
+                Some(e) => {
+                    let _ = b.reply.send(Err(e.clone()));
+                }
+            }
         }
-        let through = (first_seq + count).saturating_sub(1);
-        let outcome = match self
-            .advance(
-                &agent,
-                epoch,
-                Watermark {
-                    through,
-                    digest: last_digest,
-                },
-            )
-            .await
-        {
-            Ok(w) => Ok(CommitOutcome {
-                committed_through: w.through,
-                stored: count - rejected.len() as u64,
-                rejected,
-                ..Default::default()
-            }),
-            Err(e) => Err(store_err(&e)),
-        };
-        let _ = reply.send(outcome);
-        Ok(())
+        if let Some(last) = acked.last() {
+            let to = Watermark {
+                through: last.through,
+                digest: last.digest,
+            };
+            match self.advance(&last.agent, last.epoch, to).await {
+                Ok(_) => {
+                    for b in acked {
+                        let _ = b.reply.send(Ok(CommitOutcome {
+                            committed_through: b.through,
+                            stored: b.stored,
+                            rejected: b.rejected,
+                            ..Default::default()
+                        }));
+                    }
+                }
+                Err(e) => {
+                    for b in acked {
+                        let _ = b.reply.send(Err(store_err(&e)));
+                    }
+                    return false;
+                }
+            }
+        }
+        failed.is_none()
     }
 
     /// Moves the watermark of (agent, epoch) up to `to` (never down) by

@@ -20,8 +20,12 @@ use super::{
     view::{ClusterView, LocalPartition, NodeInfo},
 };
 
-/// A node is live while its heartbeat is younger than this many leases.
-const LIVE_NODE_LEASES: i64 = 3;
+/// A node is live while its heartbeat is younger than this many leases
+/// (it beats every third of one): a dead node's partitions are orphans
+/// once their leases run out, and the living count their fair share
+/// without it by then, so they take them at once instead of waiting for
+/// the dead node to drop out of the count.
+const LIVE_NODE_LEASES: i64 = 1;
 
 pub struct Node {
     nats: Nats,

@@ -4,8 +4,8 @@
 //! from the sequence after the last one it committed (kept in the same
 //! RocksDB commit: `CommitBatch::set_stream_seq`), so a restart or a move
 //! resumes exactly. What it commits (the joined events) goes to
-//! `sightline.out.<p>`, one message per event (`Nats-Msg-Id` = det_oid),
-//! from the store's outbox (`store::outbox`, written in the same commit),
+//! `sightline.out.<p>`, in batches (`feed::OutBatch`), from the store's
+//! outbox (`store::outbox`, written in the same commit),
 //! after the position the subject's last message carries — so what an
 //! owner committed but had not published when it died is published by the
 //! next owner, once — and fenced by `Nats-Expected-Last-Subject-Sequence`:
@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    feed::{OutBatch, OUT_BATCH_BYTES, OUT_BATCH_EVENTS},
     in_subject,
     nats::{ClusterError, Nats},
     out_subject,
@@ -60,8 +61,6 @@ pub struct OwnerContext {
     pub queue_batches: usize,
     pub live_buffer: usize,
     pub search_commit: std::time::Duration,
-    /// The node's RocksDB write-sync setting (`storage.sync`).
-    pub sync: bool,
     pub cache_bytes: usize,
     /// `cluster.checkpoints`: where partitions are checkpointed; `None`: never.
     pub checkpoints: Option<String>,
@@ -143,9 +142,17 @@ impl Owner {
             let newest = restore_if_newer(dest, &dir, p, ctx.cache_bytes).await?;
             checkpoint_ms.store(newest, Ordering::SeqCst);
         }
-        let (sdir, sync, cache) = (store_dir(&dir), ctx.sync, ctx.cache_bytes);
+        let (sdir, cache) = (store_dir(&dir), ctx.cache_bytes);
+        // Not fsync'd per commit: the partition's durable log is its IN
+        // subject (replicated, acknowledged to the agent before it is
+        // applied) and the stream sequence is in every commit, so a store
+        // that lost its newest commits (the host crashed; a killed process
+        // loses nothing) replays them from the stream, which is purged only
+        // behind a checkpoint in object storage. The OUT cursor is ahead of
+        // such a store then, and the replayed events, at the same outbox
+        // positions, are not published twice.
         let store =
-            Arc::new(tokio::task::spawn_blocking(move || Store::open(&sdir, sync, cache)).await??);
+            Arc::new(tokio::task::spawn_blocking(move || Store::open(&sdir, false, cache)).await??);
         let stop = CancellationToken::new();
         let hub = LiveHub::new(ctx.live_buffer);
         let search = {
@@ -513,8 +520,9 @@ async fn consume(
 }
 
 /// Reads the writer's answers in order. A store failure stops the owner
-/// (it reopens from what it committed); a gap is logged (the front never
-/// publishes one: it would mean a share lost from the stream).
+/// (it reopens from what it committed); a gap is logged (a session's batch
+/// published after one of its earlier batches failed: see
+/// `front::share_msg_id`).
 async fn check_answers(
     p: u16,
     mut answers: mpsc::Receiver<oneshot::Receiver<Result<CommitOutcome, CommitError>>>,
@@ -524,7 +532,9 @@ async fn check_answers(
         match rx.await {
             Ok(Ok(_)) => {}
             Ok(Err(e @ CommitError::Gap { .. })) => {
-                tracing::error!(partition = p, error = %e, "a share left a gap: its events are not applied");
+                // A session's later batch whose earlier batch's share was
+                // refused by the stream: the agent sends both again.
+                tracing::warn!(partition = p, error = %e, "a share after a gap is not applied (its session failed; the agent sends it again)");
             }
             Ok(Err(e)) => {
                 tracing::error!(partition = p, error = %e, "a commit failed: the partition stops");
@@ -536,12 +546,12 @@ async fn check_answers(
     }
 }
 
-/// The header of each [`OUT_STREAM`] message: where its event is in the
-/// partition's outbox (`store::outbox::Position`). The next owner reads it
-/// back from the subject's last message and goes on after it.
+/// The header of each [`OUT_STREAM`] message: where its last event is in
+/// the partition's outbox (`store::outbox::Position`). The next owner reads
+/// it back from the subject's last message and goes on after it.
 pub const OUT_POS_HEADER: &str = "Sightline-Out-Pos";
-/// Events read from the outbox at a time.
-const OUT_BATCH: usize = 1024;
+/// Events read from the outbox at a time (whole shares).
+const OUT_READ: usize = 4 * OUT_BATCH_EVENTS;
 /// How long the publisher waits for a commit before it looks at the
 /// outbox anyway.
 const OUT_IDLE: std::time::Duration = std::time::Duration::from_millis(500);
@@ -580,7 +590,7 @@ pub async fn out_cursor(
 }
 
 /// Publishes the partition's outbox (the events its commits stored, in
-/// stream order) to `sightline.out.<p>`, one message per event, each fenced
+/// stream order) to `sightline.out.<p>`, in batches of consecutive events, each fenced
 /// on the subject's last sequence and carrying its [`OUT_POS_HEADER`]; from
 /// after the position the subject's last message carries, so what an owner
 /// committed and did not publish before it died is published by the next,
@@ -625,10 +635,12 @@ async fn publish_out(
     };
     let subject = out_subject(p);
     let (mut closed, mut ending) = (false, false);
+    // Shares read from the outbox and not yet deleted from it, in order.
+    let mut untrimmed: Vec<u64> = Vec::new();
     loop {
         let read = {
             let s = store.clone();
-            tokio::task::spawn_blocking(move || s.outbox_after(pos, OUT_BATCH)).await
+            tokio::task::spawn_blocking(move || s.outbox_after(pos, OUT_READ)).await
         };
         let batch = match read {
             Ok(Ok(b)) => b,
@@ -649,32 +661,55 @@ async fn publish_out(
             }
             continue;
         }
+        for (at, _) in &batch {
+            if untrimmed.last() != Some(&at.share) {
+                untrimmed.push(at.share);
+            }
+        }
         let table = locations.current();
-        for (at, mut e) in batch {
+        // Messages of at most OUT_BATCH_EVENTS events and about
+        // OUT_BATCH_BYTES, each fenced on the subject's last sequence.
+        let mut events = batch.into_iter().peekable();
+        while events.peek().is_some() {
             if !lease.valid() {
                 failed.cancel();
                 return;
             }
-            let d = e.detection.as_ref();
-            let (oid, loc) = (
-                d.and_then(|d| d.detection_oid).unwrap_or_default(),
-                d.map_or(0, |d| d.geographical_location_oid),
-            );
-            e.location = table.get(loc).cloned();
+            let mut out = OutBatch::default();
+            let (mut bytes, mut from, mut through) = (0usize, None, None);
+            while let Some((at, mut e)) =
+                events.next_if(|_| out.events.len() < OUT_BATCH_EVENTS && bytes < OUT_BATCH_BYTES)
+            {
+                let loc = e
+                    .detection
+                    .as_ref()
+                    .map_or(0, |d| d.geographical_location_oid);
+                e.location = table.get(loc).cloned();
+                bytes += e.encoded_len();
+                out.events.push(e);
+                from.get_or_insert(at);
+                through = Some(at);
+            }
+            let (Some(from), Some(through)) = (from, through) else {
+                break;
+            };
+            // The same stretch published again (an owner retrying) within
+            // the duplicate window is one message.
+            let id = format!("{p}/{from}-{through}");
             let mut headers = async_nats::HeaderMap::new();
-            headers.insert(OUT_POS_HEADER, at.to_string().as_str());
+            headers.insert(OUT_POS_HEADER, through.to_string().as_str());
             let msg = PublishMessage::build()
-                .payload(e.encode_to_vec().into())
+                .payload(out.encode_to_vec().into())
                 .headers(headers)
-                .message_id(oid.to_string())
+                .message_id(id)
                 .expected_last_subject_sequence(last);
             let ack = match nats.js.send_publish(subject.clone(), msg).await {
                 Ok(f) => f.await,
                 Err(e) => Err(e),
             };
             match ack {
-                // A duplicate (the det_oid published already, within the
-                // duplicate window) is answered with the original's sequence.
+                // A duplicate (published already, within the duplicate
+                // window) is answered with the original's sequence.
                 Ok(a) if a.duplicate => {}
                 Ok(a) => last = a.sequence,
                 Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => {
@@ -688,11 +723,14 @@ async fn publish_out(
                 }
                 Err(err) => return fail(err.to_string()),
             }
-            pos = Some(at);
+            pos = Some(through);
         }
-        if let Some(at) = pos {
+        // The shares published whole are let go of.
+        let cut = untrimmed.partition_point(|s| pos.is_some_and(|p| *s < p.share));
+        let done: Vec<u64> = untrimmed.drain(..cut).collect();
+        if !done.is_empty() {
             let s = store.clone();
-            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.outbox_trim(at.share)).await {
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.outbox_trim(done)).await {
                 tracing::warn!(partition = p, error = %e, "trimming the outbox failed");
             }
         }

@@ -840,5 +840,11 @@ async fn subscribe_on_another_node_resumes_after_the_last_stream_seq_scoped() {
     // Only its location (odd det_oids are at location 2), each once, in order.
     assert_eq!(oids(&got), (1..=19).step_by(2).collect::<Vec<i64>>());
     let seqs: Vec<u64> = got.iter().map(|e| e.stream_seq).collect();
-    assert_eq!(seqs, (1..=19).step_by(2).collect::<Vec<u64>>());
+    assert_eq!(
+        seqs,
+        (1..=19)
+            .step_by(2)
+            .map(|s| crate::cluster::feed::cursor(s, 0))
+            .collect::<Vec<u64>>()
+    );
 }

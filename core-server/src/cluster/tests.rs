@@ -95,7 +95,6 @@ fn owner_ctx(nats: &Nats, dir: &std::path::Path) -> OwnerContext {
         queue_batches: 16,
         live_buffer: 1024,
         search_commit: Duration::from_millis(200),
-        sync: false,
         cache_bytes: 8 << 20,
         checkpoints: None,
         checkpoint_interval: Duration::from_secs(3600),
@@ -128,9 +127,33 @@ async fn a_batch_is_acked_once_every_partition_has_its_share_in_the_stream() {
     let o = send(&front, "agent-1", 11, 1).await;
     assert_eq!(o.committed_through, 11);
     assert_eq!(stream_messages(&nats, IN_STREAM).await, 8);
-    // The same batch republished (a resend) is dropped by its Nats-Msg-Id.
+    // The same batch sent again (an agent's resend: another session) is
+    // published again; its owner drops it by seq (see share_msg_id).
     send(&front, "agent-1", 11, 1).await;
-    assert_eq!(stream_messages(&nats, IN_STREAM).await, 8);
+    assert_eq!(stream_messages(&nats, IN_STREAM).await, 12);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_publishes_batches_without_waiting_and_each_is_answered_in_order_once_durable() {
+    let server = NatsServer::start();
+    let nats = server.connect("a", 4).await;
+    let front = Front::new(nats.clone());
+    let session = front.session();
+    let mut answers = Vec::new();
+    for i in 0..20 {
+        let (req, rx) = batch("agent-1", 1 + i * 5, 5);
+        session.submit(req).await.unwrap();
+        answers.push(rx);
+    }
+    let mut through = Vec::new();
+    for rx in answers {
+        through.push(rx.await.unwrap().unwrap().committed_through);
+    }
+    assert_eq!(through, (1..=20).map(|i| i * 5).collect::<Vec<u64>>());
+    assert_eq!(stream_messages(&nats, IN_STREAM).await, 80);
+    // The watermark is past the last batch, for any node.
+    let other = Front::new(server.connect("b", 4).await);
+    assert_eq!(other.watermark("agent-1", 1).await.unwrap().through, 100);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -293,9 +316,10 @@ async fn an_owner_publishes_its_commits_to_out_and_a_stale_owners_publish_is_ref
     let owner = Owner::open(&ctx, 0, clock(1)).await.unwrap();
     send(&front, "agent-1", 1, 5).await;
     wait_for("5 events in SIGHTLINE_OUT", async || {
-        stream_messages(&nats, OUT_STREAM).await == 5
+        out_events(&nats, 0).await.len() == 5
     })
     .await;
+    let published = stream_messages(&nats, OUT_STREAM).await;
     // Another owner (with the partition now) publishes to the subject.
     nats.js
         .publish(out_subject(0), "newer owner".into())
@@ -307,14 +331,14 @@ async fn an_owner_publishes_its_commits_to_out_and_a_stale_owners_publish_is_ref
     // The stale owner's next publish is refused and it stops.
     let failed = owner.failed.clone();
     wait_for("the stale owner to stop", async || failed.is_cancelled()).await;
-    assert_eq!(stream_messages(&nats, OUT_STREAM).await, 6);
+    assert_eq!(stream_messages(&nats, OUT_STREAM).await, published + 1);
     assert!(!owner.lease.valid());
     owner.close().await;
 }
 
-/// The det_oids of partition `p`'s messages in [`OUT_STREAM`], in order,
-/// with the outbox position each carries.
-async fn out_messages(nats: &Nats, p: u16) -> Vec<(i64, String)> {
+/// The det_oids of partition `p`'s events in [`OUT_STREAM`], in order,
+/// with the outbox position each message carries (its last event's).
+async fn out_messages(nats: &Nats, p: u16) -> Vec<(Vec<i64>, String)> {
     use prost::Message;
     let stream = nats.js.get_stream(OUT_STREAM).await.unwrap();
     let last = stream.cached_info().state.last_sequence;
@@ -326,15 +350,28 @@ async fn out_messages(nats: &Nats, p: u16) -> Vec<(i64, String)> {
         if m.subject.as_str() != out_subject(p) {
             continue;
         }
-        let ev = sightline_proto::v1::JoinedEvent::decode(m.payload.as_ref()).unwrap();
+        let batch = super::feed::OutBatch::decode(m.payload.as_ref()).unwrap();
         let pos = m
             .headers
             .get(super::owner::OUT_POS_HEADER)
             .map(|v| v.as_str().to_string())
             .unwrap_or_default();
-        out.push((ev.detection.unwrap().detection_oid.unwrap(), pos));
+        let dets = batch
+            .events
+            .into_iter()
+            .map(|e| e.detection.unwrap().detection_oid.unwrap())
+            .collect();
+        out.push((dets, pos));
     }
     out
+}
+
+async fn out_events(nats: &Nats, p: u16) -> Vec<i64> {
+    out_messages(nats, p)
+        .await
+        .into_iter()
+        .flat_map(|m| m.0)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -352,33 +389,33 @@ async fn what_an_owner_committed_and_did_not_publish_before_it_died_is_published
     let dir = tempfile::tempdir().unwrap();
     let ctx = owner_ctx(&nats, dir.path());
     let owner = Owner::open(&ctx, 0, clock(1)).await.unwrap();
-    send(&front, "agent-1", 1, 10).await;
+    send(&front, "agent-1", 1, 6).await;
+    wait_for("6 events in SIGHTLINE_OUT", async || {
+        out_events(&nats, 0).await.len() == 6
+    })
+    .await;
+    send(&front, "agent-1", 7, 4).await;
     wait_for("10 events in SIGHTLINE_OUT", async || {
-        stream_messages(&nats, OUT_STREAM).await == 10
+        out_events(&nats, 0).await.len() == 10
     })
     .await;
     owner.close().await;
-    // The owner had committed all ten but published six when it died: the
-    // stream is made to hold what it would then (the first six messages).
+    // The owner had committed all ten but published the first six when it
+    // died: the stream is made to hold what it would then.
     let stream = nats.js.get_stream(OUT_STREAM).await.unwrap();
-    let mut first = Vec::new();
-    for seq in 1..=6 {
-        first.push(stream.get_raw_message(seq).await.unwrap());
-    }
+    let first = stream.get_raw_message(1).await.unwrap();
     stream.purge().await.unwrap();
     tokio::time::sleep(Duration::from_millis(700)).await;
-    for m in first {
-        let mut headers = async_nats::HeaderMap::new();
-        let pos = m.headers.get(super::owner::OUT_POS_HEADER).unwrap();
-        headers.insert(super::owner::OUT_POS_HEADER, pos.as_str());
-        nats.js
-            .publish_with_headers(m.subject, headers, m.payload)
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-    }
-    assert_eq!(out_messages(&nats, 0).await.len(), 6);
+    let mut headers = async_nats::HeaderMap::new();
+    let pos = first.headers.get(super::owner::OUT_POS_HEADER).unwrap();
+    headers.insert(super::owner::OUT_POS_HEADER, pos.as_str());
+    nats.js
+        .publish_with_headers(first.subject, headers, first.payload)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(out_events(&nats, 0).await.len(), 6);
     tokio::time::sleep(Duration::from_millis(700)).await;
     // A duplicate share from the agent (after the window too) stores nothing.
     send(&front, "agent-1", 9, 2).await;
@@ -386,15 +423,17 @@ async fn what_an_owner_committed_and_did_not_publish_before_it_died_is_published
     send(&front, "agent-1", 11, 5).await;
     let want: Vec<i64> = (1001..=1015).collect();
     wait_for("15 events in SIGHTLINE_OUT", async || {
-        out_messages(&nats, 0).await.len() >= 15
+        out_events(&nats, 0).await.len() >= 15
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let got = out_messages(&nats, 0).await;
-    assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), want, "{got:?}");
-    // Every message says where its event is in the outbox, in order.
-    let pos: Vec<super::super::store::outbox::Position> =
-        got.iter().map(|g| g.1.parse().unwrap()).collect();
+    assert_eq!(out_events(&nats, 0).await, want);
+    // Every message says where its last event is in the outbox, in order.
+    let pos: Vec<super::super::store::outbox::Position> = out_messages(&nats, 0)
+        .await
+        .iter()
+        .map(|g| g.1.parse().unwrap())
+        .collect();
     assert!(pos.windows(2).all(|w| w[0] < w[1]), "{pos:?}");
     next.close().await;
 }

@@ -157,7 +157,11 @@ impl IngestCore {
         }
 
         // Acks go out in order from their own task, as commits complete.
-        let (pending_tx, pending_rx) = mpsc::channel::<PendingCommit>(64);
+        let (tx, pending_rx) = mpsc::channel::<PendingCommit>(64);
+        let pending_tx = Pending {
+            tx,
+            front: self.front.as_ref().map(|f| f.session()),
+        };
         let failed = CancellationToken::new();
         let acker = tokio::spawn(ack_loop(
             pending_rx,
@@ -325,7 +329,12 @@ type PendingCommit = (
     oneshot::Receiver<Result<CommitOutcome, CommitError>>,
     Vec<EventTimes>,
 );
-type Pending = mpsc::Sender<PendingCommit>;
+/// Where a session's commits go: the acker's queue, and in cluster mode
+/// the session's way into the stream.
+struct Pending {
+    tx: mpsc::Sender<PendingCommit>,
+    front: Option<crate::cluster::front::FrontSession>,
+}
 
 /// Shadow copies kept while they wait for the batches before them.
 const MAX_AHEAD_COPIES: usize = 64;
@@ -413,12 +422,12 @@ impl IngestCore {
             last_digest,
             reply,
         };
-        match &self.front {
+        match &pending.front {
             None => self.pipeline.submit(req).await,
             Some(front) => front.submit(req).await,
         }
         .map_err(|e| Some(ApiError::unavailable(e.to_string()).into()))?;
-        pending.send((rx, times)).await.map_err(|_| None)
+        pending.tx.send((rx, times)).await.map_err(|_| None)
     }
 
     /// Hands the live lane's events (PROTOCOL.md rule 6b) to the writers'

@@ -163,6 +163,7 @@ async fn main() {
     let live_seconds = args.get("--live-seconds", 30.0);
     let kill_at = args.get("--kill-at", 10.0);
     let batch = args.get("--batch", 500.0) as usize;
+    let settle = args.get("--settle", 30.0);
     let locations: Vec<i64> = (1..=LOCATIONS).collect();
 
     // ---- embedded ----
@@ -218,8 +219,10 @@ async fn main() {
         })
         .collect();
     let intakes: Vec<String> = agents.iter().map(Agent::intake_url).collect();
-    // Every partition owned before measuring.
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // The nodes started one after another: the first took every partition,
+    // the others take their share as their leases come up. Measured once
+    // that has settled.
+    tokio::time::sleep(Duration::from_secs_f64(settle)).await;
     println!(
         "setup: 3 nats-servers (R3), moto, 3 cores ({PARTITIONS} partitions, 5 s leases, checkpoints every 30 s), 2 agents"
     );
@@ -361,6 +364,29 @@ async fn main() {
             *e = e.min(s);
         }
     }
+    // The latency over the run, by 2-second window of sending.
+    let mut windows: std::collections::BTreeMap<u64, Vec<f64>> = Default::default();
+    for (oid, at) in &sent {
+        if let Some(a) = seen.at.get(oid) {
+            let w = at.saturating_duration_since(t0).as_secs() / 2 * 2;
+            windows
+                .entry(w)
+                .or_default()
+                .push(a[0].saturating_duration_since(*at).as_secs_f64() * 1000.0);
+        }
+    }
+    let profile: Vec<String> = windows
+        .into_iter()
+        .map(|(w, mut v)| {
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            format!(
+                "{w}s:{:.0}/{:.0}",
+                percentile(&v, 0.5),
+                percentile(&v, 0.99)
+            )
+        })
+        .collect();
+    println!("live latency by window sent (p50/p99 ms; the kill at {kill_at:.0} s): {profile:?}");
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let p99 = percentile(&lat, 0.99);
     let failover = if first_after.len() == PARTITIONS as usize {
