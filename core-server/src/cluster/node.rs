@@ -297,8 +297,12 @@ impl Node {
                 % n as u32;
             let now = sightline_proto::now_ms();
             let seen = self.leases_seen.lock().unwrap().clone();
+            // Take what the share allows first, then open them all at once
+            // (each may restore a checkpoint: one after another, a dead
+            // node's partitions would wait for each other).
+            let mut taken = Vec::new();
             for i in 0..n {
-                if held.len() >= want {
+                if held.len() + taken.len() >= want {
                     break;
                 }
                 let p = ((start + i as u32) % n as u32) as u16;
@@ -317,30 +321,37 @@ impl Node {
                         // Opening may take longer than a lease (a checkpoint
                         // restored): renewed meanwhile with the others.
                         self.clocks.lock().unwrap().insert(p, clock.clone());
-                        let opened = Owner::open(&self.ctx, p, clock).await;
-                        match opened {
-                            Ok(owner) => {
-                                self.open.lock().unwrap().insert(
-                                    p,
-                                    LocalPartition {
-                                        partition: p,
-                                        store: owner.store.clone(),
-                                        search: Some(owner.search.clone()),
-                                        lease_revision: owner
-                                            .lease
-                                            .revision
-                                            .load(std::sync::atomic::Ordering::SeqCst),
-                                        checkpoint_ms: owner.checkpoint_ms.clone(),
-                                    },
-                                );
-                                held.insert(p, owner);
-                            }
-                            Err(e) => {
-                                self.clocks.lock().unwrap().remove(&p);
-                                tracing::error!(partition = p, error = %e, "cannot open the partition; its lease is released");
-                                let _ = lease::release(&self.nats.leases, p, rev).await;
-                            }
-                        }
+                        taken.push((p, rev, clock));
+                    }
+                }
+            }
+            let opened =
+                futures::future::join_all(taken.into_iter().map(|(p, rev, clock)| async move {
+                    (p, rev, Owner::open(&self.ctx, p, clock).await)
+                }))
+                .await;
+            for (p, rev, opened) in opened {
+                match opened {
+                    Ok(owner) => {
+                        self.open.lock().unwrap().insert(
+                            p,
+                            LocalPartition {
+                                partition: p,
+                                store: owner.store.clone(),
+                                search: Some(owner.search.clone()),
+                                lease_revision: owner
+                                    .lease
+                                    .revision
+                                    .load(std::sync::atomic::Ordering::SeqCst),
+                                checkpoint_ms: owner.checkpoint_ms.clone(),
+                            },
+                        );
+                        held.insert(p, owner);
+                    }
+                    Err(e) => {
+                        self.clocks.lock().unwrap().remove(&p);
+                        tracing::error!(partition = p, error = %e, "cannot open the partition; its lease is released");
+                        let _ = lease::release(&self.nats.leases, p, rev).await;
                     }
                 }
             }
