@@ -16,7 +16,7 @@ use std::{
 use futures::StreamExt;
 use prost::Message;
 use sightline_core::store::Store;
-use sightline_proto::v1::JoinedEvent;
+use sightline_core::cluster::feed::OutBatch;
 use sightline_tests::{
     data::write_locations, wait_for, Agent, AgentArgs, Core, CoreArgs, Dataset, Edge,
 };
@@ -133,10 +133,12 @@ async fn a_core_killed_mid_stream_loses_and_duplicates_nothing_in_the_cluster() 
                 while let Ok(Some(Ok(m))) =
                     tokio::time::timeout(Duration::from_millis(500), msgs.next()).await
                 {
-                    let e = JoinedEvent::decode(m.payload.clone()).unwrap();
-                    *seen
-                        .entry(e.detection.unwrap().detection_oid.unwrap())
-                        .or_insert(0) += 1;
+                    let batch = OutBatch::decode(m.payload.clone()).unwrap();
+                    for e in batch.events {
+                        *seen
+                            .entry(e.detection.unwrap().detection_oid.unwrap())
+                            .or_insert(0) += 1;
+                    }
                 }
                 (seen.len() >= want).then_some(seen)
             }
