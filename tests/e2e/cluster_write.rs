@@ -15,8 +15,8 @@ use std::{
 
 use futures::StreamExt;
 use prost::Message;
-use sightline_core::store::Store;
 use sightline_core::cluster::feed::OutBatch;
+use sightline_core::store::Store;
 use sightline_tests::{
     data::write_locations, wait_for, Agent, AgentArgs, Core, CoreArgs, Dataset, Edge,
 };
