@@ -157,6 +157,39 @@ async fn a_session_publishes_batches_without_waiting_and_each_is_answered_in_ord
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_share_fails_its_batch_and_the_watermark_stays_before_it() {
+    let server = NatsServer::start();
+    let nats = server.connect("a", 4).await;
+    // The stream takes 6 messages: the first batch's 4 shares, then 2 of
+    // the second's; the rest are refused (discard new: a full stream).
+    let mut cfg = nats
+        .js
+        .get_stream(IN_STREAM)
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
+    cfg.max_messages = 6;
+    nats.js.update_stream(cfg).await.unwrap();
+    let front = Front::new(nats.clone());
+    let session = front.session();
+    let mut answers = Vec::new();
+    for i in 0..3 {
+        let (req, rx) = batch("agent-1", 1 + i * 5, 5);
+        session.submit(req).await.unwrap();
+        answers.push(rx);
+    }
+    let mut got = Vec::new();
+    for rx in answers {
+        got.push(rx.await.unwrap().map(|o| o.committed_through).ok());
+    }
+    assert_eq!(got, [Some(5), None, None]);
+    // No node resumes the agent past what every partition has.
+    assert_eq!(front.watermark("agent-1", 1).await.unwrap().through, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_resumes_on_another_node_from_the_watermark_its_last_node_kept() {
     let server = NatsServer::start();
     let a = Front::new(server.connect("a", 4).await);
