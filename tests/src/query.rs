@@ -184,17 +184,32 @@ pub async fn assert_exactly_once(url: &str, truth: &Truth) {
 
 /// Waits until the core has stored `more` events beyond what it holds now.
 pub async fn wait_more_stored(url: &str, more: u64) {
-    let before = stats(url).await.stored;
     let url = url.to_string();
+    let before = crate::wait_for(
+        "the stored count",
+        std::time::Duration::from_secs(60),
+        || stored_now(&url),
+    )
+    .await;
     crate::wait_for(
         "more events stored",
         std::time::Duration::from_secs(60),
         || {
             let url = url.clone();
-            async move { (stats(&url).await.stored > before + more).then_some(()) }
+            async move { stored_now(&url).await.filter(|s| *s > before + more) }
         },
     )
     .await;
+}
+
+/// The stored count; `None` while the core answers UNAVAILABLE (a cluster
+/// whose partitions are moving says so, "try again"); any other error fails.
+async fn stored_now(url: &str) -> Option<u64> {
+    match client(url).await.stats(StatsRequest {}).await {
+        Ok(s) => Some(s.into_inner().stored),
+        Err(e) if e.code() == tonic::Code::Unavailable => None,
+        Err(e) => panic!("Stats: {e}"),
+    }
 }
 
 /// Waits until the core has stored exactly `n` events.
@@ -205,7 +220,7 @@ pub async fn wait_stored(url: &str, n: u64) {
         std::time::Duration::from_secs(60),
         || {
             let url = url.clone();
-            async move { (stats(&url).await.stored == n).then_some(()) }
+            async move { (stored_now(&url).await == Some(n)).then_some(()) }
         },
     )
     .await;
