@@ -508,10 +508,15 @@ async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started
                 let _ = status.await;
             });
             let peer_token = config.cluster.peer_token.clone().unwrap_or_default();
-            Some(Arc::new(
+            let query = Arc::new(
                 crate::cluster::query::ClusterQuery::new(view, peer_token)
                     .with_feed(crate::cluster::feed::Feed::new(node.nats().client.clone())),
-            ))
+            );
+            media.set_cluster(Arc::new(crate::cluster::media::ClusterMedia {
+                nats: node.nats().clone(),
+                query: query.clone(),
+            }));
+            Some(query)
         }
         None => None,
     };

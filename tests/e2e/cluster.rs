@@ -12,7 +12,7 @@ use sightline_proto::v1::{
 };
 use sightline_tests::{
     cluster::{Rig, RigConfig},
-    query::{stats, wait_more_stored},
+    query::{stats, wait_more_stored, wait_stored_beyond},
     wait_for, Agent, AgentArgs, Dataset, Truth,
 };
 
@@ -79,9 +79,10 @@ async fn a_core_node_killed_mid_stream_loses_and_duplicates_nothing_and_rejoins(
     let data = Dataset::generate(151, 40_000, 0.15, 0.2, LOCATIONS);
     let truth = data.truth();
     let mut agent = rig.replay("c-kill", &data, RATE);
-    wait_more_stored(&rig.nodes[0].url(), 5_000).await;
+    let before = wait_more_stored(&rig.nodes[0].url(), 5_000).await;
     rig.nodes[1].kill9();
-    wait_more_stored(&rig.nodes[0].url(), 5_000).await;
+    // More stored after the fault, counted from before it.
+    wait_stored_beyond(&rig.nodes[0].url(), before + 5_000).await;
     rig.nodes[1].restart();
     assert!(agent.wait(Duration::from_secs(180)).success());
     rig.assert_truth(&truth).await;
@@ -94,9 +95,10 @@ async fn a_live_subscriber_sees_each_event_once_through_a_core_node_killed() {
     let truth = data.truth();
     let live = subscribe(rig.nodes[0].url(), truth.unique);
     let mut agent = rig.replay("c-kill", &data, RATE);
-    wait_more_stored(&rig.nodes[0].url(), 5_000).await;
+    let before = wait_more_stored(&rig.nodes[0].url(), 5_000).await;
     rig.nodes[1].kill9();
-    wait_more_stored(&rig.nodes[0].url(), 5_000).await;
+    // More stored after the fault, counted from before it.
+    wait_stored_beyond(&rig.nodes[0].url(), before + 5_000).await;
     rig.nodes[1].restart();
     assert!(agent.wait(Duration::from_secs(180)).success());
     rig.assert_truth(&truth).await;
@@ -109,9 +111,10 @@ async fn a_nats_server_killed_mid_stream_loses_and_duplicates_nothing() {
     let data = Dataset::generate(152, 40_000, 0.15, 0.2, LOCATIONS);
     let truth = data.truth();
     let mut agent = rig.replay("c-nats", &data, RATE);
-    wait_more_stored(&rig.nodes[0].url(), 5_000).await;
+    let before = wait_more_stored(&rig.nodes[0].url(), 5_000).await;
     rig.nats.kill9(0);
-    wait_more_stored(&rig.nodes[0].url(), 5_000).await;
+    // More stored after the fault, counted from before it.
+    wait_stored_beyond(&rig.nodes[0].url(), before + 5_000).await;
     rig.nats.restart(0).await;
     assert!(agent.wait(Duration::from_secs(180)).success());
     rig.assert_truth(&truth).await;
@@ -164,7 +167,7 @@ async fn a_stale_owner_paused_past_its_lease_cannot_write() {
     let data = Dataset::generate(155, 40_000, 0.15, 0.2, LOCATIONS);
     let truth = data.truth();
     let mut agent = rig.replay("c-stale", &data, RATE);
-    wait_more_stored(&rig.nodes[0].url(), 5_000).await;
+    let before = wait_more_stored(&rig.nodes[0].url(), 5_000).await;
     let pid = rig.nodes[2].pid().to_string();
     let signal = |sig: &str| {
         assert!(std::process::Command::new("kill")
@@ -176,7 +179,7 @@ async fn a_stale_owner_paused_past_its_lease_cannot_write() {
     signal("-STOP");
     // Past its leases: the others take its partitions and go on.
     tokio::time::sleep(Duration::from_millis(3 * LEASE_MS)).await;
-    wait_more_stored(&rig.nodes[0].url(), 3_000).await;
+    wait_stored_beyond(&rig.nodes[0].url(), before + 3_000).await;
     signal("-CONT");
     assert!(agent.wait(Duration::from_secs(180)).success());
     rig.assert_truth(&truth).await;
@@ -242,4 +245,104 @@ async fn a_duplicate_sent_a_day_later_after_its_partition_moved_twice_is_still_c
     })
     .await;
     assert_eq!(after.stored, 1, "the day-later duplicate was stored");
+}
+
+/// Issue 15's "any node serves any footage": a snapshot uploaded to and
+/// attached on one node comes back with its event from every node, its
+/// bytes served by every node — and still after that node is killed.
+#[tokio::test(flavor = "multi_thread")]
+async fn footage_uploaded_to_one_node_comes_with_its_event_and_is_served_by_every_node() {
+    use sha2::{Digest, Sha256};
+    use sightline_proto::v1::{
+        media_client::MediaClient, AttachMediaRequest, GetEventRequest, MediaChunk, MediaRef,
+    };
+    let mut rig = start(3).await;
+    let data = Dataset::generate(157, 2_000, 0.0, 0.0, LOCATIONS);
+    let truth = data.truth();
+    let mut agent = rig.replay("c-media", &data, RATE);
+    assert!(agent.wait(Duration::from_secs(120)).success());
+    rig.assert_truth(&truth).await;
+    let det_oid = data.rows[0].detection_oid.unwrap();
+
+    let img = image::RgbImage::from_fn(64, 48, |x, y| {
+        image::Rgb([(x * 4) as u8, (y * 5) as u8, 90])
+    });
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+        .encode_image(&img)
+        .unwrap();
+    let sha: String = Sha256::digest(&jpeg)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let media_ref = MediaRef {
+        kind: "snapshot".into(),
+        sha256: sha.clone(),
+        content_type: "image/jpeg".into(),
+        size: jpeg.len() as u64,
+    };
+    let mut media = MediaClient::connect(rig.nodes[0].url()).await.unwrap();
+    let up = media
+        .upload(tokio_stream::iter(vec![MediaChunk {
+            sha256: sha.clone(),
+            offset: 0,
+            data: jpeg.clone().into(),
+            total_size: jpeg.len() as u64,
+            kind: "snapshot".into(),
+            content_type: "image/jpeg".into(),
+            last: true,
+            agent_id: "c-media".into(),
+        }]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(up.newly_stored);
+    media
+        .attach(AttachMediaRequest {
+            detection_oids: vec![det_oid],
+            media: Some(media_ref),
+        })
+        .await
+        .unwrap();
+
+    let check = |url: String, http: String| {
+        let (sha, jpeg) = (sha.clone(), jpeg.clone());
+        async move {
+            wait_for(
+                "the event with its snapshot",
+                Duration::from_secs(30),
+                || {
+                    let (url, sha) = (url.clone(), sha.clone());
+                    async move {
+                        let e = sightline_tests::query::client(&url)
+                            .await
+                            .get_event(GetEventRequest {
+                                detection_oid: det_oid,
+                            })
+                            .await
+                            .ok()?
+                            .into_inner();
+                        e.media.iter().any(|m| m.sha256 == sha).then_some(())
+                    }
+                },
+            )
+            .await;
+            let request =
+                format!("GET /media/{sha} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let auth = sightline_tests::http::admin_auth(&http, &request);
+            let request = request.replacen("\r\n", &format!("\r\n{auth}"), 1);
+            let (head, body) = sightline_tests::http::request(&http, &request).await;
+            assert!(head.starts_with("HTTP/1.1 200"), "{http}: {head}");
+            assert_eq!(body, jpeg, "{http}: the bytes uploaded");
+        }
+    };
+    for n in &rig.nodes {
+        check(n.url(), n.http.to_string()).await;
+    }
+    // The node that took the upload (and keeps its row) dies: the others
+    // still have the link (in the partition, moved) and the bytes (shared).
+    rig.nodes[0].kill9();
+    for n in &rig.nodes[1..] {
+        check(n.url(), n.http.to_string()).await;
+    }
 }

@@ -176,6 +176,25 @@ impl Drop for Rig {
     /// A failed test shows the end of every node's log.
     fn drop(&mut self) {
         if std::thread::panicking() {
+            // The whole logs, kept past the temporary folder.
+            let keep = std::env::temp_dir().join(format!(
+                "sightline-cluster-failure-{}-{}",
+                std::process::id(),
+                sightline_proto::now_ms()
+            ));
+            if std::fs::create_dir_all(&keep).is_ok() {
+                for e in std::fs::read_dir(self.dir.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    let p = e.path();
+                    if p.extension().is_some_and(|x| x == "log") {
+                        let _ = std::fs::copy(&p, keep.join(e.file_name()));
+                    }
+                }
+                eprintln!("---- every log of this rig: {} ----", keep.display());
+            }
             for (i, n) in self.nodes.iter().enumerate() {
                 let log = n.log();
                 let tail: Vec<&str> = log.lines().rev().take(60).collect();

@@ -182,8 +182,9 @@ pub async fn assert_exactly_once(url: &str, truth: &Truth) {
     assert_eq!(s.stored, truth.unique, "Stats.stored");
 }
 
-/// Waits until the core has stored `more` events beyond what it holds now.
-pub async fn wait_more_stored(url: &str, more: u64) {
+/// Waits until the core has stored `more` events beyond what it holds now;
+/// returns the count it saw then.
+pub async fn wait_more_stored(url: &str, more: u64) -> u64 {
     let url = url.to_string();
     let before = crate::wait_for(
         "the stored count",
@@ -191,15 +192,24 @@ pub async fn wait_more_stored(url: &str, more: u64) {
         || stored_now(&url),
     )
     .await;
+    wait_stored_beyond(&url, before + more).await
+}
+
+/// Waits until the core has stored more than `n` events; returns the count
+/// it saw then. After a fault, measure from a count taken before it (not
+/// from the first answer after it: while partitions move a cluster answers
+/// UNAVAILABLE, and the stream may be drained by the time it answers).
+pub async fn wait_stored_beyond(url: &str, n: u64) -> u64 {
+    let url = url.to_string();
     crate::wait_for(
-        "more events stored",
+        &format!("more than {n} events stored"),
         std::time::Duration::from_secs(60),
         || {
             let url = url.clone();
-            async move { stored_now(&url).await.filter(|s| *s > before + more) }
+            async move { stored_now(&url).await.filter(|s| *s > n) }
         },
     )
-    .await;
+    .await
 }
 
 /// The stored count; `None` while the core answers UNAVAILABLE (a cluster

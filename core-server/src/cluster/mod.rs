@@ -26,6 +26,7 @@ pub mod config;
 pub mod feed;
 pub mod front;
 pub mod lease;
+pub mod media;
 pub mod nats;
 pub mod node;
 pub mod owner;

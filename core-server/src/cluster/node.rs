@@ -75,10 +75,16 @@ impl Node {
         Ok(node)
     }
 
-    /// Keeps the leases (a round every third of `lease_ms`) until `stop`,
+    /// Keeps the leases (renewed every third of `lease_ms`) until `stop`,
     /// then stops every owner and gives their leases back.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let tick = Duration::from_millis(self.lease_ms / 3);
+        // A round changes nothing and asks nothing of NATS unless the fair
+        // share or a lease changed: cheap enough to run often, so that a
+        // dead node's partitions are taken within a fraction of a second
+        // of their leases running out instead of up to a third of a lease.
+        let round =
+            Duration::from_millis(self.lease_ms / 20).clamp(Duration::from_millis(100), tick);
         // Renewals go on while a round opens or closes partitions; both
         // are this one task (aborting it stops both).
         let renewals = async {
@@ -94,7 +100,7 @@ impl Node {
                 }
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(tick) => {}
+                    _ = tokio::time::sleep(round) => {}
                 }
             }
         };
@@ -156,22 +162,20 @@ impl Node {
         Ok(())
     }
 
-    /// Keeps `leases_seen` and `nodes_seen` current from the buckets.
+    /// Keeps `leases_seen` and `nodes_seen` current from the buckets. A
+    /// watch that ends or breaks (its nats-server died, the bucket's leader
+    /// moved) is made again — it delivers every key's last value first —
+    /// so the view never freezes on what it last saw.
     async fn watch(&self, stop: CancellationToken) -> Result<(), ClusterError> {
-        let mut leases = self
-            .nats
-            .leases
-            .watch_all()
-            .await
-            .map_err(|e| ClusterError::js("bucket sightline_leases", e))?;
+        let leases = self.nats.leases.clone();
         let seen = self.leases_seen.clone();
-        let s = stop.clone();
-        tokio::spawn(async move {
-            loop {
-                let e = tokio::select! { _ = s.cancelled() => return, e = leases.next() => e };
-                let Some(Ok(e)) = e else { return };
+        follow(
+            "sightline_leases",
+            leases,
+            stop.clone(),
+            move |e: async_nats::jetstream::kv::Entry| {
                 let Some(p) = e.key.strip_prefix("p.").and_then(|p| p.parse::<u16>().ok()) else {
-                    continue;
+                    return;
                 };
                 let mut seen = seen.lock().unwrap();
                 match serde_json::from_slice::<lease::Lease>(&e.value) {
@@ -182,19 +186,15 @@ impl Node {
                         seen.remove(&p);
                     }
                 }
-            }
-        });
-        let mut nodes = self
-            .nats
-            .nodes
-            .watch_all()
-            .await
-            .map_err(|e| ClusterError::js("bucket sightline_nodes", e))?;
+            },
+        )
+        .await?;
         let seen = self.nodes_seen.clone();
-        tokio::spawn(async move {
-            loop {
-                let e = tokio::select! { _ = stop.cancelled() => return, e = nodes.next() => e };
-                let Some(Ok(e)) = e else { return };
+        follow(
+            "sightline_nodes",
+            self.nats.nodes.clone(),
+            stop,
+            move |e: async_nats::jetstream::kv::Entry| {
                 let mut seen = seen.lock().unwrap();
                 match serde_json::from_slice::<NodeInfo>(&e.value) {
                     Ok(n) if e.operation == async_nats::jetstream::kv::Operation::Put => {
@@ -204,9 +204,9 @@ impl Node {
                         seen.remove(&e.key);
                     }
                 }
-            }
-        });
-        Ok(())
+            },
+        )
+        .await
     }
 
     /// The nodes whose heartbeat is recent.
@@ -386,6 +386,52 @@ impl Node {
     pub async fn held(&self) -> Vec<u16> {
         self.held.lock().await.keys().copied().collect()
     }
+}
+
+/// Watches every key of `bucket` and hands each entry to `apply` until
+/// `stop`, making the watch again whenever it ends or breaks. The first
+/// watch is made before this returns (its error is the caller's).
+async fn follow(
+    name: &'static str,
+    bucket: async_nats::jetstream::kv::Store,
+    stop: CancellationToken,
+    apply: impl Fn(async_nats::jetstream::kv::Entry) + Send + 'static,
+) -> Result<(), ClusterError> {
+    let mut watch = bucket
+        .watch_all()
+        .await
+        .map_err(|e| ClusterError::js(name, e))?;
+    tokio::spawn(async move {
+        loop {
+            let e = tokio::select! { _ = stop.cancelled() => return, e = watch.next() => e };
+            match e {
+                Some(Ok(e)) => {
+                    apply(e);
+                    continue;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(bucket = name, error = %e, "the bucket's watch broke; watching again")
+                }
+                None => tracing::warn!(bucket = name, "the bucket's watch ended; watching again"),
+            }
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+                match bucket.watch_all().await {
+                    Ok(w) => {
+                        watch = w;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(bucket = name, error = %e, "cannot watch the bucket; trying again")
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
 }
 
 impl ClusterView for Node {

@@ -35,7 +35,7 @@ use super::{
     in_subject,
     nats::{ClusterError, Nats},
     out_subject,
-    share::ShareMsg,
+    share::{AttachMsg, ShareMsg, ATTACH_KIND, KIND_HEADER},
     IN_STREAM, OUT_STREAM,
 };
 use crate::{
@@ -290,7 +290,7 @@ async fn restore_if_newer(
 }
 
 /// Every `interval` while the lease holds: a checkpoint uploaded, then the
-/// stream's messages it covers purged.
+/// stream's messages the previous one covers purged (PROTOCOL.md rule 30).
 #[allow(clippy::too_many_arguments)]
 async fn checkpoints(
     nats: Nats,
@@ -304,6 +304,16 @@ async fn checkpoints(
     stop: CancellationToken,
 ) {
     let mut last = store.stream_seq().unwrap_or(0);
+    // What the stream may drop: the shares this owner's *previous*
+    // checkpoint covers, never those of the one just uploaded. This owner
+    // may be stale by now (paused, its lease run out meanwhile): the next
+    // owner restored the newest checkpoint there was when it took over,
+    // which is this owner's previous one or later; had this owner purged
+    // behind the one it just uploaded, after the next owner started from
+    // an older one, the shares between would be gone before that owner
+    // applied them (seen as a gap it never closes: acknowledged events
+    // lost). 0: nothing yet.
+    let mut purgeable = 0u64;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -317,10 +327,16 @@ async fn checkpoints(
             Ok(m) => {
                 last = m.stream_seq;
                 taken_ms.store(m.created_ms, Ordering::SeqCst);
-                match super::checkpoint::purge_applied(&nats, p, m.stream_seq + 1).await {
+                let keep_from = purgeable + 1;
+                purgeable = m.stream_seq;
+                if keep_from == 1 {
+                    continue;
+                }
+                match super::checkpoint::purge_applied(&nats, p, keep_from).await {
                     Ok(n) => tracing::debug!(
                         partition = p,
                         stream_seq = m.stream_seq,
+                        purged_before = keep_from,
                         purged = n,
                         "partition checkpointed"
                     ),
@@ -353,7 +369,7 @@ async fn run(
     let out = tokio::spawn(publish_out(
         nats.clone(),
         p,
-        store,
+        store.clone(),
         locations,
         commits,
         lease.clone(),
@@ -363,7 +379,7 @@ async fn run(
     let (answers_tx, answers) = mpsc::channel(INFLIGHT_SHARES);
     let answered = tokio::spawn(check_answers(p, answers, failed.clone()));
     if let Err(e) = apply(
-        &nats, p, applied, &pipeline, &lease, &stop, &failed, answers_tx,
+        &nats, p, applied, &store, &pipeline, &lease, &stop, &failed, answers_tx,
     )
     .await
     {
@@ -387,6 +403,7 @@ async fn apply(
     nats: &Nats,
     p: u16,
     applied: u64,
+    store: &Arc<Store>,
     pipeline: &Pipeline,
     lease: &LeaseClock,
     stop: &CancellationToken,
@@ -430,6 +447,22 @@ async fn apply(
             .info()
             .map_err(|e| anyhow::anyhow!("{e}"))?
             .stream_sequence;
+        if seq <= submitted {
+            // Handed on already: async-nats remakes an ordered consumer that
+            // broke before its first message from the subject's start.
+            continue;
+        }
+        let kind = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(KIND_HEADER))
+            .map(|v| v.as_str().to_string());
+        if kind.as_deref() == Some(ATTACH_KIND) {
+            let (store, payload) = (store.clone(), msg.payload.clone());
+            tokio::task::spawn_blocking(move || apply_attach(&store, p, seq, payload)).await??;
+            submitted = seq;
+            continue;
+        }
         let share = match ShareMsg::decode(msg.payload.clone()) {
             Ok(s) => s,
             Err(e) => {
@@ -457,6 +490,47 @@ async fn apply(
             return Ok(());
         }
     }
+}
+
+/// Applies an [`AttachMsg`] (PROTOCOL.md rule 31) to the partition's store,
+/// as `MediaStore::attach` does on a single node: refused (logged) if a
+/// stored event among them was published by another agent than the one
+/// that attaches. Applying it again changes nothing.
+fn apply_attach(store: &Store, p: u16, seq: u64, payload: bytes::Bytes) -> anyhow::Result<()> {
+    let m = match AttachMsg::decode(payload) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(partition = p, stream_seq = seq, error = %e, "an attach that does not decode is skipped");
+            return Ok(());
+        }
+    };
+    let Some(media) = m.media else {
+        tracing::error!(
+            partition = p,
+            stream_seq = seq,
+            "an attach without media is skipped"
+        );
+        return Ok(());
+    };
+    if let Some(agent) = m.by.as_deref() {
+        for &oid in &m.det_oids {
+            if let Some(e) = store.get_event(oid)? {
+                if e.agent_id != agent {
+                    tracing::warn!(
+                        partition = p,
+                        det_oid = oid,
+                        publisher = %e.agent_id,
+                        attacher = agent,
+                        sha256 = %media.sha256,
+                        "footage not attached: the event was published by another agent"
+                    );
+                    return Ok(());
+                }
+            }
+        }
+    }
+    store.attach_media(&m.det_oids, &media, m.at_ms, m.by.as_deref())?;
+    Ok(())
 }
 
 /// How long an owner waits before making its broken stream consumer again.

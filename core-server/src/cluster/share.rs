@@ -115,3 +115,25 @@ impl ShareMsg {
         Bytes::from(self.encode_to_vec())
     }
 }
+
+/// The header that marks a message of `sightline.in.<p>` that is not a
+/// share: its value names the kind ([`ATTACH_KIND`]).
+pub const KIND_HEADER: &str = "Sightline-Kind";
+/// [`KIND_HEADER`] of an [`AttachMsg`].
+pub const ATTACH_KIND: &str = "attach";
+
+/// `Media.Attach` for the events of one partition, carried to its owner
+/// (PROTOCOL.md rule 31). Applying it again changes nothing.
+#[derive(Clone, PartialEq, Message)]
+pub struct AttachMsg {
+    #[prost(int64, repeated, tag = "1")]
+    pub det_oids: Vec<i64>,
+    #[prost(message, optional, tag = "2")]
+    pub media: Option<sightline_proto::v1::MediaRef>,
+    /// When the node received it (epoch ms).
+    #[prost(int64, tag = "3")]
+    pub at_ms: i64,
+    /// The agent a certificate identified (none: unknown).
+    #[prost(string, optional, tag = "4")]
+    pub by: Option<String>,
+}

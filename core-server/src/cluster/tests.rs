@@ -339,6 +339,107 @@ async fn an_owner_applies_every_share_exactly_once_across_a_restart() {
     owner.close().await;
 }
 
+/// Rule 31: an attach received by any node is carried to the owners of its
+/// events' partitions and kept in their stores (so it moves with them); one
+/// from another agent than the events' publisher is refused there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn footage_attached_on_any_node_is_kept_by_its_events_partitions_and_another_agents_is_refused(
+) {
+    let server = NatsServer::start();
+    let nats = server.connect("a", 2).await;
+    let front = Front::new(nats.clone());
+    let (d0, d1) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let o0 = Owner::open(&owner_ctx(&nats, d0.path()), 0, clock(1))
+        .await
+        .unwrap();
+    let o1 = Owner::open(&owner_ctx(&nats, d1.path()), 1, clock(1))
+        .await
+        .unwrap();
+    send(&front, "agent-1", 1, 20).await;
+    let stores = [o0.store.clone(), o1.store.clone()];
+    wait_for("the events stored", async || {
+        stores
+            .iter()
+            .map(|s| s.counters().unwrap().stored)
+            .sum::<u64>()
+            == 20
+    })
+    .await;
+    let media = |kind: &str, c: char| sightline_proto::v1::MediaRef {
+        kind: kind.into(),
+        sha256: c.to_string().repeat(64),
+        content_type: if kind == "clip" {
+            "video/mp4"
+        } else {
+            "image/jpeg"
+        }
+        .into(),
+        size: 10,
+    };
+    let oids: Vec<i64> = (1001..=1020).collect();
+    let at = sightline_proto::now_ms();
+    super::media::publish_attach(
+        &nats,
+        oids.clone(),
+        media("snapshot", 'a'),
+        at,
+        Some("agent-1".into()),
+    )
+    .await
+    .unwrap();
+    // Another agent's footage for an event of agent-1's, then agent-1's
+    // thumbnail: once that is kept, the other was looked at (stream order).
+    super::media::publish_attach(
+        &nats,
+        vec![1001],
+        media("clip", 'b'),
+        at,
+        Some("agent-2".into()),
+    )
+    .await
+    .unwrap();
+    super::media::publish_attach(
+        &nats,
+        vec![1001],
+        media("thumbnail", 'c'),
+        at,
+        Some("agent-1".into()),
+    )
+    .await
+    .unwrap();
+    let holder = &stores[keys::partition_of(1001, 2)];
+    wait_for("agent-1's thumbnail kept", async || {
+        holder
+            .media_of(1001, "agent-1")
+            .unwrap()
+            .iter()
+            .any(|m| m.kind == "thumbnail")
+    })
+    .await;
+    for &oid in &oids {
+        let s = &stores[keys::partition_of(oid, 2)];
+        let other = &stores[1 - keys::partition_of(oid, 2)];
+        wait_for("the snapshot kept with its event", async || {
+            s.media_of(oid, "agent-1")
+                .unwrap()
+                .iter()
+                .any(|m| m.sha256 == "a".repeat(64))
+        })
+        .await;
+        assert!(
+            other.media_of(oid, "agent-1").unwrap().is_empty(),
+            "kept only by its partition"
+        );
+    }
+    assert!(
+        holder.media_of(1001, "agent-2").unwrap().is_empty(),
+        "another agent's footage is not attached to agent-1's event"
+    );
+    drop(stores);
+    o0.close().await;
+    o1.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_publishes_its_commits_to_out_and_a_stale_owners_publish_is_refused() {
     let server = NatsServer::start();
@@ -525,6 +626,10 @@ async fn nodes_share_the_partitions_and_a_dead_nodes_partitions_move_to_the_livi
     b_stop.cancel();
 }
 
+/// Rule 30: the shares after an owner's previous checkpoint stay in the
+/// stream whatever it uploads next (it may be stale by then, and the owner
+/// after it may have started from that previous checkpoint); a new owner
+/// restores the newest checkpoint and replays the rest to the same state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_owner_restores_the_checkpoint_and_replays_the_rest_to_the_same_state() {
     let server = NatsServer::start();
@@ -536,10 +641,18 @@ async fn a_new_owner_restores_the_checkpoint_and_replays_the_rest_to_the_same_st
         tempfile::tempdir().unwrap(),
     );
     let url = format!("file://{}", objects.path().display());
+    let interval = Duration::from_millis(200);
     let with_checkpoints = |dir: &std::path::Path| OwnerContext {
         checkpoints: Some(url.clone()),
-        checkpoint_interval: Duration::from_millis(200),
+        checkpoint_interval: interval,
         ..owner_ctx(&nats, dir)
+    };
+    let dest = super::checkpoint::dest(&url, 0).unwrap();
+    let newest = async || {
+        super::checkpoint::latest(&dest)
+            .await
+            .unwrap()
+            .map_or(0, |m| m.stream_seq)
     };
     let a = Owner::open(&with_checkpoints(dir_a.path()), 0, clock(1))
         .await
@@ -547,49 +660,52 @@ async fn a_new_owner_restores_the_checkpoint_and_replays_the_rest_to_the_same_st
     for i in 0..5 {
         send(&front, "agent-1", 1 + i * 10, 10).await;
     }
-    // Checkpointed, then the stream's applied shares purged.
-    wait_for("a checkpoint and the purge after it", async || {
-        stream_messages(&nats, IN_STREAM).await == 0
+    wait_for("the first checkpoint", async || newest().await == 5).await;
+    // Reported for `cluster status` (its age).
+    let m = super::checkpoint::latest(&dest).await.unwrap().unwrap();
+    wait_for("its age reported", async || {
+        a.checkpoint_ms.load(std::sync::atomic::Ordering::SeqCst) == m.created_ms
     })
     .await;
-    let dest = super::checkpoint::dest(&url, 0).unwrap();
-    let m = super::checkpoint::latest(&dest)
-        .await
-        .unwrap()
-        .expect("a checkpoint");
-    assert_eq!(m.stream_seq, 5);
-    // Reported for `cluster status` (its age).
-    assert_eq!(
-        a.checkpoint_ms.load(std::sync::atomic::Ordering::SeqCst),
-        m.created_ms
-    );
+    // The first checkpoint purges nothing: an owner that started before it
+    // landed may still need every share.
+    tokio::time::sleep(3 * interval).await;
+    assert_eq!(stream_messages(&nats, IN_STREAM).await, 5);
     for i in 5..8 {
         send(&front, "agent-1", 1 + i * 10, 10).await;
     }
-    let store = a.store.clone();
-    wait_for("a to apply everything", async || {
-        store.stream_seq().unwrap() == 8
-    })
+    wait_for("the second checkpoint", async || newest().await == 8).await;
+    // The second purges what the first covers, and no more.
+    wait_for(
+        "the shares the first checkpoint covers purged",
+        async || stream_messages(&nats, IN_STREAM).await == 3,
+    )
     .await;
+    tokio::time::sleep(3 * interval).await;
+    assert_eq!(stream_messages(&nats, IN_STREAM).await, 3);
     let want = a.store.counters().unwrap();
-    drop(store);
     a.close().await;
-    // Another node (no local state) takes the partition over.
+    // Two more batches while no one holds the partition.
+    for i in 8..10 {
+        send(&front, "agent-1", 1 + i * 10, 10).await;
+    }
+    // Another node (no local state) takes the partition over: checkpoint
+    // 8, then shares 9 and 10 from the stream.
     let b = Owner::open(&with_checkpoints(dir_b.path()), 0, clock(2))
         .await
         .unwrap();
     let store = b.store.clone();
     wait_for("b to replay after the checkpoint", async || {
-        store.stream_seq().unwrap() == 8
+        store.stream_seq().unwrap() == 10
     })
     .await;
     let got = store.counters().unwrap();
     assert_eq!(
         (got.stored, got.dup_transport, got.dup_semantic),
-        (want.stored, want.dup_transport, want.dup_semantic)
+        (want.stored + 20, want.dup_transport, want.dup_semantic)
     );
-    assert_eq!(got.stored, 80);
-    let oids: Vec<i64> = (1..=80).map(|s| 1000 + s).collect();
+    assert_eq!(got.stored, 100);
+    let oids: Vec<i64> = (1..=100).map(|s| 1000 + s).collect();
     assert!(store
         .stored_dets(&oids)
         .unwrap()

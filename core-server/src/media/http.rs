@@ -130,6 +130,23 @@ async fn may_see(
             who.actor, who.scope
         )));
     };
+    let refused = || {
+        ApiError::permission_denied(format!(
+            "event {det_oid} is not in your scope or does not carry this footage"
+        ))
+    };
+    if let Some(cluster) = media.cluster() {
+        // The event and its media live with its partition's owner.
+        let ev = cluster
+            .event(&who.scope, det_oid)
+            .await?
+            .ok_or_else(refused)?;
+        return if ev.media.iter().any(|m| m.sha256 == sha) {
+            Ok(())
+        } else {
+            Err(refused())
+        };
+    }
     let store = media.store.clone();
     let sha = sha.to_string();
     let scope = who.scope.clone();
@@ -194,7 +211,7 @@ async fn serve(
             e.message,
         );
     }
-    let row = match media.lookup(&sha).await {
+    let row = match media.find(&sha).await {
         Ok(Some(r)) => r,
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no media {sha}")),
         Err(e) => return error(e.http_status(), e.to_string()),

@@ -167,6 +167,9 @@ pub enum MediaError {
     Io(#[from] std::io::Error),
     #[error("task: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// Cluster mode: the cluster's stream did not take it (try again).
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 impl MediaError {
@@ -197,6 +200,7 @@ impl From<&MediaError> for sightline_proto::ApiError {
             }
             MediaError::Store(s) => s.code(),
             MediaError::Io(io) if io.raw_os_error() == Some(28) => Code::Unavailable,
+            MediaError::Cluster(_) => Code::Unavailable,
             _ => Code::Internal,
         };
         ApiError::new(code, msg)
@@ -227,6 +231,31 @@ pub struct MediaStore {
     sync: bool,
     /// Shas with an upload running (one at a time each).
     busy: Mutex<HashSet<String>>,
+    /// Cluster mode: attaches go to the events' partitions, and footage
+    /// uploaded to another node (its row there, its bytes in the shared
+    /// object store) is served here too.
+    cluster: std::sync::OnceLock<Arc<dyn MediaCluster>>,
+}
+
+/// What the media store needs of a cluster (`cluster::media`).
+#[tonic::async_trait]
+pub trait MediaCluster: Send + Sync {
+    /// Carries `Media.Attach` to the partitions of `det_oids`; `Ok` once it
+    /// is durable in the cluster's stream (their owners apply it).
+    async fn attach(
+        &self,
+        det_oids: Vec<i64>,
+        media: MediaRef,
+        at_ms: i64,
+        by: Option<String>,
+    ) -> Result<(), MediaError>;
+    /// The event `det_oid` with its media, from whichever node holds its
+    /// partition, if stored and in `scope`.
+    async fn event(
+        &self,
+        scope: &crate::access::Scope,
+        det_oid: i64,
+    ) -> Result<Option<sightline_proto::v1::JoinedEvent>, sightline_proto::ApiError>;
 }
 
 impl MediaStore {
@@ -281,7 +310,43 @@ impl MediaStore {
             max_object_bytes: cfg.max_object_bytes.as_u64(),
             sync,
             busy: Mutex::new(HashSet::new()),
+            cluster: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Cluster mode (set once, at start).
+    pub fn set_cluster(&self, cluster: Arc<dyn MediaCluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    pub(crate) fn cluster(&self) -> Option<&Arc<dyn MediaCluster>> {
+        self.cluster.get()
+    }
+
+    /// The stored object `sha`: its row here, or (cluster mode) the object
+    /// another node stored in the shared object store, found by its key.
+    pub async fn find(&self, sha: &str) -> Result<Option<MediaRef>, MediaError> {
+        if let Some(m) = self.lookup(sha).await? {
+            return Ok(Some(m));
+        }
+        if self.cluster.get().is_none() {
+            return Ok(None);
+        }
+        for kind in [Kind::Snapshot, Kind::Clip, Kind::Thumbnail] {
+            match self.objects.head(&object_key(kind, sha)).await {
+                Ok(meta) => {
+                    return Ok(Some(MediaRef {
+                        kind: kind.as_str().into(),
+                        sha256: sha.into(),
+                        content_type: kind.content_type().into(),
+                        size: meta.size,
+                    }))
+                }
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(None)
     }
 
     /// The staging file of a (valid) sha.

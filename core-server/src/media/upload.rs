@@ -378,6 +378,11 @@ impl MediaStore {
         }
         let (store, publisher) = (self.store.clone(), publisher.map(str::to_string));
         let now = sightline_proto::now_ms();
+        if let Some(cluster) = self.cluster() {
+            // The events' partitions' owners check the publisher and keep
+            // the link (PROTOCOL.md rule 31).
+            return cluster.attach(det_oids, media, now, publisher).await;
+        }
         tokio::task::spawn_blocking(move || -> Result<(), MediaError> {
             if let Some(agent) = publisher.as_deref() {
                 for &oid in &det_oids {

@@ -10,13 +10,13 @@ use std::{
 };
 
 use sightline_proto::v1::JoinedEvent;
-use tantivy::{
-    query::{RangeQuery, TermSetQuery},
-    IndexWriter, Term,
-};
+use tantivy::{query::RangeQuery, IndexWriter, Term};
 use tokio_util::sync::CancellationToken;
 
-use super::{open_or_rebuild, Job, Opened, Payload, SearchError, SearchIndex, SCHEMA_VERSION};
+use super::{
+    open_or_rebuild, safe_delete::SafeTermSet, Job, Opened, Payload, SearchError, SearchIndex,
+    SCHEMA_VERSION,
+};
 use crate::{enrich::Locations, store::Store};
 
 /// Overlap re-read from the store when catching up, for partition writers
@@ -253,7 +253,8 @@ impl Indexer {
     /// per document is a `TermQuery` weight of ~600 bytes that tantivy's
     /// delete queue holds until the next commit — 69 MiB of the core's heap
     /// while a backlog drained (heaptrack; BENCHMARKS.md, "Memory under a
-    /// backlog"); a [`TermSetQuery`] holds its det_oids in an FST.
+    /// backlog"); a term set holds its det_oids in an FST ([`SafeTermSet`]:
+    /// tantivy's `TermSetQuery`, safe on an empty segment).
     fn add(&mut self, events: &[JoinedEvent], replace: bool) -> Result<(), SearchError> {
         let Some(writer) = self.writer.as_ref() else {
             return Ok(());
@@ -281,7 +282,7 @@ impl Indexer {
             }
         }
         if !replaced.is_empty() {
-            writer.delete_query(Box::new(TermSetQuery::new(replaced)))?;
+            writer.delete_query(Box::new(SafeTermSet::new(replaced)))?;
         }
         for (doc, committed_ms) in docs {
             writer.add_document(doc)?;

@@ -70,6 +70,7 @@
 
 mod indexer;
 mod query;
+mod safe_delete;
 
 use std::{
     ops::Bound,

@@ -313,10 +313,16 @@ impl Sender {
             if shutdown.is_cancelled() {
                 return;
             }
+            let opened = Instant::now();
             match self.session(&shutdown, &mut backoff).await {
                 Ok(SessionEnd::Shutdown) => return,
                 Ok(SessionEnd::NewEpoch) => continue,
                 Err(e) => {
+                    // A session that lasted longer than the longest delay
+                    // was not a tight loop: start again from the first.
+                    if opened.elapsed() >= self.config.backoff_max {
+                        backoff.reset();
+                    }
                     self.stats.connected.store(false, Ordering::Relaxed);
                     self.transport.session_failed(&e.to_string());
                     self.stats.metrics.reconnects.inc();
@@ -410,7 +416,10 @@ impl Sender {
             .store(resume_from - 1, Ordering::Relaxed);
         self.stats.connected.store(true, Ordering::Relaxed);
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
-        backoff.reset();
+        // The backoff is reset by progress (an ack), not by the session
+        // opening: a core that opens sessions and then cannot store (a
+        // cluster whose stream has no leader) must not be hammered by
+        // every agent of the fleet in a tight loop.
         tracing::info!(peer = %link.peer, transport = %self.transport.describe(), resume_from, depth = buffer.depth(), "session open");
 
         let cfg = &self.config;
@@ -498,6 +507,7 @@ impl Sender {
                         )));
                     }
                     buffer.ack_through(ack.committed_through)?;
+                    backoff.reset();
                     while let Some(&(last, sent)) = in_flight.front() {
                         if last > ack.committed_through {
                             break;
