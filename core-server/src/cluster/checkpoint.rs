@@ -67,6 +67,13 @@ fn sha256_file(path: &Path) -> anyhow::Result<(String, u64)> {
     Ok((format!("{:x}", h.finalize()), size))
 }
 
+/// The SHA-256 and size of the SST files of a partition's last checkpoint,
+/// by file name. RocksDB never changes an SST file once written and never
+/// reuses its name, so a checkpoint hashes only the SSTs that are new since
+/// the one before (and the few small files that do change: MANIFEST, WAL,
+/// OPTIONS) instead of the whole store every time.
+pub type SstHashes = std::collections::HashMap<String, (u64, String)>;
+
 /// Takes a checkpoint of `store` (partition `p`) in `staging` (a fresh
 /// folder on the store's filesystem), uploads it, and returns its manifest.
 pub async fn take(
@@ -75,26 +82,36 @@ pub async fn take(
     lease_revision: u64,
     staging: &Path,
     dest: &Dest,
+    hashed: &mut SstHashes,
 ) -> anyhow::Result<CheckpointManifest> {
     let _ = std::fs::remove_dir_all(staging);
     if let Some(parent) = staging.parent() {
         std::fs::create_dir_all(parent)?;
     }
     let (s, dir) = (store.clone(), staging.to_path_buf());
-    let (stream_seq, files) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+    let known = std::mem::take(hashed);
+    let (stream_seq, files, still) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         s.checkpoint(&dir)?;
         // The sequence the copy covers, read from the copy.
         let copy = Store::open(&dir, false, 1 << 20)?;
         let seq = copy.stream_seq()?;
         drop(copy);
         let mut files = Vec::new();
+        let mut still = SstHashes::default();
         for entry in std::fs::read_dir(&dir)? {
             let entry = entry?;
             if !entry.file_type()?.is_file() {
                 continue;
             }
             let name = entry.file_name().to_string_lossy().to_string();
-            let (sha256, size) = sha256_file(&entry.path())?;
+            let len = entry.metadata()?.len();
+            let (sha256, size) = match known.get(&name) {
+                Some((size, sha)) if *size == len => (sha.clone(), *size),
+                _ => sha256_file(&entry.path())?,
+            };
+            if name.ends_with(".sst") {
+                still.insert(name.clone(), (size, sha256.clone()));
+            }
             files.push(FileEntry {
                 path: name,
                 size,
@@ -102,9 +119,10 @@ pub async fn take(
             });
         }
         files.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok((seq, files))
+        Ok((seq, files, still))
     })
     .await??;
+    *hashed = still;
     let held = dest.blobs().await?;
     for f in crate::backup::manifest::to_upload(&files, &held) {
         let bytes = tokio::fs::read(staging.join(&f.path)).await?;

@@ -44,6 +44,10 @@ pub struct ClusterConfig {
     #[serde(default = "default_lease_ms")]
     pub lease_ms: u64,
     /// How often a partition owner checkpoints its partition to `checkpoints`.
+    /// A new owner replays the stream from the newest checkpoint: the shorter
+    /// this is, the less it replays when a node dies (and the sooner the
+    /// stream drops applied shares); a checkpoint uploads only the store's
+    /// files that are new since the last one.
     #[serde(default = "default_checkpoint_interval", with = "humantime_serde")]
     #[schemars(with = "sightline_proto::config_doc::Duration")]
     pub checkpoint_interval: Duration,
@@ -79,7 +83,7 @@ fn default_lease_ms() -> u64 {
     5000
 }
 fn default_checkpoint_interval() -> Duration {
-    Duration::from_secs(30)
+    Duration::from_secs(10)
 }
 fn default_duplicate_window() -> Duration {
     Duration::from_secs(120)

@@ -314,6 +314,7 @@ async fn checkpoints(
     // applied them (seen as a gap it never closes: acknowledged events
     // lost). 0: nothing yet.
     let mut purgeable = 0u64;
+    let mut hashed = super::checkpoint::SstHashes::default();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -323,7 +324,7 @@ async fn checkpoints(
             continue;
         }
         let rev = lease.revision.load(Ordering::SeqCst);
-        match super::checkpoint::take(&store, p, rev, &staging, &dest).await {
+        match super::checkpoint::take(&store, p, rev, &staging, &dest, &mut hashed).await {
             Ok(m) => {
                 last = m.stream_seq;
                 taken_ms.store(m.created_ms, Ordering::SeqCst);

@@ -207,7 +207,7 @@ async fn main() {
         RigConfig {
             partitions: PARTITIONS,
             lease_ms: 5000,
-            checkpoint_interval: "30s".into(),
+            checkpoint_interval: "10s".into(),
             locations: locations.clone(),
             core_args: vec![],
         },
@@ -230,7 +230,7 @@ async fn main() {
     // that has settled.
     tokio::time::sleep(Duration::from_secs_f64(settle)).await;
     println!(
-        "setup: 3 nats-servers (R3), moto, 3 cores ({PARTITIONS} partitions, 5 s leases, checkpoints every 30 s), 2 agents"
+        "setup: 3 nats-servers (R3), moto, 3 cores ({PARTITIONS} partitions, 5 s leases, checkpoints every 10 s), 2 agents"
     );
     let pids: Vec<u32> = rig
         .nodes
