@@ -12,7 +12,7 @@ use sightline_proto::v1::{
 };
 use sightline_tests::{
     cluster::{Rig, RigConfig},
-    query::{stats, wait_more_stored, wait_stored_beyond},
+    query::{stats, wait_more_stored, wait_stored_beyond, wait_stored_beyond_within},
     wait_for, Agent, AgentArgs, Dataset, Truth,
 };
 
@@ -113,8 +113,15 @@ async fn a_nats_server_killed_mid_stream_loses_and_duplicates_nothing() {
     let mut agent = rig.replay("c-nats", &data, RATE);
     let before = wait_more_stored(&rig.nodes[0].url(), 5_000).await;
     rig.nats.kill9(0);
-    // More stored after the fault, counted from before it.
-    wait_stored_beyond(&rig.nodes[0].url(), before + 5_000).await;
+    // More stored while it is down, counted from before the kill. The
+    // stream and bucket leaders it held are elected again elsewhere (5-10 s
+    // here), leases run out meanwhile and partitions move: up to 2 minutes.
+    wait_stored_beyond_within(
+        &rig.nodes[0].url(),
+        before + 5_000,
+        Duration::from_secs(120),
+    )
+    .await;
     rig.nats.restart(0).await;
     assert!(agent.wait(Duration::from_secs(180)).success());
     rig.assert_truth(&truth).await;

@@ -200,16 +200,29 @@ pub async fn wait_more_stored(url: &str, more: u64) -> u64 {
 /// from the first answer after it: while partitions move a cluster answers
 /// UNAVAILABLE, and the stream may be drained by the time it answers).
 pub async fn wait_stored_beyond(url: &str, n: u64) -> u64 {
-    let url = url.to_string();
-    crate::wait_for(
-        &format!("more than {n} events stored"),
-        std::time::Duration::from_secs(60),
-        || {
-            let url = url.clone();
-            async move { stored_now(&url).await.filter(|s| *s > n) }
-        },
-    )
-    .await
+    wait_stored_beyond_within(url, n, std::time::Duration::from_secs(60)).await
+}
+
+/// [`wait_stored_beyond`], waiting up to `within`; a timeout says what the
+/// core answered last.
+pub async fn wait_stored_beyond_within(url: &str, n: u64, within: std::time::Duration) -> u64 {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut last;
+    loop {
+        match client(url).await.stats(StatsRequest {}).await {
+            Ok(s) if s.get_ref().stored > n => return s.into_inner().stored,
+            Ok(s) => last = format!("stored {}", s.into_inner().stored),
+            Err(e) if e.code() == tonic::Code::Unavailable => {
+                last = format!("UNAVAILABLE: {}", e.message())
+            }
+            Err(e) => panic!("Stats: {e}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for more than {n} events stored (last answer: {last})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// The stored count; `None` while the core answers UNAVAILABLE (a cluster
