@@ -169,9 +169,12 @@ impl Node {
     async fn watch(&self, stop: CancellationToken) -> Result<(), ClusterError> {
         let leases = self.nats.leases.clone();
         let seen = self.leases_seen.clone();
+        // Longer than any quiet spell of a live bucket (see `follow`).
+        let silent = Duration::from_millis(2 * self.lease_ms);
         follow(
             "sightline_leases",
             leases,
+            silent,
             stop.clone(),
             move |e: async_nats::jetstream::kv::Entry| {
                 let Some(p) = e.key.strip_prefix("p.").and_then(|p| p.parse::<u16>().ok()) else {
@@ -193,6 +196,7 @@ impl Node {
         follow(
             "sightline_nodes",
             self.nats.nodes.clone(),
+            silent,
             stop,
             move |e: async_nats::jetstream::kv::Entry| {
                 let mut seen = seen.lock().unwrap();
@@ -394,6 +398,7 @@ impl Node {
 async fn follow(
     name: &'static str,
     bucket: async_nats::jetstream::kv::Store,
+    silent: Duration,
     stop: CancellationToken,
     apply: impl Fn(async_nats::jetstream::kv::Entry) + Send + 'static,
 ) -> Result<(), ClusterError> {
@@ -403,16 +408,31 @@ async fn follow(
         .map_err(|e| ClusterError::js(name, e))?;
     tokio::spawn(async move {
         loop {
-            let e = tokio::select! { _ = stop.cancelled() => return, e = watch.next() => e };
+            let e = tokio::select! {
+                _ = stop.cancelled() => return,
+                e = tokio::time::timeout(silent, watch.next()) => e,
+            };
             match e {
-                Some(Ok(e)) => {
+                Ok(Some(Ok(e))) => {
                     apply(e);
                     continue;
                 }
-                Some(Err(e)) => {
+                Ok(Some(Err(e))) => {
                     tracing::warn!(bucket = name, error = %e, "the bucket's watch broke; watching again")
                 }
-                None => tracing::warn!(bucket = name, "the bucket's watch ended; watching again"),
+                Ok(None) => {
+                    tracing::warn!(bucket = name, "the bucket's watch ended; watching again")
+                }
+                // Both buckets change every third of a lease (heartbeats,
+                // renewals, this node's own among them): a watch silent for
+                // longer is stuck (seen: the client reconnected to another
+                // nats-server and the watch's consumer was never made again,
+                // without an error), and this node's view would freeze.
+                Err(_) => tracing::warn!(
+                    bucket = name,
+                    silent_ms = silent.as_millis() as u64,
+                    "the bucket's watch went silent; watching again"
+                ),
             }
             loop {
                 tokio::select! {
