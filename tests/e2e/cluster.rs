@@ -260,7 +260,6 @@ async fn a_duplicate_sent_a_day_later_after_its_partition_moved_twice_is_still_c
 /// bytes served by every node — and still after that node is killed.
 #[tokio::test(flavor = "multi_thread")]
 async fn footage_uploaded_to_one_node_comes_with_its_event_and_is_served_by_every_node() {
-    use sha2::{Digest, Sha256};
     use sightline_proto::v1::{
         media_client::MediaClient, AttachMediaRequest, GetEventRequest, MediaChunk, MediaRef,
     };
@@ -272,17 +271,8 @@ async fn footage_uploaded_to_one_node_comes_with_its_event_and_is_served_by_ever
     rig.assert_truth(&truth).await;
     let det_oid = data.rows[0].detection_oid.unwrap();
 
-    let img = image::RgbImage::from_fn(64, 48, |x, y| {
-        image::Rgb([(x * 4) as u8, (y * 5) as u8, 90])
-    });
-    let mut jpeg = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
-        .encode_image(&img)
-        .unwrap();
-    let sha: String = Sha256::digest(&jpeg)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let jpeg = sightline_tests::footage::gradient_jpeg();
+    let sha = sightline_tests::footage::sha_hex(&jpeg);
     let media_ref = MediaRef {
         kind: "snapshot".into(),
         sha256: sha.clone(),

@@ -4,7 +4,6 @@
 
 use std::io::Write;
 
-use sha2::{Digest, Sha256};
 use sightline_proto::v1::{media_client::MediaClient, MediaChunk, MediaOffsetRequest};
 use sightline_tests::{Core, CoreArgs};
 
@@ -44,17 +43,8 @@ async fn media_goes_to_an_s3_compatible_server_and_comes_back_with_ranges() {
         extra: vec!["--config".into(), cfg.display().to_string()],
     });
 
-    let img = image::RgbImage::from_fn(64, 48, |x, y| {
-        image::Rgb([(x * 4) as u8, (y * 5) as u8, 90])
-    });
-    let mut jpeg = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
-        .encode_image(&img)
-        .unwrap();
-    let sha: String = Sha256::digest(&jpeg)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let jpeg = sightline_tests::footage::gradient_jpeg();
+    let sha = sightline_tests::footage::sha_hex(&jpeg);
     let mut media = MediaClient::connect(core.url()).await.unwrap();
     let upload = |media: &mut MediaClient<tonic::transport::Channel>| {
         let chunk = MediaChunk {

@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod cluster;
 pub mod data;
+pub mod footage;
 pub mod http;
 pub mod impair;
 pub mod nats;

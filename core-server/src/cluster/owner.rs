@@ -514,20 +514,16 @@ fn apply_attach(store: &Store, p: u16, seq: u64, payload: bytes::Bytes) -> anyho
         return Ok(());
     };
     if let Some(agent) = m.by.as_deref() {
-        for &oid in &m.det_oids {
-            if let Some(e) = store.get_event(oid)? {
-                if e.agent_id != agent {
-                    tracing::warn!(
-                        partition = p,
-                        det_oid = oid,
-                        publisher = %e.agent_id,
-                        attacher = agent,
-                        sha256 = %media.sha256,
-                        "footage not attached: the event was published by another agent"
-                    );
-                    return Ok(());
-                }
-            }
+        if let Some((oid, other)) = store.published_by_other(&m.det_oids, agent)? {
+            tracing::warn!(
+                partition = p,
+                det_oid = oid,
+                publisher = %other,
+                attacher = agent,
+                sha256 = %media.sha256,
+                "footage not attached: the event was published by another agent"
+            );
+            return Ok(());
         }
     }
     store.attach_media(&m.det_oids, &media, m.at_ms, m.by.as_deref())?;

@@ -130,7 +130,7 @@ async fn may_see(
             who.actor, who.scope
         )));
     };
-    let refused = || {
+    let refused = move || {
         ApiError::permission_denied(format!(
             "event {det_oid} is not in your scope or does not carry this footage"
         ))
@@ -151,11 +151,6 @@ async fn may_see(
     let sha = sha.to_string();
     let scope = who.scope.clone();
     tokio::task::spawn_blocking(move || {
-        let refused = || {
-            ApiError::permission_denied(format!(
-                "event {det_oid} is not in your scope or does not carry this footage"
-            ))
-        };
         let ev = store
             .get_event(det_oid)
             .map_err(|e| ApiError::unavailable(e.to_string()))?

@@ -385,20 +385,15 @@ impl MediaStore {
         }
         tokio::task::spawn_blocking(move || -> Result<(), MediaError> {
             if let Some(agent) = publisher.as_deref() {
-                for &oid in &det_oids {
-                    if let Some(e) = store.get_event(oid)? {
-                        if e.agent_id != agent {
-                            // Invalid, not PERMISSION_DENIED: that means a revoked
-                            // agent, which keeps its footage to retry later.
-                            return Err(MediaError::invalid(
-                                "detection_oids",
-                                format!(
-                                    "detection {oid} was published by agent {:?}, not {agent:?}: its footage is not this agent's to attach",
-                                    e.agent_id
-                                ),
-                            ));
-                        }
-                    }
+                if let Some((oid, other)) = store.published_by_other(&det_oids, agent)? {
+                    // Invalid, not PERMISSION_DENIED: that means a revoked
+                    // agent, which keeps its footage to retry later.
+                    return Err(MediaError::invalid(
+                        "detection_oids",
+                        format!(
+                            "detection {oid} was published by agent {other:?}, not {agent:?}: its footage is not this agent's to attach"
+                        ),
+                    ));
                 }
             }
             // An event not stored yet may still come: the footage is kept

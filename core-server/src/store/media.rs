@@ -208,6 +208,24 @@ impl Store {
         self.write(b)
     }
 
+    /// The first stored event among `det_oids` that another agent than
+    /// `agent` published: its det_oid and publisher (footage `agent` may
+    /// not attach to it).
+    pub fn published_by_other(
+        &self,
+        det_oids: &[i64],
+        agent: &str,
+    ) -> Result<Option<(i64, String)>, StoreError> {
+        for &oid in det_oids {
+            if let Some(e) = self.get_event(oid)? {
+                if e.agent_id != agent {
+                    return Ok(Some((oid, e.agent_id)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// The media attached to one event published by `publisher`, by kind.
     pub fn media_of(&self, det_oid: i64, publisher: &str) -> Result<Vec<MediaRef>, StoreError> {
         let db = self.db()?;
