@@ -175,10 +175,17 @@ impl Rig {
 impl Drop for Rig {
     /// A failed test shows the end of every node's log.
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        // SIGHTLINE_KEEP_LOGS: kept after a passing run too (loops that
+        // look for what a rare fault left in the logs).
+        if std::thread::panicking() || std::env::var_os("SIGHTLINE_KEEP_LOGS").is_some() {
             // The whole logs, kept past the temporary folder.
+            let what = if std::thread::panicking() {
+                "failure"
+            } else {
+                "run"
+            };
             let keep = std::env::temp_dir().join(format!(
-                "sightline-cluster-failure-{}-{}",
+                "sightline-cluster-{what}-{}-{}",
                 std::process::id(),
                 sightline_proto::now_ms()
             ));
@@ -196,6 +203,9 @@ impl Drop for Rig {
                 eprintln!("---- every log of this rig: {} ----", keep.display());
             }
             for (i, n) in self.nodes.iter().enumerate() {
+                if !std::thread::panicking() {
+                    break;
+                }
                 let log = n.log();
                 let tail: Vec<&str> = log.lines().rev().take(60).collect();
                 eprintln!("---- core-{i}, last lines of its log ----");

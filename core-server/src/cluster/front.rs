@@ -255,10 +255,20 @@ impl Front {
         let mut failed = None;
         for mut b in batches {
             if failed.is_none() {
-                for ack in std::mem::take(&mut b.acks) {
-                    if let Err(e) = ack.await {
-                        failed = Some(store_err(&e));
-                        break;
+                for (partition, ack) in std::mem::take(&mut b.acks).into_iter().enumerate() {
+                    match ack.await {
+                        Ok(a) if a.duplicate => {
+                            // A share's id is unique to its session, which
+                            // publishes it once: the stream had it already.
+                            tracing::warn!(partition, stream_seq = a.sequence, agent = %b.agent, through = b.through, "a share was acknowledged as a duplicate");
+                        }
+                        Ok(a) => {
+                            tracing::trace!(partition, stream_seq = a.sequence, agent = %b.agent, through = b.through, "share acknowledged")
+                        }
+                        Err(e) => {
+                            failed = Some(store_err(&e));
+                            break;
+                        }
                     }
                 }
             }

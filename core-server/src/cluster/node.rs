@@ -320,6 +320,7 @@ impl Node {
                 match lease::take(&self.nats.leases, p, &self.node_id, self.lease_ms).await? {
                     Take::Held(_) => continue,
                     Take::Taken(rev) => {
+                        tracing::info!(partition = p, revision = rev, "lease taken");
                         let clock = LeaseClock::new(self.base);
                         clock.renewed(sent, hold, rev);
                         // Opening may take longer than a lease (a checkpoint

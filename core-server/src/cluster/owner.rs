@@ -12,6 +12,7 @@
 //! a stale owner's publish is refused, and it stops owning the partition.
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -279,9 +280,13 @@ async fn restore_if_newer(
     }
     let _ = std::fs::remove_dir_all(&sdir);
     let _ = std::fs::remove_dir_all(search_dir(dir));
+    let started = Instant::now();
     super::checkpoint::restore(dest, &m, &sdir).await?;
     tracing::info!(
         partition = p,
+        files = m.files.len(),
+        bytes = m.files.iter().map(|f| f.size).sum::<u64>(),
+        ms = started.elapsed().as_millis() as u64,
         stream_seq = m.stream_seq,
         local_stream_seq = local,
         "partition restored from its checkpoint"
@@ -421,22 +426,44 @@ async fn apply(
     else {
         return Ok(());
     };
+    // The next seq of each (agent, epoch) this partition has been handed
+    // (every batch has a share in every partition, empty ones too, so a
+    // share missing from what the consumer delivers shows as a gap here).
+    let mut expect: HashMap<(String, u64), u64> = HashMap::new();
+    // Why the consumer is made again before the next message, if it is.
+    let mut remake: Option<String> = None;
     loop {
+        if let Some(why) = remake.take() {
+            tracing::warn!(
+                partition = p,
+                after = submitted,
+                "{why}; making the stream consumer again"
+            );
+            match consume_retrying(nats, p, submitted, true, lease, stop, failed).await? {
+                Some(m) => messages = m,
+                None => return Ok(()),
+            }
+        }
         let msg = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             _ = failed.cancelled() => return Ok(()),
-            m = messages.next() => match m {
-                Some(Ok(m)) => m,
-                broken => {
+            m = tokio::time::timeout(IDLE_CHECK, messages.next()) => match m {
+                Ok(Some(Ok(m))) => m,
+                Err(_) => {
+                    // Nothing for a while: does the stream hold more?
+                    if let Ok(Some(s)) = leader_next(nats, p, submitted + 1).await {
+                        remake = Some(format!(
+                            "the stream's leader holds share {s}, not delivered in {IDLE_CHECK:?}"
+                        ));
+                    }
+                    continue;
+                }
+                Ok(broken) => {
                     let why = match broken {
                         Some(Err(e)) => e.to_string(),
                         _ => "the consumer ended".to_string(),
                     };
-                    tracing::warn!(partition = p, error = %why, after = submitted, "the partition's stream consumer broke; making it again");
-                    match consume_retrying(nats, p, submitted, true, lease, stop, failed).await? {
-                        Some(m) => messages = m,
-                        None => return Ok(()),
-                    }
+                    remake = Some(format!("the consumer broke: {why}"));
                     continue;
                 }
             },
@@ -471,6 +498,44 @@ async fn apply(
                 continue;
             }
         };
+        let key = (share.agent.clone(), share.epoch);
+        let next = match expect.get(&key) {
+            Some(n) => *n,
+            None => {
+                let (s, a, e) = (store.clone(), share.agent.clone(), share.epoch);
+                tokio::task::spawn_blocking(move || s.watermark(&a, e)).await?? + 1
+            }
+        };
+        if share.first_seq > next {
+            // A gap: a session's later batch whose earlier share the stream
+            // refused (the agent sends both again: the writer refuses this
+            // one) — or this consumer skipped shares the stream holds (seen
+            // after a nats-server holding the stream's leader was killed:
+            // a new owner's consumer delivered a partition's shares from
+            // past 8 acknowledged ones, which were never applied; an
+            // ordered consumer is served by one replica, which may be
+            // behind). The stream's leader says which: its first share of
+            // the partition after the last one handed on.
+            match leader_next(nats, p, submitted + 1).await {
+                Ok(Some(s)) if s < seq => {
+                    remake = Some(format!(
+                        "the consumer delivered share {seq} (agent {} seq {}) but skipped share {s}, which the stream's leader holds (agent seq {next} was never delivered)",
+                        share.agent, share.first_seq
+                    ));
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    remake = Some(format!(
+                        "a gap before share {seq} (agent {} seq {} after {}) that the stream's leader could not be asked about: {e}",
+                        share.agent, share.first_seq, next - 1
+                    ));
+                    continue;
+                }
+            }
+        } else {
+            expect.insert(key, next.max(share.first_seq + share.count));
+        }
         let (reply, rx) = oneshot::channel();
         let count = share.count;
         let req = CommitRequest {
@@ -485,6 +550,7 @@ async fn apply(
             last_digest: share.last_digest,
             reply,
         };
+        tracing::trace!(partition = p, stream_seq = seq, agent = %req.agent, first_seq = req.first_seq, count, "share handed to the writer");
         pipeline.submit_share(req, count, seq).await?;
         submitted = seq;
         if answers.send(rx).await.is_err() {
@@ -528,6 +594,26 @@ fn apply_attach(store: &Store, p: u16, seq: u64, payload: bytes::Bytes) -> anyho
     }
     store.attach_media(&m.det_oids, &media, m.at_ms, m.by.as_deref())?;
     Ok(())
+}
+
+/// How long a partition's consumer may deliver nothing before its owner
+/// asks the stream's leader whether the subject holds more.
+const IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The stream sequence of partition `p`'s first share at or after `from`,
+/// as the IN stream's leader has it (`None`: there is none). Asked of the
+/// leader (the non-direct message get), not of a replica.
+pub(crate) async fn leader_next(nats: &Nats, p: u16, from: u64) -> anyhow::Result<Option<u64>> {
+    use async_nats::jetstream::stream::RawMessageErrorKind;
+    let stream = nats.js.get_stream_no_info(IN_STREAM).await?;
+    match stream
+        .get_first_raw_message_by_subject(in_subject(p), from)
+        .await
+    {
+        Ok(m) => Ok(Some(m.sequence)),
+        Err(e) if matches!(e.kind(), RawMessageErrorKind::NoMessageFound) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// How long an owner waits before making its broken stream consumer again.

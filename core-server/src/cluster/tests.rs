@@ -737,3 +737,26 @@ async fn front_throughput() {
         s * 1000.0 / batches as f64
     );
 }
+
+/// The owner's check of a gap in what its consumer delivered: the stream's
+/// leader names the partition's first share at or after a sequence (the
+/// non-direct get, answered by the leader, on Debian's nats-server 2.9).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_leader_names_a_partitions_first_share_after_a_sequence() {
+    let server = NatsServer::start();
+    let nats = server.connect("a", 2).await;
+    let front = Front::new(nats.clone());
+    // Each batch: one share per partition, p0 then p1 (seqs 1 2, 3 4, 5 6).
+    for i in 0..3 {
+        send(&front, "agent-1", 1 + i * 10, 10).await;
+    }
+    let next = async |p, from| super::owner::leader_next(&nats, p, from).await.unwrap();
+    assert_eq!(next(1, 1).await, Some(2));
+    assert_eq!(next(1, 3).await, Some(4));
+    assert_eq!(next(0, 2).await, Some(3));
+    assert_eq!(next(1, 7).await, None, "past the last share");
+    // Purged shares (covered by a checkpoint) are not named.
+    super::checkpoint::purge_applied(&nats, 1, 5).await.unwrap();
+    assert_eq!(next(1, 1).await, Some(6));
+    assert_eq!(next(0, 1).await, Some(1), "another partition's shares stay");
+}
