@@ -21,6 +21,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -165,6 +166,9 @@ pub async fn latest(dest: &Dest) -> anyhow::Result<Option<CheckpointManifest>> {
     ))
 }
 
+/// Blobs of a checkpoint fetched at once while restoring it.
+const RESTORE_FETCHES: usize = 8;
+
 /// Writes checkpoint `m` into `into` (which must not exist), every file's
 /// size and sha256 checked; written in `<into>.restoring` and renamed.
 pub async fn restore(dest: &Dest, m: &CheckpointManifest, into: &Path) -> anyhow::Result<()> {
@@ -174,16 +178,33 @@ pub async fn restore(dest: &Dest, m: &CheckpointManifest, into: &Path) -> anyhow
     for f in &m.files {
         crate::backup::manifest::check_path(&f.path)
             .map_err(|e| anyhow::anyhow!("{}: {e}", f.path))?;
-        let bytes = dest
-            .get(&crate::backup::blob_key(&f.sha256))
-            .await?
-            .with_context(|| format!("blob {} of {} is missing", f.sha256, f.path))?;
-        let sha = format!("{:x}", Sha256::digest(&bytes));
-        if sha != f.sha256 || bytes.len() as u64 != f.size {
-            anyhow::bail!("{}: its blob does not match the manifest (corrupt)", f.path);
-        }
-        tokio::fs::write(tmp.join(&f.path), &bytes).await?;
     }
+    // Fetched a few at a time: a new owner is waited for by the partition's
+    // agents and subscribers, and one object-store round trip per file, one
+    // after another, was most of a takeover.
+    futures::stream::iter(m.files.clone())
+        .map(|f| {
+            let tmp = tmp.clone();
+            async move {
+                let bytes = dest
+                    .get(&crate::backup::blob_key(&f.sha256))
+                    .await?
+                    .with_context(|| format!("blob {} of {} is missing", f.sha256, f.path))?;
+                let (bytes, sha) = tokio::task::spawn_blocking(move || {
+                    let sha = format!("{:x}", Sha256::digest(&bytes));
+                    (bytes, sha)
+                })
+                .await?;
+                if sha != f.sha256 || bytes.len() as u64 != f.size {
+                    anyhow::bail!("{}: its blob does not match the manifest (corrupt)", f.path);
+                }
+                tokio::fs::write(tmp.join(&f.path), &bytes).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(RESTORE_FETCHES)
+        .try_collect::<Vec<()>>()
+        .await?;
     std::fs::rename(&tmp, into)?;
     Ok(())
 }

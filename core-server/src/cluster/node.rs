@@ -270,7 +270,10 @@ impl Node {
             if failed {
                 let _ = lease::release(&self.nats.leases, p, rev).await;
             }
-            owner.close().await;
+            // Closed in the background: closing waits until its store is
+            // let go (a search index catching up holds it for seconds), and
+            // this round must go on taking what the node is short of.
+            tokio::spawn(owner.close());
         }
         let want = self.fair_share();
         if held.len() > want {
@@ -320,6 +323,33 @@ impl Node {
                 match lease::take(&self.nats.leases, p, &self.node_id, self.lease_ms).await? {
                     Take::Held(_) => continue,
                     Take::Taken(rev) => {
+                        // Confirmed by a renewal at the revision taken before
+                        // anything is opened: nats-server 2.9 checks a
+                        // compare-and-set before proposing the write, not in
+                        // its replicated apply, so two nodes taking an
+                        // expired lease at once can both be told they have it
+                        // (nats-server#4320; seen here, revisions 1328 and
+                        // 1329 of one partition). Once both writes are
+                        // applied only the later revision renews.
+                        let rev = match lease::renew(
+                            &self.nats.leases,
+                            p,
+                            &self.node_id,
+                            self.lease_ms,
+                            rev,
+                        )
+                        .await?
+                        {
+                            Some(r) => r,
+                            None => {
+                                tracing::warn!(
+                                    partition = p,
+                                    revision = rev,
+                                    "lease taken by another node at the same time; left to it"
+                                );
+                                continue;
+                            }
+                        };
                         tracing::info!(partition = p, revision = rev, "lease taken");
                         let clock = LeaseClock::new(self.base);
                         clock.renewed(sent, hold, rev);

@@ -320,17 +320,29 @@ async fn checkpoints(
     // lost). 0: nothing yet.
     let mut purgeable = 0u64;
     let mut hashed = super::checkpoint::SstHashes::default();
+    // Every `interval` from the start of the last one (a checkpoint taking
+    // long under load does not space them further apart).
+    let mut next = tokio::time::Instant::now() + interval;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep_until(next) => {}
         }
+        next = tokio::time::Instant::now() + interval;
         if !lease.valid() || store.stream_seq().unwrap_or(0) == last {
             continue;
         }
         let rev = lease.revision.load(Ordering::SeqCst);
+        let started = Instant::now();
         match super::checkpoint::take(&store, p, rev, &staging, &dest, &mut hashed).await {
             Ok(m) => {
+                tracing::debug!(
+                    partition = p,
+                    stream_seq = m.stream_seq,
+                    files = m.files.len(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "partition checkpoint taken"
+                );
                 last = m.stream_seq;
                 taken_ms.store(m.created_ms, Ordering::SeqCst);
                 let keep_from = purgeable + 1;
