@@ -242,7 +242,7 @@ impl Node {
 
     /// One round: let go of what is no longer held, take or release
     /// partitions toward the fair share ([`Node::renew_all`] renews).
-    async fn tick(&self) -> Result<(), ClusterError> {
+    async fn tick(self: &Arc<Self>) -> Result<(), ClusterError> {
         let hold = self.hold();
         let mut held = self.held.lock().await;
         // A partition whose lease ran out or was lost, or whose owner
@@ -276,9 +276,11 @@ impl Node {
             tokio::spawn(owner.close());
         }
         let want = self.fair_share();
-        if held.len() > want {
+        // Held, or taken and still opening (in the background, see below).
+        let have = self.clocks.lock().unwrap().len().max(held.len());
+        if have > want {
             // Give back the extras, highest first: stop, then release.
-            let extra: Vec<u16> = held.keys().rev().take(held.len() - want).copied().collect();
+            let extra: Vec<u16> = held.keys().rev().take(have - want).copied().collect();
             for p in extra {
                 let owner = held.remove(&p).expect("held");
                 self.clocks.lock().unwrap().remove(&p);
@@ -294,7 +296,7 @@ impl Node {
                 }
                 tracing::info!(partition = p, "partition released (rebalance)");
             }
-        } else if held.len() < want {
+        } else if have < want {
             // Start at a node-specific partition so nodes do not all race for the same ones.
             let n = self.nats.partitions;
             let start = self
@@ -304,20 +306,35 @@ impl Node {
                 % n as u32;
             let now = sightline_proto::now_ms();
             let seen = self.leases_seen.lock().unwrap().clone();
+            let live: Vec<String> = self.live_nodes().into_iter().map(|n| n.node_id).collect();
             // Take what the share allows first, then open them all at once
             // (each may restore a checkpoint: one after another, a dead
             // node's partitions would wait for each other).
             let mut taken = Vec::new();
             for i in 0..n {
-                if held.len() + taken.len() >= want {
+                if have + taken.len() >= want {
                     break;
                 }
                 let p = ((start + i as u32) % n as u32) as u16;
-                if held.contains_key(&p) {
+                if held.contains_key(&p) || self.clocks.lock().unwrap().contains_key(&p) {
                     continue;
                 }
-                if seen.get(&p).is_some_and(|l| l.expires_ms >= now) {
-                    continue;
+                if let Some(l) = seen.get(&p) {
+                    if l.expires_ms >= now {
+                        continue;
+                    }
+                    // An expired lease is taken by one designated node
+                    // first; the others only once it is still free a
+                    // grace later. Two nodes taking one lease at once can
+                    // both be told they have it on nats-server 2.9 (see
+                    // below), and each then restores the partition for
+                    // nothing while another waits for an owner.
+                    let first = designated_taker(p, &live, &l.node);
+                    if first.is_some_and(|d| d != self.node_id)
+                        && now - l.expires_ms < self.take_grace_ms()
+                    {
+                        continue;
+                    }
                 }
                 let sent = Instant::now();
                 match lease::take(&self.nats.leases, p, &self.node_id, self.lease_ms).await? {
@@ -360,38 +377,61 @@ impl Node {
                     }
                 }
             }
-            let opened =
-                futures::future::join_all(taken.into_iter().map(|(p, rev, clock)| async move {
-                    (p, rev, Owner::open(&self.ctx, p, clock).await)
-                }))
-                .await;
-            for (p, rev, opened) in opened {
-                match opened {
-                    Ok(owner) => {
-                        self.open.lock().unwrap().insert(
-                            p,
-                            LocalPartition {
-                                partition: p,
-                                store: owner.store.clone(),
-                                search: Some(owner.search.clone()),
-                                lease_revision: owner
-                                    .lease
-                                    .revision
-                                    .load(std::sync::atomic::Ordering::SeqCst),
-                                checkpoint_ms: owner.checkpoint_ms.clone(),
-                            },
-                        );
-                        held.insert(p, owner);
-                    }
-                    Err(e) => {
-                        self.clocks.lock().unwrap().remove(&p);
-                        tracing::error!(partition = p, error = %e, "cannot open the partition; its lease is released");
-                        let _ = lease::release(&self.nats.leases, p, rev).await;
-                    }
-                }
+            if !taken.is_empty() {
+                // Opened in the background: a restore takes seconds, and the
+                // rounds go on meanwhile (letting go what is lost, taking
+                // what a grace later is still free).
+                tokio::spawn(self.clone().open_taken(taken));
             }
         }
         Ok(())
+    }
+
+    /// Opens the partitions just taken, all at once (each may restore a
+    /// checkpoint: one after another, a dead node's partitions would wait for
+    /// each other), and holds those whose lease is still this node's.
+    async fn open_taken(self: Arc<Self>, taken: Vec<(u16, u64, LeaseClock)>) {
+        let opened = futures::future::join_all(taken.into_iter().map(|(p, rev, clock)| {
+            let node = self.clone();
+            async move { (p, rev, Owner::open(&node.ctx, p, clock).await) }
+        }))
+        .await;
+        let mut held = self.held.lock().await;
+        for (p, rev, opened) in opened {
+            match opened {
+                // Left (the node is stopping) or lost meanwhile: closed.
+                Ok(owner) if !self.clocks.lock().unwrap().contains_key(&p) => {
+                    tokio::spawn(owner.close());
+                }
+                Ok(owner) => {
+                    self.open.lock().unwrap().insert(
+                        p,
+                        LocalPartition {
+                            partition: p,
+                            store: owner.store.clone(),
+                            search: Some(owner.search.clone()),
+                            lease_revision: owner
+                                .lease
+                                .revision
+                                .load(std::sync::atomic::Ordering::SeqCst),
+                            checkpoint_ms: owner.checkpoint_ms.clone(),
+                        },
+                    );
+                    held.insert(p, owner);
+                }
+                Err(e) => {
+                    self.clocks.lock().unwrap().remove(&p);
+                    tracing::error!(partition = p, error = %e, "cannot open the partition; its lease is released");
+                    let _ = lease::release(&self.nats.leases, p, rev).await;
+                }
+            }
+        }
+    }
+
+    /// How long after a lease expired a node other than its designated
+    /// taker ([`designated_taker`]) may take it.
+    fn take_grace_ms(&self) -> i64 {
+        (self.lease_ms / 2) as i64
     }
 
     /// How long a lease written now holds for this node: a sixth short of
@@ -521,5 +561,50 @@ impl ClusterView for Node {
             .checkpoint_ms
             .load(std::sync::atomic::Ordering::SeqCst);
         (at > 0).then_some(at)
+    }
+}
+
+/// Which live node takes partition `p`'s expired lease first (the one that
+/// held it excluded): the highest FNV-1a hash of (partition, node id), the
+/// same on every node (rendezvous hashing: a dead node's partitions spread
+/// over the living).
+fn designated_taker<'a>(p: u16, live: &'a [String], holder: &str) -> Option<&'a str> {
+    live.iter()
+        .filter(|n| n.as_str() != holder)
+        .max_by_key(|n| {
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for b in p.to_be_bytes().iter().chain(n.as_bytes()) {
+                h ^= *b as u64;
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+            (h, n.as_str())
+        })
+        .map(String::as_str)
+}
+
+#[cfg(test)]
+mod designated_tests {
+    use super::designated_taker;
+
+    #[test]
+    fn one_live_node_other_than_the_holder_is_designated_for_each_partition_and_they_spread() {
+        let live: Vec<String> = ["core-0", "core-1", "core-2"].map(String::from).to_vec();
+        let mut per_node = std::collections::HashMap::new();
+        for p in 0..32u16 {
+            let d = designated_taker(p, &live, "core-2").unwrap();
+            assert_ne!(d, "core-2", "the holder is never designated");
+            // The same answer whatever order a node lists the live nodes in.
+            let mut rev = live.clone();
+            rev.reverse();
+            assert_eq!(designated_taker(p, &rev, "core-2"), Some(d));
+            *per_node.entry(d).or_insert(0) += 1;
+        }
+        assert_eq!(
+            per_node.len(),
+            2,
+            "both living nodes get some: {per_node:?}"
+        );
+        assert!(per_node.values().all(|&n| n >= 8), "{per_node:?}");
+        assert_eq!(designated_taker(0, &live[..1], "core-0"), None);
     }
 }
