@@ -320,15 +320,14 @@ async fn checkpoints(
     // lost). 0: nothing yet.
     let mut purgeable = 0u64;
     let mut hashed = super::checkpoint::SstHashes::default();
-    // Every `interval` from the start of the last one (a checkpoint taking
-    // long under load does not space them further apart).
-    let mut next = tokio::time::Instant::now() + interval;
     loop {
+        // `interval` after the last one ended: under load a checkpoint takes
+        // seconds (flushes, hashing, uploads), and taking the next at once
+        // starved the owners and the object store.
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep_until(next) => {}
+            _ = tokio::time::sleep(interval) => {}
         }
-        next = tokio::time::Instant::now() + interval;
         if !lease.valid() || store.stream_seq().unwrap_or(0) == last {
             continue;
         }
