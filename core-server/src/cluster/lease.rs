@@ -80,17 +80,40 @@ pub async fn take(
                 .map_err(|e| e.to_string())
         }
     };
-    match put {
-        Ok(rev) => Ok(Take::Taken(rev)),
+    let rev = match put {
+        Ok(rev) => rev,
         // Another node wrote it between our read and our write.
-        Err(_) => match read(leases, p).await? {
-            Some((l, _)) => Ok(Take::Held(l)),
-            None => Ok(Take::Held(Lease {
-                node: String::new(),
-                expires_ms: now,
-            })),
-        },
+        Err(_) => return held_now(leases, p, now).await,
+    };
+    // Confirmed by a renewal at the revision written: nats-server 2.9
+    // checks a compare-and-set before proposing the write, not when
+    // applying it, so two nodes taking an expired lease at once can both be
+    // told they have it (nats-server#4320; seen here, revisions 1328 and
+    // 1329 of one partition). Once both writes are applied only the later
+    // revision renews. (It narrows the race, it does not close it: the
+    // node designated to take a lease first does, `node::designated_taker`.)
+    match renew(leases, p, node, lease_ms, rev).await? {
+        Some(rev) => Ok(Take::Taken(rev)),
+        None => {
+            tracing::warn!(
+                partition = p,
+                revision = rev,
+                "lease taken by another node at the same time; left to it"
+            );
+            held_now(leases, p, now).await
+        }
     }
+}
+
+/// [`Take::Held`] with the lease as the bucket has it now.
+async fn held_now(leases: &kv::Store, p: u16, now: i64) -> Result<Take, ClusterError> {
+    Ok(Take::Held(match read(leases, p).await? {
+        Some((l, _)) => l,
+        None => Lease {
+            node: String::new(),
+            expires_ms: now,
+        },
+    }))
 }
 
 /// Renews a held lease at `revision`; `None` when it was lost (another

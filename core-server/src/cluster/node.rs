@@ -327,7 +327,7 @@ impl Node {
                     // first; the others only once it is still free a
                     // grace later. Two nodes taking one lease at once can
                     // both be told they have it on nats-server 2.9 (see
-                    // below), and each then restores the partition for
+                    // `lease::take`), and each then restores the partition for
                     // nothing while another waits for an owner.
                     let first = designated_taker(p, &live, &l.node);
                     if first.is_some_and(|d| d != self.node_id)
@@ -340,33 +340,6 @@ impl Node {
                 match lease::take(&self.nats.leases, p, &self.node_id, self.lease_ms).await? {
                     Take::Held(_) => continue,
                     Take::Taken(rev) => {
-                        // Confirmed by a renewal at the revision taken before
-                        // anything is opened: nats-server 2.9 checks a
-                        // compare-and-set before proposing the write, not in
-                        // its replicated apply, so two nodes taking an
-                        // expired lease at once can both be told they have it
-                        // (nats-server#4320; seen here, revisions 1328 and
-                        // 1329 of one partition). Once both writes are
-                        // applied only the later revision renews.
-                        let rev = match lease::renew(
-                            &self.nats.leases,
-                            p,
-                            &self.node_id,
-                            self.lease_ms,
-                            rev,
-                        )
-                        .await?
-                        {
-                            Some(r) => r,
-                            None => {
-                                tracing::warn!(
-                                    partition = p,
-                                    revision = rev,
-                                    "lease taken by another node at the same time; left to it"
-                                );
-                                continue;
-                            }
-                        };
                         tracing::info!(partition = p, revision = rev, "lease taken");
                         let clock = LeaseClock::new(self.base);
                         clock.renewed(sent, hold, rev);
