@@ -167,6 +167,31 @@ impl Dest {
             .collect())
     }
 
+    /// sha256 → (size, when it was written, epoch ms) of every blob held.
+    pub async fn blobs_aged(&self) -> anyhow::Result<HashMap<String, (u64, i64)>> {
+        let metas: Vec<_> = self
+            .objects
+            .list(Some(&self.key(BLOBS)))
+            .try_collect()
+            .await
+            .with_context(|| format!("listing the blobs in {}", self.shown))?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| {
+                let name = m.location.filename()?.to_string();
+                valid_sha(&name).then_some((name, (m.size, m.last_modified.timestamp_millis())))
+            })
+            .collect())
+    }
+
+    /// Deletes the object `rel` (absent already: not an error).
+    pub async fn delete(&self, rel: &str) -> anyhow::Result<()> {
+        match self.objects.delete(&self.key(rel)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("deleting {rel} in {}", self.shown)),
+        }
+    }
+
     /// The names of the objects directly under the folder `rel`.
     pub async fn names(&self, rel: &str) -> anyhow::Result<Vec<String>> {
         let metas: Vec<_> = self

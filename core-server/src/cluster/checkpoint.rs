@@ -84,6 +84,7 @@ pub async fn take(
     staging: &Path,
     dest: &Dest,
     hashed: &mut SstHashes,
+    held: &mut Option<std::collections::HashMap<String, u64>>,
 ) -> anyhow::Result<CheckpointManifest> {
     let _ = std::fs::remove_dir_all(staging);
     if let Some(parent) = staging.parent() {
@@ -124,12 +125,19 @@ pub async fn take(
     })
     .await??;
     *hashed = still;
-    let held = dest.blobs().await?;
-    for f in crate::backup::manifest::to_upload(&files, &held) {
+    // The blobs in the store: listed once per owner, then known — those of
+    // this owner's previous checkpoint, which pruning keeps ([`prune`]) —
+    // instead of listing the whole prefix for every checkpoint.
+    let known = match held.take() {
+        Some(h) => h,
+        None => dest.blobs().await?,
+    };
+    for f in crate::backup::manifest::to_upload(&files, &known) {
         let bytes = tokio::fs::read(staging.join(&f.path)).await?;
         dest.put(&crate::backup::blob_key(&f.sha256), bytes.into())
             .await?;
     }
+    *held = Some(files.iter().map(|f| (f.sha256.clone(), f.size)).collect());
     let m = CheckpointManifest {
         partition: p,
         stream_seq,
@@ -168,10 +176,56 @@ pub async fn latest(dest: &Dest) -> anyhow::Result<Option<CheckpointManifest>> {
 
 /// Blobs of a checkpoint fetched at once while restoring it.
 const RESTORE_FETCHES: usize = 8;
+/// Blobs fetched at once for a warm copy (in the background: fewer, so as
+/// not to crowd the owners' own checkpoints on the object store).
+const WARM_FETCHES: usize = 2;
+/// Checkpoint manifests a partition keeps (the newest); older ones are
+/// deleted by the owner after each checkpoint, with the blobs only they use.
+pub const KEEP_CHECKPOINTS: usize = 3;
+/// A blob no kept manifest names is deleted only once it is this old: a
+/// checkpoint being uploaded (its manifest not written yet) uses blobs no
+/// manifest names yet.
+pub const BLOB_GRACE_MS: i64 = 10 * 60 * 1000;
+
+/// File `f` of a checkpoint: its blob, size and sha256 checked.
+async fn fetch(dest: &Dest, f: &FileEntry) -> anyhow::Result<bytes::Bytes> {
+    let bytes = dest
+        .get(&crate::backup::blob_key(&f.sha256))
+        .await?
+        .with_context(|| format!("blob {} of {} is missing", f.sha256, f.path))?;
+    verified(bytes, f).await
+}
+
+/// `bytes` when they are file `f` (size and sha256), else an error.
+async fn verified(bytes: bytes::Bytes, f: &FileEntry) -> anyhow::Result<bytes::Bytes> {
+    let (bytes, sha) = tokio::task::spawn_blocking(move || {
+        let sha = format!("{:x}", Sha256::digest(&bytes));
+        (bytes, sha)
+    })
+    .await?;
+    if sha != f.sha256 || bytes.len() as u64 != f.size {
+        anyhow::bail!("{}: its blob does not match the manifest (corrupt)", f.path);
+    }
+    Ok(bytes)
+}
+
+/// File `f` from the warm copy in `warm` (see [`warm_refresh`]), if it is
+/// there and intact.
+async fn from_warm(warm: Option<&Path>, f: &FileEntry) -> Option<bytes::Bytes> {
+    let bytes = tokio::fs::read(warm?.join(&f.sha256)).await.ok()?;
+    verified(bytes.into(), f).await.ok()
+}
 
 /// Writes checkpoint `m` into `into` (which must not exist), every file's
-/// size and sha256 checked; written in `<into>.restoring` and renamed.
-pub async fn restore(dest: &Dest, m: &CheckpointManifest, into: &Path) -> anyhow::Result<()> {
+/// size and sha256 checked; written in `<into>.restoring` and renamed. A
+/// file found in the warm copy `warm` (intact) is not fetched.
+/// Returns how many files came from the warm copy.
+pub async fn restore(
+    dest: &Dest,
+    m: &CheckpointManifest,
+    into: &Path,
+    warm: Option<&Path>,
+) -> anyhow::Result<usize> {
     let tmp = PathBuf::from(format!("{}.restoring", into.display()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
@@ -182,31 +236,117 @@ pub async fn restore(dest: &Dest, m: &CheckpointManifest, into: &Path) -> anyhow
     // Fetched a few at a time: a new owner is waited for by the partition's
     // agents and subscribers, and one object-store round trip per file, one
     // after another, was most of a takeover.
-    futures::stream::iter(m.files.clone())
+    let warmed = futures::stream::iter(m.files.clone())
         .map(|f| {
             let tmp = tmp.clone();
             async move {
-                let bytes = dest
-                    .get(&crate::backup::blob_key(&f.sha256))
-                    .await?
-                    .with_context(|| format!("blob {} of {} is missing", f.sha256, f.path))?;
-                let (bytes, sha) = tokio::task::spawn_blocking(move || {
-                    let sha = format!("{:x}", Sha256::digest(&bytes));
-                    (bytes, sha)
-                })
-                .await?;
-                if sha != f.sha256 || bytes.len() as u64 != f.size {
-                    anyhow::bail!("{}: its blob does not match the manifest (corrupt)", f.path);
-                }
+                let (bytes, warmed) = match from_warm(warm, &f).await {
+                    Some(b) => (b, true),
+                    None => (fetch(dest, &f).await?, false),
+                };
                 tokio::fs::write(tmp.join(&f.path), &bytes).await?;
-                anyhow::Ok(())
+                anyhow::Ok(warmed)
             }
         })
         .buffer_unordered(RESTORE_FETCHES)
-        .try_collect::<Vec<()>>()
+        .try_collect::<Vec<bool>>()
         .await?;
     std::fs::rename(&tmp, into)?;
-    Ok(())
+    Ok(warmed.into_iter().filter(|w| *w).count())
+}
+
+/// Brings the warm copy in `warm` (one file per blob, named by its sha256)
+/// up to the partition's newest checkpoint: fetches what it lacks, deletes
+/// what that checkpoint does not use. Kept by the node that would take the
+/// partition over if its owner died, so that the takeover restores from
+/// local disk all but what the owner checkpointed since. Returns (files,
+/// bytes) fetched.
+pub async fn warm_refresh(dest: &Dest, warm: &Path) -> anyhow::Result<(usize, u64)> {
+    let Some(m) = latest(dest).await? else {
+        return Ok((0, 0));
+    };
+    tokio::fs::create_dir_all(warm).await?;
+    let wanted: std::collections::HashSet<&str> =
+        m.files.iter().map(|f| f.sha256.as_str()).collect();
+    let mut have = std::collections::HashSet::new();
+    let mut entries = tokio::fs::read_dir(warm).await?;
+    while let Some(e) = entries.next_entry().await? {
+        let name = e.file_name().to_string_lossy().to_string();
+        if wanted.contains(name.as_str()) {
+            have.insert(name);
+        } else {
+            let _ = tokio::fs::remove_file(e.path()).await;
+        }
+    }
+    let mut missing: Vec<FileEntry> = m
+        .files
+        .iter()
+        .filter(|f| !have.contains(&f.sha256))
+        .cloned()
+        .collect();
+    missing.sort_by(|a, b| a.sha256.cmp(&b.sha256));
+    missing.dedup_by(|a, b| a.sha256 == b.sha256);
+    let fetched = futures::stream::iter(missing)
+        .map(|f| {
+            let warm = warm.to_path_buf();
+            async move {
+                let bytes = fetch(dest, &f).await?;
+                // Written aside and renamed: a file under its sha256 is whole.
+                let tmp = warm.join(format!("{}.part", f.sha256));
+                tokio::fs::write(&tmp, &bytes).await?;
+                tokio::fs::rename(&tmp, warm.join(&f.sha256)).await?;
+                anyhow::Ok(f.size)
+            }
+        })
+        .buffer_unordered(WARM_FETCHES)
+        .try_collect::<Vec<u64>>()
+        .await?;
+    Ok((fetched.len(), fetched.iter().sum()))
+}
+
+/// Deletes partition checkpoints older than the newest `keep` (the owner
+/// passes [`KEEP_CHECKPOINTS`]), then the blobs none of the kept ones uses
+/// that were written more than `grace_ms` ago ([`BLOB_GRACE_MS`]).
+/// Returns (manifests, blobs) deleted.
+pub async fn prune(dest: &Dest, keep: usize, grace_ms: i64) -> anyhow::Result<(usize, usize)> {
+    let mut names: Vec<String> = dest
+        .names("checkpoints")
+        .await?
+        .into_iter()
+        .filter(|n| {
+            n.len() == 25 && n.ends_with(".json") && n[..20].bytes().all(|b| b.is_ascii_digit())
+        })
+        .collect();
+    if names.is_empty() {
+        return Ok((0, 0));
+    }
+    names.sort();
+    let (old, kept) = names.split_at(names.len().saturating_sub(keep.max(1)));
+    let mut used = std::collections::HashSet::new();
+    for name in kept {
+        let rel = format!("checkpoints/{name}");
+        // A kept manifest that cannot be read: nothing is deleted (its blobs
+        // are not known).
+        let bytes = dest
+            .get(&rel)
+            .await?
+            .with_context(|| format!("{rel} was listed but is missing in {}", dest.shown))?;
+        let m: CheckpointManifest =
+            serde_json::from_slice(&bytes).with_context(|| format!("{rel} in {}", dest.shown))?;
+        used.extend(m.files.into_iter().map(|f| f.sha256));
+    }
+    for name in old {
+        dest.delete(&format!("checkpoints/{name}")).await?;
+    }
+    let now = sightline_proto::now_ms();
+    let mut blobs = 0;
+    for (sha, (_, written_ms)) in dest.blobs_aged().await? {
+        if !used.contains(&sha) && now - written_ms > grace_ms {
+            dest.delete(&crate::backup::blob_key(&sha)).await?;
+            blobs += 1;
+        }
+    }
+    Ok((old.len(), blobs))
 }
 
 /// Purges partition `p`'s IN messages below `keep_from` (those a checkpoint
@@ -253,5 +393,140 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(latest(&dest).await.unwrap().unwrap().stream_seq, 900);
+    }
+
+    /// Puts `files` (name, content) as blobs and a manifest at `stream_seq`
+    /// naming them.
+    async fn put_checkpoint(
+        dest: &Dest,
+        stream_seq: u64,
+        files: &[(&str, &[u8])],
+    ) -> CheckpointManifest {
+        let mut entries = Vec::new();
+        for (name, bytes) in files {
+            let sha = format!("{:x}", Sha256::digest(bytes));
+            dest.put(&crate::backup::blob_key(&sha), bytes.to_vec().into())
+                .await
+                .unwrap();
+            entries.push(FileEntry {
+                path: name.to_string(),
+                size: bytes.len() as u64,
+                sha256: sha,
+            });
+        }
+        let m = CheckpointManifest {
+            partition: 0,
+            stream_seq,
+            lease_revision: 1,
+            created_ms: 0,
+            files: entries,
+        };
+        dest.put(
+            &format!("checkpoints/{stream_seq:020}.json"),
+            serde_json::to_vec(&m).unwrap().into(),
+        )
+        .await
+        .unwrap();
+        m
+    }
+
+    #[tokio::test]
+    async fn a_takeover_restores_from_the_warm_copy_and_fetches_only_what_it_lacks_or_what_is_corrupt(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dest(dir.path().join("objects").to_str().unwrap(), 0).unwrap();
+        let warm = dir.path().join("warm");
+        put_checkpoint(&dest, 10, &[("000010.sst", b"ten"), ("CURRENT", b"M1\n")]).await;
+        assert_eq!(warm_refresh(&dest, &warm).await.unwrap(), (2, 6));
+        assert_eq!(
+            warm_refresh(&dest, &warm).await.unwrap(),
+            (0, 0),
+            "nothing new"
+        );
+        // The owner checkpoints further (one SST kept, one new, CURRENT
+        // changed) and dies before the next warm round.
+        let m = put_checkpoint(
+            &dest,
+            20,
+            &[
+                ("000010.sst", b"ten"),
+                ("000020.sst", b"twenty"),
+                ("CURRENT", b"M2\n"),
+            ],
+        )
+        .await;
+        let into = dir.path().join("store1");
+        assert_eq!(restore(&dest, &m, &into, Some(&warm)).await.unwrap(), 1);
+        assert_eq!(std::fs::read(into.join("000010.sst")).unwrap(), b"ten");
+        assert_eq!(std::fs::read(into.join("CURRENT")).unwrap(), b"M2\n");
+        // A warm file that does not match the manifest is fetched instead.
+        let ten = m.files[0].sha256.clone();
+        std::fs::write(warm.join(&ten), b"TEN").unwrap();
+        let into = dir.path().join("store2");
+        assert_eq!(restore(&dest, &m, &into, Some(&warm)).await.unwrap(), 0);
+        assert_eq!(std::fs::read(into.join("000010.sst")).unwrap(), b"ten");
+        // The next warm round fetches what is new and drops what the newest
+        // checkpoint no longer uses (the old CURRENT); then a takeover needs
+        // nothing from the store at all.
+        std::fs::write(warm.join(&ten), b"ten").unwrap();
+        assert_eq!(warm_refresh(&dest, &warm).await.unwrap(), (2, 9));
+        assert_eq!(std::fs::read_dir(&warm).unwrap().count(), 3);
+        for f in &m.files {
+            dest.delete(&crate::backup::blob_key(&f.sha256))
+                .await
+                .unwrap();
+        }
+        let into = dir.path().join("store3");
+        assert_eq!(restore(&dest, &m, &into, Some(&warm)).await.unwrap(), 3);
+        assert_eq!(std::fs::read(into.join("000020.sst")).unwrap(), b"twenty");
+    }
+
+    #[tokio::test]
+    async fn old_checkpoints_are_deleted_with_the_blobs_only_they_use_once_past_the_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dest(dir.path().to_str().unwrap(), 0).unwrap();
+        put_checkpoint(&dest, 1, &[("a.sst", b"a"), ("CURRENT", b"1")]).await;
+        put_checkpoint(
+            &dest,
+            2,
+            &[("a.sst", b"a"), ("b.sst", b"b"), ("CURRENT", b"2")],
+        )
+        .await;
+        put_checkpoint(&dest, 3, &[("b.sst", b"b"), ("CURRENT", b"3")]).await;
+        put_checkpoint(
+            &dest,
+            4,
+            &[("b.sst", b"b"), ("c.sst", b"c"), ("CURRENT", b"4")],
+        )
+        .await;
+        assert_eq!(
+            prune(&dest, 4, 60_000).await.unwrap(),
+            (0, 0),
+            "nothing beyond 4"
+        );
+        // Blobs written just now are kept within the grace (an upload in
+        // progress uses blobs no manifest names yet).
+        assert_eq!(prune(&dest, 2, 60_000).await.unwrap(), (2, 0));
+        let mut names = dest.names("checkpoints").await.unwrap();
+        names.sort();
+        assert_eq!(
+            names,
+            [format!("{:020}.json", 3), format!("{:020}.json", 4)]
+        );
+        assert_eq!(latest(&dest).await.unwrap().unwrap().stream_seq, 4);
+        // Past the grace: "a", "1" and "2" are used by no kept checkpoint.
+        assert_eq!(prune(&dest, 2, -1).await.unwrap(), (0, 3));
+        let left: std::collections::HashSet<String> =
+            dest.blobs().await.unwrap().into_keys().collect();
+        let sha = |b: &[u8]| format!("{:x}", Sha256::digest(b));
+        let want: std::collections::HashSet<String> = [sha(b"b"), sha(b"c"), sha(b"3"), sha(b"4")]
+            .into_iter()
+            .collect();
+        assert_eq!(left, want);
+        // What is kept restores.
+        let m = latest(&dest).await.unwrap().unwrap();
+        restore(&dest, &m, &dir.path().join("r"), None)
+            .await
+            .unwrap();
     }
 }

@@ -80,7 +80,7 @@ fn default_replicas() -> usize {
     3
 }
 fn default_lease_ms() -> u64 {
-    5000
+    3000
 }
 fn default_checkpoint_interval() -> Duration {
     Duration::from_secs(10)

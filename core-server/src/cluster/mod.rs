@@ -74,3 +74,9 @@ pub fn lease_key(p: u16) -> String {
 pub fn partition_dir(storage: &std::path::Path, p: u16) -> std::path::PathBuf {
     storage.join("partitions").join(format!("p{p:03}"))
 }
+
+/// Where a node keeps its warm copy of partition `p`'s newest checkpoint
+/// (see `Node`'s warm round), under `storage.path`.
+pub fn warm_dir(storage: &std::path::Path, p: u16) -> std::path::PathBuf {
+    storage.join("warm").join(format!("p{p:03}"))
+}

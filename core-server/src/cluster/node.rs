@@ -104,11 +104,86 @@ impl Node {
                 }
             }
         };
+        // Warm copies of the checkpoints of the partitions this node would
+        // take over (see `Node::warm`), refreshed twice per checkpoint
+        // interval.
+        let warms = async {
+            let Some(url) = self.ctx.checkpoints.clone() else {
+                return std::future::pending().await;
+            };
+            let every = (self.ctx.checkpoint_interval / 2).max(Duration::from_secs(1));
+            let mut dests = HashMap::new();
+            loop {
+                self.warm(&url, &mut dests).await;
+                tokio::time::sleep(every).await;
+            }
+        };
         tokio::select! {
             _ = renewals => {}
             _ = rounds => {}
+            _ = warms => {}
         }
         self.leave().await;
+    }
+
+    /// One warm round: for every partition another node holds and this
+    /// node is the designated taker of ([`designated_taker`]: the one that
+    /// takes it first if its owner dies), the warm copy of its newest
+    /// checkpoint is brought up to date; the other warm copies are deleted.
+    /// A takeover then restores from local disk all but the files the dead
+    /// owner checkpointed since the last round, instead of fetching the
+    /// whole checkpoint from the object store while the partition waits.
+    async fn warm(&self, url: &str, dests: &mut HashMap<u16, Arc<crate::backup::Dest>>) {
+        let live: Vec<String> = self.live_nodes().into_iter().map(|n| n.node_id).collect();
+        let seen = self.leases_seen.lock().unwrap().clone();
+        let mine = warm_partitions(self.nats.partitions, &seen, &live, &self.node_id);
+        let root = self.ctx.storage.join("warm");
+        if let Ok(entries) = std::fs::read_dir(&root) {
+            for e in entries.flatten() {
+                let wanted = e
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_prefix('p'))
+                    .and_then(|n| n.parse::<u16>().ok())
+                    .is_some_and(|p| mine.contains(&p));
+                if !wanted {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        for p in mine {
+            // Taken meanwhile (a round may take seconds): its warm copy is
+            // the restore's now.
+            if self.clocks.lock().unwrap().contains_key(&p) {
+                continue;
+            }
+            let dest = match dests.get(&p) {
+                Some(d) => d.clone(),
+                None => match super::checkpoint::dest(url, p) {
+                    Ok(d) => dests.entry(p).or_insert(Arc::new(d)).clone(),
+                    Err(e) => {
+                        tracing::warn!(partition = p, error = %e, "cannot open the checkpoints");
+                        continue;
+                    }
+                },
+            };
+            let started = Instant::now();
+            let dir = super::warm_dir(&self.ctx.storage, p);
+            match super::checkpoint::warm_refresh(&dest, &dir).await {
+                Ok((0, _)) => {}
+                Ok((files, bytes)) => tracing::debug!(
+                    partition = p,
+                    files,
+                    bytes,
+                    ms = started.elapsed().as_millis() as u64,
+                    "warm copy of the partition's checkpoint refreshed"
+                ),
+                // Only a takeover's speed depends on it: tried again next round.
+                Err(e) => {
+                    tracing::debug!(partition = p, error = %e, "refreshing a warm copy failed")
+                }
+            }
+        }
     }
 
     /// One renewal round: the heartbeat, then every lease in `clocks`, at
@@ -555,9 +630,61 @@ fn designated_taker<'a>(p: u16, live: &'a [String], holder: &str) -> Option<&'a 
         .map(String::as_str)
 }
 
+/// The partitions `me` keeps warm copies of: those another node holds (or
+/// held, its lease run out) and `me` is the designated taker of.
+fn warm_partitions(
+    partitions: u16,
+    leases: &HashMap<u16, lease::Lease>,
+    live: &[String],
+    me: &str,
+) -> Vec<u16> {
+    (0..partitions)
+        .filter(|p| {
+            leases
+                .get(p)
+                .is_some_and(|l| l.node != me && designated_taker(*p, live, &l.node) == Some(me))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod designated_tests {
-    use super::designated_taker;
+    use super::{designated_taker, warm_partitions};
+
+    #[test]
+    fn each_held_partition_is_kept_warm_by_exactly_its_designated_taker() {
+        let live: Vec<String> = ["core-0", "core-1", "core-2"].map(String::from).to_vec();
+        let leases: std::collections::HashMap<u16, crate::cluster::lease::Lease> = (0..32u16)
+            .map(|p| {
+                let l = crate::cluster::lease::Lease {
+                    node: live[p as usize % 3].clone(),
+                    expires_ms: 0,
+                };
+                (p, l)
+            })
+            .collect();
+        let warm: Vec<Vec<u16>> = live
+            .iter()
+            .map(|me| warm_partitions(32, &leases, &live, me))
+            .collect();
+        for p in 0..32u16 {
+            let keepers: Vec<usize> = (0..3).filter(|i| warm[*i].contains(&p)).collect();
+            assert_eq!(keepers.len(), 1, "partition {p}: {keepers:?}");
+            let keeper = &live[keepers[0]];
+            assert_ne!(keeper, &leases[&p].node, "never the holder itself");
+            // The node that would take it first when its holder dies.
+            assert_eq!(
+                designated_taker(p, &live, &leases[&p].node),
+                Some(keeper.as_str())
+            );
+        }
+        // A partition with no lease (never held) is nobody's.
+        let mut some = leases.clone();
+        some.remove(&5);
+        assert!(live
+            .iter()
+            .all(|me| !warm_partitions(32, &some, &live, me).contains(&5)));
+    }
 
     #[test]
     fn one_live_node_other_than_the_holder_is_designated_for_each_partition_and_they_spread() {

@@ -140,8 +140,20 @@ impl Owner {
         };
         let checkpoint_ms = Arc::new(std::sync::atomic::AtomicI64::new(0));
         if let Some(dest) = &dest {
-            let newest = restore_if_newer(dest, &dir, p, ctx.cache_bytes).await?;
-            checkpoint_ms.store(newest, Ordering::SeqCst);
+            // The warm copy this node kept of the partition's checkpoints
+            // (`Node::warm`), taken out of the warm folder first so that
+            // the node's warm round does not change it while it is read
+            // (a file missing or changed in it is fetched instead).
+            let warm = dir.join("warm.taken");
+            let _ = std::fs::remove_dir_all(&warm);
+            let warm = std::fs::rename(super::warm_dir(&ctx.storage, p), &warm)
+                .is_ok()
+                .then_some(warm);
+            let newest = restore_if_newer(dest, &dir, p, ctx.cache_bytes, warm.as_deref()).await;
+            if let Some(w) = &warm {
+                let _ = std::fs::remove_dir_all(w);
+            }
+            checkpoint_ms.store(newest?, Ordering::SeqCst);
         }
         let (sdir, cache) = (store_dir(&dir), ctx.cache_bytes);
         // Not fsync'd per commit: the partition's durable log is its IN
@@ -264,6 +276,7 @@ async fn restore_if_newer(
     dir: &Path,
     p: u16,
     cache: usize,
+    warm: Option<&Path>,
 ) -> anyhow::Result<i64> {
     let Some(m) = super::checkpoint::latest(dest).await? else {
         return Ok(0);
@@ -281,10 +294,11 @@ async fn restore_if_newer(
     let _ = std::fs::remove_dir_all(&sdir);
     let _ = std::fs::remove_dir_all(search_dir(dir));
     let started = Instant::now();
-    super::checkpoint::restore(dest, &m, &sdir).await?;
+    let warmed = super::checkpoint::restore(dest, &m, &sdir, warm).await?;
     tracing::info!(
         partition = p,
         files = m.files.len(),
+        from_warm_copy = warmed,
         bytes = m.files.iter().map(|f| f.size).sum::<u64>(),
         ms = started.elapsed().as_millis() as u64,
         stream_seq = m.stream_seq,
@@ -293,6 +307,9 @@ async fn restore_if_newer(
     );
     Ok(m.created_ms)
 }
+
+/// An owner deletes old checkpoints after every this many of its own.
+const PRUNE_EVERY: u64 = 6;
 
 /// Every `interval` while the lease holds: a checkpoint uploaded, then the
 /// stream's messages the previous one covers purged (PROTOCOL.md rule 30).
@@ -320,6 +337,8 @@ async fn checkpoints(
     // lost). 0: nothing yet.
     let mut purgeable = 0u64;
     let mut hashed = super::checkpoint::SstHashes::default();
+    let mut held = None;
+    let mut taken = 0u64;
     loop {
         // `interval` after the last one ended: under load a checkpoint takes
         // seconds (flushes, hashing, uploads), and taking the next at once
@@ -333,7 +352,8 @@ async fn checkpoints(
         }
         let rev = lease.revision.load(Ordering::SeqCst);
         let started = Instant::now();
-        match super::checkpoint::take(&store, p, rev, &staging, &dest, &mut hashed).await {
+        match super::checkpoint::take(&store, p, rev, &staging, &dest, &mut hashed, &mut held).await
+        {
             Ok(m) => {
                 tracing::debug!(
                     partition = p,
@@ -359,6 +379,30 @@ async fn checkpoints(
                     ),
                     Err(e) => {
                         tracing::warn!(partition = p, error = %e, "purging the checkpointed shares failed")
+                    }
+                }
+                // Old checkpoints deleted every few (a listing and a few
+                // reads each time: the object store serves every owner).
+                taken += 1;
+                if taken % PRUNE_EVERY != 0 {
+                    continue;
+                }
+                match super::checkpoint::prune(
+                    &dest,
+                    super::checkpoint::KEEP_CHECKPOINTS,
+                    super::checkpoint::BLOB_GRACE_MS,
+                )
+                .await
+                {
+                    Ok((0, 0)) => {}
+                    Ok((manifests, blobs)) => tracing::debug!(
+                        partition = p,
+                        manifests,
+                        blobs,
+                        "old partition checkpoints deleted"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(partition = p, error = %e, "deleting old checkpoints failed")
                     }
                 }
             }

@@ -1,6 +1,6 @@
 //! Cluster benchmark (issue 15): the embedded default and a 3-node cluster
 //! (3 clustered `nats-server -js`, R3 streams, moto, 3 cores with the
-//! default cluster settings: 32 partitions, 5 s leases) measured in the same
+//! default cluster settings: 32 partitions, 3 s leases) measured in the same
 //! run, with the same agents and load (10 % upstream duplicates, Dataset B
 //! joined, durable: fsync on every side).
 //!
@@ -206,7 +206,7 @@ async fn main() {
         3,
         RigConfig {
             partitions: PARTITIONS,
-            lease_ms: 5000,
+            lease_ms: 3000,
             checkpoint_interval: "10s".into(),
             locations: locations.clone(),
             core_args: vec![],
@@ -230,7 +230,7 @@ async fn main() {
     // that has settled.
     tokio::time::sleep(Duration::from_secs_f64(settle)).await;
     println!(
-        "setup: 3 nats-servers (R3), moto, 3 cores ({PARTITIONS} partitions, 5 s leases, checkpoints every 10 s), 2 agents"
+        "setup: 3 nats-servers (R3), moto, 3 cores ({PARTITIONS} partitions, 3 s leases, checkpoints every 10 s), 2 agents"
     );
     let pids: Vec<u32> = rig
         .nodes
