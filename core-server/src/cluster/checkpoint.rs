@@ -256,15 +256,16 @@ pub async fn restore(
 }
 
 /// Brings the warm copy in `warm` (one file per blob, named by its sha256)
-/// up to the partition's newest checkpoint: fetches what it lacks, deletes
-/// what that checkpoint does not use. Kept by the node that would take the
-/// partition over if its owner died, so that the takeover restores from
-/// local disk all but what the owner checkpointed since. Returns (files,
-/// bytes) fetched.
-pub async fn warm_refresh(dest: &Dest, warm: &Path) -> anyhow::Result<(usize, u64)> {
-    let Some(m) = latest(dest).await? else {
-        return Ok((0, 0));
-    };
+/// up to checkpoint `m` (the partition's newest the node knows of): fetches
+/// what it lacks, deletes what that checkpoint does not use. Kept by the
+/// node that would take the partition over if its owner died, so that the
+/// takeover restores from local disk all but what the owner checkpointed
+/// since. Returns (files, bytes) fetched.
+pub async fn warm_refresh(
+    dest: &Dest,
+    m: &CheckpointManifest,
+    warm: &Path,
+) -> anyhow::Result<(usize, u64)> {
     tokio::fs::create_dir_all(warm).await?;
     let wanted: std::collections::HashSet<&str> =
         m.files.iter().map(|f| f.sha256.as_str()).collect();
@@ -437,9 +438,16 @@ mod tests {
         let dest = dest(dir.path().join("objects").to_str().unwrap(), 0).unwrap();
         let warm = dir.path().join("warm");
         put_checkpoint(&dest, 10, &[("000010.sst", b"ten"), ("CURRENT", b"M1\n")]).await;
-        assert_eq!(warm_refresh(&dest, &warm).await.unwrap(), (2, 6));
         assert_eq!(
-            warm_refresh(&dest, &warm).await.unwrap(),
+            warm_refresh(&dest, &latest(&dest).await.unwrap().unwrap(), &warm)
+                .await
+                .unwrap(),
+            (2, 6)
+        );
+        assert_eq!(
+            warm_refresh(&dest, &latest(&dest).await.unwrap().unwrap(), &warm)
+                .await
+                .unwrap(),
             (0, 0),
             "nothing new"
         );
@@ -469,7 +477,12 @@ mod tests {
         // checkpoint no longer uses (the old CURRENT); then a takeover needs
         // nothing from the store at all.
         std::fs::write(warm.join(&ten), b"ten").unwrap();
-        assert_eq!(warm_refresh(&dest, &warm).await.unwrap(), (2, 9));
+        assert_eq!(
+            warm_refresh(&dest, &latest(&dest).await.unwrap().unwrap(), &warm)
+                .await
+                .unwrap(),
+            (2, 9)
+        );
         assert_eq!(std::fs::read_dir(&warm).unwrap().count(), 3);
         for f in &m.files {
             dest.delete(&crate::backup::blob_key(&f.sha256))

@@ -65,6 +65,14 @@ pub fn out_subject(p: u16) -> String {
     format!("sightline.out.{p}")
 }
 
+/// The (core NATS, not JetStream) subject an owner announces each new
+/// checkpoint of partition `p` on ([`checkpoint::CheckpointManifest`] as
+/// JSON): a hint for the nodes keeping warm copies, who would otherwise
+/// poll the object store; never what a restore trusts.
+pub fn checkpoint_subject(p: u16) -> String {
+    format!("sightline.checkpoint.{p}")
+}
+
 /// The lease key of partition `p`.
 pub fn lease_key(p: u16) -> String {
     format!("p.{p}")

@@ -13,6 +13,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    checkpoint::CheckpointManifest,
     config::ClusterConfig,
     lease::{self, Take},
     nats::{ClusterError, Nats},
@@ -45,6 +46,9 @@ pub struct Node {
     /// The last seen leases (partition -> node) and nodes, kept by watches.
     leases_seen: Arc<Mutex<HashMap<u16, lease::Lease>>>,
     nodes_seen: Arc<Mutex<HashMap<String, NodeInfo>>>,
+    /// The newest checkpoint announced for each partition
+    /// ([`super::checkpoint_subject`]): what the warm copies follow.
+    announced: Arc<Mutex<HashMap<u16, CheckpointManifest>>>,
 }
 
 impl Node {
@@ -68,6 +72,7 @@ impl Node {
             open: Default::default(),
             leases_seen: Default::default(),
             nodes_seen: Default::default(),
+            announced: Default::default(),
             nats,
         });
         node.heartbeat().await?;
@@ -105,17 +110,16 @@ impl Node {
             }
         };
         // Warm copies of the checkpoints of the partitions this node would
-        // take over (see `Node::warm`), refreshed twice per checkpoint
-        // interval.
+        // take over (see `Node::warm`), following the announced checkpoints.
         let warms = async {
             let Some(url) = self.ctx.checkpoints.clone() else {
                 return std::future::pending().await;
             };
-            let every = (self.ctx.checkpoint_interval / 2).max(Duration::from_secs(1));
             let mut dests = HashMap::new();
+            let mut warmed = HashMap::new();
             loop {
-                self.warm(&url, &mut dests).await;
-                tokio::time::sleep(every).await;
+                self.warm(&url, &mut dests, &mut warmed).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         };
         tokio::select! {
@@ -133,7 +137,13 @@ impl Node {
     /// A takeover then restores from local disk all but the files the dead
     /// owner checkpointed since the last round, instead of fetching the
     /// whole checkpoint from the object store while the partition waits.
-    async fn warm(&self, url: &str, dests: &mut HashMap<u16, Arc<crate::backup::Dest>>) {
+    /// `warmed`: the stream sequence each warm copy is at.
+    async fn warm(
+        &self,
+        url: &str,
+        dests: &mut HashMap<u16, Arc<crate::backup::Dest>>,
+        warmed: &mut HashMap<u16, u64>,
+    ) {
         let live: Vec<String> = self.live_nodes().into_iter().map(|n| n.node_id).collect();
         let seen = self.leases_seen.lock().unwrap().clone();
         let mine = warm_partitions(self.nats.partitions, &seen, &live, &self.node_id);
@@ -151,6 +161,7 @@ impl Node {
                 }
             }
         }
+        warmed.retain(|p, _| mine.contains(p));
         for p in mine {
             // Taken meanwhile (a round may take seconds): its warm copy is
             // the restore's now.
@@ -167,17 +178,41 @@ impl Node {
                     }
                 },
             };
+            let known = self.announced.lock().unwrap().get(&p).cloned();
+            let m = match known {
+                Some(m) => m,
+                // Nothing announced since this node started following:
+                // the object store's newest, read once per partition.
+                None if !warmed.contains_key(&p) => match super::checkpoint::latest(&dest).await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => {
+                        warmed.insert(p, 0);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::debug!(partition = p, error = %e, "reading the newest checkpoint failed");
+                        continue;
+                    }
+                },
+                None => continue,
+            };
+            if warmed.get(&p) == Some(&m.stream_seq) {
+                continue;
+            }
             let started = Instant::now();
             let dir = super::warm_dir(&self.ctx.storage, p);
-            match super::checkpoint::warm_refresh(&dest, &dir).await {
-                Ok((0, _)) => {}
-                Ok((files, bytes)) => tracing::debug!(
-                    partition = p,
-                    files,
-                    bytes,
-                    ms = started.elapsed().as_millis() as u64,
-                    "warm copy of the partition's checkpoint refreshed"
-                ),
+            match super::checkpoint::warm_refresh(&dest, &m, &dir).await {
+                Ok((files, bytes)) => {
+                    warmed.insert(p, m.stream_seq);
+                    tracing::debug!(
+                        partition = p,
+                        stream_seq = m.stream_seq,
+                        files,
+                        bytes,
+                        ms = started.elapsed().as_millis() as u64,
+                        "warm copy of the partition's checkpoint refreshed"
+                    )
+                }
                 // Only a takeover's speed depends on it: tried again next round.
                 Err(e) => {
                     tracing::debug!(partition = p, error = %e, "refreshing a warm copy failed")
@@ -267,6 +302,43 @@ impl Node {
             },
         )
         .await?;
+        // Checkpoint announcements (core NATS: the client subscribes again
+        // after a reconnect by itself; one missed only delays a warm copy).
+        let mut sub = self
+            .nats
+            .client
+            .subscribe("sightline.checkpoint.*")
+            .await
+            .map_err(|e| ClusterError::js("checkpoint announcements", e))?;
+        let (announced, partitions, stop_sub) =
+            (self.announced.clone(), self.nats.partitions, stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    _ = stop_sub.cancelled() => return,
+                    m = sub.next() => match m { Some(m) => m, None => return },
+                };
+                let p = msg
+                    .subject
+                    .as_str()
+                    .strip_prefix("sightline.checkpoint.")
+                    .and_then(|p| p.parse::<u16>().ok());
+                match (
+                    p,
+                    serde_json::from_slice::<CheckpointManifest>(&msg.payload),
+                ) {
+                    (Some(p), Ok(m)) if m.partition == p && p < partitions => {
+                        let mut a = announced.lock().unwrap();
+                        if a.get(&p).is_none_or(|old| old.stream_seq < m.stream_seq) {
+                            a.insert(p, m);
+                        }
+                    }
+                    _ => {
+                        tracing::debug!(subject = %msg.subject, "an announcement that is not a checkpoint manifest; skipped")
+                    }
+                }
+            }
+        });
         let seen = self.nodes_seen.clone();
         follow(
             "sightline_nodes",

@@ -364,6 +364,16 @@ async fn checkpoints(
                 );
                 last = m.stream_seq;
                 taken_ms.store(m.created_ms, Ordering::SeqCst);
+                // Announced to the node keeping a warm copy (best effort).
+                if let Ok(json) = serde_json::to_vec(&m) {
+                    if let Err(e) = nats
+                        .client
+                        .publish(super::checkpoint_subject(p), json.into())
+                        .await
+                    {
+                        tracing::debug!(partition = p, error = %e, "announcing a checkpoint failed");
+                    }
+                }
                 let keep_from = purgeable + 1;
                 purgeable = m.stream_seq;
                 if keep_from == 1 {
@@ -384,7 +394,7 @@ async fn checkpoints(
                 // Old checkpoints deleted every few (a listing and a few
                 // reads each time: the object store serves every owner).
                 taken += 1;
-                if taken % PRUNE_EVERY != 0 {
+                if !taken.is_multiple_of(PRUNE_EVERY) {
                     continue;
                 }
                 match super::checkpoint::prune(
