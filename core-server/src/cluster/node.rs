@@ -131,8 +131,8 @@ impl Node {
     }
 
     /// One warm round: for every partition another node holds and this
-    /// node is the designated taker of ([`designated_taker`]: the one that
-    /// takes it first if its owner dies), the warm copy of its newest
+    /// node is one of the first takers of ([`warm_partitions`]: those that
+    /// take it first if its owner dies), the warm copy of its newest
     /// checkpoint is brought up to date; the other warm copies are deleted.
     /// A takeover then restores from local disk all but the files the dead
     /// owner checkpointed since the last round, instead of fetching the
@@ -454,6 +454,19 @@ impl Node {
             let now = sightline_proto::now_ms();
             let seen = self.leases_seen.lock().unwrap().clone();
             let live: Vec<String> = self.live_nodes().into_iter().map(|n| n.node_id).collect();
+            // The other nodes holding their fair share already: they would
+            // not take an expired lease they are designated for, so the
+            // next in line is designated instead of everyone waiting for
+            // the grace.
+            let mut counts: HashMap<&str, usize> = HashMap::new();
+            for l in seen.values().filter(|l| l.expires_ms >= now) {
+                *counts.entry(l.node.as_str()).or_default() += 1;
+            }
+            let full: std::collections::HashSet<&str> = counts
+                .into_iter()
+                .filter(|(n, c)| *c >= want && *n != self.node_id)
+                .map(|(n, _)| n)
+                .collect();
             // Take what the share allows first, then open them all at once
             // (each may restore a checkpoint: one after another, a dead
             // node's partitions would wait for each other).
@@ -476,7 +489,7 @@ impl Node {
                     // both be told they have it on nats-server 2.9 (see
                     // `lease::take`), and each then restores the partition for
                     // nothing while another waits for an owner.
-                    let first = designated_taker(p, &live, &l.node);
+                    let first = designated_taker(p, &live, &l.node, &full);
                     if first.is_some_and(|d| d != self.node_id)
                         && now - l.expires_ms < self.take_grace_ms()
                     {
@@ -684,26 +697,54 @@ impl ClusterView for Node {
     }
 }
 
-/// Which live node takes partition `p`'s expired lease first (the one that
-/// held it excluded): the highest FNV-1a hash of (partition, node id), the
-/// same on every node (rendezvous hashing: a dead node's partitions spread
-/// over the living).
-fn designated_taker<'a>(p: u16, live: &'a [String], holder: &str) -> Option<&'a str> {
-    live.iter()
-        .filter(|n| n.as_str() != holder)
-        .max_by_key(|n| {
-            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-            for b in p.to_be_bytes().iter().chain(n.as_bytes()) {
-                h ^= *b as u64;
-                h = h.wrapping_mul(0x0100_0000_01b3);
-            }
-            (h, n.as_str())
-        })
+/// The live nodes other than `holder`, in the order they are asked to take
+/// partition `p`'s expired lease: by FNV-1a hash of (partition, node id),
+/// highest first, the same on every node (rendezvous hashing: a dead node's
+/// partitions spread over the living).
+fn takers<'a>(p: u16, live: &'a [String], holder: &str) -> Vec<&'a str> {
+    let hash = |n: &str| {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in p.to_be_bytes().iter().chain(n.as_bytes()) {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h
+    };
+    let mut v: Vec<&str> = live
+        .iter()
         .map(String::as_str)
+        .filter(|n| *n != holder)
+        .collect();
+    v.sort_by(|a, b| (hash(b), *b).cmp(&(hash(a), *a)));
+    v
 }
 
+/// Which live node takes partition `p`'s expired lease first (the one that
+/// held it excluded): the first of [`takers`] that is not `full` (holds its
+/// fair share already, so would not take it), or the first of all when
+/// every one is.
+fn designated_taker<'a>(
+    p: u16,
+    live: &'a [String],
+    holder: &str,
+    full: &std::collections::HashSet<&str>,
+) -> Option<&'a str> {
+    let ranked = takers(p, live, holder);
+    ranked
+        .iter()
+        .find(|n| !full.contains(**n))
+        .or(ranked.first())
+        .copied()
+}
+
+/// How many of a partition's first [`takers`] keep a warm copy of its
+/// checkpoints: the first may be full when the holder dies (see
+/// [`designated_taker`]), and the next then takes it.
+const WARM_TAKERS: usize = 2;
+
 /// The partitions `me` keeps warm copies of: those another node holds (or
-/// held, its lease run out) and `me` is the designated taker of.
+/// held, its lease run out) and `me` is one of the first [`WARM_TAKERS`]
+/// [`takers`] of.
 fn warm_partitions(
     partitions: u16,
     leases: &HashMap<u16, lease::Lease>,
@@ -712,24 +753,32 @@ fn warm_partitions(
 ) -> Vec<u16> {
     (0..partitions)
         .filter(|p| {
-            leases
-                .get(p)
-                .is_some_and(|l| l.node != me && designated_taker(*p, live, &l.node) == Some(me))
+            leases.get(p).is_some_and(|l| {
+                l.node != me
+                    && takers(*p, live, &l.node)
+                        .iter()
+                        .take(WARM_TAKERS)
+                        .any(|n| *n == me)
+            })
         })
         .collect()
 }
 
 #[cfg(test)]
 mod designated_tests {
-    use super::{designated_taker, warm_partitions};
+    use std::collections::HashSet;
+
+    use super::{designated_taker, takers, warm_partitions};
 
     #[test]
-    fn each_held_partition_is_kept_warm_by_exactly_its_designated_taker() {
-        let live: Vec<String> = ["core-0", "core-1", "core-2"].map(String::from).to_vec();
+    fn each_held_partition_is_kept_warm_by_its_first_two_takers() {
+        let live: Vec<String> = ["core-0", "core-1", "core-2", "core-3"]
+            .map(String::from)
+            .to_vec();
         let leases: std::collections::HashMap<u16, crate::cluster::lease::Lease> = (0..32u16)
             .map(|p| {
                 let l = crate::cluster::lease::Lease {
-                    node: live[p as usize % 3].clone(),
+                    node: live[p as usize % 4].clone(),
                     expires_ms: 0,
                 };
                 (p, l)
@@ -740,15 +789,24 @@ mod designated_tests {
             .map(|me| warm_partitions(32, &leases, &live, me))
             .collect();
         for p in 0..32u16 {
-            let keepers: Vec<usize> = (0..3).filter(|i| warm[*i].contains(&p)).collect();
-            assert_eq!(keepers.len(), 1, "partition {p}: {keepers:?}");
-            let keeper = &live[keepers[0]];
-            assert_ne!(keeper, &leases[&p].node, "never the holder itself");
-            // The node that would take it first when its holder dies.
-            assert_eq!(
-                designated_taker(p, &live, &leases[&p].node),
-                Some(keeper.as_str())
+            let holder = &leases[&p].node;
+            let keepers: HashSet<&str> = (0..4)
+                .filter(|i| warm[*i].contains(&p))
+                .map(|i| live[i].as_str())
+                .collect();
+            assert_eq!(keepers.len(), 2, "partition {p}: {keepers:?}");
+            assert!(
+                !keepers.contains(holder.as_str()),
+                "never the holder itself"
             );
+            // Whoever is designated when the holder dies (the first taker,
+            // or the second when the first is full) has a warm copy.
+            let first = designated_taker(p, &live, holder, &HashSet::new()).unwrap();
+            assert!(keepers.contains(first));
+            let second = designated_taker(p, &live, holder, &HashSet::from([first])).unwrap();
+            assert_ne!(first, second);
+            assert!(keepers.contains(second));
+            assert_eq!(takers(p, &live, holder)[..2], [first, second]);
         }
         // A partition with no lease (never held) is nobody's.
         let mut some = leases.clone();
@@ -759,16 +817,32 @@ mod designated_tests {
     }
 
     #[test]
+    fn a_full_node_is_passed_over_and_when_all_are_full_the_first_is_designated() {
+        let live: Vec<String> = ["core-0", "core-1", "core-2"].map(String::from).to_vec();
+        for p in 0..32u16 {
+            let ranked = takers(p, &live, "core-2");
+            assert_eq!(ranked.len(), 2);
+            let full = HashSet::from([ranked[0]]);
+            assert_eq!(designated_taker(p, &live, "core-2", &full), Some(ranked[1]));
+            let all = HashSet::from([ranked[0], ranked[1]]);
+            assert_eq!(designated_taker(p, &live, "core-2", &all), Some(ranked[0]));
+        }
+    }
+
+    #[test]
     fn one_live_node_other_than_the_holder_is_designated_for_each_partition_and_they_spread() {
         let live: Vec<String> = ["core-0", "core-1", "core-2"].map(String::from).to_vec();
         let mut per_node = std::collections::HashMap::new();
         for p in 0..32u16 {
-            let d = designated_taker(p, &live, "core-2").unwrap();
+            let d = designated_taker(p, &live, "core-2", &HashSet::new()).unwrap();
             assert_ne!(d, "core-2", "the holder is never designated");
             // The same answer whatever order a node lists the live nodes in.
             let mut rev = live.clone();
             rev.reverse();
-            assert_eq!(designated_taker(p, &rev, "core-2"), Some(d));
+            assert_eq!(
+                designated_taker(p, &rev, "core-2", &HashSet::new()),
+                Some(d)
+            );
             *per_node.entry(d).or_insert(0) += 1;
         }
         assert_eq!(
@@ -777,6 +851,9 @@ mod designated_tests {
             "both living nodes get some: {per_node:?}"
         );
         assert!(per_node.values().all(|&n| n >= 8), "{per_node:?}");
-        assert_eq!(designated_taker(0, &live[..1], "core-0"), None);
+        assert_eq!(
+            designated_taker(0, &live[..1], "core-0", &HashSet::new()),
+            None
+        );
     }
 }
