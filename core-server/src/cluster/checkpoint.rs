@@ -137,7 +137,6 @@ pub async fn take(
         dest.put(&crate::backup::blob_key(&f.sha256), bytes.into())
             .await?;
     }
-    *held = Some(files.iter().map(|f| (f.sha256.clone(), f.size)).collect());
     let m = CheckpointManifest {
         partition: p,
         stream_seq,
@@ -147,6 +146,9 @@ pub async fn take(
     };
     let name = format!("checkpoints/{stream_seq:020}.json");
     dest.put(&name, serde_json::to_vec(&m)?.into()).await?;
+    // Known from now on only once a manifest names them (pruning keeps the
+    // blobs of the newest manifests, not blobs no manifest names).
+    *held = Some(m.files.iter().map(|f| (f.sha256.clone(), f.size)).collect());
     let _ = std::fs::remove_dir_all(staging);
     Ok(m)
 }

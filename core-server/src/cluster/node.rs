@@ -738,9 +738,12 @@ fn designated_taker<'a>(
 }
 
 /// How many of a partition's first [`takers`] keep a warm copy of its
-/// checkpoints: the first may be full when the holder dies (see
-/// [`designated_taker`]), and the next then takes it.
-const WARM_TAKERS: usize = 2;
+/// checkpoints. The first may be full when the holder dies (see
+/// [`designated_taker`]) and the next then takes it without one; two
+/// copies doubled the object store's reads, and on this machine (moto, a
+/// Python process beside everything else) the copies then lagged behind
+/// (BENCHMARKS.md, "tenth session").
+const WARM_TAKERS: usize = 1;
 
 /// The partitions `me` keeps warm copies of: those another node holds (or
 /// held, its lease run out) and `me` is one of the first [`WARM_TAKERS`]
@@ -768,10 +771,10 @@ fn warm_partitions(
 mod designated_tests {
     use std::collections::HashSet;
 
-    use super::{designated_taker, takers, warm_partitions};
+    use super::{designated_taker, takers, warm_partitions, WARM_TAKERS};
 
     #[test]
-    fn each_held_partition_is_kept_warm_by_its_first_two_takers() {
+    fn each_held_partition_is_kept_warm_by_its_first_takers() {
         let live: Vec<String> = ["core-0", "core-1", "core-2", "core-3"]
             .map(String::from)
             .to_vec();
@@ -794,19 +797,18 @@ mod designated_tests {
                 .filter(|i| warm[*i].contains(&p))
                 .map(|i| live[i].as_str())
                 .collect();
-            assert_eq!(keepers.len(), 2, "partition {p}: {keepers:?}");
+            assert_eq!(keepers.len(), WARM_TAKERS, "partition {p}: {keepers:?}");
             assert!(
                 !keepers.contains(holder.as_str()),
                 "never the holder itself"
             );
-            // Whoever is designated when the holder dies (the first taker,
-            // or the second when the first is full) has a warm copy.
+            // The first in line (designated when the holder dies and it is
+            // not full) has a warm copy, and so on down the line.
+            let ranked = takers(p, &live, holder);
             let first = designated_taker(p, &live, holder, &HashSet::new()).unwrap();
-            assert!(keepers.contains(first));
-            let second = designated_taker(p, &live, holder, &HashSet::from([first])).unwrap();
-            assert_ne!(first, second);
-            assert!(keepers.contains(second));
-            assert_eq!(takers(p, &live, holder)[..2], [first, second]);
+            assert_eq!(first, ranked[0]);
+            let want: HashSet<&str> = ranked[..WARM_TAKERS].iter().copied().collect();
+            assert_eq!(keepers, want);
         }
         // A partition with no lease (never held) is nobody's.
         let mut some = leases.clone();
