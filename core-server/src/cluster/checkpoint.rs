@@ -92,6 +92,7 @@ pub async fn take(
     }
     let (s, dir) = (store.clone(), staging.to_path_buf());
     let known = std::mem::take(hashed);
+    let started = std::time::Instant::now();
     let (stream_seq, files, still) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         s.checkpoint(&dir)?;
         // The sequence the copy covers, read from the copy.
@@ -132,11 +133,34 @@ pub async fn take(
         Some(h) => h,
         None => dest.blobs().await?,
     };
-    for f in crate::backup::manifest::to_upload(&files, &known) {
-        let bytes = tokio::fs::read(staging.join(&f.path)).await?;
-        dest.put(&crate::backup::blob_key(&f.sha256), bytes.into())
-            .await?;
-    }
+    let local_ms = started.elapsed().as_millis() as u64;
+    // A few at a time: one object-store round trip per file, one after
+    // another, was most of a checkpoint under load.
+    let uploads: Vec<FileEntry> = crate::backup::manifest::to_upload(&files, &known)
+        .into_iter()
+        .cloned()
+        .collect();
+    let (count, bytes) = (uploads.len(), uploads.iter().map(|f| f.size).sum::<u64>());
+    futures::stream::iter(uploads)
+        .map(|f| {
+            let path = staging.join(&f.path);
+            async move {
+                let bytes = tokio::fs::read(path).await?;
+                dest.put(&crate::backup::blob_key(&f.sha256), bytes.into())
+                    .await
+            }
+        })
+        .buffer_unordered(UPLOADS)
+        .try_collect::<Vec<()>>()
+        .await?;
+    tracing::debug!(
+        partition = p,
+        local_ms,
+        upload_ms = started.elapsed().as_millis() as u64 - local_ms,
+        uploaded_files = count,
+        uploaded_bytes = bytes,
+        "partition checkpoint uploaded"
+    );
     let m = CheckpointManifest {
         partition: p,
         stream_seq,
@@ -176,6 +200,8 @@ pub async fn latest(dest: &Dest) -> anyhow::Result<Option<CheckpointManifest>> {
     ))
 }
 
+/// Blobs of a checkpoint uploaded at once.
+const UPLOADS: usize = 4;
 /// Blobs of a checkpoint fetched at once while restoring it.
 const RESTORE_FETCHES: usize = 8;
 /// Blobs fetched at once for a warm copy (in the background: fewer, so as
