@@ -208,7 +208,7 @@ const RESTORE_FETCHES: usize = 8;
 /// not to crowd the owners' own checkpoints on the object store).
 const WARM_FETCHES: usize = 2;
 /// Checkpoint manifests a partition keeps (the newest); older ones are
-/// deleted by the owner after each checkpoint, with the blobs only they use.
+/// deleted by the owner every few checkpoints, with the blobs only they use.
 pub const KEEP_CHECKPOINTS: usize = 3;
 /// A blob no kept manifest names is deleted only once it is this old: a
 /// checkpoint being uploaded (its manifest not written yet) uses blobs no
@@ -240,6 +240,9 @@ async fn verified(bytes: bytes::Bytes, f: &FileEntry) -> anyhow::Result<bytes::B
 /// File `f` from the warm copy in `warm` (see [`warm_refresh`]), if it is
 /// there and intact.
 async fn from_warm(warm: Option<&Path>, f: &FileEntry) -> Option<bytes::Bytes> {
+    if !crate::backup::valid_sha(&f.sha256) {
+        return None;
+    }
     let bytes = tokio::fs::read(warm?.join(&f.sha256)).await.ok()?;
     verified(bytes.into(), f).await.ok()
 }
@@ -294,6 +297,15 @@ pub async fn warm_refresh(
     m: &CheckpointManifest,
     warm: &Path,
 ) -> anyhow::Result<(usize, u64)> {
+    // The manifest may come from a NATS announcement: its hashes become file
+    // names here, so anything but a SHA-256 in hex is refused.
+    if let Some(f) = m
+        .files
+        .iter()
+        .find(|f| !crate::backup::valid_sha(&f.sha256))
+    {
+        anyhow::bail!("{}: {:?} is not a SHA-256", f.path, f.sha256);
+    }
     tokio::fs::create_dir_all(warm).await?;
     let wanted: std::collections::HashSet<&str> =
         m.files.iter().map(|f| f.sha256.as_str()).collect();
@@ -520,6 +532,17 @@ mod tests {
         let into = dir.path().join("store3");
         assert_eq!(restore(&dest, &m, &into, Some(&warm)).await.unwrap(), 3);
         assert_eq!(std::fs::read(into.join("000020.sst")).unwrap(), b"twenty");
+    }
+
+    #[tokio::test]
+    async fn a_warm_copy_refuses_a_manifest_whose_hashes_are_not_sha256() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dest(dir.path().join("objects").to_str().unwrap(), 0).unwrap();
+        let mut m = put_checkpoint(&dest, 10, &[("000010.sst", b"ten")]).await;
+        m.files[0].sha256 = "../../escaped".into();
+        let warm = dir.path().join("warm");
+        assert!(warm_refresh(&dest, &m, &warm).await.is_err());
+        assert!(!dir.path().join("escaped").exists());
     }
 
     #[tokio::test]
