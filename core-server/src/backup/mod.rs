@@ -152,18 +152,11 @@ impl Dest {
 
     /// sha256 → size of every blob held.
     pub async fn blobs(&self) -> anyhow::Result<HashMap<String, u64>> {
-        let metas: Vec<_> = self
-            .objects
-            .list(Some(&self.key(BLOBS)))
-            .try_collect()
-            .await
-            .with_context(|| format!("listing the blobs in {}", self.shown))?;
-        Ok(metas
+        Ok(self
+            .blobs_aged()
+            .await?
             .into_iter()
-            .filter_map(|m| {
-                let name = m.location.filename()?.to_string();
-                valid_sha(&name).then_some((name, m.size))
-            })
+            .map(|(sha, (size, _))| (sha, size))
             .collect())
     }
 
