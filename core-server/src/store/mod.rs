@@ -580,8 +580,19 @@ fn open_db(
             // The newest tables' (L0, read by every lookup) stay pinned.
             t.set_cache_index_and_filter_blocks(true);
             t.set_pin_l0_filter_and_index_blocks_in_cache(true);
+            // Indexes and filters cut into 4 KiB partitions under a small
+            // top level (pinned): a lookup loads the one partition it
+            // needs. Whole, a large table's filter (MBs) is bigger than a
+            // shard of the cache (it has 64), so it was read from disk,
+            // checksummed and dropped again on every det_oid lookup — a
+            // quarter of a partition writer's CPU (BENCHMARKS.md, "The
+            // commit path", eleventh session).
+            t.set_index_type(rocksdb::BlockBasedIndexType::TwoLevelIndexSearch);
+            t.set_pin_top_level_index_and_filter(true);
+            t.set_metadata_block_size(4096);
             if bloom {
                 t.set_bloom_filter(10.0, false);
+                t.set_partition_filters(true);
             }
             o.set_block_based_table_factory(&t);
             o.set_write_buffer_size(memory.memtable_bytes / 4);
