@@ -50,6 +50,12 @@ pub(super) fn open_db(path: &Path) -> Result<DB, BufferError> {
     cf_opts.set_write_buffer_size(CF_MEMTABLE_BYTES);
     cf_opts.set_max_write_buffer_number(2);
     cf_opts.set_block_based_table_factory(&table);
+    // Uncompressed: the buffer is a queue, each run is written once, read
+    // once to send and deleted; Snappy on every flush and compaction was a
+    // fifth of the agent's CPU under a backlog (BENCHMARKS.md, "The commit
+    // path", eleventh session). `buffer.max_bytes` counts encoded events, so
+    // the disk it takes is about that.
+    cf_opts.set_compression_type(rocksdb::DBCompressionType::None);
     let cfs = vec![
         ColumnFamilyDescriptor::new(CF_EVENTS, cf_opts.clone()),
         ColumnFamilyDescriptor::new(CF_META, cf_opts),
