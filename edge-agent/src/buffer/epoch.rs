@@ -28,7 +28,14 @@ pub(super) fn renumber(shared: &Shared, watermark: Option<u64>) -> Result<NewEpo
         let held = if expect == 0 {
             Vec::new()
         } else {
-            read_db(db, from, st.next_seq, usize::MAX, usize::MAX)?
+            read_db(
+                db,
+                st.run_start(from),
+                from,
+                st.next_seq,
+                usize::MAX,
+                usize::MAX,
+            )?
         };
         if held.len() != expect {
             return Err(BufferError::Corrupt(format!(

@@ -284,6 +284,18 @@ impl State {
         }
     }
 
+    /// The first seq of the run on disk holding `seq` (a kept run or a held
+    /// one; `seq` itself when none is known to).
+    fn run_start(&self, seq: u64) -> u64 {
+        let below = |runs: &VecDeque<u64>| {
+            let i = runs.partition_point(|&r| r <= seq);
+            i.checked_sub(1).map(|i| runs[i])
+        };
+        below(&self.runs)
+            .or_else(|| below(&self.kept_runs))
+            .unwrap_or(seq)
+    }
+
     /// The lowest seq on disk (of a kept run, or a held one).
     fn first_on_disk(&self) -> u64 {
         self.kept_runs
@@ -609,7 +621,7 @@ impl Buffer {
         max_events: usize,
         max_bytes: usize,
     ) -> Result<Vec<Bytes>, BufferError> {
-        let end = {
+        let (start, end) = {
             let st = self.shared.state.lock().unwrap();
             if from <= st.acked {
                 return Err(BufferError::Gone {
@@ -632,10 +644,10 @@ impl Buffer {
                 }
                 return Ok(out);
             }
-            st.next_seq
+            (st.run_start(from), st.next_seq)
         };
         self.shared
-            .with_db(|db| read_db(db, from, end, max_events, max_bytes))
+            .with_db(|db| read_db(db, start, from, end, max_events, max_bytes))
     }
 
     /// For each of the `n` events from seq `from`: ms from its `accepted_ms`
@@ -693,8 +705,15 @@ impl Buffer {
     }
 }
 
+/// Reads from the run starting at `start` (the one holding `from`, see
+/// [`State::run_start`]) forward. The iterator never looks below `start`:
+/// acknowledged runs before it are range-deleted, and a seek backwards over
+/// them read (and held) every deleted run still on disk — 60 MiB of the
+/// agent's heap under a backlog (heaptrack: `SeekForPrev` ←
+/// `SkipPrevDeleted`; BENCHMARKS.md, "The commit path", eleventh session).
 fn read_db(
     db: &DB,
+    start: u64,
     from: u64,
     end: u64,
     max_events: usize,
@@ -703,12 +722,10 @@ fn read_db(
     let cf = db.cf_handle(CF_EVENTS).expect("events cf");
     let mut out = Vec::new();
     let mut bytes = 0;
-    // The run holding `from` starts at or before it.
-    let mut it = db.raw_iterator_cf(cf);
-    it.seek_for_prev(key(from));
-    if !it.valid() {
-        it.seek(key(from));
-    }
+    let mut opts = rocksdb::ReadOptions::default();
+    opts.set_iterate_lower_bound(key(start).to_vec());
+    let mut it = db.raw_iterator_cf_opt(cf, opts);
+    it.seek(key(start));
     let mut expect = from;
     'runs: while it.valid() {
         let (Some(k), Some(v)) = (it.key(), it.value()) else {
