@@ -127,7 +127,7 @@ impl Indexer {
                 // Without a writer they are dropped: the catch-up after the
                 // reopen reads them from the store.
                 Ok(Job::Events(events)) => {
-                    if let Err(e) = self.add(&events, false) {
+                    if let Err(e) = self.add(&events, self.replace_through, true) {
                         self.fail(e);
                     }
                     self.idx.queued.fetch_sub(events.len(), Ordering::Relaxed);
@@ -244,9 +244,8 @@ impl Indexer {
         Ok(())
     }
 
-    /// Adds events; `replace` (or a commit time the last catch-up covered)
-    /// replaces an existing document with the same det_oid. Without a
-    /// writer, does nothing.
+    /// Adds events: `live` ones from the hub (timed to searchable), or ones
+    /// a catch-up read from the store. Without a writer, does nothing.
     ///
     /// The documents replaced go in one delete for the whole call, before
     /// the adds (a delete reaches only documents added before it): a delete
@@ -255,7 +254,15 @@ impl Indexer {
     /// while a backlog drained (heaptrack; BENCHMARKS.md, "Memory under a
     /// backlog"); a term set holds its det_oids in an FST ([`SafeTermSet`]:
     /// tantivy's `TermSetQuery`, safe on an empty segment).
-    fn add(&mut self, events: &[JoinedEvent], replace: bool) -> Result<(), SearchError> {
+    ///
+    /// An event that may be indexed already, committed at or before
+    /// `replace_through`, replaces the document with its det_oid.
+    fn add(
+        &mut self,
+        events: &[JoinedEvent],
+        replace_through: i64,
+        live: bool,
+    ) -> Result<(), SearchError> {
         let Some(writer) = self.writer.as_ref() else {
             return Ok(());
         };
@@ -266,13 +273,13 @@ impl Indexer {
             let Some(doc) = self.idx.document(ev) else {
                 continue;
             };
-            if replace || ev.committed_ms <= self.replace_through {
+            if ev.committed_ms <= replace_through {
                 if let Some(oid) = ev.detection.as_ref().and_then(|d| d.detection_oid) {
                     replaced.push(Term::from_field_i64(f.det_oid, oid));
                 }
             }
             docs.push((doc, ev.committed_ms));
-            if !replace && self.unsearchable.len() < MAX_TIMED {
+            if live && self.unsearchable.len() < MAX_TIMED {
                 if self.unsearchable.is_empty() {
                     self.idx
                         .oldest_unsearchable_ms
@@ -300,6 +307,12 @@ impl Indexer {
         // Events committed from now on arrive from the hub; the ones already
         // committed may come both ways, so they are replaced, not added.
         self.replace_through = sightline_proto::now_ms() + CATCH_UP_SLACK.as_millis() as i64;
+        // Every document in the index was committed at or before the newest
+        // time added so far: the events a catch-up reads past it are new to
+        // the index, added without a delete (a catch-up after a backlog
+        // overran the queue replaced every event it read — a delete per
+        // document, BENCHMARKS.md, "The commit path", eleventh session).
+        let indexed_through = self.newest_ms;
         match self.resume {
             None => {
                 let table = self.locations.current();
@@ -309,7 +322,7 @@ impl Indexer {
                 let read = store.for_each_event(CATCH_UP_BATCH, |mut events| {
                     table.join_all(&mut events);
                     n += events.len();
-                    let step = self.add(&events, true).and_then(|()| {
+                    let step = self.add(&events, i64::MAX, false).and_then(|()| {
                         if self.pending >= REBUILD_COMMIT_EVERY {
                             // Events come in detection order here, not commit
                             // order: until the rebuild ends, the position on
@@ -341,7 +354,7 @@ impl Indexer {
                     }
                     self.locations.current().join_all(&mut events);
                     n += events.len();
-                    self.add(&events, true)?;
+                    self.add(&events, indexed_through, false)?;
                     if self.pending >= REBUILD_COMMIT_EVERY {
                         // In commit order: what is committed so far is the
                         // position a restart may resume from.

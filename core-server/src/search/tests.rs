@@ -425,6 +425,37 @@ async fn the_index_writer_recovers_after_an_error_and_converges() {
     f.searchable(200, Duration::from_secs(10)).await;
 }
 
+/// A commit larger than the indexer's queue is left to a catch-up from the
+/// store, which re-reads from before the newest event indexed: the events
+/// indexed already are replaced, the rest added, and each is found once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_past_a_full_queue_indexes_each_event_once() {
+    let f = fixture();
+    let t0 = 1_800_000_000_000;
+    let events = |from: i64, n: i64| -> Vec<(i64, i64, i64, &'static str)> {
+        (from..from + n)
+            .map(|i| (i, t0 + i, 1 + i % 4, "car"))
+            .collect()
+    };
+    f.commit(&events(0, 100));
+    f.searchable(100, Duration::from_secs(10)).await;
+    // Indexed from the hub: a catch-up will read these again (its slack).
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let big = super::MAX_QUEUED_INDEX_EVENTS as i64 + 1_000;
+    f.commit(&events(100, big));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // The next commit finds room in the queue and starts the catch-up.
+    f.commit(&events(100 + big, 10));
+    let n = 110 + big;
+    f.searchable(n as u64, Duration::from_secs(120)).await;
+    let mut hits = f.all_hits(MAX_PAGE);
+    hits.sort();
+    assert_eq!(hits, (0..n).collect::<Vec<i64>>());
+    // And ingest goes on from the hub.
+    f.commit(&events(n, 10));
+    f.searchable(n as u64 + 10, Duration::from_secs(10)).await;
+}
+
 /// How far the index lags the store at 10,000 events/s (100 every 10 ms),
 /// in-process, with nothing else competing for the cores: a measurement,
 /// run by hand (`cargo test -p sightline-core --lib search_lag -- --ignored
