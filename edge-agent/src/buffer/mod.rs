@@ -726,8 +726,7 @@ fn read_db(
     opts.set_iterate_lower_bound(key(start).to_vec());
     let mut it = db.raw_iterator_cf_opt(cf, opts);
     it.seek(key(start));
-    let found = |it: &rocksdb::DBRawIterator| it.key().map(|k| be_u64(k, "event key"));
-    if !matches!(found(&it), Some(Ok(first)) if first <= from) {
+    if !matches!(it.key().map(|k| be_u64(k, "event key")), Some(Ok(first)) if first <= from) {
         // `start` was not the run holding `from` (the state does not know
         // it): the run is the last one starting at or before `from`.
         it = db.raw_iterator_cf(cf);

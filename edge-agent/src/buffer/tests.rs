@@ -124,6 +124,25 @@ fn events_leave_only_through_acks() {
     assert_eq!(b.depth(), 6);
 }
 
+/// `read_db` seeks forward from the run start the state gives; given one
+/// that is not the run holding the seq, it still finds the seq (the run
+/// starting before it), as the backwards seek did.
+#[test]
+fn a_read_given_the_wrong_run_start_still_finds_the_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Buffer::open(dir.path(), opts()).unwrap();
+    b.append_blocking((1..=10).map(det).collect(), None)
+        .unwrap();
+    for start in [1, 5] {
+        let read = b
+            .shared
+            .with_db(|db| read_db(db, start, 5, 11, 100, usize::MAX))
+            .unwrap();
+        let seqs: Vec<u64> = read.iter().map(|e| decode(e).seq).collect();
+        assert_eq!(seqs, (5..=10).collect::<Vec<u64>>(), "start {start}");
+    }
+}
+
 #[test]
 fn the_source_position_is_stored_with_its_events() {
     let dir = tempfile::tempdir().unwrap();
