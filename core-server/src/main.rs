@@ -155,6 +155,15 @@ enum CertsCommand {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // No transparent huge pages for this process: mimalloc's arenas were
+    // backed by them, so a page freed and taken again (the search index
+    // writers' arenas at each commit, one writer per partition in a
+    // cluster) cost the kernel zeroing 2 MiB. That zeroing was 10 % of the
+    // whole machine's CPU in the cluster benchmark; without it the cluster
+    // took 1.4× the events on 0.67× the CPU per event (BENCHMARKS.md,
+    // "Cluster", twelfth session). Best effort: a kernel without the
+    // setting runs as before.
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

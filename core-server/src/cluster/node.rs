@@ -43,6 +43,10 @@ pub struct Node {
     clocks: Mutex<BTreeMap<u16, LeaseClock>>,
     /// What `local()` answers: the partitions open now.
     open: Mutex<BTreeMap<u16, LocalPartition>>,
+    /// The partitions being closed in the background, each until its store
+    /// is let go: taking one back waits for it (its RocksDB lock is held
+    /// until then; opening it sooner failed and released the lease).
+    closing: Mutex<HashMap<u16, Closing>>,
     /// The last seen leases (partition -> node) and nodes, kept by watches.
     leases_seen: Arc<Mutex<HashMap<u16, lease::Lease>>>,
     nodes_seen: Arc<Mutex<HashMap<String, NodeInfo>>>,
@@ -50,6 +54,9 @@ pub struct Node {
     /// ([`super::checkpoint_subject`]): what the warm copies follow.
     announced: Arc<Mutex<HashMap<u16, CheckpointManifest>>>,
 }
+
+/// A partition's owner closing in the background (see [`Node::closing`]).
+type Closing = futures::future::Shared<futures::future::BoxFuture<'static, ()>>;
 
 impl Node {
     /// Joins the cluster: announces the node and follows the leases and
@@ -70,6 +77,7 @@ impl Node {
             held: Default::default(),
             clocks: Default::default(),
             open: Default::default(),
+            closing: Default::default(),
             leases_seen: Default::default(),
             nodes_seen: Default::default(),
             announced: Default::default(),
@@ -420,7 +428,7 @@ impl Node {
             // Closed in the background: closing waits until its store is
             // let go (a search index catching up holds it for seconds), and
             // this round must go on taking what the node is short of.
-            tokio::spawn(owner.close());
+            self.close_in_background(p, owner);
         }
         let want = self.fair_share();
         // Held, or taken and still opening (in the background, see below).
@@ -520,13 +528,39 @@ impl Node {
         Ok(())
     }
 
+    /// Closes `owner` of partition `p` in the background, remembered until
+    /// it has (see [`Node::closing`]).
+    fn close_in_background(self: &Arc<Self>, p: u16, owner: Owner) {
+        use futures::FutureExt;
+        let done: Closing = tokio::spawn(owner.close()).map(|_| ()).boxed().shared();
+        self.closing.lock().unwrap().insert(p, done.clone());
+        let node = Arc::downgrade(self);
+        tokio::spawn(async move {
+            done.await;
+            if let Some(node) = node.upgrade() {
+                let mut closing = node.closing.lock().unwrap();
+                // Unless a later close of the same partition replaced it.
+                if closing.get(&p).is_some_and(|c| c.peek().is_some()) {
+                    closing.remove(&p);
+                }
+            }
+        });
+    }
+
     /// Opens the partitions just taken, all at once (each may restore a
     /// checkpoint: one after another, a dead node's partitions would wait for
     /// each other), and holds those whose lease is still this node's.
     async fn open_taken(self: Arc<Self>, taken: Vec<(u16, u64, LeaseClock)>) {
         let opened = futures::future::join_all(taken.into_iter().map(|(p, rev, clock)| {
             let node = self.clone();
-            async move { (p, rev, Owner::open(&node.ctx, p, clock).await) }
+            async move {
+                // Taken back while this node still closes it: after that.
+                let closing = node.closing.lock().unwrap().get(&p).cloned();
+                if let Some(c) = closing {
+                    c.await;
+                }
+                (p, rev, Owner::open(&node.ctx, p, clock).await)
+            }
         }))
         .await;
         let mut held = self.held.lock().await;
@@ -534,7 +568,7 @@ impl Node {
             match opened {
                 // Left (the node is stopping) or lost meanwhile: closed.
                 Ok(owner) if !self.clocks.lock().unwrap().contains_key(&p) => {
-                    tokio::spawn(owner.close());
+                    self.close_in_background(p, owner);
                 }
                 Ok(owner) => {
                     self.open.lock().unwrap().insert(

@@ -10,7 +10,9 @@
 //!    the 3 cores and the 3 nats-servers (cluster).
 //! 2. Cluster, live at `--rate` events/s with a subscriber on node 0: the
 //!    publish → Subscribe latency (p99 of the events sent until 1 s before
-//!    the kill; after `--settle` s for the partitions to spread), then `kill -9` of
+//!    the kill; after `--settle` s for the partitions to spread, and after the
+//!    throughput phase has been applied and checkpointed everywhere: see
+//!    [`wait_quiet`]; `--quiet 0` skips that wait), then `kill -9` of
 //!    node 2 (a partition owner; the agents send to nodes 0 and 1).
 //!    Failover: from the kill until every partition has committed (and
 //!    published to the subscriber) an event sent after the kill — the
@@ -155,6 +157,58 @@ async fn throughput(
     (eps, cpu_us)
 }
 
+/// Waits until every partition has applied all of its stream (lag 0, as its
+/// owner reports it in `/metrics`) for `quiet_for`, and has a checkpoint
+/// (within `timeout`). A checkpoint is taken `interval` after the previous
+/// one whenever the partition applied something since, so after
+/// 2 × `interval` + the gauges' age with nothing new, the newest
+/// checkpoint covers everything. The live phase then starts from a settled
+/// cluster, not in the drain of the throughput phase (whose backlog a kill
+/// would otherwise leave to be replayed: that measures the burst, not the
+/// failover). Returns the seconds it took, `None` on timeout.
+async fn wait_quiet(
+    nodes: &[std::net::SocketAddr],
+    quiet_for: Duration,
+    timeout: Duration,
+) -> Option<f64> {
+    use sightline_core::cluster::status::{fetch_metrics, merge, parse_metrics, ClusterStatus};
+    let t0 = Instant::now();
+    // Since when every partition has been seen applied through.
+    let mut applied_since: Option<Instant> = None;
+    while t0.elapsed() < timeout {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut reports = std::collections::BTreeMap::new();
+        let mut first: Option<ClusterStatus> = None;
+        for n in nodes {
+            if let Ok(t) = fetch_metrics(&n.to_string()).await {
+                let s = parse_metrics(&t);
+                first.get_or_insert_with(|| s.clone());
+                for node in &s.nodes {
+                    if node.http == n.to_string() {
+                        reports.insert(node.node_id.clone(), s.clone());
+                    }
+                }
+            }
+        }
+        let Some(first) = first else { continue };
+        let all = merge(first, &reports);
+        let settled = !all.partitions.is_empty()
+            && all
+                .partitions
+                .iter()
+                .all(|p| p.lag == Some(0) && p.checkpoint_age_s.is_some());
+        if !settled {
+            applied_since = None;
+            continue;
+        }
+        let since = *applied_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= quiet_for {
+            return Some(t0.elapsed().as_secs_f64());
+        }
+    }
+    None
+}
+
 /// What the live subscriber received: det_oid → arrival times.
 #[derive(Default)]
 struct Seen {
@@ -170,6 +224,7 @@ async fn main() {
     let kill_at = args.get("--kill-at", 10.0);
     let batch = args.get("--batch", 500.0) as usize;
     let settle = args.get("--settle", 30.0);
+    let quiet = args.get("--quiet", 1.0) != 0.0;
     let locations: Vec<i64> = (1..=LOCATIONS).collect();
 
     // ---- embedded ----
@@ -240,6 +295,20 @@ async fn main() {
         .collect();
     let (cluster_eps, cluster_cpu) =
         throughput("cluster", &urls[0], &intakes, &pids, seconds, batch).await;
+
+    if quiet {
+        let http: Vec<_> = rig.nodes.iter().map(|n| n.http).collect();
+        // Checkpoints every 10 s (below), gauges refreshed every 5 s.
+        let quiet_for = Duration::from_secs(2 * 10 + 5);
+        match wait_quiet(&http, quiet_for, Duration::from_secs(180)).await {
+            Some(s) => println!(
+                "quiet: every partition applied through and checkpointed {s:.1} s after the throughput phase"
+            ),
+            None => println!(
+                "quiet: not reached in 180 s (a partition lagging or not checkpointed); live phase started anyway"
+            ),
+        }
+    }
 
     // ---- cluster: live, then a partition owner killed ----
     let seen = Arc::new(Mutex::new(Seen::default()));
