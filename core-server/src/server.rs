@@ -303,8 +303,16 @@ async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started
     };
     let hub = LiveHub::new(config.live.buffer_commits);
     let caps = Caps::new(config, &metrics, &drain.cut);
+    // Cluster mode: this node commits nothing into `hub` (each partition's
+    // owner has its own); the dashboard's feed reads a hub of its own, fed
+    // with every partition's commits from the cluster (below).
+    let dashboard_hub = if config.cluster.enabled() {
+        LiveHub::new(config.live.buffer_commits)
+    } else {
+        hub.clone()
+    };
     let feed = dashboard::LiveFeed::start(
-        &hub,
+        &dashboard_hub,
         store.clone(),
         drain.token(Stage::Background),
         caps.feeds.clone(),
@@ -498,24 +506,35 @@ async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started
     let cluster_query = match &cluster {
         Some(node) => {
             let view = node.clone() as Arc<dyn crate::cluster::view::ClusterView>;
+            let peer_token = config.cluster.peer_token.clone().unwrap_or_default();
+            let query = Arc::new(
+                crate::cluster::query::ClusterQuery::new(view.clone(), peer_token)
+                    .with_feed(crate::cluster::feed::Feed::new(node.nats().client.clone())),
+            );
             let status = crate::cluster::status::spawn(
-                view.clone(),
+                view,
                 Some(node.nats().js.clone()),
                 metrics.clone(),
+                query.own_status.clone(),
                 drain.token(Stage::Background),
             );
             drain.spawn(Stage::Background, "cluster status", async move {
                 let _ = status.await;
             });
-            let peer_token = config.cluster.peer_token.clone().unwrap_or_default();
-            let query = Arc::new(
-                crate::cluster::query::ClusterQuery::new(view, peer_token)
-                    .with_feed(crate::cluster::feed::Feed::new(node.nats().client.clone())),
-            );
             media.set_cluster(Arc::new(crate::cluster::media::ClusterMedia {
                 nats: node.nats().clone(),
                 query: query.clone(),
             }));
+            // The dashboard: counts over every partition, and the live
+            // feed from every partition's commits while someone watches.
+            feed.set_cluster(query.clone(), drain.token(Stage::Background));
+            let (watched, stop) = (feed.clone(), drain.token(Stage::Background));
+            let out = crate::cluster::feed::Feed::new(node.nats().client.clone());
+            drain.spawn(
+                Stage::Background,
+                "dashboard cluster feed",
+                crate::cluster::feed::into_hub(out, dashboard_hub, move || watched.watched(), stop),
+            );
             Some(query)
         }
         None => None,
@@ -533,7 +552,7 @@ async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started
         hub: hub.clone(),
         metrics: metrics.clone(),
         access: access.clone(),
-        cluster: cluster_query,
+        cluster: cluster_query.clone(),
     };
     // Reflection lists what this port serves, nothing else: Ingest and Media
     // live on the edge port unless plaintext edge is on.
@@ -654,6 +673,7 @@ async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started
             csrf: None,
             audit: Some(access.audit.clone()),
             peer: None,
+            cluster: cluster_query,
         },
         feed.clone(),
         &config.dashboard.site_root(),

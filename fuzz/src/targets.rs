@@ -330,6 +330,7 @@ pub fn core() -> &'static Core {
             csrf: None,
             audit: None,
             peer: None,
+            cluster: None,
         };
         Core {
             _dir: dir,

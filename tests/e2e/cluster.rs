@@ -343,3 +343,219 @@ async fn footage_uploaded_to_one_node_comes_with_its_event_and_is_served_by_ever
         check(n.url(), n.http.to_string()).await;
     }
 }
+
+/// A dashboard server function's answer from the node at `http` (as its
+/// admin), as JSON.
+async fn server_fn(http: std::net::SocketAddr, name: &str, form: &str) -> serde_json::Value {
+    let (head, body) = sightline_tests::http::post_form(http, &format!("/api/{name}"), form).await;
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "{name} on {http}: {head}\n{}",
+        String::from_utf8_lossy(&body)
+    );
+    serde_json::from_slice(&body).unwrap_or_else(|e| {
+        panic!(
+            "{name} on {http}: not JSON ({e}): {}",
+            String::from_utf8_lossy(&body)
+        )
+    })
+}
+
+/// The det_oids in the live ticks `/api/live` on `http` sends (as its
+/// admin) within `within`.
+async fn live_dets(http: std::net::SocketAddr, within: Duration) -> Vec<i64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = http.to_string();
+    let auth = sightline_tests::http::admin_auth(&addr, "");
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(format!("GET /api/live HTTP/1.1\r\nHost: {addr}\r\n{auth}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (mut raw, mut buf) = (Vec::new(), [0u8; 65536]);
+    let deadline = tokio::time::Instant::now() + within;
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "/api/live on {addr}: {text}"
+    );
+    let start = text.find("\r\n\r\n").map_or(text.len(), |p| p + 4);
+    let body = sightline_tests::http::dechunk_body(&raw[start..]);
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d.trim()).ok())
+        .flat_map(|t| {
+            t["events"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|e| e["det_oid"].as_i64())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_on_any_node_shows_the_whole_cluster() {
+    let mut rig = start(3).await;
+    let data = Dataset::generate(157, 6_000, 0.1, 0.2, LOCATIONS);
+    let truth = data.truth();
+    let mut agent = rig.replay("c-dash", &data, 6000);
+    assert!(agent.wait(Duration::from_secs(180)).success());
+    rig.assert_truth(&truth).await;
+
+    let x = 3;
+    let (from, to) = (
+        truth.min_ts - truth.min_ts.rem_euclid(60_000),
+        truth.max_ts - truth.max_ts.rem_euclid(60_000) + 60_000,
+    );
+    let known = *truth.det_oids.iter().min().unwrap();
+    for node in &rig.nodes {
+        let http = node.http;
+        // The totals, top X and an event: every partition's, from any node.
+        let totals = server_fn(http, "get_totals", "").await;
+        assert_eq!(
+            totals["stored"].as_u64(),
+            Some(truth.unique),
+            "{http}: {totals}"
+        );
+        let top = server_fn(
+            http,
+            "get_top_items",
+            &format!("range=custom&from={from}&to={to}&x={x}"),
+        )
+        .await;
+        let shown: std::collections::BTreeMap<i64, Vec<(String, u64)>> = top["locations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                let items = l["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| (i[0].as_str().unwrap().to_string(), i[1].as_u64().unwrap()))
+                    .collect();
+                (l["location_oid"].as_i64().unwrap(), items)
+            })
+            .collect();
+        assert_eq!(shown, truth.top(x), "{http}: the top X page and the truth");
+        let ev = server_fn(http, "get_event", &format!("det_oid={known}")).await;
+        assert_eq!(ev["row"]["det_oid"].as_i64(), Some(known), "{http}: {ev}");
+        let search = server_fn(
+            http,
+            "search_events",
+            &format!(
+                "query[query]=det_oid:{known}&query[from_ms]=0&query[to_ms]=0&query[page_token]="
+            ),
+        )
+        .await;
+        assert_eq!(search["total_hits"].as_u64(), Some(1), "{http}: {search}");
+        // The latest events: the newest committed anywhere, each once.
+        let latest = server_fn(http, "get_latest", "limit=50").await;
+        let rows: Vec<i64> = latest
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["det_oid"].as_i64().unwrap())
+            .collect();
+        assert_eq!(rows.len(), 50, "{http}: {latest}");
+        assert!(
+            rows.iter().all(|d| truth.det_oids.contains(d)),
+            "{http}: {rows:?}"
+        );
+        let mut once = rows.clone();
+        once.sort_unstable();
+        once.dedup();
+        assert_eq!(once.len(), rows.len(), "{http}: a latest event twice");
+        // The cluster table of the Fleet page: every partition owned, by a
+        // node it lists, and every node's partitions counted.
+        let cluster = wait_for("the cluster table", Duration::from_secs(30), || async {
+            let c = server_fn(http, "get_cluster", "").await;
+            let parts = c["partitions"].as_array().cloned().unwrap_or_default();
+            (parts.len() == PARTITIONS as usize
+                && parts
+                    .iter()
+                    .all(|p| p["owner"].is_string() && p["lag"].is_u64()))
+            .then_some(c)
+        })
+        .await;
+        let nodes = cluster["nodes"].as_array().unwrap();
+        assert_eq!(nodes.len(), 3, "{http}: {cluster}");
+        let owned: u64 = nodes
+            .iter()
+            .map(|n| n["partitions"].as_u64().unwrap())
+            .sum();
+        assert_eq!(owned, u64::from(PARTITIONS), "{http}: {cluster}");
+    }
+    // Who owns what, as node 2 sees it.
+    let table = server_fn(rig.nodes[2].http, "get_cluster", "").await;
+    let me = table["node_id"].as_str().unwrap().to_string();
+    let others: std::collections::HashSet<u32> = table["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["owner"].as_str() != Some(me.as_str()))
+        .map(|p| p["partition"].as_u64().unwrap() as u32)
+        .collect();
+    // The Fleet page shows the table (rendered on the server).
+    let (head, page) = sightline_tests::http::get(rig.nodes[1].http, "/fleet", "").await;
+    let page = String::from_utf8_lossy(&page);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(
+        page.matches("data-partition=").count(),
+        PARTITIONS as usize,
+        "{page}"
+    );
+
+    // Live: a node's dashboard feed carries events committed by every
+    // partition, whichever node took them.
+    let watcher = tokio::spawn(live_dets(rig.nodes[2].http, Duration::from_secs(20)));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let live = Agent::start(AgentArgs::intake(
+        rig.dir.path(),
+        "c-dash-live",
+        rig.nodes[0].url(),
+    ));
+    let mut intake = IntakeClient::connect(live.intake_url()).await.unwrap();
+    let base = 9_100_000_000i64;
+    let now = sightline_tests::data::now_ms();
+    let sent: Vec<i64> = (0..64).map(|i| base + i).collect();
+    intake
+        .publish(PublishRequest {
+            detections: sent
+                .iter()
+                .map(|d| Detection {
+                    geographical_location_oid: 1 + d % 5,
+                    video_camera_oid: 100,
+                    detection_oid: Some(*d),
+                    item_name: "car".into(),
+                    timestamp_detected: now,
+                    ..Default::default()
+                })
+                .collect(),
+        })
+        .await
+        .unwrap();
+    let seen = watcher.await.unwrap();
+    let got: std::collections::HashSet<i64> = seen.into_iter().collect();
+    let missing: Vec<i64> = sent.iter().filter(|d| !got.contains(d)).copied().collect();
+    // A tick carries the newest few of what was committed since the last
+    // one, so not every event need be shown; but node 2's feed shows events
+    // of partitions other nodes own.
+    let partitions: std::collections::HashSet<u32> = sent
+        .iter()
+        .filter(|d| got.contains(d))
+        .map(|d| sightline_core::store::keys::partition_of(*d, PARTITIONS as usize) as u32)
+        .collect();
+    assert!(
+        partitions.iter().any(|p| others.contains(p)),
+        "node 2's live feed showed events of partitions {partitions:?} only (others own {others:?}); missing {missing:?}"
+    );
+}

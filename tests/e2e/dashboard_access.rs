@@ -785,19 +785,7 @@ fn dechunk(raw: &[u8]) -> Vec<u8> {
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .map_or(raw.len(), |p| p + 4);
-    let (mut rest, mut body) = (&raw[start..], Vec::new());
-    while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
-        let Ok(size) = usize::from_str_radix(&String::from_utf8_lossy(&rest[..eol]), 16) else {
-            break;
-        };
-        let data = &rest[eol + 2..];
-        if size == 0 || data.len() < size + 2 {
-            break;
-        }
-        body.extend_from_slice(&data[..size]);
-        rest = &data[size + 2..];
-    }
-    body
+    sightline_tests::http::dechunk_body(&raw[start..])
 }
 
 /// Reads `/api/live` with `cookie` until `stop`: every tick's JSON.

@@ -61,6 +61,44 @@ pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
+/// The body of a response in chunked transfer encoding, whole.
+pub fn dechunk_body(mut rest: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+        let Ok(size) = usize::from_str_radix(&String::from_utf8_lossy(&rest[..eol]), 16) else {
+            break;
+        };
+        let data = &rest[eol + 2..];
+        if size == 0 || data.len() < size + 2 {
+            break;
+        }
+        body.extend_from_slice(&data[..size]);
+        rest = &data[size + 2..];
+    }
+    body
+}
+
+/// `POST path` of a form `body` (a dashboard server function), as the admin
+/// of the core this process started at `addr`, from the dashboard's own
+/// origin: (head, body, de-chunked).
+pub async fn post_form(addr: impl std::fmt::Display, path: &str, body: &str) -> (String, Vec<u8>) {
+    let addr = addr.to_string();
+    let auth = admin_auth(&addr, "");
+    let (head, raw) = request(
+        &addr,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Origin: http://{addr}\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await;
+    let chunked =
+        header(&head, "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+    (head, if chunked { dechunk_body(&raw) } else { raw })
+}
+
 /// Percent-encodes a form value.
 pub fn form_value(s: &str) -> String {
     s.bytes()

@@ -112,6 +112,11 @@ pub async fn get_fleet() -> Result<Vec<AgentRow>, ServerFnError> {
 }
 
 #[server]
+pub async fn get_cluster() -> Result<Option<crate::model::ClusterTable>, ServerFnError> {
+    crate::backend::call(|b| b.cluster()).await
+}
+
+#[server]
 pub async fn get_quarantine(page_token: String) -> Result<QuarantinePage, ServerFnError> {
     crate::backend::call(move |b| b.quarantine(&page_token)).await
 }

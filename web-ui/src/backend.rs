@@ -23,6 +23,11 @@ pub trait Backend: Send + Sync + 'static {
     fn search(&self, query: &SearchQuery) -> Result<SearchPage, String>;
     fn event(&self, det_oid: i64) -> Result<Option<EventDetail>, String>;
     fn fleet(&self) -> Result<Vec<AgentRow>, String>;
+    /// Cluster mode: the cluster's nodes and partitions; `None` on a core
+    /// that runs alone.
+    fn cluster(&self) -> Result<Option<crate::model::ClusterTable>, String> {
+        Ok(None)
+    }
     fn quarantine(&self, page_token: &str) -> Result<QuarantinePage, String>;
     /// A page of the audit log, newest first (admin only).
     fn audit(&self, filter: &AuditFilter) -> Result<AuditPage, String>;

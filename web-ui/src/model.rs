@@ -123,6 +123,42 @@ pub struct EventDetail {
     pub nearby: Vec<EventRow>,
 }
 
+/// The cluster as the Fleet page shows it (cluster mode only): what
+/// `sightline-core cluster status` prints, as the node asked last saw it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterTable {
+    /// The node that answered.
+    pub node_id: String,
+    pub nodes: Vec<ClusterNodeRow>,
+    pub partitions: Vec<ClusterPartitionRow>,
+    /// Nodes whose own report could not be read (their partitions are shown
+    /// without sequences), with why.
+    pub unreachable: Vec<String>,
+    /// When this was gathered.
+    pub at_ms: i64,
+}
+
+/// A core node of the cluster.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterNodeRow {
+    pub node_id: String,
+    pub grpc: String,
+    pub http: String,
+    /// Partitions it owns.
+    pub partitions: u32,
+}
+
+/// A partition: its owner, how far it has applied its stream, how far
+/// behind it is, and its newest checkpoint's age.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterPartitionRow {
+    pub partition: u32,
+    pub owner: Option<String>,
+    pub applied_seq: Option<u64>,
+    pub lag: Option<u64>,
+    pub checkpoint_age_s: Option<f64>,
+}
+
 /// An agent as the fleet view shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentRow {

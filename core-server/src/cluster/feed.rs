@@ -189,6 +189,135 @@ impl Feed {
     }
 }
 
+impl Feed {
+    /// The newest committed events of every partition, newest first: the
+    /// [`super::OUT_STREAM`] read backwards from its last message, at most
+    /// `max_messages` messages, until `limit` events that `keep` accepts.
+    /// What the dashboard shows as the latest events on any node.
+    pub async fn latest(
+        &self,
+        limit: usize,
+        max_messages: usize,
+        keep: impl Fn(&JoinedEvent) -> bool,
+    ) -> Result<Vec<JoinedEvent>, Status> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        let mut stream = self
+            .js
+            .get_stream(super::OUT_STREAM)
+            .await
+            .map_err(|e| unavailable(format!("stream {}: {e}", super::OUT_STREAM)))?;
+        let state = stream
+            .info()
+            .await
+            .map_err(|e| unavailable(format!("stream {}: {e}", super::OUT_STREAM)))?
+            .state
+            .clone();
+        let mut out = Vec::new();
+        let mut seq = state.last_sequence;
+        let mut read = 0;
+        while seq >= state.first_sequence.max(1) && read < max_messages && out.len() < limit {
+            match stream.get_raw_message(seq).await {
+                Ok(m) => {
+                    let batch = OutBatch::decode(m.payload.as_ref()).map_err(|e| {
+                        Status::from(ApiError::internal(format!(
+                            "message {seq} of {} is not an event batch: {e}",
+                            super::OUT_STREAM
+                        )))
+                    })?;
+                    for (i, mut ev) in batch.events.into_iter().enumerate().rev() {
+                        ev.stream_seq = cursor(seq, i);
+                        if out.len() < limit && keep(&ev) {
+                            out.push(ev);
+                        }
+                    }
+                }
+                // Purged or deleted meanwhile.
+                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {}
+                Err(e) => {
+                    return Err(unavailable(format!(
+                        "message {seq} of {}: {e}",
+                        super::OUT_STREAM
+                    )))
+                }
+            }
+            seq -= 1;
+            read += 1;
+        }
+        Ok(out)
+    }
+}
+
+/// Cluster mode: every partition's commits, read from
+/// [`super::OUT_STREAM`] as the owners publish them, handed to `hub` (which
+/// the dashboard's live feed reads) while `wanted` says someone watches,
+/// until `stop`. A read that breaks is opened again after the last event
+/// handed on; one that stops being wanted is dropped (the stream is read
+/// again from new events when it is wanted again).
+pub async fn into_hub(
+    feed: Feed,
+    hub: crate::api::live::LiveHub,
+    wanted: impl Fn() -> bool,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    const WAIT: Duration = Duration::from_secs(1);
+    let mut start = Start::New;
+    loop {
+        if wanted() {
+            let opened = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = feed.open(start) => r,
+            };
+            match opened {
+                Ok(events) => {
+                    let mut chunks = events.ready_chunks(crate::api::live::LIVE_CHUNK_EVENTS);
+                    let mut check = tokio::time::interval(WAIT);
+                    loop {
+                        let next = tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = check.tick() => {
+                                if wanted() { continue }
+                                start = Start::New;
+                                break;
+                            }
+                            n = chunks.next() => n,
+                        };
+                        let Some(chunk) = next else {
+                            tracing::debug!("the dashboard's cluster feed ended; reading again");
+                            break;
+                        };
+                        let mut batch = Vec::with_capacity(chunk.len());
+                        let mut failed = None;
+                        for r in chunk {
+                            match r {
+                                Ok(e) => batch.push(e),
+                                Err(e) => {
+                                    failed = Some(e);
+                                    break;
+                                }
+                            }
+                        }
+                        if let Some(last) = batch.last() {
+                            start = Start::AfterSeq(last.stream_seq);
+                        }
+                        hub.publish(batch);
+                        if let Some(e) = failed {
+                            tracing::debug!(error = %e, "the dashboard's cluster feed broke; reading again");
+                            break;
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "the dashboard's cluster feed"),
+            }
+        } else {
+            start = Start::New;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(WAIT) => {}
+        }
+    }
+}
+
 /// An OUT message's stream sequence and events.
 fn decode(
     m: Result<async_nats::jetstream::Message, async_nats::jetstream::consumer::pull::OrderedError>,

@@ -56,6 +56,9 @@ pub struct ClusterQuery {
     /// Subscribe's source ([`super::feed`]); `None`: Subscribe is refused
     /// as UNAVAILABLE (no NATS connection).
     pub feed: Option<super::feed::Feed>,
+    /// This node's own [`super::status::collect`], as the status task last
+    /// made it (for [`ClusterQuery::status`]).
+    pub own_status: Arc<std::sync::Mutex<Option<super::status::ClusterStatus>>>,
 }
 
 /// How long a query waits for the owners of partitions that are moving
@@ -84,13 +87,74 @@ enum Target {
 
 type Client = QueryClient<Channel>;
 
+/// Messages of [`super::OUT_STREAM`] (one partition's commit each) read at
+/// most for the latest events.
+const LATEST_MESSAGES: usize = 512;
+
 impl ClusterQuery {
     pub fn new(view: Arc<dyn ClusterView>, peer_token: impl Into<String>) -> Self {
         Self {
             view,
             peers: Peers::new(peer_token),
             feed: None,
+            own_status: Arc::default(),
         }
+    }
+
+    /// The newest `limit` events committed over every partition that `keep`
+    /// accepts, newest first (joined with Dataset B as their owners
+    /// published them; no media): see [`super::feed::Feed::latest`].
+    pub async fn latest(
+        &self,
+        limit: usize,
+        keep: impl Fn(&JoinedEvent) -> bool,
+    ) -> Result<Vec<JoinedEvent>, Status> {
+        let feed = self.feed.as_ref().ok_or_else(|| {
+            Status::from(ApiError::unavailable(
+                "the latest events: this cluster node has no NATS connection",
+            ))
+        })?;
+        feed.latest(limit, LATEST_MESSAGES, keep).await
+    }
+
+    /// The cluster as `sightline-core cluster status` shows it, gathered by
+    /// this node: owners as it sees them, each partition's sequences, lag
+    /// and checkpoint age from its owner's `/metrics`; with the nodes whose
+    /// report could not be read, and why.
+    pub async fn status(&self) -> Result<(super::status::ClusterStatus, Vec<String>), Status> {
+        use super::status::{fetch_metrics, merge, parse_metrics};
+        let own = self
+            .own_status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                Status::from(ApiError::unavailable(
+                    "this node has not gathered the cluster's status yet (every 5 s)",
+                ))
+            })?;
+        let me = self.view.node_id().to_string();
+        let reads = own
+            .nodes
+            .iter()
+            .filter(|n| n.node_id != me)
+            .map(|n| async move {
+                (
+                    n.node_id.clone(),
+                    fetch_metrics(&n.http).await.map(|t| parse_metrics(&t)),
+                )
+            });
+        let mut others = std::collections::BTreeMap::new();
+        let mut unreachable = Vec::new();
+        for (id, r) in futures::future::join_all(reads).await {
+            match r {
+                Ok(s) => {
+                    others.insert(id, s);
+                }
+                Err(e) => unreachable.push(format!("{id}: {e}")),
+            }
+        }
+        Ok((merge(own, &others), unreachable))
     }
 
     /// Subscribe reads [`super::OUT_STREAM`] through `feed`.

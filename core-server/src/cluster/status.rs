@@ -140,17 +140,20 @@ pub fn set_gauges(m: &Metrics, s: &ClusterStatus) {
     }
 }
 
-/// Refreshes the gauges every [`STATUS_INTERVAL`] until `shutdown`.
+/// Refreshes the gauges every [`STATUS_INTERVAL`] until `shutdown`,
+/// and keeps the status they were set from in `latest`.
 pub fn spawn(
     view: Arc<dyn ClusterView>,
     js: Option<jetstream::Context>,
     metrics: Arc<Metrics>,
+    latest: Arc<std::sync::Mutex<Option<ClusterStatus>>>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             let s = collect(view.as_ref(), js.as_ref()).await;
             set_gauges(&metrics, &s);
+            *latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(STATUS_INTERVAL) => {}

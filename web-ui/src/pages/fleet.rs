@@ -5,19 +5,40 @@
 //! QUIC), events refused for cameras not its own, revocations; per camera,
 //! completeness over the last 24 h ("complete", or the missing ranges and
 //! why).
+//! In cluster mode, first the cluster: its nodes, and each partition's
+//! owner, applied stream sequence, lag and checkpoint age (what
+//! `sightline-core cluster status` prints).
 //! Refreshed every 5 s.
 
 use leptos::prelude::*;
 
 use super::every;
-use crate::{api::get_fleet, components::error_view, format, model::AgentRow};
+use crate::{
+    api::{get_cluster, get_fleet},
+    components::error_view,
+    format,
+    model::{AgentRow, ClusterTable},
+};
 
 #[component]
 pub fn FleetPage() -> impl IntoView {
     let fleet = Resource::new(|| (), |_| get_fleet());
-    every(5, move || fleet.refetch());
+    let cluster = Resource::new(|| (), |_| get_cluster());
+    every(5, move || {
+        fleet.refetch();
+        cluster.refetch();
+    });
     view! {
         <h1>"Fleet"</h1>
+        <Transition fallback=|| ()>
+            {move || Suspend::new(async move {
+                match cluster.await {
+                    Ok(Some(c)) => view! { <Cluster c/> }.into_any(),
+                    Ok(None) => ().into_any(),
+                    Err(e) => error_view(e),
+                }
+            })}
+        </Transition>
         <Transition fallback=|| view! { <p>"Loading…"</p> }>
             {move || Suspend::new(async move {
                 match fleet.await {
@@ -97,6 +118,50 @@ fn Agent(a: AgentRow) -> impl IntoView {
                                         <ul class="gaps">{c.gaps.iter().map(|g| view! { <li>{g.clone()}</li> }).collect_view()}</ul>
                                     })}
                                 </td>
+                            </tr>
+                        }
+                    }).collect_view()}
+                </tbody>
+            </table>
+        </section>
+    }
+}
+
+#[component]
+fn Cluster(c: ClusterTable) -> impl IntoView {
+    let opt = |v: Option<u64>| v.map_or_else(|| "-".to_string(), format::count);
+    view! {
+        <section class="card cluster" data-cluster-node=c.node_id.clone()>
+            <h2>"Cluster"<span class="muted">" · as node "{c.node_id.clone()}" sees it, "{format::time_ms(c.at_ms)}</span></h2>
+            <table class="nodes">
+                <thead><tr><th>"Node"</th><th>"gRPC"</th><th>"HTTP"</th><th class="num">"Partitions"</th></tr></thead>
+                <tbody>
+                    {c.nodes.into_iter().map(|n| {
+                        let id = n.node_id.clone();
+                        view! {
+                            <tr data-node=id>
+                                <td>{n.node_id}</td><td>{n.grpc}</td><td>{n.http}</td>
+                                <td class="num">{n.partitions}</td>
+                            </tr>
+                        }
+                    }).collect_view()}
+                </tbody>
+            </table>
+            {(!c.unreachable.is_empty()).then(|| view! {
+                <ul class="warn">{c.unreachable.into_iter().map(|u| view! { <li>"unreachable: "{u}</li> }).collect_view()}</ul>
+            })}
+            <table class="partitions">
+                <thead><tr><th class="num">"Partition"</th><th>"Owner"</th><th class="num">"Applied seq"</th><th class="num">"Lag"</th><th class="num">"Checkpoint age"</th></tr></thead>
+                <tbody>
+                    {c.partitions.into_iter().map(|p| {
+                        let behind = p.lag.is_some_and(|l| l > 0);
+                        view! {
+                            <tr data-partition=p.partition data-owner=p.owner.clone().unwrap_or_default()>
+                                <td class="num">{p.partition}</td>
+                                <td class=if p.owner.is_none() { "warn" } else { "" }>{p.owner.clone().unwrap_or_else(|| "none".into())}</td>
+                                <td class="num">{opt(p.applied_seq)}</td>
+                                <td class=if behind { "num warn" } else { "num" }>{opt(p.lag)}</td>
+                                <td class="num">{p.checkpoint_age_s.map_or_else(|| "-".to_string(), |a| format!("{a:.0} s"))}</td>
                             </tr>
                         }
                     }).collect_view()}

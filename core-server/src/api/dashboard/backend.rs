@@ -8,14 +8,16 @@ use sightline_proto::v1::{EventFilter, JoinedEvent};
 use sightline_web::{
     backend::Backend,
     model::{
-        AgentRow, AuditFilter, AuditPage, AuditRow, CameraRow, EventDetail, EventRow, LocationTop,
-        QuarantinePage, QuarantineRow, SearchPage, SearchQuery, Series, Timeline, TopItems, Totals,
+        AgentRow, AuditFilter, AuditPage, AuditRow, CameraRow, ClusterNodeRow, ClusterPartitionRow,
+        ClusterTable, EventDetail, EventRow, LocationTop, QuarantinePage, QuarantineRow,
+        SearchPage, SearchQuery, Series, Timeline, TopItems, Totals,
     },
 };
 
 use super::feed::{row, CamerasSeen};
 use crate::{
     access::{Principal, Role},
+    cluster::query::ClusterQuery,
     enrich::Locations,
     fleet::Fleet,
     search::{SearchIndex, SearchRequest},
@@ -56,6 +58,17 @@ pub struct CoreBackend {
     /// The asking client's address (set per request), recorded as the
     /// `source` of what it asks.
     pub peer: Option<std::net::SocketAddr>,
+    /// Cluster mode: events, counts, search and the fleet are read across
+    /// every partition (from their owners, as the query API does); this
+    /// node's own `store` and `search` hold none of them.
+    pub cluster: Option<Arc<ClusterQuery>>,
+}
+
+/// Cluster mode: runs `f` to its end on this (blocking) thread.
+fn across<T>(f: impl std::future::Future<Output = Result<T, tonic::Status>>) -> Result<T, String> {
+    let rt = tokio::runtime::Handle::try_current()
+        .map_err(|e| format!("the dashboard's backend runs outside the runtime: {e}"))?;
+    rt.block_on(f).map_err(|s| s.message().to_string())
 }
 
 impl CoreBackend {
@@ -127,7 +140,10 @@ fn check_range(from_ms: i64, to_ms: i64) -> Result<(), String> {
 impl CoreBackend {
     /// Joins with Dataset B and attaches media, as the query API does.
     fn joined(&self, mut events: Vec<JoinedEvent>) -> Result<Vec<JoinedEvent>, String> {
-        self.store.fill_media(&mut events).map_err(err)?;
+        // In cluster mode the partitions' owners gave the media already.
+        if self.cluster.is_none() {
+            self.store.fill_media(&mut events).map_err(err)?;
+        }
         self.locations.current().join_all(&mut events);
         Ok(events)
     }
@@ -148,6 +164,18 @@ impl CoreBackend {
 
 impl Backend for CoreBackend {
     fn totals(&self) -> Result<Totals, String> {
+        if let Some(c) = &self.cluster {
+            if self.who.scope.is_all() {
+                return Ok(super::feed::totals(&across(c.counters())?));
+            }
+            let to = sightline_proto::now_ms() + 60_000;
+            let counts = across(c.top_items(&self.who.scope, 0, to, 1, None))?;
+            return Ok(Totals {
+                stored: counts.iter().map(|c| c.total).sum(),
+                at_ms: sightline_proto::now_ms(),
+                ..Totals::default()
+            });
+        }
         if self.who.scope.is_all() {
             return Ok(super::feed::totals(&self.store.counters().map_err(err)?));
         }
@@ -164,10 +192,13 @@ impl Backend for CoreBackend {
         if limit > MAX_LATEST {
             return Err(format!("field `limit`: {limit} is more than {MAX_LATEST}"));
         }
-        let events = self
-            .store
-            .latest_events(limit, limit.max(MAX_LATEST_SCAN), |e| self.in_scope(e))
-            .map_err(err)?;
+        let events = match &self.cluster {
+            Some(c) => across(c.latest(limit, |e| self.in_scope(e)))?,
+            None => self
+                .store
+                .latest_events(limit, limit.max(MAX_LATEST_SCAN), |e| self.in_scope(e))
+                .map_err(err)?,
+        };
         self.rows(events)
     }
 
@@ -180,15 +211,18 @@ impl Backend for CoreBackend {
             crate::audit::Action::TopItems,
             serde_json::json!({ "x": x, "from_ms": from_ms, "to_ms": to_ms, "via": "dashboard" }),
         )?;
-        let counts = crate::access::scoped_top_items(
-            &self.store,
-            &self.who.scope,
-            from_ms,
-            to_ms,
-            x as usize,
-            None,
-        )
-        .map_err(err)?;
+        let counts = match &self.cluster {
+            Some(c) => across(c.top_items(&self.who.scope, from_ms, to_ms, x as usize, None))?,
+            None => crate::access::scoped_top_items(
+                &self.store,
+                &self.who.scope,
+                from_ms,
+                to_ms,
+                x as usize,
+                None,
+            )
+            .map_err(err)?,
+        };
         let table = self.locations.current();
         Ok(TopItems {
             from_ms: Bucket::Minute.floor(from_ms),
@@ -215,6 +249,12 @@ impl Backend for CoreBackend {
             other => return Err(format!("field `by`: {other:?} is not item or location")),
         };
         check_range(from_ms, to_ms)?;
+        if self.cluster.is_some() {
+            return Err(
+                "the timeline is not available in cluster mode yet (Top items and Search are)"
+                    .into(),
+            );
+        }
         // The store picks the bucket width: at most MAX_TIMELINE_BUCKETS.
         let scope = &self.who.scope;
         let t = self
@@ -287,6 +327,25 @@ impl Backend for CoreBackend {
             page_size: 50,
             page_token: query.page_token.clone(),
         };
+        if let Some(c) = &self.cluster {
+            let r = sightline_proto::v1::SearchRequest {
+                query: req.query,
+                geographical_location_oid: req.location_oid,
+                video_camera_oid: req.camera_oid,
+                item_name: req.item_name,
+                from_ms: req.from_ms,
+                to_ms: req.to_ms,
+                page_size: req.page_size as u32,
+                page_token: req.page_token,
+            };
+            let mut found = across(c.search(&self.who.scope, r))?;
+            self.locations.current().join_all(&mut found.events);
+            return Ok(SearchPage {
+                events: found.events.iter().map(|e| self.row(e)).collect(),
+                total_hits: found.total_hits,
+                next_page_token: found.next_page_token,
+            });
+        }
         let (events, hits) = self
             .search
             .search_joined(&self.store, &self.locations, &req)
@@ -300,12 +359,11 @@ impl Backend for CoreBackend {
 
     fn event(&self, det_oid: i64) -> Result<Option<EventDetail>, String> {
         // Outside the scope reads as absent.
-        let Some(ev) = self
-            .store
-            .get_event(det_oid)
-            .map_err(err)?
-            .filter(|e| self.in_scope(e))
-        else {
+        let ev = match &self.cluster {
+            Some(c) => across(c.get_event(&self.who.scope, det_oid))?,
+            None => self.store.get_event(det_oid).map_err(err)?,
+        };
+        let Some(ev) = ev.filter(|e| self.in_scope(e)) else {
             return Ok(None);
         };
         if let Some(d) = &ev.detection {
@@ -340,16 +398,14 @@ impl Backend for CoreBackend {
             video_camera_oid: Some(d.video_camera_oid),
             ..EventFilter::default()
         };
-        let (around, _) = self
-            .store
-            .list_events(
-                d.timestamp_detected - 60_000,
-                d.timestamp_detected + 60_000,
-                Some(&filter),
-                200,
-                "",
-            )
-            .map_err(err)?;
+        let (from, to) = (d.timestamp_detected - 60_000, d.timestamp_detected + 60_000);
+        let (around, _) = match &self.cluster {
+            Some(c) => across(c.list_events(&self.who.scope, from, to, Some(filter), 200, ""))?,
+            None => self
+                .store
+                .list_events(from, to, Some(&filter), 200, "")
+                .map_err(err)?,
+        };
         let mut around: Vec<JoinedEvent> = around
             .into_iter()
             .filter(|e| e.detection.as_ref().and_then(|x| x.detection_oid) != Some(det_oid))
@@ -401,9 +457,19 @@ impl Backend for CoreBackend {
 
     fn fleet(&self) -> Result<Vec<AgentRow>, String> {
         self.require(Role::Admin, "the fleet view")?;
-        let agents = self.fleet.snapshot();
+        let (agents, received) = match &self.cluster {
+            // Every node's agents, and the cameras' sequences of every partition.
+            Some(c) => (
+                across(c.fleet(self.fleet.snapshot()))?,
+                across(c.received_all())?,
+            ),
+            None => (
+                self.fleet.snapshot(),
+                self.store.received_all().map_err(err)?,
+            ),
+        };
         let complete = crate::completeness::report(
-            self.store.received_all().map_err(err)?,
+            received,
             &agents,
             sightline_proto::now_ms() - COMPLETENESS_WINDOW_MS,
         );
@@ -465,19 +531,71 @@ impl Backend for CoreBackend {
             .collect())
     }
 
+    fn cluster(&self) -> Result<Option<ClusterTable>, String> {
+        self.require(Role::Admin, "the cluster view")?;
+        let Some(c) = &self.cluster else {
+            return Ok(None);
+        };
+        let (status, unreachable) = across(c.status())?;
+        let owned = |id: &str| {
+            status
+                .partitions
+                .iter()
+                .filter(|p| p.owner.as_deref() == Some(id))
+                .count() as u32
+        };
+        Ok(Some(ClusterTable {
+            node_id: c.view.node_id().to_string(),
+            nodes: status
+                .nodes
+                .iter()
+                .map(|n| ClusterNodeRow {
+                    node_id: n.node_id.clone(),
+                    grpc: n.grpc.clone(),
+                    http: n.http.clone(),
+                    partitions: owned(&n.node_id),
+                })
+                .collect(),
+            partitions: status
+                .partitions
+                .iter()
+                .map(|p| ClusterPartitionRow {
+                    partition: p.partition.into(),
+                    owner: p.owner.clone(),
+                    applied_seq: p.applied_seq,
+                    lag: p.lag,
+                    checkpoint_age_s: p.checkpoint_age_s,
+                })
+                .collect(),
+            unreachable,
+            at_ms: sightline_proto::now_ms(),
+        }))
+    }
+
     fn quarantine(&self, page_token: &str) -> Result<QuarantinePage, String> {
         self.require(Role::Admin, "the quarantine view")?;
-        let (events, next_page_token) = self.store.list_quarantine(100, page_token).map_err(err)?;
-        let total = self.store.counters().map_err(err)?.rejected;
         let table = self.locations.current();
-        let unmatched = self
-            .store
-            .latest_events(50, UNMATCHED_SCAN, |e| {
-                e.detection
-                    .as_ref()
-                    .is_some_and(|d| table.get(d.geographical_location_oid).is_none())
-            })
-            .map_err(err)?;
+        let is_unmatched = |e: &JoinedEvent| {
+            e.detection
+                .as_ref()
+                .is_some_and(|d| table.get(d.geographical_location_oid).is_none())
+        };
+        let (events, next_page_token, total, unmatched) = match &self.cluster {
+            Some(c) => {
+                let q = across(c.list_quarantine(100, page_token))?;
+                let unmatched = across(c.latest(50, is_unmatched))?;
+                (q.events, q.next_page_token, q.total, unmatched)
+            }
+            None => {
+                let (events, next) = self.store.list_quarantine(100, page_token).map_err(err)?;
+                let total = self.store.counters().map_err(err)?.rejected;
+                let unmatched = self
+                    .store
+                    .latest_events(50, UNMATCHED_SCAN, is_unmatched)
+                    .map_err(err)?;
+                (events, next, total, unmatched)
+            }
+        };
         Ok(QuarantinePage {
             rows: events
                 .into_iter()
@@ -658,6 +776,7 @@ mod tests {
             csrf: None,
             audit: None,
             peer: None,
+            cluster: None,
         });
         let owner = Owner::new();
         owner.set();
@@ -760,6 +879,7 @@ mod tests {
             csrf: None,
             audit: None,
             peer: None,
+            cluster: None,
         };
         let named = |d: &EventDetail| -> Vec<String> {
             let text = serde_json::to_string(d).unwrap();

@@ -27,7 +27,7 @@ use crate::{
         limits::{Gate, Refused, Slot},
         live::LiveHub,
     },
-    store::Store,
+    store::{Counters, Store},
 };
 
 /// Ticks are at least this far apart (at most 20 a second). Measured: 25 ms
@@ -137,7 +137,22 @@ pub struct LiveFeed {
     viewers: Arc<Gate>,
     /// For a scoped viewer's counts when its feed opens.
     pub store: Arc<Store>,
+    /// Cluster mode: the counts are every partition's (see
+    /// [`LiveFeed::set_cluster`]), not this node's store's.
+    cluster: Arc<std::sync::OnceLock<ClusterCounts>>,
 }
+
+/// Cluster mode: the queries across the partitions, and their counters as
+/// last read (by a task, once a second: a tick does not wait for the
+/// cluster, e.g. while a partition moves).
+#[derive(Clone)]
+struct ClusterCounts {
+    query: Arc<crate::cluster::query::ClusterQuery>,
+    last: Arc<Mutex<Option<Counters>>>,
+}
+
+/// How often the feed reads the cluster's counters.
+const CLUSTER_COUNTS_EVERY: Duration = Duration::from_secs(1);
 
 impl LiveFeed {
     /// Starts the feed task; it ends with `shutdown`. `viewers` bounds the
@@ -154,11 +169,81 @@ impl LiveFeed {
             cameras: Arc::default(),
             viewers,
             store: store.clone(),
+            cluster: Arc::default(),
         };
         let this = feed.clone();
         let commits = hub.subscribe();
-        tokio::spawn(async move { this.run(commits, store, shutdown).await });
+        tokio::spawn(async move { this.run(commits, shutdown).await });
         feed
+    }
+
+    /// Cluster mode: totals and scoped counts from every partition through
+    /// `query` (the hub this feed reads must carry every partition's
+    /// commits: see `cluster::feed::into_hub`). Set once; ends with
+    /// `shutdown`.
+    pub fn set_cluster(
+        &self,
+        query: Arc<crate::cluster::query::ClusterQuery>,
+        shutdown: CancellationToken,
+    ) {
+        let c = ClusterCounts {
+            query,
+            last: Arc::default(),
+        };
+        if self.cluster.set(c.clone()).is_err() {
+            return;
+        }
+        tokio::spawn(async move {
+            loop {
+                match c.query.counters().await {
+                    Ok(n) => *c.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(n),
+                    Err(e) => tracing::debug!(error = %e, "the live feed's cluster counters"),
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(CLUSTER_COUNTS_EVERY) => {}
+                }
+            }
+        });
+    }
+
+    /// Whether anyone has a live feed open.
+    pub fn watched(&self) -> bool {
+        self.tx.receiver_count() > 0
+    }
+
+    /// The counters a tick shows: this core's store's, or in cluster mode
+    /// every partition's as last read (`None` until the first read).
+    async fn counters(&self) -> Option<Counters> {
+        match self.cluster.get() {
+            Some(c) => *c.last.lock().unwrap_or_else(|p| p.into_inner()),
+            None => {
+                let s = self.store.clone();
+                tokio::task::spawn_blocking(move || s.counters())
+                    .await
+                    .ok()?
+                    .ok()
+            }
+        }
+    }
+
+    /// Events stored at the locations of `scope` (all time), on this core
+    /// or in cluster mode over every partition.
+    pub async fn scoped_stored(&self, scope: &crate::access::Scope) -> Result<u64, String> {
+        if let Some(c) = self.cluster.get() {
+            let to = sightline_proto::now_ms() + 60_000;
+            return c
+                .query
+                .top_items(scope, 0, to, 1, None)
+                .await
+                .map(|counts| counts.iter().map(|c| c.total).sum())
+                .map_err(|e| e.message().to_string());
+        }
+        let (store, scope) = (self.store.clone(), scope.clone());
+        tokio::task::spawn_blocking(move || scoped_stored(&store, &scope))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
     }
 
     /// A viewer's stream of serialised [`LiveTick`]s, with its place among
@@ -174,7 +259,6 @@ impl LiveFeed {
     async fn run(
         self,
         mut commits: broadcast::Receiver<crate::api::live::CommitEvents>,
-        store: Arc<Store>,
         shutdown: CancellationToken,
     ) {
         // Without commits, a tick a second keeps the totals and the rate fresh.
@@ -232,8 +316,7 @@ impl LiveFeed {
                 by_location.clear();
                 continue;
             }
-            let s = store.clone();
-            let Ok(Ok(c)) = tokio::task::spawn_blocking(move || s.counters()).await else {
+            let Some(c) = self.counters().await else {
                 continue;
             };
             let now = Instant::now();

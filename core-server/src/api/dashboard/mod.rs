@@ -168,11 +168,7 @@ async fn live(
     Ok(Sse::new(futures::StreamExt::take_until(ticks, until)).keep_alive(KeepAlive::default()))
 }
 
-/// The stored events of `scope`'s locations, read on a blocking thread.
+/// The stored events of `scope`'s locations (this core's, or the cluster's).
 async fn scoped_count(feed: &LiveFeed, scope: &Scope) -> Result<u64, String> {
-    let (store, scope) = (feed.store.clone(), scope.clone());
-    tokio::task::spawn_blocking(move || feed::scoped_stored(&store, &scope))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+    feed.scoped_stored(scope).await
 }
