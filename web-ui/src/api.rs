@@ -50,17 +50,17 @@ fn parse_time(field: &str, v: &str) -> Result<i64, String> {
         .map_err(|_| format!("field `{field}`: {v:?} is before 1970"))
 }
 
-#[server]
+#[server(endpoint = "get_totals")]
 pub async fn get_totals() -> Result<Totals, ServerFnError> {
     crate::backend::call(|b| b.totals()).await
 }
 
-#[server]
+#[server(endpoint = "get_latest")]
 pub async fn get_latest(limit: u32) -> Result<Vec<EventRow>, ServerFnError> {
     crate::backend::call(move |b| b.latest(limit.min(500) as usize)).await
 }
 
-#[server]
+#[server(endpoint = "get_top_items")]
 pub async fn get_top_items(
     range: String,
     from: String,
@@ -77,7 +77,7 @@ pub async fn get_top_items(
     .await
 }
 
-#[server]
+#[server(endpoint = "get_timeline")]
 pub async fn get_timeline(
     range: String,
     from: String,
@@ -91,32 +91,32 @@ pub async fn get_timeline(
     .await
 }
 
-#[server]
+#[server(endpoint = "search_events")]
 pub async fn search_events(query: SearchQuery) -> Result<SearchPage, ServerFnError> {
     crate::backend::call(move |b| b.search(&query)).await
 }
 
-#[server]
+#[server(endpoint = "get_event")]
 pub async fn get_event(det_oid: i64) -> Result<Option<EventDetail>, ServerFnError> {
     crate::backend::call(move |b| b.event(det_oid)).await
 }
 
-#[server]
+#[server(endpoint = "get_whoami")]
 pub async fn get_whoami() -> Result<crate::model::WhoAmI, ServerFnError> {
     crate::backend::call(|b| Ok(b.whoami())).await
 }
 
-#[server]
+#[server(endpoint = "get_fleet")]
 pub async fn get_fleet() -> Result<Vec<AgentRow>, ServerFnError> {
     crate::backend::call(|b| b.fleet()).await
 }
 
-#[server]
+#[server(endpoint = "get_cluster")]
 pub async fn get_cluster() -> Result<Option<crate::model::ClusterTable>, ServerFnError> {
     crate::backend::call(|b| b.cluster()).await
 }
 
-#[server]
+#[server(endpoint = "get_quarantine")]
 pub async fn get_quarantine(page_token: String) -> Result<QuarantinePage, ServerFnError> {
     crate::backend::call(move |b| b.quarantine(&page_token)).await
 }

@@ -130,6 +130,7 @@ fn role_for(path: &str) -> Role {
         || path == "/fleet"
         || path == "/quarantine"
         || path.starts_with("/api/get_fleet")
+        || path.starts_with("/api/get_cluster")
         || path.starts_with("/api/get_quarantine")
         || path.starts_with("/api/get_audit")
     {
