@@ -55,6 +55,9 @@ pub struct Node {
     announced: Arc<Mutex<HashMap<u16, CheckpointManifest>>>,
 }
 
+/// How long opening a partition waits for this node's own close of it.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A partition's owner closing in the background (see [`Node::closing`]).
 type Closing = futures::future::Shared<futures::future::BoxFuture<'static, ()>>;
 
@@ -554,10 +557,18 @@ impl Node {
         let opened = futures::future::join_all(taken.into_iter().map(|(p, rev, clock)| {
             let node = self.clone();
             async move {
-                // Taken back while this node still closes it: after that.
+                // Taken back while this node still closes it: after that,
+                // within a bound (a close that never ends must not keep the
+                // partition here: opening then fails and releases the lease,
+                // as it did before).
                 let closing = node.closing.lock().unwrap().get(&p).cloned();
                 if let Some(c) = closing {
-                    c.await;
+                    if tokio::time::timeout(CLOSE_WAIT, c).await.is_err() {
+                        tracing::warn!(
+                            partition = p,
+                            "still closing after {CLOSE_WAIT:?}; opening anyway"
+                        );
+                    }
                 }
                 (p, rev, Owner::open(&node.ctx, p, clock).await)
             }
