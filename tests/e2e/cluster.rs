@@ -431,20 +431,7 @@ async fn the_dashboard_on_any_node_shows_the_whole_cluster() {
             &format!("range=custom&from={from}&to={to}&x={x}"),
         )
         .await;
-        let shown: std::collections::BTreeMap<i64, Vec<(String, u64)>> = top["locations"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| {
-                let items = l["items"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|i| (i[0].as_str().unwrap().to_string(), i[1].as_u64().unwrap()))
-                    .collect();
-                (l["location_oid"].as_i64().unwrap(), items)
-            })
-            .collect();
+        let shown = sightline_tests::query::top_table(&top["locations"], "location_oid");
         assert_eq!(shown, truth.top(x), "{http}: the top X page and the truth");
         let ev = server_fn(http, "get_event", &format!("det_oid={known}")).await;
         assert_eq!(ev["row"]["det_oid"].as_i64(), Some(known), "{http}: {ev}");

@@ -7,7 +7,7 @@
 //! finds a known det_oid and an item; the clip plays and seeks; no console
 //! errors. Screenshots land in `tests/artifacts/dashboard/`.
 
-use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
+use std::{path::Path, process::Command, time::Duration};
 
 use serde_json::Value;
 use sightline_proto::v1::{
@@ -229,20 +229,7 @@ async fn the_dashboard_renders_hydrates_updates_live_and_agrees_with_the_api() {
     assert!(out["live_rows"].as_u64().unwrap() > 0, "{out}");
 
     // The top-X table equals the gRPC answer for the same range, and the truth.
-    let shown: BTreeMap<i64, Vec<(String, u64)>> = out["top"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| {
-            let items = l["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|i| (i[0].as_str().unwrap().to_string(), i[1].as_u64().unwrap()))
-                .collect();
-            (l["location"].as_i64().unwrap(), items)
-        })
-        .collect();
+    let shown = sightline_tests::query::top_table(&out["top"], "location");
     let api = top_in(&core.url(), from, to, x).await;
     assert_eq!(shown, api, "the page and the gRPC API disagree");
     assert_eq!(

@@ -248,3 +248,25 @@ pub async fn wait_stored(url: &str, n: u64) {
     )
     .await;
 }
+
+/// A top-X table as the dashboard answers it (JSON: `[{<location_key>,
+/// items: [[item, count], ...]}, ...]`): location → items, most first.
+pub fn top_table(
+    locations: &serde_json::Value,
+    location_key: &str,
+) -> BTreeMap<i64, Vec<(String, u64)>> {
+    locations
+        .as_array()
+        .expect("a list of locations")
+        .iter()
+        .map(|l| {
+            let items = l["items"]
+                .as_array()
+                .expect("items")
+                .iter()
+                .map(|i| (i[0].as_str().unwrap().to_string(), i[1].as_u64().unwrap()))
+                .collect();
+            (l[location_key].as_i64().expect("a location"), items)
+        })
+        .collect()
+}

@@ -218,12 +218,7 @@ impl Feed {
         while seq >= state.first_sequence.max(1) && read < max_messages && out.len() < limit {
             match stream.get_raw_message(seq).await {
                 Ok(m) => {
-                    let batch = OutBatch::decode(m.payload.as_ref()).map_err(|e| {
-                        Status::from(ApiError::internal(format!(
-                            "message {seq} of {} is not an event batch: {e}",
-                            super::OUT_STREAM
-                        )))
-                    })?;
+                    let batch = batch_of(seq, &m.payload)?;
                     for (i, mut ev) in batch.events.into_iter().enumerate().rev() {
                         ev.stream_seq = cursor(seq, i);
                         if out.len() < limit && keep(&ev) {
@@ -332,13 +327,17 @@ fn decode(
             )))
         })?
         .stream_sequence;
-    let batch = OutBatch::decode(m.payload.as_ref()).map_err(|e| {
+    Ok((seq, batch_of(seq, &m.payload)?))
+}
+
+/// The events of message `seq` of [`super::OUT_STREAM`].
+fn batch_of(seq: u64, payload: &[u8]) -> Result<OutBatch, Status> {
+    OutBatch::decode(payload).map_err(|e| {
         Status::from(ApiError::internal(format!(
             "message {seq} of {} is not an event batch: {e}",
             super::OUT_STREAM
         )))
-    })?;
-    Ok((seq, batch))
+    })
 }
 
 fn unavailable(why: String) -> Status {

@@ -122,7 +122,6 @@ impl ClusterQuery {
     /// and checkpoint age from its owner's `/metrics`; with the nodes whose
     /// report could not be read, and why.
     pub async fn status(&self) -> Result<(super::status::ClusterStatus, Vec<String>), Status> {
-        use super::status::{fetch_metrics, merge, parse_metrics};
         let own = self
             .own_status
             .lock()
@@ -133,28 +132,15 @@ impl ClusterQuery {
                     "this node has not gathered the cluster's status yet (every 5 s)",
                 ))
             })?;
-        let me = self.view.node_id().to_string();
-        let reads = own
-            .nodes
-            .iter()
-            .filter(|n| n.node_id != me)
-            .map(|n| async move {
-                (
-                    n.node_id.clone(),
-                    fetch_metrics(&n.http).await.map(|t| parse_metrics(&t)),
-                )
-            });
-        let mut others = std::collections::BTreeMap::new();
-        let mut unreachable = Vec::new();
-        for (id, r) in futures::future::join_all(reads).await {
-            match r {
-                Ok(s) => {
-                    others.insert(id, s);
-                }
-                Err(e) => unreachable.push(format!("{id}: {e}")),
-            }
-        }
-        Ok((merge(own, &others), unreachable))
+        Ok(super::status::gather(own, Some(self.view.node_id())).await)
+    }
+
+    /// Events stored at the locations of `scope` over every partition (all
+    /// time, from the aggregates), as on a single node.
+    pub async fn scoped_stored(&self, scope: &Scope) -> Result<u64, Status> {
+        let to = sightline_proto::now_ms() + 60_000;
+        let counts = self.top_items(scope, 0, to, 1, None).await?;
+        Ok(counts.iter().map(|c| c.total).sum())
     }
 
     /// Subscribe reads [`super::OUT_STREAM`] through `feed`.

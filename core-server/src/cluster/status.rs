@@ -327,6 +327,32 @@ pub async fn fetch_metrics(base: &str) -> anyhow::Result<String> {
     Ok(body.to_string())
 }
 
+/// `first` (one node's view) completed by each other node's own report
+/// (`skip`: a node not to ask, e.g. the one whose view `first` is), read
+/// from their `/metrics` at once; with the nodes that could not be read,
+/// and why.
+pub async fn gather(first: ClusterStatus, skip: Option<&str>) -> (ClusterStatus, Vec<String>) {
+    let reads = first
+        .nodes
+        .iter()
+        .filter(|n| Some(n.node_id.as_str()) != skip)
+        .map(|n| async move {
+            let r = fetch_metrics(&n.http).await.map(|t| parse_metrics(&t));
+            (n.node_id.clone(), r)
+        });
+    let mut others = BTreeMap::new();
+    let mut unreachable = Vec::new();
+    for (id, r) in futures::future::join_all(reads).await {
+        match r {
+            Ok(s) => {
+                others.insert(id, s);
+            }
+            Err(e) => unreachable.push(format!("{id}: {e}")),
+        }
+    }
+    (merge(first, &others), unreachable)
+}
+
 /// `sightline-core cluster status`: `base`'s view, completed by each
 /// owner's own report (a node that does not answer is named, its
 /// partitions shown without sequences).
@@ -336,17 +362,8 @@ pub async fn status(base: &str) -> anyhow::Result<String> {
         !first.nodes.is_empty() || !first.partitions.is_empty(),
         "{base}: no cluster gauges (a single-node core, or a cluster node that has not published its status yet)"
     );
-    let mut others = BTreeMap::new();
-    let mut unreachable = Vec::new();
-    for n in &first.nodes {
-        match fetch_metrics(&n.http).await {
-            Ok(t) => {
-                others.insert(n.node_id.clone(), parse_metrics(&t));
-            }
-            Err(e) => unreachable.push(format!("{}: {e}", n.node_id)),
-        }
-    }
-    let mut out = render(&merge(first, &others));
+    let (all, unreachable) = gather(first, None).await;
+    let mut out = render(&all);
     for u in unreachable {
         out += &format!("unreachable: {u}\n");
     }

@@ -171,27 +171,18 @@ async fn wait_quiet(
     quiet_for: Duration,
     timeout: Duration,
 ) -> Option<f64> {
-    use sightline_core::cluster::status::{fetch_metrics, merge, parse_metrics, ClusterStatus};
+    use sightline_core::cluster::status::{fetch_metrics, gather, parse_metrics};
     let t0 = Instant::now();
     // Since when every partition has been seen applied through.
     let mut applied_since: Option<Instant> = None;
     while t0.elapsed() < timeout {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let mut reports = std::collections::BTreeMap::new();
-        let mut first: Option<ClusterStatus> = None;
-        for n in nodes {
-            if let Ok(t) = fetch_metrics(&n.to_string()).await {
-                let s = parse_metrics(&t);
-                first.get_or_insert_with(|| s.clone());
-                for node in &s.nodes {
-                    if node.http == n.to_string() {
-                        reports.insert(node.node_id.clone(), s.clone());
-                    }
-                }
-            }
-        }
-        let Some(first) = first else { continue };
-        let all = merge(first, &reports);
+        // The quiet wait kills no node: node 0 answers, the others are
+        // found from it.
+        let Ok(t) = fetch_metrics(&nodes[0].to_string()).await else {
+            continue;
+        };
+        let (all, _) = gather(parse_metrics(&t), None).await;
         let settled = !all.partitions.is_empty()
             && all
                 .partitions

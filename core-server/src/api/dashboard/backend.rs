@@ -168,10 +168,8 @@ impl Backend for CoreBackend {
             if self.who.scope.is_all() {
                 return Ok(super::feed::totals(&across(c.counters())?));
             }
-            let to = sightline_proto::now_ms() + 60_000;
-            let counts = across(c.top_items(&self.who.scope, 0, to, 1, None))?;
             return Ok(Totals {
-                stored: counts.iter().map(|c| c.total).sum(),
+                stored: across(c.scoped_stored(&self.who.scope))?,
                 at_ms: sightline_proto::now_ms(),
                 ..Totals::default()
             });

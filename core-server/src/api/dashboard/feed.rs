@@ -231,12 +231,10 @@ impl LiveFeed {
     /// or in cluster mode over every partition.
     pub async fn scoped_stored(&self, scope: &crate::access::Scope) -> Result<u64, String> {
         if let Some(c) = self.cluster.get() {
-            let to = sightline_proto::now_ms() + 60_000;
             return c
                 .query
-                .top_items(scope, 0, to, 1, None)
+                .scoped_stored(scope)
                 .await
-                .map(|counts| counts.iter().map(|c| c.total).sum())
                 .map_err(|e| e.message().to_string());
         }
         let (store, scope) = (self.store.clone(), scope.clone());
