@@ -614,7 +614,7 @@ impl CoreConfig {
             return err("server.shutdown_grace", "must be more than 0");
         }
         self.validate_transport()?;
-        self.cluster.validate(self.server.insecure_plaintext)?;
+        self.cluster.validate(&self.server)?;
         if let Err((key, reason)) = self.export.validate() {
             return Err(ConfigError { key, reason });
         }

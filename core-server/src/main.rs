@@ -164,6 +164,11 @@ async fn main() -> anyhow::Result<()> {
     // "Cluster", twelfth session). Best effort: a kernel without the
     // setting runs as before.
     let _ = rustix::thread::disable_transparent_huge_pages(true);
+    // Two rustls providers are built in (object_store's S3 client brings
+    // aws-lc-rs): the process default is ring, as everywhere Sightline
+    // chooses one, for the libraries that ask for the default (async-nats
+    // on `tls://` URLs).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

@@ -487,6 +487,15 @@ async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started
         },
     };
 
+    // The CA other nodes' TLS is verified against, read before this node
+    // joins (a bad file must not take partitions first).
+    let peer_tls = match &config.cluster.peer_ca {
+        Some(ca) if config.cluster.enabled() => Some(
+            crate::cluster::peer::PeerTls::load(ca)
+                .map_err(|e| anyhow::anyhow!("config `cluster.peer_ca`: {e}"))?,
+        ),
+        _ => None,
+    };
     let cluster = match cluster_nats {
         Some(nats) => Some(
             start_cluster(
@@ -509,6 +518,7 @@ async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started
             let peer_token = config.cluster.peer_token.clone().unwrap_or_default();
             let query = Arc::new(
                 crate::cluster::query::ClusterQuery::new(view.clone(), peer_token)
+                    .with_peer_tls(peer_tls.clone())
                     .with_feed(crate::cluster::feed::Feed::new(node.nats().client.clone())),
             );
             let status = crate::cluster::status::spawn(
@@ -814,13 +824,26 @@ async fn start_cluster(
 ) -> anyhow::Result<Arc<crate::cluster::node::Node>> {
     use crate::cluster::{node::Node, owner::OwnerContext, view::NodeInfo};
     let c = &config.cluster;
+    // A node that serves TLS is dialled over TLS: its addresses say so.
+    let scheme = if config.server.tls_cert.is_some() {
+        "https://"
+    } else {
+        ""
+    };
     let info = NodeInfo {
         node_id: c.node_id(),
-        grpc: c
-            .advertise_grpc
-            .clone()
-            .unwrap_or_else(|| bound.grpc.to_string()),
-        http: bound.http.to_string(),
+        grpc: format!(
+            "{scheme}{}",
+            c.advertise_grpc
+                .clone()
+                .unwrap_or_else(|| bound.grpc.to_string())
+        ),
+        http: format!(
+            "{scheme}{}",
+            c.advertise_http
+                .clone()
+                .unwrap_or_else(|| bound.http.to_string())
+        ),
         edge: bound.edge.map(|a| a.to_string()),
         heartbeat_ms: sightline_proto::now_ms(),
     };

@@ -36,6 +36,7 @@ async fn start(nodes: usize) -> Rig {
             checkpoint_interval: "2s".into(),
             locations: LOCATIONS.to_vec(),
             core_args: Vec::new(),
+            secure: false,
         },
     )
     .await
@@ -551,4 +552,135 @@ async fn the_dashboard_on_any_node_shows_the_whole_cluster() {
         partitions.iter().any(|p| others.contains(p)),
         "node 2's live feed showed events of partitions {partitions:?} only (others own {others:?}); missing {missing:?}"
     );
+}
+
+/// The cluster as on a real network: the NATS servers take clients over TLS
+/// with a token only, every core serves its query and HTTP ports over TLS
+/// (one site CA), and the cores call each other over TLS trusting that CA.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_on_a_network_uses_tls_and_credentials_on_every_link() {
+    let mut rig = Rig::start(
+        3,
+        RigConfig {
+            partitions: PARTITIONS,
+            lease_ms: LEASE_MS,
+            checkpoint_interval: "2s".into(),
+            locations: LOCATIONS.to_vec(),
+            core_args: Vec::new(),
+            secure: true,
+        },
+    )
+    .await;
+    assert!(rig.nats.urls().iter().all(|u| u.starts_with("tls://")));
+    let data = Dataset::generate(157, 12_000, 0.15, 0.2, LOCATIONS);
+    let truth = data.truth();
+    let mut agent = rig.replay("c-tls", &data, 4_000);
+    assert!(agent.wait(Duration::from_secs(180)).success());
+    // Every node answers over TLS for all 8 partitions: those it does not
+    // own by calling their owners' query ports over TLS.
+    assert!(rig.nodes.iter().all(|n| n.url().starts_with("https://")));
+    rig.assert_truth(&truth).await;
+
+    // `cluster status` reads every node's /metrics over TLS, trusting the
+    // site CA; the nodes announce https:// addresses.
+    let ca = rig.pki().join("ca.pem");
+    let out = std::process::Command::new(sightline_tests::proc::bin_path("sightline-core"))
+        .args(["cluster", "status", "--http"])
+        .arg(format!("https://{}", rig.nodes[1].http))
+        .env("SIGHTLINE_CA", &ca)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("partitions: {PARTITIONS} ({PARTITIONS} owned)")),
+        "{text}"
+    );
+    assert_eq!(text.matches("grpc https://").count(), 3, "{text}");
+    assert!(!text.contains("unreachable"), "{text}");
+    // Without the CA it refuses, naming what is missing.
+    let out = std::process::Command::new(sightline_tests::proc::bin_path("sightline-core"))
+        .args(["cluster", "status", "--http"])
+        .arg(format!("https://{}", rig.nodes[1].http))
+        .env_remove("SIGHTLINE_CA")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("SIGHTLINE_CA"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A plaintext client gets no answer from a node's query port.
+    let plain = format!("http://{}", rig.nodes[0].grpc);
+    let call = async {
+        let channel = tonic::transport::Endpoint::from_shared(plain)
+            .unwrap()
+            .connect()
+            .await?;
+        sightline_tests::query::with_token(channel, &rig.nodes[0].admin_token())
+            .stats(sightline_proto::v1::StatsRequest::default())
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+        anyhow::Ok(())
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .map_or(true, |r| r.is_err()),
+        "a plaintext query was answered"
+    );
+
+    // A node without the NATS token is refused by the servers and says so.
+    let cfg = rig.dir.path().join("core-0.toml");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("nats_token"))
+        .map(|l| l.replace("core-0", "core-9") + "\n")
+        .collect::<String>();
+    let bad = rig.dir.path().join("no-token.toml");
+    std::fs::write(&bad, text).unwrap();
+    let pki = rig.pki();
+    let mut child = std::process::Command::new(sightline_tests::proc::bin_path("sightline-core"))
+        .args(["serve", "--config"])
+        .arg(&bad)
+        .args(["--data-dir"])
+        .arg(rig.dir.path().join("core-9"))
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--edge-plaintext",
+            "--edge-listen",
+            "127.0.0.1:0",
+            "--no-registry",
+            "--tls-cert",
+        ])
+        .arg(pki.join("core.pem"))
+        .arg("--tls-key")
+        .arg(pki.join("core.key"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "a node without the NATS token started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("cluster.nats"), "{err}");
+    assert!(err.to_lowercase().contains("authorization"), "{err}");
 }

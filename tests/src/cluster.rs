@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 
 use crate::{
     data::write_locations,
-    nats::NatsCluster,
+    nats::{NatsCluster, NatsSecurity},
     query::{assert_exactly_once, wait_stored},
     s3::Moto,
     Agent, AgentArgs, Core, CoreArgs, Dataset, Truth,
@@ -25,7 +25,14 @@ pub struct RigConfig {
     pub locations: Vec<i64>,
     /// More arguments for every core (e.g. `--no-sync`).
     pub core_args: Vec<String>,
+    /// As on a real network: the NATS servers take clients over TLS with a
+    /// token, and the cores serve their query and HTTP ports over TLS
+    /// (one site CA, [`Rig::pki`]) and dial each other so.
+    pub secure: bool,
 }
+
+/// The NATS token of a [`RigConfig::secure`] rig.
+pub const NATS_TOKEN: &str = "rig-nats-token-0123456789";
 
 /// 3 nats-servers, moto with the footage and checkpoint buckets, and the
 /// core nodes.
@@ -51,7 +58,15 @@ impl Rig {
         static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
         let serial = SERIAL.lock().await;
         let dir = tempfile::tempdir().unwrap();
-        let nats = NatsCluster::start_in(dir.path(), 3).await;
+        let security = cfg.secure.then(|| {
+            let pki = crate::proc::pki(&dir.path().join("pki"));
+            NatsSecurity {
+                cert: pki.join("core.pem"),
+                key: pki.join("core.key"),
+                token: NATS_TOKEN.into(),
+            }
+        });
+        let nats = NatsCluster::start_secure_in(dir.path(), 3, security).await;
         let moto = Moto::start().await;
         // The cores upload checkpoints with the AWS_* environment (as
         // backups), which they inherit from this process.
@@ -92,6 +107,12 @@ impl Rig {
         rig
     }
 
+    /// The site CA folder of a [`RigConfig::secure`] rig (`ca.pem`, and
+    /// `core.pem` for 127.0.0.1 that every node and NATS server serves).
+    pub fn pki(&self) -> std::path::PathBuf {
+        self.dir.path().join("pki")
+    }
+
     /// Starts node `i` (`core-<i>`) and adds it to the rig.
     pub fn add_node(&mut self, i: usize) {
         let id = format!("core-{i}");
@@ -110,14 +131,41 @@ impl Rig {
             checkpoint_interval,
             ..
         } = &self.cfg;
+        let pki = self.pki();
+        let secure = if self.cfg.secure {
+            format!(
+                "peer_ca = \"{ca}\"\nnats_ca = \"{ca}\"\nnats_token = \"{NATS_TOKEN}\"\n",
+                ca = pki.join("ca.pem").display()
+            )
+        } else {
+            String::new()
+        };
+        let tls_args = if self.cfg.secure {
+            vec![
+                "--tls-cert".to_string(),
+                pki.join("core.pem").display().to_string(),
+                "--tls-key".into(),
+                pki.join("core.key").display().to_string(),
+            ]
+        } else {
+            Vec::new()
+        };
         std::fs::write(
             &cfg,
             format!(
                 "[media]\nurl = \"s3://footage\"\n[media.options]\nendpoint = \"http://{s3}\"\nallow_http = \"true\"\nregion = \"us-east-1\"\naccess_key_id = \"test\"\nsecret_access_key = \"test\"\n\
-                 [cluster]\nnats = [{nats}]\nnode_id = \"{id}\"\npartitions = {partitions}\nreplicas = 3\nlease_ms = {lease_ms}\ncheckpoint_interval = \"{checkpoint_interval}\"\ncheckpoints = \"s3://checkpoints/test\"\npeer_token = \"cluster-test-token\"\n"
+                 [cluster]\nnats = [{nats}]\nnode_id = \"{id}\"\npartitions = {partitions}\nreplicas = 3\nlease_ms = {lease_ms}\ncheckpoint_interval = \"{checkpoint_interval}\"\ncheckpoints = \"s3://checkpoints/test\"\npeer_token = \"cluster-test-token\"\n{secure}"
             ),
         )
         .unwrap();
+        if self.cfg.secure {
+            // The node's edge link serves a certificate of the rig's one site
+            // CA too, so that an agent trusts every node.
+            let own = self.dir.path().join(format!("{id}.pki"));
+            if !own.exists() {
+                std::os::unix::fs::symlink(&pki, &own).unwrap();
+            }
+        }
         let core = Core::start_with(CoreArgs {
             data_dir: self.dir.path().join(&id),
             locations: Some(self.locations.clone()),
@@ -125,17 +173,26 @@ impl Rig {
             edge: "127.0.0.1:0".parse().unwrap(),
             extra: ["--config".to_string(), cfg.display().to_string()]
                 .into_iter()
+                .chain(tls_args)
                 .chain(self.cfg.core_args.iter().cloned())
                 .collect(),
         });
         self.nodes.push(core);
     }
 
-    /// Every node's plaintext edge URL, comma-separated (an agent's `--core`).
+    /// Every node's edge URL, comma-separated (an agent's `--core`): the
+    /// plaintext edge on the query port, or, in a secure rig, the edge link
+    /// over TLS (gRPC) with the agent's certificate.
     pub fn core_list(&self) -> String {
         self.nodes
             .iter()
-            .map(Core::url)
+            .map(|n| {
+                if self.cfg.secure {
+                    n.edge_url(crate::Edge::Grpc)
+                } else {
+                    n.url()
+                }
+            })
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -149,8 +206,13 @@ impl Rig {
             std::fs::rename(&csv, &own).unwrap();
             own
         };
-        let args = AgentArgs::replay(self.dir.path(), id, self.core_list(), &csv, Some(rate))
+        let mut args = AgentArgs::replay(self.dir.path(), id, self.core_list(), &csv, Some(rate))
             .reconnect_within(Duration::from_millis(300));
+        if self.cfg.secure {
+            crate::proc::issue_agent(&self.pki(), id);
+            args.extra
+                .extend(["--tls-dir".to_string(), self.pki().display().to_string()]);
+        }
         Agent::start(args)
     }
 

@@ -45,14 +45,17 @@ pub struct NatsServer {
     pub store: PathBuf,
     /// stdout and stderr of every run.
     pub log: PathBuf,
+    /// Clients connect over TLS (`tls://`).
+    pub tls: bool,
     child: Option<Child>,
     args: Vec<String>,
 }
 
 impl NatsServer {
-    /// `nats://127.0.0.1:<port>`.
+    /// `nats://127.0.0.1:<port>` (`tls://` when it serves TLS).
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "tls" } else { "nats" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     fn spawn(&mut self) {
@@ -115,6 +118,15 @@ impl Drop for NatsServer {
     }
 }
 
+/// How the servers take clients, as on a real network: TLS with this
+/// certificate and a token.
+#[derive(Debug, Clone)]
+pub struct NatsSecurity {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub token: String,
+}
+
 /// N clustered `nats-server -js` on 127.0.0.1, in a temporary folder (or
 /// one given), all stopped when dropped.
 pub struct NatsCluster {
@@ -144,6 +156,12 @@ impl NatsCluster {
 
     /// Starts `n` servers with their stores and logs under `dir`.
     pub async fn start_in(dir: &Path, n: usize) -> Self {
+        Self::start_secure_in(dir, n, None).await
+    }
+
+    /// Starts `n` servers under `dir`, taking clients over TLS with a token
+    /// when `security` says so (routes between them stay plain: loopback).
+    pub async fn start_secure_in(dir: &Path, n: usize, security: Option<NatsSecurity>) -> Self {
         assert!(n >= 1);
         let ports = free_ports(3 * n);
         let routes = (0..n)
@@ -172,6 +190,17 @@ impl NatsCluster {
             .iter()
             .map(|s| s.to_string())
             .collect();
+            if let Some(sec) = &security {
+                args.extend([
+                    "--tls".to_string(),
+                    "--tlscert".into(),
+                    sec.cert.display().to_string(),
+                    "--tlskey".into(),
+                    sec.key.display().to_string(),
+                    "--auth".into(),
+                    sec.token.clone(),
+                ]);
+            }
             if n > 1 {
                 args.extend(
                     [
@@ -193,6 +222,7 @@ impl NatsCluster {
                 cluster_port: if n > 1 { cluster_port } else { 0 },
                 monitor_port,
                 store,
+                tls: security.is_some(),
                 child: None,
                 args,
             });

@@ -229,6 +229,17 @@ impl Bearer {
 /// authenticate as the admin without each test passing the token along.
 static ADMIN_TOKENS: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
 
+/// The CA (PEM) of every core this process started serving TLS
+/// (`--tls-cert`), by its gRPC URL `https://…`: `ca.pem` beside the
+/// certificate, as `sightline-core certs` lays a site CA out.
+static TLS_CAS: Mutex<BTreeMap<String, Vec<u8>>> = Mutex::new(BTreeMap::new());
+
+/// The CA that issued the certificate of the core this process started at
+/// `url` (`https://…`).
+pub fn ca_for(url: &str) -> Option<Vec<u8>> {
+    TLS_CAS.lock().unwrap().get(url).cloned()
+}
+
 /// The admin token of the core this process started at `addr` (its gRPC
 /// URL `http://…`, or its gRPC or HTTP `host:port`).
 pub fn admin_token_for(addr: &str) -> Option<String> {
@@ -334,6 +345,12 @@ impl Core {
             http,
             edge,
         };
+        if let Some(cert) = core.tls_cert() {
+            let ca = cert.with_file_name("ca.pem");
+            if let Ok(pem) = std::fs::read(&ca) {
+                TLS_CAS.lock().unwrap().insert(core.url(), pem);
+            }
+        }
         let token = core.admin_token();
         let mut tokens = ADMIN_TOKENS.lock().unwrap();
         for key in [core.url(), grpc.to_string(), http.to_string()] {
@@ -343,8 +360,21 @@ impl Core {
         core
     }
 
+    /// The query API's URL: `https://` when the core serves TLS
+    /// (`--tls-cert`), else `http://`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.grpc)
+        let scheme = if self.tls_cert().is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.grpc)
+    }
+
+    /// The certificate the query and HTTP ports serve (`--tls-cert`), if any.
+    pub fn tls_cert(&self) -> Option<PathBuf> {
+        let at = self.args.extra.iter().position(|a| a == "--tls-cert")?;
+        self.args.extra.get(at + 1).map(PathBuf::from)
     }
 
     /// The core's admin token (made on its first start in its data folder).

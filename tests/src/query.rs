@@ -25,12 +25,18 @@ pub async fn client(url: &str) -> Client {
 }
 
 /// A query client that sends `token` (an API token or the admin token).
+/// An `https://` core this process started is trusted through its CA.
 pub async fn client_as(url: &str, token: &str) -> Client {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_string()).unwrap();
+    if let Some(ca) = crate::proc::ca_for(url) {
+        endpoint = endpoint
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+            )
+            .unwrap();
+    }
+    let channel = endpoint.connect().await.unwrap();
     with_token(channel, token)
 }
 

@@ -8,8 +8,9 @@ pub enum ClusterCommand {
     /// last sequence − applied sequence) and checkpoint age, read from the
     /// nodes' /metrics (their `sightline_cluster_*` gauges).
     Status {
-        /// A node's HTTP address (plain HTTP); the other nodes are found
-        /// from it.
+        /// A node's HTTP address (`http://` or, for nodes that serve TLS,
+        /// `https://` trusting the CA in `SIGHTLINE_CA`); the other nodes
+        /// are found from it.
         #[arg(long, env = "SIGHTLINE_HTTP", default_value = "http://127.0.0.1:8080")]
         http: String,
     },
@@ -18,7 +19,18 @@ pub enum ClusterCommand {
 pub async fn run(cmd: &ClusterCommand) -> anyhow::Result<()> {
     match cmd {
         ClusterCommand::Status { http } => {
-            print!("{}", crate::cluster::status::status(http).await?);
+            // Nodes that serve TLS are verified against SIGHTLINE_CA (as
+            // the query commands verify the query port).
+            let tls = match std::env::var_os("SIGHTLINE_CA") {
+                Some(ca) => Some(crate::cluster::peer::PeerTls::load(std::path::Path::new(
+                    &ca,
+                ))?),
+                None => None,
+            };
+            print!(
+                "{}",
+                crate::cluster::status::status(http, tls.as_ref()).await?
+            );
             Ok(())
         }
     }

@@ -57,10 +57,41 @@ pub struct ClusterConfig {
     /// partitions' streams from the start, and the IN stream is never purged).
     #[serde(default)]
     pub checkpoints: Option<String>,
-    /// The query API address other nodes and clients dial for this node.
-    /// Unset: the bound `server.grpc_listen` address.
+    /// The query API address (`host:port`) other nodes and clients dial for
+    /// this node. Unset: the bound `server.grpc_listen` address (refused when
+    /// that is 0.0.0.0 or [::], which no other node can dial). Dialled over
+    /// TLS when `server.tls_cert` is set; the certificate must name this host.
     #[serde(default)]
     pub advertise_grpc: Option<String>,
+    /// The HTTP address (`host:port`: /metrics for `cluster status` and the
+    /// Fleet page's cluster table) other nodes read. Unset: the bound
+    /// `server.http_listen` address (refused when unspecified, as above).
+    #[serde(default)]
+    pub advertise_http: Option<String>,
+    /// The CA certificate (PEM) that issued the other nodes'
+    /// `server.tls_cert`: a node calls another's query and HTTP ports over
+    /// TLS when that node serves TLS, and trusts this CA only. Required when
+    /// `server.tls_cert` is set (e.g. `pki/ca.pem` of `sightline-core certs`).
+    #[serde(default)]
+    pub peer_ca: Option<std::path::PathBuf>,
+    /// The CA certificate (PEM) of the NATS servers' TLS (`tls://` URLs).
+    /// Unset: the system's roots.
+    #[serde(default)]
+    pub nats_ca: Option<std::path::PathBuf>,
+    /// The NATS token (`authorization { token }` of nats-server). Better set
+    /// by the environment (`SIGHTLINE_CORE__CLUSTER__NATS_TOKEN`). A NATS
+    /// server that is not on loopback needs a credential (this, or
+    /// `nats_user`/`nats_password`) unless `server.insecure_plaintext`:
+    /// whoever reaches it unauthenticated could write the cluster's streams.
+    #[serde(default)]
+    pub nats_token: Option<String>,
+    /// The NATS user (with `nats_password`).
+    #[serde(default)]
+    pub nats_user: Option<String>,
+    /// The NATS password of `nats_user`
+    /// (`SIGHTLINE_CORE__CLUSTER__NATS_PASSWORD`).
+    #[serde(default)]
+    pub nats_password: Option<String>,
     /// The shared secret nodes present to each other (`authorization: Bearer`).
     /// Required in cluster mode, at least 16 bytes. Better set by the
     /// environment (`SIGHTLINE_CORE__CLUSTER__PEER_TOKEN`) than in the file.
@@ -71,6 +102,15 @@ pub struct ClusterConfig {
     #[serde(default = "default_duplicate_window", with = "humantime_serde")]
     #[schemars(with = "sightline_proto::config_doc::Duration")]
     pub duplicate_window: Duration,
+}
+
+/// `localhost` or a loopback IP address.
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn default_partitions() -> u16 {
@@ -100,6 +140,12 @@ impl Default for ClusterConfig {
             checkpoint_interval: default_checkpoint_interval(),
             checkpoints: None,
             advertise_grpc: None,
+            advertise_http: None,
+            peer_ca: None,
+            nats_ca: None,
+            nats_token: None,
+            nats_user: None,
+            nats_password: None,
             peer_token: None,
             duplicate_window: default_duplicate_window(),
         }
@@ -123,12 +169,15 @@ impl ClusterConfig {
         })
     }
 
-    /// Checks the section; `insecure_plaintext` is `server.insecure_plaintext`.
-    pub fn validate(&self, insecure_plaintext: bool) -> Result<(), ConfigError> {
+    /// Checks the section against `server` (its TLS, listeners and
+    /// `insecure_plaintext`).
+    pub fn validate(&self, server: &crate::config::ServerConfig) -> Result<(), ConfigError> {
         let err = |key, reason: String| Err(ConfigError { key, reason });
         if !self.enabled() {
             return Ok(());
         }
+        let insecure_plaintext = server.insecure_plaintext;
+        let has_credential = self.nats_token.is_some() || self.nats_user.is_some();
         for u in &self.nats {
             let parsed = match url::Url::parse(u) {
                 Ok(p) => p,
@@ -138,12 +187,7 @@ impl ClusterConfig {
             match parsed.scheme() {
                 "tls" => {}
                 "nats" => {
-                    let loopback = host == "localhost"
-                        || host
-                            .trim_matches(['[', ']'])
-                            .parse::<std::net::IpAddr>()
-                            .is_ok_and(|ip| ip.is_loopback());
-                    if !loopback && !insecure_plaintext {
+                    if !is_loopback(host) && !insecure_plaintext {
                         return err(
                             "cluster.nats",
                             format!(
@@ -162,6 +206,77 @@ impl ClusterConfig {
             }
             if host.is_empty() {
                 return err("cluster.nats", format!("{u:?} has no host"));
+            }
+            if !is_loopback(host) && !has_credential && !insecure_plaintext {
+                return err(
+                    "cluster.nats_token",
+                    format!(
+                        "{u:?} is not a loopback address and no NATS credential is set \
+                         (nats_token, or nats_user and nats_password): whoever reaches that server \
+                         could write the cluster's streams. Set one, or, knowingly, \
+                         server.insecure_plaintext = true"
+                    ),
+                );
+            }
+        }
+        if self.nats_token.is_some() && self.nats_user.is_some() {
+            return err(
+                "cluster.nats_token",
+                "set with cluster.nats_user: a NATS connection takes one credential".into(),
+            );
+        }
+        match (&self.nats_user, &self.nats_password) {
+            (Some(_), None) => {
+                return err(
+                    "cluster.nats_password",
+                    "unset, but cluster.nats_user is set".into(),
+                )
+            }
+            (None, Some(_)) => {
+                return err(
+                    "cluster.nats_user",
+                    "unset, but cluster.nats_password is set".into(),
+                )
+            }
+            _ => {}
+        }
+        if server.tls_cert.is_some() && self.peer_ca.is_none() {
+            return err(
+                "cluster.peer_ca",
+                "unset, but server.tls_cert is set: the other nodes serve TLS too, and this node \
+                 verifies them against this CA only (the CA that issued their certificates, \
+                 e.g. pki/ca.pem)"
+                    .into(),
+            );
+        }
+        for (key, advertised, bound, listen) in [
+            (
+                "cluster.advertise_grpc",
+                &self.advertise_grpc,
+                server.grpc_listen,
+                "server.grpc_listen",
+            ),
+            (
+                "cluster.advertise_http",
+                &self.advertise_http,
+                server.http_listen,
+                "server.http_listen",
+            ),
+        ] {
+            match advertised {
+                Some(a) if a.is_empty() || a.contains('/') || !a.contains(':') => {
+                    return err(key, format!("{a:?}: expected host:port"))
+                }
+                None if bound.ip().is_unspecified() => {
+                    return err(
+                        key,
+                        format!(
+                            "unset, and {listen} is {bound}, which no other node can dial: \
+                             set the host:port other nodes reach this node at"
+                        ),
+                    )
+                }
+                _ => {}
             }
         }
         if let Some(id) = &self.node_id {
@@ -214,14 +329,6 @@ impl ClusterConfig {
                 );
             }
         }
-        if let Some(a) = &self.advertise_grpc {
-            if a.is_empty() || a.contains('/') {
-                return err(
-                    "cluster.advertise_grpc",
-                    format!("{a:?}: expected host:port"),
-                );
-            }
-        }
         match &self.peer_token {
             Some(t) if t.len() >= MIN_PEER_TOKEN_BYTES => {}
             _ => {
@@ -250,17 +357,39 @@ mod tests {
         }
     }
 
+    fn server() -> crate::config::ServerConfig {
+        crate::config::CoreConfig::default().server
+    }
+
     #[test]
     fn cluster_keys_that_cannot_work_are_refused_by_their_dotted_name() {
-        assert!(ClusterConfig::default().validate(false).is_ok());
-        assert!(on().validate(false).is_ok());
-        let key = |c: ClusterConfig| c.validate(false).unwrap_err().key;
+        let srv = server();
+        assert!(ClusterConfig::default().validate(&srv).is_ok());
+        assert!(on().validate(&srv).is_ok());
+        let key = |c: ClusterConfig| c.validate(&server()).unwrap_err().key;
         let mut c = on();
         c.nats = vec!["nats://10.1.2.3:4222".into()];
         assert_eq!(key(c.clone()), "cluster.nats");
-        assert!(c.validate(true).is_ok(), "insecure_plaintext allows it");
+        let mut insecure = server();
+        insecure.insecure_plaintext = true;
+        assert!(
+            c.validate(&insecure).is_ok(),
+            "insecure_plaintext allows it"
+        );
         c.nats = vec!["tls://10.1.2.3:4222".into()];
-        assert!(c.validate(false).is_ok());
+        assert_eq!(
+            key(c.clone()),
+            "cluster.nats_token",
+            "TLS, but no credential"
+        );
+        c.nats_token = Some("t".into());
+        assert!(c.validate(&srv).is_ok());
+        c.nats_user = Some("u".into());
+        assert_eq!(key(c.clone()), "cluster.nats_token", "two credentials");
+        c.nats_token = None;
+        assert_eq!(key(c.clone()), "cluster.nats_password");
+        c.nats_password = Some("p".into());
+        assert!(c.validate(&srv).is_ok());
         let mut c = on();
         c.partitions = 0;
         assert_eq!(key(c), "cluster.partitions");
@@ -279,5 +408,31 @@ mod tests {
         let mut c = on();
         c.checkpoints = Some("http://x".into());
         assert_eq!(key(c), "cluster.checkpoints");
+        let mut c = on();
+        c.advertise_http = Some("https://x:1".into());
+        assert_eq!(key(c), "cluster.advertise_http");
+    }
+
+    #[test]
+    fn a_node_that_others_could_not_dial_or_verify_is_refused() {
+        let mut tls = server();
+        tls.tls_cert = Some("c.pem".into());
+        tls.tls_key = Some("c.key".into());
+        let e = on().validate(&tls).unwrap_err();
+        assert_eq!(e.key, "cluster.peer_ca", "{e}");
+        let mut c = on();
+        c.peer_ca = Some("ca.pem".into());
+        assert!(c.validate(&tls).is_ok());
+
+        let mut any = server();
+        any.grpc_listen = "0.0.0.0:50051".parse().unwrap();
+        let e = on().validate(&any).unwrap_err();
+        assert_eq!(e.key, "cluster.advertise_grpc");
+        assert!(e.reason.contains("0.0.0.0:50051"), "{e}");
+        let mut c = on();
+        c.advertise_grpc = Some("core-a.example:50051".into());
+        assert!(c.validate(&any).is_ok());
+        any.http_listen = "[::]:8080".parse().unwrap();
+        assert_eq!(c.validate(&any).unwrap_err().key, "cluster.advertise_http");
     }
 }

@@ -61,10 +61,23 @@ impl Nats {
                 urls: cfg.nats.clone(),
                 reason: e.to_string(),
             })?;
-        let client = async_nats::ConnectOptions::new()
+        let mut opts = async_nats::ConnectOptions::new()
             .name(format!("sightline-core {node_id}"))
             .connection_timeout(REQUEST_TIMEOUT)
-            .request_timeout(Some(REQUEST_TIMEOUT))
+            .request_timeout(Some(REQUEST_TIMEOUT));
+        if cfg.nats.iter().any(|u| u.starts_with("tls://")) {
+            opts = opts.require_tls(true);
+        }
+        if let Some(ca) = &cfg.nats_ca {
+            opts = opts.add_root_certificates(ca.clone());
+        }
+        if let Some(t) = &cfg.nats_token {
+            opts = opts.token(t.clone());
+        }
+        if let (Some(u), Some(p)) = (&cfg.nats_user, &cfg.nats_password) {
+            opts = opts.user_and_password(u.clone(), p.clone());
+        }
+        let client = opts
             .connect(addrs)
             .await
             .map_err(|e| ClusterError::Connect {

@@ -15,8 +15,12 @@
 //!
 //! The presence of [`PARTITIONS_HEADER`] makes a call a peer call; a request
 //! without it is an ordinary client call, checked as on a single node.
+//!
+//! A node that serves TLS (`server.tls_cert`) announces `https://` addresses;
+//! the others dial those over TLS and trust `cluster.peer_ca` only
+//! ([`PeerTls`]), for the query port and for `/metrics` alike.
 
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+use std::{collections::HashMap, path::Path, sync::Arc, sync::Mutex, time::Duration};
 
 use sightline_proto::v1::query_client::QueryClient;
 use sightline_proto::{ApiError, Code};
@@ -184,10 +188,65 @@ pub fn parse_scope(v: &str) -> Result<Scope, ApiError> {
     Ok(Scope::locations(set))
 }
 
+/// The CA a node trusts when it dials another node over TLS
+/// (`cluster.peer_ca`, or `SIGHTLINE_CA` for `cluster status`): that CA
+/// only, not the system's roots.
+#[derive(Clone)]
+pub struct PeerTls {
+    pem: Vec<u8>,
+    rustls: Arc<rustls::ClientConfig>,
+}
+
+impl PeerTls {
+    /// The CA certificate(s) of the PEM file at `path`.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let pem = std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("reading the CA {}: {e}", path.display()))?;
+        Self::from_pem(pem).map_err(|e| anyhow::anyhow!("the CA {}: {e}", path.display()))
+    }
+
+    /// The CA certificate(s) of `pem`; at least one.
+    pub fn from_pem(pem: Vec<u8>) -> anyhow::Result<Self> {
+        use rustls::pki_types::{pem::PemObject, CertificateDer};
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(&pem) {
+            roots
+                .add(c.map_err(|e| anyhow::anyhow!("not a PEM certificate: {e}"))?)
+                .map_err(|e| anyhow::anyhow!("not a CA certificate: {e}"))?;
+        }
+        anyhow::ensure!(!roots.is_empty(), "no certificate in it");
+        let rustls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(Self {
+            pem,
+            rustls: Arc::new(rustls),
+        })
+    }
+
+    /// A TLS connection to `host` (its certificate must name it) over `tcp`.
+    pub async fn connect(
+        &self,
+        host: &str,
+        tcp: tokio::net::TcpStream,
+    ) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let name =
+            rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_string())
+                .map_err(|e| anyhow::anyhow!("{host:?} is not a host name: {e}"))?;
+        Ok(tokio_rustls::TlsConnector::from(self.rustls.clone())
+            .connect(name, tcp)
+            .await?)
+    }
+}
+
 /// Clients for the other nodes' query ports, one channel per address,
-/// and the peer token the calls carry.
+/// the peer token the calls carry and the CA they trust.
 pub struct Peers {
     token: String,
+    tls: Option<PeerTls>,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
@@ -195,8 +254,20 @@ impl Peers {
     pub fn new(peer_token: impl Into<String>) -> Self {
         Self {
             token: peer_token.into(),
+            tls: None,
             channels: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Dials `https://` nodes trusting `tls` (without: refuses them).
+    pub fn with_tls(mut self, tls: Option<PeerTls>) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// The CA calls to `https://` nodes trust, if any.
+    pub fn tls(&self) -> Option<&PeerTls> {
+        self.tls.as_ref()
     }
 
     /// The peer token this node sends and accepts.
@@ -216,11 +287,24 @@ impl Peers {
         } else {
             format!("http://{addr}")
         };
-        let channel = tonic::transport::Endpoint::from_shared(url)
+        let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())
             .map_err(|e| ApiError::internal(format!("peer address {addr:?}: {e}")))?
             .connect_timeout(PEER_TIMEOUT)
-            .timeout(PEER_TIMEOUT)
-            .connect_lazy();
+            .timeout(PEER_TIMEOUT);
+        if url.starts_with("https://") {
+            let tls = self.tls.as_ref().ok_or_else(|| {
+                ApiError::unavailable(format!(
+                    "node at {url} serves TLS, and this node has no cluster.peer_ca to verify it with"
+                ))
+            })?;
+            endpoint = endpoint
+                .tls_config(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(&tls.pem)),
+                )
+                .map_err(|e| ApiError::internal(format!("peer address {addr:?}: TLS: {e}")))?;
+        }
+        let channel = endpoint.connect_lazy();
         channels.insert(addr.to_string(), channel.clone());
         Ok(QueryClient::new(channel).max_decoding_message_size(usize::MAX))
     }

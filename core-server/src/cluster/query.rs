@@ -132,7 +132,7 @@ impl ClusterQuery {
                     "this node has not gathered the cluster's status yet (every 5 s)",
                 ))
             })?;
-        Ok(super::status::gather(own, Some(self.view.node_id())).await)
+        Ok(super::status::gather(own, Some(self.view.node_id()), self.peers.tls()).await)
     }
 
     /// Events stored at the locations of `scope` over every partition (all
@@ -141,6 +141,12 @@ impl ClusterQuery {
         let to = sightline_proto::now_ms() + 60_000;
         let counts = self.top_items(scope, 0, to, 1, None).await?;
         Ok(counts.iter().map(|c| c.total).sum())
+    }
+
+    /// Nodes that serve TLS are dialled trusting `tls` (`cluster.peer_ca`).
+    pub fn with_peer_tls(mut self, tls: Option<super::peer::PeerTls>) -> Self {
+        self.peers = self.peers.with_tls(tls);
+        self
     }
 
     /// Subscribe reads [`super::OUT_STREAM`] through `feed`.

@@ -17,7 +17,10 @@ use async_nats::jetstream;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use super::view::{ClusterView, NodeInfo};
+use super::{
+    peer::PeerTls,
+    view::{ClusterView, NodeInfo},
+};
 use crate::metrics::{Metrics, NodeLabel, OwnerLabel, PartitionLabel};
 
 /// How often a node refreshes its cluster gauges.
@@ -291,29 +294,60 @@ pub fn render(s: &ClusterStatus) -> String {
     out
 }
 
-/// `GET <base>/metrics` over plain HTTP/1.0 (a node's HTTP port without
-/// TLS), at most [`MAX_METRICS_BYTES`], within [`FETCH_TIMEOUT`].
-pub async fn fetch_metrics(base: &str) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let host = base
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string();
+/// `GET <base>/metrics` over HTTP/1.0 (`host:port` or `http://`: plain;
+/// `https://`: TLS trusting `tls` only), at most [`MAX_METRICS_BYTES`],
+/// within [`FETCH_TIMEOUT`]. Written by hand: the workspace has no HTTP
+/// client (hyper is built with its server side only), and one GET of a
+/// text page needs none.
+pub async fn fetch_metrics(base: &str, tls: Option<&PeerTls>) -> anyhow::Result<String> {
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    let (secure, host) = match base.strip_prefix("https://") {
+        Some(h) => (true, h),
+        None => (false, base.trim_start_matches("http://")),
+    };
+    let host = host.trim_end_matches('/').to_string();
     anyhow::ensure!(
-        !host.contains("://"),
-        "{base}: only http:// (a node's HTTP port without TLS) is supported"
+        !host.contains("://") && !host.contains('/'),
+        "{base}: expected host:port, http://host:port or https://host:port"
     );
-    let get = async {
-        let mut conn = tokio::net::TcpStream::connect(&host).await?;
+    let tls = match (secure, tls) {
+        (true, None) => anyhow::bail!(
+            "{base} serves TLS: give the CA that issued its certificate (cluster.peer_ca; SIGHTLINE_CA for the command)"
+        ),
+        (true, Some(t)) => Some(t),
+        (false, _) => None,
+    };
+    async fn get<S: AsyncRead + AsyncWrite + Unpin>(
+        mut conn: S,
+        host: &str,
+    ) -> anyhow::Result<String> {
         conn.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
             .await?;
         let mut buf = Vec::new();
-        conn.take(MAX_METRICS_BYTES as u64)
+        let read = (&mut conn)
+            .take(MAX_METRICS_BYTES as u64)
             .read_to_end(&mut buf)
-            .await?;
-        anyhow::Ok(String::from_utf8_lossy(&buf).into_owned())
+            .await;
+        // A TLS peer that closes without close_notify still sent the page.
+        if let Err(e) = read {
+            anyhow::ensure!(
+                e.kind() == std::io::ErrorKind::UnexpectedEof && !buf.is_empty(),
+                e
+            );
+        }
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+    let fetch = async {
+        let tcp = tokio::net::TcpStream::connect(&host).await?;
+        match tls {
+            Some(t) => {
+                let name = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
+                get(t.connect(name, tcp).await?, &host).await
+            }
+            None => get(tcp, &host).await,
+        }
     };
-    let text = tokio::time::timeout(FETCH_TIMEOUT, get)
+    let text = tokio::time::timeout(FETCH_TIMEOUT, fetch)
         .await
         .map_err(|_| anyhow::anyhow!("{base}: no answer within {FETCH_TIMEOUT:?}"))??;
     let (head, body) = text
@@ -331,13 +365,18 @@ pub async fn fetch_metrics(base: &str) -> anyhow::Result<String> {
 /// (`skip`: a node not to ask, e.g. the one whose view `first` is), read
 /// from their `/metrics` at once; with the nodes that could not be read,
 /// and why.
-pub async fn gather(first: ClusterStatus, skip: Option<&str>) -> (ClusterStatus, Vec<String>) {
+/// `https://` nodes are read trusting `tls`.
+pub async fn gather(
+    first: ClusterStatus,
+    skip: Option<&str>,
+    tls: Option<&PeerTls>,
+) -> (ClusterStatus, Vec<String>) {
     let reads = first
         .nodes
         .iter()
         .filter(|n| Some(n.node_id.as_str()) != skip)
         .map(|n| async move {
-            let r = fetch_metrics(&n.http).await.map(|t| parse_metrics(&t));
+            let r = fetch_metrics(&n.http, tls).await.map(|t| parse_metrics(&t));
             (n.node_id.clone(), r)
         });
     let mut others = BTreeMap::new();
@@ -355,14 +394,15 @@ pub async fn gather(first: ClusterStatus, skip: Option<&str>) -> (ClusterStatus,
 
 /// `sightline-core cluster status`: `base`'s view, completed by each
 /// owner's own report (a node that does not answer is named, its
-/// partitions shown without sequences).
-pub async fn status(base: &str) -> anyhow::Result<String> {
-    let first = parse_metrics(&fetch_metrics(base).await?);
+/// partitions shown without sequences). `https://` nodes are read trusting
+/// `tls`.
+pub async fn status(base: &str, tls: Option<&PeerTls>) -> anyhow::Result<String> {
+    let first = parse_metrics(&fetch_metrics(base, tls).await?);
     anyhow::ensure!(
         !first.nodes.is_empty() || !first.partitions.is_empty(),
         "{base}: no cluster gauges (a single-node core, or a cluster node that has not published its status yet)"
     );
-    let (all, unreachable) = gather(first, None).await;
+    let (all, unreachable) = gather(first, None, tls).await;
     let mut out = render(&all);
     for u in unreachable {
         out += &format!("unreachable: {u}\n");
@@ -502,7 +542,7 @@ mod tests {
             },
         );
         let a_http = serve_metrics(ma.encode()).await;
-        let out = status(&format!("http://{a_http}")).await.unwrap();
+        let out = status(&format!("http://{a_http}"), None).await.unwrap();
         let line = |p: &str| {
             out.lines()
                 .find(|l| l.split_whitespace().next() == Some(p))
@@ -515,7 +555,7 @@ mod tests {
         assert!(out.contains("nodes: 2"), "{out}");
         // A single-node core (no cluster gauges) is said to be one.
         let lone = serve_metrics(Metrics::new().encode()).await;
-        let e = status(&format!("http://{lone}")).await.unwrap_err();
+        let e = status(&format!("http://{lone}"), None).await.unwrap_err();
         assert!(e.to_string().contains("single-node"), "{e}");
     }
 }

@@ -179,10 +179,10 @@ async fn wait_quiet(
         tokio::time::sleep(Duration::from_millis(500)).await;
         // The quiet wait kills no node: node 0 answers, the others are
         // found from it.
-        let Ok(t) = fetch_metrics(&nodes[0].to_string()).await else {
+        let Ok(t) = fetch_metrics(&nodes[0].to_string(), None).await else {
             continue;
         };
-        let (all, _) = gather(parse_metrics(&t), None).await;
+        let (all, _) = gather(parse_metrics(&t), None, None).await;
         let settled = !all.partitions.is_empty()
             && all
                 .partitions
@@ -256,6 +256,7 @@ async fn main() {
             checkpoint_interval: "10s".into(),
             locations: locations.clone(),
             core_args: vec![],
+            secure: false,
         },
     )
     .await;
