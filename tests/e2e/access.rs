@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use sightline_proto::v1::{
     media_client::MediaClient, EventFilter, FleetRequest, GetEventRequest, ListEventsRequest,
     ListQuarantineRequest, MediaChunk, RevokeTokenRequest, Role, SearchRequest, StatsRequest,
-    SubscribeRequest, TopItemsRequest,
+    SubscribeRequest, TimelineBy, TimelineRequest, TopItemsRequest,
 };
 use sightline_tests::{
     bin_path,
@@ -43,6 +43,7 @@ async fn every_query_call(q: &mut Client) -> Vec<(&'static str, Result<(), tonic
             ok(q.get_event(GetEventRequest { detection_oid: 1 }).await),
         ),
         ("TopItems", ok(q.top_items(last_hour()).await)),
+        ("Timeline", ok(q.timeline(timeline_last_hour()).await)),
         ("Search", ok(q.search(SearchRequest::default()).await)),
         ("Fleet", ok(q.fleet(FleetRequest {}).await)),
         (
@@ -77,6 +78,17 @@ fn last_hour() -> TopItemsRequest {
     }
 }
 
+/// Timeline by item over the last hour.
+fn timeline_last_hour() -> TimelineRequest {
+    let now = sightline_tests::data::now_ms();
+    TimelineRequest {
+        from_ms: now - 3_600_000,
+        to_ms: now,
+        by: TimelineBy::Item as i32,
+        max_series: 0,
+    }
+}
+
 /// A query client with no credential at all.
 async fn anonymous(
     core: &Core,
@@ -107,6 +119,10 @@ async fn query_calls_without_a_token_are_unauthenticated() {
         (
             "TopItems",
             q.top_items(TopItemsRequest::default()).await.err(),
+        ),
+        (
+            "Timeline",
+            q.timeline(TimelineRequest::default()).await.err(),
         ),
         ("Search", q.search(SearchRequest::default()).await.err()),
         ("Fleet", q.fleet(FleetRequest {}).await.err()),
@@ -185,6 +201,10 @@ async fn query_calls_without_a_token_are_unauthenticated() {
             (
                 "TopItems",
                 q.top_items(TopItemsRequest::default()).await.err(),
+            ),
+            (
+                "Timeline",
+                q.timeline(TimelineRequest::default()).await.err(),
             ),
             ("Search", q.search(SearchRequest::default()).await.err()),
             ("Fleet", q.fleet(FleetRequest {}).await.err()),

@@ -537,3 +537,73 @@ async fn a_session_must_start_with_a_valid_hello() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("agent_id"), "{}", err.message());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn timeline_requests_out_of_bounds_are_refused_naming_the_field() {
+    use sightline_proto::v1::{TimelineBy, TimelineRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let core = Core::start(dir.path(), None);
+    let mut q = client(&core.url()).await;
+    let now = now_ms();
+    let good = TimelineRequest {
+        from_ms: now - 3_600_000,
+        to_ms: now,
+        by: TimelineBy::Location as i32,
+        max_series: 0,
+    };
+    let r = q.timeline(good).await.unwrap().into_inner();
+    assert_eq!((r.bucket_ms, r.buckets), (60_000, 61), "{r:?}");
+    for (field, bad) in [
+        ("by", TimelineRequest { by: 0, ..good }),
+        ("by", TimelineRequest { by: 99, ..good }),
+        (
+            "max_series",
+            TimelineRequest {
+                max_series: 1001,
+                ..good
+            },
+        ),
+        ("to_ms", TimelineRequest { to_ms: 0, ..good }),
+        (
+            "to_ms",
+            TimelineRequest {
+                to_ms: good.from_ms - 1,
+                ..good
+            },
+        ),
+        (
+            "from_ms",
+            TimelineRequest {
+                from_ms: now / 1000,
+                ..good
+            },
+        ),
+        (
+            "from_ms",
+            TimelineRequest {
+                from_ms: -5,
+                ..good
+            },
+        ),
+    ] {
+        let e = q.timeline(bad).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad:?}: {e:?}");
+        assert!(
+            e.message().contains(&format!("`{field}`")),
+            "{bad:?}: {}",
+            e.message()
+        );
+    }
+    // The widest range there is answers with at most 360 buckets.
+    let r = q
+        .timeline(TimelineRequest {
+            from_ms: 0,
+            to_ms: i64::MAX,
+            ..good
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.buckets <= 360, "{}", r.buckets);
+    assert!(core.log().lines().all(|l| !l.contains("panicked")));
+}

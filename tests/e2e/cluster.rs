@@ -417,6 +417,12 @@ async fn the_dashboard_on_any_node_shows_the_whole_cluster() {
         truth.max_ts - truth.max_ts.rem_euclid(60_000) + 60_000,
     );
     let known = *truth.det_oids.iter().min().unwrap();
+    let mut item_totals: std::collections::BTreeMap<String, u64> = Default::default();
+    for items in truth.counts.values() {
+        for (item, n) in items {
+            *item_totals.entry(item.clone()).or_default() += n;
+        }
+    }
     for node in &rig.nodes {
         let http = node.http;
         // The totals, top X and an event: every partition's, from any node.
@@ -436,6 +442,38 @@ async fn the_dashboard_on_any_node_shows_the_whole_cluster() {
         assert_eq!(shown, truth.top(x), "{http}: the top X page and the truth");
         let ev = server_fn(http, "get_event", &format!("det_oid={known}")).await;
         assert_eq!(ev["row"]["det_oid"].as_i64(), Some(known), "{http}: {ev}");
+        // The timeline: every partition's events, summed per series.
+        let timeline = server_fn(
+            http,
+            "get_timeline",
+            &format!("range=custom&from={from}&to={to}&by=item"),
+        )
+        .await;
+        let series = timeline["series"].as_array().unwrap();
+        let all: u64 = series.iter().map(|s| s["total"].as_u64().unwrap()).sum();
+        assert_eq!(all, truth.unique, "{http}: {timeline}");
+        for s in series {
+            let name = s["name"].as_str().unwrap();
+            if let Some(want) = item_totals.get(name) {
+                assert_eq!(s["total"].as_u64(), Some(*want), "{http}: {name}");
+            }
+        }
+        // The same over the query API, every series by name.
+        let t = sightline_tests::query::client(&node.url())
+            .await
+            .timeline(sightline_proto::v1::TimelineRequest {
+                from_ms: from,
+                to_ms: to,
+                by: sightline_proto::v1::TimelineBy::Item as i32,
+                max_series: 1000,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let got: std::collections::BTreeMap<String, u64> =
+            t.series.iter().map(|s| (s.key.clone(), s.total)).collect();
+        assert_eq!(got, item_totals, "{http}: Timeline over gRPC");
+        assert!(t.other.is_empty());
         let search = server_fn(
             http,
             "search_events",

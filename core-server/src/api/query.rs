@@ -15,7 +15,8 @@ use sightline_proto::v1::{
     query_server::Query, CompletenessRequest, CompletenessResponse, EventFilter, FleetRequest,
     FleetResponse, GetEventRequest, ItemCount, JoinedEvent, ListEventsRequest, ListEventsResponse,
     ListQuarantineRequest, ListQuarantineResponse, LocationTop, SearchRequest, SearchResponse,
-    StatsRequest, StatsResponse, SubscribeRequest, TopItemsRequest, TopItemsResponse,
+    StatsRequest, StatsResponse, SubscribeRequest, TimelineRequest, TimelineResponse,
+    TopItemsRequest, TopItemsResponse,
 };
 use sightline_proto::{ApiError, Code};
 use tokio::sync::{broadcast, mpsc};
@@ -333,6 +334,54 @@ impl Query for QueryService {
                 Ok(Response::new(e))
             }
         }
+    }
+
+    async fn timeline(
+        &self,
+        req: Request<TimelineRequest>,
+    ) -> Result<Response<TimelineResponse>, Status> {
+        if let Some((c, call)) = self.peer(&req, "Timeline").await? {
+            return Ok(Response::new(
+                c.peer_timeline(call, req.into_inner()).await?,
+            ));
+        }
+        let who = self.caller(&req, "Timeline").await?;
+        let peer = req.remote_addr();
+        let r = req.into_inner();
+        check_range(r.from_ms, r.to_ms)?;
+        if r.to_ms == 0 {
+            return Err(bad_field("to_ms", "must be set (epoch milliseconds)"));
+        }
+        let by = crate::cluster::query::timeline_by(r.by)?;
+        let max_series = match r.max_series {
+            0 => 10,
+            n @ 1..=1000 => n as usize,
+            n => return Err(bad_field("max_series", format!("{n} is more than 1000"))),
+        };
+        audited(
+            &self.access,
+            &who,
+            peer,
+            crate::audit::Action::Timeline,
+            serde_json::json!({
+                "by": r.by, "from_ms": r.from_ms, "to_ms": r.to_ms, "via": "grpc",
+            }),
+        )
+        .await?;
+        let counts = match &self.cluster {
+            Some(c) => c.timeline(&who.scope, r.from_ms, r.to_ms, by).await?,
+            None => {
+                let store = self.store.clone();
+                let scope = who.scope.clone();
+                blocking(
+                    move || Ok(store.timeline_in(r.from_ms, r.to_ms, by, |l| scope.allows(l))?),
+                )
+                .await?
+            }
+        };
+        Ok(Response::new(crate::cluster::query::timeline_response(
+            counts, max_series,
+        )))
     }
 
     async fn top_items(

@@ -32,7 +32,7 @@ use sightline_proto::v1::{
     CompletenessResponse, EventFilter, FleetRequest, Gap, GetEventRequest, ItemCount, JoinedEvent,
     ListEventsRequest, ListEventsResponse, ListQuarantineRequest, ListQuarantineResponse,
     LocationTop, QuarantinedEvent, SearchRequest, SearchResponse, StatsRequest, StatsResponse,
-    TopItemsRequest, TopItemsResponse,
+    TimelineRequest, TimelineResponse, TopItemsRequest, TopItemsResponse,
 };
 use sightline_proto::ApiError;
 use tonic::{transport::Channel, Status};
@@ -45,7 +45,12 @@ use crate::{
     access::Scope,
     api::query::blocking,
     search,
-    store::{keys, received::RangeSet, Counters, LocationCounts},
+    store::{
+        keys,
+        received::RangeSet,
+        views::{timeline_buckets, TimelineBy, TimelineCounts, TimelineSeries},
+        Counters, LocationCounts,
+    },
 };
 
 /// The read path of a cluster node: its view of the cluster and its clients
@@ -473,6 +478,161 @@ impl ClusterQuery {
         })
         .await?;
         Ok(response_of(counts, from, to))
+    }
+}
+
+// ---- Timeline -------------------------------------------------------------
+
+/// The proto's `by` as the store's; UNSPECIFIED and unknown values refused
+/// naming the field.
+pub fn timeline_by(by: i32) -> Result<TimelineBy, ApiError> {
+    use sightline_proto::v1::TimelineBy as P;
+    match P::try_from(by) {
+        Ok(P::Item) => Ok(TimelineBy::Item),
+        Ok(P::Location) => Ok(TimelineBy::Location),
+        _ => Err(ApiError::field(
+            "by",
+            format!("{by} is not TIMELINE_BY_ITEM (1) or TIMELINE_BY_LOCATION (2)"),
+        )),
+    }
+}
+
+/// `t` as the API answers it: the first `max_series` series by name, the
+/// rest summed per bucket into `other`.
+pub fn timeline_response(t: TimelineCounts, max_series: usize) -> TimelineResponse {
+    let mut other = vec![0u64; t.buckets];
+    let mut series = Vec::new();
+    let mut folded = false;
+    for (i, s) in t.series.into_iter().enumerate() {
+        if i < max_series {
+            series.push(sightline_proto::v1::TimelineSeries {
+                total: s.counts.iter().sum(),
+                key: s.key,
+                counts: s.counts,
+            });
+        } else {
+            folded = true;
+            for (o, c) in other.iter_mut().zip(s.counts) {
+                *o += c;
+            }
+        }
+    }
+    TimelineResponse {
+        from_ms: t.from_ms,
+        bucket_ms: t.bucket_ms,
+        buckets: t.buckets as u32,
+        series,
+        other: if folded { other } else { Vec::new() },
+    }
+}
+
+/// A peer's whole answer (no `other`) back to counts.
+fn timeline_of(r: TimelineResponse) -> TimelineCounts {
+    TimelineCounts {
+        from_ms: r.from_ms,
+        bucket_ms: r.bucket_ms,
+        buckets: r.buckets as usize,
+        series: r
+            .series
+            .into_iter()
+            .map(|s| TimelineSeries {
+                key: s.key,
+                counts: s.counts,
+            })
+            .collect(),
+    }
+}
+
+/// The timeline of `parts` (held here) for `scope`, summed.
+fn local_timeline(
+    parts: &[LocalPartition],
+    scope: &Scope,
+    from_ms: i64,
+    to_ms: i64,
+    by: TimelineBy,
+) -> Result<TimelineCounts, Status> {
+    let mut all = Vec::with_capacity(parts.len());
+    for l in parts {
+        all.push(
+            l.store
+                .timeline_in(from_ms, to_ms, by, |loc| scope.allows(loc))?,
+        );
+    }
+    merged_timeline(all, from_ms, to_ms)
+}
+
+fn merged_timeline(
+    parts: Vec<TimelineCounts>,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<TimelineCounts, Status> {
+    match TimelineCounts::merge(parts).map_err(ApiError::internal)? {
+        Some(t) => Ok(t),
+        // No partition at all: the empty timeline of the range, as a store
+        // without events gives it.
+        None => Ok(empty_timeline(from_ms, to_ms)),
+    }
+}
+
+fn empty_timeline(from_ms: i64, to_ms: i64) -> TimelineCounts {
+    let (_, from_ms, bucket_ms, buckets) = timeline_buckets(from_ms, to_ms);
+    TimelineCounts {
+        from_ms,
+        bucket_ms,
+        buckets,
+        series: Vec::new(),
+    }
+}
+
+impl ClusterQuery {
+    /// Events per bucket over every partition, series summed across them
+    /// before they are ranked (exact, as on one node).
+    pub async fn timeline(
+        &self,
+        scope: &Scope,
+        from_ms: i64,
+        to_ms: i64,
+        by: TimelineBy,
+    ) -> Result<TimelineCounts, Status> {
+        let s = scope.clone();
+        let local = move |l: &LocalPartition| {
+            local_timeline(std::slice::from_ref(l), &s, from_ms, to_ms, by)
+        };
+        let proto_by = match by {
+            TimelineBy::Item => sightline_proto::v1::TimelineBy::Item,
+            TimelineBy::Location => sightline_proto::v1::TimelineBy::Location,
+        } as i32;
+        let remote = |mut c: Client, ps: Vec<u16>| {
+            let req = self.peers.request(
+                TimelineRequest {
+                    from_ms,
+                    to_ms,
+                    by: proto_by,
+                    max_series: 0,
+                },
+                &ps,
+                scope,
+            );
+            async move { Ok(timeline_of(c.timeline(req).await?.into_inner())) }
+        };
+        let parts = self
+            .fan(&self.all_partitions(), true, local, remote)
+            .await?;
+        merged_timeline(parts.into_iter().map(|(_, t)| t).collect(), from_ms, to_ms)
+    }
+
+    /// A peer's Timeline: every series (`max_series` is ignored: the
+    /// caller ranks after summing), from the partitions asked for.
+    pub async fn peer_timeline(
+        &self,
+        call: PeerCall,
+        r: TimelineRequest,
+    ) -> Result<TimelineResponse, Status> {
+        let held = self.held(&call)?;
+        let by = timeline_by(r.by)?;
+        let scope = call.scope;
+        let t = blocking(move || local_timeline(&held, &scope, r.from_ms, r.to_ms, by)).await?;
+        Ok(timeline_response(t, usize::MAX))
     }
 }
 

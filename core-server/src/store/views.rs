@@ -42,6 +42,62 @@ pub struct TimelineSeries {
     pub counts: Vec<u64>,
 }
 
+impl TimelineCounts {
+    /// The timeline of the union of stores whose timelines over one range
+    /// are `parts` (each has the range's buckets, so counts add per series
+    /// and bucket); ordered as [`Store::timeline`] orders. `None`: no parts.
+    /// Parts of another shape (a different range) are refused.
+    pub fn merge(parts: impl IntoIterator<Item = TimelineCounts>) -> Result<Option<Self>, String> {
+        let mut out: Option<(i64, i64, usize)> = None;
+        let mut sums: HashMap<String, Vec<u64>> = HashMap::new();
+        for p in parts {
+            let shape = (p.from_ms, p.bucket_ms, p.buckets);
+            match out {
+                None => out = Some(shape),
+                Some(s) if s != shape => {
+                    return Err(format!(
+                        "timelines of different ranges: {s:?} and {shape:?} (from_ms, bucket_ms, buckets)"
+                    ))
+                }
+                _ => {}
+            }
+            for series in p.series {
+                if series.counts.len() != p.buckets {
+                    return Err(format!(
+                        "series {:?} has {} counts for {} buckets",
+                        series.key,
+                        series.counts.len(),
+                        p.buckets
+                    ));
+                }
+                let sum = sums.entry(series.key).or_insert_with(|| vec![0; p.buckets]);
+                for (a, b) in sum.iter_mut().zip(series.counts) {
+                    *a += b;
+                }
+            }
+        }
+        Ok(out.map(|(from_ms, bucket_ms, buckets)| TimelineCounts {
+            from_ms,
+            bucket_ms,
+            buckets,
+            series: sorted(sums),
+        }))
+    }
+}
+
+/// Series largest total first, then by key.
+fn sorted(series: HashMap<String, Vec<u64>>) -> Vec<TimelineSeries> {
+    let mut out: Vec<TimelineSeries> = series
+        .into_iter()
+        .map(|(key, counts)| TimelineSeries { key, counts })
+        .collect();
+    out.sort_by(|a, b| {
+        let (sa, sb) = (a.counts.iter().sum::<u64>(), b.counts.iter().sum::<u64>());
+        sb.cmp(&sa).then_with(|| a.key.cmp(&b.key))
+    });
+    out
+}
+
 impl Store {
     /// Up to `limit` events, newest detection first, that `keep` accepts,
     /// looking at no more than `scan` events.
@@ -92,14 +148,7 @@ impl Store {
         by: TimelineBy,
         in_scope: impl Fn(i64) -> bool,
     ) -> Result<TimelineCounts, StoreError> {
-        let (from_ms, to_ms) = (from_ms.clamp(0, MAX_TIME_MS), to_ms.clamp(0, MAX_TIME_MS));
-        let (stored, width) = timeline_width(to_ms.saturating_sub(from_ms));
-        let from = from_ms.div_euclid(width) * width;
-        let n = if to_ms > from_ms {
-            ((to_ms - from + width - 1) / width) as usize
-        } else {
-            0
-        };
+        let (stored, from, width, n) = timeline_buckets(from_ms, to_ms);
         let mut series: HashMap<String, Vec<u64>> = HashMap::new();
         if n > 0 {
             let end = from + n as i64 * width;
@@ -118,21 +167,28 @@ impl Store {
                 }
             })?;
         }
-        let mut out: Vec<TimelineSeries> = series
-            .into_iter()
-            .map(|(key, counts)| TimelineSeries { key, counts })
-            .collect();
-        out.sort_by(|a, b| {
-            let (sa, sb) = (a.counts.iter().sum::<u64>(), b.counts.iter().sum::<u64>());
-            sb.cmp(&sa).then_with(|| a.key.cmp(&b.key))
-        });
         Ok(TimelineCounts {
             from_ms: from,
             bucket_ms: width,
             buckets: n,
-            series: out,
+            series: sorted(series),
         })
     }
+}
+
+/// The buckets of a timeline over `[from_ms, to_ms)` (clamped to
+/// `[0, MAX_TIME_MS]` first): the aggregates it reads, the first bucket's
+/// start, the width and how many.
+pub fn timeline_buckets(from_ms: i64, to_ms: i64) -> (Bucket, i64, i64, usize) {
+    let (from_ms, to_ms) = (from_ms.clamp(0, MAX_TIME_MS), to_ms.clamp(0, MAX_TIME_MS));
+    let (stored, width) = timeline_width(to_ms.saturating_sub(from_ms));
+    let from = from_ms.div_euclid(width) * width;
+    let n = if to_ms > from_ms {
+        ((to_ms - from + width - 1) / width) as usize
+    } else {
+        0
+    };
+    (stored, from, width, n)
 }
 
 /// The aggregates a timeline over `span_ms` reads and its bucket width: the

@@ -247,18 +247,15 @@ impl Backend for CoreBackend {
             other => return Err(format!("field `by`: {other:?} is not item or location")),
         };
         check_range(from_ms, to_ms)?;
-        if self.cluster.is_some() {
-            return Err(
-                "the timeline is not available in cluster mode yet (Top items and Search are)"
-                    .into(),
-            );
-        }
         // The store picks the bucket width: at most MAX_TIMELINE_BUCKETS.
         let scope = &self.who.scope;
-        let t = self
-            .store
-            .timeline_in(from_ms, to_ms, by, |l| scope.allows(l))
-            .map_err(err)?;
+        let t = match &self.cluster {
+            Some(c) => across(c.timeline(scope, from_ms, to_ms, by))?,
+            None => self
+                .store
+                .timeline_in(from_ms, to_ms, by, |l| scope.allows(l))
+                .map_err(err)?,
+        };
         let (from, bucket_ms, buckets, all) = (t.from_ms, t.bucket_ms, t.buckets, t.series);
         let table = self.locations.current();
         let name = |key: String| match by {
