@@ -518,7 +518,7 @@ async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started
             let peer_token = config.cluster.peer_token.clone().unwrap_or_default();
             let query = Arc::new(
                 crate::cluster::query::ClusterQuery::new(view.clone(), peer_token)
-                    .with_peer_tls(peer_tls.clone())
+                    .with_peer_tls(peer_tls)
                     .with_feed(crate::cluster::feed::Feed::new(node.nats().client.clone())),
             );
             let status = crate::cluster::status::spawn(

@@ -620,25 +620,37 @@ async fn a_cluster_on_a_network_uses_tls_and_credentials_on_every_link() {
     rig.assert_truth(&truth).await;
 
     // `cluster status` reads every node's /metrics over TLS, trusting the
-    // site CA; the nodes announce https:// addresses.
+    // site CA; the nodes announce https:// addresses. (A node refreshes its
+    // cluster gauges every 5 s: asked until it shows every node and owner.)
     let ca = rig.pki().join("ca.pem");
-    let out = std::process::Command::new(sightline_tests::proc::bin_path("sightline-core"))
-        .args(["cluster", "status", "--http"])
-        .arg(format!("https://{}", rig.nodes[1].http))
-        .env("SIGHTLINE_CA", &ca)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        text.contains(&format!("partitions: {PARTITIONS} ({PARTITIONS} owned)")),
-        "{text}"
-    );
-    assert_eq!(text.matches("grpc https://").count(), 3, "{text}");
+    let status = || {
+        let out = std::process::Command::new(sightline_tests::proc::bin_path("sightline-core"))
+            .args(["cluster", "status", "--http"])
+            .arg(format!("https://{}", rig.nodes[1].http))
+            .env("SIGHTLINE_CA", &ca)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = wait_for(
+        "cluster status of every node",
+        Duration::from_secs(30),
+        || {
+            let text = status();
+            async move {
+                (text.contains(&format!("partitions: {PARTITIONS} ({PARTITIONS} owned)"))
+                    && text.matches("grpc https://").count() == 3)
+                    .then_some(text)
+            }
+        },
+    )
+    .await;
     assert!(!text.contains("unreachable"), "{text}");
     // Without the CA it refuses, naming what is missing.
     let out = std::process::Command::new(sightline_tests::proc::bin_path("sightline-core"))

@@ -435,3 +435,57 @@ async fn subscribe_from_the_start_replays_all_history_or_says_where_to_resume() 
         "4,000 events at 1,000 a replay: {resumes} resumes"
     );
 }
+
+/// A detector that opens hundreds of Publish calls at once on the agent's
+/// intake gets each answered (the buffer's group commit takes them
+/// together), none refused; every detection is kept and reaches the core
+/// once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_concurrent_publishes_is_answered_and_every_detection_is_kept() {
+    use sightline_proto::v1::{
+        intake_client::IntakeClient, publish_result, Detection, PublishRequest,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let core = core_with(dir.path(), "");
+    let agent = Agent::start(AgentArgs::intake(dir.path(), "flood", core.url()));
+    const CALLS: i64 = 300;
+    const PER_CALL: i64 = 500;
+    let now = sightline_tests::data::now_ms();
+    // Four connections, 75 calls each at once.
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        conns.push(IntakeClient::connect(agent.intake_url()).await.unwrap());
+    }
+    let mut calls = Vec::new();
+    for c in 0..CALLS {
+        let mut intake = conns[c as usize % conns.len()].clone();
+        calls.push(tokio::spawn(async move {
+            let detections = (0..PER_CALL)
+                .map(|i| Detection {
+                    geographical_location_oid: 1 + i % 3,
+                    video_camera_oid: 100 + c % 4,
+                    detection_oid: Some(c * PER_CALL + i + 1),
+                    item_name: "car".into(),
+                    timestamp_detected: now,
+                    ..Default::default()
+                })
+                .collect();
+            intake
+                .publish(PublishRequest { detections })
+                .await
+                .map(|r| r.into_inner().results)
+        }));
+    }
+    for call in calls {
+        let results = call
+            .await
+            .unwrap()
+            .expect("a publish waits, it is not refused");
+        assert_eq!(results.len() as i64, PER_CALL);
+        assert!(results
+            .iter()
+            .all(|r| matches!(r.result, Some(publish_result::Result::Accepted(_)))));
+    }
+    sightline_tests::query::wait_stored(&core.url(), (CALLS * PER_CALL) as u64).await;
+    assert_eq!(stats(&core.url()).await.stored, (CALLS * PER_CALL) as u64);
+}
