@@ -103,10 +103,9 @@ pub(super) fn load_state(db: &DB) -> Result<State, BufferError> {
             "acked {acked} is not below next_seq {next_seq}"
         )));
     }
-    let mut sizes = VecDeque::new();
+    let mut held = super::held::HeldBytes::default();
     let mut runs = VecDeque::new();
     let mut kept_runs = VecDeque::new();
-    let mut held_bytes = 0;
     let mut expect = acked + 1;
     let mut deleted_below = None;
     let events = db.cf_handle(CF_EVENTS).expect("events cf");
@@ -125,8 +124,7 @@ pub(super) fn load_state(db: &DB) -> Result<State, BufferError> {
                     "expected event seq {expect}, found {seq} (acked {acked}, next_seq {next_seq})"
                 )));
             }
-            sizes.push_back(e.len() as u32);
-            held_bytes += e.len() as u64;
+            held.extend(seq, [e.len() as u64]);
             expect += 1;
             holds = true;
         }
@@ -152,18 +150,21 @@ pub(super) fn load_state(db: &DB) -> Result<State, BufferError> {
                 .map_err(|e| BufferError::Corrupt(format!("camera counters: {e}")))?,
         );
     }
-    let held_through = if sizes.is_empty() { 0 } else { next_seq - 1 };
+    let held_through = if acked + 1 >= next_seq {
+        0
+    } else {
+        next_seq - 1
+    };
     Ok(State {
         epoch,
         next_seq,
         acked,
         cameras: cameras::Cameras::loaded(counted, held_through),
         persisted_acked: acked,
-        sizes,
+        held,
         runs,
         kept_runs,
         deleted_below: deleted_below.unwrap_or(next_seq),
-        held_bytes,
         cache: VecDeque::new(),
         cache_first: next_seq,
         cache_bytes: 0,

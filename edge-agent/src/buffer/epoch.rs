@@ -80,11 +80,11 @@ pub(super) fn renumber(shared: &Shared, watermark: Option<u64>) -> Result<NewEpo
         st.persisted_acked = 0;
         // The old seqs mean nothing now: what is held settles as a whole.
         st.cameras.reset_checkpoints(n);
-        st.sizes = renumbered.iter().map(|b| b.len() as u32).collect();
+        st.held.clear();
+        st.held.extend(1, renumbered.iter().map(|b| b.len() as u64));
         st.runs = run_starts;
         st.kept_runs.clear();
         st.deleted_below = 1;
-        st.held_bytes = renumbered.iter().map(|b| b.len() as u64).sum();
         st.cache.clear();
         st.cache_bytes = 0;
         // Renumbered events lose their durable marks (unknown, not wrong).

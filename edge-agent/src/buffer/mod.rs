@@ -62,6 +62,7 @@
 pub mod cameras;
 mod disk;
 mod epoch;
+mod held;
 #[cfg(test)]
 mod tests;
 
@@ -215,8 +216,9 @@ struct State {
     acked: u64,
     /// `acked` as last written to disk.
     persisted_acked: u64,
-    /// Encoded size of each held event, seqs `acked + 1 ..`.
-    sizes: VecDeque<u32>,
+    /// Encoded bytes of the held events, seqs `acked + 1 ..` (by chunks of
+    /// seqs: see `held`).
+    held: held::HeldBytes,
     /// The first seq of each run on disk holding an unacknowledged event, in
     /// order (the first MAY start at or below `acked`).
     runs: VecDeque<u64>,
@@ -228,7 +230,6 @@ struct State {
     /// range delete of acknowledged runs starts, so that range tombstones
     /// never overlap (see `Shared::persist_acked`).
     deleted_below: u64,
-    held_bytes: u64,
     /// The newest encoded events, contiguous, ending at `next_seq - 1`.
     cache: VecDeque<Bytes>,
     /// Seq of `cache[0]`.
@@ -243,6 +244,11 @@ struct State {
 }
 
 impl State {
+    /// Events held, not yet acknowledged: seqs `acked + 1 .. next_seq`.
+    fn held_events(&self) -> u64 {
+        self.next_seq.saturating_sub(self.acked + 1)
+    }
+
     /// Drops the durable marks of appends wholly below `seq`.
     fn forget_durable_below(&mut self, seq: u64) {
         while self.durable.get(1).is_some_and(|&(next, _)| next <= seq) {
@@ -258,10 +264,7 @@ impl State {
         if seq <= self.acked {
             return;
         }
-        let n = (seq - self.acked) as usize;
-        for size in self.sizes.drain(..n) {
-            self.held_bytes -= size as u64;
-        }
+        self.held.drop_through(seq);
         while self.cache_first <= seq && !self.cache.is_empty() {
             let b = self.cache.pop_front().unwrap();
             self.cache_bytes -= b.len();
@@ -455,12 +458,12 @@ impl Buffer {
 
     /// Events held, not yet acknowledged.
     pub fn depth(&self) -> u64 {
-        self.shared.state.lock().unwrap().sizes.len() as u64
+        self.shared.state.lock().unwrap().held_events()
     }
 
     /// Bytes held, not yet acknowledged.
     pub fn held_bytes(&self) -> u64 {
-        self.shared.state.lock().unwrap().held_bytes
+        self.shared.state.lock().unwrap().held.total()
     }
 
     /// When the oldest unacknowledged event was accepted (epoch ms); 0 when
@@ -468,7 +471,7 @@ impl Buffer {
     pub fn oldest_held_ms(&self) -> i64 {
         let from = {
             let st = self.shared.state.lock().unwrap();
-            if st.sizes.is_empty() {
+            if st.held_events() == 0 {
                 return 0;
             }
             st.acked + 1
@@ -854,7 +857,7 @@ fn commit_group_in(shared: &Shared, db: &DB, group: Vec<AppendReq>) {
     let meta = db.cf_handle(CF_META).expect("meta cf");
     let (mut next, mut held_events, mut held_bytes) = {
         let st = shared.state.lock().unwrap();
-        (st.next_seq, st.sizes.len() as u64, st.held_bytes)
+        (st.next_seq, st.held_events(), st.held.total())
     };
     let first_of_group = next;
     let mut batch = WriteBatch::default();
@@ -973,9 +976,9 @@ fn commit_group_in(shared: &Shared, db: &DB, group: Vec<AppendReq>) {
                 .clamp(0, u32::MAX as i64);
             st.durable.push_back((first, after as u32));
         }
+        st.held
+            .extend(first_of_group, encoded_all.iter().map(|b| b.len() as u64));
         for b in encoded_all {
-            st.sizes.push_back(b.len() as u32);
-            st.held_bytes += b.len() as u64;
             st.cache_bytes += b.len();
             st.cache.push_back(b);
         }
