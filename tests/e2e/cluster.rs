@@ -28,18 +28,19 @@ const PARTITIONS: u32 = 8;
 /// The test cluster of `nodes` nodes: [`PARTITIONS`] partitions,
 /// [`LEASE_MS`] leases, checkpoints every 2 s.
 async fn start(nodes: usize) -> Rig {
-    Rig::start(
-        nodes,
-        RigConfig {
-            partitions: PARTITIONS,
-            lease_ms: LEASE_MS,
-            checkpoint_interval: "2s".into(),
-            locations: LOCATIONS.to_vec(),
-            core_args: Vec::new(),
-            secure: false,
-        },
-    )
-    .await
+    Rig::start(nodes, rig_config(false)).await
+}
+
+/// The test cluster's config; `secure`: TLS and credentials on every link.
+fn rig_config(secure: bool) -> RigConfig {
+    RigConfig {
+        partitions: PARTITIONS,
+        lease_ms: LEASE_MS,
+        checkpoint_interval: "2s".into(),
+        locations: LOCATIONS.to_vec(),
+        core_args: Vec::new(),
+        secure,
+    }
 }
 
 /// The det_oids a live subscriber on `url` receives, until `n` arrived.
@@ -597,18 +598,7 @@ async fn the_dashboard_on_any_node_shows_the_whole_cluster() {
 /// (one site CA), and the cores call each other over TLS trusting that CA.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cluster_on_a_network_uses_tls_and_credentials_on_every_link() {
-    let mut rig = Rig::start(
-        3,
-        RigConfig {
-            partitions: PARTITIONS,
-            lease_ms: LEASE_MS,
-            checkpoint_interval: "2s".into(),
-            locations: LOCATIONS.to_vec(),
-            core_args: Vec::new(),
-            secure: true,
-        },
-    )
-    .await;
+    let mut rig = Rig::start(3, rig_config(true)).await;
     assert!(rig.nats.urls().iter().all(|u| u.starts_with("tls://")));
     let data = Dataset::generate(157, 12_000, 0.15, 0.2, LOCATIONS);
     let truth = data.truth();
@@ -697,12 +687,16 @@ async fn a_cluster_on_a_network_uses_tls_and_credentials_on_every_link() {
     let bad = rig.dir.path().join("no-token.toml");
     std::fs::write(&bad, text).unwrap();
     let pki = rig.pki();
-    let mut child = std::process::Command::new(sightline_tests::proc::bin_path("sightline-core"))
-        .args(["serve", "--config"])
-        .arg(&bad)
-        .args(["--data-dir"])
-        .arg(rig.dir.path().join("core-9"))
-        .args([
+    let (bad, cert, key) = (
+        bad.display().to_string(),
+        pki.join("core.pem").display().to_string(),
+        pki.join("core.key").display().to_string(),
+    );
+    let err = sightline_tests::proc::refused_start(
+        &rig.dir.path().join("core-9"),
+        &[
+            "--config",
+            &bad,
             "--grpc-listen",
             "127.0.0.1:0",
             "--http-listen",
@@ -712,25 +706,12 @@ async fn a_cluster_on_a_network_uses_tls_and_credentials_on_every_link() {
             "127.0.0.1:0",
             "--no-registry",
             "--tls-cert",
-        ])
-        .arg(pki.join("core.pem"))
-        .arg("--tls-key")
-        .arg(pki.join("core.key"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "a node without the NATS token started"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+            &cert,
+            "--tls-key",
+            &key,
+        ],
+        Duration::from_secs(60),
+    );
     assert!(err.contains("cluster.nats"), "{err}");
     assert!(err.to_lowercase().contains("authorization"), "{err}");
 }

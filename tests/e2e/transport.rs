@@ -26,26 +26,7 @@ fn core_with(dir: &Path, extra: Vec<String>) -> Core {
 /// `sightline-core serve` with `args` that must make it refuse to start:
 /// its stderr.
 fn refused_start(dir: &Path, args: &[&str]) -> String {
-    let mut child = Command::new(bin_path("sightline-core"))
-        .arg("serve")
-        .args(args)
-        .arg("--data-dir")
-        .arg(dir.join("refused"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the core started with {args:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(!out.status.success(), "{args:?}");
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    sightline_tests::proc::refused_start(&dir.join("refused"), args, Duration::from_secs(30))
 }
 
 fn pki_of(dir: &Path) -> PathBuf {

@@ -616,6 +616,28 @@ impl Agent {
     }
 }
 
+/// `sightline-core serve` with `args` and `--data-dir data_dir`, which must
+/// make it refuse to start (exit with a failure within `within`): its stderr.
+pub fn refused_start(data_dir: &Path, args: &[&str], within: Duration) -> String {
+    let mut child = Command::new(bin_path("sightline-core"))
+        .arg("serve")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(started.elapsed() < within, "the core started with {args:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "{args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Resident set size of a process, in MiB (from /proc).
 pub fn rss_mb(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
