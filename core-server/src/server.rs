@@ -433,6 +433,23 @@ async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started
                 .context("config `audit.path`: the audit log")?;
         crate::access::Access::new(Arc::new(db), &config.access, admin_token.clone(), audit)
     };
+    // Cluster mode: the accounts, API tokens and agent grants are the
+    // cluster's, read before anything is served and followed from then on.
+    if let Some(n) = &cluster_nats {
+        use crate::cluster::control;
+        let follow = control::join(
+            control::Control::new(n.control.clone()),
+            control::Mirrors {
+                access: access.clone(),
+                registry: registry.clone(),
+                fleet: fleet.clone(),
+            },
+            drain.token(Stage::Background),
+        )
+        .await
+        .context("cluster mode: the accounts, API tokens and agent grants")?;
+        drain.spawn(Stage::Background, "cluster control", follow);
+    }
 
     let backup = Arc::new(crate::backup::Sources {
         store: store.clone(),

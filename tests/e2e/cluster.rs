@@ -715,3 +715,178 @@ async fn a_cluster_on_a_network_uses_tls_and_credentials_on_every_link() {
     assert!(err.contains("cluster.nats"), "{err}");
     assert!(err.to_lowercase().contains("authorization"), "{err}");
 }
+
+/// The accounts, API tokens and agent grants are the cluster's: what an
+/// admin does on one node holds on every node — a token made on one node
+/// answers on the others, a login works anywhere, and a revocation on any
+/// node (a token, an account, an agent) is enforced by all of them, so a
+/// revoked agent cannot fail over to another node and go on publishing.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_account_token_or_agent_changed_on_one_node_holds_on_every_node() {
+    use sightline_proto::v1::{
+        AgentGrant, ListGrantsRequest, RevokeAgentRequest, RevokeTokenRequest, Role, StatsRequest,
+        UpdateUserRequest,
+    };
+    use sightline_tests::http;
+    const PASSWORD: &str = "cluster-wide password";
+    let mut cfg = rig_config(false);
+    cfg.core_args = vec![sightline_tests::proc::DEFAULT_REGISTRY.into()];
+    let rig = Rig::start(3, cfg).await;
+    let [a, b, c] = [&rig.nodes[0], &rig.nodes[1], &rig.nodes[2]];
+
+    // Made on A: an account and a token.
+    a.add_user("ann", Role::Viewer, &[], PASSWORD).await;
+    let token = a.create_token("ci", Role::Viewer, &[], 0).await;
+    for node in [b, c] {
+        let addr = node.http;
+        wait_for(
+            "ann logs in on another node",
+            Duration::from_secs(10),
+            || async move {
+                let (head, _) = http::post_login(addr, "ann", PASSWORD).await;
+                (http::status(&head) == 303).then_some(())
+            },
+        )
+        .await;
+        let url = node.url();
+        let token = token.clone();
+        wait_for(
+            "A's token answers on another node",
+            Duration::from_secs(10),
+            || {
+                let (url, token) = (url.clone(), token.clone());
+                async move {
+                    sightline_tests::query::client_as(&url, &token)
+                        .await
+                        .stats(StatsRequest::default())
+                        .await
+                        .ok()
+                }
+            },
+        )
+        .await;
+    }
+    let ann_on_b = http::login(b.http, "ann", PASSWORD).await;
+    let (head, _) = http::get(b.http, "/", &ann_on_b).await;
+    assert_eq!(http::status(&head), 200, "ann's dashboard on B: {head}");
+
+    // An agent granted on B publishes through whichever node it reaches.
+    let data = Dataset::generate(157, 20_000, 0.1, 0.2, LOCATIONS);
+    let truth = data.truth();
+    let cameras: std::collections::BTreeSet<i64> =
+        data.rows.iter().map(|r| r.video_camera_oid).collect();
+    b.admin()
+        .await
+        .grant_agent(AgentGrant {
+            agent_id: "c-gated".into(),
+            cameras: cameras.into_iter().collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for node in [a, c] {
+        let admin = node.admin().await;
+        wait_for("the grant on every node", Duration::from_secs(10), || {
+            let mut admin = admin.clone();
+            async move {
+                let g = admin
+                    .list_grants(ListGrantsRequest::default())
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .agents;
+                g.iter()
+                    .any(|g| g.agent_id == "c-gated" && !g.revoked)
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+    let mut agent = rig.replay("c-gated", &data, 2_000);
+    let url = a.url();
+    wait_stored_beyond(&url, 2_000).await;
+
+    // Revoked on C: every node ends its session and refuses it again.
+    c.admin()
+        .await
+        .revoke_agent(RevokeAgentRequest {
+            agent_id: "c-gated".into(),
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let before = stats(&url).await.stored;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let after = stats(&url).await.stored;
+    assert_eq!(before, after, "events stored after the agent was revoked");
+    assert!(
+        after < truth.unique,
+        "the revocation came after the whole replay"
+    );
+    assert!(agent.alive(), "the agent gave up instead of being refused");
+    let log = agent.log();
+    assert!(log.contains("is revoked"), "the agent was not told: {log}");
+    for node in [a, b] {
+        let g = node
+            .admin()
+            .await
+            .list_grants(ListGrantsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .agents;
+        assert!(
+            g.iter().any(|g| g.agent_id == "c-gated" && g.revoked),
+            "{}: {g:?}",
+            node.url()
+        );
+    }
+    agent.kill9();
+
+    // The token revoked on B and the account disabled on C: refused on A and
+    // B, and ann's session on B ends.
+    b.admin()
+        .await
+        .revoke_token(RevokeTokenRequest { token: "ci".into() })
+        .await
+        .unwrap();
+    c.admin()
+        .await
+        .update_user(UpdateUserRequest {
+            name: "ann".into(),
+            disabled: Some(true),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for node in [a, b] {
+        let url = node.url();
+        let token = token.clone();
+        let e = wait_for("the revoked token refused", Duration::from_secs(10), || {
+            let (url, token) = (url.clone(), token.clone());
+            async move {
+                sightline_tests::query::client_as(&url, &token)
+                    .await
+                    .stats(StatsRequest::default())
+                    .await
+                    .err()
+            }
+        })
+        .await;
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+        assert!(e.message().contains("revoked"), "{e}");
+        let (head, body) = http::post_login(node.http, "ann", PASSWORD).await;
+        assert_ne!(http::status(&head), 303, "a disabled account logged in");
+        assert!(
+            String::from_utf8_lossy(&body).contains("disabled"),
+            "{head}{}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let (head, _) = http::get(b.http, "/", &ann_on_b).await;
+    assert_ne!(
+        http::status(&head),
+        200,
+        "ann's session on B outlived her account: {head}"
+    );
+}

@@ -567,6 +567,11 @@ impl Agent {
         }
     }
 
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.proc.child.try_wait(), Ok(None))
+    }
+
     pub fn intake_url(&self) -> String {
         format!("http://{}", self.intake.expect("started with an intake"))
     }

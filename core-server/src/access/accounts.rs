@@ -11,8 +11,18 @@
 //!
 //! Every write is synced: an account change or a revocation survives a crash
 //! the moment the call returns.
+//!
+//! In cluster mode this store is the node's copy of the cluster's accounts
+//! and tokens ([`crate::cluster::control`]): every change is made in the
+//! cluster's bucket first (the methods that change something then run the
+//! bucket's calls, so they are called from a blocking thread, as the admin
+//! API does) and the other nodes' changes are applied with
+//! [`AccessDb::mirror_user`] and [`AccessDb::mirror_token`].
 
-use std::path::Path;
+use std::{
+    path::Path,
+    sync::{Mutex, OnceLock},
+};
 
 use argon2::{
     password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString},
@@ -24,6 +34,7 @@ use sha2::{Digest, Sha256};
 use sightline_proto::{ApiError, Code};
 
 use super::{Credential, Principal, Role, Scope};
+use crate::cluster::control::{self, block_on, Control, Kind};
 
 const USERS: &str = "users";
 const TOKENS: &str = "tokens";
@@ -83,6 +94,11 @@ pub struct TokenRecord {
 pub struct AccessDb {
     db: DB,
     sync: WriteOptions,
+    /// Cluster mode: where every change is made first.
+    shared: OnceLock<Control>,
+    /// Held while a record is read and written back, so that a change from
+    /// the cluster and a local write never interleave.
+    mirror: Mutex<()>,
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -207,7 +223,86 @@ impl AccessDb {
                 path.display()
             ),
         }
-        Ok(Self { db, sync })
+        Ok(Self {
+            db,
+            sync,
+            shared: OnceLock::new(),
+            mirror: Mutex::new(()),
+        })
+    }
+
+    /// Cluster mode: from now on every change is made in `control`'s bucket
+    /// first.
+    pub fn share(&self, control: Control) {
+        let _ = self.shared.set(control);
+    }
+
+    fn lock_mirror(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.mirror.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes `name`'s record at the bucket's revision `rev`, unless this
+    /// copy holds a newer one already.
+    fn put_at<T: Serialize>(
+        &self,
+        c: &Control,
+        kind: Kind,
+        cf: &str,
+        name: &str,
+        rev: u64,
+        value: &T,
+    ) -> Result<(), ApiError> {
+        let _m = self.lock_mirror();
+        let k = control::key(kind, name);
+        if c.newer(&k, rev) {
+            self.put(cf, name, value)?;
+            c.applied(&k, rev);
+        }
+        Ok(())
+    }
+
+    /// Applies an account from the cluster's bucket at revision `rev`.
+    /// Returns whether an account this node had changed (its sessions end).
+    pub fn mirror_user(&self, c: &Control, rec: UserRecord, rev: u64) -> Result<bool, ApiError> {
+        let _m = self.lock_mirror();
+        let k = control::key(Kind::User, &rec.name);
+        if !c.newer(&k, rev) {
+            return Ok(false);
+        }
+        let old = self.user(&rec.name)?;
+        let changed = old.as_ref() != Some(&rec);
+        if changed {
+            self.put(USERS, &rec.name, &rec)?;
+        }
+        c.applied(&k, rev);
+        Ok(changed && old.is_some())
+    }
+
+    /// Applies a token from the cluster's bucket at revision `rev` (its
+    /// last use stays the later of this node's and the record's). Returns
+    /// whether a token this node had changed (revoked: open streams check
+    /// their credential again).
+    pub fn mirror_token(
+        &self,
+        c: &Control,
+        mut rec: TokenRecord,
+        rev: u64,
+    ) -> Result<bool, ApiError> {
+        let _m = self.lock_mirror();
+        let k = control::key(Kind::Token, &rec.id);
+        if !c.newer(&k, rev) {
+            return Ok(false);
+        }
+        let old = self.get::<TokenRecord>(TOKENS, &rec.id)?;
+        if let Some(o) = &old {
+            rec.last_used_ms = rec.last_used_ms.max(o.last_used_ms);
+        }
+        let changed = old.as_ref() != Some(&rec);
+        if changed {
+            self.put(TOKENS, &rec.id, &rec)?;
+        }
+        c.applied(&k, rev);
+        Ok(changed && old.is_some())
     }
 
     fn get<T: for<'de> Deserialize<'de>>(
@@ -282,24 +377,47 @@ impl AccessDb {
             created_ms: now_ms,
             changed_ms: now_ms,
         };
-        self.put(USERS, name, &rec)?;
+        match self.shared.get() {
+            Some(c) => match block_on(c.create(Kind::User, name, &rec))? {
+                Some(rev) => self.put_at(c, Kind::User, USERS, name, rev, &rec)?,
+                None => {
+                    return Err(ApiError::new(
+                        Code::AlreadyExists,
+                        format!("field `name`: an account {name:?} exists in the cluster"),
+                    ))
+                }
+            },
+            None => self.put(USERS, name, &rec)?,
+        }
         Ok(rec)
     }
 
-    /// Changes an account with `f`; NOT_FOUND names it.
+    /// Changes an account with `f` (in cluster mode `f` may run again, on
+    /// the record another node changed meanwhile); NOT_FOUND names it.
     pub fn update_user(
         &self,
         name: &str,
         now_ms: i64,
-        f: impl FnOnce(&mut UserRecord) -> Result<(), ApiError>,
+        f: impl Fn(&mut UserRecord) -> Result<(), ApiError>,
     ) -> Result<UserRecord, ApiError> {
-        let mut rec = self
-            .user(name)?
-            .ok_or_else(|| ApiError::not_found(format!("no account {name:?}")))?;
-        f(&mut rec)?;
-        rec.changed_ms = now_ms;
-        self.put(USERS, name, &rec)?;
-        Ok(rec)
+        let change = |rec: Option<UserRecord>| {
+            let mut rec = rec.ok_or_else(|| ApiError::not_found(format!("no account {name:?}")))?;
+            f(&mut rec)?;
+            rec.changed_ms = now_ms;
+            Ok(rec)
+        };
+        match self.shared.get() {
+            Some(c) => {
+                let (rec, rev) = block_on(c.modify(Kind::User, name, change))?;
+                self.put_at(c, Kind::User, USERS, name, rev, &rec)?;
+                Ok(rec)
+            }
+            None => {
+                let rec = change(self.user(name)?)?;
+                self.put(USERS, name, &rec)?;
+                Ok(rec)
+            }
+        }
     }
 
     /// Checks a name and password. The same error for an unknown name and a
@@ -360,7 +478,17 @@ impl AccessDb {
             last_used_ms: 0,
             revoked_ms: 0,
         };
-        self.put(TOKENS, &id, &rec)?;
+        match self.shared.get() {
+            Some(c) => match block_on(c.create(Kind::Token, &id, &rec))? {
+                Some(rev) => self.put_at(c, Kind::Token, TOKENS, &id, rev, &rec)?,
+                None => {
+                    return Err(ApiError::unavailable(
+                        "a token id was drawn twice; try again",
+                    ))
+                }
+            },
+            None => self.put(TOKENS, &id, &rec)?,
+        }
         Ok((rec, format!("slt_{id}_{secret}")))
     }
 
@@ -389,6 +517,17 @@ impl AccessDb {
                 }
             }
         };
+        if let Some(c) = self.shared.get() {
+            let (t, rev) = block_on(c.modify(Kind::Token, &rec.id, |cur: Option<TokenRecord>| {
+                let mut t = cur.unwrap_or_else(|| rec.clone());
+                if t.revoked_ms == 0 {
+                    t.revoked_ms = now_ms;
+                }
+                Ok(t)
+            }))?;
+            self.mirror_token(c, t.clone(), rev)?;
+            return Ok(t);
+        }
         if rec.revoked_ms == 0 {
             rec.revoked_ms = now_ms;
             self.put(TOKENS, &rec.id.clone(), &rec)?;
@@ -423,7 +562,7 @@ impl AccessDb {
         if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(ApiError::unauthenticated("the API token is malformed"));
         }
-        let Some(mut rec) = self.get::<TokenRecord>(TOKENS, id)? else {
+        let Some(rec) = self.get::<TokenRecord>(TOKENS, id)? else {
             return Err(ApiError::unauthenticated(format!("no API token {id}")));
         };
         if !same(
@@ -447,11 +586,16 @@ impl AccessDb {
             )));
         }
         if now_ms - rec.last_used_ms >= LAST_USED_RESOLUTION_MS {
-            rec.last_used_ms = now_ms;
-            // Not synced: a lost last-use time after a crash is harmless.
-            let h = self.db.cf_handle(TOKENS).expect("cf");
-            if let Ok(v) = serde_json::to_vec(&rec) {
-                let _ = self.db.put_cf(h, id.as_bytes(), v);
+            // Read again under the lock, so that a revocation applied from
+            // the cluster meanwhile is not written over.
+            let _m = self.lock_mirror();
+            if let Ok(Some(mut fresh)) = self.get::<TokenRecord>(TOKENS, id) {
+                fresh.last_used_ms = now_ms;
+                // Not synced: a lost last-use time after a crash is harmless.
+                let h = self.db.cf_handle(TOKENS).expect("cf");
+                if let Ok(v) = serde_json::to_vec(&fresh) {
+                    let _ = self.db.put_cf(h, id.as_bytes(), v);
+                }
             }
         }
         Ok(Principal {

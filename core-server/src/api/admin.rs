@@ -258,14 +258,14 @@ impl Admin for AdminService {
                     if let Some(role) = role {
                         u.role = role;
                     }
-                    if let Some(scope) = scope {
-                        u.scope = scope;
+                    if let Some(scope) = &scope {
+                        u.scope = scope.clone();
                     }
                     if let Some(d) = disabled {
                         u.disabled = d;
                     }
-                    if let Some(h) = hash {
-                        u.password_hash = h;
+                    if let Some(h) = &hash {
+                        u.password_hash = h.clone();
                     }
                     Ok(())
                 })

@@ -23,6 +23,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod control;
 pub mod feed;
 pub mod front;
 pub mod lease;

@@ -45,6 +45,8 @@ pub struct Nats {
     pub leases: kv::Store,
     pub watermarks: kv::Store,
     pub meta: kv::Store,
+    /// Accounts, API tokens and agent grants ([`super::control`]).
+    pub control: kv::Store,
     pub partitions: u16,
 }
 
@@ -162,6 +164,7 @@ impl Nats {
             super::LEASES_BUCKET,
             super::WATERMARKS_BUCKET,
             super::META_BUCKET,
+            super::control::CONTROL_BUCKET,
         ] {
             js.get_or_create_stream(bucket(name))
                 .await
@@ -172,10 +175,11 @@ impl Nats {
                 .map_err(|e| ClusterError::js(format!("bucket {name}"), e))?;
             stores.push(kv);
         }
-        let meta = stores.pop().expect("4 buckets");
-        let watermarks = stores.pop().expect("4 buckets");
-        let leases = stores.pop().expect("4 buckets");
-        let nodes = stores.pop().expect("4 buckets");
+        let control = stores.pop().expect("5 buckets");
+        let meta = stores.pop().expect("5 buckets");
+        let watermarks = stores.pop().expect("5 buckets");
+        let leases = stores.pop().expect("5 buckets");
+        let nodes = stores.pop().expect("5 buckets");
         let partitions = Self::check_partitions(&meta, cfg.partitions).await?;
         Ok(Nats {
             client,
@@ -184,6 +188,7 @@ impl Nats {
             leases,
             watermarks,
             meta,
+            control,
             partitions,
         })
     }

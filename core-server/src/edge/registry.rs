@@ -17,6 +17,13 @@
 //! granted again, it must connect with a certificate issued after the
 //! revocation (`certs_issued_after`, Unix seconds), so a copy of its old key
 //! does not come back with the grant.
+//!
+//! In cluster mode the file is the node's copy of the cluster's grants
+//! ([`crate::cluster::control`]): a grant or revocation on any node is made
+//! in the cluster's bucket first and reaches every node's file, so a revoked
+//! agent is refused by every node. A hand edit reloaded with SIGHUP is
+//! carried to the bucket for the agents it changes; an agent left out of the
+//! file is not forgotten (the cluster never forgets an agent: revoke it).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -27,6 +34,8 @@ use std::{
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use sightline_proto::v1::{AgentGrant, Detection};
+
+use crate::cluster::control::{self, Control, Kind};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -58,6 +67,8 @@ pub enum RegistryError {
     Invalid { field: &'static str, reason: String },
     #[error("the core runs without an agent registry (set edge.registry)")]
     NotEnforced,
+    #[error("{0}")]
+    Cluster(sightline_proto::ApiError),
 }
 
 impl From<RegistryError> for sightline_proto::ApiError {
@@ -67,6 +78,7 @@ impl From<RegistryError> for sightline_proto::ApiError {
             RegistryError::Invalid { .. } => Code::InvalidArgument,
             RegistryError::NotEnforced => Code::FailedPrecondition,
             RegistryError::File { .. } => Code::Internal,
+            RegistryError::Cluster(e) => return e,
         };
         sightline_proto::ApiError::new(code, e.to_string())
     }
@@ -128,8 +140,10 @@ const EMPTY_REGISTRY: &str = "\
 pub struct Registry {
     path: Option<PathBuf>,
     agents: ArcSwap<BTreeMap<String, Arc<Grant>>>,
-    /// Serialises writers (admin calls, reloads).
+    /// Serialises writers (admin calls, reloads, the cluster's changes).
     write: tokio::sync::Mutex<()>,
+    /// Cluster mode: where every change is made first.
+    shared: std::sync::OnceLock<Control>,
 }
 
 impl Registry {
@@ -144,6 +158,7 @@ impl Registry {
             path,
             agents: ArcSwap::from_pointee(agents),
             write: tokio::sync::Mutex::new(()),
+            shared: std::sync::OnceLock::new(),
         })
     }
 
@@ -169,6 +184,50 @@ impl Registry {
 
     pub fn enforced(&self) -> bool {
         self.path.is_some()
+    }
+
+    /// Cluster mode: from now on every change is made in `control`'s bucket
+    /// first.
+    pub fn share(&self, control: Control) {
+        let _ = self.shared.set(control);
+    }
+
+    /// Every agent's grant, as held now.
+    pub fn grants(&self) -> Vec<(String, Arc<Grant>)> {
+        self.agents
+            .load()
+            .iter()
+            .map(|(a, g)| (a.clone(), g.clone()))
+            .collect()
+    }
+
+    /// Applies `agent`'s grant from the cluster's bucket at revision `rev`
+    /// (unless this copy holds a newer one); whether it changed anything.
+    /// A core without a registry keeps none.
+    pub async fn mirror(
+        &self,
+        c: &Control,
+        agent: &str,
+        grant: Grant,
+        rev: u64,
+    ) -> Result<bool, RegistryError> {
+        let Some(path) = &self.path else {
+            return Ok(false);
+        };
+        let _w = self.write.lock().await;
+        let k = control::key(Kind::Agent, agent);
+        if !c.newer(&k, rev) {
+            return Ok(false);
+        }
+        let current = self.agents.load();
+        let changed = current.get(agent).map(|g| &**g) != Some(&grant);
+        if changed {
+            let mut next = (**current).clone();
+            next.insert(agent.to_string(), Arc::new(grant));
+            self.write_file(path, next).await?;
+        }
+        c.applied(&k, rev);
+        Ok(changed)
     }
 
     /// Whether `agent` may open a session; `issued`: when its certificate
@@ -207,13 +266,31 @@ impl Registry {
         let Some(path) = &self.path else {
             return Ok(vec![]);
         };
-        let _w = self.write.lock().await;
         let fresh = read(path)?;
         let revoked = fresh
             .iter()
             .filter(|(_, g)| g.revoked)
             .map(|(a, _)| a.clone())
             .collect();
+        if self.shared.get().is_some() {
+            // The edit's changes go to the bucket, one agent at a time.
+            let current = self.agents.load_full();
+            for (agent, g) in &fresh {
+                if current.get(agent) != Some(g) {
+                    let g = (**g).clone();
+                    self.update(agent, |e| *e = g.clone()).await?;
+                }
+            }
+            let kept: Vec<&String> = current.keys().filter(|a| !fresh.contains_key(*a)).collect();
+            if !kept.is_empty() {
+                tracing::warn!(agents = ?kept, "SIGHUP: agents left out of the registry file are kept (a cluster never forgets an agent; revoke it instead)");
+                let _w = self.write.lock().await;
+                self.write_file(path, (**self.agents.load()).clone())
+                    .await?;
+            }
+            return Ok(revoked);
+        }
+        let _w = self.write.lock().await;
         self.agents.store(Arc::new(fresh));
         Ok(revoked)
     }
@@ -230,12 +307,13 @@ impl Registry {
             revoked: false,
             certs_issued_after: None,
         };
-        self.update(&g.agent_id, |e| {
-            // The certificates a revocation retired stay retired.
-            grant.certs_issued_after = e.certs_issued_after;
-            *e = grant.clone();
-        })
-        .await?;
+        let grant = self
+            .update(&g.agent_id, |e| {
+                // The certificates a revocation retired stay retired.
+                grant.certs_issued_after = e.certs_issued_after;
+                *e = grant.clone();
+            })
+            .await?;
         Ok(to_proto(&g.agent_id, &grant))
     }
 
@@ -246,27 +324,57 @@ impl Registry {
             field: "agent_id",
             reason: e.reason,
         })?;
-        let mut out = Grant::default();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
-        self.update(agent, |e| {
-            e.revoked = true;
-            e.certs_issued_after = Some(now);
-            out = e.clone();
-        })
-        .await?;
+        let out = self
+            .update(agent, |e| {
+                e.revoked = true;
+                e.certs_issued_after = Some(now);
+            })
+            .await?;
         Ok(to_proto(agent, &out))
     }
 
-    async fn update(&self, agent: &str, f: impl FnOnce(&mut Grant)) -> Result<(), RegistryError> {
+    /// Changes `agent`'s grant with `f` and returns it (in cluster mode `f`
+    /// may run again, on the grant another node changed meanwhile).
+    async fn update(
+        &self,
+        agent: &str,
+        mut f: impl FnMut(&mut Grant),
+    ) -> Result<Grant, RegistryError> {
         let Some(path) = &self.path else {
             return Err(RegistryError::NotEnforced);
         };
+        if let Some(c) = self.shared.get() {
+            let (g, rev) = c
+                .modify(Kind::Agent, agent, |cur: Option<Grant>| {
+                    let mut g = cur.unwrap_or_default();
+                    f(&mut g);
+                    Ok(g)
+                })
+                .await
+                .map_err(RegistryError::Cluster)?;
+            self.mirror(c, agent, g.clone(), rev).await?;
+            return Ok(g);
+        }
         let _w = self.write.lock().await;
         let mut next = (**self.agents.load()).clone();
-        f(Arc::make_mut(next.entry(agent.to_string()).or_default()));
+        let g = Arc::make_mut(next.entry(agent.to_string()).or_default());
+        f(g);
+        let g = g.clone();
+        self.write_file(path, next).await?;
+        Ok(g)
+    }
+
+    /// Writes `next` to the file (a new file renamed over the old) and puts
+    /// it in force; the caller holds `write`.
+    async fn write_file(
+        &self,
+        path: &Path,
+        next: BTreeMap<String, Arc<Grant>>,
+    ) -> Result<(), RegistryError> {
         let text = toml::to_string(&RegistryFile {
             agents: next
                 .iter()
@@ -275,7 +383,7 @@ impl Registry {
         })
         .map_err(|e| file_err(path, e))?;
         let tmp = path.with_extension("toml.tmp");
-        let (p, t) = (path.clone(), tmp.clone());
+        let (p, t) = (path.to_path_buf(), tmp.clone());
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             use std::io::Write;
             let mut f = std::fs::File::create(&t)?;
