@@ -19,7 +19,10 @@
 //!   sequence it covers; a new owner restores the newest checkpoint and
 //!   replays the stream from there;
 //! - queries on any node scatter to the partitions' owners and merge
-//!   ([`view`]).
+//!   ([`view`]);
+//! - accounts, API tokens and agent grants are the cluster's, in the KV
+//!   bucket [`control::CONTROL_BUCKET`], each node answering from its copy
+//!   ([`control`]).
 
 pub mod checkpoint;
 pub mod config;
