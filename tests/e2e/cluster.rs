@@ -916,3 +916,101 @@ async fn an_account_token_or_agent_changed_on_one_node_holds_on_every_node() {
         "ann's session on B outlived her account: {head}"
     );
 }
+
+/// The live lane in cluster mode (PROTOCOL.md rule 26a): an agent back from
+/// an outage with a backlog has its new detections stored at once and
+/// delivered to a live subscriber on another node while the backlog drains
+/// behind them; when the backlog brings them in order they are acknowledged,
+/// not stored or counted again.
+#[tokio::test(flavor = "multi_thread")]
+async fn new_events_reach_a_live_subscriber_on_any_node_while_a_backlog_drains() {
+    const BACKLOG: u64 = 100_000;
+    const LIVE: i64 = 10;
+    let rig = start(3).await;
+    // The outage: the agent is pointed at a port where nothing listens.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let mut args = AgentArgs::intake(
+        rig.dir.path(),
+        "c-backlog",
+        format!("http://127.0.0.1:{dead_port}"),
+    )
+    .reconnect_within(Duration::from_millis(300));
+    let mut agent = Agent::start(args.clone());
+    let now = sightline_tests::data::now_ms();
+    let det = |oid: i64, loc: i64| Detection {
+        geographical_location_oid: loc,
+        video_camera_oid: loc * 100,
+        detection_oid: Some(oid),
+        item_name: "car".into(),
+        timestamp_detected: now,
+        ..Default::default()
+    };
+    let mut intake = IntakeClient::connect(agent.intake_url()).await.unwrap();
+    for chunk in 0..BACKLOG / 1000 {
+        let detections = (0..1000)
+            .map(|i| det(1 + (chunk * 1000 + i) as i64, 1 + (i % 4) as i64))
+            .collect();
+        intake.publish(PublishRequest { detections }).await.unwrap();
+    }
+    assert!(agent.terminate().success());
+    args.core_url = rig.core_list();
+    // Location 5 is only published live; the subscriber is on another node
+    // than the one the agent sends to.
+    let mut live = sightline_tests::query::client(&rig.nodes[2].url())
+        .await
+        .subscribe(SubscribeRequest {
+            from_ms: 0,
+            filter: Some(sightline_proto::v1::EventFilter {
+                geographical_location_oid: Some(5),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let agent = Agent::start(args);
+    let mut intake = IntakeClient::connect(agent.intake_url()).await.unwrap();
+    let url = rig.nodes[0].url();
+    wait_more_stored(&url, 1).await;
+    let mut stored_when_seen = Vec::new();
+    for i in 0..LIVE {
+        intake
+            .publish(PublishRequest {
+                detections: vec![det(2_000_000 + i, 5)],
+            })
+            .await
+            .unwrap();
+        let ev = tokio::time::timeout(Duration::from_secs(30), live.next())
+            .await
+            .expect("a live event")
+            .unwrap()
+            .unwrap();
+        assert_eq!(ev.detection.unwrap().detection_oid, Some(2_000_000 + i));
+        stored_when_seen.push(stats(&url).await.stored);
+    }
+    assert!(
+        stored_when_seen[0] < BACKLOG / 2,
+        "the first live event waited for the backlog: {} of {BACKLOG} backlog events stored when it arrived ({stored_when_seen:?})",
+        stored_when_seen[0]
+    );
+    let all = BACKLOG + LIVE as u64;
+    wait_for("the backlog to drain", Duration::from_secs(240), || {
+        let url = url.clone();
+        async move { (stats(&url).await.stored == all).then_some(()) }
+    })
+    .await;
+    // The backlog's copies of the live events were acknowledged, not
+    // stored or counted again — on every node.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for n in &rig.nodes {
+        let s = stats(&n.url()).await;
+        assert_eq!(
+            (s.stored, s.duplicates_semantic, s.rejected),
+            (all, 0, 0),
+            "{}",
+            n.url()
+        );
+    }
+}

@@ -760,3 +760,81 @@ async fn the_stream_leader_names_a_partitions_first_share_after_a_sequence() {
     assert_eq!(next(1, 1).await, Some(6));
     assert_eq!(next(0, 1).await, Some(1), "another partition's shares stay");
 }
+
+/// Rule 26a: a live share's new det_oids are stored and published to OUT at
+/// once, ahead of the seqs before them; the share that brings their seqs in
+/// order acknowledges them without storing or publishing them again; and an
+/// owner that replays the same stream from nothing stores the same events at
+/// the same outbox positions (it publishes nothing twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_share_is_stored_at_once_and_its_backlog_copy_is_neither_stored_nor_published_again()
+{
+    let server = NatsServer::start();
+    let nats = server.connect("a", 1).await;
+    let front = Front::new(nats.clone());
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let owner = Owner::open(&owner_ctx(&nats, one.path()), 0, clock(1))
+        .await
+        .unwrap();
+    send(&front, "agent-1", 1, 5).await;
+    // Seqs 20..=24 on the live lane, while 6..=19 are still on their way.
+    front
+        .publish_live(
+            "agent-1",
+            1,
+            (20..25).map(|s| event(s, 1000 + s as i64)).collect(),
+        )
+        .await;
+    wait_for("the backlog's 5 and the live 5 in OUT", async || {
+        out_events(&nats, 0).await.len() == 10
+    })
+    .await;
+    let store = owner.store.clone();
+    assert_eq!(store.counters().unwrap().stored, 10);
+    assert_eq!(
+        store.watermark("agent-1", 1).unwrap(),
+        5,
+        "no watermark moved"
+    );
+    // The backlog brings 6..=30, the live events among them.
+    send(&front, "agent-1", 6, 25).await;
+    wait_for("all 30 in OUT", async || {
+        out_events(&nats, 0).await.len() == 30
+    })
+    .await;
+    let last = {
+        let mut s = nats.js.get_stream(IN_STREAM).await.unwrap();
+        s.info().await.unwrap().state.last_sequence
+    };
+    wait_for("the owner to apply the stream", async || {
+        store.stream_seq().unwrap() >= last
+    })
+    .await;
+    let c = store.counters().unwrap();
+    assert_eq!((c.stored, c.dup_semantic), (30, 0));
+    let mut out = out_events(&nats, 0).await;
+    out.sort();
+    assert_eq!(
+        out,
+        (1001..=1030).collect::<Vec<i64>>(),
+        "each event once in OUT"
+    );
+    drop(store);
+    owner.close().await;
+
+    // Another owner replays the stream from nothing: the same 30 events, and
+    // nothing published again.
+    let owner = Owner::open(&owner_ctx(&nats, two.path()), 0, clock(2))
+        .await
+        .unwrap();
+    let store = owner.store.clone();
+    wait_for("the second owner to apply the stream", async || {
+        store.stream_seq().unwrap() >= last
+    })
+    .await;
+    assert_eq!(store.counters().unwrap().stored, 30);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(out_events(&nats, 0).await.len(), 30, "published again");
+    drop(store);
+    owner.close().await;
+}
