@@ -177,54 +177,6 @@ impl Front {
         Ok(())
     }
 
-    /// The live lane (PROTOCOL.md rule 6b, "Cluster mode"): publishes the
-    /// valid events as live shares of their partitions, answered to no one
-    /// and moving no watermark (the backlog brings every one again, in
-    /// order). A share the stream refuses is only logged: its events are
-    /// stored when the backlog brings them.
-    pub async fn publish_live(&self, agent: &str, epoch: u64, events: Vec<Incoming>) {
-        let n = self.nats.partitions;
-        let mut split: Vec<Vec<ShareEvent>> = (0..n).map(|_| Vec::new()).collect();
-        for ev in events {
-            if matches!(ev, Incoming::Valid(_)) {
-                split[partition_of(&ev, n) as usize].push(ShareEvent::from_incoming(ev));
-            }
-        }
-        for (p, events) in split.into_iter().enumerate() {
-            if events.is_empty() {
-                continue;
-            }
-            let share = ShareMsg {
-                agent: agent.to_string(),
-                epoch,
-                count: events.len() as u64,
-                events,
-                live: true,
-                ..Default::default()
-            };
-            match self
-                .nats
-                .js
-                .send_publish(
-                    in_subject(p as u16),
-                    PublishMessage::build().payload(share.encode_bytes()),
-                )
-                .await
-            {
-                Ok(ack) => {
-                    tokio::spawn(async move {
-                        if let Err(e) = ack.await {
-                            tracing::debug!(partition = p, error = %e, "a live share was not stored in the stream; the backlog brings its events");
-                        }
-                    });
-                }
-                Err(e) => {
-                    tracing::debug!(partition = p, error = %e, "a live share was not published; the backlog brings its events")
-                }
-            }
-        }
-    }
-
     /// Splits the batch into one share per partition and sends them.
     async fn publish(&self, req: CommitRequest, nonce: u64) -> Result<Sent, CommitError> {
         let CommitRequest {
@@ -271,7 +223,6 @@ impl Front {
                 count,
                 last_digest,
                 events,
-                live: false,
             };
             let msg = PublishMessage::build()
                 .payload(share.encode_bytes())

@@ -563,21 +563,6 @@ async fn apply(
                 continue;
             }
         };
-        if share.live {
-            // In stream order, outside the seq tracking below: its seqs
-            // come again with the backlog.
-            let events = share
-                .events
-                .into_iter()
-                .map(|e| e.into_incoming())
-                .collect();
-            tracing::trace!(partition = p, stream_seq = seq, agent = %share.agent, "live share handed to the writer");
-            pipeline
-                .submit_live_share(share.agent.as_str().into(), share.epoch, events, seq)
-                .await?;
-            submitted = seq;
-            continue;
-        }
         let key = (share.agent.clone(), share.epoch);
         let next = match expect.get(&key) {
             Some(n) => *n,

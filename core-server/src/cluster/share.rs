@@ -25,13 +25,6 @@ pub struct ShareMsg {
     pub last_digest: u64,
     #[prost(message, repeated, tag = "6")]
     pub events: Vec<ShareEvent>,
-    /// From the live lane (PROTOCOL.md rule 6b, "Cluster mode"): only valid
-    /// events, whose seqs need not follow; `first_seq`, `count` and
-    /// `last_digest` are 0. The owner stores those whose det_oid is new,
-    /// moves no watermark, and leaves the rest to the share that brings
-    /// their seqs in order.
-    #[prost(bool, tag = "7")]
-    pub live: bool,
 }
 
 /// One event of a share: valid, or refused at the front with why.

@@ -371,35 +371,6 @@ impl Pipeline {
             .map_err(|_| CommitError::Store("the pipeline is shut down".into()))
     }
 
-    /// Cluster mode: queues a live share (PROTOCOL.md rule 6b, "Cluster
-    /// mode") on a pipeline of one partition, in stream order with the other
-    /// shares (so that every owner that applies the stream stores the same
-    /// events at the same outbox positions): its events are stored if their
-    /// det_oid is new, no watermark moves, nothing is answered.
-    pub async fn submit_live_share(
-        &self,
-        agent: Arc<str>,
-        epoch: u64,
-        events: Vec<Incoming>,
-        stream_seq: u64,
-    ) -> Result<(), CommitError> {
-        let (reply, _) = oneshot::channel();
-        self.partitions[0]
-            .send(Share {
-                agent,
-                epoch,
-                first_seq: 0,
-                count: events.len() as u64,
-                events,
-                last_digest: 0,
-                live: true,
-                stream_seq,
-                reply,
-            })
-            .await
-            .map_err(|_| CommitError::Store("the pipeline is shut down".into()))
-    }
-
     /// Queues events of the live lane (PROTOCOL.md rule 6b) on the writers'
     /// live queues, taken before the backlog. Nothing is answered: the
     /// events are acknowledged with the batch that brings their seqs in order.

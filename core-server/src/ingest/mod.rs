@@ -441,18 +441,14 @@ impl IngestCore {
         epoch: u64,
         b: Batch,
     ) -> Result<(), Option<Status>> {
-        if b.events.is_empty() {
+        // Cluster mode: the live lane's events come again, in order, with
+        // the backlog (PROTOCOL.md, "Cluster mode").
+        if b.events.is_empty() || self.front.is_some() {
             return Ok(());
         }
         let first_seq = b.first_seq;
         let events = self.decode(agent, b).map_err(Some)?;
         tracing::trace!(first_seq, events = events.len(), "live batch");
-        // Cluster mode: published as live shares for the partitions' owners
-        // (PROTOCOL.md, "Cluster mode").
-        if let Some(front) = &self.front {
-            front.publish_live(agent, epoch, events).await;
-            return Ok(());
-        }
         self.pipeline
             .submit_live(agent.clone(), epoch, events)
             .await
