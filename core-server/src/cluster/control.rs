@@ -700,6 +700,34 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_registry_file_edited_by_hand_on_one_node_reaches_every_node() {
+        let nats = NatsServer::start();
+        let (a, b) = (Node::open(), Node::open());
+        a.join(&nats, "a").await;
+        b.join(&nats, "b").await;
+        a.registry
+            .grant_agent(AgentGrant {
+                agent_id: "gate-1".into(),
+                cameras: vec![1],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let breg = b.registry.clone();
+        eventually("B admits gate-1", || breg.admit("gate-1", None).is_ok()).await;
+        // An operator edits A's file: gate-2 added, gate-1 left out, then
+        // SIGHUP. gate-2 reaches B; gate-1 is kept (the cluster never forgets
+        // an agent) and written back to A's file.
+        let path = a.dir.path().join("agents.toml");
+        std::fs::write(&path, "[agents.gate-2]\ncameras = [2]\n").unwrap();
+        a.registry.reload().await.unwrap();
+        eventually("B admits gate-2", || breg.admit("gate-2", None).is_ok()).await;
+        assert!(b.registry.admit("gate-1", None).is_ok());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("gate-1") && text.contains("gate-2"), "{text}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn changes_made_at_once_on_two_nodes_are_all_kept() {
         let nats = NatsServer::start();
         let (a, b) = (Node::open(), Node::open());
