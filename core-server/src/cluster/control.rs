@@ -313,7 +313,7 @@ impl Mirrors {
         }
     }
 
-    /// This node's records the bucket does not hold yet, as (kind, name, JSON).
+    /// Every record this node holds, as (kind, name, JSON).
     async fn local_records(&self) -> Result<Vec<(Kind, String, serde_json::Value)>, ClusterError> {
         let db = self.access.db.clone();
         let (users, tokens) =

@@ -266,33 +266,37 @@ impl Registry {
         let Some(path) = &self.path else {
             return Ok(vec![]);
         };
-        let fresh = read(path)?;
-        let revoked = fresh
-            .iter()
-            .filter(|(_, g)| g.revoked)
-            .map(|(a, _)| a.clone())
-            .collect();
-        if self.shared.get().is_some() {
-            // The edit's changes go to the bucket, one agent at a time.
-            let current = self.agents.load_full();
-            for (agent, g) in &fresh {
-                if current.get(agent) != Some(g) {
-                    let g = (**g).clone();
-                    self.update(agent, |e| *e = g.clone()).await?;
-                }
-            }
-            let kept: Vec<&String> = current.keys().filter(|a| !fresh.contains_key(*a)).collect();
-            if !kept.is_empty() {
-                tracing::warn!(agents = ?kept, "SIGHUP: agents left out of the registry file are kept (a cluster never forgets an agent; revoke it instead)");
-                let _w = self.write.lock().await;
-                self.write_file(path, (**self.agents.load()).clone())
-                    .await?;
-            }
+        let revoked_in = |m: &BTreeMap<String, Arc<Grant>>| -> Vec<String> {
+            m.iter()
+                .filter(|(_, g)| g.revoked)
+                .map(|(a, _)| a.clone())
+                .collect()
+        };
+        if self.shared.get().is_none() {
+            let _w = self.write.lock().await;
+            let fresh = read(path)?;
+            let revoked = revoked_in(&fresh);
+            self.agents.store(Arc::new(fresh));
             return Ok(revoked);
         }
-        let _w = self.write.lock().await;
-        self.agents.store(Arc::new(fresh));
-        Ok(revoked)
+        // Cluster mode: the edit's changes go to the bucket, one agent at a
+        // time.
+        let fresh = read(path)?;
+        let current = self.agents.load_full();
+        for (agent, g) in &fresh {
+            if current.get(agent) != Some(g) {
+                let g = (**g).clone();
+                self.update(agent, |e| *e = g.clone()).await?;
+            }
+        }
+        let kept: Vec<&String> = current.keys().filter(|a| !fresh.contains_key(*a)).collect();
+        if !kept.is_empty() {
+            tracing::warn!(agents = ?kept, "SIGHUP: agents left out of the registry file are kept (a cluster never forgets an agent; revoke it instead)");
+            let _w = self.write.lock().await;
+            self.write_file(path, (**self.agents.load()).clone())
+                .await?;
+        }
+        Ok(revoked_in(&fresh))
     }
 
     /// Sets an agent's cameras and locations (and lifts a revocation).
