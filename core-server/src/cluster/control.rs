@@ -728,6 +728,47 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_revocation_made_after_the_nats_server_restarted_still_reaches_every_node() {
+        let mut nats = NatsServer::start();
+        let (a, b) = (Node::open(), Node::open());
+        a.join(&nats, "a").await;
+        b.join(&nats, "b").await;
+        let (_, secret) = a
+            .db(|db| db.create_token("ci", Role::Viewer, Scope::all(), 0, 1))
+            .await
+            .unwrap();
+        let bdb = b.access.db.clone();
+        let s = secret.clone();
+        eventually("B takes A's token", || {
+            bdb.authenticate_token(&s, 2).is_ok()
+        })
+        .await;
+        // The server dies and comes back: B's watch breaks (or goes quiet)
+        // and B watches again from the last revision it had.
+        nats.restart();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match a.db(|db| db.revoke_token("ci", 3)).await {
+                Ok(_) => break,
+                // The client reconnects first.
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("revoke not yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let deadline = Instant::now() + 3 * CHECK_EVERY;
+        while bdb.authenticate_token(&secret, 4).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "B still takes the token A revoked after the restart"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn changes_made_at_once_on_two_nodes_are_all_kept() {
         let nats = NatsServer::start();
         let (a, b) = (Node::open(), Node::open());

@@ -28,9 +28,17 @@ impl NatsServer {
             .unwrap()
             .port();
         let dir = tempfile::tempdir().unwrap();
+        NatsServer {
+            child: Self::spawn(port, dir.path()),
+            url: format!("nats://127.0.0.1:{port}"),
+            _dir: dir,
+        }
+    }
+
+    fn spawn(port: u16, dir: &std::path::Path) -> Child {
         let child = Command::new(NATS_SERVER)
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir.path())
+            .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -40,11 +48,16 @@ impl NatsServer {
             assert!(Instant::now() < deadline, "nats-server did not listen");
             std::thread::sleep(Duration::from_millis(20));
         }
-        NatsServer {
-            child,
-            url: format!("nats://127.0.0.1:{port}"),
-            _dir: dir,
-        }
+        child
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same port and
+    /// store.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let port = self.url.rsplit(':').next().unwrap().parse().unwrap();
+        self.child = Self::spawn(port, self._dir.path());
     }
 
     /// A cluster config for a node of this single server (R1).
