@@ -742,6 +742,29 @@ async fn a_cluster_on_a_network_uses_tls_and_credentials_on_every_link() {
     assert!(err.to_lowercase().contains("authorization"), "{err}");
 }
 
+/// `Stats` on `url` as the API token `token`.
+async fn stats_as(
+    url: &str,
+    token: &str,
+) -> Result<sightline_proto::v1::StatsResponse, tonic::Status> {
+    sightline_tests::query::client_as(url, token)
+        .await
+        .stats(sightline_proto::v1::StatsRequest::default())
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// The agent grants `node` lists (as its admin).
+async fn grants(node: &sightline_tests::Core) -> Vec<sightline_proto::v1::AgentGrant> {
+    node.admin()
+        .await
+        .list_grants(sightline_proto::v1::ListGrantsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .agents
+}
+
 /// The accounts, API tokens and agent grants are the cluster's: what an
 /// admin does on one node holds on every node — a token made on one node
 /// answers on the others, a login works anywhere, and a revocation on any
@@ -750,8 +773,7 @@ async fn a_cluster_on_a_network_uses_tls_and_credentials_on_every_link() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_account_token_or_agent_changed_on_one_node_holds_on_every_node() {
     use sightline_proto::v1::{
-        AgentGrant, ListGrantsRequest, RevokeAgentRequest, RevokeTokenRequest, Role, StatsRequest,
-        UpdateUserRequest,
+        AgentGrant, RevokeAgentRequest, RevokeTokenRequest, Role, UpdateUserRequest,
     };
     use sightline_tests::http;
     const PASSWORD: &str = "cluster-wide password";
@@ -775,20 +797,10 @@ async fn an_account_token_or_agent_changed_on_one_node_holds_on_every_node() {
         )
         .await;
         let url = node.url();
-        let token = token.clone();
         wait_for(
             "A's token answers on another node",
             Duration::from_secs(10),
-            || {
-                let (url, token) = (url.clone(), token.clone());
-                async move {
-                    sightline_tests::query::client_as(&url, &token)
-                        .await
-                        .stats(StatsRequest::default())
-                        .await
-                        .ok()
-                }
-            },
+            || async { stats_as(&url, &token).await.ok() },
         )
         .await;
     }
@@ -811,21 +823,17 @@ async fn an_account_token_or_agent_changed_on_one_node_holds_on_every_node() {
         .await
         .unwrap();
     for node in [a, c] {
-        let admin = node.admin().await;
-        wait_for("the grant on every node", Duration::from_secs(10), || {
-            let mut admin = admin.clone();
-            async move {
-                let g = admin
-                    .list_grants(ListGrantsRequest::default())
+        wait_for(
+            "the grant on every node",
+            Duration::from_secs(10),
+            || async {
+                grants(node)
                     .await
-                    .ok()?
-                    .into_inner()
-                    .agents;
-                g.iter()
+                    .iter()
                     .any(|g| g.agent_id == "c-gated" && !g.revoked)
                     .then_some(())
-            }
-        })
+            },
+        )
         .await;
     }
     let mut agent = rig.replay("c-gated", &data, 2_000);
@@ -853,14 +861,7 @@ async fn an_account_token_or_agent_changed_on_one_node_holds_on_every_node() {
     let log = agent.log();
     assert!(log.contains("is revoked"), "the agent was not told: {log}");
     for node in [a, b] {
-        let g = node
-            .admin()
-            .await
-            .list_grants(ListGrantsRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .agents;
+        let g = grants(node).await;
         assert!(
             g.iter().any(|g| g.agent_id == "c-gated" && g.revoked),
             "{}: {g:?}",
@@ -887,17 +888,11 @@ async fn an_account_token_or_agent_changed_on_one_node_holds_on_every_node() {
         .unwrap();
     for node in [a, b] {
         let url = node.url();
-        let token = token.clone();
-        let e = wait_for("the revoked token refused", Duration::from_secs(10), || {
-            let (url, token) = (url.clone(), token.clone());
-            async move {
-                sightline_tests::query::client_as(&url, &token)
-                    .await
-                    .stats(StatsRequest::default())
-                    .await
-                    .err()
-            }
-        })
+        let e = wait_for(
+            "the revoked token refused",
+            Duration::from_secs(10),
+            || async { stats_as(&url, &token).await.err() },
+        )
         .await;
         assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
         assert!(e.message().contains("revoked"), "{e}");

@@ -241,27 +241,9 @@ impl AccessDb {
         self.mirror.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Writes `name`'s record at the bucket's revision `rev`, unless this
-    /// copy holds a newer one already.
-    fn put_at<T: Serialize>(
-        &self,
-        c: &Control,
-        kind: Kind,
-        cf: &str,
-        name: &str,
-        rev: u64,
-        value: &T,
-    ) -> Result<(), ApiError> {
-        let _m = self.lock_mirror();
-        let k = control::key(kind, name);
-        if c.newer(&k, rev) {
-            self.put(cf, name, value)?;
-            c.applied(&k, rev);
-        }
-        Ok(())
-    }
-
-    /// Applies an account from the cluster's bucket at revision `rev`.
+    /// Applies an account from the cluster's bucket at revision `rev` (one
+    /// this node just wrote there, or another node's), unless this copy
+    /// holds a newer one.
     /// Returns whether an account this node had changed (its sessions end).
     pub fn mirror_user(&self, c: &Control, rec: UserRecord, rev: u64) -> Result<bool, ApiError> {
         let _m = self.lock_mirror();
@@ -278,7 +260,8 @@ impl AccessDb {
         Ok(changed && old.is_some())
     }
 
-    /// Applies a token from the cluster's bucket at revision `rev` (its
+    /// Applies a token from the cluster's bucket at revision `rev`, as
+    /// [`AccessDb::mirror_user`] does an account (its
     /// last use stays the later of this node's and the record's). Returns
     /// whether a token this node had changed (revoked: open streams check
     /// their credential again).
@@ -379,7 +362,9 @@ impl AccessDb {
         };
         match self.shared.get() {
             Some(c) => match block_on(c.create(Kind::User, name, &rec))? {
-                Some(rev) => self.put_at(c, Kind::User, USERS, name, rev, &rec)?,
+                Some(rev) => {
+                    self.mirror_user(c, rec.clone(), rev)?;
+                }
                 None => {
                     return Err(ApiError::new(
                         Code::AlreadyExists,
@@ -409,7 +394,7 @@ impl AccessDb {
         match self.shared.get() {
             Some(c) => {
                 let (rec, rev) = block_on(c.modify(Kind::User, name, change))?;
-                self.put_at(c, Kind::User, USERS, name, rev, &rec)?;
+                self.mirror_user(c, rec.clone(), rev)?;
                 Ok(rec)
             }
             None => {
@@ -480,7 +465,9 @@ impl AccessDb {
         };
         match self.shared.get() {
             Some(c) => match block_on(c.create(Kind::Token, &id, &rec))? {
-                Some(rev) => self.put_at(c, Kind::Token, TOKENS, &id, rev, &rec)?,
+                Some(rev) => {
+                    self.mirror_token(c, rec.clone(), rev)?;
+                }
                 None => {
                     return Err(ApiError::unavailable(
                         "a token id was drawn twice; try again",

@@ -51,7 +51,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::nats::ClusterError;
 use crate::{
-    access::{Access, TokenRecord, UserRecord},
+    access::{Access, AccessDb, TokenRecord, UserRecord},
     edge::registry::{Grant, Registry},
     fleet::Fleet,
 };
@@ -154,10 +154,14 @@ impl Control {
     ) -> Result<Option<u64>, ApiError> {
         let k = key(kind, name);
         let v = serde_json::to_vec(value).map_err(|e| unavailable(&k, e))?;
-        match self.kv.create(&k, v.into()).await {
+        self.create_key(&k, v.into()).await
+    }
+
+    async fn create_key(&self, k: &str, v: bytes::Bytes) -> Result<Option<u64>, ApiError> {
+        match self.kv.create(k, v).await {
             Ok(rev) => Ok(Some(rev)),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
-            Err(e) => Err(unavailable(&k, e)),
+            Err(e) => Err(unavailable(k, e)),
         }
     }
 
@@ -189,11 +193,7 @@ impl Control {
             let next = f(current)?;
             let v = bytes::Bytes::from(serde_json::to_vec(&next).map_err(|e| unavailable(&k, e))?);
             let written = if rev == 0 {
-                match self.kv.create(&k, v).await {
-                    Ok(rev) => Some(rev),
-                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => None,
-                    Err(e) => return Err(unavailable(&k, e)),
-                }
+                self.create_key(&k, v).await?
             } else {
                 match self.kv.update(&k, v, rev).await {
                     Ok(rev) => Some(rev),
@@ -226,6 +226,18 @@ pub struct Mirrors {
 }
 
 impl Mirrors {
+    /// Runs `f` on the access store from a blocking thread.
+    async fn on_db<T: Send + 'static>(
+        &self,
+        control: &Control,
+        f: impl FnOnce(&AccessDb, &Control) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let (db, c) = (self.access.db.clone(), control.clone());
+        tokio::task::spawn_blocking(move || f(&db, &c))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+    }
+
     /// Applies one record of the bucket at revision `rev`.
     async fn apply(
         &self,
@@ -242,10 +254,9 @@ impl Mirrors {
                 if rec.name != name {
                     return Err(bad(&format!("holds the account {:?}", rec.name)));
                 }
-                let (db, c) = (self.access.db.clone(), control.clone());
-                let changed = tokio::task::spawn_blocking(move || db.mirror_user(&c, rec, rev))
+                let changed = self
+                    .on_db(control, move |db, c| db.mirror_user(c, rec, rev))
                     .await
-                    .map_err(|e| bad(&e))?
                     .map_err(|e| bad(&e))?;
                 if changed {
                     // As on the node that made the change: its sessions end
@@ -264,10 +275,9 @@ impl Mirrors {
                 if rec.id != name {
                     return Err(bad(&format!("holds the token {:?}", rec.id)));
                 }
-                let (db, c) = (self.access.db.clone(), control.clone());
-                let changed = tokio::task::spawn_blocking(move || db.mirror_token(&c, rec, rev))
+                let changed = self
+                    .on_db(control, move |db, c| db.mirror_token(c, rec, rev))
                     .await
-                    .map_err(|e| bad(&e))?
                     .map_err(|e| bad(&e))?;
                 if changed {
                     self.access.revoked();
