@@ -282,10 +282,8 @@ pub struct PipelineConfig {
     pub partitions: usize,
     /// Most events one group commit takes. A live event (or the live lane's)
     /// waits for the group being committed when it comes: larger groups
-    /// save little per event and cost live latency (a group of 2,048 takes
-    /// ~20 ms here; with 4,096, a backlog drained slower and the live
-    /// lane's p99 was higher: BENCHMARKS.md, fifteenth session). One with
-    /// live-lane events takes a quarter of it.
+    /// save little per event and cost live latency (a group of 4,096 takes
+    /// ~40 ms here). One with live-lane events takes a quarter of it.
     #[serde(default = "default_group")]
     pub max_group_events: usize,
     /// Batches queued per partition before sessions are held back: with
@@ -425,7 +423,7 @@ fn default_partitions() -> usize {
     2
 }
 fn default_group() -> usize {
-    2_048
+    4_096
 }
 fn default_queue() -> usize {
     16
