@@ -37,9 +37,12 @@ pub struct CommitBatch {
     /// Aggregate increments summed per key: one merge per key per commit.
     agg: HashMap<Vec<u8>, u64>,
     counters: HashMap<&'static str, u64>,
-    /// The camera_seq values this commit received, per camera: one merge
-    /// per camera per commit.
-    received: HashMap<i64, received::RangeSet>,
+    /// The camera_seq values this commit received (with their detection
+    /// times), per camera: one merge per camera per commit. Kept as a list
+    /// and made into ranges once, sorted, at the end: a range-set insert per
+    /// event was ~5 % of the core's CPU under a burst (BENCHMARKS.md, "The
+    /// commit path", sixteenth session).
+    received: HashMap<i64, Vec<(u64, i64)>>,
     /// Cluster mode: the events stored from each share, by the share's
     /// stream sequence (`super::outbox`).
     outbox: std::collections::BTreeMap<u64, Vec<u8>>,
@@ -95,11 +98,11 @@ impl Store {
             batch.put_cf(cf_m, super::outbox::key(share), packed);
         }
         let cf_r = cf(&db, CF_RECEIVED);
-        for (camera, set) in received {
+        for (camera, values) in received {
             batch.merge_cf(
                 cf_r,
                 received::key(camera),
-                received::Piece::add(set).encode(),
+                received::Piece::add(received::RangeSet::from_values(values)).encode(),
             );
         }
         if let Some((first_oid, packed)) = by_commit {
@@ -202,7 +205,7 @@ impl CommitBatch {
             self.received
                 .entry(d.video_camera_oid)
                 .or_default()
-                .insert(seq, d.timestamp_detected);
+                .push((seq, d.timestamp_detected));
         }
     }
 

@@ -53,6 +53,36 @@ impl RangeSet {
         });
     }
 
+    /// The set of `values` (camera_seq, detection ms), in any order, with
+    /// repeats: sorted once and cut into runs, instead of one insert per
+    /// value. A repeated seq keeps its earliest detection time at either end
+    /// of a range, as [`RangeSet::insert`] does.
+    pub fn from_values(mut values: Vec<(u64, i64)>) -> Self {
+        values.sort_unstable();
+        let mut runs: Vec<(u64, Range)> = Vec::new();
+        for (seq, ms) in values {
+            match runs.last_mut() {
+                Some((_, r)) if seq <= r.last => {}
+                Some((_, r)) if seq == r.last + 1 => {
+                    r.last = seq;
+                    r.last_ms = ms;
+                }
+                _ => runs.push((
+                    seq,
+                    Range {
+                        first: seq,
+                        last: seq,
+                        first_ms: ms,
+                        last_ms: ms,
+                    },
+                )),
+            }
+        }
+        Self {
+            ranges: runs.into_iter().collect(),
+        }
+    }
+
     /// Adds a range, merging it with every range it overlaps or touches.
     pub fn insert_range(&mut self, mut r: Range) {
         // The range starting at or before r.first, if it reaches r.
@@ -259,6 +289,20 @@ mod tests {
             }
             let round = Piece::decode(&Piece::add(a.clone()).encode()).unwrap();
             prop_assert_eq!(round.set, a);
+        }
+
+        /// A commit's values made into ranges at once, in any order and with
+        /// repeats, are the set of inserting them one by one.
+        #[test]
+        fn values_made_into_ranges_at_once_are_the_set_of_inserting_them_one_by_one(
+            values in proptest::collection::vec(1u64..300, 0..400),
+        ) {
+            let mut one_by_one = RangeSet::default();
+            for v in &values {
+                one_by_one.insert(*v, *v as i64);
+            }
+            let at_once = RangeSet::from_values(values.iter().map(|v| (*v, *v as i64)).collect());
+            prop_assert_eq!(at_once, one_by_one);
         }
     }
 

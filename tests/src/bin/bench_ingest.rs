@@ -11,7 +11,7 @@
 //!
 //! Last line: `ingest events_per_s=<N> p50_live_ms=<x> p99_live_ms=<y>
 //! cpu_us_per_event=<c> agent_rss_mb=<a> core_rss_mb=<c> core_rss_peak_mb=<m>
-//! agent_rss_peak_mb=<p>` (RSS: steady state at the live rate, and the peak
+//! agent_rss_peak_mb=<p> core_cpu_us_per_event=<k>` (the core's share of the CPU per event; RSS: steady state at the live rate, and the peak
 //! while publishing and draining, sampled every 0.5 s, then every 20 ms). `deploy/bench-ingest.sh` adds the peers' ratios.
 //! Run with `deploy/bench-ingest.sh` (release build).
 
@@ -193,6 +193,7 @@ async fn main() {
         .collect();
     let cpu_at = |pids: &[u32]| pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
     let cpu0 = cpu_at(&pids);
+    let core_cpu0 = cpu_at(&pids[..1]);
     let published = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let t0 = Instant::now();
@@ -253,6 +254,7 @@ async fn main() {
     }
     let e2e_secs = t0.elapsed().as_secs_f64();
     let cpu = cpu_at(&pids) - cpu0;
+    let core_cpu = cpu_at(&pids[..1]) - core_cpu0;
     peak_core_rss = peak_core_rss.max(rss_mb(core.pid()));
     let stored = stats(&url).await.stored - base_stats.stored;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -268,10 +270,12 @@ async fn main() {
     // Per event stored: what the core and the agents spent to make it
     // durable, deduplicated, joined, indexed and live.
     let cpu_us_per_event = cpu * 1e6 / stored.max(1) as f64;
+    let core_us = core_cpu * 1e6 / stored.max(1) as f64;
     println!(
-        "cpu: core + agents {cpu:.1} s for {stored} stored events: {cpu_us_per_event:.1} us per event"
+        "cpu: core + agents {cpu:.1} s for {stored} stored events: {cpu_us_per_event:.1} us per event (core {core_us:.1}, agents {:.1})",
+        cpu_us_per_event - core_us
     );
     println!(
-        "ingest events_per_s={events_per_s:.0} p50_live_ms={p50:.1} p99_live_ms={p99:.1} cpu_us_per_event={cpu_us_per_event:.1} agent_rss_mb={agent_rss:.1} core_rss_mb={core_rss:.1} core_rss_peak_mb={peak_core_rss:.1} agent_rss_peak_mb={peak_agent_rss:.1}"
+        "ingest events_per_s={events_per_s:.0} p50_live_ms={p50:.1} p99_live_ms={p99:.1} cpu_us_per_event={cpu_us_per_event:.1} agent_rss_mb={agent_rss:.1} core_rss_mb={core_rss:.1} core_rss_peak_mb={peak_core_rss:.1} agent_rss_peak_mb={peak_agent_rss:.1} core_cpu_us_per_event={core_us:.1}"
     );
 }

@@ -354,14 +354,17 @@ impl LiveFeed {
             let Some(d) = e.detection.as_ref() else {
                 continue;
             };
-            let c = cams
-                .entry(e.agent_id.clone())
-                .or_default()
-                .entry(d.video_camera_oid)
-                .or_insert(CameraRow {
-                    camera_oid: d.video_camera_oid,
-                    ..CameraRow::default()
-                });
+            // The agent's id is copied only the first time it is seen.
+            if !cams.contains_key(&e.agent_id) {
+                cams.insert(e.agent_id.clone(), BTreeMap::new());
+            }
+            let Some(per_agent) = cams.get_mut(&e.agent_id) else {
+                continue;
+            };
+            let c = per_agent.entry(d.video_camera_oid).or_insert(CameraRow {
+                camera_oid: d.video_camera_oid,
+                ..CameraRow::default()
+            });
             c.events += 1;
             c.last_event_ms = c.last_event_ms.max(d.timestamp_detected);
         }
