@@ -308,6 +308,20 @@ pub struct IngestConfig {
     #[serde(default = "default_hello_timeout", with = "humantime_serde")]
     #[schemars(with = "sightline_proto::config_doc::Duration")]
     pub hello_timeout: Duration,
+    /// Batches one session reads ahead (encoded bytes) while its oldest waits
+    /// for room in the partition queues, so that a live-lane batch behind
+    /// them is taken at once instead of after them (PROTOCOL.md rule 6b).
+    /// The default covers an agent's default in-flight window (16,384
+    /// events). 0: no read-ahead (a live batch waits its turn).
+    #[serde(default = "default_read_ahead")]
+    #[schemars(with = "sightline_proto::config_doc::ByteSize")]
+    pub read_ahead_bytes: ByteSize,
+    /// What all sessions together read ahead, at most (encoded bytes; held
+    /// decoded, about twice that in memory). Past it, sessions read a batch
+    /// only when the one before it is queued, as without read-ahead.
+    #[serde(default = "default_read_ahead_total")]
+    #[schemars(with = "sightline_proto::config_doc::ByteSize")]
+    pub read_ahead_total_bytes: ByteSize,
 }
 
 #[derive(Debug, Clone, Deserialize, Default, schemars::JsonSchema)]
@@ -437,6 +451,12 @@ fn default_skew() -> Duration {
 fn default_hello_timeout() -> Duration {
     Duration::from_secs(10)
 }
+fn default_read_ahead() -> ByteSize {
+    ByteSize::mib(4)
+}
+fn default_read_ahead_total() -> ByteSize {
+    ByteSize::mib(64)
+}
 fn default_events_ttl() -> Duration {
     Duration::from_secs(7 * 86_400)
 }
@@ -515,6 +535,8 @@ impl Default for IngestConfig {
             max_message_bytes: default_max_message(),
             max_future_skew: default_skew(),
             hello_timeout: default_hello_timeout(),
+            read_ahead_bytes: default_read_ahead(),
+            read_ahead_total_bytes: default_read_ahead_total(),
         }
     }
 }

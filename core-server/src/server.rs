@@ -408,6 +408,10 @@ async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started
         hello_timeout: config.ingest.hello_timeout,
         registry: registry.clone(),
         shutdown: drain.token(Stage::Sessions),
+        read_ahead: crate::ingest::ReadAhead::new(
+            config.ingest.read_ahead_bytes.as_u64(),
+            config.ingest.read_ahead_total_bytes.as_u64(),
+        ),
     });
 
     let admin_token = Arc::new(

@@ -52,6 +52,47 @@ pub struct IngestCore {
     /// stream, PROTOCOL.md "Cluster mode") instead of `pipeline`, and
     /// watermarks come from the cluster. `None`: the embedded core.
     pub front: Option<Arc<crate::cluster::front::Front>>,
+    /// `ingest.read_ahead_bytes` and `ingest.read_ahead_total_bytes`.
+    pub read_ahead: ReadAhead,
+}
+
+/// How much a session reads of its transport ahead of the batch it is
+/// handing to the partition queues: per session, and for all together.
+#[derive(Clone)]
+pub struct ReadAhead {
+    per_session: u32,
+    total: Arc<tokio::sync::Semaphore>,
+    total_permits: u32,
+}
+
+impl ReadAhead {
+    /// `per_session` and `total` bytes (each at most 4 GiB - 1).
+    pub fn new(per_session: u64, total: u64) -> Self {
+        let clamp = |v: u64| v.min(u64::from(u32::MAX)) as u32;
+        Self {
+            per_session: clamp(per_session),
+            total: Arc::new(tokio::sync::Semaphore::new(clamp(total) as usize)),
+            total_permits: clamp(total),
+        }
+    }
+}
+
+/// The read-ahead budget a message holds until the session's loop takes it.
+type Budget = (
+    tokio::sync::OwnedSemaphorePermit,
+    tokio::sync::OwnedSemaphorePermit,
+);
+
+/// What a session's reader hands its loop, in the transport's order (the
+/// live lane's batches excepted: the reader commits those itself).
+enum Ahead {
+    Msg(AgentMessage, Option<Budget>),
+    /// The transport broke or refused a message.
+    Broken(Status),
+    /// The agent closed the stream.
+    Closed,
+    /// A live batch could not be committed: the session ends, with this.
+    End(Option<Status>),
 }
 
 type Out = mpsc::Sender<Result<CoreMessage, Status>>;
@@ -179,80 +220,99 @@ impl IngestCore {
         let mut next_seq = wm + 1;
         let mut ahead: BTreeMap<u64, Batch> = BTreeMap::new();
         let mut copied: BTreeMap<u64, u64> = BTreeMap::new();
-        let end: Option<Status> = loop {
-            tokio::select! {
-                biased;
-                _ = self.shutdown.cancelled() => break Some(ApiError::unavailable("the core is shutting down; reconnect later").into()),
-                Some(copy) = recv_shadow(&mut shadow) => {
-                    let Some(agent_message::Msg::Batch(b)) = copy.msg else { continue };
-                    let last = b.first_seq + b.events.len() as u64;
-                    if b.events.is_empty() || last <= next_seq {
-                        continue; // the other path was first
-                    }
-                    if ahead.len() < MAX_AHEAD_COPIES {
-                        ahead.insert(b.first_seq, b);
-                    }
-                    if let Err(end) = self.commit_copies(&agent, epoch, &mut next_seq, &mut ahead, &mut copied, &pending_tx).await {
-                        break end;
-                    }
-                }
-                _ = kicked.cancelled() => break Some(if self.registry.is_revoked(&agent) {
-                    tracing::warn!(%agent, "agent revoked: its session is closed");
-                    ApiError::permission_denied(format!("agent {agent:?} was revoked; its session is closed")).into()
-                } else {
-                    ApiError::new(Code::Aborted, "a newer session of this agent replaced this one").into()
-                }),
-                _ = failed.cancelled() => break None,
-                msg = inbound.next() => match msg {
-                    None => break None,
-                    Some(Err(s)) => {
-                        // A broken link, or a message the transport refused
-                        // (too large, not decodable): say why, if anyone listens.
-                        tracing::debug!(%agent, status = %s, "session stream ended with an error");
-                        break Some(s);
-                    }
-                    Some(Ok(AgentMessage { msg: None })) => {
-                        break Some(ApiError::invalid("empty AgentMessage").into());
-                    }
-                    Some(Ok(AgentMessage { msg: Some(m) })) => match m {
-                        agent_message::Msg::Hello(_) => {
-                            break Some(ApiError::invalid("Hello may only come first").into());
+        // The transport is read by its own future, beside the loop: while
+        // the loop waits for room in the partition queues (a backlog
+        // draining), the batches behind are read ahead (within
+        // `ingest.read_ahead_*`), and a live-lane batch among them goes to
+        // the writers' live queues at once instead of after them.
+        let (ahead_tx, mut from_reader) = mpsc::channel::<Ahead>(READ_AHEAD_MESSAGES);
+        let reader = async {
+            self.read_ahead(&agent, epoch, inbound, ahead_tx).await;
+            // What it sent last ends the loop, which ends the select below.
+            std::future::pending::<()>().await
+        };
+        let session = async {
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = self.shutdown.cancelled() => break Some(ApiError::unavailable("the core is shutting down; reconnect later").into()),
+                    Some(copy) = recv_shadow(&mut shadow) => {
+                        let Some(agent_message::Msg::Batch(b)) = copy.msg else { continue };
+                        let last = b.first_seq + b.events.len() as u64;
+                        if b.events.is_empty() || last <= next_seq {
+                            continue; // the other path was first
                         }
-                        agent_message::Msg::Status(s) => {
-                            self.fleet.status(&agent, s);
+                        if ahead.len() < MAX_AHEAD_COPIES {
+                            ahead.insert(b.first_seq, b);
                         }
-                        agent_message::Msg::Live(b) => {
-                            if let Err(end) = self.commit_live(&agent, epoch, b).await {
-                                break end;
-                            }
+                        if let Err(end) = self.commit_copies(&agent, epoch, &mut next_seq, &mut ahead, &mut copied, &pending_tx).await {
+                            break end;
                         }
-                        agent_message::Msg::Batch(b) => {
-                            // What shadow copies committed already is skipped
-                            // (its acks were theirs); the runs of later
-                            // batches stay for them.
-                            let mut from = b.first_seq;
-                            let last = b.first_seq + b.events.len() as u64;
-                            while from < last {
-                                let Some(end) = copied.remove(&from) else { break };
-                                from = end;
-                            }
-                            copied.retain(|&first, _| first >= from);
-                            let Some(b) = unseen(b, from) else { continue };
-                            next_seq = next_seq.max(b.first_seq + b.events.len() as u64);
-                            let checked = match self.check_batch(&agent, b) {
-                                Ok(x) => x,
-                                Err(s) => break Some(s),
-                            };
-                            if let Err(end) = self.commit(&agent, epoch, checked, &pending_tx).await {
-                                break end;
-                            }
-                            if let Err(end) = self.commit_copies(&agent, epoch, &mut next_seq, &mut ahead, &mut copied, &pending_tx).await {
-                                break end;
-                            }
+                    }
+                    _ = kicked.cancelled() => break Some(if self.registry.is_revoked(&agent) {
+                        tracing::warn!(%agent, "agent revoked: its session is closed");
+                        ApiError::permission_denied(format!("agent {agent:?} was revoked; its session is closed")).into()
+                    } else {
+                        ApiError::new(Code::Aborted, "a newer session of this agent replaced this one").into()
+                    }),
+                    _ = failed.cancelled() => break None,
+                    item = from_reader.recv() => match item {
+                        None | Some(Ahead::Closed) => break None,
+                        Some(Ahead::End(end)) => break end,
+                        Some(Ahead::Broken(s)) => {
+                            // A broken link, or a message the transport refused
+                            // (too large, not decodable): say why, if anyone listens.
+                            tracing::debug!(%agent, status = %s, "session stream ended with an error");
+                            break Some(s);
                         }
+                        Some(Ahead::Msg(AgentMessage { msg: None }, _)) => {
+                            break Some(ApiError::invalid("empty AgentMessage").into());
+                        }
+                        // The message leaves the read-ahead budget as the loop takes it.
+                        Some(Ahead::Msg(AgentMessage { msg: Some(m) }, _budget)) => match m {
+                            agent_message::Msg::Hello(_) => {
+                                break Some(ApiError::invalid("Hello may only come first").into());
+                            }
+                            agent_message::Msg::Status(s) => {
+                                self.fleet.status(&agent, s);
+                            }
+                            agent_message::Msg::Live(b) => {
+                                if let Err(end) = self.commit_live(&agent, epoch, b).await {
+                                    break end;
+                                }
+                            }
+                            agent_message::Msg::Batch(b) => {
+                                // What shadow copies committed already is skipped
+                                // (its acks were theirs); the runs of later
+                                // batches stay for them.
+                                let mut from = b.first_seq;
+                                let last = b.first_seq + b.events.len() as u64;
+                                while from < last {
+                                    let Some(end) = copied.remove(&from) else { break };
+                                    from = end;
+                                }
+                                copied.retain(|&first, _| first >= from);
+                                let Some(b) = unseen(b, from) else { continue };
+                                next_seq = next_seq.max(b.first_seq + b.events.len() as u64);
+                                let checked = match self.check_batch(&agent, b) {
+                                    Ok(x) => x,
+                                    Err(s) => break Some(s),
+                                };
+                                if let Err(end) = self.commit(&agent, epoch, checked, &pending_tx).await {
+                                    break end;
+                                }
+                                if let Err(end) = self.commit_copies(&agent, epoch, &mut next_seq, &mut ahead, &mut copied, &pending_tx).await {
+                                    break end;
+                                }
+                            }
+                        },
                     },
-                },
+                }
             }
+        };
+        let end: Option<Status> = tokio::select! {
+            end = session => end,
+            () = reader => None,
         };
         // Let the commits in flight finish and their acks go out, then close.
         drop(pending_tx);
@@ -354,7 +414,61 @@ fn unseen(mut b: Batch, from: u64) -> Option<Batch> {
     Some(b)
 }
 
+/// Messages a session's reader may hold for its loop, besides the byte
+/// budget (an agent keeps at most 64 batches in flight by default).
+const READ_AHEAD_MESSAGES: usize = 64;
+
 impl IngestCore {
+    /// Reads the session's transport until it ends, handing the loop every
+    /// message in order but the live lane's batches, which it commits at
+    /// once ([`IngestCore::commit_live`]). A message waits for its encoded
+    /// size in the session's and the core's read-ahead budgets before the
+    /// next is read: past them, the transport is read no faster than the
+    /// loop takes batches.
+    async fn read_ahead<S>(
+        &self,
+        agent: &Arc<str>,
+        epoch: u64,
+        mut inbound: S,
+        to_loop: mpsc::Sender<Ahead>,
+    ) where
+        S: Stream<Item = Result<AgentMessage, Status>> + Unpin + Send,
+    {
+        let ra = &self.read_ahead;
+        let session = Arc::new(tokio::sync::Semaphore::new(ra.per_session as usize));
+        loop {
+            let item = match inbound.next().await {
+                None => Ahead::Closed,
+                Some(Err(s)) => Ahead::Broken(s),
+                Some(Ok(AgentMessage {
+                    msg: Some(agent_message::Msg::Live(b)),
+                })) => match self.commit_live(agent, epoch, b).await {
+                    Ok(()) => continue,
+                    Err(end) => Ahead::End(end),
+                },
+                Some(Ok(m)) if ra.per_session == 0 || ra.total_permits == 0 => Ahead::Msg(m, None),
+                Some(Ok(m)) => {
+                    let bytes = m.encoded_len().clamp(1, u32::MAX as usize) as u32;
+                    let mine = session
+                        .clone()
+                        .acquire_many_owned(bytes.min(ra.per_session))
+                        .await;
+                    let all = ra
+                        .total
+                        .clone()
+                        .acquire_many_owned(bytes.min(ra.total_permits))
+                        .await;
+                    // Neither semaphore is ever closed.
+                    Ahead::Msg(m, mine.ok().zip(all.ok()))
+                }
+            };
+            let last = !matches!(item, Ahead::Msg(..));
+            if to_loop.send(item).await.is_err() || last {
+                return;
+            }
+        }
+    }
+
     /// A batch's events, decoded and checked (validity, age, and what the
     /// agent may publish); `Err` when the batch itself is malformed.
     fn check_batch(&self, agent: &Arc<str>, mut b: Batch) -> Result<Checked, Status> {

@@ -21,7 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 
-use super::IngestCore;
+use super::{IngestCore, ReadAhead};
 use crate::{
     dedup::{Pipeline, WriterContext, CONFLICT},
     edge::{registry::Registry, Identity, Peer, LINK_GRPC_TLS},
@@ -135,6 +135,7 @@ impl Core {
             registry: registry.clone(),
             shutdown: CancellationToken::new(),
             front: None,
+            read_ahead: ReadAhead::new(4 << 20, 64 << 20),
         });
         Core {
             dir,
@@ -599,6 +600,50 @@ async fn a_live_batch_is_stored_at_once_unanswered_and_acknowledged_with_its_bac
     }))
     .await;
     assert_code(&s.end().await, Code::InvalidArgument, "expected 30");
+}
+
+// Rule 6b, within one session: the backlog's batches waiting for room in
+// the partition queues do not hold up a live batch sent after them.
+#[tokio::test]
+async fn a_live_batch_is_stored_while_the_backlog_sent_before_it_waits_for_the_queues() {
+    let mut core = Core::start();
+    let mut s = core.session();
+    s.hello().await;
+    // 60,000 events, far more than the queues hold (8 shares of a batch per
+    // partition), then one live event.
+    let (batches, n) = (30u64, 2_000u64);
+    for b in 0..batches {
+        let first = 1 + b * n;
+        s.batch(first, dets(first as i64, (first + n - 1) as i64))
+            .await;
+    }
+    let (live_seq, live_oid) = (1 + batches * n, 10_000_000);
+    s.send(agent_message::Msg::Live(batch_of(
+        live_seq,
+        vec![det(live_oid)],
+    )))
+    .await;
+    let t0 = std::time::Instant::now();
+    while core.store.get_event(live_oid).unwrap().is_none() {
+        assert!(t0.elapsed() < 4 * WAIT, "the live event was not stored");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let stored_then = core.stored();
+    assert!(
+        stored_then < batches * n / 2,
+        "the live event waited for {stored_then} of the {} backlog events sent before it",
+        batches * n
+    );
+    // The backlog then brings it in order: acknowledged, not stored twice.
+    s.batch(live_seq, vec![det(live_oid)]).await;
+    loop {
+        let a = s.ack().await;
+        if a.committed_through == live_seq {
+            break;
+        }
+    }
+    let c = core.store.counters().unwrap();
+    assert_eq!((c.stored, c.dup_semantic), (live_seq, 0));
 }
 
 // Rule 7.
