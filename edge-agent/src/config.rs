@@ -174,6 +174,13 @@ pub struct SenderConfig {
     /// acknowledges them without storing them twice. 0 turns the lane off.
     #[serde(default = "default_live_lane_after")]
     pub live_lane_after: u64,
+    /// The live lane also opens, whatever this agent's own backlog, while
+    /// its oldest batch in flight has waited this long for its ack: the
+    /// core is queueing (other agents' backlogs), and new events sent in
+    /// order would wait behind them. 0: only `live_lane_after` opens it.
+    #[serde(default = "default_live_lane_after_wait", with = "humantime_serde")]
+    #[schemars(with = "sightline_proto::config_doc::Duration")]
+    pub live_lane_after_wait: Duration,
     /// Most events a second on the live lane; newer events past it wait for
     /// the backlog (the lane must not take the drain's place).
     #[serde(default = "default_live_lane_max_rate")]
@@ -284,6 +291,9 @@ fn default_max_in_flight_events() -> u64 {
 fn default_live_lane_after() -> u64 {
     10_000
 }
+fn default_live_lane_after_wait() -> Duration {
+    Duration::from_millis(100)
+}
 fn default_live_lane_max_rate() -> u64 {
     25_000
 }
@@ -340,6 +350,7 @@ impl Default for SenderConfig {
             quic_retry: default_quic_retry(),
             quic_congestion: default_quic_congestion(),
             live_lane_after: default_live_lane_after(),
+            live_lane_after_wait: default_live_lane_after_wait(),
             live_lane_max_rate: default_live_lane_max_rate(),
             live_lane_max_share: default_live_lane_max_share(),
         }

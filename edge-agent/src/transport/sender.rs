@@ -55,6 +55,7 @@ pub struct SenderStats {
 #[derive(Debug)]
 pub struct LiveLane {
     after: u64,
+    after_wait: Duration,
     max_rate: f64,
     max_share: f64,
     /// Events the lane may send now (a token bucket, up to one batch).
@@ -86,6 +87,7 @@ impl LiveLane {
         let max_share = cfg.live_lane_max_share.max(1e-3);
         Self {
             after: cfg.live_lane_after,
+            after_wait: cfg.live_lane_after_wait,
             max_rate: cfg.live_lane_max_rate as f64,
             max_share,
             tokens: 0.0,
@@ -125,13 +127,17 @@ impl LiveLane {
     /// more than `after` events wait unacknowledged (`acked` is the highest
     /// seq the core acknowledged, `newest` the next seq to be assigned) —
     /// sent or not, for what is sent waits in the core's queues behind the
-    /// rest — the newest of those the lane has not sent, as many as the rate
-    /// allows (at most `max_batch`; see [`LiveLane::rate`]). What the rate
-    /// cannot cover is left to the backlog.
+    /// rest — or when the oldest batch in flight has `waited` at least
+    /// `after_wait` for its ack (the core's queues hold other agents'
+    /// backlogs: a small backlog of this agent's own is no sign that new
+    /// events would be quick), the newest of those the lane has not sent,
+    /// as many as the rate allows (at most `max_batch`; see
+    /// [`LiveLane::rate`]). What the rate cannot cover is left to the backlog.
     pub fn due(
         &mut self,
         acked: u64,
         newest: u64,
+        waited: Duration,
         max_batch: usize,
         now: Instant,
     ) -> Option<(u64, usize)> {
@@ -140,7 +146,8 @@ impl LiveLane {
         self.tokens =
             (self.tokens + now.duration_since(self.refilled).as_secs_f64() * rate).min(cap);
         self.refilled = now;
-        if self.after == 0 || newest.saturating_sub(acked + 1) <= self.after {
+        let queued = !self.after_wait.is_zero() && waited >= self.after_wait;
+        if self.after == 0 || (newest.saturating_sub(acked + 1) <= self.after && !queued) {
             return None;
         }
         let start = self.next.max(acked + 1);
@@ -463,11 +470,16 @@ impl Sender {
                 return Ok(SessionEnd::Shutdown);
             }
             if drain_deadline.is_none() {
+                let now = Instant::now();
+                let waited = in_flight.front().map_or(Duration::ZERO, |(_, sent)| {
+                    now.saturating_duration_since(*sent)
+                });
                 if let Some((first, n)) = live.due(
                     buffer.acked(),
                     buffer.next_seq(),
+                    waited,
                     cfg.batch_max_events,
-                    Instant::now(),
+                    now,
                 ) {
                     let events = buffer.read(first, n, cfg.batch_max_bytes.as_u64() as usize)?;
                     live.sent(first, events.len());
@@ -632,14 +644,58 @@ mod tests {
         let (mut l, t0) = lane(100, 1_000);
         let s = Duration::from_secs(1);
         // The core keeps up: nothing to do.
-        assert_eq!(l.due(1_049, 1_100, 2_000, t0 + s), None);
+        assert_eq!(l.due(1_049, 1_100, Duration::ZERO, 2_000, t0 + s), None);
         // 1,000 unacknowledged: the newest since the session opened go live.
-        assert_eq!(l.due(99, 1_100, 2_000, t0 + 2 * s), Some((1_001, 99)));
+        assert_eq!(
+            l.due(99, 1_100, Duration::ZERO, 2_000, t0 + 2 * s),
+            Some((1_001, 99))
+        );
         // Nothing new: nothing sent twice.
-        assert_eq!(l.due(99, 1_100, 2_000, t0 + 2 * s), None);
-        assert_eq!(l.due(99, 1_110, 2_000, t0 + 2 * s), Some((1_100, 10)));
+        assert_eq!(l.due(99, 1_100, Duration::ZERO, 2_000, t0 + 2 * s), None);
+        assert_eq!(
+            l.due(99, 1_110, Duration::ZERO, 2_000, t0 + 2 * s),
+            Some((1_100, 10))
+        );
         // Acknowledged past the lane: it goes on from there.
-        assert_eq!(l.due(1_499, 1_700, 2_000, t0 + 3 * s), Some((1_500, 200)));
+        assert_eq!(
+            l.due(1_499, 1_700, Duration::ZERO, 2_000, t0 + 3 * s),
+            Some((1_500, 200))
+        );
+    }
+
+    #[test]
+    fn the_live_lane_opens_while_the_core_queues_however_small_the_agents_own_backlog() {
+        let cfg = SenderConfig {
+            live_lane_after: 10_000,
+            live_lane_after_wait: Duration::from_millis(100),
+            live_lane_max_rate: 1_000,
+            live_lane_max_share: 1.0,
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        let mut l = LiveLane::new(&cfg, 1_001, t0);
+        let s = Duration::from_secs(1);
+        // 99 unacknowledged, acks quick: in order, as usual.
+        assert_eq!(
+            l.due(1_000, 1_100, Duration::from_millis(20), 2_000, t0 + s),
+            None
+        );
+        // The same, but the oldest batch in flight has waited 150 ms: the
+        // core's queues are deep, so the newest go live.
+        assert_eq!(
+            l.due(1_000, 1_100, Duration::from_millis(150), 2_000, t0 + 2 * s),
+            Some((1_001, 99))
+        );
+        // Off when set to 0.
+        let cfg = SenderConfig {
+            live_lane_after_wait: Duration::ZERO,
+            ..cfg
+        };
+        let mut l = LiveLane::new(&cfg, 1_001, t0);
+        assert_eq!(
+            l.due(1_000, 1_100, Duration::from_secs(9), 2_000, t0 + s),
+            None
+        );
     }
 
     #[test]
@@ -647,13 +703,22 @@ mod tests {
         let (mut l, t0) = lane(10, 100);
         // 0.5 s of tokens: 50 of the 500 newest, the newest ones.
         let ms = Duration::from_millis(1);
-        assert_eq!(l.due(0, 1_501, 2_000, t0 + 500 * ms), Some((1_451, 50)));
-        assert_eq!(l.due(0, 1_501, 2_000, t0 + 500 * ms), None);
+        assert_eq!(
+            l.due(0, 1_501, Duration::ZERO, 2_000, t0 + 500 * ms),
+            Some((1_451, 50))
+        );
+        assert_eq!(l.due(0, 1_501, Duration::ZERO, 2_000, t0 + 500 * ms), None);
         // The bucket holds at most one batch however long it waited.
-        assert_eq!(l.due(0, 5_001, 20, t0 + 100_000 * ms), Some((4_981, 20)));
+        assert_eq!(
+            l.due(0, 5_001, Duration::ZERO, 20, t0 + 100_000 * ms),
+            Some((4_981, 20))
+        );
         // Off.
         let (mut off, t0) = lane(0, 100);
-        assert_eq!(off.due(1, 1_000_000, 2_000, t0 + 1_000 * ms), None);
+        assert_eq!(
+            off.due(1, 1_000_000, Duration::ZERO, 2_000, t0 + 1_000 * ms),
+            None
+        );
     }
 
     #[test]
@@ -675,7 +740,13 @@ mod tests {
         for step in 1..=200u64 {
             acked += 80;
             newest += 50;
-            if let Some((first, n)) = l.due(acked, newest, 4_096, t0 + 10 * step as u32 * ms) {
+            if let Some((first, n)) = l.due(
+                acked,
+                newest,
+                Duration::ZERO,
+                4_096,
+                t0 + 10 * step as u32 * ms,
+            ) {
                 lane_sent.extend(first..first + n as u64);
             }
         }
@@ -689,7 +760,13 @@ mod tests {
         let (mut l, t0) = lane(10, 1_000);
         let mut sent = 0;
         for step in 1..=100u64 {
-            if let Some((_, n)) = l.due(0, 1_000 + step * 500, 4_096, t0 + 10 * step as u32 * ms) {
+            if let Some((_, n)) = l.due(
+                0,
+                1_000 + step * 500,
+                Duration::ZERO,
+                4_096,
+                t0 + 10 * step as u32 * ms,
+            ) {
                 sent += n;
             }
         }
