@@ -268,7 +268,8 @@ impl IngestCore {
                         Some(Ahead::Msg(AgentMessage { msg: None }, _)) => {
                             break Some(ApiError::invalid("empty AgentMessage").into());
                         }
-                        // The message leaves the read-ahead budget as the loop takes it.
+                        // The message holds its read-ahead budget until the
+                        // loop has handed it on (a batch: queued to commit).
                         Some(Ahead::Msg(AgentMessage { msg: Some(m) }, _budget)) => match m {
                             agent_message::Msg::Hello(_) => {
                                 break Some(ApiError::invalid("Hello may only come first").into());
