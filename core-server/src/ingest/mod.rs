@@ -77,10 +77,11 @@ impl ReadAhead {
     }
 }
 
-/// The read-ahead budget a message holds until the session's loop takes it.
+/// The read-ahead budget a message holds until the session's loop has
+/// handed it on: the session's, and the core's when it had room.
 type Budget = (
     tokio::sync::OwnedSemaphorePermit,
-    tokio::sync::OwnedSemaphorePermit,
+    Option<tokio::sync::OwnedSemaphorePermit>,
 );
 
 /// What a session's reader hands its loop, in the transport's order (the
@@ -450,17 +451,32 @@ impl IngestCore {
                 Some(Ok(m)) if ra.per_session == 0 || ra.total_permits == 0 => Ahead::Msg(m, None),
                 Some(Ok(m)) => {
                     let bytes = m.encoded_len().clamp(1, u32::MAX as usize) as u32;
-                    let mine = session
+                    let Ok(mut mine) = session
                         .clone()
                         .acquire_many_owned(bytes.min(ra.per_session))
-                        .await;
+                        .await
+                    else {
+                        return; // never closed
+                    };
+                    // The core-wide budget is never waited for: other
+                    // sessions may hold it as long as their agents do not
+                    // read their acks. Without it, the message takes the
+                    // session's whole budget, so the next one is read only
+                    // once the loop has handed this one on — as without
+                    // read-ahead, never less.
                     let all = ra
                         .total
                         .clone()
-                        .acquire_many_owned(bytes.min(ra.total_permits))
-                        .await;
-                    // Neither semaphore is ever closed.
-                    Ahead::Msg(m, mine.ok().zip(all.ok()))
+                        .try_acquire_many_owned(bytes.min(ra.total_permits))
+                        .ok();
+                    if all.is_none() {
+                        let rest = ra.per_session - mine.num_permits() as u32;
+                        match session.clone().acquire_many_owned(rest).await {
+                            Ok(p) => mine.merge(p),
+                            Err(_) => return,
+                        }
+                    }
+                    Ahead::Msg(m, Some((mine, all)))
                 }
             };
             let last = !matches!(item, Ahead::Msg(..));

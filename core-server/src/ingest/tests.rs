@@ -646,6 +646,33 @@ async fn a_live_batch_is_stored_while_the_backlog_sent_before_it_waits_for_the_q
     assert_eq!((c.stored, c.dup_semantic), (live_seq, 0));
 }
 
+// The core-wide read-ahead budget held elsewhere (sessions whose agents read
+// no acks) slows no session below reading one batch at a time.
+#[tokio::test]
+async fn a_session_is_served_when_other_sessions_hold_the_whole_read_ahead_budget() {
+    let mut core = Core::start();
+    let ra = &core.ingest.read_ahead;
+    let _held = ra
+        .total
+        .clone()
+        .try_acquire_many_owned(ra.total_permits)
+        .unwrap();
+    let mut s = core.session();
+    s.hello().await;
+    for b in 0..5i64 {
+        s.batch((1 + b * 100) as u64, dets(1 + b * 100, 100 + b * 100))
+            .await;
+    }
+    let mut through = 0;
+    while through < 500 {
+        through = tokio::time::timeout(WAIT, s.ack())
+            .await
+            .expect("the session stalled")
+            .committed_through;
+    }
+    assert_eq!(core.stored(), 500);
+}
+
 // Rule 7.
 #[tokio::test]
 async fn a_gap_ends_the_session_naming_the_seq_to_resume_from_and_stores_nothing_of_it() {
