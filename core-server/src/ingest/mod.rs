@@ -278,11 +278,8 @@ impl IngestCore {
                             agent_message::Msg::Status(s) => {
                                 self.fleet.status(&agent, s);
                             }
-                            agent_message::Msg::Live(b) => {
-                                if let Err(end) = self.commit_live(&agent, epoch, b).await {
-                                    break end;
-                                }
-                            }
+                            // The reader commits these itself and never hands them on.
+                            agent_message::Msg::Live(_) => {}
                             agent_message::Msg::Batch(b) => {
                                 // What shadow copies committed already is skipped
                                 // (its acks were theirs); the runs of later

@@ -629,8 +629,14 @@ mod tests {
     use super::*;
 
     fn lane(after: u64, rate: u64) -> (LiveLane, Instant) {
+        lane_waiting(after, rate, SenderConfig::default().live_lane_after_wait)
+    }
+
+    /// A lane that also opens once a batch in flight has waited `wait`.
+    fn lane_waiting(after: u64, rate: u64, wait: Duration) -> (LiveLane, Instant) {
         let cfg = SenderConfig {
             live_lane_after: after,
+            live_lane_after_wait: wait,
             live_lane_max_rate: rate,
             live_lane_max_share: 1.0,
             ..Default::default()
@@ -665,15 +671,7 @@ mod tests {
 
     #[test]
     fn the_live_lane_opens_while_the_core_queues_however_small_the_agents_own_backlog() {
-        let cfg = SenderConfig {
-            live_lane_after: 10_000,
-            live_lane_after_wait: Duration::from_millis(100),
-            live_lane_max_rate: 1_000,
-            live_lane_max_share: 1.0,
-            ..Default::default()
-        };
-        let t0 = Instant::now();
-        let mut l = LiveLane::new(&cfg, 1_001, t0);
+        let (mut l, t0) = lane_waiting(10_000, 1_000, Duration::from_millis(100));
         let s = Duration::from_secs(1);
         // 99 unacknowledged, acks quick: in order, as usual.
         assert_eq!(
@@ -687,11 +685,7 @@ mod tests {
             Some((1_001, 99))
         );
         // Off when set to 0.
-        let cfg = SenderConfig {
-            live_lane_after_wait: Duration::ZERO,
-            ..cfg
-        };
-        let mut l = LiveLane::new(&cfg, 1_001, t0);
+        let (mut l, t0) = lane_waiting(10_000, 1_000, Duration::ZERO);
         assert_eq!(
             l.due(1_000, 1_100, Duration::from_secs(9), 2_000, t0 + s),
             None
