@@ -87,7 +87,7 @@ type Budget = (
 /// What a session's reader hands its loop, in the transport's order (the
 /// live lane's batches excepted: the reader commits those itself).
 enum Ahead {
-    Msg(AgentMessage, Option<Budget>),
+    Msg(AgentMessage, Budget),
     /// The transport broke or refused a message.
     Broken(Status),
     /// The agent closed the stream.
@@ -303,6 +303,12 @@ impl IngestCore {
                                 if let Err(end) = self.commit_copies(&agent, epoch, &mut next_seq, &mut ahead, &mut copied, &pending_tx).await {
                                     break end;
                                 }
+                                // The reader shares this task: while batches
+                                // ahead come ready one after another it would
+                                // be polled only when the queues are full, and
+                                // a live batch behind them would wait for
+                                // their decoding. It is polled after each.
+                                tokio::task::yield_now().await;
                             }
                         },
                     },
@@ -422,8 +428,8 @@ impl IngestCore {
     /// message in order but the live lane's batches, which it commits at
     /// once ([`IngestCore::commit_live`]). A message waits for its encoded
     /// size in the session's and the core's read-ahead budgets before the
-    /// next is read: past them, the transport is read no faster than the
-    /// loop takes batches.
+    /// next is read: past them (or with read-ahead off), the transport is
+    /// read no faster than the loop takes batches.
     async fn read_ahead<S>(
         &self,
         agent: &Arc<str>,
@@ -434,7 +440,11 @@ impl IngestCore {
         S: Stream<Item = Result<AgentMessage, Status>> + Unpin + Send,
     {
         let ra = &self.read_ahead;
-        let session = Arc::new(tokio::sync::Semaphore::new(ra.per_session as usize));
+        // Read-ahead off (0): a budget of one, which every message takes
+        // whole, so the next is read only once the loop has handed it on.
+        let per_session = ra.per_session.max(1);
+        let shared = ra.per_session > 0 && ra.total_permits > 0;
+        let session = Arc::new(tokio::sync::Semaphore::new(per_session as usize));
         loop {
             let item = match inbound.next().await {
                 None => Ahead::Closed,
@@ -445,12 +455,11 @@ impl IngestCore {
                     Ok(()) => continue,
                     Err(end) => Ahead::End(end),
                 },
-                Some(Ok(m)) if ra.per_session == 0 || ra.total_permits == 0 => Ahead::Msg(m, None),
                 Some(Ok(m)) => {
                     let bytes = m.encoded_len().clamp(1, u32::MAX as usize) as u32;
                     let Ok(mut mine) = session
                         .clone()
-                        .acquire_many_owned(bytes.min(ra.per_session))
+                        .acquire_many_owned(bytes.min(per_session))
                         .await
                     else {
                         return; // never closed
@@ -461,19 +470,22 @@ impl IngestCore {
                     // session's whole budget, so the next one is read only
                     // once the loop has handed this one on — as without
                     // read-ahead, never less.
-                    let all = ra
-                        .total
-                        .clone()
-                        .try_acquire_many_owned(bytes.min(ra.total_permits))
-                        .ok();
+                    let all = shared
+                        .then(|| {
+                            ra.total
+                                .clone()
+                                .try_acquire_many_owned(bytes.min(ra.total_permits))
+                                .ok()
+                        })
+                        .flatten();
                     if all.is_none() {
-                        let rest = ra.per_session - mine.num_permits() as u32;
+                        let rest = per_session - mine.num_permits() as u32;
                         match session.clone().acquire_many_owned(rest).await {
                             Ok(p) => mine.merge(p),
                             Err(_) => return,
                         }
                     }
-                    Ahead::Msg(m, Some((mine, all)))
+                    Ahead::Msg(m, (mine, all))
                 }
             };
             let last = !matches!(item, Ahead::Msg(..));

@@ -609,9 +609,11 @@ async fn a_live_batch_is_stored_while_the_backlog_sent_before_it_waits_for_the_q
     let mut core = Core::start();
     let mut s = core.session();
     s.hello().await;
-    // 60,000 events, far more than the queues hold (8 shares of a batch per
-    // partition), then one live event.
-    let (batches, n) = (30u64, 2_000u64);
+    // 15,000 events in 30 batches, far more than the queues hold (8 shares
+    // of a batch per partition) and all within the session's read-ahead
+    // (4 MiB), then one live event. Without read-ahead the live event is
+    // read only once 22 of the batches have left the queues.
+    let (batches, n) = (30u64, 500u64);
     for b in 0..batches {
         let first = 1 + b * n;
         s.batch(first, dets(first as i64, (first + n - 1) as i64))
