@@ -102,8 +102,14 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// until it arrived.
 #[derive(Clone, Default)]
 pub struct LatencyProbe {
-    sent: Arc<Mutex<HashMap<i64, Instant>>>,
+    /// det_oid -> when published (monotonic, and wall-clock ms to compare
+    /// with the core's `committed_ms`).
+    sent: Arc<Mutex<HashMap<i64, (Instant, i64)>>>,
     latencies: Arc<Mutex<Vec<f64>>>,
+    /// The same latencies split in three: publish -> accepted by the agent,
+    /// accepted -> committed by the core, committed -> Subscribe (wall
+    /// clocks of one machine, ms resolution).
+    hops: Arc<Mutex<[Vec<f64>; 3]>>,
 }
 
 impl LatencyProbe {
@@ -130,11 +136,16 @@ impl LatencyProbe {
                     .as_ref()
                     .and_then(|d| d.detection_oid)
                     .unwrap_or_default();
-                if let Some(t) = me.sent.lock().unwrap().remove(&oid) {
+                if let Some((t, wall)) = me.sent.lock().unwrap().remove(&oid) {
                     me.latencies
                         .lock()
                         .unwrap()
                         .push(now.duration_since(t).as_secs_f64() * 1000.0);
+                    let now_wall = sightline_proto::now_ms();
+                    let mut hops = me.hops.lock().unwrap();
+                    hops[0].push((ev.accepted_ms - wall) as f64);
+                    hops[1].push((ev.committed_ms - ev.accepted_ms) as f64);
+                    hops[2].push((now_wall - ev.committed_ms) as f64);
                 }
             }
         })
@@ -142,7 +153,7 @@ impl LatencyProbe {
 
     /// Records that these det_oids were published now.
     pub fn sent(&self, oids: impl IntoIterator<Item = i64>) {
-        let now = Instant::now();
+        let now = (Instant::now(), sightline_proto::now_ms());
         let mut m = self.sent.lock().unwrap();
         for o in oids {
             m.insert(o, now);
@@ -156,5 +167,33 @@ impl LatencyProbe {
         let missing = std::mem::take(&mut *self.sent.lock().unwrap()).len();
         lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
         (lat, missing)
+    }
+
+    /// The latencies so far split in three, each sorted: publish ->
+    /// accepted, accepted -> committed, committed -> Subscribe; starts afresh.
+    pub fn take_hops(&self) -> [Vec<f64>; 3] {
+        let mut hops = std::mem::take(&mut *self.hops.lock().unwrap());
+        for h in &mut hops {
+            h.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        }
+        hops
+    }
+
+    /// `take_hops` as one line: p50 and p99 of each hop.
+    pub fn hops_line(&self) -> String {
+        let [a, b, c] = self.take_hops();
+        let p = |v: &[f64]| {
+            format!(
+                "p50 {:.0} ms, p99 {:.0} ms",
+                percentile(v, 0.5),
+                percentile(v, 0.99)
+            )
+        };
+        format!(
+            "publish -> agent accepted {}; accepted -> core committed {}; committed -> Subscribe {}",
+            p(&a),
+            p(&b),
+            p(&c)
+        )
     }
 }

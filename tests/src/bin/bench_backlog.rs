@@ -304,6 +304,7 @@ async fn main() {
     let drain_secs = t_drained.duration_since(t_first).as_secs_f64().max(1e-3);
     let drained = acked_drained - acked_first;
     let drain_rate = drained as f64 / drain_secs;
+    let hops = probe.hops_line();
     let (lat, missing) = probe.take();
     let p99 = percentile(&lat, 0.99);
     let (fire, fire_missing) = firehose.take();
@@ -321,6 +322,7 @@ async fn main() {
         percentile(&lat, 0.90),
         lat.last().copied().unwrap_or(f64::NAN)
     );
+    println!("  by hop: {hops}");
     println!(
         "the same events to a subscriber of everything (the backlog too): p50 {:.1} ms, p99 {fire_p99:.1} ms; {fire_missing} not seen",
         percentile(&fire, 0.50)

@@ -148,6 +148,7 @@ async fn main() {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     receiver.abort();
+    let hops = probe.hops_line();
     let (lat, missing) = probe.take();
     let (p50, p99) = (percentile(&lat, 0.50), percentile(&lat, 0.99));
     println!("core commit latency during the live run (histogram, seconds):");
@@ -164,6 +165,7 @@ async fn main() {
         percentile(&lat, 0.90),
         lat.last().copied().unwrap_or(f64::NAN)
     );
+    println!("  by hop: {hops}");
     // ---- 2. throughput ----
     // A live subscriber stays attached, so the core joins and fans out as it would in use.
     let live_received = Arc::new(AtomicU64::new(0));
