@@ -33,7 +33,12 @@
 //! det_oid from the same seq it is acknowledged as delivered, not counted as
 //! a duplicate — with nothing to remember in memory, and across restarts.
 
-use std::{collections::HashMap, sync::Arc, thread::JoinHandle, time::Instant};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use sightline_proto::v1::{EdgeEvent, JoinedEvent, QuarantinedEvent, Rejection};
@@ -175,9 +180,14 @@ struct Share {
     reply: oneshot::Sender<Result<CommitOutcome, CommitError>>,
 }
 
-/// A commit group with live-lane events takes at most this fraction
-/// (1/n) of `pipeline.max_group_events` from the backlog.
+/// While the live lane is in use, a commit group takes at most this
+/// fraction (1/n) of `pipeline.max_group_events` from the backlog: a live
+/// share that comes while a group is being committed waits for that commit.
 const LIVE_GROUP_SHARE: usize = 4;
+
+/// The live lane is in use at a writer while it brought it events this
+/// recently.
+const LIVE_RECENT: Duration = Duration::from_secs(1);
 
 /// The seq an event came with (every `Incoming` the session makes has one).
 fn seq_of(ev: &Incoming) -> Option<u64> {
@@ -434,6 +444,10 @@ struct Writer {
     partition: usize,
     /// This partition's watermarks of its agents, by (agent, epoch).
     watermarks: HashMap<(Arc<str>, u64), u64>,
+    /// When the live lane last brought this writer events.
+    live_at: Option<Instant>,
+    /// The last group was the live lane's: the backlog's turn.
+    backlog_turn: bool,
 }
 
 /// A share, after the watermark check.
@@ -462,48 +476,78 @@ impl Writer {
             ctx,
             partition,
             watermarks: HashMap::new(),
+            live_at: None,
+            backlog_turn: false,
         }
     }
 
     /// Commits groups until both queues are closed and empty: every live
     /// share queued first, then backlog shares up to `max_group_events`.
     fn run(mut self, mut rx: mpsc::Receiver<Share>, mut live_rx: mpsc::Receiver<Share>) {
-        loop {
-            let first = futures::executor::block_on(async {
+        while let Some(group) = self.next_group(&mut rx, &mut live_rx) {
+            self.commit(group);
+        }
+    }
+
+    /// The next group to commit (waiting for one); `None` once both queues
+    /// are closed and empty.
+    fn next_group(
+        &mut self,
+        rx: &mut mpsc::Receiver<Share>,
+        live_rx: &mut mpsc::Receiver<Share>,
+    ) -> Option<Vec<Share>> {
+        // After a group of live shares the backlog has its turn: a flood on
+        // the live lane slows the backlog, never stops it.
+        let turn = if std::mem::take(&mut self.backlog_turn) {
+            rx.try_recv().ok()
+        } else {
+            None
+        };
+        let first = turn.or_else(|| {
+            futures::executor::block_on(async {
                 tokio::select! {
                     biased;
                     Some(s) = live_rx.recv() => Some(s),
                     Some(s) = rx.recv() => Some(s),
                     else => None,
                 }
-            });
-            let Some(first) = first else { return };
-            let mut n = first.events.len();
-            let mut live = first.live;
-            let mut group = vec![first];
+            })
+        })?;
+        let mut n = first.events.len();
+        let live = first.live;
+        let mut group = vec![first];
+        let now = Instant::now();
+        if live {
+            // Live shares are committed in a group of their own: what holds
+            // them up is the group being committed when they came, not also
+            // a share of the backlog in theirs.
             while let Ok(r) = live_rx.try_recv() {
-                n += r.events.len();
-                live = true;
                 group.push(r);
             }
-            // A group with live events takes little of the backlog, so that
-            // they are not held up by a full group's commit.
-            let cap = if live {
-                (self.ctx.max_group_events / LIVE_GROUP_SHARE).max(1)
-            } else {
-                self.ctx.max_group_events
-            };
-            while n < cap {
-                match rx.try_recv() {
-                    Ok(r) => {
-                        n += r.events.len();
-                        group.push(r);
-                    }
-                    Err(_) => break,
-                }
-            }
-            self.commit(group);
+            self.live_at = Some(now);
+            self.backlog_turn = true;
+            return Some(group);
         }
+        // While the live lane is in use a group takes little of the backlog,
+        // so that a live share coming during its commit waits for little.
+        let cap = if self
+            .live_at
+            .is_some_and(|t| now.duration_since(t) < LIVE_RECENT)
+        {
+            (self.ctx.max_group_events / LIVE_GROUP_SHARE).max(1)
+        } else {
+            self.ctx.max_group_events
+        };
+        while n < cap {
+            match rx.try_recv() {
+                Ok(r) => {
+                    n += r.events.len();
+                    group.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        Some(group)
     }
 
     fn watermark(&mut self, agent: &Arc<str>, epoch: u64) -> Result<u64, CommitError> {
@@ -1258,6 +1302,134 @@ mod tests {
                 rx.await.unwrap().unwrap();
             }
         });
+    }
+
+    /// The groups committed so far: how many, and how many took more than
+    /// 1,000 events (from the `commit_events` histogram).
+    fn groups_over_1000(metrics: &Metrics) -> (u64, u64) {
+        let text = metrics.encode();
+        let value = |prefix: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("no {prefix} in the metrics")) as u64
+        };
+        let count = value("sightline_commit_events_count ");
+        (
+            count,
+            count - value("sightline_commit_events_bucket{le=\"1000.0\"} "),
+        )
+    }
+
+    #[test]
+    fn while_the_live_lane_is_in_use_no_group_takes_more_than_its_live_share_of_the_backlog() {
+        // One partition, groups of at most 2,000 events, the backlog in
+        // shares of 500: while the live lane is in use every group takes one
+        // share (a quarter), so that a live batch coming during a commit
+        // waits for 500 events, not 2,000.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("db"), false, 8 << 20).unwrap());
+        let metrics = Arc::new(Metrics::new());
+        let ctx = Arc::new(WriterContext {
+            store: store.clone(),
+            locations: Arc::new(Locations::new(None).unwrap()),
+            hub: LiveHub::new(16),
+            metrics: metrics.clone(),
+            max_group_events: 2_000,
+        });
+        let pipeline = Pipeline::start(ctx, 1, 64).unwrap();
+        let ts = sightline_proto::now_ms();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let n = 500u64;
+        let backlog = |from_share: u64, shares: u64| {
+            rt.block_on(async {
+                let mut replies = Vec::new();
+                for b in from_share..from_share + shares {
+                    let (reply, rx) = oneshot::channel();
+                    let first = 1 + b * n;
+                    pipeline
+                        .submit(CommitRequest {
+                            agent: "a".into(),
+                            epoch: 7,
+                            first_seq: first,
+                            events: (first..first + n)
+                                .map(|s| event(s, s as i64, 1, ts))
+                                .collect(),
+                            last_digest: 0,
+                            reply,
+                        })
+                        .await
+                        .unwrap();
+                    replies.push(rx);
+                }
+                for rx in replies {
+                    rx.await.unwrap().unwrap();
+                }
+            })
+        };
+        rt.block_on(pipeline.submit_live("b".into(), 7, vec![event(1, -1, 9, ts)]))
+            .unwrap();
+        while store.get_event(-1).unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        backlog(0, 32);
+        let (groups, over) = groups_over_1000(&metrics);
+        assert_eq!(
+            over, 0,
+            "{over} of {groups} groups took more than 1,000 events while the live lane was in use"
+        );
+        // Once the live lane has been quiet for a while, groups are full again.
+        std::thread::sleep(LIVE_RECENT + Duration::from_millis(100));
+        backlog(32, 32);
+        let (_, over) = groups_over_1000(&metrics);
+        assert!(
+            over > 0,
+            "with the live lane quiet no group took more than 1,000 events"
+        );
+    }
+
+    #[test]
+    fn a_flood_on_the_live_lane_slows_the_backlog_never_stops_it() {
+        // The writer's queues as it sees them, the live one never empty:
+        // every other group is the backlog's.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("db"), false, 8 << 20).unwrap());
+        let mut writer = Writer::new(WriterContext::for_tests(store, Arc::new(Metrics::new())), 0);
+        let (tx, mut rx) = mpsc::channel(64);
+        let (live_tx, mut live_rx) = mpsc::channel(64);
+        // A backlog share fills a group while the live lane is in use (a
+        // quarter of the test context's 10,000).
+        let share = |live: bool| Share {
+            agent: "a".into(),
+            epoch: 7,
+            first_seq: 1,
+            count: 1,
+            events: (0..if live { 1 } else { 2_500 })
+                .map(|_| event(1, 1, 1, 0))
+                .collect(),
+            last_digest: 0,
+            live,
+            stream_seq: 0,
+            reply: oneshot::channel().0,
+        };
+        for _ in 0..8 {
+            tx.try_send(share(false)).unwrap();
+        }
+        let mut kinds = String::new();
+        for _ in 0..8 {
+            for _ in 0..4 {
+                live_tx.try_send(share(true)).unwrap();
+            }
+            let group = writer.next_group(&mut rx, &mut live_rx).unwrap();
+            assert!(
+                group.iter().all(|s| s.live == group[0].live),
+                "a group mixed the lanes"
+            );
+            kinds.push(if group[0].live { 'L' } else { 'B' });
+        }
+        assert_eq!(kinds, "LBLBLBLB", "groups taken (L: live, B: backlog)");
     }
 
     #[test]
