@@ -884,6 +884,11 @@ impl Writer {
         if n_unmatched > 0 {
             ctx.metrics.unmatched.inc_by(n_unmatched);
         }
+        if planned.iter().all(|p| p.live) {
+            // The live lane's events come again with the backlog, which is
+            // fsync'd before it is acknowledged.
+            commit.without_fsync();
+        }
         store.commit(commit)?;
         Ok(live)
     }

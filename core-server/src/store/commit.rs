@@ -47,6 +47,8 @@ pub struct CommitBatch {
     /// stream sequence (`super::outbox`).
     outbox: std::collections::BTreeMap<u64, Vec<u8>>,
     committed_ms: i64,
+    /// fsync'd when the store is so configured (see [`CommitBatch::without_fsync`]).
+    sync: bool,
 }
 
 impl Store {
@@ -65,6 +67,7 @@ impl Store {
             received: HashMap::new(),
             outbox: std::collections::BTreeMap::new(),
             committed_ms,
+            sync: true,
         })
     }
 
@@ -82,6 +85,7 @@ impl Store {
             received,
             outbox,
             committed_ms,
+            sync,
         } = c;
         events.sort_unstable_by_key(|e| e.0);
         let cf_e = cf(&db, CF_EVENTS);
@@ -125,11 +129,20 @@ impl Store {
             }
         }
         drop(db);
-        self.write(batch)
+        self.write_synced(batch, sync)
     }
 }
 
 impl CommitBatch {
+    /// Written without waiting for the disk (in the WAL, which the next
+    /// fsync'd commit takes with it): only for a commit whose every event
+    /// its agent still holds and sends again, in order, until that copy is
+    /// acknowledged — the live lane's (PROTOCOL.md rule 6b). A power cut
+    /// may lose it whole, never part of it; a process crash does not.
+    pub fn without_fsync(&mut self) {
+        self.sync = false;
+    }
+
     /// Stores an event under its det_oid (the `det` key that makes it the
     /// only one, with its camera) and in the commit's `by_commit` entry.
     /// `event` is kept without its joined location. `live_tag`: the

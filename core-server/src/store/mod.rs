@@ -375,10 +375,15 @@ impl Store {
     /// Writes a commit; fsync'd when the store is configured so. A failure
     /// for the disk puts the store in a fault (see [`Store`]).
     pub fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        self.write_synced(batch, true)
+    }
+
+    /// [`Store::write`]; `sync` false: not fsync'd even when the store is.
+    pub(crate) fn write_synced(&self, batch: WriteBatch, sync: bool) -> Result<(), StoreError> {
         self.recover_if_faulted()?;
         let db = self.db()?;
         let mut w = WriteOptions::default();
-        w.set_sync(self.sync);
+        w.set_sync(self.sync && sync);
         // When two writers' batches go into the memtables together, each
         // batch's inserts start from its own last position (its keys are in
         // order per column family: see `commit::CommitBatch`).
