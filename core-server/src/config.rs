@@ -255,6 +255,8 @@ pub struct StorageConfig {
     pub path: PathBuf,
     /// fsync every commit before acknowledging it. Off, a power loss can lose
     /// the last acknowledged commits (a process crash still loses nothing).
+    /// The live lane's commits are never fsync'd: nothing in them is
+    /// acknowledged, and their events come again with the backlog.
     /// Cluster mode: acknowledged means in the replicated stream, and the
     /// partition stores are not fsync'd per commit whatever this says (they
     /// replay what they lost from the stream).

@@ -25,8 +25,10 @@
 //!
 //! The live lane (PROTOCOL.md rule 6b): an agent draining a backlog also sends
 //! its newest events out of order. Their shares go to each writer on a queue
-//! of their own that it takes before the backlog's, and are committed without
-//! touching the watermark: only new, valid det_oids are stored (anything else
+//! of their own that it takes before the backlog's, and are committed in
+//! groups of their own, not fsync'd (each event comes again with the backlog,
+//! whose commit is), without touching the watermark; the backlog has the group
+//! after each. Only new, valid det_oids are stored (anything else
 //! waits for its turn in the backlog, where it is quarantined or counted).
 //! Such an event's `det` entry carries the tag of the (agent, epoch, seq) it
 //! came with ([`keys::live_tag`]), so that when the backlog brings the same
@@ -481,8 +483,10 @@ impl Writer {
         }
     }
 
-    /// Commits groups until both queues are closed and empty: every live
-    /// share queued first, then backlog shares up to `max_group_events`.
+    /// Commits groups until both queues are closed and empty: the live
+    /// shares queued, in a group of their own, before the backlog's (which
+    /// has the next turn), backlog shares up to `max_group_events` (a
+    /// quarter while the live lane is in use).
     fn run(mut self, mut rx: mpsc::Receiver<Share>, mut live_rx: mpsc::Receiver<Share>) {
         while let Some(group) = self.next_group(&mut rx, &mut live_rx) {
             self.commit(group);
