@@ -926,18 +926,59 @@ mod tests {
     struct Rig {
         _dir: tempfile::TempDir,
         store: Arc<Store>,
+        metrics: Arc<Metrics>,
         pipeline: Pipeline,
     }
 
     fn rig() -> Rig {
+        rig_of(2, 8, 10_000)
+    }
+
+    /// A pipeline of `partitions` writers, each queueing `queue` shares and
+    /// committing groups of at most `max_group_events`.
+    fn rig_of(partitions: usize, queue: usize, max_group_events: usize) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(&dir.path().join("db"), false, 8 << 20).unwrap());
-        let ctx = WriterContext::for_tests(store.clone(), Arc::new(Metrics::new()));
+        let metrics = Arc::new(Metrics::new());
+        let mut ctx = WriterContext::for_tests(store.clone(), metrics.clone());
+        Arc::get_mut(&mut ctx).unwrap().max_group_events = max_group_events;
         Rig {
             _dir: dir,
             store,
-            pipeline: Pipeline::start(ctx, 2, 8).unwrap(),
+            metrics,
+            pipeline: Pipeline::start(ctx, partitions, queue).unwrap(),
         }
+    }
+
+    /// Queues agent "a"'s (epoch 7) backlog shares `shares`, `n` events
+    /// each (seq = det_oid, from 1 + share × n), detected at `ts`; their
+    /// replies.
+    async fn submit_backlog(
+        pipeline: &Pipeline,
+        shares: std::ops::Range<u64>,
+        n: u64,
+        ts: i64,
+    ) -> Vec<oneshot::Receiver<Result<CommitOutcome, CommitError>>> {
+        let mut replies = Vec::new();
+        for b in shares {
+            let (reply, rx) = oneshot::channel();
+            let first = 1 + b * n;
+            pipeline
+                .submit(CommitRequest {
+                    agent: "a".into(),
+                    epoch: 7,
+                    first_seq: first,
+                    events: (first..first + n)
+                        .map(|s| event(s, s as i64, 1, ts))
+                        .collect(),
+                    last_digest: 0,
+                    reply,
+                })
+                .await
+                .unwrap();
+            replies.push(rx);
+        }
+        replies
     }
 
     fn event(seq: u64, det_oid: i64, camera: i64, ts: i64) -> Incoming {
@@ -1257,41 +1298,19 @@ mod tests {
     fn a_live_event_waits_for_no_backlog_queued_before_it() {
         // One partition whose backlog queue holds 64 shares of 2,000 events;
         // the live share queued after them is committed in the next group.
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&dir.path().join("db"), false, 8 << 20).unwrap());
-        let ctx = Arc::new(WriterContext {
-            store: store.clone(),
-            locations: Arc::new(Locations::new(None).unwrap()),
-            hub: LiveHub::new(16),
-            metrics: Arc::new(Metrics::new()),
-            max_group_events: 2_000,
-        });
-        let pipeline = Pipeline::start(ctx, 1, 64).unwrap();
+        let Rig {
+            _dir,
+            store,
+            pipeline,
+            ..
+        } = rig_of(1, 64, 2_000);
         let ts = sightline_proto::now_ms();
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
         let n = 2_000u64;
         let replies: Vec<_> = rt.block_on(async {
-            let mut replies = Vec::new();
-            for b in 0..64u64 {
-                let (reply, rx) = oneshot::channel();
-                let first = 1 + b * n;
-                pipeline
-                    .submit(CommitRequest {
-                        agent: "a".into(),
-                        epoch: 7,
-                        first_seq: first,
-                        events: (first..first + n)
-                            .map(|s| event(s, s as i64, 1, ts))
-                            .collect(),
-                        last_digest: 0,
-                        reply,
-                    })
-                    .await
-                    .unwrap();
-                replies.push(rx);
-            }
+            let replies = submit_backlog(&pipeline, 0..64, n, ts).await;
             pipeline
                 .submit_live("b".into(), 7, vec![event(1, -1, 9, ts)])
                 .await
@@ -1299,7 +1318,7 @@ mod tests {
             replies
         });
         while store.get_event(-1).unwrap().is_none() {
-            std::thread::sleep(std::time::Duration::from_millis(1));
+            std::thread::sleep(Duration::from_millis(1));
         }
         let stored_then = store.counters().unwrap().stored;
         assert!(
@@ -1336,43 +1355,20 @@ mod tests {
         // shares of 500: while the live lane is in use every group takes one
         // share (a quarter), so that a live batch coming during a commit
         // waits for 500 events, not 2,000.
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&dir.path().join("db"), false, 8 << 20).unwrap());
-        let metrics = Arc::new(Metrics::new());
-        let ctx = Arc::new(WriterContext {
-            store: store.clone(),
-            locations: Arc::new(Locations::new(None).unwrap()),
-            hub: LiveHub::new(16),
-            metrics: metrics.clone(),
-            max_group_events: 2_000,
-        });
-        let pipeline = Pipeline::start(ctx, 1, 64).unwrap();
+        let Rig {
+            _dir,
+            store,
+            metrics,
+            pipeline,
+        } = rig_of(1, 64, 2_000);
         let ts = sightline_proto::now_ms();
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let n = 500u64;
         let backlog = |from_share: u64, shares: u64| {
             rt.block_on(async {
-                let mut replies = Vec::new();
-                for b in from_share..from_share + shares {
-                    let (reply, rx) = oneshot::channel();
-                    let first = 1 + b * n;
-                    pipeline
-                        .submit(CommitRequest {
-                            agent: "a".into(),
-                            epoch: 7,
-                            first_seq: first,
-                            events: (first..first + n)
-                                .map(|s| event(s, s as i64, 1, ts))
-                                .collect(),
-                            last_digest: 0,
-                            reply,
-                        })
-                        .await
-                        .unwrap();
-                    replies.push(rx);
-                }
+                let replies =
+                    submit_backlog(&pipeline, from_share..from_share + shares, 500, ts).await;
                 for rx in replies {
                     rx.await.unwrap().unwrap();
                 }
@@ -1668,10 +1664,7 @@ mod tests {
                 pool in proptest::collection::vec(0i64..1_000_000, 3..40),
                 ops in proptest::collection::vec((0usize..3, -4i64..=1, 1u64..=12), 1..30),
             ) {
-                let dir = tempfile::tempdir().unwrap();
-                let store = Arc::new(Store::open(&dir.path().join("db"), false, 8 << 20).unwrap());
-                let ctx = WriterContext::for_tests(store.clone(), Arc::new(Metrics::new()));
-                let rig = Rig { _dir: dir, store, pipeline: Pipeline::start(ctx, partitions, 8).unwrap() };
+                let rig = rig_of(partitions, 8, 10_000);
                 let ts = sightline_proto::now_ms();
                 let names = ["a", "b", "c"];
                 let mut wm = [0u64; 3];
