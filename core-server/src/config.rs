@@ -255,8 +255,10 @@ pub struct StorageConfig {
     pub path: PathBuf,
     /// fsync every commit before acknowledging it. Off, a power loss can lose
     /// the last acknowledged commits (a process crash still loses nothing).
-    /// The live lane's commits are never fsync'd: nothing in them is
-    /// acknowledged, and their events come again with the backlog.
+    /// The partition writers do not wait for the fsync: one thread fsyncs
+    /// the WAL for every commit written since its last, then acknowledges
+    /// them. The live lane's commits are never waited for: nothing in them
+    /// is acknowledged, and their events come again with the backlog.
     /// Cluster mode: acknowledged means in the replicated stream, and the
     /// partition stores are not fsync'd per commit whatever this says (they
     /// replay what they lost from the stream).

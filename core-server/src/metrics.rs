@@ -185,6 +185,103 @@ pub struct Metrics {
     pub export_pending: Gauge,
     /// Cluster mode ([`crate::cluster::status`]); empty on a single node.
     pub cluster: ClusterGauges,
+    /// RocksDB's own state (refreshed at each scrape) and its writes.
+    pub store: StoreGauges,
+}
+
+/// The store's engine (see `store::engine`).
+#[derive(Clone)]
+pub struct StoreGauges {
+    /// A commit group's write alone (WAL and memtables, not fsync'd).
+    pub write_seconds: Histogram,
+    /// One fsync of the WAL, for every group written before it.
+    pub wal_sync_seconds: Histogram,
+    pub write_stopped: Gauge,
+    pub delayed_write_rate: Gauge,
+    pub stall_seconds: Counter<f64, AtomicU64>,
+    pub l0_files: Gauge,
+    pub pending_compaction_bytes: Gauge,
+    pub immutable_memtables: Gauge,
+    pub memtable_bytes: Gauge,
+    pub running_compactions: Gauge,
+    pub running_flushes: Gauge,
+}
+
+impl StoreGauges {
+    fn register(r: &mut Registry) -> Self {
+        let buckets = [
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
+        ];
+        let g = Self {
+            write_seconds: Histogram::new(buckets),
+            wal_sync_seconds: Histogram::new(buckets),
+            write_stopped: Gauge::default(),
+            delayed_write_rate: Gauge::default(),
+            stall_seconds: Counter::default(),
+            l0_files: Gauge::default(),
+            pending_compaction_bytes: Gauge::default(),
+            immutable_memtables: Gauge::default(),
+            memtable_bytes: Gauge::default(),
+            running_compactions: Gauge::default(),
+            running_flushes: Gauge::default(),
+        };
+        r.register(
+            "store_write_seconds",
+            "Time of a commit group's write to the store alone (WAL and memtables, before its fsync; write stalls included)",
+            g.write_seconds.clone(),
+        );
+        r.register(
+            "store_wal_sync_seconds",
+            "Time of one fsync of the store's WAL, which makes every group written before it durable",
+            g.wal_sync_seconds.clone(),
+        );
+        r.register(
+            "store_write_stopped",
+            "1 while RocksDB stops writes (too many L0 files, memtables or pending compaction)",
+            g.write_stopped.clone(),
+        );
+        r.register(
+            "store_delayed_write_rate_bytes",
+            "The rate RocksDB slows writes to (bytes/s); 0 when it does not",
+            g.delayed_write_rate.clone(),
+        );
+        r.register(
+            "store_write_stall_seconds",
+            "Seconds writes waited for a RocksDB slowdown or stop",
+            g.stall_seconds.clone(),
+        );
+        r.register(
+            "store_l0_files",
+            "The most L0 files of any column family (writes slow at 20, stop at 36)",
+            g.l0_files.clone(),
+        );
+        r.register(
+            "store_pending_compaction_bytes",
+            "Bytes RocksDB estimates compaction must rewrite, over all column families",
+            g.pending_compaction_bytes.clone(),
+        );
+        r.register(
+            "store_immutable_memtables",
+            "Full memtables waiting for a flush, over all column families",
+            g.immutable_memtables.clone(),
+        );
+        r.register(
+            "store_memtable_bytes",
+            "Bytes in all memtables",
+            g.memtable_bytes.clone(),
+        );
+        r.register(
+            "store_running_compactions",
+            "Compactions running",
+            g.running_compactions.clone(),
+        );
+        r.register(
+            "store_running_flushes",
+            "Memtable flushes running",
+            g.running_flushes.clone(),
+        );
+        g
+    }
 }
 
 /// The cluster as the node sees it (refreshed by
@@ -465,8 +562,10 @@ impl Metrics {
             "Cluster mode: age of the newest checkpoint of each partition held here",
             cluster.checkpoint_age.clone(),
         );
+        let store = StoreGauges::register(&mut r);
         Self {
             cluster,
+            store,
             registry: r,
             hop_seconds,
             live_feed_lag,

@@ -365,6 +365,7 @@ async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started
     };
     observe(
         &metrics,
+        &store,
         &hub,
         &search,
         edge_tls.as_deref(),
@@ -1138,9 +1139,11 @@ async fn media_retention(
 
 /// Wires the metrics that are read from elsewhere: the commit → searchable
 /// hop, the live feed's and the search index's lag, the edge certificates'
-/// expiry and the data directory's disk space (refreshed at each scrape).
+/// expiry, the data directory's disk space and RocksDB's state (refreshed
+/// at each scrape).
 fn observe(
     metrics: &Arc<Metrics>,
+    store: &Arc<Store>,
     hub: &LiveHub,
     search: &Arc<SearchIndex>,
     edge_tls: Option<&EdgeTls>,
@@ -1154,7 +1157,32 @@ fn observe(
             .set(at);
     }
     let (hub, search, dir) = (hub.clone(), search.clone(), data_dir.to_path_buf());
+    let engine = store.clone();
+    // RocksDB's stall time restarts at 0 when the store is reopened after a
+    // disk fault: the counter adds what it grew by since the last scrape.
+    let stall_seen = std::sync::Mutex::new(0.0f64);
     metrics.on_scrape(move |m| {
+        if let Ok(s) = engine.engine_stats() {
+            let g = &m.store;
+            g.write_stopped.set(s.write_stopped as i64);
+            let gauge = |v: u64| v.min(i64::MAX as u64) as i64;
+            g.delayed_write_rate.set(gauge(s.delayed_write_rate));
+            g.l0_files.set(gauge(s.l0_files_max));
+            g.pending_compaction_bytes
+                .set(gauge(s.pending_compaction_bytes));
+            g.immutable_memtables.set(gauge(s.immutable_memtables));
+            g.memtable_bytes.set(gauge(s.memtable_bytes));
+            g.running_compactions.set(gauge(s.running_compactions));
+            g.running_flushes.set(gauge(s.running_flushes));
+            let mut seen = stall_seen.lock().unwrap_or_else(|p| p.into_inner());
+            let grew = if s.stall_seconds >= *seen {
+                s.stall_seconds - *seen
+            } else {
+                s.stall_seconds
+            };
+            *seen = s.stall_seconds;
+            g.stall_seconds.inc_by(grew);
+        }
         let now = sightline_proto::now_ms();
         m.live_feed_lag.set(hub.lag_ms(now) as f64 / 1000.0);
         m.search_index_lag.set(search.lag_ms(now) as f64 / 1000.0);

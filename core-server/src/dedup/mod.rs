@@ -14,8 +14,14 @@
 //! 2. drops det_oids already stored or seen earlier in the group (semantic
 //!    dedup, no time window);
 //! 3. writes events, det keys, aggregates, quarantine, counters and its new
-//!    watermark of each agent in one `WriteBatch` (see `store`'s promises);
-//! 4. answers each share, then pushes the joined events to live subscribers.
+//!    watermark of each agent in one `WriteBatch` (see `store`'s promises),
+//!    without an fsync, and goes on with its next group;
+//! 4. the syncer thread fsyncs the WAL once for every group written since
+//!    its last fsync (by any writer), then answers each share of them, in
+//!    the order they were written, and pushes the joined events to live
+//!    subscribers. Nothing is acknowledged before it is durable; a group
+//!    whose fsync failed is refused, and the writers read their watermarks
+//!    again from the store.
 //!
 //! The batch is answered once every partition has committed its share: the
 //! ack's `committed_through` is the smallest of theirs, the watermark the
@@ -26,8 +32,9 @@
 //! The live lane (PROTOCOL.md rule 6b): an agent draining a backlog also sends
 //! its newest events out of order. Their shares go to each writer on a queue
 //! of their own that it takes before the backlog's, and are committed in
-//! groups of their own, not fsync'd (each event comes again with the backlog,
-//! whose commit is), without touching the watermark; the backlog has the group
+//! groups of their own, answered and pushed at once without waiting for an
+//! fsync (each event comes again with the backlog, whose commit is), without
+//! touching the watermark; the backlog has the group
 //! after each. Only new, valid det_oids are stored (anything else
 //! waits for its turn in the backlog, where it is quarantined or counted).
 //! Such an event's `det` entry carries the tag of the (agent, epoch, seq) it
@@ -37,7 +44,10 @@
 
 use std::{
     collections::HashMap,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -226,6 +236,9 @@ pub struct Pipeline {
     /// Each writer's live lane, taken before its backlog queue.
     live: Vec<mpsc::Sender<Share>>,
     threads: Vec<JoinHandle<()>>,
+    /// Answers the groups the writers wrote, once the WAL is fsync'd; ends
+    /// after the writers.
+    syncer: Option<JoinHandle<()>>,
 }
 
 /// What every writer shares.
@@ -265,23 +278,32 @@ impl Pipeline {
         let mut senders = Vec::new();
         let mut live = Vec::new();
         let mut threads = Vec::new();
+        // A writer runs at most this many groups ahead of the WAL's fsync.
+        let (unsynced, to_sync) = std::sync::mpsc::sync_channel(UNSYNCED_GROUPS * partitions);
+        let faults = Arc::new(AtomicU64::new(0));
         for p in 0..partitions {
             let (tx, rx) = mpsc::channel(queue.max(1));
             let (live_tx, live_rx) = mpsc::channel(queue.max(1));
-            let ctx = ctx.clone();
+            let writer = Writer::new(ctx.clone(), p, unsynced.clone(), faults.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("writer-{p}"))
-                    .spawn(move || Writer::new(ctx, p).run(rx, live_rx))
+                    .spawn(move || writer.run(rx, live_rx))
                     .expect("spawn writer thread"),
             );
             senders.push(tx);
             live.push(live_tx);
         }
+        drop(unsynced);
+        let syncer = std::thread::Builder::new()
+            .name("wal-sync".into())
+            .spawn(move || sync_groups(&ctx, to_sync, &faults))
+            .expect("spawn the WAL sync thread");
         Ok(Self {
             partitions: senders,
             live,
             threads,
+            syncer: Some(syncer),
         })
     }
 
@@ -438,6 +460,10 @@ impl Drop for Pipeline {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        // The writers are gone: the syncer answers what they left and ends.
+        if let Some(t) = self.syncer.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -450,6 +476,26 @@ struct Writer {
     live_at: Option<Instant>,
     /// The last group was the live lane's: the backlog's turn.
     backlog_turn: bool,
+    /// Where written backlog groups wait for the WAL's fsync.
+    unsynced: std::sync::mpsc::SyncSender<Unsynced>,
+    /// Syncs that failed (see [`sync_groups`]), and how many this writer
+    /// has seen: on a new one it forgets the watermarks it holds.
+    faults: Arc<AtomicU64>,
+    faults_seen: u64,
+}
+
+/// Groups a writer may have written and not seen fsync'd yet, per partition.
+const UNSYNCED_GROUPS: usize = 4;
+
+/// A group written to the store without an fsync, to answer once the WAL
+/// is synced.
+struct Unsynced {
+    planned: Vec<Planned>,
+    live: Vec<JoinedEvent>,
+    /// When its commit began.
+    started: Instant,
+    /// The store's generation it was written to (`Store::sync_wal`).
+    generation: u64,
 }
 
 /// A share, after the watermark check.
@@ -473,13 +519,21 @@ fn det_oid_of(ev: &Incoming) -> Option<i64> {
 }
 
 impl Writer {
-    fn new(ctx: Arc<WriterContext>, partition: usize) -> Self {
+    fn new(
+        ctx: Arc<WriterContext>,
+        partition: usize,
+        unsynced: std::sync::mpsc::SyncSender<Unsynced>,
+        faults: Arc<AtomicU64>,
+    ) -> Self {
         Self {
             ctx,
             partition,
             watermarks: HashMap::new(),
             live_at: None,
             backlog_turn: false,
+            unsynced,
+            faults,
+            faults_seen: 0,
         }
     }
 
@@ -569,6 +623,13 @@ impl Writer {
 
     fn commit(&mut self, group: Vec<Share>) {
         let started = Instant::now();
+        // A sync failed since the last group: the watermarks held may be of
+        // groups that were refused, not made durable. Read them again.
+        let faults = self.faults.load(Ordering::SeqCst);
+        if faults != self.faults_seen {
+            self.faults_seen = faults;
+            self.watermarks.clear();
+        }
         let ctx = self.ctx.clone();
         let now = sightline_proto::now_ms();
         // (agent, epoch) -> (new watermark, digest of its event; 0: unchanged).
@@ -663,7 +724,7 @@ impl Writer {
         oids.dedup();
         let result = self.build_and_write(now, &oids, fresh, &mut planned, &staged, stream_seq);
 
-        let live = match result {
+        let (live, generation) = match result {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "commit failed; the agents will resend");
@@ -676,49 +737,18 @@ impl Writer {
         for (k, (w, _)) in staged {
             self.watermarks.insert(k, w);
         }
-        let m = &ctx.metrics;
-        let mut total = 0;
-        for p in planned {
-            if p.live {
-                if let Ok(o) = &p.outcome {
-                    total += o.stored;
-                    m.ingested.inc_by(o.stored);
-                    m.live_lane_stored.inc_by(o.stored);
-                }
-                continue;
-            }
-            if let Ok(o) = &p.outcome {
-                m.delivered_live.inc_by(o.delivered_live);
-                total += o.stored + o.dup_semantic + o.dup_transport + o.rejected.len() as u64;
-                m.ingested.inc_by(o.stored);
-                m.duplicates
-                    .get_or_create(&LevelLabel { level: "transport" })
-                    .inc_by(o.dup_transport);
-                m.duplicates
-                    .get_or_create(&LevelLabel { level: "semantic" })
-                    .inc_by(o.dup_semantic);
-                for r in &o.rejected {
-                    m.rejected
-                        .get_or_create(&FieldLabel {
-                            field: r.field.clone(),
-                        })
-                        .inc();
-                }
-            }
-            let _ = p.reply.send(p.outcome);
+        let group = Unsynced {
+            planned,
+            live,
+            started,
+            generation,
+        };
+        if group.planned.iter().all(|p| p.live) {
+            // Nothing in it is acknowledged: out at once.
+            answer(&ctx, group);
+        } else if let Err(std::sync::mpsc::SendError(group)) = self.unsynced.send(group) {
+            refuse(group, "the WAL sync thread stopped");
         }
-        m.commit_seconds.observe(started.elapsed().as_secs_f64());
-        m.commit_events.observe(total as f64);
-        if !live.is_empty() {
-            let (h, now) = (
-                m.hop(crate::metrics::hop::COMMITTED_TO_LIVE),
-                sightline_proto::now_ms(),
-            );
-            for e in &live {
-                Metrics::observe_hop_ms(&h, now - e.committed_ms);
-            }
-        }
-        ctx.hub.publish(live);
     }
 
     /// Fills and writes the WriteBatch; returns the joined events for live
@@ -731,7 +761,7 @@ impl Writer {
         planned: &mut [Planned],
         staged: &HashMap<(Arc<str>, u64), (u64, u64)>,
         stream_seq: u64,
-    ) -> Result<Vec<JoinedEvent>, crate::store::StoreError> {
+    ) -> Result<(Vec<JoinedEvent>, u64), crate::store::StoreError> {
         let ctx = &*self.ctx;
         let store = &ctx.store;
         // det_oid -> the camera it belongs to (None: stored by an older
@@ -888,13 +918,120 @@ impl Writer {
         if n_unmatched > 0 {
             ctx.metrics.unmatched.inc_by(n_unmatched);
         }
-        if planned.iter().all(|p| p.live) {
-            // The live lane's events come again with the backlog, which is
-            // fsync'd before it is acknowledged.
-            commit.without_fsync();
+        // Not fsync'd here: the syncer fsyncs the WAL for every group
+        // written meanwhile, then answers them (`sync_groups`). A live
+        // group is not answered at all: its events come again with the
+        // backlog.
+        commit.without_fsync();
+        let w = store.commit(commit)?;
+        ctx.metrics.store.write_seconds.observe(w.seconds);
+        Ok((live, w.generation))
+    }
+}
+
+/// Answers a group's shares and pushes its events to live subscribers:
+/// once the WAL holding it is fsync'd, or at once for the live lane's.
+fn answer(ctx: &WriterContext, group: Unsynced) {
+    let Unsynced {
+        planned,
+        live,
+        started,
+        ..
+    } = group;
+    let m = &ctx.metrics;
+    let mut total = 0;
+    for p in planned {
+        if p.live {
+            if let Ok(o) = &p.outcome {
+                total += o.stored;
+                m.ingested.inc_by(o.stored);
+                m.live_lane_stored.inc_by(o.stored);
+            }
+            continue;
         }
-        store.commit(commit)?;
-        Ok(live)
+        if let Ok(o) = &p.outcome {
+            m.delivered_live.inc_by(o.delivered_live);
+            total += o.stored + o.dup_semantic + o.dup_transport + o.rejected.len() as u64;
+            m.ingested.inc_by(o.stored);
+            m.duplicates
+                .get_or_create(&LevelLabel { level: "transport" })
+                .inc_by(o.dup_transport);
+            m.duplicates
+                .get_or_create(&LevelLabel { level: "semantic" })
+                .inc_by(o.dup_semantic);
+            for r in &o.rejected {
+                m.rejected
+                    .get_or_create(&FieldLabel {
+                        field: r.field.clone(),
+                    })
+                    .inc();
+            }
+        }
+        let _ = p.reply.send(p.outcome);
+    }
+    m.commit_seconds.observe(started.elapsed().as_secs_f64());
+    m.commit_events.observe(total as f64);
+    if !live.is_empty() {
+        let (h, now) = (
+            m.hop(crate::metrics::hop::COMMITTED_TO_LIVE),
+            sightline_proto::now_ms(),
+        );
+        for e in &live {
+            Metrics::observe_hop_ms(&h, now - e.committed_ms);
+        }
+    }
+    ctx.hub.publish(live);
+}
+
+/// Refuses every share of a group written but not made durable: its agents
+/// send it again.
+fn refuse(group: Unsynced, why: &str) {
+    tracing::error!(
+        error = why,
+        "a commit group was written but not fsync'd; the agents will resend"
+    );
+    for p in group.planned {
+        let _ = p
+            .reply
+            .send(Err(CommitError::Store(format!("not made durable: {why}"))));
+    }
+}
+
+/// The syncer: takes every group the writers wrote since its last fsync
+/// (group commit across partitions), fsyncs the WAL once, and answers them
+/// in the order they were written. The writers go on with their next groups
+/// meanwhile, so neither the backlog nor the live lane waits for the disk
+/// in a writer. A failed sync refuses every group waiting for it (and the
+/// writers forget their watermarks, see `Writer::commit`).
+fn sync_groups(ctx: &WriterContext, rx: std::sync::mpsc::Receiver<Unsynced>, faults: &AtomicU64) {
+    while let Ok(first) = rx.recv() {
+        let mut round = vec![first];
+        while let Ok(g) = rx.try_recv() {
+            round.push(g);
+        }
+        let started = Instant::now();
+        let synced = ctx.store.sync_wal();
+        ctx.metrics
+            .store
+            .wal_sync_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let durable = |g: &Unsynced| matches!(synced, Ok(gen) if gen == g.generation);
+        if !round.iter().all(durable) {
+            faults.fetch_add(1, Ordering::SeqCst);
+        }
+        for g in round {
+            if durable(&g) {
+                answer(ctx, g);
+            } else {
+                let why = match &synced {
+                    Err(e) => e.to_string(),
+                    Ok(_) => {
+                        "the store was reopened after a disk fault before it was synced".into()
+                    }
+                };
+                refuse(g, &why);
+            }
+        }
     }
 }
 
@@ -1401,7 +1538,13 @@ mod tests {
         // every other group is the backlog's.
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(&dir.path().join("db"), false, 8 << 20).unwrap());
-        let mut writer = Writer::new(WriterContext::for_tests(store, Arc::new(Metrics::new())), 0);
+        let (unsynced, _to_sync) = std::sync::mpsc::sync_channel(1);
+        let mut writer = Writer::new(
+            WriterContext::for_tests(store, Arc::new(Metrics::new())),
+            0,
+            unsynced,
+            Arc::new(AtomicU64::new(0)),
+        );
         let (tx, mut rx) = mpsc::channel(64);
         let (live_tx, mut live_rx) = mpsc::channel(64);
         // A backlog share fills a group while the live lane is in use (a
@@ -1435,6 +1578,70 @@ mod tests {
             kinds.push(if group[0].live { 'L' } else { 'B' });
         }
         assert_eq!(kinds, "LBLBLBLB", "groups taken (L: live, B: backlog)");
+    }
+
+    #[test]
+    fn a_group_is_answered_only_after_the_wal_sync_and_refused_when_the_sync_does_not_cover_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("db"), true, 8 << 20).unwrap());
+        let ctx = WriterContext::for_tests(store.clone(), Arc::new(Metrics::new()));
+        let (unsynced, to_sync) = std::sync::mpsc::sync_channel(8);
+        let faults = Arc::new(AtomicU64::new(0));
+        let mut writer = Writer::new(ctx.clone(), 0, unsynced, faults.clone());
+        let ts = sightline_proto::now_ms();
+        let share = |agent: &str, first: u64| {
+            let (reply, rx) = oneshot::channel();
+            let share = Share {
+                agent: agent.into(),
+                epoch: 7,
+                first_seq: first,
+                count: 2,
+                events: vec![
+                    event(first, first as i64 * 10, 1, ts),
+                    event(first + 1, first as i64 * 10 + 1, 1, ts),
+                ],
+                last_digest: 0,
+                live: false,
+                stream_seq: 0,
+                reply,
+            };
+            (share, rx)
+        };
+        // Written, then waiting for the syncer: not answered yet, while the
+        // writer is free for its next group.
+        let (s1, mut r1) = share("a", 1);
+        writer.commit(vec![s1]);
+        assert!(r1.try_recv().is_err(), "answered before the WAL was synced");
+        assert_eq!(store.watermark("a", 7).unwrap(), 2, "written at once");
+        // The syncer fsyncs and answers it.
+        let g = to_sync.try_recv().expect("the group waits for the syncer");
+        let (tx, rx) = std::sync::mpsc::sync_channel(8);
+        tx.send(g).unwrap();
+        drop(tx);
+        sync_groups(&ctx, rx, &faults);
+        assert_eq!(r1.try_recv().unwrap().unwrap().committed_through, 2);
+        assert_eq!(faults.load(Ordering::SeqCst), 0);
+
+        // A group written before the store was reopened (a disk fault) is
+        // not covered by a sync after it: refused, and the writer reads its
+        // watermarks again before its next group.
+        let (s2, mut r2) = share("a", 3);
+        writer.commit(vec![s2]);
+        assert!(writer.watermarks.contains_key(&(Arc::from("a"), 7)));
+        store.simulate_reopen();
+        let (tx, rx) = std::sync::mpsc::sync_channel(8);
+        tx.send(to_sync.try_recv().unwrap()).unwrap();
+        drop(tx);
+        sync_groups(&ctx, rx, &faults);
+        let refused = r2.try_recv().unwrap().unwrap_err().to_string();
+        assert!(refused.contains("reopened"), "{refused}");
+        assert_eq!(faults.load(Ordering::SeqCst), 1);
+        let (s3, _r3) = share("b", 1);
+        writer.commit(vec![s3]);
+        assert!(
+            !writer.watermarks.contains_key(&(Arc::from("a"), 7)),
+            "the watermark of a refused group was kept"
+        );
     }
 
     #[test]

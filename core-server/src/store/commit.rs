@@ -72,8 +72,8 @@ impl Store {
     }
 
     /// Writes a commit in one `WriteBatch` (fsync'd when the store is so
-    /// configured).
-    pub fn commit(&self, c: CommitBatch) -> Result<(), StoreError> {
+    /// configured); says how long the write itself took.
+    pub fn commit(&self, c: CommitBatch) -> Result<Written, StoreError> {
         let CommitBatch {
             db,
             mut batch,
@@ -129,16 +129,38 @@ impl Store {
             }
         }
         drop(db);
-        self.write_synced(batch, sync)
+        let started = std::time::Instant::now();
+        let generation = self.write_synced(batch, sync)?;
+        Ok(Written {
+            seconds: started.elapsed().as_secs_f64(),
+            fsync: self.sync && sync,
+            generation,
+        })
     }
+}
+
+/// A commit's write, once in the store.
+#[derive(Debug, Clone, Copy)]
+pub struct Written {
+    /// Seconds from the `WriteBatch` handed to RocksDB to its return: the
+    /// WAL, the fsync when there is one, the memtables, and any write stall.
+    pub seconds: f64,
+    /// Whether it waited for the disk.
+    pub fsync: bool,
+    /// The database's generation (see [`Store::sync_wal`]): a write made
+    /// without an fsync is durable after a sync of the same generation.
+    pub generation: u64,
 }
 
 impl CommitBatch {
     /// Written without waiting for the disk (in the WAL, which the next
-    /// fsync'd commit takes with it): only for a commit whose every event
-    /// its agent still holds and sends again, in order, until that copy is
+    /// fsync takes with it): only for a commit nothing of which is
+    /// acknowledged before a [`Store::sync_wal`] of its generation (the
+    /// partition writers' backlog groups), or whose every event its agent
+    /// still holds and sends again, in order, until that copy is
     /// acknowledged — the live lane's (PROTOCOL.md rule 6b). A power cut
-    /// may lose it whole, never part of it; a process crash does not.
+    /// may lose it whole, and every write after it, never part of it; a
+    /// process crash does not.
     pub fn without_fsync(&mut self) {
         self.sync = false;
     }

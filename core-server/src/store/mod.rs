@@ -29,7 +29,8 @@
 //! - A commit MUST put a batch's events, their `det` keys, their aggregate
 //!   increments, its quarantined events, the counters, the camera_seq values
 //!   it received (`received`) and the agent's new watermark in one `WriteBatch`; the agent MUST be acknowledged only after
-//!   that write returned (fsync'd when `storage.sync`).
+//!   that write returned and, when `storage.sync`, a [`Store::sync_wal`] of
+//!   its generation that began after it returned.
 //! - There MUST never be two `events` entries with one det_oid: a det_oid is
 //!   written only when `det` does not hold it (checked by the single writer of
 //!   det_oid's partition — `keys::partition_of`, so no other writer sees it). A
@@ -58,6 +59,7 @@
 
 pub mod checkpoint;
 pub mod commit;
+pub mod engine;
 pub mod export;
 pub mod keys;
 pub mod media;
@@ -213,6 +215,10 @@ pub struct Store {
     /// Held shared by every [`Store::write`], alone by
     /// [`Store::checkpoint`]: no commit lands while a checkpoint is taken.
     writes: std::sync::RwLock<()>,
+    /// How many times the database was reopened after a disk fault: a write
+    /// left to a later [`Store::sync_wal`] is durable only if no reopen
+    /// came between them.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 fn add_u64(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
@@ -288,6 +294,7 @@ impl Store {
             refs_cutoff,
             partitions: std::sync::atomic::AtomicUsize::new(partitions),
             writes: std::sync::RwLock::new(()),
+            generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -375,12 +382,15 @@ impl Store {
     /// Writes a commit; fsync'd when the store is configured so. A failure
     /// for the disk puts the store in a fault (see [`Store`]).
     pub fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        self.write_synced(batch, true)
+        self.write_synced(batch, true).map(|_| ())
     }
 
     /// [`Store::write`]; `sync` false: not fsync'd even when the store is.
-    pub(crate) fn write_synced(&self, batch: WriteBatch, sync: bool) -> Result<(), StoreError> {
+    /// Returns the generation of the database written (see
+    /// [`Store::sync_wal`]).
+    pub(crate) fn write_synced(&self, batch: WriteBatch, sync: bool) -> Result<u64, StoreError> {
         self.recover_if_faulted()?;
+        let generation = self.generation.load(Ordering::SeqCst);
         let db = self.db()?;
         let mut w = WriteOptions::default();
         w.set_sync(self.sync && sync);
@@ -390,23 +400,64 @@ impl Store {
         w.set_memtable_insert_hint_per_batch(true);
         let _shared = self.writes.read().unwrap_or_else(|p| p.into_inner());
         match db.write_opt(batch, &w) {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(generation),
             Err(e) => {
-                if disk_trouble(&e) {
-                    let mut f = self.fault.lock().unwrap();
-                    if f.is_none() {
-                        tracing::error!(path = %self.path.display(), error = %e,
-                            "the store's disk refused a write: nothing more is acknowledged until it takes writes again");
-                        let now = Instant::now();
-                        *f = Some(Fault {
-                            since: now,
-                            last_try: now,
-                            why: e.to_string(),
-                        });
-                    }
-                }
+                self.fault_on(&e);
                 Err(e.into())
             }
+        }
+    }
+
+    /// Makes every write made so far durable (an fsync of the WAL) when the
+    /// store is configured to fsync, without holding up the writes made
+    /// meanwhile: the partition writers write their groups without an fsync
+    /// and acknowledge them after this (`dedup`'s syncer). Returns the
+    /// [`commit::Written::generation`] it covers; a write of another generation (the
+    /// database was reopened after a disk fault since) is not covered. `Err`
+    /// in a fault, without trying to recover: whatever waits for this sync
+    /// is refused, and the agents send it again.
+    pub fn sync_wal(&self) -> Result<u64, StoreError> {
+        let generation = self.generation.load(Ordering::SeqCst);
+        if let Some(f) = self.fault.lock().unwrap().as_ref() {
+            return Err(refused(&f.why));
+        }
+        if self.sync {
+            let db = self.db()?;
+            if let Err(e) = db.flush_wal(true) {
+                self.fault_on(&e);
+                return Err(e.into());
+            }
+        }
+        if self.generation.load(Ordering::SeqCst) != generation {
+            return Err(StoreError::Unavailable(
+                "the store was reopened after a disk fault before its writes were synced".into(),
+            ));
+        }
+        Ok(generation)
+    }
+
+    /// For tests: what a reopen after a disk fault does to the writes not
+    /// synced yet (a new generation).
+    #[cfg(test)]
+    pub(crate) fn simulate_reopen(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Puts the store in a fault when `e` is the disk's.
+    fn fault_on(&self, e: &rocksdb::Error) {
+        if !disk_trouble(e) {
+            return;
+        }
+        let mut f = self.fault.lock().unwrap();
+        if f.is_none() {
+            tracing::error!(path = %self.path.display(), error = %e,
+                "the store's disk refused a write: nothing more is acknowledged until it takes writes again");
+            let now = Instant::now();
+            *f = Some(Fault {
+                since: now,
+                last_try: now,
+                why: e.to_string(),
+            });
         }
     }
 
@@ -437,6 +488,7 @@ impl Store {
         // Every reader lets go of the old handle before the new one opens
         // (RocksDB locks its directory).
         let old = self.db.swap(None);
+        self.generation.fetch_add(1, Ordering::SeqCst);
         if let Some(old) = old {
             let deadline = Instant::now() + Duration::from_secs(10);
             while Arc::strong_count(&old) > 1 && Instant::now() < deadline {

@@ -85,6 +85,7 @@ impl Store {
             refs_cutoff: Arc::new(AtomicI64::new(i64::MIN)),
             partitions: std::sync::atomic::AtomicUsize::new(partitions),
             writes: std::sync::RwLock::new(()),
+            generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 

@@ -250,8 +250,18 @@ async fn main() {
     // counters: an event the live lane stored early is acknowledged only
     // when the backlog reaches it).
     let lag_ok = (rate * 0.2 / agents_n as f64) as u64;
+    // RocksDB's state during the drain, scraped once a second.
+    let mut engine = EngineSeen::default();
+    let mut next_scrape = Instant::now();
     let (t_drained, acked_drained) = loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
+        if Instant::now() >= next_scrape {
+            next_scrape += Duration::from_secs(1);
+            let text = sightline_tests::http::get(core.http, "/metrics", "")
+                .await
+                .1;
+            engine.sample(&String::from_utf8_lossy(&text));
+        }
         sample_rss(&mut agent_rss_max);
         core_rss_peak = core_rss_peak.max(rss_mb(core.pid()));
         let acked = acked_seqs(&mut q, &ids).await;
@@ -297,6 +307,8 @@ async fn main() {
             || l.starts_with("sightline_live_lagged")
             || l.starts_with("sightline_commit_events_sum")
             || l.starts_with("sightline_commit_events_count")
+            || l.starts_with("sightline_store_write_s")
+            || l.starts_with("sightline_store_wal_sync_seconds")
     }) {
         println!("  {l}");
     }
@@ -323,6 +335,7 @@ async fn main() {
         lat.last().copied().unwrap_or(f64::NAN)
     );
     println!("  by hop: {hops}");
+    println!("  store during the drain: {engine}");
     println!(
         "the same events to a subscriber of everything (the backlog too): p50 {:.1} ms, p99 {fire_p99:.1} ms; {fire_missing} not seen",
         percentile(&fire, 0.50)
@@ -331,4 +344,54 @@ async fn main() {
         "backlog events={backlog} drain_x_live={:.2} live_p99_during_drain_ms={p99:.1} agent_rss_max_mb={agent_rss_max:.1} drain_events_per_s={drain_rate:.0} core_rss_peak_mb={core_rss_peak:.1} live_not_seen={missing} firehose_p99_ms={fire_p99:.1}",
         drain_rate / rate
     );
+}
+
+/// RocksDB's state over the drain's scrapes (`sightline_store_*`).
+#[derive(Default)]
+struct EngineSeen {
+    scrapes: u32,
+    stopped: u32,
+    delayed: u32,
+    l0_max: f64,
+    pending_max: f64,
+    immutable_max: f64,
+    memtable_max: f64,
+}
+
+impl EngineSeen {
+    fn sample(&mut self, metrics: &str) {
+        let v = |name: &str| {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        self.scrapes += 1;
+        self.stopped += (v("sightline_store_write_stopped") > 0.0) as u32;
+        self.delayed += (v("sightline_store_delayed_write_rate_bytes") > 0.0) as u32;
+        self.l0_max = self.l0_max.max(v("sightline_store_l0_files"));
+        self.pending_max = self
+            .pending_max
+            .max(v("sightline_store_pending_compaction_bytes"));
+        self.immutable_max = self
+            .immutable_max
+            .max(v("sightline_store_immutable_memtables"));
+        self.memtable_max = self.memtable_max.max(v("sightline_store_memtable_bytes"));
+    }
+}
+
+impl std::fmt::Display for EngineSeen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} scrapes, writes stopped in {}, slowed in {}; at most {} L0 files, {:.1} MiB pending compaction, {} immutable memtables, {:.1} MiB of memtables",
+            self.scrapes,
+            self.stopped,
+            self.delayed,
+            self.l0_max,
+            self.pending_max / 1048576.0,
+            self.immutable_max,
+            self.memtable_max / 1048576.0
+        )
+    }
 }
