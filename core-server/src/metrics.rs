@@ -189,6 +189,15 @@ pub struct Metrics {
     pub store: StoreGauges,
 }
 
+/// A partition writer's queue: the live lane's or the backlog's.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LaneLabel {
+    /// "live" or "backlog".
+    pub lane: &'static str,
+}
+
+type LaneFamily = Family<LaneLabel, Histogram, fn() -> Histogram>;
+
 /// The store's engine (see `store::engine`).
 #[derive(Clone)]
 pub struct StoreGauges {
@@ -196,6 +205,8 @@ pub struct StoreGauges {
     pub write_seconds: Histogram,
     /// One fsync of the WAL, for every group written before it.
     pub wal_sync_seconds: Histogram,
+    /// How long a share waited in its writer's queue, by lane.
+    pub queue_seconds: LaneFamily,
     pub write_stopped: Gauge,
     pub delayed_write_rate: Gauge,
     pub stall_seconds: Counter<f64, AtomicU64>,
@@ -208,6 +219,15 @@ pub struct StoreGauges {
 }
 
 impl StoreGauges {
+    /// The queue histogram of a lane.
+    pub fn queue(&self, live: bool) -> Histogram {
+        self.queue_seconds
+            .get_or_create(&LaneLabel {
+                lane: if live { "live" } else { "backlog" },
+            })
+            .clone()
+    }
+
     fn register(r: &mut Registry) -> Self {
         let buckets = [
             0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
@@ -215,6 +235,7 @@ impl StoreGauges {
         let g = Self {
             write_seconds: Histogram::new(buckets),
             wal_sync_seconds: Histogram::new(buckets),
+            queue_seconds: Family::new_with_constructor(|| Histogram::new(HOP_BUCKETS)),
             write_stopped: Gauge::default(),
             delayed_write_rate: Gauge::default(),
             stall_seconds: Counter::default(),
@@ -234,6 +255,14 @@ impl StoreGauges {
             "store_wal_sync_seconds",
             "Time of one fsync of the store's WAL, which makes every group written before it durable",
             g.wal_sync_seconds.clone(),
+        );
+        for lane in ["live", "backlog"] {
+            let _ = g.queue_seconds.get_or_create(&LaneLabel { lane });
+        }
+        r.register(
+            "writer_queue_seconds",
+            "How long a share of a batch waited in its partition writer's queue (from the session handing it over to the writer taking it), by lane",
+            g.queue_seconds.clone(),
         );
         r.register(
             "store_write_stopped",

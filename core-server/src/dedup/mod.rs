@@ -190,6 +190,8 @@ struct Share {
     /// same commit (`CommitBatch::set_stream_seq`). 0: none.
     stream_seq: u64,
     reply: oneshot::Sender<Result<CommitOutcome, CommitError>>,
+    /// When it was queued for its writer.
+    queued: Instant,
 }
 
 /// While the live lane is in use, a commit group takes at most this
@@ -326,6 +328,7 @@ impl Pipeline {
                     live: false,
                     stream_seq: 0,
                     reply: req.reply,
+                    queued: Instant::now(),
                 })
                 .await
                 .map_err(|_| stopped());
@@ -350,6 +353,7 @@ impl Pipeline {
                     live: false,
                     stream_seq: 0,
                     reply,
+                    queued: Instant::now(),
                 })
                 .await
                 .map_err(|_| stopped())?;
@@ -400,6 +404,7 @@ impl Pipeline {
                 live: false,
                 stream_seq,
                 reply: req.reply,
+                queued: Instant::now(),
             })
             .await
             .map_err(|_| CommitError::Store("the pipeline is shut down".into()))
@@ -437,6 +442,7 @@ impl Pipeline {
                     live: true,
                     stream_seq: 0,
                     reply,
+                    queued: Instant::now(),
                 })
                 .await
                 .map_err(|_| CommitError::Store("the pipeline is shut down".into()))?;
@@ -638,6 +644,12 @@ impl Writer {
         // (index into planned, event) for events past the watermark.
         let mut fresh: Vec<(usize, Arc<str>, Incoming)> = Vec::new();
         let stream_seq = group.iter().map(|s| s.stream_seq).max().unwrap_or(0);
+        if let Some(first) = group.first() {
+            let h = ctx.metrics.store.queue(first.live);
+            for req in &group {
+                h.observe(started.duration_since(req.queued).as_secs_f64());
+            }
+        }
         for req in group {
             let key = (req.agent.clone(), req.epoch);
             let wm = match staged.get(&key) {
@@ -1561,6 +1573,7 @@ mod tests {
             live,
             stream_seq: 0,
             reply: oneshot::channel().0,
+            queued: Instant::now(),
         };
         for _ in 0..8 {
             tx.try_send(share(false)).unwrap();
@@ -1604,6 +1617,7 @@ mod tests {
                 live: false,
                 stream_seq: 0,
                 reply,
+                queued: Instant::now(),
             };
             (share, rx)
         };
@@ -1782,6 +1796,7 @@ mod tests {
                 live: false,
                 stream_seq: 0,
                 reply,
+                queued: Instant::now(),
             }))
             .map_err(|_| ())
             .unwrap();
