@@ -132,6 +132,8 @@ pub struct Metrics {
     registry: Registry,
     /// Latency of each hop of an event's path, by [`hop`].
     pub hop_seconds: HopFamily,
+    /// How long a share waited in its partition writer's queue, by lane.
+    pub writer_queue_seconds: LaneFamily,
     /// Seconds the slowest live subscriber is behind the newest commit.
     pub live_feed_lag: Gauge<f64, AtomicU64>,
     /// Seconds the search index is behind the commits.
@@ -205,8 +207,6 @@ pub struct StoreGauges {
     pub write_seconds: Histogram,
     /// One fsync of the WAL, for every group written before it.
     pub wal_sync_seconds: Histogram,
-    /// How long a share waited in its writer's queue, by lane.
-    pub queue_seconds: LaneFamily,
     pub write_stopped: Gauge,
     pub delayed_write_rate: Gauge,
     pub stall_seconds: Counter<f64, AtomicU64>,
@@ -219,15 +219,6 @@ pub struct StoreGauges {
 }
 
 impl StoreGauges {
-    /// The queue histogram of a lane.
-    pub fn queue(&self, live: bool) -> Histogram {
-        self.queue_seconds
-            .get_or_create(&LaneLabel {
-                lane: if live { "live" } else { "backlog" },
-            })
-            .clone()
-    }
-
     fn register(r: &mut Registry) -> Self {
         let buckets = [
             0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
@@ -235,7 +226,6 @@ impl StoreGauges {
         let g = Self {
             write_seconds: Histogram::new(buckets),
             wal_sync_seconds: Histogram::new(buckets),
-            queue_seconds: Family::new_with_constructor(|| Histogram::new(HOP_BUCKETS)),
             write_stopped: Gauge::default(),
             delayed_write_rate: Gauge::default(),
             stall_seconds: Counter::default(),
@@ -255,14 +245,6 @@ impl StoreGauges {
             "store_wal_sync_seconds",
             "Time of one fsync of the store's WAL, which makes every group written before it durable",
             g.wal_sync_seconds.clone(),
-        );
-        for lane in ["live", "backlog"] {
-            let _ = g.queue_seconds.get_or_create(&LaneLabel { lane });
-        }
-        r.register(
-            "writer_queue_seconds",
-            "How long a share of a batch waited in its partition writer's queue (from the session handing it over to the writer taking it), by lane",
-            g.queue_seconds.clone(),
         );
         r.register(
             "store_write_stopped",
@@ -489,6 +471,16 @@ impl Metrics {
             "Latency of each hop of an event's path (detected_to_stamped, stamped_to_durable, durable_to_committed, committed_to_live, committed_to_searchable)",
             hop_seconds.clone(),
         );
+        let writer_queue_seconds: LaneFamily =
+            Family::new_with_constructor(|| Histogram::new(HOP_BUCKETS));
+        for lane in ["live", "backlog"] {
+            let _ = writer_queue_seconds.get_or_create(&LaneLabel { lane });
+        }
+        r.register(
+            "writer_queue_seconds",
+            "How long a share of a batch waited in its partition writer's queue (from the session handing it over to the writer taking it), by lane",
+            writer_queue_seconds.clone(),
+        );
         let live_feed_lag = Gauge::<f64, AtomicU64>::default();
         r.register(
             "live_feed_lag_seconds",
@@ -597,6 +589,7 @@ impl Metrics {
             store,
             registry: r,
             hop_seconds,
+            writer_queue_seconds,
             live_feed_lag,
             search_index_lag,
             export_lag,
@@ -656,6 +649,15 @@ impl Metrics {
     /// The histogram of one [`hop`].
     pub fn hop(&self, hop: &'static str) -> Histogram {
         self.hop_seconds.get_or_create(&HopLabel { hop }).clone()
+    }
+
+    /// The writer-queue histogram of the live lane or the backlog.
+    pub fn writer_queue(&self, live: bool) -> Histogram {
+        self.writer_queue_seconds
+            .get_or_create(&LaneLabel {
+                lane: if live { "live" } else { "backlog" },
+            })
+            .clone()
     }
 
     /// Observes a hop of `ms` milliseconds (a negative one, clock skew, as 0).

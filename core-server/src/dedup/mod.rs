@@ -645,7 +645,7 @@ impl Writer {
         let mut fresh: Vec<(usize, Arc<str>, Incoming)> = Vec::new();
         let stream_seq = group.iter().map(|s| s.stream_seq).max().unwrap_or(0);
         if let Some(first) = group.first() {
-            let h = ctx.metrics.store.queue(first.live);
+            let h = ctx.metrics.writer_queue(first.live);
             for req in &group {
                 h.observe(started.duration_since(req.queued).as_secs_f64());
             }
@@ -740,9 +740,7 @@ impl Writer {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "commit failed; the agents will resend");
-                for p in planned {
-                    let _ = p.reply.send(Err(CommitError::Store(e.to_string())));
-                }
+                refuse(planned, CommitError::Store(e.to_string()));
                 return;
             }
         };
@@ -759,7 +757,7 @@ impl Writer {
             // Nothing in it is acknowledged: out at once.
             answer(&ctx, group);
         } else if let Err(std::sync::mpsc::SendError(group)) = self.unsynced.send(group) {
-            refuse(group, "the WAL sync thread stopped");
+            refuse_unsynced(group, "the WAL sync thread stopped");
         }
     }
 
@@ -995,18 +993,23 @@ fn answer(ctx: &WriterContext, group: Unsynced) {
     ctx.hub.publish(live);
 }
 
-/// Refuses every share of a group written but not made durable: its agents
-/// send it again.
-fn refuse(group: Unsynced, why: &str) {
+/// Answers every share of a group with `err`: its agents send it again.
+fn refuse(planned: Vec<Planned>, err: CommitError) {
+    for p in planned {
+        let _ = p.reply.send(Err(err.clone()));
+    }
+}
+
+/// Refuses a group written but not made durable.
+fn refuse_unsynced(group: Unsynced, why: &str) {
     tracing::error!(
         error = why,
         "a commit group was written but not fsync'd; the agents will resend"
     );
-    for p in group.planned {
-        let _ = p
-            .reply
-            .send(Err(CommitError::Store(format!("not made durable: {why}"))));
-    }
+    refuse(
+        group.planned,
+        CommitError::Store(format!("not made durable: {why}")),
+    );
 }
 
 /// The syncer: takes every group the writers wrote since its last fsync
@@ -1041,7 +1044,7 @@ fn sync_groups(ctx: &WriterContext, rx: std::sync::mpsc::Receiver<Unsynced>, fau
                         "the store was reopened after a disk fault before it was synced".into()
                     }
                 };
-                refuse(g, &why);
+                refuse_unsynced(g, &why);
             }
         }
     }

@@ -133,7 +133,6 @@ impl Store {
         let generation = self.write_synced(batch, sync)?;
         Ok(Written {
             seconds: started.elapsed().as_secs_f64(),
-            fsync: self.sync && sync,
             generation,
         })
     }
@@ -145,8 +144,6 @@ pub struct Written {
     /// Seconds from the `WriteBatch` handed to RocksDB to its return: the
     /// WAL, the fsync when there is one, the memtables, and any write stall.
     pub seconds: f64,
-    /// Whether it waited for the disk.
-    pub fsync: bool,
     /// The database's generation (see [`Store::sync_wal`]): a write made
     /// without an fsync is durable after a sync of the same generation.
     pub generation: u64,
