@@ -96,15 +96,21 @@ pub mod hop {
     /// Durable in the agent's buffer → the core's commit acknowledged (a
     /// backlog's events show how long they waited).
     pub const DURABLE_TO_COMMITTED: &str = "durable_to_committed";
+    /// `accepted_ms` → the core's session read the event off the live lane
+    /// (PROTOCOL.md rule 6b: sent ahead of a backlog). With the agent's
+    /// `sightline_edge_live_lane_wait_seconds` (accepted → sent), it says
+    /// whether a live event waited at the agent or on the way.
+    pub const STAMPED_TO_LIVE_RECEIVED: &str = "stamped_to_live_received";
     /// The core's commit → handed to the live subscribers (observed while
     /// anyone subscribes).
     pub const COMMITTED_TO_LIVE: &str = "committed_to_live";
     /// The core's commit → searchable (the search index committed it).
     pub const COMMITTED_TO_SEARCHABLE: &str = "committed_to_searchable";
-    pub const ALL: [&str; 5] = [
+    pub const ALL: [&str; 6] = [
         DETECTED_TO_STAMPED,
         STAMPED_TO_DURABLE,
         DURABLE_TO_COMMITTED,
+        STAMPED_TO_LIVE_RECEIVED,
         COMMITTED_TO_LIVE,
         COMMITTED_TO_SEARCHABLE,
     ];
@@ -468,7 +474,7 @@ impl Metrics {
         }
         r.register(
             "event_hop_seconds",
-            "Latency of each hop of an event's path (detected_to_stamped, stamped_to_durable, durable_to_committed, committed_to_live, committed_to_searchable)",
+            "Latency of each hop of an event's path (detected_to_stamped, stamped_to_durable, durable_to_committed, stamped_to_live_received, committed_to_live, committed_to_searchable)",
             hop_seconds.clone(),
         );
         let writer_queue_seconds: LaneFamily =

@@ -97,6 +97,68 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// A Prometheus histogram of `texts` (several endpoints' `/metrics`, summed)
+/// in one line: its count and the bucket bounds its p50 and p99 fall under.
+/// `name`: the histogram's name (without `_bucket`); `labels`: a label
+/// it must carry as exported (`hop="committed_to_live"`), or "" for any.
+pub fn histogram_line(texts: &[String], name: &str, labels: &str) -> String {
+    let mut buckets: Vec<(f64, f64)> = Vec::new();
+    for text in texts {
+        for l in text.lines() {
+            let Some(rest) = l
+                .strip_prefix(name)
+                .and_then(|r| r.strip_prefix("_bucket{"))
+            else {
+                continue;
+            };
+            let Some((inner, value)) = rest.rsplit_once("} ") else {
+                continue;
+            };
+            if !labels.is_empty() && !inner.contains(labels) {
+                continue;
+            }
+            let Some(le) = inner
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("le=\""))
+                .map(|v| v.trim_end_matches('"'))
+            else {
+                continue;
+            };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or(f64::NAN)
+            };
+            let n: f64 = value.trim().parse().unwrap_or(0.0);
+            match buckets.iter_mut().find(|b| b.0 == le) {
+                Some(b) => b.1 += n,
+                None => buckets.push((le, n)),
+            }
+        }
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    if total == 0.0 {
+        return "none observed".into();
+    }
+    let under = |q: f64| {
+        let b = buckets
+            .iter()
+            .find(|b| b.1 >= q * total)
+            .expect("+Inf holds all");
+        if b.0.is_finite() {
+            format!("<= {:.1} ms", b.0 * 1000.0)
+        } else {
+            "beyond the last bucket".into()
+        }
+    };
+    format!(
+        "{total:.0} observed, p50 {}, p99 {}",
+        under(0.5),
+        under(0.99)
+    )
+}
+
 /// Publish → `Subscribe` latency of the det_oids it is told about: `sent`
 /// records when each was published, the subscriber task the milliseconds
 /// until it arrived.
@@ -195,5 +257,31 @@ impl LatencyProbe {
             p(&b),
             p(&c)
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::histogram_line;
+
+    #[test]
+    fn a_histogram_line_sums_endpoints_and_reads_the_quantiles_bucket() {
+        let a = "x_bucket{le=\"0.01\"} 50\nx_bucket{le=\"0.1\"} 98\nx_bucket{le=\"+Inf\"} 100\n\
+                 y_bucket{le=\"0.01\"} 7\n";
+        let b = "x_bucket{le=\"0.01\"} 50\nx_bucket{le=\"0.1\"} 99\nx_bucket{le=\"+Inf\"} 100\n";
+        assert_eq!(
+            histogram_line(&[a.into(), b.into()], "x", ""),
+            "200 observed, p50 <= 10.0 ms, p99 beyond the last bucket"
+        );
+        let h = "h_bucket{hop=\"a\",le=\"1.0\"} 3\nh_bucket{hop=\"a\",le=\"+Inf\"} 3\n\
+                 h_bucket{hop=\"b\",le=\"1.0\"} 0\nh_bucket{hop=\"b\",le=\"+Inf\"} 5\n";
+        assert_eq!(
+            histogram_line(&[h.into()], "h", "hop=\"a\""),
+            "3 observed, p50 <= 1000.0 ms, p99 <= 1000.0 ms"
+        );
+        assert_eq!(
+            histogram_line(&[h.into()], "h", "hop=\"c\""),
+            "none observed"
+        );
     }
 }

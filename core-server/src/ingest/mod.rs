@@ -588,6 +588,15 @@ impl IngestCore {
         }
         let first_seq = b.first_seq;
         let events = self.decode(agent, b).map_err(Some)?;
+        let now_ms = sightline_proto::now_ms();
+        let received = self
+            .metrics
+            .hop(crate::metrics::hop::STAMPED_TO_LIVE_RECEIVED);
+        for e in &events {
+            if let Incoming::Valid(ev) = e {
+                Metrics::observe_hop_ms(&received, now_ms - ev.accepted_ms);
+            }
+        }
         tracing::trace!(first_seq, events = events.len(), "live batch");
         self.pipeline
             .submit_live(agent.clone(), epoch, events)

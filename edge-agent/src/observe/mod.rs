@@ -131,7 +131,7 @@ pub struct CameraLabel {
 /// Every state a camera's capture can be in (`CameraStatus.state`).
 pub const CAMERA_STATES: [&str; 4] = ["off", "connecting", "streaming", "reconnecting"];
 
-/// Upper bounds (s) of the ack round-trip histogram: a loopback link and a
+/// Upper bounds (s) of the ack round-trip and live-lane wait histograms: a loopback link and a
 /// group commit take about a millisecond, a cellular link a second.
 const RTT_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
@@ -151,6 +151,9 @@ pub struct AgentMetrics {
     pub live_sent: Counter,
     /// From sending a batch to the core's ack of it.
     pub ack_rtt: Histogram,
+    /// How long the oldest event of each live-lane batch waited at the
+    /// agent, from being accepted to being sent.
+    pub live_lane_wait: Histogram,
     /// Sessions with the core that ended in an error (each is followed by a
     /// reconnect after a backoff).
     pub reconnects: Counter,
@@ -217,6 +220,12 @@ impl AgentMetrics {
             ack_rtt: reg!(
                 "ack_rtt_seconds",
                 "From sending a batch to the core's ack of it: the link's round trip plus the core's commit",
+                Histogram::new(RTT_BUCKETS)
+            ),
+            live_lane_wait: reg!(
+                "live_lane_wait_seconds",
+                "From accepting an event to sending it on the live lane (the oldest of each live batch)",
+                // A millisecond when the lane keeps up, seconds when not.
                 Histogram::new(RTT_BUCKETS)
             ),
             reconnects: reg!(

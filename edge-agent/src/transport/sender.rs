@@ -14,8 +14,11 @@ use std::{
 };
 
 use futures::StreamExt;
+use prost::Message;
 use rand::Rng;
-use sightline_proto::v1::{agent_message, core_message, AgentMessage, AgentStatus, Batch, Hello};
+use sightline_proto::v1::{
+    agent_message, core_message, AgentMessage, AgentStatus, Batch, EdgeEvent, Hello,
+};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -483,6 +486,16 @@ impl Sender {
                 ) {
                     let events = buffer.read(first, n, cfg.batch_max_bytes.as_u64() as usize)?;
                     live.sent(first, events.len());
+                    if let Some(oldest) = events
+                        .first()
+                        .and_then(|e| EdgeEvent::decode(e.as_ref()).ok())
+                    {
+                        let ms = sightline_proto::now_ms().saturating_sub(oldest.accepted_ms);
+                        self.stats
+                            .metrics
+                            .live_lane_wait
+                            .observe(ms.max(0) as f64 / 1000.0);
+                    }
                     self.stats
                         .live_sent
                         .fetch_add(events.len() as u64, Ordering::Relaxed);

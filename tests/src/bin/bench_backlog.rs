@@ -33,7 +33,7 @@ use std::{
 
 use sightline_proto::v1::{intake_client::IntakeClient, EventFilter, PublishRequest};
 use sightline_tests::{
-    bench::{percentile, Args, Gen, LatencyProbe, LOCATIONS},
+    bench::{histogram_line, percentile, Args, Gen, LatencyProbe, LOCATIONS},
     data::write_locations,
     proc::rss_mb,
     Agent, AgentArgs, Core,
@@ -243,6 +243,18 @@ async fn main() {
     }
     measure.store(true, Ordering::Relaxed);
     let t_back = Instant::now();
+    // The agents' reconnects so far (every failed attempt of the outage):
+    // what is added during the drain is a session that broke.
+    let mut reconnects_at_back = Vec::new();
+    for a in &agents {
+        let text = sightline_tests::http::get(a.metrics_addr(), "/metrics", "")
+            .await
+            .1;
+        reconnects_at_back.push(counter(
+            &String::from_utf8_lossy(&text),
+            "sightline_edge_reconnects_total",
+        ));
+    }
     let mut first_commit: Option<(Instant, u64)> = None;
     let mut core_rss_peak: f64 = 0.0;
     // Drained: every agent's acknowledged seq within 0.2 s of live traffic
@@ -313,6 +325,13 @@ async fn main() {
     }) {
         println!("  {l}");
     }
+    let mut agent_metrics = Vec::new();
+    for a in &agents {
+        let text = sightline_tests::http::get(a.metrics_addr(), "/metrics", "")
+            .await
+            .1;
+        agent_metrics.push(String::from_utf8_lossy(&text).into_owned());
+    }
     let (t_first, acked_first) = first_commit.expect("a commit after the restart");
     let drain_secs = t_drained.duration_since(t_first).as_secs_f64().max(1e-3);
     let drained = acked_drained - acked_first;
@@ -336,6 +355,27 @@ async fn main() {
         lat.last().copied().unwrap_or(f64::NAN)
     );
     println!("  by hop: {hops}");
+    println!(
+        "  the live lane: accepted -> sent by the agent {}; accepted -> read by the core {}",
+        histogram_line(&agent_metrics, "sightline_edge_live_lane_wait_seconds", ""),
+        histogram_line(
+            std::slice::from_ref(&metrics),
+            "sightline_event_hop_seconds",
+            "hop=\"stamped_to_live_received\""
+        )
+    );
+    println!(
+        "  agents: sessions broken during the drain {:?}, events sent on the live lane {:?}",
+        agent_metrics
+            .iter()
+            .zip(&reconnects_at_back)
+            .map(|(t, at_back)| counter(t, "sightline_edge_reconnects_total") - at_back)
+            .collect::<Vec<_>>(),
+        agent_metrics
+            .iter()
+            .map(|t| counter(t, "sightline_edge_live_lane_sent_events_total"))
+            .collect::<Vec<_>>()
+    );
     println!("  store during the drain: {engine}");
     println!(
         "the same events to a subscriber of everything (the backlog too): p50 {:.1} ms, p99 {fire_p99:.1} ms; {fire_missing} not seen",
@@ -345,6 +385,13 @@ async fn main() {
         "backlog events={backlog} drain_x_live={:.2} live_p99_during_drain_ms={p99:.1} agent_rss_max_mb={agent_rss_max:.1} drain_events_per_s={drain_rate:.0} core_rss_peak_mb={core_rss_peak:.1} live_not_seen={missing} firehose_p99_ms={fire_p99:.1}",
         drain_rate / rate
     );
+}
+
+/// The value of an unlabelled counter or gauge in a `/metrics` text (0 if absent).
+fn counter(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+        .unwrap_or(0.0)
 }
 
 /// RocksDB's state over the drain's scrapes (`sightline_store_*`).
@@ -361,12 +408,7 @@ struct EngineSeen {
 
 impl EngineSeen {
     fn sample(&mut self, metrics: &str) {
-        let v = |name: &str| {
-            metrics
-                .lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
+        let v = |name: &str| counter(metrics, name);
         self.scrapes += 1;
         self.stopped += (v("sightline_store_write_stopped") > 0.0) as u32;
         self.delayed += (v("sightline_store_delayed_write_rate_bytes") > 0.0) as u32;
