@@ -140,6 +140,8 @@ pub struct Metrics {
     pub hop_seconds: HopFamily,
     /// How long a share waited in its partition writer's queue, by lane.
     pub writer_queue_seconds: LaneFamily,
+    /// How long a session's reader was held up, by [`reader_held`].
+    pub reader_held_seconds: Family<HeldLabel, Histogram, fn() -> Histogram>,
     /// Seconds the slowest live subscriber is behind the newest commit.
     pub live_feed_lag: Gauge<f64, AtomicU64>,
     /// Seconds the search index is behind the commits.
@@ -205,6 +207,26 @@ pub struct LaneLabel {
 }
 
 type LaneFamily = Family<LaneLabel, Histogram, fn() -> Histogram>;
+
+/// What held a session's reader up (see [`reader_held`]).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HeldLabel {
+    /// One of [`reader_held`]'s names.
+    pub by: &'static str,
+}
+
+/// Why a session's reader was not reading its transport, the `by` label of
+/// `sightline_session_reader_held_seconds`: while it is held, the messages
+/// behind (a live-lane batch among them) wait on the link.
+pub mod reader_held {
+    /// A live-lane batch waited for room in a writer's live queue.
+    pub const LIVE_QUEUE: &str = "live_queue";
+    /// A batch waited for the session's read-ahead budget (`ingest.read_ahead_bytes`).
+    pub const READ_AHEAD: &str = "read_ahead";
+    /// A message waited for room in the session loop's queue.
+    pub const SESSION_LOOP: &str = "session_loop";
+    pub const ALL: [&str; 3] = [LIVE_QUEUE, READ_AHEAD, SESSION_LOOP];
+}
 
 /// The store's engine (see `store::engine`).
 #[derive(Clone)]
@@ -487,6 +509,16 @@ impl Metrics {
             "How long a share of a batch waited in its partition writer's queue (from the session handing it over to the writer taking it), by lane",
             writer_queue_seconds.clone(),
         );
+        let reader_held_seconds: Family<HeldLabel, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| Histogram::new(HOP_BUCKETS));
+        for by in reader_held::ALL {
+            let _ = reader_held_seconds.get_or_create(&HeldLabel { by });
+        }
+        r.register(
+            "session_reader_held_seconds",
+            "How long an agent session's reader was held up before reading on, by what held it (live_queue, read_ahead, session_loop): the messages behind it, live-lane batches among them, waited meanwhile",
+            reader_held_seconds.clone(),
+        );
         let live_feed_lag = Gauge::<f64, AtomicU64>::default();
         r.register(
             "live_feed_lag_seconds",
@@ -596,6 +628,7 @@ impl Metrics {
             registry: r,
             hop_seconds,
             writer_queue_seconds,
+            reader_held_seconds,
             live_feed_lag,
             search_index_lag,
             export_lag,
@@ -655,6 +688,13 @@ impl Metrics {
     /// The histogram of one [`hop`].
     pub fn hop(&self, hop: &'static str) -> Histogram {
         self.hop_seconds.get_or_create(&HopLabel { hop }).clone()
+    }
+
+    /// The histogram of what held a session's reader, by [`reader_held`].
+    pub fn reader_held(&self, by: &'static str) -> Histogram {
+        self.reader_held_seconds
+            .get_or_create(&HeldLabel { by })
+            .clone()
     }
 
     /// The writer-queue histogram of the live lane or the backlog.

@@ -445,17 +445,29 @@ impl IngestCore {
         let per_session = ra.per_session.max(1);
         let shared = ra.per_session > 0 && ra.total_permits > 0;
         let session = Arc::new(tokio::sync::Semaphore::new(per_session as usize));
+        use crate::metrics::reader_held;
+        let held = |by: &'static str, since: std::time::Instant| {
+            self.metrics
+                .reader_held(by)
+                .observe(since.elapsed().as_secs_f64());
+        };
         loop {
             let item = match inbound.next().await {
                 None => Ahead::Closed,
                 Some(Err(s)) => Ahead::Broken(s),
                 Some(Ok(AgentMessage {
                     msg: Some(agent_message::Msg::Live(b)),
-                })) => match self.commit_live(agent, epoch, b).await {
-                    Ok(()) => continue,
-                    Err(end) => Ahead::End(end),
-                },
+                })) => {
+                    let since = std::time::Instant::now();
+                    let done = self.commit_live(agent, epoch, b).await;
+                    held(reader_held::LIVE_QUEUE, since);
+                    match done {
+                        Ok(()) => continue,
+                        Err(end) => Ahead::End(end),
+                    }
+                }
                 Some(Ok(m)) => {
+                    let since = std::time::Instant::now();
                     let bytes = m.encoded_len().clamp(1, u32::MAX as usize) as u32;
                     let Ok(mut mine) = session
                         .clone()
@@ -485,13 +497,16 @@ impl IngestCore {
                             Err(_) => return,
                         }
                     }
+                    held(reader_held::READ_AHEAD, since);
                     Ahead::Msg(m, (mine, all))
                 }
             };
             let last = !matches!(item, Ahead::Msg(..));
+            let since = std::time::Instant::now();
             if to_loop.send(item).await.is_err() || last {
                 return;
             }
+            held(reader_held::SESSION_LOOP, since);
         }
     }
 

@@ -364,6 +364,19 @@ async fn main() {
             "hop=\"stamped_to_live_received\""
         )
     );
+    let held = |by: &str| {
+        histogram_line(
+            std::slice::from_ref(&metrics),
+            "sightline_session_reader_held_seconds",
+            &format!("by=\"{by}\""),
+        )
+    };
+    println!(
+        "  the core's session readers held up by a writer's live queue: {}; by the read-ahead budget: {}; by the session loop: {}",
+        held("live_queue"),
+        held("read_ahead"),
+        held("session_loop")
+    );
     println!(
         "  agents: sessions broken during the drain {:?}, events sent on the live lane {:?}",
         agent_metrics
