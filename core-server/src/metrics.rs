@@ -141,7 +141,7 @@ pub struct Metrics {
     /// How long a share waited in its partition writer's queue, by lane.
     pub writer_queue_seconds: LaneFamily,
     /// How long a session's reader was held up, by [`reader_held`].
-    pub reader_held_seconds: Family<HeldLabel, Histogram, fn() -> Histogram>,
+    pub reader_held_seconds: HeldFamily,
     /// Seconds the slowest live subscriber is behind the newest commit.
     pub live_feed_lag: Gauge<f64, AtomicU64>,
     /// Seconds the search index is behind the commits.
@@ -214,6 +214,8 @@ pub struct HeldLabel {
     /// One of [`reader_held`]'s names.
     pub by: &'static str,
 }
+
+type HeldFamily = Family<HeldLabel, Histogram, fn() -> Histogram>;
 
 /// Why a session's reader was not reading its transport, the `by` label of
 /// `sightline_session_reader_held_seconds`: while it is held, the messages
@@ -509,7 +511,7 @@ impl Metrics {
             "How long a share of a batch waited in its partition writer's queue (from the session handing it over to the writer taking it), by lane",
             writer_queue_seconds.clone(),
         );
-        let reader_held_seconds: Family<HeldLabel, Histogram, fn() -> Histogram> =
+        let reader_held_seconds: HeldFamily =
             Family::new_with_constructor(|| Histogram::new(HOP_BUCKETS));
         for by in reader_held::ALL {
             let _ = reader_held_seconds.get_or_create(&HeldLabel { by });
