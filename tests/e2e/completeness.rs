@@ -173,6 +173,22 @@ async fn detections_dropped_by_a_full_buffer_are_named_with_the_reason() {
     let agent = Agent::start(args);
     let mut intake = IntakeClient::connect(agent.intake_url()).await.unwrap();
     wait_stored(&core.url(), 100).await;
+    // Stored at the core is not yet trimmed at the agent: its buffer frees
+    // room only when the acknowledgement arrives, and a buffer still full
+    // would (rightly) drop the next detections.
+    let metrics = agent.metrics_addr();
+    wait_for(
+        "the agent's buffer emptied",
+        Duration::from_secs(30),
+        || async move {
+            let (_, body) = sightline_tests::http::get(metrics, "/metrics", "").await;
+            String::from_utf8_lossy(&body)
+                .lines()
+                .any(|l| l == "sightline_edge_buffer_events 0")
+                .then_some(())
+        },
+    )
+    .await;
     let d = (0..20).map(|i| det(1000 + i, 100, now)).collect();
     assert_eq!(publish(&mut intake, d).await, 0);
     wait_stored(&core.url(), 120).await;
