@@ -149,6 +149,7 @@ pub struct AgentMetrics {
     pub events_sent: Counter,
     /// Events sent ahead of a backlog on the live lane.
     pub live_sent: Counter,
+    pub live_skipped: Counter,
     /// From sending a batch to the core's ack of it.
     pub ack_rtt: Histogram,
     /// How long the oldest event of each live-lane batch waited at the
@@ -215,6 +216,11 @@ impl AgentMetrics {
             live_sent: reg!(
                 "live_lane_sent_events",
                 "Events sent ahead of a backlog on the live lane (sent again with the backlog)",
+                Counter::default()
+            ),
+            live_skipped: reg!(
+                "live_lane_skipped_events",
+                "New events the live lane passed over for want of rate budget (sent only in order, with the backlog)",
                 Counter::default()
             ),
             ack_rtt: reg!(

@@ -61,7 +61,8 @@ pub struct LiveLane {
     after_wait: Duration,
     max_rate: f64,
     max_share: f64,
-    /// Events the lane may send now (a token bucket, up to one batch).
+    /// Events the lane may send now (a token bucket, up to
+    /// [`LIVE_BURST`] of its rate or one batch, whichever is more).
     tokens: f64,
     refilled: Instant,
     /// The first seq the lane has not sent nor skipped.
@@ -73,6 +74,9 @@ pub struct LiveLane {
     /// How fast new events arrive (events/s, smoothed).
     arrival_rate: f64,
     sampled: Option<(Instant, u64, u64)>,
+    /// Events the lane passed over for want of budget (left to the
+    /// backlog's order) and not yet taken by [`LiveLane::take_skipped`].
+    skipped: u64,
 }
 
 /// How often the live lane samples the core's acknowledgement rate and the
@@ -82,6 +86,11 @@ const ACK_RATE_SAMPLE: Duration = Duration::from_millis(250);
 /// The live lane's rate is at least this times the rate new events arrive
 /// at, so that it keeps up with them through bursts.
 const ARRIVAL_HEADROOM: f64 = 1.25;
+
+/// How much of its rate the live lane's bucket holds: the sender's loop
+/// may be held up (its link's queue full of backlog batches) for this
+/// long without the lane passing over new events that its rate covers.
+const LIVE_BURST: Duration = Duration::from_secs(1);
 
 impl LiveLane {
     /// `from`: the first seq that is new to this session (what the buffer
@@ -99,6 +108,7 @@ impl LiveLane {
             ack_rate: cfg.live_lane_max_rate as f64 / max_share,
             arrival_rate: 0.0,
             sampled: None,
+            skipped: 0,
         }
     }
 
@@ -134,8 +144,10 @@ impl LiveLane {
     /// `after_wait` for its ack (the core's queues hold other agents'
     /// backlogs: a small backlog of this agent's own is no sign that new
     /// events would be quick), the newest of those the lane has not sent,
-    /// as many as the rate allows (at most `max_batch`; see
-    /// [`LiveLane::rate`]). What the rate cannot cover is left to the backlog.
+    /// as many as the rate allows (see [`LiveLane::rate`]), oldest first
+    /// and at most `max_batch` a call (call again for the rest). What the
+    /// rate cannot cover is left to the backlog, and counted
+    /// ([`LiveLane::take_skipped`]).
     pub fn due(
         &mut self,
         acked: u64,
@@ -144,8 +156,8 @@ impl LiveLane {
         max_batch: usize,
         now: Instant,
     ) -> Option<(u64, usize)> {
-        let cap = max_batch as f64;
         let rate = self.rate(acked, newest, now);
+        let cap = (rate * LIVE_BURST.as_secs_f64()).max(max_batch as f64);
         self.tokens =
             (self.tokens + now.duration_since(self.refilled).as_secs_f64() * rate).min(cap);
         self.refilled = now;
@@ -159,10 +171,16 @@ impl LiveLane {
             return None;
         }
         let first = start.max(newest.saturating_sub(budget));
-        let n = newest - first;
+        let n = (newest - first).min(max_batch.max(1) as u64);
+        self.skipped += first - start;
         self.tokens -= n as f64;
-        self.next = newest;
+        self.next = first + n;
         Some((first, n as usize))
+    }
+
+    /// The events passed over since the last call (see [`LiveLane::due`]).
+    pub fn take_skipped(&mut self) -> u64 {
+        std::mem::take(&mut self.skipped)
     }
 
     /// `n` events from `first` on were sent (fewer than due when a batch's
@@ -477,7 +495,9 @@ impl Sender {
                 let waited = in_flight.front().map_or(Duration::ZERO, |(_, sent)| {
                     now.saturating_duration_since(*sent)
                 });
-                if let Some((first, n)) = live.due(
+                // Each call gives at most one batch: what the bucket covers
+                // after the loop was held up takes a few.
+                while let Some((first, n)) = live.due(
                     buffer.acked(),
                     buffer.next_seq(),
                     waited,
@@ -507,6 +527,10 @@ impl Sender {
                         events,
                     };
                     send(&link.tx, agent_message::Msg::Live(batch)).await?;
+                }
+                let skipped = live.take_skipped();
+                if skipped > 0 {
+                    self.stats.metrics.live_skipped.inc_by(skipped);
                 }
             }
             let window_open = in_flight.len() < cfg.max_in_flight
@@ -715,11 +739,17 @@ mod tests {
             Some((1_451, 50))
         );
         assert_eq!(l.due(0, 1_501, Duration::ZERO, 2_000, t0 + 500 * ms), None);
-        // The bucket holds at most one batch however long it waited.
-        assert_eq!(
-            l.due(0, 5_001, Duration::ZERO, 20, t0 + 100_000 * ms),
-            Some((4_981, 20))
-        );
+        assert_eq!(l.take_skipped(), 450);
+        // The bucket holds a second of the rate however long it waited
+        // (50/s by now: half the core's share, which acknowledged nothing),
+        // given out a batch a call, oldest first.
+        let mut sent = Vec::new();
+        while let Some(d) = l.due(0, 5_001, Duration::ZERO, 20, t0 + 100_000 * ms) {
+            sent.push(d);
+        }
+        assert_eq!(sent, [(4_951, 20), (4_971, 20), (4_991, 10)]);
+        assert_eq!(l.take_skipped(), 4_951 - 1_501);
+        assert_eq!(l.take_skipped(), 0);
         // Off.
         let (mut off, t0) = lane(0, 100);
         assert_eq!(
@@ -778,6 +808,44 @@ mod tests {
             }
         }
         assert!(sent <= 1_100, "sent {sent} in 1 s at max_rate 1,000");
+    }
+
+    #[test]
+    fn the_live_lane_passes_over_nothing_its_rate_covers_when_the_loop_was_held_up() {
+        let cfg = SenderConfig {
+            live_lane_after: 10,
+            live_lane_max_rate: 25_000,
+            live_lane_max_share: 0.25,
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        let mut l = LiveLane::new(&cfg, 1_000_001, t0);
+        let ms = Duration::from_millis(1);
+        // 5,000 new events a second behind a million-event backlog; the
+        // sender's loop is held up for 600 ms twice (its link's queue full
+        // of backlog batches): what arrived meanwhile goes live after it,
+        // a batch (2,000) at a time.
+        let (mut acked, mut newest) = (0, 1_000_001);
+        let mut lane_sent = Vec::new();
+        for step in 1..=300u64 {
+            acked += 80;
+            newest += 50;
+            if (100..160).contains(&step) || (200..260).contains(&step) {
+                continue;
+            }
+            let now = t0 + 10 * step as u32 * ms;
+            while let Some((first, n)) = l.due(acked, newest, Duration::ZERO, 2_000, now) {
+                assert!(n <= 2_000);
+                lane_sent.extend(first..first + n as u64);
+            }
+        }
+        let from = 1_000_001 + 20 * 50; // after the first 0.2 s, the lane has learned
+        let missed = (from..newest).filter(|s| !lane_sent.contains(s)).count();
+        assert_eq!(missed, 0, "{missed} new events left to the backlog");
+        let mut uniq = lane_sent.clone();
+        uniq.sort_unstable();
+        uniq.dedup();
+        assert_eq!(uniq.len(), lane_sent.len(), "an event sent twice");
     }
 
     #[test]

@@ -378,7 +378,7 @@ async fn main() {
         held("session_loop")
     );
     println!(
-        "  agents: sessions broken during the drain {:?}, events sent on the live lane {:?}",
+        "  agents: sessions broken during the drain {:?}, events sent on the live lane {:?}, new events it passed over (left to the backlog) {:?}",
         agent_metrics
             .iter()
             .zip(&reconnects_at_back)
@@ -387,6 +387,10 @@ async fn main() {
         agent_metrics
             .iter()
             .map(|t| counter(t, "sightline_edge_live_lane_sent_events_total"))
+            .collect::<Vec<_>>(),
+        agent_metrics
+            .iter()
+            .map(|t| counter(t, "sightline_edge_live_lane_skipped_events_total"))
             .collect::<Vec<_>>()
     );
     println!("  store during the drain: {engine}");
