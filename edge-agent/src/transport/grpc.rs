@@ -19,7 +19,7 @@ use tonic::{
     Status,
 };
 
-use super::{status_error, Link, LinkError, Transport};
+use super::{outgoing, status_error, Link, LinkError, Transport};
 use crate::tls::ClientTls;
 
 /// gRPC transport to `url` (`https://host:port` or `http://host:port`).
@@ -95,8 +95,8 @@ impl GrpcTransport {
         let mut client = IngestClient::new(channel)
             .max_decoding_message_size(64 * 1024 * 1024)
             .max_encoding_message_size(64 * 1024 * 1024);
-        let (tx, rx) = mpsc::channel(64);
-        let response = match client.session(ReceiverStream::new(rx)).await {
+        let (tx, live_tx, out) = outgoing();
+        let response = match client.session(out).await {
             Ok(r) => r,
             Err(s) => {
                 self.reset();
@@ -116,6 +116,7 @@ impl GrpcTransport {
             .boxed();
         Ok(Link {
             tx,
+            live_tx,
             rx,
             peer: self.url.clone(),
             shadow: None,

@@ -28,6 +28,10 @@ use crate::config::AgentConfig;
 pub struct Link {
     /// Messages to the core, in order.
     pub tx: mpsc::Sender<AgentMessage>,
+    /// Messages to the core that go ahead of whatever waits in `tx` (the
+    /// live lane's batches, PROTOCOL.md rule 6b): a live batch must not
+    /// queue behind the backlog batches in flight.
+    pub live_tx: mpsc::Sender<AgentMessage>,
     /// Messages from the core, in order; an error or the end means the link is gone.
     pub rx: BoxStream<'static, Result<CoreMessage, LinkError>>,
     /// Human-readable description of the peer, for logs.
@@ -36,6 +40,29 @@ pub struct Link {
     /// core commits whichever copy of each seq comes first, so a lost packet
     /// of the event stream does not hold events up a round trip.
     pub shadow: Option<Shadow>,
+}
+
+/// Messages a link's queue holds ([`Link::tx`]), and its live lane's
+/// ([`Link::live_tx`]).
+const QUEUE: usize = 64;
+const LIVE_QUEUE: usize = 16;
+
+/// A link's two queues and the stream of what goes out: a message waiting
+/// in the live queue goes ahead of those waiting in the other; each queue
+/// keeps its order. It ends when both senders are gone.
+pub fn outgoing() -> (
+    mpsc::Sender<AgentMessage>,
+    mpsc::Sender<AgentMessage>,
+    impl futures::Stream<Item = AgentMessage> + Send + Unpin + 'static,
+) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let (live_tx, live_rx) = mpsc::channel(LIVE_QUEUE);
+    let out = futures::stream::select_with_strategy(
+        tokio_stream::wrappers::ReceiverStream::new(live_rx),
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+        |_: &mut ()| futures::stream::PollNext::Left,
+    );
+    (tx, live_tx, out)
 }
 
 /// Sends best-effort copies of a batch (see [`Link::shadow`]).
@@ -357,5 +384,53 @@ mod failover_tests {
         f.session_failed(&e.to_string());
         let e = f.connect().await.err().expect("nothing listens");
         assert!(e.to_string().contains("127.0.0.1:10"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod outgoing_tests {
+    use futures::StreamExt;
+    use sightline_proto::v1::{agent_message::Msg, AgentStatus};
+
+    use super::*;
+
+    fn status(next_seq: u64) -> AgentMessage {
+        AgentMessage {
+            msg: Some(Msg::Status(AgentStatus {
+                next_seq,
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn live(first_seq: u64) -> AgentMessage {
+        AgentMessage {
+            msg: Some(Msg::Live(Batch {
+                first_seq,
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_live_batch_goes_out_ahead_of_the_messages_queued_before_it() {
+        let (tx, live_tx, mut out) = outgoing();
+        for s in 1..=3 {
+            tx.send(status(s)).await.unwrap();
+        }
+        live_tx.send(live(7)).await.unwrap();
+        live_tx.send(live(9)).await.unwrap();
+        assert_eq!(out.next().await, Some(live(7)));
+        assert_eq!(out.next().await, Some(live(9)));
+        assert_eq!(out.next().await, Some(status(1)));
+        tx.send(status(4)).await.unwrap();
+        live_tx.send(live(11)).await.unwrap();
+        assert_eq!(out.next().await, Some(live(11)));
+        for s in 2..=4 {
+            assert_eq!(out.next().await, Some(status(s)));
+        }
+        // Both senders gone: the stream ends (the session's end).
+        drop((tx, live_tx));
+        assert_eq!(out.next().await, None);
     }
 }

@@ -20,7 +20,6 @@ use sightline_proto::{
         QuicReply,
     },
 };
-use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tonic::Status;
 
@@ -145,9 +144,9 @@ impl QuicTransport {
         wr.send(Bytes::from(call.encode_to_vec()))
             .await
             .map_err(|e| broken(&conn, e))?;
-        let (tx, mut out) = mpsc::channel::<AgentMessage>(64);
+        let (tx, live_tx, mut out) = super::outgoing();
         tokio::spawn(async move {
-            while let Some(m) = out.recv().await {
+            while let Some(m) = out.next().await {
                 if wr.send(Bytes::from(m.encode_to_vec())).await.is_err() {
                     return;
                 }
@@ -170,6 +169,7 @@ impl QuicTransport {
         };
         Ok(Link {
             tx,
+            live_tx,
             rx,
             peer: format!("{} ({})", self.url, conn.remote_address()),
             shadow: Some(Box::new(move |b: &Batch| copies.send(b))),

@@ -526,7 +526,7 @@ impl Sender {
                         durable_after_ms: buffer.durable_after(first, events.len()),
                         events,
                     };
-                    send(&link.tx, agent_message::Msg::Live(batch)).await?;
+                    send(&link.live_tx, agent_message::Msg::Live(batch)).await?;
                 }
                 let skipped = live.take_skipped();
                 if skipped > 0 {
