@@ -184,9 +184,12 @@ impl LiveLane {
     }
 
     /// `n` events from `first` on were sent (fewer than due when a batch's
-    /// byte limit cut them): the rest are sent next time.
+    /// byte limit cut them): the rest are sent next time, and their tokens
+    /// go back to the bucket.
     pub fn sent(&mut self, first: u64, n: usize) {
-        self.next = first + n as u64;
+        let end = first + n as u64;
+        self.tokens += self.next.saturating_sub(end) as f64;
+        self.next = end;
     }
 }
 
@@ -506,6 +509,9 @@ impl Sender {
                 ) {
                     let events = buffer.read(first, n, cfg.batch_max_bytes.as_u64() as usize)?;
                     live.sent(first, events.len());
+                    if events.is_empty() {
+                        break;
+                    }
                     if let Some(oldest) = events
                         .first()
                         .and_then(|e| EdgeEvent::decode(e.as_ref()).ok())
@@ -808,6 +814,25 @@ mod tests {
             }
         }
         assert!(sent <= 1_100, "sent {sent} in 1 s at max_rate 1,000");
+    }
+
+    #[test]
+    fn what_a_byte_limit_left_of_a_live_batch_goes_next_with_its_tokens() {
+        let (mut l, t0) = lane(10, 100);
+        let at = t0 + Duration::from_millis(500);
+        assert_eq!(
+            l.due(0, 1_501, Duration::ZERO, 2_000, at),
+            Some((1_451, 50))
+        );
+        // Only 10 fitted in the batch's bytes: the other 40 go next, at once.
+        l.sent(1_451, 10);
+        assert_eq!(
+            l.due(0, 1_501, Duration::ZERO, 2_000, at),
+            Some((1_461, 40))
+        );
+        l.sent(1_461, 40);
+        assert_eq!(l.due(0, 1_501, Duration::ZERO, 2_000, at), None);
+        assert_eq!(l.take_skipped(), 450);
     }
 
     #[test]
