@@ -58,6 +58,18 @@ async fn wait_report(core: &Core, lines: &[&str]) -> String {
     got
 }
 
+/// Waits until the `/metrics` text served at `addr` has `line`.
+async fn wait_metric(what: &str, addr: std::net::SocketAddr, line: &'static str) {
+    wait_for(what, Duration::from_secs(30), || async move {
+        let (_, body) = sightline_tests::http::get(addr, "/metrics", "").await;
+        String::from_utf8_lossy(&body)
+            .lines()
+            .any(|l| l == line)
+            .then_some(())
+    })
+    .await;
+}
+
 async fn publish(intake: &mut IntakeClient<tonic::transport::Channel>, d: Vec<Detection>) -> usize {
     let r = intake
         .publish(PublishRequest { detections: d })
@@ -122,16 +134,10 @@ async fn nothing_lost_with_duplicates_and_a_core_restart_reads_complete() {
     .await;
     assert_eq!(r.lines().next(), Some("complete"), "{r}");
     // The metric the dashboards and alerts read (refreshed every 10 s).
-    let http = core.http;
-    wait_for(
+    wait_metric(
         "the completeness metric",
-        Duration::from_secs(30),
-        || async move {
-            let (_, body) = sightline_tests::http::get(http, "/metrics", "").await;
-            String::from_utf8_lossy(&body)
-                .contains("sightline_completeness_missing_total{camera=\"100\"} 0")
-                .then_some(())
-        },
+        core.http,
+        "sightline_completeness_missing_total{camera=\"100\"} 0",
     )
     .await;
 }
@@ -176,17 +182,10 @@ async fn detections_dropped_by_a_full_buffer_are_named_with_the_reason() {
     // Stored at the core is not yet trimmed at the agent: its buffer frees
     // room only when the acknowledgement arrives, and a buffer still full
     // would (rightly) drop the next detections.
-    let metrics = agent.metrics_addr();
-    wait_for(
+    wait_metric(
         "the agent's buffer emptied",
-        Duration::from_secs(30),
-        || async move {
-            let (_, body) = sightline_tests::http::get(metrics, "/metrics", "").await;
-            String::from_utf8_lossy(&body)
-                .lines()
-                .any(|l| l == "sightline_edge_buffer_events 0")
-                .then_some(())
-        },
+        agent.metrics_addr(),
+        "sightline_edge_buffer_events 0",
     )
     .await;
     let d = (0..20).map(|i| det(1000 + i, 100, now)).collect();

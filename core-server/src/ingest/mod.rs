@@ -446,10 +446,13 @@ impl IngestCore {
         let shared = ra.per_session > 0 && ra.total_permits > 0;
         let session = Arc::new(tokio::sync::Semaphore::new(per_session as usize));
         use crate::metrics::reader_held;
-        let held = |by: &'static str, since: std::time::Instant| {
-            self.metrics
-                .reader_held(by)
-                .observe(since.elapsed().as_secs_f64());
+        // Looked up once: each message observes one.
+        let by_live_queue = self.metrics.reader_held(reader_held::LIVE_QUEUE);
+        let by_read_ahead = self.metrics.reader_held(reader_held::READ_AHEAD);
+        let by_session_loop = self.metrics.reader_held(reader_held::SESSION_LOOP);
+        let held = |h: &prometheus_client::metrics::histogram::Histogram,
+                    since: std::time::Instant| {
+            h.observe(since.elapsed().as_secs_f64());
         };
         loop {
             let item = match inbound.next().await {
@@ -460,7 +463,7 @@ impl IngestCore {
                 })) => {
                     let since = std::time::Instant::now();
                     let done = self.commit_live(agent, epoch, b).await;
-                    held(reader_held::LIVE_QUEUE, since);
+                    held(&by_live_queue, since);
                     match done {
                         Ok(()) => continue,
                         Err(end) => Ahead::End(end),
@@ -497,7 +500,7 @@ impl IngestCore {
                             Err(_) => return,
                         }
                     }
-                    held(reader_held::READ_AHEAD, since);
+                    held(&by_read_ahead, since);
                     Ahead::Msg(m, (mine, all))
                 }
             };
@@ -506,7 +509,7 @@ impl IngestCore {
             if to_loop.send(item).await.is_err() || last {
                 return;
             }
-            held(reader_held::SESSION_LOOP, since);
+            held(&by_session_loop, since);
         }
     }
 

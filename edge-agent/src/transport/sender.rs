@@ -764,8 +764,16 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_live_lane_keeps_up_with_new_events_beyond_its_share() {
+    /// A lane as configured by default behind a million-event backlog, for
+    /// `steps` of 10 ms: each step the core acknowledges 80 events (8,000/s,
+    /// a share of 2,000/s) and 50 new ones arrive (5,000/s); the sender's
+    /// loop asks for what is due (until nothing is) at every step but the
+    /// `held` ones. The seqs sent on the lane, and the next seq.
+    fn behind_a_backlog(
+        steps: u64,
+        max_batch: usize,
+        held: impl Fn(u64) -> bool,
+    ) -> (Vec<u64>, u64) {
         let cfg = SenderConfig {
             live_lane_after: 10,
             live_lane_max_rate: 25_000,
@@ -774,31 +782,42 @@ mod tests {
         };
         let t0 = Instant::now();
         let mut l = LiveLane::new(&cfg, 1_000_001, t0);
-        let ms = Duration::from_millis(1);
-        // A million-event backlog; the core acknowledges 8,000 events/s (a
-        // share of 2,000/s) while 5,000 new events arrive a second: every
-        // one of them goes live, once.
         let (mut acked, mut newest) = (0, 1_000_001);
         let mut lane_sent = Vec::new();
-        for step in 1..=200u64 {
+        for step in 1..=steps {
             acked += 80;
             newest += 50;
-            if let Some((first, n)) = l.due(
-                acked,
-                newest,
-                Duration::ZERO,
-                4_096,
-                t0 + 10 * step as u32 * ms,
-            ) {
+            if held(step) {
+                continue;
+            }
+            let now = t0 + Duration::from_millis(10 * step);
+            while let Some((first, n)) = l.due(acked, newest, Duration::ZERO, max_batch, now) {
+                assert!(n <= max_batch);
                 lane_sent.extend(first..first + n as u64);
             }
         }
-        let from = 1_000_001 + 20 * 50; // after the first 0.2 s, the lane has learned
+        (lane_sent, newest)
+    }
+
+    /// Every event that arrived after the lane's first 0.2 s (when it has
+    /// learned the rates) up to `newest` was sent on it, once.
+    fn assert_every_new_event_went_live_once(lane_sent: &[u64], newest: u64) {
+        let from = 1_000_001 + 20 * 50;
         let missed = (from..newest).filter(|s| !lane_sent.contains(s)).count();
         assert_eq!(missed, 0, "{missed} new events left to the backlog");
-        let mut uniq = lane_sent.clone();
+        let mut uniq = lane_sent.to_vec();
+        uniq.sort_unstable();
         uniq.dedup();
         assert_eq!(uniq.len(), lane_sent.len(), "an event sent twice");
+    }
+
+    #[test]
+    fn the_live_lane_keeps_up_with_new_events_beyond_its_share() {
+        // The core's share (2,000/s) is less than what arrives (5,000/s):
+        // every new event goes live all the same, once.
+        let (lane_sent, newest) = behind_a_backlog(200, 4_096, |_| false);
+        assert_every_new_event_went_live_once(&lane_sent, newest);
+        let ms = Duration::from_millis(1);
         // Capped by max_rate all the same.
         let (mut l, t0) = lane(10, 1_000);
         let mut sent = 0;
@@ -837,40 +856,13 @@ mod tests {
 
     #[test]
     fn the_live_lane_passes_over_nothing_its_rate_covers_when_the_loop_was_held_up() {
-        let cfg = SenderConfig {
-            live_lane_after: 10,
-            live_lane_max_rate: 25_000,
-            live_lane_max_share: 0.25,
-            ..Default::default()
-        };
-        let t0 = Instant::now();
-        let mut l = LiveLane::new(&cfg, 1_000_001, t0);
-        let ms = Duration::from_millis(1);
-        // 5,000 new events a second behind a million-event backlog; the
-        // sender's loop is held up for 600 ms twice (its link's queue full
-        // of backlog batches): what arrived meanwhile goes live after it,
-        // a batch (2,000) at a time.
-        let (mut acked, mut newest) = (0, 1_000_001);
-        let mut lane_sent = Vec::new();
-        for step in 1..=300u64 {
-            acked += 80;
-            newest += 50;
-            if (100..160).contains(&step) || (200..260).contains(&step) {
-                continue;
-            }
-            let now = t0 + 10 * step as u32 * ms;
-            while let Some((first, n)) = l.due(acked, newest, Duration::ZERO, 2_000, now) {
-                assert!(n <= 2_000);
-                lane_sent.extend(first..first + n as u64);
-            }
-        }
-        let from = 1_000_001 + 20 * 50; // after the first 0.2 s, the lane has learned
-        let missed = (from..newest).filter(|s| !lane_sent.contains(s)).count();
-        assert_eq!(missed, 0, "{missed} new events left to the backlog");
-        let mut uniq = lane_sent.clone();
-        uniq.sort_unstable();
-        uniq.dedup();
-        assert_eq!(uniq.len(), lane_sent.len(), "an event sent twice");
+        // The sender's loop is held up for 600 ms twice (its link's queue
+        // full of backlog batches): what arrived meanwhile goes live after
+        // it, a batch (2,000) at a time.
+        let (lane_sent, newest) = behind_a_backlog(300, 2_000, |step| {
+            (100..160).contains(&step) || (200..260).contains(&step)
+        });
+        assert_every_new_event_went_live_once(&lane_sent, newest);
     }
 
     #[test]
