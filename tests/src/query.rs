@@ -241,18 +241,38 @@ async fn stored_now(url: &str) -> Option<u64> {
     }
 }
 
-/// Waits until the core has stored exactly `n` events.
+/// Waits until the core has stored exactly `n` events. It waits as long as
+/// the count keeps moving (a cluster re-reading its stream after an outage
+/// catches up at the speed of a loaded machine), and fails once the count
+/// has stood still for a minute, or after five minutes in all, saying what it
+/// last saw: a lost event shows as a count that stops short.
 pub async fn wait_stored(url: &str, n: u64) {
-    let url = url.to_string();
-    crate::wait_for(
-        &format!("{n} events stored"),
-        std::time::Duration::from_secs(60),
-        || {
-            let url = url.clone();
-            async move { (stored_now(&url).await == Some(n)).then_some(()) }
-        },
-    )
-    .await;
+    use std::time::Duration;
+    const STILL: Duration = Duration::from_secs(60);
+    const AT_MOST: Duration = Duration::from_secs(300);
+    let start = tokio::time::Instant::now();
+    let mut last = None;
+    let mut moved = start;
+    loop {
+        let now = stored_now(url).await;
+        if now == Some(n) {
+            return;
+        }
+        if now.is_some() && now != last {
+            last = now;
+            moved = tokio::time::Instant::now();
+        }
+        let seen = last.map_or("no answer yet".to_string(), |c| format!("{c} stored"));
+        assert!(
+            moved.elapsed() < STILL,
+            "waiting for {n} events stored, the count stood still for {STILL:?} (last seen: {seen})"
+        );
+        assert!(
+            start.elapsed() < AT_MOST,
+            "timed out after {AT_MOST:?} waiting for {n} events stored (last seen: {seen})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A top-X table as the dashboard answers it (JSON: `[{<location_key>,
