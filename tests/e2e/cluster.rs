@@ -149,8 +149,7 @@ async fn two_nats_servers_down_acknowledge_nothing_and_lose_nothing_once_back() 
         agent.alive(),
         "the agent had every event acknowledged while the cluster had no quorum"
     );
-    rig.nats.restart(1).await;
-    rig.nats.restart(2).await;
+    rig.nats.restart_together(&[1, 2]).await;
     assert!(agent.wait(Duration::from_secs(240)).success());
     rig.assert_truth(&truth).await;
 }

@@ -578,9 +578,8 @@ async fn quic_falls_back_to_grpc_when_udp_is_blocked_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let core = start_core(dir.path(), None);
     // UDP to the core is black-holed; TCP on the same port goes through.
-    let udp = UdpProxy::start(core.edge, Impairment::NONE).await;
+    let (udp, _tcp) = ImpairedTcpProxy::beside_udp(core.edge, Impairment::NONE).await;
     udp.cut();
-    let _tcp = ImpairedTcpProxy::start_on(udp.addr, core.edge, Impairment::NONE).await;
     let data = Dataset::generate(14, 3000, 0.1, 0.2, LOCATIONS);
     let csv = data.csv_in(dir.path());
     issue_agent(&core.pki(), "walled");

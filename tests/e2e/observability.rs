@@ -8,7 +8,7 @@
 
 use std::{
     collections::BTreeSet,
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
@@ -128,13 +128,10 @@ fn left_of_comparison(expr: &str) -> String {
     expr[..found[0]].trim().to_string()
 }
 
-/// A port free a moment ago (Prometheus cannot be told to take port 0).
+/// A port free a moment ago (Prometheus cannot be told to take port 0),
+/// below the ephemeral range so that no port-0 bind takes it meanwhile.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    sightline_tests::nats::free_ports(1)[0]
 }
 
 /// Debian's `prometheus`, scraping `core` and `agent` every second.

@@ -299,13 +299,35 @@ const MSS: usize = 1448;
 
 impl ImpairedTcpProxy {
     pub async fn start(target: SocketAddr, imp: Impairment) -> Self {
-        Self::start_on("127.0.0.1:0".parse().unwrap(), target, imp).await
+        Self::try_start_on("127.0.0.1:0".parse().unwrap(), target, imp)
+            .await
+            .expect("a TCP port on 127.0.0.1")
     }
 
-    /// Listening on `at` (e.g. the port of a [`UdpProxy`], as the core
-    /// serves both transports on one port).
-    pub async fn start_on(at: SocketAddr, target: SocketAddr, imp: Impairment) -> Self {
-        let listener = TcpListener::bind(at).await.unwrap();
+    /// A [`UdpProxy`] and a TCP proxy listening on the same port, both to
+    /// `target` (the core serves both transports on one port). The port the
+    /// UDP proxy was given may be taken for TCP by anything else on the
+    /// machine (a listener, an outgoing connection's local port): then both
+    /// are tried again on another.
+    pub async fn beside_udp(target: SocketAddr, imp: Impairment) -> (UdpProxy, Self) {
+        let mut last = None;
+        for _ in 0..50 {
+            let udp = UdpProxy::start(target, imp).await;
+            match Self::try_start_on(udp.addr, target, imp).await {
+                Ok(tcp) => return (udp, tcp),
+                Err(e) => last = Some(e),
+            }
+        }
+        panic!("no port free for both UDP and TCP in 50 tries: {last:?}");
+    }
+
+    /// Listening on `at`.
+    pub async fn try_start_on(
+        at: SocketAddr,
+        target: SocketAddr,
+        imp: Impairment,
+    ) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(at).await?;
         let addr = listener.local_addr().unwrap();
         let up = Arc::new(AtomicBool::new(true));
         let (generation, _) = watch::channel(0u64);
@@ -337,13 +359,13 @@ impl ImpairedTcpProxy {
                 });
             }
         });
-        Self {
+        Ok(Self {
             addr,
             up,
             generation,
             connections,
             task,
-        }
+        })
     }
 
     pub fn https_url(&self) -> String {

@@ -9,10 +9,15 @@ use std::{
     time::Duration,
 };
 
-/// How long [`NatsCluster::start`] and [`NatsCluster::restart`] wait for a
-/// server to take connections and for JetStream to elect a meta leader (a
-/// bound against hanging; it takes about 2 s on loopback).
+/// How long [`NatsCluster::start`] waits for a server to take connections
+/// and for JetStream to elect a meta leader (a bound against hanging; it
+/// takes about 2 s on loopback).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The same after [`NatsCluster::restart`]: servers back from `kill -9`
+/// replay their stores and elect again first (more than 30 s once under the
+/// full suite's load).
+pub const RESTART_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The cluster's name (`--cluster_name`).
 pub const CLUSTER_NAME: &str = "sightline-test";
@@ -134,11 +139,26 @@ pub struct NatsCluster {
     _dir: Option<tempfile::TempDir>,
 }
 
-/// `n` distinct free TCP ports on 127.0.0.1 (bound together, then released).
+/// `n` distinct TCP ports on 127.0.0.1, free now and chosen below the
+/// kernel's ephemeral range (`ip_local_port_range`), so that nothing else
+/// binding port 0 or connecting out is given one of them while a server
+/// that owns it is down: a server restarted on its ports finds them free.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = (10_000u16, low.max(11_000));
+    let mut held = Vec::new();
+    let mut tries = 0;
+    while held.len() < n {
+        tries += 1;
+        assert!(tries < 10_000, "no {n} free ports in {from}..{to}");
+        let port = rand::random_range(from..to);
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+        }
+    }
     held.iter()
         .map(|l| l.local_addr().unwrap().port())
         .collect()
@@ -251,9 +271,20 @@ impl NatsCluster {
     /// Starts server `i` again on its ports and store (killing it first if
     /// it runs) and waits until it sees a meta leader again.
     pub async fn restart(&mut self, i: usize) {
-        self.servers[i].kill9();
-        self.servers[i].spawn();
-        self.wait_meta_leader().await;
+        self.restart_together(&[i]).await;
+    }
+
+    /// Starts servers `which` again at once (killing them first if they
+    /// run) and waits (at most [`RESTART_TIMEOUT`]) until every running
+    /// server names the same meta leader: servers back from `kill -9` replay
+    /// their stores and catch up first, which takes longer under load than a
+    /// fresh start.
+    pub async fn restart_together(&mut self, which: &[usize]) {
+        for &i in which {
+            self.servers[i].kill9();
+            self.servers[i].spawn();
+        }
+        self.wait_meta_leader_within(RESTART_TIMEOUT).await;
     }
 
     /// `GET <path>` on server `i`'s monitoring port, as JSON (`None`: not
@@ -291,7 +322,11 @@ impl NatsCluster {
     /// Waits (at most [`READY_TIMEOUT`]) until every running server takes
     /// connections and all name the same JetStream meta leader; that leader.
     pub async fn wait_meta_leader(&self) -> String {
-        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        self.wait_meta_leader_within(READY_TIMEOUT).await
+    }
+
+    async fn wait_meta_leader_within(&self, timeout: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let mut leaders = Vec::new();
             for (i, s) in self.servers.iter().enumerate() {
@@ -315,7 +350,7 @@ impl NatsCluster {
                     .map(|s| format!("{}:\n{}", s.name, crate::proc::tail(&s.log, 10)))
                     .collect();
                 panic!(
-                    "no JetStream meta leader within {READY_TIMEOUT:?} (seen: {leaders:?})\n{}",
+                    "no JetStream meta leader within {timeout:?} (seen: {leaders:?})\n{}",
                     logs.join("\n")
                 );
             }
