@@ -280,47 +280,142 @@ mod tests {
     use super::*;
     use sightline_proto::v1::Detection;
 
-    /// Commits of 2,000 events with random det_oids into one store, timed:
-    /// what a writer's `Store::commit` costs per event (RocksDB is the
-    /// optimised shared library even in a debug build). `cargo test -p
-    /// sightline-core --lib commit_cost -- --ignored --nocapture`.
+    /// A partition writer's store work, timed: commits of 2,000 events (a
+    /// tenth of them repeats of recent ones, as in `bench-ingest`), each
+    /// looked up by det_oid (`Store::stored_dets`), then filled (events,
+    /// aggregates, received camera_seqs, counters) and written by
+    /// `Store::commit`. Prints each step's wall time per event stored in
+    /// this thread, and the process's CPU per event (flushes and
+    /// compactions included). RocksDB is the optimised shared library even
+    /// in a debug build, so the lookup and the write are its real cost;
+    /// the fill is Rust in whatever profile runs it. `cargo test -p
+    /// sightline-core --lib commit_cost -- --ignored --nocapture`;
+    /// `SIGHTLINE_COMMIT_COST_COMMITS` sets the number of commits (1,000).
     #[test]
     #[ignore = "a measurement, not a check"]
     fn commit_cost() {
         use rand::{Rng, SeedableRng};
+        use std::time::{Duration, Instant};
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db"), false, 8 << 20).unwrap();
+        let store = Store::open(&dir.path().join("db"), false, 32 << 20).unwrap();
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        let (commits, per) = (300, 2_000);
-        let mut in_commit = std::time::Duration::ZERO;
+        let commits: i64 = std::env::var("SIGHTLINE_COMMIT_COST_COMMITS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000);
+        let per = 2_000i64;
+        let items = ["person", "car", "bicycle", "backpack", "truck", "dog"];
+        let mut recent: Vec<Detection> = Vec::new();
+        let mut camera_seqs = HashMap::new();
+        let (mut lookup, mut fill, mut write) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        let (mut stored, mut seq) = (0u64, 0u64);
+        let cpu_before = process_cpu_seconds();
+        let started = Instant::now();
         for c in 0..commits {
-            let mut batch = store.begin(1_000 + c).unwrap();
+            let ts0 = 1_700_000_000_000 + c * 20;
+            let mut group = Vec::with_capacity(per as usize);
             for i in 0..per {
+                if !recent.is_empty() && rng.random::<f64>() < 0.1 {
+                    group.push(recent[rng.random_range(0..recent.len())].clone());
+                    continue;
+                }
+                let loc = rng.random_range(1..=13);
+                let camera = loc * 100 + rng.random_range(0..4);
+                // Each camera numbers its own detections.
+                let camera_seq = camera_seqs.entry(camera).or_insert(0u64);
+                *camera_seq += 1;
+                let d = Detection {
+                    geographical_location_oid: loc,
+                    video_camera_oid: camera,
+                    detection_oid: Some(rng.random_range(1..i64::MAX)),
+                    item_name: items[rng.random_range(0..items.len())].into(),
+                    timestamp_detected: ts0 + i / 100,
+                    camera_seq: Some(*camera_seq),
+                    confidence: 0.9,
+                    ..Default::default()
+                };
+                if recent.len() < 4096 {
+                    recent.push(d.clone());
+                } else {
+                    recent[rng.random_range(0..4096)] = d.clone();
+                }
+                group.push(d);
+            }
+            let t = Instant::now();
+            let mut oids: Vec<i64> = group.iter().filter_map(|d| d.detection_oid).collect();
+            oids.sort_unstable();
+            oids.dedup();
+            let held: std::collections::HashSet<i64> = oids
+                .iter()
+                .zip(store.stored_dets(&oids).unwrap())
+                .filter_map(|(o, d)| d.map(|_| *o))
+                .collect();
+            let t = {
+                lookup += t.elapsed();
+                Instant::now()
+            };
+            let mut batch = store.begin(ts0).unwrap();
+            let mut seen = std::collections::HashSet::new();
+            let mut n = 0u64;
+            for d in group {
+                batch.mark_received(&d);
+                let oid = d.detection_oid.unwrap_or_default();
+                if held.contains(&oid) || !seen.insert(oid) {
+                    continue;
+                }
+                batch.add_aggregate(
+                    d.timestamp_detected,
+                    d.geographical_location_oid,
+                    &d.item_name,
+                );
+                seq += 1;
                 batch.put_event(
                     &JoinedEvent {
-                        detection: Some(Detection {
-                            geographical_location_oid: 1 + i % 12,
-                            video_camera_oid: 100 + i % 4,
-                            detection_oid: Some(rng.random_range(1..i64::MAX)),
-                            item_name: "person".into(),
-                            timestamp_detected: 1_700_000_000_000 + c * 1_000 + i,
-                            ..Default::default()
-                        }),
-                        agent_id: "a".into(),
-                        seq: (c * per + i) as u64,
+                        detection: Some(d),
+                        agent_id: "bench-0".into(),
+                        seq,
+                        committed_ms: ts0,
+                        location_matched: true,
                         ..Default::default()
                     },
                     None,
                 );
-                batch.add_aggregate(1_700_000_000_000 + c * 1_000, 1 + i % 12, "person");
+                n += 1;
             }
-            let t = std::time::Instant::now();
+            batch.count(super::super::counter::STORED, n);
+            batch.set_watermark("bench-0", 1, 0, seq, 0);
+            batch.without_fsync();
+            let t = {
+                fill += t.elapsed();
+                Instant::now()
+            };
             store.commit(batch).unwrap();
-            in_commit += t.elapsed();
+            write += t.elapsed();
+            stored += n;
         }
+        let wall = started.elapsed().as_secs_f64();
+        let cpu = process_cpu_seconds() - cpu_before;
+        let us = |d: Duration| d.as_secs_f64() * 1e6 / stored as f64;
         println!(
-            "commit_cost: Store::commit {:.2} us per event",
-            in_commit.as_secs_f64() * 1e6 / (commits * per) as f64
+            "commit_cost stored={stored} commits={commits} lookup_us={:.2} fill_us={:.2} write_us={:.2} wall_us={:.2} process_cpu_us={:.2}",
+            us(lookup),
+            us(fill),
+            us(write),
+            wall * 1e6 / stored as f64,
+            cpu * 1e6 / stored as f64,
         );
+    }
+
+    /// CPU time (user + system) this process has used, in seconds.
+    fn process_cpu_seconds() -> f64 {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let f: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        // utime and stime (fields 14 and 15) in clock ticks, 100 a second on Linux.
+        (f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()) as f64 / 100.0
     }
 }
