@@ -286,16 +286,19 @@ mod tests {
     /// aggregates, received camera_seqs, counters) and written by
     /// `Store::commit`. Prints each step's wall time per event stored in
     /// this thread, and the process's CPU per event (flushes and
-    /// compactions included). RocksDB is the optimised shared library even
-    /// in a debug build, so the lookup and the write are its real cost;
-    /// the fill is Rust in whatever profile runs it. `cargo test -p
+    /// compactions included). Run it in the release profile: the store's
+    /// merge operators and compaction filter are Rust, and a debug build
+    /// makes the write ~30 times slower. `cargo test --release -p
     /// sightline-core --lib commit_cost -- --ignored --nocapture`;
     /// `SIGHTLINE_COMMIT_COST_COMMITS` sets the number of commits (1,000).
     #[test]
     #[ignore = "a measurement, not a check"]
     fn commit_cost() {
         use rand::{Rng, SeedableRng};
-        use std::time::{Duration, Instant};
+        use std::{
+            collections::HashSet,
+            time::{Duration, Instant},
+        };
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db"), false, 32 << 20).unwrap();
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
@@ -345,7 +348,7 @@ mod tests {
             let mut oids: Vec<i64> = group.iter().filter_map(|d| d.detection_oid).collect();
             oids.sort_unstable();
             oids.dedup();
-            let held: std::collections::HashSet<i64> = oids
+            let held: HashSet<i64> = oids
                 .iter()
                 .zip(store.stored_dets(&oids).unwrap())
                 .filter_map(|(o, d)| d.map(|_| *o))
@@ -355,7 +358,7 @@ mod tests {
                 Instant::now()
             };
             let mut batch = store.begin(ts0).unwrap();
-            let mut seen = std::collections::HashSet::new();
+            let mut seen = HashSet::new();
             let mut n = 0u64;
             for d in group {
                 batch.mark_received(&d);
