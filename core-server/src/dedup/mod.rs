@@ -42,8 +42,8 @@
 //! det_oid from the same seq it is acknowledged as delivered, not counted as
 //! a duplicate — with nothing to remember in memory, and across restarts.
 
+use foldhash::HashMap;
 use std::{
-    collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -534,7 +534,7 @@ impl Writer {
         Self {
             ctx,
             partition,
-            watermarks: HashMap::new(),
+            watermarks: HashMap::default(),
             live_at: None,
             backlog_turn: false,
             unsynced,
@@ -639,7 +639,7 @@ impl Writer {
         let ctx = self.ctx.clone();
         let now = sightline_proto::now_ms();
         // (agent, epoch) -> (new watermark, digest of its event; 0: unchanged).
-        let mut staged: HashMap<(Arc<str>, u64), (u64, u64)> = HashMap::new();
+        let mut staged: HashMap<(Arc<str>, u64), (u64, u64)> = HashMap::default();
         let mut planned = Vec::with_capacity(group.len());
         // (index into planned, event) for events past the watermark.
         let mut fresh: Vec<(usize, Arc<str>, Incoming)> = Vec::new();

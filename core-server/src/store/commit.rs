@@ -4,7 +4,9 @@
 //! counted, an event quarantined, a watermark moved — and [`Store::commit`]
 //! writes it as one `WriteBatch`.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
+
+use foldhash::HashMap;
 
 use prost::Message;
 use rocksdb::{WriteBatch, DB};
@@ -62,9 +64,9 @@ impl Store {
             events: Vec::new(),
             dets: Vec::new(),
             by_commit: None,
-            agg: HashMap::new(),
-            counters: HashMap::new(),
-            received: HashMap::new(),
+            agg: HashMap::default(),
+            counters: HashMap::default(),
+            received: HashMap::default(),
             outbox: std::collections::BTreeMap::new(),
             committed_ms,
             sync: true,
@@ -309,7 +311,7 @@ mod tests {
         let per = 2_000i64;
         let items = ["person", "car", "bicycle", "backpack", "truck", "dog"];
         let mut recent: Vec<Detection> = Vec::new();
-        let mut camera_seqs = HashMap::new();
+        let mut camera_seqs = HashMap::default();
         let (mut lookup, mut fill, mut write) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
         let (mut stored, mut seq) = (0u64, 0u64);
         let cpu_before = process_cpu_seconds();
