@@ -30,6 +30,10 @@ cargo build --release -p sightline-agent --no-default-features --target-dir "$LE
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 load() { echo "# load $(date -u +%FT%TZ) $(cut -d' ' -f1-3 /proc/loadavg)"; }
+# All CPU ticks and the stolen ones (the hypervisor running other guests on
+# this machine's vCPUs), from /proc/stat: a run with much stolen time runs
+# slower for it, which the peers' run beside it shows only in part.
+ticks() { awk '/^cpu / { t = 0; for (i = 2; i <= 9; i++) t += $i; print t, $9 }' /proc/stat; }
 
 if [ "$peers" = 1 ]; then
   [ -x "$PEERS_DIR/run-all.sh" ] || { echo "no peers at $PEERS_DIR (set SIGHTLINE_PEERS or pass --no-peers)" >&2; exit 2; }
@@ -38,9 +42,13 @@ if [ "$peers" = 1 ]; then
 fi
 echo "## sightline"
 load
+read -r t0 s0 < <(ticks)
 SIGHTLINE_BIN_DIR="$BIN" SIGHTLINE_AGENT_BIN="$LEAN/release/sightline-agent" RUST_LOG=warn \
   "$BIN/bench-ingest" "${args[@]}" | tee "$out/ours"
+read -r t1 s1 < <(ticks)
 load
+awk -v t="$((t1 - t0))" -v s="$((s1 - s0))" \
+  'BEGIN { printf "# steal %.1f %% of the CPU time during the run\n", (t > 0 ? 100 * s / t : 0) }'
 ours=$(grep '^ingest ' "$out/ours" | tail -n 1)
 field() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p" <<<" $2"; }
 eps=$(field events_per_s "$ours")
