@@ -38,6 +38,9 @@ pub struct CommitBatch {
     by_commit: Option<(i64, Vec<u8>)>,
     /// Aggregate increments summed per key: one merge per key per commit.
     agg: HashMap<Vec<u8>, u64>,
+    /// The aggregate key being counted (a key is allocated only when new
+    /// to the commit).
+    agg_key: Vec<u8>,
     counters: HashMap<&'static str, u64>,
     /// The camera_seq values this commit received (with their detection
     /// times), per camera: one merge per camera per commit. Kept as a list
@@ -65,6 +68,7 @@ impl Store {
             dets: Vec::new(),
             by_commit: None,
             agg: HashMap::default(),
+            agg_key: Vec::new(),
             counters: HashMap::default(),
             received: HashMap::default(),
             outbox: std::collections::BTreeMap::new(),
@@ -83,6 +87,7 @@ impl Store {
             mut dets,
             by_commit,
             agg,
+            agg_key: _,
             counters,
             received,
             outbox,
@@ -215,10 +220,13 @@ impl CommitBatch {
     /// minute and its hour.
     pub fn add_aggregate(&mut self, ts: i64, location: i64, item: &str) {
         for bucket in [keys::Bucket::Minute, keys::Bucket::Hour] {
-            *self
-                .agg
-                .entry(keys::agg_key(bucket, bucket.floor(ts), location, item))
-                .or_default() += 1;
+            keys::agg_key_into(&mut self.agg_key, bucket, bucket.floor(ts), location, item);
+            match self.agg.get_mut(self.agg_key.as_slice()) {
+                Some(n) => *n += 1,
+                None => {
+                    self.agg.insert(self.agg_key.clone(), 1);
+                }
+            }
         }
     }
 

@@ -174,11 +174,18 @@ impl Bucket {
 /// `agg`: tag ('m' | 'h') ‖ bucket start ms ‖ location oid ‖ item name.
 pub fn agg_key(bucket: Bucket, start_ms: i64, location: i64, item: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(17 + item.len());
+    agg_key_into(&mut k, bucket, start_ms, location, item);
+    k
+}
+
+/// [`agg_key`] written over `k` (a buffer used again: a commit looks up
+/// every event's aggregate keys and keeps only the new ones).
+pub fn agg_key_into(k: &mut Vec<u8>, bucket: Bucket, start_ms: i64, location: i64, item: &str) {
+    k.clear();
     k.push(bucket.tag());
     k.extend_from_slice(&i64_key(start_ms));
     k.extend_from_slice(&i64_key(location));
     k.extend_from_slice(item.as_bytes());
-    k
 }
 
 /// The first `agg` key of buckets starting at `start_ms`.

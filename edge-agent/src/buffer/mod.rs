@@ -850,6 +850,32 @@ impl BufferError {
     }
 }
 
+/// The request's events encoded as `EdgeEvent`s numbered from `first_seq`,
+/// each a slice of one shared buffer: one allocation for the request, not
+/// one per event (each is held in the cache and sent as its own slice).
+fn encode_events(first_seq: u64, accepted_ms: i64, events: Vec<Detection>) -> Vec<Bytes> {
+    let events: Vec<EdgeEvent> = events
+        .into_iter()
+        .enumerate()
+        .map(|(i, detection)| EdgeEvent {
+            seq: first_seq + i as u64,
+            detection: Some(detection),
+            accepted_ms,
+        })
+        .collect();
+    let lens: Vec<usize> = events.iter().map(Message::encoded_len).collect();
+    let mut buf = bytes::BytesMut::with_capacity(lens.iter().sum());
+    events
+        .iter()
+        .zip(lens)
+        .map(|(e, n)| {
+            e.encode_raw(&mut buf);
+            debug_assert_eq!(buf.len(), n);
+            buf.split().freeze()
+        })
+        .collect()
+}
+
 fn commit_group_in(shared: &Shared, db: &DB, group: Vec<AppendReq>) {
     let started = Instant::now();
     let requests = group.len();
@@ -869,21 +895,7 @@ fn commit_group_in(shared: &Shared, db: &DB, group: Vec<AppendReq>) {
     let mut numbered = Vec::with_capacity(group.len());
     for mut req in group {
         let numbering = shared.state.lock().unwrap().cameras.number(&mut req.events);
-        let encoded: Vec<Bytes> = req
-            .events
-            .into_iter()
-            .enumerate()
-            .map(|(i, detection)| {
-                Bytes::from(
-                    EdgeEvent {
-                        seq: next + i as u64,
-                        detection: Some(detection),
-                        accepted_ms: req.accepted_ms,
-                    }
-                    .encode_to_vec(),
-                )
-            })
-            .collect();
+        let encoded = encode_events(next, req.accepted_ms, req.events);
         let count = encoded.len() as u64;
         let bytes: u64 = encoded.iter().map(|b| b.len() as u64).sum();
         if held_events + count > shared.opts.max_events

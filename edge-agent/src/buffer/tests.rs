@@ -30,6 +30,25 @@ fn opts() -> BufferOptions {
 }
 
 #[test]
+fn each_encoded_event_is_its_own_slice_of_the_request_buffer() {
+    let dets: Vec<Detection> = (1..=50).map(det).collect();
+    let encoded = encode_events(7, 1_234, dets.clone());
+    assert_eq!(encoded.len(), dets.len());
+    for (i, (b, d)) in encoded.iter().zip(&dets).enumerate() {
+        let e = decode(b);
+        assert_eq!(e.seq, 7 + i as u64);
+        assert_eq!(e.accepted_ms, 1_234);
+        assert_eq!(e.detection.as_ref(), Some(d));
+        assert_eq!(
+            b.len(),
+            e.encoded_len(),
+            "no other event's bytes in the slice"
+        );
+    }
+    assert!(encode_events(1, 0, Vec::new()).is_empty());
+}
+
+#[test]
 fn seqs_are_gap_free_and_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let epoch;
