@@ -404,7 +404,9 @@ async fn live_dets(
         .unwrap();
     let (mut raw, mut buf) = (Vec::new(), [0u8; 65536]);
     let deadline = tokio::time::Instant::now() + within;
-    let mut dets = Vec::new();
+    // The det_oids of the ticks read so far, and how much of the body they
+    // came from (each line is parsed once).
+    let (mut dets, mut parsed) = (Vec::new(), 0);
     while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
         if n == 0 {
             break;
@@ -419,19 +421,27 @@ async fn live_dets(
             continue;
         };
         let body = sightline_tests::http::dechunk_body(&raw[start..]);
-        dets = String::from_utf8_lossy(&body)
-            .lines()
-            .filter_map(|l| l.strip_prefix("data:"))
-            .filter_map(|d| serde_json::from_str::<serde_json::Value>(d.trim()).ok())
-            .flat_map(|t| {
-                t["events"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|e| e["det_oid"].as_i64())
-            })
-            .collect();
+        let Some(end) = body.iter().rposition(|b| *b == b'\n').map(|p| p + 1) else {
+            continue;
+        };
+        if end <= parsed {
+            continue;
+        }
+        dets.extend(
+            String::from_utf8_lossy(&body[parsed..end])
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .filter_map(|d| serde_json::from_str::<serde_json::Value>(d.trim()).ok())
+                .flat_map(|t| {
+                    t["events"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|e| e["det_oid"].as_i64())
+                }),
+        );
+        parsed = end;
         if enough(&dets) {
             break;
         }

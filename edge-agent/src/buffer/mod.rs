@@ -863,14 +863,11 @@ fn encode_events(first_seq: u64, accepted_ms: i64, events: Vec<Detection>) -> Ve
             accepted_ms,
         })
         .collect();
-    let lens: Vec<usize> = events.iter().map(Message::encoded_len).collect();
-    let mut buf = bytes::BytesMut::with_capacity(lens.iter().sum());
+    let mut buf = bytes::BytesMut::with_capacity(events.iter().map(Message::encoded_len).sum());
     events
         .iter()
-        .zip(lens)
-        .map(|(e, n)| {
+        .map(|e| {
             e.encode_raw(&mut buf);
-            debug_assert_eq!(buf.len(), n);
             buf.split().freeze()
         })
         .collect()
