@@ -41,8 +41,9 @@ pub struct Node {
     /// partitions (a checkpoint restored, a store let go) takes seconds, and
     /// the other leases must not run out meanwhile.
     clocks: Mutex<BTreeMap<u16, LeaseClock>>,
-    /// What `local()` answers: the partitions open now.
-    open: Mutex<BTreeMap<u16, LocalPartition>>,
+    /// The partitions open now: what `local()` answers are those that can
+    /// answer queries ([`Opened::answers`]).
+    open: Mutex<BTreeMap<u16, Opened>>,
     /// The partitions being closed in the background, each until its store
     /// is let go: taking one back waits for it (its RocksDB lock is held
     /// until then; opening it sooner failed and released the lease).
@@ -53,6 +54,26 @@ pub struct Node {
     /// The newest checkpoint announced for each partition
     /// ([`super::checkpoint_subject`]): what the warm copies follow.
     announced: Arc<Mutex<HashMap<u16, CheckpointManifest>>>,
+}
+
+/// A partition open on this node, as the read path sees it.
+struct Opened {
+    local: LocalPartition,
+    lease: LeaseClock,
+    caught_up: CancellationToken,
+    failed: CancellationToken,
+}
+
+impl Opened {
+    /// Whether queries are answered from it: its owner has caught up with
+    /// the stream since it opened (a new owner would give fewer events than
+    /// the last one did), still applies it, and its lease still holds here
+    /// (once it does not, another node may apply what this one will not:
+    /// the partition is let go at the next round, which a round opening or
+    /// closing other partitions can hold up for seconds).
+    fn answers(&self) -> bool {
+        self.caught_up.is_cancelled() && !self.failed.is_cancelled() && self.lease.valid()
+    }
 }
 
 /// How long opening a partition waits for this node's own close of it.
@@ -584,15 +605,20 @@ impl Node {
                 Ok(owner) => {
                     self.open.lock().unwrap().insert(
                         p,
-                        LocalPartition {
-                            partition: p,
-                            store: owner.store.clone(),
-                            search: Some(owner.search.clone()),
-                            lease_revision: owner
-                                .lease
-                                .revision
-                                .load(std::sync::atomic::Ordering::SeqCst),
-                            checkpoint_ms: owner.checkpoint_ms.clone(),
+                        Opened {
+                            local: LocalPartition {
+                                partition: p,
+                                store: owner.store.clone(),
+                                search: Some(owner.search.clone()),
+                                lease_revision: owner
+                                    .lease
+                                    .revision
+                                    .load(std::sync::atomic::Ordering::SeqCst),
+                                checkpoint_ms: owner.checkpoint_ms.clone(),
+                            },
+                            lease: owner.lease.clone(),
+                            caught_up: owner.caught_up.clone(),
+                            failed: owner.failed.clone(),
                         },
                     );
                     held.insert(p, owner);
@@ -711,7 +737,16 @@ impl ClusterView for Node {
         &self.node_id
     }
     fn local(&self) -> Vec<LocalPartition> {
-        self.open.lock().unwrap().values().cloned().collect()
+        self.open
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|o| o.answers())
+            .map(|o| o.local.clone())
+            .collect()
+    }
+    fn opened(&self) -> Vec<u16> {
+        self.open.lock().unwrap().keys().copied().collect()
     }
     fn owner(&self, p: u16) -> Option<NodeInfo> {
         let l = self.leases_seen.lock().unwrap().get(&p).cloned()?;
@@ -727,7 +762,7 @@ impl ClusterView for Node {
         self.live_nodes()
     }
     fn applied_seq(&self, p: u16) -> Option<u64> {
-        let store = self.open.lock().unwrap().get(&p)?.store.clone();
+        let store = self.open.lock().unwrap().get(&p)?.local.store.clone();
         store.stream_seq().ok()
     }
     fn checkpoint_ms(&self, p: u16) -> Option<i64> {
@@ -736,6 +771,7 @@ impl ClusterView for Node {
             .lock()
             .unwrap()
             .get(&p)?
+            .local
             .checkpoint_ms
             .load(std::sync::atomic::Ordering::SeqCst);
         (at > 0).then_some(at)
@@ -902,5 +938,46 @@ mod designated_tests {
             designated_taker(0, &live[..1], "core-0", &HashSet::new()),
             None
         );
+    }
+}
+
+#[cfg(test)]
+mod opened_tests {
+    use std::{
+        sync::Arc,
+        time::{Duration, Instant},
+    };
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::{LeaseClock, LocalPartition, Opened};
+    use crate::store::Store;
+
+    #[test]
+    fn a_partition_answers_queries_only_caught_up_still_applying_and_under_its_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let lease = LeaseClock::new(Instant::now());
+        lease.renewed(Instant::now(), Duration::from_secs(60), 1);
+        let o = Opened {
+            local: LocalPartition {
+                partition: 0,
+                store: Arc::new(Store::open(dir.path(), false, 8 << 20).unwrap()),
+                search: None,
+                lease_revision: 1,
+                checkpoint_ms: Arc::default(),
+            },
+            lease: lease.clone(),
+            caught_up: CancellationToken::new(),
+            failed: CancellationToken::new(),
+        };
+        assert!(!o.answers(), "not before it caught up with its stream");
+        o.caught_up.cancel();
+        assert!(o.answers());
+        lease.expire();
+        assert!(!o.answers(), "not once its lease ran out here");
+        lease.renewed(Instant::now(), Duration::from_secs(60), 2);
+        assert!(o.answers());
+        o.failed.cancel();
+        assert!(!o.answers(), "not once its owner stopped applying");
     }
 }

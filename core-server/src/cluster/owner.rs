@@ -112,6 +112,11 @@ pub struct Owner {
     /// Cancelled when the owner stopped on its own (fenced, lease lost,
     /// store failure): the node lets the partition go.
     pub failed: CancellationToken,
+    /// Cancelled once the store has committed every share the partition's
+    /// IN subject held when the owner opened it: from then on it answers
+    /// queries (before, a query would miss what the last owner had already
+    /// applied — events that earlier answers showed).
+    pub caught_up: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
     checkpointer: Option<tokio::task::JoinHandle<()>>,
 }
@@ -201,6 +206,7 @@ impl Owner {
             tokio::task::spawn_blocking(move || s.stream_seq()).await??
         };
         let failed = CancellationToken::new();
+        let caught_up = CancellationToken::new();
         let checkpointer = dest.map(|dest| {
             tokio::spawn(checkpoints(
                 ctx.nats.clone(),
@@ -225,6 +231,7 @@ impl Owner {
             lease.clone(),
             stop.clone(),
             failed.clone(),
+            caught_up.clone(),
         ));
         tracing::info!(
             partition = p,
@@ -239,6 +246,7 @@ impl Owner {
             checkpoint_ms,
             stop,
             failed,
+            caught_up,
             task: Some(task),
             checkpointer,
         })
@@ -433,6 +441,7 @@ async fn run(
     lease: LeaseClock,
     stop: CancellationToken,
     failed: CancellationToken,
+    caught_up: CancellationToken,
 ) {
     // Ended once the writer has committed what it was handed: what it
     // committed is published before the owner closes (while the lease holds).
@@ -448,7 +457,15 @@ async fn run(
         failed.clone(),
     ));
     let (answers_tx, answers) = mpsc::channel(INFLIGHT_SHARES);
-    let answered = tokio::spawn(check_answers(p, answers, failed.clone()));
+    let (handled_tx, handled) = tokio::sync::watch::channel(applied);
+    let answered = tokio::spawn(check_answers(p, answers, handled_tx, failed.clone()));
+    tokio::spawn(signal_caught_up(
+        nats.clone(),
+        p,
+        handled,
+        caught_up,
+        stop.clone(),
+    ));
     if let Err(e) = apply(
         &nats, p, applied, &store, &pipeline, &lease, &stop, &failed, answers_tx,
     )
@@ -479,7 +496,7 @@ async fn apply(
     lease: &LeaseClock,
     stop: &CancellationToken,
     failed: &CancellationToken,
-    answers: mpsc::Sender<oneshot::Receiver<Result<CommitOutcome, CommitError>>>,
+    answers: mpsc::Sender<Answer>,
 ) -> anyhow::Result<()> {
     // The last stream sequence handed to the writer: a consumer that breaks
     // (a nats-server died, a stream leader moved, heartbeats missed) is made
@@ -554,12 +571,18 @@ async fn apply(
             let (store, payload) = (store.clone(), msg.payload.clone());
             tokio::task::spawn_blocking(move || apply_attach(&store, p, seq, payload)).await??;
             submitted = seq;
+            if answers.send((seq, None)).await.is_err() {
+                return Ok(());
+            }
             continue;
         }
         let share = match ShareMsg::decode(msg.payload.clone()) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(partition = p, stream_seq = seq, error = %e, "a share that does not decode is skipped");
+                if answers.send((seq, None)).await.is_err() {
+                    return Ok(());
+                }
                 continue;
             }
         };
@@ -618,7 +641,7 @@ async fn apply(
         tracing::trace!(partition = p, stream_seq = seq, agent = %req.agent, first_seq = req.first_seq, count, "share handed to the writer");
         pipeline.submit_share(req, count, seq).await?;
         submitted = seq;
-        if answers.send(rx).await.is_err() {
+        if answers.send((seq, Some(rx))).await.is_err() {
             return Ok(());
         }
     }
@@ -741,31 +764,107 @@ async fn consume(
     Ok(consumer.messages().await?)
 }
 
-/// Reads the writer's answers in order. A store failure stops the owner
-/// (it reopens from what it committed); a gap is logged (a session's batch
-/// published after one of its earlier batches failed: see
+/// One stream message the owner has dealt with, in stream order: its
+/// sequence and, for a share handed to the writer, the writer's answer to
+/// come (`None`: applied or skipped already).
+type Answer = (
+    u64,
+    Option<oneshot::Receiver<Result<CommitOutcome, CommitError>>>,
+);
+
+/// Reads the writer's answers in order, and sends on `handled` the stream
+/// sequence through which every message is dealt with. A store failure
+/// stops the owner (it reopens from what it committed); a gap is logged (a
+/// session's batch published after one of its earlier batches failed: see
 /// `front::share_msg_id`).
 async fn check_answers(
     p: u16,
-    mut answers: mpsc::Receiver<oneshot::Receiver<Result<CommitOutcome, CommitError>>>,
+    mut answers: mpsc::Receiver<Answer>,
+    handled: tokio::sync::watch::Sender<u64>,
     failed: CancellationToken,
 ) {
-    while let Some(rx) = answers.recv().await {
-        match rx.await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e @ CommitError::Gap { .. })) => {
-                // A session's later batch whose earlier batch's share was
-                // refused by the stream: the agent sends both again.
-                tracing::warn!(partition = p, error = %e, "a share after a gap is not applied (its session failed; the agent sends it again)");
-            }
-            Ok(Err(e)) => {
-                tracing::error!(partition = p, error = %e, "a commit failed: the partition stops");
-                failed.cancel();
-                return;
-            }
-            Err(_) => return,
+    while let Some((seq, rx)) = answers.recv().await {
+        match rx {
+            None => {}
+            Some(rx) => match rx.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e @ CommitError::Gap { .. })) => {
+                    // A session's later batch whose earlier batch's share was
+                    // refused by the stream: the agent sends both again.
+                    tracing::warn!(partition = p, error = %e, "a share after a gap is not applied (its session failed; the agent sends it again)");
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(partition = p, error = %e, "a commit failed: the partition stops");
+                    failed.cancel();
+                    return;
+                }
+                Err(_) => return,
+            },
         }
+        handled.send_replace(seq);
     }
+}
+
+/// The stream sequence of the last message on partition `p`'s IN subject
+/// (0: none), as the stream's leader has it.
+pub(crate) async fn in_last_seq<I>(
+    stream: &async_nats::jetstream::stream::Stream<I>,
+    p: u16,
+) -> anyhow::Result<u64> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    match stream.get_last_raw_message_by_subject(&in_subject(p)).await {
+        Ok(m) => Ok(m.sequence),
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Cancels `caught_up` once `handled` reaches the last message partition
+/// `p`'s IN subject held when this ran (asked again every
+/// [`CONSUMER_RETRY`] until the stream answers), unless the owner stops
+/// first. Until then the node does not answer queries from the partition.
+async fn signal_caught_up(
+    nats: Nats,
+    p: u16,
+    mut handled: tokio::sync::watch::Receiver<u64>,
+    caught_up: CancellationToken,
+    stop: CancellationToken,
+) {
+    let started = Instant::now();
+    let target = loop {
+        let last = async {
+            let stream = nats.js.get_stream_no_info(IN_STREAM).await?;
+            in_last_seq(&stream, p).await
+        };
+        let e = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = last => match r {
+                Ok(t) => break t,
+                Err(e) => e,
+            },
+        };
+        tracing::warn!(partition = p, error = %e, "the IN stream's last sequence could not be read; trying again");
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(CONSUMER_RETRY) => {}
+        }
+    };
+    let from = *handled.borrow();
+    tokio::select! {
+        _ = stop.cancelled() => return,
+        r = handled.wait_for(|h| *h >= target) => if r.is_err() {
+            // The owner stopped applying.
+            return;
+        },
+    }
+    caught_up.cancel();
+    tracing::info!(
+        partition = p,
+        from_stream_seq = from,
+        to_stream_seq = target,
+        took_ms = started.elapsed().as_millis() as u64,
+        "partition caught up with its stream: it answers queries"
+    );
 }
 
 /// The header of each [`OUT_STREAM`] message: where its last event is in

@@ -197,7 +197,7 @@ impl ClusterQuery {
                 }
                 _ => {
                     return Err(ApiError::unavailable(format!(
-                        "partition {p} {NO_OWNER} (its lease is moving); try again in a few seconds"
+                        "partition {p} {NO_OWNER} (its lease is moving, or its new owner is catching up with its stream); try again in a few seconds"
                     ))
                     .into())
                 }

@@ -50,17 +50,12 @@ pub struct ClusterStatus {
 
 /// The IN stream's last sequence on partition `p`'s subject (0: none).
 async fn in_last_seq(stream: &jetstream::stream::Stream, p: u16) -> Option<u64> {
-    match stream
-        .get_last_raw_message_by_subject(&super::in_subject(p))
+    super::owner::in_last_seq(stream, p)
         .await
-    {
-        Ok(m) => Some(m.sequence),
-        Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Some(0),
-        Err(e) => {
-            tracing::debug!(error = %e, partition = p, "cluster status: IN stream sequence");
-            None
-        }
-    }
+        .inspect_err(
+            |e| tracing::debug!(error = %e, partition = p, "cluster status: IN stream sequence"),
+        )
+        .ok()
 }
 
 /// This node's view now: nodes, owners, and for the partitions it holds
@@ -70,7 +65,7 @@ pub async fn collect(view: &dyn ClusterView, js: Option<&jetstream::Context>) ->
         Some(js) => js.get_stream(super::IN_STREAM).await.ok(),
         None => None,
     };
-    let held: Vec<u16> = view.local().iter().map(|l| l.partition).collect();
+    let held = view.opened();
     let now = sightline_proto::now_ms();
     let mut partitions = Vec::with_capacity(view.partitions() as usize);
     for p in 0..view.partitions() {

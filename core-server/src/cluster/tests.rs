@@ -339,6 +339,50 @@ async fn an_owner_applies_every_share_exactly_once_across_a_restart() {
     owner.close().await;
 }
 
+/// A new owner answers queries only once it has applied what its
+/// partition's stream held when it opened: otherwise a query right after a
+/// move gives fewer events than one before it did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_owner_is_caught_up_only_once_it_holds_everything_its_stream_held_at_open() {
+    let server = NatsServer::start();
+    let nats = server.connect("a", 2).await;
+    let front = Front::new(nats.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = owner_ctx(&nats, dir.path());
+    // Partition 0 has nothing in the stream yet: caught up at once.
+    let empty = Owner::open(&ctx, 0, clock(1)).await.unwrap();
+    tokio::time::timeout(WAIT, empty.caught_up.cancelled())
+        .await
+        .expect("an owner of an empty subject is caught up");
+    empty.close().await;
+    for i in 0..100 {
+        send(&front, "agent-1", 1 + i * 40, 40).await;
+    }
+    let want = oids_of(1, 2, 1, 4000);
+    let owner = Owner::open(&ctx, 1, clock(2)).await.unwrap();
+    let store = owner.store.clone();
+    let stored_then = tokio::time::timeout(WAIT, async {
+        owner.caught_up.cancelled().await;
+        store.counters().unwrap().stored
+    })
+    .await
+    .expect("the owner catches up");
+    assert_eq!(
+        stored_then,
+        want.len() as u64,
+        "when it says it is caught up, it holds every event of the partition"
+    );
+    // Closed and opened again over the same store: nothing left to apply.
+    drop(store);
+    owner.close().await;
+    let owner = Owner::open(&ctx, 1, clock(3)).await.unwrap();
+    tokio::time::timeout(WAIT, owner.caught_up.cancelled())
+        .await
+        .expect("caught up again");
+    assert_eq!(owner.store.counters().unwrap().stored, want.len() as u64);
+    owner.close().await;
+}
+
 /// Rule 31: an attach received by any node is carried to the owners of its
 /// events' partitions and kept in their stores (so it moves with them); one
 /// from another agent than the events' publisher is refused there.

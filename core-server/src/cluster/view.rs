@@ -42,8 +42,14 @@ pub trait ClusterView: Send + Sync {
     fn partitions(&self) -> u16;
     /// This node's id.
     fn node_id(&self) -> &str;
-    /// The partitions this node owns and holds open now.
+    /// The partitions this node owns, holds open and answers queries from
+    /// now (caught up with their stream since they were opened).
     fn local(&self) -> Vec<LocalPartition>;
+    /// The partitions this node holds open now, caught up or not (for
+    /// their lag in `cluster status`).
+    fn opened(&self) -> Vec<u16> {
+        self.local().iter().map(|l| l.partition).collect()
+    }
     /// The owner of partition `p` per the lease bucket, if any.
     fn owner(&self, p: u16) -> Option<NodeInfo>;
     /// Every live node.
