@@ -62,6 +62,9 @@ pub const CONTROL_BUCKET: &str = "sightline_control";
 pub const CHECK_EVERY: Duration = Duration::from_secs(5);
 /// Most tries of one compare-and-set change against concurrent writers.
 const MAX_ATTEMPTS: u32 = 16;
+/// Most tries of one create whose answer is lost (each waits up to
+/// [`super::nats::REQUEST_TIMEOUT`]).
+const CREATE_ATTEMPTS: u32 = 3;
 /// How long a node waits for the bucket's records at start.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -157,12 +160,35 @@ impl Control {
         self.create_key(&k, v.into()).await
     }
 
+    /// Creates `k` holding `v`: its revision, or `None` when the key holds
+    /// another record. A create whose answer was lost (a timeout, a
+    /// connection lost) may still have been written: async-nats then reads
+    /// the key back and calls it `AlreadyExists`, which would refuse a
+    /// record this very call made. So an existing key is read again, and a
+    /// record equal to `v` is taken as this create's; a failed create that
+    /// left nothing is tried again (at most [`CREATE_ATTEMPTS`] tries).
     async fn create_key(&self, k: &str, v: bytes::Bytes) -> Result<Option<u64>, ApiError> {
-        match self.kv.create(k, v).await {
-            Ok(rev) => Ok(Some(rev)),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
-            Err(e) => Err(unavailable(k, e)),
+        let mut last = String::new();
+        for attempt in 0..CREATE_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+            }
+            match self.kv.create(k, v.clone()).await {
+                Ok(rev) => return Ok(Some(rev)),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    match self.kv.entry(k).await {
+                        Ok(Some(e)) if e.operation == kv::Operation::Put => {
+                            return Ok((e.value == v).then_some(e.revision));
+                        }
+                        // Deleted since: create it again.
+                        Ok(_) => {}
+                        Err(e) => last = format!("the key exists but cannot be read: {e}"),
+                    }
+                }
+                Err(e) => last = e.to_string(),
+            }
         }
+        Err(unavailable(k, last))
     }
 
     /// Changes `name`'s record to what `f` makes of the one in the bucket
@@ -571,6 +597,44 @@ mod tests {
             assert!(Instant::now() < deadline, "never: {what}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_create_whose_answer_was_lost_is_read_back_not_refused_or_made_twice() {
+        let nats = NatsServer::start();
+        let n = nats.connect("a", 4).await;
+        let control = Control::new(n.control.clone());
+        let value = serde_json::json!({"name": "carol"});
+        // The server stops answering with the create in its socket, and goes
+        // on after the client has given up waiting (REQUEST_TIMEOUT): the
+        // create is written, its answer lost.
+        nats.pause();
+        let resume = async {
+            tokio::time::sleep(crate::cluster::nats::REQUEST_TIMEOUT + Duration::from_millis(500))
+                .await;
+            nats.resume();
+        };
+        let (rev, ()) = tokio::join!(control.create(Kind::User, "carol", &value), resume);
+        let rev = rev
+            .expect("a create written but unanswered is taken as written")
+            .expect("the record read back is this create's");
+        let entry = n
+            .control
+            .entry(key(Kind::User, "carol"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(entry.revision, rev, "the revision returned is the record's");
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&entry.value).unwrap(),
+            value
+        );
+        // Another record under the name is still refused as existing.
+        let other = serde_json::json!({"name": "carol", "other": true});
+        assert_eq!(
+            control.create(Kind::User, "carol", &other).await.unwrap(),
+            None
+        );
     }
 
     #[test]

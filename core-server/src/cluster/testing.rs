@@ -60,6 +60,26 @@ impl NatsServer {
         self.child = Self::spawn(port, self._dir.path());
     }
 
+    /// Stops the server's process (SIGSTOP) with its sockets open: what a
+    /// client sends reaches it and waits, unanswered, until
+    /// [`NatsServer::resume`].
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} nats-server");
+    }
+
     /// A cluster config for a node of this single server (R1).
     pub fn config(&self, node: &str, partitions: u16) -> ClusterConfig {
         ClusterConfig {
