@@ -62,8 +62,9 @@ pub const CONTROL_BUCKET: &str = "sightline_control";
 pub const CHECK_EVERY: Duration = Duration::from_secs(5);
 /// Most tries of one compare-and-set change against concurrent writers.
 const MAX_ATTEMPTS: u32 = 16;
-/// Most tries of one create whose answer is lost (each waits up to
-/// [`super::nats::REQUEST_TIMEOUT`]).
+/// Most tries of one create whose answer is lost (each may wait up to
+/// twice [`super::nats::REQUEST_TIMEOUT`]: async-nats's write, then its
+/// read back).
 const CREATE_ATTEMPTS: u32 = 3;
 /// How long a node waits for the bucket's records at start.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
