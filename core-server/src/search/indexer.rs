@@ -58,7 +58,14 @@ pub(super) struct Indexer {
     /// Whether a catch-up from `resume` is due.
     pub catch_up_due: bool,
     /// Live events committed at or before this may already be indexed (by a
-    /// catch-up): their documents are replaced, not added.
+    /// catch-up): their documents are replaced, not added. The newest commit
+    /// time indexed when the last catch-up ended: a catch-up reads only
+    /// commits already written, each stamped before its write, so nothing it
+    /// read is newer. (It was the catch-up's start plus [`CATCH_UP_SLACK`]:
+    /// every live event of the next 10 s was a delete, a term-set query
+    /// tantivy runs over every segment's det_oid terms — ~8 % of the core's
+    /// CPU at 10,000 events/s after a start; BENCHMARKS.md, "twenty-eighth
+    /// session".)
     pub replace_through: i64,
     /// Documents added or deleted since the last commit.
     pub pending: usize,
@@ -304,9 +311,6 @@ impl Indexer {
     fn catch_up(&mut self) -> Result<(), SearchError> {
         let started = Instant::now();
         let mut n = 0usize;
-        // Events committed from now on arrive from the hub; the ones already
-        // committed may come both ways, so they are replaced, not added.
-        self.replace_through = sightline_proto::now_ms() + CATCH_UP_SLACK.as_millis() as i64;
         // Every document in the index was committed at or before the newest
         // time added so far: the events a catch-up reads past it are new to
         // the index, added without a delete (a catch-up after a backlog
@@ -365,6 +369,10 @@ impl Indexer {
             }
         }
         self.commit()?;
+        // The events read may come again from the hub (their commits'
+        // fan-out may follow the read), so they are replaced, not added;
+        // the ones committed after the newest read arrive from the hub alone.
+        self.replace_through = self.newest_ms;
         self.resume = Some(self.newest_ms);
         self.catch_up_due = false;
         self.backoff = FIRST_RETRY;

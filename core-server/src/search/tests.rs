@@ -37,11 +37,17 @@ fn fixture() -> Fixture {
 }
 
 fn fixture_with(commit_interval: Duration) -> Fixture {
+    fixture_after(commit_interval, |_, _| {})
+}
+
+/// A fixture whose index starts once `before` has filled the store.
+fn fixture_after(commit_interval: Duration, before: impl FnOnce(&Store, &Locations)) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("locations.csv");
     std::fs::write(&csv, LOCATIONS).unwrap();
     let store = Arc::new(Store::open(&dir.path().join("store"), false, 8 << 20).unwrap());
     let locations = Arc::new(Locations::new(Some(csv)).unwrap());
+    before(&store, &locations);
     let hub = LiveHub::new(64);
     let shutdown = CancellationToken::new();
     let index = SearchIndex::start(
@@ -72,47 +78,60 @@ impl Fixture {
     /// writer commit: events, det keys and the `by_commit` entry in one
     /// batch, then the joined events on the hub. Returns the commit time.
     fn commit(&self, events: &[(i64, i64, i64, &str)]) -> i64 {
-        let now = sightline_proto::now_ms();
-        let mut batch = WriteBatch::default();
-        let mut packed = Vec::new();
-        let mut live = Vec::new();
-        for &(det, ts, loc, item) in events {
-            let ev = JoinedEvent {
-                detection: Some(Detection {
-                    detection_oid: Some(det),
-                    timestamp_detected: ts,
-                    geographical_location_oid: loc,
-                    video_camera_oid: 9,
-                    item_name: item.into(),
-                    ..Default::default()
-                }),
-                agent_id: "agent-1".into(),
-                committed_ms: now,
-                ..Default::default()
-            };
-            let db = self.store.db().unwrap();
-            batch.put_cf(
-                cf(&db, CF_EVENTS),
-                keys::event_key(ts, det),
-                ev.encode_to_vec(),
-            );
-            batch.put_cf(cf(&db, CF_DET), keys::det_key(det), keys::i64_key(ts));
-            packed.extend_from_slice(&keys::event_key(ts, det));
-            live.push(ev);
-        }
-        let db = self.store.db().unwrap();
-        batch.put_cf(
-            cf(&db, CF_BY_COMMIT),
-            keys::event_key(now, events[0].0),
-            packed,
-        );
-        drop(db);
-        self.store.write(batch).unwrap();
-        self.locations.current().join_all(&mut live);
+        let (now, live) = write_commit(&self.store, &self.locations, events);
         self.hub.publish(live);
         now
     }
+}
 
+/// Writes events as one writer commit (see [`Fixture::commit`]) without
+/// publishing them: returns the commit time and the joined events.
+fn write_commit(
+    store: &Store,
+    locations: &Locations,
+    events: &[(i64, i64, i64, &str)],
+) -> (i64, Vec<JoinedEvent>) {
+    let now = sightline_proto::now_ms();
+    let mut batch = WriteBatch::default();
+    let mut packed = Vec::new();
+    let mut live = Vec::new();
+    for &(det, ts, loc, item) in events {
+        let ev = JoinedEvent {
+            detection: Some(Detection {
+                detection_oid: Some(det),
+                timestamp_detected: ts,
+                geographical_location_oid: loc,
+                video_camera_oid: 9,
+                item_name: item.into(),
+                ..Default::default()
+            }),
+            agent_id: "agent-1".into(),
+            committed_ms: now,
+            ..Default::default()
+        };
+        let db = store.db().unwrap();
+        batch.put_cf(
+            cf(&db, CF_EVENTS),
+            keys::event_key(ts, det),
+            ev.encode_to_vec(),
+        );
+        batch.put_cf(cf(&db, CF_DET), keys::det_key(det), keys::i64_key(ts));
+        packed.extend_from_slice(&keys::event_key(ts, det));
+        live.push(ev);
+    }
+    let db = store.db().unwrap();
+    batch.put_cf(
+        cf(&db, CF_BY_COMMIT),
+        keys::event_key(now, events[0].0),
+        packed,
+    );
+    drop(db);
+    store.write(batch).unwrap();
+    locations.current().join_all(&mut live);
+    (now, live)
+}
+
+impl Fixture {
     fn search(&self, query: &str) -> Result<SearchHits, SearchError> {
         self.index.search(&SearchRequest {
             query: query.into(),
@@ -454,6 +473,34 @@ async fn a_catch_up_past_a_full_queue_indexes_each_event_once() {
     // And ingest goes on from the hub.
     f.commit(&events(n, 10));
     f.searchable(n as u64 + 10, Duration::from_secs(10)).await;
+}
+
+/// The writers publish a commit after its write lands, so an event the
+/// start-up catch-up read may reach the hub after it: it replaces its
+/// document (indexed once), and the events committed after everything the
+/// catch-up read are added.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_both_read_by_the_catch_up_and_delivered_live_is_indexed_once() {
+    let t0 = 1_800_000_000_000;
+    let events = |from: i64, n: i64| -> Vec<(i64, i64, i64, &'static str)> {
+        (from..from + n)
+            .map(|i| (i, t0 + i, 1 + i % 4, "car"))
+            .collect()
+    };
+    let mut late = Vec::new();
+    let f = fixture_after(Duration::from_millis(50), |store, locations| {
+        late = write_commit(store, locations, &events(0, 50)).1;
+    });
+    // The catch-up at start read the 50 from the store.
+    f.searchable(50, Duration::from_secs(10)).await;
+    // Their fan-out comes after, then a new commit.
+    f.hub.publish(late);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    f.commit(&events(50, 10));
+    f.searchable(60, Duration::from_secs(10)).await;
+    let mut hits = f.all_hits(MAX_PAGE);
+    hits.sort();
+    assert_eq!(hits, (0..60).collect::<Vec<i64>>());
 }
 
 /// How far the index lags the store at 10,000 events/s (100 every 10 ms),

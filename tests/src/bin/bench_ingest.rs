@@ -24,7 +24,9 @@ use std::{
 };
 
 use futures::StreamExt;
-use sightline_proto::v1::{intake_client::IntakeClient, PublishRequest, SubscribeRequest};
+use sightline_proto::v1::{
+    intake_client::IntakeClient, PublishRequest, SubscribeRequest, TopItemsRequest,
+};
 use sightline_tests::{
     bench::{percentile, Args, Gen, LatencyProbe, LOCATIONS},
     data::write_locations,
@@ -133,6 +135,7 @@ async fn main() {
         }));
     }
     let lat_t0 = Instant::now();
+    let live_cpu0 = cpu_seconds(core.pid());
     let mut agent_rss: f64 = 0.0;
     let mut core_rss: f64 = 0.0;
     while lat_t0.elapsed().as_secs_f64() < seconds {
@@ -142,12 +145,17 @@ async fn main() {
         }
         core_rss = core_rss.max(rss_mb(core.pid()));
     }
+    let live_core_cpu = (cpu_seconds(core.pid()) - live_cpu0) / lat_t0.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.unwrap();
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     receiver.abort();
+    println!(
+        "core CPU during the live run: {:.1} % of one core",
+        live_core_cpu * 100.0
+    );
     let hops = probe.hops_line();
     let (lat, missing) = probe.take();
     let (p50, p99) = (percentile(&lat, 0.50), percentile(&lat, 0.99));
@@ -157,6 +165,17 @@ async fn main() {
         .lines()
         .filter(|l| l.starts_with("sightline_commit_"))
     {
+        println!("  {l}");
+    }
+    // Where a commit's time goes: the writers' queue, the write, the WAL's
+    // fsync (sums and counts; the buckets are in /metrics).
+    println!("core commit stages during the live run (seconds):");
+    for l in metrics.lines().filter(|l| {
+        (l.starts_with("sightline_store_write_seconds_")
+            || l.starts_with("sightline_store_wal_sync_seconds_")
+            || l.starts_with("sightline_writer_queue_seconds_"))
+            && (l.contains("_sum") || l.contains("_count"))
+    }) {
         println!("  {l}");
     }
     println!(
@@ -267,6 +286,30 @@ async fn main() {
          {events_per_s:.0} events/s end to end ({:.0} publish rate); live subscriber received {}; peak RSS agent {peak_agent_rss:.1} MiB, core {peak_core_rss:.1} MiB",
         total as f64 / publish_secs,
         live_received.load(Ordering::Relaxed)
+    );
+
+    // The read the dashboard makes most, right after the burst (its
+    // aggregates' merges not yet folded by a flush): top 10 items per
+    // location over the last hour.
+    let mut q = client(&url).await;
+    let now = sightline_proto::now_ms();
+    let mut top_ms: Vec<f64> = Vec::new();
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        q.top_items(TopItemsRequest {
+            from_ms: now - 3_600_000,
+            to_ms: now + 60_000,
+            x: 10,
+            geographical_location_oid: None,
+        })
+        .await
+        .unwrap();
+        top_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    top_ms.sort_by(f64::total_cmp);
+    println!(
+        "read after the burst: TopItems over the last hour p50 {:.1} ms, max {:.1} ms (5 calls)",
+        top_ms[2], top_ms[4]
     );
 
     // Per event stored: what the core and the agents spent to make it
