@@ -69,21 +69,6 @@ fn fixture_after(commit_interval: Duration, before: impl FnOnce(&Store, &Locatio
     }
 }
 
-impl Fixture {
-    fn index_dir(&self) -> PathBuf {
-        self.dir.path().join("search")
-    }
-
-    /// Commits events (det_oid, timestamp_detected, location, item) as one
-    /// writer commit: events, det keys and the `by_commit` entry in one
-    /// batch, then the joined events on the hub. Returns the commit time.
-    fn commit(&self, events: &[(i64, i64, i64, &str)]) -> i64 {
-        let (now, live) = write_commit(&self.store, &self.locations, events);
-        self.hub.publish(live);
-        now
-    }
-}
-
 /// Writes events as one writer commit (see [`Fixture::commit`]) without
 /// publishing them: returns the commit time and the joined events.
 fn write_commit(
@@ -132,6 +117,19 @@ fn write_commit(
 }
 
 impl Fixture {
+    fn index_dir(&self) -> PathBuf {
+        self.dir.path().join("search")
+    }
+
+    /// Commits events (det_oid, timestamp_detected, location, item) as one
+    /// writer commit: events, det keys and the `by_commit` entry in one
+    /// batch, then the joined events on the hub. Returns the commit time.
+    fn commit(&self, events: &[(i64, i64, i64, &str)]) -> i64 {
+        let (now, live) = write_commit(&self.store, &self.locations, events);
+        self.hub.publish(live);
+        now
+    }
+
     fn search(&self, query: &str) -> Result<SearchHits, SearchError> {
         self.index.search(&SearchRequest {
             query: query.into(),

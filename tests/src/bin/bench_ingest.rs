@@ -295,7 +295,7 @@ async fn main() {
     let now = sightline_proto::now_ms();
     let mut top_ms: Vec<f64> = Vec::new();
     for _ in 0..5 {
-        let t = std::time::Instant::now();
+        let t = Instant::now();
         q.top_items(TopItemsRequest {
             from_ms: now - 3_600_000,
             to_ms: now + 60_000,
