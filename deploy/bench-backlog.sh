@@ -12,8 +12,8 @@ cargo build --release --bins
 BIN=${CARGO_TARGET_DIR:-target}/release
 # The agent as deployed on a host with no cameras to cut (see bench-ingest.sh).
 LEAN=${CARGO_TARGET_DIR:-target}/lean
-cargo build --release -p sightline-agent --no-default-features --target-dir "$LEAN"
+cargo build --profile agent -p sightline-agent --no-default-features --target-dir "$LEAN"
 echo "# load $(date -u +%FT%TZ) $(cut -d' ' -f1-3 /proc/loadavg)"
-SIGHTLINE_BIN_DIR="$BIN" SIGHTLINE_AGENT_BIN="$LEAN/release/sightline-agent" RUST_LOG=warn \
+SIGHTLINE_BIN_DIR="$BIN" SIGHTLINE_AGENT_BIN="$LEAN/agent/sightline-agent" RUST_LOG=warn \
   "$BIN/bench-backlog" "$@"
 echo "# load $(date -u +%FT%TZ) $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -22,7 +22,7 @@ deploy/install-deps.sh
 cargo build --release --bins
 BIN=${CARGO_TARGET_DIR:-target}/release
 LEAN=${CARGO_TARGET_DIR:-target}/lean
-cargo build --release -p sightline-agent --no-default-features --target-dir "$LEAN"
+cargo build --profile agent -p sightline-agent --no-default-features --target-dir "$LEAN"
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
@@ -34,7 +34,7 @@ if [ "$peers" = 1 ]; then
 fi
 echo "## sightline"
 load
-SIGHTLINE_BIN_DIR="$BIN" SIGHTLINE_AGENT_BIN="$LEAN/release/sightline-agent" RUST_LOG=warn \
+SIGHTLINE_BIN_DIR="$BIN" SIGHTLINE_AGENT_BIN="$LEAN/agent/sightline-agent" RUST_LOG=warn \
   "$BIN/bench-cluster" "${args[@]}" | tee "$out/ours"
 load
 ours=$(grep '^cluster ' "$out/ours" | tail -n 1)

@@ -25,7 +25,7 @@ BIN=${CARGO_TARGET_DIR:-target}/release
 # The agent as deployed on a host with no cameras to cut: built without the
 # `footage` feature, so it does not load FFmpeg (see BENCHMARKS.md).
 LEAN=${CARGO_TARGET_DIR:-target}/lean
-cargo build --release -p sightline-agent --no-default-features --target-dir "$LEAN"
+cargo build --profile agent -p sightline-agent --no-default-features --target-dir "$LEAN"
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
@@ -43,7 +43,7 @@ fi
 echo "## sightline"
 load
 read -r t0 s0 < <(ticks)
-SIGHTLINE_BIN_DIR="$BIN" SIGHTLINE_AGENT_BIN="$LEAN/release/sightline-agent" RUST_LOG=warn \
+SIGHTLINE_BIN_DIR="$BIN" SIGHTLINE_AGENT_BIN="$LEAN/agent/sightline-agent" RUST_LOG=warn \
   "$BIN/bench-ingest" "${args[@]}" | tee "$out/ours"
 read -r t1 s1 < <(ticks)
 load

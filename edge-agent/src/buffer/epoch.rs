@@ -91,10 +91,10 @@ pub(super) fn renumber(shared: &Shared, watermark: Option<u64>) -> Result<NewEpo
         st.durable.clear();
         st.cache_first = n + 1;
         for b in renumbered.into_iter().rev() {
-            if st.cache_bytes + b.len() > CACHE_BYTES {
+            if st.cache_bytes + cached_cost(&b) > CACHE_BYTES {
                 break;
             }
-            st.cache_bytes += b.len();
+            st.cache_bytes += cached_cost(&b);
             st.cache_first -= 1;
             st.cache.push_front(b);
         }

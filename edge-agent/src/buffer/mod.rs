@@ -93,10 +93,20 @@ const FORMAT_VERSION: u64 = 2;
 /// in blocks read while a backlog drained (BENCHMARKS.md, "Memory under a
 /// backlog").
 pub const RUN_BYTES: usize = 256 * 1024;
-/// Most bytes of recent events kept in memory for the sender.
-pub const CACHE_BYTES: usize = 4 * 1024 * 1024;
+/// Most bytes of recent events kept in memory for the sender, each event
+/// counted with its handle in the cache's index ([`cached_cost`]).
+pub const CACHE_BYTES: usize = 2 * 1024 * 1024;
 /// Most events one writer commit takes from its queue.
 const MAX_GROUP_EVENTS: usize = 20_000;
+
+/// What one cached event counts against [`CACHE_BYTES`]: its encoding and
+/// its handle in the cache's index. The handle (a `Bytes`, 32 bytes) is as
+/// large as a small event's encoding: counting the encodings alone, 4 MiB of
+/// them held another 4 MiB of index, a fifth of the agent's heap at its peak
+/// (BENCHMARKS.md, twenty-ninth session).
+pub(crate) fn cached_cost(b: &Bytes) -> usize {
+    b.len() + std::mem::size_of::<Bytes>()
+}
 
 /// Why the buffer could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -267,7 +277,7 @@ impl State {
         self.held.drop_through(seq);
         while self.cache_first <= seq && !self.cache.is_empty() {
             let b = self.cache.pop_front().unwrap();
-            self.cache_bytes -= b.len();
+            self.cache_bytes -= cached_cost(&b);
             self.cache_first += 1;
         }
         if self.cache.is_empty() {
@@ -988,13 +998,13 @@ fn commit_group_in(shared: &Shared, db: &DB, group: Vec<AppendReq>) {
         st.held
             .extend(first_of_group, encoded_all.iter().map(|b| b.len() as u64));
         for b in encoded_all {
-            st.cache_bytes += b.len();
+            st.cache_bytes += cached_cost(&b);
             st.cache.push_back(b);
         }
         st.next_seq = next;
         while st.cache_bytes > CACHE_BYTES {
             let b = st.cache.pop_front().unwrap();
-            st.cache_bytes -= b.len();
+            st.cache_bytes -= cached_cost(&b);
             st.cache_first += 1;
         }
         let below = st.cache_first;

@@ -49,6 +49,58 @@ fn each_encoded_event_is_its_own_slice_of_the_request_buffer() {
 }
 
 #[test]
+fn the_read_cache_counts_each_event_with_its_index_entry_and_stays_within_its_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Buffer::open(
+        dir.path(),
+        BufferOptions {
+            max_events: 1_000_000,
+            ..opts()
+        },
+    )
+    .unwrap();
+    // Small events, as a detector's are: each one's index entry is about as
+    // large as its encoding.
+    for chunk in (1..=60_000).collect::<Vec<i64>>().chunks(5_000) {
+        b.append_blocking(chunk.iter().copied().map(det).collect(), None)
+            .unwrap();
+    }
+    let (first, cached) = {
+        let st = b.shared.state.lock().unwrap();
+        let counted: usize = st.cache.iter().map(cached_cost).sum();
+        assert_eq!(st.cache_bytes, counted);
+        assert!(
+            st.cache_bytes <= CACHE_BYTES,
+            "cache holds {} bytes with its index, bound {CACHE_BYTES}",
+            st.cache_bytes
+        );
+        let data: usize = st.cache.iter().map(Bytes::len).sum();
+        let index = st.cache.len() * std::mem::size_of::<Bytes>();
+        assert!(
+            data + index <= CACHE_BYTES,
+            "{data} bytes of events and {index} of index, bound {CACHE_BYTES}"
+        );
+        assert_eq!(st.cache_first + st.cache.len() as u64, st.next_seq);
+        (st.cache_first, st.cache.len())
+    };
+    assert!(
+        cached > 1_000 && first > 1,
+        "the newest events are cached, not all"
+    );
+    // The newest events are read from the cache, the oldest from disk: the same events either way.
+    for from in [1, first - 1, first, 60_000] {
+        let got = b.read(from, 3, usize::MAX).unwrap();
+        let e = decode(&got[0]);
+        assert_eq!(e.seq, from);
+        let d = e.detection.unwrap();
+        assert_eq!(
+            (d.detection_oid, d.camera_seq),
+            (Some(from as i64), Some(from))
+        );
+    }
+}
+
+#[test]
 fn seqs_are_gap_free_and_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let epoch;
