@@ -64,6 +64,8 @@ pub struct ClusterQuery {
     /// This node's own [`super::status::collect`], as the status task last
     /// made it (for [`ClusterQuery::status`]).
     pub own_status: Arc<std::sync::Mutex<Option<super::status::ClusterStatus>>>,
+    /// How long a query waits for moving partitions ([`MOVE_WAIT`]).
+    pub move_wait: std::time::Duration,
 }
 
 /// How long a query waits for the owners of partitions that are moving
@@ -103,6 +105,7 @@ impl ClusterQuery {
             peers: Peers::new(peer_token),
             feed: None,
             own_status: Arc::default(),
+            move_wait: MOVE_WAIT,
         }
     }
 
@@ -231,7 +234,7 @@ impl ClusterQuery {
         F: Fn(Client, Vec<u16>) -> Fut + Clone + Send + Sync,
         Fut: Future<Output = Result<R, Status>> + Send,
     {
-        let deadline = tokio::time::Instant::now() + MOVE_WAIT;
+        let deadline = tokio::time::Instant::now() + self.move_wait;
         loop {
             match self
                 .fan_once(parts, group, local.clone(), remote.clone())
@@ -240,6 +243,16 @@ impl ClusterQuery {
                 Err(s) if moving(&s) && tokio::time::Instant::now() < deadline => {
                     tracing::debug!(error = %s.message(), "a partition is moving; asking again");
                     tokio::time::sleep(MOVE_POLL).await;
+                }
+                // A peer's "not held here" is between nodes: the caller is
+                // told what it means to them, "moving, try again".
+                Err(s) if peer::is_not_held(&s) => {
+                    return Err(ApiError::unavailable(format!(
+                        "{} (its lease moved and the cluster has not settled within {:?}); try again in a few seconds",
+                        s.message(),
+                        self.move_wait
+                    ))
+                    .into())
                 }
                 r => return r,
             }

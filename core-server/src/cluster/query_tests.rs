@@ -757,6 +757,60 @@ async fn a_partition_asked_of_its_former_owner_is_asked_again_of_the_new_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_whose_owner_never_settles_is_unavailable_to_the_caller_not_a_peer_refusal() {
+    let dets = dataset();
+    let c = cluster(&dets).await;
+    // Node c holds nothing, yet every read of the owners of 2 and 3 names
+    // it: a lease that keeps moving.
+    let c_dir = c._dir.path().join("c");
+    std::fs::create_dir_all(&c_dir).unwrap();
+    let (c_addr, c_stop, _) = serve_node(
+        &c_dir,
+        Arc::new(FixedView {
+            me: node("c", ""),
+            local: Vec::new(),
+            owners: HashMap::new(),
+        }),
+    )
+    .await;
+    let _c_stop = c_stop.drop_guard();
+    let (a_node, c_node) = (node("a", "127.0.0.1:1"), node("c", &c_addr.to_string()));
+    let view = FixedView {
+        me: a_node.clone(),
+        local: c._parts[..2].iter().map(|p| p.lp.clone()).collect(),
+        owners: (0..P)
+            .map(|p| {
+                (
+                    p,
+                    if p < 2 {
+                        a_node.clone()
+                    } else {
+                        c_node.clone()
+                    },
+                )
+            })
+            .collect(),
+    };
+    let mut a = ClusterQuery::new(Arc::new(view), TOKEN);
+    a.move_wait = std::time::Duration::from_millis(600);
+    let (from, to) = (t0(), t0() + 3_600_000);
+    let errors = [
+        a.counters().await.unwrap_err(),
+        a.top_items(&Scope::all(), from, to, 10, None)
+            .await
+            .unwrap_err(),
+    ];
+    for e in errors {
+        // What a client retries on, naming the partition; never the
+        // FAILED_PRECONDITION one node says to another.
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+        assert!(!peer::is_not_held(&e), "{e:?}");
+        assert!(e.message().contains("is not held by node c"), "{e:?}");
+        assert!(e.message().contains("try again"), "{e:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scoped_token_on_any_node_gets_the_single_node_answer_for_its_locations() {
     let dets = dataset();
     let c = cluster(&dets).await;
