@@ -153,8 +153,53 @@ enum CertsCommand {
     },
 }
 
+/// The allocators' settings the core runs with unless its environment names
+/// them: mimalloc (the Rust heap) purges a freed page at once rather than
+/// after its default second, which threads that then go idle (the blocking
+/// pool, the search indexer) never reach; glibc (RocksDB's memtables, blocks
+/// and buffers) keeps one arena rather than one per thread, each holding its
+/// own freed memory. A burst's peak RSS went from ~365 to ~260 MiB for no
+/// measured CPU (BENCHMARKS.md, thirtieth session).
+pub const ALLOCATOR_ENV: [(&str, &str); 2] =
+    [("MIMALLOC_PURGE_DELAY", "0"), ("MALLOC_ARENA_MAX", "1")];
+
+/// Both allocators read their settings from the environment as the process
+/// loads, before `main`: when one of [`ALLOCATOR_ENV`] is unset, the core
+/// executes itself again (the same process id, arguments and environment)
+/// with it set. Done once, before any thread starts; if that fails the core
+/// runs on with the allocators' defaults and says so.
+fn with_allocator_settings() {
+    use std::os::unix::process::CommandExt;
+    let missing: Vec<(&str, &str)> = ALLOCATOR_ENV
+        .into_iter()
+        .filter(|(k, _)| std::env::var_os(k).is_none())
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut args = std::env::args_os();
+    let mut again = std::process::Command::new(&exe);
+    if let Some(arg0) = args.next() {
+        again.arg0(arg0);
+    }
+    // Returns only when the new image could not be loaded.
+    let error = again.args(args).envs(missing).exec();
+    eprintln!(
+        "sightline-core: could not run {} again with {ALLOCATOR_ENV:?} ({error}); going on with the allocators' defaults",
+        exe.display()
+    );
+}
+
+fn main() -> anyhow::Result<()> {
+    with_allocator_settings();
+    run()
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn run() -> anyhow::Result<()> {
     // No transparent huge pages for this process: mimalloc's arenas were
     // backed by them, so a page freed and taken again (the search index
     // writers' arenas at each commit, one writer per partition in a

@@ -209,3 +209,24 @@ async fn metrics_health_and_the_terminal_client_answer() {
         "{stats_line}"
     );
 }
+
+/// The core sets its allocators to give freed memory back at once (the
+/// peak memory a burst leaves behind), by running itself again with their
+/// settings: the same process, serving, with both in its environment.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_core_runs_with_allocators_that_give_freed_memory_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = dir.path().join("b.csv");
+    write_locations(&b, LOCATIONS);
+    let core = Core::start(dir.path(), Some(&b));
+    // It answers: the process started is the one serving.
+    stats(&core.url()).await;
+    let environ = std::fs::read(format!("/proc/{}/environ", core.pid())).unwrap();
+    let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+    for want in ["MIMALLOC_PURGE_DELAY=0", "MALLOC_ARENA_MAX=1"] {
+        assert!(
+            vars.contains(&want.as_bytes()),
+            "{want} not in the core's environment"
+        );
+    }
+}
