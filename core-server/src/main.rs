@@ -158,10 +158,9 @@ enum CertsCommand {
 /// after its default second, which threads that then go idle (the blocking
 /// pool, the search indexer) never reach; glibc (RocksDB's memtables, blocks
 /// and buffers) keeps one arena rather than one per thread, each holding its
-/// own freed memory. A burst's peak RSS went from ~365 to ~260 MiB for no
-/// measured CPU (BENCHMARKS.md, thirtieth session).
-pub const ALLOCATOR_ENV: [(&str, &str); 2] =
-    [("MIMALLOC_PURGE_DELAY", "0"), ("MALLOC_ARENA_MAX", "1")];
+/// own freed memory. A burst's peak RSS went from ~370 to ~260–275 MiB for
+/// no measured CPU (BENCHMARKS.md, thirtieth session).
+const ALLOCATOR_ENV: [(&str, &str); 2] = [("MIMALLOC_PURGE_DELAY", "0"), ("MALLOC_ARENA_MAX", "1")];
 
 /// Both allocators read their settings from the environment as the process
 /// loads, before `main`: when one of [`ALLOCATOR_ENV`] is unset, the core

@@ -262,6 +262,36 @@ async fn serve_node_with(
     (addr, shutdown, access)
 }
 
+/// Node a's view: it holds partitions 0 and 1, and `rest` owns the others.
+fn view_of_a(parts: &[Part], rest: NodeInfo) -> FixedView {
+    let a_node = node("a", "127.0.0.1:1");
+    let owners = (0..P)
+        .map(|p| (p, if p < 2 { a_node.clone() } else { rest.clone() }))
+        .collect();
+    FixedView {
+        me: a_node,
+        local: parts[..2].iter().map(|p| p.lp.clone()).collect(),
+        owners,
+    }
+}
+
+/// A node `id` serving peer calls that holds no partition: its address, and
+/// the guard that stops it.
+async fn empty_node(c: &Cluster, id: &str) -> (NodeInfo, tokio_util::sync::DropGuard) {
+    let dir = c._dir.path().join(id);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (addr, stop, _) = serve_node(
+        &dir,
+        Arc::new(FixedView {
+            me: node(id, ""),
+            local: Vec::new(),
+            owners: HashMap::new(),
+        }),
+    )
+    .await;
+    (node(id, &addr.to_string()), stop.drop_guard())
+}
+
 async fn cluster(dets: &[Detection]) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let mut parts = Vec::new();
@@ -278,26 +308,8 @@ async fn cluster(dets: &[Detection]) -> Cluster {
         owners: HashMap::new(),
     });
     let (b_addr, b_shutdown, _) = serve_node(&b_dir, b_view).await;
-    let a_node = node("a", "127.0.0.1:1");
-    let b_node = node("b", &b_addr.to_string());
-    let owners = (0..P)
-        .map(|p| {
-            (
-                p,
-                if p < 2 {
-                    a_node.clone()
-                } else {
-                    b_node.clone()
-                },
-            )
-        })
-        .collect();
     let a = ClusterQuery::new(
-        Arc::new(FixedView {
-            me: a_node,
-            local: parts[..2].iter().map(|p| p.lp.clone()).collect(),
-            owners,
-        }),
+        Arc::new(view_of_a(&parts, node("b", &b_addr.to_string()))),
         TOKEN,
     );
     Cluster {
@@ -702,40 +714,9 @@ async fn a_partition_asked_of_its_former_owner_is_asked_again_of_the_new_one() {
     let dets = dataset();
     let c = cluster(&dets).await;
     // Node c held partitions 2 and 3 before b: it holds nothing now.
-    let c_dir = c._dir.path().join("c");
-    std::fs::create_dir_all(&c_dir).unwrap();
-    let (c_addr, c_stop, _) = serve_node(
-        &c_dir,
-        Arc::new(FixedView {
-            me: node("c", ""),
-            local: Vec::new(),
-            owners: HashMap::new(),
-        }),
-    )
-    .await;
-    let _c_stop = c_stop.drop_guard();
-    let (a_node, b_node, c_node) = (
-        node("a", "127.0.0.1:1"),
-        node("b", &c.b_addr.to_string()),
-        node("c", &c_addr.to_string()),
-    );
+    let (c_node, _c_stop) = empty_node(&c, "c").await;
     let view = MovedView {
-        now: FixedView {
-            me: a_node.clone(),
-            local: c._parts[..2].iter().map(|p| p.lp.clone()).collect(),
-            owners: (0..P)
-                .map(|p| {
-                    (
-                        p,
-                        if p < 2 {
-                            a_node.clone()
-                        } else {
-                            b_node.clone()
-                        },
-                    )
-                })
-                .collect(),
-        },
+        now: view_of_a(&c._parts, node("b", &c.b_addr.to_string())),
         before: std::sync::Mutex::new([(2, c_node.clone()), (3, c_node)].into()),
     };
     let a = ClusterQuery::new(Arc::new(view), TOKEN);
@@ -762,36 +743,8 @@ async fn a_partition_whose_owner_never_settles_is_unavailable_to_the_caller_not_
     let c = cluster(&dets).await;
     // Node c holds nothing, yet every read of the owners of 2 and 3 names
     // it: a lease that keeps moving.
-    let c_dir = c._dir.path().join("c");
-    std::fs::create_dir_all(&c_dir).unwrap();
-    let (c_addr, c_stop, _) = serve_node(
-        &c_dir,
-        Arc::new(FixedView {
-            me: node("c", ""),
-            local: Vec::new(),
-            owners: HashMap::new(),
-        }),
-    )
-    .await;
-    let _c_stop = c_stop.drop_guard();
-    let (a_node, c_node) = (node("a", "127.0.0.1:1"), node("c", &c_addr.to_string()));
-    let view = FixedView {
-        me: a_node.clone(),
-        local: c._parts[..2].iter().map(|p| p.lp.clone()).collect(),
-        owners: (0..P)
-            .map(|p| {
-                (
-                    p,
-                    if p < 2 {
-                        a_node.clone()
-                    } else {
-                        c_node.clone()
-                    },
-                )
-            })
-            .collect(),
-    };
-    let mut a = ClusterQuery::new(Arc::new(view), TOKEN);
+    let (c_node, _c_stop) = empty_node(&c, "c").await;
+    let mut a = ClusterQuery::new(Arc::new(view_of_a(&c._parts, c_node)), TOKEN);
     a.move_wait = std::time::Duration::from_millis(600);
     let (from, to) = (t0(), t0() + 3_600_000);
     let errors = [
