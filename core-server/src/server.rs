@@ -314,6 +314,7 @@ async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started
     let feed = dashboard::LiveFeed::start(
         &dashboard_hub,
         store.clone(),
+        locations.clone(),
         drain.token(Stage::Background),
         caps.feeds.clone(),
     );

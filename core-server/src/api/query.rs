@@ -904,6 +904,7 @@ impl QueryService {
                     }
                 },
             };
+            let table = self.locations.current();
             for e in events.iter() {
                 if replayed
                     .until_ms
@@ -914,7 +915,9 @@ impl QueryService {
                 if !filter.matches(e) || replayed.seen.contains(&(e.committed_ms, det_oid(e))) {
                     continue;
                 }
-                if tx.send(Ok(e.clone())).await.is_err() {
+                let mut e = e.clone();
+                table.join(&mut e);
+                if tx.send(Ok(e)).await.is_err() {
                     return Ok(());
                 }
             }

@@ -881,7 +881,7 @@ impl Writer {
                         n_unmatched += 1;
                     }
                     commit.add_aggregate(d.timestamp_detected, loc, &d.item_name);
-                    let mut joined = JoinedEvent {
+                    let joined = JoinedEvent {
                         detection: Some(d),
                         agent_id: agent.to_string(),
                         seq,
@@ -898,8 +898,9 @@ impl Writer {
                     }
                     outcome.stored += 1;
                     n_stored += 1;
+                    // Without its Dataset B row: each reader of the hub
+                    // joins what it uses (api::live).
                     if want_live {
-                        joined.location = table.get(loc).cloned();
                         live.push(joined);
                     }
                 }

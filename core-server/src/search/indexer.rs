@@ -42,8 +42,11 @@ const REBUILD_COMMIT_EVERY: usize = 25_000;
 /// Most live events whose commit times wait for the next index commit (for
 /// the commit → searchable hop; beyond it they are not observed): ~800 KiB.
 const MAX_TIMED: usize = 100_000;
-/// Events read from the store per step of a catch-up.
-const CATCH_UP_BATCH: usize = 10_000;
+/// Events read from the store per step of a catch-up (whole commits, so
+/// one step may read more). Each step's events and their documents are held
+/// together: 10,000 held ~15 MB of the core's peak while a burst's catch-up
+/// ran (BENCHMARKS.md, "thirty-first session").
+const CATCH_UP_BATCH: usize = 2_500;
 
 /// The indexer thread's state.
 pub(super) struct Indexer {
@@ -274,10 +277,11 @@ impl Indexer {
             return Ok(());
         };
         let f = self.idx.fields;
+        let table = self.locations.current();
         let mut docs = Vec::with_capacity(events.len());
         let mut replaced = Vec::new();
         for ev in events {
-            let Some(doc) = self.idx.document(ev) else {
+            let Some(doc) = self.idx.document(ev, &table) else {
                 continue;
             };
             if ev.committed_ms <= replace_through {
@@ -319,12 +323,10 @@ impl Indexer {
         let indexed_through = self.newest_ms;
         match self.resume {
             None => {
-                let table = self.locations.current();
                 let store = self.store.clone();
                 // An index error stops the store's iteration; kept here.
                 let mut failed: Option<SearchError> = None;
-                let read = store.for_each_event(CATCH_UP_BATCH, |mut events| {
-                    table.join_all(&mut events);
+                let read = store.for_each_event(CATCH_UP_BATCH, |events| {
                     n += events.len();
                     let step = self.add(&events, i64::MAX, false).and_then(|()| {
                         if self.pending >= REBUILD_COMMIT_EVERY {
@@ -351,12 +353,11 @@ impl Indexer {
                 let from = from.saturating_sub(CATCH_UP_SLACK.as_millis() as i64);
                 let mut after = Vec::new();
                 loop {
-                    let (mut events, last) =
+                    let (events, last) =
                         self.store.committed_since(from, &after, CATCH_UP_BATCH)?;
                     if events.is_empty() {
                         break;
                     }
-                    self.locations.current().join_all(&mut events);
                     n += events.len();
                     self.add(&events, indexed_through, false)?;
                     if self.pending >= REBUILD_COMMIT_EVERY {

@@ -97,7 +97,11 @@ use tantivy::{
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::{api::live::LiveHub, enrich::Locations, store::Store};
+use crate::{
+    api::live::LiveHub,
+    enrich::{LocationTable, Locations},
+    store::Store,
+};
 pub use indexer::{CATCH_UP_SLACK, FIRST_RETRY, MAX_RETRY};
 pub(crate) use query::Cursor;
 use query::NewestFirst;
@@ -517,7 +521,9 @@ impl SearchIndex {
         Ok((events, hits))
     }
 
-    fn document(&self, ev: &JoinedEvent) -> Option<TantivyDocument> {
+    /// `ev`'s document, with its location's Dataset B row from `table` (the
+    /// event's own `location` is not read: the hub's events carry none).
+    fn document(&self, ev: &JoinedEvent, table: &LocationTable) -> Option<TantivyDocument> {
         let f = self.fields;
         let d = ev.detection.as_ref()?;
         let mut doc = TantivyDocument::default();
@@ -528,7 +534,7 @@ impl SearchIndex {
         doc.add_text(f.item, &d.item_name);
         doc.add_text(f.item_name, &d.item_name);
         doc.add_text(f.agent, &ev.agent_id);
-        if let Some(l) = ev.location.as_ref().filter(|_| ev.location_matched) {
+        if let Some(l) = table.get(d.geographical_location_oid) {
             doc.add_text(f.location, &l.geographical_location);
             let mut cols: Vec<_> = l.extra.iter().collect();
             cols.sort();

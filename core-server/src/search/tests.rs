@@ -112,7 +112,13 @@ fn write_commit(
     );
     drop(db);
     store.write(batch).unwrap();
-    locations.current().join_all(&mut live);
+    // As the partition writer hands them to the hub: matched or not, but
+    // without the Dataset B row (the indexer looks it up itself).
+    let table = locations.current();
+    for e in &mut live {
+        let loc = e.detection.as_ref().unwrap().geographical_location_oid;
+        e.location_matched = table.get(loc).is_some();
+    }
     (now, live)
 }
 

@@ -154,7 +154,7 @@ impl CoreBackend {
 
     /// An event's row as this principal may see it: no thumbnail for a viewer.
     fn row(&self, e: &JoinedEvent) -> EventRow {
-        let mut r = row(e);
+        let mut r = row(e, &self.locations.current());
         if self.who.role < Role::Investigator {
             r.thumbnail = None;
         }

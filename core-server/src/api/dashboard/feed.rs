@@ -27,6 +27,7 @@ use crate::{
         limits::{Gate, Refused, Slot},
         live::LiveHub,
     },
+    enrich::{LocationTable, Locations},
     store::{Counters, Store},
 };
 
@@ -137,6 +138,8 @@ pub struct LiveFeed {
     viewers: Arc<Gate>,
     /// For a scoped viewer's counts when its feed opens.
     pub store: Arc<Store>,
+    /// Dataset B, for the rows' location names.
+    locations: Arc<Locations>,
     /// Cluster mode: the counts are every partition's (see
     /// [`LiveFeed::set_cluster`]), not this node's store's.
     cluster: Arc<std::sync::OnceLock<ClusterCounts>>,
@@ -160,6 +163,7 @@ impl LiveFeed {
     pub fn start(
         hub: &LiveHub,
         store: Arc<Store>,
+        locations: Arc<Locations>,
         shutdown: CancellationToken,
         viewers: Arc<Gate>,
     ) -> Self {
@@ -169,6 +173,7 @@ impl LiveFeed {
             cameras: Arc::default(),
             viewers,
             store: store.clone(),
+            locations,
             cluster: Arc::default(),
         };
         let this = feed.clone();
@@ -286,7 +291,8 @@ impl LiveFeed {
                             self.saw(&events);
                             // Newest last within a commit; keep the tail only.
                             let skip = events.len().saturating_sub(TICK_EVENTS);
-                            newest.extend(events.iter().skip(skip).map(row));
+                            let table = self.locations.current();
+                            newest.extend(events.iter().skip(skip).map(|e| row(e, &table)));
                             if newest.len() > 4 * TICK_EVENTS {
                                 newest.drain(..newest.len() - TICK_EVENTS);
                             }
@@ -397,16 +403,15 @@ pub fn totals(c: &crate::store::Counters) -> Totals {
     }
 }
 
-/// A joined event as a dashboard row.
-pub fn row(e: &JoinedEvent) -> EventRow {
+/// An event as a dashboard row, its location's name from `table` (the
+/// event's own `location` is not read: the live hub's events carry none).
+pub fn row(e: &JoinedEvent, table: &LocationTable) -> EventRow {
     let d = e.detection.clone().unwrap_or_default();
     EventRow {
         det_oid: d.detection_oid.unwrap_or_default(),
         location_oid: d.geographical_location_oid,
-        location: e
-            .location
-            .as_ref()
-            .filter(|_| e.location_matched)
+        location: table
+            .get(d.geographical_location_oid)
             .map(|l| l.geographical_location.clone()),
         camera_oid: d.video_camera_oid,
         item: d.item_name,
@@ -446,6 +451,36 @@ mod tests {
             tick,
             by_location: committed.iter().copied().collect(),
         }
+    }
+
+    #[test]
+    fn a_live_row_names_its_location_from_dataset_b_though_the_hub_carries_no_row() {
+        use sightline_proto::v1::{Detection, Location};
+        let table = LocationTable {
+            rows: [(
+                3,
+                Location {
+                    geographical_location_oid: 3,
+                    geographical_location: "East Gate".into(),
+                    extra: Default::default(),
+                },
+            )]
+            .into(),
+            source: String::new(),
+        };
+        // As the partition writer hands it to the hub: no `location`.
+        let at = |loc| JoinedEvent {
+            detection: Some(Detection {
+                geographical_location_oid: loc,
+                detection_oid: Some(7),
+                item_name: "car".into(),
+                ..Default::default()
+            }),
+            location_matched: loc == 3,
+            ..Default::default()
+        };
+        assert_eq!(row(&at(3), &table).location.as_deref(), Some("East Gate"));
+        assert_eq!(row(&at(5), &table).location, None, "not in Dataset B");
     }
 
     fn shown(v: &mut TickView, t: &Tick) -> u64 {
