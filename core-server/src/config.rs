@@ -369,8 +369,9 @@ pub struct LiveConfig {
     /// Messages a live subscriber may fall behind before it is cut off; a
     /// message is at most `api::live::LIVE_CHUNK_EVENTS` (256) events of one
     /// commit, and the hub holds the ones its slowest subscriber has not read:
-    /// the default bounds it to 32,768 events (~9 MiB at ~280 bytes an
-    /// event; 1,024 held ~150 MiB while a backlog drained).
+    /// the default bounds it to 32,768 events (~7 MiB at ~230 bytes an
+    /// event, which carries no Dataset B row; 1,024 held ~150 MiB while a
+    /// backlog drained).
     #[serde(default = "default_live_buffer")]
     pub buffer_commits: usize,
     /// Most open `Subscribe` streams (gRPC); one more is refused with

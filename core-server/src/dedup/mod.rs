@@ -642,7 +642,11 @@ impl Writer {
         let mut staged: HashMap<(Arc<str>, u64), (u64, u64)> = HashMap::default();
         let mut planned = Vec::with_capacity(group.len());
         // (index into planned, event) for events past the watermark.
-        let mut fresh: Vec<(usize, Arc<str>, Incoming)> = Vec::new();
+        // Sized for the whole group up front, as are the commit's and the
+        // hub's lists below: grown by doubling, these lists were copied and
+        // their fresh pages faulted in again for every large group.
+        let mut fresh: Vec<(usize, Arc<str>, Incoming)> =
+            Vec::with_capacity(group.iter().map(|r| r.events.len()).sum());
         let stream_seq = group.iter().map(|s| s.stream_seq).max().unwrap_or(0);
         if let Some(first) = group.first() {
             let h = ctx.metrics.writer_queue(first.live);
@@ -785,7 +789,8 @@ impl Writer {
         let table = ctx.locations.current();
         let want_live = ctx.hub.has_subscribers();
         let mut commit = store.begin(now)?;
-        let mut live = Vec::new();
+        commit.reserve(fresh.len());
+        let mut live = Vec::with_capacity(if want_live { fresh.len() } else { 0 });
         let (mut n_stored, mut n_sem, mut n_rej, mut n_unmatched, mut n_transport) =
             (0u64, 0u64, 0u64, 0u64, 0u64);
         for (idx, agent, ev) in fresh {

@@ -169,6 +169,16 @@ impl CommitBatch {
         self.sync = false;
     }
 
+    /// Room for `events` more events, so that filling a large commit does
+    /// not copy its lists as they grow.
+    pub fn reserve(&mut self, events: usize) {
+        self.events.reserve(events);
+        self.dets.reserve(events);
+        if let Some((_, packed)) = &mut self.by_commit {
+            packed.reserve(events * 16);
+        }
+    }
+
     /// Stores an event under its det_oid (the `det` key that makes it the
     /// only one, with its camera) and in the commit's `by_commit` entry.
     /// `event` is kept without its joined location. `live_tag`: the
@@ -197,7 +207,11 @@ impl CommitBatch {
             }
         };
         self.dets.push((keys::det_key(oid), value, n));
-        let (_, packed) = self.by_commit.get_or_insert_with(|| (oid, Vec::new()));
+        // Room for every event the commit has room for (`reserve`).
+        let room = 16 * self.dets.capacity();
+        let (_, packed) = self
+            .by_commit
+            .get_or_insert_with(|| (oid, Vec::with_capacity(room)));
         packed.extend_from_slice(&key);
     }
 
