@@ -216,9 +216,7 @@ async fn metrics_health_and_the_terminal_client_answer() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_core_runs_with_allocators_that_give_freed_memory_back() {
     let dir = tempfile::tempdir().unwrap();
-    let b = dir.path().join("b.csv");
-    write_locations(&b, LOCATIONS);
-    let core = Core::start(dir.path(), Some(&b));
+    let core = Core::start(dir.path(), None);
     // It answers: the process started is the one serving.
     stats(&core.url()).await;
     let environ = std::fs::read(format!("/proc/{}/environ", core.pid())).unwrap();

@@ -33,9 +33,11 @@ pub struct CommitBatch {
     /// `det` entries: key, value (16 bytes, or 24 with a live tag) and its length.
     dets: Vec<([u8; 8], [u8; 24], u8)>,
     /// The commit's events in one `by_commit` entry (one memtable insert per
-    /// commit instead of one per event; see `Store::committed_since`):
-    /// (first det_oid, packed (detection ms, det_oid) pairs).
-    by_commit: Option<(i64, Vec<u8>)>,
+    /// commit instead of one per event; see `Store::committed_since`): its
+    /// first det_oid (the key's second half; `None`: no event stored) and
+    /// the packed (detection ms, det_oid) pairs.
+    first_oid: Option<i64>,
+    by_commit: Vec<u8>,
     /// Aggregate increments summed per key: one merge per key per commit.
     agg: HashMap<Vec<u8>, u64>,
     /// The aggregate key being counted (a key is allocated only when new
@@ -66,7 +68,8 @@ impl Store {
             batch: WriteBatch::default(),
             events: Vec::new(),
             dets: Vec::new(),
-            by_commit: None,
+            first_oid: None,
+            by_commit: Vec::new(),
             agg: HashMap::default(),
             agg_key: Vec::new(),
             counters: HashMap::default(),
@@ -85,6 +88,7 @@ impl Store {
             mut batch,
             mut events,
             mut dets,
+            first_oid,
             by_commit,
             agg,
             agg_key: _,
@@ -116,11 +120,11 @@ impl Store {
                 received::Piece::add(received::RangeSet::from_values(values)).encode(),
             );
         }
-        if let Some((first_oid, packed)) = by_commit {
+        if let Some(first_oid) = first_oid {
             batch.put_cf(
                 cf(&db, CF_BY_COMMIT),
                 keys::event_key(committed_ms, first_oid),
-                packed,
+                by_commit,
             );
         }
         let cf_agg = cf(&db, CF_AGG);
@@ -174,9 +178,7 @@ impl CommitBatch {
     pub fn reserve(&mut self, events: usize) {
         self.events.reserve(events);
         self.dets.reserve(events);
-        if let Some((_, packed)) = &mut self.by_commit {
-            packed.reserve(events * 16);
-        }
+        self.by_commit.reserve(events * 16);
     }
 
     /// Stores an event under its det_oid (the `det` key that makes it the
@@ -207,12 +209,8 @@ impl CommitBatch {
             }
         };
         self.dets.push((keys::det_key(oid), value, n));
-        // Room for every event the commit has room for (`reserve`).
-        let room = 16 * self.dets.capacity();
-        let (_, packed) = self
-            .by_commit
-            .get_or_insert_with(|| (oid, Vec::with_capacity(room)));
-        packed.extend_from_slice(&key);
+        self.first_oid.get_or_insert(oid);
+        self.by_commit.extend_from_slice(&key);
     }
 
     /// Cluster mode: `event` (stored by [`CommitBatch::put_event`]) came

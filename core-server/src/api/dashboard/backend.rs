@@ -18,7 +18,7 @@ use super::feed::{row, CamerasSeen};
 use crate::{
     access::{Principal, Role},
     cluster::query::ClusterQuery,
-    enrich::Locations,
+    enrich::{LocationTable, Locations},
     fleet::Fleet,
     search::{SearchIndex, SearchRequest},
     store::{
@@ -139,22 +139,27 @@ fn check_range(from_ms: i64, to_ms: i64) -> Result<(), String> {
 
 impl CoreBackend {
     /// Joins with Dataset B and attaches media, as the query API does.
-    fn joined(&self, mut events: Vec<JoinedEvent>) -> Result<Vec<JoinedEvent>, String> {
+    fn with_media(&self, mut events: Vec<JoinedEvent>) -> Result<Vec<JoinedEvent>, String> {
         // In cluster mode the partitions' owners gave the media already.
         if self.cluster.is_none() {
             self.store.fill_media(&mut events).map_err(err)?;
         }
-        self.locations.current().join_all(&mut events);
         Ok(events)
     }
 
     fn rows(&self, events: Vec<JoinedEvent>) -> Result<Vec<EventRow>, String> {
-        Ok(self.joined(events)?.iter().map(|e| self.row(e)).collect())
+        let table = self.locations.current();
+        Ok(self
+            .with_media(events)?
+            .iter()
+            .map(|e| self.row(e, &table))
+            .collect())
     }
 
-    /// An event's row as this principal may see it: no thumbnail for a viewer.
-    fn row(&self, e: &JoinedEvent) -> EventRow {
-        let mut r = row(e, &self.locations.current());
+    /// An event's row as this principal may see it (its location's name
+    /// from `table`): no thumbnail for a viewer.
+    fn row(&self, e: &JoinedEvent, table: &LocationTable) -> EventRow {
+        let mut r = row(e, table);
         if self.who.role < Role::Investigator {
             r.thumbnail = None;
         }
@@ -333,10 +338,10 @@ impl Backend for CoreBackend {
                 page_size: req.page_size as u32,
                 page_token: req.page_token,
             };
-            let mut found = across(c.search(&self.who.scope, r))?;
-            self.locations.current().join_all(&mut found.events);
+            let found = across(c.search(&self.who.scope, r))?;
+            let table = self.locations.current();
             return Ok(SearchPage {
-                events: found.events.iter().map(|e| self.row(e)).collect(),
+                events: found.events.iter().map(|e| self.row(e, &table)).collect(),
                 total_hits: found.total_hits,
                 next_page_token: found.next_page_token,
             });
@@ -345,8 +350,9 @@ impl Backend for CoreBackend {
             .search
             .search_joined(&self.store, &self.locations, &req)
             .map_err(err)?;
+        let table = self.locations.current();
         Ok(SearchPage {
-            events: events.iter().map(|e| self.row(e)).collect(),
+            events: events.iter().map(|e| self.row(e, &table)).collect(),
             total_hits: hits.total,
             next_page_token: hits.next_page_token,
         })
@@ -371,10 +377,12 @@ impl Backend for CoreBackend {
             )?;
         }
         let footage = self.who.role >= Role::Investigator;
-        let ev = self
-            .joined(vec![ev])?
+        let mut ev = self
+            .with_media(vec![ev])?
             .pop()
             .ok_or_else(|| "event vanished".to_string())?;
+        let table = self.locations.current();
+        table.join(&mut ev);
         let d = ev.detection.clone().unwrap_or_default();
         let media = |kind: &str| {
             ev.media
@@ -435,7 +443,7 @@ impl Backend for CoreBackend {
         attributes.sort();
         Ok(Some(EventDetail {
             // As this principal may see it (a viewer's has no thumbnail).
-            row: self.row(&ev),
+            row: self.row(&ev, &table),
             seq: ev.seq,
             accepted_ms: ev.accepted_ms,
             confidence: d.confidence,
