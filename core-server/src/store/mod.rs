@@ -87,6 +87,12 @@ use sightline_proto::v1::{EventFilter, JoinedEvent, QuarantinedEvent};
 
 use keys::Bucket;
 
+/// Merge operands one key holds in the memtable before a write folds them
+/// into a value (a `Get` and a `Put`). Each merge first counts the key's
+/// operands in the memtable (a walk of up to this many entries), so the
+/// cap costs every merge; a read sums at most this many.
+const MAX_SUCCESSIVE_MERGES: usize = 8;
+
 pub const CF_EVENTS: &str = "events";
 pub const CF_DET: &str = "det";
 pub const CF_WM: &str = "wm";
@@ -677,10 +683,11 @@ fn open_db(
         );
         // Every commit merges into a few hot keys (the totals, this minute's
         // counts): without a cap, a read would sum thousands of operands
-        // held in the memtable. Past 64, a write folds them first.
+        // held in the memtable. Past MAX_SUCCESSIVE_MERGES, a write folds
+        // them first.
         let mut agg_opts = cf(false);
         agg_opts.set_merge_operator_associative("sightline-add-u64", add_u64);
-        agg_opts.set_max_successive_merges(64);
+        agg_opts.set_max_successive_merges(MAX_SUCCESSIVE_MERGES);
         let mut refs_opts = cf(false);
         let cutoff = refs_cutoff.clone();
         refs_opts.set_compaction_filter(
@@ -695,12 +702,12 @@ fn open_db(
         );
         let mut counter_opts = cf(false);
         counter_opts.set_merge_operator_associative("sightline-add-u64", add_u64);
-        counter_opts.set_max_successive_merges(64);
+        counter_opts.set_max_successive_merges(MAX_SUCCESSIVE_MERGES);
         // Every commit merges into its cameras' keys: a read folds at most
-        // 64 operands held in the memtable.
+        // MAX_SUCCESSIVE_MERGES operands held in the memtable.
         let mut received_opts = cf(false);
         received_opts.set_merge_operator_associative("sightline-received", received::merge);
-        received_opts.set_max_successive_merges(64);
+        received_opts.set_max_successive_merges(MAX_SUCCESSIVE_MERGES);
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_RECEIVED, received_opts),
             ColumnFamilyDescriptor::new(CF_EVENTS, cf(false)),
