@@ -312,7 +312,9 @@ mod tests {
     /// merge operators and compaction filter are Rust, and a debug build
     /// makes the write ~30 times slower. `cargo test --release -p
     /// sightline-core --lib commit_cost -- --ignored --nocapture`;
-    /// `SIGHTLINE_COMMIT_COST_COMMITS` sets the number of commits (1,000).
+    /// `SIGHTLINE_COMMIT_COST_COMMITS` sets the number of commits (1,000),
+    /// `SIGHTLINE_COMMIT_COST_EVENTS` the events in each (2,000; a live
+    /// run's commits hold a few dozen).
     #[test]
     #[ignore = "a measurement, not a check"]
     fn commit_cost() {
@@ -328,7 +330,10 @@ mod tests {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(1_000);
-        let per = 2_000i64;
+        let per: i64 = std::env::var("SIGHTLINE_COMMIT_COST_EVENTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2_000);
         let items = ["person", "car", "bicycle", "backpack", "truck", "dog"];
         let mut recent: Vec<Detection> = Vec::new();
         let mut camera_seqs = HashMap::default();
