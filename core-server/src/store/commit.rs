@@ -326,14 +326,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db"), false, 32 << 20).unwrap();
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        let commits: i64 = std::env::var("SIGHTLINE_COMMIT_COST_COMMITS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1_000);
-        let per: i64 = std::env::var("SIGHTLINE_COMMIT_COST_EVENTS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(2_000);
+        let env_or = |name: &str, default: i64| -> i64 {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        let commits = env_or("SIGHTLINE_COMMIT_COST_COMMITS", 1_000);
+        let per = env_or("SIGHTLINE_COMMIT_COST_EVENTS", 2_000);
         let items = ["person", "car", "bicycle", "backpack", "truck", "dog"];
         let mut recent: Vec<Detection> = Vec::new();
         let mut camera_seqs = HashMap::default();

@@ -682,9 +682,8 @@ fn open_db(
             },
         );
         // Every commit merges into a few hot keys (the totals, this minute's
-        // counts): without a cap, a read would sum thousands of operands
-        // held in the memtable. Past MAX_SUCCESSIVE_MERGES, a write folds
-        // them first.
+        // counts): without a cap (MAX_SUCCESSIVE_MERGES), a read would sum
+        // thousands of operands held in the memtable.
         let mut agg_opts = cf(false);
         agg_opts.set_merge_operator_associative("sightline-add-u64", add_u64);
         agg_opts.set_max_successive_merges(MAX_SUCCESSIVE_MERGES);
@@ -703,8 +702,7 @@ fn open_db(
         let mut counter_opts = cf(false);
         counter_opts.set_merge_operator_associative("sightline-add-u64", add_u64);
         counter_opts.set_max_successive_merges(MAX_SUCCESSIVE_MERGES);
-        // Every commit merges into its cameras' keys: a read folds at most
-        // MAX_SUCCESSIVE_MERGES operands held in the memtable.
+        // Every commit merges into its cameras' keys (capped as above).
         let mut received_opts = cf(false);
         received_opts.set_merge_operator_associative("sightline-received", received::merge);
         received_opts.set_max_successive_merges(MAX_SUCCESSIVE_MERGES);
