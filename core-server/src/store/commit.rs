@@ -14,7 +14,7 @@ use sightline_proto::v1::{JoinedEvent, QuarantinedEvent};
 
 use super::{
     cf, keys, received, Store, StoreError, CF_AGG, CF_BY_COMMIT, CF_COUNTERS, CF_DET, CF_EVENTS,
-    CF_META, CF_QUARANTINE, CF_RECEIVED, CF_WM,
+    CF_META, CF_QUARANTINE, CF_WM,
 };
 
 /// One commit's writes, in memory until [`Store::commit`].
@@ -38,14 +38,15 @@ pub struct CommitBatch {
     /// the packed (detection ms, det_oid) pairs.
     first_oid: Option<i64>,
     by_commit: Vec<u8>,
-    /// Aggregate increments summed per key: one merge per key per commit.
+    /// The commit's events counted per minute key (`keys::agg_key`), written
+    /// as one pending entry ([`super::pending`]).
     agg: HashMap<Vec<u8>, u64>,
     /// The aggregate key being counted (a key is allocated only when new
     /// to the commit).
     agg_key: Vec<u8>,
     counters: HashMap<&'static str, u64>,
     /// The camera_seq values this commit received (with their detection
-    /// times), per camera: one merge per camera per commit. Kept as a list
+    /// times), per camera: in the commit's pending entry. Kept as a list
     /// and made into ranges once, sorted, at the end: a range-set insert per
     /// event was ~5 % of the core's CPU under a burst (BENCHMARKS.md, "The
     /// commit path", sixteenth session).
@@ -112,14 +113,6 @@ impl Store {
         for (share, packed) in outbox {
             batch.put_cf(cf_m, super::outbox::key(share), packed);
         }
-        let cf_r = cf(&db, CF_RECEIVED);
-        for (camera, values) in received {
-            batch.merge_cf(
-                cf_r,
-                received::key(camera),
-                received::Piece::add(received::RangeSet::from_values(values)).encode(),
-            );
-        }
         if let Some(first_oid) = first_oid {
             batch.put_cf(
                 cf(&db, CF_BY_COMMIT),
@@ -127,11 +120,25 @@ impl Store {
                 by_commit,
             );
         }
-        let cf_agg = cf(&db, CF_AGG);
-        let mut agg: Vec<_> = agg.into_iter().collect();
-        agg.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        for (k, v) in agg {
-            batch.merge_cf(cf_agg, k, v.to_le_bytes());
+        // The minute counts and the cameras' values in one pending entry;
+        // folds make them the minute, hour and camera keys'
+        // ([`super::pending`]).
+        let pending = !agg.is_empty() || !received.is_empty();
+        if pending {
+            let mut agg: Vec<_> = agg.into_iter().collect();
+            agg.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            let cameras: Vec<(i64, Vec<u8>)> = received
+                .into_iter()
+                .map(|(camera, values)| {
+                    let set = received::RangeSet::from_values(values);
+                    (camera, received::Piece::add(set).encode())
+                })
+                .collect();
+            batch.put_cf(
+                cf(&db, CF_AGG),
+                self.pending.next_key(),
+                super::pending::encode(&agg, &cameras),
+            );
         }
         let cf_c = cf(&db, CF_COUNTERS);
         for (name, v) in counters {
@@ -142,8 +149,12 @@ impl Store {
         drop(db);
         let started = std::time::Instant::now();
         let generation = self.write_synced(batch, sync)?;
+        let seconds = started.elapsed().as_secs_f64();
+        if pending {
+            self.pending_written();
+        }
         Ok(Written {
-            seconds: started.elapsed().as_secs_f64(),
+            seconds,
             generation,
         })
     }
@@ -231,13 +242,12 @@ impl CommitBatch {
     /// Counts one event of `item` at `location`, detected at `ts`, in its
     /// minute and its hour.
     pub fn add_aggregate(&mut self, ts: i64, location: i64, item: &str) {
-        for bucket in [keys::Bucket::Minute, keys::Bucket::Hour] {
-            keys::agg_key_into(&mut self.agg_key, bucket, bucket.floor(ts), location, item);
-            match self.agg.get_mut(self.agg_key.as_slice()) {
-                Some(n) => *n += 1,
-                None => {
-                    self.agg.insert(self.agg_key.clone(), 1);
-                }
+        let minute = keys::Bucket::Minute;
+        keys::agg_key_into(&mut self.agg_key, minute, minute.floor(ts), location, item);
+        match self.agg.get_mut(self.agg_key.as_slice()) {
+            Some(n) => *n += 1,
+            None => {
+                self.agg.insert(self.agg_key.clone(), 1);
             }
         }
     }

@@ -1,7 +1,7 @@
 //! The core's durable store, in RocksDB: events, the det_oid index, agent
 //! watermarks, the top-X aggregates, the quarantine and the totals.
 //!
-//! # Key layouts (format version 2)
+//! # Key layouts (format version 3)
 //!
 //! | column family | key | value |
 //! | --- | --- | --- |
@@ -9,6 +9,7 @@
 //! | `det` | det_oid (i64, sign-flipped BE) | timestamp_detected (same encoding): finds the event ‖ video_camera_oid (i64 BE): whose det_oid it is (absent in rows written before 2026-11-30) ‖ for an event the live lane stored, `keys::live_tag` (u64 BE) of the (agent, epoch, seq) it came with |
 //! | `wm` | agent_id ‖ 0x00 ‖ epoch (u64 BE) ‖ partition (u16 BE) | the highest seq of (agent, epoch) that partition committed (u64 BE) ‖ the digest of that seq's event (`sightline_proto::event_digest`, u64 BE; absent in older rows). The agent's watermark is the smallest over the partitions (see `dedup`). Format 1 had no partition. |
 //! | `agg` | 'm' or 'h' ‖ bucket start ms ‖ location oid ‖ item_name | count, u64 LE, summed by a merge operator |
+//! | `agg` | 'p' ‖ sequence (u64 BE) | a commit's pending counts and camera_seq values: varint count of minute keys, then per minute key varint key length ‖ varint count ‖ key; then per camera video_camera_oid (i64 BE) ‖ varint length ‖ a `received` piece; folded into the 'm', 'h' and `received` keys later ([`pending`]) |
 //! | `quarantine` | quarantined_ms ‖ agent_id ‖ 0x00 ‖ seq (u64 BE) | `QuarantinedEvent` |
 //! | `counters` | `stored`, `dup_transport`, `dup_semantic`, `rejected`, `unmatched` | u64 LE, merge-summed |
 //! | `media` | sha256 (64 lowercase hex ASCII) | stored_ms (i64 BE) ‖ `MediaRef` (protobuf) |
@@ -16,8 +17,8 @@
 //! | `media_refs` | det_oid (as in `det`) ‖ kind (ASCII) | attached_ms (i64 BE) ‖ `MediaRef` (protobuf) |
 //! | `media_quarantine` | quarantined_ms (i64, sign-flipped BE) ‖ sha256 | [`media::MediaQuarantined`] as JSON |
 //! | `by_commit` | committed_ms ‖ det_oid (as in `events`) | timestamp_detected (as in `det`): the events in commit order, for the search index to catch up |
-//! | `received` | video_camera_oid (i64 BE) | the camera_seq values received, as ranges with the detection times of their ends, merged by a merge operator ([`received`]) |
-//! | `meta` | `format` | u32 BE: [`FORMAT_VERSION`]; absent: format 1 (migrated at open) |
+//! | `received` | video_camera_oid (i64 BE) | the camera_seq values received, as ranges with the detection times of their ends, merged by a merge operator ([`received`]); a commit's values wait in its pending `agg` entry until folded |
+//! | `meta` | `format` | u32 BE: [`FORMAT_VERSION`]; absent: format 1 (migrated at open); 2 (no pending `agg` entries: opened as 3) |
 //! | `meta` | `partitions` | u32 BE: how many partitions the `wm` keys are written for |
 //!
 //! # Promises
@@ -42,12 +43,14 @@
 //!   watermark is the smallest of them, so it never passes a seq that some
 //!   partition has not committed.
 //! - The store MUST refuse to open a format it does not know; a format-1
-//!   store is migrated at open (its `wm` entries become partition 0's), and
+//!   store is migrated at open (its `wm` entries become partition 0's), a
+//!   format-2 one only marked 3 (it holds no pending `agg` entries), and
 //!   [`Store::use_partitions`] re-keys the `wm` entries (each partition starts
 //!   from the smallest of the old ones) when the partition count changes, in
 //!   one `WriteBatch`.
-//! - Aggregates MUST count exactly the stored events: they are incremented in
-//!   the same `WriteBatch` as the event, never elsewhere.
+//! - Aggregates MUST count exactly the stored events: they are counted in
+//!   the same `WriteBatch` as the event (a pending entry), and moved only by
+//!   a fold that deletes the entries it sums ([`pending`]).
 //! - Retention removes `events`, minute aggregates and the quarantine by time;
 //!   `det` keys live longer (`retention.dedup_keys`) so late duplicates are
 //!   still caught, and are removed by a compaction filter.
@@ -64,6 +67,7 @@ pub mod export;
 pub mod keys;
 pub mod media;
 pub mod outbox;
+pub mod pending;
 pub mod received;
 pub mod secondary;
 pub mod views;
@@ -110,8 +114,10 @@ pub const CF_RECEIVED: &str = "received";
 /// (agent, epoch) -> (seq, digest) of its watermark.
 type WatermarkTable = BTreeMap<(String, u64), (u64, u64)>;
 
-/// The store's format: 2 since watermarks are kept per partition.
-pub const FORMAT_VERSION: u32 = 2;
+/// The store's format: 2 since watermarks are kept per partition, 3 since
+/// `agg` holds the commits' pending entries ([`pending`]; a format-2 core
+/// would not read them).
+pub const FORMAT_VERSION: u32 = 3;
 const META_FORMAT: &[u8] = b"format";
 const META_PARTITIONS: &[u8] = b"partitions";
 /// Cluster mode: the stream sequence a partition store has applied through.
@@ -225,6 +231,8 @@ pub struct Store {
     /// left to a later [`Store::sync_wal`] is durable only if no reopen
     /// came between them.
     generation: std::sync::atomic::AtomicU64,
+    /// The commits' aggregate entries not folded yet ([`pending`]).
+    pending: pending::Pending,
 }
 
 fn add_u64(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
@@ -290,6 +298,7 @@ impl Store {
         let refs_cutoff = Arc::new(AtomicI64::new(i64::MIN));
         let db = open_db(path, memory, &dedup_cutoff, &refs_cutoff)?;
         let partitions = check_format(&db)?;
+        let pending = pending::Pending::of(&db)?;
         Ok(Self {
             db: arc_swap::ArcSwapOption::from_pointee(db),
             path: path.to_path_buf(),
@@ -301,6 +310,7 @@ impl Store {
             partitions: std::sync::atomic::AtomicUsize::new(partitions),
             writes: std::sync::RwLock::new(()),
             generation: std::sync::atomic::AtomicU64::new(0),
+            pending,
         })
     }
 
@@ -567,9 +577,16 @@ fn check_format(db: &DB) -> Result<usize, StoreError> {
     match db.get_cf(meta, META_FORMAT)? {
         Some(v) => {
             let format = u32_of(&v, "format")?;
-            if format != FORMAT_VERSION {
+            if format == 2 {
+                // Format 3 only adds pending `agg` entries: a format-2 store
+                // has none.
+                let mut w = WriteOptions::default();
+                w.set_sync(true);
+                db.put_cf_opt(meta, META_FORMAT, FORMAT_VERSION.to_be_bytes(), &w)?;
+                tracing::info!("store migrated from format 2 to {FORMAT_VERSION}");
+            } else if format != FORMAT_VERSION {
                 return Err(StoreError::Corrupt(format!(
-                    "the store has format {format}; this core reads format {FORMAT_VERSION} (and migrates 1)"
+                    "the store has format {format}; this core reads format {FORMAT_VERSION} (and migrates 1 and 2)"
                 )));
             }
             let n = match db.get_cf(meta, META_PARTITIONS)? {
@@ -972,17 +989,42 @@ impl Store {
     }
 
     /// Calls `f(bucket start, location, item, count)` for every aggregate of
-    /// `bucket` starting in `[from, to)`, in key order.
+    /// `bucket` starting in `[from, to)`, in key order: the folded keys and
+    /// the commits' pending entries ([`pending`]), read from one snapshot.
     pub(crate) fn for_each_agg(
         &self,
         bucket: Bucket,
         from: i64,
         to: i64,
+        f: impl FnMut(i64, i64, &str, u64),
+    ) -> Result<(), StoreError> {
+        self.scan_agg(bucket, from, to, true, f)
+    }
+
+    /// [`Store::for_each_agg`]; `with_pending` false: the folded keys only.
+    fn scan_agg(
+        &self,
+        bucket: Bucket,
+        from: i64,
+        to: i64,
+        with_pending: bool,
         mut f: impl FnMut(i64, i64, &str, u64),
     ) -> Result<(), StoreError> {
         let db = self.db()?;
+        let snapshot = db.snapshot();
+        let mut pending = if with_pending {
+            Self::pending_in(&snapshot, &db, bucket, from, to)?
+        } else {
+            BTreeMap::new()
+        };
+        let mut emit = |k: &[u8], n: u64| -> Result<(), StoreError> {
+            let (start_ms, loc, name) = keys::parse_agg_key(k)
+                .ok_or_else(|| StoreError::Corrupt("malformed agg key".into()))?;
+            f(start_ms, loc, name, n);
+            Ok(())
+        };
         let (start, end) = (keys::agg_prefix(bucket, from), keys::agg_prefix(bucket, to));
-        let iter = db.iterator_cf(
+        let iter = snapshot.iterator_cf(
             cf(&db, CF_AGG),
             IteratorMode::From(&start, rocksdb::Direction::Forward),
         );
@@ -991,9 +1033,19 @@ impl Store {
             if k.as_ref() >= end.as_slice() {
                 break;
             }
-            let (start_ms, loc, name) = keys::parse_agg_key(&k)
-                .ok_or_else(|| StoreError::Corrupt("malformed agg key".into()))?;
-            f(start_ms, loc, name, le_u64(&v));
+            // The pending keys before this one, then this one with its own.
+            while let Some(e) = pending.first_entry() {
+                if e.key().as_slice() >= k.as_ref() {
+                    break;
+                }
+                let (pk, n) = e.remove_entry();
+                emit(&pk, n)?;
+            }
+            let extra = pending.remove(k.as_ref()).unwrap_or(0);
+            emit(&k, le_u64(&v).wrapping_add(extra))?;
+        }
+        for (pk, n) in pending {
+            emit(&pk, n)?;
         }
         Ok(())
     }
@@ -1063,12 +1115,20 @@ impl Store {
         quarantine_before: i64,
         dedup_before: i64,
     ) -> Result<u64, StoreError> {
+        // Counted from the folded keys only, after a fold: an entry still
+        // pending would be folded after the range deletes below, into keys
+        // the next pass counts again ([`pending`]).
+        self.fold_pending()?;
         let db = self.db()?;
         let events_before = Bucket::Minute.floor(events_before);
         let mut expired = 0u64;
-        self.for_each_agg(Bucket::Minute, i64::MIN, events_before, |_, _, _, n| {
-            expired += n
-        })?;
+        self.scan_agg(
+            Bucket::Minute,
+            i64::MIN,
+            events_before,
+            false,
+            |_, _, _, n| expired += n,
+        )?;
         let mut batch = WriteBatch::default();
         if expired > 0 {
             let cf = cf(&db, CF_COUNTERS);
@@ -1116,17 +1176,22 @@ impl Store {
     /// Every camera's received camera_seq values (see [`received`]).
     pub fn received_all(&self) -> Result<Vec<(i64, received::RangeSet)>, StoreError> {
         let db = self.db()?;
-        let mut out = Vec::new();
+        // The pending values before the folded ones: a value folded in
+        // between is read twice (the union keeps it once), never missed.
+        let mut sets = BTreeMap::new();
+        Self::pending_received(&db, &mut sets)?;
         for item in db.iterator_cf(cf(&db, CF_RECEIVED), IteratorMode::Start) {
             let (k, v) = item?;
             let Ok(cam) = <[u8; 8]>::try_from(k.as_ref()) else {
                 continue;
             };
             if let Some(p) = received::Piece::decode(&v) {
-                out.push((i64::from_be_bytes(cam), p.set));
+                sets.entry(i64::from_be_bytes(cam))
+                    .or_insert_with(received::RangeSet::default)
+                    .union(&p.set);
             }
         }
-        Ok(out)
+        Ok(sets.into_iter().collect())
     }
 }
 
@@ -1252,14 +1317,46 @@ mod tests {
             assert_eq!(s.watermark_digest("old-agent", 5).unwrap(), (42, 0x42));
             let db = s.db().unwrap();
             let mut b = WriteBatch::default();
-            b.put_cf(cf(&db, CF_META), META_FORMAT, 3u32.to_be_bytes());
+            b.put_cf(cf(&db, CF_META), META_FORMAT, 4u32.to_be_bytes());
             drop(db);
             s.write(b).unwrap();
         }
         let err = Store::open(dir.path(), false, 8 << 20)
             .err()
             .expect("refused");
-        assert!(err.to_string().contains("format 3"), "{err}");
+        assert!(err.to_string().contains("format 4"), "{err}");
+    }
+
+    #[test]
+    fn a_format_2_store_is_opened_as_format_3_with_its_aggregates() {
+        let dir = tempfile::tempdir().unwrap();
+        let hour = Bucket::Hour.floor(1_700_000_000_000);
+        {
+            let s = Store::open(dir.path(), false, 8 << 20).unwrap();
+            // A format-2 store: its aggregates merged into their keys.
+            let db = s.db().unwrap();
+            let mut b = WriteBatch::default();
+            b.put_cf(cf(&db, CF_META), META_FORMAT, 2u32.to_be_bytes());
+            b.merge_cf(
+                cf(&db, CF_AGG),
+                keys::agg_key(Bucket::Hour, hour, 4, "car"),
+                5u64.to_le_bytes(),
+            );
+            drop(db);
+            s.write(b).unwrap();
+        }
+        let s = Store::open(dir.path(), false, 8 << 20).unwrap();
+        let db = s.db().unwrap();
+        assert_eq!(
+            db.get_cf(cf(&db, CF_META), META_FORMAT).unwrap().unwrap(),
+            FORMAT_VERSION.to_be_bytes()
+        );
+        drop(db);
+        let mut c = s.begin(1).unwrap();
+        c.add_aggregate(hour + 1, 4, "car");
+        s.commit(c).unwrap();
+        let top = s.top_items(hour, hour + 3_600_000, 10, None).unwrap();
+        assert_eq!(top[0].items, vec![("car".to_string(), 6)]);
     }
 
     #[test]

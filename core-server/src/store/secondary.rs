@@ -86,6 +86,8 @@ impl Store {
             partitions: std::sync::atomic::AtomicUsize::new(partitions),
             writes: std::sync::RwLock::new(()),
             generation: std::sync::atomic::AtomicU64::new(0),
+            // Never written here: reads add the primary's pending entries.
+            pending: pending::Pending::default(),
         })
     }
 
