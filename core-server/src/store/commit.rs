@@ -123,8 +123,9 @@ impl Store {
         // The minute counts and the cameras' values in one pending entry;
         // folds make them the minute, hour and camera keys'
         // ([`super::pending`]).
-        let pending = !agg.is_empty() || !received.is_empty();
-        if pending {
+        let mut pending = None;
+        let weight = (agg.len() + received.len()) as u64;
+        if weight > 0 {
             let mut agg: Vec<_> = agg.into_iter().collect();
             agg.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             let cameras: Vec<(i64, Vec<u8>)> = received
@@ -134,11 +135,9 @@ impl Store {
                     (camera, received::Piece::add(set).encode())
                 })
                 .collect();
-            batch.put_cf(
-                cf(&db, CF_AGG),
-                self.pending.next_key(),
-                super::pending::encode(&agg, &cameras),
-            );
+            let (seq, key) = self.pending.next_key();
+            pending = Some(seq);
+            batch.put_cf(cf(&db, CF_AGG), key, super::pending::encode(&agg, &cameras));
         }
         let cf_c = cf(&db, CF_COUNTERS);
         for (name, v) in counters {
@@ -148,10 +147,14 @@ impl Store {
         }
         drop(db);
         let started = std::time::Instant::now();
-        let generation = self.write_synced(batch, sync)?;
+        let written = self.write_synced(batch, sync);
         let seconds = started.elapsed().as_secs_f64();
-        if pending {
-            self.pending_written();
+        if let Some(seq) = pending {
+            self.pending.settled(seq);
+        }
+        let generation = written?;
+        if pending.is_some() {
+            self.pending_written(weight);
         }
         Ok(Written {
             seconds,

@@ -1010,10 +1010,11 @@ impl Store {
         with_pending: bool,
         mut f: impl FnMut(i64, i64, &str, u64),
     ) -> Result<(), StoreError> {
+        let pending_from = self.pending_from();
         let db = self.db()?;
         let snapshot = db.snapshot();
         let mut pending = if with_pending {
-            Self::pending_in(&snapshot, &db, bucket, from, to)?
+            Self::pending_in(&snapshot, &db, &pending_from, bucket, from, to)?
         } else {
             BTreeMap::new()
         };
@@ -1179,7 +1180,7 @@ impl Store {
         // The pending values before the folded ones: a value folded in
         // between is read twice (the union keeps it once), never missed.
         let mut sets = BTreeMap::new();
-        Self::pending_received(&db, &mut sets)?;
+        self.pending_received(&db, &mut sets)?;
         for item in db.iterator_cf(cf(&db, CF_RECEIVED), IteratorMode::Start) {
             let (k, v) = item?;
             let Ok(cam) = <[u8; 8]>::try_from(k.as_ref()) else {

@@ -6,10 +6,10 @@
 //! was half the store's time in such a commit (BENCHMARKS.md,
 //! thirty-second session); so did the camera_seq values received, one merge
 //! per camera into `received`. Instead a commit puts its minute counts and
-//! its cameras' values in one `agg` entry of its own, keyed `'p'` ‖ a sequence number; after
-//! [`FOLD_AFTER`] such entries a commit folds them all: one merge per
-//! (bucket, location, item) and per camera for all of them, and their
-//! deletion, in one `WriteBatch`.
+//! its cameras' values in one `agg` entry of its own, keyed `'p'` ‖ a
+//! sequence number; after [`FOLD_AFTER`] such entries a commit folds them:
+//! one merge per (bucket, location, item) and per camera for all of them,
+//! and their deletion, in one `WriteBatch`.
 //!
 //! # Promises
 //!
@@ -23,19 +23,24 @@
 //!   entries to the folded keys from one snapshot: a count is visible from
 //!   its commit on, counted once. A read of the cameras' values
 //!   ([`Store::received_all`]) adds them too (a union: no snapshot needed).
+//! - A fold takes only numbers below the first one still being written
+//!   (entries are numbered before their write, and two writers' writes may
+//!   land out of order), so it never passes an entry it did not sum; reads
+//!   and folds start from the first number not folded, never stepping over
+//!   the tombstones of folded entries.
 //! - Retention ([`Store::apply_retention`]) folds first and counts only
 //!   folded keys: an entry pending past it is folded later, into keys the
 //!   next pass removes and counts.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU64, Ordering},
         Mutex,
     },
 };
 
-use rocksdb::{IteratorMode, WriteBatch, DB};
+use rocksdb::{Direction::Forward, IteratorMode, WriteBatch, DB};
 
 use super::{cf, keys, keys::Bucket, received, Store, StoreError, CF_AGG, CF_RECEIVED};
 
@@ -48,49 +53,103 @@ const TAG: u8 = b'p';
 /// item) they hold.
 pub const FOLD_AFTER: usize = 64;
 
+/// Counts and cameras in pending entries that make a commit fold them: a
+/// burst's entries hold a hundred or more each, and every read decodes them
+/// all (at 64 such entries TopItems after a burst took 6-16 ms instead of
+/// 2-3: BENCHMARKS.md, thirty-third session).
+pub const FOLD_WEIGHT: u64 = 2048;
+
 /// Most pending entries one fold takes (after a crash many may be left).
 const FOLD_AT_MOST: usize = 4096;
 
 /// The pending entries' bookkeeping in a [`Store`].
+///
+/// A fold deletes the entries it sums, and a delete is a tombstone that
+/// stays until a compaction drops it: thousands after a burst. A scan from
+/// the first pending key would step over every one of them (TopItems after
+/// a burst took 30 ms instead of 3: BENCHMARKS.md, thirty-third session).
+/// So the store keeps `folded_below`, a sequence number below which every
+/// entry is folded or was never written, and reads and folds seek there.
 #[derive(Debug, Default)]
 pub(super) struct Pending {
-    /// The next entry's sequence number (above every one in the store).
-    next: AtomicU64,
-    /// About how many entries are not folded yet: the trigger of a fold.
-    unfolded: AtomicUsize,
+    /// The next sequence number, and those handed to commits whose write
+    /// has not returned yet.
+    numbers: Mutex<Numbers>,
+    /// Every entry below this one is folded (or was never written).
+    folded_below: AtomicU64,
+    /// About how many counts and cameras the entries not folded yet hold
+    /// (added after a commit's write, taken off by the fold that sums them;
+    /// approximate when the two cross): the other trigger of a fold.
+    weight: AtomicU64,
     /// Held by the one fold at a time.
     folding: Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct Numbers {
+    next: u64,
+    writing: BTreeSet<u64>,
 }
 
 impl Pending {
     /// The bookkeeping of the entries `db` holds.
     pub(super) fn of(db: &DB) -> Result<Self, StoreError> {
-        let (mut count, mut last) = (0usize, None);
-        for item in db.iterator_cf(
-            cf(db, CF_AGG),
-            IteratorMode::From(&[TAG], rocksdb::Direction::Forward),
-        ) {
+        let (mut first, mut last) = (None, None);
+        for item in db.iterator_cf(cf(db, CF_AGG), IteratorMode::From(&[TAG], Forward)) {
             let (k, _) = item?;
             if k.first() != Some(&TAG) {
                 break;
             }
-            count += 1;
-            last = Some(seq_of(&k)?);
+            let seq = seq_of(&k)?;
+            first.get_or_insert(seq);
+            last = Some(seq);
         }
+        let next = last.map_or(0, |s| s + 1);
         Ok(Self {
-            next: AtomicU64::new(last.map_or(0, |s| s + 1)),
-            unfolded: AtomicUsize::new(count),
+            numbers: Mutex::new(Numbers {
+                next,
+                writing: BTreeSet::new(),
+            }),
+            folded_below: AtomicU64::new(first.unwrap_or(next)),
+            weight: AtomicU64::new(0),
             folding: Mutex::new(()),
         })
     }
 
-    /// A new entry's key.
-    pub(super) fn next_key(&self) -> [u8; 9] {
-        let mut k = [0u8; 9];
-        k[0] = TAG;
-        k[1..].copy_from_slice(&self.next.fetch_add(1, Ordering::Relaxed).to_be_bytes());
-        k
+    /// A new entry's number and key; [`Pending::settled`] once its write
+    /// returned, written or not.
+    pub(super) fn next_key(&self) -> (u64, [u8; 9]) {
+        let mut n = self.numbers.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = n.next;
+        n.next += 1;
+        n.writing.insert(seq);
+        (seq, key(seq))
     }
+
+    /// Numbers handed out and not folded yet (some may be writing, a few
+    /// never written): the trigger of a fold.
+    fn unfolded(&self) -> u64 {
+        let next = self.numbers.lock().unwrap_or_else(|p| p.into_inner()).next;
+        next.saturating_sub(self.folded_below.load(Ordering::SeqCst))
+    }
+
+    pub(super) fn settled(&self, seq: u64) {
+        let mut n = self.numbers.lock().unwrap_or_else(|p| p.into_inner());
+        n.writing.remove(&seq);
+    }
+
+    /// The first number a read must look at: pass it before taking the
+    /// snapshot read (a fold moves it only after its write).
+    fn read_from(&self) -> [u8; 9] {
+        key(self.folded_below.load(Ordering::SeqCst))
+    }
+}
+
+fn key(seq: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = TAG;
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
 }
 
 fn seq_of(k: &[u8]) -> Result<u64, StoreError> {
@@ -128,8 +187,9 @@ pub(super) fn encode(minutes: &[(Vec<u8>, u64)], cameras: &[(i64, Vec<u8>)]) -> 
 enum Part<'a> {
     /// (minute start, location, item, count).
     Count(i64, i64, &'a str, u64),
-    /// A camera's received camera_seq values.
-    Received(i64, received::Piece),
+    /// A camera's received camera_seq values: an encoded
+    /// [`received::Piece`] ([`piece`] decodes it).
+    Received(i64, &'a [u8]),
 }
 
 /// Calls `f` with each part of an entry's value.
@@ -159,21 +219,24 @@ fn decode<'a>(mut v: &'a [u8], mut f: impl FnMut(Part<'a>)) -> Result<(), StoreE
             return Err(bad());
         }
         let (piece, rest) = v.split_at(len);
-        f(Part::Received(
-            camera,
-            received::Piece::decode(piece).ok_or_else(bad)?,
-        ));
+        f(Part::Received(camera, piece));
         v = rest;
     }
     Ok(())
 }
 
+fn piece(b: &[u8]) -> Result<received::Piece, StoreError> {
+    received::Piece::decode(b)
+        .ok_or_else(|| StoreError::Corrupt("malformed piece in a pending agg entry".into()))
+}
+
 impl Store {
-    /// After a commit wrote a pending entry: folds them all when there are
-    /// [`FOLD_AFTER`], unless another fold is running.
-    pub(super) fn pending_written(&self) {
-        let n = self.pending.unfolded.fetch_add(1, Ordering::Relaxed) + 1;
-        if n < FOLD_AFTER {
+    /// After a commit wrote a pending entry of `weight` counts and cameras:
+    /// folds them all when there are [`FOLD_AFTER`] entries or
+    /// [`FOLD_WEIGHT`] counts and cameras, unless another fold is running.
+    pub(super) fn pending_written(&self, weight: u64) {
+        let total = self.pending.weight.fetch_add(weight, Ordering::Relaxed) + weight;
+        if self.pending.unfolded() < FOLD_AFTER as u64 && total < FOLD_WEIGHT {
             return;
         }
         let Ok(guard) = self.pending.folding.try_lock() else {
@@ -208,36 +271,58 @@ impl Store {
     /// keys, and those entries deleted, in one `WriteBatch`. Not fsync'd:
     /// lost, it leaves the entries pending.
     fn fold_locked(&self, _folding: &std::sync::MutexGuard<'_, ()>) -> Result<usize, StoreError> {
+        // Every number below `bound` is written or failed: what the scan
+        // below does not find there never will be.
+        let bound = {
+            let n = self
+                .pending
+                .numbers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            n.writing.first().copied().unwrap_or(n.next)
+        };
+        let from = self.pending.folded_below.load(Ordering::SeqCst);
+        if bound <= from {
+            return Ok(0);
+        }
         let db = self.db()?;
         let cf_agg = cf(&db, CF_AGG);
         let mut sums: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
         let mut cameras: BTreeMap<i64, received::RangeSet> = BTreeMap::new();
         let mut folded = Vec::new();
-        for item in db.iterator_cf(
-            cf_agg,
-            IteratorMode::From(&[TAG], rocksdb::Direction::Forward),
-        ) {
+        let (mut below, mut weight) = (bound, 0u64);
+        let (start, end) = (key(from), key(bound));
+        for item in db.iterator_cf(cf_agg, IteratorMode::From(&start, Forward)) {
             let (k, v) = item?;
-            if k.first() != Some(&TAG) || folded.len() == FOLD_AT_MOST {
+            if k.as_ref() >= end.as_slice() {
                 break;
             }
+            if folded.len() == FOLD_AT_MOST {
+                below = seq_of(&k)?;
+                break;
+            }
+            let mut bad = None;
             decode(&v, |part| match part {
                 Part::Count(start, loc, item, n) => {
+                    weight += 1;
                     for bucket in [Bucket::Minute, Bucket::Hour] {
                         *sums
                             .entry(keys::agg_key(bucket, bucket.floor(start), loc, item))
                             .or_default() += n;
                     }
                 }
-                Part::Received(camera, piece) => {
-                    cameras.entry(camera).or_default().union(&piece.set);
+                Part::Received(camera, b) => {
+                    weight += 1;
+                    match piece(b) {
+                        Ok(p) => cameras.entry(camera).or_default().union(&p.set),
+                        Err(e) => bad = Some(e),
+                    }
                 }
             })?;
+            if let Some(e) = bad {
+                return Err(e);
+            }
             folded.push(k);
-        }
-        if folded.is_empty() {
-            self.pending.unfolded.store(0, Ordering::Relaxed);
-            return Ok(0);
         }
         let mut batch = WriteBatch::default();
         for (k, n) in sums {
@@ -255,38 +340,53 @@ impl Store {
             batch.delete_cf(cf_agg, k);
         }
         drop(db);
-        self.write_synced(batch, false)?;
-        let n = folded.len();
+        if !folded.is_empty() {
+            self.write_synced(batch, false)?;
+        }
+        // Only after the write: a read that starts here finds the sums.
+        self.pending.folded_below.store(below, Ordering::SeqCst);
         let _ = self
             .pending
-            .unfolded
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
-                Some(u.saturating_sub(n))
+            .weight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
+                Some(w.saturating_sub(weight))
             });
-        Ok(n)
+        Ok(folded.len())
     }
 
     /// The camera_seq values of the pending entries, by camera, added to
     /// `sets` (a union: a value also folded meanwhile counts once).
     pub(super) fn pending_received(
+        &self,
         db: &DB,
         sets: &mut BTreeMap<i64, received::RangeSet>,
     ) -> Result<(), StoreError> {
-        for item in db.iterator_cf(
-            cf(db, CF_AGG),
-            IteratorMode::From(&[TAG], rocksdb::Direction::Forward),
-        ) {
+        let from = self.pending.read_from();
+        for item in db.iterator_cf(cf(db, CF_AGG), IteratorMode::From(&from, Forward)) {
             let (k, v) = item?;
             if k.first() != Some(&TAG) {
                 break;
             }
+            let mut bad = None;
             decode(&v, |part| {
-                if let Part::Received(camera, piece) = part {
-                    sets.entry(camera).or_default().union(&piece.set);
+                if let Part::Received(camera, b) = part {
+                    match piece(b) {
+                        Ok(p) => sets.entry(camera).or_default().union(&p.set),
+                        Err(e) => bad = Some(e),
+                    }
                 }
             })?;
+            if let Some(e) = bad {
+                return Err(e);
+            }
         }
         Ok(())
+    }
+
+    /// Where a read of the pending entries starts; take it before the
+    /// read's snapshot.
+    pub(super) fn pending_from(&self) -> [u8; 9] {
+        self.pending.read_from()
     }
 
     /// The pending counts of `bucket` starting in `[from, to)`, by `agg`
@@ -294,15 +394,13 @@ impl Store {
     pub(super) fn pending_in(
         snapshot: &rocksdb::Snapshot<'_>,
         db: &DB,
+        start: &[u8; 9],
         bucket: Bucket,
         from: i64,
         to: i64,
     ) -> Result<BTreeMap<Vec<u8>, u64>, StoreError> {
         let mut out = BTreeMap::new();
-        for item in snapshot.iterator_cf(
-            cf(db, CF_AGG),
-            IteratorMode::From(&[TAG], rocksdb::Direction::Forward),
-        ) {
+        for item in snapshot.iterator_cf(cf(db, CF_AGG), IteratorMode::From(start, Forward)) {
             let (k, v) = item?;
             if k.first() != Some(&TAG) {
                 break;
@@ -336,7 +434,7 @@ mod tests {
         let (mut counts, mut sets) = (Vec::new(), Vec::new());
         decode(&encode(&minutes, &cameras), |part| match part {
             Part::Count(s, l, i, n) => counts.push((s, l, i.to_string(), n)),
-            Part::Received(c, p) => sets.push((c, p.set)),
+            Part::Received(c, p) => sets.push((c, piece(p).unwrap().set)),
         })
         .unwrap();
         assert_eq!(
@@ -419,7 +517,7 @@ mod tests {
                 prop_assert_eq!(read(&s, bucket), model(&all, bucket));
             }
             s.fold_pending().unwrap();
-            prop_assert_eq!(s.pending.unfolded.load(Ordering::Relaxed), 0);
+            prop_assert_eq!(s.pending.unfolded(), 0);
             for bucket in [Bucket::Minute, Bucket::Hour] {
                 prop_assert_eq!(read(&s, bucket), model(&all, bucket));
             }
@@ -440,7 +538,7 @@ mod tests {
         );
         commit(&s, 2, &[(3 * min, 1, "car"), (4 * min + 5, 2, "dog")]);
         commit(&s, 3, &[(10 * min, 1, "car"), (10 * min + 1, 1, "car")]);
-        assert_eq!(s.pending.unfolded.load(Ordering::Relaxed), 3);
+        assert_eq!(s.pending.unfolded(), 3);
         let cut = 5 * min;
         assert_eq!(
             s.apply_retention(cut, i64::MIN, i64::MIN, i64::MIN)
@@ -499,10 +597,55 @@ mod tests {
                 assert_eq!(read(&s), model, "after commit {i}");
             }
         }
-        assert!(s.pending.unfolded.load(Ordering::Relaxed) > 0);
+        assert!(s.pending.unfolded() > 0);
         assert_eq!(read(&s), model);
         s.fold_pending().unwrap();
         assert_eq!(read(&s), model);
+    }
+
+    #[test]
+    fn an_entry_written_after_later_ones_were_folded_is_still_read_and_folded() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), false, 8 << 20).unwrap();
+        // A commit numbered first whose write comes last (another writer's).
+        let (slow, slow_key) = s.pending.next_key();
+        for i in 0..(2 * FOLD_AFTER as i64) {
+            commit(&s, i, &[(0, 1, "car")]);
+        }
+        s.fold_pending().unwrap();
+        assert!(
+            s.pending.folded_below.load(Ordering::SeqCst) <= slow,
+            "a fold passed a number still being written"
+        );
+        let db = s.db().unwrap();
+        let mut b = WriteBatch::default();
+        let minute = keys::agg_key(Bucket::Minute, 0, 1, "car");
+        b.put_cf(cf(&db, CF_AGG), slow_key, encode(&[(minute, 5)], &[]));
+        drop(db);
+        s.write(b).unwrap();
+        s.pending.settled(slow);
+        let total = |s: &Store| read(s, Bucket::Hour).values().sum::<u64>();
+        assert_eq!(total(&s), 2 * FOLD_AFTER as u64 + 5);
+        s.fold_pending().unwrap();
+        assert_eq!(s.pending.unfolded(), 0);
+        assert_eq!(total(&s), 2 * FOLD_AFTER as u64 + 5);
+    }
+
+    #[test]
+    fn heavy_entries_are_folded_before_there_are_many() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), false, 8 << 20).unwrap();
+        // Each commit counts 300 (minute, location) keys.
+        let events: Vec<(i64, i64, &str)> = (0..300).map(|l| (0, l, "car")).collect();
+        for i in 0..20 {
+            commit(&s, i, &events);
+            assert!(
+                s.pending.unfolded() * 300 < FOLD_WEIGHT + 300,
+                "{} entries of 300 pending",
+                s.pending.unfolded()
+            );
+        }
+        assert_eq!(read(&s, Bucket::Hour).values().sum::<u64>(), 20 * 300);
     }
 
     #[test]
@@ -513,9 +656,8 @@ mod tests {
             commit(&s, i, &[(i * 1_000, 1, "car")]);
         }
         let db = s.db().unwrap();
-        let left = Pending::of(&db).unwrap();
-        let left = left.unfolded.load(Ordering::Relaxed);
-        assert!(left < FOLD_AFTER, "{left} entries pending");
+        let left = Pending::of(&db).unwrap().unfolded();
+        assert!(left < FOLD_AFTER as u64, "{left} entries pending");
         assert_eq!(
             read(&s, Bucket::Hour).values().sum::<u64>(),
             5 * FOLD_AFTER as u64
