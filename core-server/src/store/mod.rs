@@ -1010,7 +1010,7 @@ impl Store {
         with_pending: bool,
         mut f: impl FnMut(i64, i64, &str, u64),
     ) -> Result<(), StoreError> {
-        let pending_from = self.pending_from();
+        let pending_from = self.pending.read_from();
         let db = self.db()?;
         let snapshot = db.snapshot();
         let mut pending = if with_pending {

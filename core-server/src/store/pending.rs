@@ -138,9 +138,9 @@ impl Pending {
         n.writing.remove(&seq);
     }
 
-    /// The first number a read must look at: pass it before taking the
-    /// snapshot read (a fold moves it only after its write).
-    fn read_from(&self) -> [u8; 9] {
+    /// Where a read of the pending entries starts: take it before the
+    /// read's snapshot (a fold moves it only after its write).
+    pub(super) fn read_from(&self) -> [u8; 9] {
         key(self.folded_below.load(Ordering::SeqCst))
     }
 }
@@ -192,8 +192,11 @@ enum Part<'a> {
     Received(i64, &'a [u8]),
 }
 
-/// Calls `f` with each part of an entry's value.
-fn decode<'a>(mut v: &'a [u8], mut f: impl FnMut(Part<'a>)) -> Result<(), StoreError> {
+/// Calls `f` with each part of an entry's value; stops at its first error.
+fn decode<'a>(
+    mut v: &'a [u8],
+    mut f: impl FnMut(Part<'a>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let bad = || StoreError::Corrupt("malformed pending agg entry".into());
     let varint = |v: &mut &'a [u8]| prost::encoding::decode_varint(v).map_err(|_| bad());
     let counts = varint(&mut v)?;
@@ -205,7 +208,7 @@ fn decode<'a>(mut v: &'a [u8], mut f: impl FnMut(Part<'a>)) -> Result<(), StoreE
         }
         let (k, rest) = v.split_at(len);
         let (start, loc, item) = keys::parse_agg_key(k).ok_or_else(bad)?;
-        f(Part::Count(start, loc, item, n));
+        f(Part::Count(start, loc, item, n))?;
         v = rest;
     }
     while !v.is_empty() {
@@ -219,7 +222,7 @@ fn decode<'a>(mut v: &'a [u8], mut f: impl FnMut(Part<'a>)) -> Result<(), StoreE
             return Err(bad());
         }
         let (piece, rest) = v.split_at(len);
-        f(Part::Received(camera, piece));
+        f(Part::Received(camera, piece))?;
         v = rest;
     }
     Ok(())
@@ -228,6 +231,22 @@ fn decode<'a>(mut v: &'a [u8], mut f: impl FnMut(Part<'a>)) -> Result<(), StoreE
 fn piece(b: &[u8]) -> Result<received::Piece, StoreError> {
     received::Piece::decode(b)
         .ok_or_else(|| StoreError::Corrupt("malformed piece in a pending agg entry".into()))
+}
+
+/// Calls `f` with each part of the pending entries `entries` yields (an
+/// `agg` iterator from a pending key), up to the last pending key.
+fn each_pending(
+    entries: impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>>,
+    mut f: impl FnMut(Part<'_>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    for item in entries {
+        let (k, v) = item?;
+        if k.first() != Some(&TAG) {
+            break;
+        }
+        decode(&v, &mut f)?;
+    }
+    Ok(())
 }
 
 impl Store {
@@ -301,27 +320,22 @@ impl Store {
                 below = seq_of(&k)?;
                 break;
             }
-            let mut bad = None;
-            decode(&v, |part| match part {
-                Part::Count(start, loc, item, n) => {
-                    weight += 1;
-                    for bucket in [Bucket::Minute, Bucket::Hour] {
-                        *sums
-                            .entry(keys::agg_key(bucket, bucket.floor(start), loc, item))
-                            .or_default() += n;
+            decode(&v, |part| {
+                weight += 1;
+                match part {
+                    Part::Count(start, loc, item, n) => {
+                        for bucket in [Bucket::Minute, Bucket::Hour] {
+                            *sums
+                                .entry(keys::agg_key(bucket, bucket.floor(start), loc, item))
+                                .or_default() += n;
+                        }
+                    }
+                    Part::Received(camera, b) => {
+                        cameras.entry(camera).or_default().union(&piece(b)?.set);
                     }
                 }
-                Part::Received(camera, b) => {
-                    weight += 1;
-                    match piece(b) {
-                        Ok(p) => cameras.entry(camera).or_default().union(&p.set),
-                        Err(e) => bad = Some(e),
-                    }
-                }
+                Ok(())
             })?;
-            if let Some(e) = bad {
-                return Err(e);
-            }
             folded.push(k);
         }
         let mut batch = WriteBatch::default();
@@ -362,31 +376,13 @@ impl Store {
         sets: &mut BTreeMap<i64, received::RangeSet>,
     ) -> Result<(), StoreError> {
         let from = self.pending.read_from();
-        for item in db.iterator_cf(cf(db, CF_AGG), IteratorMode::From(&from, Forward)) {
-            let (k, v) = item?;
-            if k.first() != Some(&TAG) {
-                break;
+        let entries = db.iterator_cf(cf(db, CF_AGG), IteratorMode::From(&from, Forward));
+        each_pending(entries, |part| {
+            if let Part::Received(camera, b) = part {
+                sets.entry(camera).or_default().union(&piece(b)?.set);
             }
-            let mut bad = None;
-            decode(&v, |part| {
-                if let Part::Received(camera, b) = part {
-                    match piece(b) {
-                        Ok(p) => sets.entry(camera).or_default().union(&p.set),
-                        Err(e) => bad = Some(e),
-                    }
-                }
-            })?;
-            if let Some(e) = bad {
-                return Err(e);
-            }
-        }
-        Ok(())
-    }
-
-    /// Where a read of the pending entries starts; take it before the
-    /// read's snapshot.
-    pub(super) fn pending_from(&self) -> [u8; 9] {
-        self.pending.read_from()
+            Ok(())
+        })
     }
 
     /// The pending counts of `bucket` starting in `[from, to)`, by `agg`
@@ -400,20 +396,16 @@ impl Store {
         to: i64,
     ) -> Result<BTreeMap<Vec<u8>, u64>, StoreError> {
         let mut out = BTreeMap::new();
-        for item in snapshot.iterator_cf(cf(db, CF_AGG), IteratorMode::From(start, Forward)) {
-            let (k, v) = item?;
-            if k.first() != Some(&TAG) {
-                break;
-            }
-            decode(&v, |part| {
-                if let Part::Count(start, loc, item, n) = part {
-                    let b = bucket.floor(start);
-                    if (from..to).contains(&b) {
-                        *out.entry(keys::agg_key(bucket, b, loc, item)).or_default() += n;
-                    }
+        let entries = snapshot.iterator_cf(cf(db, CF_AGG), IteratorMode::From(start, Forward));
+        each_pending(entries, |part| {
+            if let Part::Count(start, loc, item, n) = part {
+                let b = bucket.floor(start);
+                if (from..to).contains(&b) {
+                    *out.entry(keys::agg_key(bucket, b, loc, item)).or_default() += n;
                 }
-            })?;
-        }
+            }
+            Ok(())
+        })?;
         Ok(out)
     }
 }
@@ -432,9 +424,12 @@ mod tests {
         let set = received::RangeSet::from_values(vec![(4, 10), (5, 11), (9, 20)]);
         let cameras = vec![(-7, received::Piece::add(set.clone()).encode())];
         let (mut counts, mut sets) = (Vec::new(), Vec::new());
-        decode(&encode(&minutes, &cameras), |part| match part {
-            Part::Count(s, l, i, n) => counts.push((s, l, i.to_string(), n)),
-            Part::Received(c, p) => sets.push((c, piece(p).unwrap().set)),
+        decode(&encode(&minutes, &cameras), |part| {
+            match part {
+                Part::Count(s, l, i, n) => counts.push((s, l, i.to_string(), n)),
+                Part::Received(c, p) => sets.push((c, piece(p)?.set)),
+            }
+            Ok(())
         })
         .unwrap();
         assert_eq!(
@@ -450,7 +445,7 @@ mod tests {
             &[0, 1, 2, 3][..],
             &[0, 0, 0, 0, 0, 0, 0, 1, 9][..],
         ] {
-            assert!(decode(bad, |_| {}).is_err(), "{bad:?}");
+            assert!(decode(bad, |_| Ok(())).is_err(), "{bad:?}");
         }
     }
 
