@@ -289,7 +289,7 @@ pub struct PipelineConfig {
     /// save little per event and cost live latency (a group of 4,096 takes
     /// ~40 ms here). The live lane's events are committed in groups of
     /// their own, and while it is in use (events on it within the last
-    /// second) a group takes a quarter of this from the backlog.
+    /// second) a group takes a sixteenth of this from the backlog.
     #[serde(default = "default_group")]
     pub max_group_events: usize,
     /// Batches queued per partition before sessions are held back: with

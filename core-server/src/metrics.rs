@@ -237,6 +237,8 @@ pub struct StoreGauges {
     pub write_seconds: Histogram,
     /// One fsync of the WAL, for every group written before it.
     pub wal_sync_seconds: Histogram,
+    /// One fold of the commits' pending aggregate entries (off the writers).
+    pub fold_seconds: Histogram,
     pub write_stopped: Gauge,
     pub delayed_write_rate: Gauge,
     pub stall_seconds: Counter<f64, AtomicU64>,
@@ -256,6 +258,7 @@ impl StoreGauges {
         let g = Self {
             write_seconds: Histogram::new(buckets),
             wal_sync_seconds: Histogram::new(buckets),
+            fold_seconds: Histogram::new(buckets),
             write_stopped: Gauge::default(),
             delayed_write_rate: Gauge::default(),
             stall_seconds: Counter::default(),
@@ -275,6 +278,11 @@ impl StoreGauges {
             "store_wal_sync_seconds",
             "Time of one fsync of the store's WAL, which makes every group written before it durable",
             g.wal_sync_seconds.clone(),
+        );
+        r.register(
+            "store_fold_seconds",
+            "Time of one fold of the commits' pending aggregate entries into the top-X aggregates and the cameras' received values (on a thread of its own, not in a commit)",
+            g.fold_seconds.clone(),
         );
         r.register(
             "store_write_stopped",

@@ -197,7 +197,11 @@ struct Share {
 /// While the live lane is in use, a commit group takes at most this
 /// fraction (1/n) of `pipeline.max_group_events` from the backlog: a live
 /// share that comes while a group is being committed waits for that commit.
-const LIVE_GROUP_SHARE: usize = 4;
+/// 16 (256 events by default): since a commit's aggregates went into one
+/// pending entry a small group costs little more an event than a large
+/// one, and against 4 the live p99 during a drain fell at a like drain
+/// rate (BENCHMARKS.md, thirty-fourth session).
+const LIVE_GROUP_SHARE: usize = 16;
 
 /// The live lane is in use at a writer while it brought it events this
 /// recently.
@@ -241,6 +245,9 @@ pub struct Pipeline {
     /// Answers the groups the writers wrote, once the WAL is fsync'd; ends
     /// after the writers.
     syncer: Option<JoinHandle<()>>,
+    /// Folds the commits' pending aggregate entries when a writer's commit
+    /// says a fold is due (`store::pending`); ends after the writers.
+    folder: Option<JoinHandle<()>>,
 }
 
 /// What every writer shares.
@@ -283,10 +290,18 @@ impl Pipeline {
         // A writer runs at most this many groups ahead of the WAL's fsync.
         let (unsynced, to_sync) = std::sync::mpsc::sync_channel(UNSYNCED_GROUPS * partitions);
         let faults = Arc::new(AtomicU64::new(0));
+        // One fold asked for while one runs is enough: it takes every entry.
+        let (fold, fold_rx) = std::sync::mpsc::sync_channel(1);
         for p in 0..partitions {
             let (tx, rx) = mpsc::channel(queue.max(1));
             let (live_tx, live_rx) = mpsc::channel(queue.max(1));
-            let writer = Writer::new(ctx.clone(), p, unsynced.clone(), faults.clone());
+            let writer = Writer::new(
+                ctx.clone(),
+                p,
+                unsynced.clone(),
+                faults.clone(),
+                fold.clone(),
+            );
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("writer-{p}"))
@@ -296,7 +311,14 @@ impl Pipeline {
             senders.push(tx);
             live.push(live_tx);
         }
-        drop(unsynced);
+        drop((unsynced, fold));
+        let folder = {
+            let ctx = ctx.clone();
+            std::thread::Builder::new()
+                .name("agg-fold".into())
+                .spawn(move || fold_pending(&ctx, fold_rx))
+                .expect("spawn the aggregate fold thread")
+        };
         let syncer = std::thread::Builder::new()
             .name("wal-sync".into())
             .spawn(move || sync_groups(&ctx, to_sync, &faults))
@@ -306,6 +328,7 @@ impl Pipeline {
             live,
             threads,
             syncer: Some(syncer),
+            folder: Some(folder),
         })
     }
 
@@ -470,6 +493,10 @@ impl Drop for Pipeline {
         if let Some(t) = self.syncer.take() {
             let _ = t.join();
         }
+        // Its last senders were the writers'.
+        if let Some(t) = self.folder.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -488,6 +515,8 @@ struct Writer {
     /// has seen: on a new one it forgets the watermarks it holds.
     faults: Arc<AtomicU64>,
     faults_seen: u64,
+    /// Asks the folder for a fold (see [`fold_pending`]).
+    fold: std::sync::mpsc::SyncSender<()>,
 }
 
 /// Groups a writer may have written and not seen fsync'd yet, per partition.
@@ -530,6 +559,7 @@ impl Writer {
         partition: usize,
         unsynced: std::sync::mpsc::SyncSender<Unsynced>,
         faults: Arc<AtomicU64>,
+        fold: std::sync::mpsc::SyncSender<()>,
     ) -> Self {
         Self {
             ctx,
@@ -540,13 +570,14 @@ impl Writer {
             unsynced,
             faults,
             faults_seen: 0,
+            fold,
         }
     }
 
     /// Commits groups until both queues are closed and empty: the live
     /// shares queued, in a group of their own, before the backlog's (which
     /// has the next turn), backlog shares up to `max_group_events` (a
-    /// quarter while the live lane is in use).
+    /// sixteenth while the live lane is in use).
     fn run(mut self, mut rx: mpsc::Receiver<Share>, mut live_rx: mpsc::Receiver<Share>) {
         while let Some(group) = self.next_group(&mut rx, &mut live_rx) {
             self.commit(group);
@@ -941,6 +972,10 @@ impl Writer {
         commit.without_fsync();
         let w = store.commit(commit)?;
         ctx.metrics.store.write_seconds.observe(w.seconds);
+        if w.fold_due {
+            // Full: a fold is asked for already, and takes this entry too.
+            let _ = self.fold.try_send(());
+        }
         Ok((live, w.generation))
     }
 }
@@ -1051,6 +1086,30 @@ fn sync_groups(ctx: &WriterContext, rx: std::sync::mpsc::Receiver<Unsynced>, fau
                     }
                 };
                 refuse_unsynced(g, &why);
+            }
+        }
+    }
+}
+
+/// The folder: folds the commits' pending aggregate entries
+/// (`store::pending`) each time a writer's commit says a fold is due, so
+/// that no commit waits for one (a fold on the writer that crossed the
+/// trigger held up that writer's next commits; BENCHMARKS.md, thirty-fourth
+/// session). Ends when the writers are gone.
+fn fold_pending(ctx: &WriterContext, rx: std::sync::mpsc::Receiver<()>) {
+    while rx.recv().is_ok() {
+        let started = Instant::now();
+        match ctx.store.fold_if_due() {
+            Ok(0) => {}
+            Ok(_) => ctx
+                .metrics
+                .store
+                .fold_seconds
+                .observe(started.elapsed().as_secs_f64()),
+            // Its entries stay pending (read as such) for the next fold;
+            // the disk's fault, if that is why, is the store's own.
+            Err(e) => {
+                tracing::warn!(error = %e, "folding the pending aggregates failed; they stay pending")
             }
         }
     }
@@ -1508,11 +1567,71 @@ mod tests {
     }
 
     #[test]
+    fn the_writers_leave_folds_to_the_folder_and_the_counts_stay_exact_throughout() {
+        // One partition, one share of 10 events a group: each commit writes
+        // a pending aggregate entry, and every 64th says a fold is due.
+        let rig = rig_of(1, 64, 10);
+        let ts = sightline_proto::now_ms();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let total = |store: &Store| {
+            let mut n = 0;
+            store
+                .for_each_agg(
+                    crate::store::keys::Bucket::Hour,
+                    i64::MIN,
+                    i64::MAX,
+                    |_, _, _, c| n += c,
+                )
+                .unwrap();
+            n
+        };
+        let shares = 3 * crate::store::pending::FOLD_AFTER as u64;
+        for round in 0..shares / 16 {
+            rt.block_on(async {
+                let from = round * 16;
+                for rx in submit_backlog(&rig.pipeline, from..from + 16, 10, ts).await {
+                    rx.await.unwrap().unwrap();
+                }
+            });
+            // Counted once whether pending, being folded or folded.
+            assert_eq!(total(&rig.store), (round + 1) * 16 * 10);
+        }
+        // The folds ran on the folder's thread, which the metric times.
+        let folds = || {
+            rig.metrics
+                .encode()
+                .lines()
+                .find_map(|l| l.strip_prefix("sightline_store_fold_seconds_count "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .expect("the fold histogram") as u64
+        };
+        let t0 = Instant::now();
+        while folds() == 0 {
+            assert!(t0.elapsed() < Duration::from_secs(10), "no fold in 10 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(total(&rig.store), shares * 10);
+        // Shut down with folds asked for: the folder is joined, the store let go.
+        let Rig {
+            store, pipeline, ..
+        } = rig;
+        drop(pipeline);
+        assert_eq!(
+            Arc::strong_count(&store),
+            1,
+            "something still holds the store"
+        );
+        assert_eq!(total(&store), shares * 10);
+    }
+
+    #[test]
     fn while_the_live_lane_is_in_use_no_group_takes_more_than_its_live_share_of_the_backlog() {
         // One partition, groups of at most 2,000 events, the backlog in
         // shares of 500: while the live lane is in use every group takes one
-        // share (a quarter), so that a live batch coming during a commit
-        // waits for 500 events, not 2,000.
+        // share (more than its sixteenth, 125), so that a live batch coming
+        // during a commit waits for 500 events, not 2,000.
         let Rig {
             _dir,
             store,
@@ -1565,11 +1684,12 @@ mod tests {
             0,
             unsynced,
             Arc::new(AtomicU64::new(0)),
+            std::sync::mpsc::sync_channel(1).0,
         );
         let (tx, mut rx) = mpsc::channel(64);
         let (live_tx, mut live_rx) = mpsc::channel(64);
-        // A backlog share fills a group while the live lane is in use (a
-        // quarter of the test context's 10,000).
+        // A backlog share fills a group while the live lane is in use
+        // (more than a sixteenth of the test context's 10,000).
         let share = |live: bool| Share {
             agent: "a".into(),
             epoch: 7,
@@ -1609,7 +1729,13 @@ mod tests {
         let ctx = WriterContext::for_tests(store.clone(), Arc::new(Metrics::new()));
         let (unsynced, to_sync) = std::sync::mpsc::sync_channel(8);
         let faults = Arc::new(AtomicU64::new(0));
-        let mut writer = Writer::new(ctx.clone(), 0, unsynced, faults.clone());
+        let mut writer = Writer::new(
+            ctx.clone(),
+            0,
+            unsynced,
+            faults.clone(),
+            std::sync::mpsc::sync_channel(1).0,
+        );
         let ts = sightline_proto::now_ms();
         let share = |agent: &str, first: u64| {
             let (reply, rx) = oneshot::channel();

@@ -153,12 +153,11 @@ impl Store {
             self.pending.settled(seq);
         }
         let generation = written?;
-        if pending.is_some() {
-            self.pending_written(weight);
-        }
+        let fold_due = pending.is_some() && self.pending_written(weight);
         Ok(Written {
             seconds,
             generation,
+            fold_due,
         })
     }
 }
@@ -172,6 +171,9 @@ pub struct Written {
     /// The database's generation (see [`Store::sync_wal`]): a write made
     /// without an fsync is durable after a sync of the same generation.
     pub generation: u64,
+    /// Enough pending aggregate entries for a fold ([`Store::fold_if_due`]),
+    /// which the commit leaves to its caller ([`super::pending`]).
+    pub fold_due: bool,
 }
 
 impl CommitBatch {
@@ -432,7 +434,10 @@ mod tests {
                 fill += t.elapsed();
                 Instant::now()
             };
-            store.commit(batch).unwrap();
+            // The fold is timed with the write, as when commits folded.
+            if store.commit(batch).unwrap().fold_due {
+                store.fold_if_due().unwrap();
+            }
             write += t.elapsed();
             stored += n;
         }

@@ -7,9 +7,12 @@
 //! thirty-second session); so did the camera_seq values received, one merge
 //! per camera into `received`. Instead a commit puts its minute counts and
 //! its cameras' values in one `agg` entry of its own, keyed `'p'` ‖ a
-//! sequence number; after [`FOLD_AFTER`] such entries a commit folds them:
+//! sequence number; after [`FOLD_AFTER`] such entries a fold takes them:
 //! one merge per (bucket, location, item) and per camera for all of them,
-//! and their deletion, in one `WriteBatch`.
+//! and their deletion, in one `WriteBatch`. A commit says when a fold is
+//! due ([`super::commit::Written::fold_due`]) and does not fold: the
+//! partition writers leave folds to a thread of their own
+//! (`dedup::Pipeline`), so that no commit waits behind one.
 //!
 //! # Promises
 //!
@@ -251,21 +254,31 @@ fn each_pending(
 
 impl Store {
     /// After a commit wrote a pending entry of `weight` counts and cameras:
-    /// folds them all when there are [`FOLD_AFTER`] entries or
-    /// [`FOLD_WEIGHT`] counts and cameras, unless another fold is running.
-    pub(super) fn pending_written(&self, weight: u64) {
-        let total = self.pending.weight.fetch_add(weight, Ordering::Relaxed) + weight;
-        if self.pending.unfolded() < FOLD_AFTER as u64 && total < FOLD_WEIGHT {
-            return;
+    /// whether a fold is due ([`FOLD_AFTER`] entries or [`FOLD_WEIGHT`]
+    /// counts and cameras). The commit does not fold: its caller does, with
+    /// [`Store::fold_if_due`] (the partition writers hand it to a thread of
+    /// its own, so that no commit waits for a fold).
+    pub(super) fn pending_written(&self, weight: u64) -> bool {
+        self.pending.weight.fetch_add(weight, Ordering::Relaxed);
+        self.fold_due()
+    }
+
+    fn fold_due(&self) -> bool {
+        self.pending.unfolded() >= FOLD_AFTER as u64
+            || self.pending.weight.load(Ordering::Relaxed) >= FOLD_WEIGHT
+    }
+
+    /// One fold when one is due and no other is running: how many pending
+    /// entries it folded (0: none due, or another fold holds them). A
+    /// failed fold leaves its entries pending (read as such) for the next.
+    pub fn fold_if_due(&self) -> Result<usize, StoreError> {
+        if !self.fold_due() {
+            return Ok(0);
         }
         let Ok(guard) = self.pending.folding.try_lock() else {
-            return;
+            return Ok(0);
         };
-        // A failed fold leaves its entries pending (read as such) for the
-        // next; the disk's fault, if that is why, is the store's own.
-        if let Err(e) = self.fold_locked(&guard) {
-            tracing::warn!(error = %e, "folding the pending aggregates failed; they stay pending");
-        }
+        self.fold_locked(&guard)
     }
 
     /// Folds every pending entry now (retention, tests).
@@ -454,7 +467,10 @@ mod tests {
         for &(ts, loc, item) in events {
             c.add_aggregate(ts, loc, item);
         }
-        s.commit(c).unwrap();
+        // As the pipeline's folder does, when the commit says a fold is due.
+        if s.commit(c).unwrap().fold_due {
+            s.fold_if_due().unwrap();
+        }
     }
 
     /// (bucket start, location, item) -> count, from the store's reads.

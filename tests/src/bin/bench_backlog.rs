@@ -321,6 +321,7 @@ async fn main() {
             || l.starts_with("sightline_commit_events_count")
             || l.starts_with("sightline_store_write_s")
             || l.starts_with("sightline_store_wal_sync_seconds")
+            || l.starts_with("sightline_store_fold_seconds")
             || l.starts_with("sightline_writer_queue_seconds")
     }) {
         println!("  {l}");

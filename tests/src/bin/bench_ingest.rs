@@ -173,6 +173,7 @@ async fn main() {
     for l in metrics.lines().filter(|l| {
         (l.starts_with("sightline_store_write_seconds_")
             || l.starts_with("sightline_store_wal_sync_seconds_")
+            || l.starts_with("sightline_store_fold_seconds_")
             || l.starts_with("sightline_writer_queue_seconds_"))
             && (l.contains("_sum") || l.contains("_count"))
     }) {
