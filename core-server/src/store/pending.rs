@@ -51,12 +51,12 @@ use super::{cf, keys, keys::Bucket, received, Store, StoreError, CF_AGG, CF_RECE
 /// never reaches them).
 const TAG: u8 = b'p';
 
-/// Pending entries that make a commit fold them. A read adds up at most
+/// Pending entries that make a fold due. A read adds up at most
 /// about this many entries; a fold writes one merge per (bucket, location,
 /// item) they hold.
 pub const FOLD_AFTER: usize = 64;
 
-/// Counts and cameras in pending entries that make a commit fold them: a
+/// Counts and cameras in pending entries that make a fold due: a
 /// burst's entries hold a hundred or more each, and every read decodes them
 /// all (at 64 such entries TopItems after a burst took 6-16 ms instead of
 /// 2-3: BENCHMARKS.md, thirty-third session).
