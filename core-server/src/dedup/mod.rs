@@ -316,7 +316,7 @@ impl Pipeline {
             let ctx = ctx.clone();
             std::thread::Builder::new()
                 .name("agg-fold".into())
-                .spawn(move || fold_pending(&ctx, fold_rx))
+                .spawn(move || fold_when_asked(&ctx, fold_rx))
                 .expect("spawn the aggregate fold thread")
         };
         let syncer = std::thread::Builder::new()
@@ -515,7 +515,7 @@ struct Writer {
     /// has seen: on a new one it forgets the watermarks it holds.
     faults: Arc<AtomicU64>,
     faults_seen: u64,
-    /// Asks the folder for a fold (see [`fold_pending`]).
+    /// Asks the folder for a fold (see [`fold_when_asked`]).
     fold: std::sync::mpsc::SyncSender<()>,
 }
 
@@ -1096,7 +1096,7 @@ fn sync_groups(ctx: &WriterContext, rx: std::sync::mpsc::Receiver<Unsynced>, fau
 /// that no commit waits for one (a fold on the writer that crossed the
 /// trigger held up that writer's next commits; BENCHMARKS.md, thirty-fourth
 /// session). Ends when the writers are gone.
-fn fold_pending(ctx: &WriterContext, rx: std::sync::mpsc::Receiver<()>) {
+fn fold_when_asked(ctx: &WriterContext, rx: std::sync::mpsc::Receiver<()>) {
     while rx.recv().is_ok() {
         let started = Instant::now();
         match ctx.store.fold_if_due() {
