@@ -77,6 +77,12 @@ pub struct HopLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CfLabel {
+    /// A column family of the store (`events`, `det`, …).
+    pub cf: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CertLabel {
     /// "edge_ca" (`ca.pem` of `edge.tls_dir`) or "edge_core" (`core.pem`).
     pub cert: &'static str,
@@ -248,6 +254,10 @@ pub struct StoreGauges {
     pub memtable_bytes: Gauge,
     pub running_compactions: Gauge,
     pub running_flushes: Gauge,
+    /// Per column family: bytes its flushes and compactions wrote.
+    pub table_written_bytes: Family<CfLabel, Counter>,
+    /// Per column family: CPU seconds its flushes and compactions took.
+    pub table_cpu_seconds: Family<CfLabel, Counter<f64, AtomicU64>>,
 }
 
 impl StoreGauges {
@@ -268,6 +278,8 @@ impl StoreGauges {
             memtable_bytes: Gauge::default(),
             running_compactions: Gauge::default(),
             running_flushes: Gauge::default(),
+            table_written_bytes: Family::default(),
+            table_cpu_seconds: Family::default(),
         };
         r.register(
             "store_write_seconds",
@@ -328,6 +340,16 @@ impl StoreGauges {
             "store_running_flushes",
             "Memtable flushes running",
             g.running_flushes.clone(),
+        );
+        r.register(
+            "store_table_written_bytes",
+            "Bytes a column family's memtable flushes and compactions wrote to tables (RocksDB's count, to 0.01 GB)",
+            g.table_written_bytes.clone(),
+        );
+        r.register(
+            "store_table_cpu_seconds",
+            "CPU seconds a column family's memtable flushes and compactions took",
+            g.table_cpu_seconds.clone(),
         );
         g
     }

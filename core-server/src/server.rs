@@ -1162,7 +1162,32 @@ fn observe(
     // RocksDB's stall time restarts at 0 when the store is reopened after a
     // disk fault: the counter adds what it grew by since the last scrape.
     let stall_seen = std::sync::Mutex::new(0.0f64);
+    // The same for each column family's table work: (bytes, CPU seconds).
+    let work_seen =
+        std::sync::Mutex::new(std::collections::HashMap::<&'static str, (u64, f64)>::new());
     metrics.on_scrape(move |m| {
+        if let Ok(work) = engine.table_work() {
+            let mut seen = work_seen.lock().unwrap_or_else(|p| p.into_inner());
+            for (cf, w) in work {
+                let (bytes, cpu) = seen
+                    .insert(cf, (w.written_bytes, w.cpu_seconds))
+                    .unwrap_or_default();
+                let label = crate::metrics::CfLabel { cf };
+                let g = &m.store;
+                g.table_written_bytes.get_or_create(&label).inc_by(
+                    w.written_bytes
+                        .checked_sub(bytes)
+                        .unwrap_or(w.written_bytes),
+                );
+                g.table_cpu_seconds
+                    .get_or_create(&label)
+                    .inc_by(if w.cpu_seconds >= cpu {
+                        w.cpu_seconds - cpu
+                    } else {
+                        w.cpu_seconds
+                    });
+            }
+        }
         if let Ok(s) = engine.engine_stats() {
             let g = &m.store;
             g.write_stopped.set(s.write_stopped as i64);

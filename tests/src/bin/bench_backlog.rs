@@ -323,6 +323,7 @@ async fn main() {
             || l.starts_with("sightline_store_wal_sync_seconds")
             || l.starts_with("sightline_store_fold_seconds")
             || l.starts_with("sightline_writer_queue_seconds")
+            || l.starts_with("sightline_store_table_")
     }) {
         println!("  {l}");
     }

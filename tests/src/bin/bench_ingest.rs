@@ -179,6 +179,14 @@ async fn main() {
     }) {
         println!("  {l}");
     }
+    // What the store's flushes and compactions wrote and took, per column
+    // family, over the whole run (the burst too).
+    println!("core tables since the start (flushes and compactions):");
+    for l in metrics.lines().filter(|l| {
+        l.starts_with("sightline_store_table_") && !l.ends_with(" 0") && !l.ends_with(" 0.0")
+    }) {
+        println!("  {l}");
+    }
     println!(
         "live: {} events at {rate:.0}/s over {seconds:.0}s, publish -> Subscribe: p50 {p50:.1} ms, p90 {:.1} ms, p99 {p99:.1} ms, max {:.1} ms; {missing} not seen",
         lat.len(),
