@@ -738,7 +738,47 @@ fn open_db(
             ColumnFamilyDescriptor::new(CF_BY_COMMIT, cf(false)),
             ColumnFamilyDescriptor::new(CF_META, cf(false)),
         ];
-        Ok(DB::open_cf_descriptors(&db_opts, path, cfs)?)
+        let db = DB::open_cf_descriptors(&db_opts, path, cfs)?;
+        lower_compaction_priority();
+        Ok(db)
+    }
+}
+
+/// The CPU priority (nice value) of RocksDB's compaction threads: below the
+/// partition writers and the sessions (0), as the search indexer's (also
+/// 10). While a long backlog drains every core is busy; at one priority the
+/// compactions took a quarter of the core's CPU beside the live events' path
+/// (BENCHMARKS.md, thirty-fifth session). RocksDB's own setting
+/// (`Env::lower_thread_pool_cpu_priority`) is nice 19, at which they fell 34
+/// L0 files behind in a 10-minute backlog's drain, 2 short of stopping
+/// writes.
+const COMPACTION_NICE: i32 = 10;
+
+/// Gives RocksDB's compaction threads (its LOW pool, threads named
+/// `rocksdb:low`, started when the store is opened) [`COMPACTION_NICE`]. On
+/// Linux a nice value belongs to a thread, given by its id.
+fn lower_compaction_priority() {
+    use rustix::process::{getpriority_process, setpriority_process, Pid};
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return;
+    };
+    for task in tasks.flatten() {
+        let Some(pid) = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<i32>().ok())
+            .and_then(Pid::from_raw)
+        else {
+            continue;
+        };
+        let named = std::fs::read_to_string(task.path().join("comm"))
+            .is_ok_and(|c| c.trim_end() == "rocksdb:low");
+        if !named || getpriority_process(Some(pid)).is_ok_and(|n| n >= COMPACTION_NICE) {
+            continue;
+        }
+        if let Err(e) = setpriority_process(Some(pid), COMPACTION_NICE) {
+            tracing::debug!(error = %e, "store: could not lower a compaction thread's priority");
+        }
     }
 }
 
@@ -1253,6 +1293,28 @@ mod tests {
         b.put_cf(cf(&db, CF_WM), key, keys::wm_value(seq, digest));
         drop(db);
         s.write(b).unwrap();
+    }
+
+    #[test]
+    fn compactions_run_below_the_writers_cpu_priority() {
+        let dir = tempfile::tempdir().unwrap();
+        let _s = Store::open(dir.path(), false, 8 << 20).unwrap();
+        let mut compaction_threads = 0;
+        for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim_end() != "rocksdb:low" {
+                continue;
+            }
+            let tid: i32 = task.file_name().to_str().unwrap().parse().unwrap();
+            let pid = rustix::process::Pid::from_raw(tid).unwrap();
+            let nice = rustix::process::getpriority_process(Some(pid)).unwrap();
+            assert!(nice >= COMPACTION_NICE, "thread {tid}: nice {nice}");
+            compaction_threads += 1;
+        }
+        assert!(
+            compaction_threads >= 1,
+            "RocksDB's compaction threads are named rocksdb:low"
+        );
     }
 
     #[test]
