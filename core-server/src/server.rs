@@ -1181,11 +1181,7 @@ fn observe(
                 );
                 g.table_cpu_seconds
                     .get_or_create(&label)
-                    .inc_by(if w.cpu_seconds >= cpu {
-                        w.cpu_seconds - cpu
-                    } else {
-                        w.cpu_seconds
-                    });
+                    .inc_by(grown_since(w.cpu_seconds, cpu));
             }
         }
         if let Ok(s) = engine.engine_stats() {
@@ -1201,13 +1197,8 @@ fn observe(
             g.running_compactions.set(gauge(s.running_compactions));
             g.running_flushes.set(gauge(s.running_flushes));
             let mut seen = stall_seen.lock().unwrap_or_else(|p| p.into_inner());
-            let grew = if s.stall_seconds >= *seen {
-                s.stall_seconds - *seen
-            } else {
-                s.stall_seconds
-            };
+            g.stall_seconds.inc_by(grown_since(s.stall_seconds, *seen));
             *seen = s.stall_seconds;
-            g.stall_seconds.inc_by(grew);
         }
         let now = sightline_proto::now_ms();
         m.live_feed_lag.set(hub.lag_ms(now) as f64 / 1000.0);
@@ -1219,6 +1210,17 @@ fn observe(
             m.disk_total_bytes.set(bytes(fs.f_blocks));
         }
     });
+}
+
+/// What a figure RocksDB keeps since the store was opened grew by since it
+/// read `before`: all of it when it went down (the store was reopened and
+/// counts from 0 again).
+fn grown_since(now: f64, before: f64) -> f64 {
+    if now >= before {
+        now - before
+    } else {
+        now
+    }
 }
 
 #[cfg(test)]
