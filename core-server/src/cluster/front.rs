@@ -93,11 +93,17 @@ impl FrontSession {
     /// unanswered).
     pub async fn submit(&self, req: CommitRequest) -> Result<(), CommitError> {
         let sent = self.front.publish(req, self.nonce).await?;
-        self.tx
-            .send(sent)
-            .await
-            .map_err(|_| CommitError::Store("cluster: the session's acks ended".into()))
+        if let Err(tokio::sync::mpsc::error::SendError(sent)) = self.tx.send(sent).await {
+            // The acks' task ended on an earlier batch's failure: this one
+            // is answered as the batches queued behind that one were.
+            let _ = sent.reply.send(Err(earlier_batch_failed()));
+        }
+        Ok(())
     }
+}
+
+fn earlier_batch_failed() -> CommitError {
+    CommitError::Store("cluster: an earlier batch of this session failed".into())
 }
 
 pub struct Front {
@@ -153,9 +159,7 @@ impl Front {
                     // too: the session ends and the agent sends them again.
                     rx.close();
                     while let Some(s) = rx.recv().await {
-                        let _ = s.reply.send(Err(CommitError::Store(
-                            "cluster: an earlier batch of this session failed".into(),
-                        )));
+                        let _ = s.reply.send(Err(earlier_batch_failed()));
                     }
                     return;
                 }
