@@ -1174,11 +1174,9 @@ fn observe(
                     .unwrap_or_default();
                 let label = crate::metrics::CfLabel { cf };
                 let g = &m.store;
-                g.table_written_bytes.get_or_create(&label).inc_by(
-                    w.written_bytes
-                        .checked_sub(bytes)
-                        .unwrap_or(w.written_bytes),
-                );
+                g.table_written_bytes
+                    .get_or_create(&label)
+                    .inc_by(grown_since(w.written_bytes, bytes));
                 g.table_cpu_seconds
                     .get_or_create(&label)
                     .inc_by(grown_since(w.cpu_seconds, cpu));
@@ -1215,7 +1213,7 @@ fn observe(
 /// What a figure RocksDB keeps since the store was opened grew by since it
 /// read `before`: all of it when it went down (the store was reopened and
 /// counts from 0 again).
-fn grown_since(now: f64, before: f64) -> f64 {
+fn grown_since<T: PartialOrd + std::ops::Sub<Output = T>>(now: T, before: T) -> T {
     if now >= before {
         now - before
     } else {
