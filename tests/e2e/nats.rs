@@ -126,3 +126,113 @@ async fn an_r3_stream_keeps_every_message_through_a_killed_server_which_catches_
     assert_eq!(info.state.first_sequence, 1);
     assert_eq!(info.state.last_sequence, total, "no sequence spent twice");
 }
+
+/// An owner deletes its partition's shares that a checkpoint covers from
+/// the IN stream (`checkpoint::delete_applied`) while the other partitions'
+/// shares keep coming: after two of the three servers are killed with -9
+/// mid-stream and restarted, every server holds what the leader holds, and
+/// that is every acknowledged share not deleted. (The owners used a purge
+/// with a subject filter before: nats-server 2.9 replays one from its log on
+/// restart as a purge of every subject up to the stream's last sequence
+/// then, nats-server#4196. With it, this test's restarted servers held 2 of
+/// the leader's 4,250 messages, and as the majority they could have led.)
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_partitions_checkpointed_shares_takes_no_other_share_through_two_servers_killed()
+{
+    use sightline_core::cluster::{
+        checkpoint::{delete_applied, Handled},
+        config::ClusterConfig,
+        in_subject,
+        nats::Nats,
+        IN_STREAM,
+    };
+    const SHARES: u64 = 4_000;
+    let mut nats = NatsCluster::start(3).await;
+    let cfg: ClusterConfig =
+        serde_json::from_value(serde_json::json!({ "nats": nats.urls(), "partitions": 4 }))
+            .unwrap();
+    let core = Nats::connect(&cfg, "t").await.unwrap();
+    // Partitions 0 to 3 in turn; the acknowledged sequences of each.
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(vec![Vec::new(); 4]));
+    let publisher = {
+        let (js, acked) = (core.js.clone(), acked.clone());
+        tokio::spawn(async move {
+            for i in 0..SHARES {
+                let p = (i % 4) as u16;
+                let Ok(ack) = js.publish(in_subject(p), i.to_string().into()).await else {
+                    continue;
+                };
+                if let Ok(Ok(a)) = tokio::time::timeout(Duration::from_secs(2), ack).await {
+                    acked.lock().unwrap()[p as usize].push(a.sequence);
+                }
+            }
+        })
+    };
+    // Partition 0's owner: it dealt with its shares from the 100th on (the
+    // ones before are an earlier owner's, found by asking the stream's
+    // leader), and deletes what each checkpoint covers, a few times.
+    let handled = std::sync::Mutex::new(Handled::default());
+    let mut recorded = 0;
+    let mut deleted_below = 0;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let seqs = acked.lock().unwrap()[0].clone();
+        for &seq in seqs.iter().skip(100.max(recorded)) {
+            handled.lock().unwrap().push(seq);
+        }
+        recorded = seqs.len().max(100);
+        // A checkpoint covering all but its newest 50 shares.
+        if let Some(&keep_from) = seqs.len().checked_sub(50).and_then(|i| seqs.get(i)) {
+            delete_applied(&core, 0, keep_from, &handled).await.unwrap();
+            deleted_below = keep_from;
+        }
+    }
+    assert!(deleted_below > 0, "nothing was acknowledged to delete");
+    nats.kill9(1);
+    nats.kill9(2);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    nats.restart_together(&[1, 2]).await;
+    publisher.await.unwrap();
+    // Every acknowledged share not deleted is in the stream, once.
+    let js = &core.js;
+    let stream = sightline_tests::wait_for(
+        "the stream to have a leader again",
+        Duration::from_secs(60),
+        || async move { js.get_stream(IN_STREAM).await.ok() },
+    )
+    .await;
+    let acked = acked.lock().unwrap().clone();
+    let mut kept = 0;
+    for (p, seqs) in acked.iter().enumerate() {
+        for &seq in seqs {
+            if p == 0 && seq < deleted_below {
+                continue;
+            }
+            let m = stream.get_raw_message(seq).await;
+            assert!(
+                m.is_ok(),
+                "partition {p}'s acknowledged share at seq {seq} is gone: {m:?}"
+            );
+            kept += 1;
+        }
+    }
+    let leader = stream.get_info().await.unwrap().state.messages;
+    assert!(
+        leader >= kept,
+        "the leader holds {leader}, fewer than {kept}"
+    );
+    // And every server holds what the leader holds.
+    for i in 0..3 {
+        sightline_tests::wait_for(
+            &format!("server {i} to hold the leader's {leader} shares"),
+            Duration::from_secs(60),
+            || {
+                let nats = &nats;
+                async move {
+                    (nats.stream_messages(i, IN_STREAM).await == Some(leader)).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+}

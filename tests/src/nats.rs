@@ -294,12 +294,10 @@ impl NatsCluster {
         let get = async {
             let mut s = tokio::net::TcpStream::connect(&addr).await.ok()?;
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            s.write_all(
-                format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
-            )
-            .await
-            .ok()?;
+            // HTTP/1.0: the body as is (a larger answer to 1.1 is chunked).
+            s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+                .await
+                .ok()?;
             let mut out = Vec::new();
             s.read_to_end(&mut out).await.ok()?;
             let at = out.windows(4).position(|w| w == b"\r\n\r\n")?;
@@ -363,5 +361,18 @@ impl NatsCluster {
     /// With one stream, that stream's replica on this server.
     pub async fn stored_messages(&self, i: usize) -> Option<u64> {
         self.monitor(i, "/jsz").await?["messages"].as_u64()
+    }
+
+    /// How many messages server `i`'s replica of `stream` holds (`None`:
+    /// the server does not answer or holds no such replica).
+    pub async fn stream_messages(&self, i: usize, stream: &str) -> Option<u64> {
+        let jsz = self.monitor(i, "/jsz?accounts=true&streams=true").await?;
+        jsz["account_details"]
+            .as_array()?
+            .iter()
+            .filter_map(|a| a["stream_detail"].as_array())
+            .flatten()
+            .find(|s| s["name"] == stream)?["state"]["messages"]
+            .as_u64()
     }
 }

@@ -25,7 +25,7 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::{in_subject, nats::Nats, IN_STREAM};
+use super::{nats::Nats, IN_STREAM};
 use crate::{
     backup::{manifest::FileEntry, Dest},
     store::Store,
@@ -390,16 +390,127 @@ pub async fn prune(dest: &Dest, keep: usize, grace_ms: i64) -> anyhow::Result<(u
     Ok((old.len(), blobs))
 }
 
-/// Purges partition `p`'s IN messages below `keep_from` (those a checkpoint
-/// holds): JetStream purge with the subject filter and sequence.
-pub async fn purge_applied(nats: &Nats, p: u16, keep_from: u64) -> anyhow::Result<u64> {
-    let stream = nats.js.get_stream(IN_STREAM).await?;
-    let r = stream
-        .purge()
-        .filter(in_subject(p))
-        .sequence(keep_from)
+/// The IN stream sequences of the messages a partition's owner has dealt
+/// with (applied, refused or skipped) and not yet deleted, oldest first:
+/// what [`delete_applied`] deletes once a checkpoint covers them.
+#[derive(Debug)]
+pub struct Handled {
+    seqs: std::collections::VecDeque<u64>,
+    /// The subject may hold messages before the oldest seq kept that this
+    /// owner did not deal with (an earlier owner's, or seqs forgotten past
+    /// [`HANDLED_MAX`]): [`delete_applied`] asks the stream's leader for them.
+    unknown_before: bool,
+}
+
+/// Seqs a [`Handled`] keeps at most (8 MiB) while no checkpoint is taken
+/// (the object store down); past it they are forgotten and found again by
+/// asking the stream's leader.
+const HANDLED_MAX: usize = 1 << 20;
+
+impl Default for Handled {
+    fn default() -> Self {
+        Handled {
+            seqs: Default::default(),
+            unknown_before: true,
+        }
+    }
+}
+
+impl Handled {
+    /// Records that the message at `seq` was dealt with (in stream order).
+    pub fn push(&mut self, seq: u64) {
+        if self.seqs.len() >= HANDLED_MAX {
+            self.seqs.clear();
+            self.unknown_before = true;
+        }
+        self.seqs.push_back(seq);
+    }
+}
+
+/// Deletes at a time (each a JetStream request).
+const DELETES: usize = 16;
+
+/// Deletes partition `p`'s IN messages below `keep_from` (those a checkpoint
+/// holds), each on its own (`STREAM.MSG.DELETE`, not erased): the ones in
+/// `handled`, and — when it may not know them all — those the stream's
+/// leader names before them. Returns how many were deleted.
+///
+/// Never a purge with a subject filter: nats-server 2.9 (Debian 12's)
+/// replays one from its log after a restart as a purge of *every* subject
+/// up to the stream's last sequence when it ran (nats-server#4196, fixed in
+/// 2.9.18). Two servers of three back from `kill -9` dropped the other
+/// partitions' unapplied shares, formed the majority, and acknowledged
+/// events were gone (`two_nats_servers_down_acknowledge_nothing_and_lose_nothing_once_back`
+/// failed so). A deleted message is replayed as itself.
+pub async fn delete_applied(
+    nats: &Nats,
+    p: u16,
+    keep_from: u64,
+    handled: &std::sync::Mutex<Handled>,
+) -> anyhow::Result<u64> {
+    let (known, scan) = {
+        let h = handled.lock().unwrap();
+        let known: Vec<u64> = h
+            .seqs
+            .iter()
+            .copied()
+            .take_while(|s| *s < keep_from)
+            .collect();
+        (known, h.unknown_before)
+    };
+    let mut seqs = Vec::new();
+    if scan {
+        let below = known.first().copied().unwrap_or(keep_from).min(keep_from);
+        let mut from = 1;
+        while let Some(s) = super::owner::leader_next(nats, p, from).await? {
+            if s >= below {
+                break;
+            }
+            seqs.push(s);
+            from = s + 1;
+        }
+    }
+    seqs.extend(known);
+    let deleted = futures::stream::iter(seqs)
+        .map(|seq| delete_message(nats, seq))
+        .buffer_unordered(DELETES)
+        .try_fold(0u64, |n, gone| async move { Ok(n + gone as u64) })
         .await?;
-    Ok(r.purged)
+    let mut h = handled.lock().unwrap();
+    while h.seqs.front().is_some_and(|s| *s < keep_from) {
+        h.seqs.pop_front();
+    }
+    if scan {
+        // (Seqs forgotten meanwhile stay in the stream until a later
+        // owner's scan: space, never a message deleted too soon.)
+        h.unknown_before = false;
+    }
+    Ok(deleted)
+}
+
+/// Deletes the IN stream's message at `seq` (`false`: it was gone already).
+async fn delete_message(nats: &Nats, seq: u64) -> anyhow::Result<bool> {
+    use async_nats::jetstream::{response::Response, stream::DeleteStatus, ErrorCode};
+    let r: Response<DeleteStatus> = nats
+        .js
+        .request(
+            format!("STREAM.MSG.DELETE.{IN_STREAM}"),
+            &serde_json::json!({ "seq": seq, "no_erase": true }),
+        )
+        .await?;
+    match r {
+        Response::Ok(s) => Ok(s.success),
+        // "sequence not found" (10043; "no message found", 10037, in other versions).
+        Response::Err { error }
+            if matches!(
+                error.error_code(),
+                ErrorCode::SEQUENCE_NOT_FOUND | ErrorCode::NO_MESSAGE_FOUND
+            ) =>
+        {
+            Ok(false)
+        }
+        Response::Err { error } => Err(anyhow::anyhow!("deleting IN message {seq}: {error}")),
+    }
 }
 
 #[cfg(test)]

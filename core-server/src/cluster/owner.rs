@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    checkpoint::Handled,
     feed::{OutBatch, OUT_BATCH_BYTES, OUT_BATCH_EVENTS},
     in_subject,
     nats::{ClusterError, Nats},
@@ -207,6 +208,8 @@ impl Owner {
         };
         let failed = CancellationToken::new();
         let caught_up = CancellationToken::new();
+        // The IN messages dealt with, deleted once a checkpoint covers them.
+        let handled = Arc::new(std::sync::Mutex::new(Handled::default()));
         let checkpointer = dest.map(|dest| {
             tokio::spawn(checkpoints(
                 ctx.nats.clone(),
@@ -217,6 +220,7 @@ impl Owner {
                 ctx.checkpoint_interval,
                 lease.clone(),
                 checkpoint_ms.clone(),
+                handled.clone(),
                 stop.clone(),
             ))
         });
@@ -232,6 +236,7 @@ impl Owner {
             stop.clone(),
             failed.clone(),
             caught_up.clone(),
+            handled,
         ));
         tracing::info!(
             partition = p,
@@ -320,7 +325,7 @@ async fn restore_if_newer(
 const PRUNE_EVERY: u64 = 6;
 
 /// Every `interval` while the lease holds: a checkpoint uploaded, then the
-/// stream's messages the previous one covers purged (PROTOCOL.md rule 30).
+/// stream's messages the previous one covers deleted (PROTOCOL.md rule 30).
 #[allow(clippy::too_many_arguments)]
 async fn checkpoints(
     nats: Nats,
@@ -331,6 +336,7 @@ async fn checkpoints(
     interval: std::time::Duration,
     lease: LeaseClock,
     taken_ms: Arc<std::sync::atomic::AtomicI64>,
+    handled: Arc<std::sync::Mutex<Handled>>,
     stop: CancellationToken,
 ) {
     let mut last = store.stream_seq().unwrap_or(0);
@@ -387,16 +393,16 @@ async fn checkpoints(
                 if keep_from == 1 {
                     continue;
                 }
-                match super::checkpoint::purge_applied(&nats, p, keep_from).await {
+                match super::checkpoint::delete_applied(&nats, p, keep_from, &handled).await {
                     Ok(n) => tracing::debug!(
                         partition = p,
                         stream_seq = m.stream_seq,
-                        purged_before = keep_from,
-                        purged = n,
+                        deleted_before = keep_from,
+                        deleted = n,
                         "partition checkpointed"
                     ),
                     Err(e) => {
-                        tracing::warn!(partition = p, error = %e, "purging the checkpointed shares failed")
+                        tracing::warn!(partition = p, error = %e, "deleting the checkpointed shares failed")
                     }
                 }
                 // Old checkpoints deleted every few (a listing and a few
@@ -442,6 +448,7 @@ async fn run(
     stop: CancellationToken,
     failed: CancellationToken,
     caught_up: CancellationToken,
+    handled: Arc<std::sync::Mutex<Handled>>,
 ) {
     // Ended once the writer has committed what it was handed: what it
     // committed is published before the owner closes (while the lease holds).
@@ -457,12 +464,18 @@ async fn run(
         failed.clone(),
     ));
     let (answers_tx, answers) = mpsc::channel(INFLIGHT_SHARES);
-    let (handled_tx, handled) = tokio::sync::watch::channel(applied);
-    let answered = tokio::spawn(check_answers(p, answers, handled_tx, failed.clone()));
+    let (through_tx, through) = tokio::sync::watch::channel(applied);
+    let answered = tokio::spawn(check_answers(
+        p,
+        answers,
+        through_tx,
+        handled,
+        failed.clone(),
+    ));
     tokio::spawn(signal_caught_up(
         nats.clone(),
         p,
-        handled,
+        through,
         caught_up,
         stop.clone(),
     ));
@@ -772,15 +785,17 @@ type Answer = (
     Option<oneshot::Receiver<Result<CommitOutcome, CommitError>>>,
 );
 
-/// Reads the writer's answers in order, and sends on `handled` the stream
-/// sequence through which every message is dealt with. A store failure
+/// Reads the writer's answers in order, and sends on `through` the stream
+/// sequence through which every message is dealt with (and records each in
+/// `handled`, to be deleted once a checkpoint covers it). A store failure
 /// stops the owner (it reopens from what it committed); a gap is logged (a
 /// session's batch published after one of its earlier batches failed: see
 /// `front::share_msg_id`).
 async fn check_answers(
     p: u16,
     mut answers: mpsc::Receiver<Answer>,
-    handled: tokio::sync::watch::Sender<u64>,
+    through: tokio::sync::watch::Sender<u64>,
+    handled: Arc<std::sync::Mutex<Handled>>,
     failed: CancellationToken,
 ) {
     while let Some((seq, rx)) = answers.recv().await {
@@ -801,7 +816,8 @@ async fn check_answers(
                 Err(_) => return,
             },
         }
-        handled.send_replace(seq);
+        handled.lock().unwrap().push(seq);
+        through.send_replace(seq);
     }
 }
 

@@ -822,7 +822,51 @@ async fn the_stream_leader_names_a_partitions_first_share_after_a_sequence() {
     assert_eq!(next(0, 2).await, Some(3));
     assert_eq!(next(1, 7).await, None, "past the last share");
     // Purged shares (covered by a checkpoint) are not named.
-    super::checkpoint::purge_applied(&nats, 1, 5).await.unwrap();
+    let handled = std::sync::Mutex::new(super::checkpoint::Handled::default());
+    super::checkpoint::delete_applied(&nats, 1, 5, &handled)
+        .await
+        .unwrap();
     assert_eq!(next(1, 1).await, Some(6));
     assert_eq!(next(0, 1).await, Some(1), "another partition's shares stay");
+}
+
+/// PROTOCOL.md rule 30: an owner deletes its partition's shares below the
+/// point a checkpoint covers, one by one — those it dealt with, and those
+/// an earlier owner left before them (named by the stream's leader) — and
+/// no other message; one deleted already counts as gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_deletes_the_checkpointed_shares_it_and_earlier_owners_dealt_with_and_no_others() {
+    use super::checkpoint::{delete_applied, Handled};
+    let server = NatsServer::start();
+    let nats = server.connect("a", 2).await;
+    let front = Front::new(nats.clone());
+    // Each batch: one share per partition, p0 then p1 (seqs 1 2, 3 4, ... 11 12).
+    for i in 0..6 {
+        send(&front, "agent-1", 1 + i * 10, 10).await;
+    }
+    let next = async |p, from| super::owner::leader_next(&nats, p, from).await.unwrap();
+    // This owner dealt with p1's shares from seq 6 on; 2 and 4 are an
+    // earlier owner's.
+    let handled = std::sync::Mutex::new(Handled::default());
+    for seq in [6, 8, 10, 12] {
+        handled.lock().unwrap().push(seq);
+    }
+    assert_eq!(delete_applied(&nats, 1, 9, &handled).await.unwrap(), 4);
+    assert_eq!(next(1, 1).await, Some(10), "2, 4, 6 and 8 gone");
+    assert_eq!(next(0, 1).await, Some(1), "another partition's shares stay");
+    // What it knows now starts at 10 (no earlier owner's left to ask for);
+    // a seq deleted already (by an owner before it) counts as gone.
+    handled.lock().unwrap().push(14);
+    let mut again = Handled::default();
+    again.push(10);
+    again.push(10);
+    let again = std::sync::Mutex::new(again);
+    assert_eq!(delete_applied(&nats, 1, 11, &again).await.unwrap(), 1);
+    assert_eq!(
+        delete_applied(&nats, 1, 13, &handled).await.unwrap(),
+        1,
+        "12 (10 was gone)"
+    );
+    assert_eq!(next(1, 1).await, None);
+    assert_eq!(next(0, 1).await, Some(1));
 }
