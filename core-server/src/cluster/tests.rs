@@ -804,18 +804,25 @@ async fn front_throughput() {
     );
 }
 
+/// One nats-server, 2 partitions and `batches` batches of 10 sent: one share
+/// per partition each, p0 then p1 (seqs 1 2, 3 4, ...).
+async fn two_partitions_with(batches: u64) -> (NatsServer, Nats) {
+    let server = NatsServer::start();
+    let nats = server.connect("a", 2).await;
+    let front = Front::new(nats.clone());
+    for i in 0..batches {
+        send(&front, "agent-1", 1 + i * 10, 10).await;
+    }
+    (server, nats)
+}
+
 /// The owner's check of a gap in what its consumer delivered: the stream's
 /// leader names the partition's first share at or after a sequence (the
 /// non-direct get, answered by the leader, on Debian's nats-server 2.9).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_leader_names_a_partitions_first_share_after_a_sequence() {
-    let server = NatsServer::start();
-    let nats = server.connect("a", 2).await;
-    let front = Front::new(nats.clone());
-    // Each batch: one share per partition, p0 then p1 (seqs 1 2, 3 4, 5 6).
-    for i in 0..3 {
-        send(&front, "agent-1", 1 + i * 10, 10).await;
-    }
+    // Seqs 1 to 6.
+    let (_server, nats) = two_partitions_with(3).await;
     let next = async |p, from| super::owner::leader_next(&nats, p, from).await.unwrap();
     assert_eq!(next(1, 1).await, Some(2));
     assert_eq!(next(1, 3).await, Some(4));
@@ -837,13 +844,8 @@ async fn the_stream_leader_names_a_partitions_first_share_after_a_sequence() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_deletes_the_checkpointed_shares_it_and_earlier_owners_dealt_with_and_no_others() {
     use super::checkpoint::{delete_applied, Handled};
-    let server = NatsServer::start();
-    let nats = server.connect("a", 2).await;
-    let front = Front::new(nats.clone());
-    // Each batch: one share per partition, p0 then p1 (seqs 1 2, 3 4, ... 11 12).
-    for i in 0..6 {
-        send(&front, "agent-1", 1 + i * 10, 10).await;
-    }
+    // Seqs 1 to 12.
+    let (_server, nats) = two_partitions_with(6).await;
     let next = async |p, from| super::owner::leader_next(&nats, p, from).await.unwrap();
     // This owner dealt with p1's shares from seq 6 on; 2 and 4 are an
     // earlier owner's.
