@@ -508,11 +508,29 @@ async fn a_full_buffer_answers_retryably_and_loses_nothing() {
     });
     let url = core.url();
     wait_stored(&url, 100).await;
-    c.publish(PublishRequest {
-        detections: vec![det(Some(101), "car", now)],
-    })
-    .await
-    .unwrap();
+    // The core has stored them; the agent frees its buffer once their
+    // acknowledgements reach it, a moment later. Retry as the answer says.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match c
+            .publish(PublishRequest {
+                detections: vec![det(Some(101), "car", now)],
+            })
+            .await
+        {
+            Ok(_) => break,
+            Err(e) if e.code() == tonic::Code::ResourceExhausted => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the buffer stayed full 30 s after the core stored all it held: {}",
+                    e.message()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("publish after the core caught up: {e}"),
+        }
+    }
+    wait_stored(&url, 101).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
