@@ -365,6 +365,9 @@ pub struct ClusterGauges {
     pub in_last_seq: Family<PartitionLabel, Gauge>,
     pub lag: Family<PartitionLabel, Gauge>,
     pub checkpoint_age: Family<PartitionLabel, Gauge<f64, AtomicU64>>,
+    /// Seqs acknowledged to an agent whose share the IN stream lost
+    /// (`owner::lost_before`), by partition.
+    pub lost_seqs: Family<PartitionLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -652,6 +655,11 @@ impl Metrics {
             "cluster_partition_checkpoint_age_seconds",
             "Cluster mode: age of the newest checkpoint of each partition held here",
             cluster.checkpoint_age.clone(),
+        );
+        r.register(
+            "cluster_lost_seqs",
+            "Cluster mode: seqs acknowledged to an agent that the IN stream lost before the partition applied them (each logged as an ERROR naming the agent and seqs)",
+            cluster.lost_seqs.clone(),
         );
         let store = StoreGauges::register(&mut r);
         Self {

@@ -491,7 +491,7 @@ pub async fn delete_applied(
 /// Deletes the IN stream's message at `seq` (`false`: it was gone already).
 /// Not async-nats' `Stream::delete_message`, which asks the server to erase
 /// (overwrite) the message's bytes first: `no_erase` only drops it.
-async fn delete_message(nats: &Nats, seq: u64) -> anyhow::Result<bool> {
+pub(crate) async fn delete_message(nats: &Nats, seq: u64) -> anyhow::Result<bool> {
     use async_nats::jetstream::{response::Response, stream::DeleteStatus, ErrorCode};
     let r: Response<DeleteStatus> = nats
         .js

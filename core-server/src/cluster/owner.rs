@@ -27,6 +27,7 @@ use async_nats::jetstream::{
     message::PublishMessage,
 };
 use futures::StreamExt;
+use prometheus_client::metrics::counter::Counter;
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -44,7 +45,7 @@ use crate::{
     api::live::LiveHub,
     dedup::{CommitError, CommitOutcome, CommitRequest, Pipeline, WriterContext},
     enrich::Locations,
-    metrics::Metrics,
+    metrics::{Metrics, PartitionLabel},
     search::SearchIndex,
     store::{outbox::Position, Store},
 };
@@ -237,6 +238,13 @@ impl Owner {
             failed.clone(),
             caught_up.clone(),
             handled,
+            ctx.metrics
+                .cluster
+                .lost_seqs
+                .get_or_create(&PartitionLabel {
+                    partition: p.to_string(),
+                })
+                .clone(),
         ));
         tracing::info!(
             partition = p,
@@ -449,6 +457,7 @@ async fn run(
     failed: CancellationToken,
     caught_up: CancellationToken,
     handled: Arc<std::sync::Mutex<Handled>>,
+    lost: Counter,
 ) {
     // Ended once the writer has committed what it was handed: what it
     // committed is published before the owner closes (while the lease holds).
@@ -480,7 +489,7 @@ async fn run(
         stop.clone(),
     ));
     if let Err(e) = apply(
-        &nats, p, applied, &store, &pipeline, &lease, &stop, &failed, answers_tx,
+        &nats, p, applied, &store, &pipeline, &lease, &stop, &failed, answers_tx, &lost,
     )
     .await
     {
@@ -510,6 +519,7 @@ async fn apply(
     stop: &CancellationToken,
     failed: &CancellationToken,
     answers: mpsc::Sender<Answer>,
+    lost: &Counter,
 ) -> anyhow::Result<()> {
     // The last stream sequence handed to the writer: a consumer that breaks
     // (a nats-server died, a stream leader moved, heartbeats missed) is made
@@ -527,6 +537,9 @@ async fn apply(
     let mut expect: HashMap<(String, u64), u64> = HashMap::new();
     // Why the consumer is made again before the next message, if it is.
     let mut remake: Option<String> = None;
+    // For a gap: the share further on that brings its first missing seq
+    // ([`lost_before`]), so that the gap's later shares do not look again.
+    let mut ahead = Ahead::new();
     loop {
         if let Some(why) = remake.take() {
             tracing::warn!(
@@ -600,7 +613,7 @@ async fn apply(
             }
         };
         let key = (share.agent.clone(), share.epoch);
-        let next = match expect.get(&key) {
+        let mut next = match expect.get(&key) {
             Some(n) => *n,
             None => {
                 let (s, a, e) = (store.clone(), share.agent.clone(), share.epoch);
@@ -634,7 +647,59 @@ async fn apply(
                     continue;
                 }
             }
-        } else {
+            // The stream holds none of the missing seqs before this share.
+            // Were they acknowledged to the agent (it deleted them), and is
+            // no later share bringing them? Then the stream lost them.
+            match lost_before(nats, p, seq, &share, next, &mut ahead).await {
+                Ok(None) => {}
+                Ok(Some(through)) => {
+                    tracing::error!(
+                        partition = p,
+                        stream_seq = seq,
+                        agent = %share.agent,
+                        epoch = share.epoch,
+                        first_lost = next,
+                        last_lost = through,
+                        "ACKNOWLEDGED EVENTS LOST: seqs {next}..={through} of this agent were acknowledged (the stream had them) but the IN stream no longer holds their share for this partition, and nothing sends them again; the partition's events among them are lost, and the agent's later events are applied past them"
+                    );
+                    // The missing seqs committed as received, with nothing
+                    // to store (their camera_seqs show as holes), at the
+                    // last stream sequence handed on: a restart reads this
+                    // share again, past the hole.
+                    let (reply, rx) = oneshot::channel();
+                    let hole = CommitRequest {
+                        agent: share.agent.as_str().into(),
+                        epoch: share.epoch,
+                        first_seq: next,
+                        events: Vec::new(),
+                        last_digest: 0,
+                        reply,
+                    };
+                    pipeline
+                        .submit_share(hole, through + 1 - next, submitted)
+                        .await?;
+                    match rx.await {
+                        Ok(Ok(_)) => {
+                            lost.inc_by(through + 1 - next);
+                        }
+                        Ok(Err(e)) => anyhow::bail!("committing a lost range: {e}"),
+                        Err(_) => return Ok(()),
+                    }
+                    next = through + 1;
+                }
+                Err(e) => {
+                    remake = Some(format!(
+                        "a gap before share {seq} (agent {} seq {} after {}) that could not be checked for a loss: {e}",
+                        share.agent, share.first_seq, next - 1
+                    ));
+                    continue;
+                }
+            }
+        }
+        if share.first_seq <= next {
+            if !ahead.is_empty() {
+                ahead.remove(&key);
+            }
             expect.insert(key, next.max(share.first_seq + share.count));
         }
         let (reply, rx) = oneshot::channel();
@@ -695,6 +760,91 @@ fn apply_attach(store: &Store, p: u16, seq: u64, payload: bytes::Bytes) -> anyho
     }
     store.attach_media(&m.det_oids, &media, m.at_ms, m.by.as_deref())?;
     Ok(())
+}
+
+/// Per (agent, epoch) with a gap: its first missing seq and the stream
+/// sequence of the later share that brings it.
+type Ahead = HashMap<(String, u64), (u64, u64)>;
+
+/// A share at stream sequence `seq` starts past `next`, the first seq of
+/// its (agent, epoch) this partition has not been handed, and the stream's
+/// leader holds no share of the partition between (rule 32). Either a
+/// session's earlier batch was refused (rule 25: the agent still holds it
+/// and sends it again) or the stream lost shares it had acknowledged
+/// (nats-server#4196 did so; a stream is only as safe as its replicas).
+/// Returns the last seq lost (`Some(l)`: `next..=l`) when the agent's
+/// watermark says `next` was acknowledged — the agent deleted it and
+/// resumes past it — and no share of the partition in the stream after
+/// `seq`, up to its last at the time (read after the watermark: any share
+/// acknowledged by then is in it), brings `next`. `None`: the agent sends
+/// them again, or the stream holds them further on.
+async fn lost_before(
+    nats: &Nats,
+    p: u16,
+    seq: u64,
+    share: &ShareMsg,
+    next: u64,
+    ahead: &mut Ahead,
+) -> anyhow::Result<Option<u64>> {
+    let key = (share.agent.clone(), share.epoch);
+    if ahead
+        .get(&key)
+        .is_some_and(|&(n, at)| n == next && at > seq)
+    {
+        return Ok(None);
+    }
+    let acked = match nats
+        .watermarks
+        .entry(super::front::watermark_key(&share.agent, share.epoch))
+        .await?
+    {
+        Some(e) if e.operation == async_nats::jetstream::kv::Operation::Put => {
+            serde_json::from_slice::<super::front::Watermark>(&e.value)?.through
+        }
+        _ => 0,
+    };
+    if acked < next {
+        return Ok(None);
+    }
+    let stream = nats.js.get_stream_no_info(IN_STREAM).await?;
+    let last = in_last_seq(&stream, p).await?;
+    let mut from = seq + 1;
+    while from <= last {
+        let m = match stream
+            .get_first_raw_message_by_subject(in_subject(p), from)
+            .await
+        {
+            Ok(m) => m,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound
+                ) =>
+            {
+                break
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if m.sequence > last {
+            break;
+        }
+        from = m.sequence + 1;
+        if m.headers.get(KIND_HEADER).is_some() {
+            continue;
+        }
+        let Ok(later) = ShareMsg::decode(m.payload) else {
+            continue;
+        };
+        if later.agent == share.agent
+            && later.epoch == share.epoch
+            && later.first_seq <= next
+            && next < later.first_seq + later.count
+        {
+            ahead.insert(key, (next, m.sequence));
+            return Ok(None);
+        }
+    }
+    Ok(Some(acked.min(share.first_seq - 1)))
 }
 
 /// How long a partition's consumer may deliver nothing before its owner

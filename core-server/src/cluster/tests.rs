@@ -872,3 +872,142 @@ async fn an_owner_deletes_the_checkpointed_shares_it_and_earlier_owners_dealt_wi
     assert_eq!(next(1, 1).await, None);
     assert_eq!(next(0, 1).await, Some(1));
 }
+
+/// Publishes partition `p`'s share of the batch `first..first + n` of
+/// agent-1 straight to the IN stream, as a front whose session then failed
+/// would have left it: the agent's watermark does not move.
+async fn publish_share(nats: &Nats, p: u16, first: u64, n: u64) -> u64 {
+    use super::share::{ShareEvent, ShareMsg};
+    let share = ShareMsg {
+        agent: "agent-1".into(),
+        epoch: 1,
+        first_seq: first,
+        count: n,
+        last_digest: first + n,
+        events: oids_of(p, 2, first, n)
+            .into_iter()
+            .map(|o| ShareEvent::from_incoming(event((o - 1000) as u64, o)))
+            .collect(),
+    };
+    nats.js
+        .publish(super::in_subject(p), share.encode_bytes())
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence
+}
+
+fn lost_seqs(ctx: &OwnerContext, p: u16) -> u64 {
+    ctx.metrics
+        .cluster
+        .lost_seqs
+        .get_or_create(&crate::metrics::PartitionLabel {
+            partition: p.to_string(),
+        })
+        .get()
+}
+
+/// "No acknowledged event is dropped without an error that names why": a
+/// share acknowledged to the agent (it deleted the events) that the IN
+/// stream no longer holds — as nats-server#4196's replayed purge lost them
+/// — is counted and logged as lost by the partition's owner, which applies
+/// the agent's later shares past it instead of refusing each as a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_shares_the_stream_lost_are_named_and_the_agents_later_ones_still_applied() {
+    // Seqs 1 to 10: agent-1's batches 1..=10, 11..=20, ... (p0, p1 each).
+    let (_server, nats) = two_partitions_with(5).await;
+    // The stream loses p1's share of 11..=20 (seq 4).
+    super::checkpoint::delete_message(&nats, 4).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = owner_ctx(&nats, dir.path());
+    let owner = Owner::open(&ctx, 1, clock(1)).await.unwrap();
+    let store = owner.store.clone();
+    wait_for("the owner to apply the stream", async || {
+        store.stream_seq().unwrap() >= 10
+    })
+    .await;
+    let lost = oids_of(1, 2, 11, 10);
+    let kept: Vec<i64> = oids_of(1, 2, 1, 50)
+        .into_iter()
+        .filter(|o| !lost.contains(o))
+        .collect();
+    assert!(!lost.is_empty() && !kept.is_empty());
+    assert_eq!(store.counters().unwrap().stored, kept.len() as u64);
+    assert!(store
+        .stored_dets(&kept)
+        .unwrap()
+        .iter()
+        .all(|d| d.is_some()));
+    assert_eq!(store.watermark("agent-1", 1).unwrap(), 50);
+    assert_eq!(lost_seqs(&ctx, 1), 10, "seqs 11..=20 counted as lost");
+    // A restart reads the stream again from where the owner committed:
+    // nothing more is stored or counted.
+    drop(store);
+    owner.close().await;
+    let ctx2 = owner_ctx(&nats, dir.path());
+    let owner = Owner::open(&ctx2, 1, clock(2)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(owner.store.counters().unwrap().stored, kept.len() as u64);
+    assert_eq!(lost_seqs(&ctx2, 1), 0);
+    owner.close().await;
+}
+
+/// Rule 25's gap is not taken for a loss: a share left by a failed session
+/// waits for the agent to send the batches again — whether the owner meets
+/// it before the agent's watermark passes the gap, or after, with the
+/// resend further on in the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_the_agent_sends_again_is_not_taken_for_a_loss() {
+    let server = NatsServer::start();
+    let nats = server.connect("a", 2).await;
+    let front = Front::new(nats.clone());
+    send(&front, "agent-1", 1, 10).await;
+    // A failed session's later share: 11..=20 never made it.
+    let orphan = publish_share(&nats, 1, 21, 10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = owner_ctx(&nats, dir.path());
+    let owner = Owner::open(&ctx, 1, clock(1)).await.unwrap();
+    let store = owner.store.clone();
+    wait_for("the owner to reach the orphan", async || {
+        store.stream_seq().unwrap() >= orphan
+    })
+    .await;
+    assert_eq!(store.watermark("agent-1", 1).unwrap(), 10, "refused");
+    // The agent sends both again.
+    send(&front, "agent-1", 11, 10).await;
+    send(&front, "agent-1", 21, 10).await;
+    wait_for("the owner to apply the resend", async || {
+        store.watermark("agent-1", 1).unwrap() == 30
+    })
+    .await;
+    drop(store);
+    owner.close().await;
+    // Once more with the owner closed: it meets the orphan after the
+    // watermark passed it, the resend further on.
+    publish_share(&nats, 1, 41, 10).await;
+    send(&front, "agent-1", 31, 10).await;
+    send(&front, "agent-1", 41, 10).await;
+    let last = {
+        let mut s = nats.js.get_stream(IN_STREAM).await.unwrap();
+        s.info().await.unwrap().state.last_sequence
+    };
+    let ctx = owner_ctx(&nats, dir.path());
+    let owner = Owner::open(&ctx, 1, clock(2)).await.unwrap();
+    let store = owner.store.clone();
+    wait_for("the owner to apply the stream", async || {
+        store.stream_seq().unwrap() >= last
+    })
+    .await;
+    let want = oids_of(1, 2, 1, 50);
+    assert_eq!(store.counters().unwrap().stored, want.len() as u64);
+    assert!(store
+        .stored_dets(&want)
+        .unwrap()
+        .iter()
+        .all(|d| d.is_some()));
+    assert_eq!(store.watermark("agent-1", 1).unwrap(), 50);
+    assert_eq!(lost_seqs(&ctx, 1), 0);
+    drop(store);
+    owner.close().await;
+}
