@@ -534,7 +534,9 @@ async fn apply(
     // The next seq of each (agent, epoch) this partition has been handed
     // (every batch has a share in every partition, empty ones too, so a
     // share missing from what the consumer delivers shows as a gap here).
-    let mut expect: HashMap<(String, u64), u64> = HashMap::new();
+    // With it, whether a share of it came since the owner last looked for
+    // a loss at the stream's end ([`lost_at_end`]).
+    let mut expect: HashMap<(String, u64), (u64, bool)> = HashMap::new();
     // Why the consumer is made again before the next message, if it is.
     let mut remake: Option<String> = None;
     // For a gap: the share further on that brings its first missing seq
@@ -559,10 +561,26 @@ async fn apply(
                 Ok(Some(Ok(m))) => m,
                 Err(_) => {
                     // Nothing for a while: does the stream hold more?
-                    if let Ok(Some(s)) = leader_next(nats, p, submitted + 1).await {
-                        remake = Some(format!(
+                    match leader_next(nats, p, submitted + 1).await {
+                        Ok(Some(s)) => remake = Some(format!(
                             "the stream's leader holds share {s}, not delivered in {IDLE_CHECK:?}"
-                        ));
+                        )),
+                        Ok(None) if expect.values().any(|(_, seen)| *seen) => {
+                            // All handed on: did the stream lose the last
+                            // shares an agent was acknowledged for?
+                            match lost_at_end(nats, p, submitted, &expect).await {
+                                Ok(Some(found)) => {
+                                    for (key, next, through) in found {
+                                        commit_lost(pipeline, p, None, &key, next, through, submitted, lost).await?;
+                                        expect.insert(key, (through + 1, false));
+                                    }
+                                    expect.values_mut().for_each(|(_, seen)| *seen = false);
+                                }
+                                Ok(None) => {}
+                                Err(e) => tracing::warn!(partition = p, error = %e, "could not check the agents' watermarks against what the partition applied; checking again when idle"),
+                            }
+                        }
+                        _ => {}
                     }
                     continue;
                 }
@@ -614,7 +632,7 @@ async fn apply(
         };
         let key = (share.agent.clone(), share.epoch);
         let mut next = match expect.get(&key) {
-            Some(n) => *n,
+            Some((n, _)) => *n,
             None => {
                 let (s, a, e) = (store.clone(), share.agent.clone(), share.epoch);
                 tokio::task::spawn_blocking(move || s.watermark(&a, e)).await?? + 1
@@ -653,38 +671,8 @@ async fn apply(
             match lost_before(nats, p, seq, &share, next, &mut ahead).await {
                 Ok(None) => {}
                 Ok(Some(through)) => {
-                    tracing::error!(
-                        partition = p,
-                        stream_seq = seq,
-                        agent = %share.agent,
-                        epoch = share.epoch,
-                        first_lost = next,
-                        last_lost = through,
-                        "ACKNOWLEDGED EVENTS LOST: seqs {next}..={through} of this agent were acknowledged (the stream had them) but the IN stream no longer holds their share for this partition, and nothing sends them again; the partition's events among them are lost, and the agent's later events are applied past them"
-                    );
-                    // The missing seqs committed as received, with nothing
-                    // to store (their camera_seqs show as holes), at the
-                    // last stream sequence handed on: a restart reads this
-                    // share again, past the hole.
-                    let (reply, rx) = oneshot::channel();
-                    let hole = CommitRequest {
-                        agent: share.agent.as_str().into(),
-                        epoch: share.epoch,
-                        first_seq: next,
-                        events: Vec::new(),
-                        last_digest: 0,
-                        reply,
-                    };
-                    pipeline
-                        .submit_share(hole, through + 1 - next, submitted)
+                    commit_lost(pipeline, p, Some(seq), &key, next, through, submitted, lost)
                         .await?;
-                    match rx.await {
-                        Ok(Ok(_)) => {
-                            lost.inc_by(through + 1 - next);
-                        }
-                        Ok(Err(e)) => anyhow::bail!("committing a lost range: {e}"),
-                        Err(_) => return Ok(()),
-                    }
                     next = through + 1;
                 }
                 Err(e) => {
@@ -700,7 +688,7 @@ async fn apply(
             if !ahead.is_empty() {
                 ahead.remove(&key);
             }
-            expect.insert(key, next.max(share.first_seq + share.count));
+            expect.insert(key, (next.max(share.first_seq + share.count), true));
         }
         let (reply, rx) = oneshot::channel();
         let count = share.count;
@@ -762,6 +750,104 @@ fn apply_attach(store: &Store, p: u16, seq: u64, payload: bytes::Bytes) -> anyho
     Ok(())
 }
 
+/// Commits seqs `next..=through` of `key` (agent, epoch), which the agent
+/// was acknowledged for and the IN stream lost, as received with nothing
+/// stored (their camera_seqs show as holes), logged as an ERROR and counted.
+/// Committed at `submitted`, the last stream sequence handed on: a restart
+/// reads what follows again, past the hole. `at`: the share found after
+/// the hole (none: the loss was at the stream's end).
+#[allow(clippy::too_many_arguments)]
+async fn commit_lost(
+    pipeline: &Pipeline,
+    p: u16,
+    at: Option<u64>,
+    key: &(String, u64),
+    next: u64,
+    through: u64,
+    submitted: u64,
+    lost: &Counter,
+) -> anyhow::Result<()> {
+    let (agent, epoch) = (&key.0, key.1);
+    tracing::error!(
+        partition = p,
+        stream_seq = at,
+        agent = %agent,
+        epoch,
+        first_lost = next,
+        last_lost = through,
+        "ACKNOWLEDGED EVENTS LOST: seqs {next}..={through} of this agent were acknowledged (the stream had them) but the IN stream no longer holds their share for this partition, and nothing sends them again; the partition's events among them are lost, and the agent's later events are applied past them"
+    );
+    let (reply, rx) = oneshot::channel();
+    let hole = CommitRequest {
+        agent: agent.as_str().into(),
+        epoch,
+        first_seq: next,
+        events: Vec::new(),
+        last_digest: 0,
+        reply,
+    };
+    pipeline
+        .submit_share(hole, through + 1 - next, submitted)
+        .await?;
+    match rx.await {
+        Ok(Ok(_)) => {
+            lost.inc_by(through + 1 - next);
+            Ok(())
+        }
+        Ok(Err(e)) => anyhow::bail!("committing a lost range: {e}"),
+        Err(_) => anyhow::bail!("the writer stopped before committing a lost range"),
+    }
+}
+
+/// The owner handed on every share the stream's leader holds for the
+/// partition (through `submitted`). For each (agent, epoch) seen since the
+/// last look, its cluster watermark past what the partition was handed
+/// means acknowledged shares the stream lost at its end (the agent resumes
+/// past them, so nothing will bring them): `(key, first lost, last lost)`
+/// for each. `None`: the stream grew meanwhile (look again when idle).
+async fn lost_at_end(
+    nats: &Nats,
+    p: u16,
+    submitted: u64,
+    expect: &HashMap<(String, u64), (u64, bool)>,
+) -> anyhow::Result<Option<Vec<((String, u64), u64, u64)>>> {
+    let mut found = Vec::new();
+    for (key, &(next, seen)) in expect {
+        if !seen {
+            continue;
+        }
+        let acked = acknowledged_through(nats, &key.0, key.1).await?;
+        if acked >= next {
+            found.push((key.clone(), next, acked));
+        }
+    }
+    // Read after the watermarks: every share acknowledged by then is at or
+    // before it.
+    let stream = nats.js.get_stream_no_info(IN_STREAM).await?;
+    if in_last_seq(&stream, p).await? > submitted {
+        return Ok(None);
+    }
+    Ok(Some(found))
+}
+
+/// The seq through which (agent, epoch) was acknowledged, from its
+/// watermark in the cluster's KV bucket (0: none). Read from any replica:
+/// one behind answers less, never more.
+async fn acknowledged_through(nats: &Nats, agent: &str, epoch: u64) -> anyhow::Result<u64> {
+    Ok(
+        match nats
+            .watermarks
+            .entry(super::front::watermark_key(agent, epoch))
+            .await?
+        {
+            Some(e) if e.operation == async_nats::jetstream::kv::Operation::Put => {
+                serde_json::from_slice::<super::front::Watermark>(&e.value)?.through
+            }
+            _ => 0,
+        },
+    )
+}
+
 /// Per (agent, epoch) with a gap: its first missing seq and the stream
 /// sequence of the later share that brings it.
 type Ahead = HashMap<(String, u64), (u64, u64)>;
@@ -793,16 +879,7 @@ async fn lost_before(
     {
         return Ok(None);
     }
-    let acked = match nats
-        .watermarks
-        .entry(super::front::watermark_key(&share.agent, share.epoch))
-        .await?
-    {
-        Some(e) if e.operation == async_nats::jetstream::kv::Operation::Put => {
-            serde_json::from_slice::<super::front::Watermark>(&e.value)?.through
-        }
-        _ => 0,
-    };
+    let acked = acknowledged_through(nats, &share.agent, share.epoch).await?;
     if acked < next {
         return Ok(None);
     }

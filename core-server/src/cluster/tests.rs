@@ -908,31 +908,42 @@ fn lost_seqs(ctx: &OwnerContext, p: u16) -> u64 {
         .get()
 }
 
-/// "No acknowledged event is dropped without an error that names why": a
-/// share acknowledged to the agent (it deleted the events) that the IN
+/// "No acknowledged event is dropped without an error that names why":
+/// shares acknowledged to the agent (it deleted the events) that the IN
 /// stream no longer holds — as nats-server#4196's replayed purge lost them
-/// — is counted and logged as lost by the partition's owner, which applies
-/// the agent's later shares past it instead of refusing each as a gap.
+/// — are counted and logged as lost by the partition's owner, which applies
+/// the agent's later shares past them instead of refusing each as a gap;
+/// the agent's last shares, lost with nothing after them, are found once
+/// the partition is idle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_shares_the_stream_lost_are_named_and_the_agents_later_ones_still_applied() {
     // Seqs 1 to 10: agent-1's batches 1..=10, 11..=20, ... (p0, p1 each).
     let (_server, nats) = two_partitions_with(5).await;
-    // The stream loses p1's share of 11..=20 (seq 4).
-    super::checkpoint::delete_message(&nats, 4).await.unwrap();
+    // The stream loses p1's shares of 11..=20 (seq 4) and 41..=50 (seq 10,
+    // its last).
+    for seq in [4, 10] {
+        super::checkpoint::delete_message(&nats, seq).await.unwrap();
+    }
     let dir = tempfile::tempdir().unwrap();
     let ctx = owner_ctx(&nats, dir.path());
     let owner = Owner::open(&ctx, 1, clock(1)).await.unwrap();
     let store = owner.store.clone();
     wait_for("the owner to apply the stream", async || {
-        store.stream_seq().unwrap() >= 10
+        store.stream_seq().unwrap() >= 8
     })
     .await;
-    let lost = oids_of(1, 2, 11, 10);
+    assert_eq!(lost_seqs(&ctx, 1), 10, "seqs 11..=20 counted as lost");
+    // Idle (5 s), the owner finds 41..=50 acknowledged and not in the stream.
+    wait_for("the loss at the stream's end", async || {
+        lost_seqs(&ctx, 1) == 20
+    })
+    .await;
+    let lost = [oids_of(1, 2, 11, 10), oids_of(1, 2, 41, 10)].concat();
     let kept: Vec<i64> = oids_of(1, 2, 1, 50)
         .into_iter()
         .filter(|o| !lost.contains(o))
         .collect();
-    assert!(!lost.is_empty() && !kept.is_empty());
+    assert!(!kept.is_empty() && lost.len() > 2);
     assert_eq!(store.counters().unwrap().stored, kept.len() as u64);
     assert!(store
         .stored_dets(&kept)
@@ -940,7 +951,6 @@ async fn acknowledged_shares_the_stream_lost_are_named_and_the_agents_later_ones
         .iter()
         .all(|d| d.is_some()));
     assert_eq!(store.watermark("agent-1", 1).unwrap(), 50);
-    assert_eq!(lost_seqs(&ctx, 1), 10, "seqs 11..=20 counted as lost");
     // A restart reads the stream again from where the owner committed:
     // nothing more is stored or counted.
     drop(store);
