@@ -152,6 +152,25 @@ async fn two_nats_servers_down_acknowledge_nothing_and_lose_nothing_once_back() 
     rig.nats.restart_together(&[1, 2]).await;
     assert!(agent.wait(Duration::from_secs(240)).success());
     rig.assert_truth(&truth).await;
+    // Each node counts, per partition it holds, the acknowledged seqs the
+    // stream lost (the series the alert SightlineClusterLostAcknowledged
+    // reads): there, and 0.
+    let mut series = 0;
+    for n in &rig.nodes {
+        let (_, body) = sightline_tests::http::request(
+            &n.http.to_string(),
+            "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n",
+        )
+        .await;
+        for l in String::from_utf8_lossy(&body)
+            .lines()
+            .filter(|l| l.starts_with("sightline_cluster_lost_seqs_total{"))
+        {
+            series += 1;
+            assert!(l.ends_with(" 0"), "{l}");
+        }
+    }
+    assert!(series >= PARTITIONS as usize, "{series} series");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -22,6 +22,13 @@ use sightline_tests::{data::now_ms, http, Agent, AgentArgs, Core};
 /// a name once its metric exists (none left).
 const NOT_YET_PRESENT_METRICS: &[&str] = &[];
 
+/// Metrics only a cluster node has series of (one per partition it holds):
+/// the single-node core scraped here exports none, so an expression over
+/// one of them returns no data and is skipped, saying so. The cluster
+/// end-to-end tests read them from real nodes
+/// (`two_nats_servers_down_acknowledge_nothing_and_lose_nothing_once_back`).
+const CLUSTER_ONLY_METRICS: &[&str] = &["sightline_cluster_lost_seqs_total"];
+
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
 }
@@ -373,7 +380,10 @@ async fn every_dashboard_and_alert_expression_returns_data_from_a_scraped_core_a
         without = still;
         let (mut skipped, mut missing) = (BTreeSet::new(), Vec::new());
         for (from, e) in &without {
-            let pending = NOT_YET_PRESENT_METRICS.iter().find(|m| e.contains(*m));
+            let pending = NOT_YET_PRESENT_METRICS
+                .iter()
+                .chain(CLUSTER_ONLY_METRICS)
+                .find(|m| e.contains(*m));
             match pending {
                 Some(m) if !prometheus.has_data(&format!("{{__name__=\"{m}\"}}")).await => {
                     skipped.insert(*m);
@@ -399,6 +409,8 @@ async fn every_dashboard_and_alert_expression_returns_data_from_a_scraped_core_a
         missing.join("\n")
     );
     if !skipped.is_empty() {
-        eprintln!("skipped (metrics not yet present: NOT_YET_PRESENT_METRICS): {skipped:?}");
+        eprintln!(
+            "skipped (no series here: NOT_YET_PRESENT_METRICS, CLUSTER_ONLY_METRICS): {skipped:?}"
+        );
     }
 }

@@ -231,6 +231,19 @@ impl Rig {
                 assert_exactly_once(&n.url(), truth).await;
             }
         }
+        // No owner found (or took for) acknowledged shares the stream lost
+        // (PROTOCOL.md rule 32).
+        for n in &self.nodes {
+            let log = n.log();
+            assert!(
+                !log.contains("ACKNOWLEDGED EVENTS LOST"),
+                "a node logged acknowledged events lost:\n{}",
+                log.lines()
+                    .filter(|l| l.contains("ACKNOWLEDGED EVENTS LOST"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
     }
 }
 
