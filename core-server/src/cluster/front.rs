@@ -40,6 +40,28 @@ pub fn watermark_key(agent: &str, epoch: u64) -> String {
     format!("a{hex}.{epoch}")
 }
 
+/// The watermark of (agent, epoch) in [`super::WATERMARKS_BUCKET`] with its
+/// revision (`None`: none kept). Read from any replica: one behind answers
+/// an older watermark, never a newer one.
+pub(crate) async fn read_watermark(
+    nats: &Nats,
+    agent: &str,
+    epoch: u64,
+) -> Result<Option<(u64, Watermark)>, ClusterError> {
+    let entry = nats
+        .watermarks
+        .entry(watermark_key(agent, epoch))
+        .await
+        .map_err(|e| ClusterError::js("bucket sightline_watermarks", e))?;
+    Ok(match entry {
+        Some(e) if e.operation == kv::Operation::Put => Some((
+            e.revision,
+            serde_json::from_slice(&e.value).unwrap_or_default(),
+        )),
+        _ => None,
+    })
+}
+
 /// The `Nats-Msg-Id` of a share: the batch's agent, epoch, seqs and the
 /// partition, and the sending session's nonce. A share published again in
 /// the same session is one message; an agent's resend (a new session) is a
@@ -127,20 +149,15 @@ impl Front {
 
     /// The agent's resume point, on whichever node it last sent to.
     pub async fn watermark(&self, agent: &str, epoch: u64) -> Result<Watermark, ClusterError> {
-        let key = watermark_key(agent, epoch);
-        let entry = self
-            .nats
-            .watermarks
-            .entry(key.clone())
-            .await
-            .map_err(|e| ClusterError::js("bucket sightline_watermarks", e))?;
-        Ok(match entry {
-            Some(e) if e.operation == kv::Operation::Put => {
-                let w: Watermark = serde_json::from_slice(&e.value).unwrap_or_default();
-                self.revisions.lock().unwrap().insert(key, (e.revision, w));
+        Ok(match read_watermark(&self.nats, agent, epoch).await? {
+            Some((revision, w)) => {
+                self.revisions
+                    .lock()
+                    .unwrap()
+                    .insert(watermark_key(agent, epoch), (revision, w));
                 w
             }
-            _ => Watermark::default(),
+            None => Watermark::default(),
         })
     }
 

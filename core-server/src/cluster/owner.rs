@@ -830,22 +830,11 @@ async fn lost_at_end(
     Ok(Some(found))
 }
 
-/// The seq through which (agent, epoch) was acknowledged, from its
-/// watermark in the cluster's KV bucket (0: none). Read from any replica:
-/// one behind answers less, never more.
+/// The seq through which (agent, epoch) was acknowledged (0: none).
 async fn acknowledged_through(nats: &Nats, agent: &str, epoch: u64) -> anyhow::Result<u64> {
-    Ok(
-        match nats
-            .watermarks
-            .entry(super::front::watermark_key(agent, epoch))
-            .await?
-        {
-            Some(e) if e.operation == async_nats::jetstream::kv::Operation::Put => {
-                serde_json::from_slice::<super::front::Watermark>(&e.value)?.through
-            }
-            _ => 0,
-        },
-    )
+    Ok(super::front::read_watermark(nats, agent, epoch)
+        .await?
+        .map_or(0, |(_, w)| w.through))
 }
 
 /// Per (agent, epoch) with a gap: its first missing seq and the stream
@@ -887,20 +876,8 @@ async fn lost_before(
     let last = in_last_seq(&stream, p).await?;
     let mut from = seq + 1;
     while from <= last {
-        let m = match stream
-            .get_first_raw_message_by_subject(in_subject(p), from)
-            .await
-        {
-            Ok(m) => m,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound
-                ) =>
-            {
-                break
-            }
-            Err(e) => return Err(e.into()),
+        let Some(m) = leader_first(nats, p, from).await? else {
+            break;
         };
         if m.sequence > last {
             break;
@@ -932,13 +909,22 @@ const IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
 /// as the IN stream's leader has it (`None`: there is none). Asked of the
 /// leader (the non-direct message get), not of a replica.
 pub(crate) async fn leader_next(nats: &Nats, p: u16, from: u64) -> anyhow::Result<Option<u64>> {
+    Ok(leader_first(nats, p, from).await?.map(|m| m.sequence))
+}
+
+/// [`leader_next`]'s message itself.
+async fn leader_first(
+    nats: &Nats,
+    p: u16,
+    from: u64,
+) -> anyhow::Result<Option<async_nats::jetstream::message::StreamMessage>> {
     use async_nats::jetstream::stream::RawMessageErrorKind;
     let stream = nats.js.get_stream_no_info(IN_STREAM).await?;
     match stream
         .get_first_raw_message_by_subject(in_subject(p), from)
         .await
     {
-        Ok(m) => Ok(Some(m.sequence)),
+        Ok(m) => Ok(Some(m)),
         Err(e) if matches!(e.kind(), RawMessageErrorKind::NoMessageFound) => Ok(None),
         Err(e) => Err(e.into()),
     }

@@ -107,6 +107,19 @@ fn clock(rev: u64) -> LeaseClock {
     c
 }
 
+/// Waits until `store` has applied the IN stream through its last
+/// sequence now.
+async fn wait_applied_all(nats: &Nats, store: &crate::store::Store) {
+    let last = {
+        let mut s = nats.js.get_stream(IN_STREAM).await.unwrap();
+        s.info().await.unwrap().state.last_sequence
+    };
+    wait_for("the owner to apply the stream", async || {
+        store.stream_seq().unwrap() >= last
+    })
+    .await;
+}
+
 async fn wait_for(what: &str, mut f: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !f().await {
@@ -309,15 +322,8 @@ async fn an_owner_applies_every_share_exactly_once_across_a_restart() {
     // A resend of batches already in the stream, cut differently (new Msg-Ids).
     send(&front, "agent-1", 101, 150).await;
     let owner = Owner::open(&ctx, 1, clock(2)).await.unwrap();
-    let last = {
-        let mut s = nats.js.get_stream(IN_STREAM).await.unwrap();
-        s.info().await.unwrap().state.last_sequence
-    };
     let store = owner.store.clone();
-    wait_for("the owner to apply the stream", async || {
-        store.stream_seq().unwrap() >= last
-    })
-    .await;
+    wait_applied_all(&nats, &store).await;
     let want = oids_of(1, 2, 1, 400);
     let c = store.counters().unwrap();
     assert_eq!(
@@ -998,17 +1004,10 @@ async fn a_gap_the_agent_sends_again_is_not_taken_for_a_loss() {
     publish_share(&nats, 1, 41, 10).await;
     send(&front, "agent-1", 31, 10).await;
     send(&front, "agent-1", 41, 10).await;
-    let last = {
-        let mut s = nats.js.get_stream(IN_STREAM).await.unwrap();
-        s.info().await.unwrap().state.last_sequence
-    };
     let ctx = owner_ctx(&nats, dir.path());
     let owner = Owner::open(&ctx, 1, clock(2)).await.unwrap();
     let store = owner.store.clone();
-    wait_for("the owner to apply the stream", async || {
-        store.stream_seq().unwrap() >= last
-    })
-    .await;
+    wait_applied_all(&nats, &store).await;
     let want = oids_of(1, 2, 1, 50);
     assert_eq!(store.counters().unwrap().stored, want.len() as u64);
     assert!(store
