@@ -570,11 +570,21 @@ async fn apply(
                             // shares an agent was acknowledged for?
                             match lost_at_end(nats, p, submitted, &expect).await {
                                 Ok(Some(found)) => {
-                                    for (key, next, through) in found {
-                                        commit_lost(pipeline, p, None, &key, next, through, submitted, lost).await?;
-                                        expect.insert(key, (through + 1, false));
-                                    }
                                     expect.values_mut().for_each(|(_, seen)| *seen = false);
+                                    for (key, next, end) in found {
+                                        match end {
+                                            Gap::Passed(at, passed) => {
+                                                // Looked at again when next idle.
+                                                let n = hand_passed(pipeline, p, at, passed, &key, next, submitted).await?;
+                                                expect.insert(key, (n, true));
+                                            }
+                                            Gap::Lost(through) => {
+                                                commit_lost(pipeline, p, None, &key, next, through, submitted, lost).await?;
+                                                expect.insert(key, (through + 1, false));
+                                            }
+                                            Gap::Wait => {}
+                                        }
+                                    }
                                 }
                                 Ok(None) => {}
                                 Err(e) => tracing::warn!(partition = p, error = %e, "could not check the agents' watermarks against what the partition applied; checking again when idle"),
@@ -638,7 +648,7 @@ async fn apply(
                 tokio::task::spawn_blocking(move || s.watermark(&a, e)).await?? + 1
             }
         };
-        if share.first_seq > next {
+        while share.first_seq > next {
             // A gap: a session's later batch whose earlier share the stream
             // refused (the agent sends both again: the writer refuses this
             // one) — or this consumer skipped shares the stream holds (seen
@@ -654,7 +664,7 @@ async fn apply(
                         "the consumer delivered share {seq} (agent {} seq {}) but skipped share {s}, which the stream's leader holds (agent seq {next} was never delivered)",
                         share.agent, share.first_seq
                     ));
-                    continue;
+                    break;
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -662,15 +672,21 @@ async fn apply(
                         "a gap before share {seq} (agent {} seq {} after {}) that the stream's leader could not be asked about: {e}",
                         share.agent, share.first_seq, next - 1
                     ));
-                    continue;
+                    break;
                 }
             }
-            // The stream holds none of the missing seqs before this share.
-            // Were they acknowledged to the agent (it deleted them), and is
-            // no later share bringing them? Then the stream lost them.
+            // The stream holds none of the missing seqs between the last
+            // share handed on and this one. Were they acknowledged to the
+            // agent (it deleted them)? Then a share the stream holds
+            // brings them — further on, or one this owner passed — or the
+            // stream lost them.
             match lost_before(nats, p, seq, &share, next, &mut ahead).await {
-                Ok(None) => {}
-                Ok(Some(through)) => {
+                Ok(Gap::Wait) => break,
+                Ok(Gap::Passed(at, passed)) => {
+                    next = hand_passed(pipeline, p, at, passed, &key, next, submitted).await?;
+                    expect.insert(key.clone(), (next, true));
+                }
+                Ok(Gap::Lost(through)) => {
                     commit_lost(pipeline, p, Some(seq), &key, next, through, submitted, lost)
                         .await?;
                     next = through + 1;
@@ -680,9 +696,12 @@ async fn apply(
                         "a gap before share {seq} (agent {} seq {} after {}) that could not be checked for a loss: {e}",
                         share.agent, share.first_seq, next - 1
                     ));
-                    continue;
+                    break;
                 }
             }
+        }
+        if remake.is_some() {
+            continue;
         }
         if share.first_seq <= next {
             if !ahead.is_empty() {
@@ -802,23 +821,26 @@ async fn commit_lost(
 /// The owner handed on every share the stream's leader holds for the
 /// partition (through `submitted`). For each (agent, epoch) seen since the
 /// last look, its cluster watermark past what the partition was handed
-/// means acknowledged shares the stream lost at its end (the agent resumes
-/// past them, so nothing will bring them): `(key, first lost, last lost)`
-/// for each. `None`: the stream grew meanwhile (look again when idle).
+/// means acknowledged shares that never reached the writer: a share the
+/// stream's leader holds that brings the first of them — one the owner
+/// passed ([`Gap::Passed`]) — or, if none, shares the stream lost at its
+/// end ([`Gap::Lost`]; the agent resumes past them, so nothing will bring
+/// them): `(key, first missing, what)` for each. `None`: the stream grew
+/// meanwhile (look again when idle).
 async fn lost_at_end(
     nats: &Nats,
     p: u16,
     submitted: u64,
     expect: &HashMap<(String, u64), (u64, bool)>,
-) -> anyhow::Result<Option<Vec<((String, u64), u64, u64)>>> {
-    let mut found = Vec::new();
+) -> anyhow::Result<Option<Vec<((String, u64), u64, Gap)>>> {
+    let mut acked_past = Vec::new();
     for (key, &(next, seen)) in expect {
         if !seen {
             continue;
         }
         let acked = acknowledged_through(nats, &key.0, key.1).await?;
         if acked >= next {
-            found.push((key.clone(), next, acked));
+            acked_past.push((key.clone(), next, acked));
         }
     }
     // Read after the watermarks: every share acknowledged by then is at or
@@ -826,6 +848,14 @@ async fn lost_at_end(
     let stream = nats.js.get_stream_no_info(IN_STREAM).await?;
     if in_last_seq(&stream, p).await? > submitted {
         return Ok(None);
+    }
+    let mut found = Vec::with_capacity(acked_past.len());
+    for (key, next, acked) in acked_past {
+        let gap = match leader_covering(nats, p, 1, submitted, &key, next).await? {
+            Some((at, share)) => Gap::Passed(at, share),
+            None => Gap::Lost(acked),
+        };
+        found.push((key, next, gap));
     }
     Ok(Some(found))
 }
@@ -841,18 +871,37 @@ async fn acknowledged_through(nats: &Nats, agent: &str, epoch: u64) -> anyhow::R
 /// sequence of the later share that brings it.
 type Ahead = HashMap<(String, u64), (u64, u64)>;
 
+/// What an owner does about a gap in an (agent, epoch)'s seqs.
+enum Gap {
+    /// Nothing yet: the agent sends the missing seqs again (it was not
+    /// acknowledged for them), or a share further on brings them.
+    Wait,
+    /// The share the stream's leader holds at this sequence brings the
+    /// first missing seq, and the owner passed it: handed on now
+    /// ([`hand_passed`]).
+    Passed(u64, ShareMsg),
+    /// Acknowledged, and no share in the stream brings them: lost from
+    /// the first missing seq through this one.
+    Lost(u64),
+}
+
 /// A share at stream sequence `seq` starts past `next`, the first seq of
 /// its (agent, epoch) this partition has not been handed, and the stream's
 /// leader holds no share of the partition between (rule 32). Either a
 /// session's earlier batch was refused (rule 25: the agent still holds it
 /// and sends it again) or the stream lost shares it had acknowledged
 /// (nats-server#4196 did so; a stream is only as safe as its replicas).
-/// Returns the last seq lost (`Some(l)`: `next..=l`) when the agent's
-/// watermark says `next` was acknowledged — the agent deleted it and
-/// resumes past it — and no share of the partition in the stream after
-/// `seq`, up to its last at the time (read after the watermark: any share
-/// acknowledged by then is in it), brings `next`. `None`: the agent sends
-/// them again, or the stream holds them further on.
+/// [`Gap::Wait`] unless the agent's watermark says `next` was
+/// acknowledged — the agent deleted it and resumes past it — and no share
+/// of the partition in the stream after `seq`, up to its last at the time
+/// (read after the watermark: any share acknowledged by then is in it),
+/// brings `next`. Then a share the owner passed that brings it is looked
+/// for in the whole subject, as the leader has it ([`Gap::Passed`]): one
+/// refused as a gap before an orphan share filled the seqs before it, or
+/// one whose stream sequence the consumer's replica holds another share at
+/// (replicas of nats-server 2.9.10 were seen to differ so after two of
+/// three were killed). None: the stream lost `next..` up to the watermark
+/// or the seq before this share ([`Gap::Lost`]).
 async fn lost_before(
     nats: &Nats,
     p: u16,
@@ -860,45 +909,111 @@ async fn lost_before(
     share: &ShareMsg,
     next: u64,
     ahead: &mut Ahead,
-) -> anyhow::Result<Option<u64>> {
+) -> anyhow::Result<Gap> {
     let key = (share.agent.clone(), share.epoch);
     if ahead
         .get(&key)
         .is_some_and(|&(n, at)| n == next && at > seq)
     {
-        return Ok(None);
+        return Ok(Gap::Wait);
     }
     let acked = acknowledged_through(nats, &share.agent, share.epoch).await?;
     if acked < next {
-        return Ok(None);
+        return Ok(Gap::Wait);
     }
     let stream = nats.js.get_stream_no_info(IN_STREAM).await?;
     let last = in_last_seq(&stream, p).await?;
-    let mut from = seq + 1;
-    while from <= last {
+    if let Some((at, _)) = leader_covering(nats, p, seq + 1, last, &key, next).await? {
+        ahead.insert(key, (next, at));
+        return Ok(Gap::Wait);
+    }
+    if let Some((at, passed)) = leader_covering(nats, p, 1, seq, &key, next).await? {
+        return Ok(Gap::Passed(at, passed));
+    }
+    Ok(Gap::Lost(acked.min(share.first_seq - 1)))
+}
+
+/// The first share of `key` (agent, epoch) on partition `p`'s subject from
+/// stream sequence `from` through `to`, as the stream's leader holds them,
+/// that brings seq `next`; with its stream sequence.
+async fn leader_covering(
+    nats: &Nats,
+    p: u16,
+    from: u64,
+    to: u64,
+    key: &(String, u64),
+    next: u64,
+) -> anyhow::Result<Option<(u64, ShareMsg)>> {
+    let mut from = from;
+    while from <= to {
         let Some(m) = leader_first(nats, p, from).await? else {
             break;
         };
-        if m.sequence > last {
+        if m.sequence > to {
             break;
         }
         from = m.sequence + 1;
         if m.headers.get(KIND_HEADER).is_some() {
             continue;
         }
-        let Ok(later) = ShareMsg::decode(m.payload) else {
+        let Ok(share) = ShareMsg::decode(m.payload) else {
             continue;
         };
-        if later.agent == share.agent
-            && later.epoch == share.epoch
-            && later.first_seq <= next
-            && next < later.first_seq + later.count
+        if share.agent == key.0
+            && share.epoch == key.1
+            && share.first_seq <= next
+            && next < share.first_seq + share.count
         {
-            ahead.insert(key, (next, m.sequence));
-            return Ok(None);
+            return Ok(Some((m.sequence, share)));
         }
     }
-    Ok(Some(acked.min(share.first_seq - 1)))
+    Ok(None)
+}
+
+/// Hands the writer `share`, which the stream's leader holds at `at` and
+/// which brings `next` of `key`, a share this owner passed (see
+/// [`lost_before`]); committed at `submitted`, the last stream sequence
+/// handed on (so that none is read again) and awaited. Returns the
+/// (agent, epoch)'s next seq after it.
+async fn hand_passed(
+    pipeline: &Pipeline,
+    p: u16,
+    at: u64,
+    share: ShareMsg,
+    key: &(String, u64),
+    next: u64,
+    submitted: u64,
+) -> anyhow::Result<u64> {
+    tracing::warn!(
+        partition = p,
+        stream_seq = at,
+        agent = %key.0,
+        epoch = key.1,
+        first_seq = share.first_seq,
+        count = share.count,
+        missing_from = next,
+        "a share the stream's leader holds brings seqs this owner was never handed (its consumer's replica held another share at that stream sequence, or it was passed as a gap before the seqs before it came): applied now"
+    );
+    let after = share.first_seq + share.count;
+    let (reply, rx) = oneshot::channel();
+    let req = CommitRequest {
+        agent: share.agent.as_str().into(),
+        epoch: share.epoch,
+        first_seq: share.first_seq,
+        events: share
+            .events
+            .into_iter()
+            .map(|e| e.into_incoming())
+            .collect(),
+        last_digest: share.last_digest,
+        reply,
+    };
+    pipeline.submit_share(req, share.count, submitted).await?;
+    match rx.await {
+        Ok(Ok(_)) => Ok(after),
+        Ok(Err(e)) => anyhow::bail!("applying a passed share: {e}"),
+        Err(_) => anyhow::bail!("the writer stopped before applying a passed share"),
+    }
 }
 
 /// How long a partition's consumer may deliver nothing before its owner

@@ -1020,3 +1020,60 @@ async fn a_gap_the_agent_sends_again_is_not_taken_for_a_loss() {
     drop(store);
     owner.close().await;
 }
+
+/// Acknowledged seqs whose share the owner passed are applied, not taken
+/// for lost: the stream may hold an agent's shares out of order — a failed
+/// session's orphan flushed after the agent's resend of the batches past
+/// it, or (nats-server 2.9.10, two of three servers killed) a consumer's
+/// replica holding another share at a stream sequence than the leader —
+/// and the share that brings the first missing seq is then behind the
+/// owner. Found in the subject as the stream's leader holds it, mid-stream
+/// and at the stream's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_share_the_owner_passed_is_applied_not_taken_for_lost() {
+    let server = NatsServer::start();
+    let nats = server.connect("a", 2).await;
+    let front = Front::new(nats.clone());
+    // Partition 1 holds 11..=20 before 1..=10, and 41..=50 before 31..=40
+    // (its last): each first share is refused as a gap when the owner
+    // meets it, as the share after it brings the seqs before.
+    for (first, n) in [(11, 10), (1, 10), (21, 10), (41, 10), (31, 10)] {
+        publish_share(&nats, 1, first, n).await;
+    }
+    // The agent was acknowledged for every one: it resumes past them.
+    front
+        .advance(
+            "agent-1",
+            1,
+            super::front::Watermark {
+                through: 50,
+                digest: 0,
+            },
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = owner_ctx(&nats, dir.path());
+    let owner = Owner::open(&ctx, 1, clock(1)).await.unwrap();
+    let store = owner.store.clone();
+    wait_applied_all(&nats, &store).await;
+    assert!(
+        store.watermark("agent-1", 1).unwrap() >= 40,
+        "11..=20 applied mid-stream"
+    );
+    // 41..=50 once the partition is idle (5 s).
+    wait_for("every seq applied", async || {
+        store.watermark("agent-1", 1).unwrap() == 50
+    })
+    .await;
+    let want = oids_of(1, 2, 1, 50);
+    assert_eq!(store.counters().unwrap().stored, want.len() as u64);
+    assert!(store
+        .stored_dets(&want)
+        .unwrap()
+        .iter()
+        .all(|d| d.is_some()));
+    assert_eq!(lost_seqs(&ctx, 1), 0);
+    drop(store);
+    owner.close().await;
+}
