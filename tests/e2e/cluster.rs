@@ -596,6 +596,16 @@ async fn the_dashboard_on_any_node_shows_the_whole_cluster() {
             .map(|n| n["partitions"].as_u64().unwrap())
             .sum();
         assert_eq!(owned, u64::from(PARTITIONS), "{http}: {cluster}");
+        // Each partition's owner counts the acknowledged seqs it named
+        // lost (PROTOCOL.md rule 32): none here.
+        assert!(
+            cluster["partitions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p["lost_seqs"].as_u64() == Some(0)),
+            "{http}: {cluster}"
+        );
     }
     // Who owns what, as node 2 sees it.
     let table = server_fn(rig.nodes[2].http, "get_cluster", "").await;
@@ -731,6 +741,10 @@ async fn a_cluster_on_a_network_uses_tls_and_credentials_on_every_link() {
     )
     .await;
     assert!(!text.contains("unreachable"), "{text}");
+    assert!(
+        text.contains("lost_seqs") && !text.contains("LOST:"),
+        "{text}"
+    );
     // Without the CA it refuses, naming what is missing.
     let out = std::process::Command::new(sightline_tests::proc::bin_path("sightline-core"))
         .args(["cluster", "status", "--http"])

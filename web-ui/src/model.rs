@@ -149,7 +149,9 @@ pub struct ClusterNodeRow {
 }
 
 /// A partition: its owner, how far it has applied its stream, how far
-/// behind it is, and its newest checkpoint's age.
+/// behind it is, its newest checkpoint's age, and the acknowledged seqs its
+/// owners named lost (summed over the nodes that answered, each since it
+/// started).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterPartitionRow {
     pub partition: u32,
@@ -157,6 +159,8 @@ pub struct ClusterPartitionRow {
     pub applied_seq: Option<u64>,
     pub lag: Option<u64>,
     pub checkpoint_age_s: Option<f64>,
+    #[serde(default)]
+    pub lost_seqs: Option<u64>,
 }
 
 /// An agent as the fleet view shows it.

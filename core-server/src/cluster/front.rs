@@ -346,6 +346,7 @@ impl Front {
             }
         }
         let mut known = cached.map(|(rev, _)| rev);
+        let mut last_err = String::new();
         for _ in 0..WATERMARK_CAS_TRIES {
             let put = match known {
                 Some(rev) => kv
@@ -362,8 +363,10 @@ impl Front {
                     self.revisions.lock().unwrap().insert(key, (rev, to));
                     return Ok(to);
                 }
-                Err(_) => {
-                    // Someone else wrote it: re-read, and stop if it is ahead.
+                Err(e) => {
+                    // Someone else wrote it (or the write failed): re-read,
+                    // and stop if it is ahead.
+                    last_err = e;
                     let entry = kv
                         .entry(key.clone())
                         .await
@@ -389,7 +392,10 @@ impl Front {
         }
         Err(ClusterError::js(
             what,
-            format!("the watermark of {agent:?} epoch {epoch} kept changing under this node"),
+            format!(
+                "the watermark of {agent:?} epoch {epoch} could not be moved to {} in {WATERMARK_CAS_TRIES} compare-and-set tries (the last refused: {last_err})",
+                to.through
+            ),
         ))
     }
 }

@@ -39,6 +39,11 @@ pub struct PartitionStatus {
     pub applied_seq: Option<u64>,
     pub lag: Option<u64>,
     pub checkpoint_age_s: Option<f64>,
+    /// Acknowledged seqs the partition's owners named lost (PROTOCOL.md
+    /// rule 32), counted by each node since it started; summed over the
+    /// nodes that answer by [`gather`].
+    #[serde(default)]
+    pub lost_seqs: Option<u64>,
 }
 
 /// What one node knows of the cluster.
@@ -149,8 +154,17 @@ pub fn spawn(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            let s = collect(view.as_ref(), js.as_ref()).await;
+            let mut s = collect(view.as_ref(), js.as_ref()).await;
             set_gauges(&metrics, &s);
+            for p in &mut s.partitions {
+                p.lost_seqs = metrics
+                    .cluster
+                    .lost_seqs
+                    .get(&PartitionLabel {
+                        partition: p.partition.to_string(),
+                    })
+                    .map(|c| c.get());
+            }
             *latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -212,6 +226,7 @@ pub fn parse_metrics(text: &str) -> ClusterStatus {
         ("sightline_cluster_partition_in_last_seq", "in_last"),
         ("sightline_cluster_partition_lag", "lag"),
         ("sightline_cluster_partition_checkpoint_age_seconds", "age"),
+        ("sightline_cluster_lost_seqs_total", "lost"),
     ] {
         for (l, v) in samples(text, name) {
             if let Some(p) = entry(&l) {
@@ -226,6 +241,7 @@ pub fn parse_metrics(text: &str) -> ClusterStatus {
             "applied" => e.applied_seq = Some(v as u64),
             "in_last" => e.in_last_seq = Some(v as u64),
             "lag" => e.lag = Some(v as u64),
+            "lost" => e.lost_seqs = Some(v as u64),
             _ => e.checkpoint_age_s = Some(v),
         }
     }
@@ -235,10 +251,28 @@ pub fn parse_metrics(text: &str) -> ClusterStatus {
 
 /// Merges the nodes' reports: owners as `first` (the node asked) sees
 /// them, sequences, lag and checkpoint age as each partition's owner
-/// reports them.
-pub fn merge(first: ClusterStatus, others: &BTreeMap<String, ClusterStatus>) -> ClusterStatus {
+/// reports them, and the seqs named lost summed over `others` and, with
+/// `count_first` (`first`'s node is not among `others`), `first`: whichever
+/// node owned the partition when it counted them.
+pub fn merge(
+    first: ClusterStatus,
+    count_first: bool,
+    others: &BTreeMap<String, ClusterStatus>,
+) -> ClusterStatus {
     let mut out = first;
+    let counted = |p: u16, s: &ClusterStatus| {
+        s.partitions
+            .iter()
+            .find(|q| q.partition == p)
+            .and_then(|q| q.lost_seqs)
+    };
     for p in &mut out.partitions {
+        let own = p.lost_seqs.filter(|_| count_first);
+        p.lost_seqs = others
+            .values()
+            .filter_map(|s| counted(p.partition, s))
+            .chain(own)
+            .reduce(|a, b| a + b);
         let Some(owner) = p.owner.clone() else {
             continue;
         };
@@ -263,7 +297,7 @@ pub fn render(s: &ClusterStatus) -> String {
     }
     let owned = s.partitions.iter().filter(|p| p.owner.is_some()).count();
     out += &format!(
-        "partitions: {} ({} owned)\n{:>9}  {:<16} {:>12} {:>12} {:>8} {:>14}\n",
+        "partitions: {} ({} owned)\n{:>9}  {:<16} {:>12} {:>12} {:>8} {:>14} {:>9}\n",
         s.partitions.len(),
         owned,
         "partition",
@@ -271,19 +305,27 @@ pub fn render(s: &ClusterStatus) -> String {
         "in_last_seq",
         "applied_seq",
         "lag",
-        "checkpoint_age"
+        "checkpoint_age",
+        "lost_seqs"
     );
     let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
     for p in &s.partitions {
         out += &format!(
-            "{:>9}  {:<16} {:>12} {:>12} {:>8} {:>14}\n",
+            "{:>9}  {:<16} {:>12} {:>12} {:>8} {:>14} {:>9}\n",
             p.partition,
             p.owner.as_deref().unwrap_or("(none)"),
             opt(p.in_last_seq),
             opt(p.applied_seq),
             opt(p.lag),
             p.checkpoint_age_s
-                .map_or("-".to_string(), |a| format!("{a:.0}s"))
+                .map_or("-".to_string(), |a| format!("{a:.0}s")),
+            opt(p.lost_seqs)
+        );
+    }
+    let lost: u64 = s.partitions.iter().filter_map(|p| p.lost_seqs).sum();
+    if lost > 0 {
+        out += &format!(
+            "LOST: {lost} acknowledged seqs the IN stream lost (PROTOCOL.md rule 32; the nodes' logs name each as ACKNOWLEDGED EVENTS LOST)\n"
         );
     }
     out
@@ -384,7 +426,7 @@ pub async fn gather(
             Err(e) => unreachable.push(format!("{id}: {e}")),
         }
     }
-    (merge(first, &others), unreachable)
+    (merge(first, skip.is_some(), &others), unreachable)
 }
 
 /// `sightline-core cluster status`: `base`'s view, completed by each
@@ -429,6 +471,7 @@ mod tests {
                     applied_seq: Some(100),
                     lag: Some(20),
                     checkpoint_age_s: Some(12.5),
+                    lost_seqs: None,
                 },
                 PartitionStatus {
                     partition: 1,
@@ -501,13 +544,24 @@ mod tests {
                 applied_seq: Some(50),
                 lag: Some(7),
                 checkpoint_age_s: Some(3.0),
+                lost_seqs: None,
             }],
         };
         set_gauges(&mb, &b_status(""));
+        // b named 3 acknowledged seqs of partition 1 lost.
+        mb.cluster
+            .lost_seqs
+            .get_or_create(&PartitionLabel {
+                partition: "1".into(),
+            })
+            .inc_by(3);
         let b_http = serve_metrics(mb.encode()).await;
         // Node a: holds partition 0, knows b owns 1; partition 2 has no owner.
+        // Its own report names 2 more of partition 1 lost (counted while
+        // it owned it).
         let ma = Metrics::new();
-        let a_http_listener = serve_metrics(String::new()).await;
+        let a_http_listener =
+            serve_metrics("sightline_cluster_lost_seqs_total{partition=\"1\"} 2\n".into()).await;
         let node = |id: &str, http: &str| NodeInfo {
             node_id: id.into(),
             grpc: String::new(),
@@ -527,6 +581,7 @@ mod tests {
                         applied_seq: Some(10),
                         lag: Some(0),
                         checkpoint_age_s: None,
+                        lost_seqs: None,
                     },
                     PartitionStatus {
                         partition: 1,
@@ -545,8 +600,12 @@ mod tests {
                 .split_whitespace()
                 .collect::<Vec<_>>()
         };
-        assert_eq!(line("0"), ["0", "a", "10", "10", "0", "-"], "{out}");
-        assert_eq!(line("1"), ["1", "b", "57", "50", "7", "3s"], "{out}");
+        assert_eq!(line("0"), ["0", "a", "10", "10", "0", "-", "-"], "{out}");
+        assert_eq!(line("1"), ["1", "b", "57", "50", "7", "3s", "5"], "{out}");
+        assert!(
+            out.contains("LOST: 5 acknowledged seqs") && out.contains("ACKNOWLEDGED EVENTS LOST"),
+            "{out}"
+        );
         assert!(out.contains("nodes: 2"), "{out}");
         // A single-node core (no cluster gauges) is said to be one.
         let lone = serve_metrics(Metrics::new().encode()).await;

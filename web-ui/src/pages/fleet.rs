@@ -151,10 +151,11 @@ fn Cluster(c: ClusterTable) -> impl IntoView {
                 <ul class="warn">{c.unreachable.into_iter().map(|u| view! { <li>"unreachable: "{u}</li> }).collect_view()}</ul>
             })}
             <table class="partitions">
-                <thead><tr><th class="num">"Partition"</th><th>"Owner"</th><th class="num">"Applied seq"</th><th class="num">"Lag"</th><th class="num">"Checkpoint age"</th></tr></thead>
+                <thead><tr><th class="num">"Partition"</th><th>"Owner"</th><th class="num">"Applied seq"</th><th class="num">"Lag"</th><th class="num">"Checkpoint age"</th><th class="num">"Lost seqs"</th></tr></thead>
                 <tbody>
                     {c.partitions.into_iter().map(|p| {
                         let behind = p.lag.is_some_and(|l| l > 0);
+                        let lost = p.lost_seqs.is_some_and(|l| l > 0);
                         view! {
                             <tr data-partition=p.partition data-owner=p.owner.clone().unwrap_or_default()>
                                 <td class="num">{p.partition}</td>
@@ -162,6 +163,7 @@ fn Cluster(c: ClusterTable) -> impl IntoView {
                                 <td class="num">{opt(p.applied_seq)}</td>
                                 <td class=if behind { "num warn" } else { "num" }>{opt(p.lag)}</td>
                                 <td class="num">{p.checkpoint_age_s.map_or_else(|| "-".to_string(), |a| format!("{a:.0} s"))}</td>
+                                <td class=if lost { "num warn" } else { "num" } data-lost=p.lost_seqs.unwrap_or_default()>{opt(p.lost_seqs)}</td>
                             </tr>
                         }
                     }).collect_view()}

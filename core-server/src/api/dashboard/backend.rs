@@ -568,6 +568,7 @@ impl Backend for CoreBackend {
                     applied_seq: p.applied_seq,
                     lag: p.lag,
                     checkpoint_age_s: p.checkpoint_age_s,
+                    lost_seqs: p.lost_seqs,
                 })
                 .collect(),
             unreachable,
