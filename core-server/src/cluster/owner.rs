@@ -648,7 +648,7 @@ async fn apply(
                 tokio::task::spawn_blocking(move || s.watermark(&a, e)).await?? + 1
             }
         };
-        while share.first_seq > next {
+        if share.first_seq > next {
             // A gap: a session's later batch whose earlier share the stream
             // refused (the agent sends both again: the writer refuses this
             // one) — or this consumer skipped shares the stream holds (seen
@@ -664,7 +664,6 @@ async fn apply(
                         "the consumer delivered share {seq} (agent {} seq {}) but skipped share {s}, which the stream's leader holds (agent seq {next} was never delivered)",
                         share.agent, share.first_seq
                     ));
-                    break;
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -672,9 +671,10 @@ async fn apply(
                         "a gap before share {seq} (agent {} seq {} after {}) that the stream's leader could not be asked about: {e}",
                         share.agent, share.first_seq, next - 1
                     ));
-                    break;
                 }
             }
+        }
+        while remake.is_none() && share.first_seq > next {
             // The stream holds none of the missing seqs between the last
             // share handed on and this one. Were they acknowledged to the
             // agent (it deleted them)? Then a share the stream holds
@@ -711,18 +711,7 @@ async fn apply(
         }
         let (reply, rx) = oneshot::channel();
         let count = share.count;
-        let req = CommitRequest {
-            agent: share.agent.as_str().into(),
-            epoch: share.epoch,
-            first_seq: share.first_seq,
-            events: share
-                .events
-                .into_iter()
-                .map(|e| e.into_incoming())
-                .collect(),
-            last_digest: share.last_digest,
-            reply,
-        };
+        let req = share.into_request(reply);
         tracing::trace!(partition = p, stream_seq = seq, agent = %req.agent, first_seq = req.first_seq, count, "share handed to the writer");
         pipeline.submit_share(req, count, seq).await?;
         submitted = seq;
@@ -805,17 +794,17 @@ async fn commit_lost(
         last_digest: 0,
         reply,
     };
-    pipeline
-        .submit_share(hole, through + 1 - next, submitted)
-        .await?;
-    match rx.await {
-        Ok(Ok(_)) => {
-            lost.inc_by(through + 1 - next);
-            Ok(())
-        }
-        Ok(Err(e)) => anyhow::bail!("committing a lost range: {e}"),
-        Err(_) => anyhow::bail!("the writer stopped before committing a lost range"),
-    }
+    commit_awaited(
+        pipeline,
+        hole,
+        through + 1 - next,
+        submitted,
+        rx,
+        "a lost range",
+    )
+    .await?;
+    lost.inc_by(through + 1 - next);
+    Ok(())
 }
 
 /// The owner handed on every share the stream's leader holds for the
@@ -994,25 +983,36 @@ async fn hand_passed(
         missing_from = next,
         "a share the stream's leader holds brings seqs this owner was never handed (its consumer's replica held another share at that stream sequence, or it was passed as a gap before the seqs before it came): applied now"
     );
-    let after = share.first_seq + share.count;
+    let (after, count) = (share.first_seq + share.count, share.count);
     let (reply, rx) = oneshot::channel();
-    let req = CommitRequest {
-        agent: share.agent.as_str().into(),
-        epoch: share.epoch,
-        first_seq: share.first_seq,
-        events: share
-            .events
-            .into_iter()
-            .map(|e| e.into_incoming())
-            .collect(),
-        last_digest: share.last_digest,
-        reply,
-    };
-    pipeline.submit_share(req, share.count, submitted).await?;
+    commit_awaited(
+        pipeline,
+        share.into_request(reply),
+        count,
+        submitted,
+        rx,
+        "a passed share",
+    )
+    .await?;
+    Ok(after)
+}
+
+/// Commits `req` (`count` seqs) at stream sequence `submitted`, the last one
+/// handed on, and waits for the writer's answer on `rx`: for what the owner
+/// commits out of the stream's order ([`commit_lost`], [`hand_passed`]).
+async fn commit_awaited(
+    pipeline: &Pipeline,
+    req: CommitRequest,
+    count: u64,
+    submitted: u64,
+    rx: oneshot::Receiver<Result<CommitOutcome, CommitError>>,
+    what: &str,
+) -> anyhow::Result<()> {
+    pipeline.submit_share(req, count, submitted).await?;
     match rx.await {
-        Ok(Ok(_)) => Ok(after),
-        Ok(Err(e)) => anyhow::bail!("applying a passed share: {e}"),
-        Err(_) => anyhow::bail!("the writer stopped before applying a passed share"),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => anyhow::bail!("committing {what}: {e}"),
+        Err(_) => anyhow::bail!("the writer stopped before committing {what}"),
     }
 }
 

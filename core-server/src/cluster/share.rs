@@ -6,7 +6,7 @@ use bytes::Bytes;
 use prost::Message;
 use sightline_proto::v1::EdgeEvent;
 
-use crate::dedup::Incoming;
+use crate::dedup::{CommitError, CommitOutcome, CommitRequest, Incoming};
 
 /// A share: the batch's seqs `first_seq ..= first_seq + count - 1`, and
 /// those of its events whose det_oid hashes to this partition (invalid ones
@@ -113,6 +113,21 @@ pub fn partition_of(ev: &Incoming, partitions: u16) -> u16 {
 impl ShareMsg {
     pub fn encode_bytes(&self) -> Bytes {
         Bytes::from(self.encode_to_vec())
+    }
+
+    /// The writer's request for this share, answered on `reply`.
+    pub fn into_request(
+        self,
+        reply: tokio::sync::oneshot::Sender<Result<CommitOutcome, CommitError>>,
+    ) -> CommitRequest {
+        CommitRequest {
+            agent: self.agent.as_str().into(),
+            epoch: self.epoch,
+            first_seq: self.first_seq,
+            events: self.events.into_iter().map(|e| e.into_incoming()).collect(),
+            last_digest: self.last_digest,
+            reply,
+        }
     }
 }
 

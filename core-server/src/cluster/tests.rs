@@ -331,11 +331,7 @@ async fn an_owner_applies_every_share_exactly_once_across_a_restart() {
         want.len() as u64,
         "each det_oid of the partition stored once"
     );
-    assert!(store
-        .stored_dets(&want)
-        .unwrap()
-        .iter()
-        .all(|d| d.is_some()));
+    assert!(all_stored(&store, &want));
     assert!(store
         .stored_dets(&oids_of(0, 2, 1, 400))
         .unwrap()
@@ -778,11 +774,7 @@ async fn a_new_owner_restores_the_checkpoint_and_replays_the_rest_to_the_same_st
     );
     assert_eq!(got.stored, 100);
     let oids: Vec<i64> = (1..=100).map(|s| 1000 + s).collect();
-    assert!(store
-        .stored_dets(&oids)
-        .unwrap()
-        .iter()
-        .all(|d| d.is_some()));
+    assert!(all_stored(&store, &oids));
     drop(store);
     b.close().await;
 }
@@ -904,6 +896,11 @@ async fn publish_share(nats: &Nats, p: u16, first: u64, n: u64) -> u64 {
         .sequence
 }
 
+/// Whether `store` holds an event of every det_oid of `oids`.
+fn all_stored(store: &crate::store::Store, oids: &[i64]) -> bool {
+    store.stored_dets(oids).unwrap().iter().all(|d| d.is_some())
+}
+
 fn lost_seqs(ctx: &OwnerContext, p: u16) -> u64 {
     ctx.metrics
         .cluster
@@ -951,11 +948,7 @@ async fn acknowledged_shares_the_stream_lost_are_named_and_the_agents_later_ones
         .collect();
     assert!(!kept.is_empty() && lost.len() > 2);
     assert_eq!(store.counters().unwrap().stored, kept.len() as u64);
-    assert!(store
-        .stored_dets(&kept)
-        .unwrap()
-        .iter()
-        .all(|d| d.is_some()));
+    assert!(all_stored(&store, &kept));
     assert_eq!(store.watermark("agent-1", 1).unwrap(), 50);
     // A restart reads the stream again from where the owner committed:
     // nothing more is stored or counted.
@@ -1010,11 +1003,7 @@ async fn a_gap_the_agent_sends_again_is_not_taken_for_a_loss() {
     wait_applied_all(&nats, &store).await;
     let want = oids_of(1, 2, 1, 50);
     assert_eq!(store.counters().unwrap().stored, want.len() as u64);
-    assert!(store
-        .stored_dets(&want)
-        .unwrap()
-        .iter()
-        .all(|d| d.is_some()));
+    assert!(all_stored(&store, &want));
     assert_eq!(store.watermark("agent-1", 1).unwrap(), 50);
     assert_eq!(lost_seqs(&ctx, 1), 0);
     drop(store);
@@ -1068,11 +1057,7 @@ async fn an_acknowledged_share_the_owner_passed_is_applied_not_taken_for_lost() 
     .await;
     let want = oids_of(1, 2, 1, 50);
     assert_eq!(store.counters().unwrap().stored, want.len() as u64);
-    assert!(store
-        .stored_dets(&want)
-        .unwrap()
-        .iter()
-        .all(|d| d.is_some()));
+    assert!(all_stored(&store, &want));
     assert_eq!(lost_seqs(&ctx, 1), 0);
     drop(store);
     owner.close().await;
