@@ -18,7 +18,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use async_nats::jetstream::{
@@ -531,18 +531,42 @@ async fn apply(
     else {
         return Ok(());
     };
-    // The next seq of each (agent, epoch) this partition has been handed
-    // (every batch has a share in every partition, empty ones too, so a
-    // share missing from what the consumer delivers shows as a gap here).
-    // With it, whether a share of it came since the owner last looked for
-    // a loss at the stream's end ([`lost_at_end`]).
-    let mut expect: HashMap<(String, u64), (u64, bool)> = HashMap::new();
+    // What this partition has been handed of each (agent, epoch) (every
+    // batch has a share in every partition, empty ones too, so a share
+    // missing from what the consumer delivers shows as a gap here).
+    let mut expect: HashMap<(String, u64), Expected> = HashMap::new();
+    // A look for a loss at the end of quiet agents' streams ([`EndCheck`]),
+    // waiting for the owner to hand on the stream's last share; when the
+    // last look began; whether the consumer just delivered nothing for
+    // [`IDLE_CHECK`].
+    let mut end: Option<EndCheck> = None;
+    let mut looked = Instant::now();
+    let mut idle = false;
     // Why the consumer is made again before the next message, if it is.
     let mut remake: Option<String> = None;
     // For a gap: the share further on that brings its first missing seq
     // ([`lost_before`]), so that the gap's later shares do not look again.
     let mut ahead = Ahead::new();
     loop {
+        if remake.is_none() {
+            if end.is_none() && (idle || looked.elapsed() >= IDLE_CHECK) {
+                looked = Instant::now();
+                // Idle, every (agent, epoch) is quiet; busy, those with no
+                // share for a while.
+                let quiet = if idle { Duration::ZERO } else { IDLE_CHECK };
+                match EndCheck::look(nats, p, &mut expect, quiet).await {
+                    Ok(c) => end = c,
+                    Err(e) => {
+                        tracing::warn!(partition = p, error = %e, "could not check the agents' watermarks against what the partition applied; checking again later")
+                    }
+                }
+            }
+            idle = false;
+            if let Some(c) = end.take_if(|c| submitted >= c.last) {
+                c.settle(nats, p, &mut expect, submitted, pipeline, lost)
+                    .await?;
+            }
+        }
         if let Some(why) = remake.take() {
             tracing::warn!(
                 partition = p,
@@ -565,32 +589,8 @@ async fn apply(
                         Ok(Some(s)) => remake = Some(format!(
                             "the stream's leader holds share {s}, not delivered in {IDLE_CHECK:?}"
                         )),
-                        Ok(None) if expect.values().any(|(_, seen)| *seen) => {
-                            // All handed on: did the stream lose the last
-                            // shares an agent was acknowledged for?
-                            match lost_at_end(nats, p, submitted, &expect).await {
-                                Ok(Some(found)) => {
-                                    expect.values_mut().for_each(|(_, seen)| *seen = false);
-                                    for (key, next, end) in found {
-                                        match end {
-                                            Gap::Passed(at, passed) => {
-                                                // Looked at again when next idle.
-                                                let n = hand_passed(pipeline, p, at, passed, &key, next, submitted).await?;
-                                                expect.insert(key, (n, true));
-                                            }
-                                            Gap::Lost(through) => {
-                                                commit_lost(pipeline, p, None, &key, next, through, submitted, lost).await?;
-                                                expect.insert(key, (through + 1, false));
-                                            }
-                                            Gap::Wait => {}
-                                        }
-                                    }
-                                }
-                                Ok(None) => {}
-                                Err(e) => tracing::warn!(partition = p, error = %e, "could not check the agents' watermarks against what the partition applied; checking again when idle"),
-                            }
-                        }
-                        _ => {}
+                        Ok(_) => idle = true,
+                        Err(e) => tracing::warn!(partition = p, error = %e, "could not ask the stream's leader for the partition's next share"),
                     }
                     continue;
                 }
@@ -634,6 +634,7 @@ async fn apply(
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(partition = p, stream_seq = seq, error = %e, "a share that does not decode is skipped");
+                submitted = seq;
                 if answers.send((seq, None)).await.is_err() {
                     return Ok(());
                 }
@@ -642,7 +643,7 @@ async fn apply(
         };
         let key = (share.agent.clone(), share.epoch);
         let mut next = match expect.get(&key) {
-            Some((n, _)) => *n,
+            Some(e) => e.next,
             None => {
                 let (s, a, e) = (store.clone(), share.agent.clone(), share.epoch);
                 tokio::task::spawn_blocking(move || s.watermark(&a, e)).await?? + 1
@@ -684,7 +685,7 @@ async fn apply(
                 Ok(Gap::Wait) => break,
                 Ok(Gap::Passed(at, passed)) => {
                     next = hand_passed(pipeline, p, at, passed, &key, next, submitted).await?;
-                    expect.insert(key.clone(), (next, true));
+                    expect.insert(key.clone(), Expected::handed(next));
                 }
                 Ok(Gap::Lost(through)) => {
                     commit_lost(pipeline, p, Some(seq), &key, next, through, submitted, lost)
@@ -707,7 +708,10 @@ async fn apply(
             if !ahead.is_empty() {
                 ahead.remove(&key);
             }
-            expect.insert(key, (next.max(share.first_seq + share.count), true));
+            expect.insert(
+                key,
+                Expected::handed(next.max(share.first_seq + share.count)),
+            );
         }
         let (reply, rx) = oneshot::channel();
         let count = share.count;
@@ -807,46 +811,139 @@ async fn commit_lost(
     Ok(())
 }
 
-/// The owner handed on every share the stream's leader holds for the
-/// partition (through `submitted`). For each (agent, epoch) seen since the
-/// last look, its cluster watermark past what the partition was handed
-/// means acknowledged shares that never reached the writer: a share the
-/// stream's leader holds that brings the first of them — one the owner
-/// passed ([`Gap::Passed`]) — or, if none, shares the stream lost at its
-/// end ([`Gap::Lost`]; the agent resumes past them, so nothing will bring
-/// them): `(key, first missing, what)` for each. `None`: the stream grew
-/// meanwhile (look again when idle).
-async fn lost_at_end(
-    nats: &Nats,
-    p: u16,
-    submitted: u64,
-    expect: &HashMap<(String, u64), (u64, bool)>,
-) -> anyhow::Result<Option<Vec<((String, u64), u64, Gap)>>> {
-    let mut acked_past = Vec::new();
-    for (key, &(next, seen)) in expect {
-        if !seen {
-            continue;
-        }
-        let acked = acknowledged_through(nats, &key.0, key.1).await?;
-        if acked >= next {
-            acked_past.push((key.clone(), next, acked));
+/// What a partition's owner has been handed of an (agent, epoch).
+struct Expected {
+    /// Its next seq.
+    next: u64,
+    /// A share of it came since the owner last looked for a loss at the
+    /// stream's end ([`EndCheck`]).
+    seen: bool,
+    /// When its last share was handed on.
+    handed: Instant,
+}
+
+impl Expected {
+    /// A share just handed on, `next` the seq after it.
+    fn handed(next: u64) -> Self {
+        Self {
+            next,
+            seen: true,
+            handed: Instant::now(),
         }
     }
-    // Read after the watermarks: every share acknowledged by then is at or
-    // before it.
-    let stream = nats.js.get_stream_no_info(IN_STREAM).await?;
-    if in_last_seq(&stream, p).await? > submitted {
-        return Ok(None);
+}
+
+/// A look for a loss at the end of an agent's stream — its last shares
+/// acknowledged and not in the stream (or passed, see [`lost_before`]), with
+/// no later share to show the gap. The watermarks of (agent, epoch)s quiet
+/// for a while are read first, then the subject's last stream sequence
+/// (every share acknowledged by then is at or before it): once the owner
+/// has handed on through it, a watermark still past what the partition was
+/// handed means acknowledged shares that never reached the writer. This
+/// works under load too, where waiting for the partition to be idle would
+/// wait as long as other agents keep it busy.
+struct EndCheck {
+    /// The subject's last stream sequence, read after the watermarks.
+    last: u64,
+    /// When the watermarks were read: an (agent, epoch) handed a share
+    /// after it is left to the next look.
+    read: Instant,
+    /// Each (agent, epoch) whose watermark was past what the partition had
+    /// been handed, with the seq it was acknowledged through.
+    past: Vec<((String, u64), u64)>,
+}
+
+impl EndCheck {
+    /// Reads the watermark of each (agent, epoch) handed a share since the
+    /// last look and none for `quiet`. `None`: none is past what the
+    /// partition was handed.
+    async fn look(
+        nats: &Nats,
+        p: u16,
+        expect: &mut HashMap<(String, u64), Expected>,
+        quiet: Duration,
+    ) -> anyhow::Result<Option<EndCheck>> {
+        let read = Instant::now();
+        let mut looked = Vec::new();
+        let mut past = Vec::new();
+        for (key, e) in expect.iter() {
+            if !e.seen || e.handed.elapsed() < quiet {
+                continue;
+            }
+            let acked = acknowledged_through(nats, &key.0, key.1).await?;
+            if acked >= e.next {
+                past.push((key.clone(), acked));
+            }
+            looked.push(key.clone());
+        }
+        for key in looked {
+            if let Some(e) = expect.get_mut(&key) {
+                e.seen = false;
+            }
+        }
+        if past.is_empty() {
+            return Ok(None);
+        }
+        let stream = nats.js.get_stream_no_info(IN_STREAM).await?;
+        let last = in_last_seq(&stream, p).await?;
+        Ok(Some(EndCheck { last, read, past }))
     }
-    let mut found = Vec::with_capacity(acked_past.len());
-    for (key, next, acked) in acked_past {
-        let gap = match leader_covering(nats, p, 1, submitted, &key, next).await? {
-            Some((at, share)) => Gap::Passed(at, share),
-            None => Gap::Lost(acked),
-        };
-        found.push((key, next, gap));
+
+    /// The owner has handed on through [`EndCheck::last`] (`submitted`):
+    /// for each (agent, epoch) handed nothing since the look whose
+    /// watermark is still past what it was handed, the share the stream's
+    /// leader holds that brings the first missing seq is applied if the
+    /// owner passed it ([`hand_passed`]; the rest is looked at once the
+    /// agent is quiet again); none in the stream, the seqs through the
+    /// watermark are named lost ([`commit_lost`]).
+    async fn settle(
+        self,
+        nats: &Nats,
+        p: u16,
+        expect: &mut HashMap<(String, u64), Expected>,
+        submitted: u64,
+        pipeline: &Pipeline,
+        lost: &Counter,
+    ) -> anyhow::Result<()> {
+        for (key, acked) in self.past {
+            let Some(e) = expect.get(&key) else { continue };
+            if e.handed > self.read || e.next > acked {
+                continue;
+            }
+            let (next, handed) = (e.next, e.handed);
+            let covering = async {
+                let stream = nats.js.get_stream_no_info(IN_STREAM).await?;
+                let last = in_last_seq(&stream, p).await?;
+                leader_covering(nats, p, 1, last, &key, next).await
+            };
+            match covering.await {
+                Ok(Some((at, passed))) if at <= submitted => {
+                    let n = hand_passed(pipeline, p, at, passed, &key, next, submitted).await?;
+                    expect.insert(key, Expected::handed(n));
+                }
+                // Further on: the consumer brings it.
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    commit_lost(pipeline, p, None, &key, next, acked, submitted, lost).await?;
+                    expect.insert(
+                        key,
+                        Expected {
+                            next: acked + 1,
+                            seen: false,
+                            handed,
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(partition = p, agent = %key.0, epoch = key.1, error = %e, "could not look in the stream for acknowledged seqs this partition was not handed; looking again later");
+                    if let Some(e) = expect.get_mut(&key) {
+                        e.seen = true;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
-    Ok(Some(found))
 }
 
 /// The seq through which (agent, epoch) was acknowledged (0: none).

@@ -53,6 +53,19 @@ fn batch(
     CommitRequest,
     oneshot::Receiver<anyhow::Result<CommitOutcome>>,
 ) {
+    batch_from(agent, first, n, 1000)
+}
+
+/// [`batch`] with det_oid = `oids` + seq.
+fn batch_from(
+    agent: &str,
+    first: u64,
+    n: u64,
+    oids: i64,
+) -> (
+    CommitRequest,
+    oneshot::Receiver<anyhow::Result<CommitOutcome>>,
+) {
     let (reply, rx) = oneshot::channel();
     let (tx, out) = oneshot::channel();
     tokio::spawn(async move {
@@ -65,7 +78,7 @@ fn batch(
             epoch: 1,
             first_seq: first,
             events: (first..first + n)
-                .map(|s| event(s, 1000 + s as i64))
+                .map(|s| event(s, oids + s as i64))
                 .collect(),
             last_digest: first + n,
             reply,
@@ -1059,6 +1072,64 @@ async fn an_acknowledged_share_the_owner_passed_is_applied_not_taken_for_lost() 
     assert_eq!(store.counters().unwrap().stored, want.len() as u64);
     assert!(all_stored(&store, &want));
     assert_eq!(lost_seqs(&ctx, 1), 0);
+    drop(store);
+    owner.close().await;
+}
+
+/// A loss at the end of an agent's stream is named while other agents keep
+/// its partition busy: the owner does not wait for the partition to be
+/// idle, which it is not while the rest of a fleet publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_lost_last_shares_are_named_while_other_agents_keep_its_partition_busy() {
+    // Seqs 1 to 10: agent-1's batches 1..=10 to 41..=50 (p0, p1 each).
+    let (_server, nats) = two_partitions_with(5).await;
+    // The stream loses p1's share of 41..=50, agent-1's last.
+    super::checkpoint::delete_message(&nats, 10).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = owner_ctx(&nats, dir.path());
+    let owner = Owner::open(&ctx, 1, clock(1)).await.unwrap();
+    let store = owner.store.clone();
+    // agent-2 sends a batch of 10 every 200 ms (a share in each partition)
+    // until the loss is named, its det_oids apart from agent-1's.
+    const AGENT_2: i64 = 1_000_000;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sender = {
+        let (front, stop) = (Front::new(nats.clone()), stop.clone());
+        tokio::spawn(async move {
+            let (mut first, mut longest, mut last) = (1, Duration::ZERO, Instant::now());
+            while !stop.is_cancelled() {
+                let (req, rx) = batch_from("agent-2", first, 10, AGENT_2);
+                front.submit(req).await.unwrap();
+                rx.await.unwrap().unwrap();
+                first += 10;
+                longest = longest.max(last.elapsed());
+                last = Instant::now();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            (first - 1, longest)
+        })
+    };
+    wait_for("the loss at agent-1's stream's end", async || {
+        lost_seqs(&ctx, 1) == 10
+    })
+    .await;
+    stop.cancel();
+    let (sent, longest) = sender.await.unwrap();
+    assert!(
+        longest < Duration::from_secs(2),
+        "agent-2's batches kept partition 1 busy (longest pause {longest:?})"
+    );
+    wait_applied_all(&nats, &store).await;
+    assert_eq!(store.watermark("agent-1", 1).unwrap(), 50);
+    assert_eq!(store.watermark("agent-2", 1).unwrap(), sent);
+    let agent_2: Vec<i64> = (1..=sent)
+        .map(|s| AGENT_2 + s as i64)
+        .filter(|o| keys::partition_of(*o, 2) == 1)
+        .collect();
+    let kept = [oids_of(1, 2, 1, 40), agent_2].concat();
+    assert_eq!(store.counters().unwrap().stored, kept.len() as u64);
+    assert!(all_stored(&store, &kept));
+    assert_eq!(lost_seqs(&ctx, 1), 10);
     drop(store);
     owner.close().await;
 }
