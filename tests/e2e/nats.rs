@@ -140,7 +140,7 @@ async fn an_r3_stream_keeps_every_message_through_a_killed_server_which_catches_
 async fn deleting_a_partitions_checkpointed_shares_takes_no_other_share_through_two_servers_killed()
 {
     use sightline_core::cluster::{
-        checkpoint::{delete_applied, Handled},
+        checkpoint::{delete_applied, fingerprint, Handled},
         config::ClusterConfig,
         in_subject,
         nats::Nats,
@@ -152,18 +152,21 @@ async fn deleting_a_partitions_checkpointed_shares_takes_no_other_share_through_
         serde_json::from_value(serde_json::json!({ "nats": nats.urls(), "partitions": 4 }))
             .unwrap();
     let core = Nats::connect(&cfg, "t").await.unwrap();
-    // Partitions 0 to 3 in turn; the acknowledged sequences of each.
+    // Partitions 0 to 3 in turn; the acknowledged sequences of each, with
+    // their payloads' fingerprints.
     let acked = std::sync::Arc::new(std::sync::Mutex::new(vec![Vec::new(); 4]));
     let publisher = {
         let (js, acked) = (core.js.clone(), acked.clone());
         tokio::spawn(async move {
             for i in 0..SHARES {
                 let p = (i % 4) as u16;
-                let Ok(ack) = js.publish(in_subject(p), i.to_string().into()).await else {
+                let payload = i.to_string();
+                let fp = fingerprint(payload.as_bytes());
+                let Ok(ack) = js.publish(in_subject(p), payload.into()).await else {
                     continue;
                 };
                 if let Ok(Ok(a)) = tokio::time::timeout(Duration::from_secs(2), ack).await {
-                    acked.lock().unwrap()[p as usize].push(a.sequence);
+                    acked.lock().unwrap()[p as usize].push((a.sequence, fp));
                 }
             }
         })
@@ -177,13 +180,14 @@ async fn deleting_a_partitions_checkpointed_shares_takes_no_other_share_through_
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let seqs = acked.lock().unwrap()[0].clone();
-        for &seq in seqs.iter().skip(100.max(recorded)) {
-            handled.lock().unwrap().push(seq);
+        for &(seq, fp) in seqs.iter().skip(100.max(recorded)) {
+            handled.lock().unwrap().push(seq, fp);
         }
         recorded = seqs.len().max(100);
         // A checkpoint covering all but its newest 50 shares.
-        if let Some(&keep_from) = seqs.len().checked_sub(50).and_then(|i| seqs.get(i)) {
-            delete_applied(&core, 0, keep_from, &handled).await.unwrap();
+        if let Some(&(keep_from, _)) = seqs.len().checked_sub(50).and_then(|i| seqs.get(i)) {
+            let d = delete_applied(&core, 0, keep_from, &handled).await.unwrap();
+            assert!(d.diverged.is_empty(), "{:?}", d.diverged);
             deleted_below = keep_from;
         }
     }
@@ -204,7 +208,7 @@ async fn deleting_a_partitions_checkpointed_shares_takes_no_other_share_through_
     let acked = acked.lock().unwrap().clone();
     let mut kept = 0;
     for (p, seqs) in acked.iter().enumerate() {
-        for &seq in seqs {
+        for &(seq, _) in seqs {
             if p == 0 && seq < deleted_below {
                 continue;
             }

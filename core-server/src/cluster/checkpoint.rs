@@ -391,11 +391,12 @@ pub async fn prune(dest: &Dest, keep: usize, grace_ms: i64) -> anyhow::Result<(u
 }
 
 /// The IN stream sequences of the messages a partition's owner has dealt
-/// with (applied, refused or skipped) and not yet deleted, oldest first:
+/// with (applied, refused or skipped) and not yet deleted, oldest first,
+/// each with the [`fingerprint`] of what the owner was delivered there:
 /// what [`delete_applied`] deletes once a checkpoint covers them.
 #[derive(Debug)]
 pub struct Handled {
-    seqs: std::collections::VecDeque<u64>,
+    seqs: std::collections::VecDeque<(u64, u64)>,
     /// The subject may hold messages before the oldest seq kept that this
     /// owner did not deal with (an earlier owner's, or seqs forgotten past
     /// [`HANDLED_MAX`]): [`delete_applied`] asks the stream's leader for them.
@@ -405,7 +406,7 @@ pub struct Handled {
 /// Seqs a [`Handled`] keeps at most (8 MiB) while no checkpoint is taken
 /// (the object store down); past it they are forgotten and found again by
 /// asking the stream's leader.
-const HANDLED_MAX: usize = 1 << 20;
+const HANDLED_MAX: usize = 1 << 19;
 
 impl Default for Handled {
     fn default() -> Self {
@@ -417,14 +418,36 @@ impl Default for Handled {
 }
 
 impl Handled {
-    /// Records that the message at `seq` was dealt with (in stream order).
-    pub fn push(&mut self, seq: u64) {
+    /// Records that the message at `seq`, whose payload has `fingerprint`,
+    /// was dealt with (in stream order).
+    pub fn push(&mut self, seq: u64, fingerprint: u64) {
         if self.seqs.len() >= HANDLED_MAX {
             self.seqs.clear();
             self.unknown_before = true;
         }
-        self.seqs.push_back(seq);
+        self.seqs.push_back((seq, fingerprint));
     }
+}
+
+/// What identifies a message's payload for [`delete_applied`] (SipHash with
+/// fixed keys: the same in every process).
+pub fn fingerprint(payload: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::hash::DefaultHasher::new();
+    h.write(payload);
+    h.finish()
+}
+
+/// What [`delete_applied`] did.
+#[derive(Debug, Default)]
+pub struct Deleted {
+    /// Messages deleted.
+    pub count: u64,
+    /// Messages the stream's leader holds at a sequence where this owner
+    /// was delivered another one, kept in the stream: the owner never saw
+    /// them (nats-server 2.9.10's replicas were seen to differ so after two
+    /// of three were killed).
+    pub diverged: Vec<async_nats::jetstream::message::StreamMessage>,
 }
 
 /// Deletes at a time (each a JetStream request).
@@ -432,8 +455,10 @@ const DELETES: usize = 16;
 
 /// Deletes partition `p`'s IN messages below `keep_from` (those a checkpoint
 /// holds), each on its own (`STREAM.MSG.DELETE`, not erased): the ones in
-/// `handled`, and — when it may not know them all — those the stream's
-/// leader names before them. Returns how many were deleted.
+/// `handled` whose copy at the stream's leader is the message this owner
+/// was delivered (another one is kept and returned: [`Deleted::diverged`]),
+/// and — when it may not know them all — those the stream's leader names
+/// before them.
 ///
 /// Never a purge with a subject filter: nats-server 2.9 (Debian 12's)
 /// replays one from its log after a restart as a purge of *every* subject
@@ -447,37 +472,46 @@ pub async fn delete_applied(
     p: u16,
     keep_from: u64,
     handled: &std::sync::Mutex<Handled>,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<Deleted> {
     let (known, scan) = {
         let h = handled.lock().unwrap();
-        let known: Vec<u64> = h
+        let known: Vec<(u64, u64)> = h
             .seqs
             .iter()
             .copied()
-            .take_while(|s| *s < keep_from)
+            .take_while(|(s, _)| *s < keep_from)
             .collect();
         (known, h.unknown_before)
     };
-    let mut seqs = Vec::new();
+    let mut unknown = Vec::new();
     if scan {
-        let below = known.first().copied().unwrap_or(keep_from).min(keep_from);
+        let below = known.first().map_or(keep_from, |k| k.0).min(keep_from);
         let mut from = 1;
         while let Some(s) = super::owner::leader_next(nats, p, from).await? {
             if s >= below {
                 break;
             }
-            seqs.push(s);
+            unknown.push((s, None));
             from = s + 1;
         }
     }
-    seqs.extend(known);
-    let deleted = futures::stream::iter(seqs)
-        .map(|seq| delete_message(nats, seq))
+    let stream = nats.js.get_stream_no_info(IN_STREAM).await?;
+    let seqs = unknown
+        .into_iter()
+        .chain(known.into_iter().map(|(s, f)| (s, Some(f))));
+    let done = futures::stream::iter(seqs)
+        .map(|(seq, fp)| delete_if_dealt_with(nats, &stream, seq, fp))
         .buffer_unordered(DELETES)
-        .try_fold(0u64, |n, gone| async move { Ok(n + gone as u64) })
+        .try_fold(Deleted::default(), |mut d, kept| async move {
+            match kept {
+                Ok(gone) => d.count += gone as u64,
+                Err(m) => d.diverged.push(*m),
+            }
+            Ok(d)
+        })
         .await?;
     let mut h = handled.lock().unwrap();
-    while h.seqs.front().is_some_and(|s| *s < keep_from) {
+    while h.seqs.front().is_some_and(|(s, _)| *s < keep_from) {
         h.seqs.pop_front();
     }
     if scan {
@@ -485,7 +519,30 @@ pub async fn delete_applied(
         // owner's scan: space, never a message deleted too soon.)
         h.unknown_before = false;
     }
-    Ok(deleted)
+    Ok(done)
+}
+
+/// Deletes the IN message at `seq` if the stream's leader holds there the
+/// message with `fingerprint` (`None`: not known, deleted) — `Ok(false)`:
+/// gone already — or returns the leader's other message.
+async fn delete_if_dealt_with<I>(
+    nats: &Nats,
+    stream: &async_nats::jetstream::stream::Stream<I>,
+    seq: u64,
+    fingerprint: Option<u64>,
+) -> anyhow::Result<Result<bool, Box<async_nats::jetstream::message::StreamMessage>>> {
+    use async_nats::jetstream::stream::RawMessageErrorKind;
+    if let Some(f) = fingerprint {
+        match stream.get_raw_message(seq).await {
+            Ok(m) if self::fingerprint(&m.payload) != f => return Ok(Err(Box::new(m))),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), RawMessageErrorKind::NoMessageFound) => {
+                return Ok(Ok(false))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Ok(delete_message(nats, seq).await?))
 }
 
 /// Deletes the IN stream's message at `seq` (`false`: it was gone already).

@@ -402,13 +402,18 @@ async fn checkpoints(
                     continue;
                 }
                 match super::checkpoint::delete_applied(&nats, p, keep_from, &handled).await {
-                    Ok(n) => tracing::debug!(
-                        partition = p,
-                        stream_seq = m.stream_seq,
-                        deleted_before = keep_from,
-                        deleted = n,
-                        "partition checkpointed"
-                    ),
+                    Ok(d) => {
+                        tracing::debug!(
+                            partition = p,
+                            stream_seq = m.stream_seq,
+                            deleted_before = keep_from,
+                            deleted = d.count,
+                            "partition checkpointed"
+                        );
+                        if let Err(e) = deal_with_diverged(&store, p, d.diverged).await {
+                            tracing::warn!(partition = p, error = %e, "applying footage the stream's leader held and this owner was not delivered failed");
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!(partition = p, error = %e, "deleting the checkpointed shares failed")
                     }
@@ -611,6 +616,7 @@ async fn apply(
             .info()
             .map_err(|e| anyhow::anyhow!("{e}"))?
             .stream_sequence;
+        let fp = super::checkpoint::fingerprint(&msg.payload);
         if seq <= submitted {
             // Handed on already: async-nats remakes an ordered consumer that
             // broke before its first message from the subject's start.
@@ -625,7 +631,7 @@ async fn apply(
             let (store, payload) = (store.clone(), msg.payload.clone());
             tokio::task::spawn_blocking(move || apply_attach(&store, p, seq, payload)).await??;
             submitted = seq;
-            if answers.send((seq, None)).await.is_err() {
+            if answers.send((seq, fp, None)).await.is_err() {
                 return Ok(());
             }
             continue;
@@ -635,7 +641,7 @@ async fn apply(
             Err(e) => {
                 tracing::error!(partition = p, stream_seq = seq, error = %e, "a share that does not decode is skipped");
                 submitted = seq;
-                if answers.send((seq, None)).await.is_err() {
+                if answers.send((seq, fp, None)).await.is_err() {
                     return Ok(());
                 }
                 continue;
@@ -719,10 +725,41 @@ async fn apply(
         tracing::trace!(partition = p, stream_seq = seq, agent = %req.agent, first_seq = req.first_seq, count, "share handed to the writer");
         pipeline.submit_share(req, count, seq).await?;
         submitted = seq;
-        if answers.send((seq, Some(rx))).await.is_err() {
+        if answers.send((seq, fp, Some(rx))).await.is_err() {
             return Ok(());
         }
     }
+}
+
+/// Messages the IN stream's leader holds at sequences where this owner's
+/// consumer delivered another message (kept in the stream by
+/// [`super::checkpoint::delete_applied`]): an attach, footage this owner
+/// never applied, is applied now; a share is left in the stream,
+/// where the owner's check for acknowledged seqs it was never handed
+/// finds it ([`lost_before`], [`EndCheck`]).
+pub(super) async fn deal_with_diverged(
+    store: &Arc<Store>,
+    p: u16,
+    diverged: Vec<async_nats::jetstream::message::StreamMessage>,
+) -> anyhow::Result<()> {
+    for m in diverged {
+        let attach = m
+            .headers
+            .get(KIND_HEADER)
+            .is_some_and(|k| k.as_str() == ATTACH_KIND);
+        tracing::warn!(
+            partition = p,
+            stream_seq = m.sequence,
+            attach,
+            "the stream's leader holds another message at this sequence than this owner's consumer delivered (its replica differed from the leader's): kept in the stream{}",
+            if attach { ", the footage attached now" } else { "" }
+        );
+        if attach {
+            let (store, seq) = (store.clone(), m.sequence);
+            tokio::task::spawn_blocking(move || apply_attach(&store, p, seq, m.payload)).await??;
+        }
+    }
+    Ok(())
 }
 
 /// Applies an [`AttachMsg`] (PROTOCOL.md rule 31) to the partition's store,
@@ -1203,9 +1240,11 @@ async fn consume(
 }
 
 /// One stream message the owner has dealt with, in stream order: its
-/// sequence and, for a share handed to the writer, the writer's answer to
-/// come (`None`: applied or skipped already).
+/// sequence, its payload's [`super::checkpoint::fingerprint`] and, for a
+/// share handed to the writer, the writer's answer to come (`None`:
+/// applied or skipped already).
 type Answer = (
+    u64,
     u64,
     Option<oneshot::Receiver<Result<CommitOutcome, CommitError>>>,
 );
@@ -1223,7 +1262,7 @@ async fn check_answers(
     handled: Arc<std::sync::Mutex<Handled>>,
     failed: CancellationToken,
 ) {
-    while let Some((seq, rx)) = answers.recv().await {
+    while let Some((seq, fp, rx)) = answers.recv().await {
         match rx {
             None => {}
             Some(rx) => match rx.await {
@@ -1241,7 +1280,7 @@ async fn check_answers(
                 Err(_) => return,
             },
         }
-        handled.lock().unwrap().push(seq);
+        handled.lock().unwrap().push(seq, fp);
         through.send_replace(seq);
     }
 }

@@ -861,27 +861,113 @@ async fn an_owner_deletes_the_checkpointed_shares_it_and_earlier_owners_dealt_wi
     // This owner dealt with p1's shares from seq 6 on; 2 and 4 are an
     // earlier owner's.
     let handled = std::sync::Mutex::new(Handled::default());
+    let fp10 = dealt_with(&nats, 10).await;
     for seq in [6, 8, 10, 12] {
-        handled.lock().unwrap().push(seq);
+        let fp = dealt_with(&nats, seq).await;
+        handled.lock().unwrap().push(seq, fp);
     }
-    assert_eq!(delete_applied(&nats, 1, 9, &handled).await.unwrap(), 4);
+    let deleted = async |keep_from, h: &std::sync::Mutex<Handled>| {
+        let d = delete_applied(&nats, 1, keep_from, h).await.unwrap();
+        assert!(d.diverged.is_empty());
+        d.count
+    };
+    assert_eq!(deleted(9, &handled).await, 4);
     assert_eq!(next(1, 1).await, Some(10), "2, 4, 6 and 8 gone");
     assert_eq!(next(0, 1).await, Some(1), "another partition's shares stay");
     // What it knows now starts at 10 (no earlier owner's left to ask for);
     // a seq deleted already (by an owner before it) counts as gone.
-    handled.lock().unwrap().push(14);
+    handled.lock().unwrap().push(14, 0);
     let mut again = Handled::default();
-    again.push(10);
-    again.push(10);
+    again.push(10, fp10);
+    again.push(10, fp10);
     let again = std::sync::Mutex::new(again);
-    assert_eq!(delete_applied(&nats, 1, 11, &again).await.unwrap(), 1);
-    assert_eq!(
-        delete_applied(&nats, 1, 13, &handled).await.unwrap(),
-        1,
-        "12 (10 was gone)"
-    );
+    assert_eq!(deleted(11, &again).await, 1);
+    assert_eq!(deleted(13, &handled).await, 1, "12 (10 was gone)");
     assert_eq!(next(1, 1).await, None);
     assert_eq!(next(0, 1).await, Some(1));
+}
+
+/// The fingerprint of the IN message at `seq`, as an owner delivered it
+/// records it.
+async fn dealt_with(nats: &Nats, seq: u64) -> u64 {
+    let stream = nats.js.get_stream(IN_STREAM).await.unwrap();
+    let m = stream.get_raw_message(seq).await.unwrap();
+    super::checkpoint::fingerprint(&m.payload)
+}
+
+/// A message the stream's leader holds at a sequence where the owner's
+/// consumer delivered another one (nats-server 2.9.10's replicas were seen
+/// to differ so after two of three were killed) is not deleted with the
+/// messages a checkpoint covers: it stays in the stream, where the owner's
+/// check for acknowledged seqs it was never handed finds a share, and
+/// footage there is attached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_leader_holds_where_the_owner_was_delivered_another_is_kept_and_its_footage_attached(
+) {
+    use super::checkpoint::{delete_applied, Handled};
+    let server = NatsServer::start();
+    let nats = server.connect("a", 2).await;
+    let front = Front::new(nats.clone());
+    // Seqs 1 (p0) and 2 (p1); then p1's attach at 3.
+    send(&front, "agent-1", 1, 20).await;
+    let oid = oids_of(1, 2, 1, 20)[0];
+    let snapshot = sightline_proto::v1::MediaRef {
+        kind: "snapshot".into(),
+        sha256: "a".repeat(64),
+        content_type: "image/jpeg".into(),
+        size: 10,
+    };
+    let at = sightline_proto::now_ms();
+    super::media::publish_attach(&nats, vec![oid], snapshot, at, Some("agent-1".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        super::owner::leader_next(&nats, 1, 3).await.unwrap(),
+        Some(3)
+    );
+    // The owner was delivered the share at 2, and at 3 another message
+    // than the leader's attach (here: the share's payload again).
+    let share = dealt_with(&nats, 2).await;
+    let handled = std::sync::Mutex::new(Handled::default());
+    handled.lock().unwrap().push(2, share);
+    handled.lock().unwrap().push(3, share);
+    let d = delete_applied(&nats, 1, 4, &handled).await.unwrap();
+    assert_eq!(d.count, 1, "the share at 2 deleted");
+    let kept: Vec<u64> = d.diverged.iter().map(|m| m.sequence).collect();
+    assert_eq!(kept, [3]);
+    assert_eq!(
+        super::owner::leader_next(&nats, 1, 1).await.unwrap(),
+        Some(3),
+        "the attach stays in the stream"
+    );
+    // The partition's store holds the event, not the footage it never
+    // applied; the owner attaches it from what the leader holds.
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        Arc::new(crate::store::Store::open(&dir.path().join("db"), false, 8 << 20).unwrap());
+    let mut c = store.begin(at).unwrap();
+    let event = sightline_proto::v1::JoinedEvent {
+        detection: Some(Detection {
+            geographical_location_oid: 1,
+            video_camera_oid: 7,
+            detection_oid: Some(oid),
+            item_name: "person".into(),
+            timestamp_detected: at,
+            ..Default::default()
+        }),
+        agent_id: "agent-1".into(),
+        seq: 1,
+        ..Default::default()
+    };
+    c.put_event(&event, None);
+    store.commit(c).unwrap();
+    assert!(store.media_of(oid, "agent-1").unwrap().is_empty());
+    super::owner::deal_with_diverged(&store, 1, d.diverged)
+        .await
+        .unwrap();
+    let media = store.media_of(oid, "agent-1").unwrap();
+    assert_eq!(media.len(), 1);
+    assert_eq!(media[0].sha256, "a".repeat(64));
 }
 
 /// Publishes partition `p`'s share of the batch `first..first + n` of
