@@ -401,6 +401,10 @@ pub struct Handled {
     /// owner did not deal with (an earlier owner's, or seqs forgotten past
     /// [`HANDLED_MAX`]): [`delete_applied`] asks the stream's leader for them.
     unknown_before: bool,
+    /// The owner saw a sign that its consumer's replica may differ from the
+    /// stream's leader ([`Handled::suspect`]): from then on
+    /// [`delete_applied`] checks each message against the leader's copy.
+    suspect: bool,
 }
 
 /// Seqs a [`Handled`] keeps at most (8 MiB) while no checkpoint is taken
@@ -413,6 +417,7 @@ impl Default for Handled {
         Handled {
             seqs: Default::default(),
             unknown_before: true,
+            suspect: false,
         }
     }
 }
@@ -426,6 +431,19 @@ impl Handled {
             self.unknown_before = true;
         }
         self.seqs.push_back((seq, fingerprint));
+    }
+
+    /// The owner's consumer broke or was made again (a nats-server died, a
+    /// stream leader moved), or a share it was never delivered was found in
+    /// the stream: its replica may hold other messages than the leader
+    /// (nats-server 2.9.10's were seen to after two of three servers were
+    /// killed), so every message dealt with is checked against the
+    /// leader's copy before it is deleted, for as long as this owner holds
+    /// the partition. Not before: the check reads each message back from
+    /// the leader, which took 10–30 % off the cluster bench's throughput
+    /// (BENCHMARKS.md, fortieth session).
+    pub fn suspect(&mut self) {
+        self.suspect = true;
     }
 }
 
@@ -455,10 +473,10 @@ const DELETES: usize = 16;
 
 /// Deletes partition `p`'s IN messages below `keep_from` (those a checkpoint
 /// holds), each on its own (`STREAM.MSG.DELETE`, not erased): the ones in
-/// `handled` whose copy at the stream's leader is the message this owner
-/// was delivered (another one is kept and returned: [`Deleted::diverged`]),
-/// and — when it may not know them all — those the stream's leader names
-/// before them.
+/// `handled` — once it is [`Handled::suspect`], only those whose copy at the
+/// stream's leader is the message this owner was delivered (another one is
+/// kept and returned: [`Deleted::diverged`]) — and, when it may not know
+/// them all, those the stream's leader names before them.
 ///
 /// Never a purge with a subject filter: nats-server 2.9 (Debian 12's)
 /// replays one from its log after a restart as a purge of *every* subject
@@ -475,11 +493,11 @@ pub async fn delete_applied(
 ) -> anyhow::Result<Deleted> {
     let (known, scan) = {
         let h = handled.lock().unwrap();
-        let known: Vec<(u64, u64)> = h
+        let known: Vec<(u64, Option<u64>)> = h
             .seqs
             .iter()
-            .copied()
             .take_while(|(s, _)| *s < keep_from)
+            .map(|&(s, f)| (s, h.suspect.then_some(f)))
             .collect();
         (known, h.unknown_before)
     };
@@ -496,9 +514,7 @@ pub async fn delete_applied(
         }
     }
     let stream = nats.js.get_stream_no_info(IN_STREAM).await?;
-    let seqs = unknown
-        .into_iter()
-        .chain(known.into_iter().map(|(s, f)| (s, Some(f))));
+    let seqs = unknown.into_iter().chain(known);
     let done = futures::stream::iter(seqs)
         .map(|(seq, fp)| delete_if_dealt_with(nats, &stream, seq, fp))
         .buffer_unordered(DELETES)

@@ -483,7 +483,7 @@ async fn run(
         p,
         answers,
         through_tx,
-        handled,
+        handled.clone(),
         failed.clone(),
     ));
     tokio::spawn(signal_caught_up(
@@ -494,7 +494,7 @@ async fn run(
         stop.clone(),
     ));
     if let Err(e) = apply(
-        &nats, p, applied, &store, &pipeline, &lease, &stop, &failed, answers_tx, &lost,
+        &nats, p, applied, &store, &pipeline, &lease, &stop, &failed, answers_tx, &handled, &lost,
     )
     .await
     {
@@ -524,6 +524,7 @@ async fn apply(
     stop: &CancellationToken,
     failed: &CancellationToken,
     answers: mpsc::Sender<Answer>,
+    handled: &std::sync::Mutex<Handled>,
     lost: &Counter,
 ) -> anyhow::Result<()> {
     // The last stream sequence handed to the writer: a consumer that breaks
@@ -568,11 +569,12 @@ async fn apply(
             }
             idle = false;
             if let Some(c) = end.take_if(|c| submitted >= c.last) {
-                c.settle(nats, p, &mut expect, submitted, pipeline, lost)
+                c.settle(nats, p, &mut expect, submitted, pipeline, handled, lost)
                     .await?;
             }
         }
         if let Some(why) = remake.take() {
+            handled.lock().unwrap().suspect();
             tracing::warn!(
                 partition = p,
                 after = submitted,
@@ -690,6 +692,7 @@ async fn apply(
             match lost_before(nats, p, seq, &share, next, &mut ahead).await {
                 Ok(Gap::Wait) => break,
                 Ok(Gap::Passed(at, passed)) => {
+                    handled.lock().unwrap().suspect();
                     next = hand_passed(pipeline, p, at, passed, &key, next, submitted).await?;
                     expect.insert(key.clone(), Expected::handed(next));
                 }
@@ -933,6 +936,7 @@ impl EndCheck {
     /// owner passed it ([`hand_passed`]; the rest is looked at once the
     /// agent is quiet again); none in the stream, the seqs through the
     /// watermark are named lost ([`commit_lost`]).
+    #[allow(clippy::too_many_arguments)]
     async fn settle(
         self,
         nats: &Nats,
@@ -940,6 +944,7 @@ impl EndCheck {
         expect: &mut HashMap<(String, u64), Expected>,
         submitted: u64,
         pipeline: &Pipeline,
+        handled: &std::sync::Mutex<Handled>,
         lost: &Counter,
     ) -> anyhow::Result<()> {
         for (key, acked) in self.past {
@@ -955,6 +960,7 @@ impl EndCheck {
             };
             match covering.await {
                 Ok(Some((at, passed))) if at <= submitted => {
+                    handled.lock().unwrap().suspect();
                     let n = hand_passed(pipeline, p, at, passed, &key, next, submitted).await?;
                     expect.insert(key, Expected::handed(n));
                 }

@@ -898,7 +898,8 @@ async fn dealt_with(nats: &Nats, seq: u64) -> u64 {
 /// A message the stream's leader holds at a sequence where the owner's
 /// consumer delivered another one (nats-server 2.9.10's replicas were seen
 /// to differ so after two of three were killed) is not deleted with the
-/// messages a checkpoint covers: it stays in the stream, where the owner's
+/// messages a checkpoint covers, once the owner has seen a sign of a NATS
+/// fault: it stays in the stream, where the owner's
 /// check for acknowledged seqs it was never handed finds a share, and
 /// footage there is attached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -926,11 +927,14 @@ async fn a_message_the_leader_holds_where_the_owner_was_delivered_another_is_kep
         Some(3)
     );
     // The owner was delivered the share at 2, and at 3 another message
-    // than the leader's attach (here: the share's payload again).
+    // than the leader's attach (here: the share's payload again); its
+    // consumer had broken (a nats-server died), so it checks before it
+    // deletes.
     let share = dealt_with(&nats, 2).await;
     let handled = std::sync::Mutex::new(Handled::default());
     handled.lock().unwrap().push(2, share);
     handled.lock().unwrap().push(3, share);
+    handled.lock().unwrap().suspect();
     let d = delete_applied(&nats, 1, 4, &handled).await.unwrap();
     assert_eq!(d.count, 1, "the share at 2 deleted");
     let kept: Vec<u64> = d.diverged.iter().map(|m| m.sequence).collect();
