@@ -924,8 +924,7 @@ impl EndCheck {
         if past.is_empty() {
             return Ok(None);
         }
-        let stream = nats.js.get_stream_no_info(IN_STREAM).await?;
-        let last = in_last_seq(&stream, p).await?;
+        let last = leader_last(nats, p).await?;
         Ok(Some(EndCheck { last, read, past }))
     }
 
@@ -947,6 +946,9 @@ impl EndCheck {
         handled: &std::sync::Mutex<Handled>,
         lost: &Counter,
     ) -> anyhow::Result<()> {
+        // Read once: the shares acknowledged by the look are at or before
+        // its `last`, and a later one found is left to the consumer.
+        let mut last = None;
         for (key, acked) in self.past {
             let Some(e) = expect.get(&key) else { continue };
             if e.handed > self.read || e.next > acked {
@@ -954,9 +956,11 @@ impl EndCheck {
             }
             let (next, handed) = (e.next, e.handed);
             let covering = async {
-                let stream = nats.js.get_stream_no_info(IN_STREAM).await?;
-                let last = in_last_seq(&stream, p).await?;
-                leader_covering(nats, p, 1, last, &key, next).await
+                let to = match last {
+                    Some(l) => l,
+                    None => *last.insert(leader_last(nats, p).await?),
+                };
+                leader_covering(nats, p, 1, to, &key, next).await
             };
             match covering.await {
                 Ok(Some((at, passed))) if at <= submitted => {
@@ -1050,8 +1054,7 @@ async fn lost_before(
     if acked < next {
         return Ok(Gap::Wait);
     }
-    let stream = nats.js.get_stream_no_info(IN_STREAM).await?;
-    let last = in_last_seq(&stream, p).await?;
+    let last = leader_last(nats, p).await?;
     if let Some((at, _)) = leader_covering(nats, p, seq + 1, last, &key, next).await? {
         ahead.insert(key, (next, at));
         return Ok(Gap::Wait);
@@ -1303,6 +1306,12 @@ pub(crate) async fn in_last_seq<I>(
         Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(0),
         Err(e) => Err(e.into()),
     }
+}
+
+/// [`in_last_seq`] of the IN stream.
+async fn leader_last(nats: &Nats, p: u16) -> anyhow::Result<u64> {
+    let stream = nats.js.get_stream_no_info(IN_STREAM).await?;
+    in_last_seq(&stream, p).await
 }
 
 /// Cancels `caught_up` once `handled` reaches the last message partition
