@@ -240,3 +240,100 @@ async fn deleting_a_partitions_checkpointed_shares_takes_no_other_share_through_
         .await;
     }
 }
+
+/// An owner looks at the IN stream's placement before each delete of what a
+/// checkpoint covers (`checkpoint::Placement::watch`): a leader that moved
+/// since its last look, or a replica offline or not heard from for 10 s, is a
+/// sign of a NATS fault that
+/// need not have broken its consumer (its server lived on), and from then on
+/// it checks every message against the leader's copy before deleting it.
+/// Nothing is suspected while the placement stays as it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_leader_that_moved_or_a_replica_unheard_from_at_a_checkpoint_makes_the_owner_check_its_deletes(
+) {
+    use sightline_core::cluster::{
+        checkpoint::{Handled, Placement},
+        config::ClusterConfig,
+        nats::Nats,
+        IN_STREAM,
+    };
+    let mut nats = NatsCluster::start(3).await;
+    let cfg: ClusterConfig =
+        serde_json::from_value(serde_json::json!({ "nats": nats.urls(), "partitions": 2 }))
+            .unwrap();
+    let core = Nats::connect(&cfg, "t").await.unwrap();
+    let leader = |core: Nats| async move {
+        match Placement::read(&core).await {
+            Ok((p, offline)) if offline.is_empty() => p.leader().map(str::to_string),
+            _ => None,
+        }
+    };
+    let first = sightline_tests::wait_for(
+        "the IN stream to have a leader and no replica offline",
+        Duration::from_secs(60),
+        || leader(core.clone()),
+    )
+    .await;
+    // The same placement, looked at again and again: nothing suspected.
+    let handled = std::sync::Mutex::new(Handled::default());
+    let mut last = None;
+    for _ in 0..3 {
+        let why = Placement::watch(&core, &mut last, &handled).await.unwrap();
+        assert_eq!(why, None);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!handled.lock().unwrap().suspected());
+    // The stream's leader steps down: the next look suspects.
+    let r: serde_json::Value = {
+        let m = core
+            .client
+            .request(
+                format!("$JS.API.STREAM.LEADER.STEPDOWN.{IN_STREAM}"),
+                "".into(),
+            )
+            .await
+            .unwrap();
+        serde_json::from_slice(&m.payload).unwrap()
+    };
+    assert_eq!(r["success"], true, "{r}");
+    let second = sightline_tests::wait_for(
+        "another server to lead the IN stream",
+        Duration::from_secs(60),
+        || {
+            let (core, first) = (core.clone(), first.clone());
+            async move { leader(core).await.filter(|l| *l != first) }
+        },
+    )
+    .await;
+    let why = Placement::watch(&core, &mut last, &handled).await.unwrap();
+    let why = why.expect("a moved leader is a sign of a fault");
+    assert!(why.contains(&second) && why.contains(&first), "{why}");
+    assert!(handled.lock().unwrap().suspected());
+    // A server that is not the leader killed: once the leader has not heard
+    // from it for 10 s, an owner that takes the partition over (no look
+    // before) or looks next suspects.
+    let follower = (0..3)
+        .find(|&i| format!("n{i}") != second)
+        .expect("a follower");
+    nats.kill9(follower);
+    let name = format!("n{follower}");
+    let why = sightline_tests::wait_for(
+        "the killed server's replica to be unheard from",
+        Duration::from_secs(60),
+        || {
+            let core = core.clone();
+            async move {
+                let handled = std::sync::Mutex::new(Handled::default());
+                let mut last = None;
+                let why = Placement::watch(&core, &mut last, &handled).await.ok()??;
+                assert!(handled.lock().unwrap().suspected());
+                Some(why)
+            }
+        },
+    )
+    .await;
+    assert!(
+        why.contains(&name) && why.contains("not heard from"),
+        "{why}"
+    );
+}

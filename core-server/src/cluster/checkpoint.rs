@@ -401,10 +401,11 @@ pub struct Handled {
     /// owner did not deal with (an earlier owner's, or seqs forgotten past
     /// [`HANDLED_MAX`]): [`delete_applied`] asks the stream's leader for them.
     unknown_before: bool,
-    /// The owner saw a sign that its consumer's replica may differ from the
-    /// stream's leader ([`Handled::suspect`]): from then on
-    /// [`delete_applied`] checks each message against the leader's copy.
-    suspect: bool,
+    /// [`delete_applied`] checks the messages at and before this sequence
+    /// against the leader's copy: those the stream held when this owner
+    /// took the partition over ([`Handled::check_through`]), and every one
+    /// once the owner saw a sign of a NATS fault ([`Handled::suspect`]).
+    check_through: u64,
 }
 
 /// Seqs a [`Handled`] keeps at most (8 MiB) while no checkpoint is taken
@@ -417,7 +418,7 @@ impl Default for Handled {
         Handled {
             seqs: Default::default(),
             unknown_before: true,
-            suspect: false,
+            check_through: 0,
         }
     }
 }
@@ -434,8 +435,9 @@ impl Handled {
     }
 
     /// The owner's consumer broke or was made again (a nats-server died, a
-    /// stream leader moved), or a share it was never delivered was found in
-    /// the stream: its replica may hold other messages than the leader
+    /// stream leader moved), a share it was never delivered was found in
+    /// the stream, or at a checkpoint the stream's leader had changed or a
+    /// replica was down ([`Placement::watch`]): its replica may hold other messages than the leader
     /// (nats-server 2.9.10's were seen to after two of three servers were
     /// killed), so every message dealt with is checked against the
     /// leader's copy before it is deleted, for as long as this owner holds
@@ -443,7 +445,104 @@ impl Handled {
     /// the leader, which took 10–30 % off the cluster bench's throughput
     /// (BENCHMARKS.md, fortieth session).
     pub fn suspect(&mut self) {
-        self.suspect = true;
+        self.check_through = u64::MAX;
+    }
+
+    /// The messages through `seq` are checked against the leader's copy
+    /// before they are deleted. An owner taking a partition over calls it
+    /// with the subject's last sequence then: those messages came through
+    /// whatever faults there were before, which a previous owner may have
+    /// seen and this one cannot (its consumer may be served by a replica
+    /// that differs from the leader since).
+    pub fn check_through(&mut self, seq: u64) {
+        self.check_through = self.check_through.max(seq);
+    }
+
+    /// Whether [`delete_applied`] checks every message from now on.
+    pub fn suspected(&self) -> bool {
+        self.check_through == u64::MAX
+    }
+}
+
+/// A replica of the IN stream its leader has not heard from for this long
+/// is down or cut off (nats-server's RAFT heartbeats are every second; it
+/// marks a server offline only a long while after a `kill -9`).
+const UNSEEN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Who led the IN stream's RAFT group when an owner last looked, and since
+/// when (`leader_since`: nats-server 2.10 and later say; 2.9 does not).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placement {
+    leader: Option<String>,
+    since: Option<async_nats::datetime::DateTime>,
+}
+
+impl Placement {
+    /// The server leading the stream (`None`: none, an election is on).
+    pub fn leader(&self) -> Option<&str> {
+        self.leader.as_deref()
+    }
+
+    /// Reads the IN stream's placement from the server: its leader and the
+    /// replicas the group considers offline or has not heard from for
+    /// [`UNSEEN`].
+    pub async fn read(nats: &Nats) -> anyhow::Result<(Placement, Vec<String>)> {
+        let stream = nats.js.get_stream(IN_STREAM).await?;
+        Ok(match &stream.cached_info().cluster {
+            Some(c) => (
+                Placement {
+                    leader: c.leader.clone(),
+                    since: c.leader_since,
+                },
+                c.replicas
+                    .iter()
+                    .filter(|r| r.offline || r.active >= UNSEEN)
+                    .map(|r| format!("{} (seen {:?} ago)", r.name, r.active))
+                    .collect(),
+            ),
+            None => (
+                Placement {
+                    leader: None,
+                    since: None,
+                },
+                Vec::new(),
+            ),
+        })
+    }
+
+    /// Looks at the IN stream's placement before an owner deletes what a
+    /// checkpoint covers: if its leader is not the one `last` saw (or
+    /// leads since another time), or a replica is offline or unheard from
+    /// for [`UNSEEN`], a nats-server died or a leader moved since the last
+    /// look — possibly without breaking this owner's consumer (its server
+    /// lived on), whose replica may now differ from the new leader — so
+    /// `handled` is [`Handled::suspect`]. Returns why, if so. `last` is the placement
+    /// seen at the previous look (`None`: none yet, nothing compared).
+    pub async fn watch(
+        nats: &Nats,
+        last: &mut Option<Placement>,
+        handled: &std::sync::Mutex<Handled>,
+    ) -> anyhow::Result<Option<String>> {
+        let (now, down) = Placement::read(nats).await?;
+        let why = match last.as_ref() {
+            _ if !down.is_empty() => Some(format!(
+                "the IN stream's replicas on {} are down or not heard from",
+                down.join(", ")
+            )),
+            Some(was) if *was != now => Some(format!(
+                "the IN stream's leader is {} (since {:?}), was {} (since {:?})",
+                now.leader.as_deref().unwrap_or("none"),
+                now.since,
+                was.leader.as_deref().unwrap_or("none"),
+                was.since
+            )),
+            _ => None,
+        };
+        *last = Some(now);
+        if why.is_some() {
+            handled.lock().unwrap().suspect();
+        }
+        Ok(why)
     }
 }
 
@@ -473,8 +572,8 @@ const DELETES: usize = 16;
 
 /// Deletes partition `p`'s IN messages below `keep_from` (those a checkpoint
 /// holds), each on its own (`STREAM.MSG.DELETE`, not erased): the ones in
-/// `handled` — once it is [`Handled::suspect`], only those whose copy at the
-/// stream's leader is the message this owner was delivered (another one is
+/// `handled` — of those it checks ([`Handled::check_through`],
+/// [`Handled::suspect`]) only those whose copy at the stream's leader is the message this owner was delivered (another one is
 /// kept and returned: [`Deleted::diverged`]) — and, when it may not know
 /// them all, those the stream's leader names before them.
 ///
@@ -497,7 +596,7 @@ pub async fn delete_applied(
             .seqs
             .iter()
             .take_while(|(s, _)| *s < keep_from)
-            .map(|&(s, f)| (s, h.suspect.then_some(f)))
+            .map(|&(s, f)| (s, (s <= h.check_through).then_some(f)))
             .collect();
         (known, h.unknown_before)
     };

@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    checkpoint::Handled,
+    checkpoint::{Handled, Placement},
     feed::{OutBatch, OUT_BATCH_BYTES, OUT_BATCH_EVENTS},
     in_subject,
     nats::{ClusterError, Nats},
@@ -361,6 +361,20 @@ async fn checkpoints(
     let mut hashed = super::checkpoint::SstHashes::default();
     let mut held = None;
     let mut taken = 0u64;
+    // Taking the partition over: the messages its subject holds now came
+    // through whatever NATS faults there were before (a previous owner may
+    // have seen them; this one cannot), so they are checked against the
+    // stream's leader before they are deleted, and the stream's placement
+    // now is what later looks compare with.
+    match leader_last(&nats, p).await {
+        Ok(l) => handled.lock().unwrap().check_through(l),
+        Err(e) => {
+            tracing::warn!(partition = p, error = %e, "could not read the partition's last stream sequence on taking it over: every message is checked against the stream's leader before it is deleted");
+            handled.lock().unwrap().suspect();
+        }
+    }
+    let mut placement = None;
+    watch_placement(&nats, p, &mut placement, &handled).await;
     loop {
         // `interval` after the last one ended: under load a checkpoint takes
         // seconds (flushes, hashing, uploads), and taking the next at once
@@ -401,6 +415,7 @@ async fn checkpoints(
                 if keep_from == 1 {
                     continue;
                 }
+                watch_placement(&nats, p, &mut placement, &handled).await;
                 match super::checkpoint::delete_applied(&nats, p, keep_from, &handled).await {
                     Ok(d) => {
                         tracing::debug!(
@@ -445,6 +460,30 @@ async fn checkpoints(
             }
             Err(e) => tracing::warn!(partition = p, error = %e, "partition checkpoint failed"),
         }
+    }
+}
+
+/// [`Placement::watch`], logged; a placement that cannot be read is taken
+/// as a sign of a fault too.
+async fn watch_placement(
+    nats: &Nats,
+    p: u16,
+    last: &mut Option<Placement>,
+    handled: &std::sync::Mutex<Handled>,
+) {
+    let was = handled.lock().unwrap().suspected();
+    let why = match Placement::watch(nats, last, handled).await {
+        Ok(why) => why,
+        Err(e) => {
+            handled.lock().unwrap().suspect();
+            Some(format!("the IN stream's placement could not be read: {e}"))
+        }
+    };
+    if let (Some(why), false) = (why, was) {
+        tracing::warn!(
+            partition = p,
+            "{why}: every message this owner deletes is checked against the stream's leader from now on"
+        );
     }
 }
 
@@ -1309,7 +1348,7 @@ pub(crate) async fn in_last_seq<I>(
 }
 
 /// [`in_last_seq`] of the IN stream.
-async fn leader_last(nats: &Nats, p: u16) -> anyhow::Result<u64> {
+pub(crate) async fn leader_last(nats: &Nats, p: u16) -> anyhow::Result<u64> {
     let stream = nats.js.get_stream_no_info(IN_STREAM).await?;
     in_last_seq(&stream, p).await
 }

@@ -974,6 +974,50 @@ async fn a_message_the_leader_holds_where_the_owner_was_delivered_another_is_kep
     assert_eq!(media[0].sha256, "a".repeat(64));
 }
 
+/// An owner that takes a partition over checks the messages its subject
+/// held then against the stream's leader before it deletes them (a
+/// previous owner may have seen a NATS fault that left this owner's
+/// replica differing from the leader; this owner cannot tell), and, with
+/// no sign of a fault since, not the messages that came after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_taking_a_partition_over_checks_what_its_subject_held_then_before_deleting_it() {
+    use super::checkpoint::{delete_applied, Handled};
+    let server = NatsServer::start();
+    let nats = server.connect("a", 2).await;
+    let front = Front::new(nats.clone());
+    // Partition 1's shares at 2 and 4.
+    send(&front, "agent-1", 1, 20).await;
+    send(&front, "agent-1", 21, 20).await;
+    let handled = std::sync::Mutex::new(Handled::default());
+    let took_over_at = super::owner::leader_last(&nats, 1).await.unwrap();
+    assert_eq!(took_over_at, 4);
+    handled.lock().unwrap().check_through(took_over_at);
+    // Then its shares at 6 and 8.
+    send(&front, "agent-1", 41, 20).await;
+    send(&front, "agent-1", 61, 20).await;
+    // The owner was delivered other messages than the leader's at 2 and at
+    // 6 (a replica differing from the leader), the leader's at 4 and 8.
+    let other = super::checkpoint::fingerprint(b"another message");
+    for (seq, fp) in [
+        (2, other),
+        (4, dealt_with(&nats, 4).await),
+        (6, other),
+        (8, dealt_with(&nats, 8).await),
+    ] {
+        handled.lock().unwrap().push(seq, fp);
+    }
+    let d = delete_applied(&nats, 1, 9, &handled).await.unwrap();
+    let kept: Vec<u64> = d.diverged.iter().map(|m| m.sequence).collect();
+    assert_eq!(kept, [2], "the leader's message at 2 is kept");
+    assert_eq!(d.count, 3, "4, 6 and 8 deleted: {d:?}");
+    assert_eq!(
+        super::owner::leader_next(&nats, 1, 1).await.unwrap(),
+        Some(2)
+    );
+    assert_eq!(super::owner::leader_next(&nats, 1, 3).await.unwrap(), None);
+    assert!(!handled.lock().unwrap().suspected());
+}
+
 /// Publishes partition `p`'s share of the batch `first..first + n` of
 /// agent-1 straight to the IN stream, as a front whose session then failed
 /// would have left it: the agent's watermark does not move.
