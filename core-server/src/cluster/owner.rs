@@ -425,7 +425,7 @@ async fn checkpoints(
                             deleted = d.count,
                             "partition checkpointed"
                         );
-                        if let Err(e) = deal_with_diverged(&store, p, d.diverged).await {
+                        if let Err(e) = deal_with_diverged(&nats, &store, p, d.diverged).await {
                             tracing::warn!(partition = p, error = %e, "applying footage the stream's leader held and this owner was not delivered failed");
                         }
                     }
@@ -776,10 +776,14 @@ async fn apply(
 /// Messages the IN stream's leader holds at sequences where this owner's
 /// consumer delivered another message (kept in the stream by
 /// [`super::checkpoint::delete_applied`]): an attach, footage this owner
-/// never applied, is applied now; a share is left in the stream,
-/// where the owner's check for acknowledged seqs it was never handed
-/// finds it ([`lost_before`], [`EndCheck`]).
+/// never applied, is applied now and published again to the partition's
+/// subject, so that it is in the stream after the checkpoint just taken
+/// (an owner restoring that checkpoint replays it; applying it twice
+/// changes nothing), then the leader's message is deleted; a share is left
+/// in the stream, where the owner's check for acknowledged seqs it was
+/// never handed finds it ([`lost_before`], [`EndCheck`]).
 pub(super) async fn deal_with_diverged(
+    nats: &Nats,
     store: &Arc<Store>,
     p: u16,
     diverged: Vec<async_nats::jetstream::message::StreamMessage>,
@@ -793,13 +797,33 @@ pub(super) async fn deal_with_diverged(
             partition = p,
             stream_seq = m.sequence,
             attach,
-            "the stream's leader holds another message at this sequence than this owner's consumer delivered (its replica differed from the leader's): kept in the stream{}",
-            if attach { ", the footage attached now" } else { "" }
+            "the stream's leader holds another message at this sequence than this owner's consumer delivered (its replica differed from the leader's): {}",
+            if attach {
+                "the footage is attached now and published again"
+            } else {
+                "kept in the stream"
+            }
         );
-        if attach {
-            let (store, seq) = (store.clone(), m.sequence);
-            tokio::task::spawn_blocking(move || apply_attach(&store, p, seq, m.payload)).await??;
+        if !attach {
+            continue;
         }
+        let (s, seq, payload) = (store.clone(), m.sequence, m.payload.clone());
+        tokio::task::spawn_blocking(move || apply_attach(&s, p, seq, payload)).await??;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(KIND_HEADER, ATTACH_KIND);
+        let again = nats
+            .js
+            .publish_with_headers(in_subject(p), headers, m.payload)
+            .await?
+            .await?;
+        tracing::info!(
+            partition = p,
+            stream_seq = m.sequence,
+            again = again.sequence,
+            "footage the stream's leader held where this owner was delivered another message is in the stream again"
+        );
+        let stream = nats.js.get_stream_no_info(IN_STREAM).await?;
+        stream.delete_message(m.sequence).await?;
     }
     Ok(())
 }

@@ -901,7 +901,7 @@ async fn dealt_with(nats: &Nats, seq: u64) -> u64 {
 /// messages a checkpoint covers, once the owner has seen a sign of a NATS
 /// fault: it stays in the stream, where the owner's
 /// check for acknowledged seqs it was never handed finds a share, and
-/// footage there is attached.
+/// footage there is attached and published again after the checkpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_the_leader_holds_where_the_owner_was_delivered_another_is_kept_and_its_footage_attached(
 ) {
@@ -966,12 +966,18 @@ async fn a_message_the_leader_holds_where_the_owner_was_delivered_another_is_kep
     c.put_event(&event, None);
     store.commit(c).unwrap();
     assert!(store.media_of(oid, "agent-1").unwrap().is_empty());
-    super::owner::deal_with_diverged(&store, 1, d.diverged)
+    let attach = dealt_with(&nats, 3).await;
+    super::owner::deal_with_diverged(&nats, &store, 1, d.diverged)
         .await
         .unwrap();
     let media = store.media_of(oid, "agent-1").unwrap();
     assert_eq!(media.len(), 1);
     assert_eq!(media[0].sha256, "a".repeat(64));
+    // And it is in the stream again after the checkpoint (an owner that
+    // restores it replays the attach), the leader's message at 3 deleted.
+    let again = super::owner::leader_next(&nats, 1, 1).await.unwrap();
+    assert!(again.is_some_and(|s| s > 3), "{again:?}");
+    assert_eq!(dealt_with(&nats, again.unwrap()).await, attach);
 }
 
 /// An owner that takes a partition over checks the messages its subject
