@@ -437,9 +437,9 @@ impl Handled {
     /// The owner's consumer broke or was made again (a nats-server died, a
     /// stream leader moved), a share it was never delivered was found in
     /// the stream, or at a checkpoint the stream's leader had changed or a
-    /// replica was down ([`Placement::watch`]): its replica may hold other messages than the leader
-    /// (nats-server 2.9.10's were seen to after two of three servers were
-    /// killed), so every message dealt with is checked against the
+    /// replica was down ([`Placement::watch`]): its replica may hold other
+    /// messages than the leader (nats-server 2.9.10's were seen to after two
+    /// of three servers were killed), so every message dealt with is checked against the
     /// leader's copy before it is deleted, for as long as this owner holds
     /// the partition. Not before: the check reads each message back from
     /// the leader, which took 10–30 % off the cluster bench's throughput
@@ -470,7 +470,9 @@ impl Handled {
 const UNSEEN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Who led the IN stream's RAFT group when an owner last looked, and since
-/// when (`leader_since`: nats-server 2.10 and later say; 2.9 does not).
+/// when (`leader_since`, where the server reports it: Debian's 2.9.10
+/// does not, so a leader that moved away and back between two looks goes
+/// unseen).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Placement {
     leader: Option<String>,
@@ -516,8 +518,9 @@ impl Placement {
     /// for [`UNSEEN`], a nats-server died or a leader moved since the last
     /// look — possibly without breaking this owner's consumer (its server
     /// lived on), whose replica may now differ from the new leader — so
-    /// `handled` is [`Handled::suspect`]. Returns why, if so. `last` is the placement
-    /// seen at the previous look (`None`: none yet, nothing compared).
+    /// `handled` is [`Handled::suspect`]. Returns why, if so. `last` is the
+    /// placement seen at the previous look (`None`: none yet, nothing
+    /// compared).
     pub async fn watch(
         nats: &Nats,
         last: &mut Option<Placement>,
@@ -573,8 +576,9 @@ const DELETES: usize = 16;
 /// Deletes partition `p`'s IN messages below `keep_from` (those a checkpoint
 /// holds), each on its own (`STREAM.MSG.DELETE`, not erased): the ones in
 /// `handled` — of those it checks ([`Handled::check_through`],
-/// [`Handled::suspect`]) only those whose copy at the stream's leader is the message this owner was delivered (another one is
-/// kept and returned: [`Deleted::diverged`]) — and, when it may not know
+/// [`Handled::suspect`]) only those whose copy at the stream's leader is
+/// the message this owner was delivered (another one is kept and returned:
+/// [`Deleted::diverged`]) — and, when it may not know
 /// them all, those the stream's leader names before them.
 ///
 /// Never a purge with a subject filter: nats-server 2.9 (Debian 12's)
