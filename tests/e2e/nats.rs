@@ -244,9 +244,9 @@ async fn deleting_a_partitions_checkpointed_shares_takes_no_other_share_through_
 /// An owner looks at the IN stream's placement before each delete of what a
 /// checkpoint covers (`checkpoint::Placement::watch`): a leader that moved
 /// since its last look, or a replica offline or not heard from for 10 s, is a
-/// sign of a NATS fault that
-/// need not have broken its consumer (its server lived on), and from then on
-/// it checks every message against the leader's copy before deleting it.
+/// sign of a NATS fault that need not have broken its consumer (its server
+/// lived on), and from then on it checks every message against the leader's
+/// copy before deleting it.
 /// Nothing is suspected while the placement stays as it was.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_leader_that_moved_or_a_replica_unheard_from_at_a_checkpoint_makes_the_owner_check_its_deletes(

@@ -439,9 +439,9 @@ impl Handled {
     /// the stream, or at a checkpoint the stream's leader had changed or a
     /// replica was down ([`Placement::watch`]): its replica may hold other
     /// messages than the leader (nats-server 2.9.10's were seen to after two
-    /// of three servers were killed), so every message dealt with is checked against the
-    /// leader's copy before it is deleted, for as long as this owner holds
-    /// the partition. Not before: the check reads each message back from
+    /// of three servers were killed), so every message dealt with is checked
+    /// against the leader's copy before it is deleted, for as long as this
+    /// owner holds the partition. Not before: the check reads each message back from
     /// the leader, which took 10–30 % off the cluster bench's throughput
     /// (BENCHMARKS.md, fortieth session).
     pub fn suspect(&mut self) {
@@ -578,8 +578,8 @@ const DELETES: usize = 16;
 /// `handled` — of those it checks ([`Handled::check_through`],
 /// [`Handled::suspect`]) only those whose copy at the stream's leader is
 /// the message this owner was delivered (another one is kept and returned:
-/// [`Deleted::diverged`]) — and, when it may not know
-/// them all, those the stream's leader names before them.
+/// [`Deleted::diverged`]) — and, when it may not know them all, those the
+/// stream's leader names before them.
 ///
 /// Never a purge with a subject filter: nats-server 2.9 (Debian 12's)
 /// replays one from its log after a restart as a purge of *every* subject

@@ -822,8 +822,7 @@ pub(super) async fn deal_with_diverged(
             again = again.sequence,
             "footage the stream's leader held where this owner was delivered another message is in the stream again"
         );
-        let stream = nats.js.get_stream_no_info(IN_STREAM).await?;
-        stream.delete_message(m.sequence).await?;
+        super::checkpoint::delete_message(nats, m.sequence).await?;
     }
     Ok(())
 }

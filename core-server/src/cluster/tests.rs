@@ -899,9 +899,9 @@ async fn dealt_with(nats: &Nats, seq: u64) -> u64 {
 /// consumer delivered another one (nats-server 2.9.10's replicas were seen
 /// to differ so after two of three were killed) is not deleted with the
 /// messages a checkpoint covers, once the owner has seen a sign of a NATS
-/// fault: it stays in the stream, where the owner's
-/// check for acknowledged seqs it was never handed finds a share, and
-/// footage there is attached and published again after the checkpoint.
+/// fault: it stays in the stream, where the owner's check for acknowledged
+/// seqs it was never handed finds a share, and footage there is attached
+/// and published again after the checkpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_the_leader_holds_where_the_owner_was_delivered_another_is_kept_and_its_footage_attached(
 ) {
