@@ -159,41 +159,16 @@ enum CertsCommand {
 /// pool, the search indexer) never reach; glibc (RocksDB's memtables, blocks
 /// and buffers) keeps one arena rather than one per thread, each holding its
 /// own freed memory. A burst's peak RSS went from ~370 to ~260–275 MiB for
-/// no measured CPU (BENCHMARKS.md, thirtieth session).
+/// no measured CPU (BENCHMARKS.md, thirtieth session). Set by the core
+/// executing itself again ([`sightline_proto::allocator_env::run_with`]).
 const ALLOCATOR_ENV: [(&str, &str); 2] = [("MIMALLOC_PURGE_DELAY", "0"), ("MALLOC_ARENA_MAX", "1")];
 
-/// Both allocators read their settings from the environment as the process
-/// loads, before `main`: when one of [`ALLOCATOR_ENV`] is unset, the core
-/// executes itself again (the same process id, arguments and environment)
-/// with it set. Done once, before any thread starts; if that fails the core
-/// runs on with the allocators' defaults and says so.
-fn with_allocator_settings() {
-    use std::os::unix::process::CommandExt;
-    let missing: Vec<(&str, &str)> = ALLOCATOR_ENV
-        .into_iter()
-        .filter(|(k, _)| std::env::var_os(k).is_none())
-        .collect();
-    if missing.is_empty() {
-        return;
-    }
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
-    let mut args = std::env::args_os();
-    let mut again = std::process::Command::new(&exe);
-    if let Some(arg0) = args.next() {
-        again.arg0(arg0);
-    }
-    // Returns only when the new image could not be loaded.
-    let error = again.args(args).envs(missing).exec();
-    eprintln!(
-        "sightline-core: could not run {} again with {ALLOCATOR_ENV:?} ({error}); going on with the allocators' defaults",
-        exe.display()
-    );
-}
-
 fn main() -> anyhow::Result<()> {
-    with_allocator_settings();
+    if let Some(error) = sightline_proto::allocator_env::run_with(&ALLOCATOR_ENV) {
+        eprintln!(
+            "sightline-core: could not run itself again with {ALLOCATOR_ENV:?} ({error}); going on with the allocators' defaults"
+        );
+    }
     run()
 }
 

@@ -8,6 +8,7 @@
 //! - [`FILE_DESCRIPTOR_SET`]: served by the core through gRPC reflection.
 #![forbid(unsafe_code)]
 
+pub mod allocator_env;
 #[cfg(feature = "config")]
 pub mod config_doc;
 #[cfg(feature = "quic")]

@@ -7,7 +7,7 @@ use sightline_tests::{
     bin_path,
     data::{now_ms, write_locations},
     query::{all_events, assert_exactly_once, stats, wait_more_stored},
-    Agent, AgentArgs, Core, CoreArgs, Dataset,
+    Agent, AgentArgs, Core, CoreArgs, Dataset, Edge,
 };
 
 const LOCATIONS: &[i64] = &[1, 2, 3];
@@ -210,21 +210,31 @@ async fn metrics_health_and_the_terminal_client_answer() {
     );
 }
 
-/// The core sets its allocators to give freed memory back at once (the
-/// peak memory a burst leaves behind), by running itself again with their
-/// settings: the same process, serving, with both in its environment.
+/// The core and the agent set their allocators to give freed memory back at
+/// once (the peak memory a burst leaves behind), each by running itself
+/// again with their settings: the same process, serving, with the settings
+/// in its environment.
 #[tokio::test(flavor = "multi_thread")]
-async fn the_core_runs_with_allocators_that_give_freed_memory_back() {
+async fn the_core_and_the_agent_run_with_allocators_that_give_freed_memory_back() {
     let dir = tempfile::tempdir().unwrap();
     let core = Core::start(dir.path(), None);
     // It answers: the process started is the one serving.
     stats(&core.url()).await;
-    let environ = std::fs::read(format!("/proc/{}/environ", core.pid())).unwrap();
-    let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+    let environ = |pid: u32| std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let has = |environ: &[u8], want: &str| environ.split(|b| *b == 0).any(|v| v == want.as_bytes());
+    let core_env = environ(core.pid());
     for want in ["MIMALLOC_PURGE_DELAY=0", "MALLOC_ARENA_MAX=1"] {
+        assert!(has(&core_env, want), "{want} not in the core's environment");
+    }
+    // The agent's intake answers once it is listening (Agent::start waits
+    // for the line it prints then), so the process started is serving too.
+    let agent =
+        Agent::start(AgentArgs::intake(dir.path(), "alloc", String::new()).over(&core, Edge::Grpc));
+    let agent_env = environ(agent.pid());
+    for want in ["MALLOC_ARENA_MAX=1", "MALLOC_MMAP_THRESHOLD_=131072"] {
         assert!(
-            vars.contains(&want.as_bytes()),
-            "{want} not in the core's environment"
+            has(&agent_env, want),
+            "{want} not in the agent's environment"
         );
     }
 }

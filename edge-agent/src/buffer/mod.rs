@@ -96,6 +96,8 @@ pub const RUN_BYTES: usize = 256 * 1024;
 /// Most bytes of recent events kept in memory for the sender, each event
 /// counted with its handle in the cache's index ([`cached_cost`]).
 pub const CACHE_BYTES: usize = 2 * 1024 * 1024;
+/// Bytes of each buffer that encoded events are sliced from.
+const ENCODE_CHUNK: usize = 32 * 1024;
 /// Most events one writer commit takes from its queue.
 const MAX_GROUP_EVENTS: usize = 20_000;
 
@@ -338,23 +340,22 @@ impl State {
 }
 
 /// Packs encoded events into runs of at most [`RUN_BYTES`] (at least one
-/// event each): (first seq, value) for each.
+/// event each): (first seq, value) for each. Each run is allocated once, at
+/// its final size, rather than grown (and copied) by doubling.
 fn pack_runs(first_seq: u64, events: &[Bytes]) -> Vec<(u64, Vec<u8>)> {
+    let packed = |e: &Bytes| 4 + e.len();
+    let mut left: usize = events.iter().map(packed).sum();
     let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
     for (i, e) in events.iter().enumerate() {
         let seq = first_seq + i as u64;
         match out.last_mut() {
-            Some((_, run)) if run.len() + 4 + e.len() <= RUN_BYTES => {
-                run.extend_from_slice(&(e.len() as u32).to_le_bytes());
-                run.extend_from_slice(e);
-            }
-            _ => {
-                let mut run = Vec::with_capacity(4 + e.len());
-                run.extend_from_slice(&(e.len() as u32).to_le_bytes());
-                run.extend_from_slice(e);
-                out.push((seq, run));
-            }
+            Some((_, run)) if run.len() + packed(e) <= RUN_BYTES => {}
+            _ => out.push((seq, Vec::with_capacity(left.min(RUN_BYTES).max(packed(e))))),
         }
+        let (_, run) = out.last_mut().expect("pushed above");
+        run.extend_from_slice(&(e.len() as u32).to_le_bytes());
+        run.extend_from_slice(e);
+        left -= packed(e);
     }
     out
 }
@@ -861,23 +862,26 @@ impl BufferError {
 }
 
 /// The request's events encoded as `EdgeEvent`s numbered from `first_seq`,
-/// each a slice of one shared buffer: one allocation for the request, not
-/// one per event (each is held in the cache and sent as its own slice).
+/// each a slice of a shared buffer: one allocation for many events, not one
+/// per event (each is held in the cache and sent as its own slice). The
+/// buffers are [`ENCODE_CHUNK`] bytes each (a new one when the last is
+/// full), not one for the whole request: a large allocation is mapped and
+/// unmapped on its own (see the agent's allocator settings), and the cache
+/// frees its oldest events a chunk at a time.
 fn encode_events(first_seq: u64, accepted_ms: i64, events: Vec<Detection>) -> Vec<Bytes> {
-    let events: Vec<EdgeEvent> = events
+    let mut buf = bytes::BytesMut::with_capacity(ENCODE_CHUNK);
+    events
         .into_iter()
         .enumerate()
-        .map(|(i, detection)| EdgeEvent {
-            seq: first_seq + i as u64,
-            detection: Some(detection),
-            accepted_ms,
-        })
-        .collect();
-    let mut buf = bytes::BytesMut::with_capacity(events.iter().map(Message::encoded_len).sum());
-    events
-        .iter()
-        .map(|e| {
-            e.encode_raw(&mut buf);
+        .map(|(i, detection)| {
+            let event = EdgeEvent {
+                seq: first_seq + i as u64,
+                detection: Some(detection),
+                accepted_ms,
+            };
+            // A full buffer reserves a new one of at least its original
+            // capacity; the events already split off keep the old one.
+            event.encode_raw(&mut buf);
             buf.split().freeze()
         })
         .collect()

@@ -47,21 +47,24 @@ impl Publisher {
     /// Splits `detections` into valid (stamped) ones and per-item refusals.
     pub fn prepare(&self, detections: Vec<Detection>) -> (Vec<Detection>, Vec<Option<FieldError>>) {
         let now = sightline_proto::now_ms();
-        let mut valid = Vec::with_capacity(detections.len());
         let mut verdicts = Vec::with_capacity(detections.len());
-        for mut d in detections {
-            match validate_detection(&d, now, &self.limits, false) {
-                Ok(()) => {
-                    stamp::stamp(&mut d);
-                    if let Some(c) = &self.capture {
-                        c.mark(&mut d);
-                    }
-                    valid.push(d);
-                    verdicts.push(None);
+        // Filtered in place: a second vector of a large request's
+        // detections would be another large allocation per call.
+        let mut valid = detections;
+        valid.retain_mut(|d| match validate_detection(d, now, &self.limits, false) {
+            Ok(()) => {
+                stamp::stamp(d);
+                if let Some(c) = &self.capture {
+                    c.mark(d);
                 }
-                Err(e) => verdicts.push(Some(e)),
+                verdicts.push(None);
+                true
             }
-        }
+            Err(e) => {
+                verdicts.push(Some(e));
+                false
+            }
+        });
         let invalid = verdicts.len() - valid.len();
         if invalid > 0 {
             self.metrics.refused("invalid", invalid as u64);
