@@ -469,11 +469,12 @@ async fn unknown_location_is_kept_flagged_and_counted() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_buffer_answers_retryably_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    // A port with no core behind it yet.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A port with no core behind it yet, below the ephemeral range: a port
+    // bound at 0 and released could be handed to another test's server in
+    // the meantime (CI saw a gRPC server answer there, and the core then
+    // failed to bind it).
+    let port: std::net::SocketAddr =
+        ([127, 0, 0, 1], sightline_tests::nats::free_ports(1)[0]).into();
     let agent = intake_agent(
         dir.path(),
         "full",

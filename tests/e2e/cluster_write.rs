@@ -7,7 +7,6 @@
 
 use std::{
     collections::HashMap,
-    net::TcpListener,
     path::Path,
     process::{Child, Command, Stdio},
     time::Duration,
@@ -30,11 +29,7 @@ struct Nats(Child, String);
 
 impl Nats {
     fn start(dir: &Path) -> Nats {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = sightline_tests::nats::free_ports(1)[0];
         let child = Command::new("/usr/sbin/nats-server")
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(dir.join("nats"))

@@ -148,10 +148,10 @@ async fn detections_dropped_by_a_full_buffer_are_named_with_the_reason() {
     let b = dir.path().join("locations.csv");
     write_locations(&b, LOCATIONS);
     let core = Core::start(dir.path(), Some(&b));
-    // The core is down for the agent: pointed at a port where nothing listens.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead_port = dead.local_addr().unwrap().port();
-    drop(dead);
+    // The core is down for the agent: pointed at a port where nothing
+    // listens (below the ephemeral range, so no other test's server is
+    // given it meanwhile).
+    let dead_port = sightline_tests::nats::free_ports(1)[0];
     let mut args = AgentArgs::intake(dir.path(), "dropper", String::new()).over(&core, Edge::Grpc);
     let real_url = std::mem::replace(&mut args.core_url, format!("https://127.0.0.1:{dead_port}"));
     let cfg = dir.path().join("dropper.toml");

@@ -17,10 +17,13 @@ use sightline_tests::{
 
 const LOCATIONS: &[i64] = &[1, 2, 3];
 
-/// A 127.0.0.1 URL nothing listens on (a port just bound and released).
+/// A 127.0.0.1 URL nothing listens on: a free port below the ephemeral
+/// range, which no other test's server bound at port 0 is given.
 fn dead_url() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    format!("http://{}", l.local_addr().unwrap())
+    format!(
+        "http://127.0.0.1:{}",
+        sightline_tests::nats::free_ports(1)[0]
+    )
 }
 
 /// An agent config: reconnects within `backoff_max`, keeps `keep_acked`
