@@ -164,11 +164,7 @@ enum CertsCommand {
 const ALLOCATOR_ENV: [(&str, &str); 2] = [("MIMALLOC_PURGE_DELAY", "0"), ("MALLOC_ARENA_MAX", "1")];
 
 fn main() -> anyhow::Result<()> {
-    if let Some(error) = sightline_proto::allocator_env::run_with(&ALLOCATOR_ENV) {
-        eprintln!(
-            "sightline-core: could not run itself again with {ALLOCATOR_ENV:?} ({error}); going on with the allocators' defaults"
-        );
-    }
+    sightline_proto::allocator_env::run_with("sightline-core", &ALLOCATOR_ENV);
     run()
 }
 

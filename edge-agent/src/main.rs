@@ -117,11 +117,7 @@ const ALLOCATOR_ENV: [(&str, &str); 2] = [
 ];
 
 fn main() -> anyhow::Result<()> {
-    if let Some(error) = sightline_proto::allocator_env::run_with(&ALLOCATOR_ENV) {
-        eprintln!(
-            "sightline-agent: could not run itself again with {ALLOCATOR_ENV:?} ({error}); going on with the allocator's defaults"
-        );
-    }
+    sightline_proto::allocator_env::run_with("sightline-agent", &ALLOCATOR_ENV);
     agent_main()
 }
 

@@ -7,25 +7,28 @@ use std::{ffi::OsString, os::unix::process::CommandExt};
 /// Executes the running program again (the same process id, arguments and
 /// environment) with each of `settings` that its environment does not name
 /// already; returns at once when it names them all. Call it first in `main`,
-/// before any thread starts. Returns the error when the new image could not
-/// be loaded: the program then runs on with the allocators' defaults, and
-/// should say so.
-pub fn run_with(settings: &[(&str, &str)]) -> Option<std::io::Error> {
+/// before any thread starts. When the new image cannot be loaded, `program`
+/// says so on stderr and runs on with the allocators' defaults.
+pub fn run_with(program: &str, settings: &[(&str, &str)]) {
     let missing = missing(settings, |k| std::env::var_os(k));
     if missing.is_empty() {
-        return None;
+        return;
     }
-    let exe = match std::env::current_exe() {
-        Ok(exe) => exe,
-        Err(e) => return Some(e),
+    let error = match std::env::current_exe() {
+        Ok(exe) => {
+            let mut args = std::env::args_os();
+            let mut again = std::process::Command::new(exe);
+            if let Some(arg0) = args.next() {
+                again.arg0(arg0);
+            }
+            // Returns only when the new image could not be loaded.
+            again.args(args).envs(missing).exec()
+        }
+        Err(e) => e,
     };
-    let mut args = std::env::args_os();
-    let mut again = std::process::Command::new(exe);
-    if let Some(arg0) = args.next() {
-        again.arg0(arg0);
-    }
-    // Returns only when the new image could not be loaded.
-    Some(again.args(args).envs(missing).exec())
+    eprintln!(
+        "{program}: could not run itself again with {settings:?} ({error}); going on with the allocators' defaults"
+    );
 }
 
 /// The settings that `env` does not name; an operator's own value (even

@@ -348,9 +348,8 @@ fn pack_runs(first_seq: u64, events: &[Bytes]) -> Vec<(u64, Vec<u8>)> {
     let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
     for (i, e) in events.iter().enumerate() {
         let seq = first_seq + i as u64;
-        match out.last_mut() {
-            Some((_, run)) if run.len() + packed(e) <= RUN_BYTES => {}
-            _ => out.push((seq, Vec::with_capacity(left.min(RUN_BYTES).max(packed(e))))),
+        if !matches!(out.last(), Some((_, run)) if run.len() + packed(e) <= RUN_BYTES) {
+            out.push((seq, Vec::with_capacity(left.min(RUN_BYTES).max(packed(e)))));
         }
         let (_, run) = out.last_mut().expect("pushed above");
         run.extend_from_slice(&(e.len() as u32).to_le_bytes());
