@@ -10,9 +10,9 @@ cd "$(dirname "$0")/.."
 deploy/install-deps.sh
 cargo build --release --bins
 BIN=${CARGO_TARGET_DIR:-target}/release
-# The agent as deployed on a host with no cameras to cut (see bench-ingest.sh).
+# The agent as deployed on a host with no cameras to cut (deploy/build-agent.sh).
 LEAN=${CARGO_TARGET_DIR:-target}/lean
-cargo build --profile agent -p sightline-agent --no-default-features --target-dir "$LEAN"
+deploy/build-agent.sh
 echo "# load $(date -u +%FT%TZ) $(cut -d' ' -f1-3 /proc/loadavg)"
 SIGHTLINE_BIN_DIR="$BIN" SIGHTLINE_AGENT_BIN="$LEAN/agent/sightline-agent" RUST_LOG=warn \
   "$BIN/bench-backlog" "$@"

@@ -22,10 +22,9 @@ done
 deploy/install-deps.sh
 cargo build --release --bins
 BIN=${CARGO_TARGET_DIR:-target}/release
-# The agent as deployed on a host with no cameras to cut: built without the
-# `footage` feature, so it does not load FFmpeg (see BENCHMARKS.md).
+# The agent as deployed on a host with no cameras to cut (deploy/build-agent.sh).
 LEAN=${CARGO_TARGET_DIR:-target}/lean
-cargo build --profile agent -p sightline-agent --no-default-features --target-dir "$LEAN"
+deploy/build-agent.sh
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT

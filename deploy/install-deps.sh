@@ -4,7 +4,7 @@
 set -euo pipefail
 
 need_apt=()
-for pkg in librocksdb-dev libsnappy-dev protobuf-compiler clang libclang-dev pkg-config curl \
+for pkg in librocksdb-dev libsnappy-dev protobuf-compiler g++ clang libclang-dev pkg-config curl \
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev libavfilter-dev libavdevice-dev ffmpeg \
   python3-venv python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
   chromium openssl; do

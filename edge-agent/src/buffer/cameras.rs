@@ -24,6 +24,13 @@ pub const MAX_LOSS_RANGES: usize = 32;
 /// Most settle checkpoints held (one per group commit while the core is
 /// behind); beyond it the oldest two merge, which only settles later.
 pub const MAX_CHECKPOINTS: usize = 4096;
+/// Most (camera, number) pairs the settle checkpoints hold together; beyond
+/// it the oldest two merge, as past [`MAX_CHECKPOINTS`]. Each checkpoint
+/// holds every camera its commit numbered: without this bound an agent with
+/// many cameras and the core far behind held up to `MAX_CHECKPOINTS` ×
+/// `MAX_CAMERAS` of them (a map of 52 cameras per group commit was ~1.2 MiB
+/// of the agent's peak in `bench-ingest`). 16 bytes each: 256 KiB at most.
+pub const MAX_CHECKPOINT_ENTRIES: usize = 16_384;
 /// Most cameras numbered: a detector publishing for ever new camera ids must
 /// not grow the agent's memory and status report without end. The agent
 /// does not number detections of cameras beyond it (a detector's own
@@ -38,6 +45,9 @@ pub fn meta_key(camera: i64) -> Vec<u8> {
     k.extend_from_slice(&camera.to_be_bytes());
     k
 }
+
+/// (camera, highest camera_seq) pairs, sorted by camera, a camera once.
+type Highs = Box<[(i64, u64)]>;
 
 /// What numbering one request did, to keep or undo.
 #[derive(Debug, Default)]
@@ -54,9 +64,12 @@ pub struct Numbering {
 #[derive(Debug, Default)]
 pub struct Cameras {
     by_camera: BTreeMap<i64, CameraIntake>,
-    /// (last seq of a commit, highest camera_seq per camera it numbered):
-    /// once the core acknowledged that seq, those numbers are settled.
-    checkpoints: VecDeque<(u64, BTreeMap<i64, u64>)>,
+    /// (last seq of a commit, highest camera_seq per camera it numbered,
+    /// sorted by camera): once the core acknowledged that seq, those numbers
+    /// are settled.
+    checkpoints: VecDeque<(u64, Highs)>,
+    /// (camera, number) pairs in `checkpoints`.
+    checkpoint_entries: usize,
     /// Cameras changed since the last [`Cameras::take_dirty`].
     dirty: BTreeSet<i64>,
 }
@@ -83,16 +96,19 @@ impl Cameras {
     /// once the core acknowledges `held_through` (at once if 0).
     pub fn reset_checkpoints(&mut self, held_through: u64) {
         self.checkpoints.clear();
-        let highs: BTreeMap<i64, u64> = self
-            .by_camera
-            .iter()
-            .map(|(c, e)| (*c, e.camera_seq_high))
-            .collect();
+        self.checkpoint_entries = 0;
         if held_through == 0 {
             for e in self.by_camera.values_mut() {
                 e.camera_seq_settled = e.camera_seq_high;
             }
         } else {
+            // In camera order, as the map iterates.
+            let highs: Highs = self
+                .by_camera
+                .iter()
+                .map(|(c, e)| (*c, e.camera_seq_high))
+                .collect();
+            self.checkpoint_entries = highs.len();
             self.checkpoints.push_back((held_through, highs));
         }
     }
@@ -183,24 +199,29 @@ impl Cameras {
     /// A commit ended at seq `last_seq` (the last seq assigned so far),
     /// numbering what `n` lists: settled once the core acknowledges it.
     pub fn checkpoint(&mut self, last_seq: u64, numbered: &[&Numbering], acked: u64) {
-        let mut highs = BTreeMap::<i64, u64>::new();
-        for n in numbered {
-            for &(cam, seq) in &n.assigned {
-                let h = highs.entry(cam).or_default();
-                *h = (*h).max(seq);
-            }
-        }
+        let mut highs: Vec<(i64, u64)> = numbered
+            .iter()
+            .flat_map(|n| n.assigned.iter().copied())
+            .collect();
         if highs.is_empty() {
             return;
         }
-        self.checkpoints.push_back((last_seq, highs));
-        if self.checkpoints.len() > MAX_CHECKPOINTS {
+        // Each camera once, with its highest number (first in its run).
+        highs.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        highs.dedup_by_key(|(cam, _)| *cam);
+        self.checkpoint_entries += highs.len();
+        self.checkpoints
+            .push_back((last_seq, highs.into_boxed_slice()));
+        while self.checkpoints.len() > 1
+            && (self.checkpoints.len() > MAX_CHECKPOINTS
+                || self.checkpoint_entries > MAX_CHECKPOINT_ENTRIES)
+        {
             let (_, older) = self.checkpoints.pop_front().expect("more than one");
             let next = self.checkpoints.front_mut().expect("more than one");
-            for (cam, h) in older {
-                let e = next.1.entry(cam).or_default();
-                *e = (*e).max(h);
-            }
+            let merged = merge_highs(&older, &next.1);
+            self.checkpoint_entries -= older.len() + next.1.len();
+            self.checkpoint_entries += merged.len();
+            next.1 = merged;
         }
         self.settle(acked);
     }
@@ -209,7 +230,8 @@ impl Cameras {
     pub fn settle(&mut self, acked: u64) {
         while self.checkpoints.front().is_some_and(|(s, _)| *s <= acked) {
             let (_, highs) = self.checkpoints.pop_front().expect("checked");
-            for (cam, h) in highs {
+            self.checkpoint_entries -= highs.len();
+            for &(cam, h) in &highs {
                 if let Some(e) = self.by_camera.get_mut(&cam) {
                     e.camera_seq_settled = e.camera_seq_settled.max(h.min(e.camera_seq_high));
                 }
@@ -230,6 +252,33 @@ impl Cameras {
     pub fn report(&self) -> Vec<CameraIntake> {
         self.by_camera.values().cloned().collect()
     }
+}
+
+/// Two checkpoints' highs (each sorted by camera, a camera once) as one:
+/// every camera of either, with the higher number.
+fn merge_highs(a: &[(i64, u64)], b: &[(i64, u64)]) -> Highs {
+    let mut out = Vec::with_capacity(a.len().max(b.len()));
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].0.cmp(&b[j].0) {
+            std::cmp::Ordering::Less => {
+                out.push(a[i]);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                out.push(b[j]);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                out.push((a[i].0, a[i].1.max(b[j].1)));
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+    out.into_boxed_slice()
 }
 
 #[cfg(test)]
@@ -290,5 +339,52 @@ mod tests {
         assert_eq!(c.report()[0].camera_seq_settled, 0);
         c.settle(2);
         assert_eq!(c.report()[0].camera_seq_settled, 2);
+    }
+
+    #[test]
+    fn checkpoints_of_many_cameras_stay_bounded_and_never_settle_an_unacknowledged_number() {
+        let mut c = Cameras::default();
+        // 300 cameras, 100 detections per commit, the core acknowledging
+        // nothing: 2,000 commits of up to 100 cameras each.
+        let mut acked_high = std::collections::HashMap::<i64, u64>::new();
+        let mut commits = Vec::new();
+        for k in 1..=2000u64 {
+            let mut a: Vec<_> = (0..100)
+                .map(|i| det(((k * 7 + i * 13) % 300) as i64, None))
+                .collect();
+            let n = c.number(&mut a);
+            c.keep(&n, None);
+            c.checkpoint(k, &[&n], 0);
+            commits.push(n.assigned.clone());
+            let held: usize = c.checkpoints.iter().map(|(_, h)| h.len()).sum();
+            assert_eq!(held, c.checkpoint_entries);
+            assert!(held <= MAX_CHECKPOINT_ENTRIES, "{held} pairs held");
+        }
+        assert!(c.report().iter().all(|e| e.camera_seq_settled == 0));
+        // Half acknowledged: no camera settles past a number of an
+        // acknowledged commit.
+        c.settle(1000);
+        for (cam, seq) in commits[..1000].iter().flatten() {
+            let h = acked_high.entry(*cam).or_default();
+            *h = (*h).max(*seq);
+        }
+        for e in c.report() {
+            let limit = acked_high.get(&e.video_camera_oid).copied().unwrap_or(0);
+            assert!(e.camera_seq_settled <= limit, "{e:?} settled past {limit}");
+        }
+        // All acknowledged: every number settles.
+        c.settle(2000);
+        assert!(c.checkpoints.is_empty());
+        assert_eq!(c.checkpoint_entries, 0);
+        let r = c.report();
+        assert_eq!(r.len(), 300);
+        assert!(r.iter().all(|e| e.camera_seq_settled == e.camera_seq_high));
+    }
+
+    #[test]
+    fn merged_checkpoints_keep_every_camera_at_its_higher_number() {
+        let m = merge_highs(&[(1, 5), (3, 2), (4, 9)], &[(2, 1), (3, 7), (4, 8), (6, 1)]);
+        assert_eq!(&m[..], &[(1, 5), (2, 1), (3, 7), (4, 9), (6, 1)]);
+        assert_eq!(&merge_highs(&[], &[(1, 1)])[..], &[(1, 1)]);
     }
 }

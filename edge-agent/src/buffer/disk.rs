@@ -115,7 +115,8 @@ pub(super) fn load_state(db: &DB) -> Result<State, BufferError> {
     let mut expect = acked + 1;
     let mut deleted_below = None;
     let events = db.cf_handle(CF_EVENTS).expect("events cf");
-    for item in db.iterator_cf(events, rocksdb::IteratorMode::Start) {
+    // Every run is read once here: none is kept in the block cache.
+    for item in db.iterator_cf_opt(events, super::uncached(), rocksdb::IteratorMode::Start) {
         let (k, v) = item?;
         let first = be_u64(&k, "event key")?;
         deleted_below.get_or_insert(first);

@@ -94,8 +94,13 @@ const FORMAT_VERSION: u64 = 2;
 /// backlog").
 pub const RUN_BYTES: usize = 256 * 1024;
 /// Most bytes of recent events kept in memory for the sender, each event
-/// counted with its handle in the cache's index ([`cached_cost`]).
-pub const CACHE_BYTES: usize = 2 * 1024 * 1024;
+/// counted with its handle in the cache's index ([`cached_cost`]): ~6,500
+/// events, over half a second of an agent taking 10,000 a second, which
+/// the sender (and the live lane) read within milliseconds. During a burst
+/// it holds the newest events, which the sender reaches only after the
+/// backlog before them: 2 MiB was ~2 MiB more of the agent's peak
+/// (BENCHMARKS.md, forty-third session).
+pub const CACHE_BYTES: usize = 1024 * 1024;
 /// Bytes of each buffer that encoded events are sliced from.
 const ENCODE_CHUNK: usize = 32 * 1024;
 /// Most events one writer commit takes from its queue.
@@ -646,7 +651,9 @@ impl Buffer {
                 return Ok(Vec::new());
             }
             if !st.cache.is_empty() && from >= st.cache_first {
-                let mut out = Vec::new();
+                // Sized once: a batch's list grown by doubling was ~0.9 MiB
+                // of the agent's heap at its peak (heaptrack).
+                let mut out = Vec::with_capacity(max_events.min((st.next_seq - from) as usize));
                 let mut bytes = 0;
                 for b in st.cache.iter().skip((from - st.cache_first) as usize) {
                     if out.len() >= max_events || (!out.is_empty() && bytes + b.len() > max_bytes) {
@@ -733,37 +740,42 @@ fn read_db(
     max_bytes: usize,
 ) -> Result<Vec<Bytes>, BufferError> {
     let cf = db.cf_handle(CF_EVENTS).expect("events cf");
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(max_events.min(end.saturating_sub(from) as usize));
     let mut bytes = 0;
-    let mut opts = rocksdb::ReadOptions::default();
+    let mut opts = uncached();
     opts.set_iterate_lower_bound(key(start).to_vec());
     let mut it = db.raw_iterator_cf_opt(cf, opts);
     it.seek(key(start));
     if !matches!(it.key().map(|k| be_u64(k, "event key")), Some(Ok(first)) if first <= from) {
         // `start` was not the run holding `from` (the state does not know
         // it): the run is the last one starting at or before `from`.
-        it = db.raw_iterator_cf(cf);
+        it = db.raw_iterator_cf_opt(cf, uncached());
         it.seek_for_prev(key(from));
         if !it.valid() {
             it.seek(key(from));
         }
     }
     let mut expect = from;
-    'runs: while it.valid() {
+    // (offset, length) in the run of each event taken from it.
+    let mut taken: Vec<(usize, usize)> = Vec::new();
+    let mut full = false;
+    while !full && it.valid() {
         let (Some(k), Some(v)) = (it.key(), it.value()) else {
             break;
         };
         let first = be_u64(k, "event key")?;
+        taken.clear();
         for (i, e) in unpack_run(v)?.into_iter().enumerate() {
             let seq = first + i as u64;
             if seq < expect {
                 continue;
             }
             if seq >= end
-                || out.len() >= max_events
-                || (!out.is_empty() && bytes + e.len() > max_bytes)
+                || out.len() + taken.len() >= max_events
+                || (!(out.is_empty() && taken.is_empty()) && bytes + e.len() > max_bytes)
             {
-                break 'runs;
+                full = true;
+                break;
             }
             if seq != expect {
                 return Err(BufferError::Corrupt(format!(
@@ -771,8 +783,19 @@ fn read_db(
                 )));
             }
             bytes += e.len();
-            out.push(Bytes::copy_from_slice(e));
+            taken.push((e.as_ptr() as usize - v.as_ptr() as usize, e.len()));
             expect += 1;
+        }
+        // The events taken, copied out of RocksDB's block in one piece and
+        // handed out as slices of it: one allocation per run read, not one
+        // per event (a batch is 2,000 of them).
+        if let (Some(&(from_at, _)), Some(&(last_at, last_len))) = (taken.first(), taken.last()) {
+            let span = Bytes::copy_from_slice(&v[from_at..last_at + last_len]);
+            out.extend(
+                taken
+                    .iter()
+                    .map(|&(at, len)| span.slice(at - from_at..at - from_at + len)),
+            );
         }
         it.next();
     }
@@ -781,6 +804,18 @@ fn read_db(
         return Err(BufferError::Corrupt(format!("seq {from} is missing")));
     }
     Ok(out)
+}
+
+/// Reads that leave RocksDB's block cache alone: a run is read once or
+/// twice, by consecutive sends, and never again once acknowledged. Cached,
+/// the runs read while a burst drained (one block of up to [`RUN_BYTES`]
+/// each) filled the cache's 2 MiB, 1.7 MiB of the agent's heap at its peak
+/// (heaptrack; BENCHMARKS.md, forty-third session); the cache keeps the
+/// tables' index and filter blocks.
+fn uncached() -> rocksdb::ReadOptions {
+    let mut opts = rocksdb::ReadOptions::default();
+    opts.fill_cache(false);
+    opts
 }
 
 impl Drop for Buffer {
