@@ -653,7 +653,7 @@ impl Buffer {
             if !st.cache.is_empty() && from >= st.cache_first {
                 // Sized once: a batch's list grown by doubling was ~0.9 MiB
                 // of the agent's heap at its peak (heaptrack).
-                let mut out = Vec::with_capacity(max_events.min((st.next_seq - from) as usize));
+                let mut out = Vec::with_capacity(presize(max_events, st.next_seq - from));
                 let mut bytes = 0;
                 for b in st.cache.iter().skip((from - st.cache_first) as usize) {
                     if out.len() >= max_events || (!out.is_empty() && bytes + b.len() > max_bytes) {
@@ -740,7 +740,7 @@ fn read_db(
     max_bytes: usize,
 ) -> Result<Vec<Bytes>, BufferError> {
     let cf = db.cf_handle(CF_EVENTS).expect("events cf");
-    let mut out = Vec::with_capacity(max_events.min(end.saturating_sub(from) as usize));
+    let mut out = Vec::with_capacity(presize(max_events, end.saturating_sub(from)));
     let mut bytes = 0;
     let mut opts = uncached();
     opts.set_iterate_lower_bound(key(start).to_vec());
@@ -804,6 +804,15 @@ fn read_db(
         return Err(BufferError::Corrupt(format!("seq {from} is missing")));
     }
     Ok(out)
+}
+
+/// The room a read's list starts with: the events it may return, up to
+/// 4,096 (a larger `batch_max_events` grows the list as it fills, bounded
+/// by the read's bytes, rather than reserving it all up front).
+fn presize(max_events: usize, held: u64) -> usize {
+    max_events
+        .min(usize::try_from(held).unwrap_or(usize::MAX))
+        .min(4096)
 }
 
 /// Reads that leave RocksDB's block cache alone: a run is read once or
