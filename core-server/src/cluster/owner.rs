@@ -358,6 +358,9 @@ async fn checkpoints(
     // applied them (seen as a gap it never closes: acknowledged events
     // lost). 0: nothing yet.
     let mut purgeable = 0u64;
+    // Diverged messages (see [`deal_with_diverged`]) whose footage could not
+    // be applied or published again: tried again at the next checkpoint.
+    let mut diverged_left = Vec::new();
     let mut hashed = super::checkpoint::SstHashes::default();
     let mut held = None;
     let mut taken = 0u64;
@@ -425,8 +428,11 @@ async fn checkpoints(
                             deleted = d.count,
                             "partition checkpointed"
                         );
-                        if let Err(e) = deal_with_diverged(&nats, &store, p, d.diverged).await {
-                            tracing::warn!(partition = p, error = %e, "applying footage the stream's leader held and this owner was not delivered failed");
+                        let mut todo = std::mem::take(&mut diverged_left);
+                        todo.extend(d.diverged);
+                        if let Err((e, left)) = deal_with_diverged(&nats, &store, p, todo).await {
+                            tracing::warn!(partition = p, error = %e, left = left.len(), "applying footage the stream's leader held and this owner was not delivered failed; tried again at the next checkpoint");
+                            diverged_left = left;
                         }
                     }
                     Err(e) => {
@@ -781,49 +787,70 @@ async fn apply(
 /// (an owner restoring that checkpoint replays it; applying it twice
 /// changes nothing), then the leader's message is deleted; a share is left
 /// in the stream, where the owner's check for acknowledged seqs it was
-/// never handed finds it ([`lost_before`], [`EndCheck`]).
+/// never handed finds it ([`lost_before`], [`EndCheck`]). On an error,
+/// returns it with the messages not dealt with (the one that failed and
+/// those after it, all still in the stream): the owner tries them again at
+/// its next checkpoint.
 pub(super) async fn deal_with_diverged(
     nats: &Nats,
     store: &Arc<Store>,
     p: u16,
-    diverged: Vec<async_nats::jetstream::message::StreamMessage>,
-) -> anyhow::Result<()> {
-    for m in diverged {
-        let attach = m
-            .headers
-            .get(KIND_HEADER)
-            .is_some_and(|k| k.as_str() == ATTACH_KIND);
-        tracing::warn!(
-            partition = p,
-            stream_seq = m.sequence,
-            attach,
-            "the stream's leader holds another message at this sequence than this owner's consumer delivered (its replica differed from the leader's): {}",
-            if attach {
-                "the footage is attached now and published again"
-            } else {
-                "kept in the stream"
-            }
-        );
-        if !attach {
-            continue;
+    diverged: Diverged,
+) -> Result<(), (anyhow::Error, Diverged)> {
+    let mut rest = diverged.into_iter();
+    while let Some(m) = rest.next() {
+        if let Err(e) = deal_with_one_diverged(nats, store, p, &m).await {
+            // This one and the rest are still in the stream: the caller
+            // tries them again.
+            return Err((e, std::iter::once(m).chain(rest).collect()));
         }
-        let (s, seq, payload) = (store.clone(), m.sequence, m.payload.clone());
-        tokio::task::spawn_blocking(move || apply_attach(&s, p, seq, payload)).await??;
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(KIND_HEADER, ATTACH_KIND);
-        let again = nats
-            .js
-            .publish_with_headers(in_subject(p), headers, m.payload)
-            .await?
-            .await?;
-        tracing::info!(
-            partition = p,
-            stream_seq = m.sequence,
-            again = again.sequence,
-            "footage the stream's leader held where this owner was delivered another message is in the stream again"
-        );
-        super::checkpoint::delete_message(nats, m.sequence).await?;
     }
+    Ok(())
+}
+
+/// Messages the stream's leader holds where this owner was delivered others.
+type Diverged = Vec<async_nats::jetstream::message::StreamMessage>;
+
+async fn deal_with_one_diverged(
+    nats: &Nats,
+    store: &Arc<Store>,
+    p: u16,
+    m: &async_nats::jetstream::message::StreamMessage,
+) -> anyhow::Result<()> {
+    let attach = m
+        .headers
+        .get(KIND_HEADER)
+        .is_some_and(|k| k.as_str() == ATTACH_KIND);
+    tracing::warn!(
+        partition = p,
+        stream_seq = m.sequence,
+        attach,
+        "the stream's leader holds another message at this sequence than this owner's consumer delivered (its replica differed from the leader's): {}",
+        if attach {
+            "the footage is attached now and published again"
+        } else {
+            "kept in the stream"
+        }
+    );
+    if !attach {
+        return Ok(());
+    }
+    let (s, seq, payload) = (store.clone(), m.sequence, m.payload.clone());
+    tokio::task::spawn_blocking(move || apply_attach(&s, p, seq, payload)).await??;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(KIND_HEADER, ATTACH_KIND);
+    let again = nats
+        .js
+        .publish_with_headers(in_subject(p), headers, m.payload.clone())
+        .await?
+        .await?;
+    tracing::info!(
+        partition = p,
+        stream_seq = m.sequence,
+        again = again.sequence,
+        "footage the stream's leader held where this owner was delivered another message is in the stream again"
+    );
+    super::checkpoint::delete_message(nats, m.sequence).await?;
     Ok(())
 }
 

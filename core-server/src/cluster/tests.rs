@@ -901,7 +901,8 @@ async fn dealt_with(nats: &Nats, seq: u64) -> u64 {
 /// messages a checkpoint covers, once the owner has seen a sign of a NATS
 /// fault: it stays in the stream, where the owner's check for acknowledged
 /// seqs it was never handed finds a share, and footage there is attached
-/// and published again after the checkpoint.
+/// and published again after the checkpoint — tried again when NATS failed
+/// it the first time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_the_leader_holds_where_the_owner_was_delivered_another_is_kept_and_its_footage_attached(
 ) {
@@ -967,7 +968,15 @@ async fn a_message_the_leader_holds_where_the_owner_was_delivered_another_is_kep
     store.commit(c).unwrap();
     assert!(store.media_of(oid, "agent-1").unwrap().is_empty());
     let attach = dealt_with(&nats, 3).await;
-    super::owner::deal_with_diverged(&nats, &store, 1, d.diverged)
+    // NATS not answering: the attach is not dealt with, and comes back to
+    // be tried again (the owner does so at its next checkpoint).
+    server.pause();
+    let failed = super::owner::deal_with_diverged(&nats, &store, 1, d.diverged).await;
+    server.resume();
+    let (_, left) = failed.expect_err("publishing with NATS paused fails");
+    let left_seqs: Vec<u64> = left.iter().map(|m| m.sequence).collect();
+    assert_eq!(left_seqs, [3]);
+    super::owner::deal_with_diverged(&nats, &store, 1, left)
         .await
         .unwrap();
     let media = store.media_of(oid, "agent-1").unwrap();
