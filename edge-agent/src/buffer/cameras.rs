@@ -199,19 +199,17 @@ impl Cameras {
     /// A commit ended at seq `last_seq` (the last seq assigned so far),
     /// numbering what `n` lists: settled once the core acknowledges it.
     pub fn checkpoint(&mut self, last_seq: u64, numbered: &[&Numbering], acked: u64) {
-        let mut highs: Vec<(i64, u64)> = numbered
-            .iter()
-            .flat_map(|n| n.assigned.iter().copied())
-            .collect();
+        let highs = highest_per_camera(
+            numbered
+                .iter()
+                .flat_map(|n| n.assigned.iter().copied())
+                .collect(),
+        );
         if highs.is_empty() {
             return;
         }
-        // Each camera once, with its highest number (first in its run).
-        highs.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-        highs.dedup_by_key(|(cam, _)| *cam);
         self.checkpoint_entries += highs.len();
-        self.checkpoints
-            .push_back((last_seq, highs.into_boxed_slice()));
+        self.checkpoints.push_back((last_seq, highs));
         while self.checkpoints.len() > 1
             && (self.checkpoints.len() > MAX_CHECKPOINTS
                 || self.checkpoint_entries > MAX_CHECKPOINT_ENTRIES)
@@ -254,31 +252,18 @@ impl Cameras {
     }
 }
 
-/// Two checkpoints' highs (each sorted by camera, a camera once) as one:
-/// every camera of either, with the higher number.
+/// `pairs` as [`Highs`]: each camera once, with its highest number.
+fn highest_per_camera(mut pairs: Vec<(i64, u64)>) -> Highs {
+    // Highest first within a camera, so that the dedup keeps it.
+    pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+    pairs.dedup_by_key(|(cam, _)| *cam);
+    pairs.into_boxed_slice()
+}
+
+/// Two checkpoints' highs as one: every camera of either, with the higher
+/// number.
 fn merge_highs(a: &[(i64, u64)], b: &[(i64, u64)]) -> Highs {
-    let mut out = Vec::with_capacity(a.len().max(b.len()));
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() && j < b.len() {
-        match a[i].0.cmp(&b[j].0) {
-            std::cmp::Ordering::Less => {
-                out.push(a[i]);
-                i += 1;
-            }
-            std::cmp::Ordering::Greater => {
-                out.push(b[j]);
-                j += 1;
-            }
-            std::cmp::Ordering::Equal => {
-                out.push((a[i].0, a[i].1.max(b[j].1)));
-                i += 1;
-                j += 1;
-            }
-        }
-    }
-    out.extend_from_slice(&a[i..]);
-    out.extend_from_slice(&b[j..]);
-    out.into_boxed_slice()
+    highest_per_camera([a, b].concat())
 }
 
 #[cfg(test)]
