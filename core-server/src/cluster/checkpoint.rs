@@ -568,6 +568,33 @@ pub struct Deleted {
     /// them (nats-server 2.9.10's replicas were seen to differ so after two
     /// of three were killed).
     pub diverged: Vec<async_nats::jetstream::message::StreamMessage>,
+    /// Footage (attaches) before the first message this owner dealt with,
+    /// kept in the stream: an earlier owner's, which that owner may not
+    /// have applied — it left the partition with footage it was to try
+    /// again (see [`Deleted::diverged`]) — and which this owner's
+    /// checkpoints, restored from that owner's, may lack. Applying one
+    /// again changes nothing.
+    pub unseen_attaches: Vec<async_nats::jetstream::message::StreamMessage>,
+}
+
+/// What [`delete_applied`] knows of a message it may delete.
+#[derive(Clone, Copy)]
+enum Known {
+    /// Dealt with by this owner: delivered with this fingerprint, checked
+    /// against the leader's copy; or not checked (`None`).
+    Dealt(Option<u64>),
+    /// Named by the stream's leader before the first this owner dealt with.
+    Unseen,
+}
+
+/// What [`delete_applied`] did with one message.
+enum Outcome {
+    /// Deleted (`false`: gone already).
+    Deleted(bool),
+    /// The leader holds another message than this owner was delivered.
+    Diverged(Box<async_nats::jetstream::message::StreamMessage>),
+    /// An attach this owner never saw.
+    UnseenAttach(Box<async_nats::jetstream::message::StreamMessage>),
 }
 
 /// Deletes at a time (each a JetStream request).
@@ -579,7 +606,8 @@ const DELETES: usize = 16;
 /// [`Handled::suspect`]) only those whose copy at the stream's leader is
 /// the message this owner was delivered (another one is kept and returned:
 /// [`Deleted::diverged`]) — and, when it may not know them all, those the
-/// stream's leader names before them.
+/// stream's leader names before them, shares deleted and attaches kept
+/// ([`Deleted::unseen_attaches`]).
 ///
 /// Never a purge with a subject filter: nats-server 2.9 (Debian 12's)
 /// replays one from its log after a restart as a purge of *every* subject
@@ -596,11 +624,11 @@ pub async fn delete_applied(
 ) -> anyhow::Result<Deleted> {
     let (known, scan) = {
         let h = handled.lock().unwrap();
-        let known: Vec<(u64, Option<u64>)> = h
+        let known: Vec<(u64, Known)> = h
             .seqs
             .iter()
             .take_while(|(s, _)| *s < keep_from)
-            .map(|&(s, f)| (s, (s <= h.check_through).then_some(f)))
+            .map(|&(s, f)| (s, Known::Dealt((s <= h.check_through).then_some(f))))
             .collect();
         (known, h.unknown_before)
     };
@@ -612,19 +640,20 @@ pub async fn delete_applied(
             if s >= below {
                 break;
             }
-            unknown.push((s, None));
+            unknown.push((s, Known::Unseen));
             from = s + 1;
         }
     }
     let stream = nats.js.get_stream_no_info(IN_STREAM).await?;
     let seqs = unknown.into_iter().chain(known);
     let done = futures::stream::iter(seqs)
-        .map(|(seq, fp)| delete_if_dealt_with(nats, &stream, seq, fp))
+        .map(|(seq, known)| delete_if_dealt_with(nats, &stream, seq, known))
         .buffer_unordered(DELETES)
-        .try_fold(Deleted::default(), |mut d, kept| async move {
-            match kept {
-                Ok(gone) => d.count += gone as u64,
-                Err(m) => d.diverged.push(*m),
+        .try_fold(Deleted::default(), |mut d, outcome| async move {
+            match outcome {
+                Outcome::Deleted(gone) => d.count += gone as u64,
+                Outcome::Diverged(m) => d.diverged.push(*m),
+                Outcome::UnseenAttach(m) => d.unseen_attaches.push(*m),
             }
             Ok(d)
         })
@@ -642,26 +671,42 @@ pub async fn delete_applied(
 }
 
 /// Deletes the IN message at `seq` if the stream's leader holds there the
-/// message with `fingerprint` (`None`: not known, deleted) — `Ok(false)`:
-/// gone already — or returns the leader's other message.
+/// message this owner was delivered (its fingerprint; not checked: deleted)
+/// or, for a message this owner never saw, a share; otherwise returns the
+/// leader's message, kept.
 async fn delete_if_dealt_with<I>(
     nats: &Nats,
     stream: &async_nats::jetstream::stream::Stream<I>,
     seq: u64,
-    fingerprint: Option<u64>,
-) -> anyhow::Result<Result<bool, Box<async_nats::jetstream::message::StreamMessage>>> {
+    known: Known,
+) -> anyhow::Result<Outcome> {
     use async_nats::jetstream::stream::RawMessageErrorKind;
-    if let Some(f) = fingerprint {
-        match stream.get_raw_message(seq).await {
-            Ok(m) if self::fingerprint(&m.payload) != f => return Ok(Err(Box::new(m))),
-            Ok(_) => {}
+    if !matches!(known, Known::Dealt(None)) {
+        let m = match stream.get_raw_message(seq).await {
+            Ok(m) => m,
             Err(e) if matches!(e.kind(), RawMessageErrorKind::NoMessageFound) => {
-                return Ok(Ok(false))
+                return Ok(Outcome::Deleted(false))
             }
             Err(e) => return Err(e.into()),
+        };
+        match known {
+            Known::Dealt(Some(f)) if self::fingerprint(&m.payload) != f => {
+                return Ok(Outcome::Diverged(Box::new(m)))
+            }
+            Known::Unseen if is_attach(&m.headers) => {
+                return Ok(Outcome::UnseenAttach(Box::new(m)))
+            }
+            _ => {}
         }
     }
-    Ok(Ok(delete_message(nats, seq).await?))
+    Ok(Outcome::Deleted(delete_message(nats, seq).await?))
+}
+
+/// Whether an IN message with these headers is an attach (not a share).
+pub(super) fn is_attach(headers: &async_nats::HeaderMap) -> bool {
+    headers
+        .get(super::share::KIND_HEADER)
+        .is_some_and(|k| k.as_str() == super::share::ATTACH_KIND)
 }
 
 /// Deletes the IN stream's message at `seq` (`false`: it was gone already).

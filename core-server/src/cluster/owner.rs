@@ -428,8 +428,30 @@ async fn checkpoints(
                             deleted = d.count,
                             "partition checkpointed"
                         );
+                        for m in &d.diverged {
+                            let attach = super::checkpoint::is_attach(&m.headers);
+                            tracing::warn!(
+                                partition = p,
+                                stream_seq = m.sequence,
+                                attach,
+                                "the stream's leader holds another message at this sequence than this owner's consumer delivered (its replica differed from the leader's): {}",
+                                if attach {
+                                    "the footage is attached now and published again"
+                                } else {
+                                    "kept in the stream"
+                                }
+                            );
+                        }
+                        if !d.unseen_attaches.is_empty() {
+                            tracing::info!(
+                                partition = p,
+                                attaches = d.unseen_attaches.len(),
+                                "footage an earlier owner left in the stream is attached again and published again after the checkpoint (an owner may leave with footage it did not apply)"
+                            );
+                        }
                         let mut todo = std::mem::take(&mut diverged_left);
                         todo.extend(d.diverged);
+                        todo.extend(d.unseen_attaches);
                         if let Err((e, left)) = deal_with_diverged(&nats, &store, p, todo).await {
                             tracing::warn!(partition = p, error = %e, left = left.len(), "applying footage the stream's leader held and this owner was not delivered failed; tried again at the next checkpoint");
                             diverged_left = left;
@@ -780,9 +802,9 @@ async fn apply(
 }
 
 /// Messages the IN stream's leader holds at sequences where this owner's
-/// consumer delivered another message (kept in the stream by
-/// [`super::checkpoint::delete_applied`]): an attach, footage this owner
-/// never applied, is applied now and published again to the partition's
+/// consumer delivered another message, and attaches an earlier owner left
+/// in the stream (both kept there by [`super::checkpoint::delete_applied`]):
+/// an attach, footage this owner never applied, is applied now and published again to the partition's
 /// subject, so that it is in the stream after the checkpoint just taken
 /// (an owner restoring that checkpoint replays it; applying it twice
 /// changes nothing), then the leader's message is deleted; a share is left
@@ -817,22 +839,7 @@ async fn deal_with_one_diverged(
     p: u16,
     m: &async_nats::jetstream::message::StreamMessage,
 ) -> anyhow::Result<()> {
-    let attach = m
-        .headers
-        .get(KIND_HEADER)
-        .is_some_and(|k| k.as_str() == ATTACH_KIND);
-    tracing::warn!(
-        partition = p,
-        stream_seq = m.sequence,
-        attach,
-        "the stream's leader holds another message at this sequence than this owner's consumer delivered (its replica differed from the leader's): {}",
-        if attach {
-            "the footage is attached now and published again"
-        } else {
-            "kept in the stream"
-        }
-    );
-    if !attach {
+    if !super::checkpoint::is_attach(&m.headers) {
         return Ok(());
     }
     let (s, seq, payload) = (store.clone(), m.sequence, m.payload.clone());
@@ -848,7 +855,7 @@ async fn deal_with_one_diverged(
         partition = p,
         stream_seq = m.sequence,
         again = again.sequence,
-        "footage the stream's leader held where this owner was delivered another message is in the stream again"
+        "footage this owner was not delivered is attached and in the stream again"
     );
     super::checkpoint::delete_message(nats, m.sequence).await?;
     Ok(())

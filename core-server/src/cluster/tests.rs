@@ -947,26 +947,7 @@ async fn a_message_the_leader_holds_where_the_owner_was_delivered_another_is_kep
     );
     // The partition's store holds the event, not the footage it never
     // applied; the owner attaches it from what the leader holds.
-    let dir = tempfile::tempdir().unwrap();
-    let store =
-        Arc::new(crate::store::Store::open(&dir.path().join("db"), false, 8 << 20).unwrap());
-    let mut c = store.begin(at).unwrap();
-    let event = sightline_proto::v1::JoinedEvent {
-        detection: Some(Detection {
-            geographical_location_oid: 1,
-            video_camera_oid: 7,
-            detection_oid: Some(oid),
-            item_name: "person".into(),
-            timestamp_detected: at,
-            ..Default::default()
-        }),
-        agent_id: "agent-1".into(),
-        seq: 1,
-        ..Default::default()
-    };
-    c.put_event(&event, None);
-    store.commit(c).unwrap();
-    assert!(store.media_of(oid, "agent-1").unwrap().is_empty());
+    let (_dir, store) = store_with_event(oid, at);
     let attach = dealt_with(&nats, 3).await;
     // NATS not answering: the attach is not dealt with, and comes back to
     // be tried again (the owner does so at its next checkpoint).
@@ -987,6 +968,97 @@ async fn a_message_the_leader_holds_where_the_owner_was_delivered_another_is_kep
     let again = super::owner::leader_next(&nats, 1, 1).await.unwrap();
     assert!(again.is_some_and(|s| s > 3), "{again:?}");
     assert_eq!(dealt_with(&nats, again.unwrap()).await, attach);
+}
+
+/// A partition's store holding agent-1's event `oid` (no footage yet).
+fn store_with_event(oid: i64, at: i64) -> (tempfile::TempDir, Arc<crate::store::Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        Arc::new(crate::store::Store::open(&dir.path().join("db"), false, 8 << 20).unwrap());
+    let mut c = store.begin(at).unwrap();
+    let event = sightline_proto::v1::JoinedEvent {
+        detection: Some(Detection {
+            geographical_location_oid: 1,
+            video_camera_oid: 7,
+            detection_oid: Some(oid),
+            item_name: "person".into(),
+            timestamp_detected: at,
+            ..Default::default()
+        }),
+        agent_id: "agent-1".into(),
+        seq: 1,
+        ..Default::default()
+    };
+    c.put_event(&event, None);
+    store.commit(c).unwrap();
+    assert!(store.media_of(oid, "agent-1").unwrap().is_empty());
+    (dir, store)
+}
+
+/// An owner may leave a partition with footage it did not apply (a
+/// diverged attach it was to try again, or one it had not reached): the
+/// owner taking the partition over, whose checkpoint restored from the
+/// earlier owner's may lack it, keeps the attaches it finds before the
+/// first message it dealt with instead of deleting them, attaches their
+/// footage and publishes them again after its checkpoint; the shares
+/// there, and the attaches it dealt with itself, are deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn footage_an_earlier_owner_left_in_the_stream_is_attached_by_the_owner_taking_the_partition_over(
+) {
+    use super::checkpoint::{delete_applied, Handled};
+    let server = NatsServer::start();
+    let nats = server.connect("a", 2).await;
+    let front = Front::new(nats.clone());
+    // Seqs 1 (p0) and 2 (p1), the earlier owner's share; p1's attach at 3,
+    // left by it; then an attach at 4 this owner is delivered.
+    send(&front, "agent-1", 1, 20).await;
+    let oid = oids_of(1, 2, 1, 20)[0];
+    let at = sightline_proto::now_ms();
+    let media = |c: char| sightline_proto::v1::MediaRef {
+        kind: "snapshot".into(),
+        sha256: c.to_string().repeat(64),
+        content_type: "image/jpeg".into(),
+        size: 10,
+    };
+    for c in ['a', 'b'] {
+        super::media::publish_attach(&nats, vec![oid], media(c), at, Some("agent-1".into()))
+            .await
+            .unwrap();
+    }
+    let handled = std::sync::Mutex::new(Handled::default());
+    handled.lock().unwrap().check_through(3);
+    let this_owners = dealt_with(&nats, 4).await;
+    handled.lock().unwrap().push(4, this_owners);
+    let left = dealt_with(&nats, 3).await;
+    let d = delete_applied(&nats, 1, 5, &handled).await.unwrap();
+    assert_eq!(d.count, 2, "the share at 2 and this owner's attach at 4");
+    assert!(d.diverged.is_empty());
+    let kept: Vec<u64> = d.unseen_attaches.iter().map(|m| m.sequence).collect();
+    assert_eq!(kept, [3]);
+    // (Read by sequence: nats-server 2.9.10 names no message of the
+    // subject after its first and last were deleted around one kept, until
+    // another message comes.)
+    let stream = nats.js.get_stream(IN_STREAM).await.unwrap();
+    let held = async |seq| stream.get_raw_message(seq).await.is_ok();
+    assert!(
+        held(3).await,
+        "the earlier owner's attach stays in the stream"
+    );
+    assert!(!held(2).await && !held(4).await);
+    // The store restored from the earlier owner's checkpoint lacks it.
+    let (_dir, store) = store_with_event(oid, at);
+    super::owner::deal_with_diverged(&nats, &store, 1, d.unseen_attaches)
+        .await
+        .unwrap();
+    let attached = store.media_of(oid, "agent-1").unwrap();
+    assert_eq!(attached.len(), 1);
+    assert_eq!(attached[0].sha256, "a".repeat(64));
+    // In the stream again after this owner's checkpoint, the message at 3
+    // deleted.
+    assert!(!held(3).await);
+    let again = super::owner::leader_next(&nats, 1, 1).await.unwrap();
+    assert_eq!(again, Some(5));
+    assert_eq!(dealt_with(&nats, 5).await, left);
 }
 
 /// An owner that takes a partition over checks the messages its subject
