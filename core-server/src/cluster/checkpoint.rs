@@ -693,20 +693,13 @@ async fn delete_if_dealt_with<I>(
             Known::Dealt(Some(f)) if self::fingerprint(&m.payload) != f => {
                 return Ok(Outcome::Diverged(Box::new(m)))
             }
-            Known::Unseen if is_attach(&m.headers) => {
+            Known::Unseen if super::share::is_attach(&m.headers) => {
                 return Ok(Outcome::UnseenAttach(Box::new(m)))
             }
             _ => {}
         }
     }
     Ok(Outcome::Deleted(delete_message(nats, seq).await?))
-}
-
-/// Whether an IN message with these headers is an attach (not a share).
-pub(super) fn is_attach(headers: &async_nats::HeaderMap) -> bool {
-    headers
-        .get(super::share::KIND_HEADER)
-        .is_some_and(|k| k.as_str() == super::share::ATTACH_KIND)
 }
 
 /// Deletes the IN stream's message at `seq` (`false`: it was gone already).

@@ -38,7 +38,7 @@ use super::{
     in_subject,
     nats::{ClusterError, Nats},
     out_subject,
-    share::{AttachMsg, ShareMsg, ATTACH_KIND, KIND_HEADER},
+    share::{is_attach, AttachMsg, ShareMsg, ATTACH_KIND, KIND_HEADER},
     IN_STREAM, OUT_STREAM,
 };
 use crate::{
@@ -429,7 +429,7 @@ async fn checkpoints(
                             "partition checkpointed"
                         );
                         for m in &d.diverged {
-                            let attach = super::checkpoint::is_attach(&m.headers);
+                            let attach = is_attach(&m.headers);
                             tracing::warn!(
                                 partition = p,
                                 stream_seq = m.sequence,
@@ -691,12 +691,7 @@ async fn apply(
             // broke before its first message from the subject's start.
             continue;
         }
-        let kind = msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(KIND_HEADER))
-            .map(|v| v.as_str().to_string());
-        if kind.as_deref() == Some(ATTACH_KIND) {
+        if msg.headers.as_ref().is_some_and(is_attach) {
             let (store, payload) = (store.clone(), msg.payload.clone());
             tokio::task::spawn_blocking(move || apply_attach(&store, p, seq, payload)).await??;
             submitted = seq;
@@ -804,8 +799,9 @@ async fn apply(
 /// Messages the IN stream's leader holds at sequences where this owner's
 /// consumer delivered another message, and attaches an earlier owner left
 /// in the stream (both kept there by [`super::checkpoint::delete_applied`]):
-/// an attach, footage this owner never applied, is applied now and published again to the partition's
-/// subject, so that it is in the stream after the checkpoint just taken
+/// an attach, footage this owner never applied, is applied now and
+/// published again to the partition's subject, so that it is in the
+/// stream after the checkpoint just taken
 /// (an owner restoring that checkpoint replays it; applying it twice
 /// changes nothing), then the leader's message is deleted; a share is left
 /// in the stream, where the owner's check for acknowledged seqs it was
@@ -839,7 +835,7 @@ async fn deal_with_one_diverged(
     p: u16,
     m: &async_nats::jetstream::message::StreamMessage,
 ) -> anyhow::Result<()> {
-    if !super::checkpoint::is_attach(&m.headers) {
+    if !is_attach(&m.headers) {
         return Ok(());
     }
     let (s, seq, payload) = (store.clone(), m.sequence, m.payload.clone());

@@ -137,6 +137,13 @@ pub const KIND_HEADER: &str = "Sightline-Kind";
 /// [`KIND_HEADER`] of an [`AttachMsg`].
 pub const ATTACH_KIND: &str = "attach";
 
+/// Whether an IN message with these headers is an attach (not a share).
+pub fn is_attach(headers: &async_nats::HeaderMap) -> bool {
+    headers
+        .get(KIND_HEADER)
+        .is_some_and(|k| k.as_str() == ATTACH_KIND)
+}
+
 /// `Media.Attach` for the events of one partition, carried to its owner
 /// (PROTOCOL.md rule 31). Applying it again changes nothing.
 #[derive(Clone, PartialEq, Message)]

@@ -424,23 +424,12 @@ async fn footage_attached_on_any_node_is_kept_by_its_events_partitions_and_anoth
             == 20
     })
     .await;
-    let media = |kind: &str, c: char| sightline_proto::v1::MediaRef {
-        kind: kind.into(),
-        sha256: c.to_string().repeat(64),
-        content_type: if kind == "clip" {
-            "video/mp4"
-        } else {
-            "image/jpeg"
-        }
-        .into(),
-        size: 10,
-    };
     let oids: Vec<i64> = (1001..=1020).collect();
     let at = sightline_proto::now_ms();
     super::media::publish_attach(
         &nats,
         oids.clone(),
-        media("snapshot", 'a'),
+        media_ref("snapshot", 'a'),
         at,
         Some("agent-1".into()),
     )
@@ -451,7 +440,7 @@ async fn footage_attached_on_any_node_is_kept_by_its_events_partitions_and_anoth
     super::media::publish_attach(
         &nats,
         vec![1001],
-        media("clip", 'b'),
+        media_ref("clip", 'b'),
         at,
         Some("agent-2".into()),
     )
@@ -460,7 +449,7 @@ async fn footage_attached_on_any_node_is_kept_by_its_events_partitions_and_anoth
     super::media::publish_attach(
         &nats,
         vec![1001],
-        media("thumbnail", 'c'),
+        media_ref("thumbnail", 'c'),
         at,
         Some("agent-1".into()),
     )
@@ -887,6 +876,30 @@ async fn an_owner_deletes_the_checkpointed_shares_it_and_earlier_owners_dealt_wi
     assert_eq!(next(0, 1).await, Some(1));
 }
 
+/// A snapshot's or clip's reference, its digest `c` repeated.
+fn media_ref(kind: &str, c: char) -> sightline_proto::v1::MediaRef {
+    sightline_proto::v1::MediaRef {
+        kind: kind.into(),
+        sha256: c.to_string().repeat(64),
+        content_type: if kind == "clip" {
+            "video/mp4"
+        } else {
+            "image/jpeg"
+        }
+        .into(),
+        size: 10,
+    }
+}
+
+/// Two partitions whose IN stream holds agent-1's first batch: seqs 1 (p0)
+/// and 2 (p1); and p1's first det_oid.
+async fn a_share_in_each_of_two_partitions() -> (NatsServer, Nats, i64) {
+    let server = NatsServer::start();
+    let nats = server.connect("a", 2).await;
+    send(&Front::new(nats.clone()), "agent-1", 1, 20).await;
+    (server, nats, oids_of(1, 2, 1, 20)[0])
+}
+
 /// The fingerprint of the IN message at `seq`, as an owner delivered it
 /// records it.
 async fn dealt_with(nats: &Nats, seq: u64) -> u64 {
@@ -907,18 +920,9 @@ async fn dealt_with(nats: &Nats, seq: u64) -> u64 {
 async fn a_message_the_leader_holds_where_the_owner_was_delivered_another_is_kept_and_its_footage_attached(
 ) {
     use super::checkpoint::{delete_applied, Handled};
-    let server = NatsServer::start();
-    let nats = server.connect("a", 2).await;
-    let front = Front::new(nats.clone());
     // Seqs 1 (p0) and 2 (p1); then p1's attach at 3.
-    send(&front, "agent-1", 1, 20).await;
-    let oid = oids_of(1, 2, 1, 20)[0];
-    let snapshot = sightline_proto::v1::MediaRef {
-        kind: "snapshot".into(),
-        sha256: "a".repeat(64),
-        content_type: "image/jpeg".into(),
-        size: 10,
-    };
+    let (server, nats, oid) = a_share_in_each_of_two_partitions().await;
+    let snapshot = media_ref("snapshot", 'a');
     let at = sightline_proto::now_ms();
     super::media::publish_attach(&nats, vec![oid], snapshot, at, Some("agent-1".into()))
         .await
@@ -1006,22 +1010,13 @@ fn store_with_event(oid: i64, at: i64) -> (tempfile::TempDir, Arc<crate::store::
 async fn footage_an_earlier_owner_left_in_the_stream_is_attached_by_the_owner_taking_the_partition_over(
 ) {
     use super::checkpoint::{delete_applied, Handled};
-    let server = NatsServer::start();
-    let nats = server.connect("a", 2).await;
-    let front = Front::new(nats.clone());
     // Seqs 1 (p0) and 2 (p1), the earlier owner's share; p1's attach at 3,
     // left by it; then an attach at 4 this owner is delivered.
-    send(&front, "agent-1", 1, 20).await;
-    let oid = oids_of(1, 2, 1, 20)[0];
+    let (_server, nats, oid) = a_share_in_each_of_two_partitions().await;
     let at = sightline_proto::now_ms();
-    let media = |c: char| sightline_proto::v1::MediaRef {
-        kind: "snapshot".into(),
-        sha256: c.to_string().repeat(64),
-        content_type: "image/jpeg".into(),
-        size: 10,
-    };
     for c in ['a', 'b'] {
-        super::media::publish_attach(&nats, vec![oid], media(c), at, Some("agent-1".into()))
+        let snapshot = media_ref("snapshot", c);
+        super::media::publish_attach(&nats, vec![oid], snapshot, at, Some("agent-1".into()))
             .await
             .unwrap();
     }
