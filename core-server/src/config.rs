@@ -271,7 +271,10 @@ pub struct StorageConfig {
     pub cache: ByteSize,
     /// Most memory all RocksDB memtables hold together (writes not yet
     /// flushed to tables); one column family's memtable is at most a quarter
-    /// of it. Smaller: more, smaller flushes.
+    /// of it. The det_oid index's newest entries are kept apart, in memory
+    /// and in their commits' det log entries, and written to the index as
+    /// table files of ~230,000 entries per 64 MiB of this; in memory they
+    /// take up to a third of it. Smaller: more, smaller flushes.
     #[serde(default = "default_memtable")]
     #[schemars(with = "sightline_proto::config_doc::ByteSize")]
     pub memtable: ByteSize,

@@ -14,7 +14,8 @@ use sightline_proto::v1::{
 use sightline_tests::{
     data::write_locations,
     query::{assert_exactly_once, stats, wait_more_stored},
-    wait_for, Agent, AgentArgs, Core, Dataset, Edge, ImpairedTcpProxy, Impairment, UdpProxy,
+    wait_for, Agent, AgentArgs, Core, CoreArgs, Dataset, Edge, ImpairedTcpProxy, Impairment,
+    UdpProxy,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -31,6 +32,7 @@ sightline_tests::over_both_transports!(
     upstream_duplicates_are_stored_once,
     jsonl_replay_is_stored_exactly_once,
     core_killed_mid_stream_loses_and_duplicates_nothing,
+    core_killed_while_its_det_index_takes_files_loses_and_duplicates_nothing,
     agent_killed_mid_stream_loses_and_duplicates_nothing,
     agent_killed_under_a_publishing_detector_loses_and_duplicates_nothing,
     link_cut_and_restored_loses_and_duplicates_nothing,
@@ -114,6 +116,42 @@ async fn core_killed_mid_stream_loses_and_duplicates_nothing(edge: Edge) {
         wait_more_stored(&core.url(), 2000).await;
         core.kill9();
         tokio::time::sleep(Duration::from_millis(700)).await;
+        core.restart();
+    }
+    assert!(agent.wait(Duration::from_secs(180)).success());
+    assert_exactly_once(&core.url(), &truth).await;
+}
+
+/// As above, longer, with the smallest memtables (8 MiB): the det_oid
+/// index's newest entries go into it as a table file every 28,672 events
+/// (`store::det_buffer`), so the kills fall between, around and after those
+/// ingests, and the det_oids a commit stored come back from its det log
+/// after each.
+async fn core_killed_while_its_det_index_takes_files_loses_and_duplicates_nothing(edge: Edge) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = dir.path().join("locations.csv");
+    write_locations(&b, LOCATIONS);
+    let cfg = dir.path().join("core.toml");
+    std::fs::write(&cfg, "[storage]\nmemtable = \"8 MiB\"\n").unwrap();
+    let mut core = Core::start_with(CoreArgs {
+        data_dir: dir.path().join("core"),
+        locations: Some(b),
+        grpc: "127.0.0.1:0".parse().unwrap(),
+        edge: "127.0.0.1:0".parse().unwrap(),
+        extra: vec!["--config".into(), cfg.display().to_string()],
+    });
+    let data = Dataset::generate(5, 120_000, 0.1, 0.2, LOCATIONS);
+    let truth = data.truth();
+    let csv = data.csv_in(dir.path());
+    let mut agent = Agent::start(
+        AgentArgs::replay(dir.path(), "a", String::new(), &csv, Some(10_000))
+            .over(&core, edge)
+            .reconnect_within(RECONNECT),
+    );
+    for _ in 0..6 {
+        wait_more_stored(&core.url(), 15_000).await;
+        core.kill9();
+        tokio::time::sleep(Duration::from_millis(500)).await;
         core.restart();
     }
     assert!(agent.wait(Duration::from_secs(180)).success());

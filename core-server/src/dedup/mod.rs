@@ -972,8 +972,9 @@ impl Writer {
         commit.without_fsync();
         let w = store.commit(commit)?;
         ctx.metrics.store.write_seconds.observe(w.seconds);
-        if w.fold_due {
-            // Full: a fold is asked for already, and takes this entry too.
+        if w.fold_due || w.ingest_due {
+            // Full: a fold (or ingest) is asked for already, and takes this
+            // commit's entries too.
             let _ = self.fold.try_send(());
         }
         Ok((live, w.generation))
@@ -1095,9 +1096,25 @@ fn sync_groups(ctx: &WriterContext, rx: std::sync::mpsc::Receiver<Unsynced>, fau
 /// (`store::pending`) each time a writer's commit says a fold is due, so
 /// that no commit waits for one (a fold on the writer that crossed the
 /// trigger held up that writer's next commits; BENCHMARKS.md, thirty-fourth
-/// session). Ends when the writers are gone.
+/// session); and ingests the `det` entries held in memory when enough are
+/// (`store::det_buffer`). Ends when the writers are gone.
 fn fold_when_asked(ctx: &WriterContext, rx: std::sync::mpsc::Receiver<()>) {
     while rx.recv().is_ok() {
+        // The `det` entries in memory into `det` (`store::det_buffer`),
+        // when enough are.
+        let started = Instant::now();
+        match ctx.store.ingest_dets_if_due() {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(
+                entries = n,
+                seconds = started.elapsed().as_secs_f64(),
+                "det entries ingested"
+            ),
+            // They stay in memory and in the det log for the next one.
+            Err(e) => {
+                tracing::warn!(error = %e, "ingesting the det entries failed; they stay in memory and in the det log")
+            }
+        }
         let started = Instant::now();
         match ctx.store.fold_if_due() {
             Ok(0) => {}

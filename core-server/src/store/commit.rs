@@ -13,25 +13,25 @@ use rocksdb::{WriteBatch, DB};
 use sightline_proto::v1::{JoinedEvent, QuarantinedEvent};
 
 use super::{
-    cf, keys, received, Store, StoreError, CF_AGG, CF_BY_COMMIT, CF_COUNTERS, CF_DET, CF_EVENTS,
-    CF_META, CF_QUARANTINE, CF_WM,
+    cf, det_buffer, keys, received, Store, StoreError, CF_AGG, CF_BY_COMMIT, CF_COUNTERS,
+    CF_EVENTS, CF_META, CF_QUARANTINE, CF_WM,
 };
 
 /// One commit's writes, in memory until [`Store::commit`].
 ///
-/// The events and their `det` keys are kept aside and written in key order
-/// (as are the aggregates): RocksDB's memtable skiplist starts each insert
-/// from where the last one in the same memtable went, so keys in order cost
-/// a short walk each instead of a search from the top — inserting into the
-/// memtables was half of a partition writer's CPU (BENCHMARKS.md, "The
-/// commit path").
+/// The events are kept aside and written in key order (as are the
+/// aggregates): RocksDB's memtable skiplist starts each insert from where the
+/// last one in the same memtable went, so keys in order cost a short walk
+/// each instead of a search from the top — inserting into the memtables was
+/// half of a partition writer's CPU (BENCHMARKS.md, "The commit path"). Their
+/// `det` entries go in one det log entry ([`super::det_buffer`]).
 pub struct CommitBatch {
     db: Arc<DB>,
     batch: WriteBatch,
     /// `events` entries: key, encoded event.
     events: Vec<([u8; 16], Vec<u8>)>,
     /// `det` entries: key, value (16 bytes, or 24 with a live tag) and its length.
-    dets: Vec<([u8; 8], [u8; 24], u8)>,
+    dets: Vec<([u8; 8], det_buffer::Value)>,
     /// The commit's events in one `by_commit` entry (one memtable insert per
     /// commit instead of one per event; see `Store::committed_since`): its
     /// first det_oid (the key's second half; `None`: no event stored) and
@@ -88,7 +88,7 @@ impl Store {
             db,
             mut batch,
             mut events,
-            mut dets,
+            dets,
             first_oid,
             by_commit,
             agg,
@@ -104,12 +104,11 @@ impl Store {
         for (k, v) in events {
             batch.put_cf(cf_e, k, v);
         }
-        dets.sort_unstable_by_key(|d| d.0);
-        let cf_d = cf(&db, CF_DET);
-        for (k, v, n) in &dets {
-            batch.put_cf(cf_d, k, &v[..*n as usize]);
-        }
         let cf_m = cf(&db, CF_META);
+        let det_log = (!dets.is_empty()).then(|| self.dets.next_log());
+        if let Some(log) = det_log {
+            batch.put_cf(cf_m, det_buffer::log_key(log), det_buffer::encode(&dets));
+        }
         for (share, packed) in outbox {
             batch.put_cf(cf_m, super::outbox::key(share), packed);
         }
@@ -154,10 +153,16 @@ impl Store {
         }
         let generation = written?;
         let fold_due = pending.is_some() && self.pending_written(weight);
+        let ingest_due = det_log.is_some_and(|log| {
+            self.dets.add(log, &dets, || {
+                self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation
+            })
+        });
         Ok(Written {
             seconds,
             generation,
             fold_due,
+            ingest_due,
         })
     }
 }
@@ -174,6 +179,9 @@ pub struct Written {
     /// Enough pending aggregate entries for a fold ([`Store::fold_if_due`]),
     /// which the commit leaves to its caller ([`super::pending`]).
     pub fold_due: bool,
+    /// Enough `det` entries in memory for an ingest
+    /// ([`Store::ingest_dets_if_due`]), also left to the caller.
+    pub ingest_due: bool,
 }
 
 impl CommitBatch {
@@ -224,7 +232,7 @@ impl CommitBatch {
                 24
             }
         };
-        self.dets.push((keys::det_key(oid), value, n));
+        self.dets.push((keys::det_key(oid), (value, n)));
         self.first_oid.get_or_insert(oid);
         self.by_commit.extend_from_slice(&key);
     }
@@ -435,8 +443,12 @@ mod tests {
                 Instant::now()
             };
             // The fold is timed with the write, as when commits folded.
-            if store.commit(batch).unwrap().fold_due {
+            let w = store.commit(batch).unwrap();
+            if w.fold_due {
                 store.fold_if_due().unwrap();
+            }
+            if w.ingest_due {
+                store.ingest_dets_if_due().unwrap();
             }
             write += t.elapsed();
             stored += n;

@@ -1,12 +1,12 @@
 //! The core's durable store, in RocksDB: events, the det_oid index, agent
 //! watermarks, the top-X aggregates, the quarantine and the totals.
 //!
-//! # Key layouts (format version 3)
+//! # Key layouts (format version 4)
 //!
 //! | column family | key | value |
 //! | --- | --- | --- |
 //! | `events` | timestamp_detected (i64, sign-flipped BE) ‖ det_oid (same) | `JoinedEvent` without `location` (joined at read time) |
-//! | `det` | det_oid (i64, sign-flipped BE) | timestamp_detected (same encoding): finds the event ‖ video_camera_oid (i64 BE): whose det_oid it is (absent in rows written before 2026-11-30) ‖ for an event the live lane stored, `keys::live_tag` (u64 BE) of the (agent, epoch, seq) it came with |
+//! | `det` (written as table files, [`det_buffer`]) | det_oid (i64, sign-flipped BE) | timestamp_detected (same encoding): finds the event ‖ video_camera_oid (i64 BE): whose det_oid it is (absent in rows written before 2026-11-30) ‖ for an event the live lane stored, `keys::live_tag` (u64 BE) of the (agent, epoch, seq) it came with |
 //! | `wm` | agent_id ‖ 0x00 ‖ epoch (u64 BE) ‖ partition (u16 BE) | the highest seq of (agent, epoch) that partition committed (u64 BE) ‖ the digest of that seq's event (`sightline_proto::event_digest`, u64 BE; absent in older rows). The agent's watermark is the smallest over the partitions (see `dedup`). Format 1 had no partition. |
 //! | `agg` | 'm' or 'h' ‖ bucket start ms ‖ location oid ‖ item_name | count, u64 LE, summed by a merge operator |
 //! | `agg` | 'p' ‖ sequence (u64 BE) | a commit's pending counts and camera_seq values: varint count of minute keys, then per minute key varint key length ‖ varint count ‖ key; then per camera video_camera_oid (i64 BE) ‖ varint length ‖ a `received` piece; folded into the 'm', 'h' and `received` keys later ([`pending`]) |
@@ -18,7 +18,8 @@
 //! | `media_quarantine` | quarantined_ms (i64, sign-flipped BE) ‖ sha256 | [`media::MediaQuarantined`] as JSON |
 //! | `by_commit` | committed_ms ‖ det_oid (as in `events`) | timestamp_detected (as in `det`): the events in commit order, for the search index to catch up |
 //! | `received` | video_camera_oid (i64 BE) | the camera_seq values received, as ranges with the detection times of their ends, merged by a merge operator ([`received`]); a commit's values wait in its pending `agg` entry until folded |
-//! | `meta` | `format` | u32 BE: [`FORMAT_VERSION`]; absent: format 1 (migrated at open); 2 (no pending `agg` entries: opened as 3) |
+//! | `meta` | `format` | u32 BE: [`FORMAT_VERSION`]; absent: format 1 (migrated at open); 2 (no pending `agg` entries) and 3 (no det log): opened as 4 |
+//! | `meta` | `detlog/` ‖ sequence (u64 BE) | a commit's `det` entries not yet ingested into `det` ([`det_buffer`]): per entry det_oid (as in `det`) ‖ value length (u8) ‖ the `det` value |
 //! | `meta` | `partitions` | u32 BE: how many partitions the `wm` keys are written for |
 //!
 //! # Promises
@@ -27,7 +28,8 @@
 //!   (`put_event`, `add_aggregate`, `quarantine`, `count`, `set_watermark`,
 //!   `mark_received`)
 //!   and hand it to [`Store::commit`].
-//! - A commit MUST put a batch's events, their `det` keys, their aggregate
+//! - A commit MUST put a batch's events, their `det` keys (in its det log
+//!   entry, [`det_buffer`]), their aggregate
 //!   increments, its quarantined events, the counters, the camera_seq values
 //!   it received (`received`) and the agent's new watermark in one `WriteBatch`; the agent MUST be acknowledged only after
 //!   that write returned and, when `storage.sync`, a [`Store::sync_wal`] of
@@ -62,6 +64,7 @@
 
 pub mod checkpoint;
 pub mod commit;
+mod det_buffer;
 pub mod engine;
 pub mod export;
 pub mod keys;
@@ -116,8 +119,9 @@ type WatermarkTable = BTreeMap<(String, u64), (u64, u64)>;
 
 /// The store's format: 2 since watermarks are kept per partition, 3 since
 /// `agg` holds the commits' pending entries ([`pending`]; a format-2 core
-/// would not read them).
-pub const FORMAT_VERSION: u32 = 3;
+/// would not read them), 4 since the newest `det` entries are in the det
+/// log ([`det_buffer`]; a format-3 core would not read them).
+pub const FORMAT_VERSION: u32 = 4;
 const META_FORMAT: &[u8] = b"format";
 const META_PARTITIONS: &[u8] = b"partitions";
 /// Cluster mode: the stream sequence a partition store has applied through.
@@ -233,6 +237,8 @@ pub struct Store {
     generation: std::sync::atomic::AtomicU64,
     /// The commits' aggregate entries not folded yet ([`pending`]).
     pending: pending::Pending,
+    /// The `det` entries not ingested into `det` yet ([`det_buffer`]).
+    dets: det_buffer::DetBuffer,
 }
 
 fn add_u64(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
@@ -299,6 +305,11 @@ impl Store {
         let db = open_db(path, memory, &dedup_cutoff, &refs_cutoff)?;
         let partitions = check_format(&db)?;
         let pending = pending::Pending::of(&db)?;
+        let dets = det_buffer::DetBuffer::load(
+            &db,
+            path.join("det-ingest"),
+            det_buffer::ingest_at(memory.memtable_bytes),
+        )?;
         Ok(Self {
             db: arc_swap::ArcSwapOption::from_pointee(db),
             path: path.to_path_buf(),
@@ -311,6 +322,7 @@ impl Store {
             writes: std::sync::RwLock::new(()),
             generation: std::sync::atomic::AtomicU64::new(0),
             pending,
+            dets,
         })
     }
 
@@ -519,6 +531,11 @@ impl Store {
             &self.refs_cutoff,
         ) {
             Ok(db) => {
+                // What the map held may be more than RocksDB kept.
+                if let Err(e) = self.dets.reload(&db) {
+                    fault.why = e.to_string();
+                    return Err(refused(&fault.why));
+                }
                 self.db.store(Some(Arc::new(db)));
                 tracing::warn!(path = %self.path.display(), after_s = fault.since.elapsed().as_secs(),
                     "the store's disk takes writes again: reopened, acknowledging again");
@@ -577,16 +594,16 @@ fn check_format(db: &DB) -> Result<usize, StoreError> {
     match db.get_cf(meta, META_FORMAT)? {
         Some(v) => {
             let format = u32_of(&v, "format")?;
-            if format == 2 {
-                // Format 3 only adds pending `agg` entries: a format-2 store
-                // has none.
+            if format == 2 || format == 3 {
+                // Formats 3 and 4 only add pending `agg` entries and the det
+                // log: a format-2 store has neither, a format-3 one no det log.
                 let mut w = WriteOptions::default();
                 w.set_sync(true);
                 db.put_cf_opt(meta, META_FORMAT, FORMAT_VERSION.to_be_bytes(), &w)?;
-                tracing::info!("store migrated from format 2 to {FORMAT_VERSION}");
+                tracing::info!("store migrated from format {format} to {FORMAT_VERSION}");
             } else if format != FORMAT_VERSION {
                 return Err(StoreError::Corrupt(format!(
-                    "the store has format {format}; this core reads format {FORMAT_VERSION} (and migrates 1 and 2)"
+                    "the store has format {format}; this core reads format {FORMAT_VERSION} (and migrates 1 to 3)"
                 )));
             }
             let n = match db.get_cf(meta, META_PARTITIONS)? {
@@ -643,7 +660,13 @@ fn open_db(
         // written ones fill theirs slowly — the core's memory grew for the
         // whole 30-minute soak (BENCHMARKS.md, "Soak"). Past the cap RocksDB
         // flushes the largest memtable.
-        db_opts.set_db_write_buffer_size(memory.memtable_bytes);
+        // Less the `det` entries held in memory ([`det_buffer`]).
+        db_opts.set_db_write_buffer_size(
+            memory
+                .memtable_bytes
+                .saturating_sub(det_buffer::map_bytes(memory.memtable_bytes))
+                .max(memory.memtable_bytes / 2),
+        );
         db_opts.set_keep_log_file_num(4);
         // Debian's librocksdb is built with assertions: on a full disk, a
         // line that fails to reach RocksDB's own LOG file makes the next one
@@ -660,30 +683,15 @@ fn open_db(
             // The newest tables' (L0, read by every lookup) stay pinned.
             t.set_cache_index_and_filter_blocks(true);
             t.set_pin_l0_filter_and_index_blocks_in_cache(true);
-            // Indexes and filters cut into 4 KiB partitions under a small
-            // top level (pinned): a lookup loads the one partition it
-            // needs. Whole, a large table's filter (MBs) is bigger than a
-            // shard of the cache (it has 64), so it was read from disk,
-            // checksummed and dropped again on every det_oid lookup — a
-            // quarter of a partition writer's CPU (BENCHMARKS.md, "The
-            // commit path", eleventh session).
-            t.set_index_type(rocksdb::BlockBasedIndexType::TwoLevelIndexSearch);
-            t.set_pin_top_level_index_and_filter(true);
-            t.set_metadata_block_size(4096);
-            if bloom {
-                t.set_bloom_filter(10.0, false);
-                t.set_partition_filters(true);
-            }
+            table_layout(&mut t, bloom);
             o.set_block_based_table_factory(&t);
             o.set_write_buffer_size(memory.memtable_bytes / 4);
             o.set_max_write_buffer_number(MEMTABLES_PER_CF);
             o
         };
+        // Written by ingested table files, not through its memtable
+        // ([`det_buffer`]).
         let mut det_opts = cf(true);
-        // Nearly every det_oid lookup misses (the event is new): a bloom
-        // filter on the memtable answers those without walking the skiplist.
-        det_opts.set_memtable_prefix_bloom_ratio(0.1);
-        det_opts.set_memtable_whole_key_filtering(true);
         // Random 8-byte keys and 16-byte values barely compress: Snappy on
         // them is CPU for nothing in every flush and compaction.
         det_opts.set_compression_type(rocksdb::DBCompressionType::None);
@@ -723,6 +731,13 @@ fn open_db(
         let mut received_opts = cf(false);
         received_opts.set_merge_operator_associative("sightline-received", received::merge);
         received_opts.set_max_successive_merges(MAX_SUCCESSIVE_MERGES);
+        // `meta` takes every commit's det log entry ([`det_buffer`]), deleted
+        // again once its entries are in `det`: a memtable of a sixteenth
+        // flushes them sooner than a quarter would, so that they and the
+        // map holding the same entries take no more than `det`'s
+        // memtables took when its entries went through them.
+        let mut meta_opts = cf(false);
+        meta_opts.set_write_buffer_size(memory.memtable_bytes / 16);
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_RECEIVED, received_opts),
             ColumnFamilyDescriptor::new(CF_EVENTS, cf(false)),
@@ -736,11 +751,30 @@ fn open_db(
             ColumnFamilyDescriptor::new(CF_MEDIA_REFS, refs_opts),
             ColumnFamilyDescriptor::new(CF_MEDIA_QUARANTINE, cf(false)),
             ColumnFamilyDescriptor::new(CF_BY_COMMIT, cf(false)),
-            ColumnFamilyDescriptor::new(CF_META, cf(false)),
+            ColumnFamilyDescriptor::new(CF_META, meta_opts),
         ];
         let db = DB::open_cf_descriptors(&db_opts, path, cfs)?;
         lower_compaction_priority();
         Ok(db)
+    }
+}
+
+/// The layout of a column family's table files: partitioned indexes, and
+/// partitioned bloom filters when `bloom`.
+fn table_layout(t: &mut BlockBasedOptions, bloom: bool) {
+    // Indexes and filters cut into 4 KiB partitions under a small
+    // top level (pinned): a lookup loads the one partition it
+    // needs. Whole, a large table's filter (MBs) is bigger than a
+    // shard of the cache (it has 64), so it was read from disk,
+    // checksummed and dropped again on every det_oid lookup — a
+    // quarter of a partition writer's CPU (BENCHMARKS.md, "The
+    // commit path", eleventh session).
+    t.set_index_type(rocksdb::BlockBasedIndexType::TwoLevelIndexSearch);
+    t.set_pin_top_level_index_and_filter(true);
+    t.set_metadata_block_size(4096);
+    if bloom {
+        t.set_bloom_filter(10.0, false);
+        t.set_partition_filters(true);
     }
 }
 
@@ -855,22 +889,37 @@ impl Store {
         // the keys, ~7 % of the lookup's time (BENCHMARKS.md, twenty-fourth
         // session). Told so of keys that are not, it would miss stored ones.
         let sorted = keys.is_sorted();
-        db.batched_multi_get_cf(cf, keys.iter(), sorted)
+        // The newest are in memory ([`det_buffer`]), the rest in `det`:
+        // read the map first (an entry leaves it only once in `det`).
+        let mut found: Vec<Option<keys::Det>> = self
+            .dets
+            .get_many(oids)
             .into_iter()
-            .map(|r| Ok(r?.map(|v| keys::decode_det(&v))))
-            .collect()
+            .map(|v| v.map(|(v, n)| keys::decode_det(&v[..n as usize])))
+            .collect();
+        let missing: Vec<usize> = (0..oids.len()).filter(|&i| found[i].is_none()).collect();
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        let read = db.batched_multi_get_cf(cf, missing.iter().map(|&i| &keys[i]), sorted);
+        for (i, r) in missing.into_iter().zip(read) {
+            found[i] = match r? {
+                Some(v) if v.len() < 8 => {
+                    return Err(StoreError::Corrupt(format!("det entry of {}", oids[i])))
+                }
+                v => v.map(|v| keys::decode_det(&v)),
+            };
+        }
+        Ok(found)
     }
 
     /// One stored event by det_oid.
     pub fn get_event(&self, det_oid: i64) -> Result<Option<JoinedEvent>, StoreError> {
         let db = self.db()?;
-        let Some(det) = db.get_cf(cf(&db, CF_DET), keys::det_key(det_oid))? else {
+        let Some(det) = self.stored_dets(&[det_oid])?.pop().flatten() else {
             return Ok(None);
         };
-        if det.len() < 8 {
-            return Err(StoreError::Corrupt(format!("det entry of {det_oid}")));
-        }
-        let key = keys::event_key(keys::decode_det(&det).ts, det_oid);
+        let key = keys::event_key(det.ts, det_oid);
         match db.get_cf(cf(&db, CF_EVENTS), key)? {
             // The det key outlives the event (retention): the event is gone.
             None => Ok(None),
@@ -1380,14 +1429,14 @@ mod tests {
             assert_eq!(s.watermark_digest("old-agent", 5).unwrap(), (42, 0x42));
             let db = s.db().unwrap();
             let mut b = WriteBatch::default();
-            b.put_cf(cf(&db, CF_META), META_FORMAT, 4u32.to_be_bytes());
+            b.put_cf(cf(&db, CF_META), META_FORMAT, 5u32.to_be_bytes());
             drop(db);
             s.write(b).unwrap();
         }
         let err = Store::open(dir.path(), false, 8 << 20)
             .err()
             .expect("refused");
-        assert!(err.to_string().contains("format 4"), "{err}");
+        assert!(err.to_string().contains("format 5"), "{err}");
     }
 
     #[test]

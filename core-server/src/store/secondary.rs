@@ -72,6 +72,9 @@ impl Store {
                 )))
             }
         };
+        // Never ingested here (`usize::MAX`): read as of the open and each
+        // catch-up.
+        let dets = det_buffer::DetBuffer::load(&db, scratch.join("det-ingest"), usize::MAX)?;
         Ok(Self {
             db: arc_swap::ArcSwapOption::from_pointee(db),
             path: primary.to_path_buf(),
@@ -88,13 +91,16 @@ impl Store {
             generation: std::sync::atomic::AtomicU64::new(0),
             // Never written here: reads add the primary's pending entries.
             pending: pending::Pending::default(),
+            dets,
         })
     }
 
     /// A secondary catches up with what the primary wrote since (its table
     /// files and the tail of its log). A primary store: nothing to do.
     pub fn catch_up(&self) -> Result<(), StoreError> {
-        Ok(self.db()?.try_catch_up_with_primary()?)
+        let db = self.db()?;
+        db.try_catch_up_with_primary()?;
+        self.dets.reload(&db)
     }
 }
 
