@@ -103,23 +103,16 @@ async fn core_killed_mid_stream_loses_and_duplicates_nothing(edge: Edge) {
     let dir = tempfile::tempdir().unwrap();
     let b = dir.path().join("locations.csv");
     write_locations(&b, LOCATIONS);
-    let mut core = Core::start(dir.path(), Some(&b));
-    let data = Dataset::generate(3, 40_000, 0.1, 0.2, LOCATIONS);
-    let truth = data.truth();
-    let csv = data.csv_in(dir.path());
-    let mut agent = Agent::start(
-        AgentArgs::replay(dir.path(), "a", String::new(), &csv, Some(RATE))
-            .over(&core, edge)
-            .reconnect_within(RECONNECT),
-    );
-    for _ in 0..3 {
-        wait_more_stored(&core.url(), 2000).await;
-        core.kill9();
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        core.restart();
-    }
-    assert!(agent.wait(Duration::from_secs(180)).success());
-    assert_exactly_once(&core.url(), &truth).await;
+    let core = Core::start(dir.path(), Some(&b));
+    let kills = Kills {
+        seed: 3,
+        unique: 40_000,
+        rate: RATE,
+        times: 3,
+        every: 2000,
+        down: Duration::from_millis(700),
+    };
+    replay_killing_the_core(dir.path(), core, edge, kills).await;
 }
 
 /// As above, longer, with the smallest memtables (8 MiB): the det_oid
@@ -133,25 +126,52 @@ async fn core_killed_while_its_det_index_takes_files_loses_and_duplicates_nothin
     write_locations(&b, LOCATIONS);
     let cfg = dir.path().join("core.toml");
     std::fs::write(&cfg, "[storage]\nmemtable = \"8 MiB\"\n").unwrap();
-    let mut core = Core::start_with(CoreArgs {
+    let core = Core::start_with(CoreArgs {
         data_dir: dir.path().join("core"),
         locations: Some(b),
         grpc: "127.0.0.1:0".parse().unwrap(),
         edge: "127.0.0.1:0".parse().unwrap(),
         extra: vec!["--config".into(), cfg.display().to_string()],
     });
-    let data = Dataset::generate(5, 120_000, 0.1, 0.2, LOCATIONS);
+    let kills = Kills {
+        seed: 5,
+        unique: 120_000,
+        rate: 10_000,
+        times: 6,
+        every: 15_000,
+        down: Duration::from_millis(500),
+    };
+    replay_killing_the_core(dir.path(), core, edge, kills).await;
+}
+
+/// A replay of a generated dataset (10 % duplicates, a fifth without a
+/// det_oid) at `rate`, and the kills of the core in it.
+struct Kills {
+    seed: u64,
+    unique: usize,
+    rate: u32,
+    /// Kills (-9), each after `every` more events are stored, the core
+    /// started again `down` later.
+    times: usize,
+    every: u64,
+    down: Duration,
+}
+
+/// Replays `kills`' dataset from `dir` into `core` over `edge`, killing
+/// the core as it says, then compares the store with ground truth.
+async fn replay_killing_the_core(dir: &std::path::Path, mut core: Core, edge: Edge, kills: Kills) {
+    let data = Dataset::generate(kills.seed, kills.unique, 0.1, 0.2, LOCATIONS);
     let truth = data.truth();
-    let csv = data.csv_in(dir.path());
+    let csv = data.csv_in(dir);
     let mut agent = Agent::start(
-        AgentArgs::replay(dir.path(), "a", String::new(), &csv, Some(10_000))
+        AgentArgs::replay(dir, "a", String::new(), &csv, Some(kills.rate))
             .over(&core, edge)
             .reconnect_within(RECONNECT),
     );
-    for _ in 0..6 {
-        wait_more_stored(&core.url(), 15_000).await;
+    for _ in 0..kills.times {
+        wait_more_stored(&core.url(), kills.every).await;
         core.kill9();
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(kills.down).await;
         core.restart();
     }
     assert!(agent.wait(Duration::from_secs(180)).success());

@@ -348,9 +348,7 @@ pub(super) fn det_table_options() -> Options {
     let mut t = rocksdb::BlockBasedOptions::default();
     super::table_layout(&mut t, true);
     o.set_block_based_table_factory(&t);
-    // Random 8-byte keys and 16-byte values barely compress: Snappy on
-    // them is CPU for nothing in every flush and compaction.
-    o.set_compression_type(rocksdb::DBCompressionType::None);
+    o.set_compression_type(super::DET_COMPRESSION);
     o
 }
 

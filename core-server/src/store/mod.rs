@@ -692,9 +692,7 @@ fn open_db(
         // Written by ingested table files, not through its memtable
         // ([`det_buffer`]).
         let mut det_opts = cf(true);
-        // Random 8-byte keys and 16-byte values barely compress: Snappy on
-        // them is CPU for nothing in every flush and compaction.
-        det_opts.set_compression_type(rocksdb::DBCompressionType::None);
+        det_opts.set_compression_type(DET_COMPRESSION);
         let cutoff = dedup_cutoff.clone();
         det_opts.set_compaction_filter(
             "sightline-dedup-retention",
@@ -758,6 +756,11 @@ fn open_db(
         Ok(db)
     }
 }
+
+/// `det`'s table files (its compactions' and the ingested ones): random
+/// 8-byte keys and 16-byte values barely compress, so Snappy on them is CPU
+/// for nothing in every compaction.
+const DET_COMPRESSION: rocksdb::DBCompressionType = rocksdb::DBCompressionType::None;
 
 /// The layout of a column family's table files: partitioned indexes, and
 /// partitioned bloom filters when `bloom`.
