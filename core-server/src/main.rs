@@ -159,9 +159,19 @@ enum CertsCommand {
 /// pool, the search indexer) never reach; glibc (RocksDB's memtables, blocks
 /// and buffers) keeps one arena rather than one per thread, each holding its
 /// own freed memory. A burst's peak RSS went from ~370 to ~260–275 MiB for
-/// no measured CPU (BENCHMARKS.md, thirtieth session). Set by the core
-/// executing itself again ([`sightline_proto::allocator_env::run_with`]).
-const ALLOCATOR_ENV: [(&str, &str); 2] = [("MIMALLOC_PURGE_DELAY", "0"), ("MALLOC_ARENA_MAX", "1")];
+/// no measured CPU (BENCHMARKS.md, thirtieth session). glibc also maps
+/// blocks of 1 MiB and more on their own and gives them back when freed
+/// (RocksDB's memtable arena blocks are 2 MiB), where by default it raises
+/// that threshold to the largest block freed and then keeps such blocks in
+/// its heap: the peak went from 249–260 to 238–243 MiB, for 0.4 µs more
+/// CPU per event, within the noise (forty-sixth session; at 128 KiB,
+/// 236–237 MiB for 1.2 µs more). Set by the core executing itself again
+/// ([`sightline_proto::allocator_env::run_with`]).
+const ALLOCATOR_ENV: [(&str, &str); 3] = [
+    ("MIMALLOC_PURGE_DELAY", "0"),
+    ("MALLOC_ARENA_MAX", "1"),
+    ("MALLOC_MMAP_THRESHOLD_", "1048576"),
+];
 
 fn main() -> anyhow::Result<()> {
     sightline_proto::allocator_env::run_with("sightline-core", &ALLOCATOR_ENV);

@@ -223,7 +223,11 @@ async fn the_core_and_the_agent_run_with_allocators_that_give_freed_memory_back(
     let environ = |pid: u32| std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     let has = |environ: &[u8], want: &str| environ.split(|b| *b == 0).any(|v| v == want.as_bytes());
     let core_env = environ(core.pid());
-    for want in ["MIMALLOC_PURGE_DELAY=0", "MALLOC_ARENA_MAX=1"] {
+    for want in [
+        "MIMALLOC_PURGE_DELAY=0",
+        "MALLOC_ARENA_MAX=1",
+        "MALLOC_MMAP_THRESHOLD_=1048576",
+    ] {
         assert!(has(&core_env, want), "{want} not in the core's environment");
     }
     // The agent's intake answers once it is listening (Agent::start waits
