@@ -172,12 +172,14 @@ pub struct LatencyProbe {
     /// accepted -> committed by the core, committed -> Subscribe (wall
     /// clocks of one machine, ms resolution).
     hops: Arc<Mutex<[Vec<f64>; 3]>>,
+    /// Why the stream ended, when the core ended it with an error.
+    ended: Arc<Mutex<Option<String>>>,
 }
 
 impl LatencyProbe {
     /// Subscribes to the core at `url` (live, with `filter`) and records
     /// the latency of every event it was told about; the task ends with the
-    /// stream.
+    /// stream ([`LatencyProbe::ended`] says why when it ended in an error).
     pub async fn subscribe(
         &self,
         url: &str,
@@ -191,7 +193,15 @@ impl LatencyProbe {
             .into_inner();
         let me = self.clone();
         tokio::spawn(async move {
-            while let Some(Ok(ev)) = live.next().await {
+            while let Some(item) = live.next().await {
+                let ev = match item {
+                    Ok(ev) => ev,
+                    Err(status) => {
+                        *me.ended.lock().unwrap() =
+                            Some(format!("{:?}: {}", status.code(), status.message()));
+                        return;
+                    }
+                };
                 let now = Instant::now();
                 let oid = ev
                     .detection
@@ -211,6 +221,11 @@ impl LatencyProbe {
                 }
             }
         })
+    }
+
+    /// The error the core ended the subscription with, if it did.
+    pub fn ended(&self) -> Option<String> {
+        self.ended.lock().unwrap().clone()
     }
 
     /// Records that these det_oids were published now.

@@ -397,8 +397,12 @@ async fn main() {
     );
     println!("  store during the drain: {engine}");
     println!(
-        "the same events to a subscriber of everything (the backlog too): p50 {:.1} ms, p99 {fire_p99:.1} ms; {fire_missing} not seen",
-        percentile(&fire, 0.50)
+        "the same events to a subscriber of everything (the backlog too): p50 {:.1} ms, p99 {fire_p99:.1} ms; {fire_missing} not seen{}",
+        percentile(&fire, 0.50),
+        firehose
+            .ended()
+            .map(|why| format!(" (the core ended its subscription: {why})"))
+            .unwrap_or_default()
     );
     println!(
         "backlog events={backlog} drain_x_live={:.2} live_p99_during_drain_ms={p99:.1} agent_rss_max_mb={agent_rss_max:.1} drain_events_per_s={drain_rate:.0} core_rss_peak_mb={core_rss_peak:.1} live_not_seen={missing} firehose_p99_ms={fire_p99:.1}",
