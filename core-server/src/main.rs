@@ -164,8 +164,9 @@ enum CertsCommand {
 /// (RocksDB's memtable arena blocks are 2 MiB), where by default it raises
 /// that threshold to the largest block freed and then keeps such blocks in
 /// its heap: the peak went from 249–260 to 238–243 MiB, for 0.4 µs more
-/// CPU per event, within the noise (forty-sixth session; at 128 KiB,
-/// 236–237 MiB for 1.2 µs more). Set by the core executing itself again
+/// CPU per event, within the noise (forty-sixth session, A/B'd over a core
+/// with a det buffer change since reverted; at 128 KiB, 236–237 MiB for
+/// 1.2 µs more). Set by the core executing itself again
 /// ([`sightline_proto::allocator_env::run_with`]).
 const ALLOCATOR_ENV: [(&str, &str); 3] = [
     ("MIMALLOC_PURGE_DELAY", "0"),
