@@ -143,7 +143,13 @@ pub struct NatsCluster {
 /// kernel's ephemeral range (`ip_local_port_range`), so that nothing else
 /// binding port 0 or connecting out is given one of them while a server
 /// that owns it is down: a server restarted on its ports finds them free.
+/// A port is handed out once per test process: the tests of one file run
+/// side by side, and a port free when one test checked it is not free once
+/// another test's server has bound it (CI saw a server exit with "address
+/// already in use" so, at its first start).
 pub fn free_ports(n: usize) -> Vec<u16> {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
@@ -155,13 +161,19 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         tries += 1;
         assert!(tries < 10_000, "no {n} free ports in {from}..{to}");
         let port = rand::random_range(from..to);
+        if handed_out.contains(&port) {
+            continue;
+        }
         if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
             held.push(l);
         }
     }
-    held.iter()
+    let ports: Vec<u16> = held
+        .iter()
         .map(|l| l.local_addr().unwrap().port())
-        .collect()
+        .collect();
+    handed_out.extend(&ports);
+    ports
 }
 
 impl NatsCluster {
