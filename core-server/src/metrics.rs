@@ -245,6 +245,10 @@ pub struct StoreGauges {
     pub wal_sync_seconds: Histogram,
     /// One fold of the commits' pending aggregate entries (off the writers).
     pub fold_seconds: Histogram,
+    /// One ingest of the det_oids held in memory into `det` (off the
+    /// writers).
+    pub det_ingest_seconds: Histogram,
+    pub det_buffer_entries: Gauge,
     pub write_stopped: Gauge,
     pub delayed_write_rate: Gauge,
     pub stall_seconds: Counter<f64, AtomicU64>,
@@ -269,6 +273,8 @@ impl StoreGauges {
             write_seconds: Histogram::new(buckets),
             wal_sync_seconds: Histogram::new(buckets),
             fold_seconds: Histogram::new(buckets),
+            det_ingest_seconds: Histogram::new(buckets),
+            det_buffer_entries: Gauge::default(),
             write_stopped: Gauge::default(),
             delayed_write_rate: Gauge::default(),
             stall_seconds: Counter::default(),
@@ -295,6 +301,16 @@ impl StoreGauges {
             "store_fold_seconds",
             "Time of one fold of the commits' pending aggregate entries into the top-X aggregates and the cameras' received values (on a thread of its own, not in a commit)",
             g.fold_seconds.clone(),
+        );
+        r.register(
+            "store_det_ingest_seconds",
+            "Time of one ingest of the det_oids held in memory into the det_oid index, as one sorted table file (on the same thread as the folds, not in a commit)",
+            g.det_ingest_seconds.clone(),
+        );
+        r.register(
+            "store_det_buffer_entries",
+            "det_oids held in memory (and in the det log) until their ingest into the det_oid index",
+            g.det_buffer_entries.clone(),
         );
         r.register(
             "store_write_stopped",

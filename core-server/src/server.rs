@@ -1194,6 +1194,7 @@ fn observe(
             g.memtable_bytes.set(gauge(s.memtable_bytes));
             g.running_compactions.set(gauge(s.running_compactions));
             g.running_flushes.set(gauge(s.running_flushes));
+            g.det_buffer_entries.set(gauge(s.det_buffer_entries));
             let mut seen = stall_seen.lock().unwrap_or_else(|p| p.into_inner());
             g.stall_seconds.inc_by(grown_since(s.stall_seconds, *seen));
             *seen = s.stall_seconds;

@@ -116,7 +116,7 @@ async fn core_killed_mid_stream_loses_and_duplicates_nothing(edge: Edge) {
 }
 
 /// As above, longer, with the smallest memtables (8 MiB): the det_oid
-/// index's newest entries go into it as a table file every 28,672 events
+/// index's newest entries go into it as a table file every 24,576 events
 /// (`store::det_buffer`), so the kills fall between, around and after those
 /// ingests, and the det_oids a commit stored come back from its det log
 /// after each.

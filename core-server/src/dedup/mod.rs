@@ -1105,11 +1105,11 @@ fn fold_when_asked(ctx: &WriterContext, rx: std::sync::mpsc::Receiver<()>) {
         let started = Instant::now();
         match ctx.store.ingest_dets_if_due() {
             Ok(0) => {}
-            Ok(n) => tracing::debug!(
-                entries = n,
-                seconds = started.elapsed().as_secs_f64(),
-                "det entries ingested"
-            ),
+            Ok(n) => {
+                let seconds = started.elapsed().as_secs_f64();
+                ctx.metrics.store.det_ingest_seconds.observe(seconds);
+                tracing::debug!(entries = n, seconds, "det entries ingested");
+            }
             // They stay in memory and in the det log for the next one.
             Err(e) => {
                 tracing::warn!(error = %e, "ingesting the det entries failed; they stay in memory and in the det log")
@@ -1171,8 +1171,22 @@ mod tests {
     /// A pipeline of `partitions` writers, each queueing `queue` shares and
     /// committing groups of at most `max_group_events`.
     fn rig_of(partitions: usize, queue: usize, max_group_events: usize) -> Rig {
+        let memory = crate::store::StoreMemory {
+            cache_bytes: 8 << 20,
+            memtable_bytes: crate::store::DEFAULT_MEMTABLE_BYTES,
+        };
+        rig_with(memory, partitions, queue, max_group_events)
+    }
+
+    /// As [`rig_of`], on a store of `memory`.
+    fn rig_with(
+        memory: crate::store::StoreMemory,
+        partitions: usize,
+        queue: usize,
+        max_group_events: usize,
+    ) -> Rig {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&dir.path().join("db"), false, 8 << 20).unwrap());
+        let store = Arc::new(Store::open_with(&dir.path().join("db"), false, memory).unwrap());
         let metrics = Arc::new(Metrics::new());
         let mut ctx = WriterContext::for_tests(store.clone(), metrics.clone());
         Arc::get_mut(&mut ctx).unwrap().max_group_events = max_group_events;
@@ -1581,6 +1595,50 @@ mod tests {
             count,
             count - value("sightline_commit_events_bucket{le=\"1000.0\"} "),
         )
+    }
+
+    #[test]
+    fn the_det_oids_held_in_memory_go_to_the_det_index_on_the_folders_thread_timed() {
+        // The smallest memtables: a table of the det buffer holds 28,672
+        // det_oids (`store::det_buffer`).
+        let memory = crate::store::StoreMemory {
+            cache_bytes: 8 << 20,
+            memtable_bytes: 8 << 20,
+        };
+        let rig = rig_with(memory, 2, 8, 10_000);
+        let ts = sightline_proto::now_ms();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (shares, n) = (40u64, 1_000u64);
+        rt.block_on(async {
+            for rx in submit_backlog(&rig.pipeline, 0..shares, n, ts).await {
+                rx.await.unwrap().unwrap();
+            }
+        });
+        let ingests = || {
+            rig.metrics
+                .encode()
+                .lines()
+                .find_map(|l| l.strip_prefix("sightline_store_det_ingest_seconds_count "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .expect("the det ingest histogram") as u64
+        };
+        let t0 = Instant::now();
+        while ingests() == 0 {
+            assert!(t0.elapsed() < Duration::from_secs(10), "no ingest in 10 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // In memory or in `det`, every one is found, once.
+        let oids: Vec<i64> = (1..=(shares * n) as i64).collect();
+        let found = rig.store.stored_dets(&oids).unwrap();
+        assert!(found.iter().all(Option::is_some));
+        let engine = rig.store.engine_stats().unwrap();
+        assert!(
+            engine.det_buffer_entries < shares * n,
+            "{} still in memory: some went to det",
+            engine.det_buffer_entries
+        );
     }
 
     #[test]

@@ -10,10 +10,13 @@
 //! `meta` entry of its own, the *det log* (`detlog/` ‖ a sequence number,
 //! one sequential key per commit), and the store keeps them in a hash map
 //! that the det_oid lookups ([`Store::stored_dets`], [`Store::get_event`])
-//! read before `det`. When the map holds [`DetBuffer::ingest_at`] entries,
-//! [`Store::ingest_dets_if_due`] (called off the writers, by the same
-//! thread as the aggregate folds) sorts them, writes them as one table file
-//! (`SstFileWriter`), ingests it into `det` and deletes their log entries.
+//! read before `det`. The map is two hash tables, allocated once: when a
+//! commit's entries would make the one taking them grow, that one is frozen
+//! and the other takes them, and [`Store::ingest_dets_if_due`] (called off
+//! the writers, by the same thread as the aggregate folds) sorts the frozen
+//! one's entries, writes them as one table file (`SstFileWriter`), ingests
+//! it into `det`, deletes their log entries and empties it for the next
+//! turn.
 //!
 //! # Promises
 //!
@@ -29,10 +32,10 @@
 //!   into `det` (lookups read the map first, `det` after: an entry is
 //!   always in one of them); its log entry is deleted only after that too.
 //!   A crash between the two ingests it again, with the same value.
-//! - The map holds at most about twice [`DetBuffer::ingest_at`] entries
-//!   while ingests succeed (the entries being ingested and those since); a
-//!   failing ingest keeps them and is tried again at the next commit that
-//!   finds one due.
+//! - The map holds at most twice [`capacity`] entries while ingests keep
+//!   up (the entries being ingested and those since), in its two tables; a
+//!   failing ingest puts its entries back, and the next commit that finds
+//!   the table full asks for another.
 
 use std::{
     path::PathBuf,
@@ -53,16 +56,21 @@ fn slots(memtable_bytes: usize) -> usize {
     (memtable_bytes / 256).next_power_of_two().max(1024)
 }
 
-/// Entries in the map that make an ingest due: as many as its table holds
-/// before it grows (seven eighths of its slots).
-pub(super) fn ingest_at(memtable_bytes: usize) -> usize {
+/// Entries each of the map's two tables is allocated for, and the most a
+/// table file of `det` takes: as many as [`slots`] hold before they grow
+/// (seven eighths). A table is frozen by the commit that would make it
+/// grow, not by the ingest: when the ingest froze it, on its own thread,
+/// the commits written until then made it grow, to twice its bytes, before
+/// every ingest — 21.5 MiB of the core's 180 MiB heap at its peak
+/// (heaptrack, forty-sixth session).
+pub(super) fn capacity(memtable_bytes: usize) -> usize {
     slots(memtable_bytes) / 8 * 7
 }
 
 /// What the map and the one an ingest is reading may take, taken from the
 /// memtables' share of `storage.memtable` (`open_db`).
 pub(super) fn map_bytes(memtable_bytes: usize) -> usize {
-    2 * 40 * slots(memtable_bytes)
+    2 * 41 * slots(memtable_bytes)
 }
 
 /// The det log's keys in `meta`: this ‖ sequence number (u64 BE).
@@ -112,8 +120,8 @@ pub(super) fn log_key(seq: u64) -> [u8; 15] {
 /// The entries not ingested into `det` yet, in a [`Store`].
 pub(super) struct DetBuffer {
     state: Mutex<State>,
-    /// Entries that make an ingest due.
-    ingest_at: usize,
+    /// Entries a table is allocated for; 0: never frozen nor ingested.
+    capacity: usize,
     /// Where table files are written before they are ingested (moved).
     scratch: PathBuf,
     /// One ingest at a time.
@@ -126,17 +134,29 @@ struct State {
     active: HashMap<i64, Value>,
     /// Their det log entries.
     active_logs: Vec<u64>,
-    /// The entries an ingest is writing (read by lookups until it is done).
+    /// The entries an ingest is due to write or writing (read by lookups
+    /// until it is done).
     frozen: Option<Arc<HashMap<i64, Value>>>,
+    /// Their det log entries.
+    frozen_logs: Vec<u64>,
+    /// The table the last ingest emptied, kept to become `active` at the
+    /// next freeze (allocated once, not at each ingest).
+    spare: HashMap<i64, Value>,
     next_log: u64,
     /// Moved by a reload: an ingest begun before it leaves the map alone.
     reloads: u64,
 }
 
 impl DetBuffer {
-    /// The buffer of a store, filled from `db`'s det log; its table files
-    /// are written in `scratch` (emptied here) before they are ingested.
-    pub(super) fn load(db: &DB, scratch: PathBuf, ingest_at: usize) -> Result<Self, StoreError> {
+    /// The buffer of a store of `memtable_bytes` memtables ([`capacity`]),
+    /// filled from `db`'s det log; its table files are written in `scratch`
+    /// (emptied here) before they are ingested. `None`: never ingest (a
+    /// secondary, reading what its primary ingests).
+    pub(super) fn load(
+        db: &DB,
+        scratch: PathBuf,
+        memtable_bytes: Option<usize>,
+    ) -> Result<Self, StoreError> {
         // A file left by an ingest a crash cut short: its entries are
         // still in the det log.
         if scratch.exists() {
@@ -144,12 +164,16 @@ impl DetBuffer {
         }
         let b = Self {
             state: Mutex::new(State::default()),
-            ingest_at: ingest_at.max(1),
+            capacity: memtable_bytes.map_or(0, capacity),
             scratch,
             ingesting: Mutex::new(()),
         };
         b.reload(db)?;
         Ok(b)
+    }
+
+    fn table(&self) -> HashMap<i64, Value> {
+        HashMap::with_capacity_and_hasher(self.capacity, Default::default())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -159,12 +183,7 @@ impl DetBuffer {
     /// Fills the map again from `db`'s det log, forgetting what it held: a
     /// reopen after a disk fault keeps only what RocksDB kept.
     pub(super) fn reload(&self, db: &DB) -> Result<(), StoreError> {
-        let cap = if self.ingest_at == usize::MAX {
-            0
-        } else {
-            self.ingest_at
-        };
-        let mut active = HashMap::with_capacity_and_hasher(cap, Default::default());
+        let mut active = self.table();
         let mut logs = Vec::new();
         let mut next_log = 0;
         let it = db.iterator_cf(
@@ -196,6 +215,7 @@ impl DetBuffer {
         s.active = active;
         s.active_logs = logs;
         s.frozen = None;
+        s.frozen_logs.clear();
         s.next_log = s.next_log.max(next_log);
         s.reloads += 1;
         Ok(())
@@ -213,7 +233,8 @@ impl DetBuffer {
     /// written, and `kept` says (under the map's lock) that the database
     /// written is still the one open: after a reopen, the reload that
     /// follows it reads them from the det log if RocksDB kept them, and
-    /// only then. True when an ingest is due.
+    /// only then. True when the table taking them was full and is now due
+    /// for an ingest ([`Store::ingest_dets_if_due`]).
     pub(super) fn add(
         &self,
         log: u64,
@@ -224,12 +245,27 @@ impl DetBuffer {
         if !kept() {
             return false;
         }
+        // Frozen before it grows (unless the last ingest is not done yet:
+        // then it grows).
+        let due = self.capacity > 0
+            && s.frozen.is_none()
+            && !s.active.is_empty()
+            && s.active.len() + entries.len() > self.capacity;
+        if due {
+            let mut fresh = std::mem::take(&mut s.spare);
+            if fresh.capacity() < self.capacity {
+                fresh = self.table();
+            }
+            let full = std::mem::replace(&mut s.active, fresh);
+            s.frozen = Some(Arc::new(full));
+            s.frozen_logs = std::mem::take(&mut s.active_logs);
+        }
         s.active.reserve(entries.len());
         for (k, v) in entries {
             s.active.insert(keys::i64_from_key(k), *v);
         }
         s.active_logs.push(log);
-        s.active.len() >= self.ingest_at && s.frozen.is_none()
+        due
     }
 
     /// Each det_oid's value if the map holds it; `None`: look in `det`.
@@ -245,49 +281,62 @@ impl DetBuffer {
             .collect()
     }
 
-    /// How many entries the map holds (those being ingested included).
+    /// How many entries each of the map's tables has room for before it
+    /// grows: the active one and the spare.
     #[cfg(test)]
-    pub(super) fn len(&self) -> usize {
+    pub(super) fn room(&self) -> (usize, usize) {
+        let s = self.lock();
+        (s.active.capacity(), s.spare.capacity())
+    }
+
+    /// How many entries the map holds (those being ingested included).
+    pub(super) fn entries(&self) -> usize {
         let s = self.lock();
         s.active.len() + s.frozen.as_ref().map_or(0, |f| f.len())
     }
 }
 
 impl Store {
-    /// When the map holds enough entries, writes them into `det` as one
-    /// sorted table file and deletes their det log entries; returns how many
-    /// it moved (0: none due, or another ingest is under way). Blocks for
-    /// the sort, the file and its ingest; call it off the partition writers.
+    /// When a table of the map is frozen ([`DetBuffer::add`]), writes its
+    /// entries into `det` as one sorted table file and deletes their det
+    /// log entries; returns how many it moved (0: none due, or another
+    /// ingest is under way). Blocks for the sort, the file and its ingest;
+    /// call it off the partition writers.
     pub fn ingest_dets_if_due(&self) -> Result<usize, StoreError> {
         let Ok(_one) = self.dets.ingesting.try_lock() else {
             return Ok(0);
         };
         let (frozen, logs, reloads) = {
-            let mut s = self.dets.lock();
-            if s.active.len() < self.dets.ingest_at || s.frozen.is_some() {
+            let s = self.dets.lock();
+            let Some(frozen) = s.frozen.clone() else {
                 return Ok(0);
-            }
-            // Sized at once: growing by doubling, the map's last rehash
-            // (megabytes) held up a writer's commit.
-            let fresh = HashMap::with_capacity_and_hasher(self.dets.ingest_at, Default::default());
-            let frozen = Arc::new(std::mem::replace(&mut s.active, fresh));
-            s.frozen = Some(frozen.clone());
-            (frozen, std::mem::take(&mut s.active_logs), s.reloads)
+            };
+            (frozen, s.frozen_logs.clone(), s.reloads)
         };
         let done = self.ingest(&frozen, &logs);
         let moved = frozen.len();
         let mut s = self.dets.lock();
-        if s.reloads == reloads {
-            s.frozen = None;
-            if done.is_err() {
-                // Back into the map, under the commits since (whose values
-                // are the same: a det_oid is stored once).
-                let active = std::mem::take(&mut s.active);
-                let mut back = Arc::try_unwrap(frozen).unwrap_or_else(|a| (*a).clone());
-                back.extend(active);
-                s.active = back;
-                s.active_logs.extend(logs);
-            }
+        if s.reloads != reloads {
+            return done.map(|()| moved);
+        }
+        s.frozen = None;
+        s.frozen_logs.clear();
+        // The only other holder was `s.frozen`.
+        let mut table = Arc::try_unwrap(frozen).unwrap_or_else(|a| (*a).clone());
+        if done.is_err() {
+            // Back into the map, under the commits since (whose values are
+            // the same: a det_oid is stored once): the next commit finds
+            // the table full and freezes it again.
+            let active = std::mem::take(&mut s.active);
+            table.extend(active);
+            s.active = table;
+            let since = std::mem::replace(&mut s.active_logs, logs);
+            s.active_logs.extend(since);
+        } else {
+            // Emptied under the lock (a memset of its control bytes), so
+            // that no commit finds the spare missing and allocates one.
+            table.clear();
+            s.spare = table;
         }
         done.map(|()| moved)
     }
@@ -357,7 +406,7 @@ mod tests {
     use super::*;
     use sightline_proto::v1::{Detection, JoinedEvent};
 
-    /// Memtables of 4 MiB: an ingest is due at 16,384 entries.
+    /// Memtables of 4 MiB: tables of 14,336 entries.
     const MEMTABLES: usize = 4 << 20;
 
     fn open(path: &std::path::Path) -> Store {
@@ -420,31 +469,63 @@ mod tests {
     }
 
     #[test]
+    fn the_maps_two_tables_are_allocated_once_and_do_not_grow_before_an_ingest() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let cap = capacity(MEMTABLES);
+        assert_eq!(s.dets.room().0, cap);
+        let cap = cap as i64;
+        assert!(!commit(&s, 1..cap + 1), "full, not due");
+        let mut next = cap + 1;
+        for round in 0..3 {
+            assert!(commit(&s, next..next + 1), "round {round}: due once full");
+            // The fold thread is late: the other table takes commits until
+            // it is full.
+            assert!(!commit(&s, next + 1..next + cap), "round {round}");
+            assert_eq!(
+                s.dets.room().0,
+                cap as usize,
+                "round {round}: no table grew"
+            );
+            assert_eq!(
+                s.ingest_dets_if_due().unwrap(),
+                cap as usize,
+                "round {round}"
+            );
+            // The emptied table waits for the next freeze.
+            assert_eq!(s.dets.room(), (cap as usize, cap as usize), "round {round}");
+            assert_all_found(&s, 1..next + cap, "after the ingest");
+            next += cap;
+        }
+    }
+
+    #[test]
     fn a_stored_det_oid_is_found_before_its_ingest_after_it_and_after_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let at = ingest_at(MEMTABLES);
+        let at = capacity(MEMTABLES) as i64;
         {
             let s = open(dir.path());
-            assert!(!commit(&s, 1..at as i64 / 2), "not due yet");
-            assert_all_found(&s, 1..at as i64 / 2, "in memory");
+            assert!(!commit(&s, 1..at / 2), "not due yet");
+            assert_all_found(&s, 1..at / 2, "in memory");
             assert_eq!(s.ingest_dets_if_due().unwrap(), 0, "none due");
-            assert!(commit(&s, at as i64 / 2..at as i64 + 1), "due");
-            assert_eq!(s.ingest_dets_if_due().unwrap(), at);
-            assert_eq!(s.dets.len(), 0);
-            assert_eq!(log_entries(&s), 0, "the det log goes with the ingest");
-            assert_all_found(&s, 1..at as i64 + 1, "in det");
+            assert!(!commit(&s, at / 2..at + 1), "full, not due");
+            assert!(commit(&s, at + 1..at + 2), "due: the next commit froze it");
+            assert_eq!(s.ingest_dets_if_due().unwrap(), at as usize);
+            assert_eq!(s.dets.entries(), 1);
+            assert_eq!(log_entries(&s), 1, "the det log goes with the ingest");
+            assert_all_found(&s, 1..at + 2, "in det");
             assert_eq!(
-                s.stored_dets(&[0, at as i64 + 1]).unwrap(),
+                s.stored_dets(&[0, at + 2]).unwrap(),
                 vec![None, None],
                 "unknown det_oids"
             );
             // More, left in memory and in the det log.
-            commit(&s, at as i64 + 1..at as i64 + 501);
-            assert_eq!(s.dets.len(), 500);
+            commit(&s, at + 2..at + 502);
+            assert_eq!(s.dets.entries(), 501);
         }
         let s = open(dir.path());
-        assert_eq!(s.dets.len(), 500, "read back from the det log");
-        assert_all_found(&s, 1..at as i64 + 501, "after a reopen");
+        assert_eq!(s.dets.entries(), 501, "read back from the det log");
+        assert_all_found(&s, 1..at + 502, "after a reopen");
     }
 
     #[test]
@@ -472,9 +553,10 @@ mod tests {
     #[test]
     fn an_ingest_a_crash_cut_short_before_its_log_was_deleted_leaves_every_entry_found() {
         let dir = tempfile::tempdir().unwrap();
-        let at = ingest_at(MEMTABLES) as i64;
+        let at = capacity(MEMTABLES) as i64;
         let s = open(dir.path());
-        commit(&s, 1..at + 1);
+        assert!(!commit(&s, 1..at + 1), "full");
+        assert!(commit(&s, at + 1..at + 2), "due");
         // The det log as it was before the ingest deleted it.
         let db = s.db().unwrap();
         let saved: Vec<_> = db
@@ -493,15 +575,16 @@ mod tests {
         s.write(b).unwrap();
         drop(s);
         let s = open(dir.path());
-        assert_eq!(s.dets.len(), at as usize, "read back");
-        assert_all_found(&s, 1..at + 1, "in both");
+        assert_eq!(s.dets.entries(), at as usize + 1, "read back");
+        assert_all_found(&s, 1..at + 2, "in both");
+        assert!(commit(&s, at + 2..at + 3), "due: more than a table holds");
         assert_eq!(
             s.ingest_dets_if_due().unwrap(),
-            at as usize,
+            at as usize + 1,
             "ingested again"
         );
-        assert_all_found(&s, 1..at + 1, "ingested twice");
-        assert_eq!(log_entries(&s), 0);
+        assert_all_found(&s, 1..at + 3, "ingested twice");
+        assert_eq!(log_entries(&s), 1, "the commit since");
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct EngineStats {
     pub memtable_bytes: u64,
     pub running_compactions: u64,
     pub running_flushes: u64,
+    /// det_oids held in memory, not yet in `det` (`store::det_buffer`).
+    pub det_buffer_entries: u64,
 }
 
 /// What the flushes and compactions of one column family did since the
@@ -64,7 +66,9 @@ pub struct TableWork {
 impl Store {
     /// RocksDB's state now (a few property reads; no I/O).
     pub fn engine_stats(&self) -> Result<EngineStats, StoreError> {
-        Ok(read(&*self.db()?))
+        let mut s = read(&*self.db()?);
+        s.det_buffer_entries = self.dets.entries() as u64;
+        Ok(s)
     }
 
     /// Each column family's [`TableWork`], by name (one stats text per

@@ -305,11 +305,8 @@ impl Store {
         let db = open_db(path, memory, &dedup_cutoff, &refs_cutoff)?;
         let partitions = check_format(&db)?;
         let pending = pending::Pending::of(&db)?;
-        let dets = det_buffer::DetBuffer::load(
-            &db,
-            path.join("det-ingest"),
-            det_buffer::ingest_at(memory.memtable_bytes),
-        )?;
+        let dets =
+            det_buffer::DetBuffer::load(&db, path.join("det-ingest"), Some(memory.memtable_bytes))?;
         Ok(Self {
             db: arc_swap::ArcSwapOption::from_pointee(db),
             path: path.to_path_buf(),

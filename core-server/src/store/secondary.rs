@@ -72,9 +72,8 @@ impl Store {
                 )))
             }
         };
-        // Never ingested here (`usize::MAX`): read as of the open and each
-        // catch-up.
-        let dets = det_buffer::DetBuffer::load(&db, scratch.join("det-ingest"), usize::MAX)?;
+        // Never ingested here: read as of the open and each catch-up.
+        let dets = det_buffer::DetBuffer::load(&db, scratch.join("det-ingest"), None)?;
         Ok(Self {
             db: arc_swap::ArcSwapOption::from_pointee(db),
             path: primary.to_path_buf(),
