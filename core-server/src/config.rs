@@ -369,14 +369,18 @@ pub struct RetentionConfig {
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LiveConfig {
-    /// Messages a live subscriber may fall behind before it is cut off; a
-    /// message is at most `api::live::LIVE_CHUNK_EVENTS` (256) events of one
-    /// commit, and the hub holds the ones its slowest subscriber has not read:
-    /// the default bounds it to 32,768 events (~7 MiB at ~230 bytes an
-    /// event, which carries no Dataset B row; 1,024 held ~150 MiB while a
-    /// backlog drained).
+    /// Events a live subscriber may fall behind before it is cut off (at
+    /// least 256): the hub holds the events its slowest subscriber has not
+    /// read, up to this many (~7 MiB at the default, at ~230 bytes an event,
+    /// which carries no Dataset B row).
     #[serde(default = "default_live_buffer")]
-    pub buffer_commits: usize,
+    pub buffer_events: usize,
+    /// Replaced by `buffer_events`: it counted messages, which a burst of
+    /// small commits made few events (a subscriber keeping up on average was
+    /// cut off). A config that sets it is refused, naming the new key.
+    #[serde(default)]
+    #[schemars(skip)]
+    pub buffer_commits: Option<usize>,
     /// Most open `Subscribe` streams (gRPC); one more is refused with
     /// `RESOURCE_EXHAUSTED` naming this key.
     #[serde(default = "default_max_subscribers")]
@@ -489,7 +493,7 @@ fn default_media_ttl() -> Duration {
     Duration::from_secs(30 * 86_400)
 }
 fn default_live_buffer() -> usize {
-    128
+    32_768
 }
 fn default_max_subscribers() -> usize {
     256
@@ -564,7 +568,8 @@ impl Default for RetentionConfig {
 impl Default for LiveConfig {
     fn default() -> Self {
         Self {
-            buffer_commits: default_live_buffer(),
+            buffer_events: default_live_buffer(),
+            buffer_commits: None,
             max_subscribers: default_max_subscribers(),
             max_subscribers_per_client: default_max_subscribers_per_client(),
             replay_limit: default_replay_limit(),
@@ -677,8 +682,14 @@ impl CoreConfig {
         if self.retention.interval.is_zero() {
             return err("retention.interval", "must be more than 0");
         }
-        if self.live.buffer_commits == 0 {
-            return err("live.buffer_commits", "must be at least 1");
+        if self.live.buffer_commits.is_some() {
+            return err(
+                "live.buffer_commits",
+                "is replaced by live.buffer_events, which counts events, not messages (128 messages held at most 32768 events)",
+            );
+        }
+        if self.live.buffer_events < crate::api::live::LIVE_CHUNK_EVENTS {
+            return err("live.buffer_events", "must be at least 256");
         }
         self.validate_caps()?;
         self.audit.validate()?;
@@ -1027,6 +1038,14 @@ mod tests {
             check("[pipeline]\nqueue_batches = 0\n").unwrap_err().key,
             "pipeline.queue_batches"
         );
+        assert_eq!(
+            check("[live]\nbuffer_events = 255\n").unwrap_err().key,
+            "live.buffer_events"
+        );
+        // The key it replaced counted messages: refused, naming the new one.
+        let old = check("[live]\nbuffer_commits = 128\n").unwrap_err();
+        assert_eq!(old.key, "live.buffer_commits");
+        assert!(old.to_string().contains("live.buffer_events"), "{old}");
         // The least of each is taken (with an edge a local demo could use).
         check(
             "[storage]\nmemtable = \"8 MiB\"\ncache = \"1 MiB\"\n\

@@ -165,7 +165,7 @@ enum CertsCommand {
 /// that threshold to the largest block freed and then keeps such blocks in
 /// its heap: the peak went from 249–260 to 238–243 MiB, for 0.4 µs more
 /// CPU per event, within the noise (forty-sixth session, A/B'd over a core
-/// with a det buffer change since reverted; at 128 KiB, 236–237 MiB for
+/// with the det buffer's tables allocated once; at 128 KiB, 236–237 MiB for
 /// 1.2 µs more). Set by the core executing itself again
 /// ([`sightline_proto::allocator_env::run_with`]).
 const ALLOCATOR_ENV: [(&str, &str); 3] = [

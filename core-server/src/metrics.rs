@@ -150,6 +150,9 @@ pub struct Metrics {
     pub reader_held_seconds: HeldFamily,
     /// Seconds the slowest live subscriber is behind the newest commit.
     pub live_feed_lag: Gauge<f64, AtomicU64>,
+    /// Events the live hub holds for subscribers that have not read them
+    /// (at most `live.buffer_events`).
+    pub live_held_events: Gauge,
     /// Seconds the search index is behind the commits.
     pub search_index_lag: Gauge<f64, AtomicU64>,
     /// Seconds the continuous export is behind the commits. Registered here
@@ -576,6 +579,12 @@ impl Metrics {
             "Age of the oldest commit a live subscriber (dashboard feed, Subscribe stream, search forwarder) has not taken yet (0: all caught up)",
             live_feed_lag.clone(),
         );
+        let live_held_events = Gauge::default();
+        r.register(
+            "live_held_events",
+            "Events the live hub holds for subscribers that have not read them yet (at most live.buffer_events; a subscriber further behind is cut off)",
+            live_held_events.clone(),
+        );
         let search_index_lag = Gauge::<f64, AtomicU64>::default();
         r.register(
             "search_index_lag_seconds",
@@ -686,6 +695,7 @@ impl Metrics {
             writer_queue_seconds,
             reader_held_seconds,
             live_feed_lag,
+            live_held_events,
             search_index_lag,
             export_lag,
             cert_expiry,

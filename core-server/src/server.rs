@@ -301,13 +301,13 @@ async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started
                 .await??,
         )
     };
-    let hub = LiveHub::new(config.live.buffer_commits);
+    let hub = LiveHub::new(config.live.buffer_events);
     let caps = Caps::new(config, &metrics, &drain.cut);
     // Cluster mode: this node commits nothing into `hub` (each partition's
     // owner has its own); the dashboard's feed reads a hub of its own, fed
     // with every partition's commits from the cluster (below).
     let dashboard_hub = if config.cluster.enabled() {
-        LiveHub::new(config.live.buffer_commits)
+        LiveHub::new(config.live.buffer_events)
     } else {
         hub.clone()
     };
@@ -877,7 +877,7 @@ async fn start_cluster(
         metrics,
         max_group_events: config.pipeline.max_group_events,
         queue_batches: config.pipeline.queue_batches,
-        live_buffer: config.live.buffer_commits,
+        live_buffer: config.live.buffer_events,
         search_commit: config.search.commit_interval,
         cache_bytes: config.storage.cache.as_u64() as usize,
         checkpoints: c.checkpoints.clone(),
@@ -1201,6 +1201,7 @@ fn observe(
         }
         let now = sightline_proto::now_ms();
         m.live_feed_lag.set(hub.lag_ms(now) as f64 / 1000.0);
+        m.live_held_events.set(hub.held_events() as i64);
         m.search_index_lag.set(search.lag_ms(now) as f64 / 1000.0);
         if let Ok(fs) = rustix::fs::statvfs(&dir) {
             let unit = fs.f_frsize.max(1);

@@ -619,3 +619,63 @@ async fn subscribers_get_joined_events_as_they_are_committed() {
     let first = replay.next().await.unwrap().unwrap();
     assert_eq!(first.detection.unwrap().detection_oid, d.detection_oid);
 }
+
+/// A subscriber of everything that reads as fast as events come, but
+/// pauses for a second in the middle of a replay at full speed, gets every
+/// event once: the hub holds up to `live.buffer_events` events for it, however
+/// small the commits they came in (a bound of 128 messages cut the
+/// subscriber of the benchmarks off a few milliseconds behind, after a
+/// tenth of a run).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscriber_that_pauses_in_a_burst_of_small_commits_gets_every_event_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = dir.path().join("locations.csv");
+    write_locations(&b, LOCATIONS);
+    let core = Core::start(dir.path(), Some(&b));
+    let data = Dataset::generate(47, 60_000, 0.05, 0.0, LOCATIONS);
+    let truth = data.truth();
+    let mut live = sightline_tests::query::client(&core.url())
+        .await
+        .subscribe(SubscribeRequest {
+            from_ms: 0,
+            filter: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let unique = truth.unique;
+    let reader = tokio::spawn(async move {
+        let mut seen = std::collections::HashSet::new();
+        let mut delivered = 0u64;
+        let mut paused = false;
+        while let Some(e) = live.next().await {
+            let e = e.map_err(|s| format!("after {delivered} events: {s:?}"))?;
+            seen.insert(e.detection.unwrap().detection_oid.unwrap());
+            delivered += 1;
+            if delivered == 10_000 && !std::mem::replace(&mut paused, true) {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            if seen.len() as u64 == unique {
+                break;
+            }
+        }
+        Ok::<_, String>((seen, delivered))
+    });
+    let csv = data.csv_in(dir.path());
+    let mut agent = Agent::start(AgentArgs::replay(
+        dir.path(),
+        "burst",
+        core.url(),
+        &csv,
+        None,
+    ));
+    assert!(agent.wait(Duration::from_secs(120)).success());
+    assert_exactly_once(&core.url(), &truth).await;
+    let (seen, delivered) = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .expect("the subscriber got every event")
+        .unwrap()
+        .expect("the core kept the subscriber");
+    assert_eq!(seen, truth.det_oids, "every stored event, live");
+    assert_eq!(delivered, truth.unique, "none twice");
+}

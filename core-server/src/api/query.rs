@@ -19,13 +19,13 @@ use sightline_proto::v1::{
     TopItemsRequest, TopItemsResponse,
 };
 use sightline_proto::{ApiError, Code};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{
     limits::Gate,
-    live::{CommitEvents, LiveHub},
+    live::{LiveHub, LiveReceiver, Missed},
 };
 use crate::{
     access::{Access, Role, Scope},
@@ -882,7 +882,7 @@ impl QueryService {
     /// client went away; otherwise the error says why it ended.
     async fn stream_live(
         &self,
-        mut live: broadcast::Receiver<CommitEvents>,
+        mut live: LiveReceiver,
         mut replayed: Replayed,
         filter: &Scoped,
         tx: &mpsc::Sender<Result<JoinedEvent, Status>>,
@@ -892,14 +892,14 @@ impl QueryService {
                 _ = tx.closed() => return Ok(()),
                 msg = live.recv() => match msg {
                     Ok(events) => events,
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                    Err(Missed::Lagged(n)) => {
                         self.metrics.live_lagged.inc();
                         return Err(ApiError::exhausted(format!(
-                            "subscriber fell behind by {n} messages of live events (`live.buffer_commits`); resubscribe with from_ms to catch up"
+                            "subscriber fell behind by more than the core holds for it (`live.buffer_events`): {n} live events went by unread; resubscribe with from_ms to catch up"
                         ))
                         .into());
                     }
-                    Err(broadcast::error::RecvError::Closed) => {
+                    Err(Missed::Closed) => {
                         return Err(ApiError::unavailable("the core is shutting down").into());
                     }
                 },
@@ -946,7 +946,7 @@ impl QueryService {
         from_ms: i64,
         filter: &Scoped,
         tx: &mpsc::Sender<Result<JoinedEvent, Status>>,
-    ) -> Result<Option<(broadcast::Receiver<CommitEvents>, Replayed)>, Status> {
+    ) -> Result<Option<(LiveReceiver, Replayed)>, Status> {
         let cut = sightline_proto::now_ms() - COMMIT_SLACK_MS;
         if !self.replay_by_detection(from_ms, cut, filter, tx).await? {
             return Ok(None);

@@ -523,7 +523,7 @@ async fn run(
     store: Arc<Store>,
     locations: Arc<Locations>,
     pipeline: Pipeline,
-    commits: tokio::sync::broadcast::Receiver<crate::api::live::CommitEvents>,
+    commits: crate::api::live::LiveReceiver,
     lease: LeaseClock,
     stop: CancellationToken,
     failed: CancellationToken,
@@ -1510,7 +1510,7 @@ async fn publish_out(
     p: u16,
     store: Arc<Store>,
     locations: Arc<Locations>,
-    mut commits: tokio::sync::broadcast::Receiver<crate::api::live::CommitEvents>,
+    mut commits: crate::api::live::LiveReceiver,
     lease: LeaseClock,
     done: CancellationToken,
     failed: CancellationToken,
@@ -1563,7 +1563,7 @@ async fn publish_out(
                 biased;
                 _ = done.cancelled() => ending = true,
                 r = commits.recv(), if !closed => {
-                    closed = matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed));
+                    closed = matches!(r, Err(crate::api::live::Missed::Closed));
                 }
                 _ = tokio::time::sleep(OUT_IDLE) => {}
             }

@@ -94,11 +94,10 @@ use tantivy::{
     },
     DocId, Index, IndexReader, ReloadPolicy, SegmentReader, TantivyDocument, Term,
 };
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    api::live::LiveHub,
+    api::live::{LiveHub, Missed},
     enrich::{LocationTable, Locations},
     store::Store,
 };
@@ -328,11 +327,11 @@ impl SearchIndex {
                             counts.queued.fetch_add(n, Ordering::Relaxed);
                             Job::Events(events)
                         }
-                        Err(broadcast::error::RecvError::Lagged(n)) => {
-                            tracing::warn!(commits = n, "search index fell behind the live hub; catching up from the store");
+                        Err(Missed::Lagged(n)) => {
+                            tracing::warn!(events = n, "search index fell behind the live hub; catching up from the store");
                             Job::CatchUp
                         }
-                        Err(broadcast::error::RecvError::Closed) => return,
+                        Err(Missed::Closed) => return,
                     },
                 };
                 if forward.send(job).is_err() {

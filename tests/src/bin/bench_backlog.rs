@@ -316,7 +316,8 @@ async fn main() {
     for l in metrics.lines().filter(|l| {
         l.starts_with("sightline_live_lane_stored")
             || l.starts_with("sightline_delivered_live")
-            || l.starts_with("sightline_live_lagged")
+            || l.starts_with("sightline_live_subscribers_lagged")
+            || l.starts_with("sightline_live_held_events")
             || l.starts_with("sightline_commit_events_sum")
             || l.starts_with("sightline_commit_events_count")
             || l.starts_with("sightline_store_write_s")

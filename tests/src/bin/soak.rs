@@ -60,8 +60,8 @@ use tonic::{transport::Channel, Code};
 /// together (`storage.memtable`, 64 MiB; before a cap each of the eleven
 /// could hold 2 × 32 MiB, and the first 30-minute soak grew past this
 /// bound), plus the block cache (`storage.cache`, 32 MiB), the search index
-/// writer's heap (24 MB), the live hub (`live.buffer_commits` 128 messages
-/// of ≤ 256 events of ~0.3 KB: ≤ 10 MiB), Subscribe queues (1,024 events
+/// writer's heap (24 MB), the live hub (`live.buffer_events`, 32,768
+/// events of ~0.3 KB: ≤ 10 MiB), Subscribe queues (1,024 events
 /// each, the storm holds ≤ 8: < 4 MiB), the pipeline queues
 /// (`pipeline.queue_batches` 16 × 2 partitions × ~50 events), index pages
 /// and code (~200 MiB): ≈ 340 MiB, rounded up to 1 GiB for allocator slack.

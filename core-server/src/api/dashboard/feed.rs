@@ -259,11 +259,7 @@ impl LiveFeed {
         Ok((self.tx.subscribe(), slot))
     }
 
-    async fn run(
-        self,
-        mut commits: broadcast::Receiver<crate::api::live::CommitEvents>,
-        shutdown: CancellationToken,
-    ) {
+    async fn run(self, mut commits: crate::api::live::LiveReceiver, shutdown: CancellationToken) {
         // Without commits, a tick a second keeps the totals and the rate fresh.
         let mut idle = tokio::time::interval(Duration::from_secs(1));
         idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -298,8 +294,8 @@ impl LiveFeed {
                             }
                         }
                         // Behind: the totals below are still exact; only rows were skipped.
-                        Err(broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(broadcast::error::RecvError::Closed) => return,
+                        Err(crate::api::live::Missed::Lagged(_)) => {}
+                        Err(crate::api::live::Missed::Closed) => return,
                     }
                     if due.is_none() {
                         due = Some((last_sent + TICK).max(Instant::now()).into());
