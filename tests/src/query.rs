@@ -27,6 +27,12 @@ pub async fn client(url: &str) -> Client {
 /// A query client that sends `token` (an API token or the admin token).
 /// An `https://` core this process started is trusted through its CA.
 pub async fn client_as(url: &str, token: &str) -> Client {
+    with_token(channel(url).await, token)
+}
+
+/// A channel to the core at `url`; an `https://` core this process started
+/// is trusted through its CA.
+pub async fn channel(url: &str) -> Channel {
     let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_string()).unwrap();
     if let Some(ca) = crate::proc::ca_for(url) {
         endpoint = endpoint
@@ -36,8 +42,7 @@ pub async fn client_as(url: &str, token: &str) -> Client {
             )
             .unwrap();
     }
-    let channel = endpoint.connect().await.unwrap();
-    with_token(channel, token)
+    endpoint.connect().await.unwrap()
 }
 
 /// A query client over `channel` that sends `token`.

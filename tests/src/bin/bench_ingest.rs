@@ -24,9 +24,7 @@ use std::{
 };
 
 use futures::StreamExt;
-use sightline_proto::v1::{
-    intake_client::IntakeClient, PublishRequest, SubscribeRequest, TopItemsRequest,
-};
+use sightline_proto::v1::{intake_client::IntakeClient, PublishRequest, TopItemsRequest};
 use sightline_tests::{
     bench::{percentile, Args, Gen, LatencyProbe, LOCATIONS},
     data::write_locations,
@@ -189,19 +187,34 @@ async fn main() {
     // ---- 2. throughput ----
     // A live subscriber stays attached, so the core joins and fans out as it would in use.
     let live_received = Arc::new(AtomicU64::new(0));
-    let mut live = client(&url)
-        .await
-        .subscribe(SubscribeRequest {
-            from_ms: 0,
-            filter: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    // Why the core ended the stream, each time it did: a reader slower than
+    // the burst is cut off once it is `live.buffer_events` behind. It
+    // subscribes again at once, so that the core fans out to a subscriber
+    // through the whole burst (the figures would otherwise leave that work
+    // out after the first cut).
+    let live_ended = Arc::new(std::sync::Mutex::new((0u64, None::<String>)));
+    let ended = live_ended.clone();
     let counter = live_received.clone();
+    let live_url = url.clone();
     let receiver = tokio::spawn(async move {
-        while let Some(Ok(_)) = live.next().await {
-            counter.fetch_add(1, Ordering::Relaxed);
+        loop {
+            let mut live = sightline_tests::bench::subscribe_thin(&live_url, None)
+                .await
+                .unwrap();
+            loop {
+                match live.next().await {
+                    Some(Ok(_)) => {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(Err(e)) => {
+                        let mut ended = ended.lock().unwrap();
+                        ended.0 += 1;
+                        ended.1 = Some(format!("{:?}: {}", e.code(), e.message()));
+                        break;
+                    }
+                    None => return,
+                }
+            }
         }
     });
     // Every published event ends stored, a semantic duplicate or rejected.
@@ -284,9 +297,16 @@ async fn main() {
     let events_per_s = total as f64 / e2e_secs;
     println!(
         "throughput: published={total} (stored {stored}, the rest duplicates) in {publish_secs:.1}s, all committed after {e2e_secs:.1}s: \
-         {events_per_s:.0} events/s end to end ({:.0} publish rate); live subscriber received {}; peak RSS agent {peak_agent_rss:.1} MiB, core {peak_core_rss:.1} MiB",
+         {events_per_s:.0} events/s end to end ({:.0} publish rate); live subscriber received {}{}; peak RSS agent {peak_agent_rss:.1} MiB, core {peak_core_rss:.1} MiB",
         total as f64 / publish_secs,
-        live_received.load(Ordering::Relaxed)
+        live_received.load(Ordering::Relaxed),
+        match &*live_ended.lock().unwrap() {
+            (0, _) => String::new(),
+            (n, last) => format!(
+                " (the core cut it off {n} times, and it subscribed again; the last: {})",
+                last.as_deref().unwrap_or_default()
+            ),
+        }
     );
 
     // The read the dashboard makes most, right after the burst (its
