@@ -685,11 +685,18 @@ impl CoreConfig {
         if self.live.buffer_commits.is_some() {
             return err(
                 "live.buffer_commits",
-                "is replaced by live.buffer_events, which counts events, not messages (128 messages held at most 32768 events)",
+                &format!(
+                    "is replaced by live.buffer_events, which counts events, not messages \
+                     (128 messages held at most {} events)",
+                    128 * crate::api::live::LIVE_CHUNK_EVENTS
+                ),
             );
         }
         if self.live.buffer_events < crate::api::live::LIVE_CHUNK_EVENTS {
-            return err("live.buffer_events", "must be at least 256");
+            return err(
+                "live.buffer_events",
+                &format!("must be at least {}", crate::api::live::LIVE_CHUNK_EVENTS),
+            );
         }
         self.validate_caps()?;
         self.audit.validate()?;

@@ -198,8 +198,7 @@ pub async fn subscribe_thin(
     url: &str,
     filter: Option<EventFilter>,
 ) -> Result<tonic::Streaming<ThinEvent>, tonic::Status> {
-    let token = crate::proc::admin_token_for(url)
-        .unwrap_or_else(|| panic!("no core was started at {url} by this process"));
+    let token = crate::query::admin_token(url);
     let mut grpc = tonic::client::Grpc::new(tonic::service::interceptor::InterceptedService::new(
         crate::query::channel(url).await,
         crate::proc::Bearer::new(&token),

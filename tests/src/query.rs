@@ -19,9 +19,13 @@ pub type Client = QueryClient<InterceptedService<Channel, Bearer>>;
 /// A query client of the core this process started at `url`, as its admin
 /// (the admin token).
 pub async fn client(url: &str) -> Client {
-    let token = crate::proc::admin_token_for(url)
-        .unwrap_or_else(|| panic!("no core was started at {url} by this process"));
-    client_as(url, &token).await
+    client_as(url, &admin_token(url)).await
+}
+
+/// The admin token of the core this process started at `url`.
+pub fn admin_token(url: &str) -> String {
+    crate::proc::admin_token_for(url)
+        .unwrap_or_else(|| panic!("no core was started at {url} by this process"))
 }
 
 /// A query client that sends `token` (an API token or the admin token).

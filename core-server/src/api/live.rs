@@ -95,6 +95,14 @@ impl Ring {
         self.first + self.held.len() as u64
     }
 
+    /// Lets go of the oldest message held.
+    fn drop_oldest(&mut self) {
+        if let Some(h) = self.held.pop_front() {
+            self.events -= h.events.len();
+            self.first += 1;
+        }
+    }
+
     /// Lets go of the messages every subscriber has read.
     fn trim_read(&mut self) {
         let read_by_all = self
@@ -103,12 +111,24 @@ impl Ring {
             .map(|p| p.next)
             .min()
             .unwrap_or(u64::MAX);
-        while self.first < read_by_all {
-            let Some(h) = self.held.pop_front() else {
-                break;
-            };
-            self.events -= h.events.len();
-            self.first += 1;
+        while self.first < read_by_all && !self.held.is_empty() {
+            self.drop_oldest();
+        }
+    }
+
+    /// Holds `events` as the newest message, letting go of the oldest while
+    /// more than `max_events` are held (the newest always stays).
+    fn push(&mut self, events: Vec<JoinedEvent>, max_events: usize) {
+        let n = events.len();
+        self.held.push_back(Held {
+            committed_ms: events.first().map_or(0, |e| e.committed_ms),
+            events: Arc::new(events),
+            before: self.published,
+        });
+        self.published += n as u64;
+        self.events += n;
+        while self.events > max_events && self.held.len() > 1 {
+            self.drop_oldest();
         }
     }
 }
@@ -159,22 +179,6 @@ impl LiveHub {
         self.shared.lock().events
     }
 
-    fn send(&self, ring: &mut Ring, events: Vec<JoinedEvent>) {
-        let n = events.len();
-        ring.held.push_back(Held {
-            committed_ms: events.first().map_or(0, |e| e.committed_ms),
-            events: Arc::new(events),
-            before: ring.published,
-        });
-        ring.published += n as u64;
-        ring.events += n;
-        while ring.events > self.shared.max_events && ring.held.len() > 1 {
-            let h = ring.held.pop_front().expect("more than one held");
-            ring.events -= h.events.len();
-            ring.first += 1;
-        }
-    }
-
     /// Whether anyone listens (the writer skips the join when nobody does).
     pub fn has_subscribers(&self) -> bool {
         !self.shared.lock().readers.is_empty()
@@ -190,8 +194,9 @@ impl LiveHub {
         if ring.readers.is_empty() {
             return;
         }
+        let max = self.shared.max_events;
         if events.len() <= LIVE_CHUNK_EVENTS {
-            self.send(&mut ring, events);
+            ring.push(events, max);
         } else {
             let mut rest = events.into_iter();
             loop {
@@ -199,7 +204,7 @@ impl LiveHub {
                 if chunk.is_empty() {
                     break;
                 }
-                self.send(&mut ring, chunk);
+                ring.push(chunk, max);
             }
         }
         drop(ring);
