@@ -6,10 +6,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context;
 use axum::response::IntoResponse;
 use sightline_proto::{
-    v1::{
-        admin_server::AdminServer, ingest_server::IngestServer, media_server::MediaServer,
-        query_server::QueryServer,
-    },
+    v1::{admin_server::AdminServer, ingest_server::IngestServer, media_server::MediaServer},
     Limits,
 };
 use tokio::{net::TcpListener, task::JoinHandle, time::Instant};
@@ -631,7 +628,7 @@ async fn start(config: &CoreConfig, drain: &mut Drain) -> anyhow::Result<Started
             .max_concurrent_streams(GRPC_MAX_STREAMS)
             .add_optional_service(plaintext.then(ingest_service))
             .add_optional_service(plaintext.then(media_service))
-            .add_service(QueryServer::new(query).max_encoding_message_size(64 * 1024 * 1024))
+            .add_service(crate::api::subscribe_wire::QueryRoutes::new(query))
             .add_service(AdminServer::new(AdminService {
                 locations: locations.clone(),
                 registry: registry.clone(),

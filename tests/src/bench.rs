@@ -231,6 +231,8 @@ pub struct LatencyProbe {
     hops: Arc<Mutex<[Vec<f64>; 3]>>,
     /// Why the stream ended, when the core ended it with an error.
     ended: Arc<Mutex<Option<String>>>,
+    /// How often it ended with an error ([`LatencyProbe::subscribe_kept`]).
+    cut_offs: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl LatencyProbe {
@@ -242,38 +244,75 @@ impl LatencyProbe {
         url: &str,
         filter: Option<EventFilter>,
     ) -> tokio::task::JoinHandle<()> {
-        let mut live = subscribe_thin(url, filter).await.unwrap();
+        let live = subscribe_thin(url, filter).await.unwrap();
         let me = self.clone();
         tokio::spawn(async move {
-            while let Some(item) = live.next().await {
-                let ev = match item {
-                    Ok(ev) => ev,
-                    Err(status) => {
-                        *me.ended.lock().unwrap() =
-                            Some(format!("{:?}: {}", status.code(), status.message()));
-                        return;
-                    }
+            me.record_until_ended(live).await;
+        })
+    }
+
+    /// [`Self::subscribe`], subscribing again at once each time the core
+    /// ends the stream with an error (a reader slower than a burst is cut
+    /// off once it is `live.buffer_events` behind), so that the core fans
+    /// out to it throughout. [`Self::cut_offs`] counts the ends; the events
+    /// committed while it was away count as not seen.
+    pub async fn subscribe_kept(
+        &self,
+        url: &str,
+        filter: Option<EventFilter>,
+    ) -> tokio::task::JoinHandle<()> {
+        let mut live = subscribe_thin(url, filter.clone()).await.unwrap();
+        let (me, url) = (self.clone(), url.to_string());
+        tokio::spawn(async move {
+            while me.record_until_ended(live).await {
+                me.cut_offs
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                live = match subscribe_thin(&url, filter.clone()).await {
+                    Ok(live) => live,
+                    Err(_) => return,
                 };
-                let now = Instant::now();
-                let oid = ev.det_oid();
-                if let Some((t, wall)) = me.sent.lock().unwrap().remove(&oid) {
-                    me.latencies
-                        .lock()
-                        .unwrap()
-                        .push(now.duration_since(t).as_secs_f64() * 1000.0);
-                    let now_wall = sightline_proto::now_ms();
-                    let mut hops = me.hops.lock().unwrap();
-                    hops[0].push((ev.accepted_ms - wall) as f64);
-                    hops[1].push((ev.committed_ms - ev.accepted_ms) as f64);
-                    hops[2].push((now_wall - ev.committed_ms) as f64);
-                }
             }
         })
     }
 
-    /// The error the core ended the subscription with, if it did.
+    /// Records the events of `live` until it ends; `true`: it ended with an
+    /// error, kept in [`Self::ended`].
+    async fn record_until_ended(&self, mut live: tonic::Streaming<ThinEvent>) -> bool {
+        while let Some(item) = live.next().await {
+            let ev = match item {
+                Ok(ev) => ev,
+                Err(status) => {
+                    *self.ended.lock().unwrap() =
+                        Some(format!("{:?}: {}", status.code(), status.message()));
+                    return true;
+                }
+            };
+            let now = Instant::now();
+            let oid = ev.det_oid();
+            if let Some((t, wall)) = self.sent.lock().unwrap().remove(&oid) {
+                self.latencies
+                    .lock()
+                    .unwrap()
+                    .push(now.duration_since(t).as_secs_f64() * 1000.0);
+                let now_wall = sightline_proto::now_ms();
+                let mut hops = self.hops.lock().unwrap();
+                hops[0].push((ev.accepted_ms - wall) as f64);
+                hops[1].push((ev.committed_ms - ev.accepted_ms) as f64);
+                hops[2].push((now_wall - ev.committed_ms) as f64);
+            }
+        }
+        false
+    }
+
+    /// The error the core ended the subscription with, if it did (the last
+    /// one, for [`Self::subscribe_kept`]).
     pub fn ended(&self) -> Option<String> {
         self.ended.lock().unwrap().clone()
+    }
+
+    /// How often the core ended a [`Self::subscribe_kept`] subscription.
+    pub fn cut_offs(&self) -> u64 {
+        self.cut_offs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Records that these det_oids were published now.

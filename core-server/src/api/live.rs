@@ -18,14 +18,72 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{Arc, Mutex, MutexGuard},
+    ops::Deref,
+    sync::{Arc, Mutex, MutexGuard, OnceLock},
 };
 
+use bytes::{Bytes, BytesMut};
+use prost::Message;
 use sightline_proto::v1::JoinedEvent;
 use tokio::sync::Notify;
 
 /// One commit's events (or part of one), shared by all subscribers.
-pub type CommitEvents = Arc<Vec<JoinedEvent>>;
+pub type CommitEvents = Arc<Commit>;
+
+/// A message of the hub: events, and their wire encoding made once for
+/// every `Subscribe` stream that sends them.
+#[derive(Debug, Default)]
+pub struct Commit {
+    events: Vec<JoinedEvent>,
+    encoded: OnceLock<Vec<Bytes>>,
+}
+
+impl Commit {
+    pub fn new(events: Vec<JoinedEvent>) -> Self {
+        Self {
+            events,
+            encoded: OnceLock::new(),
+        }
+    }
+
+    /// Each event's protobuf encoding as it is here (no Dataset B row: see
+    /// the module's notes), in one buffer encoded by the first caller.
+    pub fn encoded(&self) -> &[Bytes] {
+        self.encoded.get_or_init(|| {
+            let len = self.events.iter().map(Message::encoded_len).sum();
+            let mut buf = BytesMut::with_capacity(len);
+            let mut ends = Vec::with_capacity(self.events.len());
+            for e in &self.events {
+                e.encode_raw(&mut buf);
+                ends.push(buf.len());
+            }
+            let all = buf.freeze();
+            let mut start = 0;
+            ends.into_iter()
+                .map(|end| {
+                    let one = all.slice(start..end);
+                    start = end;
+                    one
+                })
+                .collect()
+        })
+    }
+}
+
+/// Equal events (whether encoded yet or not).
+impl PartialEq for Commit {
+    fn eq(&self, other: &Self) -> bool {
+        self.events == other.events
+    }
+}
+
+impl Deref for Commit {
+    type Target = [JoinedEvent];
+
+    fn deref(&self) -> &[JoinedEvent] {
+        &self.events
+    }
+}
 
 /// Most events in one message of the hub: a large commit goes out in
 /// several, so that the hub lets go of what every subscriber read in steps
@@ -122,7 +180,7 @@ impl Ring {
         let n = events.len();
         self.held.push_back(Held {
             committed_ms: events.first().map_or(0, |e| e.committed_ms),
-            events: Arc::new(events),
+            events: Arc::new(Commit::new(events)),
             before: self.published,
         });
         self.published += n as u64;

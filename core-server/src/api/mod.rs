@@ -9,3 +9,4 @@ pub mod http;
 pub mod limits;
 pub mod live;
 pub mod query;
+pub mod subscribe_wire;

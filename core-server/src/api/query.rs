@@ -26,6 +26,7 @@ use tonic::{Request, Response, Status};
 use super::{
     limits::Gate,
     live::{LiveHub, LiveReceiver, Missed},
+    subscribe_wire::Encoded,
 };
 use crate::{
     access::{Access, Role, Scope},
@@ -47,7 +48,7 @@ const REPLAY_PAGE: usize = 1000;
 const COMMIT_SLACK_MS: i64 = crate::search::CATCH_UP_SLACK.as_millis() as i64;
 /// Passes by commit time a Subscribe makes before it attaches to the live
 /// hub even if each still finds a page or more (steady ingest): the hub holds
-/// `live.buffer_commits` commits for it during the last pass.
+/// `live.buffer_events` events for it during the last pass.
 const CATCH_UP_PASSES: usize = 3;
 /// Most events a Subscribe remembers while catching up (those committed in
 /// the last [`COMMIT_SLACK_MS`] of its reads, to deliver each once); past it
@@ -480,113 +481,21 @@ impl Query for QueryService {
         }))
     }
 
-    type SubscribeStream = ReceiverStream<Result<JoinedEvent, Status>>;
+    type SubscribeStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<JoinedEvent, Status>> + Send>>;
 
+    /// Served by [`super::subscribe_wire::QueryRoutes`], which sends the
+    /// events as encoded bytes; this decodes them, for a `QueryServer` used
+    /// without it.
     async fn subscribe(
         &self,
         req: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let who = self.caller(&req, "Subscribe").await?;
-        let client = req
-            .remote_addr()
-            .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
-        let slot = self
-            .subscribers
-            .try_acquire(client)
-            .map_err(|r| ApiError::exhausted(format!("too many Subscribe streams: {r}")))?;
-        let peer = req.remote_addr();
-        let start = crate::cluster::feed::Start::of(&req, req.get_ref().from_ms)?;
-        if self.cluster.is_none() && matches!(start, crate::cluster::feed::Start::AfterSeq(_)) {
-            return Err(ApiError::new(
-                Code::FailedPrecondition,
-                format!(
-                    "`{}` resumes a cluster Subscribe; this core runs alone: resume with from_ms",
-                    crate::cluster::feed::AFTER_SEQ_HEADER
-                ),
-            )
-            .into());
-        }
-        let r = req.into_inner();
-        if let Some(l) = r.filter.as_ref().and_then(|f| f.geographical_location_oid) {
-            self.allowed(&who, peer, "Subscribe", who.require_location(l))
-                .await?;
-        }
-        let f = r.filter.clone().unwrap_or_default();
-        audited(
-            &self.access,
-            &who,
-            peer,
-            crate::audit::Action::Subscribe,
-            serde_json::json!({
-                "from_ms": r.from_ms, "location": f.geographical_location_oid,
-                "camera": f.video_camera_oid, "item": f.item_name,
-            }),
-        )
-        .await?;
-        if let Some(c) = &self.cluster {
-            let feed = c.feed.clone().ok_or_else(|| {
-                ApiError::unavailable("Subscribe: this cluster node has no NATS connection")
-            })?;
-            let events = feed.open(start).await?;
-            let (tx, rx) = mpsc::channel(SUBSCRIBE_QUEUE);
-            let this = self.clone();
-            tokio::spawn(async move {
-                let _slot = slot;
-                this.metrics.live_subscribers.inc();
-                let filter = Scoped {
-                    filter: r.filter.unwrap_or_default(),
-                    scope: who.scope.clone(),
-                };
-                let keep = |e: &JoinedEvent| filter.matches(e);
-                let outcome = tokio::select! {
-                    o = crate::cluster::feed::forward(events, keep, &tx) => o,
-                    e = this.access.until_invalid(&who) => Err(e.into()),
-                };
-                if let Err(s) = outcome {
-                    let _ = tx.send(Err(s)).await;
-                }
-                this.metrics.live_subscribers.dec();
-            });
-            return Ok(Response::new(ReceiverStream::new(rx)));
-        }
-        // Live only: attach now, so that nothing committed after this call
-        // returns is missed.
-        let live = (r.from_ms <= 0).then(|| self.hub.subscribe());
-        let (tx, rx) = mpsc::channel(SUBSCRIBE_QUEUE);
-        let this = self.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            this.metrics.live_subscribers.inc();
-            let filter = Scoped {
-                filter: r.filter.unwrap_or_default(),
-                scope: who.scope.clone(),
-            };
-            let work = async {
-                match live {
-                    Some(live) => {
-                        this.stream_live(live, Replayed::default(), &filter, &tx)
-                            .await
-                    }
-                    None => match this.replay_history(r.from_ms, &filter, &tx).await {
-                        Ok(Some((live, replayed))) => {
-                            this.stream_live(live, replayed, &filter, &tx).await
-                        }
-                        Ok(None) => Ok(()),
-                        Err(s) => Err(s),
-                    },
-                }
-            };
-            // A revoked or expired credential ends the stream at once.
-            let outcome = tokio::select! {
-                o = work => o,
-                e = this.access.until_invalid(&who) => Err(e.into()),
-            };
-            if let Err(s) = outcome {
-                let _ = tx.send(Err(s)).await;
-            }
-            this.metrics.live_subscribers.dec();
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        use tokio_stream::StreamExt;
+        let events = self.open_subscribe(req).await?.into_inner();
+        Ok(Response::new(Box::pin(
+            events.map(|e| e.and_then(Encoded::decode)),
+        )))
     }
 
     async fn fleet(&self, req: Request<FleetRequest>) -> Result<Response<FleetResponse>, Status> {
@@ -869,6 +778,13 @@ fn det_oid(e: &JoinedEvent) -> i64 {
         .unwrap_or_default()
 }
 
+fn location(e: &JoinedEvent) -> i64 {
+    e.detection
+        .as_ref()
+        .map(|d| d.geographical_location_oid)
+        .unwrap_or_default()
+}
+
 fn detected_ms(e: &JoinedEvent) -> i64 {
     e.detection
         .as_ref()
@@ -877,6 +793,115 @@ fn detected_ms(e: &JoinedEvent) -> i64 {
 }
 
 impl QueryService {
+    /// `Subscribe`: checks the caller and its limits, then streams what it
+    /// asked for from a task of its own.
+    pub(crate) async fn open_subscribe(
+        &self,
+        req: Request<SubscribeRequest>,
+    ) -> Result<Response<ReceiverStream<Result<Encoded, Status>>>, Status> {
+        let who = self.caller(&req, "Subscribe").await?;
+        let client = req
+            .remote_addr()
+            .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+        let slot = self
+            .subscribers
+            .try_acquire(client)
+            .map_err(|r| ApiError::exhausted(format!("too many Subscribe streams: {r}")))?;
+        let peer = req.remote_addr();
+        let start = crate::cluster::feed::Start::of(&req, req.get_ref().from_ms)?;
+        if self.cluster.is_none() && matches!(start, crate::cluster::feed::Start::AfterSeq(_)) {
+            return Err(ApiError::new(
+                Code::FailedPrecondition,
+                format!(
+                    "`{}` resumes a cluster Subscribe; this core runs alone: resume with from_ms",
+                    crate::cluster::feed::AFTER_SEQ_HEADER
+                ),
+            )
+            .into());
+        }
+        let r = req.into_inner();
+        if let Some(l) = r.filter.as_ref().and_then(|f| f.geographical_location_oid) {
+            self.allowed(&who, peer, "Subscribe", who.require_location(l))
+                .await?;
+        }
+        let f = r.filter.clone().unwrap_or_default();
+        audited(
+            &self.access,
+            &who,
+            peer,
+            crate::audit::Action::Subscribe,
+            serde_json::json!({
+                "from_ms": r.from_ms, "location": f.geographical_location_oid,
+                "camera": f.video_camera_oid, "item": f.item_name,
+            }),
+        )
+        .await?;
+        if let Some(c) = &self.cluster {
+            let feed = c.feed.clone().ok_or_else(|| {
+                ApiError::unavailable("Subscribe: this cluster node has no NATS connection")
+            })?;
+            let events = feed.open(start).await?;
+            let (tx, rx) = mpsc::channel(SUBSCRIBE_QUEUE);
+            let this = self.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
+                this.metrics.live_subscribers.inc();
+                let filter = Scoped {
+                    filter: r.filter.unwrap_or_default(),
+                    scope: who.scope.clone(),
+                };
+                let keep = |e: &JoinedEvent| filter.matches(e);
+                let outcome = tokio::select! {
+                    o = crate::cluster::feed::forward(events, keep, &tx) => o,
+                    e = this.access.until_invalid(&who) => Err(e.into()),
+                };
+                if let Err(s) = outcome {
+                    let _ = tx.send(Err(s)).await;
+                }
+                this.metrics.live_subscribers.dec();
+            });
+            return Ok(Response::new(ReceiverStream::new(rx)));
+        }
+        // Live only: attach now, so that nothing committed after this call
+        // returns is missed.
+        let live = (r.from_ms <= 0).then(|| self.hub.subscribe());
+        let (tx, rx) = mpsc::channel(SUBSCRIBE_QUEUE);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            this.metrics.live_subscribers.inc();
+            let filter = Scoped {
+                filter: r.filter.unwrap_or_default(),
+                scope: who.scope.clone(),
+            };
+            let work = async {
+                match live {
+                    Some(live) => {
+                        this.stream_live(live, Replayed::default(), &filter, &tx)
+                            .await
+                    }
+                    None => match this.replay_history(r.from_ms, &filter, &tx).await {
+                        Ok(Some((live, replayed))) => {
+                            this.stream_live(live, replayed, &filter, &tx).await
+                        }
+                        Ok(None) => Ok(()),
+                        Err(s) => Err(s),
+                    },
+                }
+            };
+            // A revoked or expired credential ends the stream at once.
+            let outcome = tokio::select! {
+                o = work => o,
+                e = this.access.until_invalid(&who) => Err(e.into()),
+            };
+            if let Err(s) = outcome {
+                let _ = tx.send(Err(s)).await;
+            }
+            this.metrics.live_subscribers.dec();
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
     /// The live part of a Subscribe: every committed event matching
     /// `filter`, except the ones `replayed` delivered already. `Ok` when the
     /// client went away; otherwise the error says why it ended.
@@ -885,7 +910,7 @@ impl QueryService {
         mut live: LiveReceiver,
         mut replayed: Replayed,
         filter: &Scoped,
-        tx: &mpsc::Sender<Result<JoinedEvent, Status>>,
+        tx: &mpsc::Sender<Result<Encoded, Status>>,
     ) -> Result<(), Status> {
         loop {
             let events = tokio::select! {
@@ -905,7 +930,8 @@ impl QueryService {
                 },
             };
             let table = self.locations.current();
-            for e in events.iter() {
+            let encoded = events.encoded();
+            for (i, e) in events.iter().enumerate() {
                 if replayed
                     .until_ms
                     .is_some_and(|until| e.committed_ms > until)
@@ -915,9 +941,8 @@ impl QueryService {
                 if !filter.matches(e) || replayed.seen.contains(&(e.committed_ms, det_oid(e))) {
                     continue;
                 }
-                let mut e = e.clone();
-                table.join(&mut e);
-                if tx.send(Ok(e)).await.is_err() {
+                let event = Encoded::live(encoded[i].clone(), table.join_suffix(location(e)));
+                if tx.send(Ok(event)).await.is_err() {
                     return Ok(());
                 }
             }
@@ -945,7 +970,7 @@ impl QueryService {
         &self,
         from_ms: i64,
         filter: &Scoped,
-        tx: &mpsc::Sender<Result<JoinedEvent, Status>>,
+        tx: &mpsc::Sender<Result<Encoded, Status>>,
     ) -> Result<Option<(LiveReceiver, Replayed)>, Status> {
         let cut = sightline_proto::now_ms() - COMMIT_SLACK_MS;
         if !self.replay_by_detection(from_ms, cut, filter, tx).await? {
@@ -981,7 +1006,7 @@ impl QueryService {
                         return Err(self.too_slow(lo, from_ms).await);
                     }
                     table.join(&mut e);
-                    if tx.send(Ok(e)).await.is_err() {
+                    if tx.send(Ok(e.into())).await.is_err() {
                         return Ok(None);
                     }
                     delivered += 1;
@@ -1006,7 +1031,7 @@ impl QueryService {
         from_ms: i64,
         cut: i64,
         filter: &Scoped,
-        tx: &mpsc::Sender<Result<JoinedEvent, Status>>,
+        tx: &mpsc::Sender<Result<Encoded, Status>>,
     ) -> Result<bool, Status> {
         let mut sent = 0usize;
         // The earliest detection time of an event left to step 2: a resume
@@ -1041,7 +1066,7 @@ impl QueryService {
                     .into());
                 }
                 table.join(&mut e);
-                if tx.send(Ok(e)).await.is_err() {
+                if tx.send(Ok(e.into())).await.is_err() {
                     return Ok(false);
                 }
                 sent += 1;

@@ -347,10 +347,10 @@ fn unavailable(why: String) -> Status {
 /// Sends the `events` that `keep` accepts to a Subscribe's client until it
 /// goes away (`Ok`) or the stream fails (the error, with where to resume:
 /// the client has the stream_seq of the last event it got).
-pub async fn forward(
+pub async fn forward<T: From<JoinedEvent>>(
     mut events: Events,
     keep: impl Fn(&JoinedEvent) -> bool,
-    tx: &tokio::sync::mpsc::Sender<Result<JoinedEvent, Status>>,
+    tx: &tokio::sync::mpsc::Sender<Result<T, Status>>,
 ) -> Result<(), Status> {
     loop {
         let next = tokio::select! {
@@ -365,7 +365,7 @@ pub async fn forward(
             }
             Some(Err(s)) => return Err(s),
             Some(Ok(e)) if keep(&e) => {
-                if tx.send(Ok(e)).await.is_err() {
+                if tx.send(Ok(e.into())).await.is_err() {
                     return Ok(());
                 }
             }

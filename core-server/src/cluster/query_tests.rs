@@ -6,8 +6,7 @@
 use std::{collections::HashMap, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use sightline_proto::v1::{
-    query_client::QueryClient, query_server::QueryServer, Detection, EdgeEvent, JoinedEvent,
-    TopItemsRequest,
+    query_client::QueryClient, Detection, EdgeEvent, JoinedEvent, TopItemsRequest,
 };
 use tempfile::TempDir;
 use tokio::sync::oneshot;
@@ -251,7 +250,7 @@ async fn serve_node_with(
     let stop = shutdown.clone();
     tokio::spawn(async move {
         tonic::transport::Server::builder()
-            .add_service(QueryServer::new(q))
+            .add_service(crate::api::subscribe_wire::QueryRoutes::new(q))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
                 stop.cancelled(),

@@ -13,10 +13,11 @@ use std::{
     collections::HashMap,
     fs::File,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
 };
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use sightline_proto::v1::{JoinedEvent, Location};
 
 /// An immutable Dataset B.
@@ -25,7 +26,16 @@ pub struct LocationTable {
     pub rows: HashMap<i64, Location>,
     /// Where it came from (empty when none was configured).
     pub source: String,
+    /// Each row's [`Self::join_suffix`], encoded at the first call (a live
+    /// `Subscribe` sends it after every event of its location).
+    suffixes: OnceLock<HashMap<i64, Bytes>>,
 }
+
+/// `JoinedEvent`'s field numbers of what a join sets.
+const LOCATION_MATCHED_FIELD: u32 = 6;
+const LOCATION_FIELD: u32 = 7;
+/// `location_matched = false` on the wire: its key (field 6, varint) and 0.
+const UNMATCHED: [u8; 2] = [(LOCATION_MATCHED_FIELD << 3) as u8, 0];
 
 /// Why a Dataset B file was refused.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -120,10 +130,15 @@ impl LocationTable {
         if table.is_empty() {
             return Err(err(None, "has no rows".into()));
         }
-        Ok(Self {
-            rows: table,
-            source: display,
-        })
+        Ok(Self::new(table, display))
+    }
+
+    pub fn new(rows: HashMap<i64, Location>, source: String) -> Self {
+        Self {
+            rows,
+            source,
+            suffixes: OnceLock::new(),
+        }
     }
 
     pub fn get(&self, oid: i64) -> Option<&Location> {
@@ -139,6 +154,29 @@ impl LocationTable {
             .unwrap_or(0);
         ev.location = self.get(oid).cloned();
         ev.location_matched = ev.location.is_some();
+    }
+
+    /// What [`Self::join`] sets, as protobuf fields to append to an event's
+    /// encoding: `location_matched` and, when matched, `location`. For a
+    /// singular field the last one on the wire wins, so this overrides a
+    /// `location_matched` the event already carries; the event must carry
+    /// no `location` (the live hub's carry none).
+    pub fn join_suffix(&self, geographical_location_oid: i64) -> Bytes {
+        let suffixes = self.suffixes.get_or_init(|| {
+            self.rows
+                .iter()
+                .map(|(oid, row)| {
+                    let mut buf = Vec::with_capacity(prost::Message::encoded_len(row) + 16);
+                    prost::encoding::bool::encode(LOCATION_MATCHED_FIELD, &true, &mut buf);
+                    prost::encoding::message::encode(LOCATION_FIELD, row, &mut buf);
+                    (*oid, Bytes::from(buf))
+                })
+                .collect()
+        });
+        suffixes
+            .get(&geographical_location_oid)
+            .cloned()
+            .unwrap_or_else(|| Bytes::from_static(&UNMATCHED))
     }
 
     /// [`Self::join`] for each event.
@@ -421,6 +459,41 @@ mod tests {
         let t = LocationTable::load(&p).unwrap();
         assert_eq!(t.rows.len(), 2);
         assert_eq!(t.get(2).unwrap().extra["region"], "South");
+    }
+
+    #[test]
+    fn an_event_encoded_without_its_row_then_its_join_suffix_decodes_as_the_joined_event() {
+        use prost::Message;
+        use sightline_proto::v1::Detection;
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(&dir, "b.csv", "geographical_location_oid,geographical_location,region,lat\n1,Gate 1,North,51.5\n2,Gate 2,South,48.1\n");
+        let t = LocationTable::load(&p).unwrap();
+        for (loc, matched_at_commit) in [(1, true), (2, false), (9, true), (9, false)] {
+            // As the hub holds it: `location_matched` from the table of its
+            // commit (possibly another one), no row.
+            let ev = JoinedEvent {
+                detection: Some(Detection {
+                    geographical_location_oid: loc,
+                    item_name: "person".into(),
+                    detection_oid: Some(77),
+                    ..Default::default()
+                }),
+                agent_id: "a".into(),
+                seq: 5,
+                committed_ms: 1_700_000_000_000,
+                location_matched: matched_at_commit,
+                ..Default::default()
+            };
+            let mut wire = ev.encode_to_vec();
+            wire.extend_from_slice(&t.join_suffix(loc));
+            let mut joined = ev.clone();
+            t.join(&mut joined);
+            assert_eq!(
+                JoinedEvent::decode(&wire[..]).unwrap(),
+                joined,
+                "location {loc}"
+            );
+        }
     }
 
     #[test]

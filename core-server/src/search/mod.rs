@@ -268,7 +268,7 @@ impl Opened {
 }
 
 enum Job {
-    Events(Arc<Vec<JoinedEvent>>),
+    Events(crate::api::live::CommitEvents),
     /// The hub dropped commits for us: re-read from the store.
     CatchUp,
     /// Delete documents detected before this (epoch ms).

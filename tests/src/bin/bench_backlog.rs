@@ -17,7 +17,9 @@
 //!    client takes everything the core commits, the backlog too (a
 //!    dashboard's fire hose), and its latency for the same events is
 //!    reported beside (`firehose_p99_ms`): it includes how long that client
-//!    takes to read ~10× the live rate.
+//!    takes to read ~10× the live rate. When the core cuts it off (it fell
+//!    `live.buffer_events` behind) it subscribes again at once, so that the
+//!    core serves it through the whole drain (`firehose_cut_offs`).
 //!
 //! Last line: `backlog events=<n> drain_x_live=<x> live_p99_during_drain_ms=<p>
 //! agent_rss_max_mb=<a>` and more figures after them (the agents' RSS is the
@@ -223,7 +225,7 @@ async fn main() {
             }),
         )
         .await;
-    let fire_receiver = firehose.subscribe(&url, None).await;
+    let fire_receiver = firehose.subscribe_kept(&url, None).await;
     let t_restart = Instant::now();
     let ids: Vec<String> = (0..agents_n).map(|i| format!("backlog-{i}")).collect();
     let mut q = sightline_tests::query::client(&url).await;
@@ -402,12 +404,16 @@ async fn main() {
         percentile(&fire, 0.50),
         firehose
             .ended()
-            .map(|why| format!(" (the core ended its subscription: {why})"))
+            .map(|why| format!(
+                " (the core ended its subscription {} times, subscribed again at once each time; the last: {why})",
+                firehose.cut_offs()
+            ))
             .unwrap_or_default()
     );
     println!(
-        "backlog events={backlog} drain_x_live={:.2} live_p99_during_drain_ms={p99:.1} agent_rss_max_mb={agent_rss_max:.1} drain_events_per_s={drain_rate:.0} core_rss_peak_mb={core_rss_peak:.1} live_not_seen={missing} firehose_p99_ms={fire_p99:.1}",
-        drain_rate / rate
+        "backlog events={backlog} drain_x_live={:.2} live_p99_during_drain_ms={p99:.1} agent_rss_max_mb={agent_rss_max:.1} drain_events_per_s={drain_rate:.0} core_rss_peak_mb={core_rss_peak:.1} live_not_seen={missing} firehose_p99_ms={fire_p99:.1} firehose_cut_offs={}",
+        drain_rate / rate,
+        firehose.cut_offs()
     );
 }
 

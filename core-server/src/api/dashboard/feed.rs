@@ -452,8 +452,8 @@ mod tests {
     #[test]
     fn a_live_row_names_its_location_from_dataset_b_though_the_hub_carries_no_row() {
         use sightline_proto::v1::{Detection, Location};
-        let table = LocationTable {
-            rows: [(
+        let table = LocationTable::new(
+            [(
                 3,
                 Location {
                     geographical_location_oid: 3,
@@ -462,8 +462,8 @@ mod tests {
                 },
             )]
             .into(),
-            source: String::new(),
-        };
+            String::new(),
+        );
         // As the partition writer hands it to the hub: no `location`.
         let at = |loc| JoinedEvent {
             detection: Some(Detection {
