@@ -46,6 +46,11 @@ impl Commit {
         }
     }
 
+    /// [`Self::encoded`] if some caller made it already.
+    pub fn encoded_if_made(&self) -> Option<&[Bytes]> {
+        self.encoded.get().map(Vec::as_slice)
+    }
+
     /// Each event's protobuf encoding as it is here (no Dataset B row: see
     /// the module's notes), in one buffer encoded by the first caller.
     pub fn encoded(&self) -> &[Bytes] {

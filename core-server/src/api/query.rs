@@ -11,6 +11,7 @@
 
 use std::{collections::BTreeSet, net::IpAddr, sync::Arc};
 
+use prost::Message;
 use sightline_proto::v1::{
     query_server::Query, CompletenessRequest, CompletenessResponse, EventFilter, FleetRequest,
     FleetResponse, GetEventRequest, ItemCount, JoinedEvent, ListEventsRequest, ListEventsResponse,
@@ -745,6 +746,11 @@ struct Scoped {
 }
 
 impl Scoped {
+    /// Whether it lets every event through.
+    fn is_everything(&self) -> bool {
+        self.filter == EventFilter::default() && self.scope.locations.is_none()
+    }
+
     fn matches(&self, e: &JoinedEvent) -> bool {
         matches_filter(e, &self.filter)
             && e.detection
@@ -930,7 +936,14 @@ impl QueryService {
                 },
             };
             let table = self.locations.current();
-            let encoded = events.encoded();
+            // A subscriber of everything sends every event: the message's
+            // encoding, made once for all. A filtered one encodes only the
+            // events it sends, unless that encoding is there already.
+            let shared = if filter.is_everything() {
+                Some(events.encoded())
+            } else {
+                events.encoded_if_made()
+            };
             for (i, e) in events.iter().enumerate() {
                 if replayed
                     .until_ms
@@ -941,7 +954,8 @@ impl QueryService {
                 if !filter.matches(e) || replayed.seen.contains(&(e.committed_ms, det_oid(e))) {
                     continue;
                 }
-                let event = Encoded::live(encoded[i].clone(), table.join_suffix(location(e)));
+                let bytes = shared.map_or_else(|| e.encode_to_vec().into(), |all| all[i].clone());
+                let event = Encoded::live(bytes, table.join_suffix(location(e)));
                 if tx.send(Ok(event)).await.is_err() {
                     return Ok(());
                 }
