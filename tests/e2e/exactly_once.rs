@@ -14,8 +14,7 @@ use sightline_proto::v1::{
 use sightline_tests::{
     data::write_locations,
     query::{assert_exactly_once, stats, wait_more_stored},
-    wait_for, Agent, AgentArgs, Core, CoreArgs, Dataset, Edge, ImpairedTcpProxy, Impairment,
-    UdpProxy,
+    wait_for, Agent, AgentArgs, Core, Dataset, Edge, ImpairedTcpProxy, Impairment, UdpProxy,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -124,15 +123,7 @@ async fn core_killed_while_its_det_index_takes_files_loses_and_duplicates_nothin
     let dir = tempfile::tempdir().unwrap();
     let b = dir.path().join("locations.csv");
     write_locations(&b, LOCATIONS);
-    let cfg = dir.path().join("core.toml");
-    std::fs::write(&cfg, "[storage]\nmemtable = \"8 MiB\"\n").unwrap();
-    let core = Core::start_with(CoreArgs {
-        data_dir: dir.path().join("core"),
-        locations: Some(b),
-        grpc: "127.0.0.1:0".parse().unwrap(),
-        edge: "127.0.0.1:0".parse().unwrap(),
-        extra: vec!["--config".into(), cfg.display().to_string()],
-    });
+    let core = Core::start_with_config(dir.path(), Some(&b), "[storage]\nmemtable = \"8 MiB\"\n");
     let kills = Kills {
         seed: 5,
         unique: 120_000,
@@ -633,15 +624,7 @@ async fn a_subscriber_that_pauses_in_a_burst_of_small_commits_gets_every_event_o
     let dir = tempfile::tempdir().unwrap();
     let b = dir.path().join("locations.csv");
     write_locations(&b, LOCATIONS);
-    let cfg = dir.path().join("core.toml");
-    std::fs::write(&cfg, "[live]\nbuffer_events = 100000\n").unwrap();
-    let core = Core::start_with(CoreArgs {
-        data_dir: dir.path().join("core"),
-        locations: Some(b),
-        grpc: "127.0.0.1:0".parse().unwrap(),
-        edge: "127.0.0.1:0".parse().unwrap(),
-        extra: vec!["--config".into(), cfg.display().to_string()],
-    });
+    let core = Core::start_with_config(dir.path(), Some(&b), "[live]\nbuffer_events = 100000\n");
     let data = Dataset::generate(47, 60_000, 0.05, 0.0, LOCATIONS);
     let truth = data.truth();
     let mut live = sightline_tests::query::client(&core.url())

@@ -216,6 +216,61 @@ pub async fn subscribe_thin(
     Ok(stream.into_inner())
 }
 
+/// How often, and why last, the core ended a subscription with an error.
+#[derive(Clone, Default)]
+pub struct Ends(Arc<Mutex<(u64, Option<String>)>>);
+
+impl Ends {
+    fn record(&self, status: &tonic::Status) {
+        let mut ends = self.0.lock().unwrap();
+        ends.0 += 1;
+        ends.1 = Some(format!("{:?}: {}", status.code(), status.message()));
+    }
+
+    pub fn count(&self) -> u64 {
+        self.0.lock().unwrap().0
+    }
+
+    pub fn last(&self) -> Option<String> {
+        self.0.lock().unwrap().1.clone()
+    }
+}
+
+/// Reads a live `Subscribe` (with `filter`, [`subscribe_thin`]) in a task,
+/// calling `each` with every event. When the core ends the stream with an
+/// error (a reader slower than a burst is cut off once it is
+/// `live.buffer_events` behind), `ends` records it; with `again` it
+/// subscribes again at once, so that the core fans out to it throughout
+/// (what was committed meanwhile it does not see).
+pub async fn read_live(
+    url: &str,
+    filter: Option<EventFilter>,
+    again: bool,
+    ends: Ends,
+    mut each: impl FnMut(ThinEvent) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let mut live = subscribe_thin(url, filter.clone()).await.unwrap();
+    let url = url.to_string();
+    tokio::spawn(async move {
+        loop {
+            match live.next().await {
+                Some(Ok(ev)) => each(ev),
+                Some(Err(status)) => {
+                    ends.record(&status);
+                    if !again {
+                        return;
+                    }
+                    live = match subscribe_thin(&url, filter.clone()).await {
+                        Ok(live) => live,
+                        Err(_) => return,
+                    };
+                }
+                None => return,
+            }
+        }
+    })
+}
+
 /// Publish → `Subscribe` latency of the det_oids it is told about: `sent`
 /// records when each was published, the subscriber task the milliseconds
 /// until it arrived.
@@ -229,10 +284,8 @@ pub struct LatencyProbe {
     /// accepted -> committed by the core, committed -> Subscribe (wall
     /// clocks of one machine, ms resolution).
     hops: Arc<Mutex<[Vec<f64>; 3]>>,
-    /// Why the stream ended, when the core ended it with an error.
-    ended: Arc<Mutex<Option<String>>>,
-    /// How often it ended with an error ([`LatencyProbe::subscribe_kept`]).
-    cut_offs: Arc<std::sync::atomic::AtomicU64>,
+    /// When and why the core ended its subscription with an error.
+    ends: Ends,
 }
 
 impl LatencyProbe {
@@ -244,75 +297,52 @@ impl LatencyProbe {
         url: &str,
         filter: Option<EventFilter>,
     ) -> tokio::task::JoinHandle<()> {
-        let live = subscribe_thin(url, filter).await.unwrap();
         let me = self.clone();
-        tokio::spawn(async move {
-            me.record_until_ended(live).await;
+        read_live(url, filter, false, self.ends.clone(), move |ev| {
+            me.record(&ev)
         })
+        .await
     }
 
-    /// [`Self::subscribe`], subscribing again at once each time the core
-    /// ends the stream with an error (a reader slower than a burst is cut
-    /// off once it is `live.buffer_events` behind), so that the core fans
-    /// out to it throughout. [`Self::cut_offs`] counts the ends; the events
-    /// committed while it was away count as not seen.
+    /// [`Self::subscribe`], subscribing again each time the core ends the
+    /// stream (see [`read_live`]); [`Self::cut_offs`] counts the ends.
     pub async fn subscribe_kept(
         &self,
         url: &str,
         filter: Option<EventFilter>,
     ) -> tokio::task::JoinHandle<()> {
-        let mut live = subscribe_thin(url, filter.clone()).await.unwrap();
-        let (me, url) = (self.clone(), url.to_string());
-        tokio::spawn(async move {
-            while me.record_until_ended(live).await {
-                me.cut_offs
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                live = match subscribe_thin(&url, filter.clone()).await {
-                    Ok(live) => live,
-                    Err(_) => return,
-                };
-            }
+        let me = self.clone();
+        read_live(url, filter, true, self.ends.clone(), move |ev| {
+            me.record(&ev)
         })
+        .await
     }
 
-    /// Records the events of `live` until it ends; `true`: it ended with an
-    /// error, kept in [`Self::ended`].
-    async fn record_until_ended(&self, mut live: tonic::Streaming<ThinEvent>) -> bool {
-        while let Some(item) = live.next().await {
-            let ev = match item {
-                Ok(ev) => ev,
-                Err(status) => {
-                    *self.ended.lock().unwrap() =
-                        Some(format!("{:?}: {}", status.code(), status.message()));
-                    return true;
-                }
-            };
-            let now = Instant::now();
-            let oid = ev.det_oid();
-            if let Some((t, wall)) = self.sent.lock().unwrap().remove(&oid) {
-                self.latencies
-                    .lock()
-                    .unwrap()
-                    .push(now.duration_since(t).as_secs_f64() * 1000.0);
-                let now_wall = sightline_proto::now_ms();
-                let mut hops = self.hops.lock().unwrap();
-                hops[0].push((ev.accepted_ms - wall) as f64);
-                hops[1].push((ev.committed_ms - ev.accepted_ms) as f64);
-                hops[2].push((now_wall - ev.committed_ms) as f64);
-            }
+    /// The latency of `ev`, if it is one this probe was told about.
+    fn record(&self, ev: &ThinEvent) {
+        let now = Instant::now();
+        if let Some((t, wall)) = self.sent.lock().unwrap().remove(&ev.det_oid()) {
+            self.latencies
+                .lock()
+                .unwrap()
+                .push(now.duration_since(t).as_secs_f64() * 1000.0);
+            let now_wall = sightline_proto::now_ms();
+            let mut hops = self.hops.lock().unwrap();
+            hops[0].push((ev.accepted_ms - wall) as f64);
+            hops[1].push((ev.committed_ms - ev.accepted_ms) as f64);
+            hops[2].push((now_wall - ev.committed_ms) as f64);
         }
-        false
     }
 
     /// The error the core ended the subscription with, if it did (the last
     /// one, for [`Self::subscribe_kept`]).
     pub fn ended(&self) -> Option<String> {
-        self.ended.lock().unwrap().clone()
+        self.ends.last()
     }
 
     /// How often the core ended a [`Self::subscribe_kept`] subscription.
     pub fn cut_offs(&self) -> u64 {
-        self.cut_offs.load(std::sync::atomic::Ordering::Relaxed)
+        self.ends.count()
     }
 
     /// Records that these det_oids were published now.

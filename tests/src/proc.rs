@@ -274,6 +274,20 @@ impl Core {
         })
     }
 
+    /// [`Self::start`] with `config` (TOML) as its config file
+    /// (`<dir>/core.toml`).
+    pub fn start_with_config(dir: &Path, locations: Option<&Path>, config: &str) -> Self {
+        let cfg = dir.join("core.toml");
+        std::fs::write(&cfg, config).unwrap();
+        Self::start_with(CoreArgs {
+            data_dir: dir.join("core"),
+            locations: locations.map(Path::to_path_buf),
+            grpc: "127.0.0.1:0".parse().unwrap(),
+            edge: "127.0.0.1:0".parse().unwrap(),
+            extra: vec!["--config".into(), cfg.display().to_string()],
+        })
+    }
+
     /// The CA folder this core trusts (`<data_dir>-pki`).
     pub fn pki(&self) -> PathBuf {
         self.args.data_dir.with_extension("pki")

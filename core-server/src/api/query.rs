@@ -830,15 +830,15 @@ impl QueryService {
             self.allowed(&who, peer, "Subscribe", who.require_location(l))
                 .await?;
         }
-        let f = r.filter.clone().unwrap_or_default();
+        let filter = r.filter.unwrap_or_default();
         audited(
             &self.access,
             &who,
             peer,
             crate::audit::Action::Subscribe,
             serde_json::json!({
-                "from_ms": r.from_ms, "location": f.geographical_location_oid,
-                "camera": f.video_camera_oid, "item": f.item_name,
+                "from_ms": r.from_ms, "location": filter.geographical_location_oid,
+                "camera": filter.video_camera_oid, "item": filter.item_name,
             }),
         )
         .await?;
@@ -847,40 +847,17 @@ impl QueryService {
                 ApiError::unavailable("Subscribe: this cluster node has no NATS connection")
             })?;
             let events = feed.open(start).await?;
-            let (tx, rx) = mpsc::channel(SUBSCRIBE_QUEUE);
-            let this = self.clone();
-            tokio::spawn(async move {
-                let _slot = slot;
-                this.metrics.live_subscribers.inc();
-                let filter = Scoped {
-                    filter: r.filter.unwrap_or_default(),
-                    scope: who.scope.clone(),
-                };
-                let keep = |e: &JoinedEvent| filter.matches(e);
-                let outcome = tokio::select! {
-                    o = crate::cluster::feed::forward(events, keep, &tx) => o,
-                    e = this.access.until_invalid(&who) => Err(e.into()),
-                };
-                if let Err(s) = outcome {
-                    let _ = tx.send(Err(s)).await;
-                }
-                this.metrics.live_subscribers.dec();
-            });
-            return Ok(Response::new(ReceiverStream::new(rx)));
+            return Ok(
+                self.spawn_stream(slot, who, filter, move |_, filter, tx| async move {
+                    crate::cluster::feed::forward(events, |e| filter.matches(e), &tx).await
+                }),
+            );
         }
         // Live only: attach now, so that nothing committed after this call
         // returns is missed.
         let live = (r.from_ms <= 0).then(|| self.hub.subscribe());
-        let (tx, rx) = mpsc::channel(SUBSCRIBE_QUEUE);
-        let this = self.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            this.metrics.live_subscribers.inc();
-            let filter = Scoped {
-                filter: r.filter.unwrap_or_default(),
-                scope: who.scope.clone(),
-            };
-            let work = async {
+        Ok(
+            self.spawn_stream(slot, who, filter, move |this, filter, tx| async move {
                 match live {
                     Some(live) => {
                         this.stream_live(live, Replayed::default(), &filter, &tx)
@@ -894,8 +871,34 @@ impl QueryService {
                         Err(s) => Err(s),
                     },
                 }
-            };
-            // A revoked or expired credential ends the stream at once.
+            }),
+        )
+    }
+
+    /// Runs a Subscribe's `work` in a task of its own, holding `slot` and
+    /// counted among the live subscribers meanwhile. A revoked or expired
+    /// credential ends it at once; an error ends the stream with it.
+    fn spawn_stream<W, F>(
+        &self,
+        slot: impl Send + 'static,
+        who: crate::access::Principal,
+        filter: EventFilter,
+        work: W,
+    ) -> Response<ReceiverStream<Result<Encoded, Status>>>
+    where
+        W: FnOnce(QueryService, Scoped, mpsc::Sender<Result<Encoded, Status>>) -> F,
+        F: std::future::Future<Output = Result<(), Status>> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(SUBSCRIBE_QUEUE);
+        let filter = Scoped {
+            filter,
+            scope: who.scope.clone(),
+        };
+        let work = work(self.clone(), filter, tx.clone());
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            this.metrics.live_subscribers.inc();
             let outcome = tokio::select! {
                 o = work => o,
                 e = this.access.until_invalid(&who) => Err(e.into()),
@@ -905,7 +908,7 @@ impl QueryService {
             }
             this.metrics.live_subscribers.dec();
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Response::new(ReceiverStream::new(rx))
     }
 
     /// The live part of a Subscribe: every committed event matching

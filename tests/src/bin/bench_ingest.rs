@@ -23,7 +23,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::StreamExt;
 use sightline_proto::v1::{intake_client::IntakeClient, PublishRequest, TopItemsRequest};
 use sightline_tests::{
     bench::{percentile, Args, Gen, LatencyProbe, LOCATIONS},
@@ -187,36 +186,17 @@ async fn main() {
     // ---- 2. throughput ----
     // A live subscriber stays attached, so the core joins and fans out as it would in use.
     let live_received = Arc::new(AtomicU64::new(0));
-    // Why the core ended the stream, each time it did: a reader slower than
-    // the burst is cut off once it is `live.buffer_events` behind. It
-    // subscribes again at once, so that the core fans out to a subscriber
-    // through the whole burst (the figures would otherwise leave that work
-    // out after the first cut).
-    let live_ended = Arc::new(std::sync::Mutex::new((0u64, None::<String>)));
-    let ended = live_ended.clone();
+    // Subscribed again each time the core cuts it off (a reader slower
+    // than the burst), so that the core fans out to a subscriber through the
+    // whole burst (the figures would otherwise leave that work out after
+    // the first cut).
+    let live_ended = sightline_tests::bench::Ends::default();
     let counter = live_received.clone();
-    let live_url = url.clone();
-    let receiver = tokio::spawn(async move {
-        loop {
-            let mut live = sightline_tests::bench::subscribe_thin(&live_url, None)
-                .await
-                .unwrap();
-            loop {
-                match live.next().await {
-                    Some(Ok(_)) => {
-                        counter.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Some(Err(e)) => {
-                        let mut ended = ended.lock().unwrap();
-                        ended.0 += 1;
-                        ended.1 = Some(format!("{:?}: {}", e.code(), e.message()));
-                        break;
-                    }
-                    None => return,
-                }
-            }
-        }
-    });
+    let receiver =
+        sightline_tests::bench::read_live(&url, None, true, live_ended.clone(), move |_| {
+            counter.fetch_add(1, Ordering::Relaxed);
+        })
+        .await;
     // Every published event ends stored, a semantic duplicate or rejected.
     let handled =
         |s: &sightline_proto::v1::StatsResponse| s.stored + s.duplicates_semantic + s.rejected;
@@ -300,11 +280,11 @@ async fn main() {
          {events_per_s:.0} events/s end to end ({:.0} publish rate); live subscriber received {}{}; peak RSS agent {peak_agent_rss:.1} MiB, core {peak_core_rss:.1} MiB",
         total as f64 / publish_secs,
         live_received.load(Ordering::Relaxed),
-        match &*live_ended.lock().unwrap() {
-            (0, _) => String::new(),
-            (n, last) => format!(
+        match live_ended.count() {
+            0 => String::new(),
+            n => format!(
                 " (the core cut it off {n} times, and it subscribed again; the last: {})",
-                last.as_deref().unwrap_or_default()
+                live_ended.last().unwrap_or_default()
             ),
         }
     );
