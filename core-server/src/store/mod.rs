@@ -682,6 +682,7 @@ fn open_db(
             t.set_pin_l0_filter_and_index_blocks_in_cache(true);
             table_layout(&mut t, bloom);
             o.set_block_based_table_factory(&t);
+            o.set_compression_per_level(&LEVEL_COMPRESSION);
             o.set_write_buffer_size(memory.memtable_bytes / 4);
             o.set_max_write_buffer_number(MEMTABLES_PER_CF);
             o
@@ -689,7 +690,7 @@ fn open_db(
         // Written by ingested table files, not through its memtable
         // ([`det_buffer`]).
         let mut det_opts = cf(true);
-        det_opts.set_compression_type(DET_COMPRESSION);
+        det_opts.set_compression_per_level(&[DET_COMPRESSION; LEVELS]);
         let cutoff = dedup_cutoff.clone();
         det_opts.set_compaction_filter(
             "sightline-dedup-retention",
@@ -753,6 +754,21 @@ fn open_db(
         Ok(db)
     }
 }
+
+/// RocksDB's number of levels (its default, `num_levels`).
+const LEVELS: usize = 7;
+
+/// Each level's compression. A flush writes level 0 and the first
+/// compaction level 1, both while the memtables wait on them: uncompressed
+/// they cost no Snappy (2.6 % of the core's samples under a burst, 8 % of a
+/// backlog's drain in the `events` family's flushes and compactions:
+/// BENCHMARKS.md, forty-ninth session) for tables about twice as large,
+/// compacted away soon. The older levels, most of the store, stay
+/// compressed.
+const LEVEL_COMPRESSION: [rocksdb::DBCompressionType; LEVELS] = {
+    use rocksdb::DBCompressionType::{None, Snappy};
+    [None, None, Snappy, Snappy, Snappy, Snappy, Snappy]
+};
 
 /// `det`'s table files (its compactions' and the ingested ones): random
 /// 8-byte keys and 16-byte values barely compress, so Snappy on them is CPU
