@@ -14,7 +14,7 @@ use sightline_proto::v1::{StatsRequest, SubscribeRequest};
 use sightline_tests::{
     data::write_locations,
     query::{all_events, stats},
-    wait_for, Agent, AgentArgs, Core, CoreArgs, Dataset,
+    wait_for, Agent, AgentArgs, Core, Dataset,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -26,17 +26,9 @@ const LOCATIONS: &[i64] = &[1, 2, 3];
 
 /// A core with `config` (TOML) on top of the test defaults.
 fn core_with(dir: &Path, config: &str) -> Core {
-    let cfg = dir.join("core.toml");
-    std::fs::write(&cfg, config).unwrap();
     let b = dir.join("b.csv");
     write_locations(&b, LOCATIONS);
-    Core::start_with(CoreArgs {
-        data_dir: dir.join("core"),
-        locations: Some(b),
-        grpc: "127.0.0.1:0".parse().unwrap(),
-        edge: "127.0.0.1:0".parse().unwrap(),
-        extra: vec!["--config".into(), cfg.display().to_string()],
-    })
+    Core::start_with_config(dir, Some(&b), config)
 }
 
 /// A TCP connection to `to` from the loopback address `from` (another

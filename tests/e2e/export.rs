@@ -17,7 +17,7 @@ use sightline_tests::{
     bin_path,
     data::write_locations,
     query::{all_events, assert_exactly_once, top},
-    Agent, AgentArgs, Core, CoreArgs, Dataset, Truth,
+    Agent, AgentArgs, Core, Dataset, Truth,
 };
 
 const LOCATIONS: &[i64] = &[1, 2, 3];
@@ -319,22 +319,13 @@ async fn an_export_to_s3_puts_each_hour_once_with_its_manifest() {
 async fn the_cores_continuous_export_writes_each_closed_hour_and_reports_its_lag() {
     let dir = tempfile::tempdir().unwrap();
     let tree = dir.path().join("export");
-    let cfg = dir.path().join("core.toml");
-    writeln!(
-        std::fs::File::create(&cfg).unwrap(),
-        "[export]\nto = \"file://{}\"\ngrace = \"0s\"\ninterval = \"500ms\"",
+    let config = format!(
+        "[export]\nto = \"file://{}\"\ngrace = \"0s\"\ninterval = \"500ms\"\n",
         tree.display()
-    )
-    .unwrap();
+    );
     let b = dir.path().join("b.csv");
     write_locations(&b, LOCATIONS);
-    let core = Core::start_with(CoreArgs {
-        data_dir: dir.path().join("core"),
-        locations: Some(b.clone()),
-        grpc: "127.0.0.1:0".parse().unwrap(),
-        edge: "127.0.0.1:0".parse().unwrap(),
-        extra: vec!["--config".into(), cfg.display().to_string()],
-    });
+    let core = Core::start_with_config(dir.path(), Some(&b), &config);
     // Timestamps two to three hours back: every hour of them is closed.
     let mut data = Dataset::generate(43, 3_000, 0.2, 0.0, LOCATIONS);
     for r in &mut data.rows {

@@ -2,10 +2,8 @@
 //! real S3-compatible server started on 127.0.0.1 (moto's server, from PyPI,
 //! installed by deploy/install-deps.sh), and serves it back with ranges.
 
-use std::io::Write;
-
 use sightline_proto::v1::{media_client::MediaClient, MediaChunk, MediaOffsetRequest};
-use sightline_tests::{Core, CoreArgs};
+use sightline_tests::Core;
 
 /// A raw request; to the core, as its admin (the S3 server takes none).
 async fn raw(addr: &str, request: String) -> (String, Vec<u8>) {
@@ -28,20 +26,13 @@ async fn media_goes_to_an_s3_compatible_server_and_comes_back_with_ranges() {
     .await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 
-    let cfg = dir.path().join("core.toml");
-    let mut f = std::fs::File::create(&cfg).unwrap();
-    writeln!(
-        f,
-        "[media]\nurl = \"s3://footage\"\n[media.options]\nendpoint = \"http://{s3}\"\nallow_http = \"true\"\nregion = \"us-east-1\"\naccess_key_id = \"test\"\nsecret_access_key = \"test\""
-    )
-    .unwrap();
-    let core = Core::start_with(CoreArgs {
-        data_dir: dir.path().join("core"),
-        locations: None,
-        grpc: "127.0.0.1:0".parse().unwrap(),
-        edge: "127.0.0.1:0".parse().unwrap(),
-        extra: vec!["--config".into(), cfg.display().to_string()],
-    });
+    let core = Core::start_with_config(
+        dir.path(),
+        None,
+        &format!(
+            "[media]\nurl = \"s3://footage\"\n[media.options]\nendpoint = \"http://{s3}\"\nallow_http = \"true\"\nregion = \"us-east-1\"\naccess_key_id = \"test\"\nsecret_access_key = \"test\"\n"
+        ),
+    );
 
     let jpeg = sightline_tests::footage::gradient_jpeg();
     let sha = sightline_tests::footage::sha_hex(&jpeg);
