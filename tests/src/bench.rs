@@ -297,11 +297,7 @@ impl LatencyProbe {
         url: &str,
         filter: Option<EventFilter>,
     ) -> tokio::task::JoinHandle<()> {
-        let me = self.clone();
-        read_live(url, filter, false, self.ends.clone(), move |ev| {
-            me.record(&ev)
-        })
-        .await
+        self.read(url, filter, false).await
     }
 
     /// [`Self::subscribe`], subscribing again each time the core ends the
@@ -311,8 +307,18 @@ impl LatencyProbe {
         url: &str,
         filter: Option<EventFilter>,
     ) -> tokio::task::JoinHandle<()> {
+        self.read(url, filter, true).await
+    }
+
+    /// Records what a [`read_live`] task reads (`again`: see there).
+    async fn read(
+        &self,
+        url: &str,
+        filter: Option<EventFilter>,
+        again: bool,
+    ) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
-        read_live(url, filter, true, self.ends.clone(), move |ev| {
+        read_live(url, filter, again, self.ends.clone(), move |ev| {
             me.record(&ev)
         })
         .await

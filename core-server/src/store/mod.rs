@@ -760,10 +760,10 @@ const LEVELS: usize = 7;
 
 /// Each level's compression. A flush writes level 0 and the first
 /// compaction level 1, both while the memtables wait on them: uncompressed
-/// they cost no Snappy (2.6 % of the core's samples under a burst, 8 % of a
-/// backlog's drain in the `events` family's flushes and compactions:
-/// BENCHMARKS.md, forty-ninth session) for tables about twice as large,
-/// compacted away soon. The older levels, most of the store, stay
+/// they cost no Snappy (3 % of the core's samples in a backlog's drain, all
+/// in the `events` family's flushes and compactions, whose CPU fell by two
+/// fifths: BENCHMARKS.md, forty-ninth session) for tables about 1.7 times
+/// as large, compacted away soon. The older levels, most of the store, stay
 /// compressed.
 const LEVEL_COMPRESSION: [rocksdb::DBCompressionType; LEVELS] = {
     use rocksdb::DBCompressionType::{None, Snappy};
