@@ -350,7 +350,7 @@ impl Store {
             .dets
             .scratch
             .join(format!("{}.sst", logs.first().copied().unwrap_or(0)));
-        let opts = det_table_options();
+        let opts = det_table_options(sorted.len());
         let written = (|| {
             let mut w = SstFileWriter::create(&opts);
             w.open(&file)?;
@@ -400,13 +400,28 @@ fn io_error(path: &std::path::Path, e: std::io::Error) -> StoreError {
     StoreError::Unavailable(format!("{}: {e}", path.display()))
 }
 
-/// The options [`Store::ingest_dets_if_due`] writes `det`'s table files
-/// with: `open_db`'s layout, but with the filter whole, not partitioned.
-pub(super) fn det_table_options() -> Options {
+/// The most entries an ingested table's filter is written whole for: 320
+/// KiB at 10 bits each, within a shard of the default block cache (32 MiB
+/// in 64). A larger whole filter (a larger `storage.memtable`) is more
+/// than its shard holds: unless the table is pinned in level 0, it would be
+/// read again for every lookup.
+const WHOLE_FILTER_ENTRIES: usize = 1 << 18;
+
+/// The options [`Store::ingest_dets_if_due`] writes a `det` table file of
+/// `entries` with: `open_db`'s layout, but with the filter whole when it
+/// is small ([`WHOLE_FILTER_ENTRIES`]). A partitioned filter cost each
+/// lookup, in each table, a seek in its partitions' index and a block cache
+/// lookup before the bloom probe; the ingested tables, in level 0, are
+/// every lookup's (13 % of the core's samples in a backlog's drain, 2 %
+/// whole: BENCHMARKS.md, fiftieth session). Compactions write partitioned
+/// filters, sized for their larger tables.
+pub(super) fn det_table_options(entries: usize) -> Options {
     let mut o = Options::default();
     let mut t = rocksdb::BlockBasedOptions::default();
     super::table_layout(&mut t, true);
-    t.set_partition_filters(false);
+    if entries <= WHOLE_FILTER_ENTRIES {
+        t.set_partition_filters(false);
+    }
     o.set_block_based_table_factory(&t);
     o.set_compression_type(super::DET_COMPRESSION);
     o
@@ -514,6 +529,10 @@ mod tests {
     fn det_oids_are_found_in_ingested_tables_and_in_the_tables_compacted_from_them() {
         // Ingested tables carry whole filters, compactions write partitioned
         // ones: a lookup reads both kinds side by side.
+        assert!(
+            capacity(crate::store::DEFAULT_MEMTABLE_BYTES) <= WHOLE_FILTER_ENTRIES,
+            "the default store's ingested tables have whole filters"
+        );
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path());
         let mut next = 1;
