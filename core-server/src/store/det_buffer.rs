@@ -412,8 +412,8 @@ const WHOLE_FILTER_ENTRIES: usize = 1 << 18;
 /// is small ([`WHOLE_FILTER_ENTRIES`]). A partitioned filter cost each
 /// lookup, in each table, a seek in its partitions' index and a block cache
 /// lookup before the bloom probe; the ingested tables, in level 0, are
-/// every lookup's (13 % of the core's samples in a backlog's drain, 2 %
-/// whole: BENCHMARKS.md, fiftieth session). Compactions write partitioned
+/// every lookup's (13 % of the core's samples in a backlog's drain, 2 to
+/// 3 % whole: BENCHMARKS.md, fiftieth session). Compactions write partitioned
 /// filters, sized for their larger tables.
 pub(super) fn det_table_options(entries: usize) -> Options {
     let mut o = Options::default();
