@@ -253,6 +253,7 @@ pub struct StoreGauges {
     pub det_ingest_seconds: Histogram,
     pub det_buffer_entries: Gauge,
     pub write_stopped: Gauge,
+    pub disk_fault: Gauge,
     pub delayed_write_rate: Gauge,
     pub stall_seconds: Counter<f64, AtomicU64>,
     pub l0_files: Gauge,
@@ -279,6 +280,7 @@ impl StoreGauges {
             det_ingest_seconds: Histogram::new(buckets),
             det_buffer_entries: Gauge::default(),
             write_stopped: Gauge::default(),
+            disk_fault: Gauge::default(),
             delayed_write_rate: Gauge::default(),
             stall_seconds: Counter::default(),
             l0_files: Gauge::default(),
@@ -319,6 +321,11 @@ impl StoreGauges {
             "store_write_stopped",
             "1 while RocksDB stops writes (too many L0 files, memtables or pending compaction)",
             g.write_stopped.clone(),
+        );
+        r.register(
+            "store_disk_fault",
+            "1 while the store's disk refuses writes (full or failing): nothing is acknowledged until the store reopens, which it tries once a second",
+            g.disk_fault.clone(),
         );
         r.register(
             "store_delayed_write_rate_bytes",

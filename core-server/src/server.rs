@@ -1182,6 +1182,7 @@ fn observe(
         if let Ok(s) = engine.engine_stats() {
             let g = &m.store;
             g.write_stopped.set(s.write_stopped as i64);
+            g.disk_fault.set(s.disk_fault as i64);
             let gauge = |v: u64| v.min(i64::MAX as u64) as i64;
             g.delayed_write_rate.set(gauge(s.delayed_write_rate));
             g.l0_files.set(gauge(s.l0_files_max));

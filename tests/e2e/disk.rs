@@ -93,15 +93,49 @@ async fn a_full_core_disk_stops_acks_and_recovers_when_space_returns() {
     )
     .await;
     // RocksDB may free space of its own after the failure (a flush lets go
-    // of its WAL file); that space is taken too, so the disk stays full.
-    let refill = disk.fill("refill");
-    let before = stats(&url).await.stored;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let during = stats(&url).await.stored;
-    assert_eq!(
-        before, during,
-        "nothing is acknowledged while the disk is full"
-    );
+    // of its WAL file); that space is taken too, so the disk stays full. If
+    // the core found that space first, it reopened its store, and the new
+    // WAL file's preallocated space (fallocate) takes commits until it runs
+    // out: those are written, so acknowledging them is right. Once the store
+    // is in its fault after the refill (its metric says so), and without a
+    // reopen since, nothing may be acknowledged.
+    let reopens = || log().matches("takes writes again: reopened").count();
+    let http = core.http;
+    let fault_gauge = move || async move {
+        let (_, body) = sightline_tests::http::get(http, "/metrics", "").await;
+        String::from_utf8_lossy(&body).lines().find_map(|l| {
+            l.strip_prefix("sightline_store_disk_fault ")?
+                .parse::<u8>()
+                .ok()
+        })
+    };
+    let in_fault = move || async move { fault_gauge().await == Some(1) };
+    let mut refills = Vec::new();
+    for round in 0.. {
+        let reopened = reopens();
+        refills.push(disk.fill(&format!("refill{round}")));
+        wait_for(
+            "the store to refuse writes after the refill",
+            Duration::from_secs(90),
+            || async { in_fault().await.then_some(()) },
+        )
+        .await;
+        let before = stats(&url).await.stored;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let during = stats(&url).await.stored;
+        if reopens() == reopened {
+            assert_eq!(
+                before, during,
+                "nothing is acknowledged while the disk is full"
+            );
+            break;
+        }
+        assert!(
+            round < 5,
+            "the core reopened its store on a full disk again and again:\n{}",
+            log()
+        );
+    }
     assert!(
         log().contains("No space left"),
         "the core says why it stopped acknowledging:\n{}",
@@ -111,14 +145,16 @@ async fn a_full_core_disk_stops_acks_and_recovers_when_space_returns() {
 
     // Space returns: the core was never down and takes everything.
     std::fs::remove_file(&filler).unwrap();
-    std::fs::remove_file(&refill).unwrap();
+    for f in &refills {
+        std::fs::remove_file(f).unwrap();
+    }
     assert!(
         agent.wait(Duration::from_secs(180)).success(),
         "the agent delivered everything after space returned"
     );
     assert_exactly_once(&core.url(), &data.truth()).await;
     assert!(
-        core.log().contains("takes writes again"),
+        core.log().contains("takes writes again: reopened"),
         "the core says it recovered:\n{}",
         core.log()
     );
@@ -142,6 +178,11 @@ async fn a_full_core_disk_stops_acks_and_recovers_when_space_returns() {
         },
     )
     .await;
+    assert_eq!(
+        fault_gauge().await,
+        Some(0),
+        "the store's disk fault metric is back to 0"
+    );
     let healthz = sightline_tests::http::get(core.http, "/healthz", "").await;
     assert!(healthz.0.contains("200"), "{}", healthz.0);
 }

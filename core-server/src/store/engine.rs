@@ -50,6 +50,9 @@ pub struct EngineStats {
     pub running_flushes: u64,
     /// det_oids held in memory, not yet in `det` (`store::det_buffer`).
     pub det_buffer_entries: u64,
+    /// The store's disk refused a write (full, failing) and the store has
+    /// not reopened since: no commit is acknowledged.
+    pub disk_fault: bool,
 }
 
 /// What the flushes and compactions of one column family did since the
@@ -64,10 +67,12 @@ pub struct TableWork {
 }
 
 impl Store {
-    /// RocksDB's state now (a few property reads; no I/O).
+    /// RocksDB's state now (a few property reads; no I/O; `Err` during a
+    /// reopen rather than waiting for it).
     pub fn engine_stats(&self) -> Result<EngineStats, StoreError> {
-        let mut s = read(&*self.db()?);
+        let mut s = read(&*self.db_now()?);
         s.det_buffer_entries = self.dets.entries() as u64;
+        s.disk_fault = self.disk_fault().is_some();
         Ok(s)
     }
 
@@ -75,7 +80,7 @@ impl Store {
     /// column family, formatted by RocksDB; no I/O). A column family whose
     /// text does not read as expected is left out.
     pub fn table_work(&self) -> Result<Vec<(&'static str, TableWork)>, StoreError> {
-        let db = self.db()?;
+        let db = self.db_now()?;
         Ok(ALL
             .iter()
             .filter_map(|&name| {

@@ -235,6 +235,9 @@ pub struct Store {
     /// left to a later [`Store::sync_wal`] is durable only if no reopen
     /// came between them.
     generation: std::sync::atomic::AtomicU64,
+    /// True while a reopen after a disk fault runs: [`Store::db`] waits for
+    /// it (up to [`REOPEN_WAIT`]) rather than failing the read.
+    reopening: std::sync::atomic::AtomicBool,
     /// The commits' aggregate entries not folded yet ([`pending`]).
     pending: pending::Pending,
     /// The `det` entries not ingested into `det` yet ([`det_buffer`]).
@@ -268,6 +271,11 @@ struct Fault {
 const PROBE_BYTES: usize = 1 << 20;
 /// How often a faulted store tries to recover.
 const RECOVERY_EVERY: Duration = Duration::from_secs(1);
+/// Longest a read waits for a reopen after a disk fault to finish. A reopen
+/// takes tens of milliseconds (the det log read back included); a read that
+/// still holds the old handle and asks for the database again would hold
+/// the reopen up, so the wait is bounded and then answers `Unavailable`.
+const REOPEN_WAIT: Duration = Duration::from_secs(2);
 
 /// A column family of `db` (every one exists: they are created at open).
 pub fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
@@ -318,6 +326,7 @@ impl Store {
             partitions: std::sync::atomic::AtomicUsize::new(partitions),
             writes: std::sync::RwLock::new(()),
             generation: std::sync::atomic::AtomicU64::new(0),
+            reopening: std::sync::atomic::AtomicBool::new(false),
             pending,
             dets,
         })
@@ -398,7 +407,27 @@ impl Store {
     }
 
     /// The open database (reads hold it while they run).
+    /// While the store is reopened after a disk fault, waits for the new
+    /// handle (up to [`REOPEN_WAIT`]): reads go on through a fault, and a
+    /// query that comes during the reopen is answered a little later rather
+    /// than refused.
     pub fn db(&self) -> Result<Arc<DB>, StoreError> {
+        if let Ok(db) = self.db_now() {
+            return Ok(db);
+        }
+        let deadline = Instant::now() + REOPEN_WAIT;
+        while self.reopening.load(Ordering::SeqCst) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+            if let Some(db) = self.db.load_full() {
+                return Ok(db);
+            }
+        }
+        self.db_now()
+    }
+
+    /// The open database, without waiting for a reopen: for what runs on
+    /// the async runtime's threads (the metrics' scrape).
+    pub fn db_now(&self) -> Result<Arc<DB>, StoreError> {
         self.db.load_full().ok_or_else(|| {
             StoreError::Unavailable("the store is being reopened after a disk fault".into())
         })
@@ -468,6 +497,18 @@ impl Store {
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// For tests: a fault of the disk's, as a failed write leaves it, with
+    /// recovery due at the next write.
+    #[cfg(test)]
+    pub(crate) fn simulate_disk_fault(&self) {
+        let long_ago = Instant::now() - RECOVERY_EVERY * 2;
+        *self.fault.lock().unwrap() = Some(Fault {
+            since: long_ago,
+            last_try: long_ago,
+            why: "simulated".into(),
+        });
+    }
+
     /// Puts the store in a fault when `e` is the disk's.
     fn fault_on(&self, e: &rocksdb::Error) {
         if !disk_trouble(e) {
@@ -512,6 +553,8 @@ impl Store {
         }
         // Every reader lets go of the old handle before the new one opens
         // (RocksDB locks its directory).
+        self.reopening.store(true, Ordering::SeqCst);
+        let _reopened = Reopening(&self.reopening);
         let old = self.db.swap(None);
         self.generation.fetch_add(1, Ordering::SeqCst);
         if let Some(old) = old {
@@ -545,6 +588,15 @@ impl Store {
                 Err(refused(&fault.why))
             }
         }
+    }
+}
+
+/// Clears [`Store::reopening`] when the reopen ends, however it ends.
+struct Reopening<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for Reopening<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
     }
 }
 
@@ -1358,6 +1410,45 @@ mod tests {
         b.put_cf(cf(&db, CF_WM), key, keys::wm_value(seq, digest));
         drop(db);
         s.write(b).unwrap();
+    }
+
+    #[test]
+    fn reads_go_on_while_the_store_is_reopened_after_a_disk_fault() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(Store::open(dir.path(), false, 8 << 20).unwrap());
+        put_wm(&s, keys::wm_key("a", 1, 0), 10, 0xa);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (s, stop) = (s.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut reads = 0u64;
+                    while !stop.load(Ordering::SeqCst) {
+                        let db = s.db().expect("a read during the reopen waits for it");
+                        let v = db.get_cf(cf(&db, CF_WM), keys::wm_key("a", 1, 0));
+                        assert!(v.unwrap().is_some());
+                        reads += 1;
+                    }
+                    reads
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(20));
+        s.simulate_disk_fault();
+        let generation = s.generation.load(Ordering::SeqCst);
+        put_wm(&s, keys::wm_key("a", 1, 0), 11, 0xb);
+        assert_eq!(
+            s.generation.load(Ordering::SeqCst),
+            generation + 1,
+            "reopened"
+        );
+        assert!(s.disk_fault().is_none());
+        std::thread::sleep(Duration::from_millis(20));
+        stop.store(true, Ordering::SeqCst);
+        for r in readers {
+            assert!(r.join().unwrap() > 0);
+        }
+        assert_eq!(s.watermark_digest("a", 1).unwrap(), (11, 0xb));
     }
 
     #[test]

@@ -88,6 +88,7 @@ impl Store {
             partitions: std::sync::atomic::AtomicUsize::new(partitions),
             writes: std::sync::RwLock::new(()),
             generation: std::sync::atomic::AtomicU64::new(0),
+            reopening: std::sync::atomic::AtomicBool::new(false),
             // Never written here: reads add the primary's pending entries.
             pending: pending::Pending::default(),
             dets,
