@@ -264,6 +264,8 @@ fn le_u64(b: &[u8]) -> u64 {
 struct Fault {
     since: Instant,
     last_try: Instant,
+    /// When the log last said the fault goes on ([`FAULT_REMINDER_EVERY`]).
+    last_told: Instant,
     why: String,
 }
 
@@ -271,6 +273,9 @@ struct Fault {
 const PROBE_BYTES: usize = 1 << 20;
 /// How often a faulted store tries to recover.
 const RECOVERY_EVERY: Duration = Duration::from_secs(1);
+/// How often the log says again that the store's disk still refuses writes
+/// (refused commits are answered to the agents, not logged one by one).
+const FAULT_REMINDER_EVERY: Duration = Duration::from_secs(30);
 /// Longest a read waits for a reopen after a disk fault to finish. A reopen
 /// takes tens of milliseconds (the det log read back included); a read that
 /// still holds the old handle and asks for the database again would hold
@@ -505,6 +510,7 @@ impl Store {
         *self.fault.lock().unwrap() = Some(Fault {
             since: long_ago,
             last_try: long_ago,
+            last_told: long_ago,
             why: "simulated".into(),
         });
     }
@@ -522,6 +528,7 @@ impl Store {
             *f = Some(Fault {
                 since: now,
                 last_try: now,
+                last_told: now,
                 why: e.to_string(),
             });
         }
@@ -549,6 +556,12 @@ impl Store {
         fault.last_try = Instant::now();
         if let Err(e) = probe(&self.path) {
             fault.why = format!("{e}");
+            if fault.last_told.elapsed() >= FAULT_REMINDER_EVERY {
+                fault.last_told = Instant::now();
+                tracing::error!(path = %self.path.display(), error = %fault.why,
+                    for_s = fault.since.elapsed().as_secs(),
+                    "the store's disk still refuses writes: nothing is acknowledged (agents keep their events)");
+            }
             return Err(refused(&fault.why));
         }
         // Every reader lets go of the old handle before the new one opens
