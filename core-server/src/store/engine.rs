@@ -72,7 +72,7 @@ impl Store {
     pub fn engine_stats(&self) -> Result<EngineStats, StoreError> {
         let mut s = read(&*self.db_now()?);
         s.det_buffer_entries = self.dets.entries() as u64;
-        s.disk_fault = self.disk_fault().is_some();
+        s.disk_fault = self.in_disk_fault();
         Ok(s)
     }
 

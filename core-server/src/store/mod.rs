@@ -221,6 +221,9 @@ pub struct Store {
     memory: StoreMemory,
     /// Since when writes fail for the disk, and when recovery was last tried.
     fault: Mutex<Option<Fault>>,
+    /// Whether `fault` is set, read without its lock (which a recovery
+    /// holds through the reopen) by the metrics' scrape.
+    faulted: std::sync::atomic::AtomicBool,
     sync: bool,
     /// `det` entries with a timestamp below this are dropped at compaction.
     dedup_cutoff: Arc<AtomicI64>,
@@ -325,6 +328,7 @@ impl Store {
             path: path.to_path_buf(),
             memory,
             fault: Mutex::new(None),
+            faulted: std::sync::atomic::AtomicBool::new(false),
             sync,
             dedup_cutoff,
             refs_cutoff,
@@ -507,6 +511,7 @@ impl Store {
     #[cfg(test)]
     pub(crate) fn simulate_disk_fault(&self) {
         let long_ago = Instant::now() - RECOVERY_EVERY * 2;
+        self.faulted.store(true, Ordering::SeqCst);
         *self.fault.lock().unwrap() = Some(Fault {
             since: long_ago,
             last_try: long_ago,
@@ -525,6 +530,7 @@ impl Store {
             tracing::error!(path = %self.path.display(), error = %e,
                 "the store's disk refused a write: nothing more is acknowledged until it takes writes again");
             let now = Instant::now();
+            self.faulted.store(true, Ordering::SeqCst);
             *f = Some(Fault {
                 since: now,
                 last_try: now,
@@ -532,6 +538,12 @@ impl Store {
                 why: e.to_string(),
             });
         }
+    }
+
+    /// Whether writes fail for the disk now, without waiting for a
+    /// recovery in progress (for the metrics' scrape).
+    pub fn in_disk_fault(&self) -> bool {
+        self.faulted.load(Ordering::SeqCst)
     }
 
     /// Why writes fail now, if they do (for health and the fleet view).
@@ -593,6 +605,7 @@ impl Store {
                 tracing::warn!(path = %self.path.display(), after_s = fault.since.elapsed().as_secs(),
                     "the store's disk takes writes again: reopened, acknowledging again");
                 *f = None;
+                self.faulted.store(false, Ordering::SeqCst);
                 Ok(())
             }
             Err(e) => {
@@ -1448,6 +1461,7 @@ mod tests {
             .collect();
         std::thread::sleep(Duration::from_millis(20));
         s.simulate_disk_fault();
+        assert!(s.in_disk_fault());
         let generation = s.generation.load(Ordering::SeqCst);
         put_wm(&s, keys::wm_key("a", 1, 0), 11, 0xb);
         assert_eq!(
@@ -1456,6 +1470,7 @@ mod tests {
             "reopened"
         );
         assert!(s.disk_fault().is_none());
+        assert!(!s.in_disk_fault());
         std::thread::sleep(Duration::from_millis(20));
         stop.store(true, Ordering::SeqCst);
         for r in readers {

@@ -82,6 +82,7 @@ impl Store {
                 memtable_bytes: 0,
             },
             fault: Mutex::new(None),
+            faulted: std::sync::atomic::AtomicBool::new(false),
             sync: false,
             dedup_cutoff: Arc::new(AtomicI64::new(i64::MIN)),
             refs_cutoff: Arc::new(AtomicI64::new(i64::MIN)),
