@@ -109,7 +109,6 @@ async fn a_full_core_disk_stops_acks_and_recovers_when_space_returns() {
                 .ok()
         })
     };
-    let in_fault = move || async move { fault_gauge().await == Some(1) };
     let mut refills = Vec::new();
     for round in 0.. {
         let reopened = reopens();
@@ -117,7 +116,7 @@ async fn a_full_core_disk_stops_acks_and_recovers_when_space_returns() {
         wait_for(
             "the store to refuse writes after the refill",
             Duration::from_secs(90),
-            || async { in_fault().await.then_some(()) },
+            || async { (fault_gauge().await == Some(1)).then_some(()) },
         )
         .await;
         let before = stats(&url).await.stored;

@@ -416,6 +416,7 @@ impl Store {
     }
 
     /// The open database (reads hold it while they run).
+    ///
     /// While the store is reopened after a disk fault, waits for the new
     /// handle (up to [`REOPEN_WAIT`]): reads go on through a fault, and a
     /// query that comes during the reopen is answered a little later rather
@@ -427,7 +428,7 @@ impl Store {
         let deadline = Instant::now() + REOPEN_WAIT;
         while self.reopening.load(Ordering::SeqCst) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
-            if let Some(db) = self.db.load_full() {
+            if let Ok(db) = self.db_now() {
                 return Ok(db);
             }
         }
