@@ -13,7 +13,7 @@ use sightline_proto::v1::{
 };
 use sightline_tests::{
     data::write_locations,
-    query::{assert_exactly_once, stats, wait_more_stored},
+    query::{assert_exactly_once, stats, wait_more_stored, wait_more_stored_before},
     wait_for, Agent, AgentArgs, Core, Dataset, Edge, ImpairedTcpProxy, Impairment, UdpProxy,
 };
 use tokio::sync::mpsc;
@@ -159,12 +159,27 @@ async fn replay_killing_the_core(dir: &std::path::Path, mut core: Core, edge: Ed
             .over(&core, edge)
             .reconnect_within(RECONNECT),
     );
+    // Each kill comes `every` events after the count read once the core is
+    // back, which a drained backlog may have moved far: on a loaded machine
+    // the last kills may find fewer than `every` events left to store.
+    let mut done = 0;
     for _ in 0..kills.times {
-        wait_more_stored(&core.url(), kills.every).await;
+        if wait_more_stored_before(&core.url(), kills.every, truth.unique)
+            .await
+            .is_none()
+        {
+            break;
+        }
         core.kill9();
         tokio::time::sleep(kills.down).await;
         core.restart();
+        done += 1;
     }
+    assert!(
+        done >= kills.times.div_ceil(2),
+        "only {done} of {} kills before the run's end",
+        kills.times
+    );
     assert!(agent.wait(Duration::from_secs(180)).success());
     assert_exactly_once(&core.url(), &truth).await;
 }

@@ -210,6 +210,23 @@ pub async fn wait_more_stored(url: &str, more: u64) -> u64 {
     wait_stored_beyond(&url, before + more).await
 }
 
+/// [`wait_more_stored`], unless fewer than `more` events are left before
+/// `total` (the unique events the run publishes): then `None` at once, as the
+/// count would never get there.
+pub async fn wait_more_stored_before(url: &str, more: u64, total: u64) -> Option<u64> {
+    let url = url.to_string();
+    let before = crate::wait_for(
+        "the stored count",
+        std::time::Duration::from_secs(60),
+        || stored_now(&url),
+    )
+    .await;
+    if before + more >= total {
+        return None;
+    }
+    Some(wait_stored_beyond(&url, before + more).await)
+}
+
 /// Waits until the core has stored more than `n` events; returns the count
 /// it saw then. After a fault, measure from a count taken before it (not
 /// from the first answer after it: while partitions move a cluster answers

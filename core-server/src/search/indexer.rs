@@ -17,7 +17,7 @@ use super::{
     open_or_rebuild, safe_delete::SafeTermSet, Job, Opened, Payload, SearchError, SearchIndex,
     SCHEMA_VERSION,
 };
-use crate::{enrich::Locations, store::Store};
+use crate::store::Store;
 
 /// Overlap re-read from the store when catching up, for partition writers
 /// whose commit times are not in the order their writes landed.
@@ -54,7 +54,6 @@ pub(super) struct Indexer {
     /// `None` after an error, until the index is reopened.
     pub writer: Option<IndexWriter>,
     pub store: Arc<Store>,
-    pub locations: Arc<Locations>,
     pub commit_interval: Duration,
     /// Where to catch up from (`None`: rebuild everything).
     pub resume: Option<i64>,
@@ -88,7 +87,6 @@ impl Indexer {
     pub fn new(
         idx: Arc<SearchIndex>,
         store: Arc<Store>,
-        locations: Arc<Locations>,
         commit_interval: Duration,
         resume: Option<i64>,
     ) -> Self {
@@ -96,7 +94,6 @@ impl Indexer {
             idx,
             writer: None,
             store,
-            locations,
             commit_interval,
             resume,
             catch_up_due: true,
@@ -120,7 +117,6 @@ impl Indexer {
             Ok(w) => self.writer = Some(w),
             Err(e) => self.fail(e.into()),
         }
-        let mut table = self.locations.current();
         let mut last_commit = Instant::now();
         loop {
             self.recover();
@@ -166,15 +162,6 @@ impl Indexer {
             if shutdown.is_cancelled() {
                 let _ = self.commit();
                 return;
-            }
-            // Dataset B was reloaded: every document is made again with the
-            // new names and columns (replaced one by one, so searches see
-            // either the old or the new document, never none).
-            if !Arc::ptr_eq(&table, &self.locations.current()) {
-                table = self.locations.current();
-                tracing::info!("Dataset B changed: re-indexing every event");
-                self.resume = None;
-                self.catch_up_due = true;
             }
             if last_commit.elapsed() >= self.commit_interval {
                 if let Err(e) = self.commit() {
@@ -277,11 +264,10 @@ impl Indexer {
             return Ok(());
         };
         let f = self.idx.fields;
-        let table = self.locations.current();
         let mut docs = Vec::with_capacity(events.len());
         let mut replaced = Vec::new();
         for ev in events {
-            let Some(doc) = self.idx.document(ev, &table) else {
+            let Some(doc) = self.idx.document(ev) else {
                 continue;
             };
             if ev.committed_ms <= replace_through {

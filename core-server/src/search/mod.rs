@@ -3,12 +3,15 @@
 //! # What is indexed
 //!
 //! One document per stored event, keyed by det_oid: the item (`item`, words;
-//! `item_name`, the exact name), the location's name (`location`) and Dataset
-//! B's other columns (`columns`, "name value" pairs) as they were when the
-//! event was indexed, and as numbers `det_oid`, `location_oid`, `camera`,
-//! `ts` (timestamp_detected, ms) and the agent (`agent`). A query is tantivy's
-//! query syntax over `item`, `location`, `columns` and `agent` by default, e.g.
-//! `backpack`, `location:gate`, `det_oid:123`, `camera:7 AND item:bicycle`.
+//! `item_name`, the exact name), the agent (`agent`), and as numbers
+//! `det_oid`, `location_oid`, `camera` and `ts` (timestamp_detected, ms). A
+//! query is tantivy's query syntax over `item`, `location`, `columns` and
+//! `agent` by default, e.g. `backpack`, `location:gate`, `det_oid:123`,
+//! `camera:7 AND item:bicycle`. The location's name (`location`) and Dataset
+//! B's other columns (`columns`, "name value" pairs) are not in the events'
+//! documents: a query's words on them are looked up in Dataset B's rows, as
+//! the table in use holds them, and stand for the events at the locations
+//! they match ([`places`]).
 //!
 //! # How a query is read
 //!
@@ -64,11 +67,11 @@
 //!   order, not commit order), so one interrupted reads everything again.
 //! - Retention: the core's retention task cuts the index
 //!   ([`SearchIndex::apply_retention`]) right after the store's events.
-//! - When Dataset B is reloaded, every event is indexed again with the new
-//!   location names and columns (in the background; each document is
-//!   replaced in place, so a search never misses an event meanwhile).
+//! - When Dataset B is reloaded, searches read the new names and columns at
+//!   once, for every event: no event is indexed again.
 
 mod indexer;
+mod places;
 mod query;
 mod safe_delete;
 
@@ -98,7 +101,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     api::live::{LiveHub, Missed},
-    enrich::{LocationTable, Locations},
+    enrich::Locations,
     store::Store,
 };
 pub use indexer::{CATCH_UP_SLACK, FIRST_RETRY, MAX_RETRY};
@@ -232,6 +235,11 @@ pub struct SearchIndex {
     /// Where the indexer observes the commit → searchable hop, once set
     /// ([`SearchIndex::observe_hop`]).
     hop: std::sync::OnceLock<prometheus_client::metrics::histogram::Histogram>,
+    /// Dataset B, whose rows answer a query's `location` and `columns`.
+    locations: Arc<Locations>,
+    /// The index of the table in use ([`places`]), made at the first search
+    /// after each reload.
+    places: std::sync::Mutex<Option<Arc<places::Places>>>,
 }
 
 /// Most live events waiting for the indexer (~6 MiB; 100,000 held ~30 MiB).
@@ -254,10 +262,9 @@ impl Opened {
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
             .try_into()?;
-        let mut parser = QueryParser::for_index(
-            &index,
-            vec![fields.item, fields.location, fields.columns, fields.agent],
-        );
+        // `location` and `columns` are answered from Dataset B
+        // ([`places`]), for unfielded words too.
+        let mut parser = QueryParser::for_index(&index, vec![fields.item, fields.agent]);
         parser.set_conjunction_by_default();
         Ok(Self {
             index,
@@ -299,6 +306,8 @@ impl SearchIndex {
             queued: AtomicUsize::new(0),
             oldest_unsearchable_ms: AtomicI64::new(0),
             hop: std::sync::OnceLock::new(),
+            locations: locations.clone(),
+            places: std::sync::Mutex::new(None),
         });
         // Subscribed before the first read of the store: nothing falls between.
         let mut commits = hub.subscribe();
@@ -344,8 +353,7 @@ impl SearchIndex {
         // inherit it) run at a lower CPU priority than ingest: when the two
         // compete for the cores, events are committed first and the index
         // catches up after (it is rebuilt from the store, never the reverse).
-        let indexer =
-            indexer::Indexer::new(this.clone(), store, locations, commit_interval, resume);
+        let indexer = indexer::Indexer::new(this.clone(), store, commit_interval, resume);
         std::thread::Builder::new()
             .name("search-indexer".into())
             .spawn(move || {
@@ -358,6 +366,19 @@ impl SearchIndex {
 
     fn current(&self) -> Arc<Opened> {
         self.open.load_full()
+    }
+
+    /// The index of Dataset B's table in use, made when it is not the one
+    /// indexed last (one search waits for it; the others after it reuse it).
+    fn places(&self) -> Result<Arc<places::Places>, SearchError> {
+        let table = self.locations.current();
+        let mut cached = self.places.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = cached.as_ref().filter(|p| Arc::ptr_eq(&p.table, &table)) {
+            return Ok(p.clone());
+        }
+        let made = Arc::new(places::Places::new(&self.schema, self.fields, table)?);
+        *cached = Some(made.clone());
+        Ok(made)
     }
 
     /// Deletes the documents of events detected before `before_ms` (at the
@@ -425,7 +446,7 @@ impl SearchIndex {
         if !text.is_empty() {
             clauses.push((
                 Occur::Must,
-                query::parse(&opened.parser, &self.schema, text)?,
+                query::parse(&opened.parser, &self.schema, &*self.places()?, f, text)?,
             ));
         }
         let term = |t: Term| -> (Occur, Box<dyn Query>) {
@@ -520,9 +541,9 @@ impl SearchIndex {
         Ok((events, hits))
     }
 
-    /// `ev`'s document, with its location's Dataset B row from `table` (the
-    /// event's own `location` is not read: the hub's events carry none).
-    fn document(&self, ev: &JoinedEvent, table: &LocationTable) -> Option<TantivyDocument> {
+    /// `ev`'s document. Its location's name and columns are not in it:
+    /// queries read them from Dataset B ([`places`]).
+    fn document(&self, ev: &JoinedEvent) -> Option<TantivyDocument> {
         let f = self.fields;
         let d = ev.detection.as_ref()?;
         let mut doc = TantivyDocument::default();
@@ -533,14 +554,6 @@ impl SearchIndex {
         doc.add_text(f.item, &d.item_name);
         doc.add_text(f.item_name, &d.item_name);
         doc.add_text(f.agent, &ev.agent_id);
-        if let Some(l) = table.get(d.geographical_location_oid) {
-            doc.add_text(f.location, &l.geographical_location);
-            let mut cols: Vec<_> = l.extra.iter().collect();
-            cols.sort();
-            for (k, v) in cols {
-                doc.add_text(f.columns, format!("{k} {v}"));
-            }
-        }
         Some(doc)
     }
 }

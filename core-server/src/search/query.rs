@@ -11,7 +11,7 @@ use tantivy::{
     DocId, Score, SegmentReader,
 };
 
-use super::SearchError;
+use super::{places::Places, Fields, SearchError};
 
 /// Longest query text accepted, in bytes. Also bounds every part of the
 /// grammar that is not counted by [`MAX_QUERY_DEPTH`] (`+`/`-` prefixes,
@@ -155,6 +155,8 @@ fn depth(text: &str) -> usize {
 pub(super) fn parse(
     parser: &QueryParser,
     fields: &Schema,
+    places: &Places,
+    f: Fields,
     text: &str,
 ) -> Result<Box<dyn Query>, SearchError> {
     let text = drop_lone_punctuation(text);
@@ -162,7 +164,12 @@ pub(super) fn parse(
         return Ok(Box::new(EmptyQuery));
     }
     let refuse = |e: QueryParserError| invalid("query", e.to_string());
-    match parser.parse_query(&text) {
+    let build = |text: &str| {
+        let ast = tantivy::query_grammar::parse_query(text)
+            .map_err(|_| QueryParserError::SyntaxError(text.to_string()))?;
+        places.build(parser, f, ast)
+    };
+    match build(&text) {
         Ok(q) => Ok(q),
         Err(e @ (QueryParserError::SyntaxError(_) | QueryParserError::FieldDoesNotExist(_)))
             if names_a_field(fields, &text) =>
@@ -178,7 +185,7 @@ pub(super) fn parse(
             if words.is_empty() {
                 return Ok(Box::new(EmptyQuery));
             }
-            parser.parse_query(&words.join(" ")).map_err(refuse)
+            build(&words.join(" ")).map_err(refuse)
         }
         Err(e) => Err(refuse(e)),
     }

@@ -414,6 +414,83 @@ async fn a_location_name_with_a_dash_matches() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn location_words_are_answered_from_dataset_b_as_it_is_now() {
+    let f = fixture();
+    let t0 = 1_800_000_000_000;
+    f.commit(&[
+        (1, t0, 1, "car"),
+        (2, t0 + 1, 2, "car"),
+        (3, t0 + 2, 3, "person"),
+        (4, t0 + 3, 4, "car"),
+        // A location Dataset B does not know.
+        (5, t0 + 4, 9, "car"),
+    ]);
+    f.searchable(5, Duration::from_secs(10)).await;
+    let hits = |q: &str| {
+        f.search(q)
+            .unwrap_or_else(|e| panic!("{q:?}: {e}"))
+            .det_oids
+    };
+    assert_eq!(hits("depot"), vec![4]);
+    assert_eq!(hits("location:\"site 1000\""), vec![2, 1], "a phrase");
+    assert_eq!(hits("location:\"gate 2\" OR item:person"), vec![3, 2]);
+    assert_eq!(
+        hits("car AND NOT location:gate"),
+        vec![5, 4],
+        "unknown places stay"
+    );
+    assert_eq!(hits("NOT location:gate AND car"), vec![5, 4]);
+    assert_eq!(hits("person OR NOT car"), vec![3]);
+    assert_eq!(
+        invalid_field(f.search("NOT car")).0,
+        "query",
+        "exclusions only"
+    );
+    assert_eq!(hits("car -depot"), vec![5, 2, 1], "an unfielded exclusion");
+    assert_eq!(hits("location:nowhere"), Vec::<i64>::new());
+    assert_eq!(hits("car location:nowhere"), Vec::<i64>::new());
+    assert_eq!(hits("car OR location:nowhere"), vec![5, 4, 2, 1]);
+    assert_eq!(
+        hits("location_oid:9"),
+        vec![5],
+        "the number is the event's own"
+    );
+    assert_eq!(
+        hits("location:depot^3 car"),
+        vec![4],
+        "a boost is only dropped"
+    );
+    assert_eq!(hits("columns:north"), Vec::<i64>::new(), "no columns yet");
+
+    // Dataset B reloaded: location 4 renamed, a column added. Searches see
+    // it at once, with no event indexed again.
+    std::fs::write(
+        f.dir.path().join("locations.csv"),
+        "geographical_location_oid,geographical_location,region\n\
+         1,Site 1000 — Gate 1,North\n\
+         2,Site 1000 — Gate 2,South\n\
+         3,Gate-7,North\n\
+         4,Warehouse,East\n",
+    )
+    .unwrap();
+    f.locations.reload(None).unwrap();
+    assert_eq!(hits("depot"), Vec::<i64>::new());
+    assert_eq!(hits("warehouse"), vec![4]);
+    assert_eq!(hits("columns:north"), vec![3, 1]);
+    assert_eq!(
+        hits("\"region north\" car"),
+        vec![1],
+        "a phrase over a column"
+    );
+    assert_eq!(hits("north OR east"), vec![4, 3, 1]);
+    assert_eq!(
+        hits("region:north"),
+        vec![3, 1],
+        "an unknown field: its words"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_index_writer_recovers_after_an_error_and_converges() {
     let f = fixture();
     let t0 = 1_800_000_000_000;
