@@ -200,31 +200,30 @@ pub async fn assert_exactly_once(url: &str, truth: &Truth) {
 /// Waits until the core has stored `more` events beyond what it holds now;
 /// returns the count it saw then.
 pub async fn wait_more_stored(url: &str, more: u64) -> u64 {
-    let url = url.to_string();
-    let before = crate::wait_for(
-        "the stored count",
-        std::time::Duration::from_secs(60),
-        || stored_now(&url),
-    )
-    .await;
-    wait_stored_beyond(&url, before + more).await
+    let before = stored_once_answered(url).await;
+    wait_stored_beyond(url, before + more).await
 }
 
 /// [`wait_more_stored`], unless fewer than `more` events are left before
 /// `total` (the unique events the run publishes): then `None` at once, as the
 /// count would never get there.
 pub async fn wait_more_stored_before(url: &str, more: u64, total: u64) -> Option<u64> {
+    let before = stored_once_answered(url).await;
+    if before + more >= total {
+        return None;
+    }
+    Some(wait_stored_beyond(url, before + more).await)
+}
+
+/// The stored count, waiting (up to 60 s) for the core to answer.
+async fn stored_once_answered(url: &str) -> u64 {
     let url = url.to_string();
-    let before = crate::wait_for(
+    crate::wait_for(
         "the stored count",
         std::time::Duration::from_secs(60),
         || stored_now(&url),
     )
-    .await;
-    if before + more >= total {
-        return None;
-    }
-    Some(wait_stored_beyond(&url, before + more).await)
+    .await
 }
 
 /// Waits until the core has stored more than `n` events; returns the count

@@ -258,20 +258,30 @@ struct Opened {
 
 impl Opened {
     fn new(index: Index, fields: Fields) -> Result<Self, SearchError> {
-        let reader = index
-            .reader_builder()
-            .reload_policy(ReloadPolicy::Manual)
-            .try_into()?;
         // `location` and `columns` are answered from Dataset B
         // ([`places`]), for unfielded words too.
-        let mut parser = QueryParser::for_index(&index, vec![fields.item, fields.agent]);
-        parser.set_conjunction_by_default();
+        let (reader, parser) = reader_and_parser(&index, vec![fields.item, fields.agent])?;
         Ok(Self {
             index,
             reader,
             parser,
         })
     }
+}
+
+/// A reader of `index` reloaded by hand, and its query parser: words over
+/// `defaults` when unfielded, all required by default.
+fn reader_and_parser(
+    index: &Index,
+    defaults: Vec<Field>,
+) -> Result<(IndexReader, QueryParser), SearchError> {
+    let reader = index
+        .reader_builder()
+        .reload_policy(ReloadPolicy::Manual)
+        .try_into()?;
+    let mut parser = QueryParser::for_index(index, defaults);
+    parser.set_conjunction_by_default();
+    Ok((reader, parser))
 }
 
 enum Job {

@@ -37,7 +37,7 @@ use tantivy::{
     },
     query_grammar::{Delimiter, Occur, UserInputAst, UserInputLeaf, UserInputLiteral},
     schema::Schema,
-    Index, IndexReader, ReloadPolicy, TantivyDocument, Term,
+    Index, IndexReader, TantivyDocument, Term,
 };
 
 use super::{safe_delete::SafeTermSet, Fields, SearchError};
@@ -78,12 +78,7 @@ impl Places {
         }
         writer.commit()?;
         drop(writer);
-        let reader = index
-            .reader_builder()
-            .reload_policy(ReloadPolicy::Manual)
-            .try_into()?;
-        let mut parser = QueryParser::for_index(&index, vec![f.location, f.columns]);
-        parser.set_conjunction_by_default();
+        let (reader, parser) = super::reader_and_parser(&index, vec![f.location, f.columns])?;
         Ok(Self {
             table,
             reader,
@@ -92,11 +87,13 @@ impl Places {
     }
 
     /// The location oids whose row `leaf` matches (unfielded: on `location`
-    /// or `columns`), in order.
-    fn matching(&self, leaf: &UserInputLeaf) -> Result<Vec<i64>, QueryParserError> {
-        let q = self
-            .parser
-            .build_query_from_user_input_ast(UserInputAst::Leaf(Box::new(leaf.clone())))?;
+    /// or `columns`), in order; `None`: the leaf holds no term there
+    /// (punctuation alone).
+    fn matching(&self, leaf: &UserInputLeaf) -> Result<Option<Vec<i64>>, QueryParserError> {
+        let q = self.parser.build_query_from_user_input_ast(single(leaf))?;
+        if q.is::<EmptyQuery>() {
+            return Ok(None);
+        }
         let searcher = self.reader.searcher();
         let docs = searcher
             .search(&q, &DocSetCollector)
@@ -111,7 +108,7 @@ impl Places {
             oids.extend(column.first(d.doc_id));
         }
         oids.sort_unstable();
-        Ok(oids)
+        Ok(Some(oids))
     }
 
     /// The query of the parsed `ast` over the events (see the module doc),
@@ -189,9 +186,7 @@ impl Places {
         let field = match leaf {
             UserInputLeaf::Literal(l) => l.field_name.as_deref(),
             UserInputLeaf::All => {
-                return Ok(Some(events.build_query_from_user_input_ast(
-                    UserInputAst::Leaf(Box::new(leaf.clone())),
-                )?))
+                return Ok(Some(events.build_query_from_user_input_ast(single(leaf))?))
             }
             UserInputLeaf::Range { field, .. }
             | UserInputLeaf::Set { field, .. }
@@ -205,50 +200,33 @@ impl Places {
                     .collect(),
             ))
         };
-        match field {
-            Some(name) if PLACE_FIELDS.contains(&name) => {
-                // A leaf of no term is the same on Dataset B's index.
-                let own = self
-                    .parser
-                    .build_query_from_user_input_ast(UserInputAst::Leaf(Box::new(leaf.clone())))?;
-                if own.is::<EmptyQuery>() {
-                    return Ok(None);
-                }
-                Ok(Some(at_places(self.matching(leaf)?)))
-            }
-            Some(_) => {
-                let q = events
-                    .build_query_from_user_input_ast(UserInputAst::Leaf(Box::new(leaf.clone())))?;
-                Ok((!q.is::<EmptyQuery>()).then_some(q))
-            }
-            None => {
-                let on_events = events
-                    .build_query_from_user_input_ast(UserInputAst::Leaf(Box::new(leaf.clone())))?;
-                let places = self.matching(leaf)?;
-                let empty = on_events.is::<EmptyQuery>();
-                match (empty, places.is_empty()) {
-                    // The words tokenize to nothing on every field.
-                    (true, true) if self.holds_no_term(leaf)? => Ok(None),
-                    (true, true) => Ok(Some(Box::new(EmptyQuery))),
-                    (false, true) => Ok(Some(on_events)),
-                    (true, false) => Ok(Some(at_places(places))),
-                    (false, false) => Ok(Some(Box::new(BooleanQuery::new(vec![
-                        (QOccur::Should, on_events),
-                        (QOccur::Should, at_places(places)),
-                    ])))),
-                }
-            }
+        if field.is_some_and(|name| PLACE_FIELDS.contains(&name)) {
+            return Ok(self.matching(leaf)?.map(at_places));
         }
+        let on_events = events.build_query_from_user_input_ast(single(leaf))?;
+        let on_events = (!on_events.is::<EmptyQuery>()).then_some(on_events);
+        if field.is_some() {
+            return Ok(on_events);
+        }
+        // Unfielded: the events' default fields or the places it matches.
+        Ok(match (on_events, self.matching(leaf)?) {
+            // The words tokenize to nothing on every field.
+            (None, None) => None,
+            (None, Some(oids)) if oids.is_empty() => Some(Box::new(EmptyQuery)),
+            (None, Some(oids)) => Some(at_places(oids)),
+            (Some(q), None) => Some(q),
+            (Some(q), Some(oids)) if oids.is_empty() => Some(q),
+            (Some(q), Some(oids)) => Some(Box::new(BooleanQuery::new(vec![
+                (QOccur::Should, q),
+                (QOccur::Should, at_places(oids)),
+            ]))),
+        })
     }
+}
 
-    /// Whether an unfielded leaf tokenizes to nothing on Dataset B's
-    /// fields as well (punctuation alone).
-    fn holds_no_term(&self, leaf: &UserInputLeaf) -> Result<bool, QueryParserError> {
-        Ok(self
-            .parser
-            .build_query_from_user_input_ast(UserInputAst::Leaf(Box::new(leaf.clone())))?
-            .is::<EmptyQuery>())
-    }
+/// A syntax tree of `leaf` alone.
+fn single(leaf: &UserInputLeaf) -> UserInputAst {
+    UserInputAst::Leaf(Box::new(leaf.clone()))
 }
 
 /// `q` with each placeholder `location_oid:<n>` replaced by `leaves[n]`.
